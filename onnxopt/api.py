@@ -1,0 +1,100 @@
+"""The public Python API (re-exported lazily by ``onnxopt``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from onnxopt.data import Feeds, get_feeds
+from onnxopt.model import load_model
+from onnxopt.report import PipelineReport
+from onnxopt.verify import Budget
+
+
+def _feeds(model: onnx.ModelProto, data: Any, **kw: Any) -> Feeds:
+    return get_feeds(model, data, **kw)
+
+
+def optimize(
+    model: Any,
+    passes: Sequence[str] | None = None,
+    data: Any = None,
+    budget: Budget | None = None,
+    *,
+    target: str = "onnx",
+    strict: bool = False,
+    options: dict[str, dict[str, Any]] | None = None,
+    shapes: dict[str, list[int]] | None = None,
+    int_range: tuple[int, int] | None = None,
+) -> tuple[onnx.ModelProto, PipelineReport]:
+    """Run passes (default: every exact pass) with verification; returns (model, report).
+
+    Args:
+        model: path, bytes or ModelProto (never modified).
+        passes: pass or family names, e.g. ``["cleanup", "fusion", "quantize-int8"]``.
+        data: feeds: ``.npz`` path, folder, dict of arrays, iterable of dicts or Feeds.
+        budget: lossy budget against the original (default cosine >= 0.99).
+    """
+    from onnxopt.pipeline import PassManager
+
+    m = load_model(model)
+    feeds = _feeds(m, data, shapes=shapes, int_range=int_range)
+    return PassManager(passes, budget=budget, target=target, strict=strict,
+                       options=options).run(m, feeds)
+
+
+def quantize(model: Any, data: Any, budget: Budget | None = None, **options: Any
+             ) -> tuple[onnx.ModelProto, PipelineReport]:
+    """Static int8 quantization (QDQ) calibrated on ``data``; options go to the pass."""
+    return optimize(model, ["quantize-int8"], data, budget, options={"quantize-int8": options})
+
+
+def prune(model: Any, data: Any = None, budget: Budget | None = None, **options: Any
+          ) -> tuple[onnx.ModelProto, PipelineReport]:
+    """Structured channel pruning (``ratio=0.3`` or ``target_flops=0.5``, ...)."""
+    return optimize(model, ["prune"], data, budget, options={"prune": options})
+
+
+def distill(student: Any, teacher: Any, data: Any, **options: Any) -> tuple[onnx.ModelProto, Any]:
+    """Train ``student``'s initializers to reproduce ``teacher`` on unlabeled ``data``."""
+    from onnxopt import distill as _distill
+
+    return _distill.distill(student, teacher, data, **options)
+
+
+def merge(models: Sequence[Any], mode: str = "average", **options: Any) -> tuple[onnx.ModelProto, Any]:
+    """Merge several models into one graph (parallel, serial, stacking or cascade)."""
+    from onnxopt.passes import ensemble
+
+    return ensemble.merge(list(models), mode=mode, **options)
+
+
+def bench(models: Sequence[Any], **options: Any) -> Any:
+    """Latency / throughput / memory of each model in onnxruntime."""
+    from onnxopt import bench as _bench
+
+    return _bench.bench(list(models), **options)
+
+
+def export(
+    module: Any,
+    example_inputs: Any,
+    path: str | Path,
+    *,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
+    input_names: Sequence[str] | None = None,
+    output_names: Sequence[str] | None = None,
+    dynamo: bool = False,
+    opset: int | None = None,
+    rtol: float = 1e-3,
+    atol: float = 1e-4,
+) -> onnx.ModelProto:
+    """``torch.onnx.export`` that also checks torch against onnxruntime on ``example_inputs``."""
+    from onnxopt.export import export_torch
+
+    return export_torch(module, example_inputs, path, dynamic_axes=dynamic_axes,
+                        input_names=input_names, output_names=output_names, dynamo=dynamo,
+                        opset=opset, rtol=rtol, atol=atol)

@@ -1,0 +1,410 @@
+"""Input feeds: calibration and verification inputs for a model.
+
+Sources: an ``.npz`` (keys = input names), a folder of ``.npy`` files named after the inputs, a
+dict of arrays, an iterable of dicts, or synthesized from the model's input specs. Every source is
+checked against the model (names, dtypes, ranks, static dims) with a one-line :class:`DataError`.
+
+Layouts, told apart by rank (see DESIGN.md):
+- rank == input rank + 1: a stack; ``arr[i]`` is one run's whole value;
+- rank == input rank: split along axis 0 into runs of the model's batch size (1 if dynamic,
+  unless ``batch`` says otherwise).
+Labels sit under the key ``labels``, one row per run (or per sample, split like the inputs).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxopt.errors import DataError
+
+LABELS_KEY = "labels"
+
+
+@dataclass
+class InputSpec:
+    name: str
+    dtype: np.dtype
+    shape: list[int | str | None]  # int = static, str/None = dynamic
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    def describe(self) -> str:
+        dims = "x".join("?" if not isinstance(d, int) else str(d) for d in self.shape)
+        return f"{self.name} {self.dtype.name}[{dims}]"
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The model's real inputs (initializers listed as inputs are excluded)."""
+    inits = {t.name for t in model.graph.initializer}
+    specs = []
+    for v in model.graph.input:
+        if v.name in inits:
+            continue
+        t = v.type.tensor_type
+        if not v.type.HasField("tensor_type"):
+            raise DataError(f"input '{v.name}' is not a tensor (sequences and maps unsupported)")
+        dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
+        shape: list[int | str | None] = []
+        for d in t.shape.dim:
+            if d.HasField("dim_value") and d.dim_value > 0:
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                shape.append(d.dim_param)
+            else:
+                shape.append(None)
+        specs.append(InputSpec(v.name, dtype, shape))
+    return specs
+
+
+@dataclass
+class Feeds:
+    """A list of runs; each run maps every model input name to an array.
+
+    Attributes:
+        runs: the runs.
+        labels: one entry per run (array of labels for that run's batch), or None.
+        synthesized: True when made up from input specs (no real data).
+        source: where they came from, for reports.
+    """
+
+    runs: list[dict[str, np.ndarray]]
+    labels: list[np.ndarray] | None = None
+    synthesized: bool = False
+    source: str = ""
+    notes: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.runs)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return iter(self.runs)
+
+    @property
+    def num_samples(self) -> int:
+        return sum(next(iter(r.values())).shape[0] if r and next(iter(r.values())).ndim else 1
+                   for r in self.runs)
+
+    def subset(self, n: int) -> Feeds:
+        """The first ``n`` runs (for quick checks)."""
+        return Feeds(
+            self.runs[:n],
+            None if self.labels is None else self.labels[:n],
+            self.synthesized,
+            self.source,
+            list(self.notes),
+        )
+
+    def split(self, fraction: float) -> tuple[Feeds, Feeds]:
+        """Split runs into (first, rest) by ``fraction`` (at least one run in each if possible)."""
+        k = max(1, min(len(self.runs) - 1, int(round(len(self.runs) * fraction))))
+        a = Feeds(self.runs[:k], None if self.labels is None else self.labels[:k],
+                  self.synthesized, self.source)
+        b = Feeds(self.runs[k:], None if self.labels is None else self.labels[k:],
+                  self.synthesized, self.source)
+        return a, b
+
+    def batched(self, batch: int) -> Feeds:
+        """Concatenate runs along axis 0 into runs of ``batch`` samples (for dynamic batch)."""
+        out: list[dict[str, np.ndarray]] = []
+        labels: list[np.ndarray] | None = [] if self.labels is not None else None
+        for i in range(0, len(self.runs), batch):
+            chunk = self.runs[i : i + batch]
+            out.append({k: np.concatenate([r[k] for r in chunk]) for k in chunk[0]})
+            if labels is not None:
+                labels.append(np.concatenate([np.atleast_1d(x) for x in self.labels[i : i + batch]]))
+        return Feeds(out, labels, self.synthesized, self.source, list(self.notes))
+
+    def stacked_labels(self) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        return np.concatenate([np.atleast_1d(x) for x in self.labels])
+
+
+def parse_shape_overrides(items: Iterable[str] | None) -> dict[str, list[int]]:
+    """``["x=1x3x224x224", "ids=1x128"]`` -> {"x": [1,3,224,224], ...}."""
+    out: dict[str, list[int]] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DataError(f"--shape {item!r}: expected name=1x3x224x224")
+        name, dims = item.split("=", 1)
+        try:
+            out[name.strip()] = [int(d) for d in dims.lower().replace(",", "x").split("x") if d]
+        except ValueError as e:
+            raise DataError(f"--shape {item!r}: dimensions must be integers") from e
+        if any(d <= 0 for d in out[name.strip()]):
+            raise DataError(f"--shape {item!r}: dimensions must be positive")
+    return out
+
+
+def parse_int_range(text: str | None) -> tuple[int, int] | None:
+    """``"0,30522"`` or ``"0:30522"`` -> (0, 30522), high exclusive."""
+    if text is None:
+        return None
+    parts = text.replace(":", ",").split(",")
+    try:
+        lo, hi = int(parts[0]), int(parts[1])
+    except (ValueError, IndexError) as e:
+        raise DataError(f"--int-range {text!r}: expected LOW,HIGH (high exclusive)") from e
+    if hi <= lo:
+        raise DataError(f"--int-range {text!r}: HIGH must be greater than LOW")
+    return lo, hi
+
+
+def synthesize(
+    model: onnx.ModelProto,
+    *,
+    shapes: Mapping[str, list[int]] | None = None,
+    int_range: tuple[int, int] | None = None,
+    runs: int = 4,
+    seed: int = 0,
+) -> Feeds:
+    """Random inputs from the model's input specs.
+
+    Floats are standard normal; booleans are random; integer inputs need ``int_range`` (token
+    ids, indices) because any guess may be out of range for the model.
+
+    Raises:
+        DataError: a dynamic dim without ``--shape``, or an integer input without ``--int-range``.
+    """
+    shapes = dict(shapes or {})
+    rng = np.random.default_rng(seed)
+    specs = input_specs(model)
+    unknown = set(shapes) - {s.name for s in specs}
+    if unknown:
+        raise DataError(
+            f"--shape names unknown input(s) {sorted(unknown)}; inputs: {[s.name for s in specs]}"
+        )
+    out: list[dict[str, np.ndarray]] = []
+    concrete: dict[str, list[int]] = {}
+    for s in specs:
+        if s.name in shapes:
+            dims = shapes[s.name]
+            if len(dims) != s.rank:
+                raise DataError(f"--shape {s.name}: rank {len(dims)} but the model says {s.describe()}")
+            for i, (d, want) in enumerate(zip(dims, s.shape)):
+                if isinstance(want, int) and d != want:
+                    raise DataError(f"--shape {s.name}: dim {i} is {d} but the model fixes it to {want}")
+            concrete[s.name] = list(dims)
+        else:
+            dims = []
+            for i, d in enumerate(s.shape):
+                if isinstance(d, int):
+                    dims.append(d)
+                elif i == 0:
+                    dims.append(1)  # dynamic batch: one sample per run
+                else:
+                    raise DataError(
+                        f"input {s.describe()} has dynamic dim {i} ('{d or '?'}'): "
+                        f"give --shape {s.name}=" + "x".join(
+                            str(x) if isinstance(x, int) else "N" for x in s.shape)
+                        + " or --data"
+                    )
+            concrete[s.name] = dims
+        if s.dtype.kind in "iu" and int_range is None:
+            raise DataError(
+                f"input {s.describe()} is an integer tensor (token ids or indices?): "
+                "give --int-range LOW,HIGH or --data"
+            )
+    for _ in range(runs):
+        run = {}
+        for s in specs:
+            dims = concrete[s.name]
+            if s.dtype.kind == "f":
+                run[s.name] = rng.standard_normal(dims).astype(s.dtype)
+            elif s.dtype.kind == "b":
+                run[s.name] = rng.random(dims) < 0.5
+            elif s.dtype.kind in "iu":
+                lo, hi = int_range  # type: ignore[misc]
+                run[s.name] = rng.integers(lo, hi, size=dims).astype(s.dtype)
+            else:
+                raise DataError(f"input {s.describe()}: cannot synthesize dtype {s.dtype}; give --data")
+        out.append(run)
+    return Feeds(out, synthesized=True, source=f"synthesized ({runs} runs, seed {seed})")
+
+
+def load_feeds(
+    source: Any,
+    model: onnx.ModelProto,
+    *,
+    batch: int | None = None,
+    limit: int | None = None,
+) -> Feeds:
+    """Load and check feeds for ``model``.
+
+    Args:
+        source: path to ``.npz`` / folder of ``.npy``, a dict name->array, or an iterable of dicts.
+        model: the model the feeds are for.
+        batch: run size when splitting sample arrays along axis 0 and the batch dim is dynamic.
+        limit: keep at most this many runs.
+    """
+    if isinstance(source, Feeds):
+        check_feeds(source, model)
+        return source
+    label_arr = None
+    where = "data"
+    if isinstance(source, (str, os.PathLike)):
+        arrays, where = _read_arrays(Path(os.fspath(source)))
+        label_arr = arrays.pop(LABELS_KEY, None)
+        runs, labels = _split(arrays, label_arr, model, batch, where)
+    elif isinstance(source, Mapping):
+        arrays = {k: np.asarray(v) for k, v in source.items()}
+        label_arr = arrays.pop(LABELS_KEY, None)
+        runs, labels = _split(arrays, label_arr, model, batch, where)
+    else:
+        runs, labels = [], None
+        for item in source:
+            run = {k: np.asarray(v) for k, v in item.items()}
+            lab = run.pop(LABELS_KEY, None)
+            if lab is not None:
+                labels = (labels or []) + [lab]
+            runs.append(run)
+        where = "iterable"
+    if not runs:
+        raise DataError(f"{where}: no samples")
+    if limit is not None:
+        runs = runs[:limit]
+        labels = labels[:limit] if labels is not None else None
+    feeds = Feeds(runs, labels, synthesized=False, source=where)
+    check_feeds(feeds, model)
+    return feeds
+
+
+def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    arrays: dict[str, np.ndarray] = {}
+    try:
+        if path.is_dir():
+            files = sorted(path.glob("*.npy"))
+            if not files:
+                raise DataError(f"{path}: folder has no .npy files")
+            for f in files:
+                arrays[f.stem] = np.load(f, allow_pickle=False)
+        else:
+            with np.load(path, allow_pickle=False) as z:
+                if not hasattr(z, "files"):
+                    raise DataError(f"{path}: expected an .npz archive of named arrays")
+                for k in z.files:
+                    arrays[k] = z[k]
+    except DataError:
+        raise
+    except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a bad file
+        raise DataError(f"{path}: cannot read arrays ({type(e).__name__}: {e})") from e
+    return arrays, str(path)
+
+
+def _split(
+    arrays: dict[str, np.ndarray],
+    label_arr: np.ndarray | None,
+    model: onnx.ModelProto,
+    batch: int | None,
+    where: str,
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray] | None]:
+    specs = {s.name: s for s in input_specs(model)}
+    _check_names(set(arrays), specs, where)
+    per_input: dict[str, list[np.ndarray]] = {}
+    for name, arr in arrays.items():
+        s = specs[name]
+        if arr.ndim == s.rank + 1:
+            per_input[name] = [arr[i] for i in range(arr.shape[0])]
+        elif arr.ndim == s.rank and s.rank > 0:
+            b = s.shape[0] if isinstance(s.shape[0], int) else (batch or 1)
+            if arr.shape[0] % b:
+                raise DataError(
+                    f"{where}: '{name}' has {arr.shape[0]} samples, not a multiple of batch {b}"
+                )
+            per_input[name] = [arr[i : i + b] for i in range(0, arr.shape[0], b)]
+        else:
+            raise DataError(
+                f"{where}: '{name}' has rank {arr.ndim}; the model input is {s.describe()} "
+                f"(give rank {s.rank} samples or rank {s.rank + 1} stacked runs)"
+            )
+    counts = {k: len(v) for k, v in per_input.items()}
+    if len(set(counts.values())) > 1:
+        raise DataError(f"{where}: inputs have different numbers of runs: {counts}")
+    n = next(iter(counts.values()))
+    runs = [{k: np.ascontiguousarray(v[i]) for k, v in per_input.items()} for i in range(n)]
+    labels = None
+    if label_arr is not None:
+        if label_arr.shape[0] == n:
+            labels = [label_arr[i] for i in range(n)]
+        else:
+            sizes = [next(iter(r.values())).shape[0] for r in runs]
+            if sum(sizes) != label_arr.shape[0]:
+                raise DataError(
+                    f"{where}: {label_arr.shape[0]} labels for {n} runs / {sum(sizes)} samples"
+                )
+            labels, i = [], 0
+            for s in sizes:
+                labels.append(label_arr[i : i + s])
+                i += s
+    return runs, labels
+
+
+def _check_names(names: set[str], specs: Mapping[str, InputSpec], where: str) -> None:
+    missing = set(specs) - names
+    extra = names - set(specs)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing {sorted(missing)}")
+        if extra:
+            parts.append(f"unknown {sorted(extra)}")
+        raise DataError(
+            f"{where}: input names do not match the model ({'; '.join(parts)}); "
+            f"model inputs: {sorted(specs)}"
+        )
+
+
+def check_feeds(feeds: Feeds, model: onnx.ModelProto) -> None:
+    """Names, dtypes, ranks and static dims of every run against the model's inputs."""
+    specs = {s.name: s for s in input_specs(model)}
+    where = feeds.source or "data"
+    for i, run in enumerate(feeds.runs):
+        _check_names(set(run), specs, where)
+        for name, arr in run.items():
+            s = specs[name]
+            if arr.dtype != s.dtype:
+                raise DataError(
+                    f"{where}: '{name}' is {arr.dtype.name} but the model wants {s.dtype.name} "
+                    f"(convert with .astype(np.{s.dtype.name}))"
+                )
+            if arr.ndim != s.rank:
+                raise DataError(
+                    f"{where}: '{name}' run {i} has shape {list(arr.shape)}; model wants {s.describe()}"
+                )
+            for d, (have, want) in enumerate(zip(arr.shape, s.shape)):
+                if isinstance(want, int) and have != want:
+                    raise DataError(
+                        f"{where}: '{name}' run {i} has shape {list(arr.shape)}; "
+                        f"dim {d} must be {want} ({s.describe()})"
+                    )
+            if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+                raise DataError(f"{where}: '{name}' run {i} contains NaN or Inf")
+
+
+def get_feeds(
+    model: onnx.ModelProto,
+    data: Any = None,
+    *,
+    shapes: Mapping[str, list[int]] | None = None,
+    int_range: tuple[int, int] | None = None,
+    batch: int | None = None,
+    runs: int = 4,
+    limit: int | None = None,
+) -> Feeds:
+    """Real feeds when ``data`` is given, else synthesized ones (with a note saying so)."""
+    if data is not None:
+        return load_feeds(data, model, batch=batch, limit=limit)
+    feeds = synthesize(model, shapes=shapes, int_range=int_range, runs=runs)
+    feeds.notes.append("no --data: inputs were synthesized from the input specs")
+    return feeds

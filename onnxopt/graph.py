@@ -1,0 +1,199 @@
+"""Small helpers over onnx-graphsurgeon that every pass shares.
+
+gs.Graph is the editing representation; ``to_graph``/``to_model`` convert while keeping what gs
+does not carry (IR version, metadata, doc strings, producer, non-default opset domains).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+logger = logging.getLogger(__name__)
+
+# gs logs warnings through its own logger at import time; keep library output quiet.
+gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
+
+
+def to_graph(model: onnx.ModelProto) -> gs.Graph:
+    """Import a ModelProto into a fresh gs.Graph (arrays are copied, the proto is untouched)."""
+    return gs.import_onnx(model)
+
+
+def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
+    """Export ``graph``; copy model-level fields from ``like`` so nothing silently changes."""
+    graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    out = gs.export_onnx(graph, do_type_check=False)
+    if like is not None:
+        out.ir_version = like.ir_version
+        out.producer_name = like.producer_name
+        out.producer_version = like.producer_version
+        out.domain = like.domain
+        out.model_version = like.model_version
+        out.doc_string = like.doc_string
+        out.graph.doc_string = like.graph.doc_string
+        out.graph.name = like.graph.name
+        del out.metadata_props[:]
+        out.metadata_props.extend(like.metadata_props)
+        have = {o.domain: o for o in out.opset_import}
+        for o in like.opset_import:
+            if o.domain not in have:
+                out.opset_import.append(copy.deepcopy(o))
+            else:
+                have[o.domain].version = max(have[o.domain].version, o.version)
+        if len(out.functions) == 0 and len(like.functions):
+            out.functions.extend(like.functions)
+    return out
+
+
+def opset_version(graph_or_model: gs.Graph | onnx.ModelProto, domain: str = "") -> int:
+    if isinstance(graph_or_model, onnx.ModelProto):
+        for o in graph_or_model.opset_import:
+            if o.domain in (domain, "ai.onnx" if domain == "" else domain):
+                return o.version
+        return 0
+    if domain in ("", "ai.onnx"):
+        return int(graph_or_model.opset or 0)
+    for o in graph_or_model.import_domains or []:
+        if o.domain == domain:
+            return int(o.version)
+    return 0
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if len(tensor.inputs) else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.inputs)
+
+
+def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """The value of an initializer or a Constant node's output, else None."""
+    if tensor is None:
+        return None
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and "value" in node.attrs:
+        v = node.attrs["value"]
+        return np.asarray(v.values) if isinstance(v, gs.Constant) else np.asarray(v)
+    return None
+
+
+def is_empty_tensor(tensor: gs.Tensor) -> bool:
+    """An omitted optional input is an empty-named Variable in gs."""
+    return isinstance(tensor, gs.Variable) and tensor.name == ""
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Point every consumer of ``old`` (nodes, including subgraph nodes) at ``new``."""
+    for node in list(old.outputs):
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+    # nodes inside subgraphs reference outer tensors by object too
+    for node in graph.nodes:
+        for attr in node.attrs.values():
+            if isinstance(attr, gs.Graph):
+                _replace_in_subgraph(attr, old, new)
+
+
+def _replace_in_subgraph(sub: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    for node in sub.nodes:
+        for i, t in enumerate(node.inputs):
+            if t is old:
+                node.inputs[i] = new
+        for attr in node.attrs.values():
+            if isinstance(attr, gs.Graph):
+                _replace_in_subgraph(attr, old, new)
+
+
+def has_subgraph(node: gs.Node) -> bool:
+    return any(isinstance(a, gs.Graph) for a in node.attrs.values())
+
+
+def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor, drop: gs.Tensor) -> str | None:
+    """Remove ``node`` by routing consumers of ``drop`` (its output) to ``keep`` (an input).
+
+    Graph outputs keep their names: if ``drop`` is a graph output, ``keep`` takes its name,
+    which is only legal when ``keep`` is a plain intermediate tensor.
+
+    Returns:
+        None on success, or the reason the node was left alone.
+    """
+    if is_graph_output(graph, drop):
+        if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
+            return f"{node.name}: output '{drop.name}' is a graph output fed by an input/initializer"
+        if is_graph_output(graph, keep):
+            return f"{node.name}: '{keep.name}' and '{drop.name}' are both graph outputs"
+        if any(_used_in_subgraph(n, keep) for n in graph.nodes):
+            return f"{node.name}: '{keep.name}' is used inside a subgraph"
+        name = drop.name
+        replace_uses(graph, drop, keep)
+        node.outputs.clear()
+        drop.name = name + "__removed"
+        keep.name = name
+        keep.dtype = keep.dtype or drop.dtype
+        if keep.shape is None:
+            keep.shape = drop.shape
+        graph.outputs = [keep if t is drop else t for t in graph.outputs]
+    else:
+        replace_uses(graph, drop, keep)
+        node.outputs.clear()
+    node.inputs.clear()
+    return None
+
+
+def _used_in_subgraph(node: gs.Node, tensor: gs.Tensor) -> bool:
+    for attr in node.attrs.values():
+        if isinstance(attr, gs.Graph):
+            for n in attr.nodes:
+                if any(t is tensor for t in n.inputs) or _used_in_subgraph(n, tensor):
+                    return True
+    return False
+
+
+def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
+    return graph.tensors()
+
+
+def node_names_unique(graph: gs.Graph, prefix: str = "onnxopt") -> None:
+    """Give every unnamed or duplicate-named node a unique name (site keys rely on names)."""
+    seen: set[str] = set()
+    for i, node in enumerate(graph.nodes):
+        if not node.name or node.name in seen:
+            base = node.name or f"{prefix}_{node.op}"
+            name, k = f"{base}_{i}", i
+            while name in seen:
+                k += 1
+                name = f"{base}_{k}"
+            node.name = name
+        seen.add(node.name)
+
+
+def make_constant(name: str, value: np.ndarray) -> gs.Constant:
+    return gs.Constant(name, np.ascontiguousarray(value))
+
+
+def unique_name(graph: gs.Graph, base: str, taken: Iterable[str] | None = None) -> str:
+    names = set(taken) if taken is not None else set(graph.tensors().keys())
+    if base not in names:
+        return base
+    i = 1
+    while f"{base}_{i}" in names:
+        i += 1
+    return f"{base}_{i}"

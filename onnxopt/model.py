@@ -1,0 +1,342 @@
+"""Model I/O and ModelSummary.
+
+- ``load_model`` takes a path, bytes or a ModelProto, with external data, and turns every way a
+  file can be wrong into a one-line :class:`ModelError`.
+- ``save_model`` writes atomically (temporary file in the target folder, then ``os.replace``)
+  and switches to external data above 2 GB. It refuses to overwrite the model it was loaded from.
+- ``ModelSummary`` counts ops, parameters, MACs and bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import numpy_helper, shape_inference
+
+from onnxopt.errors import ModelError
+
+#: protobuf cannot serialise a message of 2 GiB or more
+PROTO_LIMIT = 2**31 - 1
+#: above this, save weights as external data
+EXTERNAL_THRESHOLD = 1_800_000_000
+#: opsets onnxruntime runs here; older models must be converted first
+MIN_OPSET = 7
+
+ModelLike = "str | os.PathLike | bytes | onnx.ModelProto"
+
+
+def load_model(src: Any, *, load_external: bool = True, check: bool = True) -> onnx.ModelProto:
+    """Load a model from a path, bytes or ModelProto (copied, never modified).
+
+    Raises:
+        ModelError: missing file, not ONNX, truncated, rejected by the checker, unsupported opset.
+    """
+    if isinstance(src, onnx.ModelProto):
+        model = onnx.ModelProto()
+        model.CopyFrom(src)
+        where = "model"
+    elif isinstance(src, (bytes, bytearray)):
+        model = _parse(bytes(src), "bytes")
+        where = "bytes"
+    else:
+        path = Path(os.fspath(src))
+        where = str(path)
+        if not path.exists():
+            raise ModelError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a folder, not an .onnx file")
+        data = path.read_bytes()
+        if not data:
+            raise ModelError(f"{path}: file is empty")
+        model = _parse(data, str(path))
+        if load_external and _has_external(model):
+            try:
+                onnx.load_external_data_for_model(model, str(path.parent))
+            except Exception as e:  # noqa: BLE001 - any failure here is a bad file
+                raise ModelError(f"{path}: cannot load external data ({e})") from e
+    if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
+        raise ModelError(f"{where}: not an ONNX model (no graph)")
+    if check:
+        check_model(model, where)
+    return model
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    model = onnx.ModelProto()
+    try:
+        model.ParseFromString(data)
+    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and others
+        raise ModelError(f"{where}: not an ONNX model or truncated ({type(e).__name__})") from e
+    if not model.HasField("graph") or model.ir_version == 0:
+        raise ModelError(f"{where}: not an ONNX model (no graph or IR version)")
+    return model
+
+
+def _has_external(model: onnx.ModelProto) -> bool:
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
+    )
+
+
+def check_model(model: onnx.ModelProto, where: str = "model") -> None:
+    """onnx.checker plus an opset range check, as a one-line ModelError."""
+    opset = default_opset(model)
+    if opset and opset < MIN_OPSET:
+        raise ModelError(f"{where}: opset {opset} is not supported (need >= {MIN_OPSET})")
+    if opset > onnx.defs.onnx_opset_version():
+        raise ModelError(
+            f"{where}: opset {opset} is newer than this onnx ({onnx.defs.onnx_opset_version()})"
+        )
+    try:
+        if model.ByteSize() < PROTO_LIMIT:
+            onnx.checker.check_model(model)
+        else:
+            with tempfile.TemporaryDirectory() as d:
+                p = os.path.join(d, "m.onnx")
+                save_model(model, p)
+                onnx.checker.check_model(p)
+    except onnx.checker.ValidationError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"{where}: rejected by onnx.checker: {first}") from e
+
+
+def default_opset(model: onnx.ModelProto) -> int:
+    for o in model.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return o.version
+    return 0
+
+
+def save_model(
+    model: onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Write ``model`` to ``path`` atomically.
+
+    Args:
+        model: the model; it is not modified (a copy is made for external data).
+        path: destination.
+        external_data: force external data on/off; ``None`` chooses by size (> ~1.8 GB).
+        source: the input file; writing over it is refused.
+    """
+    path = Path(os.fspath(path))
+    if source is not None and Path(os.fspath(source)).resolve() == path.resolve():
+        raise ModelError(f"{path}: refusing to overwrite the input model; choose another -o")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if external_data is None:
+        external_data = model.ByteSize() > EXTERNAL_THRESHOLD if _size_ok(model) else True
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    data_name = path.name + ".data"
+    tmp_data = None
+    try:
+        if external_data:
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            tmp_data = f".{data_name}.{os.getpid()}.tmp"
+            onnx.save_model(
+                m,
+                tmp,
+                save_as_external_data=True,
+                all_tensors_to_one_file=True,
+                location=tmp_data,
+                size_threshold=1024,
+            )
+            # point the model at the final data file name, then move both into place
+            for t in _external_tensors(m):
+                for kv in t.external_data:
+                    if kv.key == "location":
+                        kv.value = data_name
+            with open(tmp, "wb") as f:
+                f.write(m.SerializeToString())
+            os.replace(path.parent / tmp_data, path.parent / data_name)
+        else:
+            with open(tmp, "wb") as f:
+                f.write(model.SerializeToString())
+        _default_mode(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        for p in (tmp, path.parent / tmp_data if tmp_data else None):
+            if p is not None and os.path.exists(p):
+                os.unlink(p)
+        raise
+    return path
+
+
+def _default_mode(path: str) -> None:
+    """mkstemp creates 0600 files; give the output the mode a plain open() would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _size_ok(model: onnx.ModelProto) -> bool:
+    try:
+        return model.ByteSize() < PROTO_LIMIT
+    except Exception:  # noqa: BLE001 - ByteSize can overflow on huge models
+        return False
+
+
+def _external_tensors(model: onnx.ModelProto):
+    for t in model.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            yield t
+
+
+def model_bytes(model: onnx.ModelProto) -> int:
+    return model.ByteSize() if _size_ok(model) else sum(_tensor_nbytes(t) for t in model.graph.initializer)
+
+
+def _tensor_nbytes(t: onnx.TensorProto) -> int:
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    return n * np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+
+
+# --------------------------------------------------------------------------------------------
+# Summary
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: list[int | str | None]
+
+    def __str__(self) -> str:
+        dims = ",".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass
+class ModelSummary:
+    """What a model is made of. ``flops`` counts multiply-accumulates (MACs)."""
+
+    nodes: int
+    params: int
+    flops: int
+    bytes: int
+    opset: int
+    ir_version: int
+    ops: dict[str, int] = field(default_factory=dict)
+    inputs: list[TensorSpec] = field(default_factory=list)
+    outputs: list[TensorSpec] = field(default_factory=list)
+    flops_complete: bool = True
+
+    @classmethod
+    def of(cls, model: onnx.ModelProto) -> ModelSummary:
+        ops = Counter(
+            (n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}")
+            for n in model.graph.node
+        )
+        params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
+        params += sum(_constant_node_params(n) for n in model.graph.node if n.op_type == "Constant")
+        flops, complete = count_macs(model)
+        init_names = {t.name for t in model.graph.initializer}
+        return cls(
+            nodes=len(model.graph.node),
+            params=params,
+            flops=flops,
+            bytes=model_bytes(model),
+            opset=default_opset(model),
+            ir_version=model.ir_version,
+            ops=dict(sorted(ops.items(), key=lambda kv: (-kv[1], kv[0]))),
+            inputs=[_spec(v) for v in model.graph.input if v.name not in init_names],
+            outputs=[_spec(v) for v in model.graph.output],
+            flops_complete=complete,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _constant_node_params(node: onnx.NodeProto) -> int:
+    for a in node.attribute:
+        if a.name == "value" and a.type == onnx.AttributeProto.TENSOR:
+            return int(np.prod(a.t.dims)) if len(a.t.dims) else 1
+    return 0
+
+
+def _spec(v: onnx.ValueInfoProto) -> TensorSpec:
+    t = v.type.tensor_type
+    dtype = (
+        np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "?"
+    )
+    shape: list[int | str | None] = []
+    if t.HasField("shape"):
+        for d in t.shape.dim:
+            if d.HasField("dim_value"):
+                shape.append(int(d.dim_value))
+            elif d.HasField("dim_param"):
+                shape.append(d.dim_param)
+            else:
+                shape.append(None)
+    return TensorSpec(v.name, dtype, shape)
+
+
+def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int] | None]:
+    try:
+        if _size_ok(model):
+            inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        else:
+            inferred = model
+    except Exception:  # noqa: BLE001 - a summary never fails on shape inference
+        inferred = model
+    shapes: dict[str, list[int] | None] = {}
+    g = inferred.graph
+    for v in list(g.input) + list(g.value_info) + list(g.output):
+        t = v.type.tensor_type
+        if not t.HasField("shape"):
+            continue
+        dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
+        shapes[v.name] = dims if all(d is not None for d in dims) else [d or 1 for d in dims]
+    for t in g.initializer:
+        shapes[t.name] = list(t.dims)
+    return shapes
+
+
+def count_macs(model: onnx.ModelProto) -> tuple[int, bool]:
+    """MACs of Conv, ConvTranspose, Gemm and MatMul (dynamic dims count as 1).
+
+    Returns:
+        (macs, complete): complete is False when some shape was unknown.
+    """
+    shapes = _static_shapes(model)
+    total, complete = 0, True
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv",
+                             "QLinearMatMul", "MatMulInteger", "ConvInteger"):
+            continue
+        ins = [shapes.get(i) for i in n.input]
+        outs = [shapes.get(o) for o in n.output]
+        try:
+            if n.op_type in ("Conv", "ConvInteger", "QLinearConv"):
+                w = ins[3] if n.op_type == "QLinearConv" else ins[1]
+                y = outs[0]
+                # MACs = |Y| * (C_in/group * prod(kernel))
+                total += int(np.prod(y)) * int(np.prod(w[1:]))
+            elif n.op_type == "ConvTranspose":
+                x, w = ins[0], ins[1]
+                # each input element scatters into C_out/group * prod(kernel) outputs
+                total += int(np.prod(x)) * int(np.prod(w[1:]))
+            elif n.op_type == "Gemm":
+                a = ins[0]
+                trans_a = next((at.i for at in n.attribute if at.name == "transA"), 0)
+                k = a[0] if trans_a else a[1]
+                total += int(np.prod(outs[0])) * int(k)
+            else:
+                a_idx = 0
+                a = ins[a_idx]
+                total += int(np.prod(outs[0])) * int(a[-1])
+        except (TypeError, IndexError):
+            complete = False
+    return total, complete

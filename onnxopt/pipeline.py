@@ -1,0 +1,443 @@
+"""PassManager: run passes, check, verify, roll back, report.
+
+For every pass (DESIGN.md, "Contracts"):
+1. the original's reference outputs are computed once (onnxruntime, optimizations off);
+2. the pass runs on a fresh copy of the last good stage; the candidate goes through
+   ``onnx.checker`` and strict shape inference, then runs in onnxruntime;
+3. an exact pass must match the previous stage within :class:`~onnxopt.verify.Exact`; every pass
+   is also compared with the original (exact tolerance until a lossy pass was kept, then the
+   user's :class:`~onnxopt.verify.Budget`);
+4. a failing pass is rolled back (or raises with ``strict``); a failing pass that listed its
+   sites is bisected: its sites are re-applied in halves and every site that verifies is kept.
+
+Consecutive exact passes of one family run as one *batch*: they edit the same graph and are
+verified once. If the batch fails, its passes are re-run one at a time with their own checks.
+This keeps verification cheap on large models without weakening it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import onnx
+
+from onnxopt.data import Feeds, get_feeds
+from onnxopt.errors import ModelError, OnnxoptError, OptionError
+from onnxopt.graph import to_graph, to_model
+from onnxopt.model import PROTO_LIMIT, ModelSummary, load_model
+from onnxopt.passes.base import Pass, PassContext, PassResult
+from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
+from onnxopt.verify import Budget, Comparison, Exact, Runner, Runs, accuracy, compare
+
+logger = logging.getLogger(__name__)
+
+#: ordering constraints between pass tags: (a, b) means every ``a`` runs before every ``b``
+ORDER: list[tuple[str, str]] = [
+    ("cleanup", "fusion"),
+    ("cleanup", "quantize"),
+    ("fusion", "quantize"),
+    ("prune", "distill"),
+    ("prune", "quantize"),
+    ("distill", "quantize"),
+]
+
+#: at most this many extra verification runs when bisecting one pass's sites
+MAX_BISECT_TRIALS = 24
+
+
+class PipelineError(OnnxoptError):
+    """A pass failed under ``strict``."""
+
+
+def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]] = ORDER) -> None:
+    """Refuse a pass list that breaks an ordering constraint, before anything runs."""
+    for i, late in enumerate(passes):
+        for early in passes[i + 1 :]:
+            for a, b in order:
+                if a in early.all_tags() and b in late.all_tags():
+                    raise OptionError(
+                        f"'{late.name}' cannot run before '{early.name}': "
+                        f"{a} passes must run before {b} passes"
+                    )
+
+
+@dataclass
+class _Stage:
+    model: onnx.ModelProto
+    outputs: Runs
+    summary: ModelSummary
+    lossy: bool = False
+
+
+class PassManager:
+    """Runs passes with verification and rollback.
+
+    Args:
+        passes: pass names (aliases expand) or Pass instances, in order.
+        budget: the user's budget against the original; defaults to ``Budget()`` (cosine >= 0.99)
+            for lossy passes. Exact passes are always held to the exact tolerance.
+        target: "onnx" (standard ops only) or "onnxruntime" (contrib ops allowed).
+        strict: raise :class:`PipelineError` on the first failing pass instead of rolling back.
+        options: per-pass options ``{pass_name: {key: value}}``.
+        progress: a :class:`~onnxopt.report.ProgressSink` (the CLI passes a rich one).
+        verify_runs: use at most this many feed runs for verification (None: all).
+    """
+
+    def __init__(
+        self,
+        passes: Sequence[str | Pass] | None = None,
+        *,
+        budget: Budget | None = None,
+        target: str = "onnx",
+        strict: bool = False,
+        options: dict[str, dict[str, Any]] | None = None,
+        progress: ProgressSink | None = None,
+        verify_runs: int | None = None,
+        batch_exact: bool = True,
+    ) -> None:
+        from onnxopt.passes import registry
+
+        if target not in ("onnx", "onnxruntime"):
+            raise OptionError(f"--target must be 'onnx' or 'onnxruntime', not {target!r}")
+        if passes is None:  # the default: every exact family this build has
+            names: list[str | Pass] = [f for f in registry.DEFAULT_PIPELINE
+                                       if registry.family_passes(f)]
+        else:
+            names = list(passes)
+        self.passes: list[Pass] = registry.resolve(names)
+        if not self.passes:
+            raise OptionError("no passes to run")
+        validate_order(self.passes)
+        self.budget = budget
+        self.target = target
+        self.strict = strict
+        self.options = dict(options or {})
+        self.progress = progress
+        self.verify_runs = verify_runs
+        self.batch_exact = batch_exact
+        self.runner = Runner()
+        self.exact = Exact()
+
+    def __repr__(self) -> str:
+        return f"PassManager({[p.name for p in self.passes]}, target={self.target!r})"
+
+    # ----------------------------------------------------------------------------------------
+    def run(
+        self, model: Any, feeds: Feeds | None = None, calibration: Feeds | None = None
+    ) -> tuple[onnx.ModelProto, PipelineReport]:
+        """Run the pipeline on ``model`` (path, bytes or ModelProto; never modified).
+
+        Args:
+            model: the original.
+            feeds: verification inputs (labels enable accuracy budgets); synthesized if None.
+            calibration: inputs the passes learn from (calibration, pruning importance,
+                reconstruction, distillation); defaults to ``feeds``.
+        """
+        t0 = time.perf_counter()
+        original = load_model(model)
+        if feeds is None:
+            feeds = get_feeds(original)
+        vfeeds = feeds.subset(self.verify_runs) if self.verify_runs else feeds
+        report = PipelineReport(
+            feeds=feeds.source + (" (synthesized)" if feeds.synthesized and "synth" not in
+                                  feeds.source else ""),
+            budget=(self.budget or Budget()).describe(),
+            target=self.target,
+        )
+        report.notes.extend(feeds.notes)
+        ref = self.runner.run(original, vfeeds)
+        summary = ModelSummary.of(original)
+        report.original = summary_dict(summary)
+        if feeds.labels is not None:
+            report.accuracy_original = accuracy(ref, vfeeds.labels or [])
+        self._original = original
+        self._ref = ref
+        self._feeds = feeds
+        self._vfeeds = vfeeds
+        self._calib = calibration if calibration is not None else feeds
+        if calibration is not None:
+            report.notes.append(f"passes learn from {calibration.source}; verified on {feeds.source}")
+        stage = _Stage(original, ref, summary)
+        if self.progress:
+            self.progress.start(len(self.passes))
+        try:
+            i = 0
+            while i < len(self.passes):
+                batch = self._next_batch(i)
+                stage = self._run_batch(batch, i, stage, report)
+                i += len(batch)
+        finally:
+            if self.progress:
+                self.progress.stop()
+        report.final = summary_dict(stage.summary)
+        final_cmp = compare(ref, stage.outputs)
+        report.final_vs_original = _metrics(final_cmp)
+        if feeds.labels is not None:
+            report.accuracy_final = accuracy(stage.outputs, vfeeds.labels or [])
+        report.seconds = time.perf_counter() - t0
+        return stage.model, report
+
+    def _next_batch(self, i: int) -> list[Pass]:
+        first = self.passes[i]
+        if not self.batch_exact or not first.exact or first.needs_model:
+            return [first]
+        fam = set(first.tags)
+        batch = [first]
+        for p in self.passes[i + 1 :]:
+            if p.exact and not p.needs_model and set(p.tags) == fam:
+                batch.append(p)
+            else:
+                break
+        return batch
+
+    # ----------------------------------------------------------------------------------------
+    def _ctx(self, p: Pass, site_filter: set[str] | None = None) -> PassContext:
+        def prog(what: str, done: int, total: int) -> None:
+            if self.progress:
+                self.progress.update(what, done, total)
+
+        return PassContext(
+            feeds=self._calib,
+            options=dict(self.options.get(p.name, {})),
+            target=self.target,
+            original=self._original,
+            site_filter=site_filter,
+            progress=prog,
+            budget=self.budget,
+            runner=self.runner,
+        )
+
+    def _apply(self, p: Pass, model: onnx.ModelProto, site_filter: set[str] | None = None
+               ) -> tuple[PassResult, onnx.ModelProto]:
+        ctx = self._ctx(p, site_filter)
+        if p.needs_model:
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            result = p.run_model(m, ctx)
+            out = result.model if result.model is not None else m
+        else:
+            graph = to_graph(model)
+            result = p.run(graph, ctx)
+            out = to_model(graph, like=model) if result.changed else model
+        return result, out
+
+    def _run_batch(self, batch: list[Pass], start: int, stage: _Stage,
+                   report: PipelineReport) -> _Stage:
+        if len(batch) == 1:
+            return self._run_one(batch[0], start, stage, report)
+        # several exact passes on one graph, verified once
+        t0 = time.perf_counter()
+        graph = to_graph(stage.model)
+        results: list[tuple[Pass, PassResult | Exception]] = []
+        for k, p in enumerate(batch):
+            if self.progress:
+                self.progress.pass_started(p.name, start + k)
+            try:
+                results.append((p, p.run(graph, self._ctx(p))))
+            except Exception as e:  # noqa: BLE001 - fall back to one-by-one for a clear report
+                logger.debug("batch pass %s raised", p.name, exc_info=True)
+                results.append((p, e))
+                break
+        ok_batch = all(not isinstance(r, Exception) for _, r in results)
+        changed = any(isinstance(r, PassResult) and r.changed for _, r in results)
+        if ok_batch and not changed:
+            dt = (time.perf_counter() - t0) / len(batch)
+            for p, r in results:
+                pr = PassReport(p.name, p.exact, status="unchanged", seconds=dt)
+                pr.notes = list(r.notes)  # type: ignore[union-attr]
+                pr.before = pr.after = summary_dict(stage.summary)
+                pr.details = dict(r.details)  # type: ignore[union-attr]
+                self._emit(report, pr)
+            return stage
+        if ok_batch:
+            try:
+                candidate = to_model(graph, like=stage.model)
+                new_stage, why, cmp_prev, cmp_orig = self._verify(candidate, stage, exact=True)
+            except Exception as e:  # noqa: BLE001
+                new_stage, why = None, f"{type(e).__name__}: {e}"
+            if new_stage is not None:
+                dt = (time.perf_counter() - t0) / len(batch)
+                for p, r in results:
+                    pr = PassReport(p.name, p.exact, seconds=dt)
+                    assert isinstance(r, PassResult)
+                    pr.status = "kept" if r.changed else "unchanged"
+                    pr.rewrites, pr.notes, pr.details = r.rewrites, list(r.notes), dict(r.details)
+                    pr.before = summary_dict(stage.summary)
+                    pr.after = summary_dict(new_stage.summary)
+                    pr.vs_previous, pr.vs_original = _metrics(cmp_prev), _metrics(cmp_orig)
+                    self._emit(report, pr)
+                return new_stage
+            logger.info("batch %s failed (%s); running its passes one by one",
+                        [p.name for p in batch], why)
+        for k, p in enumerate(batch):
+            stage = self._run_one(p, start + k, stage, report)
+        return stage
+
+    def _emit(self, report: PipelineReport, pr: PassReport) -> None:
+        report.passes.append(pr)
+        if self.progress:
+            self.progress.pass_done(pr)
+
+    def _run_one(self, p: Pass, index: int, stage: _Stage, report: PipelineReport) -> _Stage:
+        pr = PassReport(p.name, p.exact)
+        pr.before = summary_dict(stage.summary)
+        pr.after = pr.before
+        if self.progress:
+            self.progress.pass_started(p.name, index)
+        t0 = time.perf_counter()
+        try:
+            if p.needs_data and self._calib.synthesized:
+                pr.notes.append("no --data given: working on synthesized inputs")
+            result, candidate = self._apply(p, stage.model)
+            pr.rewrites, pr.details = result.rewrites, dict(result.details)
+            pr.notes.extend(result.notes)
+            if not result.changed:
+                pr.status = "unchanged"
+                new_stage = stage
+            else:
+                new_stage, why, cmp_prev, cmp_orig = self._verify(candidate, stage, p.exact)
+                if new_stage is None and len(result.sites) > 1:
+                    new_stage, why, cmp_prev, cmp_orig, dropped = self._bisect(
+                        p, stage, result.sites
+                    )
+                    pr.dropped_sites = dropped
+                    if new_stage is not None:
+                        pr.rewrites = len(result.sites) - len(dropped)
+                        pr.notes.append(
+                            f"bisection kept {pr.rewrites} of {len(result.sites)} sites; "
+                            f"dropped {dropped[:10]}{' …' if len(dropped) > 10 else ''}: {why}"
+                        )
+                if new_stage is None:
+                    pr.status = "rolled back"
+                    pr.reason = why
+                    new_stage = stage
+                else:
+                    pr.status = "kept"
+                    pr.after = summary_dict(new_stage.summary)
+                    pr.vs_previous, pr.vs_original = _metrics(cmp_prev), _metrics(cmp_orig)
+                    if new_stage.summary is not stage.summary and self._feeds.labels is not None:
+                        pr.vs_original.accuracy = accuracy(new_stage.outputs,
+                                                           self._vfeeds.labels or [])
+        except OnnxoptError as e:
+            pr.status, pr.reason, new_stage = "error", str(e), stage
+        except Exception as e:  # noqa: BLE001 - a broken pass never takes the pipeline down
+            logger.debug("pass %s raised", p.name, exc_info=True)
+            pr.status, pr.reason, new_stage = "error", f"{type(e).__name__}: {e}", stage
+        pr.seconds = time.perf_counter() - t0
+        self._emit(report, pr)
+        if pr.status in ("rolled back", "error") and self.strict:
+            raise PipelineError(f"pass '{p.name}' {pr.status}: {pr.reason}")
+        return new_stage
+
+    # ----------------------------------------------------------------------------------------
+    def _verify(self, candidate: onnx.ModelProto, stage: _Stage, exact: bool
+                ) -> tuple[_Stage | None, str, Comparison | None, Comparison | None]:
+        """Check, run and compare ``candidate``; returns (new stage or None, reason, cmps)."""
+        try:
+            structural_check(candidate)
+            outputs = self.runner.run(candidate, self._vfeeds)
+        except OnnxoptError as e:
+            return None, str(e), None, None
+        except Exception as e:  # noqa: BLE001
+            return None, f"{type(e).__name__}: {e}", None, None
+        cmp_prev = compare(stage.outputs, outputs)
+        cmp_orig = compare(self._ref, outputs)
+        if exact:
+            v = self.exact.check(stage.outputs, outputs)
+            if not v:
+                return None, "outputs changed: " + v.reason, cmp_prev, cmp_orig
+        lossy = stage.lossy or not exact
+        if lossy:
+            acc = None
+            if self._feeds.labels is not None:
+                acc = (accuracy(self._ref, self._vfeeds.labels or []),
+                       accuracy(outputs, self._vfeeds.labels or []))
+            v = (self.budget or Budget()).check(cmp_orig, acc)
+            if not v:
+                return None, "over budget: " + v.reason, cmp_prev, cmp_orig
+        else:
+            v = self.exact.check(self._ref, outputs)
+            if not v:
+                return None, "drifted from the original: " + v.reason, cmp_prev, cmp_orig
+        return _Stage(candidate, outputs, ModelSummary.of(candidate), lossy), "", cmp_prev, cmp_orig
+
+    def _bisect(self, p: Pass, stage: _Stage, sites: list[str]):
+        """Keep every site that verifies: try chunks, split failing chunks in halves."""
+        good: list[str] = []
+        dropped: list[str] = []
+        queue: list[list[str]] = [sites[: len(sites) // 2], sites[len(sites) // 2 :]]
+        best: tuple[_Stage | None, str, Any, Any] = (None, "", None, None)
+        last_why = ""
+        trials = 0
+        while queue:
+            chunk = queue.pop(0)
+            if not chunk:
+                continue
+            if trials >= MAX_BISECT_TRIALS:
+                dropped.extend(chunk)
+                continue
+            trials += 1
+            try:
+                result, cand = self._apply(p, stage.model, set(good + chunk))
+                res = self._verify(cand, stage, p.exact) if result.changed else (None, "no-op",
+                                                                                 None, None)
+            except Exception as e:  # noqa: BLE001
+                res = (None, f"{type(e).__name__}: {e}", None, None)
+            if res[0] is not None:
+                good += chunk
+                best = res
+            elif len(chunk) == 1:
+                dropped.append(chunk[0])
+                last_why = res[1]
+            else:
+                h = len(chunk) // 2
+                queue[:0] = [chunk[:h], chunk[h:]]
+        if not good:
+            return None, last_why or "every site failed", None, None, dropped
+        return best[0], last_why, best[2], best[3], dropped
+
+
+def structural_check(model: onnx.ModelProto) -> None:
+    """onnx.checker and strict shape inference, as a ModelError."""
+    try:
+        if model.ByteSize() < PROTO_LIMIT:
+            onnx.checker.check_model(model)
+            onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+        else:
+            from onnxopt.model import save_model
+
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "m.onnx")
+                save_model(model, path, external_data=True)
+                onnx.checker.check_model(path)
+                onnx.shape_inference.infer_shapes_path(path, path + ".inf", check_type=True,
+                                                       strict_mode=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"invalid model after rewrite: {first}") from e
+
+
+def _metrics(c: Comparison | None) -> Metrics:
+    if c is None:
+        return Metrics()
+    return Metrics(max_abs=c.max_abs, max_rel=c.max_rel, cosine=c.cosine, top1=c.top1)
+
+
+def run_pipeline(
+    model: Any,
+    passes: Sequence[str | Pass] | None = None,
+    feeds: Feeds | None = None,
+    budget: Budget | None = None,
+    **kwargs: Any,
+) -> tuple[onnx.ModelProto, PipelineReport]:
+    """Functional shortcut for ``PassManager(passes, budget=budget, **kwargs).run(model, feeds)``."""
+    return PassManager(passes, budget=budget, **kwargs).run(model, feeds)
+
+
+ProgressCallback = Callable[[str, int, int], None]

@@ -1,0 +1,1 @@
+"""onnxopt passes: one module or folder per family; see registry.py."""

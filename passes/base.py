@@ -1,0 +1,146 @@
+"""The pass contract: what every rewrite receives and returns, and the explicit registry.
+
+A pass is a plain class with a ``name`` (its CLI name), ``exact`` (True: outputs must not change;
+False: lossy, judged by the user's Budget) and ``run(graph, ctx) -> PassResult``. Passes never
+verify themselves: :class:`onnxopt.pipeline.PassManager` does that for every pass alike.
+
+Bisection contract: a pass that rewrites several independent *sites* names each one with a
+stable key (for instance the name of the node it rewrites), asks ``ctx.allow(key)`` before
+rewriting it, and lists the keys it rewrote in ``PassResult.sites``. When its output fails
+verification the manager re-runs it on a fresh copy with a subset of keys allowed, keeping every
+site that verifies.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:  # pragma: no cover
+    import onnx
+    import onnx_graphsurgeon as gs
+
+    from onnxopt.data import Feeds
+
+logger = logging.getLogger(__name__)
+
+
+class PassError(Exception):
+    """A pass could not run (bad options, missing data). The manager reports it and rolls back."""
+
+
+@dataclass
+class PassResult:
+    """What a pass did.
+
+    Attributes:
+        changed: whether the graph was modified.
+        rewrites: how many sites were rewritten.
+        notes: what a user should know (sites skipped, and why).
+        sites: stable keys of the rewritten sites, for bisection; empty if not bisectable.
+        details: free-form, JSON-serialisable extras for the report (e.g. per-group tables).
+        model: a pass that works on the whole ModelProto (not the gs.Graph) returns it here.
+    """
+
+    changed: bool
+    rewrites: int = 0
+    notes: list[str] = field(default_factory=list)
+    sites: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+    model: onnx.ModelProto | None = None
+
+    @classmethod
+    def unchanged(cls, *notes: str) -> PassResult:
+        return cls(changed=False, rewrites=0, notes=list(notes))
+
+
+@dataclass
+class PassContext:
+    """Everything a pass may use besides the graph.
+
+    Attributes:
+        feeds: calibration / verification inputs (may be synthesized; see ``feeds.synthesized``).
+        options: this pass's options from the CLI or recipe.
+        target: ``"onnx"`` (standard ops only) or ``"onnxruntime"`` (contrib ops allowed).
+        original: the pipeline's original model (a teacher for distillation, a reference).
+        site_filter: set by the manager during bisection; ``None`` allows every site.
+        progress: optional callback ``(description, done, total)`` for long work.
+        budget: the user's lossy Budget (for passes with their own accuracy-aware fallback,
+            such as int8 quantization); the manager still judges the result independently.
+        runner: a shared :class:`onnxopt.verify.Runner` (session cache), may be None.
+    """
+
+    feeds: Feeds | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    target: str = "onnx"
+    original: onnx.ModelProto | None = None
+    site_filter: set[str] | None = None
+    progress: Callable[[str, int, int], None] | None = None
+    budget: Any = None
+    runner: Any = None
+
+    def allow(self, key: str) -> bool:
+        """Whether the site named ``key`` may be rewritten in this run."""
+        return self.site_filter is None or key in self.site_filter
+
+    def report_progress(self, what: str, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(what, done, total)
+
+    def option(self, key: str, default: Any = None) -> Any:
+        return self.options.get(key, default)
+
+
+class Pass:
+    """Base class of every pass. Subclasses set the class attributes and implement ``run``.
+
+    Configuration is constructor arguments; ``options`` from the CLI arrive in ``ctx.options``.
+    """
+
+    name: ClassVar[str] = ""
+    exact: ClassVar[bool] = True
+    summary: ClassVar[str] = ""
+    #: ordering tags: the name plus families such as "cleanup", "fusion", "quantize"
+    tags: ClassVar[tuple[str, ...]] = ()
+    #: works on the ModelProto instead of a gs.Graph (``run_model`` instead of ``run``)
+    needs_model: ClassVar[bool] = False
+    #: needs real (not synthesized) feeds to be meaningful
+    needs_data: ClassVar[bool] = False
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:  # pragma: no cover
+        raise NotImplementedError
+
+    def all_tags(self) -> set[str]:
+        return {self.name, *self.tags}
+
+    def __repr__(self) -> str:
+        kind = "exact" if self.exact else "lossy"
+        return f"<Pass {self.name} ({kind})>"
+
+
+# The registry is an explicit mapping filled by ``register`` decorators in the pass modules that
+# ``onnxopt.passes.registry`` imports by name: no import side effects elsewhere.
+_REGISTRY: dict[str, type[Pass]] = {}
+
+
+def register(cls: type[Pass]) -> type[Pass]:
+    """Class decorator: make ``cls`` available by ``cls.name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"pass name {cls.name!r} registered twice")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def registered() -> dict[str, type[Pass]]:
+    return dict(_REGISTRY)
+
+
+def names(passes: Iterable[Pass]) -> list[str]:
+    return [p.name for p in passes]

@@ -1,0 +1,79 @@
+"""Feeds: loading, layouts, synthesis and the clear errors on mismatches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from onnx import parser
+
+from onnxopt.data import get_feeds, load_feeds, parse_shape_overrides, synthesize
+from onnxopt.errors import DataError
+
+MODEL = parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
+g (float[N,3] x, int64[N,5] ids) => (float[N,3] y) { y = Relu(x) }""")
+STATIC = parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
+g (float[2,3] x) => (float[2,3] y) { y = Relu(x) }""")
+
+
+def test_npz_split_along_batch_and_labels(tmp_path):
+    p = tmp_path / "d.npz"
+    np.savez(p, x=np.zeros((6, 3), np.float32), ids=np.zeros((6, 5), np.int64),
+             labels=np.arange(6))
+    f = load_feeds(p, MODEL, batch=2)
+    assert len(f) == 3 and f.runs[0]["x"].shape == (2, 3)
+    assert [list(x) for x in f.labels] == [[0, 1], [2, 3], [4, 5]]
+
+
+def test_stacked_layout_and_static_batch(tmp_path):
+    p = tmp_path / "s.npz"
+    np.savez(p, x=np.zeros((5, 2, 3), np.float32))
+    assert len(load_feeds(p, STATIC)) == 5
+    np.savez(p, x=np.zeros((4, 3), np.float32))
+    assert len(load_feeds(p, STATIC)) == 2
+
+
+def test_folder_of_npy(tmp_path):
+    np.save(tmp_path / "x.npy", np.ones((4, 2, 3), np.float32))
+    assert len(load_feeds(tmp_path, STATIC)) == 4
+
+
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({"x": np.zeros((4, 3), np.float32)}, "missing"),
+        ({"x": np.zeros((4, 3), np.float64), "ids": np.zeros((4, 5), np.int64)}, "float64"),
+        ({"x": np.zeros((4, 4), np.float32), "ids": np.zeros((4, 5), np.int64)}, "dim 1 must be 3"),
+        ({"x": np.zeros((4,), np.float32), "ids": np.zeros((4, 5), np.int64)}, "rank"),
+        ({"x": np.full((4, 3), np.nan, np.float32), "ids": np.zeros((4, 5), np.int64)}, "NaN"),
+    ],
+)
+def test_mismatches_are_named(tmp_path, arrays, match):
+    p = tmp_path / "bad.npz"
+    np.savez(p, **arrays)
+    with pytest.raises(DataError, match=match):
+        load_feeds(p, MODEL)
+
+
+def test_not_an_npz(tmp_path):
+    p = tmp_path / "bad.npz"
+    p.write_bytes(b"garbage")
+    with pytest.raises(DataError, match="cannot read"):
+        load_feeds(p, MODEL)
+
+
+def test_synthesize_needs_int_range_then_works():
+    with pytest.raises(DataError, match="--int-range"):
+        synthesize(MODEL)
+    f = synthesize(MODEL, int_range=(0, 7), runs=2)
+    assert f.synthesized and f.runs[0]["ids"].max() < 7 and f.runs[0]["x"].shape == (1, 3)
+
+
+def test_dynamic_inner_dim_needs_shape():
+    m = parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
+    g (float[1,S] x) => (float[1,S] y) { y = Relu(x) }""")
+    with pytest.raises(DataError, match="--shape x="):
+        get_feeds(m)
+    f = get_feeds(m, shapes=parse_shape_overrides(["x=1x7"]))
+    assert f.runs[0]["x"].shape == (1, 7)
+    with pytest.raises(DataError):
+        parse_shape_overrides(["x=1xa"])

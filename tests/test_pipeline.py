@@ -1,0 +1,166 @@
+"""PassManager: rollback of a wrong pass, bisection, order validation, strict, lossy budgets."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+from onnx import parser
+
+from onnxopt.data import synthesize
+from onnxopt.errors import OptionError
+from onnxopt.passes.base import Pass, PassResult
+from onnxopt.pipeline import PassManager, PipelineError, validate_order
+from onnxopt.verify import Budget
+
+CHAIN = """<ir_version: 8, opset_import: ["": 17]>
+g (float[2,8] x) => (float[2,8] y) {
+  a = Neg(x)
+  b = Neg(a)
+  c = Neg(b)
+  d = Neg(c)
+  y = Relu(d)
+}"""
+
+
+def model():
+    return parser.parse_model(CHAIN)
+
+
+class NegToAbs(Pass):
+    """Test-only: rewrites every Neg; the sites in ``wrong`` become Abs (changes outputs)."""
+
+    name = "test-neg"
+    exact = True
+    tags = ("test",)
+
+    def __init__(self, wrong=("c",)):
+        self.wrong = set(wrong)
+
+    def run(self, graph, ctx):
+        sites = []
+        for n in graph.nodes:
+            key = n.outputs[0].name
+            if n.op == "Neg" and ctx.allow(key):
+                sites.append(key)
+                n.op = "Abs" if key in self.wrong else "Neg"
+                n.name = f"rewritten_{key}"
+        return PassResult(changed=bool(sites), rewrites=len(sites), sites=sites)
+
+
+class AllWrong(Pass):
+    name = "test-wrong"
+    exact = True
+    tags = ("test",)
+
+    def run(self, graph, ctx):
+        for n in graph.nodes:
+            if n.op == "Relu":
+                n.op = "Sigmoid"
+        return PassResult(changed=True, rewrites=1)
+
+
+class Crashes(Pass):
+    name = "test-crash"
+    exact = True
+
+    def run(self, graph, ctx):
+        raise RuntimeError("boom")
+
+
+class Scale(Pass):
+    """Test-only lossy pass: multiplies the output by (1 + eps) via an extra Mul."""
+
+    name = "test-scale"
+    exact = False
+    tags = ("quantize",)
+
+    def __init__(self, noise):
+        self.noise = noise
+
+    def run(self, graph, ctx):
+        import onnx_graphsurgeon as gs
+
+        y = graph.outputs[0]
+        relu = y.inputs[0]
+        mid = gs.Variable("pre_y", dtype=np.float32)
+        relu.outputs = [mid]
+        rng = np.random.default_rng(0)
+        k = gs.Constant("k", (1 + self.noise * rng.standard_normal((2, 8))).astype(np.float32))
+        graph.nodes.append(gs.Node("Mul", inputs=[mid, k], outputs=[y]))
+        return PassResult(changed=True, rewrites=1)
+
+
+def feeds():
+    return synthesize(model(), runs=3)
+
+
+def test_wrong_pass_is_rolled_back_and_output_is_original():
+    out, rep = PassManager([AllWrong()]).run(model(), feeds())
+    assert rep.passes[0].status == "rolled back"
+    assert "outputs changed" in rep.passes[0].reason
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in model().graph.node]
+
+
+def test_bisection_keeps_good_sites_and_drops_culprit():
+    out, rep = PassManager([NegToAbs(wrong=("c",))]).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "kept"
+    assert pr.dropped_sites == ["c"]
+    assert pr.rewrites == 3
+    names = {n.name for n in out.graph.node}
+    assert {"rewritten_a", "rewritten_b", "rewritten_d"} <= names
+    assert "rewritten_c" not in names
+    assert [n.op_type for n in out.graph.node].count("Abs") == 0
+
+
+def test_crashing_pass_is_reported_not_raised():
+    out, rep = PassManager([Crashes(), NegToAbs(wrong=())]).run(model(), feeds())
+    assert rep.passes[0].status == "error" and "boom" in rep.passes[0].reason
+    assert rep.passes[1].status == "kept"
+
+
+def test_strict_raises():
+    with pytest.raises(PipelineError, match="test-wrong"):
+        PassManager([AllWrong()], strict=True).run(model(), feeds())
+
+
+def test_bad_order_is_refused_before_running():
+    class Fuse(Pass):
+        name = "test-fuse"
+        tags = ("fusion",)
+
+    with pytest.raises(OptionError, match="must run before"):
+        validate_order([Scale(0.0), Fuse()])
+    with pytest.raises(OptionError):
+        PassManager([Scale(0.0), Fuse()])
+
+
+def test_unknown_pass_name():
+    with pytest.raises(OptionError, match="unknown pass 'nope'"):
+        PassManager(["nope"])
+
+
+def test_lossy_pass_judged_by_budget():
+    _, rep = PassManager([Scale(0.001)], budget=Budget(min_cosine=0.99)).run(model(), feeds())
+    assert rep.passes[0].status == "kept"
+    assert rep.passes[0].vs_original.cosine < 1.0
+    _, rep = PassManager([Scale(1.0)], budget=Budget(min_cosine=0.99)).run(model(), feeds())
+    assert rep.passes[0].status == "rolled back" and "over budget" in rep.passes[0].reason
+
+
+def test_report_json_roundtrip():
+    import json
+
+    _, rep = PassManager([NegToAbs(wrong=())]).run(model(), feeds())
+    d = json.loads(rep.to_json())
+    assert d["passes"][0]["name"] == "test-neg" and d["passes"][0]["status"] == "kept"
+    assert d["original"]["nodes"] == 5
+
+
+def test_input_model_is_not_modified():
+    m = model()
+    before = m.SerializeToString()
+    PassManager([NegToAbs(wrong=())]).run(m, feeds())
+    assert m.SerializeToString() == before
+    assert isinstance(m, onnx.ModelProto)

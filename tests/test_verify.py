@@ -1,0 +1,80 @@
+"""The comparator, tolerances and budgets, on plain arrays (no model runs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxopt.verify import Budget, Exact, compare, compare_arrays
+
+
+def runs(*arrays, name="y"):
+    return [{name: a} for a in arrays]
+
+
+def test_identical_arrays_are_equal_and_pass_exact():
+    a = np.random.default_rng(0).standard_normal((4, 10)).astype(np.float32)
+    st = compare_arrays("y", [a], [a.copy()])
+    assert st.max_abs == 0 and st.cosine == pytest.approx(1.0) and st.top1 == 1.0
+    assert Exact().check(runs(a), runs(a.copy())).ok
+
+
+def test_error_statistics_are_correct():
+    r = np.array([1.0, 2.0, 4.0], np.float32)
+    c = np.array([1.0, 2.5, 3.0], np.float32)
+    st = compare_arrays("y", [r], [c])
+    assert st.max_abs == pytest.approx(1.0)
+    assert st.mean_abs == pytest.approx(0.5)
+    assert st.max_rel == pytest.approx(0.25)
+    expected_cos = float(r @ c / np.linalg.norm(r) / np.linalg.norm(c))
+    assert st.cosine == pytest.approx(expected_cos)
+
+
+def test_exact_scales_atol_by_magnitude_and_reports_needed_tolerance():
+    r = np.full((100,), 1000.0, np.float32)
+    noisy = r + 0.005  # 5e-6 relative: float noise at this magnitude
+    assert Exact().check(runs(r), runs(noisy)).ok
+    bad = r.copy()
+    bad[3] += 5.0
+    v = Exact().check(runs(r), runs(bad))
+    assert not v.ok
+    assert "would pass with atol>=" in v.reason
+
+
+def test_exact_integer_outputs_must_be_identical():
+    r = np.arange(6, dtype=np.int64)
+    c = r.copy()
+    c[2] = 7
+    assert Exact().check(runs(r), runs(r.copy())).ok
+    assert not Exact().check(runs(r), runs(c)).ok
+
+
+def test_exact_detects_shape_and_nan_changes():
+    r = np.zeros((2, 3), np.float32)
+    assert "shape" in Exact().check(runs(r), runs(np.zeros((3, 2), np.float32))).reason
+    n = r.copy()
+    n[0, 0] = np.nan
+    assert "NaN" in Exact().check(runs(r), runs(n)).reason
+
+
+def test_top1_agreement_counts_argmax_matches():
+    r = np.array([[1, 0], [0, 1], [1, 0], [0, 1]], np.float32)
+    c = np.array([[1, 0], [1, 0], [1, 0], [0, 1]], np.float32)
+    assert compare_arrays("y", [r], [c]).top1 == pytest.approx(0.75)
+
+
+def test_budget_cosine_and_abs():
+    rng = np.random.default_rng(1)
+    r = rng.standard_normal((8, 10)).astype(np.float32)
+    c = r + 0.3 * rng.standard_normal(r.shape).astype(np.float32)
+    cmp = compare(runs(r), runs(c))
+    assert not Budget(min_cosine=0.999).check(cmp).ok
+    assert Budget(min_cosine=0.5).check(cmp).ok
+    assert not Budget(min_cosine=None, max_abs_err=0.01).check(cmp).ok
+
+
+def test_budget_accuracy_drop():
+    cmp = compare(runs(np.eye(3, dtype=np.float32)), runs(np.eye(3, dtype=np.float32)))
+    assert Budget(min_cosine=None, max_accuracy_drop=1.0).check(cmp, (98.0, 97.5)).ok
+    v = Budget(min_cosine=None, max_accuracy_drop=1.0).check(cmp, (98.0, 96.0))
+    assert not v.ok and "points below" in v.reason
