@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.markup import escape
@@ -52,15 +52,15 @@ def _root(
 # ------------------------------------------------------------------------------------------------
 # Shared option types
 
-DataOpt = Annotated[Optional[Path], typer.Option("--data", help=".npz or folder of .npy (keys = input names; 'labels' optional).")]  # noqa: E501
-ShapeOpt = Annotated[Optional[list[str]], typer.Option("--shape", help="Dynamic dims for synthesized inputs: name=1x3x224x224 (repeatable).")]  # noqa: E501
-IntRangeOpt = Annotated[Optional[str], typer.Option("--int-range", help="Range LOW,HIGH for synthesized integer inputs (token ids).")]  # noqa: E501
-BatchOpt = Annotated[Optional[int], typer.Option("--batch", help="Samples per run when the batch dim is dynamic.")]  # noqa: E501
-ReportOpt = Annotated[Optional[Path], typer.Option("--report", help="Write the JSON report here.")]
-MinCos = Annotated[Optional[float], typer.Option("--min-cosine", help="Lossy budget: min cosine vs the original (default 0.99).")]  # noqa: E501
-MaxAbs = Annotated[Optional[float], typer.Option("--max-abs-err", help="Lossy budget: max abs error vs the original.")]  # noqa: E501
-MinTop1 = Annotated[Optional[float], typer.Option("--min-top1-agreement", help="Lossy budget: argmax agreement with the original (0-1).")]  # noqa: E501
-MaxDrop = Annotated[Optional[float], typer.Option("--max-accuracy-drop", help="Lossy budget: accuracy drop in points (needs labels in --data).")]  # noqa: E501
+DataOpt = Annotated[Path | None, typer.Option("--data", help=".npz or folder of .npy (keys = input names; 'labels' optional).")]  # noqa: E501
+ShapeOpt = Annotated[list[str] | None, typer.Option("--shape", help="Dynamic dims for synthesized inputs: name=1x3x224x224 (repeatable).")]  # noqa: E501
+IntRangeOpt = Annotated[str | None, typer.Option("--int-range", help="Range LOW,HIGH for synthesized integer inputs (token ids).")]  # noqa: E501
+BatchOpt = Annotated[int | None, typer.Option("--batch", help="Samples per run when the batch dim is dynamic.")]  # noqa: E501
+ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")]
+MinCos = Annotated[float | None, typer.Option("--min-cosine", help="Lossy budget: min cosine vs the original (default 0.99).")]  # noqa: E501
+MaxAbs = Annotated[float | None, typer.Option("--max-abs-err", help="Lossy budget: max abs error vs the original.")]  # noqa: E501
+MinTop1 = Annotated[float | None, typer.Option("--min-top1-agreement", help="Lossy budget: argmax agreement with the original (0-1).")]  # noqa: E501
+MaxDrop = Annotated[float | None, typer.Option("--max-accuracy-drop", help="Lossy budget: accuracy drop in points (needs labels in --data).")]  # noqa: E501
 
 
 class RichProgress:
@@ -166,9 +166,9 @@ def _split_passes(passes: str | None) -> list[str] | None:
 def optimize_cmd(
     model: Annotated[Path, typer.Argument(help="Input .onnx (never modified).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the optimized model.")],
-    passes: Annotated[Optional[str], typer.Option("--passes", help="Comma-separated passes or families (default: every exact pass). See `onnxopt passes`.")] = None,  # noqa: E501
+    passes: Annotated[str | None, typer.Option("--passes", help="Comma-separated passes or families (default: every exact pass). See `onnxopt passes`.")] = None,  # noqa: E501
     data: DataOpt = None,
-    calib_data: Annotated[Optional[Path], typer.Option("--calib-data", help="Separate inputs for passes to learn from (calibration, pruning); default: --data.")] = None,  # noqa: E501
+    calib_data: Annotated[Path | None, typer.Option("--calib-data", help="Separate inputs for passes to learn from (calibration, pruning); default: --data.")] = None,  # noqa: E501
     shape: ShapeOpt = None,
     int_range: IntRangeOpt = None,
     batch: BatchOpt = None,
@@ -284,7 +284,7 @@ def passes_cmd() -> None:
         if not classes:
             t.add_row(fam, "-", "-", "[dim]not available in this build[/]")
         for cls in classes:
-            t.add_row(fam, cls.name, "exact" if cls.exact else "lossy", cls.summary)
+            t.add_row(fam, cls.name, "exact" if cls.exact else "lossy", escape(cls.summary))
     console.print(t)
     console.print(f"default for `optimize`: {', '.join(registry.DEFAULT_PIPELINE)}")
 

@@ -219,12 +219,12 @@ def synthesize(
         for s in specs:
             dims = concrete[s.name]
             if s.dtype.kind == "f":
-                run[s.name] = rng.standard_normal(dims).astype(s.dtype)
+                run[s.name] = np.asarray(rng.standard_normal(dims), dtype=s.dtype)
             elif s.dtype.kind == "b":
-                run[s.name] = rng.random(dims) < 0.5
+                run[s.name] = np.asarray(rng.random(dims) < 0.5)
             elif s.dtype.kind in "iu":
                 lo, hi = int_range  # type: ignore[misc]
-                run[s.name] = rng.integers(lo, hi, size=dims).astype(s.dtype)
+                run[s.name] = np.asarray(rng.integers(lo, hi, size=dims), dtype=s.dtype)
             else:
                 raise DataError(f"input {s.describe()}: cannot synthesize dtype {s.dtype}; give --data")
         out.append(run)

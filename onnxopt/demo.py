@@ -17,7 +17,7 @@ from onnxopt.errors import OnnxoptError
 #: the example lives in the repository (examples/) next to the package
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
-DEMO_PASSES = ["cleanup", "fusion", "prune", "distill", "quantize"]
+DEMO_PASSES = ["cleanup", "fusion", "prune", "distill", "quantize-int8"]
 
 
 def find_example() -> tuple[Path, Path, Path]:
@@ -42,7 +42,8 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
     model = load_model(model_path)
     feeds = load_feeds(test_path, model, batch=40)
     calib = load_feeds(calib_path, model, batch=32)
-    available = [f for f in DEMO_PASSES if registry.family_passes(f)]
+    known = registry.all_passes()
+    available = [f for f in DEMO_PASSES if f in known or registry.family_passes(f)]
     missing = [f for f in DEMO_PASSES if f not in available]
     console.print(f"[bold]onnxopt demo[/]: {model_path.name}, passes {', '.join(available)}"
                   f"; budget: accuracy drop <= 1 point on {len(feeds)} labeled test batches")

@@ -27,8 +27,11 @@ def export_torch(
     opset: int | None = None,
     rtol: float = 1e-3,
     atol: float = 1e-4,
+    **export_kwargs: Any,
 ) -> onnx.ModelProto:
     """Export ``module`` (in eval mode) and check its outputs against onnxruntime.
+
+    ``export_kwargs`` go to ``torch.onnx.export`` unchanged (e.g. ``do_constant_folding``).
 
     Raises:
         OnnxoptError: the export failed or onnxruntime disagrees with torch beyond rtol/atol.
@@ -47,6 +50,7 @@ def export_torch(
     with tempfile.TemporaryDirectory() as d:
         tmp = os.path.join(d, "model.onnx")
         kwargs: dict[str, Any] = dict(input_names=names, output_names=outs, dynamo=dynamo)
+        kwargs.update(export_kwargs)
         if opset is not None:
             kwargs["opset_version"] = opset
         if dynamic_axes:

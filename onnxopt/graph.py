@@ -48,7 +48,22 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
                 have[o.domain].version = max(have[o.domain].version, o.version)
         if len(out.functions) == 0 and len(like.functions):
             out.functions.extend(like.functions)
+        _keep_overridable_inputs(out, like)
     return out
+
+
+def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """gs drops initializers that are also graph inputs from the inputs; restore them in order."""
+    inits = {t.name for t in out.graph.initializer}
+    have = {v.name for v in out.graph.input}
+    wanted = [v for v in like.graph.input if v.name in inits and v.name not in have]
+    if not wanted:
+        return
+    order = {v.name: i for i, v in enumerate(like.graph.input)}
+    merged = list(out.graph.input) + [copy.deepcopy(v) for v in wanted]
+    merged.sort(key=lambda v: order.get(v.name, len(order)))
+    del out.graph.input[:]
+    out.graph.input.extend(merged)
 
 
 def opset_version(graph_or_model: gs.Graph | onnx.ModelProto, domain: str = "") -> int:
@@ -186,7 +201,8 @@ def node_names_unique(graph: gs.Graph, prefix: str = "onnxopt") -> None:
 
 
 def make_constant(name: str, value: np.ndarray) -> gs.Constant:
-    return gs.Constant(name, np.ascontiguousarray(value))
+    # np.ascontiguousarray would turn a 0-d array into shape (1,)
+    return gs.Constant(name, np.array(value, order="C", copy=True))
 
 
 def unique_name(graph: gs.Graph, base: str, taken: Iterable[str] | None = None) -> str:

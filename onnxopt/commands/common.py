@@ -12,8 +12,15 @@ from onnxopt.data import Feeds, get_feeds, parse_int_range, parse_shape_override
 from onnxopt.model import load_model, save_model
 from onnxopt.verify import Budget
 
-console = Console(stderr=False, highlight=False)
-err_console = Console(stderr=True, highlight=False)
+
+def _console(stderr: bool) -> Console:
+    probe = Console(stderr=stderr)
+    # piped output: rich would wrap tables at 80 columns; reports read better wider
+    return Console(stderr=stderr, highlight=False, width=None if probe.is_terminal else 160)
+
+
+console = _console(False)
+err_console = _console(True)
 
 
 def feeds_for(

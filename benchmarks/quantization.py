@@ -1,0 +1,261 @@
+"""int8 quantization, side by side: onnxopt quantize-int8 vs onnxruntime and onnxsim quantizers.
+
+For each model: fp32 and int8 latency (onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1),
+size, and the metric (digits: test accuracy; others: cosine and top-1 agreement vs fp32).
+Peers: ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel, MinMax / Entropy /
+Percentile, after ``quant_pre_process``) and ``onnxsim.quantize_static`` (0.8.1). Also prints the
+calibration peak memory (max RSS of a child process) for bert_base with 256 samples.
+
+    python benchmarks/quantization.py [--quick] [--models a,b] [--out benchmarks/QUANTIZATION.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+MODELS = ("digits_resnet", "resnet18", "mobilenetv2", "bert_base")
+QUICK = ("digits_resnet", "resnet18")
+
+
+def _session(path: str, threads: int = 2, optimized: bool = True):  # noqa: ANN202
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+
+
+def latency_ms(path: str, feed: dict, seconds: float = 2.0, warmup: int = 5) -> float:
+    s = _session(path)
+    for _ in range(warmup):
+        s.run(None, feed)
+    times = []
+    t_end = time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 10:
+        t = time.perf_counter()
+        s.run(None, feed)
+        times.append(time.perf_counter() - t)
+    return float(np.median(times) * 1000)
+
+
+def outputs(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
+    s = _session(path)
+    return [s.run(None, f) for f in feeds]
+
+
+def metric(kind: str, ref: list, out: list, labels: np.ndarray | None) -> dict:
+    a = np.concatenate([r[0].ravel() for r in ref]).astype(np.float64)
+    b = np.concatenate([o[0].ravel() for o in out]).astype(np.float64)
+    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+    res = {"cosine": cos}
+    if kind in ("digits", "image"):
+        ra = np.concatenate([r[0].argmax(-1) for r in ref])
+        oa = np.concatenate([o[0].argmax(-1) for o in out])
+        res["top1"] = float((ra == oa).mean())
+        if labels is not None:
+            res["accuracy"] = float((oa == labels).mean() * 100)
+    return res
+
+
+def data_for(name: str, kind: str, quick: bool) -> tuple[list[dict], list[dict], np.ndarray | None]:
+    """(calibration feeds, evaluation feeds, labels)."""
+    from benchmarks import zoo
+
+    if kind == "digits":
+        d = zoo.digits_data()
+        calib = [{zoo.INPUT: d["X_train"][i : i + 1]} for i in range(256)]
+        evals = [{zoo.INPUT: d["X_test"][i : i + 1]} for i in range(len(d["X_test"]))]
+        return calib, evals, d["y_test"]
+    n_cal, n_eval = (16, 16) if quick else (32, 32)
+    if kind == "bert":
+        n_cal, n_eval = (8, 8) if quick else (32, 16)
+    calib = [zoo.example_inputs(name, 1, seed=100 + i) for i in range(n_cal)]
+    evals = [zoo.example_inputs(name, 1, seed=1000 + i) for i in range(n_eval)]
+    return calib, evals, None
+
+
+def ours(src: str, dst: str, calib: list[dict], **opts) -> tuple[str, str]:
+    from onnxopt.data import Feeds
+    from onnxopt.pipeline import PassManager
+    from onnxopt.verify import Budget
+
+    feeds = Feeds(calib, source="calibration")
+    pm = PassManager(["quantize-int8"], budget=Budget(min_cosine=0.99),
+                     options={"quantize-int8": opts}, verify_runs=16)
+    out, report = pm.run(src, feeds)
+    onnx.save(out, dst)
+    p = report.passes[-1]
+    return p.status, "; ".join(p.notes[:3])
+
+
+class _Reader:
+    def __init__(self, feeds: list[dict]) -> None:
+        self.it = iter(feeds)
+
+    def get_next(self):  # noqa: ANN201
+        return next(self.it, None)
+
+
+def ort_peer(src: str, dst: str, calib: list[dict], method: str, tmp: str) -> str:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = os.path.join(tmp, "pre.onnx")
+    if not os.path.exists(pre):
+        quant_pre_process(src, pre, skip_symbolic_shape=False)
+    m = {"MinMax": CalibrationMethod.MinMax, "Entropy": CalibrationMethod.Entropy,
+         "Percentile": CalibrationMethod.Percentile}[method]
+    quantize_static(pre, dst, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=m)
+    return "ok"
+
+
+def onnxsim_peer(src: str, dst: str, calib: list[dict]) -> str:
+    import onnxsim
+
+    q = onnxsim.quantize_static(src, calibration_data=calib, per_channel=True,
+                                activation_type="uint8")
+    onnx.save(q, dst)
+    return "ok"
+
+
+def bench_model(name: str, quick: bool) -> list[dict]:
+    from benchmarks import zoo
+
+    s = zoo.spec(name)
+    src = str(zoo.build(name))
+    calib, evals, labels = data_for(name, s.kind, quick)
+    lat_feed = evals[0]
+    ref = outputs(src, evals)
+    rows = []
+    fp32 = {"model": name, "method": "fp32", "status": "-",
+            "size_mb": os.path.getsize(src) / 1e6, "latency_ms": latency_ms(src, lat_feed),
+            **metric(s.kind, ref, ref, labels)}
+    rows.append(fp32)
+    tmp = tempfile.mkdtemp(prefix=f"qbench_{name}_")
+    methods = [("onnxopt", lambda d: ours(src, d, calib))]
+    if s.kind == "bert" or not quick:
+        methods.append(("onnxopt entropy", lambda d: ours(src, d, calib, calibrator="entropy")))
+    peer_methods = ("MinMax", "Entropy", "Percentile") if not quick else ("MinMax", "Percentile")
+    for m in peer_methods:
+        methods.append((f"ort {m}", lambda d, m=m: (ort_peer(src, d, calib, m, tmp), "")))
+    methods.append(("onnxsim", lambda d: (onnxsim_peer(src, d, calib), "")))
+    for label, fn in methods:
+        dst = os.path.join(tmp, label.replace(" ", "_") + ".onnx")
+        row = {"model": name, "method": label}
+        t0 = time.perf_counter()
+        try:
+            status, notes = fn(dst)
+            row["status"], row["notes"] = status, notes
+            row["quantize_s"] = time.perf_counter() - t0
+            row["size_mb"] = os.path.getsize(dst) / 1e6
+            row["latency_ms"] = latency_ms(dst, lat_feed)
+            row.update(metric(s.kind, ref, outputs(dst, evals), labels))
+            row["speedup"] = fp32["latency_ms"] / row["latency_ms"]
+        except Exception as e:  # noqa: BLE001 - a failing peer is a result, not a crash
+            row["status"] = "failed"
+            row["notes"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+CALIB_CHILD = """
+import sys, numpy as np
+sys.path.insert(0, {root!r})
+from benchmarks import zoo
+from onnxopt.data import Feeds
+from onnxopt.model import load_model
+from onnxopt.passes.base import PassContext
+from onnxopt.passes.quantize import QuantizeInt8
+m = load_model(str(zoo.build("bert_base")))
+feeds = Feeds([zoo.example_inputs("bert_base", 1, seed=i) for i in range({n})])
+r = QuantizeInt8(fallback=False).run_model(m, PassContext(feeds=feeds))
+print("changed", r.changed, r.rewrites)
+"""
+
+
+def calibration_memory(n: int = 256) -> dict:
+    """Peak RSS (MB) of a child process quantizing bert_base with ``n`` calibration samples."""
+    code = CALIB_CHILD.format(root=str(ROOT), n=n)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return {"samples": n, "peak_rss_mb": max(peak, before) / 1024, "seconds":
+            time.perf_counter() - t0, "ok": r.returncode == 0,
+            "stdout": r.stdout.strip()[-200:], "stderr": r.stderr.strip()[-300:]}
+
+
+def table(rows: list[dict]) -> str:
+    head = ("| model | method | status | size MB | latency ms | speed-up | accuracy % | cosine "
+            "| top-1 agr. |\n|---|---|---|---:|---:|---:|---:|---:|---:|")
+    lines = [head]
+    for r in rows:
+        def f(k: str, fmt: str, r: dict = r) -> str:
+            return format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"
+        status = r.get("status", "")
+        if status == "failed":
+            status = "failed: " + r.get("notes", "")[:60]
+        lines.append(f"| {r['model']} | {r['method']} | {status} | {f('size_mb', '.2f')} | "
+                     f"{f('latency_ms', '.3f')} | {f('speedup', '.2f')} | "
+                     f"{f('accuracy', '.2f')} | {f('cosine', '.4f')} | {f('top1', '.3f')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="digits_resnet and resnet18 only")
+    ap.add_argument("--models", default=None)
+    ap.add_argument("--memory", action="store_true", help="also measure bert_base calibration RSS")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "QUANTIZATION.md"))
+    args = ap.parse_args()
+    names = args.models.split(",") if args.models else (QUICK if args.quick else MODELS)
+    rows: list[dict] = []
+    for n in names:
+        rows.extend(bench_model(n, args.quick))
+    text = table(rows)
+    mem = None
+    if args.memory or (not args.quick and "bert_base" in names):
+        mem = calibration_memory(256)
+        print(json.dumps(mem))
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("# int8 quantization benchmark\n\n")
+            f.write("Generated by `python benchmarks/quantization.py"
+                    + (" --quick" if args.quick else "") + "` (onnxruntime CPU, ORT_ENABLE_ALL, "
+                    "2 threads, batch 1, median latency). Peers: onnxruntime `quantize_static` "
+                    "(QDQ, per-channel, uint8/int8, after `quant_pre_process`) and "
+                    "`onnxsim.quantize_static` 0.8.1. Image models have random weights and "
+                    "inputs (cosine / top-1 vs fp32); digits is trained (test accuracy).\n\n")
+            f.write(text + "\n")
+            if mem is not None:
+                f.write(f"\nCalibration peak memory, bert_base, {mem['samples']} samples: "
+                        f"{mem['peak_rss_mb']:.0f} MB max RSS ({mem['seconds']:.0f} s, "
+                        f"ok={mem['ok']}).\n")
+
+
+if __name__ == "__main__":
+    main()

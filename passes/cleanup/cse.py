@@ -1,0 +1,103 @@
+"""cse: common-subexpression elimination.
+
+Two nodes compute the same values when they have the same op, domain, inputs (the same tensor
+objects, in order), attributes and number of outputs, and the op is deterministic. Nodes are
+visited in topological order, so chains of duplicates collapse in one sweep: once ``b`` is merged
+into ``a``, every consumer of ``b`` reads ``a`` and becomes a candidate itself. Graph outputs
+keep their names (the surviving tensor takes the output's name, see ``_util.merge_into``).
+Nodes with subgraphs are not compared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Hashable
+from typing import Any
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import node_names_unique
+from onnxopt.passes.base import Pass, PassContext, PassResult, register
+from onnxopt.passes.cleanup._util import NONDETERMINISTIC, detach, has_subgraph, merge_into
+
+logger = logging.getLogger(__name__)
+
+
+def _norm(value: Any) -> Hashable:
+    """A hashable, exact key for an attribute value."""
+    if isinstance(value, gs.Constant):
+        return _norm(np.asarray(value.values))
+    if isinstance(value, np.ndarray):
+        data = value.tobytes() if value.dtype != object else repr(value.tolist()).encode()
+        return ("array", str(value.dtype), value.shape, hashlib.sha1(data).hexdigest())
+    if isinstance(value, (list, tuple)):
+        return ("list", tuple(_norm(v) for v in value))
+    if isinstance(value, float):
+        return ("float", value.hex()) if value == value else ("float", "nan")
+    if isinstance(value, (int, str, bool, bytes)) or value is None:
+        return (type(value).__name__, value)
+    return ("repr", type(value).__name__, repr(value))
+
+
+def node_key(node: gs.Node) -> Hashable:
+    attrs = tuple(sorted((k, _norm(v)) for k, v in node.attrs.items()))
+    return (node.op, node.domain or "", tuple(id(t) for t in node.inputs),
+            tuple(bool(t.name) for t in node.outputs), attrs)
+
+
+@register
+class CommonSubexpressions(Pass):
+    """Merge nodes that compute the same values from the same inputs."""
+
+    name = "cse"
+    exact = True
+    summary = "merge duplicate nodes (same op, inputs and attributes)"
+    tags = ("cleanup",)
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        node_names_unique(graph)
+        graph.toposort()
+        seen: dict[Hashable, gs.Node] = {}
+        notes: list[str] = []
+        sites: list[str] = []
+        for node in list(graph.nodes):
+            if (node.op in NONDETERMINISTIC or has_subgraph(node) or not node.outputs
+                    or node.op.startswith("Random")):
+                continue
+            try:
+                key = node_key(node)
+            except Exception as e:  # noqa: BLE001 - an attribute we cannot key
+                notes.append(f"{node.name}: not compared ({type(e).__name__})")
+                continue
+            first = seen.get(key)
+            if first is None:
+                seen[key] = node
+                continue
+            if not ctx.allow(node.name):
+                continue
+            pairs = [(d, k) for d, k in zip(node.outputs, first.outputs, strict=True) if d.name]
+            refused = None
+            for d, k in pairs:
+                if d.dtype is not None and k.dtype is not None and d.dtype != k.dtype:
+                    refused = f"output types differ ({d.dtype} vs {k.dtype})"
+                    break
+            merged = 0
+            if refused is None:
+                for d, k in pairs:
+                    refused = merge_into(graph, d, k)
+                    if refused:
+                        break
+                    merged += 1
+            if refused:
+                if merged:  # partially merged: keep the node computing the remaining outputs
+                    sites.append(node.name)
+                notes.append(f"{node.name}: duplicate of {first.name} kept, {refused}")
+                continue
+            detach(node)
+            sites.append(node.name)
+        return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites)
+
+
+PASSES = [CommonSubexpressions]

@@ -1,0 +1,71 @@
+"""dedup-initializers: merge initializers with the same dtype, shape and bytes.
+
+Candidates are grouped by ``(dtype, shape, nbytes)`` and then by a SHA-1 of the bytes; the first
+initializer of a group (in graph order) stays and every use of the others is routed to it,
+including uses inside subgraphs. Overridable initializers (also graph inputs) and initializers
+that are graph outputs are left alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import is_graph_input, is_graph_output, replace_uses
+from onnxopt.passes.base import Pass, PassContext, PassResult, register
+
+logger = logging.getLogger(__name__)
+
+
+def _digest(values: np.ndarray) -> str:
+    if values.dtype == object:
+        return hashlib.sha1(repr(values.tolist()).encode()).hexdigest()
+    return hashlib.sha1(np.ascontiguousarray(values).tobytes()).hexdigest()
+
+
+@register
+class DedupInitializers(Pass):
+    """Identical initializers merged into one."""
+
+    name = "dedup-initializers"
+    exact = True
+    summary = "merge identical initializers (dtype, shape, bytes)"
+    tags = ("cleanup",)
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        consts = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)
+                  and not is_graph_input(graph, t) and not is_graph_output(graph, t)]
+        by_meta: dict[tuple, list[gs.Constant]] = {}
+        for t in consts:
+            try:
+                export = str(t.export_dtype) if getattr(t, "export_dtype", None) is not None else ""
+                meta = (str(t.dtype), export, tuple(t.shape), int(np.asarray(t.values).nbytes))
+            except Exception:  # noqa: BLE001 - an initializer we cannot read stays as it is
+                continue
+            by_meta.setdefault(meta, []).append(t)
+        sites: list[str] = []
+        saved = 0
+        for group in by_meta.values():
+            if len(group) < 2:
+                continue
+            first_of: dict[str, gs.Constant] = {}
+            for t in group:
+                d = _digest(np.asarray(t.values))
+                keep = first_of.setdefault(d, t)
+                if keep is t or not ctx.allow(t.name):
+                    continue
+                if not np.array_equal(np.asarray(keep.values), np.asarray(t.values),
+                                      equal_nan=t.values.dtype.kind in "fc"):
+                    continue  # a hash collision (or NaN payloads): leave both
+                replace_uses(graph, t, keep)
+                saved += int(np.asarray(t.values).nbytes)
+                sites.append(t.name)
+        notes = [f"{len(sites)} duplicate initializers merged ({saved} bytes)"] if sites else []
+        return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites,
+                          details={"bytes_saved": saved})
+
+
+PASSES = [DedupInitializers]

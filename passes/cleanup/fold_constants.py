@@ -1,0 +1,227 @@
+"""fold-constants: replace subgraphs whose inputs are all constant by their computed values.
+
+A node is *foldable* when it is a standard-domain op, deterministic (no Random*, Multinomial,
+Bernoulli, Dropout), has no subgraph attribute, and every input is an initializer, a Constant
+output or the output of another foldable node. The *frontier* is every foldable output read by
+a node that is not foldable, by a subgraph, or by the graph's outputs; only the frontier is
+materialised, and all of it is computed in one onnxruntime session (see ``_evaluate``).
+
+Size cap: a frontier value of ``b`` bytes is kept only when
+``b <= max(max_bytes, growth * c)``, with ``c`` the bytes of the constants its cone reads
+(default ``max_bytes = 1 MiB``, ``growth = 2``), so a fold never makes the model much larger
+(an ``Expand`` of a scalar to a large shape stays an ``Expand``).
+DequantizeLinear is not folded by default: folding it would turn int8 weights back into floats
+and undo a QDQ model (option ``fold_dequantize=True`` allows it).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import is_graph_input, is_graph_output, node_names_unique
+from onnxopt.passes.base import Pass, PassContext, PassResult, register
+from onnxopt.passes.cleanup._evaluate import evaluate
+from onnxopt.passes.cleanup._util import (
+    NONDETERMINISTIC,
+    STANDARD_DOMAINS,
+    TypeShape,
+    has_subgraph,
+    infer_facts,
+    materialize,
+)
+
+logger = logging.getLogger(__name__)
+
+MiB = 1 << 20
+
+
+def _subgraph_reads(graph: gs.Graph) -> set[int]:
+    """ids of outer tensors read inside subgraphs."""
+    out: set[int] = set()
+
+    def walk(sub: gs.Graph) -> None:
+        for n in sub.nodes:
+            out.update(id(t) for t in n.inputs)
+            for a in n.attrs.values():
+                if isinstance(a, gs.Graph):
+                    walk(a)
+
+    for node in graph.nodes:
+        for a in node.attrs.values():
+            if isinstance(a, gs.Graph):
+                walk(a)
+    return out
+
+
+class FoldPlan:
+    """Which nodes are foldable and which of their outputs must be materialised."""
+
+    def __init__(self, graph: gs.Graph, skip_ops: Iterable[str], roots: set[int] | None = None):
+        self.graph = graph
+        self.foldable: list[gs.Node] = []
+        self.notes: list[str] = []
+        skip = set(skip_ops)
+        const_ids: set[int] = set()
+        for t in graph.tensors().values():
+            if isinstance(t, gs.Constant) and not is_graph_input(graph, t):
+                const_ids.add(id(t))
+        producer_of: dict[int, gs.Node] = {}
+        reach: set[int] = set(roots or ())
+        self.touched: set[int] = set()
+        for node in graph.nodes:
+            if node.domain not in STANDARD_DOMAINS:
+                continue
+            ins = [t for t in node.inputs if t.name]
+            if node.op == "Constant":
+                ok = True
+            elif node.op in NONDETERMINISTIC or node.op in skip or has_subgraph(node):
+                ok = False
+            else:
+                ok = bool(ins) and all(id(t) in const_ids for t in ins)
+            if not ok:
+                continue
+            self.foldable.append(node)
+            if roots is None or any(id(t) in reach for t in ins):
+                if node.op != "Constant":
+                    self.touched.add(id(node))
+                    reach.update(id(t) for t in node.outputs)
+            for t in node.outputs:
+                const_ids.add(id(t))
+                producer_of[id(t)] = node
+        self.producer_of = producer_of
+        fold_ids = {id(n) for n in self.foldable}
+        sub_reads = _subgraph_reads(graph)
+        self.frontier: list[gs.Tensor] = []
+        for node in self.foldable:
+            if node.op == "Constant" or id(node) not in self.touched:
+                continue
+            for t in node.outputs:
+                if not t.name:
+                    continue
+                if (is_graph_output(graph, t) or id(t) in sub_reads
+                        or any(id(c) not in fold_ids for c in t.outputs)):
+                    self.frontier.append(t)
+
+    def cone(self, tensors: Iterable[gs.Tensor]) -> list[gs.Node]:
+        """Foldable nodes needed to compute ``tensors``, in graph (topological) order."""
+        need: set[int] = set()
+        stack = [self.producer_of[id(t)] for t in tensors if id(t) in self.producer_of]
+        while stack:
+            n = stack.pop()
+            if id(n) in need:
+                continue
+            need.add(id(n))
+            stack.extend(self.producer_of[id(t)] for t in n.inputs if id(t) in self.producer_of)
+        return [n for n in self.foldable if id(n) in need]
+
+    def input_bytes(self, tensor: gs.Tensor) -> int:
+        """Bytes of the constants (initializers, Constant values) the cone of ``tensor`` reads."""
+        total = 0
+        seen: set[int] = set()
+        for n in self.cone([tensor]):
+            if n.op == "Constant":
+                v = n.attrs.get("value")
+                if isinstance(v, gs.Constant):
+                    total += int(np.asarray(v.values).nbytes)
+                continue
+            for t in n.inputs:
+                if isinstance(t, gs.Constant) and id(t) not in seen:
+                    seen.add(id(t))
+                    total += int(t.values.nbytes) if hasattr(t.values, "nbytes") else 0
+        return total
+
+
+def _estimate_bytes(ts: TypeShape | None) -> int | None:
+    if ts is None or ts.dtype is None or ts.static_shape is None:
+        return None
+    return int(np.prod(ts.static_shape, dtype=np.int64)) * ts.dtype.itemsize
+
+
+def fold(graph: gs.Graph, ctx: PassContext, *, max_bytes: int, growth: float,
+         skip_ops: Iterable[str], roots: set[int] | None = None,
+         keys: bool = True) -> tuple[list[str], list[str]]:
+    """Fold what can be folded; returns (rewritten site keys, notes).
+
+    Args:
+        roots: when given, only fold nodes downstream of these tensor ids.
+        keys: ask ``ctx.allow`` per frontier tensor (False when the caller already did).
+    """
+    plan = FoldPlan(graph, skip_ops, roots)
+    notes = list(plan.notes)
+    if not plan.frontier:
+        return [], notes
+    facts, _ = infer_facts(graph)
+    wanted: list[gs.Tensor] = []
+    limit_of: dict[str, int] = {}
+    for t in plan.frontier:
+        if keys and not ctx.allow(t.name):
+            continue
+        limit = max(max_bytes, int(growth * plan.input_bytes(t)))
+        est = _estimate_bytes(facts.get(t.name))
+        if est is not None and est > limit:
+            notes.append(f"'{t.name}': not folded, {est} bytes would exceed the cap of {limit}")
+            continue
+        limit_of[t.name] = limit
+        wanted.append(t)
+    if not wanted:
+        return [], notes
+    values, eval_notes = evaluate(graph, plan.cone(wanted), wanted)
+    notes.extend(eval_notes)
+    done: list[str] = []
+    for t in wanted:
+        v = values.get(t.name)
+        if v is None:
+            continue
+        if v.nbytes > limit_of[t.name]:
+            notes.append(f"'{t.name}': not folded, {v.nbytes} bytes exceed the cap of "
+                         f"{limit_of[t.name]}")
+            continue
+        ts = facts.get(t.name)
+        if ts is not None and ts.dtype is not None and ts.dtype != v.dtype:
+            notes.append(f"'{t.name}': not folded, onnxruntime gave {v.dtype}, "
+                         f"the graph says {ts.dtype}")
+            continue
+        if v.dtype == object:
+            notes.append(f"'{t.name}': not folded, string tensors are left alone")
+            continue
+        materialize(graph, t, v)
+        done.append(t.name)
+    if done:
+        graph.cleanup(remove_unused_graph_inputs=False)
+    return done, notes
+
+
+@register
+class FoldConstants(Pass):
+    """Constant folding with a size cap, evaluated in one onnxruntime session."""
+
+    name = "fold-constants"
+    exact = True
+    summary = "fold constant subgraphs (one onnxruntime session, size-capped)"
+    tags = ("cleanup",)
+
+    def __init__(self, max_bytes: int = MiB, growth: float = 2.0,
+                 fold_dequantize: bool = False) -> None:
+        self.max_bytes = max_bytes
+        self.growth = growth
+        self.fold_dequantize = fold_dequantize
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        node_names_unique(graph)
+        graph.toposort()
+        skip = set() if ctx.option("fold_dequantize", self.fold_dequantize) else {
+            "DequantizeLinear"}
+        done, notes = fold(
+            graph, ctx,
+            max_bytes=int(ctx.option("max_bytes", self.max_bytes)),
+            growth=float(ctx.option("growth", self.growth)),
+            skip_ops=skip,
+        )
+        return PassResult(changed=bool(done), rewrites=len(done), notes=notes, sites=done)
+
+
+PASSES = [FoldConstants]

@@ -1,0 +1,346 @@
+"""Calibration: streaming per-tensor statistics and range calibrators.
+
+Statistics are bounded in memory whatever the number of samples: a running min/max and a
+histogram of ``bins`` equal bins over ``[-R, R]``. When a batch exceeds ``R`` the range doubles
+(``R' = 2^k R``) and adjacent bins merge in pairs, so the histogram is exact up to bin width.
+
+Calibrators turn the statistics into a real range ``[lo, hi]``:
+
+- ``minmax``: ``[min, max]``.
+- ``percentile(p)``: two-sided, ``lo = F^-1(1 - p/100)``, ``hi = F^-1(p/100)`` read off the
+  cumulative histogram (linear within a bin); symmetric ranges use ``|x|``'s ``p``-quantile.
+- ``entropy`` (TensorRT): on the ``|x|`` histogram, for each candidate threshold ``T = i·w`` the
+  reference ``P`` = first ``i`` bins with the tail folded into bin ``i-1``; ``Q`` = ``P`` merged
+  into ``L`` levels (128 for signed data, 256 for non-negative) and spread back over its non-empty
+  bins; choose ``T`` minimising ``KL(P || Q)``.
+- ``mse``: the range minimising the expected quantization error (ACIQ model):
+  ``E(T) = Σ_{|x|>T} (|x|-T)²  +  N_in · Δ²/12``  with ``Δ = (hi - lo) / (2^8 - 1)``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BINS = 2048
+
+
+class TensorStats:
+    """Running min/max and an adaptive symmetric histogram of one tensor."""
+
+    def __init__(self, name: str, bins: int = DEFAULT_BINS) -> None:
+        if bins % 4:
+            raise ValueError("bins must be a multiple of 4")
+        self.name = name
+        self.bins = bins
+        self.min = float("inf")
+        self.max = float("-inf")
+        self.count = 0
+        self.half_range = 0.0
+        self.hist = np.zeros(bins, dtype=np.int64)
+        self._zeros = 0  # values seen while the range was still 0
+
+    def update(self, values: np.ndarray) -> None:
+        x = np.asarray(values, dtype=np.float32).ravel()
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            return
+        lo, hi = float(x.min()), float(x.max())
+        self.min, self.max = min(self.min, lo), max(self.max, hi)
+        self.count += x.size
+        m = max(abs(lo), abs(hi))
+        if m == 0.0 and self.half_range == 0.0:
+            self._zeros += x.size
+            return
+        if self.half_range == 0.0:
+            self.half_range = m
+            self.hist[self.bins // 2] += self._zeros
+            self._zeros = 0
+        while m > self.half_range:
+            self._grow()
+        r, b = self.half_range, self.bins
+        idx = ((x + r) * (b / (2 * r))).astype(np.int64)
+        np.clip(idx, 0, b - 1, out=idx)
+        self.hist += np.bincount(idx, minlength=b)
+
+    def _grow(self) -> None:
+        """Double the range: bins (2k, 2k+1) merge into new bin k + bins/4."""
+        b = self.bins
+        merged = self.hist.reshape(b // 2, 2).sum(axis=1)
+        new = np.zeros_like(self.hist)
+        new[b // 4 : b // 4 + b // 2] = merged
+        self.hist = new
+        self.half_range *= 2.0
+
+    @property
+    def width(self) -> float:
+        return 2 * self.half_range / self.bins
+
+    def edges(self) -> np.ndarray:
+        r = self.half_range
+        return np.linspace(-r, r, self.bins + 1)
+
+    def abs_hist(self) -> np.ndarray:
+        """Histogram of ``|x|`` over ``[0, R]`` with ``bins/2`` bins."""
+        h = self.bins // 2
+        return self.hist[h:] + self.hist[:h][::-1]
+
+    @property
+    def empty(self) -> bool:
+        return self.count == 0
+
+
+# ------------------------------------------------------------------------------------------
+# Calibrators
+
+
+@dataclass(frozen=True)
+class Calibrator:
+    """Base: ``range(stats, symmetric)`` -> (lo, hi)."""
+
+    name = "base"
+
+    def range(self, stats: TensorStats, symmetric: bool = False) -> tuple[float, float]:
+        raise NotImplementedError
+
+    def __str__(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class MinMax(Calibrator):
+    name = "minmax"
+
+    def range(self, stats: TensorStats, symmetric: bool = False) -> tuple[float, float]:
+        if stats.empty:
+            return 0.0, 0.0
+        if symmetric:
+            a = max(abs(stats.min), abs(stats.max))
+            return -a, a
+        return stats.min, stats.max
+
+
+def _quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> float:
+    """Value below which a fraction ``q`` of the histogram's mass lies (linear in a bin)."""
+    cum = np.cumsum(hist, dtype=np.float64)
+    total = cum[-1]
+    if total <= 0:
+        return 0.0
+    target = q * total
+    i = int(np.searchsorted(cum, target, side="left"))
+    i = min(i, len(hist) - 1)
+    before = cum[i - 1] if i > 0 else 0.0
+    frac = (target - before) / hist[i] if hist[i] > 0 else 0.0
+    return float(edges[i] + frac * (edges[i + 1] - edges[i]))
+
+
+@dataclass(frozen=True)
+class Percentile(Calibrator):
+    """Clip to the ``p``-th percentile (two-sided, or of ``|x|`` when symmetric)."""
+
+    p: float = 99.99
+    name = "percentile"
+
+    def range(self, stats: TensorStats, symmetric: bool = False) -> tuple[float, float]:
+        if stats.empty or stats.half_range == 0.0:
+            return MinMax().range(stats, symmetric)
+        q = self.p / 100.0
+        if symmetric:
+            ah = stats.abs_hist()
+            edges = np.linspace(0.0, stats.half_range, len(ah) + 1)
+            a = min(_quantile(ah, edges, q), max(abs(stats.min), abs(stats.max)))
+            return -a, a
+        edges = stats.edges()
+        lo = max(_quantile(stats.hist, edges, 1.0 - q), stats.min)
+        hi = min(_quantile(stats.hist, edges, q), stats.max)
+        if stats.min >= 0.0:
+            lo = stats.min
+        return lo, hi
+
+    def __str__(self) -> str:
+        return f"percentile({self.p:g})"
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    ps, qs = p.sum(), q.sum()
+    if ps <= 0 or qs <= 0:
+        return float("inf")
+    p, q = p / ps, q / qs
+    m = p > 0
+    if (q[m] <= 0).any():
+        return float("inf")
+    return float(np.sum(p[m] * np.log(p[m] / q[m])))
+
+
+@dataclass(frozen=True)
+class Entropy(Calibrator):
+    """TensorRT's KL-divergence threshold on the ``|x|`` histogram."""
+
+    levels: int = 128
+    candidates: int = 128
+    name = "entropy"
+
+    def threshold(self, ah: np.ndarray, width: float, levels: int) -> float:
+        n = len(ah)
+        if n <= levels:
+            return n * width
+        starts = np.unique(np.linspace(levels, n, min(self.candidates, n - levels + 1)).astype(int))
+        best, best_i = float("inf"), n
+        for i in starts:
+            p = ah[:i].astype(np.float64).copy()
+            p[i - 1] += ah[i:].sum()
+            ref = ah[:i].astype(np.float64)
+            nz = ref > 0
+            # merge into `levels` chunks, then spread each chunk's mass over its non-empty bins
+            chunk = np.floor(np.arange(i) * levels / i).astype(np.int64)
+            sums = np.bincount(chunk, weights=ref, minlength=levels)
+            cnt = np.bincount(chunk, weights=nz.astype(np.float64), minlength=levels)
+            q = np.where(nz, sums[chunk] / np.maximum(cnt[chunk], 1.0), 0.0)
+            # the tail folded into p[i-1] must be representable in q
+            if p[i - 1] > 0 and q[i - 1] == 0:
+                q[i - 1] = p[i - 1]
+            kl = _kl(p, q)
+            if kl < best:
+                best, best_i = kl, int(i)
+        return best_i * width
+
+    def range(self, stats: TensorStats, symmetric: bool = False) -> tuple[float, float]:
+        if stats.empty or stats.half_range == 0.0:
+            return MinMax().range(stats, symmetric)
+        nonneg = stats.min >= 0.0 and not symmetric
+        levels = self.levels * 2 if nonneg else self.levels
+        ah = stats.abs_hist()
+        # sparse data: merge bins until they average >= 8 samples (KL is noise otherwise)
+        while len(ah) >= 4 * levels and stats.count / len(ah) < 8 and len(ah) % 2 == 0:
+            ah = ah.reshape(-1, 2).sum(axis=1)
+        t = self.threshold(ah, stats.half_range / len(ah), levels)
+        if symmetric:
+            a = min(t, max(abs(stats.min), abs(stats.max)))
+            return -a, a
+        return max(stats.min, -t), min(stats.max, t)
+
+
+@dataclass(frozen=True)
+class MSE(Calibrator):
+    """The range minimising clipping + rounding error (ACIQ model, Δ²/12 rounding noise)."""
+
+    steps: int = 200
+    qlevels: int = 255
+    name = "mse"
+
+    def range(self, stats: TensorStats, symmetric: bool = False) -> tuple[float, float]:
+        if stats.empty or stats.half_range == 0.0:
+            return MinMax().range(stats, symmetric)
+        lo0, hi0 = min(stats.min, 0.0), max(stats.max, 0.0)
+        if symmetric:
+            a = max(-lo0, hi0)
+            lo0, hi0 = -a, a
+        edges = stats.edges()
+        c = 0.5 * (edges[:-1] + edges[1:])
+        h = stats.hist.astype(np.float64)
+        best, best_s = float("inf"), 1.0
+        for s in np.linspace(1.0 / self.steps, 1.0, self.steps):
+            lo, hi = lo0 * s, hi0 * s
+            delta = (hi - lo) / self.qlevels
+            over = np.maximum(c - hi, 0.0) + np.maximum(lo - c, 0.0)
+            inside = h[over == 0].sum()
+            err = float(np.sum(h * over * over) + inside * delta * delta / 12.0)
+            if err < best:
+                best, best_s = err, float(s)
+        lo, hi = lo0 * best_s, hi0 * best_s
+        if not symmetric:
+            lo, hi = max(lo, stats.min), min(hi, stats.max)
+        return lo, hi
+
+
+CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+
+
+def make_calibrator(name: str | Calibrator, percentile: float = 99.99) -> Calibrator:
+    """``"minmax" | "percentile" | "entropy" | "mse"`` (or an instance) -> Calibrator."""
+    if isinstance(name, Calibrator):
+        return name
+    key = str(name).lower()
+    if key == "minmax":
+        return MinMax()
+    if key == "percentile":
+        return Percentile(percentile)
+    if key in ("entropy", "kl"):
+        return Entropy()
+    if key == "mse":
+        return MSE()
+    raise ValueError(f"unknown calibrator {name!r}; choose one of {', '.join(CALIBRATORS)}")
+
+
+# ------------------------------------------------------------------------------------------
+# Collection over a model
+
+
+def _batches(
+    runs: list[dict[str, np.ndarray]], batch: int, dynamic_batch: bool
+) -> Iterable[tuple[dict[str, np.ndarray], int]]:
+    """Concatenate consecutive runs of equal shapes along axis 0 (dynamic batch only).
+
+    Yields (feed, number of runs in it).
+    """
+    if not dynamic_batch or batch <= 1:
+        for r in runs:
+            yield r, 1
+        return
+    group: list[dict[str, np.ndarray]] = []
+    sig = None
+    for r in runs:
+        s = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(r.items()))
+        if group and (s != sig or len(group) >= batch):
+            yield {k: np.concatenate([g[k] for g in group]) for k in group[0]}, len(group)
+            group = []
+        sig = s
+        group.append(r)
+    if group:
+        yield {k: np.concatenate([g[k] for g in group]) for k in group[0]}, len(group)
+
+
+def collect_stats(
+    model_bytes: bytes,
+    tensors: list[str],
+    runs: list[dict[str, np.ndarray]],
+    *,
+    bins: int = DEFAULT_BINS,
+    batch: int = 8,
+    dynamic_batch: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, TensorStats]:
+    """Run ``model_bytes`` (tensors already exposed as outputs) and stream their statistics.
+
+    Args:
+        model_bytes: serialized model whose graph outputs include ``tensors``.
+        tensors: names of the float tensors to observe.
+        runs: feeds, one dict per run.
+        bins: histogram bins per tensor.
+        batch: runs concatenated per session call when the batch dimension is dynamic.
+        dynamic_batch: whether runs may be concatenated along axis 0.
+        progress: ``(what, done, total)`` callback.
+    """
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    stats = {t: TensorStats(t, bins) for t in tensors}
+    total = len(runs)
+    done = 0
+    for feed, n in _batches(runs, batch, dynamic_batch):
+        values = sess.run(tensors, feed)
+        for name, v in zip(tensors, values, strict=True):
+            stats[name].update(v)
+        del values
+        done += n
+        if progress is not None:
+            progress("calibrating", min(done, total), total)
+    return stats

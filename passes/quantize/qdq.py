@@ -1,0 +1,215 @@
+"""Quantization parameters and Q/DQ insertion.
+
+Activations, uint8 asymmetric (default) over ``[lo, hi]`` widened to include 0:
+    ``s = (hi - lo) / 255``,  ``zp = clip(round(-lo / s), 0, 255)``.
+Activations, int8 symmetric: ``s = max(|lo|, |hi|) / 127``, ``zp = 0``.
+Weights, int8 symmetric per output channel ``c`` (or per tensor):
+    ``s_c = max|W_c| / 127`` (``/ 63`` with ``reduce_range``), ``W_q = clip(round(W / s_c))``.
+Bias, int32: ``s_b = s_x · s_w``, ``b_q = round(b / s_b)``, ``zp = 0``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import const_value, is_graph_output
+
+from .placement import Plan, quantized_consumer
+
+logger = logging.getLogger(__name__)
+
+INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class QParams:
+    scale: float
+    zero_point: int
+    dtype: type  # np.uint8 or np.int8
+
+    @property
+    def qmin(self) -> int:
+        return int(np.iinfo(self.dtype).min)
+
+
+def activation_params(lo: float, hi: float, activations: str = "uint8") -> QParams:
+    """(scale, zero point) for a real range; 0 is always exactly representable."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    if activations == "int8-sym":
+        a = max(-lo, hi)
+        scale = a / 127.0 if a > 0 else 1.0
+        return QParams(float(np.float32(scale)), 0, np.int8)
+    if hi - lo <= 0:
+        return QParams(1.0, 0, np.uint8)
+    scale = float(np.float32((hi - lo) / 255.0))
+    zp = int(np.clip(round(-lo / scale), 0, 255))
+    return QParams(scale, zp, np.uint8)
+
+
+def weight_params(w: np.ndarray, axis: int | None, reduce_range: bool = False) -> np.ndarray:
+    """Symmetric int8 scales: a scalar (axis None) or one per slice along ``axis``."""
+    qmax = 63.0 if reduce_range else 127.0
+    if axis is None:
+        a = np.abs(w).max(initial=0.0)
+    else:
+        red = tuple(i for i in range(w.ndim) if i != axis)
+        a = np.abs(w).max(axis=red, initial=0.0)
+    scale = np.where(a > 0, a / qmax, 1.0).astype(np.float32)
+    return scale
+
+
+def quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int | None,
+                    reduce_range: bool = False) -> np.ndarray:
+    qmax = 63 if reduce_range else 127
+    s = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
+    return np.clip(np.round(w / s), -qmax, qmax).astype(np.int8)
+
+
+def quantize_bias(b: np.ndarray, x_scale: float, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """int32 bias, its scale (x_scale·w_scale) and the number of saturated entries."""
+    bs = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
+    bs = np.broadcast_to(bs, b.shape).astype(np.float32) if bs.ndim else bs
+    q = np.round(b.astype(np.float64) / bs.astype(np.float64))
+    sat = int((np.abs(q) > INT32_MAX).sum())
+    return np.clip(q, -INT32_MAX, INT32_MAX).astype(np.int32), bs, sat
+
+
+class Inserter:
+    """Applies a :class:`Plan` with given per-group parameters to a gs.Graph."""
+
+    def __init__(self, graph: gs.Graph, plan: Plan, params: dict[int, QParams], *,
+                 reduce_range: bool = False, per_axis_ok: bool = True) -> None:
+        self.graph = graph
+        self.plan = plan
+        self.params = params
+        self.reduce_range = reduce_range
+        self.per_axis_ok = per_axis_ok
+        self.notes: list[str] = []
+        self.counts = {"activations": 0, "weights": 0, "biases": 0, "relu_folded": 0}
+        self._names = set(graph.tensors().keys())
+
+    def _name(self, base: str) -> str:
+        name, i = base, 1
+        while name in self._names:
+            name, i = f"{base}_{i}", i + 1
+        self._names.add(name)
+        return name
+
+    def _const(self, base: str, value: np.ndarray) -> gs.Constant:
+        return gs.Constant(self._name(base), np.array(value, copy=True, order="C"))
+
+    def _pair(self, src: gs.Variable, p: QParams, base: str) -> gs.Variable:
+        s = self._const(base + "_scale", np.array(p.scale, np.float32))
+        z = self._const(base + "_zero_point", np.array(p.zero_point, p.dtype))
+        q = gs.Variable(self._name(base + "_quantized"), dtype=p.dtype, shape=src.shape)
+        dq = gs.Variable(self._name(base + "_dequantized"), dtype=np.float32, shape=src.shape)
+        self.graph.nodes.append(gs.Node("QuantizeLinear", self._name(base + "_QuantizeLinear"),
+                                        inputs=[src, s, z], outputs=[q]))
+        self.graph.nodes.append(gs.Node("DequantizeLinear", self._name(base + "_DequantizeLinear"),
+                                        inputs=[q, s, z], outputs=[dq]))
+        return dq
+
+    def _dq_const(self, base: str, qv: np.ndarray, scale: np.ndarray, axis: int | None,
+                  zp_dtype: type) -> gs.Variable:
+        s = self._const(base + "_scale", scale.astype(np.float32))
+        z = self._const(base + "_zero_point", np.zeros(scale.shape, zp_dtype))
+        qc = self._const(base + "_quantized", qv)
+        out = gs.Variable(self._name(base + "_dequantized"), dtype=np.float32, shape=list(qv.shape))
+        attrs = {"axis": axis} if axis is not None and scale.ndim == 1 else {}
+        self.graph.nodes.append(gs.Node("DequantizeLinear", self._name(base + "_DequantizeLinear"),
+                                        attrs=attrs, inputs=[qc, s, z], outputs=[out]))
+        return out
+
+    def apply(self) -> dict[str, int]:
+        plan, tensors = self.plan, self.graph.tensors()
+        q_names = set(plan.group)
+        folded_ok: set[str] = set()
+        for relu_name, y in plan.folds.items():
+            p = self.params[plan.group[y]]
+            if p.zero_point == p.qmin:
+                folded_ok.add(y)
+            else:
+                self.notes.append(f"{relu_name}: kept (its range shares a group that is not >= 0)")
+        nodes = {n.name: n for n in self.graph.nodes}
+        for name in plan.tensors():
+            p = self.params[plan.group[name]]
+            logical = tensors.get(name)
+            if name in plan.source and name in folded_ok:
+                src = tensors[plan.source[name]]
+            else:
+                src = logical
+            if src is None or logical is None:
+                continue
+            users = list(logical.outputs)
+            dq = self._pair(src, p, name)
+            self.counts["activations"] += 1
+            every = name in plan.rewire_all
+            for u in users:
+                if every or quantized_consumer(u, plan, q_names):
+                    for i, t in enumerate(u.inputs):
+                        if t is logical:
+                            u.inputs[i] = dq
+            if name in plan.source and name in folded_ok:
+                relu = logical.inputs[0] if logical.inputs else None
+                if relu is not None and not is_graph_output(self.graph, logical):
+                    relu.inputs.clear()
+                    relu.outputs.clear()
+                    self.counts["relu_folded"] += 1
+        for site in plan.sites.values():
+            self._weights(site)
+        for name in plan.embeddings:
+            self._embedding(nodes[name])
+        return self.counts
+
+    def _act_params(self, t: gs.Tensor) -> QParams | None:
+        """Params of a DQ'd activation input (the DQ node's scale / zero point)."""
+        prod = t.inputs[0] if t.inputs else None
+        if prod is None or prod.op != "DequantizeLinear":
+            return None
+        return QParams(float(const_value(prod.inputs[1])), int(const_value(prod.inputs[2])),
+                       const_value(prod.inputs[2]).dtype.type)
+
+    def _weights(self, site) -> None:  # noqa: ANN001 - Site
+        node = site.node
+        if site.weight is None:
+            return
+        w = np.asarray(const_value(node.inputs[site.weight]), np.float32)
+        axis = site.axis if self.per_axis_ok else None
+        ws = weight_params(w, axis, self.reduce_range)
+        wq = quantize_weight(w, ws, axis, self.reduce_range)
+        node.inputs[site.weight] = self._dq_const(f"{node.name}_W", wq, ws, axis, np.int8)
+        self.counts["weights"] += 1
+        if site.bias is None:
+            return
+        xp = self._act_params(node.inputs[site.acts[0]])
+        if xp is None:
+            self.notes.append(f"{node.name}: input not quantized; bias left float")
+            return
+        b = np.asarray(const_value(node.inputs[site.bias]), np.float32)
+        bq, bs, sat = quantize_bias(b, xp.scale, ws)
+        if sat:
+            self.notes.append(f"{node.name}: {sat} bias values saturated int32")
+        node.inputs[site.bias] = self._dq_const(
+            f"{node.name}_B", bq, bs if bs.ndim else bs, 0 if bs.ndim else None, np.int32
+        )
+        self.counts["biases"] += 1
+
+    def _embedding(self, node: gs.Node) -> None:
+        w = np.asarray(const_value(node.inputs[0]), np.float32)
+        ws = weight_params(w, None)
+        wq = quantize_weight(w, ws, None)
+        node.inputs[0] = self._dq_const(f"{node.name}_table", wq, ws, None, np.int8)
+        self.counts["weights"] += 1
+        y = node.outputs[0]
+        if is_graph_output(self.graph, y) or not y.outputs:
+            return
+        users = list(y.outputs)
+        dq = self._pair(y, QParams(float(ws), 0, np.int8), y.name)
+        for u in users:
+            for i, t in enumerate(u.inputs):
+                if t is y:
+                    u.inputs[i] = dq

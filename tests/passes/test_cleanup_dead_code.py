@@ -1,0 +1,29 @@
+"""dead-code: dead nodes and unused initializers removed; graph inputs untouched."""
+
+from __future__ import annotations
+
+from onnxopt.passes.cleanup import DeadCode
+from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
+
+HEAD = '<ir_version: 8, opset_import: ["": 17]>'
+
+
+def test_dead_nodes_and_initializers_removed() -> None:
+    m = parse(HEAD + """
+    g (float[2] x, float[2] unused) => (float[2] y) <float[2] w = {1, 2}, float[2] v = {3, 4}> {
+      y = Add(x, w)
+      dead = Mul(x, v)
+      dead2 = Relu(dead)
+    }""")
+    out, res = apply(DeadCode(), m)
+    assert res.changed and res.details == {"nodes": 2, "initializers": 1}
+    assert ops(out) == ["Add"]
+    assert [i.name for i in out.graph.input] == ["x", "unused"]
+    assert_same_outputs(m, out)
+
+
+def test_live_graph_unchanged() -> None:
+    m = parse(HEAD + """
+    g (float[2] x) => (float[2] y) <float[2] w = {1, 2}> { y = Add(x, w) }""")
+    out, res = apply(DeadCode(), m)
+    assert not res.changed and res.model is None

@@ -1,0 +1,116 @@
+"""fold-constants: constant subgraphs become initializers; size cap; nondeterministic ops kept."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from onnxopt.passes.base import PassContext
+from onnxopt.passes.cleanup import FoldConstants
+from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
+
+HEAD = '<ir_version: 8, opset_import: ["": 17]>'
+
+
+def test_chain_folded_to_one_initializer() -> None:
+    m = parse(HEAD + """
+    g (float[2,3] x) => (float[2,3] y) <float[3,2] w = {1, 2, 3, 4, 5, 6}> {
+      one = Constant<value = float {1.0}>()
+      t = Transpose(w)
+      s = Add(t, one)
+      y = Mul(x, s)
+    }""")
+    out, res = apply(FoldConstants(), m)
+    assert res.changed and res.rewrites == 1 and res.sites == ["s"]
+    assert ops(out) == ["Mul"]
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    np.testing.assert_array_equal(inits["s"], np.array([[2, 4, 6], [3, 5, 7]], np.float32))
+    assert_same_outputs(m, out)
+
+
+def test_graph_output_fold_keeps_name() -> None:
+    m = parse(HEAD + """
+    g (float[2] x) => (float[2] y, float[2] z) <float[2] w = {1, 2}> {
+      y = Neg(x)
+      z = Sqrt(w)
+    }""")
+    out, res = apply(FoldConstants(), m)
+    assert res.changed
+    assert sorted(ops(out)) == ["Constant", "Neg"]
+    assert [o.name for o in out.graph.output] == ["y", "z"]
+    assert_same_outputs(m, out)
+
+
+def test_size_cap_keeps_expand() -> None:
+    m = parse(HEAD + """
+    g (float[512,1024] x) => (float[512,1024] y) {
+      v = Constant<value = float {2.0}>()
+      s = Constant<value = int64[2] {512, 1024}>()
+      big = Expand(v, s)
+      y = Mul(x, big)
+    }""")
+    out, res = apply(FoldConstants(), m)
+    assert not res.changed and "Expand" in ops(out)
+    assert any("cap" in n for n in res.notes)
+    # a larger cap lets it through
+    out2, res2 = apply(FoldConstants(), m, PassContext(options={"max_bytes": 4 << 20}))
+    assert res2.changed and "Expand" not in ops(out2)
+
+
+def test_nondeterministic_and_input_dependent_kept() -> None:
+    m = parse(HEAD + """
+    g (float[2,3] x) => (float[2,3] y) {
+      r = RandomUniform<shape = [2, 3], seed = 1.0>()
+      a = Add(r, x)
+      s = Shape(x)
+      y = Reshape(a, s)
+    }""")
+    out, res = apply(FoldConstants(), m)
+    assert not res.changed
+    assert sorted(ops(out)) == sorted(ops(m))
+
+
+def test_dequantize_linear_not_folded_by_default() -> None:
+    m = parse(HEAD + """
+    g (float[4] x) => (float[4] y) <int8[4] q = {1, 2, 3, 4}, float s = {0.5}, int8 z = {0}> {
+      w = DequantizeLinear(q, s, z)
+      y = Add(x, w)
+    }""")
+    out, res = apply(FoldConstants(), m)
+    assert not res.changed and "DequantizeLinear" in ops(out)
+    out2, res2 = apply(FoldConstants(), m, PassContext(options={"fold_dequantize": True}))
+    assert res2.changed and ops(out2) == ["Add"]
+    assert_same_outputs(m, out2)
+
+
+def test_bisection_filter() -> None:
+    m = parse(HEAD + """
+    g (float[2] x) => (float[2] y) <float[2] w = {1, 4}> {
+      a = Sqrt(w)
+      b = Neg(w)
+      c = Add(x, a)
+      y = Add(c, b)
+    }""")
+    out, res = apply(FoldConstants(), m, PassContext(site_filter={"b"}))
+    assert res.sites == ["b"]
+    assert "Sqrt" in ops(out) and "Neg" not in ops(out)
+    assert_same_outputs(m, out)
+
+
+def test_tensor_read_inside_subgraph_is_folded_and_still_resolves() -> None:
+    m = parse(HEAD + """
+    g (bool[1] c, float[2] x) => (float[2] y) <float[2] w = {1, 4}> {
+      s = Sqrt(w)
+      i = Identity(s)
+      y = If(c) <
+        then_branch = t () => (float[2] o) { o = Add(x, i) },
+        else_branch = e () => (float[2] o) { o = Sub(x, i) }
+      >
+    }""")
+    from onnxopt.passes.cleanup import RemoveIdentity
+
+    out, res = apply(RemoveIdentity(), m)
+    assert res.changed and ops(out) == ["Sqrt", "If"]
+    out2, res2 = apply(FoldConstants(), out)
+    assert res2.changed and ops(out2) == ["If"]
+    assert_same_outputs(m, out2)

@@ -1,0 +1,111 @@
+"""Calibrators on known distributions against closed-form expectations."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy.optimize import brentq
+from scipy.stats import norm
+
+from onnxopt.passes.quantize.calibrate import (
+    MSE,
+    Entropy,
+    MinMax,
+    Percentile,
+    TensorStats,
+    make_calibrator,
+)
+
+RNG = np.random.default_rng(0)
+
+
+def _stats(x: np.ndarray, chunks: int = 8, bins: int = 2048) -> TensorStats:
+    s = TensorStats("t", bins)
+    for part in np.array_split(x, chunks):
+        s.update(part)
+    return s
+
+
+def test_streaming_histogram_grows_and_keeps_mass() -> None:
+    s = TensorStats("t", 64)
+    s.update(np.array([0.0, 0.0]))
+    s.update(np.array([0.5, -0.5]))
+    s.update(np.array([3.0]))  # range grows 0.5 -> 1 -> 2 -> 4
+    assert s.count == 5 and s.hist.sum() == 5
+    assert s.half_range == 4.0 and s.min == -0.5 and s.max == 3.0
+    assert s.hist[32] == 2  # the zeros sit in the first bin above 0
+    assert s.hist[56] == 1  # 3.0 -> (3 + 4) / (8 / 64)
+    assert s.hist[35] == 1  # 0.5 was the top bin of [-0.5, 0.5]: within one new bin width
+
+
+def test_minmax_exact() -> None:
+    x = RNG.uniform(-2.0, 3.0, 10_000).astype(np.float32)
+    s = _stats(x)
+    assert MinMax().range(s) == (pytest.approx(x.min()), pytest.approx(x.max()))
+    assert MinMax().range(s, symmetric=True) == (pytest.approx(-x.max()), pytest.approx(x.max()))
+
+
+def test_percentile_normal_matches_ppf() -> None:
+    x = RNG.standard_normal(400_000).astype(np.float32)
+    lo, hi = Percentile(99.9).range(_stats(x))
+    z = norm.ppf(0.999)  # 3.0902
+    assert hi == pytest.approx(z, rel=0.03) and lo == pytest.approx(-z, rel=0.03)
+    lo, hi = Percentile(99.0).range(_stats(x), symmetric=True)
+    assert hi == pytest.approx(norm.ppf(0.995), rel=0.02) and lo == -hi  # |x| quantile
+
+
+def test_percentile_uniform_closed_form() -> None:
+    x = RNG.uniform(0.0, 1.0, 200_000).astype(np.float32)
+    lo, hi = Percentile(99.0).range(_stats(x))
+    assert hi == pytest.approx(0.99, abs=0.005)
+    assert lo == pytest.approx(x.min())  # non-negative data keeps its minimum
+
+
+def test_mse_laplace_matches_aciq_optimum() -> None:
+    b = 1.0
+    x = RNG.laplace(0.0, b, 1_000_000).astype(np.float32)
+    lo, hi = MSE().range(_stats(x), symmetric=True)
+    # ACIQ: E(a) = 2 b² exp(-a/b) + a²/(3·4^M) with Δ = 2a/2^M;  ours: Δ = 2a/255
+    steps = 255.0
+
+    def d_err(a: float) -> float:
+        return -2.0 * b * math.exp(-a / b) + 2.0 * (2.0 * a / steps) ** 2 / 12.0 / a
+
+    a_star = brentq(d_err, 1.0, 30.0)
+    assert hi == pytest.approx(a_star, rel=0.08)
+    assert hi < x.max()
+
+
+def test_mse_uniform_keeps_full_range() -> None:
+    x = RNG.uniform(-1.0, 1.0, 200_000).astype(np.float32)
+    lo, hi = MSE().range(_stats(x))
+    assert hi == pytest.approx(1.0, abs=0.01) and lo == pytest.approx(-1.0, abs=0.01)
+
+
+def test_entropy_uniform_keeps_range_gaussian_clips() -> None:
+    u = RNG.uniform(-1.0, 1.0, 200_000).astype(np.float32)
+    _, hi = Entropy().range(_stats(u), symmetric=True)
+    assert hi >= 0.95  # nothing to clip on a bounded flat distribution
+    g = RNG.standard_normal(400_000).astype(np.float32)
+    _, hi = Entropy().range(_stats(g), symmetric=True)
+    assert 2.5 < hi < float(np.abs(g).max()) - 0.3  # clips the tail, keeps the body
+
+
+def test_entropy_nonnegative_uses_zero_lower_bound() -> None:
+    x = np.abs(RNG.standard_normal(100_000)).astype(np.float32)
+    lo, hi = Entropy().range(_stats(x))
+    assert lo == pytest.approx(x.min()) and 2.0 < hi <= x.max()
+
+
+def test_make_calibrator_rejects_unknown() -> None:
+    assert str(make_calibrator("percentile", 99.9)) == "percentile(99.9)"
+    with pytest.raises(ValueError, match="unknown calibrator"):
+        make_calibrator("median")
+
+
+def test_constant_zero_tensor() -> None:
+    s = _stats(np.zeros(100, np.float32))
+    for cal in (MinMax(), Percentile(), Entropy(), MSE()):
+        assert cal.range(s) == (0.0, 0.0)
