@@ -317,11 +317,14 @@ def _split(
         if arr.ndim == s.rank + 1:
             per_input[name] = [arr[i] for i in range(arr.shape[0])]
         elif arr.ndim == s.rank and s.rank > 0:
-            b = s.shape[0] if isinstance(s.shape[0], int) else (batch or 1)
-            if arr.shape[0] % b:
+            fixed = isinstance(s.shape[0], int)
+            b = s.shape[0] if fixed else (batch or 1)
+            if fixed and arr.shape[0] % b:
                 raise DataError(
-                    f"{where}: '{name}' has {arr.shape[0]} samples, not a multiple of batch {b}"
+                    f"{where}: '{name}' has {arr.shape[0]} samples, not a multiple of the "
+                    f"model's fixed batch {b}"
                 )
+            # a dynamic batch takes a shorter last run
             per_input[name] = [arr[i : i + b] for i in range(0, arr.shape[0], b)]
         else:
             raise DataError(

@@ -66,6 +66,25 @@ def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> Non
     out.graph.input.extend(merged)
 
 
+def infer_light(graph: gs.Graph, *, data_prop: bool = True,
+                strict: bool = False) -> onnx.ModelProto:
+    """Shape inference on ``graph`` without exporting its large weights.
+
+    Constants with more than 1024 elements become typed graph inputs of a copy (shape inference
+    needs only their shapes); the original graph is untouched. Returns the inferred light model.
+    """
+    copy = graph.copy()
+    copy.cleanup(remove_unused_graph_inputs=False).toposort()
+    for t in list(copy.tensors().values()):
+        if isinstance(t, gs.Constant) and int(np.prod(t.shape)) > 1024:
+            dtype, shape = t.dtype, list(t.shape)
+            t.to_variable(dtype=dtype, shape=shape)
+            copy.inputs.append(t)
+    model = gs.export_onnx(copy, do_type_check=False)
+    return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict,
+                                             data_prop=data_prop)
+
+
 def opset_version(graph_or_model: gs.Graph | onnx.ModelProto, domain: str = "") -> int:
     if isinstance(graph_or_model, onnx.ModelProto):
         for o in graph_or_model.opset_import:

@@ -95,16 +95,28 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
             f"{where}: opset {opset} is newer than this onnx ({onnx.defs.onnx_opset_version()})"
         )
     try:
-        if model_bytes(model) < PROTO_LIMIT:
-            onnx.checker.check_model(model)
-        else:
-            with tempfile.TemporaryDirectory() as d:
-                p = os.path.join(d, "m.onnx")
-                save_model(model, p)
-                onnx.checker.check_model(p)
+        light = light_model(model)
+        onnx.checker.check_model(light)
+        for t in model.graph.initializer:  # what the light copy does not carry: weight bytes
+            _check_initializer(t)
     except onnx.checker.ValidationError as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"{where}: rejected by onnx.checker: {first}") from e
+
+
+def _check_initializer(t: onnx.TensorProto) -> None:
+    if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
+        return
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except Exception:  # noqa: BLE001 - exotic dtypes (4-bit, string) are left to onnxruntime
+        return
+    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return
+    if len(t.raw_data) != n * itemsize and itemsize:
+        raise onnx.checker.ValidationError(
+            f"initializer '{t.name}' has {len(t.raw_data)} bytes for shape {list(t.dims)}")
 
 
 def default_opset(model: onnx.ModelProto) -> int:

@@ -183,16 +183,15 @@ class PassManager:
         return stage.model, report
 
     def _next_batch(self, i: int) -> list[Pass]:
+        """Consecutive exact passes run as one batch, verified once."""
         first = self.passes[i]
-        if not self.batch_exact or not first.exact or first.needs_model:
+        if not self.batch_exact or not first.exact:
             return [first]
-        fam = set(first.tags)
         batch = [first]
         for p in self.passes[i + 1 :]:
-            if p.exact and not p.needs_model and set(p.tags) == fam:
-                batch.append(p)
-            else:
+            if not p.exact:
                 break
+            batch.append(p)
         return batch
 
     # ----------------------------------------------------------------------------------------
@@ -230,15 +229,30 @@ class PassManager:
                    report: PipelineReport) -> _Stage:
         if len(batch) == 1:
             return self._run_one(batch[0], start, stage, report)
-        # several exact passes on one graph, verified once
+        # several exact passes on one graph (or proto, for whole-model passes), verified once
         t0 = time.perf_counter()
-        graph = to_graph(stage.model)
+        graph: Any = None
+        proto: onnx.ModelProto | None = stage.model
         results: list[tuple[Pass, PassResult | Exception]] = []
         for k, p in enumerate(batch):
             if self.progress:
                 self.progress.pass_started(p.name, start + k)
             try:
-                results.append((p, p.run(graph, self._ctx(p))))
+                if p.needs_model:
+                    if proto is None:
+                        proto = to_model(graph, like=stage.model)
+                    m = onnx.ModelProto()
+                    m.CopyFrom(proto)
+                    r = p.run_model(m, self._ctx(p))
+                    if r.changed:
+                        proto, graph = (r.model if r.model is not None else m), None
+                else:
+                    if graph is None:
+                        graph = to_graph(proto)
+                    r = p.run(graph, self._ctx(p))
+                    if r.changed:
+                        proto = None
+                results.append((p, r))
             except Exception as e:  # noqa: BLE001 - fall back to one-by-one for a clear report
                 logger.debug("batch pass %s raised", p.name, exc_info=True)
                 results.append((p, e))
@@ -256,7 +270,7 @@ class PassManager:
             return stage
         if ok_batch:
             try:
-                candidate = to_model(graph, like=stage.model)
+                candidate = proto if proto is not None else to_model(graph, like=stage.model)
                 new_stage, why, cmp_prev, cmp_orig = self._verify(candidate, stage, exact=True)
             except Exception as e:  # noqa: BLE001
                 new_stage, why = None, f"{type(e).__name__}: {e}"
@@ -267,8 +281,9 @@ class PassManager:
                     assert isinstance(r, PassResult)
                     pr.status = "kept" if r.changed else "unchanged"
                     pr.rewrites, pr.notes, pr.details = r.rewrites, list(r.notes), dict(r.details)
+                    pr.details["verified_together_with"] = [q.name for q, _ in results]
                     pr.before = summary_dict(stage.summary)
-                    pr.after = summary_dict(new_stage.summary)
+                    pr.after = summary_dict(new_stage.summary) if r.changed else pr.before
                     pr.vs_previous, pr.vs_original = _metrics(cmp_prev), _metrics(cmp_orig)
                     self._emit(report, pr)
                 return new_stage
@@ -405,16 +420,14 @@ class PassManager:
 def structural_check(model: onnx.ModelProto) -> None:
     """onnx.checker and strict shape inference, as a ModelError.
 
-    The checker sees the whole model below 2 GB; shape inference runs on the light copy
-    (weights replaced by their shapes), which is equivalent for inference and much faster.
+    Both run on the light copy (large weights replaced by typed inputs of their shape): the
+    checker still sees every node, attribute, opset and small constant, and shape inference is
+    equivalent; on a 400 MB model this avoids serializing the weights twice per pass.
     """
     from onnxopt.model import infer_shapes_light, light_model
 
     try:
-        if model_fits(model):
-            onnx.checker.check_model(model)
-        else:
-            onnx.checker.check_model(light_model(model))
+        onnx.checker.check_model(light_model(model))
         infer_shapes_light(model, strict=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

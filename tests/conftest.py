@@ -11,3 +11,13 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def pytest_configure(config):  # noqa: ARG001 - pytest hook signature
+    """Tiny torch trainings are much faster single-threaded on a shared 2-core machine."""
+    import importlib.util
+
+    if importlib.util.find_spec("torch") is not None:
+        import torch
+
+        torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import is_graph_input, is_graph_output, replace_uses
+from onnxopt.graph import infer_light, is_graph_input, is_graph_output, replace_uses
 
 logger = logging.getLogger(__name__)
 
@@ -96,10 +96,8 @@ def infer_facts(graph: gs.Graph) -> tuple[dict[str, TypeShape], str | None]:
                 dtype = None
             facts[name] = TypeShape(dtype, shape)
     try:
-        copy = graph.copy()  # other passes of a batch may have left detached nodes behind
-        copy.cleanup(remove_unused_graph_inputs=False).toposort()
-        model = gs.export_onnx(copy, do_type_check=False)
-        inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False, data_prop=True)
+        # a copy without large weights (other passes of a batch may have left detached nodes)
+        inferred = infer_light(graph)
     except Exception as e:  # noqa: BLE001 - inference raises for many reasons; facts stay partial
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         return facts, f"shape inference failed ({msg}); used the graph's own annotations"

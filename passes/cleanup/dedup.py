@@ -51,8 +51,18 @@ class DedupInitializers(Pass):
         for group in by_meta.values():
             if len(group) < 2:
                 continue
+            # a strided sample tells most same-shape weights apart without hashing all bytes
+            samples: dict[bytes, int] = {}
+            for t in group:
+                v = np.asarray(t.values).ravel()
+                key = v[:: max(1, v.size // 64)].tobytes() if v.dtype != object else b""
+                samples[key] = samples.get(key, 0) + 1
             first_of: dict[str, gs.Constant] = {}
             for t in group:
+                v = np.asarray(t.values).ravel()
+                key = v[:: max(1, v.size // 64)].tobytes() if v.dtype != object else b""
+                if samples[key] < 2:
+                    continue  # no other initializer shares even the sample
                 d = _digest(np.asarray(t.values))
                 keep = first_of.setdefault(d, t)
                 if keep is t or not ctx.allow(t.name):

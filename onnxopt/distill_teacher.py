@@ -1,0 +1,181 @@
+"""Teacher targets for distillation: onnxruntime outputs over the unlabeled data, batched, and
+cached on disk for large sets.
+
+The cache key is ``sha1(teacher bytes, requested tensor names, input arrays)``; a hit skips
+onnxruntime entirely. Targets larger than ``memory_limit`` bytes (or any targets when a
+``cache_dir`` is given) are written as ``.npy`` files and memory-mapped, so a large set never has
+to fit in RAM twice. Intermediate teacher tensors (``--feature A:B``) are exposed by adding them as
+graph outputs of a copy of the teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from onnxopt.data import Feeds, input_specs
+from onnxopt.errors import DataError, OnnxoptError
+
+logger = logging.getLogger(__name__)
+
+#: above this many bytes of targets, keep them on disk (memory-mapped)
+MEMORY_LIMIT = 256 * 2**20
+
+
+def stack_runs(feeds: Feeds) -> dict[str, np.ndarray]:
+    """Concatenate the runs' inputs along axis 0 into one array per input (N samples).
+
+    Raises:
+        DataError: runs differ in shape beyond the batch axis (cannot form one sample set).
+    """
+    if not feeds.runs:
+        raise DataError("distillation needs data: no runs")
+    out: dict[str, np.ndarray] = {}
+    for name in feeds.runs[0]:
+        parts = [np.asarray(r[name]) for r in feeds.runs]
+        if parts[0].ndim == 0 or len({p.shape[1:] for p in parts}) > 1:
+            raise DataError(
+                f"input '{name}': runs have different shapes {sorted({p.shape for p in parts})[:3]};"
+                " distillation needs samples that stack along the batch axis"
+            )
+        out[name] = np.concatenate(parts, axis=0)
+    return out
+
+
+def static_batch(model: onnx.ModelProto) -> int | None:
+    """The model's fixed batch size (dim 0 of its first input), or None when dynamic."""
+    specs = input_specs(model)
+    if specs and specs[0].shape and isinstance(specs[0].shape[0], int):
+        return int(specs[0].shape[0])
+    return None
+
+
+def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    produced = {o for n in out.graph.node for o in n.output}
+    have = {o.name for o in out.graph.output}
+    missing = [n for n in names if n not in produced and n not in have]
+    if missing:
+        raise OnnxoptError(f"--feature: the teacher has no tensor(s) {missing}")
+    for n in names:
+        if n not in have:
+            out.graph.output.append(onnx.ValueInfoProto(name=n))
+    return out
+
+
+def _key(teacher: onnx.ModelProto, names: Sequence[str], inputs: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha1(teacher.SerializeToString())
+    h.update("\0".join(names).encode())
+    for k in sorted(inputs):
+        a = np.ascontiguousarray(inputs[k])
+        h.update(k.encode() + str(a.dtype).encode() + str(a.shape).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:20]
+
+
+def teacher_targets(
+    teacher: onnx.ModelProto,
+    inputs: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    *,
+    batch: int = 256,
+    cache_dir: str | os.PathLike | None = None,
+    memory_limit: int = MEMORY_LIMIT,
+    threads: int = 0,
+) -> dict[str, np.ndarray]:
+    """The teacher's tensors ``names`` for every sample of ``inputs``.
+
+    Args:
+        teacher: the teacher model.
+        inputs: input name -> array of N samples (axis 0).
+        names: graph outputs and/or intermediate tensors to return.
+        batch: samples per onnxruntime call (the teacher's fixed batch size wins).
+        cache_dir: keep targets here (memory-mapped ``.npy``), reused by later runs.
+        memory_limit: above this many bytes, targets go to disk even without ``cache_dir``.
+        threads: onnxruntime intra-op threads (0 = default).
+
+    Returns:
+        name -> array with N rows (np.memmap when on disk).
+    """
+    import onnxruntime as ort
+
+    model = with_outputs(
+        teacher, [n for n in names if n not in {o.name for o in teacher.graph.output}]
+    )
+    key = _key(model, names, inputs)
+    folder = Path(cache_dir) if cache_dir is not None else None
+    if folder is not None and all((folder / f"{key}.{i}.npy").exists() for i in range(len(names))):
+        logger.info("teacher targets: cache hit %s", folder / key)
+        return {n: np.load(folder / f"{key}.{i}.npy", mmap_mode="r") for i, n in enumerate(names)}
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    n_samples = next(iter(inputs.values())).shape[0]
+    fixed = static_batch(teacher)
+    step = fixed or batch
+    if fixed and n_samples % fixed:
+        raise DataError(f"{n_samples} samples do not split into the teacher's batch of {step}")
+    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
+    stores: dict[str, np.ndarray] = {}
+    for start in range(0, n_samples, step):
+        feed = {k: np.ascontiguousarray(v[start : start + step]) for k, v in inputs.items()}
+        values = sess.run(list(names), feed)
+        if stores:  # streaming to disk
+            for n, v in zip(names, values, strict=True):
+                stores[n][start : start + step] = v
+            continue
+        for n, v in zip(names, values, strict=True):
+            chunks[n].append(v)
+        done = start + step
+        expected = sum(a.nbytes for c in chunks.values() for a in c) * n_samples / done
+        if folder is not None or expected > memory_limit:
+            folder = folder or Path(tempfile.gettempdir()) / "onnxopt-distill-cache"
+            folder.mkdir(parents=True, exist_ok=True)
+            stores = _open_stores(folder, key, names, values, n_samples)
+            for n in names:
+                stores[n][:done] = np.concatenate(chunks[n], axis=0)
+                chunks[n] = []
+    if not stores:
+        return {n: np.concatenate(c, axis=0) for n, c in chunks.items()}
+    return _finish_stores(folder, key, names, stores)
+
+
+def _tmp(folder: Path, key: str, i: int) -> Path:
+    return folder / f".{key}.{i}.{os.getpid()}.npy"
+
+
+def _open_stores(
+    folder: Path, key: str, names: Sequence[str], first: Sequence[np.ndarray], n: int
+) -> dict[str, np.ndarray]:
+    return {
+        name: np.lib.format.open_memmap(
+            _tmp(folder, key, i), mode="w+", dtype=v.dtype, shape=(n, *v.shape[1:])
+        )
+        for i, (name, v) in enumerate(zip(names, first, strict=True))
+    }
+
+
+def _finish_stores(
+    folder: Path, key: str, names: Sequence[str], stores: dict[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    out = {}
+    for i, name in enumerate(names):
+        stores[name].flush()
+        final = folder / f"{key}.{i}.npy"
+        os.replace(_tmp(folder, key, i), final)
+        out[name] = np.load(final, mmap_mode="r")
+    stores.clear()
+    logger.info("teacher targets cached in %s (%s)", folder, key)
+    return out
