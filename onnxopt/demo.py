@@ -49,7 +49,7 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
                   f"; budget: accuracy drop <= 1 point on {len(feeds)} labeled test batches")
     options = {
         "prune": {"ratio": 0.25},
-        "distill": {"epochs": 15},
+        "distill": {"epochs": 8},
     }
     pm = PassManager(available, budget=Budget(min_cosine=None, max_accuracy_drop=1.0),
                      options=options, progress=progress)

@@ -1,0 +1,95 @@
+"""Gated cascade: ONNX If that skips the expensive member when the cheap one is confident."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from onnxopt.errors import OptionError
+from onnxopt.passes.ensemble import merge
+from onnxopt.passes.ensemble_fit import cascade_accuracy, choose_threshold
+from tests.passes.ensemble_models import linear, run, session, slow, softmax
+
+CHEAP = linear(0, scale=20.0, bias=False)  # large logits: confident unless x is ~0
+EXPENSIVE = slow(1)
+CONFIDENT = np.random.default_rng(0).standard_normal((1, 4)).astype(np.float32) * 3
+UNSURE = np.zeros((1, 4), np.float32)  # cheap logits all 0: top probability 1/3
+
+
+def _latency(model, x, reps=15):
+    """Best-of-``reps`` latency: robust to other processes sharing the two cores."""
+    s = session(model)
+    s.run(None, {"x": x})
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        s.run(None, {"x": x})
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def test_cascade_structure_and_outputs():
+    merged, rep = merge([CHEAP, EXPENSIVE], "cascade", threshold=0.9)
+    top = [n.op_type for n in merged.graph.node]
+    assert top[-1] == "If" and "MatMul" not in top  # the expensive layers live in the branch
+    if_node = merged.graph.node[-1]
+    else_ops = [n.op_type for n in next(a.g for a in if_node.attribute
+                                        if a.name == "else_branch").node]
+    assert else_ops.count("MatMul") == 26
+    assert rep.params["expensive_nodes_in_branch"] == 26 + 24
+    assert softmax(run(CHEAP, {"x": CONFIDENT})["logits"]).max() >= 0.9
+    np.testing.assert_array_equal(run(merged, {"x": CONFIDENT})["logits"],
+                                  run(CHEAP, {"x": CONFIDENT})["logits"])
+    np.testing.assert_allclose(run(merged, {"x": UNSURE})["logits"],
+                               run(EXPENSIVE, {"x": UNSURE})["logits"], rtol=1e-6)
+
+
+def test_cascade_skips_the_expensive_branch():
+    merged, _ = merge([CHEAP, EXPENSIVE], "cascade", threshold=0.9)
+    t_exp = _latency(EXPENSIVE, CONFIDENT)
+    t_fast = _latency(merged, CONFIDENT)
+    t_slow = _latency(merged, UNSURE)
+    assert t_fast < 0.3 * t_exp, (t_fast, t_exp)
+    assert t_slow > 0.7 * t_exp, (t_slow, t_exp)  # negative case: the gate fails, it runs
+
+
+def test_cascade_gate_decides_for_the_whole_batch():
+    merged, _ = merge([CHEAP, EXPENSIVE], "cascade", threshold=0.9)
+    batch = np.concatenate([CONFIDENT, UNSURE])
+    np.testing.assert_allclose(run(merged, {"x": batch})["logits"],
+                               run(EXPENSIVE, {"x": batch})["logits"], rtol=1e-6)
+
+
+def test_cascade_target_accuracy_picks_threshold():
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((60, 4)) * rng.uniform(0, 0.2, (60, 1))).astype(np.float32)
+    labels = np.argmax(run(EXPENSIVE, {"x": x})["logits"], -1)  # the expensive one is right
+    merged, rep = merge([CHEAP, EXPENSIVE], "cascade", target_accuracy=100.0,
+                        data={"x": x, "labels": labels})
+    assert 0.0 < rep.params["threshold"] <= 1.0 + 1e-6
+    assert rep.accuracy["ensemble"] >= rep.accuracy["m0"]
+    assert rep.verified
+
+
+def test_cascade_needs_threshold_or_target():
+    with pytest.raises(OptionError, match="exactly one of --threshold or --target-accuracy"):
+        merge([CHEAP, EXPENSIVE], "cascade")
+
+
+def test_cascade_takes_two_members():
+    with pytest.raises(OptionError, match="two members"):
+        merge([CHEAP, EXPENSIVE, linear(3)], "cascade", threshold=0.5)
+
+
+def test_choose_threshold_meets_target_with_most_cheap():
+    conf = np.array([0.99, 0.95, 0.6, 0.55, 0.4])
+    cheap_ok = np.array([1, 1, 0, 1, 0], bool)
+    exp_ok = np.array([1, 1, 1, 1, 1], bool)
+    t, note = choose_threshold(conf, cheap_ok, exp_ok, 100.0)
+    assert note is None and t == pytest.approx(0.95, abs=1e-6)  # 0.6 would let a miss through
+    acc, frac = cascade_accuracy(conf, cheap_ok, exp_ok, t)
+    assert acc == 100.0 and frac == pytest.approx(0.4)
+    t2, note2 = choose_threshold(conf, cheap_ok, np.zeros(5, bool), 100.0)
+    assert note2 is not None and "not reachable" in note2
