@@ -49,6 +49,10 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
         if len(out.functions) == 0 and len(like.functions):
             out.functions.extend(like.functions)
         _keep_overridable_inputs(out, like)
+    used = {n.domain for n in out.graph.node if n.domain not in ("", "ai.onnx")}
+    have = {o.domain for o in out.opset_import}
+    for d in sorted(used - have):  # e.g. com.microsoft contrib ops added by a fusion
+        out.opset_import.append(onnx.helper.make_opsetid(d, 1))
     return out
 
 
@@ -77,12 +81,39 @@ def infer_light(graph: gs.Graph, *, data_prop: bool = True,
     copy.cleanup(remove_unused_graph_inputs=False).toposort()
     for t in list(copy.tensors().values()):
         if isinstance(t, gs.Constant) and int(np.prod(t.shape)) > 1024:
-            dtype, shape = t.dtype, list(t.shape)
-            t.to_variable(dtype=dtype, shape=shape)
-            copy.inputs.append(t)
+            var = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
+            for node in list(t.outputs):
+                node.inputs = [var if x is t else x for x in node.inputs]
+            copy.inputs.append(var)
     model = gs.export_onnx(copy, do_type_check=False)
     return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict,
                                              data_prop=data_prop)
+
+
+def annotate_shapes(graph: gs.Graph) -> str | None:
+    """Set dtype and shape on the graph's Variables from shape inference (see infer_light).
+
+    Returns:
+        None, or a note when inference failed (rules then see only the shapes already known).
+    """
+    try:
+        inferred = infer_light(graph)
+    except Exception as e:  # noqa: BLE001 - inference is a hint; rules check shapes anyway
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        return f"shape inference failed ({msg})"
+    tensors = graph.tensors()
+    g = inferred.graph
+    for vi in list(g.value_info) + list(g.output):
+        t = tensors.get(vi.name)
+        if not isinstance(t, gs.Variable) or not vi.type.HasField("tensor_type"):
+            continue
+        tt = vi.type.tensor_type
+        if tt.elem_type:
+            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        if tt.HasField("shape"):
+            t.shape = [d.dim_value if d.HasField("dim_value") else
+                       (d.dim_param or None) for d in tt.shape.dim]
+    return None
 
 
 def opset_version(graph_or_model: gs.Graph | onnx.ModelProto, domain: str = "") -> int:

@@ -375,7 +375,8 @@ def count_macs(model: onnx.ModelProto) -> tuple[int, bool]:
     total, complete = 0, True
     for n in model.graph.node:
         if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv",
-                             "QLinearMatMul", "MatMulInteger", "ConvInteger"):
+                             "QLinearMatMul", "MatMulInteger", "ConvInteger", "FusedMatMul",
+                             "Attention"):
             continue
         ins = [shapes.get(i) for i in n.input]
         outs = [shapes.get(o) for o in n.output]
@@ -394,10 +395,15 @@ def count_macs(model: onnx.ModelProto) -> tuple[int, bool]:
                 trans_a = next((at.i for at in n.attribute if at.name == "transA"), 0)
                 k = a[0] if trans_a else a[1]
                 total += int(np.prod(outs[0])) * int(k)
+            elif n.op_type == "Attention":  # com.microsoft: QKV projection + two batched matmuls
+                x, w = ins[0], ins[1]
+                b, seq, hidden = int(x[0]), int(x[1]), int(x[2])
+                total += b * seq * hidden * int(w[1]) + 2 * b * seq * seq * hidden
             else:
-                a_idx = 0
-                a = ins[a_idx]
-                total += int(np.prod(outs[0])) * int(a[-1])
+                a = ins[0]
+                trans_a = next((at.i for at in n.attribute if at.name == "transA"), 0)
+                k = a[-2] if (n.op_type == "FusedMatMul" and trans_a) else a[-1]
+                total += int(np.prod(outs[0])) * int(k)
         except (TypeError, IndexError):
             complete = False
     return total, complete

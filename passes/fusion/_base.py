@@ -1,0 +1,115 @@
+"""Shared pieces of the fusion passes: a Pass that applies an explicit list of rules, and
+small helpers the rules share (constant creation, attribute reading, shape reasoning)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import annotate_shapes, to_graph, to_model
+from onnxopt.passes.base import Pass, PassContext, PassResult
+from onnxopt.pattern import Rule, apply_rules, const_value, rules_pass_result
+
+logger = logging.getLogger(__name__)
+
+
+class FusionPass(Pass):
+    """A pass that applies ``rules()`` with :func:`onnxopt.pattern.apply_rules`."""
+
+    exact: ClassVar[bool] = True
+    tags: ClassVar[tuple[str, ...]] = ("fusion",)
+    #: every rule in this pass needs ``--target onnxruntime``
+    contrib_only: ClassVar[bool] = False
+
+    def rules(self) -> list[Rule]:  # pragma: no cover
+        raise NotImplementedError
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        """Annotate shapes (rules need ranks), then apply the rules to ``graph`` in place."""
+        if self.contrib_only and ctx.target != "onnxruntime":
+            return PassResult.unchanged(
+                f"{self.name}: com.microsoft contrib ops need --target onnxruntime")
+        note = annotate_shapes(graph)
+        result = rules_pass_result(apply_rules(graph, self.rules(), ctx))
+        if note:
+            result.notes.append(f"{self.name}: {note}")
+        return result
+
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        """Convenience for callers holding a ModelProto: the result's model is the rewrite."""
+        graph = to_graph(model)
+        result = self.run(graph, ctx)
+        if result.changed:
+            result.model = to_model(graph, like=model)
+        return result
+
+
+def const(graph: gs.Graph, base: str, value: np.ndarray) -> gs.Constant:
+    """A new initializer with a name unused in ``graph``."""
+    names = graph.tensors().keys()
+    name, i = base, 0
+    while name in names:
+        i += 1
+        name = f"{base}_{i}"
+    return gs.Constant(name, np.ascontiguousarray(value))
+
+
+def var(graph: gs.Graph, base: str, dtype: Any = None, shape: Any = None) -> gs.Variable:
+    names = graph.tensors().keys()
+    name, i = base, 0
+    while name in names:
+        i += 1
+        name = f"{base}_{i}"
+    return gs.Variable(name, dtype=dtype, shape=shape)
+
+
+def other_users(t: gs.Tensor, allowed: list[gs.Node]) -> list[gs.Node]:
+    """Consumers of ``t`` that are not in ``allowed``."""
+    ids = {id(n) for n in allowed}
+    return [u for u in t.outputs if id(u) not in ids]
+
+
+def shared_const_reason(t: gs.Tensor, node: gs.Node) -> str | None:
+    """Why constant ``t`` cannot be rewritten for ``node`` alone (shared), else None."""
+    users = other_users(t, [node])
+    if users:
+        return f"constant '{t.name}' is shared with {users[0].op} '{users[0].name}'"
+    return None
+
+
+def static_shape(t: gs.Tensor) -> list[int] | None:
+    """The tensor's shape when every dimension is a known int."""
+    shape = getattr(t, "shape", None)
+    if shape is None:
+        v = const_value(t)
+        return list(v.shape) if v is not None else None
+    if all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape):
+        return [int(d) for d in shape]
+    return None
+
+
+def rank(t: gs.Tensor) -> int | None:
+    shape = getattr(t, "shape", None)
+    if shape is None:
+        v = const_value(t)
+        return v.ndim if v is not None else None
+    return len(shape)
+
+
+def float_dtype(a: np.ndarray) -> bool:
+    return np.issubdtype(np.asarray(a).dtype, np.floating)
+
+
+def int_list(node: gs.Node, attr: str, input_index: int) -> list[int] | None:
+    """An int-list parameter given as attribute (old opsets) or constant input (new opsets)."""
+    if attr in node.attrs:
+        return [int(v) for v in node.attrs[attr]]
+    if len(node.inputs) > input_index and node.inputs[input_index].name:
+        v = const_value(node.inputs[input_index])
+        if v is None:
+            return None
+        return [int(x) for x in np.asarray(v).reshape(-1)]
+    return []

@@ -1,0 +1,178 @@
+"""Layout no-ops: Transpose chains, Reshape/Flatten chains, Squeeze/Unsqueeze pairs.
+
+- Transpose(Transpose(x, p), q) = Transpose(x, r) with r[i] = p[q[i]]; dropped when r is the
+  identity.
+- Reshape(Reshape|Flatten(x), s) = Reshape(x, s) when s has no 0 entry (a 0 copies a dimension
+  of the *input*, which the chain changes); a Reshape to the input's own static shape is dropped.
+- Squeeze(Unsqueeze(x, a), a) = x and Unsqueeze(Squeeze(x, a), a) = x (axes compared after
+  normalising negatives against the shared rank).
+
+Declines: non-constant shapes or axes, a 0 in the outer shape, unknown ranks where needed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import ClassVar
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import bypass, is_graph_input, is_graph_output
+from onnxopt.passes.base import register
+from onnxopt.passes.fusion._base import FusionPass, int_list, rank, static_shape, var
+from onnxopt.pattern import Match, MatchResult, Op, Rule, Var, const_value, replace_root
+
+logger = logging.getLogger(__name__)
+
+
+def _bypass_ok(graph: gs.Graph, m: Match, keep: gs.Tensor) -> MatchResult:
+    out = m.output
+    if is_graph_output(graph, out) and (
+            isinstance(keep, gs.Constant) or is_graph_input(graph, keep)
+            or is_graph_output(graph, keep)):
+        return MatchResult.fail(f"output '{out.name}' is a graph output fed by an input/constant")
+    return MatchResult.success()
+
+
+def _drop(graph: gs.Graph, m: Match, keep: gs.Tensor) -> None:
+    """Route the match's output to ``keep`` and detach the matched nodes."""
+    root = m.root
+    reason = bypass(graph, root, keep, root.outputs[0])
+    if reason:  # pragma: no cover - checked in check()
+        raise RuntimeError(reason)
+    for node in m.matched:
+        node.inputs.clear()
+        node.outputs.clear()
+
+
+class TransposeTranspose(Rule):
+    """Two Transposes in a row: one Transpose, or none."""
+
+    name: ClassVar[str] = "transpose_transpose"
+    patterns = (Op("Transpose", Op("Transpose", Var("x"), name="t1"), name="t2"),)
+
+    def check(self, graph: gs.Graph, m: Match) -> MatchResult:
+        p = m.nodes["t1"].attrs.get("perm")
+        q = m.nodes["t2"].attrs.get("perm")
+        if p is None or q is None:
+            return MatchResult.fail("Transpose without perm")
+        if len(p) != len(q):
+            return MatchResult.fail("perm lengths differ")
+        r = [p[i] for i in q]
+        if r == list(range(len(r))):
+            return _bypass_ok(graph, m, m.tensors["x"])
+        return MatchResult.success()
+
+    def rewrite(self, graph: gs.Graph, m: Match) -> None:
+        p, q = m.nodes["t1"].attrs["perm"], m.nodes["t2"].attrs["perm"]
+        r = [int(p[i]) for i in q]
+        if r == list(range(len(r))):
+            _drop(graph, m, m.tensors["x"])
+            return
+        t2 = m.nodes["t2"]
+        new = gs.Node("Transpose", t2.name, attrs={"perm": r}, inputs=[m.tensors["x"]],
+                      outputs=[var(graph, f"{t2.name}_merged", dtype=t2.outputs[0].dtype)])
+        replace_root(graph, m, [new])
+
+
+def _shape_input(node: gs.Node) -> np.ndarray | None:
+    v = const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    return None if v is None else np.asarray(v).reshape(-1).astype(np.int64)
+
+
+class ReshapeChain(Rule):
+    """Reshape of a Reshape / Flatten: one Reshape."""
+
+    name: ClassVar[str] = "reshape_chain"
+    patterns = (Op("Reshape", Op(("Reshape", "Flatten"), Var("x"), name="inner",
+                                 exact_arity=False), Var("shape"), name="outer"),)
+
+    def check(self, graph: gs.Graph, m: Match) -> MatchResult:
+        s = _shape_input(m.nodes["outer"])
+        if s is None:
+            return MatchResult.fail("outer shape is not constant")
+        if np.any(s == 0):
+            return MatchResult.fail("outer shape copies a dimension (0) from its input")
+        return MatchResult.success()
+
+    def rewrite(self, graph: gs.Graph, m: Match) -> None:
+        outer = m.nodes["outer"]
+        new = gs.Node("Reshape", outer.name, attrs=dict(outer.attrs),
+                      inputs=[m.tensors["x"], m.tensors["shape"]],
+                      outputs=[var(graph, f"{outer.name}_merged", dtype=outer.outputs[0].dtype)])
+        replace_root(graph, m, [new])
+
+
+class ReshapeNoop(Rule):
+    """A Reshape whose target is its input's own static shape."""
+
+    name: ClassVar[str] = "reshape_noop"
+    patterns = (Op("Reshape", Var("x"), Var("shape"), name="r"),)
+
+    def check(self, graph: gs.Graph, m: Match) -> MatchResult:
+        s = _shape_input(m.nodes["r"])
+        have = static_shape(m.tensors["x"])
+        if s is None or have is None:
+            return MatchResult.not_applicable("shapes not static")
+        allowzero = int(m.nodes["r"].attrs.get("allowzero", 0))
+        target = [have[i] if (d == 0 and not allowzero and i < len(have)) else int(d)
+                  for i, d in enumerate(s)]
+        if -1 in target and len(target) == len(have):
+            k = target.index(-1)
+            known = int(np.prod([d for i, d in enumerate(target) if i != k]))
+            if known:
+                target[k] = int(np.prod(have)) // known
+        if target != have:
+            return MatchResult.not_applicable("the Reshape changes the shape")
+        return _bypass_ok(graph, m, m.tensors["x"])
+
+    def rewrite(self, graph: gs.Graph, m: Match) -> None:
+        _drop(graph, m, m.tensors["x"])
+
+
+def _axes(node: gs.Node, r: int | None) -> list[int] | None:
+    axes = int_list(node, "axes", 1)
+    if axes is None or not axes:
+        return None
+    if r is None:
+        return sorted(axes) if all(a >= 0 for a in axes) else None
+    return sorted(a % r for a in axes)
+
+
+class SqueezePair(Rule):
+    """Squeeze(Unsqueeze(x, a), a) and Unsqueeze(Squeeze(x, a), a): x."""
+
+    name: ClassVar[str] = "squeeze_pair"
+    patterns = (
+        Op("Squeeze", Op("Unsqueeze", Var("x"), name="first", exact_arity=False), name="second",
+           exact_arity=False),
+        Op("Unsqueeze", Op("Squeeze", Var("x"), name="first", exact_arity=False), name="second",
+           exact_arity=False),
+    )
+
+    def check(self, graph: gs.Graph, m: Match) -> MatchResult:
+        first, second = m.nodes["first"], m.nodes["second"]
+        # the shared rank: Unsqueeze's output / Squeeze's input
+        big = first.outputs[0] if first.op == "Unsqueeze" else m.tensors["x"]
+        r = rank(big)
+        a1, a2 = _axes(first, r), _axes(second, r)
+        if a1 is None or a2 is None:
+            return MatchResult.fail("axes not constant (or negative with unknown rank)")
+        if a1 != a2:
+            return MatchResult.fail(f"axes differ ({a1} vs {a2})")
+        return _bypass_ok(graph, m, m.tensors["x"])
+
+    def rewrite(self, graph: gs.Graph, m: Match) -> None:
+        _drop(graph, m, m.tensors["x"])
+
+
+@register
+class FuseLayout(FusionPass):
+    """Merge or cancel Transpose chains, Reshape/Flatten chains and Squeeze/Unsqueeze pairs."""
+
+    name: ClassVar[str] = "fuse-layout"
+    summary: ClassVar[str] = "Transpose/Reshape/Squeeze chains merged or cancelled"
+
+    def rules(self) -> list[Rule]:
+        return [TransposeTranspose(), ReshapeChain(), ReshapeNoop(), SqueezePair()]
