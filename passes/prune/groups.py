@@ -1,0 +1,290 @@
+"""Channel dependency analysis: which channels of which layers must be pruned together.
+
+One walk over the graph in topological order gives every tensor a :class:`Layout` (which groups
+its channel axis is made of) or none. Rules, by op:
+
+- producers (Conv with ``group = 1``, ConvTranspose with ``group = 1``, Gemm, MatMul with a
+  constant 2-D weight) start a new group on their output channel axis; the same node is a
+  *consumer* of its input's groups (weight input-channel axis);
+- depthwise Conv (``group = C_in = C_out``) couples input and output channels: pass-through with
+  its weight, bias and ``group`` attribute as members; other grouped convs close their groups;
+- pass-through ops (activations, pooling, BatchNormalization, InstanceNormalization, Resize,
+  Dropout, Identity, Transpose, Squeeze/Unsqueeze, reductions and Softmax on other axes, Slice
+  and Gather on other axes) keep the layout, moving its axis where the op moves axes;
+- element-wise Add/Sub/Mul/Div/Max/Min/Pow couple their inputs: two layouts are unioned pair by
+  pair (a residual Add); a constant with the channel extent becomes a member (a bias); an input
+  from outside any group closes the group unless it broadcasts along the channel axis;
+- Concat on the channel axis concatenates layouts (channel offsets); Split on it divides them
+  at group boundaries (its constant sizes become members);
+- Flatten / Reshape ``[N, C, H, W] -> [N, C·H·W]`` multiplies ``expand`` by ``H·W``;
+  Reshape ``[.., C] -> [.., heads, head_dim]`` sets the group's block to ``head_dim`` (whole
+  heads), the reverse Reshape merges back; the Reshape's explicit shape entry is a member;
+- MatMul of two activations (attention) unions the heads of both sides on batch axes;
+- anything else that touches a tracked axis closes the groups with a note: the analysis never
+  guesses. Graph outputs keep all their channels.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import is_empty_tensor
+
+from .layout import Group, Layout, Member, Seg, cval
+from .rules import PassThroughRules, _rank
+
+logger = logging.getLogger(__name__)
+
+UNARY = {
+    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "Celu", "Gelu", "Erf",
+    "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Neg", "Abs", "Sqrt", "Exp",
+    "Log", "Identity", "Dropout", "Cast", "ThresholdedRelu", "Sin", "Cos", "Reciprocal", "Floor",
+    "Ceil", "Round", "Sign", "IsNaN", "Swish",
+}
+SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
+           "GlobalLpPool", "Resize", "Upsample"}
+BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "PRelu"}
+REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
+          "ReduceProd", "ReduceSumSquare", "ReduceLogSumExp"}
+HARMLESS = {"Shape", "Size"}  # read only the shape, which follows the pruned tensor
+
+
+@dataclass
+class Analysis(PassThroughRules):
+    """The result: groups (after union), tensor layouts and notes."""
+
+    graph: gs.Graph
+    groups: dict[int, Group] = field(default_factory=dict)
+    parent: dict[int, int] = field(default_factory=dict)
+    layouts: dict[str, Layout] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    # ------------------------------------------------------------------ union-find
+    def find(self, gid: int) -> int:
+        while self.parent[gid] != gid:
+            self.parent[gid] = self.parent[self.parent[gid]]
+            gid = self.parent[gid]
+        return gid
+
+    def group(self, gid: int) -> Group:
+        return self.groups[self.find(gid)]
+
+    def new_group(self, size: int, node: gs.Node) -> int:
+        gid = len(self.parent)
+        self.parent[gid] = gid
+        self.groups[gid] = Group(gid, int(size), producers=[node.name])
+        return gid
+
+    def union(self, a: int, b: int, where: str) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        ga, gb = self.groups[ra], self.groups[rb]
+        if ga.size != gb.size:
+            self.close_ids([ra, rb], f"{where}: couples {ga.size} with {gb.size} channels")
+            return
+        if ga.block != gb.block and 1 not in (ga.block, gb.block):
+            self.close_ids([ra, rb], f"{where}: head sizes {ga.block} and {gb.block} differ")
+            return
+        self.parent[rb] = ra
+        ga.block = max(ga.block, gb.block)
+        ga.members += gb.members
+        ga.closed += gb.closed
+        ga.producers += gb.producers
+        del self.groups[rb]
+
+    def close_ids(self, gids: list[int], reason: str) -> None:
+        roots = {self.find(g) for g in gids}
+        for r in roots:
+            if reason not in self.groups[r].closed:
+                self.groups[r].closed.append(reason)
+        if roots and reason not in self.notes:
+            self.notes.append(reason)
+
+    def close(self, layout: Layout | None, reason: str) -> None:
+        if layout is not None:
+            self.close_ids([s.gid for s in layout.segs], reason)
+
+    def span(self, layout: Layout) -> int:
+        return sum(self.group(s.gid).span(s.unit, layout.expand) for s in layout.segs)
+
+    def add_members(self, layout: Layout, node: gs.Node, kind: str, index: int, axis: int,
+                    extra_offset: int = 0) -> None:
+        off = extra_offset
+        for s in layout.segs:
+            g = self.group(s.gid)
+            g.members.append(Member(node.name, kind, index, axis, off, layout.expand, s.unit))
+            off += g.span(s.unit, layout.expand)
+
+    # ------------------------------------------------------------------ walk
+    def run(self) -> Analysis:
+        for node in self.graph.nodes:
+            self.visit(node)
+        for t in self.graph.outputs:
+            self.close(self.layouts.get(t.name), f"graph output '{t.name}' keeps its channels")
+        return self
+
+    def lay(self, t: gs.Tensor) -> Layout | None:
+        return None if is_empty_tensor(t) else self.layouts.get(t.name)
+
+    def set(self, t: gs.Tensor, layout: Layout | None) -> None:
+        if layout is not None:
+            self.layouts[t.name] = layout
+
+    def visit(self, node: gs.Node) -> None:
+        op = node.op
+        ins = [self.lay(t) for t in node.inputs]
+        if op in ("Conv", "ConvTranspose") and cval(node.inputs[1]) is not None:
+            return self.conv(node, ins[0])
+        if op == "Gemm" and cval(node.inputs[1]) is not None:
+            return self.gemm(node, ins[0])
+        if op == "MatMul" and cval(node.inputs[1]) is not None and (
+            cval(node.inputs[1]).ndim == 2
+        ) and cval(node.inputs[0]) is None:
+            return self.matmul(node, ins[0])
+        if not any(ins):
+            return None
+        where = f"{op} '{node.name}'"
+        tracked = [x for x in ins if x is not None]
+        if op in UNARY:
+            if ins[0] is None or any(x is not None for x in ins[1:]):
+                return self.close_all(tracked, f"{where}: channels reach a parameter input")
+            return self.set(node.outputs[0], ins[0])
+        if op in SPATIAL:
+            return self.spatial(node, ins, where)
+        if op in ("BatchNormalization", "InstanceNormalization"):
+            return self.norm(node, ins, where)
+        if op in BINARY:
+            return self.binary(node, ins, where)
+        if op == "Concat":
+            return self.concat(node, ins, where)
+        if op in ("Flatten", "Reshape"):
+            return self.reshape(node, ins, where)
+        if op == "Transpose":
+            perm = node.attrs.get("perm")
+            r = _rank(node.inputs[0])
+            if perm is None and r is not None:
+                perm = list(range(r))[::-1]
+            if perm is None:
+                return self.close_all(tracked, f"{where}: unknown rank")
+            la = ins[0]
+            return self.set(node.outputs[0], Layout(list(perm).index(la.axis), la.segs, la.expand))
+        if op in ("Squeeze", "Unsqueeze"):
+            return self.squeeze(node, ins, where)
+        if op in REDUCE or op in ("Softmax", "LogSoftmax", "Slice", "Gather"):
+            return self.axis_op(node, ins, where)
+        if op == "MatMul":
+            return self.batched_matmul(node, ins, where)
+        if op == "Split":
+            return self.split(node, ins, where)
+        if op in HARMLESS:
+            return None
+        self.close_all(tracked, f"{where}: op not understood by the channel analysis; "
+                                f"its channels stay")
+        return None
+
+    def close_all(self, layouts: list[Layout], reason: str) -> None:
+        for la in layouts:
+            self.close(la, reason)
+
+    # ------------------------------------------------------------------ producers
+    def conv(self, node: gs.Node, x: Layout | None) -> None:
+        w = cval(node.inputs[1])
+        where = f"{node.op} '{node.name}'"
+        transpose = node.op == "ConvTranspose"
+        group = int(node.attrs.get("group", 1))
+        cout = w.shape[1] * group if transpose else w.shape[0]
+        cin = w.shape[0] if transpose else w.shape[1] * group
+        out = node.outputs[0]
+        has_bias = len(node.inputs) > 2 and not is_empty_tensor(node.inputs[2])
+        if group == 1:
+            if x is not None:
+                if x.axis != 1 or self.span(x) != cin:
+                    self.close(x, f"{where}: input channels do not line up with its weight")
+                else:
+                    self.add_members(x, node, "in", 1, 0 if transpose else 1)
+            gid = self.new_group(cout, node)
+            g = self.groups[gid]
+            g.members.append(Member(node.name, "out", 1, 1 if transpose else 0))
+            if has_bias:
+                if cval(node.inputs[2]) is None:
+                    g.closed.append(f"{where}: bias is not a constant")
+                g.members.append(Member(node.name, "param", 2, 0))
+            self.set(out, Layout(1, (Seg(gid),)))
+            return
+        if not transpose and group == cin == cout and w.shape[1] == 1:  # depthwise
+            if x is None:
+                return
+            if x.axis != 1 or self.span(x) != cin or any(s.unit for s in x.segs):
+                self.close(x, f"{where}: depthwise input channels do not line up")
+                return
+            self.add_members(x, node, "param", 1, 0)
+            if has_bias:
+                if cval(node.inputs[2]) is None:
+                    self.close(x, f"{where}: bias is not a constant")
+                self.add_members(x, node, "param", 2, 0)
+            self.group(x.segs[0].gid).members.append(Member(node.name, "group"))
+            self.set(out, x)
+            return
+        reason = f"{where}: grouped convolution (group={group}) ties channels to its groups"
+        self.close(x, reason)
+        gid = self.new_group(cout, node)
+        self.groups[gid].closed.append(reason)
+        self.set(out, Layout(1, (Seg(gid),)))
+
+    def gemm(self, node: gs.Node, x: Layout | None) -> None:
+        w = cval(node.inputs[1])
+        where = f"Gemm '{node.name}'"
+        trans_b = int(node.attrs.get("transB", 0))
+        out_axis, in_axis = (0, 1) if trans_b else (1, 0)
+        if int(node.attrs.get("transA", 0)):
+            self.close(x, f"{where}: transA=1 is not supported")
+        elif x is not None:
+            if x.axis != 1 or self.span(x) != w.shape[in_axis]:
+                self.close(x, f"{where}: input features do not line up with its weight")
+            else:
+                self.add_members(x, node, "in", 1, in_axis)
+        gid = self.new_group(w.shape[out_axis], node)
+        g = self.groups[gid]
+        g.members.append(Member(node.name, "out", 1, out_axis))
+        if len(node.inputs) > 2 and not is_empty_tensor(node.inputs[2]):
+            c = cval(node.inputs[2])
+            if c is None:
+                g.closed.append(f"{where}: C is not a constant")
+            elif c.ndim >= 1 and c.shape[-1] == w.shape[out_axis] and w.shape[out_axis] > 1:
+                if c.ndim == 2 and c.shape[0] != 1:
+                    g.closed.append(f"{where}: C is a full matrix")
+                g.members.append(Member(node.name, "param", 2, c.ndim - 1))
+        self.set(node.outputs[0], Layout(1, (Seg(gid),)))
+
+    def matmul(self, node: gs.Node, x: Layout | None) -> None:
+        w = cval(node.inputs[1])
+        where = f"MatMul '{node.name}'"
+        r = _rank(node.inputs[0]) or _rank(node.outputs[0])
+        if x is not None:
+            if r is None or x.axis != r - 1 or self.span(x) != w.shape[0]:
+                self.close(x, f"{where}: input features do not line up with its weight")
+            else:
+                self.add_members(x, node, "in", 1, 0)
+        gid = self.new_group(w.shape[1], node)
+        self.groups[gid].members.append(Member(node.name, "out", 1, 1))
+        ro = _rank(node.outputs[0]) or r
+        if ro is None:
+            self.groups[gid].closed.append(f"{where}: output rank unknown")
+            return
+        self.set(node.outputs[0], Layout(ro - 1, (Seg(gid),)))
+
+
+def analyze(graph: gs.Graph, keep: list[str] | None = None) -> Analysis:
+    """Build the channel groups of ``graph`` (which should carry inferred shapes)."""
+    a = Analysis(graph).run()
+    for name in keep or []:
+        hit = [g for g in a.groups.values() if any(m.node == name for m in g.members)]
+        if not hit:
+            a.notes.append(f"--keep {name}: no channel group touches this node")
+        for g in hit:
+            g.closed.append(f"kept by --keep {name}")
+    return a

@@ -1,0 +1,317 @@
+"""Channel rules of the ops that carry channels through (see :mod:`.groups` for the list).
+
+Each rule reads the input layouts, records members, unions or closes groups, and sets the
+output layout; mixed into :class:`.groups.Analysis`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import is_empty_tensor, producer
+
+from .layout import Layout, Member, Seg, cval
+
+
+def _dims(t: gs.Tensor) -> list | None:
+    return None if t.shape is None else list(t.shape)
+
+
+def _rank(t: gs.Tensor) -> int | None:
+    return None if t.shape is None else len(t.shape)
+
+
+def _static(dims: list) -> bool:
+    return all(isinstance(d, (int, np.integer)) and d >= 0 for d in dims)
+
+
+class PassThroughRules:
+    """Rules for pass-through, element-wise, concat, reshape and attention ops."""
+
+    # ------------------------------------------------------------------ pass-through
+    def spatial(self, node: gs.Node, ins: list, where: str) -> None:
+        x = ins[0]
+        if x is None or x.axis != 1 or any(i is not None for i in ins[1:]):
+            return self.close_all([i for i in ins if i], f"{where}: channels not on axis 1")
+        if node.op in ("Resize", "Upsample"):
+            for k, t in enumerate(node.inputs[1:], start=1):
+                v = cval(t)
+                if is_empty_tensor(t) or v is None or v.size == 0:
+                    if not is_empty_tensor(t) and v is None:
+                        return self.close(x, f"{where}: scales/sizes computed at run time")
+                    continue
+                if k == 3 or (k == 1 and node.op == "Resize" and v.dtype == np.int64):
+                    return self.close(x, f"{where}: explicit sizes name the channel count")
+                if k in (1, 2) and v.ndim == 1 and v.size > 1 and float(v[1]) != 1.0 and (
+                    v.dtype != np.int64
+                ):
+                    return self.close(x, f"{where}: scales the channel axis")
+        self.set(node.outputs[0], x)
+
+    def norm(self, node: gs.Node, ins: list, where: str) -> None:
+        x = ins[0]
+        if x is None or x.axis != 1 or any(i is not None for i in ins[1:]) or any(
+            s.unit for s in x.segs
+        ):
+            return self.close_all([i for i in ins if i], f"{where}: channels not on axis 1")
+        n = 5 if node.op == "BatchNormalization" else 3
+        for k in range(1, min(n, len(node.inputs))):
+            if cval(node.inputs[k]) is None:
+                return self.close(x, f"{where}: parameters are not constants")
+            self.add_members(x, node, "param", k, 0)
+        self.set(node.outputs[0], x)
+
+    def binary(self, node: gs.Node, ins: list, where: str) -> None:
+        ref_i = next(i for i, x in enumerate(ins) if x is not None)
+        ref = ins[ref_i]
+        ranks = [_rank(t) for t in node.inputs]
+        ro = _rank(node.outputs[0]) or (max(ranks) if None not in ranks else None)
+        tracked = [x for x in ins if x is not None]
+        if ro is None or ranks[ref_i] is None:
+            return self.close_all(tracked, f"{where}: unknown ranks")
+        out_axis = ref.axis + ro - ranks[ref_i]
+        span = self.span(ref)
+        for k, t in enumerate(node.inputs):
+            la, r = ins[k], ranks[k]
+            a = None if r is None else out_axis - (ro - r)
+            if la is not None:
+                if a != la.axis or len(la.segs) != len(ref.segs) or la.expand != ref.expand or any(
+                    s.unit != q.unit for s, q in zip(la.segs, ref.segs, strict=True)
+                ):
+                    return self.close_all(tracked, f"{where}: inputs' channels do not line up")
+                for s, q in zip(la.segs, ref.segs, strict=True):
+                    self.union(s.gid, q.gid, where)
+                continue
+            v = cval(t)
+            dims = list(v.shape) if v is not None else _dims(t)
+            if dims is None or a is None:
+                return self.close_all(tracked, f"{where}: input '{t.name}' has unknown shape")
+            if a < 0 or dims[a] == 1:
+                continue
+            if v is not None and dims[a] == span:
+                self.add_members(ref, node, "param", k, a)
+                continue
+            return self.close_all(tracked, f"{where}: input '{t.name}' is not part of any "
+                                           f"channel group")
+        self.set(node.outputs[0], Layout(out_axis, ref.segs, ref.expand))
+
+    def concat(self, node: gs.Node, ins: list, where: str) -> None:
+        r = _rank(node.outputs[0]) or _rank(node.inputs[0])
+        tracked = [x for x in ins if x is not None]
+        if r is None:
+            return self.close_all(tracked, f"{where}: unknown rank")
+        axis = int(node.attrs.get("axis", 0)) % r
+        if any(x is None for x in ins):
+            return self.close_all(tracked, f"{where}: an input is not part of any channel group")
+        if all(x.axis == axis for x in ins) and len({x.expand for x in ins}) == 1:
+            segs = tuple(s for x in ins for s in x.segs)
+            return self.set(node.outputs[0], Layout(axis, segs, ins[0].expand))
+        if all(x.axis != axis for x in ins):
+            return self.binary(node, ins, where)
+        self.close_all(tracked, f"{where}: mixes channel axes")
+
+    def squeeze(self, node: gs.Node, ins: list, where: str) -> None:
+        x = ins[0]
+        axes = node.attrs.get("axes")
+        if axes is None and len(node.inputs) > 1:
+            v = cval(node.inputs[1])
+            axes = None if v is None else [int(a) for a in np.atleast_1d(v)]
+        r_in, r_out = _rank(node.inputs[0]), _rank(node.outputs[0])
+        if x is None or axes is None or r_in is None:
+            return self.close_all([i for i in ins if i], f"{where}: axes unknown")
+        if node.op == "Squeeze":
+            axes = [a % r_in for a in axes]
+            if x.axis in axes:
+                return self.close(x, f"{where}: squeezes the channel axis")
+            new = x.axis - sum(a < x.axis for a in axes)
+        else:
+            r_out = r_out or r_in + len(axes)
+            axes = sorted(a % r_out for a in axes)
+            keep = [i for i in range(r_out) if i not in axes]
+            new = keep[x.axis]
+        self.set(node.outputs[0], Layout(new, x.segs, x.expand))
+
+    def axis_op(self, node: gs.Node, ins: list, where: str) -> None:
+        x = ins[0]
+        r = _rank(node.inputs[0])
+        if x is None or r is None or any(i is not None for i in ins[1:]):
+            return self.close_all([i for i in ins if i], f"{where}: channels in a side input")
+        op = node.op
+        new = x.axis
+        if op in ("Softmax", "LogSoftmax"):
+            if int(node.attrs.get("axis", -1)) % r == x.axis:
+                return self.close(x, f"{where}: normalizes over the channel axis")
+        elif op == "Gather":
+            axis = int(node.attrs.get("axis", 0)) % r
+            idx = cval(node.inputs[1])
+            q = _rank(node.inputs[1]) if idx is None else idx.ndim
+            if axis == x.axis or q is None:
+                return self.close(x, f"{where}: gathers along the channel axis")
+            if axis < x.axis:
+                new = x.axis + q - 1
+        elif op == "Slice":
+            axes = cval(node.inputs[3]) if len(node.inputs) > 3 else np.arange(r)
+            if axes is None or x.axis in [int(a) % r for a in np.atleast_1d(axes)]:
+                return self.close(x, f"{where}: slices the channel axis")
+        else:  # reductions
+            axes = node.attrs.get("axes")
+            if axes is None and len(node.inputs) > 1 and not is_empty_tensor(node.inputs[1]):
+                v = cval(node.inputs[1])
+                if v is None:
+                    return self.close(x, f"{where}: axes computed at run time")
+                axes = [int(a) for a in np.atleast_1d(v)]
+            if not axes:
+                return self.close(x, f"{where}: reduces every axis")
+            axes = [a % r for a in axes]
+            if x.axis in axes:
+                return self.close(x, f"{where}: reduces the channel axis")
+            if not int(node.attrs.get("keepdims", 1)):
+                new = x.axis - sum(a < x.axis for a in axes)
+        self.set(node.outputs[0], Layout(new, x.segs, x.expand))
+
+    def batched_matmul(self, node: gs.Node, ins: list, where: str) -> None:
+        tracked = [x for x in ins if x is not None]
+        ranks = [_rank(t) for t in node.inputs[:2]]
+        ro = _rank(node.outputs[0])
+        if None in ranks or ro is None:
+            return self.close_all(tracked, f"{where}: unknown ranks")
+        ref_i = 0 if ins[0] is not None else 1
+        ref = ins[ref_i]
+        out_axis = ref.axis + ro - ranks[ref_i]
+        for k in (0, 1):
+            la = ins[k]
+            a = out_axis - (ro - ranks[k])
+            if la is not None:
+                if la.axis >= ranks[k] - 2 or a != la.axis or len(la.segs) != len(ref.segs):
+                    return self.close_all(tracked, f"{where}: channels in a contracted axis")
+                for s, q in zip(la.segs, ref.segs, strict=True):
+                    if s.unit != q.unit:
+                        return self.close_all(tracked, f"{where}: heads do not line up")
+                    self.union(s.gid, q.gid, where)
+            else:
+                dims = _dims(node.inputs[k])
+                if dims is None or (a >= 0 and dims[a] != 1):
+                    return self.close_all(tracked, f"{where}: other input has no channel group")
+        self.set(node.outputs[0], Layout(out_axis, ref.segs, ref.expand))
+
+    # ------------------------------------------------------------------ reshapes
+    def reshape(self, node: gs.Node, ins: list, where: str) -> None:
+        x = ins[0]
+        if x is None or any(i is not None for i in ins[1:]):
+            return self.close_all([i for i in ins if i], f"{where}: channels in the shape input")
+        din, dout = _dims(node.inputs[0]), _dims(node.outputs[0])
+        if din is None or dout is None:
+            return self.close(x, f"{where}: shapes unknown (run shape inference)")
+        c = x.axis
+        inner = din[c + 1 :]
+        if not _static(inner) or not isinstance(din[c], (int, np.integer)):
+            return self.close(x, f"{where}: dimensions after the channel axis are not static")
+        e_in = int(np.prod(inner)) if inner else 1
+        if node.op == "Flatten":
+            axis = int(node.attrs.get("axis", 1)) % max(len(din), 1)
+            if axis != c:
+                return self.close(x, f"{where}: flattens across the channel axis at {axis}")
+            return self.set(node.outputs[0], Layout(c, x.segs, x.expand * e_in))
+        if len(dout) <= c or [str(d) for d in dout[:c]] != [str(d) for d in din[:c]]:
+            return self.close(x, f"{where}: moves the dimensions before the channel axis")
+        oc, out_inner = dout[c], dout[c + 1 :]
+        if not isinstance(oc, (int, np.integer)) or not _static(out_inner):
+            return self.close(x, f"{where}: output shape not static after the channel axis")
+        eo = int(np.prod(out_inner)) if out_inner else 1
+        g0 = self.group(x.segs[0].gid)
+        if oc == din[c] and eo == e_in:  # channel axis unchanged
+            layout = x
+            factor = x.expand
+        elif oc == din[c] * e_in and not out_inner:  # flatten
+            layout = Layout(c, x.segs, x.expand * e_in)
+            factor = x.expand * e_in
+        elif (len(din) == c + 1 and len(dout) == c + 2 and oc * dout[c + 1] == din[c]
+              and len(x.segs) == 1 and not x.segs[0].unit and x.expand == 1
+              and g0.size == din[c] and g0.block in (1, dout[c + 1])):  # split heads
+            g0.block = int(dout[c + 1])
+            layout = Layout(c, (Seg(x.segs[0].gid, unit=True),), 1)
+            return self._shape_member(node, c, layout, unit=True, factor=1, out=layout)
+        elif (len(din) == c + 2 and len(dout) == c + 1 and len(x.segs) == 1 and x.segs[0].unit
+              and din[c + 1] == g0.block and oc == din[c] * din[c + 1]):  # merge heads
+            layout = Layout(c, (Seg(x.segs[0].gid),), 1)
+            return self._shape_member(node, c, layout, unit=False, factor=1, out=layout)
+        else:
+            return self.close(x, f"{where}: reshape {din} -> {dout} splits the channel axis")
+        return self._shape_member(node, c, layout, unit=x.segs[0].unit, factor=factor,
+                                  out=layout, src=x)
+
+    def _shape_member(self, node: gs.Node, pos: int, layout: Layout, *, unit: bool, factor: int,
+                      out: Layout, src: Layout | None = None) -> None:
+        """Record the Reshape shape entry at ``pos`` as a member (or close if not rewritable)."""
+        where = f"Reshape '{node.name}'"
+        holder = _shape_entry(node, pos)
+        if holder is None:
+            return self.close(out, f"{where}: shape entry {pos} is computed at run time")
+        hnode, index, elem, value = holder
+        if value not in (-1, 0):
+            segs = (src or out).segs
+            for s in segs:
+                self.group(s.gid).members.append(
+                    Member(hnode.name, "shape", index, elem, 0, factor, unit and s.unit)
+                )
+        self.set(node.outputs[0], out)
+        return None
+
+
+    def split(self, node: gs.Node, ins: list, where: str) -> None:
+        """Split: along another axis every output keeps the layout; along the channel axis only
+        at group boundaries, with its constant ``split`` sizes as members."""
+        x = ins[0]
+        r = _rank(node.inputs[0])
+        if x is None or r is None or any(i is not None for i in ins[1:]):
+            return self.close_all([i for i in ins if i], f"{where}: channels in a side input")
+        axis = int(node.attrs.get("axis", 0)) % r
+        if axis != x.axis:
+            for t in node.outputs:
+                self.set(t, x)
+            return None
+        sizes = cval(node.inputs[1]) if len(node.inputs) > 1 and not is_empty_tensor(
+            node.inputs[1]) else None
+        if sizes is None:
+            return self.close(x, f"{where}: split sizes are not a constant input")
+        spans = [self.group(s.gid).span(s.unit, x.expand) for s in x.segs]
+        bounds = list(np.cumsum(spans))
+        cuts = list(np.cumsum(sizes.reshape(-1)))
+        if not set(cuts) <= set(bounds) or cuts[-1] != bounds[-1]:
+            return self.close(x, f"{where}: splits inside a channel group")
+        start = 0
+        for k, (t, cut) in enumerate(zip(node.outputs, cuts, strict=True)):
+            segs = tuple(s for s, b in zip(x.segs, bounds, strict=True) if start < b <= cut)
+            for s in segs:
+                self.group(s.gid).members.append(
+                    Member(node.name, "shape", 1, k, 0, x.expand, s.unit))
+            self.set(t, Layout(x.axis, segs, x.expand))
+            start = cut
+        return None
+
+
+def _shape_entry(node: gs.Node, pos: int) -> tuple[gs.Node, int, int, int] | None:
+    """Where a Reshape's shape entry ``pos`` lives: (node, input index, element, value)."""
+    t = node.inputs[1]
+    v = cval(t)
+    if v is not None:
+        return node, 1, pos, int(v.reshape(-1)[pos])
+    p = producer(t)
+    if p is None or p.op != "Concat":
+        return None
+    start = 0
+    for k, piece in enumerate(p.inputs):
+        pv = cval(piece)
+        n = pv.size if pv is not None else (
+            int(np.prod(piece.shape)) if piece.shape is not None and _static(piece.shape) else None
+        )
+        if n is None:
+            return None
+        if start <= pos < start + n:
+            if pv is None:
+                return None
+            return p, k, pos - start, int(pv.reshape(-1)[pos - start])
+        start += n
+    return None
+

@@ -1,0 +1,176 @@
+"""How many channels each group keeps.
+
+- ``ratio`` r (per group): keep ``n - ⌊r·n⌋`` units, the highest-scoring ones;
+- ``global``: rank every unit of every group by its score relative to its group's mean and drop
+  the lowest fraction r of all units (or up to a threshold);
+- ``target_flops`` f: the smallest pruning (a bisection on r, or on the global threshold) whose
+  estimated MACs are at most ``f ×`` the original;
+- constraints: at most ``max_ratio`` of a group's units removed, never fewer than one unit kept,
+  and kept raw widths rounded up to a multiple of ``round_to`` (groups of single channels).
+
+The MAC estimate scales each weighted layer's MACs by the kept fractions of its output and
+input channels: ``MACs' = MACs · (k_out / n_out) · (k_in / n_in)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .groups import Analysis
+from .layout import Layout, cval
+from .rules import _static
+
+
+def _clamp(n: int, k: int, block: int, max_ratio: float, round_to: int) -> int:
+    k = max(k, n - math.floor(n * max_ratio), 1)
+    if round_to > 1 and block == 1 and n > round_to:
+        k = min(n, math.ceil(k / round_to) * round_to)
+    return min(k, n)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:k])
+
+
+def by_ratio(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, *,
+             max_ratio: float, round_to: int) -> dict[int, np.ndarray]:
+    out = {}
+    for gid, s in scores.items():
+        g = analysis.groups[gid]
+        k = _clamp(g.units, g.units - math.floor(g.units * ratio), g.block, max_ratio, round_to)
+        out[gid] = _top(s, k)
+    return out
+
+
+def by_threshold(analysis: Analysis, scores: dict[int, np.ndarray], t: float, *,
+                 max_ratio: float, round_to: int) -> dict[int, np.ndarray]:
+    out = {}
+    for gid, s in scores.items():
+        g = analysis.groups[gid]
+        rel = s / max(float(np.mean(s)), 1e-30)
+        k = _clamp(g.units, int((rel >= t).sum()), g.block, max_ratio, round_to)
+        out[gid] = _top(s, k)
+    return out
+
+
+def global_threshold(scores: dict[int, np.ndarray], ratio: float) -> float:
+    rel = np.concatenate([s / max(float(np.mean(s)), 1e-30) for s in scores.values()])
+    if rel.size == 0 or ratio <= 0:
+        return -np.inf
+    return float(np.quantile(rel, min(ratio, 1.0), method="higher"))
+
+
+class MacModel:
+    """Estimated MACs of the weighted layers under a pruning plan."""
+
+    def __init__(self, analysis: Analysis) -> None:
+        self.a = analysis
+        self.base: dict[str, float] = {}
+        self.in_len: dict[str, int] = {}
+        for n in analysis.graph.nodes:
+            macs, in_len = _node_macs(n)
+            if macs:
+                self.base[n.name] = macs
+                self.in_len[n.name] = in_len
+        self.in_members: dict[str, list] = {}
+        for gid, g in analysis.groups.items():
+            for m in g.members:
+                if m.kind == "in":
+                    self.in_members.setdefault(m.node, []).append((gid, m))
+        self.out_layout: dict[str, Layout] = {}
+        for n in analysis.graph.nodes:
+            if n.name in self.base and n.outputs and n.outputs[0].name in analysis.layouts:
+                self.out_layout[n.name] = analysis.layouts[n.outputs[0].name]
+
+    @property
+    def total(self) -> float:
+        return float(sum(self.base.values()))
+
+    def frac(self, layout: Layout, kept: dict[int, np.ndarray]) -> float:
+        tot = kept_sum = 0.0
+        for s in layout.segs:
+            gid = self.a.find(s.gid)
+            g = self.a.groups[gid]
+            n = g.units if s.unit else g.size
+            tot += n
+            k = len(kept[gid]) if gid in kept else g.units
+            kept_sum += k if s.unit else k * g.block
+        return kept_sum / tot if tot else 1.0
+
+    def node_macs(self, kept: dict[int, np.ndarray]) -> dict[str, tuple[float, float]]:
+        out = {}
+        for name, base in self.base.items():
+            f = 1.0
+            if name in self.out_layout:
+                f *= self.frac(self.out_layout[name], kept)
+            gone = 0
+            for gid, m in self.in_members.get(name, []):
+                root = self.a.find(gid)
+                g = self.a.groups[root]
+                if root in kept:
+                    lost = g.units - len(kept[root])
+                    gone += lost * (1 if m.unit else g.block) * m.expand
+            if self.in_len.get(name):
+                f *= 1.0 - gone / self.in_len[name]
+            out[name] = (base, base * f)
+        return out
+
+    def estimate(self, kept: dict[int, np.ndarray]) -> float:
+        return float(sum(v[1] for v in self.node_macs(kept).values()))
+
+
+def _prod(dims) -> float:
+    return float(np.prod([d if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in dims]))
+
+
+def _node_macs(n: gs.Node) -> tuple[float, int]:
+    """(MACs with dynamic dims as 1, input-channel length of the weight) of a weighted node."""
+    if n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not n.outputs:
+        return 0.0, 0
+    out = n.outputs[0].shape
+    w = cval(n.inputs[1])
+    if out is None:
+        return 0.0, 0
+    if n.op == "Conv" and w is not None:
+        return _prod(out) * float(np.prod(w.shape[1:])), int(w.shape[1])
+    if n.op == "ConvTranspose" and w is not None:
+        x = n.inputs[0].shape
+        return (_prod(x) * float(np.prod(w.shape[1:])) if x is not None else 0.0), int(w.shape[0])
+    if n.op == "Gemm" and w is not None:
+        k = w.shape[1] if int(n.attrs.get("transB", 0)) else w.shape[0]
+        return _prod(out) * k, int(k)
+    a = n.inputs[0].shape
+    if a is None or not a or not _static(a[-1:]):
+        return 0.0, 0
+    return _prod(out) * a[-1], int(a[-1]) if w is not None else 0
+
+
+def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float | None,
+           target_flops: float | None, global_rank: bool, max_ratio: float,
+           round_to: int) -> tuple[dict[int, np.ndarray], MacModel]:
+    """The kept units per group for the requested target."""
+    macs = MacModel(analysis)
+    kw = {"max_ratio": max_ratio, "round_to": round_to}
+
+    def plan(x: float) -> dict[int, np.ndarray]:
+        if global_rank:
+            return by_threshold(analysis, scores, global_threshold(scores, x), **kw)
+        return by_ratio(analysis, scores, x, **kw)
+
+    if target_flops is None:
+        return plan(ratio if ratio is not None else 0.3), macs
+    goal = target_flops * macs.total
+    lo, hi = 0.0, 1.0
+    best = plan(hi)
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        p = plan(mid)
+        if macs.estimate(p) <= goal:
+            hi, best = mid, p
+        else:
+            lo = mid
+    return best, macs

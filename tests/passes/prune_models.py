@@ -1,0 +1,210 @@
+"""Tiny hand-made graphs for the pruning tests (weights chosen so some channels carry nothing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+RNG = np.random.default_rng(0)
+
+
+def _seeded(fn):
+    """Each builder draws its weights from a fresh generator: results never depend on order."""
+
+    def wrapper(*args, **kwargs):
+        global RNG
+        RNG = np.random.default_rng(1234)
+        return fn(*args, **kwargs)
+
+    wrapper.__name__ = fn.__name__
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+def _w(*shape: int, zero: tuple[int, ...] = (), axis: int = 0) -> np.ndarray:
+    w = RNG.standard_normal(shape).astype(np.float32) * 0.5
+    idx = [slice(None)] * len(shape)
+    idx[axis] = list(zero)
+    w[tuple(idx)] = 0.0
+    return w
+
+
+def _model(nodes: list, inits: dict[str, np.ndarray], x_shape: list, y_shape: list,
+           opset: int = 17) -> onnx.ModelProto:
+    g = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+@_seeded
+def residual_block(zero: tuple[int, ...] = (1, 5)) -> onnx.ModelProto:
+    """x -> c1 -> Relu -> c2 -> Add(., relu1) -> Relu -> c3 (1x1) -> y. Channels ``zero`` of the
+    residual stream are zero in c1 and c2."""
+    inits = {
+        "w1": _w(8, 4, 3, 3, zero=zero), "b1": _w(8, zero=zero),
+        "w2": _w(8, 8, 3, 3, zero=zero), "b2": _w(8, zero=zero),
+        "w3": _w(4, 8, 1, 1), "b3": _w(4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="c2", pads=[1, 1, 1, 1]),
+        helper.make_node("Add", ["c2", "r1"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r2"], name="r2"),
+        helper.make_node("Conv", ["r2", "w3", "b3"], ["y"], name="c3"),
+    ]
+    return _model(nodes, inits, [2, 4, 8, 8], [2, 4, 8, 8])
+
+
+@_seeded
+def concat_branches() -> onnx.ModelProto:
+    """Two conv branches (6 and 4 channels, channels 0 and 1 zero) concatenated into a conv."""
+    inits = {
+        "wa": _w(6, 3, 3, 3, zero=(0,)), "ba": _w(6, zero=(0,)),
+        "wb": _w(4, 3, 1, 1, zero=(1,)), "bb": _w(4, zero=(1,)),
+        "wc": _w(5, 10, 3, 3), "bc": _w(5),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["a"], ["ra"], name="ra"),
+        helper.make_node("Conv", ["x", "wb", "bb"], ["b"], name="b"),
+        helper.make_node("Sigmoid", ["b"], ["sb"], name="sb"),
+        helper.make_node("Mul", ["b", "sb"], ["rb"], name="swish"),
+        helper.make_node("Concat", ["ra", "rb"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wc", "bc"], ["y"], name="c", pads=[1, 1, 1, 1]),
+    ]
+    return _model(nodes, inits, [1, 3, 6, 6], [1, 5, 6, 6])
+
+
+@_seeded
+def depthwise_separable() -> onnx.ModelProto:
+    """pw1 (8) -> BN -> Relu -> depthwise 3x3 -> Relu -> pw2 (4); channels 2, 3, 7 carry nothing."""
+    z = (2, 3, 7)
+    inits = {
+        "w1": _w(8, 4, 1, 1, zero=z),
+        "g": np.where(np.isin(np.arange(8), z), 0.0, 1.2).astype(np.float32),
+        "be": _w(8, zero=z), "mu": _w(8), "var": (np.abs(_w(8)) + 0.5).astype(np.float32),
+        "wd": _w(8, 1, 3, 3), "bd": _w(8, zero=z),
+        "w2": _w(4, 8, 1, 1), "b2": _w(4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="pw1"),
+        helper.make_node("BatchNormalization", ["p", "g", "be", "mu", "var"], ["n"], name="bn"),
+        helper.make_node("Relu", ["n"], ["r"], name="r"),
+        helper.make_node("Conv", ["r", "wd", "bd"], ["d"], name="dw", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Clip", ["d"], ["rd"], name="relu6"),
+        helper.make_node("Conv", ["rd", "w2", "b2"], ["y"], name="pw2"),
+    ]
+    return _model(nodes, inits, [1, 4, 5, 5], [1, 4, 5, 5])
+
+
+@_seeded
+def flatten_gemm(reshape: bool = False) -> onnx.ModelProto:
+    """Conv (6, channels 0 and 4 zero) -> Relu -> Flatten (or Reshape [1, 96]) -> Gemm(10)."""
+    inits = {"w": _w(6, 2, 3, 3, zero=(0, 4)), "b": _w(6, zero=(0, 4)),
+             "fw": _w(10, 96), "fb": _w(10)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+    ]
+    if reshape:
+        inits["shape"] = np.array([1, 96], dtype=np.int64)
+        nodes.append(helper.make_node("Reshape", ["r", "shape"], ["f"], name="flat"))
+    else:
+        nodes.append(helper.make_node("Flatten", ["r"], ["f"], name="flat", axis=1))
+    nodes.append(helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1))
+    return _model(nodes, inits, [1, 2, 4, 4], [1, 10])
+
+
+@_seeded
+def unknown_op() -> onnx.ModelProto:
+    """Conv (6) -> LpNormalization over channels (not understood) -> Conv: the group closes.
+    A second conv pair after it stays prunable."""
+    inits = {"w1": _w(6, 3, 1, 1), "w2": _w(5, 6, 1, 1), "w3": _w(4, 5, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("LpNormalization", ["a"], ["n"], name="lpnorm", axis=1),
+        helper.make_node("Conv", ["n", "w2"], ["b"], name="c2"),
+        helper.make_node("Relu", ["b"], ["rb"], name="rb"),
+        helper.make_node("Conv", ["rb", "w3"], ["y"], name="c3"),
+    ]
+    return _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4])
+
+
+@_seeded
+def linear_toy(zero: bool) -> onnx.ModelProto:
+    """x[N,8] -> MatMul (6) -> MatMul (3). Channels 4, 5 are either zero or small copies of
+    channels 0, 1 (no signal the kept channels do not already carry)."""
+    w1 = _w(8, 6)
+    w1[:, 4] = 0.0 if zero else 0.05 * w1[:, 0]
+    w1[:, 5] = 0.0 if zero else -0.05 * w1[:, 1]
+    inits = {"w1": w1, "w2": _w(6, 3)}
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
+    return _model(nodes, inits, ["n", 8], ["n", 3])
+
+
+@_seeded
+def attention(zero_head: int = 1, heads: int = 4, dh: int = 4, seq: int = 5) -> onnx.ModelProto:
+    """One self-attention block with constant Reshapes; head ``zero_head`` has zero Q/K/V."""
+    hid = heads * dh
+    cols = list(range(zero_head * dh, (zero_head + 1) * dh))
+    inits = {
+        "wq": _w(hid, hid, zero=tuple(cols), axis=1), "wk": _w(hid, hid, zero=tuple(cols), axis=1),
+        "wv": _w(hid, hid, zero=tuple(cols), axis=1), "bv": _w(hid, zero=tuple(cols)),
+        "wo": _w(hid, hid), "bo": _w(hid),
+        "split": np.array([1, seq, heads, dh], np.int64),
+        "merge": np.array([1, seq, hid], np.int64),
+        "scale": np.array(1 / np.sqrt(dh), np.float32),
+    }
+    nodes = []
+    for n in ("q", "k", "v"):
+        src = f"{n}m"
+        nodes.append(helper.make_node("MatMul", ["x", f"w{n}"], [src], name=f"{n}_proj"))
+        if n == "v":
+            nodes.append(helper.make_node("Add", [src, "bv"], ["vb"], name="v_bias"))
+            src = "vb"
+        nodes.append(helper.make_node("Reshape", [src, "split"], [f"{n}r"], name=f"{n}_split"))
+        perm = [0, 2, 3, 1] if n == "k" else [0, 2, 1, 3]
+        nodes.append(helper.make_node("Transpose", [f"{n}r"], [f"{n}t"], name=f"{n}_t", perm=perm))
+    nodes += [
+        helper.make_node("MatMul", ["qt", "kt"], ["s"], name="scores"),
+        helper.make_node("Mul", ["s", "scale"], ["ss"], name="scale_mul"),
+        helper.make_node("Softmax", ["ss"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "vt"], ["c"], name="context"),
+        helper.make_node("Transpose", ["c"], ["ct"], name="c_t", perm=[0, 2, 1, 3]),
+        helper.make_node("Reshape", ["ct", "merge"], ["cm"], name="merge_heads"),
+        helper.make_node("MatMul", ["cm", "wo"], ["o"], name="o_proj"),
+        helper.make_node("Add", ["o", "bo"], ["y"], name="o_bias"),
+    ]
+    return _model(nodes, inits, [1, seq, hid], [1, seq, hid])
+
+
+@_seeded
+def concat_split() -> onnx.ModelProto:
+    """Two convs (4 and 6, channels 0 and 1 zero) concatenated, Relu, then split back into the
+    same parts, each part into its own 1x1 conv; the two results are added."""
+    inits = {
+        "wa": _w(4, 3, 1, 1, zero=(0,)), "wb": _w(6, 3, 1, 1, zero=(1,)),
+        "wc": _w(5, 4, 1, 1), "wd": _w(5, 6, 1, 1),
+        "sizes": np.array([4, 6], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="b"),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
+        helper.make_node("Relu", ["cat"], ["r"], name="relu"),
+        helper.make_node("Split", ["r", "sizes"], ["s0", "s1"], name="split", axis=1),
+        helper.make_node("Conv", ["s0", "wc"], ["c"], name="c"),
+        helper.make_node("Conv", ["s1", "wd"], ["d"], name="d"),
+        helper.make_node("Add", ["c", "d"], ["y"], name="add"),
+    ]
+    return _model(nodes, inits, [1, 3, 4, 4], [1, 5, 4, 4])

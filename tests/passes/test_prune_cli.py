@@ -1,0 +1,70 @@
+"""``onnxopt prune``: dry run table, a real run through the PassManager, one-line errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import typer
+from typer.testing import CliRunner
+
+from onnxopt.commands import prune as prune_cmd
+
+from . import prune_models as pm
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    prune_cmd.register(app)
+
+    @app.command("noop")
+    def noop() -> None:  # a second command keeps typer in multi-command mode
+        """Nothing."""
+
+    return app
+
+
+def _files(tmp_path):
+    model = tmp_path / "m.onnx"
+    onnx.save(pm.residual_block(), model)
+    data = tmp_path / "d.npz"
+    x = np.random.default_rng(0).standard_normal([6, 2, 4, 8, 8]).astype(np.float32)
+    np.savez(data, x=x)
+    return model, data
+
+
+def test_dry_run_prints_groups(tmp_path):
+    model, _ = _files(tmp_path)
+    res = CliRunner().invoke(_app(), ["prune", str(model), "--dry-run", "--ratio", "0.5"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "channel groups" in res.output and "8 -> 4" in res.output
+    assert "graph output 'y' keeps its channels" in res.output
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_prune_writes_model(tmp_path):
+    model, data = _files(tmp_path)
+    out = tmp_path / "out.onnx"
+    res = CliRunner().invoke(_app(), ["prune", str(model), "-o", str(out), "--ratio", "0.25",
+                                      "--data", str(data), "--min-cosine", "0.5"],
+                             env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    pruned = onnx.load(out)
+    w1 = next(t for t in pruned.graph.initializer if tuple(t.dims)[1:] == (4, 3, 3))
+    assert w1.dims[0] == 6
+
+
+def test_errors_are_one_line(tmp_path):
+    model, _ = _files(tmp_path)
+    both = ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.3",
+            "--target-flops", "0.5"]
+    for args in (both, ["prune", str(model), "--dry-run", "--importance", "magic"],
+                 ["prune", str(model)]):
+        r = subprocess.run([sys.executable, "-m", "onnxopt", *args], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        msg = (r.stderr or r.stdout).strip()
+        assert len(msg.splitlines()) == 1 and "Traceback" not in msg, msg

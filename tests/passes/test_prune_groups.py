@@ -1,0 +1,102 @@
+"""Channel dependency groups on hand-made graphs (structure only; numerics in test_prune_slicing)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxopt.passes.prune import analyze, prepare
+
+from . import prune_models as pm
+
+
+def _groups(model):
+    _, graph = prepare(model)
+    a = analyze(graph)
+    by_producer = {tuple(sorted(g.producers)): g for g in a.groups.values()}
+    return a, by_producer
+
+
+def _members(g, kind=None):
+    return sorted((m.node, m.kind, m.index, m.axis, m.offset, m.expand) for m in g.members
+                  if kind is None or m.kind == kind)
+
+
+def test_residual_block_couples_both_convs():
+    a, groups = _groups(pm.residual_block())
+    g = groups[("c1", "c2")]
+    assert g.prunable and g.size == 8
+    assert _members(g, "out") == [("c1", "out", 1, 0, 0, 1), ("c2", "out", 1, 0, 0, 1)]
+    assert {(m.node, m.index, m.axis) for m in g.members if m.kind == "in"} == {
+        ("c2", 1, 1), ("c3", 1, 1)}
+    assert not groups[("c3",)].prunable  # feeds the graph output
+    assert any("graph output 'y'" in n for n in a.notes)
+
+
+def test_concat_gives_offsets():
+    _, groups = _groups(pm.concat_branches())
+    ga, gb = groups[("a",)], groups[("b",)]
+    assert ga.prunable and gb.prunable
+    assert [(m.node, m.offset) for m in ga.members if m.kind == "in"] == [("c", 0)]
+    assert [(m.node, m.offset) for m in gb.members if m.kind == "in"] == [("c", 6)]
+
+
+def test_depthwise_separable_is_one_group():
+    _, groups = _groups(pm.depthwise_separable())
+    g = groups[("pw1",)]
+    assert g.prunable
+    kinds = {(m.node, m.kind) for m in g.members}
+    assert {("bn", "param"), ("dw", "param"), ("dw", "group"), ("pw2", "in")} <= kinds
+    assert ("dw",) not in groups  # depthwise is pass-through, not a producer
+
+
+def test_flatten_and_reshape_into_gemm_expand():
+    for reshape in (False, True):
+        _, groups = _groups(pm.flatten_gemm(reshape=reshape))
+        g = groups[("conv",)]
+        assert g.prunable
+        assert [(m.node, m.axis, m.expand) for m in g.members if m.kind == "in"] == [
+            ("fc", 1, 16)]
+        shape = [(m.node, m.axis, m.expand) for m in g.members if m.kind == "shape"]
+        assert shape == ([("flat", 1, 16)] if reshape else [])
+
+
+def test_unknown_op_closes_its_group_only():
+    a, groups = _groups(pm.unknown_op())
+    g1 = groups[("c1",)]
+    assert not g1.prunable
+    assert any("LpNormalization 'lpnorm'" in r and "not understood" in r for r in g1.closed)
+    assert any("LpNormalization" in n for n in a.notes)
+    assert groups[("c2",)].prunable
+
+
+def test_attention_heads_are_whole_units():
+    _, groups = _groups(pm.attention())
+    g = groups[("k_proj", "q_proj", "v_proj")]
+    assert g.prunable and g.block == 4 and g.units == 4
+    kinds = {(m.node, m.kind) for m in g.members}
+    assert {("q_split", "shape"), ("merge_heads", "shape"), ("o_proj", "in"),
+            ("v_bias", "param")} <= kinds
+    assert not groups[("o_proj",)].prunable
+
+
+def test_keep_protects_a_group():
+    _, graph = prepare(pm.residual_block())
+    a = analyze(graph, keep=["c2"])
+    g = next(g for g in a.groups.values() if "c1" in g.producers)
+    assert not g.prunable and "kept by --keep c2" in g.closed
+    a2 = analyze(prepare(pm.residual_block())[1], keep=["nope"])
+    assert any("--keep nope" in n for n in a2.notes)
+
+
+def test_split_at_group_boundaries_only():
+    _, groups = _groups(pm.concat_split())
+    assert groups[("a",)].prunable and groups[("b",)].prunable
+    assert [(m.node, m.axis) for m in groups[("b",)].members if m.kind == "shape"] == [
+        ("split", 1)]
+    model = pm.concat_split()
+    sizes = next(t for t in model.graph.initializer if t.name == "sizes")
+    sizes.CopyFrom(onnx.numpy_helper.from_array(np.array([5, 5], np.int64), "sizes"))
+    _, groups = _groups(model)
+    assert not groups[("a",)].prunable
+    assert any("splits inside a channel group" in r for r in groups[("b",)].closed)
