@@ -3,6 +3,10 @@
 remove-identity, fold-shapes, fold-constants, remove-noops, dedup-initializers, cse, dead-code:
 shape folding first turns shape arithmetic into constants the constant folder and the no-op
 rules can use; dedup runs before CSE so nodes reading equal weights compare equal.
+fold-constants also lifts ``Constant`` nodes into initializers (see ``lift``).
+
+Both torch exporters leave ``NodeProto.domain`` unset, which onnx-graphsurgeon reports as
+``None``: ``_util.STANDARD_DOMAINS`` includes it, or no pass would touch an exported model.
 """
 
 from onnxopt.passes.cleanup.cse import CommonSubexpressions

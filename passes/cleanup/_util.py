@@ -31,7 +31,9 @@ NONDETERMINISTIC = frozenset(
     }
 )
 
-STANDARD_DOMAINS = ("", "ai.onnx")
+#: the default ONNX domain as onnx-graphsurgeon reports it: ``None`` when the proto leaves the
+#: field unset (both torch exporters do), ``""`` or ``"ai.onnx"`` when it is written out
+STANDARD_DOMAINS = ("", "ai.onnx", None)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ Size cap: a frontier value of ``b`` bytes is kept only when
 ``b <= max(max_bytes, growth * c)``, with ``c`` the bytes of the constants its cone reads
 (default ``max_bytes = 1 MiB``, ``growth = 2``), so a fold never makes the model much larger
 (an ``Expand`` of a scalar to a large shape stays an ``Expand``).
+``Constant`` nodes are lifted into initializers first (see ``lift``; option
+``lift_constants=False`` keeps them as nodes).
 DequantizeLinear is not folded by default: folding it would turn int8 weights back into floats
 and undo a QDQ model (option ``fold_dequantize=True`` allows it).
 """
@@ -33,6 +35,7 @@ from onnxopt.passes.cleanup._util import (
     infer_facts,
     materialize,
 )
+from onnxopt.passes.cleanup.lift import lift_constants
 
 logger = logging.getLogger(__name__)
 
@@ -205,8 +208,9 @@ class FoldConstants(Pass):
     tags = ("cleanup",)
 
     def __init__(self, max_bytes: int = MiB, growth: float = 2.0,
-                 fold_dequantize: bool = False) -> None:
+                 fold_dequantize: bool = False, lift_constants: bool = True) -> None:
         self.max_bytes = max_bytes
+        self.lift_constants = lift_constants
         self.growth = growth
         self.fold_dequantize = fold_dequantize
 
@@ -215,13 +219,19 @@ class FoldConstants(Pass):
         graph.toposort()
         skip = set() if ctx.option("fold_dequantize", self.fold_dequantize) else {
             "DequantizeLinear"}
-        done, notes = fold(
+        lifted: list[str] = []
+        notes: list[str] = []
+        if ctx.option("lift_constants", self.lift_constants):
+            lifted, notes = lift_constants(graph, ctx)
+        done, fold_notes = fold(
             graph, ctx,
             max_bytes=int(ctx.option("max_bytes", self.max_bytes)),
             growth=float(ctx.option("growth", self.growth)),
             skip_ops=skip,
         )
-        return PassResult(changed=bool(done), rewrites=len(done), notes=notes, sites=done)
+        notes.extend(fold_notes)
+        sites = lifted + done
+        return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites)
 
 
 PASSES = [FoldConstants]

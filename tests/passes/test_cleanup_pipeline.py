@@ -70,3 +70,14 @@ def test_each_pass_kept_by_manager(name: str) -> None:
     assert pr.status == "kept", (pr.status, pr.notes, pr.errors)
     assert pr.rewrites >= EXPECTED[name]
     assert_same_outputs(m, out)
+
+
+def test_cleanup_family_on_exporter_style_nodes() -> None:
+    """torch.onnx leaves every node's ``domain`` unset: the family must clean up just as much."""
+    from tests.passes.test_cleanup_lift import exporter_style
+
+    m = exporter_style(parse(MESSY))
+    out, report = PassManager(["cleanup"]).run(m, synthesize(m, runs=1))
+    assert all(p.status in ("kept", "unchanged") for p in report.passes)
+    assert sorted(ops(out)) == ["Add"] * 4 + ["Relu", "Reshape", "Reshape"]
+    assert_same_outputs(m, out)
