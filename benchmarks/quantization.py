@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -30,6 +31,8 @@ if str(ROOT) not in sys.path:
 
 MODELS = ("digits_resnet", "resnet18", "mobilenetv2", "bert_base")
 QUICK = ("digits_resnet", "resnet18")
+#: latency measurements per model (median): the machine is shared, single runs are noisy
+REPEATS = 3
 
 
 def _session(path: str, threads: int = 2, optimized: bool = True):  # noqa: ANN202
@@ -44,7 +47,7 @@ def _session(path: str, threads: int = 2, optimized: bool = True):  # noqa: ANN2
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
-def latency_ms(path: str, feed: dict, seconds: float = 2.0, warmup: int = 5) -> float:
+def _latency_once(path: str, feed: dict, seconds: float, warmup: int) -> float:
     s = _session(path)
     for _ in range(warmup):
         s.run(None, feed)
@@ -55,6 +58,12 @@ def latency_ms(path: str, feed: dict, seconds: float = 2.0, warmup: int = 5) -> 
         s.run(None, feed)
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1000)
+
+
+def latency_ms(path: str, feed: dict, seconds: float = 2.0, warmup: int = 5,
+               repeats: int = REPEATS) -> float:
+    """Median over ``repeats`` measurements (fresh session each) of the median run time."""
+    return float(np.median([_latency_once(path, feed, seconds, warmup) for _ in range(repeats)]))
 
 
 def outputs(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
@@ -149,12 +158,14 @@ def bench_model(name: str, quick: bool) -> list[dict]:
     ref = outputs(src, evals)
     rows = []
     fp32 = {"model": name, "method": "fp32", "status": "-",
-            "size_mb": os.path.getsize(src) / 1e6, "latency_ms": latency_ms(src, lat_feed),
+            "size_mb": os.path.getsize(src) / 1e6, "path": src,
             **metric(s.kind, ref, ref, labels)}
     rows.append(fp32)
     tmp = tempfile.mkdtemp(prefix=f"qbench_{name}_")
     methods = [("onnxopt", lambda d: ours(src, d, calib))]
-    if s.kind == "bert" or not quick:
+    if s.kind == "bert":
+        methods.append(("onnxopt smooth=0.5", lambda d: ours(src, d, calib, smooth=0.5)))
+    elif not quick:
         methods.append(("onnxopt entropy", lambda d: ours(src, d, calib, calibrator="entropy")))
     peer_methods = ("MinMax", "Entropy", "Percentile") if not quick else ("MinMax", "Percentile")
     for m in peer_methods:
@@ -169,14 +180,25 @@ def bench_model(name: str, quick: bool) -> list[dict]:
             row["status"], row["notes"] = status, notes
             row["quantize_s"] = time.perf_counter() - t0
             row["size_mb"] = os.path.getsize(dst) / 1e6
-            row["latency_ms"] = latency_ms(dst, lat_feed)
             row.update(metric(s.kind, ref, outputs(dst, evals), labels))
-            row["speedup"] = fp32["latency_ms"] / row["latency_ms"]
+            row["path"] = dst
         except Exception as e:  # noqa: BLE001 - a failing peer is a result, not a crash
             row["status"] = "failed"
             row["notes"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
-        print(json.dumps(row), flush=True)
         rows.append(row)
+    # latency: every variant measured once per round, REPEATS rounds (interleaved, so a burst
+    # of load on the shared machine hits all variants alike), median per variant
+    timed = [r for r in rows if "path" in r]
+    samples: dict[int, list[float]] = {id(r): [] for r in timed}
+    for _ in range(REPEATS):
+        for r in timed:
+            samples[id(r)].append(_latency_once(r["path"], lat_feed, 2.0, 5))
+    for r in timed:
+        r["latency_ms"] = float(np.median(samples[id(r)]))
+        r["speedup"] = fp32["latency_ms"] / r["latency_ms"]
+        r.pop("path")
+    for r in rows:
+        print(json.dumps(r), flush=True)
     return rows
 
 
@@ -196,21 +218,33 @@ print("changed", r.changed, r.rewrites)
 
 
 def calibration_memory(n: int = 256) -> dict:
-    """Peak RSS (MB) of a child process quantizing bert_base with ``n`` calibration samples."""
+    """Peak RSS (MB) of a child process quantizing bert_base with ``n`` calibration samples.
+
+    Measured by ``/usr/bin/time -v`` ("Maximum resident set size") when it exists, else by the
+    children's ``ru_maxrss``; the child loads the model, calibrates and inserts Q/DQ.
+    """
     code = CALIB_CHILD.format(root=str(ROOT), n=n)
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    cmd = [sys.executable, "-c", code]
+    timer = os.path.exists("/usr/bin/time")
+    if timer:
+        cmd = ["/usr/bin/time", "-v", *cmd]
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    r = subprocess.run(cmd, capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "2"})
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return {"samples": n, "peak_rss_mb": max(peak, before) / 1024, "seconds":
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    if timer:
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
+        peak_kb = int(m.group(1)) if m else peak_kb
+    return {"samples": n, "peak_rss_mb": peak_kb / 1024, "seconds":
             time.perf_counter() - t0, "ok": r.returncode == 0,
-            "stdout": r.stdout.strip()[-200:], "stderr": r.stderr.strip()[-300:]}
+            "how": "/usr/bin/time -v" if timer else "ru_maxrss",
+            "stdout": r.stdout.strip()[-200:],
+            "stderr": "" if r.returncode == 0 else r.stderr.strip()[-300:]}
 
 
 def table(rows: list[dict]) -> str:
     head = ("| model | method | status | size MB | latency ms | speed-up | accuracy % | cosine "
-            "| top-1 agr. |\n|---|---|---|---:|---:|---:|---:|---:|---:|")
+            "| top-1 agr. | calib. peak MB |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
     lines = [head]
     for r in rows:
         def f(k: str, fmt: str, r: dict = r) -> str:
@@ -220,7 +254,8 @@ def table(rows: list[dict]) -> str:
             status = "failed: " + r.get("notes", "")[:60]
         lines.append(f"| {r['model']} | {r['method']} | {status} | {f('size_mb', '.2f')} | "
                      f"{f('latency_ms', '.3f')} | {f('speedup', '.2f')} | "
-                     f"{f('accuracy', '.2f')} | {f('cosine', '.4f')} | {f('top1', '.3f')} |")
+                     f"{f('accuracy', '.2f')} | {f('cosine', '.4f')} | {f('top1', '.3f')} | "
+                     f"{f('calib_peak_mb', '.0f')} |")
     return "\n".join(lines)
 
 
@@ -235,26 +270,30 @@ def main() -> None:
     rows: list[dict] = []
     for n in names:
         rows.extend(bench_model(n, args.quick))
-    text = table(rows)
     mem = None
     if args.memory or (not args.quick and "bert_base" in names):
         mem = calibration_memory(256)
         print(json.dumps(mem))
+        for r in rows:
+            if r["model"] == "bert_base" and r["method"] == "onnxopt":
+                r["calib_peak_mb"] = mem["peak_rss_mb"]
+    text = table(rows)
     print(text)
     if args.out:
         with open(args.out, "w") as f:
             f.write("# int8 quantization benchmark\n\n")
-            f.write("Generated by `python benchmarks/quantization.py"
-                    + (" --quick" if args.quick else "") + "` (onnxruntime CPU, ORT_ENABLE_ALL, "
-                    "2 threads, batch 1, median latency). Peers: onnxruntime `quantize_static` "
+            cmd = " ".join(["python benchmarks/quantization.py", *sys.argv[1:]])
+            f.write(f"Command: `{cmd}`\n\n")
+            f.write("onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1; latency = median of "
+                    f"{REPEATS} measurements, each the median run time. Peers: onnxruntime `quantize_static` "
                     "(QDQ, per-channel, uint8/int8, after `quant_pre_process`) and "
                     "`onnxsim.quantize_static` 0.8.1. Image models have random weights and "
                     "inputs (cosine / top-1 vs fp32); digits is trained (test accuracy).\n\n")
             f.write(text + "\n")
             if mem is not None:
                 f.write(f"\nCalibration peak memory, bert_base, {mem['samples']} samples: "
-                        f"{mem['peak_rss_mb']:.0f} MB max RSS ({mem['seconds']:.0f} s, "
-                        f"ok={mem['ok']}).\n")
+                        f"{mem['peak_rss_mb']:.0f} MB max RSS via {mem['how']} "
+                        f"({mem['seconds']:.0f} s, ok={mem['ok']}).\n")
 
 
 if __name__ == "__main__":
