@@ -259,13 +259,78 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+#: speed-up goals of issue 5 (at cosine >= 0.99); digits: accuracy within 0.5 points of fp32
+SPEEDUP_GOALS = {"resnet18": 2.5, "bert_base": 1.8, "mobilenetv2": 1.5}
+
+
+def goals(rows: list[dict]) -> str:
+    """One line per model: onnxopt's default configuration against fp32 and the best peer."""
+    lines = ["| model | onnxopt speed-up (goal) | onnxopt metric | best peer metric | "
+             "onnxopt ms | fastest peer ms | verdict |", "|---|---|---|---|---:|---:|---|"]
+    for model in dict.fromkeys(r["model"] for r in rows):
+        mine = next((r for r in rows if r["model"] == model and r["method"] == "onnxopt"), None)
+        fp32 = next((r for r in rows if r["model"] == model and r["method"] == "fp32"), None)
+        peers = [r for r in rows if r["model"] == model and r["method"].startswith("ort")
+                 and r.get("status") == "ok"]
+        if mine is None or fp32 is None or "cosine" not in mine:
+            continue
+        key = "accuracy" if "accuracy" in mine else "cosine"
+        best = max((p[key] for p in peers), default=float("nan"))
+        fastest = min((p["latency_ms"] for p in peers), default=float("nan"))
+        goal = SPEEDUP_GOALS.get(model)
+        ok_metric = mine[key] >= best - (1e-4 if key == "cosine" else 0.0)
+        if key == "accuracy":
+            ok_metric = ok_metric and mine[key] >= fp32[key] - 0.5
+        ok = ok_metric and mine["cosine"] >= 0.99 and (goal is None or mine["speedup"] >= goal)
+        fmt = ".2f" if key == "accuracy" else ".4f"
+        lines.append(
+            f"| {model} | {mine['speedup']:.2f}x ({f'>= {goal}x' if goal else '-'}) | "
+            f"{key} {format(mine[key], fmt)} | {format(best, fmt)} | {mine['latency_ms']:.3f} | "
+            f"{fastest:.3f} | {'met' if ok else 'NOT met'} |")
+    return "\n".join(lines)
+
+
+NOTES_MARK = "<!-- hand-written notes below: kept when the file is regenerated -->"
+
+
+def write_markdown(path: str, cmd: str, rows: list[dict], mem: dict | None) -> None:
+    old = Path(path).read_text() if Path(path).exists() else ""
+    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
+    with open(path, "w") as f:
+        f.write("# int8 quantization benchmark\n\n")
+        f.write(f"Command: `{cmd}`\n\n")
+        f.write("onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1; latency = median of "
+                f"{REPEATS} interleaved measurements (every variant once per round), each the "
+                "median run time. Peers: onnxruntime `quantize_static` (QDQ, per-channel, "
+                "uint8 activations / int8 weights, after `quant_pre_process`) and "
+                "`onnxsim.quantize_static`. Image models and bert_base have random weights "
+                "and inputs (cosine / top-1 vs fp32 on held-out inputs); digits is trained "
+                "(test accuracy). onnxopt runs `quantize-int8` through the PassManager with "
+                "`Budget(min_cosine=0.99)`.\n\n")
+        f.write(table(rows) + "\n")
+        if mem is not None:
+            f.write(f"\nCalibration peak memory, bert_base, {mem['samples']} samples: "
+                    f"{mem['peak_rss_mb']:.0f} MB max RSS via {mem['how']} "
+                    f"({mem['seconds']:.0f} s, ok={mem['ok']}).\n")
+        f.write("\n## Goals (issue 5)\n\n" + goals(rows) + "\n")
+        if notes:
+            f.write("\n" + notes)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="digits_resnet and resnet18 only")
     ap.add_argument("--models", default=None)
     ap.add_argument("--memory", action="store_true", help="also measure bert_base calibration RSS")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "QUANTIZATION.md"))
+    ap.add_argument("--json", default=str(ROOT / "build" / "quantization_bench.json"),
+                    help="also save the rows here (re-render with --render)")
+    ap.add_argument("--render", default=None, help="only re-render --out from a saved --json")
     args = ap.parse_args()
+    if args.render:
+        saved = json.loads(Path(args.render).read_text())
+        write_markdown(args.out, saved["command"], saved["rows"], saved.get("memory"))
+        return
     names = args.models.split(",") if args.models else (QUICK if args.quick else MODELS)
     rows: list[dict] = []
     for n in names:
@@ -277,23 +342,13 @@ def main() -> None:
         for r in rows:
             if r["model"] == "bert_base" and r["method"] == "onnxopt":
                 r["calib_peak_mb"] = mem["peak_rss_mb"]
-    text = table(rows)
-    print(text)
+    print(table(rows))
+    cmd = " ".join(["python benchmarks/quantization.py", *sys.argv[1:]])
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"command": cmd, "rows": rows, "memory": mem}))
     if args.out:
-        with open(args.out, "w") as f:
-            f.write("# int8 quantization benchmark\n\n")
-            cmd = " ".join(["python benchmarks/quantization.py", *sys.argv[1:]])
-            f.write(f"Command: `{cmd}`\n\n")
-            f.write("onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1; latency = median of "
-                    f"{REPEATS} measurements, each the median run time. Peers: onnxruntime `quantize_static` "
-                    "(QDQ, per-channel, uint8/int8, after `quant_pre_process`) and "
-                    "`onnxsim.quantize_static` 0.8.1. Image models have random weights and "
-                    "inputs (cosine / top-1 vs fp32); digits is trained (test accuracy).\n\n")
-            f.write(text + "\n")
-            if mem is not None:
-                f.write(f"\nCalibration peak memory, bert_base, {mem['samples']} samples: "
-                        f"{mem['peak_rss_mb']:.0f} MB max RSS via {mem['how']} "
-                        f"({mem['seconds']:.0f} s, ok={mem['ok']}).\n")
+        write_markdown(args.out, cmd, rows, mem)
 
 
 if __name__ == "__main__":

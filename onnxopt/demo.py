@@ -61,10 +61,10 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
     out_path = save_model(out_model, out_dir / "digits_cnn.opt.onnx")
     (out_dir / "report.json").write_text(report.to_json())
     console.print(f"wrote {out_path} and {out_dir / 'report.json'}")
-    try:
-        from onnxopt.bench import bench, render_results
-    except ImportError:
-        return report
-    results = bench([model_path, out_path], batch=[1], runs=200, warmup=20, threads=1)
-    render_results(results, console)
+    from onnxopt.bench import bench
+    from onnxopt.commands.bench import table
+
+    console.print("[bold]latency[/] (onnxruntime, all graph optimizations, 1 thread):")
+    results = bench([model_path, out_path], batch=[1, 32], runs=200, warmup=20, threads=1)
+    console.print(table(results))
     return report

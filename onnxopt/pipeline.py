@@ -85,6 +85,9 @@ class PassManager:
         options: per-pass options ``{pass_name: {key: value}}``.
         progress: a :class:`~onnxopt.report.ProgressSink` (the CLI passes a rich one).
         verify_runs: use at most this many feed runs for verification (None: all).
+        batch_exact: run consecutive exact passes as one batch, verified once.
+        holdout: with lossy passes and no separate calibration feeds, learn from half of the
+            runs and verify on the other half.
     """
 
     def __init__(
@@ -98,6 +101,7 @@ class PassManager:
         progress: ProgressSink | None = None,
         verify_runs: int | None = None,
         batch_exact: bool = True,
+        holdout: bool = True,
     ) -> None:
         from onnxopt.passes import registry
 
@@ -119,6 +123,7 @@ class PassManager:
         self.progress = progress
         self.verify_runs = verify_runs
         self.batch_exact = batch_exact
+        self.holdout = holdout
         self.runner = Runner()
         self.exact = Exact()
 
@@ -142,7 +147,6 @@ class PassManager:
         original = load_model(model)
         if feeds is None:
             feeds = get_feeds(original)
-        vfeeds = feeds.subset(self.verify_runs) if self.verify_runs else feeds
         report = PipelineReport(
             feeds=feeds.source + (" (synthesized)" if feeds.synthesized and "synth" not in
                                   feeds.source else ""),
@@ -150,18 +154,27 @@ class PassManager:
             target=self.target,
         )
         report.notes.extend(feeds.notes)
+        verify_on = feeds
+        self._calib = calibration if calibration is not None else feeds
+        if calibration is not None:
+            report.notes.append(f"passes learn from {calibration.source}; verified on {feeds.source}")
+        elif self.holdout and any(not p.exact for p in self.passes) and len(feeds) >= 4:
+            # a lossy pass that learns from the data it is judged on can overfit (a ridge refit on
+            # 8 runs looks perfect on those 8): learn on the first half, verify on the rest
+            self._calib, verify_on = feeds.split(0.5)
+            report.notes.append(
+                f"lossy passes learn from {len(self._calib)} runs and are verified on the other "
+                f"{len(verify_on)} (give --calib-data to use separate data)")
+        vfeeds = verify_on.subset(self.verify_runs) if self.verify_runs else verify_on
         ref = self.runner.run(original, vfeeds)
         summary = ModelSummary.of(original)
         report.original = summary_dict(summary)
-        if feeds.labels is not None:
+        if vfeeds.labels is not None:
             report.accuracy_original = accuracy(ref, vfeeds.labels or [])
         self._original = original
         self._ref = ref
         self._feeds = feeds
         self._vfeeds = vfeeds
-        self._calib = calibration if calibration is not None else feeds
-        if calibration is not None:
-            report.notes.append(f"passes learn from {calibration.source}; verified on {feeds.source}")
         stage = _Stage(original, ref, summary)
         if self.progress:
             self.progress.start(len(self.passes))
@@ -177,7 +190,7 @@ class PassManager:
         report.final = summary_dict(stage.summary)
         final_cmp = compare(ref, stage.outputs)
         report.final_vs_original = _metrics(final_cmp)
-        if feeds.labels is not None:
+        if vfeeds.labels is not None:
             report.accuracy_final = accuracy(stage.outputs, vfeeds.labels or [])
         report.seconds = time.perf_counter() - t0
         return stage.model, report
@@ -335,7 +348,7 @@ class PassManager:
                     pr.status = "kept"
                     pr.after = summary_dict(new_stage.summary)
                     pr.vs_previous, pr.vs_original = _metrics(cmp_prev), _metrics(cmp_orig)
-                    if new_stage.summary is not stage.summary and self._feeds.labels is not None:
+                    if new_stage.summary is not stage.summary and self._vfeeds.labels is not None:
                         pr.vs_original.accuracy = accuracy(new_stage.outputs,
                                                            self._vfeeds.labels or [])
         except OnnxoptError as e:
@@ -369,7 +382,7 @@ class PassManager:
         lossy = stage.lossy or not exact
         if lossy:
             acc = None
-            if self._feeds.labels is not None:
+            if self._vfeeds.labels is not None:
                 acc = (accuracy(self._ref, self._vfeeds.labels or []),
                        accuracy(outputs, self._vfeeds.labels or []))
             v = (self.budget or Budget()).check(cmp_orig, acc)

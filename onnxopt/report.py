@@ -159,9 +159,9 @@ def render(report: PipelineReport, console: Any = None, *, notes: bool = True,
                       ("MACs", "right"), ("size", "right"), ("err vs orig", "right"),
                       ("time", "right")):
         table.add_column(col, justify=just, no_wrap=col in ("pass", "status", "kind"))  # type: ignore[arg-type]
-    quiet = [p.name for p in report.passes if p.status == "unchanged"]
+    quiet = [p.name for p in report.passes if p.status == "unchanged" and p.exact]
     for p in report.passes:
-        if p.status == "unchanged" and not verbose:
+        if p.status == "unchanged" and p.exact and not verbose:
             continue
         style = STATUS_STYLE.get(p.status, "")
         table.add_row(
@@ -195,8 +195,8 @@ def render(report: PipelineReport, console: Any = None, *, notes: bool = True,
         for p in report.passes:
             if p.reason:
                 console.print(f"  [red]{escape(p.name)}[/]: {escape(p.reason)}")
-            if p.status == "unchanged":
-                continue  # why a pass found nothing to do is in the JSON report
+            if p.status == "unchanged" and p.exact:
+                continue  # why an exact pass found nothing to do is in the JSON report
             for n in p.notes[:8]:
                 text = n if n.startswith(f"{p.name}:") else f"{p.name}: {n}"
                 console.print(f"  [dim]{escape(text)}[/]")

@@ -20,6 +20,7 @@ def quantize_options(
     activations: str,
     exclude: list[str] | None,
     no_fallback: bool = False,
+    smooth: float | None = None,
 ) -> dict:
     """Validate CLI values and build the quantize-int8 options dict."""
     if calibrator not in CALIBRATORS:
@@ -28,8 +29,11 @@ def quantize_options(
         raise OptionError(f"--activations {activations!r}: choose uint8 or int8-sym")
     if not 50.0 < percentile <= 100.0:
         raise OptionError(f"--percentile {percentile}: must be in (50, 100]")
+    if smooth is not None and not 0.0 <= smooth <= 1.0:
+        raise OptionError(f"--smooth {smooth}: must be in [0, 1] (0.5 is typical)")
     excl = [x for item in (exclude or []) for x in item.split(",") if x]
     return {
+        "smooth": smooth,
         "calibrator": calibrator,
         "percentile": percentile,
         "per_channel": not per_tensor,
@@ -53,6 +57,7 @@ def register(app: typer.Typer) -> None:
         per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")] = False,  # noqa: E501
         activations: Annotated[str, typer.Option("--activations", help="uint8 (asymmetric, fastest on CPU) or int8-sym (TensorRT).")] = "uint8",  # noqa: E501
         exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Node name or op type kept in float (repeatable, or comma-separated).")] = None,  # noqa: E501
+        smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha in [0, 1]: move MatMul input outliers into the weights (transformers).")] = None,  # noqa: E501
         no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Do not return sensitive nodes to float to meet the budget.")] = False,  # noqa: E501
         passes: Annotated[str | None, typer.Option("--passes", help="Passes to run before quantizing (default: cleanup,fusion where available).")] = None,  # noqa: E501
         shape: Annotated[list[str] | None, typer.Option("--shape", help="Dynamic dims for synthesized inputs (dynamic mode): name=1x128.")] = None,  # noqa: E501
@@ -81,7 +86,8 @@ def register(app: typer.Typer) -> None:
                 raise DataError("--mode static needs calibration data: give --data CALIB.npz "
                                 "(or use --mode dynamic)")
             opts = {"quantize-int8": quantize_options(calibrator, percentile, per_tensor,
-                                                      activations, exclude, no_fallback)}
+                                                      activations, exclude, no_fallback,
+                                                      smooth)}
             names = [*pre, "quantize-int8"]
         else:
             excl = [x for item in (exclude or []) for x in item.split(",") if x]

@@ -9,7 +9,7 @@ Calibrators turn the statistics into a real range ``[lo, hi]``:
 - ``minmax``: ``[min, max]``.
 - ``percentile(p)``: two-sided, ``lo = F^-1(1 - p/100)``, ``hi = F^-1(p/100)`` read off the
   cumulative histogram (linear within a bin); symmetric ranges use ``|x|``'s ``p``-quantile.
-- ``entropy`` (TensorRT): on the ``|x|`` histogram, for each candidate threshold ``T = i·w`` the
+- ``entropy`` (TensorRT): on the ``|x|`` histogram without exact zeros, for each candidate threshold ``T = i·w`` the
   reference ``P`` = first ``i`` bins with the tail folded into bin ``i-1``; ``Q`` = ``P`` merged
   into ``L`` levels (128 for signed data, 256 for non-negative) and spread back over its non-empty
   bins; choose ``T`` minimising ``KL(P || Q)``.
@@ -24,6 +24,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
+
+from onnxopt.model import model_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -44,13 +47,19 @@ class TensorStats:
         self.half_range = 0.0
         self.hist = np.zeros(bins, dtype=np.int64)
         self._zeros = 0  # values seen while the range was still 0
+        self.exact_zeros = 0  # values exactly 0 (ReLU outputs, padding): representable as is
 
     def update(self, values: np.ndarray) -> None:
         x = np.asarray(values, dtype=np.float32).ravel()
-        x = x[np.isfinite(x)]
         if x.size == 0:
             return
         lo, hi = float(x.min()), float(x.max())
+        if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: drop inf / nan, then re-read
+            x = x[np.isfinite(x)]
+            if x.size == 0:
+                return
+            lo, hi = float(x.min()), float(x.max())
+        self.exact_zeros += int(np.count_nonzero(x == 0.0))
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size
         m = max(abs(lo), abs(hi))
@@ -195,15 +204,14 @@ class Entropy(Calibrator):
             p = ah[:i].astype(np.float64).copy()
             p[i - 1] += ah[i:].sum()
             ref = ah[:i].astype(np.float64)
-            nz = ref > 0
-            # merge into `levels` chunks, then spread each chunk's mass over its non-empty bins
+            nz = p > 0
+            # merge the clipped histogram (tail excluded) into `levels` chunks, then spread each
+            # chunk's mass over the bins non-empty in P: the clipped tail shows up as the
+            # difference between P and Q after both are normalised
             chunk = np.floor(np.arange(i) * levels / i).astype(np.int64)
             sums = np.bincount(chunk, weights=ref, minlength=levels)
             cnt = np.bincount(chunk, weights=nz.astype(np.float64), minlength=levels)
             q = np.where(nz, sums[chunk] / np.maximum(cnt[chunk], 1.0), 0.0)
-            # the tail folded into p[i-1] must be representable in q
-            if p[i - 1] > 0 and q[i - 1] == 0:
-                q[i - 1] = p[i - 1]
             kl = _kl(p, q)
             if kl < best:
                 best, best_i = kl, int(i)
@@ -214,7 +222,10 @@ class Entropy(Calibrator):
             return MinMax().range(stats, symmetric)
         nonneg = stats.min >= 0.0 and not symmetric
         levels = self.levels * 2 if nonneg else self.levels
-        ah = stats.abs_hist()
+        ah = stats.abs_hist().copy()
+        # exact zeros are exactly representable: leaving their spike in P would favour narrow
+        # chunks (small thresholds) that smear it less, whatever the tail
+        ah[0] -= min(stats.exact_zeros, int(ah[0]))
         # sparse data: merge bins until they average >= 8 samples (KL is noise otherwise)
         while len(ah) >= 4 * levels and stats.count / len(ah) < 8 and len(ah) % 2 == 0:
             ah = ah.reshape(-1, 2).sum(axis=1)
@@ -306,7 +317,7 @@ def _batches(
 
 
 def collect_stats(
-    model_bytes: bytes,
+    model: bytes | str,
     tensors: list[str],
     runs: list[dict[str, np.ndarray]],
     *,
@@ -315,10 +326,10 @@ def collect_stats(
     dynamic_batch: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, TensorStats]:
-    """Run ``model_bytes`` (tensors already exposed as outputs) and stream their statistics.
+    """Run ``model`` (tensors already exposed as outputs) and stream their statistics.
 
     Args:
-        model_bytes: serialized model whose graph outputs include ``tensors``.
+        model: serialized model, or its path, whose graph outputs include ``tensors``.
         tensors: names of the float tensors to observe.
         runs: feeds, one dict per run.
         bins: histogram bins per tensor.
@@ -331,7 +342,7 @@ def collect_stats(
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     so.log_severity_level = 3
-    sess = ort.InferenceSession(model_bytes, so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
     stats = {t: TensorStats(t, bins) for t in tensors}
     total = len(runs)
     done = 0
@@ -344,3 +355,22 @@ def collect_stats(
         if progress is not None:
             progress("calibrating", min(done, total), total)
     return stats
+
+
+def write_probe(base: onnx.ModelProto, tensors: list[str], path: str) -> None:
+    """Write ``base`` with ``tensors`` added as graph outputs, without copying the model.
+
+    The outputs are appended to ``base`` for the save and removed again; onnxruntime then
+    reads the file itself, so no serialized copy stays alive in Python during calibration.
+    """
+    outs = base.graph.output
+    n0 = len(outs)
+    have = {v.name for v in outs}
+    outs.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+                for t in tensors if t not in have)
+    try:
+        big = model_bytes(base) > 1_800_000_000
+        onnx.save_model(base, path, save_as_external_data=big, all_tensors_to_one_file=True,
+                        location="probe.onnx.data")
+    finally:
+        del outs[n0:]

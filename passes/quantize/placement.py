@@ -8,7 +8,12 @@ directly when the DQ before and the Q after share scale and zero point ("drop" r
 after a quantized producer vanish when the Q's zero point is the type's minimum.
 
 The plan therefore:
-1. enables the *compute* sites (``CANDIDATES``) that are eligible and not excluded;
+1. enables the *compute* sites (``CANDIDATES``) that are eligible and not excluded; an
+   element-wise site (Add, Mul, Concat, pooling, Sigmoid, ...) only when at least one of its
+   inputs already lives in int8 (the quantized output of another site, possibly through
+   data-movement ops or a folded Relu): QLinearAdd pays off between Convs, whereas a bias Add
+   or a GELU Mul after a float-output MatMul would only add requantization (``elementwise=
+   "all"`` restores the old behaviour);
 2. quantizes every float activation input of an enabled site and the output of every enabled
    site that needs a Q after it (all but Gemm/MatMul, whose output may stay float);
 3. folds a single-consumer Relu / Clip(0, c) into its producer's output range (uint8 only:
@@ -49,11 +54,28 @@ def _is_float_var(t: gs.Tensor) -> bool:
     )
 
 
-def _const_f32(t: gs.Tensor) -> np.ndarray | None:
+@dataclass(frozen=True)
+class _Meta:
+    shape: tuple[int, ...]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _const_f32(t: gs.Tensor) -> _Meta | None:
+    """Shape of a float32 constant, read without loading an initializer's values.
+
+    Planning touches every weight; loading them would hold a second copy of the model.
+    """
+    if isinstance(t, gs.Constant):
+        if np.dtype(t.dtype) != np.float32:
+            return None
+        return _Meta(tuple(int(d) for d in t.shape))
     v = const_value(t)
     if v is None or v.dtype != np.float32:
         return None
-    return v
+    return _Meta(tuple(v.shape))
 
 
 @dataclass
@@ -66,6 +88,8 @@ class Site:
     axis: int | None = None  # per-channel axis of the weight (None: per-tensor)
     bias: int | None = None  # input index of a constant 1-D bias
     out_q: bool = True  # its output needs a Q (all but Gemm/MatMul)
+    #: MatMul only: the ``Add(y, b)`` that adds a constant 1-D bias ``b`` (``bias`` indexes it)
+    bias_node: gs.Node | None = None
 
 
 @dataclass
@@ -126,7 +150,10 @@ def eligible(node: gs.Node, *, per_channel: bool, quantize_residual: bool) -> Si
         w = _const_f32(ins[1])
         if w is not None:
             axis = 1 if (per_channel and w.ndim == 2) else None
-            return Site(node, [0], 1, axis, out_q=False)
+            site = Site(node, [0], 1, axis, out_q=False)
+            if w.ndim == 2:
+                site.bias_node, site.bias = _bias_add(node, w.shape[1])
+            return site
         if _is_float_var(ins[1]):
             return Site(node, [0, 1], out_q=False)
         return f"{node.name}: MatMul B is neither a float constant nor an activation"
@@ -147,6 +174,24 @@ def eligible(node: gs.Node, *, per_channel: bool, quantize_residual: bool) -> Si
             return f"{node.name}: {op} input is not a float activation"
         return Site(node, [0])
     return f"{node.name}: {op} has no int8 kernel"
+
+
+def _bias_add(node: gs.Node, n: int) -> tuple[gs.Node | None, int | None]:
+    """The ``Add`` adding a constant ``[n]`` bias to a MatMul's output, and the bias's index.
+
+    Quantized as int32 (scale ``s_x·s_w``) it lets onnxruntime fuse ``MatMul + Add`` into QGemm
+    (u8·s8 GEMM with the bias in the accumulator); with a float bias it builds a float Gemm on
+    dequantized weights instead, several times slower than fp32.
+    """
+    users = node.outputs[0].outputs
+    if len(users) != 1 or users[0].op != "Add" or len(users[0].inputs) != 2:
+        return None, None
+    add = users[0]
+    for i, t in enumerate(add.inputs):
+        b = _const_f32(t)
+        if b is not None and t is not node.outputs[0] and b.shape == (n,):
+            return add, i
+    return None, None
 
 
 class _UF:
@@ -174,17 +219,32 @@ def make_plan(
     fold_relu: bool = True,
     quantize_residual: bool = False,
     embeddings: bool = True,
+    elementwise: str = "int8-inputs",
 ) -> Plan:
-    """Plan Q/DQ placement for the compute nodes named in ``enabled``."""
+    """Plan Q/DQ placement for the compute nodes named in ``enabled``.
+
+    ``elementwise``: ``"int8-inputs"`` (default) enables an element-wise site only when one of
+    its inputs is already int8; ``"all"`` enables every eligible one.
+    """
     plan = Plan()
     q: set[str] = set()
+    int8: set[str] = set()  # tensors that will exist as int8 anyway (topological sweep)
     for node in graph.nodes:
-        if node.name not in enabled:
+        if (node.op in (*PASS_THROUGH, *FOLDABLE) and node.inputs and node.outputs
+                and node.inputs[0].name in int8):
+            int8.add(node.outputs[0].name)
+        if node.name not in enabled or node.op == "Gather":  # embeddings: see below
             continue
         site = eligible(node, per_channel=per_channel, quantize_residual=quantize_residual)
         if isinstance(site, str):
             plan.notes.append(site)
             continue
+        if (elementwise != "all" and node.op not in WEIGHTED
+                and not any(node.inputs[i].name in int8 for i in site.acts)):
+            plan.notes.append(f"{node.name}: {node.op} left float (no input is int8 already)")
+            continue
+        if site.out_q:
+            int8.add(node.outputs[0].name)
         plan.sites[node.name] = site
         for i in site.acts:
             q.add(node.inputs[i].name)

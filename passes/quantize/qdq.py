@@ -5,7 +5,10 @@ Activations, uint8 asymmetric (default) over ``[lo, hi]`` widened to include 0:
 Activations, int8 symmetric: ``s = max(|lo|, |hi|) / 127``, ``zp = 0``.
 Weights, int8 symmetric per output channel ``c`` (or per tensor):
     ``s_c = max|W_c| / 127`` (``/ 63`` with ``reduce_range``), ``W_q = clip(round(W / s_c))``.
-Bias, int32: ``s_b = s_x · s_w``, ``b_q = round(b / s_b)``, ``zp = 0``.
+Bias, int32: ``s_b = s_x · s_w``, ``b_q = round(b / s_b)``, ``zp = 0`` (Conv / Gemm bias input,
+or the constant operand of the ``Add`` after a MatMul, which onnxruntime then fuses into QGemm).
+Embedding tables, int8 symmetric per column, read by the Gather directly:
+``Gather(T, ids) -> DequantizeLinear(Gather(T_q, ids), s, 0, axis=-1)``.
 """
 
 from __future__ import annotations
@@ -189,27 +192,36 @@ class Inserter:
         if xp is None:
             self.notes.append(f"{node.name}: input not quantized; bias left float")
             return
-        b = np.asarray(const_value(node.inputs[site.bias]), np.float32)
+        owner = site.bias_node if site.bias_node is not None else node
+        b = np.asarray(const_value(owner.inputs[site.bias]), np.float32)
         bq, bs, sat = quantize_bias(b, xp.scale, ws)
         if sat:
             self.notes.append(f"{node.name}: {sat} bias values saturated int32")
-        node.inputs[site.bias] = self._dq_const(
+        owner.inputs[site.bias] = self._dq_const(
             f"{node.name}_B", bq, bs if bs.ndim else bs, 0 if bs.ndim else None, np.int32
         )
         self.counts["biases"] += 1
 
     def _embedding(self, node: gs.Node) -> None:
+        """``Gather(T, ids) -> DQ(Gather(T_q, ids))``: the lookup reads the int8 table directly.
+
+        Scales are per column (hidden channel, the output's last axis) for a 2-D table gathered
+        on axis 0, else per tensor; a DQ of the whole table before the Gather would dequantize
+        every row on every run.
+        """
         w = np.asarray(const_value(node.inputs[0]), np.float32)
-        ws = weight_params(w, None)
-        wq = quantize_weight(w, ws, None)
-        node.inputs[0] = self._dq_const(f"{node.name}_table", wq, ws, None, np.int8)
+        per_col = self.per_axis_ok and w.ndim == 2 and node.attrs.get("axis", 0) == 0
+        axis = 1 if per_col else None
+        ws = weight_params(w, axis)
+        wq = quantize_weight(w, ws, axis)
+        node.inputs[0] = self._const(f"{node.name}_table_quantized", wq)
         self.counts["weights"] += 1
         y = node.outputs[0]
-        if is_graph_output(self.graph, y) or not y.outputs:
-            return
-        users = list(y.outputs)
-        dq = self._pair(y, QParams(float(ws), 0, np.int8), y.name)
-        for u in users:
-            for i, t in enumerate(u.inputs):
-                if t is y:
-                    u.inputs[i] = dq
+        yq = gs.Variable(self._name(y.name + "_quantized"), dtype=np.int8, shape=y.shape)
+        node.outputs[0] = yq
+        s = self._const(f"{node.name}_table_scale", ws)
+        z = self._const(f"{node.name}_table_zero_point", np.zeros(ws.shape, np.int8))
+        attrs = {"axis": -1} if per_col else {}
+        self.graph.nodes.append(gs.Node("DequantizeLinear",
+                                        self._name(f"{node.name}_DequantizeLinear"),
+                                        attrs=attrs, inputs=[yq, s, z], outputs=[y]))

@@ -1,15 +1,23 @@
 """quantize-int8: static int8 quantization with onnxopt's own calibration and QDQ insertion.
 
-Pipeline: plan Q/DQ placement (:mod:`.placement`) -> expose the planned tensors as outputs and
-stream their statistics over the calibration feeds (:mod:`.calibrate`) -> per-group range =
-union of the members' calibrated ranges -> parameters and insertion (:mod:`.qdq`) -> with a
-budget, sensitivity-ranked fallback (:mod:`.fallback`).
+Pipeline: read aliased initializers through ``Identity`` -> optionally smooth MatMul inputs
+(:mod:`.smooth`, exact in float) -> plan Q/DQ placement (:mod:`.placement`) -> expose the
+planned tensors as outputs and stream their statistics over the calibration feeds
+(:mod:`.calibrate`) -> per-group range = union of the members' calibrated ranges ->
+parameters and insertion (:mod:`.qdq`) -> with a budget, sensitivity-ranked fallback
+(:mod:`.fallback`).
+
+Memory stays at about two copies of the model plus onnxruntime's: planning reads weight shapes
+only, the probe model is written to a temporary file rather than copied, and statistics are
+streamed (bert_base, 256 samples: see benchmarks/QUANTIZATION.md).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import platform
+import tempfile
 from functools import lru_cache
 from typing import Any
 
@@ -20,10 +28,11 @@ from onnxopt.graph import node_names_unique, opset_version, to_graph, to_model
 from onnxopt.model import with_inferred_shapes
 from onnxopt.passes.base import Pass, PassContext, PassError, PassResult, register
 
-from .calibrate import CALIBRATORS, collect_stats, make_calibrator
+from .calibrate import CALIBRATORS, collect_stats, make_calibrator, write_probe
 from .fallback import Judge, rank_sites, search_fallback
 from .placement import CANDIDATES, make_plan
 from .qdq import Inserter, QParams, activation_params
+from .smooth import apply_smoothing, channel_absmax, smooth_groups
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +60,9 @@ class QuantizeInt8(Pass):
     entropy | mse), ``percentile`` (99.99), ``per_channel`` (True), ``activations`` (uint8 |
     int8-sym), ``exclude`` (node names or op types), ``reduce_range`` (auto: on x86 without
     VNNI), ``fallback`` (True: sensitivity-guided with ``ctx.budget``), ``quantize_residual``
-    (False), ``calib_batch`` (8), ``fallback_runs`` (64), ``sensitivity_runs`` (16).
+    (False), ``calib_batch`` (8), ``fallback_runs`` (64), ``sensitivity_runs`` (16),
+    ``elementwise`` (int8-inputs | all), ``smooth`` (None; alpha in [0, 1] smooths MatMul
+    inputs SmoothQuant-style, see :mod:`.smooth`), ``smooth_runs`` (64).
     """
 
     name = "quantize-int8"
@@ -70,6 +81,7 @@ class QuantizeInt8(Pass):
             "activations": "uint8", "exclude": (), "reduce_range": "auto", "fallback": True,
             "quantize_residual": False, "calib_batch": 8, "fallback_runs": 64,
             "sensitivity_runs": 16, "embeddings": True, "bins": 2048,
+            "elementwise": "int8-inputs", "smooth": None, "smooth_runs": 64,
         }
         o.update(self.defaults)
         o.update(ctx.options or {})
@@ -83,6 +95,19 @@ class QuantizeInt8(Pass):
                             f"choose one of {', '.join(CALIBRATORS)}")
         if isinstance(o["exclude"], str):
             o["exclude"] = [x for x in o["exclude"].split(",") if x]
+        if o["smooth"] is True:
+            o["smooth"] = 0.5
+        if o["smooth"] is not None and o["smooth"] is not False:
+            try:
+                o["smooth"] = float(o["smooth"])
+            except (TypeError, ValueError) as e:
+                raise PassError(f"{self.name}: smooth must be a number in [0, 1], "
+                                f"not {o['smooth']!r}") from e
+            if not 0.0 <= o["smooth"] <= 1.0:
+                raise PassError(f"{self.name}: smooth must be in [0, 1], not {o['smooth']}")
+        if o["elementwise"] not in ("int8-inputs", "all"):
+            raise PassError(f"{self.name}: elementwise must be int8-inputs or all, "
+                            f"not {o['elementwise']!r}")
         if o["reduce_range"] == "auto":
             o["reduce_range"] = not cpu_has_vnni()
         return o
@@ -107,9 +132,13 @@ class QuantizeInt8(Pass):
         except Exception as e:  # noqa: BLE001 - a model shape inference rejects still quantizes
             logger.debug("shape inference failed: %s", e)
             inferred = model
-        base = _named(inferred)
-        graph = to_graph(base)
+        base = _named(_resolve_const_identities(inferred, in_place=inferred is not model))
+        del inferred
         exclude = set(o["exclude"])
+        smooth_info: dict[str, int] = {}
+        if o["smooth"] is not None and o["smooth"] is not False:
+            base, smooth_info = self._smooth(base, feeds, o, ctx, exclude, notes)
+        graph = to_graph(base)
         allowed = []
         for n in graph.nodes:
             if n.op not in (*CANDIDATES, "Gather") or n.name in exclude or n.op in exclude:
@@ -119,14 +148,17 @@ class QuantizeInt8(Pass):
         plan_kw = dict(per_channel=bool(o["per_channel"]) and opset >= 13,
                        fold_relu=o["activations"] == "uint8",
                        quantize_residual=bool(o["quantize_residual"]),
-                       embeddings=bool(o["embeddings"]))
+                       embeddings=bool(o["embeddings"]), elementwise=o["elementwise"])
         if o["per_channel"] and opset < 13:
             notes.append(f"opset {opset} < 13: per-tensor weight scales")
         full = make_plan(graph, set(allowed), **plan_kw)
         sites = [s for s in allowed if s in full.sites or s in full.embeddings]
         if not sites:
             return PassResult(False, 0, notes + full.notes[:20])
-        params = self._calibrate(base, full.tensors(), feeds, o, ctx)
+        probe_tensors = full.tensors()
+        plan_notes = full.notes  # why each candidate stays float
+        del graph, full  # planning graph: free it before onnxruntime loads the model
+        params = self._calibrate(base, probe_tensors, feeds, o, ctx)
 
         def build(enabled: set[str]) -> onnx.ModelProto:
             g = to_graph(base)
@@ -148,7 +180,8 @@ class QuantizeInt8(Pass):
                                    "activations": o["activations"],
                                    "per_channel": plan_kw["per_channel"],
                                    "reduce_range": bool(o["reduce_range"]),
-                                   "counts": dict(ins.counts), "float_nodes": []}
+                                   "counts": dict(ins.counts), "float_nodes": [],
+                                   "smoothing": smooth_info}
         kept = list(sites)
         if ctx.budget is not None and o["fallback"]:
             qmodel, kept, fb_notes, rows = self._fallback(model, build, sites, qmodel, ctx, o)
@@ -156,7 +189,7 @@ class QuantizeInt8(Pass):
             details["float_nodes"] = rows
             plan, ins = build.last  # type: ignore[attr-defined]
             details["counts"] = dict(ins.counts)
-        notes += ins.notes + plan.notes[:20]
+        notes += ins.notes + plan_notes[:20]
         if not kept:
             return PassResult(False, 0, notes, details=details)
         return PassResult(True, len(kept), notes, sites=kept, details=details, model=qmodel)
@@ -165,20 +198,38 @@ class QuantizeInt8(Pass):
 
     def _calibrate(self, base: onnx.ModelProto, tensors: list[str], feeds, o: dict,  # noqa: ANN001
                    ctx: PassContext) -> dict[str, tuple[float, float]]:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(base)
-        have = {v.name for v in probe.graph.output}
-        for t in tensors:
-            if t not in have:
-                probe.graph.output.append(
-                    onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None))
         dyn = _dynamic_batch(base)
-        stats = collect_stats(probe.SerializeToString(), tensors, feeds.runs, bins=int(o["bins"]),
-                              batch=int(o["calib_batch"]), dynamic_batch=dyn,
-                              progress=ctx.progress)
+        with tempfile.TemporaryDirectory(prefix="onnxopt_calib_") as tmp:
+            path = os.path.join(tmp, "probe.onnx")
+            write_probe(base, tensors, path)
+            stats = collect_stats(path, tensors, feeds.runs, bins=int(o["bins"]),
+                                  batch=int(o["calib_batch"]), dynamic_batch=dyn,
+                                  progress=ctx.progress)
         cal = make_calibrator(o["calibrator"], float(o["percentile"]))
         sym = o["activations"] == "int8-sym"
         return {t: cal.range(s, symmetric=sym) for t, s in stats.items() if not s.empty}
+
+    def _smooth(self, base: onnx.ModelProto, feeds, o: dict, ctx: PassContext,  # noqa: ANN001
+                exclude: set[str], notes: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
+        """SmoothQuant-style smoothing of MatMul inputs (exact in float) before calibration."""
+        graph = to_graph(base)
+        names = {n.name for n in graph.nodes if n.op == "MatMul" and n.name not in exclude
+                 and "MatMul" not in exclude and ctx.allow(n.name)}
+        tensors = sorted(smooth_groups(graph, names))
+        del graph
+        if not tensors:
+            notes.append("smooth: no MatMul with a constant 2-D weight")
+            return base, {}
+        runs = feeds.runs[: max(1, int(o["smooth_runs"]))]
+        with tempfile.TemporaryDirectory(prefix="onnxopt_smooth_") as tmp:
+            path = os.path.join(tmp, "probe.onnx")
+            write_probe(base, tensors, path)
+            x_max = channel_absmax(path, tensors, runs, ctx.progress)
+        res = apply_smoothing(base, x_max, float(o["smooth"]), names)
+        notes.extend(res.notes[:10])
+        notes.append(f"smooth(alpha={o['smooth']:g}): {res.matmuls} MatMuls over {res.groups} "
+                     f"inputs ({res.folded} folded into LayerNorm)")
+        return res.model, {"groups": res.groups, "matmuls": res.matmuls, "folded": res.folded}
 
     def _fallback(self, model, build, sites, qmodel, ctx, o):  # noqa: ANN001, ANN202
         from onnxopt.verify import Runner, accuracy
@@ -207,6 +258,42 @@ class QuantizeInt8(Pass):
             notes.append(res.reason)
         kept = [s for s in sites if s not in set(res.float_sites)]
         return build(set(kept)), kept, notes, rows
+
+
+def _resolve_const_identities(model: onnx.ModelProto, *, in_place: bool) -> onnx.ModelProto:
+    """Read initializers directly where ``Identity(initializer)`` aliases them (exact).
+
+    The TorchScript exporter deduplicates equal weights (all-zero biases, LayerNorm γ = 1) into
+    Identity nodes; seen through them, a bias Add looks like an activation Add and a MatMul
+    weight like an activation. Identities whose output is a graph output, or that a subgraph
+    might read, stay.
+    """
+    g = model.graph
+    inits = {t.name for t in g.initializer}
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+           for n in g.node for a in n.attribute):
+        return model
+    outs = {o.name for o in g.output}
+    alias = {n.output[0]: n.input[0] for n in g.node
+             if n.op_type == "Identity" and n.input and n.input[0] in inits
+             and n.output[0] not in outs}
+    if not alias:
+        return model
+    if not in_place:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        model, g = out, out.graph
+    keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias)]
+    for n in keep:
+        for i, x in enumerate(n.input):
+            if x in alias:
+                n.input[i] = alias[x]
+    del g.node[:]
+    g.node.extend(keep)
+    vi = [v for v in g.value_info if v.name not in alias]
+    del g.value_info[:]
+    g.value_info.extend(vi)
+    return model
 
 
 def _named(model: onnx.ModelProto) -> onnx.ModelProto:

@@ -109,3 +109,21 @@ def test_constant_zero_tensor() -> None:
     s = _stats(np.zeros(100, np.float32))
     for cal in (MinMax(), Percentile(), Entropy(), MSE()):
         assert cal.range(s) == (0.0, 0.0)
+
+
+def test_entropy_discrete_levels_keep_full_range() -> None:
+    # digits-like pixels: 17 levels in [0, 1], half of them 0. Clipping at 0.25 would make the
+    # clipped tail invisible to KL if Q were built from the tail-folded P (a past bug).
+    x = np.round(RNG.uniform(0, 1, 20_000) * 16) / 16
+    x[RNG.uniform(size=x.size) < 0.5] = 0.0
+    lo, hi = Entropy().range(_stats(x.astype(np.float32)))
+    assert lo == 0.0 and hi == pytest.approx(1.0, abs=0.01)
+
+
+def test_entropy_ignores_relu_zero_spike() -> None:
+    # ReLU(N(0,1)): half the values are exactly 0. The spike must not pull the threshold in:
+    # the result should match the symmetric Gaussian's (the positive half is the same shape).
+    g = RNG.standard_normal(200_000).astype(np.float32)
+    _, sym = Entropy().range(_stats(g), symmetric=True)
+    lo, hi = Entropy().range(_stats(np.maximum(g, 0.0)))
+    assert lo == 0.0 and hi > 0.8 * sym

@@ -115,3 +115,13 @@ def test_cli_dynamic_and_static_subprocess(tmp_path) -> None:
                        env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "quantize-int8" in r.stdout and "kept" in r.stdout
+
+
+def test_cli_smooth_option(tmp_path) -> None:
+    from onnxopt.commands.quantize import quantize_options
+    from onnxopt.errors import OptionError
+
+    opts = quantize_options("percentile", 99.99, False, "uint8", None, smooth=0.5)
+    assert opts["smooth"] == 0.5
+    with pytest.raises(OptionError, match="--smooth"):
+        quantize_options("percentile", 99.99, False, "uint8", None, smooth=1.5)
