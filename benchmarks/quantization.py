@@ -16,6 +16,7 @@ import json
 import os
 import re
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -197,6 +198,7 @@ def bench_model(name: str, quick: bool) -> list[dict]:
         r["latency_ms"] = float(np.median(samples[id(r)]))
         r["speedup"] = fp32["latency_ms"] / r["latency_ms"]
         r.pop("path")
+    shutil.rmtree(tmp, ignore_errors=True)
     for r in rows:
         print(json.dumps(r), flush=True)
     return rows

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,9 +69,16 @@ def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]] = OR
 @dataclass
 class _Stage:
     model: onnx.ModelProto
-    outputs: Runs
+    _outputs: Runs | Future
     summary: ModelSummary
     lossy: bool = False
+
+    @property
+    def outputs(self) -> Runs:
+        """The stage's outputs (the original's may still be computing in the background)."""
+        if isinstance(self._outputs, Future):
+            self._outputs = self._outputs.result()
+        return self._outputs
 
 
 class PassManager:
@@ -166,16 +174,18 @@ class PassManager:
                 f"lossy passes learn from {len(self._calib)} runs and are verified on the other "
                 f"{len(verify_on)} (give --calib-data to use separate data)")
         vfeeds = verify_on.subset(self.verify_runs) if self.verify_runs else verify_on
-        ref = self.runner.run(original, vfeeds)
+        # the reference runs in onnxruntime (which releases the GIL) while the first passes
+        # rewrite the graph in Python; the first verification waits for it
+        pool = ThreadPoolExecutor(max_workers=1)
+        ref_future = pool.submit(self.runner.run, original, vfeeds)
+        pool.shutdown(wait=False)
         summary = ModelSummary.of(original)
         report.original = summary_dict(summary)
-        if vfeeds.labels is not None:
-            report.accuracy_original = accuracy(ref, vfeeds.labels or [])
         self._original = original
-        self._ref = ref
         self._feeds = feeds
         self._vfeeds = vfeeds
-        stage = _Stage(original, ref, summary)
+        stage = _Stage(original, ref_future, summary)
+        self._first = stage
         if self.progress:
             self.progress.start(len(self.passes))
         try:
@@ -187,6 +197,9 @@ class PassManager:
         finally:
             if self.progress:
                 self.progress.stop()
+        ref = self._ref
+        if vfeeds.labels is not None:
+            report.accuracy_original = accuracy(ref, vfeeds.labels or [])
         report.final = summary_dict(stage.summary)
         final_cmp = compare(ref, stage.outputs)
         report.final_vs_original = _metrics(final_cmp)
@@ -194,6 +207,11 @@ class PassManager:
             report.accuracy_final = accuracy(stage.outputs, vfeeds.labels or [])
         report.seconds = time.perf_counter() - t0
         return stage.model, report
+
+    @property
+    def _ref(self) -> Runs:
+        """The original's reference outputs (waits for the background run)."""
+        return self._first.outputs
 
     def _next_batch(self, i: int) -> list[Pass]:
         """Consecutive exact passes run as one batch, verified once."""
@@ -366,6 +384,7 @@ class PassManager:
     def _verify(self, candidate: onnx.ModelProto, stage: _Stage, exact: bool
                 ) -> tuple[_Stage | None, str, Comparison | None, Comparison | None]:
         """Check, run and compare ``candidate``; returns (new stage or None, reason, cmps)."""
+        _ = self._ref  # never run two sessions at once: let the reference finish first
         try:
             structural_check(candidate)
             outputs = self.runner.run(candidate, self._vfeeds)

@@ -1,0 +1,150 @@
+"""SmoothQuant-style smoothing: exact in float, folded into LayerNorm, helps with outliers."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import numpy_helper
+
+from onnxopt.data import Feeds
+from onnxopt.passes.base import PassContext, PassError
+from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.smooth import apply_smoothing, smoothing_scales
+
+RNG = np.random.default_rng(7)
+K, N = 16, 8
+
+#: LayerNorm -> two MatMuls sharing its output (q/k-like), plus a residual reader
+LN_RESIDUAL = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1,4,16] x) => (float[1,4,8] y, float[1,4,16] r) {
+    h = LayerNormalization <axis = -1> (x, G, Bt)
+    a = MatMul (h, W1)
+    b = MatMul (h, W2)
+    y = Add (a, b)
+    r = Add (h, x)
+}
+"""
+
+#: LayerNorm read only by the MatMuls: the smoothing folds into gamma / beta
+LN_ONLY = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1,4,16] x) => (float[1,4,8] y) {
+    h = LayerNormalization <axis = -1> (x, G, Bt)
+    a = MatMul (h, W1)
+    b = MatMul (h, W2)
+    y = Add (a, b)
+}
+"""
+
+
+def _model(text: str) -> onnx.ModelProto:
+    m = onnx.parser.parse_model(text)
+    inits = {"G": RNG.uniform(0.5, 1.5, K), "Bt": RNG.normal(0, 0.1, K),
+             "W1": RNG.normal(0, 0.2, (K, N)), "W2": RNG.normal(0, 0.2, (K, N))}
+    m.graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k)
+                               for k, v in inits.items())
+    onnx.checker.check_model(m)
+    return m
+
+
+def _run(model: onnx.ModelProto, runs: list[dict]) -> list[list[np.ndarray]]:
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return [s.run(None, r) for r in runs]
+
+
+def _runs(n: int = 16) -> list[dict[str, np.ndarray]]:
+    return [{"x": RNG.normal(0, 1, (1, 4, K)).astype(np.float32)} for _ in range(n)]
+
+
+def _xmax() -> dict[str, np.ndarray]:
+    m = np.linspace(0.5, 4.0, K).astype(np.float32)
+    m[3] = 60.0  # an outlier channel
+    return {"h": m}
+
+
+def test_scales_closed_form() -> None:
+    s = smoothing_scales(np.array([4.0, 0.0, 9.0]), np.array([1.0, 2.0, 0.25]), 0.5)
+    np.testing.assert_allclose(s, [2.0, 1.0, 6.0], rtol=1e-6)
+    np.testing.assert_allclose(smoothing_scales(np.array([8.0]), np.array([2.0]), 1.0), [8.0])
+
+
+def test_smoothing_with_residual_inserts_mul_and_is_exact() -> None:
+    m = _model(LN_RESIDUAL)
+    res = apply_smoothing(m, _xmax(), 0.5)
+    assert (res.groups, res.matmuls, res.folded) == (1, 2, 0)
+    ops = [n.op_type for n in res.model.graph.node]
+    assert ops.count("Mul") == 1 and ops.count("MatMul") == 2
+    # the residual Add still reads the LayerNorm output, the MatMuls read the smoothed tensor
+    resid = next(n for n in res.model.graph.node if n.output[0] == "r")
+    assert "h" in resid.input
+    assert all(n.input[0] == "h_smoothed" for n in res.model.graph.node if n.op_type == "MatMul")
+    runs = _runs(4)
+    for a, b in zip(_run(m, runs), _run(res.model, runs), strict=True):
+        for u, v in zip(a, b, strict=True):
+            np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
+
+
+def test_smoothing_folds_into_layernorm_exactly() -> None:
+    m = _model(LN_ONLY)
+    res = apply_smoothing(m, _xmax(), 0.5)
+    assert (res.groups, res.folded) == (1, 1)
+    assert [n.op_type for n in res.model.graph.node] == [
+        "LayerNormalization", "MatMul", "MatMul", "Add"]
+    init = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
+    s = smoothing_scales(_xmax()["h"], np.maximum(
+        np.abs(numpy_helper.to_array(m.graph.initializer[2])).max(1),
+        np.abs(numpy_helper.to_array(m.graph.initializer[3])).max(1)), 0.5)
+    ln = res.model.graph.node[0]
+    np.testing.assert_allclose(init[ln.input[1]] * s,
+                               numpy_helper.to_array(m.graph.initializer[0]), rtol=1e-6)
+    runs = _runs(4)
+    for a, b in zip(_run(m, runs), _run(res.model, runs), strict=True):
+        np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
+
+
+def test_negative_activation_weight_is_not_smoothed() -> None:
+    text = """
+    <ir_version: 8, opset_import: ["": 17]>
+    g (float[4,16] x, float[16,8] w) => (float[4,8] y) {
+        y = MatMul (x, w)
+    }
+    """
+    m = onnx.parser.parse_model(text)
+    res = apply_smoothing(m, {"x": np.ones(K, np.float32)}, 0.5)
+    assert res.groups == 0 and res.model is m
+
+
+def test_quantize_int8_smooth_helps_outlier_channel() -> None:
+    text = """
+    <ir_version: 8, opset_import: ["": 17]>
+    g (float[1,32,16] x) => (float[1,32,8] y) {
+        y = MatMul (x, W1)
+    }
+    """
+    m = onnx.parser.parse_model(text)
+    m.graph.initializer.append(numpy_helper.from_array(
+        RNG.normal(0, 0.2, (K, N)).astype(np.float32), "W1"))
+    runs = []
+    for _ in range(16):
+        x = RNG.normal(0, 1, (1, 32, K)).astype(np.float32)
+        x[..., 5] *= 80.0  # one outlier channel dominates the per-tensor range
+        runs.append({"x": x})
+    feeds = Feeds(runs)
+    ref = np.concatenate([r[0] for r in _run(m, runs)])
+
+    def err(**opt: object) -> float:
+        q = QuantizeInt8(calibrator="minmax", fallback=False, **opt).run_model(
+            m, PassContext(feeds=feeds))
+        out = np.concatenate([r[0] for r in _run(q.model, runs)])
+        return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+
+    plain, smoothed = err(), err(smooth=0.5)
+    assert smoothed < 0.5 * plain, (plain, smoothed)
+    with pytest.raises(PassError, match="smooth"):
+        QuantizeInt8(smooth=2.0).run_model(m, PassContext(feeds=feeds))
