@@ -58,11 +58,18 @@ def prune(model: Any, data: Any = None, budget: Budget | None = None, **options:
     return optimize(model, ["prune"], data, budget, options={"prune": options})
 
 
-def distill(student: Any, teacher: Any, data: Any, **options: Any) -> tuple[onnx.ModelProto, Any]:
-    """Train ``student``'s initializers to reproduce ``teacher`` on unlabeled ``data``."""
+def distill(student: Any, teacher: Any, data: Any, *, labels: Any = None, **options: Any) -> Any:
+    """Train ``student``'s initializers to reproduce ``teacher`` on unlabeled ``data``.
+
+    ``options`` are :class:`onnxopt.distill.DistillConfig` fields (epochs, lr, temperature, ...).
+    Returns a :class:`onnxopt.distill.DistillResult` (``.model`` is the trained student).
+    """
     from onnxopt import distill as _distill
 
-    return _distill.distill(student, teacher, data, **options)
+    s = load_model(student)
+    feeds = data if isinstance(data, Feeds) else get_feeds(s, data)
+    config = _distill.DistillConfig.from_options(options)
+    return _distill.distill(s, teacher, feeds, config, labels=labels)
 
 
 def merge(models: Sequence[Any], mode: str = "average", **options: Any) -> tuple[onnx.ModelProto, Any]:

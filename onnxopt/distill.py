@@ -15,6 +15,9 @@ Loss per matched output (student s, teacher t, temperature T):
 - features (``A:B``, teacher tensor A, student tensor B): ``w · mean((P·B − A)²) / mean(A²)``,
   where P is a learned 1×1 channel projection when the channel counts differ (not written back).
 
+Mixup (``mixup = a > 0``, see :mod:`onnxopt.distill_train`): training batches become
+``λ·x_i + (1 − λ)·x_π(i)``, ``λ ~ Beta(a, a)``, labelled by the teacher itself on the fly.
+
 Optimizer: Adam with cosine decay over all steps; the held-out split (``val_fraction``) picks the
 best epoch and stops after ``patience`` epochs without improvement; everything is seeded.
 """
@@ -58,6 +61,7 @@ class DistillConfig:
     features: list[tuple[str, str]] = field(default_factory=list)
     feature_weight: float = 1.0
     weight_decay: float = 0.0
+    mixup: float = 0.0
     cache_dir: str | None = None
     parity_runs: int = 4
     threads: int = 0
@@ -93,6 +97,10 @@ class DistillConfig:
             raise OptionError("distill: --temperature, --lr, --epochs and batch size must be > 0")
         if not 0.0 <= self.val_fraction < 1.0:
             raise OptionError(f"distill: val_fraction must be in [0, 1), not {self.val_fraction}")
+        if self.mixup < 0:
+            raise OptionError(
+                f"distill: mixup must be >= 0 (Beta(a, a) parameter), not {self.mixup}"
+            )
         if self.bn_mode not in ("eval", "train"):
             raise OptionError(f"distill: bn_mode must be 'eval' or 'train', not {self.bn_mode!r}")
 
@@ -224,6 +232,7 @@ def _distill(
 ) -> DistillResult:
     import torch
 
+    from onnxopt.distill_teacher import OnlineTeacher
     from onnxopt.distill_train import Trainer
     from onnxopt.onnx2torch import check_parity, to_torch, write_back
 
@@ -243,8 +252,16 @@ def _distill(
         cache_dir=cfg.cache_dir,
         threads=cfg.threads,
     )
+    online = OnlineTeacher(teacher_m, t_names, threads=cfg.threads) if cfg.mixup > 0 else None
     trainer = Trainer(
-        module, cfg, pairs, inputs, targets, labels, student_batch=static_batch(student_m)
+        module,
+        cfg,
+        pairs,
+        inputs,
+        targets,
+        labels,
+        student_batch=static_batch(student_m),
+        teacher=online,
     )
     before = trainer.evaluate(0)
     history, best = trainer.fit(progress)

@@ -179,3 +179,42 @@ def _finish_stores(
     stores.clear()
     logger.info("teacher targets cached in %s (%s)", folder, key)
     return out
+
+
+class OnlineTeacher:
+    """The teacher in onnxruntime, called on each training batch (for augmented inputs).
+
+    Args:
+        teacher: the teacher model.
+        names: graph outputs and/or intermediate tensors to return.
+        threads: onnxruntime intra-op threads (0 = default).
+    """
+
+    def __init__(self, teacher: onnx.ModelProto, names: Sequence[str], threads: int = 0) -> None:
+        import onnxruntime as ort
+
+        model = with_outputs(
+            teacher, [n for n in names if n not in {o.name for o in teacher.graph.output}]
+        )
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        self.names = list(names)
+        self.fixed = static_batch(teacher)
+        self.sess = ort.InferenceSession(
+            model.SerializeToString(), so, providers=["CPUExecutionProvider"]
+        )
+
+    def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """name -> the teacher's values for the samples of ``inputs`` (axis 0)."""
+        n = next(iter(inputs.values())).shape[0]
+        step = self.fixed or n
+        if n % step:
+            raise DataError(f"{n} samples do not split into the teacher's batch of {step}")
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in self.names}
+        for start in range(0, n, step):
+            feed = {k: np.ascontiguousarray(v[start : start + step]) for k, v in inputs.items()}
+            for k, v in zip(self.names, self.sess.run(self.names, feed), strict=True):
+                parts[k].append(v)
+        return {k: np.concatenate(v, axis=0) for k, v in parts.items()}

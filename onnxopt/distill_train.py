@@ -3,6 +3,14 @@
 A student exported with a fixed batch size (dim 0 of its input is a number) is run in chunks of
 that size and the gradients of one step are accumulated over the chunks, so reshapes with a
 hard-coded batch still hold. Samples that do not fill a whole chunk are left out (noted).
+
+Mixup (``mixup = a > 0``): each training batch is replaced by ``x' = λ·x_i + (1 − λ)·x_π(i)``
+with ``λ ~ Beta(a, a)`` per sample and π a random permutation of the batch, and the teacher
+(onnxruntime, :class:`~onnxopt.distill_teacher.OnlineTeacher`) labels the mixed inputs itself.
+The student so matches the teacher's function between the training points as well as on them
+("consistent teaching", Beyer et al. 2022), which is what a small unlabeled set lacks. Hard
+labels, when used, are mixed the same way (soft targets ``λ·y_i + (1 − λ)·y_π(i)``). The
+held-out split is never mixed.
 """
 
 from __future__ import annotations
@@ -11,6 +19,7 @@ import copy
 import logging
 import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +39,26 @@ from onnxopt.errors import OptionError
 logger = logging.getLogger(__name__)
 
 
+def _tensor(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+@dataclass
+class Batch:
+    """One step's student inputs, teacher targets and (int or soft) labels, as tensors."""
+
+    feeds: dict[str, torch.Tensor]
+    targets: dict[str, torch.Tensor]
+    labels: torch.Tensor | None = None
+
+    def part(self, lo: int, hi: int) -> Batch:
+        return Batch(
+            {k: v[lo:hi] for k, v in self.feeds.items()},
+            {k: v[lo:hi] for k, v in self.targets.items()},
+            None if self.labels is None else self.labels[lo:hi],
+        )
+
+
 class Trainer:
     """Owns the split, the losses, the optimizer and the best-epoch snapshot."""
 
@@ -43,6 +72,7 @@ class Trainer:
         labels: np.ndarray | None,
         *,
         student_batch: int | None,
+        teacher: Callable[[Mapping[str, np.ndarray]], dict[str, np.ndarray]] | None = None,
     ) -> None:
         self.module, self.cfg, self.pairs = module, cfg, pairs
         self.inputs, self.targets, self.labels = inputs, targets, labels
@@ -68,6 +98,14 @@ class Trainer:
         if len(self.val_idx) == 0:
             self.val_idx = np.sort(self.train_idx)
             self.notes.append("no held-out split (too few samples): early stopping uses train data")
+        self.teacher = teacher
+        self.mixup = cfg.mixup if teacher is not None else 0.0
+        if cfg.mixup > 0 and teacher is None:
+            self.notes.append("mixup off: no teacher to label the mixed inputs")
+        ints = [k for k, v in inputs.items() if v.dtype.kind != "f"]
+        if self.mixup > 0 and ints:
+            self.mixup = 0.0
+            self.notes.append(f"mixup off: input(s) {ints} are not float and cannot be mixed")
         self.loss_kinds: dict[str, str] = {}
         self._prob: dict[str, bool] = {}
         for s, t in pairs:
@@ -89,8 +127,33 @@ class Trainer:
     def _feeds(self, idx: np.ndarray) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(v[idx])) for k, v in self.inputs.items()}
 
-    def _target(self, name: str, idx: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.targets[name][idx]))
+    def _batch(self, idx: np.ndarray) -> Batch:
+        """Inputs, teacher targets and labels of samples ``idx`` (mixed when mixup is on)."""
+        names = [t for _, t in self.pairs] + [a for a, _ in self.cfg.features]
+        if self.mixup <= 0 or self.teacher is None:
+            return Batch(
+                self._feeds(idx),
+                {n: _tensor(self.targets[n][idx]) for n in names},
+                None if self.labels is None else torch.from_numpy(self.labels[idx]),
+            )
+        perm = self.rng.permutation(len(idx))
+        lam = self.rng.beta(self.mixup, self.mixup, size=len(idx)).astype(np.float32)
+        mixed = {}
+        for k, v in self.inputs.items():
+            a = np.asarray(v[idx])
+            w = lam.reshape((-1,) + (1,) * (a.ndim - 1))
+            mixed[k] = (w * a + (1 - w) * a[perm]).astype(a.dtype)
+        got = self.teacher(mixed)
+        labels = None
+        if self.labels is not None and self.cfg.alpha > 0:
+            eye = np.eye(self.targets[self.pairs[0][1]].shape[-1], dtype=np.float32)
+            y = self.labels[idx]
+            labels = torch.from_numpy(lam[:, None] * eye[y] + (1 - lam[:, None]) * eye[y[perm]])
+        return Batch(
+            {k: torch.from_numpy(v) for k, v in mixed.items()},
+            {n: _tensor(got[n]) for n in names},
+            labels,
+        )
 
     def _projections(self) -> torch.nn.ModuleDict:
         """1x1 channel projections for features whose channel counts differ."""
@@ -117,10 +180,12 @@ class Trainer:
         return proj
 
     # ---------------------------------------------------------------------------------------
-    def _output_loss(self, out: Mapping[str, torch.Tensor], idx: np.ndarray) -> torch.Tensor:
+    def _output_loss(
+        self, out: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
         total = torch.zeros(())
         for s, t in self.pairs:
-            ys, yt = out[s], self._target(t, idx)
+            ys, yt = out[s], targets[t]
             kind = self.loss_kinds[s]
             if kind == "kl":
                 ys_l = ys.clamp_min(1e-12).log() if self._prob[s] else ys
@@ -131,20 +196,19 @@ class Trainer:
                 total = total + F.mse_loss(ys.float(), yt.float())
         return total
 
-    def _loss(self, idx: np.ndarray) -> torch.Tensor:
+    def _loss(self, batch: Batch) -> torch.Tensor:
         cfg = self.cfg
         capture = [b for _, b in cfg.features]
-        out = self.module.run(self._feeds(idx), capture=capture)
-        loss = self._output_loss(out, idx)
-        if cfg.alpha > 0 and self.labels is not None:
+        out = self.module.run(batch.feeds, capture=capture)
+        loss = self._output_loss(out, batch.targets)
+        if cfg.alpha > 0 and batch.labels is not None:
             s = self.pairs[0][0]
             logits = out[s].reshape(-1, out[s].shape[-1])
             if self._prob.get(s):
                 logits = logits.clamp_min(1e-12).log()
-            y = torch.from_numpy(self.labels[idx])
-            loss = cfg.alpha * F.cross_entropy(logits, y) + (1 - cfg.alpha) * loss
+            loss = cfg.alpha * F.cross_entropy(logits, batch.labels) + (1 - cfg.alpha) * loss
         for i, (a, b) in enumerate(cfg.features):
-            fs, ft = out[b], self._target(a, idx)
+            fs, ft = out[b], batch.targets[a]
             if i in self._proj_key:
                 fs = self.proj[self._proj_key[i]](fs.movedim(1, -1)).movedim(-1, 1)
             loss = loss + cfg.feature_weight * F.mse_loss(fs, ft) / ft.pow(2).mean().clamp_min(
@@ -152,9 +216,12 @@ class Trainer:
             )
         return loss
 
-    def _chunks(self, idx: np.ndarray) -> list[np.ndarray]:
-        size = self.chunk or len(idx)
-        return [idx[i : i + size] for i in range(0, len(idx), size)]
+    def _chunks(self, batch: Batch, n: int) -> list[tuple[Batch, int]]:
+        """``batch`` cut into the student's fixed batch size (with each part's length)."""
+        size = self.chunk or n
+        if size >= n:
+            return [(batch, n)]
+        return [(batch.part(i, i + size), min(size, n - i)) for i in range(0, n, size)]
 
     # ---------------------------------------------------------------------------------------
     def evaluate(self, epoch: int) -> EpochStats:
@@ -167,8 +234,9 @@ class Trainer:
             step = self.chunk or 256
             for i in range(0, len(self.val_idx), step):
                 idx = self.val_idx[i : i + step]
-                out = self.module.run(self._feeds(idx))
-                losses += float(self._output_loss(out, idx)) * len(idx)
+                b = Batch(self._feeds(idx), {n: _tensor(v[idx]) for n, v in self.targets.items()})
+                out = self.module.run(b.feeds)
+                losses += float(self._output_loss(out, b.targets)) * len(idx)
                 if kl_first:
                     ps = out[s].reshape(-1, out[s].shape[-1]).argmax(-1).numpy()
                     pt = np.asarray(self.targets[t][idx]).reshape(len(ps), -1).argmax(-1)
@@ -211,8 +279,8 @@ class Trainer:
                     continue
                 self.opt.zero_grad(set_to_none=True)
                 value = 0.0
-                for part in self._chunks(idx):
-                    loss = self._loss(part) * (len(part) / len(idx))
+                for part, size in self._chunks(self._batch(idx), len(idx)):
+                    loss = self._loss(part) * (size / len(idx))
                     loss.backward()
                     value += float(loss.detach())
                 self.opt.step()

@@ -30,6 +30,8 @@ DEFAULT_PIPELINE: list[str] = ["cleanup", "fusion"]
 #: convenience aliases
 ALIASES: dict[str, list[str]] = {
     "exact": ["cleanup", "fusion"],
+    # static int8 is what "quantize" means; quantize-dynamic is asked for by name
+    "quantize": ["quantize-int8"],
 }
 
 

@@ -1,0 +1,39 @@
+"""The public Python API on the bundled example."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import onnxopt
+from onnxopt.verify import Budget
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "examples" / "digits_cnn.onnx"
+
+
+def test_import_is_light():
+    import subprocess
+
+    code = "import onnxopt, sys; onnxopt.__version__; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_optimize_and_quantize_api():
+    data = np.load(ROOT / "examples" / "digits_test.npz")
+    feeds = {"image": data["image"][:160].reshape(4, 40, 1, 8, 8)}
+    model, report = onnxopt.optimize(MODEL, data=feeds)
+    assert any(p.status == "kept" for p in report.passes)
+    calib = {"image": np.load(ROOT / "examples" / "digits_calib.npz")["image"].reshape(8, 32, 1, 8, 8)}
+    q, rep = onnxopt.quantize(model, calib, Budget(min_cosine=0.98))
+    assert rep.passes[-1].name == "quantize-int8" and rep.passes[-1].status == "kept"
+    assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+
+
+def test_family_alias_quantize_is_static_int8():
+    from onnxopt.passes import registry
+
+    assert registry.expand(["quantize"]) == ["quantize-int8"]
