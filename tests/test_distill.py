@@ -160,3 +160,60 @@ def test_pass_reports_bad_options_as_pass_errors() -> None:
 
 def test_errors_are_onnxopt_errors() -> None:
     assert issubclass(UnsupportedOpsError, OnnxoptError)
+
+
+# ------------------------------------------------------------------------------------- mixup
+
+
+def test_mixup_teacher_labels_mixed_inputs_and_lowers_heldout_kl() -> None:
+    from onnxopt.distill_teacher import OnlineTeacher
+
+    teacher, student = mlp(32, seed=1), mlp(6, seed=2)
+    x = data(8)
+    online = OnlineTeacher(teacher, ["logits"])(x)["logits"]
+    ref = Runner().run(teacher, Feeds([x]))[0]["logits"]
+    np.testing.assert_allclose(online, ref, rtol=1e-5, atol=1e-6)
+    res = distill(student, teacher, data(), DistillConfig(**FAST, mixup=0.4))
+    assert res.best_epoch > 0 and res.after.val_loss < 0.5 * res.before.val_loss
+    held = data(200, seed=9)
+    assert kl(teacher, res.model, held) < 0.6 * kl(teacher, student, held)
+    assert not any("mixup off" in n for n in res.notes)
+
+
+def test_mixup_mixes_hard_labels_and_rejects_negative_strength() -> None:
+    teacher, student = mlp(32, seed=1), mlp(6, seed=2)
+    labels = np.random.default_rng(3).integers(0, 5, size=320)
+    cfg = DistillConfig(**FAST, mixup=0.4, alpha=0.3)
+    res = distill(student, teacher, data(), cfg, labels=labels)
+    assert res.after.val_loss < res.before.val_loss
+    with pytest.raises(OptionError, match="mixup"):
+        DistillConfig.from_options({"mixup": -1.0})
+
+
+def embedding_classifier(dim: int, seed: int) -> onnx.ModelProto:
+    """ids[N,6] (int64) -> Gather(table) -> ReduceMean -> Gemm -> logits[N,5]."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((20, dim)).astype(np.float32)
+    w = rng.standard_normal((5, dim)).astype(np.float32)
+    b = np.zeros(5, np.float32)
+    g = helper.make_graph(
+        [
+            helper.make_node("Gather", ["table", "ids"], ["e"], name="emb"),
+            helper.make_node("ReduceMean", ["e"], ["m"], axes=[1], keepdims=0, name="mean"),
+            helper.make_node("Gemm", ["m", "w", "b"], ["logits"], transB=1, name="fc"),
+        ],
+        "emb",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 6])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])],
+        [numpy_helper.from_array(a, n) for a, n in [(table, "table"), (w, "w"), (b, "b")]],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    return m
+
+
+def test_mixup_is_turned_off_with_a_note_for_integer_inputs() -> None:
+    ids = {"ids": np.random.default_rng(0).integers(0, 20, size=(96, 6)).astype(np.int64)}
+    cfg = DistillConfig(epochs=2, lr=1e-2, batch_size=32, mixup=0.4)
+    res = distill(embedding_classifier(4, seed=2), embedding_classifier(16, seed=1), ids, cfg)
+    assert any("mixup off" in n and "ids" in n for n in res.notes)
