@@ -59,6 +59,8 @@ def static_batch(model: onnx.ModelProto) -> int | None:
 
 def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
     """A copy of ``model`` that also outputs the intermediate tensors ``names``."""
+    if not names:
+        return model  # nothing to add: no copy
     out = onnx.ModelProto()
     out.CopyFrom(model)
     produced = {o for n in out.graph.node for o in n.output}
@@ -72,8 +74,8 @@ def with_outputs(model: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return out
 
 
-def _key(teacher: onnx.ModelProto, names: Sequence[str], inputs: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha1(teacher.SerializeToString())
+def _key(teacher: bytes, names: Sequence[str], inputs: Mapping[str, np.ndarray]) -> str:
+    h = hashlib.sha1(teacher)
     h.update("\0".join(names).encode())
     for k in sorted(inputs):
         a = np.ascontiguousarray(inputs[k])
@@ -111,7 +113,8 @@ def teacher_targets(
     model = with_outputs(
         teacher, [n for n in names if n not in {o.name for o in teacher.graph.output}]
     )
-    key = _key(model, names, inputs)
+    data = model.SerializeToString()  # once: for the cache key and the session
+    key = _key(data, names, inputs)
     folder = Path(cache_dir) if cache_dir is not None else None
     if folder is not None and all((folder / f"{key}.{i}.npy").exists() for i in range(len(names))):
         logger.info("teacher targets: cache hit %s", folder / key)
@@ -121,7 +124,7 @@ def teacher_targets(
     so.log_severity_level = 3
     if threads:
         so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     n_samples = next(iter(inputs.values())).shape[0]
     fixed = static_batch(teacher)
     step = fixed or batch

@@ -21,8 +21,23 @@ gs.logger.G_LOGGER.severity = gs.logger.G_LOGGER.ERROR
 
 
 def to_graph(model: onnx.ModelProto) -> gs.Graph:
-    """Import a ModelProto into a fresh gs.Graph (arrays are copied, the proto is untouched)."""
-    return gs.import_onnx(model)
+    """Import a ModelProto into a fresh gs.Graph (arrays are copied, the proto is untouched).
+
+    Node domains are normalized: torch's exporters leave the field unset, which gs reads as
+    None; every pass can then compare against "" for the standard domain.
+    """
+    graph = gs.import_onnx(model)
+    _normalize_domains(graph)
+    return graph
+
+
+def _normalize_domains(graph: gs.Graph) -> None:
+    for node in graph.nodes:
+        if node.domain is None or node.domain == "ai.onnx":
+            node.domain = ""
+        for attr in node.attrs.values():
+            if isinstance(attr, gs.Graph):
+                _normalize_domains(attr)
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
@@ -134,10 +149,6 @@ def producer(tensor: gs.Tensor) -> gs.Node | None:
     return tensor.inputs[0] if len(tensor.inputs) else None
 
 
-def consumers(tensor: gs.Tensor) -> list[gs.Node]:
-    return list(tensor.outputs)
-
-
 def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     return any(t is tensor for t in graph.outputs)
 
@@ -191,49 +202,65 @@ def has_subgraph(node: gs.Node) -> bool:
     return any(isinstance(a, gs.Graph) for a in node.attrs.values())
 
 
-def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor, drop: gs.Tensor) -> str | None:
-    """Remove ``node`` by routing consumers of ``drop`` (its output) to ``keep`` (an input).
+def used_in_subgraph(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """Whether a node inside any subgraph of ``graph`` reads ``tensor`` (an outer-scope value)."""
 
-    Graph outputs keep their names: if ``drop`` is a graph output, ``keep`` takes its name,
-    which is only legal when ``keep`` is a plain intermediate tensor.
+    def walk(sub: gs.Graph) -> bool:
+        for n in sub.nodes:
+            if any(t is tensor for t in n.inputs):
+                return True
+            if any(isinstance(a, gs.Graph) and walk(a) for a in n.attrs.values()):
+                return True
+        return False
+
+    return any(isinstance(a, gs.Graph) and walk(a)
+               for node in graph.nodes for a in node.attrs.values())
+
+
+def merge_tensors(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | None:
+    """Route every use of ``drop`` to ``keep`` (same value, same type).
+
+    A graph output keeps its name: when ``drop`` is one, ``keep`` is renamed, which is only legal
+    for a plain intermediate tensor. The producer of ``drop`` is not touched.
 
     Returns:
-        None on success, or the reason the node was left alone.
+        None on success, or why the merge was refused (nothing changed then).
     """
+    if drop is keep:
+        return None
     if is_graph_output(graph, drop):
         if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
-            return f"{node.name}: output '{drop.name}' is a graph output fed by an input/initializer"
+            return f"'{drop.name}' is a graph output and '{keep.name}' an input or initializer"
         if is_graph_output(graph, keep):
-            return f"{node.name}: '{keep.name}' and '{drop.name}' are both graph outputs"
-        if any(_used_in_subgraph(n, keep) for n in graph.nodes):
-            return f"{node.name}: '{keep.name}' is used inside a subgraph"
+            return f"'{keep.name}' and '{drop.name}' are both graph outputs"
+        if used_in_subgraph(graph, keep) or used_in_subgraph(graph, drop):
+            return f"'{keep.name}' or '{drop.name}' is used inside a subgraph"
         name = drop.name
         replace_uses(graph, drop, keep)
-        node.outputs.clear()
-        drop.name = name + "__removed"
+        drop.name = name + "__merged"
         keep.name = name
-        keep.dtype = keep.dtype or drop.dtype
+        if keep.dtype is None:
+            keep.dtype = drop.dtype
         if keep.shape is None:
             keep.shape = drop.shape
         graph.outputs = [keep if t is drop else t for t in graph.outputs]
-    else:
-        replace_uses(graph, drop, keep)
-        node.outputs.clear()
-    node.inputs.clear()
+        return None
+    replace_uses(graph, drop, keep)
     return None
 
 
-def _used_in_subgraph(node: gs.Node, tensor: gs.Tensor) -> bool:
-    for attr in node.attrs.values():
-        if isinstance(attr, gs.Graph):
-            for n in attr.nodes:
-                if any(t is tensor for t in n.inputs) or _used_in_subgraph(n, tensor):
-                    return True
-    return False
+def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor, drop: gs.Tensor) -> str | None:
+    """Remove ``node`` by routing consumers of ``drop`` (its output) to ``keep`` (an input).
 
-
-def tensor_map(graph: gs.Graph) -> dict[str, gs.Tensor]:
-    return graph.tensors()
+    Returns:
+        None on success, or the reason the node was left alone (see :func:`merge_tensors`).
+    """
+    why = merge_tensors(graph, drop, keep)
+    if why:
+        return f"{node.name}: {why}"
+    node.outputs.clear()
+    node.inputs.clear()
+    return None
 
 
 def node_names_unique(graph: gs.Graph, prefix: str = "onnxopt") -> None:

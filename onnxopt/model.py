@@ -297,14 +297,16 @@ class ModelSummary:
     flops_complete: bool = True
 
     @classmethod
-    def of(cls, model: onnx.ModelProto) -> ModelSummary:
+    def of(cls, model: onnx.ModelProto,
+           inferred: onnx.ModelProto | None = None) -> ModelSummary:
+        """Summarize ``model``; ``inferred`` is its shape-inferred light copy, if already made."""
         ops = Counter(
             (n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}")
             for n in model.graph.node
         )
         params = sum(int(np.prod(t.dims)) if len(t.dims) else 1 for t in model.graph.initializer)
         params += sum(_constant_node_params(n) for n in model.graph.node if n.op_type == "Constant")
-        flops, complete = count_macs(model)
+        flops, complete = count_macs(model, inferred)
         init_names = {t.name for t in model.graph.initializer}
         return cls(
             nodes=len(model.graph.node),
@@ -330,26 +332,27 @@ def _constant_node_params(node: onnx.NodeProto) -> int:
     return 0
 
 
+def value_info_dims(v: onnx.ValueInfoProto) -> list[int | str | None]:
+    """A value's dims: int (static), str (named dynamic), None (unknown); [] without a shape."""
+    t = v.type.tensor_type
+    if not t.HasField("shape"):
+        return []
+    return [int(d.dim_value) if d.HasField("dim_value") else
+            (d.dim_param if d.HasField("dim_param") else None) for d in t.shape.dim]
+
+
 def _spec(v: onnx.ValueInfoProto) -> TensorSpec:
     t = v.type.tensor_type
     dtype = (
         np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "?"
     )
-    shape: list[int | str | None] = []
-    if t.HasField("shape"):
-        for d in t.shape.dim:
-            if d.HasField("dim_value"):
-                shape.append(int(d.dim_value))
-            elif d.HasField("dim_param"):
-                shape.append(d.dim_param)
-            else:
-                shape.append(None)
-    return TensorSpec(v.name, dtype, shape)
+    return TensorSpec(v.name, dtype, value_info_dims(v))
 
 
-def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int] | None]:
+def _static_shapes(model: onnx.ModelProto,
+                   inferred: onnx.ModelProto | None = None) -> dict[str, list[int] | None]:
     try:
-        inferred = infer_shapes_light(model)
+        inferred = inferred if inferred is not None else infer_shapes_light(model)
     except Exception:  # noqa: BLE001 - a summary never fails on shape inference
         inferred = model
     shapes: dict[str, list[int] | None] = {}
@@ -365,13 +368,14 @@ def _static_shapes(model: onnx.ModelProto) -> dict[str, list[int] | None]:
     return shapes
 
 
-def count_macs(model: onnx.ModelProto) -> tuple[int, bool]:
+def count_macs(model: onnx.ModelProto,
+               inferred: onnx.ModelProto | None = None) -> tuple[int, bool]:
     """MACs of Conv, ConvTranspose, Gemm and MatMul (dynamic dims count as 1).
 
     Returns:
         (macs, complete): complete is False when some shape was unknown.
     """
-    shapes = _static_shapes(model)
+    shapes = _static_shapes(model, inferred)
     total, complete = 0, True
     for n in model.graph.node:
         if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv",

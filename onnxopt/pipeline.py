@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,7 +29,7 @@ import onnx
 from onnxopt.data import Feeds, get_feeds
 from onnxopt.errors import ModelError, OnnxoptError, OptionError
 from onnxopt.graph import to_graph, to_model
-from onnxopt.model import PROTO_LIMIT, ModelSummary, load_model
+from onnxopt.model import ModelSummary, load_model
 from onnxopt.passes.base import Pass, PassContext, PassResult
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
 from onnxopt.verify import Budget, Comparison, Exact, Runner, Runs, accuracy, compare
@@ -272,8 +272,11 @@ class PassManager:
                 if p.needs_model:
                     if proto is None:
                         proto = to_model(graph, like=stage.model)
-                    m = onnx.ModelProto()
-                    m.CopyFrom(proto)
+                    if proto is stage.model:  # the kept stage must not change; a fresh export may
+                        m = onnx.ModelProto()
+                        m.CopyFrom(proto)
+                    else:
+                        m = proto
                     r = p.run_model(m, self._ctx(p))
                     if r.changed:
                         proto, graph = (r.model if r.model is not None else m), None
@@ -386,14 +389,15 @@ class PassManager:
         """Check, run and compare ``candidate``; returns (new stage or None, reason, cmps)."""
         _ = self._ref  # never run two sessions at once: let the reference finish first
         try:
-            structural_check(candidate)
+            inferred = structural_check(candidate)
             outputs = self.runner.run(candidate, self._vfeeds)
         except OnnxoptError as e:
             return None, str(e), None, None
         except Exception as e:  # noqa: BLE001
             return None, f"{type(e).__name__}: {e}", None, None
+        from_original = stage.outputs is self._ref  # then one comparison serves both
         cmp_prev = compare(stage.outputs, outputs)
-        cmp_orig = compare(self._ref, outputs)
+        cmp_orig = cmp_prev if from_original else compare(self._ref, outputs)
         if exact:
             v = self.exact.check(stage.outputs, outputs)
             if not v:
@@ -407,11 +411,12 @@ class PassManager:
             v = (self.budget or Budget()).check(cmp_orig, acc)
             if not v:
                 return None, "over budget: " + v.reason, cmp_prev, cmp_orig
-        else:
+        elif not from_original:
             v = self.exact.check(self._ref, outputs)
             if not v:
                 return None, "drifted from the original: " + v.reason, cmp_prev, cmp_orig
-        return _Stage(candidate, outputs, ModelSummary.of(candidate), lossy), "", cmp_prev, cmp_orig
+        summary = ModelSummary.of(candidate, inferred)
+        return _Stage(candidate, outputs, summary, lossy), "", cmp_prev, cmp_orig
 
     def _bisect(self, p: Pass, stage: _Stage, sites: list[str]):
         """Keep every site that verifies: try chunks, split failing chunks in halves."""
@@ -449,45 +454,29 @@ class PassManager:
         return best[0], last_why, best[2], best[3], dropped
 
 
-def structural_check(model: onnx.ModelProto) -> None:
+def structural_check(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnx.checker and strict shape inference, as a ModelError.
 
     Both run on the light copy (large weights replaced by typed inputs of their shape): the
     checker still sees every node, attribute, opset and small constant, and shape inference is
     equivalent; on a 400 MB model this avoids serializing the weights twice per pass.
+
+    Returns:
+        the shape-inferred light copy (the stage's summary reuses it).
     """
-    from onnxopt.model import infer_shapes_light, light_model
+    from onnxopt.model import light_model
 
     try:
-        onnx.checker.check_model(light_model(model))
-        infer_shapes_light(model, strict=True)
+        light = light_model(model)
+        onnx.checker.check_model(light)
+        return onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True,
+                                                 data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelError(f"invalid model after rewrite: {first}") from e
-
-
-def model_fits(model: onnx.ModelProto) -> bool:
-    """Below protobuf's 2 GB limit (computed without serializing)."""
-    from onnxopt.model import model_bytes
-
-    return model_bytes(model) < PROTO_LIMIT
 
 
 def _metrics(c: Comparison | None) -> Metrics:
     if c is None:
         return Metrics()
     return Metrics(max_abs=c.max_abs, max_rel=c.max_rel, cosine=c.cosine, top1=c.top1)
-
-
-def run_pipeline(
-    model: Any,
-    passes: Sequence[str | Pass] | None = None,
-    feeds: Feeds | None = None,
-    budget: Budget | None = None,
-    **kwargs: Any,
-) -> tuple[onnx.ModelProto, PipelineReport]:
-    """Functional shortcut for ``PassManager(passes, budget=budget, **kwargs).run(model, feeds)``."""
-    return PassManager(passes, budget=budget, **kwargs).run(model, feeds)
-
-
-ProgressCallback = Callable[[str, int, int], None]

@@ -14,7 +14,7 @@ site that verifies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -136,11 +136,3 @@ def register(cls: type[Pass]) -> type[Pass]:
         raise ValueError(f"pass name {cls.name!r} registered twice")
     _REGISTRY[cls.name] = cls
     return cls
-
-
-def registered() -> dict[str, type[Pass]]:
-    return dict(_REGISTRY)
-
-
-def names(passes: Iterable[Pass]) -> list[str]:
-    return [p.name for p in passes]

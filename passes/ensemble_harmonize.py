@@ -26,7 +26,7 @@ import onnx
 from onnx import version_converter
 
 from onnxopt.errors import ModelError, OptionError
-from onnxopt.model import default_opset, load_model
+from onnxopt.model import default_opset, load_model, value_info_dims
 
 logger = logging.getLogger(__name__)
 
@@ -184,25 +184,10 @@ def merge_functions(members: list[Member]) -> list[onnx.FunctionProto]:
 # Shared inputs and shape checks
 
 
-def dims_of(v: onnx.ValueInfoProto) -> list[int | str | None]:
-    t = v.type.tensor_type
-    if not t.HasField("shape"):
-        return []
-    out: list[int | str | None] = []
-    for d in t.shape.dim:
-        if d.HasField("dim_value"):
-            out.append(int(d.dim_value))
-        elif d.HasField("dim_param"):
-            out.append(d.dim_param)
-        else:
-            out.append(None)
-    return out
-
-
 def describe(v: onnx.ValueInfoProto) -> str:
     t = v.type.tensor_type
     dt = onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name if t.elem_type else "?"
-    dims = "x".join(str(d) if isinstance(d, int) else "?" for d in dims_of(v))
+    dims = "x".join(str(d) if isinstance(d, int) else "?" for d in value_info_dims(v))
     return f"{dt}[{dims}]"
 
 
@@ -211,7 +196,7 @@ def check_compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto, what: str) 
     ta, tb = a.type.tensor_type, b.type.tensor_type
     if ta.elem_type != tb.elem_type:
         raise OptionError(f"{what}: dtype mismatch, {describe(a)} vs {describe(b)}")
-    da, db = dims_of(a), dims_of(b)
+    da, db = value_info_dims(a), value_info_dims(b)
     if not ta.HasField("shape") or not tb.HasField("shape"):
         return
     if len(da) != len(db):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import onnx
 from rich.console import Console
@@ -70,7 +69,3 @@ def read_model(path: Path) -> onnx.ModelProto:
 def write_model(model: onnx.ModelProto, out: Path, source: Path | None) -> Path:
     """Atomic write; refuses to overwrite the input."""
     return save_model(model, out, source=source)
-
-
-def echo(msg: str, **kwargs: Any) -> None:
-    console.print(msg, **kwargs)

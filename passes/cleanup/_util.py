@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import infer_light, is_graph_input, is_graph_output, replace_uses
+from onnxopt.graph import infer_light, is_graph_input, is_graph_output
 
 logger = logging.getLogger(__name__)
 
@@ -119,57 +119,6 @@ def infer_facts(graph: gs.Graph) -> tuple[dict[str, TypeShape], str | None]:
     return facts, note
 
 
-def used_in_subgraph(graph: gs.Graph, tensor: gs.Tensor) -> bool:
-    """Whether a node inside any subgraph of ``graph`` reads ``tensor`` (an outer-scope value)."""
-
-    def walk(sub: gs.Graph) -> bool:
-        for n in sub.nodes:
-            if any(t is tensor for t in n.inputs):
-                return True
-            for a in n.attrs.values():
-                if isinstance(a, gs.Graph) and walk(a):
-                    return True
-        return False
-
-    for node in graph.nodes:
-        for a in node.attrs.values():
-            if isinstance(a, gs.Graph) and walk(a):
-                return True
-    return False
-
-
-def merge_into(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | None:
-    """Route every use of ``drop`` to ``keep`` (same value, same type).
-
-    A graph output keeps its name: when ``drop`` is one, ``keep`` is renamed, which is only legal
-    for a plain intermediate tensor. The producer of ``drop`` is not touched.
-
-    Returns:
-        None on success, or why the merge was refused (nothing changed then).
-    """
-    if drop is keep:
-        return None
-    if is_graph_output(graph, drop):
-        if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
-            return f"'{drop.name}' is a graph output and '{keep.name}' an input or initializer"
-        if is_graph_output(graph, keep):
-            return f"'{keep.name}' and '{drop.name}' are both graph outputs"
-        if used_in_subgraph(graph, keep) or used_in_subgraph(graph, drop):
-            return f"'{keep.name}' or '{drop.name}' is used inside a subgraph"
-        name = drop.name
-        replace_uses(graph, drop, keep)
-        drop.name = name + "__merged"
-        keep.name = name
-        if keep.dtype is None:
-            keep.dtype = drop.dtype
-        if keep.shape is None:
-            keep.shape = drop.shape
-        graph.outputs = [keep if t is drop else t for t in graph.outputs]
-        return None
-    replace_uses(graph, drop, keep)
-    return None
-
-
 def detach(node: gs.Node) -> None:
     """Disconnect ``node`` so the next cleanup drops it."""
     node.inputs.clear()
@@ -206,10 +155,6 @@ def is_constant(graph: gs.Graph, tensor: gs.Tensor) -> bool:
         return not is_graph_input(graph, tensor)
     p = tensor.inputs[0] if len(tensor.inputs) else None
     return p is not None and p.op == "Constant" and p.domain in STANDARD_DOMAINS
-
-
-def has_subgraph(node: gs.Node) -> bool:
-    return any(isinstance(a, gs.Graph) for a in node.attrs.values())
 
 
 def short(e: BaseException) -> str:

@@ -4,7 +4,7 @@ Two nodes compute the same values when they have the same op, domain, inputs (th
 objects, in order), attributes and number of outputs, and the op is deterministic. Nodes are
 visited in topological order, so chains of duplicates collapse in one sweep: once ``b`` is merged
 into ``a``, every consumer of ``b`` reads ``a`` and becomes a candidate itself. Graph outputs
-keep their names (the surviving tensor takes the output's name, see ``_util.merge_into``).
+keep their names (the surviving tensor takes the output's name, see ``onnxopt.graph.merge_tensors``).
 Nodes with subgraphs are not compared.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import node_names_unique
+from onnxopt.graph import has_subgraph, merge_tensors, node_names_unique
 from onnxopt.passes.base import Pass, PassContext, PassResult, register
-from onnxopt.passes.cleanup._util import NONDETERMINISTIC, detach, has_subgraph, merge_into
+from onnxopt.passes.cleanup._util import NONDETERMINISTIC, detach
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class CommonSubexpressions(Pass):
             merged = 0
             if refused is None:
                 for d, k in pairs:
-                    refused = merge_into(graph, d, k)
+                    refused = merge_tensors(graph, d, k)
                     if refused:
                         break
                     merged += 1

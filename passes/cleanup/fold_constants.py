@@ -24,14 +24,13 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import is_graph_input, is_graph_output, node_names_unique
+from onnxopt.graph import has_subgraph, is_graph_input, is_graph_output, node_names_unique
 from onnxopt.passes.base import Pass, PassContext, PassResult, register
 from onnxopt.passes.cleanup._evaluate import evaluate
 from onnxopt.passes.cleanup._util import (
     NONDETERMINISTIC,
     STANDARD_DOMAINS,
     TypeShape,
-    has_subgraph,
     infer_facts,
     materialize,
 )

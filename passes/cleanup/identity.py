@@ -12,9 +12,16 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import const_value, is_empty_tensor, node_names_unique, opset_version
+from onnxopt.graph import (
+    const_value,
+    is_empty_tensor,
+    is_graph_output,
+    merge_tensors,
+    node_names_unique,
+    opset_version,
+)
 from onnxopt.passes.base import Pass, PassContext, PassResult, register
-from onnxopt.passes.cleanup._util import STANDARD_DOMAINS, detach, is_graph_output, merge_into
+from onnxopt.passes.cleanup._util import STANDARD_DOMAINS, detach
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +75,7 @@ class RemoveIdentity(Pass):
                     continue
             if not ctx.allow(node.name):
                 continue
-            why = merge_into(graph, node.outputs[0], node.inputs[0])
+            why = merge_tensors(graph, node.outputs[0], node.inputs[0])
             if why:
                 notes.append(f"{node.name}: kept, {why}")
                 continue

@@ -20,14 +20,19 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import const_value, is_empty_tensor, node_names_unique, opset_version
+from onnxopt.graph import (
+    const_value,
+    is_empty_tensor,
+    merge_tensors,
+    node_names_unique,
+    opset_version,
+)
 from onnxopt.passes.base import Pass, PassContext, PassResult, register
 from onnxopt.passes.cleanup._util import (
     STANDARD_DOMAINS,
     TypeShape,
     detach,
     infer_facts,
-    merge_into,
 )
 
 logger = logging.getLogger(__name__)
@@ -217,7 +222,7 @@ class RemoveNoops(Pass):
                 continue
             if not ctx.allow(node.name):
                 continue
-            why = merge_into(graph, out, node.inputs[0])
+            why = merge_tensors(graph, out, node.inputs[0])
             if why:
                 notes.append(f"{node.name}: kept, {why}")
                 continue

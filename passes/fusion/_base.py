@@ -7,9 +7,10 @@ import logging
 from typing import Any, ClassVar
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import annotate_shapes, to_graph, to_model
+from onnxopt.graph import annotate_shapes, make_constant, to_graph, to_model, unique_name
 from onnxopt.passes.base import Pass, PassContext, PassResult
 from onnxopt.pattern import Rule, apply_rules, const_value, rules_pass_result
 
@@ -49,21 +50,12 @@ class FusionPass(Pass):
 
 def const(graph: gs.Graph, base: str, value: np.ndarray) -> gs.Constant:
     """A new initializer with a name unused in ``graph``."""
-    names = graph.tensors().keys()
-    name, i = base, 0
-    while name in names:
-        i += 1
-        name = f"{base}_{i}"
-    return gs.Constant(name, np.ascontiguousarray(value))
+    return make_constant(unique_name(graph, base), value)
 
 
 def var(graph: gs.Graph, base: str, dtype: Any = None, shape: Any = None) -> gs.Variable:
-    names = graph.tensors().keys()
-    name, i = base, 0
-    while name in names:
-        i += 1
-        name = f"{base}_{i}"
-    return gs.Variable(name, dtype=dtype, shape=shape)
+    """A new intermediate tensor with a name unused in ``graph``."""
+    return gs.Variable(unique_name(graph, base), dtype=dtype, shape=shape)
 
 
 def other_users(t: gs.Tensor, allowed: list[gs.Node]) -> list[gs.Node]:

@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 
 from onnxopt.graph import node_names_unique, to_graph, to_model
+from onnxopt.model import with_inferred_shapes
 from onnxopt.passes.base import Pass, PassContext, PassError, PassResult, register
 
 from .groups import Analysis, analyze
@@ -63,7 +64,7 @@ def options(raw: dict[str, Any]) -> dict[str, Any]:
 def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Any]:
     """(reference model with unique node names, gs graph with inferred shapes)."""
     try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = with_inferred_shapes(model)  # inference on a weight-free copy
     except Exception:  # noqa: BLE001 - shape inference is best-effort here
         inferred = model
     graph = to_graph(inferred)

@@ -8,9 +8,9 @@ import onnx.parser
 import onnxruntime as ort
 
 from onnxopt.data import synthesize
-from onnxopt.graph import to_graph, to_model
+from onnxopt.graph import merge_tensors, to_graph, to_model
 from onnxopt.passes.base import Pass, PassContext, PassResult
-from onnxopt.passes.cleanup._util import infer_facts, merge_into
+from onnxopt.passes.cleanup._util import infer_facts
 
 
 def parse(text: str) -> onnx.ModelProto:
@@ -79,7 +79,7 @@ def test_infer_facts_static_shapes() -> None:
 def test_merge_into_renames_for_graph_output() -> None:
     graph = to_graph(parse(TWO_OUT))
     t = graph.tensors()
-    assert merge_into(graph, t["z"], t["a"]) is None
+    assert merge_tensors(graph, t["z"], t["a"]) is None
     assert [o.name for o in graph.outputs] == ["y", "z"]
 
 
@@ -88,4 +88,4 @@ def test_merge_into_refuses_input_to_output() -> None:
     g (float[2] x) => (float[2] y) { y = Identity(x) }""")
     graph = to_graph(m)
     t = graph.tensors()
-    assert merge_into(graph, t["y"], t["x"]) is not None
+    assert merge_tensors(graph, t["y"], t["x"]) is not None
