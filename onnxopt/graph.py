@@ -28,7 +28,31 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """
     graph = gs.import_onnx(model)
     _normalize_domains(graph)
+    setattr(graph, UNUSED_INITIALIZERS, _unused_initializers(model.graph))
     return graph
+
+
+#: attribute of an imported gs.Graph: names of initializers nothing read (gs drops them)
+UNUSED_INITIALIZERS = "onnxopt_unused_initializers"
+
+
+def _unused_initializers(g: onnx.GraphProto) -> list[str]:
+    read: set[str] = {o.name for o in g.output}
+
+    def visit(graph: onnx.GraphProto) -> None:
+        for node in graph.node:
+            read.update(node.input)
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.GRAPH:
+                    visit(a.g)
+                elif a.type == onnx.AttributeProto.GRAPHS:
+                    for sub in a.graphs:
+                        visit(sub)
+        for o in graph.output:
+            read.add(o.name)
+
+    visit(g)
+    return [t.name for t in g.initializer if t.name not in read]
 
 
 def _normalize_domains(graph: gs.Graph) -> None:
@@ -87,11 +111,17 @@ def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> Non
 
 def infer_light(graph: gs.Graph, *, data_prop: bool = True,
                 strict: bool = False) -> onnx.ModelProto:
-    """Shape inference on ``graph`` without exporting its large weights.
+    """Shape inference on ``graph`` without exporting its large weights (do not modify the result).
 
     Constants with more than 1024 elements become typed graph inputs of a copy (shape inference
     needs only their shapes); the original graph is untouched. Returns the inferred light model.
+    The result is cached on the graph under a fingerprint of everything inference reads, so the
+    passes of a batch that leave the graph alone do not infer it again.
     """
+    key = (_fingerprint(graph), data_prop, strict)
+    cached = vars(graph).get(_INFER_CACHE)
+    if cached is not None and cached[0] == key:
+        return cached[1]
     copy = graph.copy()
     copy.cleanup(remove_unused_graph_inputs=False).toposort()
     for t in list(copy.tensors().values()):
@@ -101,8 +131,47 @@ def infer_light(graph: gs.Graph, *, data_prop: bool = True,
                 node.inputs = [var if x is t else x for x in node.inputs]
             copy.inputs.append(var)
     model = gs.export_onnx(copy, do_type_check=False)
-    return onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict,
-                                             data_prop=data_prop)
+    inferred = onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict,
+                                                 data_prop=data_prop)
+    setattr(graph, _INFER_CACHE, (key, inferred))
+    return inferred
+
+
+_INFER_CACHE = "onnxopt_inferred"
+
+
+def _fingerprint(graph: gs.Graph) -> int:
+    """Hash of what shape inference sees: nodes, attributes, small constants' values, the
+    dtypes and shapes of every tensor, the graph's inputs and outputs (opsets do not change)."""
+    parts: list = []
+    for node in graph.nodes:
+        attrs = []
+        for k, v in node.attrs.items():
+            if isinstance(v, gs.Graph):
+                attrs.append((k, _fingerprint(v)))
+            elif isinstance(v, gs.Constant):
+                attrs.append((k, _const_key(v)))
+            elif isinstance(v, np.ndarray):
+                attrs.append((k, v.dtype.str, v.shape, v.tobytes()))
+            else:
+                attrs.append((k, repr(v)))
+        parts.append((node.op, node.domain, tuple(t.name for t in node.inputs),
+                      tuple(t.name for t in node.outputs), tuple(attrs)))
+    for name, t in graph.tensors().items():
+        if isinstance(t, gs.Constant):
+            parts.append(_const_key(t))
+        else:
+            parts.append((name, str(t.dtype), repr(t.shape)))
+    parts.append(tuple(t.name for t in graph.inputs))
+    parts.append(tuple(t.name for t in graph.outputs))
+    return hash(tuple(parts))
+
+
+def _const_key(t: gs.Constant) -> tuple:
+    shape = tuple(int(d) for d in t.shape)
+    if int(np.prod(shape)) > 1024:  # inference sees only its type and shape
+        return (t.name, str(t.dtype), shape)
+    return (t.name, str(t.dtype), shape, np.asarray(t.values).tobytes())
 
 
 def annotate_shapes(graph: gs.Graph) -> str | None:
@@ -128,6 +197,9 @@ def annotate_shapes(graph: gs.Graph) -> str | None:
         if tt.HasField("shape"):
             t.shape = [d.dim_value if d.HasField("dim_value") else
                        (d.dim_param or None) for d in tt.shape.dim]
+    # the annotations came from this inference: inferring the annotated graph gives it again
+    key = vars(graph)[_INFER_CACHE][0]
+    setattr(graph, _INFER_CACHE, ((_fingerprint(graph),) + key[1:], inferred))
     return None
 
 

@@ -32,15 +32,19 @@ MIN_OPSET = 7
 ModelLike = "str | os.PathLike | bytes | onnx.ModelProto"
 
 
-def load_model(src: Any, *, load_external: bool = True, check: bool = True) -> onnx.ModelProto:
-    """Load a model from a path, bytes or ModelProto (copied, never modified).
+def load_model(src: Any, *, load_external: bool = True, check: bool = True,
+               copy: bool = True) -> onnx.ModelProto:
+    """Load a model from a path, bytes or ModelProto (copied unless ``copy=False``; never modified).
 
     Raises:
         ModelError: missing file, not ONNX, truncated, rejected by the checker, unsupported opset.
     """
     if isinstance(src, onnx.ModelProto):
-        model = onnx.ModelProto()
-        model.CopyFrom(src)
+        if copy:
+            model = onnx.ModelProto()
+            model.CopyFrom(src)
+        else:
+            model = src
         where = "model"
     elif isinstance(src, (bytes, bytearray)):
         model = _parse(bytes(src), "bytes")

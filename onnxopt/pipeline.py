@@ -152,7 +152,9 @@ class PassManager:
                 reconstruction, distillation); defaults to ``feeds``.
         """
         t0 = time.perf_counter()
-        original = load_model(model)
+        # passes work on copies (a gs import, or CopyFrom for whole-model passes), so the
+        # caller's ModelProto is read, never modified, and need not be copied here
+        original = load_model(model, copy=False)
         if feeds is None:
             feeds = get_feeds(original)
         report = PipelineReport(
@@ -387,10 +389,13 @@ class PassManager:
     def _verify(self, candidate: onnx.ModelProto, stage: _Stage, exact: bool
                 ) -> tuple[_Stage | None, str, Comparison | None, Comparison | None]:
         """Check, run and compare ``candidate``; returns (new stage or None, reason, cmps)."""
-        _ = self._ref  # never run two sessions at once: let the reference finish first
         try:
             inferred = structural_check(candidate)
-            outputs = self.runner.run(candidate, self._vfeeds)
+            # building the session (mostly one thread) may overlap the reference's runs, but
+            # two sessions never run at once: both would get half the cores
+            session = self.runner.session(candidate)
+            _ = self._ref
+            outputs = self.runner.run_session(session, self._vfeeds)
         except OnnxoptError as e:
             return None, str(e), None, None
         except Exception as e:  # noqa: BLE001

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -42,9 +41,11 @@ class Runner:
     def session(self, model: onnx.ModelProto, *, optimized: bool = False) -> Any:
         import onnxruntime as ort
 
-        data = _serialize(model)
-        key = (hashlib.sha1(data if data is not None else b"").hexdigest() if data is not None
-               else str(id(model)), optimized)
+        structure, names, arrays = _split_weights(model)
+        h = hashlib.sha1(structure)
+        for a in arrays:
+            h.update(memoryview(a).cast("B"))
+        key = (h.hexdigest(), optimized)
         if key in self._sessions:
             self._sessions.move_to_end(key)
             return self._sessions[key]
@@ -56,19 +57,18 @@ class Runner:
         so.log_severity_level = 3
         if self.threads:
             so.intra_op_num_threads = self.threads
+        # The weights go to onnxruntime as in-memory initializers rather than inside the
+        # serialized proto: on a 400 MB model this skips a full SerializeToString (and
+        # onnxruntime's parse of it), and models above protobuf's 2 GB limit need no temp file.
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+        if names:
+            so.add_external_initializers(names, values)
         try:
-            if data is not None:
-                sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-            else:  # > 2 GB: go through a file with external data
-                from onnxopt.model import save_model
-
-                with tempfile.TemporaryDirectory() as d:
-                    p = os.path.join(d, "model.onnx")
-                    save_model(model, p, external_data=True)
-                    sess = ort.InferenceSession(p, so, providers=["CPUExecutionProvider"])
+            sess = ort.InferenceSession(structure, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise ModelError(f"onnxruntime cannot load the model: {msg}") from e
+        sess._onnxopt_weights = (arrays, values)  # onnxruntime uses this memory; keep it alive
         self._sessions[key] = sess
         while len(self._sessions) > self.cache_size:
             self._sessions.popitem(last=False)
@@ -76,7 +76,11 @@ class Runner:
 
     def run(self, model: onnx.ModelProto, feeds: Feeds, *, optimized: bool = False) -> Runs:
         """Run every feed; returns one {output_name: array} per run."""
-        sess = self.session(model, optimized=optimized)
+        return self.run_session(self.session(model, optimized=optimized), feeds)
+
+    @staticmethod
+    def run_session(sess: Any, feeds: Feeds) -> Runs:
+        """Run every feed through a session from :meth:`session`."""
         names = [o.name for o in sess.get_outputs()]
         out: Runs = []
         for run in feeds.runs:
@@ -92,16 +96,55 @@ class Runner:
         self._sessions.clear()
 
 
-def _serialize(model: onnx.ModelProto) -> bytes | None:
-    """The model's bytes, or None above protobuf's 2 GB limit (then sessions load from a file)."""
-    from onnxopt.model import PROTO_LIMIT, model_bytes
+#: initializers with more elements than this are handed to onnxruntime as arrays
+_INLINE_MAX_ELEMENTS = 1024
 
-    if model_bytes(model) >= PROTO_LIMIT:
-        return None
-    try:
-        return model.SerializeToString()
-    except Exception:  # noqa: BLE001 - protobuf refuses oversize messages with various errors
-        return None
+
+def _split_weights(model: onnx.ModelProto) -> tuple[bytes, list[str], list[np.ndarray]]:
+    """(serialized model whose large initializers are external stubs, their names, arrays)."""
+    from onnx import numpy_helper
+
+    big = [t for t in model.graph.initializer
+           if t.data_type != onnx.TensorProto.STRING
+           and t.data_location != onnx.TensorProto.EXTERNAL
+           and (int(np.prod(t.dims)) if len(t.dims) else 1) > _INLINE_MAX_ELEMENTS]
+    if not big:
+        return model.SerializeToString(), [], []
+    shell = onnx.ModelProto()
+    _copy_fields(shell, model, skip="graph")
+    _copy_fields(shell.graph, model.graph, skip="initializer")
+    g, src = shell.graph, model.graph
+    big_names = {t.name for t in big}
+    names, arrays = [], []
+    for t in src.initializer:
+        if t.name not in big_names:
+            g.initializer.append(t)
+            continue
+        arr = np.ascontiguousarray(numpy_helper.to_array(t))
+        stub = g.initializer.add()
+        stub.name, stub.data_type = t.name, t.data_type
+        stub.dims.extend(t.dims)
+        stub.data_location = onnx.TensorProto.EXTERNAL
+        for k, v in (("location", "onnxopt-in-memory"), ("offset", "0"),
+                     ("length", str(arr.nbytes))):
+            e = stub.external_data.add()
+            e.key, e.value = k, v
+        names.append(t.name)
+        arrays.append(arr)
+    return shell.SerializeToString(), names, arrays
+
+
+def _copy_fields(dst: Any, src: Any, skip: str) -> None:
+    """Copy every set field of message ``src`` into ``dst`` except ``skip`` (no deep copy of it)."""
+    for field, value in src.ListFields():
+        if field.name == skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 # --------------------------------------------------------------------------------------------

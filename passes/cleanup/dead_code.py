@@ -1,25 +1,26 @@
 """dead-code: remove nodes no graph output depends on, and initializers nothing reads.
 
-Works on the ModelProto so that unused initializers (which onnx-graphsurgeon never imports) are
-counted: import, onnx-graphsurgeon ``cleanup`` (recursing into subgraphs), export. Graph inputs
-are never removed, even when unused, because callers feed them by name. Not bisectable:
-removing values nothing reads cannot change an output.
+A graph pass: onnx-graphsurgeon ``cleanup`` (recursing into subgraphs) removes dead nodes and
+the constants only they read. Initializers that nothing read even before (which gs never
+imports, so every export drops them) are recorded by ``onnxopt.graph.to_graph`` and counted
+here. Graph inputs are never removed, even when unused, because callers feed them by name.
+Not bisectable: removing values nothing reads cannot change an output.
 """
 
 from __future__ import annotations
 
 import logging
 
-import onnx
+import onnx_graphsurgeon as gs
 
-from onnxopt.graph import to_graph, to_model
+from onnxopt.graph import UNUSED_INITIALIZERS
 from onnxopt.passes.base import Pass, PassContext, PassResult, register
 
 logger = logging.getLogger(__name__)
 
 
-def _count(model: onnx.ModelProto) -> tuple[int, int]:
-    return len(model.graph.node), len(model.graph.initializer)
+def _constants(graph: gs.Graph) -> set[str]:
+    return {name for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
 
 
 @register
@@ -30,31 +31,22 @@ class DeadCode(Pass):
     exact = True
     summary = "remove dead nodes and unused initializers (graph inputs untouched)"
     tags = ("cleanup",)
-    needs_model = True
 
-    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        nodes_before, inits_before = _count(model)
-        graph = to_graph(model)
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        nodes_before, consts_before = len(graph.nodes), _constants(graph)
         graph.cleanup(remove_unused_graph_inputs=False)
-        out = to_model(graph, like=model)
-        nodes_after, inits_after = _count(out)
-        removed_nodes = max(0, nodes_before - nodes_after)
-        removed_inits = max(0, inits_before - inits_after)
+        removed_nodes = nodes_before - len(graph.nodes)
+        never_read = vars(graph).get(UNUSED_INITIALIZERS, [])
+        setattr(graph, UNUSED_INITIALIZERS, [])  # reported once
+        removed_inits = len(consts_before - _constants(graph)) + len(never_read)
         n = removed_nodes + removed_inits
         if not n:
             return PassResult.unchanged()
         return PassResult(
             changed=True, rewrites=n,
             notes=[f"removed {removed_nodes} nodes and {removed_inits} initializers"],
-            details={"nodes": removed_nodes, "initializers": removed_inits}, model=out,
+            details={"nodes": removed_nodes, "initializers": removed_inits},
         )
-
-    def run(self, graph, ctx: PassContext) -> PassResult:  # noqa: ANN001 - gs.Graph
-        """Graph form (for callers without a ModelProto): counts nodes only."""
-        before = len(graph.nodes)
-        graph.cleanup(remove_unused_graph_inputs=False)
-        n = before - len(graph.nodes)
-        return PassResult(changed=n > 0, rewrites=n)
 
 
 PASSES = [DeadCode]

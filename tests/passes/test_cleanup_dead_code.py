@@ -27,3 +27,14 @@ def test_live_graph_unchanged() -> None:
     g (float[2] x) => (float[2] y) <float[2] w = {1, 2}> { y = Add(x, w) }""")
     out, res = apply(DeadCode(), m)
     assert not res.changed and res.model is None
+
+
+def test_initializer_nothing_ever_read_is_counted() -> None:
+    m = parse(HEAD + """
+    g (float[2] x) => (float[2] y) <float[2] w = {1, 2}, float[2] never = {5, 6}> {
+      y = Add(x, w)
+    }""")
+    out, res = apply(DeadCode(), m)
+    assert res.changed and res.details == {"nodes": 0, "initializers": 1}
+    assert [t.name for t in out.graph.initializer] == ["w"]
+    assert_same_outputs(m, out)
