@@ -44,43 +44,56 @@ class Step:
     stats: list[np.ndarray] = field(default_factory=list)  # BN: [sum, sumsq, count] orig
 
 
-def run_with_outputs(model: onnx.ModelProto, feeds: Feeds, names: list[str]):
-    """Yield {name: array} per run for intermediate tensors ``names``; only the nodes those
-    tensors need are kept (earlier layers' refits do not pay for the whole model)."""
-    import onnxruntime as ort
+def run_with_outputs(model: onnx.ModelProto, feeds: Feeds, names: list[str],
+                     known: list[dict[str, np.ndarray]] | None = None):
+    """Yield {name: array} per run for intermediate tensors ``names``.
 
-    given = {i.name for i in model.graph.input} & set(names)
-    if given:  # a graph input is read from the feed, not asked of the session
-        rest = [n for n in names if n not in given]
-        inner = run_with_outputs(model, feeds, rest) if rest else ({} for _ in feeds.runs)
-        for run, vals in zip(feeds.runs, inner, strict=True):
-            yield {n: run[n] if n in given else vals[n] for n in names}
-        return
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    need, keep = set(names), []
-    for node in reversed(m.graph.node):
-        if any(o in need for o in node.output):
-            keep.append(node)
-            need.update(i for i in node.input if i)
-            for a in node.attribute:  # subgraphs read outer tensors by name
-                if a.g is not None:
-                    need.update(i for n in a.g.node for i in n.input if i)
-    del m.graph.node[:]
-    m.graph.node.extend(reversed(keep))
-    del m.graph.output[:]
-    m.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
-    inits = [t for t in m.graph.initializer if t.name in need]
-    del m.graph.initializer[:]
-    m.graph.initializer.extend(inits)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    inputs = {i.name for i in sess.get_inputs()}
-    for run in feeds.runs:
-        yield dict(zip(names, sess.run(names, {k: v for k, v in run.items() if k in inputs}),
-                       strict=True))
+    Only the nodes those tensors need are kept (earlier layers' refits do not pay for the whole
+    model), and a tensor whose per-run values are in ``known`` is fed rather than computed, so
+    the backward walk stops there.
+    """
+    from onnxopt.verify import Runner
+
+    graph_inputs = {i.name for i in model.graph.input}
+    have = set(known[0]) - graph_inputs if known else set()
+    need, feed, keep = set(), set(), []
+    for n in names:
+        (feed if n in have or n in graph_inputs else need).add(n)
+    for node in reversed(model.graph.node):
+        if not any(o in need for o in node.output):
+            continue
+        keep.append(node)
+        feed.difference_update(node.output)  # computed here anyway (another output is needed)
+        reads = [i for i in node.input if i]
+        for a in node.attribute:  # subgraphs read outer tensors by name
+            if a.g is not None:
+                reads += [i for n in a.g.node for i in n.input if i]
+        for i in reads:
+            (feed if i in have else need).add(i)
+    m = onnx.ModelProto(ir_version=model.ir_version)
+    m.opset_import.extend(model.opset_import)
+    m.functions.extend(model.functions)
+    g = m.graph
+    g.node.extend(reversed(keep))
+    g.initializer.extend(t for t in model.graph.initializer if t.name in need)
+    g.input.extend(i for i in model.graph.input if i.name in need)
+    fed = sorted(feed - graph_inputs)
+    for n in fed:
+        v = known[0][n]
+        g.input.append(onnx.helper.make_tensor_value_info(
+            n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), None))
+    computed = [n for n in names if n not in feed]
+    g.output.extend(onnx.ValueInfoProto(name=n) for n in computed)
+    sess = Runner().session(m) if computed else None
+    inputs = {i.name for i in sess.get_inputs()} if sess is not None else set()
+    for r, run in enumerate(feeds.runs):
+        vals = {n: known[r][n] for n in names if n in have} if known else {}
+        vals.update({n: run[n] for n in names if n in graph_inputs})
+        if sess is not None:
+            given = {k: v for k, v in run.items() if k in inputs}
+            given.update({n: known[r][n] for n in fed if n in inputs})
+            vals.update(zip(computed, sess.run(computed, given), strict=True))
+        yield {n: vals[n] for n in names}
 
 
 def _conv_ok(node: gs.Node) -> bool:
@@ -186,10 +199,12 @@ class Reconstructor:
         self._collect_targets(steps)
         done: set[str] = set()
         pending = list(steps)
+        known: list[dict[str, np.ndarray]] | None = None
+        model = to_model(self.graph.copy(), like=self.like)
         while pending:
             wave = [s for s in pending if s.upstream <= done]
-            model = to_model(self.graph.copy(), like=self.like)
-            self._fit_wave(model, wave)
+            known = self._fit_wave(model, wave, known)
+            self._patch(model, wave)
             done |= {s.node for s in wave}
             pending = [s for s in pending if s.node not in done]
         fits = sum(s.kind != "bn" for s in steps)
@@ -197,6 +212,21 @@ class Reconstructor:
         self.notes.append(f"reconstruct: refit {fits} layer(s) and re-estimated {bns} "
                           f"BatchNormalization(s) on {self.feeds.num_samples} sample(s)")
         return to_model(self.graph, like=self.like), self.notes, fits
+
+    def _patch(self, model: onnx.ModelProto, wave: list[Step]) -> None:
+        """Write the wave's new constants into ``model`` (cheaper than a full export)."""
+        from onnx import numpy_helper
+
+        protos = {n.name: n for n in model.graph.node}
+        have = {t.name for t in model.graph.initializer}
+        for s in wave:
+            node, proto = self.nodes[s.node], protos[s.node]
+            del proto.input[:]
+            proto.input.extend(t.name for t in node.inputs)
+            for t in node.inputs:
+                if isinstance(t, gs.Constant) and t.name not in have:
+                    model.graph.initializer.append(numpy_helper.from_array(t.values, t.name))
+                    have.add(t.name)
 
     # ---------------------------------------------------------------- original targets
     def _collect_targets(self, steps: list[Step]) -> None:
@@ -229,10 +259,44 @@ class Reconstructor:
                 s.rows.append((pos, rows))
 
     # ---------------------------------------------------------------- fits
-    def _fit_wave(self, model: onnx.ModelProto, wave: list[Step]) -> None:
+    def _cut(self, model: onnx.ModelProto, wave: list[Step]) -> list[str]:
+        """Tensors this wave's refits cannot change that later layers may read: produced by
+        the refit nodes' ancestors A (or graph inputs) and read by a node outside A. The next
+        wave feeds them instead of recomputing everything from the graph inputs (linear,
+        not quadratic, in the number of waves)."""
+        producers = {o: n for n in model.graph.node for o in n.output}
+        refit = {s.node for s in wave}
+        ancestors: set[str] = set()
+        stack = [i for n in model.graph.node if n.name in refit for i in n.input if i]
+        while stack:
+            t = stack.pop()
+            p = producers.get(t)
+            if p is None or p.name in ancestors:
+                continue
+            ancestors.add(p.name)
+            stack.extend(i for i in p.input if i)
+        inits = {t.name for t in model.graph.initializer}
+        cut = set()
+        for n in model.graph.node:
+            if n.name in ancestors:
+                continue
+            for i in n.input:
+                p = producers.get(i)
+                if i and p is not None and p.name in ancestors and i not in inits:
+                    cut.add(i)
+        return sorted(cut)
+
+    def _fit_wave(self, model: onnx.ModelProto, wave: list[Step],
+                  known: list[dict[str, np.ndarray]] | None
+                  ) -> list[dict[str, np.ndarray]]:
+        """Fit the wave's layers; returns the per-run cut tensors for the next wave."""
         names = sorted({self.nodes[s.node].inputs[0].name for s in wave})
+        cut = self._cut(model, wave)
         xs: dict[str, list] = {s.node: [] for s in wave}
-        for r, vals in enumerate(run_with_outputs(model, self.feeds, names)):
+        carried: list[dict[str, np.ndarray]] = []
+        for r, vals in enumerate(run_with_outputs(model, self.feeds, sorted(set(names) | set(cut)),
+                                                  known)):
+            carried.append({n: vals[n] for n in cut})
             for s in wave:
                 node = self.nodes[s.node]
                 x = vals[node.inputs[0].name]
@@ -253,6 +317,7 @@ class Reconstructor:
             else:
                 self._fit_linear(s, np.concatenate(xs[s.node]),
                                  np.concatenate([y for _, y in s.rows]))
+        return carried
 
     def _conv_out_hw(self, node: gs.Node, x: np.ndarray) -> tuple[int, int]:
         w = cval(node.inputs[1])

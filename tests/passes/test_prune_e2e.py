@@ -74,7 +74,7 @@ def test_transformer_heads_and_ffn(dynamo):
                      options={"prune": {"ratio": 0.5}})
     out, report = pm.run(model, test, calib)
     pr = report.passes[-1]
-    assert pr.status == "kept", pr.errors
+    assert pr.status == "kept", pr.reason
     heads = [g for g in pr.details["groups"] if g["block"] == 8]
     assert len(heads) == 1 and heads[0]["channels_after"] == 16
     ffn = [g for g in pr.details["groups"] if g["channels_before"] == 64]
