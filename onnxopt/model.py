@@ -203,9 +203,29 @@ def _external_tensors(model: onnx.ModelProto):
 
 
 def model_bytes(model: onnx.ModelProto) -> int:
-    """Serialized size, computed without serializing (fast on large models)."""
+    """Serialized size, computed without serializing (fast on large models).
+
+    A tensor held in ``raw_data`` counts its data from dims and dtype (asking protobuf for its
+    ByteSize walks the bytes); others ask protobuf. Exact up to a few bytes per tensor.
+    """
     light = light_model(model, max_elements=0)
-    return light.ByteSize() + sum(t.ByteSize() + 6 for t in model.graph.initializer)
+    total = light.ByteSize()
+    for t in model.graph.initializer:
+        if t.HasField("raw_data") and t.data_type in _ITEMSIZE:
+            n = int(np.prod(t.dims)) if len(t.dims) else 1
+            total += n * _ITEMSIZE[t.data_type] + len(t.name) + 16 * (len(t.dims) + 2)
+        else:
+            total += t.ByteSize() + 6
+    return total
+
+
+_ITEMSIZE = {
+    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
+    onnx.TensorProto.BOOL: 1,
+}
 
 
 #: initializers up to this many elements keep their values in a light model (shape constants)

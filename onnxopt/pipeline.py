@@ -208,6 +208,7 @@ class PassManager:
         if vfeeds.labels is not None:
             report.accuracy_final = accuracy(stage.outputs, vfeeds.labels or [])
         report.seconds = time.perf_counter() - t0
+        self.runner.clear()  # sessions hold a copy of the weights; the caller saves next
         return stage.model, report
 
     @property
