@@ -45,7 +45,7 @@ def render_plan(plan: Any, out: Any = console) -> None:
         t.add_column(col)
     for r in rows:
         prods = ", ".join(r["producers"][:3]) + (" …" if len(r["producers"]) > 3 else "")
-        unit = f"head of {r['block']}" if r["block"] > 1 else "channel"
+        unit = f"{r['block']} channels" if r["block"] > 1 else "channel"  # head, conv/norm group
         chans = f"{r['channels_before']} -> {r['channels_after']}"
         status = "prunable" if r["prunable"] else f"kept: {r['reason']}"
         t.add_row(str(r["group"]), prods, chans, unit, f"{r['importance_kept']:.3f}", status)

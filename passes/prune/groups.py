@@ -6,8 +6,11 @@ its channel axis is made of) or none. Rules, by op:
 - producers (Conv with ``group = 1``, ConvTranspose with ``group = 1``, Gemm, MatMul with a
   constant 2-D weight) start a new group on their output channel axis; the same node is a
   *consumer* of its input's groups (weight input-channel axis);
-- depthwise Conv (``group = C_in = C_out``) couples input and output channels: pass-through with
-  its weight, bias and ``group`` attribute as members; other grouped convs close their groups;
+- grouped Conv with ``C_in = C_out`` (depthwise, ``group = C``, or ResNeXt-style, ``C / group``
+  channels per conv-group) couples input and output channels: pass-through with its weight
+  (axis 0), bias and ``group`` attribute as members; the group's block becomes ``C / group`` so
+  only whole conv-groups go (a different block already set, e.g. heads, closes). Grouped convs
+  with ``C_in != C_out`` (channel multipliers) and grouped ConvTranspose close their groups;
 - pass-through ops (activations, pooling, BatchNormalization, InstanceNormalization, Resize,
   Dropout, Identity, Transpose, Squeeze/Unsqueeze, reductions and Softmax on other axes, Slice
   and Gather on other axes) keep the layout, moving its axis where the op moves axes;
@@ -87,7 +90,8 @@ class Analysis(PassThroughRules):
             self.close_ids([ra, rb], f"{where}: couples {ga.size} with {gb.size} channels")
             return
         if ga.block != gb.block and 1 not in (ga.block, gb.block):
-            self.close_ids([ra, rb], f"{where}: head sizes {ga.block} and {gb.block} differ")
+            self.close_ids([ra, rb], f"{where}: units of {ga.block} and {gb.block} channels "
+                                       f"(heads or groups) differ")
             return
         self.parent[rb] = ra
         ga.block = max(ga.block, gb.block)
@@ -95,6 +99,28 @@ class Analysis(PassThroughRules):
         ga.closed += gb.closed
         ga.producers += gb.producers
         del self.groups[rb]
+
+    def whole_units(self, x: Layout, per: int, where: str, what: str) -> bool:
+        """Make the groups of ``x`` lose only whole runs of ``per`` channels (conv-groups, norm
+        groups): their block becomes ``per``. Closes ``x`` (False) when a group's span along the
+        axis is not made of such runs or its channels already come in units of another size."""
+        if per == 1:
+            return True
+        blocks = {self.group(s.gid).block for s in x.segs} - {1, per}
+        if blocks:
+            self.close(x, f"{where}: units of {min(blocks)} channels (heads or groups) and "
+                          f"{what}s of {per} differ")
+            return False
+        off = 0
+        for s in x.segs:
+            g = self.group(s.gid)
+            if x.expand != 1 or off % per or g.size % per:
+                self.close(x, f"{where}: channel groups are not whole {what}s of {per} channels")
+                return False
+            off += g.size
+        for s in x.segs:
+            self.group(s.gid).block = per
+        return True
 
     def close_ids(self, gids: list[int], reason: str) -> None:
         roots = {self.find(g) for g in gids}
@@ -215,25 +241,41 @@ class Analysis(PassThroughRules):
                 g.members.append(Member(node.name, "param", 2, 0))
             self.set(out, Layout(1, (Seg(gid),)))
             return
-        if not transpose and group == cin == cout and w.shape[1] == 1:  # depthwise
-            if x is None:
-                return
-            if x.axis != 1 or self.span(x) != cin or any(s.unit for s in x.segs):
-                self.close(x, f"{where}: depthwise input channels do not line up")
-                return
-            self.add_members(x, node, "param", 1, 0)
-            if has_bias:
-                if cval(node.inputs[2]) is None:
-                    self.close(x, f"{where}: bias is not a constant")
-                self.add_members(x, node, "param", 2, 0)
-            self.group(x.segs[0].gid).members.append(Member(node.name, "group"))
-            self.set(out, x)
-            return
-        reason = f"{where}: grouped convolution (group={group}) ties channels to its groups"
+        if not transpose and cin == cout:  # depthwise, or whole conv-groups (ResNeXt)
+            return self.grouped(node, x, has_bias)
+        if transpose:
+            reason = f"{where}: grouped convolution (group={group}) ties channels to its groups"
+        else:
+            reason = (f"{where}: grouped convolution (group={group}) from {cin} to {cout} channels "
+                      f"(C_in != C_out, e.g. a channel multiplier) ties channels to its groups")
         self.close(x, reason)
         gid = self.new_group(cout, node)
         self.groups[gid].closed.append(reason)
         self.set(out, Layout(1, (Seg(gid),)))
+
+    def grouped(self, node: gs.Node, x: Layout | None, has_bias: bool) -> None:
+        """Conv with ``group > 1`` and C_in = C_out: conv-group ``k`` reads and writes channels
+        ``[k·per, (k+1)·per)``, so it is pass-through and only whole conv-groups go (block
+        ``per``; ``per = 1`` is depthwise). Weight axis 0, bias and ``group`` are members."""
+        w = cval(node.inputs[1])
+        per = int(w.shape[1])
+        where = f"Conv '{node.name}'"
+        if x is None:
+            return
+        what = "depthwise" if per == 1 else "grouped conv"
+        if x.axis != 1 or self.span(x) != w.shape[0] or any(s.unit for s in x.segs):
+            self.close(x, f"{where}: {what} input channels do not line up")
+            return
+        if not self.whole_units(x, per, where, "conv-group"):
+            return
+        self.add_members(x, node, "param", 1, 0)
+        if has_bias:
+            if cval(node.inputs[2]) is None:
+                self.close(x, f"{where}: bias is not a constant")
+            self.add_members(x, node, "param", 2, 0)
+        for s in x.segs:
+            self.group(s.gid).members.append(Member(node.name, "group", expand=per))
+        self.set(node.outputs[0], x)
 
     def gemm(self, node: gs.Node, x: Layout | None) -> None:
         w = cval(node.inputs[1])

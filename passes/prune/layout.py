@@ -4,7 +4,8 @@ A *group* is a set of channels that must be pruned together. It is born at a pro
 output channels of a Conv, ConvTranspose, Gemm or MatMul with a constant weight) and grows by
 union when two layouts meet (residual Add, attention heads). Its channels are counted in
 *units* of ``block`` raw channels: ``block = 1`` for convolutions and FFNs, ``block = head_dim``
-once a Reshape splits the channel axis into ``[heads, head_dim]`` (whole heads only).
+once a Reshape splits the channel axis into ``[heads, head_dim]`` (whole heads only),
+``block = C / group`` through a grouped conv (whole conv-groups only).
 
 A *layout* says how a tensor's axis is made of groups: ``segs`` in order along ``axis`` (a
 Concat puts several), each raw (``size`` entries) or in units (``size / block`` entries, the
@@ -47,12 +48,12 @@ class Member:
         node: the node's name.
         kind: ``"out"`` (producer weight/bias, output channels), ``"in"`` (consumer weight, input
             channels), ``"param"`` (a per-channel constant: BN statistics, a bias in an Add,
-            a depthwise weight), ``"shape"`` (a Reshape dimension), ``"group"`` (a depthwise
-            conv's ``group`` attribute).
+            a grouped conv's weight), ``"shape"`` (a Reshape dimension, a Split size),
+            ``"group"`` (a grouped conv's ``group`` attribute).
         index: the node's input index of the array (for ``shape``: the Reshape shape input).
         axis: the array axis (for ``shape``: the position in the shape vector).
         offset: entries before this group's span along ``axis``.
-        expand: entries per channel (or unit) along ``axis``.
+        expand: entries per channel (or unit) along ``axis``; for ``group``: channels per group.
         unit: the span counts units rather than raw channels.
     """
 

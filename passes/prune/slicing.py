@@ -5,8 +5,9 @@ starting at ``offset`` along ``axis`` keeps entries ``offset + r·expand + e`` f
 (or in ``K`` when the axis counts units). Members of several groups on one axis (a consumer after
 a Concat) write into one mask per ``(node, input, axis)``. Each sliced array becomes a new
 initializer for that node alone, so a weight shared with another node is never changed under it.
-A Reshape entry drops by (removed channels or units) × expand; a depthwise conv's ``group``
-becomes its new channel count.
+A Reshape entry (a Split size) drops by (removed channels or units) ×
+expand; a grouped conv's ``group`` drops by the removed channels / the channels per group (the
+member's ``expand``).
 """
 
 from __future__ import annotations
@@ -33,11 +34,12 @@ def removed_entries(analysis: Analysis, gid: int, kept_units: np.ndarray, unit: 
     return np.setdiff1d(np.arange(g.size), g.raw_keep(kept_units))
 
 
-def plan_masks(analysis: Analysis, kept: dict[int, np.ndarray]) -> tuple[dict, dict, set]:
-    """Masks per (node, input, axis), shape decrements per (node, input, elem), depthwise nodes."""
+def plan_masks(analysis: Analysis, kept: dict[int, np.ndarray]) -> tuple[dict, dict, dict]:
+    """Masks per (node, input, axis), shape decrements per (node, input, elem), group-count
+    decrements per node."""
     removal: dict[tuple[str, int, int], list[np.ndarray]] = defaultdict(list)
     shape_dec: dict[tuple[str, int, int], int] = defaultdict(int)
-    depthwise: set[str] = set()
+    group_dec: dict[str, int] = defaultdict(int)
     for gid, units in kept.items():
         g = analysis.group(gid)
         if len(units) == g.units:
@@ -47,16 +49,16 @@ def plan_masks(analysis: Analysis, kept: dict[int, np.ndarray]) -> tuple[dict, d
             if m.kind == "shape":
                 shape_dec[(m.node, m.index, m.axis)] += len(gone) * m.expand
             elif m.kind == "group":
-                depthwise.add(m.node)
+                group_dec[m.node] += len(gone) // m.expand
             else:
                 pos = (m.offset + gone[:, None] * m.expand + np.arange(m.expand)[None, :])
                 removal[(m.node, m.index, m.axis)].append(pos.reshape(-1))
-    return removal, shape_dec, depthwise
+    return removal, shape_dec, group_dec
 
 
 def apply_plan(graph: gs.Graph, analysis: Analysis, kept: dict[int, np.ndarray]) -> dict:
     """Slice ``graph`` in place; returns {(node, input): kept-index per axis} for later steps."""
-    removal, shape_dec, depthwise = plan_masks(analysis, kept)
+    removal, shape_dec, group_dec = plan_masks(analysis, kept)
     nodes = {n.name: n for n in graph.nodes}
     taken = set(graph.tensors().keys())
     per_input: dict[tuple[str, int], dict[int, np.ndarray]] = defaultdict(dict)
@@ -80,9 +82,9 @@ def apply_plan(graph: gs.Graph, analysis: Analysis, kept: dict[int, np.ndarray])
         if flat[elem] <= 0:
             raise ValueError(f"shape entry {elem} of {name} would become {flat[elem]}")
         _set_input(node, idx, flat.reshape(arr.shape), taken)
-    for name in depthwise:
+    for name, dec in group_dec.items():
         node = nodes[name]
-        node.attrs["group"] = int(cval(node.inputs[1]).shape[0])
+        node.attrs["group"] = int(node.attrs["group"]) - dec
     for t in graph.tensors().values():
         if isinstance(t, gs.Variable) and not is_graph_input(graph, t) and not is_graph_output(
             graph, t

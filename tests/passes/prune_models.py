@@ -208,3 +208,57 @@ def concat_split() -> onnx.ModelProto:
         helper.make_node("Add", ["c", "d"], ["y"], name="add"),
     ]
     return _model(nodes, inits, [1, 3, 4, 4], [1, 5, 4, 4])
+
+
+@_seeded
+def resnext_block(zero_group: int = 1, channels: int = 16, groups: int = 4) -> onnx.ModelProto:
+    """pw1 (1x1) -> Relu -> grouped 3x3 (C_in = C_out, ``groups`` conv-groups) -> Relu -> pw2 (4).
+    Conv-group ``zero_group`` carries nothing (zero in pw1 and in the grouped conv's bias)."""
+    per = channels // groups
+    z = tuple(range(zero_group * per, (zero_group + 1) * per))
+    inits = {
+        "w1": _w(channels, 4, 1, 1, zero=z), "b1": _w(channels, zero=z),
+        "wg": _w(channels, per, 3, 3), "bg": _w(channels, zero=z),
+        "w2": _w(4, channels, 1, 1), "b2": _w(4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w1", "b1"], ["p"], name="pw1"),
+        helper.make_node("Relu", ["p"], ["r"], name="r"),
+        helper.make_node("Conv", ["r", "wg", "bg"], ["g"], name="gconv", group=groups,
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["g"], ["rg"], name="rg"),
+        helper.make_node("Conv", ["rg", "w2", "b2"], ["y"], name="pw2"),
+    ]
+    return _model(nodes, inits, [1, 4, 6, 6], [1, 4, 6, 6])
+
+
+@_seeded
+def concat_grouped(sizes: tuple[int, int] = (8, 8), groups: int = 4) -> onnx.ModelProto:
+    """Two 1x1 convs (``sizes``) concatenated into a grouped conv (``groups`` conv-groups, C_in =
+    C_out), then a 1x1."""
+    c = sum(sizes)
+    inits = {"wa": _w(sizes[0], 3, 1, 1), "wb": _w(sizes[1], 3, 1, 1), "wc": _w(4, c, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="b"),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
+    ]
+    inits["wg"] = _w(c, c // groups, 3, 3)
+    nodes += [
+        helper.make_node("Conv", ["cat", "wg"], ["g"], name="mid", group=groups,
+                         pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["g", "wc"], ["y"], name="c"),
+    ]
+    return _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4])
+
+
+@_seeded
+def channel_multiplier() -> onnx.ModelProto:
+    """pw1 (8) -> grouped conv 8 -> 16 (group 8, a channel multiplier of 2) -> pw2 (4)."""
+    inits = {"w1": _w(8, 3, 1, 1), "wg": _w(16, 1, 3, 3), "w2": _w(4, 16, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["p"], name="pw1"),
+        helper.make_node("Conv", ["p", "wg"], ["g"], name="gconv", group=8, pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["g", "w2"], ["y"], name="pw2"),
+    ]
+    return _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4])
