@@ -23,7 +23,7 @@ import numpy as np
 import onnx
 
 from onnxopt.graph import node_names_unique, to_graph, to_model
-from onnxopt.model import with_inferred_shapes
+from onnxopt.model import infer_shapes_light, with_inferred_shapes
 from onnxopt.passes.base import Pass, PassContext, PassError, PassResult, register
 
 from .groups import Analysis, analyze
@@ -61,10 +61,34 @@ def options(raw: dict[str, Any]) -> dict[str, Any]:
     return o
 
 
+def _shapes_through_group_norms(inferred: onnx.ModelProto) -> None:
+    """Infer shapes past GroupNormalization in place: onnx has no shape inference for it (a
+    function without an inference rule), so nothing after one would have a shape. It keeps its
+    input's shape and type, so the inference reads it as an Identity."""
+    norms = [(i, onnx.NodeProto()) for i, n in enumerate(inferred.graph.node)
+             if n.op_type == "GroupNormalization" and n.domain in ("", "ai.onnx")]
+    if not norms:
+        return
+    nodes = inferred.graph.node
+    for i, saved in norms:
+        saved.CopyFrom(nodes[i])
+        nodes[i].CopyFrom(onnx.helper.make_node("Identity", saved.input[:1], saved.output[:1]))
+    try:
+        shapes = infer_shapes_light(inferred)
+        del inferred.graph.value_info[:]
+        inferred.graph.value_info.extend(shapes.graph.value_info)
+    except Exception:  # noqa: BLE001 - best-effort: the shapes inferred before stay
+        pass
+    finally:
+        for i, saved in norms:
+            nodes[i].CopyFrom(saved)
+
+
 def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, Any]:
     """(reference model with unique node names, gs graph with inferred shapes)."""
     try:
         inferred = with_inferred_shapes(model)  # inference on a weight-free copy
+        _shapes_through_group_norms(inferred)
     except Exception:  # noqa: BLE001 - shape inference is best-effort here
         inferred = model
     graph = to_graph(inferred)

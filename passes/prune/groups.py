@@ -11,6 +11,9 @@ its channel axis is made of) or none. Rules, by op:
   (axis 0), bias and ``group`` attribute as members; the group's block becomes ``C / group`` so
   only whole conv-groups go (a different block already set, e.g. heads, closes). Grouped convs
   with ``C_in != C_out`` (channel multipliers) and grouped ConvTranspose close their groups;
+- GroupNormalization is pass-through in whole norm groups (block ``C / num_groups``; a layout
+  not made of whole norm groups closes), its scale/bias (per norm group at opset 18, per channel
+  from opset 21) and ``num_groups`` are members;
 - pass-through ops (activations, pooling, BatchNormalization, InstanceNormalization, Resize,
   Dropout, Identity, Transpose, Squeeze/Unsqueeze, reductions and Softmax on other axes, Slice
   and Gather on other axes) keep the layout, moving its axis where the op moves axes;
@@ -183,6 +186,8 @@ class Analysis(PassThroughRules):
             return self.spatial(node, ins, where)
         if op in ("BatchNormalization", "InstanceNormalization"):
             return self.norm(node, ins, where)
+        if op == "GroupNormalization":
+            return self.group_norm(node, ins, where)
         if op in BINARY:
             return self.binary(node, ins, where)
         if op == "Concat":

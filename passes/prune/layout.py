@@ -5,7 +5,8 @@ output channels of a Conv, ConvTranspose, Gemm or MatMul with a constant weight)
 union when two layouts meet (residual Add, attention heads). Its channels are counted in
 *units* of ``block`` raw channels: ``block = 1`` for convolutions and FFNs, ``block = head_dim``
 once a Reshape splits the channel axis into ``[heads, head_dim]`` (whole heads only),
-``block = C / group`` through a grouped conv (whole conv-groups only).
+``block = C / group`` through a grouped conv and ``C / num_groups`` through a GroupNormalization
+(whole conv-groups or norm groups only).
 
 A *layout* says how a tensor's axis is made of groups: ``segs`` in order along ``axis`` (a
 Concat puts several), each raw (``size`` entries) or in units (``size / block`` entries, the
@@ -47,9 +48,10 @@ class Member:
     Attributes:
         node: the node's name.
         kind: ``"out"`` (producer weight/bias, output channels), ``"in"`` (consumer weight, input
-            channels), ``"param"`` (a per-channel constant: BN statistics, a bias in an Add,
-            a grouped conv's weight), ``"shape"`` (a Reshape dimension, a Split size),
-            ``"group"`` (a grouped conv's ``group`` attribute).
+            channels), ``"param"`` (a per-channel or per-unit constant: BN statistics, a bias in
+            an Add, a grouped conv's weight, GroupNormalization scale/bias), ``"shape"`` (a
+            Reshape dimension, a Split size), ``"group"`` (a grouped
+            conv's ``group`` or a GroupNormalization's ``num_groups`` attribute).
         index: the node's input index of the array (for ``shape``: the Reshape shape input).
         axis: the array axis (for ``shape``: the position in the shape vector).
         offset: entries before this group's span along ``axis``.

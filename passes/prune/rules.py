@@ -62,6 +62,39 @@ class PassThroughRules:
             self.add_members(x, node, "param", k, 0)
         self.set(node.outputs[0], x)
 
+    def group_norm(self, node: gs.Node, ins: list, where: str) -> None:
+        """GroupNormalization: pass-through in whole norm groups (block ``C / num_groups``); its
+        scale and bias (``num_groups`` entries at opset 18, ``C`` from opset 21) and its
+        ``num_groups`` are members."""
+        x = ins[0]
+        if x is None or x.axis != 1 or any(i is not None for i in ins[1:]) or any(
+            s.unit for s in x.segs
+        ):
+            return self.close_all([i for i in ins if i], f"{where}: channels not on axis 1")
+        c, n = self.span(x), int(node.attrs.get("num_groups", 0))
+        if n <= 0 or c % n:
+            return self.close(x, f"{where}: num_groups={n} does not divide {c} channels")
+        params = [cval(t) for t in node.inputs[1:3]]
+        if any(p is None for p in params):
+            return self.close(x, f"{where}: parameters are not constants")
+        if any(p.size not in (c, n) for p in params):
+            return self.close(x, f"{where}: scale/bias have neither {c} nor {n} entries")
+        if not self.whole_units(x, c // n, where, "norm group"):
+            return None
+        for k, p in enumerate(params, start=1):
+            if p.size == c:
+                self.add_members(x, node, "param", k, p.ndim - 1)
+                continue
+            off = 0
+            for s in x.segs:  # one entry per norm group = per unit
+                g = self.group(s.gid)
+                g.members.append(Member(node.name, "param", k, p.ndim - 1, off, 1, True))
+                off += g.units
+        for s in x.segs:
+            self.group(s.gid).members.append(Member(node.name, "group", expand=c // n))
+        self.set(node.outputs[0], x)
+        return None
+
     def binary(self, node: gs.Node, ins: list, where: str) -> None:
         ref_i = next(i for i, x in enumerate(ins) if x is not None)
         ref = ins[ref_i]

@@ -6,8 +6,8 @@ starting at ``offset`` along ``axis`` keeps entries ``offset + r·expand + e`` f
 a Concat) write into one mask per ``(node, input, axis)``. Each sliced array becomes a new
 initializer for that node alone, so a weight shared with another node is never changed under it.
 A Reshape entry (a Split size) drops by (removed channels or units) ×
-expand; a grouped conv's ``group`` drops by the removed channels / the channels per group (the
-member's ``expand``).
+expand; a grouped conv's ``group`` (a GroupNormalization's ``num_groups``) drops by the removed
+channels / the channels per group (the member's ``expand``).
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def apply_plan(graph: gs.Graph, analysis: Analysis, kept: dict[int, np.ndarray])
         _set_input(node, idx, flat.reshape(arr.shape), taken)
     for name, dec in group_dec.items():
         node = nodes[name]
-        node.attrs["group"] = int(node.attrs["group"]) - dec
+        attr = "num_groups" if node.op == "GroupNormalization" else "group"
+        node.attrs[attr] = int(node.attrs[attr]) - dec
     for t in graph.tensors().values():
         if isinstance(t, gs.Variable) and not is_graph_input(graph, t) and not is_graph_output(
             graph, t

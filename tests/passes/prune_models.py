@@ -31,7 +31,7 @@ def _w(*shape: int, zero: tuple[int, ...] = (), axis: int = 0) -> np.ndarray:
 
 
 def _model(nodes: list, inits: dict[str, np.ndarray], x_shape: list, y_shape: list,
-           opset: int = 17) -> onnx.ModelProto:
+           opset: int = 17, check: bool = True) -> onnx.ModelProto:
     g = helper.make_graph(
         nodes, "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
@@ -40,7 +40,8 @@ def _model(nodes: list, inits: dict[str, np.ndarray], x_shape: list, y_shape: li
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
-    onnx.checker.check_model(m)
+    if check:
+        onnx.checker.check_model(m)
     return m
 
 
@@ -233,9 +234,10 @@ def resnext_block(zero_group: int = 1, channels: int = 16, groups: int = 4) -> o
 
 
 @_seeded
-def concat_grouped(sizes: tuple[int, int] = (8, 8), groups: int = 4) -> onnx.ModelProto:
+def concat_grouped(sizes: tuple[int, int] = (8, 8), groups: int = 4,
+                   op: str = "Conv") -> onnx.ModelProto:
     """Two 1x1 convs (``sizes``) concatenated into a grouped conv (``groups`` conv-groups, C_in =
-    C_out), then a 1x1."""
+    C_out) or, with ``op="GroupNormalization"``, a GroupNormalization (opset 21), then a 1x1."""
     c = sum(sizes)
     inits = {"wa": _w(sizes[0], 3, 1, 1), "wb": _w(sizes[1], 3, 1, 1), "wc": _w(4, c, 1, 1)}
     nodes = [
@@ -243,13 +245,16 @@ def concat_grouped(sizes: tuple[int, int] = (8, 8), groups: int = 4) -> onnx.Mod
         helper.make_node("Conv", ["x", "wb"], ["b"], name="b"),
         helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
     ]
-    inits["wg"] = _w(c, c // groups, 3, 3)
-    nodes += [
-        helper.make_node("Conv", ["cat", "wg"], ["g"], name="mid", group=groups,
-                         pads=[1, 1, 1, 1]),
-        helper.make_node("Conv", ["g", "wc"], ["y"], name="c"),
-    ]
-    return _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4])
+    if op == "Conv":
+        inits["wg"] = _w(c, c // groups, 3, 3)
+        nodes.append(helper.make_node("Conv", ["cat", "wg"], ["g"], name="mid", group=groups,
+                                      pads=[1, 1, 1, 1]))
+    else:
+        inits["s"], inits["t"] = _w(c), _w(c)
+        nodes.append(helper.make_node("GroupNormalization", ["cat", "s", "t"], ["g"], name="mid",
+                                      num_groups=groups))
+    nodes.append(helper.make_node("Conv", ["g", "wc"], ["y"], name="c"))
+    return _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4], opset=21)
 
 
 @_seeded
@@ -262,3 +267,26 @@ def channel_multiplier() -> onnx.ModelProto:
         helper.make_node("Conv", ["g", "w2"], ["y"], name="pw2"),
     ]
     return _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4])
+
+
+@_seeded
+def group_norm_block(opset: int = 21, zero_group: int = 1) -> onnx.ModelProto:
+    """Conv (8) -> GroupNormalization (4 norm groups of 2) -> Relu -> Conv (4). Norm group
+    ``zero_group`` carries nothing (zero in the conv and in the norm's bias). At opset 18 scale
+    and bias have one entry per norm group, from opset 21 one per channel. onnx's checker
+    rejects GroupNormalization-18 as deprecated, so that model is not checked."""
+    z = (2 * zero_group, 2 * zero_group + 1)
+    n = 8 if opset >= 21 else 4
+    inits = {
+        "w": _w(8, 3, 3, 3, zero=z), "b": _w(8, zero=z),
+        "s": (np.abs(_w(n)) + 0.5).astype(np.float32),
+        "t": _w(n, zero=z if n == 8 else (zero_group,)),
+        "w2": _w(4, 8, 1, 1), "b2": _w(4),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+        helper.make_node("GroupNormalization", ["c", "s", "t"], ["n"], name="gn", num_groups=4),
+        helper.make_node("Relu", ["n"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="c2"),
+    ]
+    return _model(nodes, inits, [1, 3, 5, 5], [1, 4, 5, 5], opset=opset, check=opset >= 21)

@@ -1,11 +1,12 @@
-"""Pruning through grouped convs (whole conv-groups); the cases that must stay closed keep a
-note."""
+"""Pruning through grouped convs (whole conv-groups) and GroupNormalization (whole norm
+groups); the cases that must stay closed keep a note."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
 import pytest
+from onnx import helper
 from typer.testing import CliRunner
 
 from . import prune_models as pm
@@ -25,6 +26,20 @@ def _attr(model: onnx.ModelProto, node: str, name: str) -> int:
 
 def _kinds(g) -> set:
     return {(m.node, m.kind, m.index, m.axis, m.expand, m.unit) for m in g.members}
+
+
+def _check_norm(model: onnx.ModelProto, opset: int) -> None:
+    """onnx has no shape inference for GroupNormalization, and its checker rejects the deprecated
+    opset-18 op: the model gets the plain checker from opset 21, and the full checker plus strict
+    shape inference with each norm read as an Identity (it keeps its input's shape)."""
+    if opset >= 21:
+        onnx.checker.check_model(model)
+    proxy = onnx.ModelProto()
+    proxy.CopyFrom(model)
+    for n in proxy.graph.node:
+        if n.op_type == "GroupNormalization":
+            n.CopyFrom(helper.make_node("Identity", n.input[:1], n.output[:1], name=n.name))
+    _check(proxy)
 
 
 def _closed(model: onnx.ModelProto, producer: str, text: str) -> None:
@@ -88,11 +103,95 @@ def test_channel_multiplier_stays_closed():
     _closed(pm.channel_multiplier(), "gconv", reason)
 
 
+@pytest.mark.parametrize("order", ["conv-then-norm", "norm-then-conv"])
+def test_different_units_close(order):
+    """Conv-groups of 4 and norm groups of 2 on one group: units of two sizes close it."""
+    inits = {"w1": pm._w(16, 3, 1, 1), "wg": pm._w(16, 4, 3, 3), "s": pm._w(16), "t": pm._w(16),
+             "w2": pm._w(4, 16, 1, 1)}
+    conv = helper.make_node("Conv", ["a", "wg"], ["b"], name="gconv", group=4, pads=[1, 1, 1, 1])
+    norm = helper.make_node("GroupNormalization", ["a", "s", "t"], ["b"], name="gn",
+                            num_groups=8)
+    first, second = (conv, norm) if order == "conv-then-norm" else (norm, conv)
+    second.input[0], first.output[0] = "b", "b"
+    second.output[0] = "c"
+    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pw1"), first, second,
+             helper.make_node("Conv", ["c", "w2"], ["y"], name="pw2")]
+    model = pm._model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4], opset=21)
+    what = "norm groups of 2" if order == "conv-then-norm" else "conv-groups of 4"
+    blocks = "units of 4" if order == "conv-then-norm" else "units of 2"
+    _closed(model, "pw1", f"{blocks} channels (heads or groups) and {what} differ")
+
+
+# ---------------------------------------------------------------------- GroupNormalization
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_group_norm_is_whole_norm_groups(opset):
+    _, groups = _groups(pm.group_norm_block(opset))
+    g = groups[("conv",)]
+    assert g.prunable and g.block == 2 and g.units == 4
+    per_unit = opset < 21  # opset 18: one scale/bias entry per norm group
+    assert {("gn", "param", 1, 0, 1, per_unit), ("gn", "param", 2, 0, 1, per_unit),
+            ("gn", "group", 0, 0, 2, False), ("c2", "in", 1, 1, 1, False)} <= _kinds(g)
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+def test_group_norm_prunes_whole_norm_groups_exactly(opset):
+    """onnxruntime 1.32 runs GroupNormalization at opset 18 (scale/bias per norm group) and 21
+    (per channel), though not each layout at the other opset: both are run."""
+    model = pm.group_norm_block(opset)
+    x = _x([1, 3, 5, 5])
+    res = _prune(model, x, ratio=0.25)
+    _check_norm(res.model, opset)
+    w = _weights(res.model)
+    assert w["conv"] == (6, 3, 3, 3) and w["c2"] == (4, 6, 1, 1)
+    assert w["gn"] == ((6,) if opset >= 21 else (3,))
+    assert _attr(res.model, "gn", "num_groups") == 3
+    np.testing.assert_allclose(_run(res.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_across_a_concat():
+    model = pm.concat_grouped((4, 6), groups=5, op="GroupNormalization")
+    _, groups = _groups(model)
+    assert groups[("a",)].prunable and groups[("b",)].prunable and groups[("a",)].block == 2
+    x = _x([1, 3, 4, 4])
+    res = _prune(model, x, ratio=0.5)
+    _check_norm(res.model, 21)
+    assert _weights(res.model)["mid"] == (6,) and _attr(res.model, "mid", "num_groups") == 3
+    assert _run(res.model, x).shape == (1, 4, 4, 4)
+
+
+def test_group_norm_then_swish():
+    """Shapes are inferred past the norm, so the Mul of a Swish after it knows its ranks."""
+    inits = {"w": pm._w(8, 3, 1, 1, zero=(4, 5)), "s": pm._w(8), "t": pm._w(8, zero=(4, 5)),
+             "w2": pm._w(4, 8, 1, 1)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+             helper.make_node("GroupNormalization", ["c", "s", "t"], ["n"], name="gn",
+                              num_groups=4),
+             helper.make_node("Sigmoid", ["n"], ["sg"], name="sig"),
+             helper.make_node("Mul", ["n", "sg"], ["sw"], name="swish"),
+             helper.make_node("Conv", ["sw", "w2"], ["y"], name="c2")]
+    model = pm._model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4], opset=21)
+    _, groups = _groups(model)
+    assert groups[("conv",)].prunable
+    x = _x([1, 3, 4, 4])
+    res = _prune(model, x, ratio=0.25)
+    _check_norm(res.model, 21)
+    assert _weights(res.model)["c2"] == (4, 6, 1, 1)
+    np.testing.assert_allclose(_run(res.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
+
+
+def test_group_norm_not_in_whole_norm_groups_stays_closed():
+    model = pm.concat_grouped((3, 5), groups=4, op="GroupNormalization")
+    _closed(model, "a", "channel groups are not whole norm groups of 2 channels")
+
+
 # ---------------------------------------------------------------------- dry run
 
 
 @pytest.mark.parametrize("build,producer,cells", [
     (pm.resnext_block, "pw1", ("16 -> 12", "4 channels")),
+    (lambda: pm.group_norm_block(21), "conv", ("8 -> 6", "2 channels")),
 ])
 def test_dry_run_shows_the_group(tmp_path, build, producer, cells):
     path = tmp_path / "m.onnx"
