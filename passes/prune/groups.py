@@ -21,7 +21,9 @@ its channel axis is made of) or none. Rules, by op:
   pair (a residual Add); a constant with the channel extent becomes a member (a bias); an input
   from outside any group closes the group unless it broadcasts along the channel axis;
 - Concat on the channel axis concatenates layouts (channel offsets); Split on it divides them
-  at group boundaries (its constant sizes become members);
+  at group boundaries (its constant sizes become members), and so does a Slice on it with
+  constant non-negative starts/ends and step 1 (its starts/ends entries become members; a
+  Slice that cuts inside a group closes it);
 - Flatten / Reshape ``[N, C, H, W] -> [N, C·H·W]`` multiplies ``expand`` by ``H·W``;
   Reshape ``[.., C] -> [.., heads, head_dim]`` sets the group's block to ``head_dim`` (whole
   heads), the reverse Reshape merges back; the Reshape's explicit shape entry is a member;
@@ -205,8 +207,10 @@ class Analysis(PassThroughRules):
             return self.set(node.outputs[0], Layout(list(perm).index(la.axis), la.segs, la.expand))
         if op in ("Squeeze", "Unsqueeze"):
             return self.squeeze(node, ins, where)
-        if op in REDUCE or op in ("Softmax", "LogSoftmax", "Slice", "Gather"):
+        if op in REDUCE or op in ("Softmax", "LogSoftmax", "Gather"):
             return self.axis_op(node, ins, where)
+        if op == "Slice":
+            return self.slice(node, ins, where)
         if op == "MatMul":
             return self.batched_matmul(node, ins, where)
         if op == "Split":

@@ -50,7 +50,7 @@ class Member:
         kind: ``"out"`` (producer weight/bias, output channels), ``"in"`` (consumer weight, input
             channels), ``"param"`` (a per-channel or per-unit constant: BN statistics, a bias in
             an Add, a grouped conv's weight, GroupNormalization scale/bias), ``"shape"`` (a
-            Reshape dimension, a Split size), ``"group"`` (a grouped
+            Reshape dimension, a Split size, a Slice start or end), ``"group"`` (a grouped
             conv's ``group`` or a GroupNormalization's ``num_groups`` attribute).
         index: the node's input index of the array (for ``shape``: the Reshape shape input).
         axis: the array axis (for ``shape``: the position in the shape vector).

@@ -183,10 +183,6 @@ class PassThroughRules:
                 return self.close(x, f"{where}: gathers along the channel axis")
             if axis < x.axis:
                 new = x.axis + q - 1
-        elif op == "Slice":
-            axes = cval(node.inputs[3]) if len(node.inputs) > 3 else np.arange(r)
-            if axes is None or x.axis in [int(a) % r for a in np.atleast_1d(axes)]:
-                return self.close(x, f"{where}: slices the channel axis")
         else:  # reductions
             axes = node.attrs.get("axes")
             if axes is None and len(node.inputs) > 1 and not is_empty_tensor(node.inputs[1]):
@@ -321,6 +317,43 @@ class PassThroughRules:
                     Member(node.name, "shape", 1, k, 0, x.expand, s.unit))
             self.set(t, Layout(x.axis, segs, x.expand))
             start = cut
+        return None
+
+    def slice(self, node: gs.Node, ins: list, where: str) -> None:
+        """Slice: along other axes the layout stays; along the channel axis (constant starts
+        and ends, step 1) only at group boundaries, with its starts/ends entries as members
+        (decremented by the channels pruned before them)."""
+        x = ins[0]
+        r = _rank(node.inputs[0])
+        if x is None or r is None or any(i is not None for i in ins[1:]):
+            return self.close_all([i for i in ins if i], f"{where}: channels in a side input")
+        given = [k < len(node.inputs) and not is_empty_tensor(node.inputs[k]) for k in range(5)]
+        axes = cval(node.inputs[3]) if given[3] else np.arange(r)
+        if not given[1] or axes is None:
+            return self.close(x, f"{where}: slices the channel axis")
+        axes = [int(a) % r for a in np.atleast_1d(axes)]
+        if x.axis not in axes:
+            return self.set(node.outputs[0], x)
+        k = axes.index(x.axis)
+        starts, ends = cval(node.inputs[1]), cval(node.inputs[2])
+        steps = cval(node.inputs[4]) if given[4] else np.ones(len(axes), np.int64)
+        if starts is None or ends is None or steps is None:
+            return self.close(x, f"{where}: slices the channel axis at run-time positions")
+        lo, hi, step = (int(v.reshape(-1)[k]) for v in (starts, ends, steps))
+        bounds = [0, *np.cumsum([self.group(s.gid).span(s.unit, x.expand) for s in x.segs])]
+        if step != 1 or lo < 0 or hi < 0:
+            return self.close(x, f"{where}: slices the channel axis with a step or from its end")
+        if lo not in bounds or min(hi, bounds[-1]) not in bounds or lo >= hi:
+            return self.close(x, f"{where}: slices inside a channel group")
+        segs = []
+        for s, a, b in zip(x.segs, bounds[:-1], bounds[1:], strict=True):
+            if lo <= a and b <= hi:
+                segs.append(s)
+            for index, pos in ((1, lo), (2, hi)):
+                if b <= pos <= bounds[-1]:  # an end past the axis is clamped: left as is
+                    self.group(s.gid).members.append(
+                        Member(node.name, "shape", index, k, 0, x.expand, s.unit))
+        self.set(node.outputs[0], Layout(x.axis, tuple(segs), x.expand))
         return None
 
 

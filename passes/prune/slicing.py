@@ -5,7 +5,7 @@ starting at ``offset`` along ``axis`` keeps entries ``offset + r·expand + e`` f
 (or in ``K`` when the axis counts units). Members of several groups on one axis (a consumer after
 a Concat) write into one mask per ``(node, input, axis)``. Each sliced array becomes a new
 initializer for that node alone, so a weight shared with another node is never changed under it.
-A Reshape entry (a Split size) drops by (removed channels or units) ×
+A Reshape entry (a Split size, a Slice start or end) drops by (removed channels or units) ×
 expand; a grouped conv's ``group`` (a GroupNormalization's ``num_groups``) drops by the removed
 channels / the channels per group (the member's ``expand``).
 """

@@ -290,3 +290,35 @@ def group_norm_block(opset: int = 21, zero_group: int = 1) -> onnx.ModelProto:
         helper.make_node("Conv", ["r", "w2", "b2"], ["y"], name="c2"),
     ]
     return _model(nodes, inits, [1, 3, 5, 5], [1, 4, 5, 5], opset=opset, check=opset >= 21)
+
+
+@_seeded
+def concat_slice(second: tuple[list, list, list] = ([4], [10], [1]),
+                 steps: list | None = None) -> onnx.ModelProto:
+    """Two convs (4 and 6, channels 0 and 1 zero) concatenated, Relu, then taken back apart by
+    two Slices: ``[0:4]`` on axis 1, and (starts, ends, axes) ``second``; each into a 1x1 conv,
+    the results added. ``steps`` are the second Slice's steps."""
+    inits = {
+        "wa": _w(4, 3, 1, 1, zero=(0,)), "wb": _w(6, 3, 1, 1, zero=(1,)),
+        "wc": _w(5, 4, 1, 1), "wd": _w(5, 6, 1, 1),
+        "s0": np.array([0], np.int64), "e0": np.array([4], np.int64),
+        "ax0": np.array([1], np.int64),
+        "s1": np.array(second[0], np.int64), "e1": np.array(second[1], np.int64),
+        "ax1": np.array(second[2], np.int64),
+    }
+    slice1 = ["r", "s1", "e1", "ax1"]
+    if steps is not None:
+        inits["st1"] = np.array(steps, np.int64)
+        slice1.append("st1")
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="b"),
+        helper.make_node("Concat", ["a", "b"], ["cat"], name="cat", axis=1),
+        helper.make_node("Relu", ["cat"], ["r"], name="relu"),
+        helper.make_node("Slice", ["r", "s0", "e0", "ax0"], ["p0"], name="slice0"),
+        helper.make_node("Slice", slice1, ["p1"], name="slice1"),
+        helper.make_node("Conv", ["p0", "wc"], ["c"], name="c"),
+        helper.make_node("Conv", ["p1", "wd"], ["d"], name="d"),
+        helper.make_node("Add", ["c", "d"], ["y"], name="add"),
+    ]
+    return _model(nodes, inits, [1, 3, 4, 4], [1, 5, 4, 4])

@@ -1,5 +1,5 @@
-"""Pruning through grouped convs (whole conv-groups) and GroupNormalization (whole norm
-groups); the cases that must stay closed keep a note."""
+"""Pruning through grouped convs (whole conv-groups), GroupNormalization (whole norm groups)
+and channel-axis Slices (at group boundaries); the cases that must stay closed keep a note."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from .test_prune_cli import _app
 from .test_prune_groups import _groups
 from .test_prune_slicing import _check, _prune, _run, _weights
 
+BIG = np.iinfo(np.int64).max
+
 
 def _x(shape: list[int], seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
@@ -22,6 +24,12 @@ def _x(shape: list[int], seed: int = 1) -> np.ndarray:
 def _attr(model: onnx.ModelProto, node: str, name: str) -> int:
     n = next(n for n in model.graph.node if n.name == node)
     return next(a.i for a in n.attribute if a.name == name)
+
+
+def _const(model: onnx.ModelProto, node: str, index: int) -> list:
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    n = next(n for n in model.graph.node if n.name == node)
+    return inits[n.input[index]].tolist()
 
 
 def _kinds(g) -> set:
@@ -186,12 +194,75 @@ def test_group_norm_not_in_whole_norm_groups_stays_closed():
     _closed(model, "a", "channel groups are not whole norm groups of 2 channels")
 
 
+# ---------------------------------------------------------------------- Slice
+
+
+def test_slice_at_group_boundaries():
+    _, groups = _groups(pm.concat_slice())
+    ga, gb = groups[("a",)], groups[("b",)]
+    assert ga.prunable and gb.prunable
+    shape = {(m.node, m.index, m.axis) for m in ga.members if m.kind == "shape"}
+    assert shape == {("slice0", 2, 0), ("slice1", 1, 0), ("slice1", 2, 0)}
+    assert [(m.node, m.index) for m in gb.members if m.kind == "shape"] == [("slice1", 2)]
+    assert [(m.node, m.offset) for m in gb.members if m.kind == "in"] == [("d", 0)]
+
+
+SLICES = [
+    ("exact-end", ([4], [10], [1]), None, [3], [8]),
+    ("open-end", ([4], [BIG], [-3]), [1], [3], [BIG]),
+    ("two-axes", ([4, 0], [10, 4], [1, 2]), [1, 1], [3, 0], [8, 4]),
+]
+
+
+@pytest.mark.parametrize("second,steps,starts,ends", [c[1:] for c in SLICES],
+                         ids=[c[0] for c in SLICES])
+def test_slice_prunes_exactly(second, steps, starts, ends):
+    model = pm.concat_slice(second, steps)
+    x = _x([1, 3, 4, 4])
+    res = _prune(model, x, ratio=0.25)
+    _check(res.model)
+    w = _weights(res.model)
+    assert (w["a"], w["b"], w["c"], w["d"]) == ((3, 3, 1, 1), (5, 3, 1, 1), (5, 3, 1, 1),
+                                                (5, 5, 1, 1))
+    assert _const(res.model, "slice0", 2) == [3]
+    assert (_const(res.model, "slice1", 1), _const(res.model, "slice1", 2)) == (starts, ends)
+    np.testing.assert_allclose(_run(res.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("second,text", [
+    (([3], [9], [1]), "slices inside a channel group"),
+    (([-6], [10], [1]), "with a step or from its end"),
+])
+def test_slice_inside_a_group_stays_closed(second, text):
+    _closed(pm.concat_slice(second), "a", text)
+    _closed(pm.concat_slice(second), "b", text)
+
+
+def test_slice_on_another_axis_keeps_the_layout():
+    inits = {"w": pm._w(6, 3, 1, 1, zero=(2,)), "w2": pm._w(4, 6, 1, 1),
+             "s": np.array([1], np.int64), "e": np.array([3], np.int64),
+             "ax": np.array([2], np.int64)}
+    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="conv"),
+             helper.make_node("Slice", ["a", "s", "e", "ax"], ["b"], name="crop"),
+             helper.make_node("Conv", ["b", "w2"], ["y"], name="c2")]
+    model = pm._model(nodes, inits, [1, 3, 4, 4], [1, 4, 2, 4])
+    _, groups = _groups(model)
+    g = groups[("conv",)]
+    assert g.prunable and not [m for m in g.members if m.node == "crop"]
+    x = _x([1, 3, 4, 4])
+    res = _prune(model, x, ratio=0.2)
+    _check(res.model)
+    assert _weights(res.model)["c2"] == (4, 5, 1, 1)
+    np.testing.assert_allclose(_run(res.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
+
+
 # ---------------------------------------------------------------------- dry run
 
 
 @pytest.mark.parametrize("build,producer,cells", [
     (pm.resnext_block, "pw1", ("16 -> 12", "4 channels")),
     (lambda: pm.group_norm_block(21), "conv", ("8 -> 6", "2 channels")),
+    (pm.concat_slice, "b", ("6 -> 5", "channel")),
 ])
 def test_dry_run_shows_the_group(tmp_path, build, producer, cells):
     path = tmp_path / "m.onnx"
