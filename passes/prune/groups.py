@@ -16,7 +16,8 @@ its channel axis is made of) or none. Rules, by op:
   from opset 21) and ``num_groups`` are members;
 - pass-through ops (activations, pooling, BatchNormalization, InstanceNormalization, Resize,
   Dropout, Identity, Transpose, Squeeze/Unsqueeze, reductions and Softmax on other axes, Slice
-  and Gather on other axes) keep the layout, moving its axis where the op moves axes;
+  and Gather on other axes) keep the layout, moving its axis where the op moves axes; a norm's
+  parameters are members, one entry per channel or, on an axis of units, per unit;
 - element-wise Add/Sub/Mul/Div/Max/Min/Pow couple their inputs: two layouts are unioned pair by
   pair (a residual Add); a constant with the channel extent becomes a member (a bias); an input
   from outside any group closes the group unless it broadcasts along the channel axis;
@@ -25,8 +26,15 @@ its channel axis is made of) or none. Rules, by op:
   constant non-negative starts/ends and step 1 (its starts/ends entries become members; a
   Slice that cuts inside a group closes it);
 - Flatten / Reshape ``[N, C, H, W] -> [N, C·H·W]`` multiplies ``expand`` by ``H·W``;
-  Reshape ``[.., C] -> [.., heads, head_dim]`` sets the group's block to ``head_dim`` (whole
-  heads), the reverse Reshape merges back; the Reshape's explicit shape entry is a member;
+  Reshape ``[.., C, S..] -> [.., C/per, per·S..]`` splits the channel axis into whole units
+  (block ``per``, the axis then counts units) and the reverse Reshape merges them back into
+  channels: attention heads ``[.., heads, head_dim]``, and GroupNorm as torch exports it
+  (Reshape ``[N, G, -1]``, InstanceNormalization with ``G`` scale/bias entries, Reshape back to
+  ``[N, C, H, W]``, Mul/Add by gamma/beta: whole norm groups, block ``C / G``). The Reshape's
+  explicit channel entry (a constant, or a piece of a Concat of constants) is a member; a shape
+  read at run time by ``Shape(t)`` follows the pruning when ``t``'s axis is made of the same
+  groups, else the groups close. Past a Reshape's channel axis dimensions may be named (dynamic
+  H, W) when those before it are known: the element count fixes them;
 - MatMul of two activations (attention) unions the heads of both sides on batch axes;
 - anything else that touches a tracked axis closes the groups with a note: the analysis never
   guesses. Graph outputs keep all their channels.

@@ -3,14 +3,14 @@
 A *group* is a set of channels that must be pruned together. It is born at a producer (the
 output channels of a Conv, ConvTranspose, Gemm or MatMul with a constant weight) and grows by
 union when two layouts meet (residual Add, attention heads). Its channels are counted in
-*units* of ``block`` raw channels: ``block = 1`` for convolutions and FFNs, ``block = head_dim``
-once a Reshape splits the channel axis into ``[heads, head_dim]`` (whole heads only),
-``block = C / group`` through a grouped conv and ``C / num_groups`` through a GroupNormalization
-(whole conv-groups or norm groups only).
+*units* of ``block`` raw channels: ``block = 1`` for convolutions and FFNs, ``block = C / G``
+once a Reshape splits the channel axis into ``G`` whole units (``[heads, head_dim]``, or the
+``[G, C/G·H·W]`` of torch's exported GroupNorm), ``block = C / group`` through a grouped conv and
+``C / num_groups`` through a GroupNormalization (whole conv-groups or norm groups only).
 
 A *layout* says how a tensor's axis is made of groups: ``segs`` in order along ``axis`` (a
 Concat puts several), each raw (``size`` entries) or in units (``size / block`` entries, the
-heads axis), every entry repeated ``expand`` times (Flatten of ``[N, C, H, W]`` gives
+heads or norm-groups axis), every entry repeated ``expand`` times (Flatten of ``[N, C, H, W]`` gives
 ``expand = H·W``). A *member* is one array (a node's constant input) or one Reshape dimension
 that changes when the group loses channels; it records where the group's span starts along the
 member's axis, so a member axis shared by several groups (a consumer after a Concat) is sliced
@@ -29,7 +29,7 @@ class Seg:
     """One group's span along a tensor axis."""
 
     gid: int
-    unit: bool = False  # the axis counts units (heads), not raw channels
+    unit: bool = False  # the axis counts units (heads, norm groups), not raw channels
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,8 @@ class Member:
         node: the node's name.
         kind: ``"out"`` (producer weight/bias, output channels), ``"in"`` (consumer weight, input
             channels), ``"param"`` (a per-channel or per-unit constant: BN statistics, a bias in
-            an Add, a grouped conv's weight, GroupNormalization scale/bias), ``"shape"`` (a
+            an Add, a grouped conv's weight, GroupNormalization scale/bias, the per-norm-group
+            InstanceNormalization scale/bias of torch's GroupNorm), ``"shape"`` (a
             Reshape dimension, a Split size, a Slice start or end), ``"group"`` (a grouped
             conv's ``group`` or a GroupNormalization's ``num_groups`` attribute).
         index: the node's input index of the array (for ``shape``: the Reshape shape input).

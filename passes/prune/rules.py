@@ -51,9 +51,7 @@ class PassThroughRules:
 
     def norm(self, node: gs.Node, ins: list, where: str) -> None:
         x = ins[0]
-        if x is None or x.axis != 1 or any(i is not None for i in ins[1:]) or any(
-            s.unit for s in x.segs
-        ):
+        if x is None or x.axis != 1 or any(i is not None for i in ins[1:]):
             return self.close_all([i for i in ins if i], f"{where}: channels not on axis 1")
         n = 5 if node.op == "BatchNormalization" else 3
         for k in range(1, min(n, len(node.inputs))):
@@ -226,6 +224,11 @@ class PassThroughRules:
 
     # ------------------------------------------------------------------ reshapes
     def reshape(self, node: gs.Node, ins: list, where: str) -> None:
+        """Flatten / Reshape. The channel axis may stay, be flattened with the axes after it
+        (``expand``), be split into whole units ``[.., C, S..] -> [.., C/per, per·S..]`` (heads,
+        or torch's GroupNorm ``[N, G, -1]``: block ``per``, the axis then counts units), or merge
+        whole units back into channels (the inverse). The dimensions after the channel axis need
+        not be static when those before it are known: the element count then fixes them."""
         x = ins[0]
         if x is None or any(i is not None for i in ins[1:]):
             return self.close_all([i for i in ins if i], f"{where}: channels in the shape input")
@@ -234,37 +237,52 @@ class PassThroughRules:
             return self.close(x, f"{where}: shapes unknown (run shape inference)")
         c = x.axis
         inner = din[c + 1 :]
-        if not _static(inner) or not isinstance(din[c], (int, np.integer)):
-            return self.close(x, f"{where}: dimensions after the channel axis are not static")
-        e_in = int(np.prod(inner)) if inner else 1
+        e_in = int(np.prod(inner)) if _static(inner) else None
+        if not isinstance(din[c], (int, np.integer)):
+            return self.close(x, f"{where}: the channel dimension is not static")
         if node.op == "Flatten":
             axis = int(node.attrs.get("axis", 1)) % max(len(din), 1)
             if axis != c:
                 return self.close(x, f"{where}: flattens across the channel axis at {axis}")
+            if e_in is None:
+                return self.close(x, f"{where}: dimensions after the channel axis are not static")
             return self.set(node.outputs[0], Layout(c, x.segs, x.expand * e_in))
         if len(dout) <= c or [str(d) for d in dout[:c]] != [str(d) for d in din[:c]]:
             return self.close(x, f"{where}: moves the dimensions before the channel axis")
         oc, out_inner = dout[c], dout[c + 1 :]
-        if not isinstance(oc, (int, np.integer)) or not _static(out_inner):
-            return self.close(x, f"{where}: output shape not static after the channel axis")
-        eo = int(np.prod(out_inner)) if out_inner else 1
-        g0 = self.group(x.segs[0].gid)
-        if oc == din[c] and eo == e_in:  # channel axis unchanged
+        eo = int(np.prod(out_inner)) if _static(out_inner) else None
+        if not isinstance(oc, (int, np.integer)):
+            return self.close(x, f"{where}: the output channel dimension is not static")
+        if (e_in is None or eo is None) and None in din[:c]:
+            return self.close(x, f"{where}: dimensions after the channel axis are not static")
+
+        def rest(num: int, den: int) -> bool:
+            """The output's dimensions after the channel axis hold ``num / den`` times the
+            input's: checked when static, else implied by the element count."""
+            return e_in is None or eo is None or eo * den == e_in * num
+
+        units = [s.unit for s in x.segs]
+        blocks = {self.group(s.gid).block for s in x.segs}
+        per = blocks.pop() if len(blocks) == 1 else 0  # channels per unit when merging back
+        if oc == din[c] and rest(1, 1):  # channel axis unchanged
             layout = x
             factor = x.expand
-        elif oc == din[c] * e_in and not out_inner:  # flatten
+        elif e_in is not None and oc == din[c] * e_in and not out_inner:  # flatten
             layout = Layout(c, x.segs, x.expand * e_in)
             factor = x.expand * e_in
-        elif (len(din) == c + 1 and len(dout) == c + 2 and oc * dout[c + 1] == din[c]
-              and len(x.segs) == 1 and not x.segs[0].unit and x.expand == 1
-              and g0.size == din[c] and g0.block in (1, dout[c + 1])):  # split heads
-            g0.block = int(dout[c + 1])
-            layout = Layout(c, (Seg(x.segs[0].gid, unit=True),), 1)
+        elif (out_inner and not any(units) and x.expand == 1 and self.span(x) == din[c]
+              and 0 < oc < din[c] and din[c] % oc == 0 and rest(din[c] // oc, 1)):  # split
+            if not self.whole_units(x, din[c] // oc, f"{where} ({din} -> {dout})", "unit"):
+                return None
+            layout = Layout(c, tuple(Seg(s.gid, unit=True) for s in x.segs))
             return self._shape_member(node, c, layout, unit=True, factor=1, out=layout)
-        elif (len(din) == c + 2 and len(dout) == c + 1 and len(x.segs) == 1 and x.segs[0].unit
-              and din[c + 1] == g0.block and oc == din[c] * din[c + 1]):  # merge heads
-            layout = Layout(c, (Seg(x.segs[0].gid),), 1)
+        elif (all(units) and x.expand == 1 and self.span(x) == din[c] and per
+              and oc == din[c] * per and rest(1, per)):  # merge units
+            layout = Layout(c, tuple(Seg(s.gid) for s in x.segs))
             return self._shape_member(node, c, layout, unit=False, factor=1, out=layout)
+        elif any(units):
+            return self.close(x, f"{where}: reshape {din} -> {dout} does not merge whole units "
+                                 f"back into channels")
         else:
             return self.close(x, f"{where}: reshape {din} -> {dout} splits the channel axis")
         return self._shape_member(node, c, layout, unit=x.segs[0].unit, factor=factor,
@@ -276,7 +294,7 @@ class PassThroughRules:
         where = f"Reshape '{node.name}'"
         holder = _shape_entry(node, pos)
         if holder is None:
-            return self.close(out, f"{where}: shape entry {pos} is computed at run time")
+            return self._shape_follows(node, pos, out, where)
         hnode, index, elem, value = holder
         if value not in (-1, 0):
             segs = (src or out).segs
@@ -287,6 +305,23 @@ class PassThroughRules:
         self.set(node.outputs[0], out)
         return None
 
+    def _shape_follows(self, node: gs.Node, pos: int, out: Layout, where: str) -> None:
+        """A shape read at run time by ``Shape(t)`` (torch's Reshape back to ``x.shape``): entry
+        ``pos`` follows the pruning by itself when ``t``'s axis ``pos`` is made of the same groups
+        as the output's channel axis; anything else closes."""
+        p = producer(node.inputs[1])
+        if p is None or p.op != "Shape":
+            return self.close(out, f"{where}: shape entry {pos} is computed at run time")
+        t = p.inputs[0]
+        la, r, start = self.lay(t), _rank(t), int(p.attrs.get("start", 0))
+        axis = None if r is None else pos + (start + r if start < 0 else start)
+        if la is None or la.axis != axis or la.expand != out.expand or [
+            (self.find(s.gid), s.unit) for s in la.segs
+        ] != [(self.find(s.gid), s.unit) for s in out.segs]:
+            return self.close(out, f"{where}: shape entry {pos} is read from the shape of "
+                                   f"'{t.name}', whose axis is not made of the same channels")
+        self.set(node.outputs[0], out)
+        return None
 
     def split(self, node: gs.Node, ins: list, where: str) -> None:
         """Split: along another axis every output keeps the layout; along the channel axis only
