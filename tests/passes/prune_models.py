@@ -322,3 +322,72 @@ def concat_slice(second: tuple[list, list, list] = ([4], [10], [1]),
         helper.make_node("Add", ["c", "d"], ["y"], name="add"),
     ]
     return _model(nodes, inits, [1, 3, 4, 4], [1, 5, 4, 4])
+
+
+@_seeded
+def torch_group_norm(split: str = "minus-one", back: str = "shape",
+                     sizes: tuple[int, ...] = (8,)) -> onnx.ModelProto:
+    """x[1, 8, 4, 4] -> 1x1 convs (``sizes`` channels, concatenated when several; 8 in all) ->
+    GroupNorm(4, 8) as torch exports it: Reshape to ``[N, 4, -1]``, InstanceNormalization (4
+    scale/bias entries), Reshape back, Mul by gamma and Add beta ``[8, 1, 1]`` -> Relu -> 1x1
+    conv (4). Norm group 1 (channels 2, 3) carries nothing (zero in the convs and in beta).
+
+    ``split``: the first shape, ``"minus-one"`` ``[0, 4, -1]``, ``"explicit"`` ``[1, 4, 32]``,
+    ``"concat"`` a Concat of Constants ``[0] [4] [-1]`` (as TorchScript builds shapes).
+    ``back``: ``"shape"`` Shape of the conv output, ``"constant"`` ``[1, 8, 4, 4]``, ``"concat"``
+    Concat ``[1] [8] [4, 4]``, ``"input"`` Shape of the graph input (8 channels too, but no part
+    of the group), ``"pairs"`` Reshape ``[1, 2, 64]`` (two norm groups a row) then constant."""
+    z = (2, 3)
+    inits: dict[str, np.ndarray] = {
+        "gamma": (np.abs(_w(8, 1, 1)) + 0.5).astype(np.float32), "beta": _w(8, 1, 1, zero=z),
+        "s": np.ones(4, np.float32), "t": np.zeros(4, np.float32), "w2": _w(4, 8, 1, 1),
+    }
+    nodes, outs, start = [], [], 0
+    for k, n in enumerate(sizes):
+        name = "conv" if len(sizes) == 1 else f"conv{k}"
+        zk = tuple(c - start for c in z if start <= c < start + n)
+        inits[f"w_{name}"], inits[f"b_{name}"] = _w(n, 8, 1, 1, zero=zk), _w(n, zero=zk)
+        nodes.append(helper.make_node("Conv", ["x", f"w_{name}", f"b_{name}"], [name], name=name))
+        outs.append(name)
+        start += n
+    c = outs[0]
+    if len(outs) > 1:
+        nodes.append(helper.make_node("Concat", outs, ["c"], name="cat", axis=1))
+        c = "c"
+
+    def const(name: str, value: list) -> str:
+        t = numpy_helper.from_array(np.array(value, np.int64), name)
+        nodes.append(helper.make_node("Constant", [], [name], name=name, value=t))
+        return name
+
+    def shape(name: str, kind: str, pieces: list[list]) -> str:
+        if kind != "concat":
+            return const(name, [v for p in pieces for v in p])
+        parts = [const(f"{name}{i}", p) for i, p in enumerate(pieces)]
+        nodes.append(helper.make_node("Concat", parts, [name], name=f"{name}_cat", axis=0))
+        return name
+
+    first = {"minus-one": [[0], [4], [-1]], "explicit": [[1], [4], [32]],
+             "concat": [[0], [4], [-1]]}[split]
+    nodes.append(helper.make_node("Reshape", [c, shape("to_groups", split, first)], ["g"],
+                                  name="split"))
+    nodes.append(helper.make_node("InstanceNormalization", ["g", "s", "t"], ["gn"], name="inorm"))
+    if back in ("shape", "input"):
+        nodes.append(helper.make_node("Shape", [c if back == "shape" else "x"], ["back"],
+                                      name="shape_of"))
+        target = "back"
+    elif back == "pairs":
+        nodes.append(helper.make_node("Reshape", ["gn", const("to_pairs", [1, 2, 64])], ["gp"],
+                                      name="pairs"))
+        target = const("back", [1, 8, 4, 4])
+    else:
+        target = shape("back", back, [[1], [8], [4, 4]])
+    src = "gp" if back == "pairs" else "gn"
+    nodes += [
+        helper.make_node("Reshape", [src, target], ["n"], name="merge"),
+        helper.make_node("Mul", ["n", "gamma"], ["m"], name="mul_gamma"),
+        helper.make_node("Add", ["m", "beta"], ["a"], name="add_beta"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    return _model(nodes, inits, [1, 8, 4, 4], [1, 4, 4, 4])
