@@ -404,28 +404,36 @@ class PassManager:
             return None, str(e), None, None
         except Exception as e:  # noqa: BLE001
             return None, f"{type(e).__name__}: {e}", None, None
+        why, cmp_prev, cmp_orig = self._judge(outputs, stage, exact)
+        if why:
+            self.runner.forget(session)  # a rejected candidate's session is never run again
+            return None, why, cmp_prev, cmp_orig
+        summary = ModelSummary.of(candidate, inferred)
+        return _Stage(candidate, outputs, summary, stage.lossy or not exact), "", cmp_prev, cmp_orig
+
+    def _judge(self, outputs: Runs, stage: _Stage, exact: bool
+               ) -> tuple[str, Comparison, Comparison]:
+        """("" or why the candidate's outputs fail, vs previous stage, vs original)."""
         from_original = stage.outputs is self._ref  # then one comparison serves both
         cmp_prev = compare(stage.outputs, outputs)
         cmp_orig = cmp_prev if from_original else compare(self._ref, outputs)
         if exact:
             v = self.exact.check(stage.outputs, outputs)
             if not v:
-                return None, "outputs changed: " + v.reason, cmp_prev, cmp_orig
-        lossy = stage.lossy or not exact
-        if lossy:
+                return "outputs changed: " + v.reason, cmp_prev, cmp_orig
+        if stage.lossy or not exact:
             acc = None
             if self._vfeeds.labels is not None:
                 acc = (accuracy(self._ref, self._vfeeds.labels or []),
                        accuracy(outputs, self._vfeeds.labels or []))
             v = (self.budget or Budget()).check(cmp_orig, acc)
             if not v:
-                return None, "over budget: " + v.reason, cmp_prev, cmp_orig
+                return "over budget: " + v.reason, cmp_prev, cmp_orig
         elif not from_original:
             v = self.exact.check(self._ref, outputs)
             if not v:
-                return None, "drifted from the original: " + v.reason, cmp_prev, cmp_orig
-        summary = ModelSummary.of(candidate, inferred)
-        return _Stage(candidate, outputs, summary, lossy), "", cmp_prev, cmp_orig
+                return "drifted from the original: " + v.reason, cmp_prev, cmp_orig
+        return "", cmp_prev, cmp_orig
 
     def _bisect(self, p: Pass, stage: _Stage, sites: list[str]):
         """Keep every site that verifies: try chunks, split failing chunks in halves."""

@@ -98,6 +98,12 @@ class Runner:
     def clear(self) -> None:
         self._sessions.clear()
 
+    def forget(self, session: Any) -> None:
+        """Drop ``session`` from the cache (and with it the weights it holds)."""
+        for key, cached in list(self._sessions.items()):
+            if cached is session:
+                del self._sessions[key]
+
 
 def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(
