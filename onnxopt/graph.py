@@ -28,7 +28,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     """
     graph = gs.import_onnx(model)
     _normalize_domains(graph)
-    setattr(graph, UNUSED_INITIALIZERS, _unused_initializers(model.graph))
+    setattr(graph, UNUSED_INITIALIZERS, unused_initializers(model.graph))
     return graph
 
 
@@ -36,7 +36,8 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 UNUSED_INITIALIZERS = "onnxopt_unused_initializers"
 
 
-def _unused_initializers(g: onnx.GraphProto) -> list[str]:
+def unused_initializers(g: onnx.GraphProto) -> list[str]:
+    """Initializers of ``g`` that no node (in any subgraph) and no graph output reads."""
     read: set[str] = {o.name for o in g.output}
 
     def visit(graph: onnx.GraphProto) -> None:

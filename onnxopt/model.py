@@ -232,11 +232,15 @@ _ITEMSIZE = {
 LIGHT_MAX_ELEMENTS = 1024
 
 
-def light_model(model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS) -> onnx.ModelProto:
+def light_model(model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS, *,
+                stubs: bool = False) -> onnx.ModelProto:
     """A copy without large weights: each big initializer becomes a graph input of its shape.
 
     Shape inference and the checker only need the weights' shapes, plus the values of small
     (shape) constants; on a 400 MB model this is ~50x faster than working on the full proto.
+    With ``stubs``, a big numeric initializer instead stays an initializer whose data is
+    external (``location: onnxopt-in-memory``), for onnxruntime to receive as an in-memory
+    array; other big ones (strings, odd types) keep their data.
     """
     light = onnx.ModelProto()
     light.ir_version = model.ir_version
@@ -255,11 +259,24 @@ def light_model(model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS) 
         n = int(np.prod(t.dims)) if len(t.dims) else 1
         if n <= max_elements and t.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(t)
+        elif stubs:
+            g.initializer.append(_stub(t, n) if t.data_type in _ITEMSIZE and
+                                 t.data_location != onnx.TensorProto.EXTERNAL else t)
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
             pass  # already declared as an input (IR < 4 style); its value_info is there
     return light
+
+
+def _stub(t: onnx.TensorProto, n: int) -> onnx.TensorProto:
+    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
+                            data_location=onnx.TensorProto.EXTERNAL)
+    for k, v in (("location", "onnxopt-in-memory"), ("offset", "0"),
+                 ("length", str(n * _ITEMSIZE[t.data_type]))):
+        e = stub.external_data.add()
+        e.key, e.value = k, v
+    return stub
 
 
 def with_inferred_shapes(model: onnx.ModelProto, *, data_prop: bool = True) -> onnx.ModelProto:

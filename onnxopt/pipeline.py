@@ -248,17 +248,7 @@ class PassManager:
 
     def _apply(self, p: Pass, model: onnx.ModelProto, site_filter: set[str] | None = None
                ) -> tuple[PassResult, onnx.ModelProto]:
-        ctx = self._ctx(p, site_filter)
-        if p.needs_model:
-            m = onnx.ModelProto()
-            m.CopyFrom(model)
-            result = p.run_model(m, ctx)
-            out = result.model if result.model is not None else m
-        else:
-            graph = to_graph(model)
-            result = p.run(graph, ctx)
-            out = to_model(graph, like=model) if result.changed else model
-        return result, out
+        return p.apply(model, self._ctx(p, site_filter))
 
     def _run_batch(self, batch: list[Pass], start: int, stage: _Stage,
                    report: PipelineReport) -> _Stage:

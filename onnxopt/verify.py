@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -111,55 +110,21 @@ def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     )
 
 
-#: initializers with more elements than this are handed to onnxruntime as arrays
-_INLINE_MAX_ELEMENTS = 1024
-
-
 def _split_weights(model: onnx.ModelProto) -> tuple[bytes, list[str], list[np.ndarray]]:
     """(serialized model whose large initializers are external stubs, their names, arrays)."""
     from onnx import numpy_helper
 
-    big = [t for t in model.graph.initializer
-           if t.data_type != onnx.TensorProto.STRING
-           and t.data_location != onnx.TensorProto.EXTERNAL
-           and (int(np.prod(t.dims)) if len(t.dims) else 1) > _INLINE_MAX_ELEMENTS]
-    if not big:
-        return model.SerializeToString(), [], []
-    shell = onnx.ModelProto()
-    _copy_fields(shell, model, skip="graph")
-    _copy_fields(shell.graph, model.graph, skip="initializer")
-    g, src = shell.graph, model.graph
-    big_names = {t.name for t in big}
+    from onnxopt.model import light_model
+
+    shell = light_model(model, stubs=True)
+    stubbed = {t.name for t in shell.graph.initializer
+               if t.data_location == onnx.TensorProto.EXTERNAL}
     names, arrays = [], []
-    for t in src.initializer:
-        if t.name not in big_names:
-            g.initializer.append(t)
-            continue
-        arr = np.ascontiguousarray(numpy_helper.to_array(t))
-        stub = g.initializer.add()
-        stub.name, stub.data_type = t.name, t.data_type
-        stub.dims.extend(t.dims)
-        stub.data_location = onnx.TensorProto.EXTERNAL
-        for k, v in (("location", "onnxopt-in-memory"), ("offset", "0"),
-                     ("length", str(arr.nbytes))):
-            e = stub.external_data.add()
-            e.key, e.value = k, v
-        names.append(t.name)
-        arrays.append(arr)
+    for t in model.graph.initializer:
+        if t.name in stubbed:
+            names.append(t.name)
+            arrays.append(np.ascontiguousarray(numpy_helper.to_array(t)))
     return shell.SerializeToString(), names, arrays
-
-
-def _copy_fields(dst: Any, src: Any, skip: str) -> None:
-    """Copy every set field of message ``src`` into ``dst`` except ``skip`` (no deep copy of it)."""
-    for field, value in src.ListFields():
-        if field.name == skip:
-            continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
-        else:
-            setattr(dst, field.name, value)
 
 
 # --------------------------------------------------------------------------------------------

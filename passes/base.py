@@ -115,6 +115,22 @@ class Pass:
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError
 
+    def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[PassResult, onnx.ModelProto]:
+        """Run on ``model`` without modifying it: a copy for whole-model passes, a gs import
+        otherwise. Returns (result, the rewritten model, or ``model`` itself when unchanged)."""
+        import onnx
+
+        from onnxopt.graph import to_graph, to_model
+
+        if self.needs_model:
+            m = onnx.ModelProto()
+            m.CopyFrom(model)
+            result = self.run_model(m, ctx)
+            return result, (result.model if result.model is not None else m)
+        graph = to_graph(model)
+        result = self.run(graph, ctx)
+        return result, (to_model(graph, like=model) if result.changed else model)
+
     def all_tags(self) -> set[str]:
         return {self.name, *self.tags}
 

@@ -28,7 +28,14 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.data import Feeds
-from onnxopt.graph import is_empty_tensor, producer, to_graph, to_model
+from onnxopt.graph import (
+    is_empty_tensor,
+    producer,
+    to_graph,
+    to_model,
+    unique_name,
+    unused_initializers,
+)
 
 from .layout import cval
 
@@ -211,7 +218,16 @@ class Reconstructor:
         bns = len(steps) - fits
         self.notes.append(f"reconstruct: refit {fits} layer(s) and re-estimated {bns} "
                           f"BatchNormalization(s) on {self.feeds.num_samples} sample(s)")
-        return to_model(self.graph, like=self.like), self.notes, fits
+        # the patched export is the result: drop the weights the refits replaced
+        gone = set(unused_initializers(model.graph))
+        keep = [t for t in model.graph.initializer if t.name not in gone]
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(keep)
+        return model, self.notes, fits
+
+    def _const(self, base: str, values: np.ndarray) -> gs.Constant:
+        """A new constant under a fresh name (a weight shared by two refit layers gets two)."""
+        return gs.Constant(unique_name(self.graph, base), values)
 
     def _patch(self, model: onnx.ModelProto, wave: list[Step]) -> None:
         """Write the wave's new constants into ``model`` (cheaper than a full export)."""
@@ -362,11 +378,11 @@ class Reconstructor:
             w_out = (w_new.T if int(node.attrs.get("transB", 0)) else w_new) / scale
         else:
             w_out = w_new
-        node.inputs[1] = gs.Constant(node.inputs[1].name + "_refit", w_out.astype(dtype))
+        node.inputs[1] = self._const(node.inputs[1].name + "_refit", w_out.astype(dtype))
         if b_new is not None:
             shape = b_arr.shape if b_arr is not None else (cols,)
             name = (node.inputs[bias_idx].name if has_b else node.name + "_bias") + "_refit"
-            const = gs.Constant(name, b_new.reshape(shape).astype(dtype))
+            const = self._const(name, b_new.reshape(shape).astype(dtype))
             while len(node.inputs) <= bias_idx:
                 node.inputs.append(gs.Variable(""))
             node.inputs[bias_idx] = const
@@ -384,5 +400,5 @@ class Reconstructor:
         mu_new = mp - (m - mu) * ratio
         var_new = np.maximum((var + eps) * ratio**2 - eps, 1e-12)
         dtype = cval(node.inputs[3]).dtype
-        node.inputs[3] = gs.Constant(node.inputs[3].name + "_reest", mu_new.astype(dtype))
-        node.inputs[4] = gs.Constant(node.inputs[4].name + "_reest", var_new.astype(dtype))
+        node.inputs[3] = self._const(node.inputs[3].name + "_reest", mu_new.astype(dtype))
+        node.inputs[4] = self._const(node.inputs[4].name + "_reest", var_new.astype(dtype))

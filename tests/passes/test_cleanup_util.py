@@ -8,7 +8,7 @@ import onnx.parser
 import onnxruntime as ort
 
 from onnxopt.data import synthesize
-from onnxopt.graph import merge_tensors, to_graph, to_model
+from onnxopt.graph import merge_tensors, to_graph
 from onnxopt.passes.base import Pass, PassContext, PassResult
 from onnxopt.passes.cleanup._util import infer_facts
 
@@ -22,16 +22,7 @@ def parse(text: str) -> onnx.ModelProto:
 def apply(p: Pass, model: onnx.ModelProto, ctx: PassContext | None = None
           ) -> tuple[onnx.ModelProto, PassResult]:
     """Run one pass the way the manager does (graph in, exported model out)."""
-    ctx = ctx or PassContext()
-    if p.needs_model:
-        m = onnx.ModelProto()
-        m.CopyFrom(model)
-        res = p.run_model(m, ctx)
-        out = res.model if res.model is not None else m
-    else:
-        graph = to_graph(model)
-        res = p.run(graph, ctx)
-        out = to_model(graph, like=model)
+    res, out = p.apply(model, ctx or PassContext())
     onnx.checker.check_model(out)
     onnx.shape_inference.infer_shapes(out, strict_mode=True)
     return out, res
