@@ -46,10 +46,9 @@ MODES = [
 def session(model, parallel: bool = False):  # noqa: ANN001, ANN201
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
+    from onnxopt.bench import session_options
+
+    so = session_options(threads=1)
     if parallel:
         so.execution_mode = ort.ExecutionMode.ORT_PARALLEL
         so.inter_op_num_threads = 2

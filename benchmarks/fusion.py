@@ -104,15 +104,9 @@ def tools_for(name: str) -> dict[str, Callable]:
 # ---- measuring -----------------------------------------------------------------------------------
 
 def _session(model_path: str, optimized: bool):
-    import onnxruntime as ort
+    from onnxopt.bench import session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.intra_op_num_threads = THREADS
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model_path, so, providers=["CPUExecutionProvider"])
+    return session(model_path, threads=THREADS, optimization="all" if optimized else "disable")
 
 
 def latency_ms(sess, inputs: dict, repeat: int, warmup: int = 3) -> float:

@@ -119,18 +119,15 @@ def _read_tensors(folder: Path, prefix: str) -> list[np.ndarray] | None:
     return out
 
 
-def _session(model: onnx.ModelProto) -> Any:
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[Any]:
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 4
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    from onnxopt.bench import session_options
 
-
-def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[Any]:
-    return _session(model).run(None, feeds)
+    so = session_options(threads=1, optimization="disable")
+    so.log_severity_level = 4  # hundreds of cases onnxruntime cannot run: no log line each
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
 
 
 def _identical(a: np.ndarray, b: np.ndarray) -> bool:

@@ -75,15 +75,9 @@ def feeds_for(name: str, model: onnx.ModelProto) -> tuple[Feeds, Feeds, np.ndarr
 
 
 def session(model: onnx.ModelProto, optimized: bool = False) -> Any:
-    import onnxruntime as ort
+    from onnxopt.bench import session as bench_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized else
-                                   ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.intra_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return bench_session(model, threads=1, optimization="all" if optimized else "disable")
 
 
 def outputs(model: onnx.ModelProto, feeds: Feeds) -> list[np.ndarray]:

@@ -37,15 +37,9 @@ REPEATS = 3
 
 
 def _session(path: str, threads: int = 2, optimized: bool = True):  # noqa: ANN202
-    import onnxruntime as ort
+    from onnxopt.bench import session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    return session(path, threads=threads, optimization="all" if optimized else "disable")
 
 
 def _latency_once(path: str, feed: dict, seconds: float, warmup: int) -> float:

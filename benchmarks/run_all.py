@@ -89,12 +89,9 @@ def write_feeds(name: str, work: Path) -> tuple[Path, list[dict[str, np.ndarray]
 
 def outputs(path: str, runs: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     """First output of every run (onnxruntime, all graph optimizations, two threads)."""
-    import onnxruntime as ort
+    from onnxopt.bench import session
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = 2
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    sess = session(path, threads=2)
     return [sess.run(None, r)[0] for r in runs]
 
 

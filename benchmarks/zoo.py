@@ -305,14 +305,12 @@ def _export(model: Any, s: Spec, exporter: str, path: Path) -> None:
 def _check_export(model: Any, s: Spec, exporter: str, path: Path,
                   feeds: dict[str, np.ndarray]) -> None:
     import onnx
-    import onnxruntime as ort
     import torch
 
+    from onnxopt.bench import session
+
     onnx.checker.check_model(str(path))
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 2
-    sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    sess = session(path, threads=2)
     got = sess.run(None, feeds)
     with torch.no_grad():
         want = model(*(torch.from_numpy(feeds[k]) for k in s.inputs))

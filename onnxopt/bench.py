@@ -223,7 +223,9 @@ def file_bytes(path: Path, model: onnx.ModelProto | None = None) -> int:
 # --------------------------------------------------------------------------- measurement
 
 
-def _session_options(threads: int, optimization: str) -> Any:
+def session_options(threads: int = 0, optimization: str = "all") -> Any:
+    """onnxruntime SessionOptions: ``threads`` intra-op threads (0: onnxruntime's choice), one
+    inter-op thread, graph optimizations ``disable|basic|extended|all``, quiet logs."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -238,6 +240,16 @@ def _session_options(threads: int, optimization: str) -> Any:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     return so
+
+
+def session(model: Any, *, threads: int = 0, optimization: str = "all") -> Any:
+    """A CPU session for a path, bytes or ModelProto with :func:`session_options`."""
+    import onnxruntime as ort
+
+    data = model.SerializeToString() if hasattr(model, "SerializeToString") else (
+        model if isinstance(model, bytes) else str(model))
+    return ort.InferenceSession(data, session_options(threads, optimization),
+                                providers=["CPUExecutionProvider"])
 
 
 def _rss_mb() -> float:
@@ -255,7 +267,7 @@ def measure(path: str, runs_feeds: list[dict[str, np.ndarray]], *, provider: str
     base = _rss_mb()
     t0 = time.perf_counter()
     try:
-        sess = ort.InferenceSession(path, _session_options(threads, optimization),
+        sess = ort.InferenceSession(path, session_options(threads, optimization),
                                     providers=[provider])
     except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
         raise ModelError(f"{path}: onnxruntime cannot create a session "
