@@ -210,6 +210,11 @@ def make_plan(model: onnx.ModelProto, o: dict[str, Any], feeds: Any,
                         global_rank=bool(o["global"]), max_ratio=float(o["max_ratio"]),
                         round_to=int(o["round_to"]))
     kept = {g: k for g, k in kept.items() if len(k) < analysis.groups[g].units}
+    tf = o["target_flops"]
+    if tf is not None and sites and macs.estimate(kept) > tf * macs.total * (1 + 1e-9):
+        notes.append(f"prune: target {tf:.0%} of the MACs not reached: the prunable groups "
+                     f"allow at least {macs.estimate(kept) / max(macs.total, 1):.1%} "
+                     f"(max_ratio {o['max_ratio']}, round_to {o['round_to']}, closed groups)")
     return Plan(base, graph, analysis, scores, kept, macs, method, sites, notes)
 
 

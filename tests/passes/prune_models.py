@@ -66,6 +66,21 @@ def residual_block(zero: tuple[int, ...] = (1, 5)) -> onnx.ModelProto:
 
 
 @_seeded
+def conv_chain(width: int = 16) -> onnx.ModelProto:
+    """x(4) -> c1(width) -> Relu -> c2(width) -> Relu -> c3(4) -> y, 1x1 convs: two groups of
+    equal cost, so a uniform ratio moves both at once."""
+    inits = {"w1": _w(width, 4, 1, 1), "w2": _w(width, width, 1, 1), "w3": _w(4, width, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], name="c2"),
+        helper.make_node("Relu", ["c2"], ["r2"], name="r2"),
+        helper.make_node("Conv", ["r2", "w3"], ["y"], name="c3"),
+    ]
+    return _model(nodes, inits, [1, 4, 4, 4], [1, 4, 4, 4])
+
+
+@_seeded
 def concat_branches() -> onnx.ModelProto:
     """Two conv branches (6 and 4 channels, channels 0 and 1 zero) concatenated into a conv."""
     inits = {

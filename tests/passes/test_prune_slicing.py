@@ -93,11 +93,33 @@ def test_round_to_and_max_ratio_and_min_one():
     x = np.ones([2, 4, 8, 8], np.float32)
     res = _prune(model, x, ratio=0.5, round_to=4)
     assert _weights(res.model)["c1"][0] == 4
+    res = _prune(model, x, ratio=0.5, round_to=3)
+    assert _weights(res.model)["c1"][0] == 6  # 4 kept, rounded up to a multiple of 3
+    # a group no wider than round_to stays whole: half a runtime block saves nothing
+    res = _prune(model, x, ratio=0.5, round_to=8)
+    assert res.model is None  # so nothing is left to prune
     res = _prune(model, x, ratio=0.99, max_ratio=0.5)
     assert _weights(res.model)["c1"][0] == 4
     res = _prune(model, x, ratio=0.99, max_ratio=0.99)
     assert _weights(res.model)["c1"][0] == 1  # never below one channel
     _check(res.model)
+
+
+def test_target_flops_tops_up_to_the_target():
+    """MACs per pixel: 4·16 + 16·16 + 16·4 = 384. Halving both groups (round_to 8) leaves 128
+    (0.33); halving one leaves 224 (0.58), the closest plan within a 0.6 target."""
+    from onnxopt.model import count_macs
+
+    model = pm.conv_chain()
+    x = np.random.default_rng(0).standard_normal([1, 4, 4, 4]).astype(np.float32)
+    before = count_macs(model)[0]
+    for glob in (False, True):
+        res = _prune(model, x, target_flops=0.6, round_to=8, **{"global": glob})
+        assert count_macs(res.model)[0] / before == pytest.approx(224 / 384)
+        assert sorted(w[0] for k, w in _weights(res.model).items() if k != "c3") == [8, 16]
+    res = _prune(model, x, target_flops=0.2, round_to=8)  # below what round_to 8 allows
+    assert count_macs(res.model)[0] / before == pytest.approx(128 / 384)
+    assert any("not reached" in n for n in res.notes)
 
 
 def test_target_flops_reaches_the_target():
