@@ -33,7 +33,9 @@ its channel axis is made of) or none. Rules, by op:
   ``[N, C, H, W]``, Mul/Add by gamma/beta: whole norm groups, block ``C / G``). The Reshape's
   explicit channel entry (a constant, or a piece of a Concat of constants) is a member; a shape
   read at run time by ``Shape(t)`` follows the pruning when ``t``'s axis is made of the same
-  groups, else the groups close. Past a Reshape's channel axis dimensions may be named (dynamic
+  groups, else the groups close. Any other read of a tracked tensor's channel count (a Shape
+  entry that reaches anything but such a Reshape, or a Gather/Slice of other entries, and
+  ``Size``) closes its groups: the value would change under the reader; Past a Reshape's channel axis dimensions may be named (dynamic
   H, W) when those before it are known: the element count fixes them;
 - MatMul of two activations (attention) unions the heads of both sides on batch axes;
 - anything else that touches a tracked axis closes the groups with a note: the analysis never
@@ -65,7 +67,6 @@ SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPo
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "PRelu"}
 REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
           "ReduceProd", "ReduceSumSquare", "ReduceLogSumExp"}
-HARMLESS = {"Shape", "Size"}  # read only the shape, which follows the pruned tensor
 
 
 @dataclass
@@ -77,6 +78,8 @@ class Analysis(PassThroughRules):
     parent: dict[int, int] = field(default_factory=dict)
     layouts: dict[str, Layout] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: (Shape node, its input's layout, the channel axis' entry, entries): checked after the walk
+    shape_reads: list = field(default_factory=list)
 
     # ------------------------------------------------------------------ union-find
     def find(self, gid: int) -> int:
@@ -162,6 +165,7 @@ class Analysis(PassThroughRules):
     def run(self) -> Analysis:
         for node in self.graph.nodes:
             self.visit(node)
+        self.check_shape_reads()
         for t in self.graph.outputs:
             self.close(self.layouts.get(t.name), f"graph output '{t.name}' keeps its channels")
         return self
@@ -223,8 +227,8 @@ class Analysis(PassThroughRules):
             return self.batched_matmul(node, ins, where)
         if op == "Split":
             return self.split(node, ins, where)
-        if op in HARMLESS:
-            return None
+        if op in ("Shape", "Size"):
+            return self.shape_read(node, ins[0], where)
         self.close_all(tracked, f"{where}: op not understood by the channel analysis; "
                                 f"its channels stay")
         return None

@@ -323,6 +323,36 @@ class PassThroughRules:
         self.set(node.outputs[0], out)
         return None
 
+    def shape_read(self, node: gs.Node, x: Layout, where: str) -> None:
+        """Shape(t) / Size(t) of a tracked ``t``: the value changes when ``t`` is pruned. A Shape
+        whose range holds the channel axis is checked once the walk is done (its readers may
+        come later); Size closes at once."""
+        if node.op == "Size":
+            return self.close(x, f"{where}: reads the element count of a pruned tensor")
+        r = _rank(node.inputs[0])
+        if r is None:
+            return self.close(x, f"{where}: rank unknown")
+        start, end = (int(node.attrs.get(k, d)) for k, d in (("start", 0), ("end", r)))
+        start, end = (min(max(v + r if v < 0 else v, 0), r) for v in (start, end))
+        if start <= x.axis < end:
+            self.shape_reads.append((node, x, x.axis - start, end - start))
+        return None
+
+    def check_shape_reads(self) -> None:
+        """Every reader of a Shape's channel entry must take a new value: a Reshape of a
+        tracked tensor (checked by :meth:`_shape_follows`), or a Gather / Slice with constant
+        positions that leave the entry out. Anything else closes the groups."""
+        for node, x, pos, n in self.shape_reads:
+            out = node.outputs[0]
+            bad = "a graph output" if any(t is out for t in self.graph.outputs) else None
+            for c in list(out.outputs):
+                if not _skips_entry(c, out, pos, n, self.lay(c.inputs[0]) is not None):
+                    bad = f"{c.op} '{c.name}'"
+                    break
+            if bad:
+                self.close(x, f"Shape '{node.name}': the channel count of "
+                              f"'{node.inputs[0].name}' is read by {bad}")
+
     def split(self, node: gs.Node, ins: list, where: str) -> None:
         """Split: along another axis every output keeps the layout; along the channel axis only
         at group boundaries, with its constant ``split`` sizes as members."""
@@ -390,6 +420,31 @@ class PassThroughRules:
                         Member(node.name, "shape", index, k, 0, x.expand, s.unit))
         self.set(node.outputs[0], Layout(x.axis, tuple(segs), x.expand))
         return None
+
+
+def _skips_entry(c: gs.Node, shape: gs.Tensor, pos: int, n: int, data_tracked: bool) -> bool:
+    """Whether consumer ``c`` of a Shape output leaves its entry ``pos`` alone (or, for a
+    Reshape of a tracked tensor, is checked elsewhere)."""
+    if c.op == "Reshape":
+        return c.inputs[1] is shape and c.inputs[0] is not shape and data_tracked
+    if c.inputs[0] is not shape:
+        return False
+    if c.op == "Gather" and int(c.attrs.get("axis", 0)) == 0:
+        idx = cval(c.inputs[1])
+        if idx is None:
+            return False
+        return pos not in {int(i) % n for i in np.atleast_1d(idx)}
+    if c.op == "Slice":  # a Shape output is 1-D: axes can only be 0
+        given = [i < len(c.inputs) and not is_empty_tensor(c.inputs[i]) for i in range(5)]
+        vals = [cval(c.inputs[i]) if given[i] else None for i in range(5)]
+        if not (given[1] and given[2]) or any(given[i] and vals[i] is None for i in (1, 2, 3, 4)):
+            return False
+        if given[4] and int(vals[4].reshape(-1)[0]) != 1:
+            return False
+        lo, hi = (int(vals[i].reshape(-1)[0]) for i in (1, 2))
+        lo, hi = (min(max(v + n if v < 0 else v, 0), n) for v in (lo, hi))
+        return not lo <= pos < hi
+    return False
 
 
 def _shape_entry(node: gs.Node, pos: int) -> tuple[gs.Node, int, int, int] | None:

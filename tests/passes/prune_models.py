@@ -406,3 +406,49 @@ def torch_group_norm(split: str = "minus-one", back: str = "shape",
         helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
     ]
     return _model(nodes, inits, [1, 8, 4, 4], [1, 4, 4, 4])
+
+
+@_seeded
+def shape_reader(reader: str) -> onnx.ModelProto:
+    """x -> c1 (8) -> Relu -> c2 (4) -> y, and a second output computed from ``Shape(r1)``:
+
+    - ``reshape-untracked``: Concat(x, x) reshaped to ``Shape(r1)`` (needs the 8 channels);
+    - ``gather-channel``: the channel entry ``Shape(r1)[1]`` itself;
+    - ``gather-batch``: x flattened to ``[Shape(r1)[0], -1]``;
+    - ``slice-spatial``: zeros of shape ``Shape(r1)[2:4]``.
+    """
+    inits = {"w1": _w(8, 4, 1, 1), "w2": _w(4, 8, 1, 1), "axes0": np.array([0], np.int64),
+             "minus1": np.array([-1], np.int64), "two": np.array([2], np.int64),
+             "four": np.array([4], np.int64), "zero": np.array(0, np.int64),
+             "one": np.array(1, np.int64)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1"),
+        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
+        helper.make_node("Conv", ["r1", "w2"], ["y"], name="c2"),
+        helper.make_node("Shape", ["r1"], ["s"], name="shape"),
+    ]
+    if reader == "reshape-untracked":
+        nodes += [helper.make_node("Concat", ["x", "x"], ["u"], name="cat", axis=1),
+                  helper.make_node("Reshape", ["u", "s"], ["y2"], name="reshape")]
+        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 8, 8, 8])
+    elif reader == "gather-channel":
+        nodes += [helper.make_node("Gather", ["s", "one"], ["y2"], name="gather")]
+        y2 = helper.make_tensor_value_info("y2", TensorProto.INT64, [])
+    elif reader == "gather-batch":
+        nodes += [helper.make_node("Gather", ["s", "zero"], ["n"], name="gather"),
+                  helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsq"),
+                  helper.make_node("Concat", ["n1", "minus1"], ["shp"], name="cat", axis=0),
+                  helper.make_node("Reshape", ["x", "shp"], ["y2"], name="reshape")]
+        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 256])
+    else:
+        nodes += [helper.make_node("Slice", ["s", "two", "four"], ["hw"], name="slice"),
+                  helper.make_node("ConstantOfShape", ["hw"], ["y2"], name="zeros")]
+        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [8, 8])
+    g = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8]), y2],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m

@@ -100,3 +100,16 @@ def test_split_at_group_boundaries_only():
     _, groups = _groups(model)
     assert not groups[("a",)].prunable
     assert any("splits inside a channel group" in r for r in groups[("b",)].closed)
+
+
+def test_a_read_channel_count_closes_the_group():
+    """Shape(t) of a pruned t changes value: a reader that needs the old channel count (an
+    untracked tensor reshaped to it, the entry itself) closes t's group; readers of the other
+    entries (batch, spatial) leave it prunable."""
+    for reader, prunable in (("reshape-untracked", False), ("gather-channel", False),
+                             ("gather-batch", True), ("slice-spatial", True)):
+        a, groups = _groups(pm.shape_reader(reader))
+        g = groups[("c1",)]
+        assert g.prunable is prunable, reader
+        if not prunable:
+            assert any("channel count of 'r1'" in r for r in g.closed), g.closed
