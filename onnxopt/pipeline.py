@@ -340,6 +340,7 @@ class PassManager:
             if not p.exact:
                 gc.collect()  # see _bisect: a lossy pass's working graphs are big cycles
             pr.rewrites, pr.details = result.rewrites, dict(result.details)
+            own = len(pr.notes)  # notes from here on describe the candidate
             pr.notes.extend(result.notes)
             if not result.changed:
                 pr.status = "unchanged"
@@ -347,11 +348,14 @@ class PassManager:
             else:
                 new_stage, why, cmp_prev, cmp_orig = self._verify(candidate, stage, p.exact)
                 if new_stage is None and len(result.sites) > 1:
-                    new_stage, why, cmp_prev, cmp_orig, dropped = self._bisect(
+                    new_stage, why, cmp_prev, cmp_orig, dropped, kept = self._bisect(
                         p, stage, result.sites
                     )
                     pr.dropped_sites = dropped
                     if new_stage is not None:
+                        # the report describes the model kept, not the full candidate
+                        pr.details = dict(kept.details)
+                        pr.notes[own:] = kept.notes
                         pr.rewrites = len(result.sites) - len(dropped)
                         pr.notes.append(
                             f"bisection kept {pr.rewrites} of {len(result.sites)} sites; "
@@ -426,11 +430,14 @@ class PassManager:
         return "", cmp_prev, cmp_orig
 
     def _bisect(self, p: Pass, stage: _Stage, sites: list[str]):
-        """Keep every site that verifies: try chunks, split failing chunks in halves."""
+        """Keep every site that verifies: try chunks, split failing chunks in halves. Returns
+        (stage, why, cmp vs previous, cmp vs original, dropped sites, the kept trial's
+        PassResult)."""
         good: list[str] = []
         dropped: list[str] = []
         queue: list[list[str]] = [sites[: len(sites) // 2], sites[len(sites) // 2 :]]
         best: tuple[_Stage | None, str, Any, Any] = (None, "", None, None)
+        kept: PassResult | None = None
         last_why = ""
         trials = 0
         while queue:
@@ -452,7 +459,7 @@ class PassManager:
             gc.collect()
             if res[0] is not None:
                 good += chunk
-                best = res
+                best, kept = res, result
             elif len(chunk) == 1:
                 dropped.append(chunk[0])
                 last_why = res[1]
@@ -460,8 +467,8 @@ class PassManager:
                 h = len(chunk) // 2
                 queue[:0] = [chunk[:h], chunk[h:]]
         if not good:
-            return None, last_why or "every site failed", None, None, dropped
-        return best[0], last_why, best[2], best[3], dropped
+            return None, last_why or "every site failed", None, None, dropped, None
+        return best[0], last_why, best[2], best[3], dropped, kept
 
 
 def structural_check(model: onnx.ModelProto) -> onnx.ModelProto:

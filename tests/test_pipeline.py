@@ -45,7 +45,8 @@ class NegToAbs(Pass):
                 sites.append(key)
                 n.op = "Abs" if key in self.wrong else "Neg"
                 n.name = f"rewritten_{key}"
-        return PassResult(changed=bool(sites), rewrites=len(sites), sites=sites)
+        return PassResult(changed=bool(sites), rewrites=len(sites), sites=sites,
+                          notes=[f"rewrote {sorted(sites)}"], details={"sites": sorted(sites)})
 
 
 class AllWrong(Pass):
@@ -112,6 +113,9 @@ def test_bisection_keeps_good_sites_and_drops_culprit():
     assert {"rewritten_a", "rewritten_b", "rewritten_d"} <= names
     assert "rewritten_c" not in names
     assert [n.op_type for n in out.graph.node].count("Abs") == 0
+    # details and notes describe the model kept, not the full candidate that failed
+    assert pr.details == {"sites": ["a", "b", "d"]}
+    assert pr.notes[0] == "rewrote ['a', 'b', 'd']" and "bisection kept 3 of 4" in pr.notes[1]
 
 
 def test_crashing_pass_is_reported_not_raised():

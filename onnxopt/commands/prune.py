@@ -57,6 +57,56 @@ def render_plan(plan: Any, out: Any = console) -> None:
         out.print(f"note: {n}")
 
 
+def render_result(details: dict[str, Any], out: Any = console, top: int = 10) -> None:
+    """Print what a kept prune did: the pruned groups and the layers with the largest cuts
+    (every layer is in the JSON report)."""
+    from rich.table import Table
+
+    groups = [r for r in details.get("groups", []) if r["channels_after"] < r["channels_before"]]
+    refit = f", {details['refit_layers']} layers refit" if details.get("reconstructed") else ""
+    t = Table(title=f"pruned groups ({details.get('importance')} importance{refit})",
+              title_justify="left")
+    for col in ("group", "producers", "channels", "importance kept"):
+        t.add_column(col)
+    for r in groups:
+        prods = ", ".join(r["producers"][:2]) + (" …" if len(r["producers"]) > 2 else "")
+        t.add_row(str(r["group"]), prods, f"{r['channels_before']} -> {r['channels_after']}",
+                  f"{r['importance_kept']:.3f}")
+    out.print(t)
+    changed = sorted((r for r in details.get("layers", [])
+                      if (r["macs_before"], r["params_before"]) != (r["macs_after"],
+                                                                    r["params_after"])),
+                     key=lambda r: r["macs_after"] - r["macs_before"])
+    t = Table(title="layers with the largest MAC cuts", title_justify="left")
+    for col, j in (("layer", "left"), ("params", "right"), ("MACs", "right"), ("kept", "right")):
+        t.add_column(col, justify=j)
+    for r in changed[:top]:
+        t.add_row(r["node"], f"{r['params_before']:,} -> {r['params_after']:,}",
+                  f"{r['macs_before']:,} -> {r['macs_after']:,}",
+                  f"{r['macs_after'] / max(r['macs_before'], 1):.0%}")
+    out.print(t)
+    if len(changed) > top:
+        out.print(f"{len(changed) - top} more changed layers in the --report JSON")
+
+
+def print_latency(before: Path, after: Path, data: Path | None, shape: list[str] | None,
+                  int_range: str | None, out: Any = console) -> None:
+    """Latency of the input and the pruned model (onnxruntime CPU, 2 s each). A failure to
+    measure is reported, not raised: the pruned model is already written."""
+    from onnxopt.bench import bench
+    from onnxopt.commands.bench import table
+    from onnxopt.data import parse_int_range, parse_shape_overrides
+    from onnxopt.errors import OnnxoptError
+
+    try:
+        res = bench([before, after], data=data, shapes=parse_shape_overrides(shape),
+                    int_range=parse_int_range(int_range), warmup=5, seconds=2.0, isolate=False)
+    except OnnxoptError as e:
+        out.print(f"latency not measured: {e}")
+        return
+    out.print(table(res))
+
+
 def register(app: typer.Typer) -> None:
     """Add the ``prune`` command to ``app``."""
 
@@ -85,6 +135,7 @@ def register(app: typer.Typer) -> None:
         max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Budget: accuracy drop in points (needs labels).")] = None,  # noqa: E501
         report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,  # noqa: E501
         strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if pruning is rolled back.")] = False,  # noqa: E501
+        latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time the input and the pruned model (2 s each).")] = True,  # noqa: E501
     ) -> None:
         """Remove whole channels (and attention heads) from coupled layers; refit on data."""
         opts = prune_options(ratio, target_flops, global_rank, importance, round_to, keep,
@@ -109,5 +160,9 @@ def register(app: typer.Typer) -> None:
                                 strict=strict, budget=budget, options={"prune": opts},
                                 title="onnxopt prune", calib_data=calib_data)
         pr = [p for p in rep.passes if p.name == "prune"]
+        if pr and pr[-1].kept and pr[-1].details:
+            render_result(pr[-1].details)
+            if latency:
+                print_latency(model, output, data, shape, int_range)
         if strict and pr and pr[-1].status != "kept":
             raise typer.Exit(1)

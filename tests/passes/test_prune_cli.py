@@ -55,6 +55,10 @@ def test_prune_writes_model(tmp_path):
     pruned = onnx.load(out)
     w1 = next(t for t in pruned.graph.initializer if tuple(t.dims)[1:] == (4, 3, 3))
     assert w1.dims[0] == 6
+    # the report: pruned groups, the layers cut, and latency before / after
+    assert "pruned groups" in res.output and "8 -> 6" in res.output
+    assert "layers with the largest MAC cuts" in res.output
+    assert "latency in ms" in res.output and "out" in res.output
 
 
 def test_errors_are_one_line(tmp_path):
