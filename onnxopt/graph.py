@@ -89,11 +89,23 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
         if len(out.functions) == 0 and len(like.functions):
             out.functions.extend(like.functions)
         _keep_overridable_inputs(out, like)
+    if 0 < out.ir_version < 4:
+        _initializers_as_inputs(out)
     used = {n.domain for n in out.graph.node if n.domain not in ("", "ai.onnx")}
     have = {o.domain for o in out.opset_import}
     for d in sorted(used - have):  # e.g. com.microsoft contrib ops added by a fusion
         out.opset_import.append(onnx.helper.make_opsetid(d, 1))
     return out
+
+
+def _initializers_as_inputs(out: onnx.ModelProto) -> None:
+    """Before IR version 4 every initializer must also be a graph input (onnx.checker refuses
+    the model otherwise): list the ones a pass added (a folded constant) after the others."""
+    have = {v.name for v in out.graph.input}
+    for t in out.graph.initializer:
+        if t.name not in have:
+            out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
+                                                                      list(t.dims)))
 
 
 def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:

@@ -191,6 +191,11 @@ class Analysis(PassThroughRules):
         if not any(ins):
             return None
         where = f"{op} '{node.name}'"
+        if op in ("Conv", "ConvTranspose", "Gemm"):  # weight not a constant (else above)
+            return self.close_all([x for x in ins if x is not None],
+                                  f"{where}: its weight is computed at run time (fold it "
+                                  f"first with --passes cleanup; fold-constants keeps "
+                                  f"values above its size cap)")
         tracked = [x for x in ins if x is not None]
         if op in UNARY:
             if ins[0] is None or any(x is not None for x in ins[1:]):

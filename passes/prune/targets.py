@@ -135,26 +135,35 @@ def _prod(dims) -> float:
     return float(np.prod([d if isinstance(d, (int, np.integer)) and d > 0 else 1 for d in dims]))
 
 
+def _weight_shape(t: gs.Tensor) -> list | None:
+    w = cval(t)
+    if w is not None:
+        return list(w.shape)
+    return list(t.shape) if t.shape is not None and _static(t.shape) else None
+
+
 def _node_macs(n: gs.Node) -> tuple[float, int]:
-    """(MACs with dynamic dims as 1, input-channel length of the weight) of a weighted node."""
+    """(MACs with dynamic dims as 1, input-channel length of the weight) of a weighted node.
+    A weight computed at run time counts by its inferred shape: it cannot be pruned, but its
+    MACs are part of the total a ``target_flops`` is a fraction of."""
     if n.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or not n.outputs:
         return 0.0, 0
     out = n.outputs[0].shape
-    w = cval(n.inputs[1])
+    w = _weight_shape(n.inputs[1])
     if out is None:
         return 0.0, 0
     if n.op == "Conv" and w is not None:
-        return _prod(out) * float(np.prod(w.shape[1:])), int(w.shape[1])
+        return _prod(out) * float(np.prod(w[1:])), int(w[1])
     if n.op == "ConvTranspose" and w is not None:
         x = n.inputs[0].shape
-        return (_prod(x) * float(np.prod(w.shape[1:])) if x is not None else 0.0), int(w.shape[0])
+        return (_prod(x) * float(np.prod(w[1:])) if x is not None else 0.0), int(w[0])
     if n.op == "Gemm" and w is not None:
-        k = w.shape[1] if int(n.attrs.get("transB", 0)) else w.shape[0]
+        k = w[1] if int(n.attrs.get("transB", 0)) else w[0]
         return _prod(out) * k, int(k)
     a = n.inputs[0].shape
     if a is None or not a or not _static(a[-1:]):
         return 0.0, 0
-    return _prod(out) * a[-1], int(a[-1]) if w is not None else 0
+    return _prod(out) * a[-1], int(a[-1]) if cval(n.inputs[1]) is not None else 0
 
 
 def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float | None,

@@ -7,7 +7,7 @@ from onnx import numpy_helper
 
 from onnxopt.passes.base import PassContext
 from onnxopt.passes.cleanup import FoldConstants
-from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
+from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse, run
 
 HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
@@ -114,3 +114,30 @@ def test_tensor_read_inside_subgraph_is_folded_and_still_resolves() -> None:
     out2, res2 = apply(FoldConstants(), out)
     assert res2.changed and ops(out2) == ["If"]
     assert_same_outputs(m, out2)
+
+
+def test_ir3_model_lists_folded_initializers_as_inputs() -> None:
+    """Before IR version 4 every initializer is also a graph input (the onnx backend's light
+    model copies are IR 3, their weights made by ConstantOfShape)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    shape = numpy_helper.from_array(np.array([1, 2], np.int64), "shape")
+    g = helper.make_graph(
+        [helper.make_node("ConstantOfShape", ["shape"], ["c"],
+                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
+         helper.make_node("Add", ["x", "c"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [shape])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
+    m.ir_version = 3
+    onnx.checker.check_model(m)
+    out, res = apply(FoldConstants(), m)
+    assert res.changed and ops(out) == ["Add"] and out.ir_version == 3
+    # 'shape' was an input only because IR 3 lists every initializer; folded away, it goes
+    assert [v.name for v in out.graph.input] == ["x", "c"]
+    onnx.checker.check_model(out)
+    x = np.array([[1.0, 2.0]], np.float32)
+    np.testing.assert_array_equal(run(out, {"x": x})[0], x + 0.5)

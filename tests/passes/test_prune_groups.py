@@ -113,3 +113,25 @@ def test_a_read_channel_count_closes_the_group():
         assert g.prunable is prunable, reader
         if not prunable:
             assert any("channel count of 'r1'" in r for r in g.closed), g.closed
+
+
+def test_runtime_weight_closes_and_still_counts_in_the_total():
+    """A conv whose weight is computed (ConstantOfShape, as in the onnx backend's light models)
+    cannot be sliced: the groups it reads close with that reason, and its MACs still count in
+    the total a --target-flops is a fraction of."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxopt.passes.prune.targets import MacModel
+
+    m = pm.conv_chain(width=16)
+    g = m.graph
+    w2 = next(t for t in g.initializer if t.name == "w2")
+    g.initializer.remove(w2)
+    g.initializer.append(numpy_helper.from_array(np.array([16, 16, 1, 1], np.int64), "w2_shape"))
+    g.node.insert(0, helper.make_node(
+        "ConstantOfShape", ["w2_shape"], ["w2"],
+        value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.1])))
+    a, groups = _groups(m)
+    assert not groups[("c1",)].prunable
+    assert any("weight is computed at run time" in r for r in groups[("c1",)].closed)
+    assert MacModel(a).total == 16 * (4 * 16 + 16 * 16 + 16 * 4)  # 4x4 pixels, all three
