@@ -52,12 +52,13 @@ MODELS = {
 }
 QUICK = {"digits_resnet": (0.5,), "bert_small": (0.3,)}
 REMOVED = (0.3, 0.5, 0.7)
-#: CNN widths rounded to multiples of ``--round-to``. onnxruntime runs convs in its blocked NCHWc
-#: layout only when the channel counts are multiples of the block (16 with AVX-512, 8 with
-#: AVX2); a depthwise conv or an input width off the block falls back to plain NCHW and adds
-#: reorders. 224x224 models use 16 (MobileNetV2-style at 70 % removed: latency 0.30 against
-#: 0.35 at 8); the 8x8 digits model, whose latency is per-run overhead, uses 8.
-ROUND_TO = {"digits_resnet": 8, "resnet18": 16, "mobilenetv2": 16}
+#: ``--round-to`` per model; others get the default, ``auto``: onnxruntime's channel block on
+#: this CPU (16 with AVX-512). Its convs run in the blocked NCHWc layout only on channel counts
+#: that are multiples of the block; off it, a depthwise conv falls back to plain NCHW and
+#: reorders are added (MobileNetV2-style at 70 % removed: latency 0.30 at 16, 0.35 at 8; at
+#: 30 % with no rounding it ran 1.65x *slower* than the original). The 8x8 digits model,
+#: whose latency is per-run overhead, keeps the finer steps of 8.
+ROUND_TO = {"digits_resnet": 8}
 
 
 # ------------------------------------------------------------------------------ data & metrics
@@ -139,7 +140,7 @@ def params(model: onnx.ModelProto) -> int:
 # ------------------------------------------------------------------------------ methods
 def onnxopt_prune(model: onnx.ModelProto, calib: Feeds, keep_flops: float, *,
                   ratio: float | None = None, reconstruct: bool = True,
-                  importance: str | None = None, round_to: int = 1,
+                  importance: str | None = None, round_to: int | str = "auto",
                   max_rows: int = 4096) -> onnx.ModelProto:
     from onnxopt.passes.base import PassContext
     from onnxopt.passes.prune import Prune
@@ -231,10 +232,10 @@ def run_model(name: str, ratios: tuple[float, ...], exporter: str, peers: bool) 
                 model, calib, 1 - r, ratio=r, reconstruct=False)))
         else:
             methods.append(("onnxopt", lambda r=r: onnxopt_prune(
-                model, calib, 1 - r, round_to=ROUND_TO[name])))
+                model, calib, 1 - r, round_to=ROUND_TO.get(name, "auto"))))
             methods.append(("onnxopt, l2 no refit", lambda r=r: onnxopt_prune(
                 model, calib, 1 - r, reconstruct=False, importance="l2",
-                round_to=ROUND_TO[name])))
+                round_to=ROUND_TO.get(name, "auto"))))
         goal_holder: dict[str, float] = {}
         for label, fn in methods:
             rows.append(measure(name, r, label, fn, model, test, ref, labels, runs, base_macs))
@@ -347,7 +348,8 @@ def write(text: str, out: str | None, quick: bool, exporter: str) -> None:
             "# Structured pruning at equal FLOPs\n\n"
             f"`python benchmarks/pruning.py{' --quick' if quick else ''}` "
             f"({exporter} exports; no fine-tuning for any method; onnxopt: activation "
-            "importance, ridge reconstruction, CNN widths `--round-to 16` (digits: 8); latency: "
+            "importance, ridge reconstruction, widths `--round-to auto` (16 on this CPU; digits: 8); "
+            "latency: "
             "onnxruntime CPU, 1 thread, batch 1, median, the two models timed in turns of 10 "
             "warm runs; cosine / top-1 agreement vs the original on held-out "
             "inputs; digits accuracy on the test split). CNN rows remove a fraction of the "

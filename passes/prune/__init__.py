@@ -8,7 +8,8 @@ calibration data so each reproduces the original layer's outputs (no training).
 
 Options (``ctx.options``): ``ratio`` (0.3), ``target_flops`` (fraction of the original MACs to
 keep; overrides ratio), ``global`` (rank units across groups), ``importance`` (l1, l2, bn-scale,
-activation), ``round_to`` (1), ``keep`` (node names), ``max_ratio`` (0.9), ``reconstruct``
+activation), ``round_to`` ("auto": onnxruntime's CPU channel block, see
+:func:`.targets.auto_round_to`; 1 turns rounding off), ``keep`` (node names), ``max_ratio`` (0.9), ``reconstruct``
 (default: on with real data), ``alpha`` (ridge strength, 1e-3), ``max_rows`` (rows per fit).
 """
 
@@ -30,12 +31,12 @@ from .groups import Analysis, analyze
 from .importance import METHODS, group_scores
 from .reconstruct import Reconstructor, run_with_outputs
 from .slicing import apply_plan
-from .targets import MacModel, select
+from .targets import MacModel, auto_round_to, select
 
 logger = logging.getLogger(__name__)
 
 DEFAULTS: dict[str, Any] = {
-    "ratio": None, "target_flops": None, "global": False, "importance": None, "round_to": 1,
+    "ratio": None, "target_flops": None, "global": False, "importance": None, "round_to": "auto",
     "keep": (), "max_ratio": 0.9, "reconstruct": None, "alpha": 1e-3, "max_rows": 8192,
     "max_samples": 2048,
 }
@@ -55,8 +56,14 @@ def options(raw: dict[str, Any]) -> dict[str, Any]:
         raise PassError(f"prune: max_ratio must be in (0, 1), got {o['max_ratio']}")
     if o["importance"] is not None and o["importance"] not in METHODS:
         raise PassError(f"prune: importance must be one of {', '.join(METHODS)}")
-    if int(o["round_to"]) < 1:
-        raise PassError("prune: round_to must be >= 1")
+    o["round_to_auto"] = o["round_to"] == "auto"
+    try:
+        o["round_to"] = auto_round_to() if o["round_to_auto"] else int(o["round_to"])
+    except (TypeError, ValueError):
+        o["round_to"] = 0
+    if o["round_to"] < 1:
+        raise PassError(f"prune: round_to must be 'auto' or an integer >= 1, got "
+                        f"{raw.get('round_to')!r}")
     o["keep"] = [o["keep"]] if isinstance(o["keep"], str) else list(o["keep"])
     return o
 
@@ -206,6 +213,9 @@ def make_plan(model: onnx.ModelProto, o: dict[str, Any], feeds: Any,
     scores, snotes = group_scores(analysis, method, acts) if sites else ({}, [])
     notes += snotes
     ratio = o["ratio"] if o["ratio"] is not None else 0.3
+    if o.get("round_to_auto") and sites:
+        notes.append(f"prune: kept widths rounded up to multiples of {o['round_to']} (auto: "
+                     f"onnxruntime's channel block on this CPU; --round-to 1 turns it off)")
     kept, macs = select(analysis, scores, ratio=ratio, target_flops=o["target_flops"],
                         global_rank=bool(o["global"]), max_ratio=float(o["max_ratio"]),
                         round_to=int(o["round_to"]))

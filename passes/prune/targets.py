@@ -21,8 +21,11 @@ input channels: ``MACs' = MACs · (k_out / n_out) · (k_in / n_in)``.
 
 from __future__ import annotations
 
+import functools
 import heapq
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -30,6 +33,19 @@ import onnx_graphsurgeon as gs
 from .groups import Analysis
 from .layout import Layout, cval
 from .rules import _static
+
+
+@functools.lru_cache(maxsize=1)
+def auto_round_to() -> int:
+    """The width step that suits onnxruntime on this CPU: its convs run in the blocked NCHWc
+    layout only when channel counts are multiples of MLAS's block, 16 with AVX-512F and 8
+    with AVX2; elsewhere 8, a step most CPU kernels vectorize well. Off the block a pruned
+    MobileNetV2-style net at 30 % fewer MACs ran 1.65x *slower* than the original here."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:  # not Linux: no cheap way to ask
+        return 8
+    return 16 if re.search(r"\bavx512f\b", flags) else 8
 
 
 def _clamp(n: int, k: int, block: int, max_ratio: float, round_to: int) -> int:

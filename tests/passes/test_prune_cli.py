@@ -37,7 +37,8 @@ def _files(tmp_path):
 
 def test_dry_run_prints_groups(tmp_path):
     model, _ = _files(tmp_path)
-    res = CliRunner().invoke(_app(), ["prune", str(model), "--dry-run", "--ratio", "0.5"],
+    res = CliRunner().invoke(_app(), ["prune", str(model), "--dry-run", "--ratio", "0.5",
+                                      "--round-to", "1"],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "channel groups" in res.output and "8 -> 4" in res.output
@@ -48,7 +49,7 @@ def test_dry_run_prints_groups(tmp_path):
 def test_prune_writes_model(tmp_path):
     model, data = _files(tmp_path)
     out = tmp_path / "out.onnx"
-    res = CliRunner().invoke(_app(), ["prune", str(model), "-o", str(out), "--ratio", "0.25",
+    res = CliRunner().invoke(_app(), ["prune", str(model), "-o", str(out), "--ratio", "0.25", "--round-to", "1",
                                       "--data", str(data), "--min-cosine", "0.5"],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
@@ -66,7 +67,7 @@ def test_errors_are_one_line(tmp_path):
     both = ["prune", str(model), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.3",
             "--target-flops", "0.5"]
     for args in (both, ["prune", str(model), "--dry-run", "--importance", "magic"],
-                 ["prune", str(model)]):
+                 ["prune", str(model)], ["prune", str(model), "--dry-run", "--round-to", "x"]):
         r = subprocess.run([sys.executable, "-m", "onnxopt", *args], capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 2, (args, r.stdout, r.stderr)

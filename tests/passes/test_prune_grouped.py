@@ -267,7 +267,8 @@ def test_slice_on_another_axis_keeps_the_layout():
 def test_dry_run_shows_the_group(tmp_path, build, producer, cells):
     path = tmp_path / "m.onnx"
     onnx.save(build(), path)
-    res = CliRunner().invoke(_app(), ["prune", str(path), "--dry-run", "--ratio", "0.25"],
+    res = CliRunner().invoke(_app(), ["prune", str(path), "--dry-run", "--ratio", "0.25",
+                                           "--round-to", "1"],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     row = next(ln for ln in res.output.splitlines() if f" {producer} " in ln)

@@ -27,7 +27,7 @@ def _feeds(shape, runs=4, synthesized=False):
 
 
 def _prune(model, feeds, **opts):
-    o = {"importance": "l2", "ratio": 1 / 3 + 0.01, "alpha": 1e-9, **opts}
+    o = {"importance": "l2", "ratio": 1 / 3 + 0.01, "alpha": 1e-9, "round_to": 1, **opts}
     return Prune().run_model(model, PassContext(feeds=feeds, options=o))
 
 
