@@ -118,7 +118,7 @@ def register(app: typer.Typer) -> None:
         target_flops: Annotated[float | None, typer.Option("--target-flops", help="Keep this fraction of the original MACs (e.g. 0.5).")] = None,  # noqa: E501
         global_rank: Annotated[bool, typer.Option("--global", help="Rank channels across groups instead of per group.")] = False,  # noqa: E501
         importance: Annotated[str | None, typer.Option("--importance", help="l1, l2, bn-scale or activation (default: activation with --data, else l2).")] = None,  # noqa: E501
-        round_to: Annotated[str, typer.Option("--round-to", help="Round kept widths up to a multiple of this (a group no wider stays whole). auto: onnxruntime's CPU channel block here (16 with AVX-512, 8 with AVX2); 1: no rounding.")] = "auto",  # noqa: E501
+        round_to: Annotated[str, typer.Option("--round-to", help="Round kept widths up to a multiple of this (a group exactly this wide stays whole). auto: onnxruntime's CPU channel block here (16 with AVX-512, 8 with AVX2); 1: no rounding.")] = "auto",  # noqa: E501
         keep: Annotated[list[str] | None, typer.Option("--keep", help="Node whose channels stay (repeatable or comma-separated).")] = None,  # noqa: E501
         max_ratio: Annotated[float, typer.Option("--max-ratio", help="At most this fraction of any group removed.")] = 0.9,  # noqa: E501
         data: Annotated[Path | None, typer.Option("--data", help="Data .npz / folder of .npy: importance, reconstruction and verification.")] = None,  # noqa: E501

@@ -214,8 +214,9 @@ def make_plan(model: onnx.ModelProto, o: dict[str, Any], feeds: Any,
     notes += snotes
     ratio = o["ratio"] if o["ratio"] is not None else 0.3
     if o.get("round_to_auto") and sites:
-        notes.append(f"prune: kept widths rounded up to multiples of {o['round_to']} (auto: "
-                     f"onnxruntime's channel block on this CPU; --round-to 1 turns it off)")
+        notes.append(f"prune: groups at least {o['round_to']} wide keep multiples of "
+                     f"{o['round_to']} (auto: onnxruntime's channel block on this CPU; "
+                     f"--round-to 1 turns it off)")
     kept, macs = select(analysis, scores, ratio=ratio, target_flops=o["target_flops"],
                         global_rank=bool(o["global"]), max_ratio=float(o["max_ratio"]),
                         round_to=int(o["round_to"]))

@@ -11,9 +11,10 @@
   original); the top-up lands within one step of the target;
 - constraints: at most ``max_ratio`` of a group's units removed, never fewer than one unit kept,
   and kept raw widths rounded up to a multiple of ``round_to`` (groups of single channels), so
-  a group that is not wider than ``round_to`` stays whole: a width off the runtime's channel
-  block costs more than the channels it saves (onnxruntime's NCHWc convs need multiples of
-  16 with AVX-512, or fall back to NCHW with reorders).
+  a group exactly ``round_to`` wide stays whole: a width off the runtime's channel block
+  costs more than the channels it saves (onnxruntime's NCHWc convs need multiples of 16 with
+  AVX-512, or fall back to NCHW with reorders). A group narrower than ``round_to`` is off
+  the block whatever it keeps, so it is not rounded.
 
 The MAC estimate scales each weighted layer's MACs by the kept fractions of its output and
 input channels: ``MACs' = MACs · (k_out / n_out) · (k_in / n_in)``.
@@ -50,7 +51,7 @@ def auto_round_to() -> int:
 
 def _clamp(n: int, k: int, block: int, max_ratio: float, round_to: int) -> int:
     k = max(k, n - math.floor(n * max_ratio), 1)
-    if round_to > 1 and block == 1:
+    if round_to > 1 and block == 1 and n >= round_to:  # narrower: off the block anyway
         k = min(n, math.ceil(k / round_to) * round_to)
     return min(k, n)
 

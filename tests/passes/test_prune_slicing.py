@@ -98,9 +98,12 @@ def test_round_to_and_max_ratio_and_min_one():
     assert _weights(res.model)["c1"][0] == 4
     res = _prune(model, x, ratio=0.5, round_to=3)
     assert _weights(res.model)["c1"][0] == 6  # 4 kept, rounded up to a multiple of 3
-    # a group no wider than round_to stays whole: half a runtime block saves nothing
+    # a group exactly round_to wide stays whole: half a runtime block saves nothing
     res = _prune(model, x, ratio=0.5, round_to=8)
     assert res.model is None  # so nothing is left to prune
+    # a narrower one is off the block whatever it keeps: not rounded
+    res = _prune(model, x, ratio=0.5, round_to=16)
+    assert _weights(res.model)["c1"][0] == 4
     res = _prune(model, x, ratio=0.99, max_ratio=0.5)
     assert _weights(res.model)["c1"][0] == 4
     res = _prune(model, x, ratio=0.99, max_ratio=0.99)
