@@ -92,6 +92,7 @@ def run_with_outputs(model: onnx.ModelProto, feeds: Feeds, names: list[str],
     computed = [n for n in names if n not in feed]
     g.output.extend(onnx.ValueInfoProto(name=n) for n in computed)
     sess = Runner().session(m) if computed else None
+    del m, g  # the session holds its own copy of the weights: do not keep a second one alive
     inputs = {i.name for i in sess.get_inputs()} if sess is not None else set()
     for r, run in enumerate(feeds.runs):
         vals = {n: known[r][n] for n in names if n in have} if known else {}
