@@ -62,9 +62,18 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
     (out_dir / "report.json").write_text(report.to_json())
     console.print(f"wrote {out_path} and {out_dir / 'report.json'}")
     from onnxopt.bench import bench
-    from onnxopt.commands.bench import table
+    from onnxopt.commands.bench import rows, table
 
     console.print("[bold]latency[/] (onnxruntime, all graph optimizations, 1 thread):")
     results = bench([model_path, out_path], batch=[1, 32], runs=200, warmup=20, threads=1)
     console.print(table(results))
+    half = len(results) // 2  # models in the order given, batches inner
+    slower = [d["batch"] for d in rows(results)[half:]
+              if d["ratio"] > 1 and not d["within_noise"]]
+    if slower and any(p.name.startswith("quantize") and p.kept for p in report.passes):
+        console.print(f"[dim]slower at batch {', '.join(map(str, slower))}: on a "
+                      f"{report.original.get('params', 0):,}-parameter model each op takes "
+                      f"microseconds, and the int8 model's extra ops (quantize / dequantize, "
+                      f"layout transposes) cost more than its int8 kernels save; on the zoo's "
+                      f"larger models int8 runs 2-3.4x faster (README, benchmarks)[/]")
     return report
