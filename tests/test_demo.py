@@ -1,0 +1,36 @@
+"""`onnxopt demo`, the README's first command after the install, end to end."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
+    out = tmp_path / "demo"
+    r = subprocess.run([sys.executable, "-m", "onnxopt", "demo", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    assert "Traceback" not in r.stdout + r.stderr
+    report = json.loads((out / "report.json").read_text())
+    status = {p["name"]: p["status"] for p in report["passes"]}
+    assert status["quantize-int8"] == "kept" and status["prune"] == "kept"
+    assert report["accuracy_final"] >= report["accuracy_original"] - 1.0  # the demo's budget
+    model = onnx.load(out / "digits_cnn.opt.onnx")
+    onnx.checker.check_model(model)
+    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    data = np.load(Path(__file__).parents[1] / "examples" / "digits_test.npz")
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    x = data[name][:40]
+    acc = float((sess.run(None, {name: x})[0].argmax(-1) == data["labels"][:40]).mean())
+    assert acc > 0.9
+    assert "latency in ms" in r.stdout
