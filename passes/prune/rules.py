@@ -345,13 +345,21 @@ class PassThroughRules:
         for node, x, pos, n in self.shape_reads:
             out = node.outputs[0]
             bad = "a graph output" if any(t is out for t in self.graph.outputs) else None
+            groups = [self.find(s.gid) for s in x.segs]
+            reshaped = []  # tracked tensors reshaped to this shape: they must prune alike
             for c in list(out.outputs):
-                if not _skips_entry(c, out, pos, n, self.lay(c.inputs[0]) is not None):
-                    bad = f"{c.op} '{c.name}'"
-                    break
+                data = self.lay(c.inputs[0]) if c.op == "Reshape" else None
+                if data is not None and c.inputs[1] is out:
+                    reshaped.append(data)
+                    if [self.find(s.gid) for s in data.segs] == groups:
+                        continue
+                elif _skips_entry(c, out, pos, n):
+                    continue
+                bad = bad or f"{c.op} '{c.name}'"
             if bad:
-                self.close(x, f"Shape '{node.name}': the channel count of "
-                              f"'{node.inputs[0].name}' is read by {bad}")
+                why = (f"Shape '{node.name}': the channel count of '{node.inputs[0].name}' "
+                       f"is read by {bad}")
+                self.close_all([x, *reshaped], why)
 
     def split(self, node: gs.Node, ins: list, where: str) -> None:
         """Split: along another axis every output keeps the layout; along the channel axis only
@@ -422,11 +430,8 @@ class PassThroughRules:
         return None
 
 
-def _skips_entry(c: gs.Node, shape: gs.Tensor, pos: int, n: int, data_tracked: bool) -> bool:
-    """Whether consumer ``c`` of a Shape output leaves its entry ``pos`` alone (or, for a
-    Reshape of a tracked tensor, is checked elsewhere)."""
-    if c.op == "Reshape":
-        return c.inputs[1] is shape and c.inputs[0] is not shape and data_tracked
+def _skips_entry(c: gs.Node, shape: gs.Tensor, pos: int, n: int) -> bool:
+    """Whether consumer ``c`` of a Shape output leaves its entry ``pos`` alone."""
     if c.inputs[0] is not shape:
         return False
     if c.op == "Gather" and int(c.attrs.get("axis", 0)) == 0:

@@ -223,7 +223,7 @@ def top_up(analysis: Analysis, scores: dict[int, np.ndarray], kept: dict[int, np
     def push(gid: int) -> None:
         g, s = analysis.groups[gid], scores[gid]
         k = len(kept[gid])
-        step = round_to if (g.block == 1 and round_to > 1) else 1
+        step = round_to if (g.block == 1 and 1 < round_to <= g.units) else 1  # as _clamp
         nk = min(g.units, k + step)
         if nk <= k:
             return

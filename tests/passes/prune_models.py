@@ -413,6 +413,7 @@ def shape_reader(reader: str) -> onnx.ModelProto:
     """x -> c1 (8) -> Relu -> c2 (4) -> y, and a second output computed from ``Shape(r1)``:
 
     - ``reshape-untracked``: Concat(x, x) reshaped to ``Shape(r1)`` (needs the 8 channels);
+    - ``reshape-other-group``: conv c3's output (its own group) reshaped to ``Shape(r1)``;
     - ``gather-channel``: the channel entry ``Shape(r1)[1]`` itself;
     - ``gather-batch``: x flattened to ``[Shape(r1)[0], -1]``;
     - ``slice-spatial``: zeros of shape ``Shape(r1)[2:4]``.
@@ -427,7 +428,13 @@ def shape_reader(reader: str) -> onnx.ModelProto:
         helper.make_node("Conv", ["r1", "w2"], ["y"], name="c2"),
         helper.make_node("Shape", ["r1"], ["s"], name="shape"),
     ]
-    if reader == "reshape-untracked":
+    if reader == "reshape-other-group":  # another group's tensor reshaped to Shape(r1)
+        inits["w3"], inits["w4"] = _w(8, 4, 1, 1), _w(4, 8, 1, 1)
+        nodes += [helper.make_node("Conv", ["x", "w3"], ["c3"], name="c3"),
+                  helper.make_node("Reshape", ["c3", "s"], ["z"], name="reshape"),
+                  helper.make_node("Conv", ["z", "w4"], ["y2"], name="c4")]
+        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 4, 8, 8])
+    elif reader == "reshape-untracked":
         nodes += [helper.make_node("Concat", ["x", "x"], ["u"], name="cat", axis=1),
                   helper.make_node("Reshape", ["u", "s"], ["y2"], name="reshape")]
         y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 8, 8, 8])

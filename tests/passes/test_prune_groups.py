@@ -113,6 +113,9 @@ def test_a_read_channel_count_closes_the_group():
         assert g.prunable is prunable, reader
         if not prunable:
             assert any("channel count of 'r1'" in r for r in g.closed), g.closed
+    # a tensor of another group reshaped to Shape(r1) would need both pruned alike: both close
+    _, groups = _groups(pm.shape_reader("reshape-other-group"))
+    assert not groups[("c1",)].prunable and not groups[("c3",)].prunable
 
 
 def test_runtime_weight_closes_and_still_counts_in_the_total():
