@@ -4,7 +4,8 @@ For each group with kept units ``K`` (raw channels ``R = {u·block + j}``), a me
 starting at ``offset`` along ``axis`` keeps entries ``offset + r·expand + e`` for ``r`` in ``R``
 (or in ``K`` when the axis counts units). Members of several groups on one axis (a consumer after
 a Concat) write into one mask per ``(node, input, axis)``. Each sliced array becomes a new
-initializer for that node alone, so a weight shared with another node is never changed under it.
+initializer, so a weight shared with another node is never changed under it; readers of one
+shared weight sliced alike share the slice.
 A Reshape entry (a Split size, a Slice start or end) drops by (removed channels or units) ×
 expand; a grouped conv's ``group`` (a GroupNormalization's ``num_groups``) drops by the removed
 channels / the channels per group (the member's ``expand``).
@@ -65,15 +66,23 @@ def apply_plan(graph: gs.Graph, analysis: Analysis, kept: dict[int, np.ndarray])
     for (name, idx, axis), parts in removal.items():
         per_input[(name, idx)][axis] = np.unique(np.concatenate(parts))
     kept_index: dict[tuple[str, int], dict[int, np.ndarray]] = {}
+    made: dict[tuple, gs.Constant] = {}  # one slice of a shared weight serves every reader
     for (name, idx), axes in per_input.items():
         node = nodes[name]
-        arr = cval(node.inputs[idx])
+        src = node.inputs[idx]
+        arr = cval(src)
         keep_ax = {}
         for axis, gone in axes.items():
             keep_ax[axis] = np.setdiff1d(np.arange(arr.shape[axis]), gone)
-            arr = np.take(arr, keep_ax[axis], axis=axis)
         kept_index[(name, idx)] = keep_ax
+        key = (src.name, tuple((a, k.tobytes()) for a, k in sorted(keep_ax.items())))
+        if key in made:
+            node.inputs[idx] = made[key]
+            continue
+        for axis, keep in keep_ax.items():
+            arr = np.take(arr, keep, axis=axis)
         _set_input(node, idx, arr, taken)
+        made[key] = node.inputs[idx]
     for (name, idx, elem), dec in shape_dec.items():
         node = nodes[name]
         arr = cval(node.inputs[idx]).copy()

@@ -459,3 +459,17 @@ def shape_reader(reader: str) -> onnx.ModelProto:
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m
+
+
+@_seeded
+def shared_weight() -> onnx.ModelProto:
+    """Two convs reading one weight ``w`` (as after dedup-initializers), added: one group."""
+    inits = {"w": _w(8, 4, 1, 1, zero=(2, 6)), "w3": _w(4, 8, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="ca"),
+        helper.make_node("Conv", ["x", "w"], ["b"], name="cb", dilations=[1, 1]),
+        helper.make_node("Add", ["a", "b"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "w3"], ["y"], name="c3"),
+    ]
+    return _model(nodes, inits, [1, 4, 4, 4], [1, 4, 4, 4])

@@ -177,3 +177,17 @@ def test_round_to_auto_is_the_default_and_uses_the_cpu_block():
     widths = [w[0] for k, w in _weights(res.model).items() if k != "c3"]
     assert widths == [16, 16] and all(w % step == 0 for w in widths)
     assert any(f"multiples of {step} (auto" in n for n in res.notes)
+
+
+def test_readers_of_a_shared_weight_share_its_slice():
+    """A weight shared by two convs (dedup-initializers makes such graphs) pruned alike becomes
+    one sliced initializer, not a copy per reader; dead channels 2 and 6 go, outputs stay."""
+    model = pm.shared_weight()
+    x = np.random.default_rng(0).standard_normal([1, 4, 4, 4]).astype(np.float32)
+    res = _prune(model, x, ratio=0.25)
+    nodes = {n.name: n for n in res.model.graph.node}
+    assert nodes["ca"].input[1] == nodes["cb"].input[1]
+    inits = {t.name: tuple(t.dims) for t in res.model.graph.initializer}
+    assert inits[nodes["ca"].input[1]] == (6, 4, 1, 1) and "w" not in inits
+    np.testing.assert_allclose(_run(res.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
+    _check(res.model)
