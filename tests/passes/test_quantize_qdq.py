@@ -216,3 +216,29 @@ def test_dynamic_matmul_becomes_dynamic_quantize_matmul(tmp_path) -> None:
     out = _run(q, feeds, optimized=str(opt))
     assert [n.op_type for n in onnx.load(str(opt)).graph.node] == ["DynamicQuantizeMatMul"]
     assert _cos(_run(m, feeds), out) > 0.999
+
+
+def test_old_opset_is_upgraded_then_quantized() -> None:
+    """An opset-9 model (no QuantizeLinear before 10, no per-channel scales before 13) is
+    converted by onnx's version converter, as onnxruntime's quantizer does, then quantized."""
+    text = CONV_RELU_CONV.replace('<ir_version: 8, opset_import: ["": 17]>',
+                                  '<ir_version: 4, opset_import: ["": 9]>')
+    model = _model(
+        text,
+        W1=RNG.standard_normal((4, 2, 3, 3)).astype(np.float32),
+        B1=RNG.standard_normal(4).astype(np.float32),
+        W2=RNG.standard_normal((3, 4, 3, 3)).astype(np.float32),
+        B2=RNG.standard_normal(3).astype(np.float32),
+    )
+    feeds = _feeds()
+    res = QuantizeInt8().run_model(model, PassContext(feeds=feeds))
+    assert res.changed and any("opset 9 upgraded to 13" in n for n in res.notes)
+    q = res.model
+    onnx.checker.check_model(q)
+    assert q.opset_import[0].version == 13
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 2
+    conv = next(n.name for n in q.graph.node if n.op_type == "Conv")
+    w_dq = _dq_inputs(q, conv, 1)
+    assert w_dq.op_type == "DequantizeLinear"
+    assert _init(q)[w_dq.input[1]].shape == (4,)  # per-channel weight scales
+    assert _cos(_run(q, feeds), _run(model, feeds)) > 0.999
