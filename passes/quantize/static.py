@@ -126,7 +126,7 @@ class QuantizeInt8(Pass):
             logger.warning("only %d calibration samples", feeds.num_samples)
         opset = opset_version(model)
         if opset < 13:  # QuantizeLinear needs 10, per-channel weight scales 13
-            model, note = _upgrade_opset(model, 13)
+            model, note = upgrade_opset(model, 13)
             notes.append(note)
             opset = opset_version(model)
             if opset < 10:
@@ -346,7 +346,7 @@ def describe_params(p: QParams) -> str:
     return f"scale={p.scale:.6g} zp={p.zero_point} {np.dtype(p.dtype).name}"
 
 
-def _upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, str]:
+def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, str]:
     """``model`` converted to opset ``target`` by onnx's version converter, or unchanged when it
     cannot be (with why). onnxruntime's quantizer upgrades old models the same way; the
     pipeline then verifies the converted, quantized model against the original."""
@@ -359,5 +359,4 @@ def _upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto
     except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
         msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
         return model, f"opset {before} kept: onnx's version converter failed ({msg})"
-    return out, (f"opset {before} upgraded to {target} (onnx version converter): QuantizeLinear "
-                 f"with per-channel weight scales")
+    return out, f"opset {before} upgraded to {target} (onnx version converter)"

@@ -242,3 +242,17 @@ def test_old_opset_is_upgraded_then_quantized() -> None:
     assert w_dq.op_type == "DequantizeLinear"
     assert _init(q)[w_dq.input[1]].shape == (4,)  # per-channel weight scales
     assert _cos(_run(q, feeds), _run(model, feeds)) > 0.999
+
+
+def test_dynamic_upgrades_an_old_opset() -> None:
+    """DynamicQuantizeLinear needs opset 11: an opset-9 MatMul model is converted first."""
+    model = _model('<ir_version: 4, opset_import: ["": 9]>\n'
+                   "g (float[2,8] x) => (float[2,4] y) { y = MatMul(x, W) }",
+                   W=RNG.standard_normal((8, 4)).astype(np.float32))
+    res, out = QuantizeDynamic().apply(model, PassContext())
+    assert res.changed and res.notes[0] == "opset 9 upgraded to 13 (onnx version converter)"
+    onnx.checker.check_model(out)
+    assert "DynamicQuantizeLinear" in {n.op_type for n in out.graph.node}
+    feeds = Feeds([{"x": RNG.standard_normal((2, 8)).astype(np.float32)}])
+    assert _cos(_run(out, feeds), _run(model, feeds)) > 0.999
+    assert model.opset_import[0].version == 9  # the input is left alone
