@@ -452,3 +452,20 @@ def count_macs(model: onnx.ModelProto,
         except (TypeError, IndexError):
             complete = False
     return total, complete
+
+
+def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, str]:
+    """``model`` converted to opset ``target`` by onnx's version converter, or unchanged when it
+    cannot be (with why). The result is checked on its light copy (no weights serialized)."""
+    from onnx import version_converter
+
+    from onnxopt.graph import opset_version
+
+    before = opset_version(model)
+    try:
+        out = version_converter.convert_version(model, target)
+        onnx.checker.check_model(light_model(out))
+    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        return model, f"opset {before} kept: onnx's version converter failed ({msg})"
+    return out, f"opset {before} upgraded to {target} (onnx version converter)"

@@ -218,13 +218,14 @@ class PassManager:
         return self._first.outputs
 
     def _next_batch(self, i: int) -> list[Pass]:
-        """Consecutive exact passes run as one batch, verified once."""
+        """Consecutive exact passes run as one batch, verified once (a pass that may convert
+        the opset goes alone, through :meth:`Pass.apply`)."""
         first = self.passes[i]
-        if not self.batch_exact or not first.exact:
+        if not self.batch_exact or not first.exact or first.opset_wanted:
             return [first]
         batch = [first]
         for p in self.passes[i + 1 :]:
-            if not p.exact:
+            if not p.exact or p.opset_wanted:
                 break
             batch.append(p)
         return batch

@@ -108,6 +108,10 @@ class Pass:
     needs_model: ClassVar[bool] = False
     #: needs real (not synthesized) feeds to be meaningful
     needs_data: ClassVar[bool] = False
+    #: a model below this opset is converted first (onnx's version converter), as onnxruntime's
+    #: quantizer does; 0: never. Below ``opset_needed`` after that, the pass leaves it alone.
+    opset_wanted: ClassVar[int] = 0
+    opset_needed: ClassVar[int] = 0
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError
@@ -117,19 +121,34 @@ class Pass:
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[PassResult, onnx.ModelProto]:
         """Run on ``model`` without modifying it: a copy for whole-model passes, a gs import
-        otherwise. Returns (result, the rewritten model, or ``model`` itself when unchanged)."""
+        otherwise, after converting an opset below ``opset_wanted``. Returns (result, the
+        rewritten model, or ``model`` itself when unchanged)."""
         import onnx
 
-        from onnxopt.graph import to_graph, to_model
+        from onnxopt.graph import opset_version, to_graph, to_model
+        from onnxopt.model import upgrade_opset
 
+        notes: list[str] = []
+        src = model
+        if opset_version(model) < self.opset_wanted:
+            src, note = upgrade_opset(model, self.opset_wanted)
+            notes.append(note)
+            if opset_version(src) < self.opset_needed:
+                return PassResult.unchanged(*notes, f"{self.name} needs opset "
+                                                    f"{self.opset_needed}"), model
         if self.needs_model:
-            m = onnx.ModelProto()
-            m.CopyFrom(model)
+            m = src
+            if m is model:  # a converted model is already a copy
+                m = onnx.ModelProto()
+                m.CopyFrom(model)
             result = self.run_model(m, ctx)
-            return result, (result.model if result.model is not None else m)
-        graph = to_graph(model)
-        result = self.run(graph, ctx)
-        return result, (to_model(graph, like=model) if result.changed else model)
+            out = result.model if result.model is not None else m
+        else:
+            graph = to_graph(src)
+            result = self.run(graph, ctx)
+            out = to_model(graph, like=src) if result.changed else model
+        result.notes[:0] = notes
+        return result, (out if result.changed else model)
 
     def all_tags(self) -> set[str]:
         return {self.name, *self.tags}

@@ -9,7 +9,7 @@ from onnx import parser
 
 from onnxopt.data import synthesize
 from onnxopt.errors import OptionError
-from onnxopt.passes.base import Pass, PassResult
+from onnxopt.passes.base import Pass, PassContext, PassResult
 from onnxopt.pipeline import PassManager, PipelineError, validate_order
 from onnxopt.verify import Budget
 
@@ -168,3 +168,19 @@ def test_input_model_is_not_modified():
     PassManager([NegToAbs(wrong=())]).run(m, feeds())
     assert m.SerializeToString() == before
     assert isinstance(m, onnx.ModelProto)
+
+
+def test_apply_returns_the_input_itself_when_unchanged():
+    """Pass.apply: a whole-model pass works on a copy; unchanged, the caller's model comes back."""
+
+    class Touches(Pass):
+        name = "test-touch"
+        needs_model = True
+
+        def run_model(self, m, ctx):
+            m.doc_string = "touched"  # on the copy; reports no change
+            return PassResult.unchanged()
+
+    m = model()
+    res, out = Touches().apply(m, PassContext())
+    assert not res.changed and out is m and m.doc_string != "touched"

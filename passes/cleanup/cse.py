@@ -4,8 +4,8 @@ Two nodes compute the same values when they have the same op, domain, inputs (th
 objects, in order), attributes and number of outputs, and the op is deterministic. Nodes are
 visited in topological order, so chains of duplicates collapse in one sweep: once ``b`` is merged
 into ``a``, every consumer of ``b`` reads ``a`` and becomes a candidate itself. Graph outputs
-keep their names (the surviving tensor takes the output's name, see ``onnxopt.graph.merge_tensors``).
-Nodes with subgraphs are not compared.
+keep their names (the surviving tensor takes the output's name, see
+``onnxopt.graph.merge_tensors``). Nodes with subgraphs are not compared.
 """
 
 from __future__ import annotations

@@ -9,8 +9,9 @@ calibration data so each reproduces the original layer's outputs (no training).
 Options (``ctx.options``): ``ratio`` (0.3), ``target_flops`` (fraction of the original MACs to
 keep; overrides ratio), ``global`` (rank units across groups), ``importance`` (l1, l2, bn-scale,
 activation), ``round_to`` ("auto": onnxruntime's CPU channel block, see
-:func:`.targets.auto_round_to`; 1 turns rounding off), ``keep`` (node names), ``max_ratio`` (0.9), ``reconstruct``
-(default: on with real data), ``alpha`` (ridge strength, 1e-3), ``max_rows`` (rows per fit).
+:func:`.targets.auto_round_to`; 1 turns rounding off), ``keep`` (node names), ``max_ratio``
+(0.9), ``reconstruct`` (default: on with real data), ``alpha`` (ridge strength, 1e-3),
+``max_rows`` (rows per fit).
 """
 
 from __future__ import annotations

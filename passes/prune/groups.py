@@ -33,10 +33,11 @@ its channel axis is made of) or none. Rules, by op:
   ``[N, C, H, W]``, Mul/Add by gamma/beta: whole norm groups, block ``C / G``). The Reshape's
   explicit channel entry (a constant, or a piece of a Concat of constants) is a member; a shape
   read at run time by ``Shape(t)`` follows the pruning when ``t``'s axis is made of the same
-  groups, else the groups close. Any other read of a tracked tensor's channel count (a Shape
-  entry that reaches anything but such a Reshape, or a Gather/Slice of other entries, and
-  ``Size``) closes its groups: the value would change under the reader; Past a Reshape's channel axis dimensions may be named (dynamic
-  H, W) when those before it are known: the element count fixes them;
+  groups, else the groups close. Past a Reshape's channel axis dimensions may be named
+  (dynamic H, W) when those before it are known: the element count fixes them;
+- a read of a tracked tensor's channel count closes its groups (the value would change under
+  the reader): ``Size``, and a ``Shape`` entry that reaches anything but a Reshape of a tensor
+  in the same groups or a Gather/Slice of other entries;
 - MatMul of two activations (attention) unions the heads of both sides on batch axes;
 - anything else that touches a tracked axis closes the groups with a note: the analysis never
   guesses. Graph outputs keep all their channels.

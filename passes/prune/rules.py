@@ -339,9 +339,10 @@ class PassThroughRules:
         return None
 
     def check_shape_reads(self) -> None:
-        """Every reader of a Shape's channel entry must take a new value: a Reshape of a
-        tracked tensor (checked by :meth:`_shape_follows`), or a Gather / Slice with constant
-        positions that leave the entry out. Anything else closes the groups."""
+        """Every reader of a Shape's channel entry must take the new value: a Reshape of a
+        tensor in the same groups (pruned alike), or a Gather / Slice with constant positions
+        that leave the entry out. Anything else closes the groups, and those of any tensor
+        reshaped to that shape."""
         for node, x, pos, n in self.shape_reads:
             out = node.outputs[0]
             bad = "a graph output" if any(t is out for t in self.graph.outputs) else None

@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import const_value, node_names_unique, opset_version
+from onnxopt.graph import const_value, node_names_unique
 from onnxopt.passes.base import Pass, PassContext, PassResult, register
 
 from .qdq import quantize_weight, weight_params
-from .static import cpu_has_vnni, upgrade_opset
+from .static import cpu_has_vnni
 
 logger = logging.getLogger(__name__)
 
@@ -32,21 +32,11 @@ class QuantizeDynamic(Pass):
     exact = False
     summary = "int8 weights with dynamic activation quantization for MatMul/Gemm"
     tags = ("quantize",)
+    opset_wanted = 13
+    opset_needed = 11  # DynamicQuantizeLinear
 
     def __init__(self, **options: Any) -> None:
         self.defaults = dict(options)
-
-    def apply(self, model: Any, ctx: PassContext) -> tuple[PassResult, Any]:
-        """Below opset 11 (no DynamicQuantizeLinear) the model is converted first, as
-        onnxruntime's quantizer does; left as it was when nothing is quantized."""
-        if opset_version(model) >= 11:
-            return super().apply(model, ctx)
-        upgraded, note = upgrade_opset(model, 13)
-        if opset_version(upgraded) < 11:
-            return PassResult.unchanged(note, "no DynamicQuantizeLinear before opset 11"), model
-        result, out = super().apply(upgraded, ctx)
-        result.notes.insert(0, note)
-        return result, (out if result.changed else model)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         o = {"per_channel": True, "exclude": (), "reduce_range": "auto", "min_size": 0}

@@ -71,6 +71,8 @@ class QuantizeInt8(Pass):
     tags = ("quantize",)
     needs_model = True
     needs_data = True
+    opset_wanted = 13  # per-channel weight scales
+    opset_needed = 10  # QuantizeLinear
 
     def __init__(self, **options: Any) -> None:
         self.defaults = dict(options)
@@ -124,13 +126,7 @@ class QuantizeInt8(Pass):
             notes.append(f"only {feeds.num_samples} calibration samples (< {MIN_SAMPLES}): "
                          "ranges may be unreliable")
             logger.warning("only %d calibration samples", feeds.num_samples)
-        opset = opset_version(model)
-        if opset < 13:  # QuantizeLinear needs 10, per-channel weight scales 13
-            model, note = upgrade_opset(model, 13)
-            notes.append(note)
-            opset = opset_version(model)
-            if opset < 10:
-                return PassResult.unchanged(*notes, f"opset {opset} < 10 has no QuantizeLinear")
+        opset = opset_version(model)  # Pass.apply converted models below opset_wanted
         try:
             inferred = with_inferred_shapes(model)
         except Exception as e:  # noqa: BLE001 - a model shape inference rejects still quantizes
@@ -345,18 +341,3 @@ def _group_params(plan, ranges: dict[str, tuple[float, float]],  # noqa: ANN001
 def describe_params(p: QParams) -> str:
     return f"scale={p.scale:.6g} zp={p.zero_point} {np.dtype(p.dtype).name}"
 
-
-def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto, str]:
-    """``model`` converted to opset ``target`` by onnx's version converter, or unchanged when it
-    cannot be (with why). onnxruntime's quantizer upgrades old models the same way; the
-    pipeline then verifies the converted, quantized model against the original."""
-    from onnx import version_converter
-
-    before = opset_version(model)
-    try:
-        out = version_converter.convert_version(model, target)
-        onnx.checker.check_model(out)
-    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
-        return model, f"opset {before} kept: onnx's version converter failed ({msg})"
-    return out, f"opset {before} upgraded to {target} (onnx version converter)"

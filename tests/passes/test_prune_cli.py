@@ -49,7 +49,8 @@ def test_dry_run_prints_groups(tmp_path):
 def test_prune_writes_model(tmp_path):
     model, data = _files(tmp_path)
     out = tmp_path / "out.onnx"
-    res = CliRunner().invoke(_app(), ["prune", str(model), "-o", str(out), "--ratio", "0.25", "--round-to", "1",
+    res = CliRunner().invoke(_app(), ["prune", str(model), "-o", str(out), "--ratio", "0.25",
+                                      "--round-to", "1",
                                       "--data", str(data), "--min-cosine", "0.5"],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
