@@ -1,6 +1,6 @@
 """Knowledge distillation on ONNX, measured on scikit-learn digits (writes DISTILLATION.md).
 
-Teacher: ``digits_resnet`` from :mod:`benchmarks.zoo`. Data for every onnxopt step: the train
+Teacher: ``digits_resnet`` from :mod:`onnxopt.zoo`. Data for every onnxopt step: the train
 split's inputs *without labels*. Accuracy: the fixed 450-image test split.
 
 Rows:
@@ -30,11 +30,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.zoo import build, digits_data  # noqa: E402
 from onnxopt.data import Feeds, load_feeds  # noqa: E402
 from onnxopt.model import ModelSummary  # noqa: E402
-from onnxopt.pipeline import PassManager  # noqa: E402
+from onnxopt.passes.registry import manager  # noqa: E402
 from onnxopt.verify import Budget, Runner, accuracy  # noqa: E402
+from onnxopt.zoo import build, digits_data  # noqa: E402
 
 #: the hand-written section of the output file, kept across runs
 READING = "## Reading the table"
@@ -125,7 +125,7 @@ class Bench:
         t0 = time.perf_counter()
         # distillation is judged by agreement with the teacher, not by a logits cosine
         budget = budget or Budget(min_cosine=None, min_top1_agreement=0.95)
-        pm = PassManager(passes, budget=budget, options=options)
+        pm = manager(passes, budget=budget, options=options)
         model, report = pm.run(self.teacher, self.train)
         statuses = [(p.name, p.status, p.notes[:2]) for p in report.passes]
         for s in statuses:
@@ -158,7 +158,7 @@ class Bench:
         moves either result by up to a point on 450 test images, so the rows give the mean."""
         import torch
 
-        from onnxopt.distill import DistillConfig, distill
+        from onnxopt.passes.distill.trainer import DistillConfig, distill
 
         accs: dict[str, list[float]] = {"labels": [], "distill": []}
         secs: dict[str, float] = {"labels": 0.0, "distill": 0.0}

@@ -1,6 +1,6 @@
 """Ensemble merging on scikit-learn's digits: accuracy and latency of every merge mode.
 
-Members (benchmarks.zoo, trained in torch, exported with torchscript): digits_mlp,
+Members (onnxopt.zoo, trained in torch, exported with torchscript): digits_mlp,
 digits_cnn_small, digits_cnn_wide. The 450-sample test split is cut into halves A and B; fitted
 modes (weighted with fitted weights, stack, cascade with a target accuracy) are fitted on one
 half and scored on the other, both ways (2-fold), so every accuracy is held-out and over all 450
@@ -93,10 +93,10 @@ def folds(x: np.ndarray, y: np.ndarray, tmp: Path) -> list[tuple[Path, Path, np.
 
 
 def bench(reps: int) -> tuple[list[dict], dict[str, float]]:
-    from benchmarks.zoo import build, digits_data
     from onnxopt.model import load_model
-    from onnxopt.passes.ensemble import merge
-    from onnxopt.passes.ensemble_modes import np_softmax
+    from onnxopt.passes.ensemble.merge import merge
+    from onnxopt.passes.ensemble.modes import np_softmax
+    from onnxopt.zoo import build, digits_data
 
     paths = {n: build(n) for n in MEMBERS}
     d = digits_data()

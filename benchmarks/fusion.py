@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxopt.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -50,10 +52,10 @@ def _is_bert(name: str) -> bool:
 def _onnxopt(target: str) -> Callable[[onnx.ModelProto, dict], onnx.ModelProto]:
     def run(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
         from onnxopt.data import get_feeds
-        from onnxopt.pipeline import PassManager
+        from onnxopt.passes.registry import manager
 
         feeds = get_feeds(model, data=inputs)
-        out, report = PassManager(["cleanup", "fusion"], target=target).run(model, feeds)
+        out, report = manager(["cleanup", "fusion"], target=target).run(model, feeds)
         dropped = [p.name for p in report.passes if p.status in ("rolled back", "error")]
         if dropped:
             logger.warning("onnxopt rolled back: %s", ", ".join(dropped))
@@ -128,7 +130,7 @@ def _save(model: onnx.ModelProto, path: Path) -> str:
 
 
 def measure(name: str, exporter: str, repeat: int, only: list[str] | None = None) -> list[dict]:
-    from benchmarks import zoo
+    from onnxopt import zoo
 
     src = zoo.build(name, exporter)
     inputs = zoo.example_inputs(name)
@@ -159,7 +161,7 @@ def measure(name: str, exporter: str, repeat: int, only: list[str] | None = None
                 del plain
                 row["ms_all"] = latency_ms(_session(path, optimized=True), inputs, repeat)
             except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
-                row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:80]}"
+                row["error"] = f"{type(e).__name__}: {first_line(e, 80)}"
             logger.info("%s", row)
             print(_fmt_row(row), flush=True)
             rows.append(row)

@@ -41,6 +41,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = ROOT / "build" / "node_tests"
 
@@ -148,7 +150,7 @@ def run_case(case: Path, passes: list[str]) -> CaseResult:
     """Run one node test through the pipeline and classify it."""
     from onnxopt.data import Feeds
     from onnxopt.errors import OnnxoptError
-    from onnxopt.pipeline import PassManager
+    from onnxopt.passes.registry import manager
 
     t0 = time.perf_counter()
     name = case.name
@@ -174,7 +176,7 @@ def run_case(case: Path, passes: list[str]) -> CaseResult:
     if any(not isinstance(v, np.ndarray) for r in refs for v in r):
         return CaseResult(name, "not_runnable", detail="non-tensor outputs")
     try:
-        out, report = PassManager(passes).run(model, Feeds(all_feeds, source=name))
+        out, report = manager(passes).run(model, Feeds(all_feeds, source=name))
     except OnnxoptError as e:  # a deliberate one-line refusal (e.g. an unsupported opset)
         return CaseResult(name, "refused", detail=f"{type(e).__name__}: {_line(e)}",
                           seconds=time.perf_counter() - t0)
@@ -210,8 +212,7 @@ def run_case(case: Path, passes: list[str]) -> CaseResult:
 
 
 def _line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:200] if text else type(e).__name__
+    return first_line(e, 200)
 
 
 def run_suite(cases: list[Path], passes: list[str], progress: bool = False) -> dict[str, Any]:

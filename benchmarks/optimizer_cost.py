@@ -22,7 +22,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import peers, run_all, zoo  # noqa: E402
+from benchmarks import peers, run_all  # noqa: E402
+from onnxopt import zoo  # noqa: E402
 
 #: onnxopt verifies on 4 runs when no --data is given (onnxopt.data.get_feeds); the feeds file
 #: holds 8, and the second row shows what verifying on all of them costs

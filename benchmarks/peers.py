@@ -28,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from onnxopt.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -66,7 +68,7 @@ def _feeds(job: dict[str, Any], model: Any) -> Any:
 
 def _onnxopt(job: dict[str, Any]) -> dict[str, Any]:
     from onnxopt.model import load_model, save_model
-    from onnxopt.pipeline import PassManager
+    from onnxopt.passes.registry import manager
     from onnxopt.verify import Budget
 
     model = load_model(job["input"])
@@ -77,7 +79,7 @@ def _onnxopt(job: dict[str, Any]) -> dict[str, Any]:
 
         calib = load_feeds(job["calib"], model)
     budget = Budget(**job["budget"]) if job.get("budget") else None
-    pm = PassManager(job["passes"], budget=budget, options=job.get("options") or {},
+    pm = manager(job["passes"], budget=budget, options=job.get("options") or {},
                      verify_runs=job.get("verify_runs"))
     out, report = pm.run(model, feeds, calib)
     save_model(out, job["output"])
@@ -162,7 +164,7 @@ def _torch_pruning(job: dict[str, Any]) -> dict[str, Any]:
     import torch
     import torch_pruning as tp
 
-    from benchmarks import zoo
+    from onnxopt import zoo
 
     torch.set_num_threads(1)
     torch.manual_seed(0)
@@ -212,8 +214,7 @@ def _worker(path: str) -> None:
     except ModuleNotFoundError as e:
         res = {"status": f"not installed: {e.name}"}
     except Exception as e:  # noqa: BLE001 - any failure of a tool is a row
-        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
-        res = {"status": f"failed: {type(e).__name__}: {msg}",
+        res = {"status": f"failed: {type(e).__name__}: {first_line(e, 200)}",
                "traceback": traceback.format_exc()[-2000:]}
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

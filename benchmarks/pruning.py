@@ -11,7 +11,7 @@ Peers:
 - ``onnxsim.pruning.apply_structured_pruning`` (L2) and ``apply_structured_wanda_pruning``
   (onnxsim 0.8.1), which prune single producer -> consumer chains on the ONNX graph;
 - Torch-Pruning's ``MagnitudePruner`` (L2 magnitude, its dependency graph) on the same torch
-  model (``benchmarks.zoo.torch_model``), exported after pruning with the zoo's exporter.
+  model (``onnxopt.zoo.torch_model``), exported after pruning with the zoo's exporter.
 
 Usage: ``python benchmarks/pruning.py [--quick] [--models a,b] [--out benchmarks/PRUNING.md]``.
 """
@@ -32,11 +32,13 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import zoo  # noqa: E402
+from onnxopt import zoo  # noqa: E402
 from onnxopt.data import Feeds  # noqa: E402
 from onnxopt.model import count_macs  # noqa: E402
 
@@ -142,8 +144,8 @@ def onnxopt_prune(model: onnx.ModelProto, calib: Feeds, keep_flops: float, *,
                   ratio: float | None = None, reconstruct: bool = True,
                   importance: str | None = None, round_to: int | str = "auto",
                   max_rows: int = 4096) -> onnx.ModelProto:
-    from onnxopt.passes.base import PassContext
-    from onnxopt.passes.prune import Prune
+    from onnxopt.contract import PassContext
+    from onnxopt.passes.prune.prune import Prune
 
     opts: dict[str, Any] = {"reconstruct": reconstruct, "max_rows": max_rows, "round_to": round_to}
     if ratio is not None:
@@ -258,7 +260,7 @@ def measure(name, r, label, fn, model, test, ref, labels, runs, base_macs) -> di
     try:
         pruned = fn()
     except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
-        row["error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+        row["error"] = f"{type(e).__name__}: {first_line(e, 120)}"
         logger.warning("%s %s %.0f%%: %s", name, label, r * 100, row["error"])
         return row
     row["seconds"] = round(time.perf_counter() - t, 1)
@@ -271,7 +273,7 @@ def measure(name, r, label, fn, model, test, ref, labels, runs, base_macs) -> di
         row.update(metrics(ref, outputs(pruned, test), labels))
         row["latency_ratio"] = latency_ratio(model, pruned, test.runs[0], runs)
     except Exception as e:  # noqa: BLE001
-        row["error"] = f"invalid model: {str(e).splitlines()[0][:120]}"
+        row["error"] = f"invalid model: {first_line(e, 120)}"
     logger.info("%s", {k: v for k, v in row.items()})
     row["flops_ratio"] = row["macs"] / base_macs
     if row["flops_ratio"] > 0.999:

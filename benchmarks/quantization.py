@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from onnxopt.errors import first_line
+
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
@@ -82,7 +84,7 @@ def metric(kind: str, ref: list, out: list, labels: np.ndarray | None) -> dict:
 
 def data_for(name: str, kind: str, quick: bool) -> tuple[list[dict], list[dict], np.ndarray | None]:
     """(calibration feeds, evaluation feeds, labels)."""
-    from benchmarks import zoo
+    from onnxopt import zoo
 
     if kind == "digits":
         d = zoo.digits_data()
@@ -99,11 +101,11 @@ def data_for(name: str, kind: str, quick: bool) -> tuple[list[dict], list[dict],
 
 def ours(src: str, dst: str, calib: list[dict], **opts) -> tuple[str, str]:
     from onnxopt.data import Feeds
-    from onnxopt.pipeline import PassManager
+    from onnxopt.passes.registry import manager
     from onnxopt.verify import Budget
 
     feeds = Feeds(calib, source="calibration")
-    pm = PassManager(["quantize-int8"], budget=Budget(min_cosine=0.99),
+    pm = manager(["quantize-int8"], budget=Budget(min_cosine=0.99),
                      options={"quantize-int8": opts}, verify_runs=16)
     out, report = pm.run(src, feeds)
     onnx.save(out, dst)
@@ -144,7 +146,7 @@ def onnxsim_peer(src: str, dst: str, calib: list[dict]) -> str:
 
 
 def bench_model(name: str, quick: bool) -> list[dict]:
-    from benchmarks import zoo
+    from onnxopt import zoo
 
     s = zoo.spec(name)
     src = str(zoo.build(name))
@@ -179,7 +181,7 @@ def bench_model(name: str, quick: bool) -> list[dict]:
             row["path"] = dst
         except Exception as e:  # noqa: BLE001 - a failing peer is a result, not a crash
             row["status"] = "failed"
-            row["notes"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            row["notes"] = f"{type(e).__name__}: {first_line(e, 120)}"
         rows.append(row)
     # latency: every variant measured once per round, REPEATS rounds (interleaved, so a burst
     # of load on the shared machine hits all variants alike), median per variant
@@ -201,10 +203,10 @@ def bench_model(name: str, quick: bool) -> list[dict]:
 CALIB_CHILD = """
 import sys, numpy as np
 sys.path.insert(0, {root!r})
-from benchmarks import zoo
+from onnxopt import zoo
 from onnxopt.data import Feeds
 from onnxopt.model import load_model
-from onnxopt.passes.base import PassContext
+from onnxopt.contract import PassContext
 from onnxopt.passes.quantize import QuantizeInt8
 m = load_model(str(zoo.build("bert_base")))
 feeds = Feeds([zoo.example_inputs("bert_base", 1, seed=i) for i in range({n})])

@@ -35,7 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import peers, zoo  # noqa: E402
+from benchmarks import peers  # noqa: E402
+from onnxopt import zoo  # noqa: E402
 
 logger = logging.getLogger("run_all")
 

@@ -2,6 +2,6 @@
 
 import sys
 
-from onnxopt.cli import main
+from onnxopt.cli.app import main
 
 sys.exit(main())

@@ -38,11 +38,11 @@ def optimize(
         data: feeds: ``.npz`` path, folder, dict of arrays, iterable of dicts or Feeds.
         budget: lossy budget against the original (default cosine >= 0.99).
     """
-    from onnxopt.pipeline import PassManager
+    from onnxopt.passes.registry import manager
 
     m = load_model(model)
     feeds = _feeds(m, data, shapes=shapes, int_range=int_range)
-    return PassManager(passes, budget=budget, target=target, strict=strict,
+    return manager(passes, budget=budget, target=target, strict=strict,
                        options=options).run(m, feeds)
 
 
@@ -64,7 +64,7 @@ def distill(student: Any, teacher: Any, data: Any, *, labels: Any = None, **opti
     ``options`` are :class:`onnxopt.distill.DistillConfig` fields (epochs, lr, temperature, ...).
     Returns a :class:`onnxopt.distill.DistillResult` (``.model`` is the trained student).
     """
-    from onnxopt import distill as _distill
+    from onnxopt.passes.distill import trainer as _distill
 
     s = load_model(student)
     feeds = data if isinstance(data, Feeds) else get_feeds(s, data)
@@ -74,9 +74,9 @@ def distill(student: Any, teacher: Any, data: Any, *, labels: Any = None, **opti
 
 def merge(models: Sequence[Any], mode: str = "average", **options: Any) -> tuple[onnx.ModelProto, Any]:
     """Merge several models into one graph (parallel, serial, stacking or cascade)."""
-    from onnxopt.passes import ensemble
+    from onnxopt.passes.ensemble.merge import merge as _merge
 
-    return ensemble.merge(list(models), mode=mode, **options)
+    return _merge(list(models), mode=mode, **options)
 
 
 def bench(models: Sequence[Any], **options: Any) -> Any:

@@ -17,3 +17,19 @@ class DataError(OnnxoptError):
 
 class OptionError(OnnxoptError):
     """An unknown pass, a bad order, or an invalid option value."""
+
+
+class PassError(OptionError):
+    """A pass could not run with what it was given (bad options, missing data). The pass
+    manager reports it as the pass's error and goes on from the last good model."""
+
+
+class PipelineError(OnnxoptError):
+    """A pass failed verification under ``strict``."""
+
+
+def first_line(e: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type
+    name when the message is empty: how onnxopt quotes a library's error in one line."""
+    text = str(e).strip()
+    return text.splitlines()[0][:limit] if text else type(e).__name__

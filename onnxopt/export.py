@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt.errors import OnnxoptError
+from onnxopt.errors import OnnxoptError, first_line
 from onnxopt.model import load_model, save_model
 
 
@@ -61,7 +61,7 @@ def export_torch(
         try:
             torch.onnx.export(module, args, tmp, **kwargs)
         except Exception as e:  # noqa: BLE001 - exporter errors are many and verbose
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise OnnxoptError(f"torch.onnx.export failed: {first}") from e
         model = load_model(tmp)
     import onnxruntime as ort

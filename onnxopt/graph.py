@@ -14,6 +14,8 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.errors import first_line
+
 logger = logging.getLogger(__name__)
 
 # gs logs warnings through its own logger at import time; keep library output quiet.
@@ -196,7 +198,7 @@ def annotate_shapes(graph: gs.Graph) -> str | None:
     try:
         inferred = infer_light(graph)
     except Exception as e:  # noqa: BLE001 - inference is a hint; rules check shapes anyway
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        msg = first_line(e, 160)
         return f"shape inference failed ({msg})"
     tensors = graph.tensors()
     g = inferred.graph

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
-from onnxopt.errors import ModelError
+from onnxopt.errors import ModelError, first_line
 
 #: protobuf cannot serialise a message of 2 GiB or more
 PROTO_LIMIT = 2**31 - 1
@@ -104,7 +104,7 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
         for t in model.graph.initializer:  # what the light copy does not carry: weight bytes
             _check_initializer(t)
     except onnx.checker.ValidationError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"{where}: rejected by onnx.checker: {first}") from e
 
 
@@ -466,6 +466,6 @@ def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto,
         out = version_converter.convert_version(model, target)
         onnx.checker.check_model(light_model(out))
     except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        msg = first_line(e, 160)
         return model, f"opset {before} kept: onnx's version converter failed ({msg})"
     return out, f"opset {before} upgraded to {target} (onnx version converter)"

@@ -27,35 +27,21 @@ from typing import Any
 
 import onnx
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.data import Feeds, get_feeds
-from onnxopt.errors import ModelError, OnnxoptError, OptionError
+from onnxopt.errors import ModelError, OnnxoptError, OptionError, PipelineError, first_line
 from onnxopt.graph import to_graph, to_model
 from onnxopt.model import ModelSummary, load_model
-from onnxopt.passes.base import Pass, PassContext, PassResult
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
 from onnxopt.verify import Budget, Comparison, Exact, Runner, Runs, accuracy, compare
 
 logger = logging.getLogger(__name__)
 
-#: ordering constraints between pass tags: (a, b) means every ``a`` runs before every ``b``
-ORDER: list[tuple[str, str]] = [
-    ("cleanup", "fusion"),
-    ("cleanup", "quantize"),
-    ("fusion", "quantize"),
-    ("prune", "distill"),
-    ("prune", "quantize"),
-    ("distill", "quantize"),
-]
-
 #: at most this many extra verification runs when bisecting one pass's sites
 MAX_BISECT_TRIALS = 24
 
 
-class PipelineError(OnnxoptError):
-    """A pass failed under ``strict``."""
-
-
-def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]] = ORDER) -> None:
+def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]]) -> None:
     """Refuse a pass list that breaks an ordering constraint, before anything runs."""
     for i, late in enumerate(passes):
         for early in passes[i + 1 :]:
@@ -85,8 +71,13 @@ class _Stage:
 class PassManager:
     """Runs passes with verification and rollback.
 
+    The manager knows no pass by name: it gets instances (``onnxopt.passes.registry.manager``
+    resolves names, options and the ordering constraints between families).
+
     Args:
-        passes: pass names (aliases expand) or Pass instances, in order.
+        passes: Pass instances, in order.
+        order: ordering constraints between pass tags, checked before anything runs:
+            ``(a, b)`` means every ``a`` pass runs before every ``b`` pass.
         budget: the user's budget against the original; defaults to ``Budget()`` (cosine >= 0.99)
             for lossy passes. Exact passes are always held to the exact tolerance.
         target: "onnx" (standard ops only) or "onnxruntime" (contrib ops allowed).
@@ -101,8 +92,9 @@ class PassManager:
 
     def __init__(
         self,
-        passes: Sequence[str | Pass] | None = None,
+        passes: Sequence[Pass],
         *,
+        order: Sequence[tuple[str, str]] = (),
         budget: Budget | None = None,
         target: str = "onnx",
         strict: bool = False,
@@ -112,19 +104,16 @@ class PassManager:
         batch_exact: bool = True,
         holdout: bool = True,
     ) -> None:
-        from onnxopt.passes import registry
-
         if target not in ("onnx", "onnxruntime"):
             raise OptionError(f"--target must be 'onnx' or 'onnxruntime', not {target!r}")
-        if passes is None:  # the default: every exact family this build has
-            names: list[str | Pass] = [f for f in registry.DEFAULT_PIPELINE
-                                       if registry.family_passes(f)]
-        else:
-            names = list(passes)
-        self.passes: list[Pass] = registry.resolve(names)
+        bad = [p for p in passes if not isinstance(p, Pass)]
+        if bad:
+            raise TypeError(f"PassManager takes Pass instances, not {bad[0]!r}: resolve names "
+                            "with onnxopt.passes.registry.manager")
+        self.passes: list[Pass] = list(passes)
         if not self.passes:
             raise OptionError("no passes to run")
-        validate_order(self.passes)
+        validate_order(self.passes, order)
         self.budget = budget
         self.target = target
         self.strict = strict
@@ -490,7 +479,7 @@ def structural_check(model: onnx.ModelProto) -> onnx.ModelProto:
         return onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True,
                                                  data_prop=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise ModelError(f"invalid model after rewrite: {first}") from e
 
 

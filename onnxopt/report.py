@@ -95,7 +95,7 @@ class ProgressSink(Protocol):
 # Rendering
 
 
-def _fmt_int(n: Any) -> str:
+def fmt_int(n: Any) -> str:
     if not isinstance(n, (int, float)):
         return "-"
     n = float(n)
@@ -105,7 +105,7 @@ def _fmt_int(n: Any) -> str:
     return f"{int(n)}"
 
 
-def _fmt_bytes(n: Any) -> str:
+def fmt_bytes(n: Any) -> str:
     if not isinstance(n, (int, float)):
         return "-"
     n = float(n)
@@ -115,7 +115,7 @@ def _fmt_bytes(n: Any) -> str:
     return f"{int(n)} B"
 
 
-def _delta(before: dict[str, Any], after: dict[str, Any], key: str, fmt=_fmt_int) -> str:
+def _delta(before: dict[str, Any], after: dict[str, Any], key: str, fmt=fmt_int) -> str:
     b, a = before.get(key), after.get(key)
     if b is None or a is None:
         return "-"
@@ -172,7 +172,7 @@ def render(report: PipelineReport, console: Any = None, *, notes: bool = True,
             _delta(p.before, p.after, "nodes"),
             _delta(p.before, p.after, "params"),
             _delta(p.before, p.after, "flops"),
-            _delta(p.before, p.after, "bytes", _fmt_bytes),
+            _delta(p.before, p.after, "bytes", fmt_bytes),
             _err(p.vs_original) if p.status == "kept" else "-",
             f"{p.seconds:.2f}s",
         )
@@ -183,7 +183,7 @@ def render(report: PipelineReport, console: Any = None, *, notes: bool = True,
     o, f = report.original, report.final
     line = (
         f"nodes {_delta(o, f, 'nodes')}  params {_delta(o, f, 'params')}  "
-        f"MACs {_delta(o, f, 'flops')}  size {_delta(o, f, 'bytes', _fmt_bytes)}  "
+        f"MACs {_delta(o, f, 'flops')}  size {_delta(o, f, 'bytes', fmt_bytes)}  "
         f"max abs err {report.final_vs_original.max_abs or 0:.3g}"
     )
     if report.final_vs_original.cosine is not None:

@@ -22,7 +22,7 @@ import numpy as np
 import onnx
 
 from onnxopt.data import Feeds
-from onnxopt.errors import ModelError
+from onnxopt.errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ class Runner:
         try:
             sess = ort.InferenceSession(structure, so, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = first_line(e)
             raise ModelError(f"onnxruntime cannot load the model: {msg}") from e
         sess._onnxopt_weights = (arrays, values)  # onnxruntime uses this memory; keep it alive
         self._sessions.pop(key, None)
@@ -89,7 +89,7 @@ class Runner:
             try:
                 values = sess.run(names, run)
             except Exception as e:  # noqa: BLE001
-                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                msg = first_line(e)
                 raise ModelError(f"onnxruntime failed to run the model: {msg}") from e
             out.append(dict(zip(names, values)))
         return out

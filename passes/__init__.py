@@ -1,1 +1,2 @@
-"""onnxopt passes: one module or folder per family; see registry.py."""
+"""The pass families, one package each (``cleanup``, ``fusion``, ``quantize``, ``prune``,
+``distill``, ``ensemble``); :mod:`.registry` is the one list of them."""

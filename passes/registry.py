@@ -1,17 +1,22 @@
-"""The explicit list of pass families. The engine finds passes only through here.
+"""The one registry: the explicit list of pass families, and how names become passes.
 
-Each family module exposes ``PASSES``: its pass classes in run order. A family name is also an
-alias that expands to all of its passes (``"cleanup"`` runs every cleanup pass).
+Each family package lists its pass classes in run order in ``PASSES``. A family name is also an
+alias that expands to all of its passes (``"cleanup"`` runs every cleanup pass). The engine
+knows no pass by name: :func:`resolve` turns names into instances, and :func:`manager` builds
+an :class:`~onnxopt.pipeline.PassManager` from names with the ordering constraints below.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Sequence
 from types import ModuleType
+from typing import Any
 
+from onnxopt.contract import Pass
 from onnxopt.errors import OptionError
-from onnxopt.passes.base import Pass
+from onnxopt.pipeline import PassManager
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +38,17 @@ ALIASES: dict[str, list[str]] = {
     # static int8 is what "quantize" means; quantize-dynamic is asked for by name
     "quantize": ["quantize-int8"],
 }
+
+#: ordering constraints between pass tags: (a, b) means every ``a`` runs before every ``b``;
+#: checked by the PassManager before anything runs
+ORDER: list[tuple[str, str]] = [
+    ("cleanup", "fusion"),
+    ("cleanup", "quantize"),
+    ("fusion", "quantize"),
+    ("prune", "distill"),
+    ("prune", "quantize"),
+    ("distill", "quantize"),
+]
 
 
 def _module(family: str) -> ModuleType | None:
@@ -64,7 +80,12 @@ def families() -> dict[str, list[type[Pass]]]:
     return {fam: family_passes(fam) for fam in FAMILIES}
 
 
-def expand(names: list[str]) -> list[str]:
+def default_pipeline() -> list[str]:
+    """The families ``optimize`` runs without ``--passes`` that this build has."""
+    return [f for f in DEFAULT_PIPELINE if family_passes(f)]
+
+
+def expand(names: Sequence[str]) -> list[str]:
     """Expand aliases and family names into pass names (order kept, duplicates dropped)."""
     known = all_passes()
     out: list[str] = []
@@ -89,7 +110,7 @@ def expand(names: list[str]) -> list[str]:
     return out
 
 
-def resolve(names: list[str | Pass]) -> list[Pass]:
+def resolve(names: Sequence[str | Pass]) -> list[Pass]:
     """Instances for names (aliases expanded); Pass instances pass through."""
     known = all_passes()
     out: list[Pass] = []
@@ -100,3 +121,10 @@ def resolve(names: list[str | Pass]) -> list[Pass]:
         for n in expand([item]):
             out.append(known[n]())
     return out
+
+
+def manager(passes: Sequence[str | Pass] | None = None, **options: Any) -> PassManager:
+    """A :class:`PassManager` for pass names or instances (default: every exact pass), with
+    the families' ordering constraints; ``options`` go to the manager."""
+    return PassManager(resolve(default_pipeline() if passes is None else passes),
+                       order=ORDER, **options)

@@ -1,4 +1,4 @@
-"""Shared test setup: the repo root on sys.path (for ``benchmarks.zoo``), a quiet torch."""
+"""Shared test setup: the repo root on sys.path (for ``onnxopt.zoo``), a quiet torch."""
 
 from __future__ import annotations
 

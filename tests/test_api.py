@@ -11,7 +11,7 @@ import onnxopt
 from onnxopt.verify import Budget
 
 ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "examples" / "digits_cnn.onnx"
+MODEL = ROOT / "onnxopt" / "examples" / "digits_cnn.onnx"
 
 
 def test_import_is_light():
@@ -23,11 +23,11 @@ def test_import_is_light():
 
 
 def test_optimize_and_quantize_api():
-    data = np.load(ROOT / "examples" / "digits_test.npz")
+    data = np.load(ROOT / "onnxopt" / "examples" / "digits_test.npz")
     feeds = {"image": data["image"][:160].reshape(4, 40, 1, 8, 8)}
     model, report = onnxopt.optimize(MODEL, data=feeds)
     assert any(p.status == "kept" for p in report.passes)
-    calib = {"image": np.load(ROOT / "examples" / "digits_calib.npz")["image"].reshape(8, 32, 1, 8, 8)}
+    calib = {"image": np.load(ROOT / "onnxopt" / "examples" / "digits_calib.npz")["image"].reshape(8, 32, 1, 8, 8)}
     q, rep = onnxopt.quantize(model, calib, Budget(min_cosine=0.98))
     assert rep.passes[-1].name == "quantize-int8" and rep.passes[-1].status == "kept"
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)

@@ -16,7 +16,7 @@ from onnx import helper
 from typer.testing import CliRunner
 
 from onnxopt.bench import BenchResult, bench, feeds_for_batch, parse_batches, summarize
-from onnxopt.commands.bench import register, rows
+from onnxopt.cli.bench import register, rows
 from onnxopt.errors import DataError, ModelError, OptionError
 
 

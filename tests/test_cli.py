@@ -13,8 +13,8 @@ import pytest
 from onnxopt.model import load_model, save_model
 
 ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "examples" / "digits_cnn.onnx"
-TEST_DATA = ROOT / "examples" / "digits_test.npz"
+EXAMPLE = ROOT / "onnxopt" / "examples" / "digits_cnn.onnx"
+TEST_DATA = ROOT / "onnxopt" / "examples" / "digits_test.npz"
 
 
 def cli(*args, cwd=None):

@@ -27,7 +27,7 @@ def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
     model = onnx.load(out / "digits_cnn.opt.onnx")
     onnx.checker.check_model(model)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    data = np.load(Path(__file__).parents[1] / "examples" / "digits_test.npz")
+    data = np.load(Path(__file__).parents[1] / "onnxopt" / "examples" / "digits_test.npz")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     x = data[name][:40]

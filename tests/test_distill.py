@@ -10,12 +10,13 @@ from onnx import TensorProto, helper, numpy_helper
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
+from onnxopt.contract import PassContext  # noqa: E402
 from onnxopt.data import Feeds, synthesize  # noqa: E402
-from onnxopt.distill import DistillConfig, distill  # noqa: E402
 from onnxopt.errors import OnnxoptError, OptionError  # noqa: E402
-from onnxopt.onnx2torch import UnsupportedOpsError  # noqa: E402
-from onnxopt.passes.base import PassContext  # noqa: E402
-from onnxopt.passes.distill import PASSES, Distill  # noqa: E402
+from onnxopt.onnx2torch.convert import UnsupportedOpsError  # noqa: E402
+from onnxopt.passes.distill import PASSES  # noqa: E402
+from onnxopt.passes.distill.distill import Distill  # noqa: E402
+from onnxopt.passes.distill.trainer import DistillConfig, distill  # noqa: E402
 from onnxopt.verify import Runner  # noqa: E402
 
 
@@ -151,7 +152,7 @@ def test_pass_declines_without_a_real_student_or_data() -> None:
 
 
 def test_pass_reports_bad_options_as_pass_errors() -> None:
-    from onnxopt.passes.base import PassError
+    from onnxopt.contract import PassError
 
     ctx = PassContext(feeds=Feeds([data(64)]), options={"loss": "hinge"}, original=mlp(32, 1))
     with pytest.raises(PassError, match="--loss"):
@@ -166,7 +167,7 @@ def test_errors_are_onnxopt_errors() -> None:
 
 
 def test_mixup_teacher_labels_mixed_inputs_and_lowers_heldout_kl() -> None:
-    from onnxopt.distill_teacher import OnlineTeacher
+    from onnxopt.passes.distill.teacher import OnlineTeacher
 
     teacher, student = mlp(32, seed=1), mlp(6, seed=2)
     x = data(8)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from onnxopt.commands.distill import register  # noqa: E402
+from onnxopt.cli.distill import register  # noqa: E402
 from onnxopt.errors import OptionError  # noqa: E402
 from tests.test_distill import data, mlp  # noqa: E402
 

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from onnxopt.data import get_feeds
-from onnxopt.pipeline import PassManager
+from onnxopt.passes.registry import manager
 from tests.passes.test_fusion_pattern import run
 
 torch = pytest.importorskip("torch")
@@ -43,7 +43,7 @@ class _Cnn(torch.nn.Module):
 
 
 def _bert():
-    from benchmarks.zoo_nets import Bert
+    from onnxopt.zoo.nets import Bert
 
     torch.manual_seed(0)
     m = Bert(vocab=40, hidden=32, layers=2, heads=4, ffn=64, max_pos=16)
@@ -67,7 +67,7 @@ def _export(model, args, dynamo: bool, opset: int) -> onnx.ModelProto:
 
 def _optimize(model, target, int_range=None):
     feeds = get_feeds(model, int_range=int_range, runs=2)
-    out, report = PassManager(["cleanup", "fusion"], target=target).run(model, feeds)
+    out, report = manager(["cleanup", "fusion"], target=target).run(model, feeds)
     bad = [(p.name, p.status, p.reason) for p in report.passes if p.status in ("rolled back",
                                                                              "error")]
     assert not bad, bad

@@ -12,7 +12,7 @@ import onnx
 import pytest
 
 from onnxopt.data import synthesize
-from onnxopt.pipeline import PassManager
+from onnxopt.passes.registry import manager
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 SLOW = {"vgg19", "densenet121", "inception_v2", "resnet50"}  # 2-5 s each; the others ~1 s
@@ -25,7 +25,7 @@ PRUNED = {"resnet50", "densenet121", "inception_v1", "inception_v2", "squeezenet
 @pytest.mark.parametrize("name", MODELS)
 def test_light_model_pipeline(name: str) -> None:
     model = onnx.load(LIGHT / f"light_{name}.onnx")
-    pm = PassManager(["cleanup", "fusion", "prune", "quantize-int8"],
+    pm = manager(["cleanup", "fusion", "prune", "quantize-int8"],
                      options={"prune": {"ratio": 0.3}})
     out, rep = pm.run(model, synthesize(model, runs=4))
     status = {p.name: p.status for p in rep.passes}

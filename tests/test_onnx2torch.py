@@ -12,7 +12,7 @@ torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny g
 
 from onnxopt.data import Feeds  # noqa: E402
 from onnxopt.errors import OnnxoptError  # noqa: E402
-from onnxopt.onnx2torch import (  # noqa: E402
+from onnxopt.onnx2torch.convert import (  # noqa: E402
     UnsupportedOpsError,
     check_parity,
     sanitize,

@@ -7,10 +7,11 @@ import onnx
 import pytest
 from onnx import parser
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.data import synthesize
-from onnxopt.errors import OptionError
-from onnxopt.passes.base import Pass, PassContext, PassResult
-from onnxopt.pipeline import PassManager, PipelineError, validate_order
+from onnxopt.errors import OptionError, PipelineError
+from onnxopt.passes.registry import ORDER, manager
+from onnxopt.pipeline import PassManager, validate_order
 from onnxopt.verify import Budget
 
 CHAIN = """<ir_version: 8, opset_import: ["": 17]>
@@ -135,14 +136,16 @@ def test_bad_order_is_refused_before_running():
         tags = ("fusion",)
 
     with pytest.raises(OptionError, match="must run before"):
-        validate_order([Scale(0.0), Fuse()])
+        validate_order([Scale(0.0), Fuse()], ORDER)
     with pytest.raises(OptionError):
-        PassManager([Scale(0.0), Fuse()])
+        PassManager([Scale(0.0), Fuse()], order=ORDER)
+    with pytest.raises(OptionError):
+        manager([Scale(0.0), Fuse()])
 
 
 def test_unknown_pass_name():
     with pytest.raises(OptionError, match="unknown pass 'nope'"):
-        PassManager(["nope"])
+        manager(["nope"])
 
 
 def test_lossy_pass_judged_by_budget():

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from benchmarks import zoo
+from onnxopt import zoo
 
 
 def _session(path) -> ort.InferenceSession:

@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.errors import first_line
 from onnxopt.graph import infer_light, is_graph_input, is_graph_output
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ def infer_facts(graph: gs.Graph) -> tuple[dict[str, TypeShape], str | None]:
         # a copy without large weights (other passes of a batch may have left detached nodes)
         inferred = infer_light(graph)
     except Exception as e:  # noqa: BLE001 - inference raises for many reasons; facts stay partial
-        msg = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        msg = first_line(e, 160)
         return facts, f"shape inference failed ({msg}); used the graph's own annotations"
     g = inferred.graph
     for vi in list(g.value_info) + list(g.input) + list(g.output):
@@ -159,5 +160,4 @@ def is_constant(graph: gs.Graph, tensor: gs.Tensor) -> bool:
 
 def short(e: BaseException) -> str:
     """First line of an exception message, capped, for notes."""
-    text = str(e).strip()
-    return (text.splitlines()[0][:200] if text else type(e).__name__)
+    return first_line(e, 200)

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import has_subgraph, merge_tensors, node_names_unique
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 from onnxopt.passes.cleanup._util import NONDETERMINISTIC, detach
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,6 @@ def node_key(node: gs.Node) -> Hashable:
             tuple(bool(t.name) for t in node.outputs), attrs)
 
 
-@register
 class CommonSubexpressions(Pass):
     """Merge nodes that compute the same values from the same inputs."""
 

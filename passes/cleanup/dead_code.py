@@ -13,8 +13,8 @@ import logging
 
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import UNUSED_INITIALIZERS
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,6 @@ def _constants(graph: gs.Graph) -> set[str]:
     return {name for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
 
 
-@register
 class DeadCode(Pass):
     """Dead nodes and unused initializers."""
 

@@ -14,8 +14,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import is_graph_input, is_graph_output, replace_uses
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
-@register
 class DedupInitializers(Pass):
     """Identical initializers merged into one."""
 

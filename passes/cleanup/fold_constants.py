@@ -24,8 +24,8 @@ from collections.abc import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import has_subgraph, is_graph_input, is_graph_output, node_names_unique
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 from onnxopt.passes.cleanup._evaluate import evaluate
 from onnxopt.passes.cleanup._util import (
     NONDETERMINISTIC,
@@ -197,7 +197,6 @@ def fold(graph: gs.Graph, ctx: PassContext, *, max_bytes: int, growth: float,
     return done, notes
 
 
-@register
 class FoldConstants(Pass):
     """Constant folding with a size cap, evaluated in one onnxruntime session."""
 

@@ -16,8 +16,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import const_value, node_names_unique
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 from onnxopt.passes.cleanup._util import STANDARD_DOMAINS, TypeShape, infer_facts, materialize
 from onnxopt.passes.cleanup.fold_constants import MiB, fold
 
@@ -60,7 +60,6 @@ def gathered_dims(node: gs.Node, ts: TypeShape | None) -> np.ndarray | None:
     return np.array(picked, dtype=np.int64).reshape(idx.shape)
 
 
-@register
 class FoldShapes(Pass):
     """Static Shape / Size / Gather(Shape) folding, then folding of the shape arithmetic."""
 

@@ -12,6 +12,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import (
     const_value,
     is_empty_tensor,
@@ -20,7 +21,6 @@ from onnxopt.graph import (
     node_names_unique,
     opset_version,
 )
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 from onnxopt.passes.cleanup._util import STANDARD_DOMAINS, detach
 
 logger = logging.getLogger(__name__)
@@ -50,7 +50,6 @@ def dropout_is_inference(graph: gs.Graph, node: gs.Node) -> str | None:
     return None
 
 
-@register
 class RemoveIdentity(Pass):
     """Identity and inference-mode Dropout removal."""
 

@@ -15,8 +15,8 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import PassContext
 from onnxopt.graph import is_graph_output
-from onnxopt.passes.base import PassContext
 from onnxopt.passes.cleanup._util import STANDARD_DOMAINS
 
 logger = logging.getLogger(__name__)

@@ -20,6 +20,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import (
     const_value,
     is_empty_tensor,
@@ -27,7 +28,6 @@ from onnxopt.graph import (
     node_names_unique,
     opset_version,
 )
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 from onnxopt.passes.cleanup._util import (
     STANDARD_DOMAINS,
     TypeShape,
@@ -189,7 +189,6 @@ RULES: dict[str, Callable[[gs.Node, Facts, gs.Graph], str | None]] = {
 }
 
 
-@register
 class RemoveNoops(Pass):
     """No-op Cast/Transpose/Reshape/Expand/Tile/Slice/Pad and single-input variadic removal."""
 

@@ -10,15 +10,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import annotate_shapes, make_constant, to_graph, to_model, unique_name
-from onnxopt.passes.base import Pass, PassContext, PassResult
-from onnxopt.pattern import Rule, apply_rules, const_value, rules_pass_result
+from onnxopt.passes.fusion.pattern import Rule, apply_rules, const_value, rules_pass_result
 
 logger = logging.getLogger(__name__)
 
 
 class FusionPass(Pass):
-    """A pass that applies ``rules()`` with :func:`onnxopt.pattern.apply_rules`."""
+    """A pass that applies ``rules()`` with :func:`onnxopt.passes.fusion.pattern.apply_rules`."""
 
     exact: ClassVar[bool] = True
     tags: ClassVar[tuple[str, ...]] = ("fusion",)

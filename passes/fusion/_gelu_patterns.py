@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 
-from onnxopt.pattern import Const, Op, Pattern, Var, scalar_close
+from onnxopt.passes.fusion.pattern import Const, Op, Pattern, Var, scalar_close
 
 HALF = Const("half", scalar_close(0.5))
 ONE = Const("one", scalar_close(1.0))

@@ -19,10 +19,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import PassContext, PassResult
 from onnxopt.graph import is_empty_tensor
-from onnxopt.passes.base import PassContext, PassResult, register
 from onnxopt.passes.fusion._base import FusionPass, var
-from onnxopt.pattern import (
+from onnxopt.passes.fusion.pattern import (
     Const,
     Match,
     MatchResult,
@@ -118,7 +118,6 @@ class SwishRule(Rule):
         _single(graph, m, "Swish")
 
 
-@register
 class FuseActivations(FusionPass):
     """HardSigmoid, HardSwish and x*sigmoid(x) subgraphs -> single activation ops."""
 

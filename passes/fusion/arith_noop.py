@@ -18,9 +18,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import bypass, is_graph_input, is_graph_output
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass
-from onnxopt.pattern import Const, Match, MatchResult, Op, Rule, Var
+from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +71,6 @@ class ArithNoop(Rule):
             raise RuntimeError(reason)
 
 
-@register
 class RemoveArithNoop(FusionPass):
     """Remove x*1, x+0, x/1, x-0 and x^1 where broadcasting cannot change the result."""
 

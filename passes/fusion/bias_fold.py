@@ -21,9 +21,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import is_empty_tensor
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, const, rank, shared_const_reason, var
-from onnxopt.pattern import Const, Match, MatchResult, Op, Rule, Var, const_value, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Const,
+    Match,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    const_value,
+    replace_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -143,7 +151,6 @@ class GemmAdd(Rule):
         replace_root(graph, m, [new])
 
 
-@register
 class FoldBias(FusionPass):
     """Fold per-channel Add/Sub/Mul/Div constants into the preceding Conv or Gemm."""
 

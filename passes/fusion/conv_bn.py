@@ -22,9 +22,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import is_empty_tensor
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, const, rank, shared_const_reason, var
-from onnxopt.pattern import Const, Match, MatchResult, Op, Rule, Var, const_value, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Const,
+    Match,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    const_value,
+    replace_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -285,7 +293,6 @@ class BnGemm(Rule):
         replace_root(graph, m, [new])
 
 
-@register
 class FoldBatchNorm(FusionPass):
     """Fold BatchNormalization into a neighbouring Conv / ConvTranspose / Gemm / MatMul."""
 

@@ -15,10 +15,9 @@ from typing import ClassVar
 
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, var
 from onnxopt.passes.fusion._gelu_patterns import erf_gelu_patterns, tanh_gelu_patterns
-from onnxopt.pattern import Match, MatchResult, Op, Rule, replace_root
+from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, replace_root
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +59,6 @@ class TanhGelu(_GeluRule):
     attrs: ClassVar[dict] = {"approximate": "tanh"}
 
 
-@register
 class FuseGelu(FusionPass):
     """GELU (erf and tanh forms) -> Gelu, opset >= 20."""
 

@@ -16,9 +16,8 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, rank, static_shape, var
-from onnxopt.pattern import Match, MatchResult, Op, Rule, Var, replace_root
+from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,6 @@ class TransposeGemmB(_GemmTranspose):
                                         attrs={"perm": [1, 0]}), name="gemm", exact_arity=False),)
 
 
-@register
 class FuseGemm(FusionPass):
     """MatMul + Add into Gemm (2-D) and Transposes into Gemm's transA/transB."""
 

@@ -22,9 +22,17 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, const, int_list, rank, static_shape, var
-from onnxopt.pattern import Const, Match, MatchResult, Op, Rule, Var, const_value, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Const,
+    Match,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    const_value,
+    replace_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -162,7 +170,6 @@ class LayerNormAffine(Rule):
         replace_root(graph, m, [new])
 
 
-@register
 class FuseLayerNorm(FusionPass):
     """Decomposed LayerNorm (and its affine Mul/Add) -> LayerNormalization (opset >= 17)."""
 

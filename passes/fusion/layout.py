@@ -19,9 +19,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import bypass, is_graph_input, is_graph_output
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, int_list, rank, static_shape, var
-from onnxopt.pattern import Match, MatchResult, Op, Rule, Var, const_value, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Match,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    const_value,
+    replace_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +174,6 @@ class SqueezePair(Rule):
         _drop(graph, m, m.tensors["x"])
 
 
-@register
 class FuseLayout(FusionPass):
     """Merge or cancel Transpose chains, Reshape/Flatten chains and Squeeze/Unsqueeze pairs."""
 

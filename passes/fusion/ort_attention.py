@@ -25,9 +25,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import producer
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, const, static_shape, var
-from onnxopt.pattern import Match, MatchResult, Op, Rule, Var, const_value, exclusive, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Match,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    const_value,
+    exclusive,
+    replace_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -231,7 +239,6 @@ class SelfAttention(Rule):
         replace_root(graph, m, new_nodes, new_output=new_nodes[-1].outputs[0])
 
 
-@register
 class OrtFuseAttention(FusionPass):
     """BERT-style self-attention -> com.microsoft Attention (packed QKV, one kernel)."""
 

@@ -17,11 +17,10 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, static_shape, var
 from onnxopt.passes.fusion._gelu_patterns import erf_gelu_patterns, tanh_gelu_patterns
 from onnxopt.passes.fusion.gelu import _GeluRule
-from onnxopt.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
+from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +112,6 @@ class QuickGelu(Rule):
         replace_root(graph, m, [new])
 
 
-@register
 class OrtFuseGelu(FusionPass):
     """com.microsoft Gelu / FastGelu / BiasGelu / QuickGelu (--target onnxruntime)."""
 

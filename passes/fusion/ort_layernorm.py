@@ -15,9 +15,17 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, var
-from onnxopt.pattern import Const, Match, MatchResult, Op, Rule, Var, const_value, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Const,
+    Match,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    const_value,
+    replace_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +86,6 @@ class SkipLayerNorm(Rule):
         replace_root(graph, m, [new])
 
 
-@register
 class OrtFuseSkipLayerNorm(FusionPass):
     """LayerNormalization(a + b [+ bias]) -> com.microsoft SkipLayerNormalization."""
 

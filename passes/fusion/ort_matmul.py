@@ -17,9 +17,8 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, rank, var
-from onnxopt.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
+from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +126,6 @@ class ScaleMatMul(Rule):
         _emit(graph, m, m.tensors["a"], m.tensors["b"], attrs)
 
 
-@register
 class OrtFuseMatMul(FusionPass):
     """Transposes and scalar scales folded into com.microsoft FusedMatMul."""
 

@@ -17,9 +17,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import is_empty_tensor
-from onnxopt.passes.base import register
 from onnxopt.passes.fusion._base import FusionPass, int_list, rank, var
-from onnxopt.pattern import Match, MatchResult, Op, Rule, Var, const_value, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Match,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    const_value,
+    replace_root,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +120,6 @@ class PadInto(Rule):
         replace_root(graph, m, [new])
 
 
-@register
 class FoldPad(FusionPass):
     """Fold constant-zero Pad into Conv / AveragePool pads."""
 

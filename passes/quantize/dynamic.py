@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import const_value, node_names_unique
-from onnxopt.passes.base import Pass, PassContext, PassResult, register
 
 from .qdq import quantize_weight, weight_params
 from .static import cpu_has_vnni
@@ -24,7 +24,6 @@ from .static import cpu_has_vnni
 logger = logging.getLogger(__name__)
 
 
-@register
 class QuantizeDynamic(Pass):
     """Dynamic int8 quantization of MatMul/Gemm with constant weights (transformers)."""
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt.contract import Pass, PassContext, PassError, PassResult
 from onnxopt.graph import node_names_unique, opset_version, to_graph, to_model
 from onnxopt.model import with_inferred_shapes
-from onnxopt.passes.base import Pass, PassContext, PassError, PassResult, register
 
 from .calibrate import CALIBRATORS, collect_stats, make_calibrator, write_probe
 from .fallback import Judge, rank_sites, search_fallback
@@ -52,7 +52,6 @@ def cpu_has_vnni() -> bool:
     return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
 
 
-@register
 class QuantizeInt8(Pass):
     """Static int8 QDQ quantization placed for onnxruntime's int8 CPU kernels.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from onnx import numpy_helper
 
-from onnxopt.passes.base import PassContext
+from onnxopt.contract import PassContext
 from onnxopt.passes.cleanup import FoldConstants
 from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse, run
 

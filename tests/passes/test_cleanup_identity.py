@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from onnxopt.contract import PassContext
 from onnxopt.graph import node_names_unique, to_graph
-from onnxopt.passes.base import PassContext
 from onnxopt.passes.cleanup import RemoveIdentity
 from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
 

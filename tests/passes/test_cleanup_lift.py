@@ -7,8 +7,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.contract import PassContext
 from onnxopt.graph import to_graph
-from onnxopt.passes.base import PassContext
 from onnxopt.passes.cleanup import FoldConstants, RemoveIdentity
 from onnxopt.passes.cleanup.lift import constant_node_value, lift_constants
 from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse

@@ -7,7 +7,7 @@ import pytest
 from onnxopt.data import synthesize
 from onnxopt.passes import registry
 from onnxopt.passes.cleanup import PASSES
-from onnxopt.pipeline import PassManager
+from onnxopt.passes.registry import manager
 from tests.passes.test_cleanup_util import assert_same_outputs, ops, parse
 
 MESSY = """<ir_version: 8, opset_import: ["": 17]>
@@ -54,7 +54,7 @@ def test_family_alias_resolves_in_order() -> None:
 def test_cleanup_family_through_manager() -> None:
     m = parse(MESSY)
     feeds = synthesize(m, runs=2)
-    out, report = PassManager(["cleanup"]).run(m, feeds)
+    out, report = manager(["cleanup"]).run(m, feeds)
     statuses = {p.name: p.status for p in report.passes}
     assert "rolled back" not in statuses.values() and "error" not in statuses.values()
     assert sorted(ops(out)) == ["Add"] * 4 + ["Relu", "Reshape", "Reshape"]
@@ -65,7 +65,7 @@ def test_cleanup_family_through_manager() -> None:
 @pytest.mark.parametrize("name", list(EXPECTED))
 def test_each_pass_kept_by_manager(name: str) -> None:
     m = parse(MESSY)
-    out, report = PassManager([name]).run(m, synthesize(m, runs=1))
+    out, report = manager([name]).run(m, synthesize(m, runs=1))
     (pr,) = report.passes
     assert pr.status == "kept", (pr.status, pr.notes, pr.errors)
     assert pr.rewrites >= EXPECTED[name]
@@ -77,7 +77,7 @@ def test_cleanup_family_on_exporter_style_nodes() -> None:
     from tests.passes.test_cleanup_lift import exporter_style
 
     m = exporter_style(parse(MESSY))
-    out, report = PassManager(["cleanup"]).run(m, synthesize(m, runs=1))
+    out, report = manager(["cleanup"]).run(m, synthesize(m, runs=1))
     assert all(p.status in ("kept", "unchanged") for p in report.passes)
     assert sorted(ops(out)) == ["Add"] * 4 + ["Relu", "Reshape", "Reshape"]
     assert_same_outputs(m, out)

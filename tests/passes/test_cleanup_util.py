@@ -7,9 +7,9 @@ import onnx
 import onnx.parser
 import onnxruntime as ort
 
+from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.data import synthesize
 from onnxopt.graph import merge_tensors, to_graph
-from onnxopt.passes.base import Pass, PassContext, PassResult
 from onnxopt.passes.cleanup._util import infer_facts
 
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from onnxopt.errors import OptionError
-from onnxopt.passes.ensemble import merge
-from onnxopt.passes.ensemble_fit import cascade_accuracy, choose_threshold
+from onnxopt.passes.ensemble.fit import cascade_accuracy, choose_threshold
+from onnxopt.passes.ensemble.merge import merge
 from tests.passes.ensemble_models import linear, run, session, slow, softmax
 
 CHEAP = linear(0, scale=20.0, bias=False)  # large logits: confident unless x is ~0

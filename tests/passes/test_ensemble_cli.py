@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from onnxopt.commands.merge import register
+from onnxopt.cli.merge import register
 from onnxopt.errors import OptionError
 from tests.passes.ensemble_models import linear, run
 

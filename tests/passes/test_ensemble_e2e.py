@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxopt.passes.ensemble import merge
+from onnxopt.passes.ensemble.merge import merge
 from tests.passes.ensemble_models import run, softmax
 
 pytestmark = pytest.mark.slow  # builds (and on a cold cache trains) three zoo models
@@ -19,7 +19,7 @@ NAMES = ("digits_mlp", "digits_cnn_small", "digits_cnn_wide")
 
 @pytest.fixture(scope="module")
 def zoo(tmp_path_factory):
-    from benchmarks.zoo import build, digits_npz
+    from onnxopt.zoo import build, digits_npz
 
     tmp = tmp_path_factory.mktemp("ens")
     return [build(n) for n in NAMES], digits_npz(tmp / "test.npz", "test")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxopt.passes.ensemble import merge
-from onnxopt.passes.ensemble_fit import accuracy, fit_logistic, fit_ridge, fit_weights
+from onnxopt.passes.ensemble.fit import accuracy, fit_logistic, fit_ridge, fit_weights
+from onnxopt.passes.ensemble.merge import merge
 from tests.passes.ensemble_models import linear, softmax
 
 

@@ -8,7 +8,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.errors import ModelError, OptionError
-from onnxopt.passes.ensemble import merge
+from onnxopt.passes.ensemble.merge import merge
 from tests.passes.ensemble_models import linear, run, with_preprocessing
 
 X = np.random.default_rng(7).standard_normal((5, 4)).astype(np.float32)

@@ -7,7 +7,7 @@ import pytest
 from onnx import numpy_helper
 
 from onnxopt.errors import OptionError
-from onnxopt.passes.ensemble import merge
+from onnxopt.passes.ensemble.merge import merge
 from tests.passes.ensemble_models import linear, run, softmax
 
 X = np.random.default_rng(3).standard_normal((16, 4)).astype(np.float32)

@@ -6,8 +6,8 @@ import math
 
 import numpy as np
 
+from onnxopt.contract import PassContext
 from onnxopt.graph import to_graph
-from onnxopt.passes.base import PassContext
 from onnxopt.passes.fusion.activations import FuseActivations
 from onnxopt.passes.fusion.gelu import FuseGelu
 from onnxopt.passes.fusion.layernorm import FuseLayerNorm

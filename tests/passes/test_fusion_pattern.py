@@ -1,4 +1,4 @@
-"""The pattern helper (onnxopt.pattern) and shared helpers for the fusion tests."""
+"""The pattern helper (onnxopt.passes.fusion.pattern) and shared helpers for the fusion tests."""
 
 from __future__ import annotations
 
@@ -10,9 +10,18 @@ import onnx.numpy_helper
 import onnx.parser
 import onnxruntime as ort
 
+from onnxopt.contract import PassContext, PassResult
 from onnxopt.graph import to_graph
-from onnxopt.passes.base import PassContext, PassResult
-from onnxopt.pattern import Const, MatchResult, Op, Rule, Var, apply_rules, match_at, replace_root
+from onnxopt.passes.fusion.pattern import (
+    Const,
+    MatchResult,
+    Op,
+    Rule,
+    Var,
+    apply_rules,
+    match_at,
+    replace_root,
+)
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -10,7 +10,7 @@ import onnx
 import typer
 from typer.testing import CliRunner
 
-from onnxopt.commands import prune as prune_cmd
+from onnxopt.cli import prune as prune_cmd
 
 from . import prune_models as pm
 

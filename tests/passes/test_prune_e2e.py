@@ -62,7 +62,7 @@ def _cosine(a: list, b: list) -> float:
 def test_transformer_heads_and_ffn(dynamo):
     import torch
 
-    from onnxopt.pipeline import PassManager
+    from onnxopt.passes.registry import manager
     from onnxopt.verify import Runner
 
     model = _export(_tiny_block(), (torch.randn(1, 6, 32),), ["x"], dynamo)
@@ -70,7 +70,7 @@ def test_transformer_heads_and_ffn(dynamo):
     feeds = Feeds([{"x": rng.standard_normal([1, 6, 32]).astype(np.float32)} for _ in range(48)],
                   source="test")
     calib, test = feeds.split(0.75)
-    pm = PassManager(["prune"], budget=Budget(min_cosine=0.9),
+    pm = manager(["prune"], budget=Budget(min_cosine=0.9),
                      options={"prune": {"ratio": 0.5}})
     out, report = pm.run(model, test, calib)
     pr = report.passes[-1]
@@ -87,8 +87,8 @@ def test_transformer_heads_and_ffn(dynamo):
 @pytest.mark.slow
 @pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
 def test_digits_resnet_half_flops_keeps_accuracy(exporter):
-    from benchmarks import zoo
-    from onnxopt.pipeline import PassManager
+    from onnxopt import zoo
+    from onnxopt.passes.registry import manager
 
     d = zoo.digits_data()
     model = onnx.load(zoo.build("digits_resnet", exporter=exporter))
@@ -97,7 +97,7 @@ def test_digits_resnet_half_flops_keeps_accuracy(exporter):
     calib = Feeds([{name: xtr[i : i + 64]} for i in range(0, len(xtr), 64)], source="train")
     test = Feeds([{name: xte[i : i + 90]} for i in range(0, len(xte), 90)],
                  labels=[yte[i : i + 90] for i in range(0, len(xte), 90)], source="test")
-    pm = PassManager(["prune"], budget=Budget(max_accuracy_drop=2.0),
+    pm = manager(["prune"], budget=Budget(max_accuracy_drop=2.0),
                      options={"prune": {"target_flops": 0.5}})
     out, report = pm.run(model, test, calib)
     assert report.passes[-1].status == "kept"

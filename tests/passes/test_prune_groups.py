@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxopt.passes.prune import analyze, prepare
+from onnxopt.passes.prune.prune import analyze, prepare
 
 from . import prune_models as pm
 

@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.base import PassContext
-from onnxopt.passes.prune import Prune
+from onnxopt.passes.prune.prune import Prune
 
 from . import prune_models as pm
 

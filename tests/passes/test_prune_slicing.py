@@ -7,9 +7,9 @@ import onnx
 import onnxruntime as ort
 import pytest
 
+from onnxopt.contract import PassContext, PassError
 from onnxopt.data import Feeds
-from onnxopt.passes.base import PassContext, PassError
-from onnxopt.passes.prune import Prune
+from onnxopt.passes.prune.prune import Prune
 
 from . import prune_models as pm
 
@@ -161,8 +161,8 @@ def test_bad_options_raise():
 def test_round_to_auto_is_the_default_and_uses_the_cpu_block():
     """By default kept widths are multiples of onnxruntime's channel block on this CPU (16 with
     AVX-512, 8 with AVX2), and the report says so."""
-    from onnxopt.passes.base import PassError
-    from onnxopt.passes.prune import options
+    from onnxopt.contract import PassError
+    from onnxopt.passes.prune.prune import options
     from onnxopt.passes.prune.targets import auto_round_to
 
     step = auto_round_to()

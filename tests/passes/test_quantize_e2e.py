@@ -36,15 +36,15 @@ def _accuracy(path: str, x: np.ndarray, y: np.ndarray, name: str) -> float:
 
 @pytest.mark.slow
 def test_digits_resnet_int8_accuracy(tmp_path) -> None:
-    from benchmarks import zoo
-    from onnxopt.pipeline import PassManager
+    from onnxopt import zoo
+    from onnxopt.passes.registry import manager
 
     path = zoo.build("digits_resnet")
     d = zoo.digits_data()
     model = onnx.load(str(path))
     name = model.graph.input[0].name
     calib = load_feeds({name: d["X_train"][:256], "labels": d["y_train"][:256]}, model)
-    pm = PassManager(["quantize-int8"], budget=Budget(min_cosine=0.99, max_accuracy_drop=0.5))
+    pm = manager(["quantize-int8"], budget=Budget(min_cosine=0.99, max_accuracy_drop=0.5))
     out, report = pm.run(model, calib)
     assert report.passes[-1].status == "kept"
     q = tmp_path / "q.onnx"
@@ -73,7 +73,7 @@ def _tiny(tmp_path):
 
 
 def test_cli_quantize_with_typer_app(tmp_path) -> None:
-    from onnxopt.commands.quantize import register
+    from onnxopt.cli.quantize import register
 
     app = typer.Typer()
     register(app)
@@ -118,7 +118,7 @@ def test_cli_dynamic_and_static_subprocess(tmp_path) -> None:
 
 
 def test_cli_smooth_option(tmp_path) -> None:
-    from onnxopt.commands.quantize import quantize_options
+    from onnxopt.cli.quantize import quantize_options
     from onnxopt.errors import OptionError
 
     opts = quantize_options("percentile", 99.99, False, "uint8", None, smooth=0.5)

@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.base import PassContext
 from onnxopt.passes.quantize import QuantizeInt8
 from onnxopt.passes.quantize.fallback import sqnr_db
 from onnxopt.verify import Budget, Runner, compare

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.base import PassContext
 from onnxopt.passes.quantize import QuantizeDynamic, QuantizeInt8
 from onnxopt.passes.quantize.qdq import activation_params
 

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from onnxopt.contract import PassContext, PassError
 from onnxopt.data import Feeds
-from onnxopt.passes.base import PassContext, PassError
 from onnxopt.passes.quantize import QuantizeInt8
 from onnxopt.passes.quantize.smooth import apply_smoothing, smoothing_scales
 

@@ -8,8 +8,8 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.base import PassContext
 from onnxopt.passes.quantize import QuantizeInt8
 from onnxopt.passes.quantize.calibrate import write_probe
 
@@ -115,7 +115,7 @@ def test_write_probe_restores_outputs(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_bert_small_linear_layers_become_qgemm(tmp_path) -> None:
-    from benchmarks import zoo
+    from onnxopt import zoo
 
     path = zoo.build("bert_small")
     model = onnx.load(str(path))

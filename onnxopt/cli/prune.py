@@ -1,0 +1,169 @@
+"""``onnxopt prune``: structured channel pruning through the PassManager (or ``--dry-run``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from onnxopt.cli.common import budget_from, console, feeds_for
+from onnxopt.errors import OptionError
+
+
+def prune_options(ratio: float | None, target_flops: float | None, global_rank: bool,
+                  importance: str | None, round_to: int | str, keep: list[str] | None,
+                  max_ratio: float, no_reconstruct: bool) -> dict[str, Any]:
+    """Validate CLI values into the ``prune`` pass options (one-line OptionError)."""
+    from onnxopt.contract import PassError
+    from onnxopt.passes.prune.prune import options
+
+    if ratio is not None and target_flops is not None:
+        raise OptionError("give --ratio or --target-flops, not both")
+    raw = {
+        "ratio": ratio, "target_flops": target_flops, "global": global_rank,
+        "importance": importance, "round_to": round_to,
+        "keep": [x for item in (keep or []) for x in item.split(",") if x],
+        "max_ratio": max_ratio, "reconstruct": False if no_reconstruct else None,
+    }
+    try:
+        options(raw)
+    except PassError as e:
+        raise OptionError(str(e).removeprefix("prune: ").replace("_", "-")) from e
+    return {k: v for k, v in raw.items() if v is not None}
+
+
+def render_plan(plan: Any, out: Any = console) -> None:
+    """Print the channel groups of a plan as a rich table."""
+    from rich.table import Table
+
+    from onnxopt.passes.prune.prune import group_table
+
+    rows = group_table(plan.analysis, plan.scores, plan.kept)
+    t = Table(title=f"channel groups ({plan.method} importance)")
+    for col in ("group", "producers", "channels", "unit", "importance kept", "status"):
+        t.add_column(col)
+    for r in rows:
+        prods = ", ".join(r["producers"][:3]) + (" …" if len(r["producers"]) > 3 else "")
+        unit = f"{r['block']} channels" if r["block"] > 1 else "channel"  # head, conv/norm group
+        chans = f"{r['channels_before']} -> {r['channels_after']}"
+        status = "prunable" if r["prunable"] else f"kept: {r['reason']}"
+        t.add_row(str(r["group"]), prods, chans, unit, f"{r['importance_kept']:.3f}", status)
+    out.print(t)
+    before, after = plan.macs.total, plan.macs.estimate(plan.kept)
+    out.print(f"estimated MACs {before:,.0f} -> {after:,.0f} ({after / max(before, 1):.1%}); "
+              f"{sum(r['prunable'] for r in rows)} of {len(rows)} groups prunable")
+    for n in plan.notes:
+        out.print(f"note: {n}")
+
+
+def render_result(details: dict[str, Any], out: Any = console, top: int = 10) -> None:
+    """Print what a kept prune did: the pruned groups and the layers with the largest cuts
+    (every layer is in the JSON report)."""
+    from rich.table import Table
+
+    groups = [r for r in details.get("groups", []) if r["channels_after"] < r["channels_before"]]
+    refit = f", {details['refit_layers']} layers refit" if details.get("reconstructed") else ""
+    t = Table(title=f"pruned groups ({details.get('importance')} importance{refit})",
+              title_justify="left")
+    for col in ("group", "producers", "channels", "importance kept"):
+        t.add_column(col)
+    for r in groups:
+        prods = ", ".join(r["producers"][:2]) + (" …" if len(r["producers"]) > 2 else "")
+        t.add_row(str(r["group"]), prods, f"{r['channels_before']} -> {r['channels_after']}",
+                  f"{r['importance_kept']:.3f}")
+    out.print(t)
+    changed = sorted((r for r in details.get("layers", [])
+                      if (r["macs_before"], r["params_before"]) != (r["macs_after"],
+                                                                    r["params_after"])),
+                     key=lambda r: r["macs_after"] - r["macs_before"])
+    t = Table(title="layers with the largest MAC cuts", title_justify="left")
+    for col, j in (("layer", "left"), ("params", "right"), ("MACs", "right"), ("kept", "right")):
+        t.add_column(col, justify=j)
+    for r in changed[:top]:
+        t.add_row(r["node"], f"{r['params_before']:,} -> {r['params_after']:,}",
+                  f"{r['macs_before']:,} -> {r['macs_after']:,}",
+                  f"{r['macs_after'] / max(r['macs_before'], 1):.0%}")
+    out.print(t)
+    if len(changed) > top:
+        out.print(f"{len(changed) - top} more changed layers in the --report JSON")
+
+
+def print_latency(before: Path, after: Path, data: Path | None, shape: list[str] | None,
+                  int_range: str | None, out: Any = console) -> None:
+    """Latency of the input and the pruned model (onnxruntime CPU, 2 s each). A failure to
+    measure is reported, not raised: the pruned model is already written."""
+    from onnxopt.bench import bench
+    from onnxopt.cli.bench import table
+    from onnxopt.data import parse_int_range, parse_shape_overrides
+    from onnxopt.errors import OnnxoptError
+
+    try:
+        res = bench([before, after], data=data, shapes=parse_shape_overrides(shape),
+                    int_range=parse_int_range(int_range), warmup=5, seconds=2.0, isolate=False)
+    except OnnxoptError as e:
+        out.print(f"latency not measured: {e}")
+        return
+    out.print(table(res))
+
+
+def prune_cmd(
+    model: Annotated[Path, typer.Argument(help="Input .onnx model.")],
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the pruned model.")] = None,  # noqa: E501
+    ratio: Annotated[float | None, typer.Option("--ratio", help="Fraction of each group's channels to remove (default 0.3).")] = None,  # noqa: E501
+    target_flops: Annotated[float | None, typer.Option("--target-flops", help="Keep this fraction of the original MACs (e.g. 0.5).")] = None,  # noqa: E501
+    global_rank: Annotated[bool, typer.Option("--global", help="Rank channels across groups instead of per group.")] = False,  # noqa: E501
+    importance: Annotated[str | None, typer.Option("--importance", help="l1, l2, bn-scale or activation (default: activation with --data, else l2).")] = None,  # noqa: E501
+    round_to: Annotated[str, typer.Option("--round-to", help="Round kept widths up to a multiple of this (a group exactly this wide stays whole). auto: onnxruntime's CPU channel block here (16 with AVX-512, 8 with AVX2); 1: no rounding.")] = "auto",  # noqa: E501
+    keep: Annotated[list[str] | None, typer.Option("--keep", help="Node whose channels stay (repeatable or comma-separated).")] = None,  # noqa: E501
+    max_ratio: Annotated[float, typer.Option("--max-ratio", help="At most this fraction of any group removed.")] = 0.9,  # noqa: E501
+    data: Annotated[Path | None, typer.Option("--data", help="Data .npz / folder of .npy: importance, reconstruction and verification.")] = None,  # noqa: E501
+    calib_data: Annotated[Path | None, typer.Option("--calib-data", help="Learn from this data instead (e.g. a train split); verify on --data.")] = None,  # noqa: E501
+    no_reconstruct: Annotated[bool, typer.Option("--no-reconstruct", help="Do not refit layers after slicing.")] = False,  # noqa: E501
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the channel groups and the plan; write nothing.")] = False,  # noqa: E501
+    passes: Annotated[str | None, typer.Option("--passes", help="Passes to run before pruning, comma-separated (e.g. cleanup).")] = None,  # noqa: E501
+    shape: Annotated[list[str] | None, typer.Option("--shape", help="Dynamic dims for synthesized inputs: name=1x3x224x224.")] = None,  # noqa: E501
+    int_range: Annotated[str | None, typer.Option("--int-range", help="Range LOW,HIGH for synthesized integer inputs.")] = None,  # noqa: E501
+    batch: Annotated[int | None, typer.Option("--batch", help="Samples per run when the batch dim is dynamic.")] = None,  # noqa: E501
+    min_cosine: Annotated[float | None, typer.Option("--min-cosine", help="Budget: min cosine vs the original (default 0.99).")] = None,  # noqa: E501
+    max_abs_err: Annotated[float | None, typer.Option("--max-abs-err", help="Budget: max abs error vs the original.")] = None,  # noqa: E501
+    min_top1_agreement: Annotated[float | None, typer.Option("--min-top1-agreement", help="Budget: argmax agreement with the original (0-1).")] = None,  # noqa: E501
+    max_accuracy_drop: Annotated[float | None, typer.Option("--max-accuracy-drop", help="Budget: accuracy drop in points (needs labels).")] = None,  # noqa: E501
+    report: Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")] = None,  # noqa: E501
+    strict: Annotated[bool, typer.Option("--strict", help="Exit non-zero if pruning is rolled back.")] = False,  # noqa: E501
+    latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time the input and the pruned model (2 s each).")] = True,  # noqa: E501
+) -> None:
+    """Remove whole channels (and attention heads) from coupled layers; refit on data."""
+    opts = prune_options(ratio, target_flops, global_rank, importance, round_to, keep,
+                         max_ratio, no_reconstruct)
+    if dry_run:
+        from onnxopt.model import load_model
+        from onnxopt.passes.prune.prune import make_plan, options
+
+        m = load_model(model)
+        src = calib_data or data
+        feeds = feeds_for(m, src, shape, int_range, batch) if src is not None else None
+        render_plan(make_plan(m, options(opts), feeds))
+        return
+    if output is None:
+        raise OptionError("give -o OUT (or --dry-run)")
+    from onnxopt.cli.common import run_and_report
+
+    pre = [p.strip() for p in (passes or "").split(",") if p.strip()]
+    budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
+    _, rep = run_and_report(model, [*pre, "prune"], output, data=data, shape=shape,
+                            int_range=int_range, batch=batch, report_path=report,
+                            strict=strict, budget=budget, options={"prune": opts},
+                            title="onnxopt prune", calib_data=calib_data)
+    pr = [p for p in rep.passes if p.name == "prune"]
+    if pr and pr[-1].kept and pr[-1].details:
+        render_result(pr[-1].details)
+        if latency:
+            print_latency(model, output, data, shape, int_range)
+    if strict and pr and pr[-1].status != "kept":
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the ``prune`` command to ``app``."""
+    app.command("prune")(prune_cmd)

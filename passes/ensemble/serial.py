@@ -1,0 +1,56 @@
+"""Serial mode: ``--io-map A.out:B.in`` chains members into one graph.
+
+Member B's input ``in`` is bound to member A's prefixed output ``A/out`` (same dtype, same
+rank, equal static dims, checked up front); members are ordered so producers come first (a
+cycle is refused). The merged graph's outputs are the member outputs no io-map consumes,
+under their own names when unique.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from onnxopt.errors import OptionError
+from onnxopt.passes.ensemble.harmonize import Member, check_compatible, find_member, parse_pairs
+
+
+def plan_serial(members: list[Member], io_map: Any
+                ) -> tuple[list[Member], dict[tuple[str, str], str], list[str]]:
+    """Members in dependency order, the bound inputs ``(label, input) -> "a/out"``, notes.
+
+    Without ``io_map``, one-input one-output members are chained in the given order.
+    """
+    pairs = parse_pairs(io_map, "--io-map")
+    notes = []
+    if not pairs:
+        if not all(len(m.input_names) == 1 and len(m.output_names) == 1 for m in members):
+            raise OptionError("--mode serial needs --io-map A.out:B.in (members have several "
+                              "inputs or outputs)")
+        pairs = [(f"{a.label}.{a.output_names[0]}", f"{b.label}.{b.input_names[0]}")
+                 for a, b in zip(members, members[1:])]
+        notes.append("chained members in the given order: " + ", ".join(
+            f"{a}->{b}" for a, b in pairs))
+    bound: dict[tuple[str, str], str] = {}
+    deps: dict[str, set[str]] = {m.label: set() for m in members}
+    for src, dst in pairs:
+        a, out = find_member(members, src, "--io-map")
+        b, inp = find_member(members, dst, "--io-map")
+        if out not in a.output_names:
+            raise OptionError(f"--io-map {src}: '{a.label}' has no output '{out}' "
+                              f"(outputs: {a.output_names})")
+        if inp not in b.input_names:
+            raise OptionError(f"--io-map {dst}: '{b.label}' has no input '{inp}' "
+                              f"(inputs: {b.input_names})")
+        if a is b:
+            raise OptionError(f"--io-map {src}:{dst} feeds a member into itself")
+        check_compatible(a.value_info(out), b.value_info(inp), f"--io-map {src}:{dst}")
+        bound[(b.label, inp)] = f"{a.label}/{out}"
+        deps[b.label].add(a.label)
+    order, done = [], set()
+    while len(order) < len(members):
+        ready = [m for m in members if m.label not in done and deps[m.label] <= done]
+        if not ready:
+            raise OptionError("--io-map makes a cycle between members")
+        order.append(ready[0])
+        done.add(ready[0].label)
+    return order, bound, notes
