@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt.defaults import SYNTH_RUNS
 from onnxopt.errors import DataError
 
 LABELS_KEY = "labels"
@@ -164,7 +165,7 @@ def synthesize(
     *,
     shapes: Mapping[str, list[int]] | None = None,
     int_range: tuple[int, int] | None = None,
-    runs: int = 4,
+    runs: int = SYNTH_RUNS,
     seed: int = 0,
 ) -> Feeds:
     """Random inputs from the model's input specs.
@@ -402,7 +403,7 @@ def get_feeds(
     shapes: Mapping[str, list[int]] | None = None,
     int_range: tuple[int, int] | None = None,
     batch: int | None = None,
-    runs: int = 4,
+    runs: int = SYNTH_RUNS,
     limit: int | None = None,
 ) -> Feeds:
     """Real feeds when ``data`` is given, else synthesized ones (with a note saying so)."""

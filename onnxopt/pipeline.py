@@ -29,6 +29,7 @@ import onnx
 
 from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.data import Feeds, get_feeds
+from onnxopt.defaults import MAX_BISECT_TRIALS
 from onnxopt.errors import ModelError, OnnxoptError, OptionError, PipelineError, first_line
 from onnxopt.graph import to_graph, to_model
 from onnxopt.model import ModelSummary, load_model
@@ -37,8 +38,6 @@ from onnxopt.verify import Budget, Comparison, Exact, Runner, Runs, accuracy, co
 
 logger = logging.getLogger(__name__)
 
-#: at most this many extra verification runs when bisecting one pass's sites
-MAX_BISECT_TRIALS = 24
 
 
 def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]]) -> None:

@@ -22,6 +22,7 @@ import numpy as np
 import onnx
 
 from onnxopt.data import Feeds
+from onnxopt.defaults import EXACT_ATOL, EXACT_RTOL, MIN_COSINE
 from onnxopt.errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
@@ -269,8 +270,8 @@ class Tol:
 
 #: fixed per-dtype tolerances for exact passes; "" is the default key
 EXACT_TOLERANCES: dict[str, Tol] = {
-    "": Tol(rtol=1e-4, atol=1e-5),
-    "float32": Tol(rtol=1e-4, atol=1e-5),
+    "": Tol(rtol=EXACT_RTOL, atol=EXACT_ATOL),
+    "float32": Tol(rtol=EXACT_RTOL, atol=EXACT_ATOL),
     "float16": Tol(rtol=1e-2, atol=1e-3),
     "bfloat16": Tol(rtol=2e-2, atol=1e-2),
     "float64": Tol(rtol=1e-7, atol=1e-9),
@@ -362,7 +363,7 @@ class Budget:
         max_accuracy_drop: accuracy (with labels) may drop at most this many points (0-100).
     """
 
-    min_cosine: float | None = 0.99
+    min_cosine: float | None = MIN_COSINE
     max_abs_err: float | None = None
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None

@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from onnxopt.data import Feeds, get_feeds, parse_int_range, parse_shape_overrides
+from onnxopt.defaults import SYNTH_RUNS
 from onnxopt.model import load_model, save_model
 from onnxopt.verify import Budget
 
@@ -91,7 +92,7 @@ def feeds_for(
     shape: list[str] | None = None,
     int_range: str | None = None,
     batch: int | None = None,
-    runs: int = 4,
+    runs: int = SYNTH_RUNS,
     limit: int | None = None,
 ) -> Feeds:
     """Feeds from ``--data`` or synthesized from ``--shape`` / ``--int-range``."""

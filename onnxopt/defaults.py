@@ -1,0 +1,17 @@
+"""The engine's defaults, each defined once. A pass family's own defaults are the field
+defaults of its configuration dataclass (``QuantizeConfig``, ``PruneConfig``, ...)."""
+
+from __future__ import annotations
+
+#: lossy budget when the user gives none: every float output's cosine to the original
+MIN_COSINE = 0.99
+
+#: the exact passes' float32 tolerance: |a - b| <= ATOL * max(1, max|ref|) + RTOL * |ref|
+EXACT_RTOL = 1e-4
+EXACT_ATOL = 1e-5
+
+#: runs synthesized when no --data is given
+SYNTH_RUNS = 4
+
+#: at most this many extra verification runs when bisecting one pass's sites
+MAX_BISECT_TRIALS = 24
