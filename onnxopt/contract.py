@@ -14,9 +14,9 @@ site that verifies.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
     import onnx
@@ -24,11 +24,54 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from onnxopt.data import Feeds
 
-from onnxopt.errors import PassError
+from onnxopt.errors import OptionError, PassError
 
-__all__ = ["Pass", "PassContext", "PassError", "PassResult"]
+__all__ = ["Pass", "PassConfig", "PassContext", "PassError", "PassResult"]
 
 logger = logging.getLogger(__name__)
+
+C = TypeVar("C", bound="PassConfig")
+
+
+@dataclass(frozen=True)
+class PassConfig:
+    """Base of a pass's typed options: a frozen dataclass whose field defaults are the pass's
+    defaults (defined there and nowhere else) and whose ``__post_init__`` validates them,
+    raising :class:`OptionError` with a message that names the option.
+
+    Frozen (lists become tuples), so a configuration can key a cache.
+    """
+
+    @classmethod
+    def from_options(cls: type[C], options: Mapping[str, Any] | None, *, where: str = "") -> C:
+        """Build from string-keyed options (CLI, recipes, the Python API); an unknown key is an
+        :class:`OptionError` that lists the known ones."""
+        known = {f.name for f in fields(cls)}
+        values = dict(options or {})
+        unknown = sorted(set(values) - known)
+        prefix = f"{where}: " if where else ""
+        if unknown:
+            raise OptionError(f"{prefix}unknown option '{unknown[0]}'; known: "
+                              f"{', '.join(sorted(known))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        try:
+            return cls(**values)
+        except OptionError as e:
+            raise OptionError(f"{prefix}{e}") from e
+
+    def replace(self: C, **changes: Any) -> C:
+        """A copy with ``changes`` applied (and validated)."""
+        return type(self).from_options({**asdict(self), **changes})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def defaults(cls) -> dict[str, Any]:
+        """Each option's default (for help texts and reports)."""
+        return {f.name: (f.default if f.default is not MISSING else f.default_factory())
+                for f in fields(cls) if f.default is not MISSING
+                or f.default_factory is not MISSING}
 
 
 @dataclass
@@ -62,7 +105,6 @@ class PassContext:
 
     Attributes:
         feeds: calibration / verification inputs (may be synthesized; see ``feeds.synthesized``).
-        options: this pass's options from the CLI or recipe.
         target: ``"onnx"`` (standard ops only) or ``"onnxruntime"`` (contrib ops allowed).
         original: the pipeline's original model (a teacher for distillation, a reference).
         site_filter: set by the manager during bisection; ``None`` allows every site.
@@ -73,6 +115,7 @@ class PassContext:
     """
 
     feeds: Feeds | None = None
+    #: interim: string-keyed options of a pass not yet converted to a PassConfig
     options: dict[str, Any] = field(default_factory=dict)
     target: str = "onnx"
     original: onnx.ModelProto | None = None
@@ -96,7 +139,9 @@ class PassContext:
 class Pass:
     """Base class of every pass. Subclasses set the class attributes and implement ``run``.
 
-    Configuration is constructor arguments; ``options`` from the CLI arrive in ``ctx.options``.
+    Configuration is a constructor argument: a pass with options names its
+    :class:`PassConfig` subclass in ``config_class`` and reads ``self.config``;
+    :func:`onnxopt.passes.registry.resolve` builds it from string-keyed options.
     """
 
     name: ClassVar[str] = ""
@@ -112,6 +157,29 @@ class Pass:
     #: quantizer does; 0: never. Below ``opset_needed`` after that, the pass leaves it alone.
     opset_wanted: ClassVar[int] = 0
     opset_needed: ClassVar[int] = 0
+    #: the pass's typed options (None: it has none)
+    config_class: ClassVar[type[PassConfig] | None] = None
+
+    def __init__(self, config: PassConfig | None = None) -> None:
+        if self.config_class is None:
+            if config is not None:
+                raise TypeError(f"{self.name} takes no configuration")
+        elif config is None:
+            config = self.config_class()
+        elif not isinstance(config, self.config_class):
+            raise TypeError(f"{self.name} takes a {self.config_class.__name__}, "
+                            f"not {type(config).__name__}")
+        self.config = config
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None) -> Pass:
+        """An instance configured from string-keyed options (one-line OptionError on a bad
+        key or value)."""
+        if cls.config_class is None:
+            inst = cls()
+            inst.legacy_options = dict(options or {})  # interim, see PassContext.options
+            return inst
+        return cls(cls.config_class.from_options(options, where=cls.name))
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError
@@ -155,4 +223,5 @@ class Pass:
 
     def __repr__(self) -> str:
         kind = "exact" if self.exact else "lossy"
-        return f"<Pass {self.name} ({kind})>"
+        config = getattr(self, "config", None)
+        return f"<Pass {self.name} ({kind}){f' {config}' if config is not None else ''}>"

@@ -81,7 +81,6 @@ class PassManager:
             for lossy passes. Exact passes are always held to the exact tolerance.
         target: "onnx" (standard ops only) or "onnxruntime" (contrib ops allowed).
         strict: raise :class:`PipelineError` on the first failing pass instead of rolling back.
-        options: per-pass options ``{pass_name: {key: value}}``.
         progress: a :class:`~onnxopt.report.ProgressSink` (the CLI passes a rich one).
         verify_runs: use at most this many feed runs for verification (None: all).
         batch_exact: run consecutive exact passes as one batch, verified once.
@@ -97,7 +96,6 @@ class PassManager:
         budget: Budget | None = None,
         target: str = "onnx",
         strict: bool = False,
-        options: dict[str, dict[str, Any]] | None = None,
         progress: ProgressSink | None = None,
         verify_runs: int | None = None,
         batch_exact: bool = True,
@@ -116,7 +114,6 @@ class PassManager:
         self.budget = budget
         self.target = target
         self.strict = strict
-        self.options = dict(options or {})
         self.progress = progress
         self.verify_runs = verify_runs
         self.batch_exact = batch_exact
@@ -226,7 +223,7 @@ class PassManager:
 
         return PassContext(
             feeds=self._calib,
-            options=dict(self.options.get(p.name, {})),
+            options=dict(getattr(p, "legacy_options", {})),
             target=self.target,
             original=self._original,
             site_filter=site_filter,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -110,21 +110,30 @@ def expand(names: Sequence[str]) -> list[str]:
     return out
 
 
-def resolve(names: Sequence[str | Pass]) -> list[Pass]:
-    """Instances for names (aliases expanded); Pass instances pass through."""
+def resolve(names: Sequence[str | Pass],
+            options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Pass]:
+    """Instances for names (aliases expanded), each configured from ``options[pass name]``
+    (validated: a bad key or value is a one-line OptionError); Pass instances pass through."""
     known = all_passes()
+    options = dict(options or {})
     out: list[Pass] = []
     for item in names:
         if isinstance(item, Pass):
             out.append(item)
             continue
         for n in expand([item]):
-            out.append(known[n]())
+            out.append(known[n].from_options(options.pop(n, None)))
+    if options:
+        raise OptionError(f"options for '{next(iter(options))}', which is not in the pipeline "
+                          f"({', '.join(p.name for p in out)})")
     return out
 
 
-def manager(passes: Sequence[str | Pass] | None = None, **options: Any) -> PassManager:
+def manager(passes: Sequence[str | Pass] | None = None, *,
+            options: Mapping[str, Mapping[str, Any]] | None = None,
+            **settings: Any) -> PassManager:
     """A :class:`PassManager` for pass names or instances (default: every exact pass), with
-    the families' ordering constraints; ``options`` go to the manager."""
-    return PassManager(resolve(default_pipeline() if passes is None else passes),
-                       order=ORDER, **options)
+    the families' ordering constraints. ``options`` configure passes by name
+    (``{"prune": {"ratio": 0.5}}``); ``settings`` go to the manager (budget, target, ...)."""
+    chosen = default_pipeline() if passes is None else passes
+    return PassManager(resolve(chosen, options), order=ORDER, **settings)
