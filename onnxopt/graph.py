@@ -245,15 +245,23 @@ def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
 
 
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The value of an initializer or a Constant node's output, else None."""
-    if tensor is None:
-        return None
-    if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
-    node = producer(tensor)
-    if node is not None and node.op == "Constant" and "value" in node.attrs:
-        v = node.attrs["value"]
-        return np.asarray(v.values) if isinstance(v, gs.Constant) else np.asarray(v)
+    """The value of an initializer or a Constant node's output, looking through Identity
+    chains (the TorchScript exporter shares equal weights as ``Identity(initializer)``), else
+    None. The one constant-value helper of the project."""
+    for _ in range(16):
+        if tensor is None:
+            return None
+        if isinstance(tensor, gs.Constant):
+            return np.asarray(tensor.values)
+        node = producer(tensor)
+        if node is None:
+            return None
+        if node.op == "Constant" and "value" in node.attrs:
+            v = node.attrs["value"]
+            return np.asarray(v.values) if isinstance(v, gs.Constant) else np.asarray(v)
+        if node.op != "Identity" or not node.inputs:
+            return None
+        tensor = node.inputs[0]
     return None
 
 

@@ -97,6 +97,3 @@ class CommonSubexpressions(Pass):
             detach(node)
             sites.append(node.name)
         return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites)
-
-
-PASSES = [CommonSubexpressions]

@@ -46,6 +46,3 @@ class DeadCode(Pass):
             notes=[f"removed {removed_nodes} nodes and {removed_inits} initializers"],
             details={"nodes": removed_nodes, "initializers": removed_inits},
         )
-
-
-PASSES = [DeadCode]

@@ -91,6 +91,3 @@ class DedupInitializers(Pass):
         notes = [f"{len(sites)} duplicate initializers merged ({saved} bytes)"] if sites else []
         return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites,
                           details={"bytes_saved": saved})
-
-
-PASSES = [DedupInitializers]

@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.contract import Pass, PassContext, PassResult
+from onnxopt.contract import Pass, PassConfig, PassContext, PassResult
+from onnxopt.errors import OptionError
 from onnxopt.graph import has_subgraph, is_graph_input, is_graph_output, node_names_unique
 from onnxopt.passes.cleanup._evaluate import evaluate
 from onnxopt.passes.cleanup._util import (
@@ -197,6 +199,30 @@ def fold(graph: gs.Graph, ctx: PassContext, *, max_bytes: int, growth: float,
     return done, notes
 
 
+@dataclass(frozen=True)
+class FoldConfig(PassConfig):
+    """Size caps of a fold: a folded value is written when it is at most ``max_bytes``, or at
+    most ``growth`` times the bytes of the constants it replaces."""
+
+    max_bytes: int = MiB
+    growth: float = 2.0
+
+    def __post_init__(self) -> None:
+        if int(self.max_bytes) < 0:
+            raise OptionError(f"max_bytes must be >= 0, not {self.max_bytes}")
+        if float(self.growth) < 0:
+            raise OptionError(f"growth must be >= 0, not {self.growth}")
+
+
+@dataclass(frozen=True)
+class FoldConstantsConfig(FoldConfig):
+    """``fold_dequantize``: also fold DequantizeLinear of constants (off: a QDQ model keeps
+    its int8 weights); ``lift_constants``: turn Constant nodes into initializers first."""
+
+    fold_dequantize: bool = False
+    lift_constants: bool = True
+
+
 class FoldConstants(Pass):
     """Constant folding with a size cap, evaluated in one onnxruntime session."""
 
@@ -204,32 +230,20 @@ class FoldConstants(Pass):
     exact = True
     summary = "fold constant subgraphs (one onnxruntime session, size-capped)"
     tags = ("cleanup",)
-
-    def __init__(self, max_bytes: int = MiB, growth: float = 2.0,
-                 fold_dequantize: bool = False, lift_constants: bool = True) -> None:
-        self.max_bytes = max_bytes
-        self.lift_constants = lift_constants
-        self.growth = growth
-        self.fold_dequantize = fold_dequantize
+    config_class = FoldConstantsConfig
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         node_names_unique(graph)
         graph.toposort()
-        skip = set() if ctx.option("fold_dequantize", self.fold_dequantize) else {
-            "DequantizeLinear"}
+        c = self.config
+        skip = set() if c.fold_dequantize else {"DequantizeLinear"}
         lifted: list[str] = []
         notes: list[str] = []
-        if ctx.option("lift_constants", self.lift_constants):
+        if c.lift_constants:
             lifted, notes = lift_constants(graph, ctx)
-        done, fold_notes = fold(
-            graph, ctx,
-            max_bytes=int(ctx.option("max_bytes", self.max_bytes)),
-            growth=float(ctx.option("growth", self.growth)),
-            skip_ops=skip,
-        )
+        done, fold_notes = fold(graph, ctx, max_bytes=int(c.max_bytes), growth=float(c.growth),
+                                skip_ops=skip)
         notes.extend(fold_notes)
         sites = lifted + done
         return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites)
 
-
-PASSES = [FoldConstants]

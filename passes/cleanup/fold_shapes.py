@@ -19,7 +19,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import const_value, node_names_unique
 from onnxopt.passes.cleanup._util import STANDARD_DOMAINS, TypeShape, infer_facts, materialize
-from onnxopt.passes.cleanup.fold_constants import MiB, fold
+from onnxopt.passes.cleanup.fold_constants import FoldConfig, fold
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +68,7 @@ class FoldShapes(Pass):
     summary = "fold Shape/Size (and the shape arithmetic after them) when shapes are static"
     tags = ("cleanup",)
 
-    def __init__(self, max_bytes: int = MiB, growth: float = 2.0) -> None:
-        self.max_bytes = max_bytes
-        self.growth = growth
+    config_class = FoldConfig
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         node_names_unique(graph)
@@ -110,13 +108,10 @@ class FoldShapes(Pass):
         graph.cleanup(remove_unused_graph_inputs=False)
         folded, fold_notes = fold(
             graph, ctx,
-            max_bytes=int(ctx.option("max_bytes", self.max_bytes)),
-            growth=float(ctx.option("growth", self.growth)),
+            max_bytes=int(self.config.max_bytes),
+            growth=float(self.config.growth),
             skip_ops={"DequantizeLinear"}, roots=roots, keys=False,
         )
         notes.extend(fold_notes)
         return PassResult(changed=True, rewrites=len(sites), notes=notes, sites=sites,
                           details={"folded_after": len(folded)})
-
-
-PASSES = [FoldShapes]

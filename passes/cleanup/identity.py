@@ -81,6 +81,3 @@ class RemoveIdentity(Pass):
             detach(node)
             sites.append(node.name)
         return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites)
-
-
-PASSES = [RemoveIdentity]

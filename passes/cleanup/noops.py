@@ -228,6 +228,3 @@ class RemoveNoops(Pass):
             detach(node)
             sites.append(node.name)
         return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites)
-
-
-PASSES = [RemoveNoops]

@@ -11,8 +11,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
-from onnxopt.graph import annotate_shapes, make_constant, to_graph, to_model, unique_name
-from onnxopt.passes.fusion.pattern import Rule, apply_rules, const_value, rules_pass_result
+from onnxopt.graph import (
+    annotate_shapes,
+    const_value,
+    make_constant,
+    to_graph,
+    to_model,
+    unique_name,
+)
+from onnxopt.passes.fusion.pattern import Rule, apply_rules, rules_pass_result
 
 logger = logging.getLogger(__name__)
 

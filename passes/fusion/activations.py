@@ -14,13 +14,14 @@ Declines: Clip bounds other than (0, 6), non-constant bounds, other HardSigmoid 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.contract import PassContext, PassResult
-from onnxopt.graph import is_empty_tensor
+from onnxopt.contract import PassConfig
+from onnxopt.graph import const_value, is_empty_tensor
 from onnxopt.passes.fusion._base import FusionPass, var
 from onnxopt.passes.fusion.pattern import (
     Const,
@@ -29,7 +30,6 @@ from onnxopt.passes.fusion.pattern import (
     Op,
     Rule,
     Var,
-    const_value,
     replace_root,
     scalar_close,
 )
@@ -118,22 +118,24 @@ class SwishRule(Rule):
         _single(graph, m, "Swish")
 
 
+@dataclass(frozen=True)
+class ActivationsConfig(PassConfig):
+    """``swish``: also fuse x·Sigmoid(x) into Swish (opset >= 24; off by default because
+    onnxruntime releases before 1.22 have no Swish kernel)."""
+
+    swish: bool = False
+
+
 class FuseActivations(FusionPass):
     """HardSigmoid, HardSwish and x*sigmoid(x) subgraphs -> single activation ops."""
 
     name: ClassVar[str] = "fuse-activations"
     summary: ClassVar[str] = "HardSigmoid / HardSwish / Swish subgraphs -> one op"
 
-    def __init__(self, swish: bool = False) -> None:
-        self.swish = swish
+    config_class = ActivationsConfig
 
     def rules(self) -> list[Rule]:
         rules: list[Rule] = [HardSigmoidRule(), HardSwishRule()]
-        if self.swish:
+        if self.config.swish:
             rules.append(SwishRule())
         return rules
-
-    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        if ctx.option("swish", False) and not self.swish:
-            return FuseActivations(swish=True).run(graph, ctx)
-        return super().run(graph, ctx)

@@ -21,18 +21,9 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import is_empty_tensor
+from onnxopt.graph import const_value, is_empty_tensor
 from onnxopt.passes.fusion._base import FusionPass, const, rank, shared_const_reason, var
-from onnxopt.passes.fusion.pattern import (
-    Const,
-    Match,
-    MatchResult,
-    Op,
-    Rule,
-    Var,
-    const_value,
-    replace_root,
-)
+from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
 

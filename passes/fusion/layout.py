@@ -18,17 +18,9 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import bypass, is_graph_input, is_graph_output
+from onnxopt.graph import bypass, const_value, is_graph_input, is_graph_output
 from onnxopt.passes.fusion._base import FusionPass, int_list, rank, static_shape, var
-from onnxopt.passes.fusion.pattern import (
-    Match,
-    MatchResult,
-    Op,
-    Rule,
-    Var,
-    const_value,
-    replace_root,
-)
+from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
 

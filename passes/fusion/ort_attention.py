@@ -24,18 +24,9 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import producer
+from onnxopt.graph import const_value, producer
 from onnxopt.passes.fusion._base import FusionPass, const, static_shape, var
-from onnxopt.passes.fusion.pattern import (
-    Match,
-    MatchResult,
-    Op,
-    Rule,
-    Var,
-    const_value,
-    exclusive,
-    replace_root,
-)
+from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, Var, exclusive, replace_root
 
 logger = logging.getLogger(__name__)
 

@@ -15,17 +15,9 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.graph import const_value
 from onnxopt.passes.fusion._base import FusionPass, var
-from onnxopt.passes.fusion.pattern import (
-    Const,
-    Match,
-    MatchResult,
-    Op,
-    Rule,
-    Var,
-    const_value,
-    replace_root,
-)
+from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
 

@@ -33,8 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import const_value as _graph_const_value
-from onnxopt.graph import is_graph_output, node_names_unique, producer
+from onnxopt.graph import const_value, is_graph_output, node_names_unique, producer
 
 logger = logging.getLogger(__name__)
 
@@ -42,20 +41,6 @@ logger = logging.getLogger(__name__)
 COMMUTATIVE = frozenset({"Add", "Mul", "Max", "Min", "Sum", "And", "Or", "Equal"})
 #: how many decline notes a pass keeps (the rest are counted)
 MAX_NOTES = 20
-
-
-def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """The constant value of ``tensor``, looking through Identity chains (the TorchScript
-    exporter writes shared weights as ``Identity(initializer)``)."""
-    for _ in range(8):
-        v = _graph_const_value(tensor)
-        if v is not None or tensor is None:
-            return v
-        node = producer(tensor)
-        if node is None or node.op != "Identity" or not node.inputs:
-            return None
-        tensor = node.inputs[0]
-    return None
 
 
 @dataclass

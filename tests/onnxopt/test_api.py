@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
 import onnxopt
+from onnxopt.examples import FOLDER as EXAMPLES
 from onnxopt.verify import Budget
 
-ROOT = Path(__file__).resolve().parents[1]
-MODEL = ROOT / "onnxopt" / "examples" / "digits_cnn.onnx"
+MODEL = EXAMPLES / "digits_cnn.onnx"
 
 
 def test_import_is_light():
@@ -23,11 +22,11 @@ def test_import_is_light():
 
 
 def test_optimize_and_quantize_api():
-    data = np.load(ROOT / "onnxopt" / "examples" / "digits_test.npz")
+    data = np.load(EXAMPLES / "digits_test.npz")
     feeds = {"image": data["image"][:160].reshape(4, 40, 1, 8, 8)}
     model, report = onnxopt.optimize(MODEL, data=feeds)
     assert any(p.status == "kept" for p in report.passes)
-    calib = {"image": np.load(ROOT / "onnxopt" / "examples" / "digits_calib.npz")["image"].reshape(8, 32, 1, 8, 8)}
+    calib = {"image": np.load(EXAMPLES / "digits_calib.npz")["image"].reshape(8, 32, 1, 8, 8)}
     q, rep = onnxopt.quantize(model, calib, Budget(min_cosine=0.98))
     assert rep.passes[-1].name == "quantize-int8" and rep.passes[-1].status == "kept"
     assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)

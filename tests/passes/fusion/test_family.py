@@ -1,5 +1,4 @@
-"""End to end: both torch exporters' output of a small CNN and a small BERT-style encoder through
-the PassManager ("cleanup,fusion"), default target and ``--target onnxruntime``."""
+"""The fusion family end to end: torch exports (both exporters) through cleanup,fusion, default target and --target onnxruntime."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import pytest
 
 from onnxopt.data import get_feeds
 from onnxopt.passes.registry import manager
-from tests.passes.test_fusion_pattern import run
+from tests.helpers import run
 
 torch = pytest.importorskip("torch")
 

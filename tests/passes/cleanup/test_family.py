@@ -8,7 +8,7 @@ from onnxopt.data import synthesize
 from onnxopt.passes import registry
 from onnxopt.passes.cleanup import PASSES
 from onnxopt.passes.registry import manager
-from tests.passes.test_cleanup_util import assert_same_outputs, ops, parse
+from tests.helpers import assert_identical, ops, parse
 
 MESSY = """<ir_version: 8, opset_import: ["": 17]>
 g (float[2,3,4] x) => (float[2,12] y, float[2,12] z)
@@ -35,6 +35,7 @@ g (float[2,3,4] x) => (float[2,12] y, float[2,12] z)
   z = Reshape(e2, tgt)
 }"""
 
+
 EXPECTED = {
     "remove-identity": 2,
     "fold-shapes": 1,
@@ -59,7 +60,7 @@ def test_cleanup_family_through_manager() -> None:
     assert "rolled back" not in statuses.values() and "error" not in statuses.values()
     assert sorted(ops(out)) == ["Add"] * 4 + ["Relu", "Reshape", "Reshape"]
     assert statuses["fold-shapes"] == statuses["cse"] == "kept"
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 @pytest.mark.parametrize("name", list(EXPECTED))
@@ -69,15 +70,15 @@ def test_each_pass_kept_by_manager(name: str) -> None:
     (pr,) = report.passes
     assert pr.status == "kept", (pr.status, pr.notes, pr.errors)
     assert pr.rewrites >= EXPECTED[name]
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_cleanup_family_on_exporter_style_nodes() -> None:
     """torch.onnx leaves every node's ``domain`` unset: the family must clean up just as much."""
-    from tests.passes.test_cleanup_lift import exporter_style
+    from tests.passes.cleanup.test_lift import exporter_style
 
     m = exporter_style(parse(MESSY))
     out, report = manager(["cleanup"]).run(m, synthesize(m, runs=1))
     assert all(p.status in ("kept", "unchanged") for p in report.passes)
     assert sorted(ops(out)) == ["Add"] * 4 + ["Relu", "Reshape", "Reshape"]
-    assert_same_outputs(m, out)
+    assert_identical(m, out)

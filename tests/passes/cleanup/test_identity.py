@@ -1,11 +1,11 @@
-"""remove-identity: Identity and inference-mode Dropout."""
+"""remove-identity: Identity/Dropout and friends bypassed."""
 
 from __future__ import annotations
 
 from onnxopt.contract import PassContext
 from onnxopt.graph import node_names_unique, to_graph
 from onnxopt.passes.cleanup import RemoveIdentity
-from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
+from tests.helpers import apply, assert_identical, ops, parse
 
 HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
@@ -18,11 +18,11 @@ def test_identity_and_dropout_removed() -> None:
       c = Dropout(b)
       y = Identity(c)
     }""")
-    out, res = apply(RemoveIdentity(), m)
+    res, out = apply(RemoveIdentity(), m)
     assert res.changed and res.rewrites == 3
     assert ops(out) == ["Relu"]
     assert out.graph.node[0].output[0] == "y"
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_dropout_training_mode_false_constant() -> None:
@@ -32,9 +32,9 @@ def test_dropout_training_mode_false_constant() -> None:
       d = Dropout(a, r, t)
       y = Neg(d)
     }""")
-    out, res = apply(RemoveIdentity(), m)
+    res, out = apply(RemoveIdentity(), m)
     assert res.rewrites == 1 and ops(out) == ["Relu", "Neg"]
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_negative_training_mode_mask_and_input_to_output() -> None:
@@ -45,7 +45,7 @@ def test_negative_training_mode_mask_and_input_to_output() -> None:
       b, mk = Dropout(a)
       z = Identity(x)
     }""")
-    out, res = apply(RemoveIdentity(), m)
+    res, out = apply(RemoveIdentity(), m)
     assert not res.changed
     assert sorted(ops(out)) == sorted(ops(m))
     assert len(res.notes) == 3  # training_mode not constant, mask used, input -> output
@@ -62,7 +62,7 @@ def test_bisection_filter_respected() -> None:
     g = to_graph(m)
     node_names_unique(g)
     first = [n.name for n in g.nodes if n.op == "Identity"][0]
-    out, res = apply(RemoveIdentity(), m, PassContext(site_filter={first}))
+    res, out = apply(RemoveIdentity(), m, PassContext(site_filter={first}))
     assert res.sites == [first]
     assert ops(out).count("Identity") == 1
-    assert_same_outputs(m, out)
+    assert_identical(m, out)

@@ -1,13 +1,15 @@
-"""ort-fuse-attention: BERT-style self-attention -> com.microsoft Attention."""
+"""ort-fuse-attention: self-attention subgraphs -> com.microsoft.Attention."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from onnxopt.passes.fusion.ort_attention import OrtFuseAttention
-from tests.passes.test_fusion_pattern import apply, assert_same, make, ops, unchanged
+from tests.helpers import apply, assert_close, counts, parse, unchanged
 
 R = np.random.default_rng(4)
+
+
 ATT = """<ir_version: 9, opset_import: ["": 17]>
 g (float[1,4,8] x, float[1,4,8] xk, float[1,1,1,4] mask) => (float[1,4,8] y) {
   q0 = MatMul(x, wq)
@@ -30,6 +32,8 @@ g (float[1,4,8] x, float[1,4,8] xk, float[1,1,1,4] mask) => (float[1,4,8] y) {
   c1 = Transpose<perm=[0,2,1,3]>(c0)
   y = Reshape(c1, merge)
 }"""
+
+
 INITS = {**{w: R.standard_normal((8, 8)).astype(np.float32) for w in ("wq", "wk", "wv")},
          "bq": R.standard_normal(8).astype(np.float32),
          "bv": R.standard_normal(8).astype(np.float32),
@@ -38,22 +42,22 @@ INITS = {**{w: R.standard_normal((8, 8)).astype(np.float32) for w in ("wq", "wk"
 
 
 def test_self_attention_becomes_attention():
-    m = make(ATT % "x", INITS)
-    res, out = apply(m, OrtFuseAttention, "onnxruntime")
-    assert ops(out) == {"Attention": 1, "Expand": 1}
+    m = parse(ATT % "x", INITS)
+    res, out = apply(OrtFuseAttention, m, target="onnxruntime")
+    assert counts(out) == {"Attention": 1, "Expand": 1}
     att = [n for n in out.graph.node if n.op_type == "Attention"][0]
     attrs = {a.name: (a.i if a.type == 2 else a.f) for a in att.attribute}
     assert attrs["num_heads"] == 2 and abs(attrs["scale"] - 0.5) < 1e-7
-    assert_same(m, out)
+    assert_close(m, out)
 
 
 def test_cross_attention_and_default_target_untouched():
-    res = unchanged(make(ATT % "xk", INITS), OrtFuseAttention, "onnxruntime")
+    res = unchanged(parse(ATT % "xk", INITS), OrtFuseAttention, "onnxruntime")
     assert any("cross-attention" in n for n in res.notes)
-    unchanged(make(ATT % "x", INITS), OrtFuseAttention)
+    unchanged(parse(ATT % "x", INITS), OrtFuseAttention)
 
 
 def test_attention_negative_probs_used_elsewhere():
     text = (ATT % "x").replace("=> (float[1,4,8] y)", "=> (float[1,4,8] y, float[1,2,4,4] p)")
-    res = unchanged(make(text, INITS), OrtFuseAttention, "onnxruntime")
+    res = unchanged(parse(text, INITS), OrtFuseAttention, "onnxruntime")
     assert any("graph output" in n for n in res.notes)

@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
+from onnxopt.examples import FOLDER as EXAMPLES
 from onnxopt.model import load_model, save_model
 
-ROOT = Path(__file__).resolve().parents[1]
-EXAMPLE = ROOT / "onnxopt" / "examples" / "digits_cnn.onnx"
-TEST_DATA = ROOT / "onnxopt" / "examples" / "digits_test.npz"
+EXAMPLE = EXAMPLES / "digits_cnn.onnx"
+TEST_DATA = EXAMPLES / "digits_test.npz"
 
 
 def cli(*args, cwd=None):

@@ -6,11 +6,12 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+from onnxopt.examples import FOLDER as EXAMPLES
 
 
 def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
@@ -27,7 +28,7 @@ def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
     model = onnx.load(out / "digits_cnn.opt.onnx")
     onnx.checker.check_model(model)
     assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    data = np.load(Path(__file__).parents[1] / "onnxopt" / "examples" / "digits_test.npz")
+    data = np.load(EXAMPLES / "digits_test.npz")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name
     x = data[name][:40]

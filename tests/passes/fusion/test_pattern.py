@@ -1,16 +1,10 @@
-"""The pattern helper (onnxopt.passes.fusion.pattern) and shared helpers for the fusion tests."""
+"""The rule/pattern helper of the fusion passes (passes/fusion/pattern.py)."""
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
-import onnx
-import onnx.numpy_helper
-import onnx.parser
-import onnxruntime as ort
 
-from onnxopt.contract import PassContext, PassResult
+from onnxopt.contract import PassContext
 from onnxopt.graph import to_graph
 from onnxopt.passes.fusion.pattern import (
     Const,
@@ -22,70 +16,7 @@ from onnxopt.passes.fusion.pattern import (
     match_at,
     replace_root,
 )
-
-RTOL, ATOL = 1e-4, 1e-5
-
-
-def make(text: str, inits: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
-    """Parse ``text`` and add ``inits`` as initializers."""
-    m = onnx.parser.parse_model(text)
-    for name, arr in (inits or {}).items():
-        m.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(arr), name))
-    onnx.checker.check_model(m)
-    return m
-
-
-def apply(model: onnx.ModelProto, pass_cls: type, target: str = "onnx",
-          site_filter: set[str] | None = None) -> tuple[PassResult, onnx.ModelProto]:
-    """Run a fusion pass the way the pass manager does (on a copy); return result and model."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    res = pass_cls().run_model(copy, PassContext(target=target, site_filter=site_filter))
-    out = res.model if res.model is not None else copy
-    onnx.checker.check_model(out)
-    return res, out
-
-
-def ops(model: onnx.ModelProto) -> Counter:
-    return Counter(n.op_type for n in model.graph.node)
-
-
-def feeds_for(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    init = {i.name for i in model.graph.initializer}
-    out = {}
-    for vi in model.graph.input:
-        if vi.name in init:
-            continue
-        shape = [d.dim_value or 1 for d in vi.type.tensor_type.shape.dim]
-        out[vi.name] = rng.standard_normal(shape).astype(np.float32)
-    return out
-
-
-def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
-
-
-def assert_same(a: onnx.ModelProto, b: onnx.ModelProto, rtol: float = RTOL,
-                atol: float = ATOL) -> None:
-    feeds = feeds_for(a)
-    for x, y in zip(run(a, feeds), run(b, feeds), strict=True):
-        scale = max(1.0, float(np.max(np.abs(x))))
-        np.testing.assert_allclose(y, x, rtol=rtol, atol=atol * scale)
-
-
-def unchanged(model: onnx.ModelProto, pass_cls: type, target: str = "onnx") -> PassResult:
-    res, out = apply(model, pass_cls, target)
-    assert not res.changed and res.rewrites == 0
-    assert ops(out) == ops(model)
-    return res
-
-
-# ---- the helper itself ------------------------------------------------------------------------
+from tests.helpers import parse
 
 SILU = """<ir_version: 8, opset_import: ["": 17]>
 g (float[2,4] x) => (float[2,4] y) { s = Sigmoid(x)  y = Mul(%s) }"""
@@ -104,7 +35,7 @@ class _Silu(Rule):
 
 def test_commutative_inputs_both_orders():
     for order in ("x, s", "s, x"):
-        g = to_graph(make(SILU % order))
+        g = to_graph(parse(SILU % order))
         mul = [n for n in g.nodes if n.op == "Mul"][0]
         m = match_at(_Silu.patterns[0], mul)
         assert m is not None and m.tensors["x"].name == "x" and m.nodes["sig"].op == "Sigmoid"
@@ -113,7 +44,7 @@ def test_commutative_inputs_both_orders():
 def test_same_var_must_bind_same_tensor():
     text = """<ir_version: 8, opset_import: ["": 17]>
     g (float[2,4] x, float[2,4] z) => (float[2,4] y) { s = Sigmoid(z)  y = Mul(x, s) }"""
-    g = to_graph(make(text))
+    g = to_graph(parse(text))
     mul = [n for n in g.nodes if n.op == "Mul"][0]
     assert match_at(_Silu.patterns[0], mul) is None
 
@@ -121,7 +52,7 @@ def test_same_var_must_bind_same_tensor():
 def test_const_predicate():
     text = """<ir_version: 8, opset_import: ["": 17]>
     g (float[2,4] x) => (float[2,4] y) { y = Mul(x, c) }"""
-    g = to_graph(make(text, {"c": np.float32(2.0)}))
+    g = to_graph(parse(text, {"c": np.float32(2.0)}))
     pat_one = Op("Mul", Var("x"), Const("c", lambda a: bool(np.all(a == 1))))
     pat_two = Op("Mul", Var("x"), Const("c", lambda a: bool(np.all(a == 2))))
     assert match_at(pat_one, g.nodes[0]) is None
@@ -131,7 +62,7 @@ def test_const_predicate():
 def test_intermediate_graph_output_declines_with_note():
     text = """<ir_version: 8, opset_import: ["": 17]>
     g (float[2,4] x) => (float[2,4] y, float[2,4] s) { s = Sigmoid(x)  y = Mul(x, s) }"""
-    g = to_graph(make(text))
+    g = to_graph(parse(text))
     stats = apply_rules(g, [_Silu()], PassContext())
     assert stats.rewrites == 0
     assert any("graph output" in n for n in stats.notes)
@@ -140,16 +71,16 @@ def test_intermediate_graph_output_declines_with_note():
 def test_intermediate_outside_consumer_declines_with_note():
     text = """<ir_version: 8, opset_import: ["": 17]>
     g (float[2,4] x) => (float[2,4] y, float[2,4] z) { s = Sigmoid(x) y = Mul(x, s) z = Neg(s) }"""
-    g = to_graph(make(text))
+    g = to_graph(parse(text))
     stats = apply_rules(g, [_Silu()], PassContext())
     assert stats.rewrites == 0 and any("also feeds Neg" in n for n in stats.notes)
 
 
 def test_sites_and_site_filter():
-    g = to_graph(make(SILU % "x, s"))
+    g = to_graph(parse(SILU % "x, s"))
     stats = apply_rules(g, [_Silu()], PassContext())
     assert stats.counts == {"silu": 1} and len(stats.sites) == 1
-    g2 = to_graph(make(SILU % "x, s"))
+    g2 = to_graph(parse(SILU % "x, s"))
     stats2 = apply_rules(g2, [_Silu()], PassContext(site_filter=set()))
     assert stats2.rewrites == 0
 
@@ -161,7 +92,7 @@ def test_check_reason_goes_to_notes():
         def check(self, graph, m):
             return MatchResult.fail("not today")
 
-    stats = apply_rules(to_graph(make(SILU % "x, s")), [Declines()], PassContext())
+    stats = apply_rules(to_graph(parse(SILU % "x, s")), [Declines()], PassContext())
     assert stats.notes == ["declines at 'onnxopt_Mul_1': not today"] or any(
         "not today" in n for n in stats.notes)
 
@@ -171,8 +102,8 @@ def test_contrib_rules_need_onnxruntime_target():
         name = "contrib"
         contrib = True
 
-    assert apply_rules(to_graph(make(SILU % "x, s")), [Contrib()], PassContext()).rewrites == 0
-    assert apply_rules(to_graph(make(SILU % "x, s")), [Contrib()],
+    assert apply_rules(to_graph(parse(SILU % "x, s")), [Contrib()], PassContext()).rewrites == 0
+    assert apply_rules(to_graph(parse(SILU % "x, s")), [Contrib()],
                        PassContext(target="onnxruntime")).rewrites == 1
 
 
@@ -181,5 +112,5 @@ def test_min_opset_noted():
         name = "needs20"
         min_opset = 20
 
-    stats = apply_rules(to_graph(make(SILU % "x, s")), [Needs20()], PassContext())
+    stats = apply_rules(to_graph(parse(SILU % "x, s")), [Needs20()], PassContext())
     assert stats.rewrites == 0 and any("opset >= 20" in n for n in stats.notes)

@@ -1,13 +1,15 @@
-"""fold-batchnorm: BN folded into Conv / ConvTranspose / Gemm / MatMul, and BN before Conv/Gemm."""
+"""fold-batchnorm: BatchNormalization folded into the Conv/ConvTranspose/Gemm/MatMul beside it."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from onnxopt.passes.fusion.conv_bn import FoldBatchNorm
-from tests.passes.test_fusion_pattern import apply, assert_same, make, ops, unchanged
+from tests.helpers import apply, assert_close, counts, parse, unchanged
 
 R = np.random.default_rng(0)
+
+
 HDR = '<ir_version: 8, opset_import: ["": 17]>'
 
 
@@ -31,12 +33,12 @@ def conv_inits():
 
 
 def test_conv_bn_folds():
-    m = make(CONV_BN, conv_inits())
-    res, out = apply(m, FoldBatchNorm)
+    m = parse(CONV_BN, conv_inits())
+    res, out = apply(FoldBatchNorm, m)
     assert res.details["counts"] == {"conv_bn": 1}
-    assert ops(out) == {"Conv": 1}
+    assert counts(out) == {"Conv": 1}
     assert out.graph.output[0].name == "y"
-    assert_same(m, out)
+    assert_close(m, out)
 
 
 def test_conv_transpose_grouped_bn_folds():
@@ -45,10 +47,10 @@ def test_conv_transpose_grouped_bn_folds():
       c = ConvTranspose<strides=[2,2], kernel_shape=[3,3], group=2>(x, w)
       y = BatchNormalization(c, s, b, m, v)
     }"""
-    m = make(text, {"w": R.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn(6)})
-    res, out = apply(m, FoldBatchNorm)
-    assert ops(out) == {"ConvTranspose": 1}
-    assert_same(m, out)
+    m = parse(text, {"w": R.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn(6)})
+    res, out = apply(FoldBatchNorm, m)
+    assert counts(out) == {"ConvTranspose": 1}
+    assert_close(m, out)
 
 
 def test_gemm_bn_and_matmul_bn_fold():
@@ -59,14 +61,14 @@ def test_gemm_bn_and_matmul_bn_fold():
       k = MatMul(x, w2)
       z = BatchNormalization(k, s2, b2, m2, v2)
     }"""
-    m = make(text, {"w": R.standard_normal((3, 5)).astype(np.float32),
+    m = parse(text, {"w": R.standard_normal((3, 5)).astype(np.float32),
                     "c": R.standard_normal(3).astype(np.float32),
                     "w2": R.standard_normal((5, 3)).astype(np.float32), **bn(3), **bn(3, "")}
              | {k + "2": v for k, v in bn(3).items()})
-    res, out = apply(m, FoldBatchNorm)
+    res, out = apply(FoldBatchNorm, m)
     assert res.details["counts"] == {"gemm_bn": 1, "matmul_bn": 1}
-    assert "BatchNormalization" not in ops(out)
-    assert_same(m, out)
+    assert "BatchNormalization" not in counts(out)
+    assert_close(m, out)
 
 
 def test_bn_before_unpadded_conv_and_gemm():
@@ -77,13 +79,13 @@ def test_bn_before_unpadded_conv_and_gemm():
       n2 = BatchNormalization(u, s2, b2, m2, v2)
       z = Gemm<transB=1>(n2, w2, c2)
     }"""
-    m = make(text, {**conv_inits(), **bn(3), "w2": R.standard_normal((3, 5)).astype(np.float32),
+    m = parse(text, {**conv_inits(), **bn(3), "w2": R.standard_normal((3, 5)).astype(np.float32),
                     "c2": R.standard_normal(3).astype(np.float32)}
              | {k + "2": v for k, v in bn(5).items()})
-    res, out = apply(m, FoldBatchNorm)
+    res, out = apply(FoldBatchNorm, m)
     assert res.details["counts"] == {"bn_conv": 1, "bn_gemm": 1}
-    assert "BatchNormalization" not in ops(out)
-    assert_same(m, out)
+    assert "BatchNormalization" not in counts(out)
+    assert_close(m, out)
 
 
 def test_negative_shared_weight():
@@ -93,7 +95,7 @@ def test_negative_shared_weight():
       y = BatchNormalization(c, s, b, m, v)
       z = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w)
     }"""
-    res = unchanged(make(text, conv_inits()), FoldBatchNorm)
+    res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("shared" in n for n in res.notes)
 
 
@@ -103,7 +105,7 @@ def test_negative_conv_output_is_graph_output():
       c = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w, cb)
       y = BatchNormalization(c, s, b, m, v)
     }"""
-    res = unchanged(make(text, conv_inits()), FoldBatchNorm)
+    res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("graph output" in n for n in res.notes)
 
 
@@ -113,7 +115,7 @@ def test_negative_bn_before_padded_conv():
       n = BatchNormalization(x, s, b, m, v)
       y = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(n, w, cb)
     }"""
-    res = unchanged(make(text, {**conv_inits(), **bn(3)}), FoldBatchNorm)
+    res = unchanged(parse(text, {**conv_inits(), **bn(3)}), FoldBatchNorm)
     assert any("pads" in n for n in res.notes)
 
 
@@ -123,5 +125,5 @@ def test_negative_training_mode():
       c = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w, cb)
       y = BatchNormalization<training_mode=1>(c, s, b, m, v)
     }"""
-    res = unchanged(make(text, conv_inits()), FoldBatchNorm)
+    res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("training" in n for n in res.notes)

@@ -1,22 +1,14 @@
-"""onnxopt bench: sane numbers on tiny models, JSON/CSV output, one-line errors."""
+"""onnxopt.bench: latency percentiles, throughput, memory, noise intervals, input errors."""
 
 from __future__ import annotations
-
-import csv
-import io
-import json
-import subprocess
-import sys
 
 import numpy as np
 import onnx
 import pytest
-import typer
 from onnx import helper
-from typer.testing import CliRunner
 
 from onnxopt.bench import BenchResult, bench, feeds_for_batch, parse_batches, summarize
-from onnxopt.cli.bench import register, rows
+from onnxopt.cli.bench import rows
 from onnxopt.errors import DataError, ModelError, OptionError
 
 
@@ -153,55 +145,3 @@ def test_model_and_input_errors(tmp_path):
     dyn.graph.input[0].type.tensor_type.shape.dim[1].dim_param = "F"
     with pytest.raises(DataError, match="--shape x="):
         bench([dyn], isolate=False)
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-@pytest.fixture()
-def app():
-    a = typer.Typer()
-    register(a)
-
-    @a.command("noop")  # a second command, so typer keeps "bench" as a subcommand name
-    def _noop() -> None: ...
-
-    return a
-
-
-def test_cli_json_and_csv(app, tiny, tmp_path):
-    r = CliRunner().invoke(app, ["bench", str(tiny), str(tiny), "--runs", "5", "--warmup", "1",
-                                 "--in-process", "--json", "-"])
-    assert r.exit_code == 0, r.output
-    data = json.loads(r.stdout)
-    assert len(data) == 2 and data[0]["p50"] > 0 and "ratio" in data[1]
-    assert "latencies_ms" not in data[0]
-    out = tmp_path / "b.csv"
-    r = CliRunner().invoke(app, ["bench", str(tiny), "--batch", "1,2", "--runs", "5",
-                                 "--in-process", "--csv", str(out)])
-    assert r.exit_code == 0, r.output
-    assert "latency in ms" in r.stdout and "p50" in r.stdout
-    got = list(csv.DictReader(io.StringIO(out.read_text())))
-    assert [g["batch"] for g in got] == ["1", "2"] and float(got[0]["p99"]) > 0
-
-
-def test_cli_errors_are_onnxopt_errors(app, tmp_path):
-    ip = tmp_path / "ids.onnx"
-    onnx.save_model(_int_model(), str(ip))
-    r = CliRunner().invoke(app, ["bench", str(ip), "--in-process"])
-    assert isinstance(r.exception, DataError)
-    assert "--int-range" in str(r.exception)
-
-
-def test_python_m_onnxopt_bench(tiny, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "onnxopt", "bench", str(tiny), "--runs", "5",
-                         "--json", "-"], capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)[0]["runs"] == 5
-    ip = tmp_path / "ids.onnx"
-    onnx.save_model(_int_model(), str(ip))
-    bad = subprocess.run([sys.executable, "-m", "onnxopt", "bench", str(ip)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2
-    assert "--int-range" in bad.stderr and "Traceback" not in bad.stderr
-    assert len(bad.stderr.strip().splitlines()) == 1

@@ -1,9 +1,9 @@
-"""cse: duplicate nodes merged; graph outputs keep their names; random ops never merged."""
+"""cse: common subexpressions computed once."""
 
 from __future__ import annotations
 
 from onnxopt.passes.cleanup import CommonSubexpressions
-from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
+from tests.helpers import apply, assert_identical, ops, parse
 
 HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
@@ -17,10 +17,10 @@ def test_duplicate_chain_merged() -> None:
       d = Sigmoid(b)
       y = Add(c, d)
     }""")
-    out, res = apply(CommonSubexpressions(), m)
+    res, out = apply(CommonSubexpressions(), m)
     assert res.rewrites == 2
     assert sorted(ops(out)) == ["Add", "Relu", "Sigmoid"]
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_duplicate_graph_outputs_keep_names() -> None:
@@ -30,7 +30,7 @@ def test_duplicate_graph_outputs_keep_names() -> None:
       y = Neg(a)
       z = Neg(a)
     }""")
-    out, res = apply(CommonSubexpressions(), m)
+    res, out = apply(CommonSubexpressions(), m)
     assert not res.changed  # both are graph outputs: neither can take the other's name
     assert res.notes
     m2 = parse(HEAD + """
@@ -41,10 +41,10 @@ def test_duplicate_graph_outputs_keep_names() -> None:
       c = Exp(b)
       y2 = Add(y, c)
     }""".replace("=> (float[2,3] y)", "=> (float[2,3] y, float[2,3] y2)"))
-    out2, res2 = apply(CommonSubexpressions(), m2)
+    res2, out2 = apply(CommonSubexpressions(), m2)
     assert res2.rewrites == 1 and ops(out2).count("Neg") == 1
     assert [o.name for o in out2.graph.output] == ["y", "y2"]
-    assert_same_outputs(m2, out2)
+    assert_identical(m2, out2)
 
 
 def test_negative_different_attrs_and_random() -> None:
@@ -58,6 +58,6 @@ def test_negative_different_attrs_and_random() -> None:
       d = Add(r1, r2)
       y = Mul(c, d)
     }""")
-    out, res = apply(CommonSubexpressions(), m)
+    res, out = apply(CommonSubexpressions(), m)
     assert not res.changed
     assert sorted(ops(out)) == sorted(ops(m))

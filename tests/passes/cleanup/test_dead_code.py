@@ -1,9 +1,9 @@
-"""dead-code: dead nodes and unused initializers removed; graph inputs untouched."""
+"""dead-code: nodes and initializers nothing reads removed."""
 
 from __future__ import annotations
 
 from onnxopt.passes.cleanup import DeadCode
-from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
+from tests.helpers import apply, assert_identical, ops, parse
 
 HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
@@ -15,17 +15,17 @@ def test_dead_nodes_and_initializers_removed() -> None:
       dead = Mul(x, v)
       dead2 = Relu(dead)
     }""")
-    out, res = apply(DeadCode(), m)
+    res, out = apply(DeadCode(), m)
     assert res.changed and res.details == {"nodes": 2, "initializers": 1}
     assert ops(out) == ["Add"]
     assert [i.name for i in out.graph.input] == ["x", "unused"]
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_live_graph_unchanged() -> None:
     m = parse(HEAD + """
     g (float[2] x) => (float[2] y) <float[2] w = {1, 2}> { y = Add(x, w) }""")
-    out, res = apply(DeadCode(), m)
+    res, out = apply(DeadCode(), m)
     assert not res.changed and res.model is None
 
 
@@ -34,7 +34,7 @@ def test_initializer_nothing_ever_read_is_counted() -> None:
     g (float[2] x) => (float[2] y) <float[2] w = {1, 2}, float[2] never = {5, 6}> {
       y = Add(x, w)
     }""")
-    out, res = apply(DeadCode(), m)
+    res, out = apply(DeadCode(), m)
     assert res.changed and res.details == {"nodes": 0, "initializers": 1}
     assert [t.name for t in out.graph.initializer] == ["w"]
-    assert_same_outputs(m, out)
+    assert_identical(m, out)

@@ -1,5 +1,4 @@
-"""Constant nodes lifted into initializers (part of fold-constants), and the cleanup passes on
-graphs whose nodes leave ``domain`` unset, as both torch exporters write them."""
+"""Constant nodes lifted into initializers (part of fold-constants), exporter-style graphs."""
 
 from __future__ import annotations
 
@@ -11,7 +10,7 @@ from onnxopt.contract import PassContext
 from onnxopt.graph import to_graph
 from onnxopt.passes.cleanup import FoldConstants, RemoveIdentity
 from onnxopt.passes.cleanup.lift import constant_node_value, lift_constants
-from tests.passes.test_cleanup_util import apply, assert_same_outputs, ops, parse
+from tests.helpers import apply, assert_identical, ops, parse
 
 HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
@@ -29,8 +28,6 @@ def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
-# --- lifting ----------------------------------------------------------------------------------
-
 CLIP = HEAD + """
 g (float[1,4] x) => (float[1,4] y) {
   lo = Constant<value = float {0.0}>()
@@ -41,13 +38,13 @@ g (float[1,4] x) => (float[1,4] y) {
 
 def test_constants_lifted_to_initializers() -> None:
     m = exporter_style(parse(CLIP))
-    out, res = apply(FoldConstants(), m)
+    res, out = apply(FoldConstants(), m)
     assert res.changed and res.sites == ["lo", "hi"]
     assert ops(out) == ["Clip"]
     got = inits(out)
     assert got["lo"] == np.float32(0) and got["hi"] == np.float32(6)
     assert got["hi"].dtype == np.float32
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_constant_graph_output_stays_a_node() -> None:
@@ -56,20 +53,20 @@ def test_constant_graph_output_stays_a_node() -> None:
       y = Neg(x)
       k = Constant<value_ints = [3, 4]>()
     }""")
-    out, res = apply(FoldConstants(), m)
+    res, out = apply(FoldConstants(), m)
     assert not res.changed and sorted(ops(out)) == ["Constant", "Neg"]
     assert [o.name for o in out.graph.output] == ["y", "k"]
     assert any("graph output" in n for n in res.notes)
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_lift_can_be_switched_off_and_filtered() -> None:
     m = parse(CLIP)
-    out, res = apply(FoldConstants(), m, PassContext(options={"lift_constants": False}))
+    res, out = apply(FoldConstants.from_options({"lift_constants": False}), m)
     assert not res.changed and ops(out) == ["Constant", "Constant", "Clip"]
-    out2, res2 = apply(FoldConstants(), m, PassContext(site_filter={"hi"}))
+    res2, out2 = apply(FoldConstants(), m, PassContext(site_filter={"hi"}))
     assert res2.sites == ["hi"] and ops(out2) == ["Constant", "Clip"]
-    assert_same_outputs(m, out2)
+    assert_identical(m, out2)
 
 
 def test_attribute_forms() -> None:
@@ -93,8 +90,6 @@ def test_attribute_forms() -> None:
     assert any("value_string" in n for n in notes)
 
 
-# --- nodes with an unset domain (torch exporters) ---------------------------------------------
-
 def test_gather_of_constants_folded_exporter_style() -> None:
     """The position-embedding lookup of the dynamo BERT: Gather(weight, constant ids)."""
     m = exporter_style(parse(HEAD + """
@@ -104,11 +99,11 @@ def test_gather_of_constants_folded_exporter_style() -> None:
       e = Gather<axis = 0>(pos, ids)
       y = Add(x, e)
     }"""))
-    out, res = apply(FoldConstants(), m)
+    res, out = apply(FoldConstants(), m)
     assert res.sites == ["e"] and ops(out) == ["Add"]
     np.testing.assert_array_equal(inits(out)["e"],
                                   np.arange(12, dtype=np.float32).reshape(1, 3, 4))
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_gather_of_input_ids_kept() -> None:
@@ -118,7 +113,7 @@ def test_gather_of_input_ids_kept() -> None:
       e = Gather<axis = 0>(w, ids)
       y = Add(x, e)
     }"""))
-    out, res = apply(FoldConstants(), m)
+    res, out = apply(FoldConstants(), m)
     assert not res.changed and ops(out) == ["Gather", "Add"]
 
 
@@ -132,12 +127,12 @@ def test_gather_over_size_cap_kept() -> None:
       e = Gather<axis = 0>(w, ids)
       y = Add(x, e)
     }""".replace("TABLE", table).replace("IDX", idx)))
-    out, res = apply(FoldConstants(), big, PassContext(options={"max_bytes": 64}))
+    res, out = apply(FoldConstants.from_options({"max_bytes": 64}), big)
     assert not res.changed and ops(out) == ["Gather", "Add"]
     assert any("cap" in n for n in res.notes)
-    out2, res2 = apply(FoldConstants(), big)  # the default 1 MiB cap lets it through
+    res2, out2 = apply(FoldConstants(), big)  # the default 1 MiB cap lets it through
     assert res2.sites == ["e"] and ops(out2) == ["Add"]
-    assert_same_outputs(big, out2)
+    assert_identical(big, out2)
 
 
 def test_identity_removed_exporter_style() -> None:
@@ -146,9 +141,9 @@ def test_identity_removed_exporter_style() -> None:
       v = Identity(w)
       y = Add(x, v)
     }"""))
-    out, res = apply(RemoveIdentity(), m)
+    res, out = apply(RemoveIdentity(), m)
     assert res.changed and ops(out) == ["Add"]
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 PAD_CHAIN = HEAD + """
@@ -175,10 +170,10 @@ g (float[1,3,8,8] x) => (float[1,3,12,10] y) {
 def test_torchscript_pad_chain_folds_to_pad_constant() -> None:
     """TorchScript's F.pad: pads computed by ConstantOfShape/Concat/Reshape/Slice/Transpose/Cast."""
     m = exporter_style(parse(PAD_CHAIN))
-    out, res = apply(FoldConstants(), m)
+    res, out = apply(FoldConstants(), m)
     assert res.changed and ops(out) == ["Pad"]
     np.testing.assert_array_equal(inits(out)["pads"], [0, 0, 2, 1, 0, 0, 2, 1])
-    assert_same_outputs(m, out)
+    assert_identical(m, out)
 
 
 def test_pad_chain_reading_an_input_kept() -> None:
@@ -186,6 +181,6 @@ def test_pad_chain_reading_an_input_kept() -> None:
             .replace("  p = Constant<value = int64[4] {1, 1, 2, 2}>()\n", "")
             .replace("=> (float[1,3,12,10] y)", "=> (float[1,3,?,?] y)"))
     m = exporter_style(parse(text))
-    out, res = apply(FoldConstants(), m)
+    res, out = apply(FoldConstants(), m)
     assert {"Pad", "Concat", "Cast"} <= set(ops(out))
     assert "ConstantOfShape" not in ops(out)  # the input-free part still folds
