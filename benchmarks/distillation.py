@@ -31,8 +31,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from onnxopt.data import Feeds, load_feeds  # noqa: E402
-from onnxopt.model import ModelSummary  # noqa: E402
 from onnxopt.passes.registry import manager  # noqa: E402
+from onnxopt.summary import ModelSummary  # noqa: E402
 from onnxopt.verify import Budget, Runner, accuracy  # noqa: E402
 from onnxopt.zoo import build, digits_data  # noqa: E402
 

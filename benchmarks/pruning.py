@@ -40,7 +40,7 @@ if str(ROOT) not in sys.path:
 
 from onnxopt import zoo  # noqa: E402
 from onnxopt.data import Feeds  # noqa: E402
-from onnxopt.model import count_macs  # noqa: E402
+from onnxopt.summary import count_macs  # noqa: E402
 
 logger = logging.getLogger("benchmarks.pruning")
 

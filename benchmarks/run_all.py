@@ -162,7 +162,8 @@ def _slug(text: str) -> str:
 
 def run_model(name: str, work: Path, *, quick: bool, runs: int, timeout: float) -> list[Row]:
     from onnxopt.bench import bench
-    from onnxopt.model import ModelSummary, load_model
+    from onnxopt.model import load_model
+    from onnxopt.summary import ModelSummary
 
     work.mkdir(parents=True, exist_ok=True)
     src = zoo.build(name, "torchscript")

@@ -22,13 +22,10 @@ overlap (latency distributions are skewed, so the median's interval is the robus
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import resource
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -307,63 +304,6 @@ def measure(path: str, runs_feeds: list[dict[str, np.ndarray]], *, provider: str
             "session_rss_mb": max(0.0, peak - base), "memory_method": method}
 
 
-def _child() -> None:
-    """Entry point of the isolated subprocess: reads a JSON job, prints progress and a result."""
-    job = json.loads(Path(sys.argv[1]).read_text())
-    with np.load(job["feeds"], allow_pickle=False) as z:
-        runs: list[dict[str, np.ndarray]] = [{} for _ in range(job["nruns"])]
-        for key in z.files:
-            i, name = key.split("/", 1)
-            runs[int(i)][name] = z[key]
-
-    def report(what: str, done: float, total: float) -> None:
-        print(f"progress {done} {total}", flush=True)
-
-    try:
-        out = measure(job["path"], runs, provider=job["provider"], threads=job["threads"],
-                      optimization=job["optimization"], warmup=job["warmup"], runs=job["runs"],
-                      seconds=job["seconds"], progress=report, isolated=True)
-    except Exception as e:  # noqa: BLE001 - sent to the parent as one line
-        print("error " + json.dumps({"type": type(e).__name__, "message": str(e)}), flush=True)
-        return
-    print("result " + json.dumps(out), flush=True)
-
-
-def _measure_isolated(path: str, runs_feeds: list[dict[str, np.ndarray]], progress: Progress | None,
-                      **kw: Any) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
-        feeds_path = Path(tmp) / "feeds.npz"
-        np.savez(feeds_path, **{f"{i}/{k}": v for i, r in enumerate(runs_feeds)
-                                for k, v in r.items()})
-        job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"path": path, "feeds": str(feeds_path),
-                                   "nruns": len(runs_feeds), **kw}))
-        code = "from onnxopt.bench import _child; _child()"
-        proc = subprocess.Popen([sys.executable, "-c", code, str(job)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-        result: dict[str, Any] | None = None
-        error: dict[str, str] | None = None
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            kind, _, rest = line.strip().partition(" ")
-            if kind == "progress" and progress is not None:
-                done, total = (float(v) for v in rest.split())
-                progress("run", done, total)
-            elif kind == "result":
-                result = json.loads(rest)
-            elif kind == "error":
-                error = json.loads(rest)
-        stderr = proc.stderr.read() if proc.stderr else ""
-        proc.wait()
-    if error is not None:
-        cls = ModelError if error["type"] == "ModelError" else OptionError
-        raise cls(error["message"])
-    if result is None:
-        last = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
-        raise ModelError(f"{path}: benchmark subprocess failed ({last[:200]})")
-    return result
-
-
 # --------------------------------------------------------------------------- API
 
 
@@ -411,6 +351,8 @@ def bench(
     batches = parse_batches(batch)
     if not models:
         raise OptionError("give at least one model")
+    timing = dict(provider=prov, threads=threads, optimization=optimization, warmup=warmup,
+                  runs=runs, seconds=seconds)
     results: list[BenchResult] = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-models-") as tmp:
         prepared = [_prepare(m, i, Path(tmp)) for i, m in enumerate(models)]
@@ -418,27 +360,33 @@ def bench(
         for (path, model), label in zip(prepared, labels, strict=True):
             for b in batches:
                 feeds = feeds_for_batch(model, b, data=data, shapes=shapes, int_range=int_range)
-                first = feeds.runs[0]
-                bsz = next(iter(first.values())).shape[0] if first and next(
-                    iter(first.values())).ndim else 1
-                what = f"{label} b{bsz}"
-                cb = None if progress is None else (
-                    lambda _w, d, t, what=what: progress(what, d, t))
-                kw = dict(provider=prov, threads=threads, optimization=optimization,
-                          warmup=warmup, runs=runs, seconds=seconds)
-                logger.info("bench %s (%s)", what, _describe(first))
-                out = (_measure_isolated(str(path), feeds.runs, cb, **kw) if isolate
-                       else measure(str(path), feeds.runs, progress=cb, **kw))
-                lat = out.pop("latencies_ms")
-                stats = summarize(lat)
-                results.append(BenchResult(
-                    model=label, path="" if path.parent == Path(tmp) else str(path), batch=int(bsz), provider=prov, threads=threads,
-                    optimization=optimization, warmup=warmup, runs=len(lat), **stats,
-                    throughput=bsz / (stats["mean"] / 1e3) if stats["mean"] > 0 else 0.0,
-                    file_bytes=file_bytes(path, model), inputs=_describe(first),
-                    synthesized=feeds.synthesized, notes=list(feeds.notes), latencies_ms=lat,
-                    **out))
+                shown = "" if path.parent == Path(tmp) else str(path)
+                results.append(_bench_one(path, shown, model, label, feeds, isolate, progress,
+                                          timing))
     return results
+
+
+def _bench_one(path: Path, shown: str, model: onnx.ModelProto, label: str, feeds: Feeds,
+               isolate: bool, progress: Progress | None, timing: dict[str, Any]) -> BenchResult:
+    """Time one (model, batch) in a subprocess or in this process."""
+    from onnxopt.bench_worker import measure_isolated
+
+    first = feeds.runs[0]
+    lead = next(iter(first.values())) if first else None
+    bsz = lead.shape[0] if lead is not None and lead.ndim else 1
+    what = f"{label} b{bsz}"
+    cb = None if progress is None else (lambda _w, d, t: progress(what, d, t))
+    logger.info("bench %s (%s)", what, _describe(first))
+    out = (measure_isolated(str(path), feeds.runs, cb, **timing) if isolate
+           else measure(str(path), feeds.runs, progress=cb, **timing))
+    lat = out.pop("latencies_ms")
+    stats = summarize(lat)
+    return BenchResult(
+        model=label, path=shown, batch=int(bsz), runs=len(lat), **stats,
+        throughput=bsz / (stats["mean"] / 1e3) if stats["mean"] > 0 else 0.0,
+        file_bytes=file_bytes(path, model), inputs=_describe(first),
+        synthesized=feeds.synthesized, notes=list(feeds.notes), latencies_ms=lat,
+        **{k: timing[k] for k in ("provider", "threads", "optimization", "warmup")}, **out)
 
 
 def _prepare(m: Any, i: int, tmp: Path) -> tuple[Path, onnx.ModelProto]:

@@ -188,35 +188,38 @@ class Pass:
         raise NotImplementedError
 
     def apply(self, model: onnx.ModelProto, ctx: PassContext) -> tuple[PassResult, onnx.ModelProto]:
-        """Run on ``model`` without modifying it: a copy for whole-model passes, a gs import
-        otherwise, after converting an opset below ``opset_wanted``. Returns (result, the
-        rewritten model, or ``model`` itself when unchanged)."""
-        import onnx
+        """Run on ``model`` without modifying it. Returns (result, the rewritten model, or
+        ``model`` itself when unchanged)."""
+        work = Working(model)
+        result = self.rewrite(work, ctx)
+        return result, (work.model() if result.changed else model)
 
-        from onnxopt.graph import opset_version, to_graph, to_model
+    def rewrite(self, work: Working, ctx: PassContext) -> PassResult:
+        """Run on a working copy: the one way a pass runs (:meth:`apply`, and the manager's
+        batches of exact passes, which share one working copy). A model below
+        ``opset_wanted`` is converted first (onnx's version converter)."""
+        from onnxopt.graph import opset_version
         from onnxopt.model import upgrade_opset
 
         notes: list[str] = []
-        src = model
-        if opset_version(model) < self.opset_wanted:
-            src, note = upgrade_opset(model, self.opset_wanted)
+        if self.opset_wanted and opset_version(work.model()) < self.opset_wanted:
+            converted, note = upgrade_opset(work.model(), self.opset_wanted)
             notes.append(note)
-            if opset_version(src) < self.opset_needed:
+            if opset_version(converted) < self.opset_needed:
                 return PassResult.unchanged(*notes, f"{self.name} needs opset "
-                                                    f"{self.opset_needed}"), model
+                                                    f"{self.opset_needed}")
+            work.set_model(converted)  # the pass's result is judged against the input
         if self.needs_model:
-            m = src
-            if m is model:  # a converted model is already a copy
-                m = onnx.ModelProto()
-                m.CopyFrom(model)
+            m = work.editable_model()
             result = self.run_model(m, ctx)
-            out = result.model if result.model is not None else m
+            if result.changed:
+                work.set_model(result.model if result.model is not None else m)
         else:
-            graph = to_graph(src)
-            result = self.run(graph, ctx)
-            out = to_model(graph, like=src) if result.changed else model
+            result = self.run(work.graph(), ctx)
+            if result.changed:
+                work.graph_changed()
         result.notes[:0] = notes
-        return result, (out if result.changed else model)
+        return result
 
     def all_tags(self) -> set[str]:
         return {self.name, *self.tags}
@@ -225,3 +228,52 @@ class Pass:
         kind = "exact" if self.exact else "lossy"
         config = getattr(self, "config", None)
         return f"<Pass {self.name} ({kind}){f' {config}' if config is not None else ''}>"
+
+
+class Working:
+    """A model being rewritten by one pass, or by a batch of passes in turn: an ONNX proto or
+    an onnx-graphsurgeon graph, converted only when the next pass needs the other form. The
+    model it starts from is never modified.
+    """
+
+    def __init__(self, model: onnx.ModelProto) -> None:
+        self.like = model  # metadata, opsets and IR version for exports
+        self._proto: onnx.ModelProto | None = model
+        self._owned = False  # whether _proto is a private copy that passes may edit
+        self._graph: gs.Graph | None = None
+
+    def graph(self) -> gs.Graph:
+        """The graph form (imported from the proto on first use)."""
+        from onnxopt.graph import to_graph
+
+        if self._graph is None:
+            self._graph = to_graph(self._proto)
+        return self._graph
+
+    def graph_changed(self) -> None:
+        """A pass edited the graph: the proto form is stale."""
+        self._proto, self._owned = None, False
+
+    def model(self) -> onnx.ModelProto:
+        """The proto form (exported from the graph when a pass changed it)."""
+        from onnxopt.graph import to_model
+
+        if self._proto is None:
+            self._proto, self._owned = to_model(self._graph, like=self.like), True
+        return self._proto
+
+    def editable_model(self) -> onnx.ModelProto:
+        """The proto form as a private copy that a whole-model pass may edit in place."""
+        import onnx
+
+        m = self.model()
+        if not self._owned:
+            copy = onnx.ModelProto()
+            copy.CopyFrom(m)
+            self._proto, self._owned = copy, True
+        return self._proto
+
+    def set_model(self, model: onnx.ModelProto) -> None:
+        """A whole-model pass produced ``model``: the graph form is stale."""
+        self._proto, self._owned, self._graph = model, True, None
+        self.like = model

@@ -1,6 +1,6 @@
 """PassManager: run passes, check, verify, roll back, report.
 
-For every pass (DESIGN.md, "Contracts"):
+For every pass (docs/ARCHITECTURE.md, "Verification and rollback"):
 1. the original's reference outputs are computed once (onnxruntime, optimizations off);
 2. the pass runs on a fresh copy of the last good stage; the candidate goes through
    ``onnx.checker`` and strict shape inference, then runs in onnxruntime;
@@ -8,11 +8,12 @@ For every pass (DESIGN.md, "Contracts"):
    is also compared with the original (exact tolerance until a lossy pass was kept, then the
    user's :class:`~onnxopt.verify.Budget`);
 4. a failing pass is rolled back (or raises with ``strict``); a failing pass that listed its
-   sites is bisected: its sites are re-applied in halves and every site that verifies is kept.
+   sites is bisected (:mod:`onnxopt.bisection`): every site that verifies is kept.
 
-Consecutive exact passes of one family run as one *batch*: they edit the same graph and are
-verified once. If the batch fails, its passes are re-run one at a time with their own checks.
-This keeps verification cheap on large models without weakening it.
+Consecutive exact passes run as one *batch*: they rewrite one working copy in turn
+(:class:`~onnxopt.contract.Working`) and are verified once. If the batch fails, its passes are
+re-run one at a time with their own checks. This keeps verification cheap on large models
+without weakening it.
 """
 
 from __future__ import annotations
@@ -27,17 +28,17 @@ from typing import Any
 
 import onnx
 
-from onnxopt.contract import Pass, PassContext, PassResult
+from onnxopt.bisection import Trial, bisect_sites
+from onnxopt.contract import Pass, PassContext, PassResult, Working
 from onnxopt.data import Feeds, get_feeds
 from onnxopt.defaults import MAX_BISECT_TRIALS
-from onnxopt.errors import ModelError, OnnxoptError, OptionError, PipelineError, first_line
-from onnxopt.graph import to_graph, to_model
-from onnxopt.model import ModelSummary, load_model
+from onnxopt.errors import OnnxoptError, OptionError, PipelineError, first_line
+from onnxopt.model import load_model, structural_check
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
+from onnxopt.summary import ModelSummary
 from onnxopt.verify import Budget, Comparison, Exact, Runner, Runs, accuracy, compare
 
 logger = logging.getLogger(__name__)
-
 
 
 def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]]) -> None:
@@ -54,6 +55,8 @@ def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]]) -> 
 
 @dataclass
 class _Stage:
+    """A verified model: the original, or the result of the last kept pass."""
+
     model: onnx.ModelProto
     _outputs: Runs | Future
     summary: ModelSummary
@@ -65,6 +68,17 @@ class _Stage:
         if isinstance(self._outputs, Future):
             self._outputs = self._outputs.result()
         return self._outputs
+
+
+@dataclass
+class _Checked:
+    """A candidate's verification: the new stage (None when it failed), why it failed, and
+    its comparisons with the previous stage and with the original."""
+
+    stage: _Stage | None
+    why: str = ""
+    vs_previous: Comparison | None = None
+    vs_original: Comparison | None = None
 
 
 class PassManager:
@@ -138,8 +152,8 @@ class PassManager:
                 reconstruction, distillation); defaults to ``feeds``.
         """
         t0 = time.perf_counter()
-        # passes work on copies (a gs import, or CopyFrom for whole-model passes), so the
-        # caller's ModelProto is read, never modified, and need not be copied here
+        # passes work on copies (Working), so the caller's ModelProto is read, never modified,
+        # and need not be copied here
         original = load_model(model, copy=False)
         if feeds is None:
             feeds = get_feeds(original)
@@ -150,30 +164,40 @@ class PassManager:
             target=self.target,
         )
         report.notes.extend(feeds.notes)
+        self._original = original
+        self._vfeeds = self._split_feeds(feeds, calibration, report)
+        # the reference runs in onnxruntime (which releases the GIL) while the first passes
+        # rewrite the graph in Python; the first verification waits for it
+        pool = ThreadPoolExecutor(max_workers=1)
+        ref_future = pool.submit(self.runner.run, original, self._vfeeds)
+        pool.shutdown(wait=False)
+        summary = ModelSummary.of(original)
+        report.original = summary_dict(summary)
+        self._first = stage = _Stage(original, ref_future, summary)
+        stage = self._run_passes(stage, report)
+        self._finish(report, stage)
+        report.seconds = time.perf_counter() - t0
+        self.runner.clear()  # sessions hold a copy of the weights; the caller saves next
+        return stage.model, report
+
+    def _split_feeds(self, feeds: Feeds, calibration: Feeds | None,
+                     report: PipelineReport) -> Feeds:
+        """Set the feeds passes learn from (``self._calib``); return the verification feeds."""
         verify_on = feeds
         self._calib = calibration if calibration is not None else feeds
         if calibration is not None:
-            report.notes.append(f"passes learn from {calibration.source}; verified on {feeds.source}")
+            report.notes.append(f"passes learn from {calibration.source}; verified on "
+                                f"{feeds.source}")
         elif self.holdout and any(not p.exact for p in self.passes) and len(feeds) >= 4:
-            # a lossy pass that learns from the data it is judged on can overfit (a ridge refit on
-            # 8 runs looks perfect on those 8): learn on the first half, verify on the rest
+            # a lossy pass that learns from the data it is judged on can overfit (a ridge refit
+            # on 8 runs looks perfect on those 8): learn on the first half, verify on the rest
             self._calib, verify_on = feeds.split(0.5)
             report.notes.append(
                 f"lossy passes learn from {len(self._calib)} runs and are verified on the other "
                 f"{len(verify_on)} (give --calib-data to use separate data)")
-        vfeeds = verify_on.subset(self.verify_runs) if self.verify_runs else verify_on
-        # the reference runs in onnxruntime (which releases the GIL) while the first passes
-        # rewrite the graph in Python; the first verification waits for it
-        pool = ThreadPoolExecutor(max_workers=1)
-        ref_future = pool.submit(self.runner.run, original, vfeeds)
-        pool.shutdown(wait=False)
-        summary = ModelSummary.of(original)
-        report.original = summary_dict(summary)
-        self._original = original
-        self._feeds = feeds
-        self._vfeeds = vfeeds
-        stage = _Stage(original, ref_future, summary)
-        self._first = stage
+        return verify_on.subset(self.verify_runs) if self.verify_runs else verify_on
+
+    def _run_passes(self, stage: _Stage, report: PipelineReport) -> _Stage:
         if self.progress:
             self.progress.start(len(self.passes))
         try:
@@ -185,17 +209,16 @@ class PassManager:
         finally:
             if self.progress:
                 self.progress.stop()
-        ref = self._ref
-        if vfeeds.labels is not None:
-            report.accuracy_original = accuracy(ref, vfeeds.labels or [])
+        return stage
+
+    def _finish(self, report: PipelineReport, stage: _Stage) -> None:
+        """The pipeline's totals: the final model against the original."""
+        labels = self._vfeeds.labels
+        if labels is not None:
+            report.accuracy_original = accuracy(self._ref, labels or [])
+            report.accuracy_final = accuracy(stage.outputs, labels or [])
         report.final = summary_dict(stage.summary)
-        final_cmp = compare(ref, stage.outputs)
-        report.final_vs_original = _metrics(final_cmp)
-        if vfeeds.labels is not None:
-            report.accuracy_final = accuracy(stage.outputs, vfeeds.labels or [])
-        report.seconds = time.perf_counter() - t0
-        self.runner.clear()  # sessions hold a copy of the weights; the caller saves next
-        return stage.model, report
+        report.final_vs_original = _metrics(compare(self._ref, stage.outputs))
 
     @property
     def _ref(self) -> Runs:
@@ -204,7 +227,7 @@ class PassManager:
 
     def _next_batch(self, i: int) -> list[Pass]:
         """Consecutive exact passes run as one batch, verified once (a pass that may convert
-        the opset goes alone, through :meth:`Pass.apply`)."""
+        the opset goes alone)."""
         first = self.passes[i]
         if not self.batch_exact or not first.exact or first.opset_wanted:
             return [first]
@@ -215,7 +238,6 @@ class PassManager:
             batch.append(p)
         return batch
 
-    # ----------------------------------------------------------------------------------------
     def _ctx(self, p: Pass, site_filter: set[str] | None = None) -> PassContext:
         def prog(what: str, done: int, total: int) -> None:
             if self.progress:
@@ -232,80 +254,49 @@ class PassManager:
             runner=self.runner,
         )
 
-    def _apply(self, p: Pass, model: onnx.ModelProto, site_filter: set[str] | None = None
-               ) -> tuple[PassResult, onnx.ModelProto]:
-        return p.apply(model, self._ctx(p, site_filter))
-
+    # ----------------------------------------------------------------------------------------
     def _run_batch(self, batch: list[Pass], start: int, stage: _Stage,
                    report: PipelineReport) -> _Stage:
+        """Several exact passes on one working copy, verified once; one by one if it fails."""
         if len(batch) == 1:
             return self._run_one(batch[0], start, stage, report)
-        # several exact passes on one graph (or proto, for whole-model passes), verified once
         t0 = time.perf_counter()
-        graph: Any = None
-        proto: onnx.ModelProto | None = stage.model
-        results: list[tuple[Pass, PassResult | Exception]] = []
+        work = Working(stage.model)
+        results: list[tuple[Pass, PassResult]] = []
         for k, p in enumerate(batch):
             if self.progress:
                 self.progress.pass_started(p.name, start + k)
             try:
-                if p.needs_model:
-                    if proto is None:
-                        proto = to_model(graph, like=stage.model)
-                    if proto is stage.model:  # the kept stage must not change; a fresh export may
-                        m = onnx.ModelProto()
-                        m.CopyFrom(proto)
-                    else:
-                        m = proto
-                    r = p.run_model(m, self._ctx(p))
-                    if r.changed:
-                        proto, graph = (r.model if r.model is not None else m), None
-                else:
-                    if graph is None:
-                        graph = to_graph(proto)
-                    r = p.run(graph, self._ctx(p))
-                    if r.changed:
-                        proto = None
-                results.append((p, r))
-            except Exception as e:  # noqa: BLE001 - fall back to one-by-one for a clear report
+                results.append((p, p.rewrite(work, self._ctx(p))))
+            except Exception:  # noqa: BLE001 - re-run one by one for a clear report
                 logger.debug("batch pass %s raised", p.name, exc_info=True)
-                results.append((p, e))
                 break
-        ok_batch = all(not isinstance(r, Exception) for _, r in results)
-        changed = any(isinstance(r, PassResult) and r.changed for _, r in results)
-        if ok_batch and not changed:
-            dt = (time.perf_counter() - t0) / len(batch)
-            for p, r in results:
-                pr = PassReport(p.name, p.exact, status="unchanged", seconds=dt)
-                pr.notes = list(r.notes)  # type: ignore[union-attr]
-                pr.before = pr.after = summary_dict(stage.summary)
-                pr.details = dict(r.details)  # type: ignore[union-attr]
-                self._emit(report, pr)
-            return stage
-        if ok_batch:
-            try:
-                candidate = proto if proto is not None else to_model(graph, like=stage.model)
-                new_stage, why, cmp_prev, cmp_orig = self._verify(candidate, stage, exact=True)
-            except Exception as e:  # noqa: BLE001
-                new_stage, why = None, f"{type(e).__name__}: {e}"
-            if new_stage is not None:
+        if len(results) == len(batch):
+            checked = (_Checked(stage) if not any(r.changed for _, r in results)
+                       else self._verify_work(work, stage))
+            if checked.stage is not None:
                 dt = (time.perf_counter() - t0) / len(batch)
                 for p, r in results:
-                    pr = PassReport(p.name, p.exact, seconds=dt)
-                    assert isinstance(r, PassResult)
-                    pr.status = "kept" if r.changed else "unchanged"
-                    pr.rewrites, pr.notes, pr.details = r.rewrites, list(r.notes), dict(r.details)
-                    pr.details["verified_together_with"] = [q.name for q, _ in results]
-                    pr.before = summary_dict(stage.summary)
-                    pr.after = summary_dict(new_stage.summary) if r.changed else pr.before
-                    pr.vs_previous, pr.vs_original = _metrics(cmp_prev), _metrics(cmp_orig)
-                    self._emit(report, pr)
-                return new_stage
+                    self._emit(report, self._batch_report(p, r, stage, checked, results, dt))
+                return checked.stage
             logger.info("batch %s failed (%s); running its passes one by one",
-                        [p.name for p in batch], why)
+                        [p.name for p in batch], checked.why)
         for k, p in enumerate(batch):
             stage = self._run_one(p, start + k, stage, report)
         return stage
+
+    def _batch_report(self, p: Pass, r: PassResult, stage: _Stage, checked: _Checked,
+                      results: list[tuple[Pass, PassResult]], seconds: float) -> PassReport:
+        pr = PassReport(p.name, p.exact, seconds=seconds)
+        pr.status = "kept" if r.changed else "unchanged"
+        pr.rewrites, pr.notes, pr.details = r.rewrites, list(r.notes), dict(r.details)
+        pr.before = summary_dict(stage.summary)
+        pr.after = summary_dict(checked.stage.summary) if r.changed else pr.before
+        if checked.stage is not stage:
+            pr.details["verified_together_with"] = [q.name for q, _ in results]
+            pr.vs_previous = _metrics(checked.vs_previous)
+            pr.vs_original = _metrics(checked.vs_original)
+        return pr
 
     def _emit(self, report: PipelineReport, pr: PassReport) -> None:
         report.passes.append(pr)
@@ -314,50 +305,24 @@ class PassManager:
 
     def _run_one(self, p: Pass, index: int, stage: _Stage, report: PipelineReport) -> _Stage:
         pr = PassReport(p.name, p.exact)
-        pr.before = summary_dict(stage.summary)
-        pr.after = pr.before
+        pr.before = pr.after = summary_dict(stage.summary)
         if self.progress:
             self.progress.pass_started(p.name, index)
         t0 = time.perf_counter()
         try:
             if p.needs_data and self._calib.synthesized:
                 pr.notes.append("no --data given: working on synthesized inputs")
-            result, candidate = self._apply(p, stage.model)
+            result, candidate = p.apply(stage.model, self._ctx(p))
             if not p.exact:
-                gc.collect()  # see _bisect: a lossy pass's working graphs are big cycles
+                gc.collect()  # see bisection: a lossy pass's working graphs are big cycles
             pr.rewrites, pr.details = result.rewrites, dict(result.details)
             own = len(pr.notes)  # notes from here on describe the candidate
             pr.notes.extend(result.notes)
+            new_stage = stage
             if not result.changed:
                 pr.status = "unchanged"
-                new_stage = stage
             else:
-                new_stage, why, cmp_prev, cmp_orig = self._verify(candidate, stage, p.exact)
-                if new_stage is None and len(result.sites) > 1:
-                    new_stage, why, cmp_prev, cmp_orig, dropped, kept = self._bisect(
-                        p, stage, result.sites
-                    )
-                    pr.dropped_sites = dropped
-                    if new_stage is not None:
-                        # the report describes the model kept, not the full candidate
-                        pr.details = dict(kept.details)
-                        pr.notes[own:] = kept.notes
-                        pr.rewrites = len(result.sites) - len(dropped)
-                        pr.notes.append(
-                            f"bisection kept {pr.rewrites} of {len(result.sites)} sites; "
-                            f"dropped {dropped[:10]}{' …' if len(dropped) > 10 else ''}: {why}"
-                        )
-                if new_stage is None:
-                    pr.status = "rolled back"
-                    pr.reason = why
-                    new_stage = stage
-                else:
-                    pr.status = "kept"
-                    pr.after = summary_dict(new_stage.summary)
-                    pr.vs_previous, pr.vs_original = _metrics(cmp_prev), _metrics(cmp_orig)
-                    if new_stage.summary is not stage.summary and self._vfeeds.labels is not None:
-                        pr.vs_original.accuracy = accuracy(new_stage.outputs,
-                                                           self._vfeeds.labels or [])
+                new_stage = self._judge_candidate(p, stage, result, candidate, pr, own)
         except OnnxoptError as e:
             pr.status, pr.reason, new_stage = "error", str(e), stage
         except Exception as e:  # noqa: BLE001 - a broken pass never takes the pipeline down
@@ -369,10 +334,58 @@ class PassManager:
             raise PipelineError(f"pass '{p.name}' {pr.status}: {pr.reason}")
         return new_stage
 
+    def _judge_candidate(self, p: Pass, stage: _Stage, result: PassResult,
+                         candidate: onnx.ModelProto, pr: PassReport, own: int) -> _Stage:
+        """Verify a changed candidate (bisecting its sites if it fails); fill ``pr``."""
+        checked = self._verify(candidate, stage, p.exact)
+        if checked.stage is None and len(result.sites) > 1:
+            checked = self._bisect(p, stage, result, pr, own)
+        if checked.stage is None:
+            pr.status, pr.reason = "rolled back", checked.why
+            return stage
+        pr.status = "kept"
+        pr.after = summary_dict(checked.stage.summary)
+        pr.vs_previous = _metrics(checked.vs_previous)
+        pr.vs_original = _metrics(checked.vs_original)
+        if self._vfeeds.labels is not None:
+            pr.vs_original.accuracy = accuracy(checked.stage.outputs, self._vfeeds.labels or [])
+        return checked.stage
+
+    def _bisect(self, p: Pass, stage: _Stage, result: PassResult, pr: PassReport,
+                own: int) -> _Checked:
+        """Re-apply the pass on subsets of its sites; the report describes the model kept."""
+
+        def trial(allowed: set[str]) -> Trial:
+            res, cand = p.apply(stage.model, self._ctx(p, allowed))
+            if not res.changed:
+                return Trial(None, "no-op", res)
+            checked = self._verify(cand, stage, p.exact)
+            return Trial(checked if checked.stage is not None else None, checked.why, res)
+
+        sites = result.sites
+        b = bisect_sites(sites, trial, MAX_BISECT_TRIALS)
+        pr.dropped_sites = b.dropped
+        if b.kept is None:
+            return _Checked(None, b.why)
+        pr.details = dict(b.kept.result.details)
+        pr.notes[own:] = b.kept.result.notes
+        pr.rewrites = len(sites) - len(b.dropped)
+        more = " …" if len(b.dropped) > 10 else ""
+        pr.notes.append(f"bisection kept {pr.rewrites} of {len(sites)} sites; "
+                        f"dropped {b.dropped[:10]}{more}: {b.why}")
+        return b.kept.verdict
+
     # ----------------------------------------------------------------------------------------
-    def _verify(self, candidate: onnx.ModelProto, stage: _Stage, exact: bool
-                ) -> tuple[_Stage | None, str, Comparison | None, Comparison | None]:
-        """Check, run and compare ``candidate``; returns (new stage or None, reason, cmps)."""
+    def _verify_work(self, work: Working, stage: _Stage) -> _Checked:
+        """Export a batch's working copy and verify it as an exact candidate."""
+        try:
+            candidate = work.model()
+        except Exception as e:  # noqa: BLE001 - an export failure fails the batch
+            return _Checked(None, f"{type(e).__name__}: {first_line(e)}")
+        return self._verify(candidate, stage, exact=True)
+
+    def _verify(self, candidate: onnx.ModelProto, stage: _Stage, exact: bool) -> _Checked:
+        """Check, run and compare ``candidate`` against the previous stage and the original."""
         try:
             inferred = structural_check(candidate)
             # building the session (mostly one thread) may overlap the reference's runs, but
@@ -381,15 +394,16 @@ class PassManager:
             _ = self._ref
             outputs = self.runner.run_session(session, self._vfeeds)
         except OnnxoptError as e:
-            return None, str(e), None, None
+            return _Checked(None, str(e))
         except Exception as e:  # noqa: BLE001
-            return None, f"{type(e).__name__}: {e}", None, None
+            return _Checked(None, f"{type(e).__name__}: {first_line(e)}")
         why, cmp_prev, cmp_orig = self._judge(outputs, stage, exact)
         if why:
             self.runner.forget(session)  # a rejected candidate's session is never run again
-            return None, why, cmp_prev, cmp_orig
+            return _Checked(None, why, cmp_prev, cmp_orig)
         summary = ModelSummary.of(candidate, inferred)
-        return _Stage(candidate, outputs, summary, stage.lossy or not exact), "", cmp_prev, cmp_orig
+        new = _Stage(candidate, outputs, summary, stage.lossy or not exact)
+        return _Checked(new, "", cmp_prev, cmp_orig)
 
     def _judge(self, outputs: Runs, stage: _Stage, exact: bool
                ) -> tuple[str, Comparison, Comparison]:
@@ -414,69 +428,6 @@ class PassManager:
             if not v:
                 return "drifted from the original: " + v.reason, cmp_prev, cmp_orig
         return "", cmp_prev, cmp_orig
-
-    def _bisect(self, p: Pass, stage: _Stage, sites: list[str]):
-        """Keep every site that verifies: try chunks, split failing chunks in halves. Returns
-        (stage, why, cmp vs previous, cmp vs original, dropped sites, the kept trial's
-        PassResult)."""
-        good: list[str] = []
-        dropped: list[str] = []
-        queue: list[list[str]] = [sites[: len(sites) // 2], sites[len(sites) // 2 :]]
-        best: tuple[_Stage | None, str, Any, Any] = (None, "", None, None)
-        kept: PassResult | None = None
-        last_why = ""
-        trials = 0
-        while queue:
-            chunk = queue.pop(0)
-            if not chunk:
-                continue
-            if trials >= MAX_BISECT_TRIALS:
-                dropped.extend(chunk)
-                continue
-            trials += 1
-            try:
-                result, cand = self._apply(p, stage.model, set(good + chunk))
-                res = self._verify(cand, stage, p.exact) if result.changed else (None, "no-op",
-                                                                                 None, None)
-            except Exception as e:  # noqa: BLE001
-                res = (None, f"{type(e).__name__}: {e}", None, None)
-            # a trial leaves a whole model behind in gs reference cycles (nodes <-> tensors):
-            # collect them now, not when the cyclic GC happens to run (BERT-base: ~1 GB a trial)
-            gc.collect()
-            if res[0] is not None:
-                good += chunk
-                best, kept = res, result
-            elif len(chunk) == 1:
-                dropped.append(chunk[0])
-                last_why = res[1]
-            else:
-                h = len(chunk) // 2
-                queue[:0] = [chunk[:h], chunk[h:]]
-        if not good:
-            return None, last_why or "every site failed", None, None, dropped, None
-        return best[0], last_why, best[2], best[3], dropped, kept
-
-
-def structural_check(model: onnx.ModelProto) -> onnx.ModelProto:
-    """onnx.checker and strict shape inference, as a ModelError.
-
-    Both run on the light copy (large weights replaced by typed inputs of their shape): the
-    checker still sees every node, attribute, opset and small constant, and shape inference is
-    equivalent; on a 400 MB model this avoids serializing the weights twice per pass.
-
-    Returns:
-        the shape-inferred light copy (the stage's summary reuses it).
-    """
-    from onnxopt.model import light_model
-
-    try:
-        light = light_model(model)
-        onnx.checker.check_model(light)
-        return onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True,
-                                                 data_prop=True)
-    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
-        first = first_line(e)
-        raise ModelError(f"invalid model after rewrite: {first}") from e
 
 
 def _metrics(c: Comparison | None) -> Metrics:

@@ -171,8 +171,8 @@ def run_and_report(
 ):
     """Load, run the passes (names or instances) with verification, print the report and
     write the model and the JSON report atomically. Returns (model, report)."""
+    from onnxopt.cli.render import render
     from onnxopt.passes.registry import manager
-    from onnxopt.report import render
 
     model = load_model(model_path)
     pm = manager(passes, budget=budget, target=target, strict=strict, options=options,

@@ -32,11 +32,11 @@ def find_example() -> tuple[Path, Path, Path]:
 
 
 def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
+    from onnxopt.cli.render import render
     from onnxopt.data import load_feeds
     from onnxopt.model import load_model, save_model
     from onnxopt.passes import registry
     from onnxopt.passes.registry import manager
-    from onnxopt.report import render
     from onnxopt.verify import Budget
 
     model_path, calib_path, test_path = find_example()

@@ -17,8 +17,9 @@ def inspect_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Op histogram, node/parameter counts, MACs, size, opset, inputs and outputs."""
-    from onnxopt.model import ModelSummary, load_model
-    from onnxopt.report import fmt_bytes, fmt_int
+    from onnxopt.cli.render import fmt_bytes, fmt_int
+    from onnxopt.model import load_model
+    from onnxopt.summary import ModelSummary
 
     s = ModelSummary.of(load_model(model))
     if as_json:

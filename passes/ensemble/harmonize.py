@@ -26,7 +26,8 @@ import onnx
 from onnx import version_converter
 
 from onnxopt.errors import ModelError, OptionError, first_line
-from onnxopt.model import default_opset, load_model, value_info_dims
+from onnxopt.model import default_opset, load_model
+from onnxopt.summary import value_info_dims
 
 logger = logging.getLogger(__name__)
 

@@ -34,7 +34,6 @@ from onnx import helper
 
 from onnxopt.data import Feeds, load_feeds
 from onnxopt.errors import OptionError
-from onnxopt.model import ModelSummary
 from onnxopt.passes.ensemble.cascade import build_cascade, is_softmax_output
 from onnxopt.passes.ensemble.cse import CseStats, cse, resolve
 from onnxopt.passes.ensemble.fit import (
@@ -67,6 +66,7 @@ from onnxopt.passes.ensemble.modes import (
 )
 from onnxopt.passes.ensemble.serial import plan_serial
 from onnxopt.passes.ensemble.verify import checked, live, verify
+from onnxopt.summary import ModelSummary
 from onnxopt.verify import Runner
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from onnxopt import optimize  # noqa: E402
-from onnxopt.model import ModelSummary  # noqa: E402
+from onnxopt.summary import ModelSummary  # noqa: E402
 from onnxopt.verify import Exact, Runner  # noqa: E402
 
 

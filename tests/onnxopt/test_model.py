@@ -10,7 +10,8 @@ import pytest
 from onnx import helper, numpy_helper, parser
 
 from onnxopt.errors import ModelError
-from onnxopt.model import ModelSummary, load_model, save_model
+from onnxopt.model import load_model, save_model
+from onnxopt.summary import ModelSummary
 
 TEXT = """<ir_version: 8, opset_import: ["": 17]>
 g (float[1,3,8,8] x) => (float[1,10] y)

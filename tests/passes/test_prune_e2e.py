@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from onnxopt.data import Feeds
-from onnxopt.model import count_macs
+from onnxopt.summary import count_macs
 from onnxopt.verify import Budget
 
 

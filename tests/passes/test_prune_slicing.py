@@ -114,7 +114,7 @@ def test_round_to_and_max_ratio_and_min_one():
 def test_target_flops_tops_up_to_the_target():
     """MACs per pixel: 4·16 + 16·16 + 16·4 = 384. Halving both groups (round_to 8) leaves 128
     (0.33); halving one leaves 224 (0.58), the closest plan within a 0.6 target."""
-    from onnxopt.model import count_macs
+    from onnxopt.summary import count_macs
 
     model = pm.conv_chain()
     x = np.random.default_rng(0).standard_normal([1, 4, 4, 4]).astype(np.float32)
@@ -131,7 +131,7 @@ def test_target_flops_tops_up_to_the_target():
 def test_target_flops_reaches_the_target():
     model = pm.concat_branches()
     x = np.ones([1, 3, 6, 6], np.float32)
-    from onnxopt.model import count_macs
+    from onnxopt.summary import count_macs
 
     before = count_macs(model)[0]
     for glob in (False, True):

@@ -1,0 +1,83 @@
+"""Bisection of a failing pass's sites: keep every site that verifies.
+
+A pass that rewrote several independent sites lists them (``PassResult.sites``). When its
+candidate fails verification, the sites are re-applied in chunks: a chunk that verifies
+together with the sites already kept is kept; a failing chunk is split in halves until single
+sites are dropped. At most ``max_trials`` chunks are tried; what is left untried is dropped.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from onnxopt.errors import first_line
+
+
+@dataclass
+class Trial:
+    """One verified (or failed) application of a subset of sites.
+
+    Attributes:
+        verdict: what the manager's verification returned for the candidate (a stage and its
+            comparisons), or None when it failed.
+        why: why it failed ("" when it passed).
+        result: the pass's PassResult for this subset (None when the pass raised).
+    """
+
+    verdict: Any = None
+    why: str = ""
+    result: Any = None
+
+
+@dataclass
+class Bisection:
+    """The outcome: the last passing trial, the sites dropped and why the last one failed."""
+
+    kept: Trial | None = None
+    dropped: list[str] = field(default_factory=list)
+    why: str = ""
+    trials: int = 0
+
+
+def bisect_sites(sites: list[str], trial: Callable[[set[str]], Trial],
+                 max_trials: int) -> Bisection:
+    """Find the largest set of ``sites`` that verifies, trying chunks in halves.
+
+    Args:
+        sites: the failing candidate's sites, in the pass's order.
+        trial: re-applies the pass with only the given sites allowed and verifies it.
+        max_trials: at most this many trials; untried chunks are dropped.
+    """
+    out = Bisection()
+    good: list[str] = []
+    queue: list[list[str]] = [sites[: len(sites) // 2], sites[len(sites) // 2 :]]
+    while queue:
+        chunk = queue.pop(0)
+        if not chunk:
+            continue
+        if out.trials >= max_trials:
+            out.dropped.extend(chunk)
+            continue
+        out.trials += 1
+        try:
+            t = trial(set(good + chunk))
+        except Exception as e:  # noqa: BLE001 - a crashing subset is a failing subset
+            t = Trial(None, f"{type(e).__name__}: {first_line(e)}")
+        # a trial leaves a whole model behind in gs reference cycles (nodes <-> tensors):
+        # collect them now, not when the cyclic GC happens to run (BERT-base: ~1 GB a trial)
+        gc.collect()
+        if t.verdict is not None:
+            good += chunk
+            out.kept = t
+        elif len(chunk) == 1:
+            out.dropped.append(chunk[0])
+            out.why = t.why
+        else:
+            h = len(chunk) // 2
+            queue[:0] = [chunk[:h], chunk[h:]]
+    if out.kept is None and not out.why:
+        out.why = "every site failed"
+    return out
