@@ -184,52 +184,54 @@ def synthesize(
         raise DataError(
             f"--shape names unknown input(s) {sorted(unknown)}; inputs: {[s.name for s in specs]}"
         )
-    out: list[dict[str, np.ndarray]] = []
-    concrete: dict[str, list[int]] = {}
+    concrete = {s.name: _concrete_dims(s, shapes.get(s.name)) for s in specs}
     for s in specs:
-        if s.name in shapes:
-            dims = shapes[s.name]
-            if len(dims) != s.rank:
-                raise DataError(f"--shape {s.name}: rank {len(dims)} but the model says {s.describe()}")
-            for i, (d, want) in enumerate(zip(dims, s.shape)):
-                if isinstance(want, int) and d != want:
-                    raise DataError(f"--shape {s.name}: dim {i} is {d} but the model fixes it to {want}")
-            concrete[s.name] = list(dims)
-        else:
-            dims = []
-            for i, d in enumerate(s.shape):
-                if isinstance(d, int):
-                    dims.append(d)
-                elif i == 0:
-                    dims.append(1)  # dynamic batch: one sample per run
-                else:
-                    raise DataError(
-                        f"input {s.describe()} has dynamic dim {i} ('{d or '?'}'): "
-                        f"give --shape {s.name}=" + "x".join(
-                            str(x) if isinstance(x, int) else "N" for x in s.shape)
-                        + " or --data"
-                    )
-            concrete[s.name] = dims
         if s.dtype.kind in "iu" and int_range is None:
             raise DataError(
                 f"input {s.describe()} is an integer tensor (token ids or indices?): "
                 "give --int-range LOW,HIGH or --data"
             )
-    for _ in range(runs):
-        run = {}
-        for s in specs:
-            dims = concrete[s.name]
-            if s.dtype.kind == "f":
-                run[s.name] = np.asarray(rng.standard_normal(dims), dtype=s.dtype)
-            elif s.dtype.kind == "b":
-                run[s.name] = np.asarray(rng.random(dims) < 0.5)
-            elif s.dtype.kind in "iu":
-                lo, hi = int_range  # type: ignore[misc]
-                run[s.name] = np.asarray(rng.integers(lo, hi, size=dims), dtype=s.dtype)
-            else:
-                raise DataError(f"input {s.describe()}: cannot synthesize dtype {s.dtype}; give --data")
-        out.append(run)
+    out = [{s.name: _random_input(s, concrete[s.name], rng, int_range) for s in specs}
+           for _ in range(runs)]
     return Feeds(out, synthesized=True, source=f"synthesized ({runs} runs, seed {seed})")
+
+
+def _concrete_dims(s: InputSpec, given: list[int] | None) -> list[int]:
+    """The dims to synthesize for ``s``: ``given`` (checked against the static dims), else
+    the static dims with a dynamic batch of 1; other dynamic dims need ``--shape``."""
+    if given is not None:
+        if len(given) != s.rank:
+            raise DataError(f"--shape {s.name}: rank {len(given)} but the model says "
+                            f"{s.describe()}")
+        for i, (d, want) in enumerate(zip(given, s.shape)):
+            if isinstance(want, int) and d != want:
+                raise DataError(f"--shape {s.name}: dim {i} is {d} but the model fixes it to "
+                                f"{want}")
+        return list(given)
+    dims = []
+    for i, d in enumerate(s.shape):
+        if isinstance(d, int):
+            dims.append(d)
+        elif i == 0:
+            dims.append(1)  # dynamic batch: one sample per run
+        else:
+            example = "x".join(str(x) if isinstance(x, int) else "N" for x in s.shape)
+            raise DataError(f"input {s.describe()} has dynamic dim {i} ('{d or '?'}'): "
+                            f"give --shape {s.name}={example} or --data")
+    return dims
+
+
+def _random_input(s: InputSpec, dims: list[int], rng: np.random.Generator,
+                  int_range: tuple[int, int] | None) -> np.ndarray:
+    """Standard-normal floats, random booleans, integers uniform in ``int_range``."""
+    if s.dtype.kind == "f":
+        return np.asarray(rng.standard_normal(dims), dtype=s.dtype)
+    if s.dtype.kind == "b":
+        return np.asarray(rng.random(dims) < 0.5)
+    if s.dtype.kind in "iu" and int_range is not None:
+        lo, hi = int_range
+        return np.asarray(rng.integers(lo, hi, size=dims), dtype=s.dtype)
+    raise DataError(f"input {s.describe()}: cannot synthesize dtype {s.dtype}; give --data")
 
 
 def load_feeds(

@@ -47,23 +47,36 @@ def export_torch(
     refs = ref if isinstance(ref, (tuple, list)) else (ref,)
     if output_names is None and len(refs) > 1:
         outs = [f"output_{i}" for i in range(len(refs))]
+    kwargs: dict[str, Any] = dict(input_names=names, output_names=outs, dynamo=dynamo)
+    kwargs.update(export_kwargs)
+    if opset is not None:
+        kwargs["opset_version"] = opset
+    if dynamic_axes:
+        if dynamo:
+            kwargs["dynamic_shapes"] = _dynamic_shapes(dynamic_axes, names)
+        else:
+            kwargs["dynamic_axes"] = dynamic_axes
+    model = _export(module, args, kwargs)
+    _check_parity(model, args, outs, refs, rtol, atol)
+    save_model(model, path)
+    return model
+
+
+def _export(module: Any, args: tuple, kwargs: dict[str, Any]) -> onnx.ModelProto:
+    import torch
+
     with tempfile.TemporaryDirectory() as d:
         tmp = os.path.join(d, "model.onnx")
-        kwargs: dict[str, Any] = dict(input_names=names, output_names=outs, dynamo=dynamo)
-        kwargs.update(export_kwargs)
-        if opset is not None:
-            kwargs["opset_version"] = opset
-        if dynamic_axes:
-            if dynamo:
-                kwargs["dynamic_shapes"] = _dynamic_shapes(dynamic_axes, names)
-            else:
-                kwargs["dynamic_axes"] = dynamic_axes
         try:
             torch.onnx.export(module, args, tmp, **kwargs)
         except Exception as e:  # noqa: BLE001 - exporter errors are many and verbose
-            first = first_line(e)
-            raise OnnxoptError(f"torch.onnx.export failed: {first}") from e
-        model = load_model(tmp)
+            raise OnnxoptError(f"torch.onnx.export failed: {first_line(e)}") from e
+        return load_model(tmp)
+
+
+def _check_parity(model: onnx.ModelProto, args: tuple, outs: list[str], refs: Sequence[Any],
+                  rtol: float, atol: float) -> None:
+    """onnxruntime must reproduce torch's outputs within ``rtol``/``atol``."""
     import onnxruntime as ort
 
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -74,8 +87,6 @@ def export_torch(
         if not np.allclose(r, g, rtol=rtol, atol=atol):
             err = float(np.abs(r - g).max())
             raise OnnxoptError(f"exported '{name}' differs from torch (max abs err {err:.3g})")
-    save_model(model, path)
-    return model
 
 
 def _dynamic_shapes(axes: dict[str, dict[int, str]], names: Sequence[str]) -> dict[str, Any]:

@@ -330,69 +330,87 @@ def apply_rules(graph: gs.Graph, rules: Sequence[Rule], ctx: Any, *,
         RuleStats with per-rule counts, rewritten site keys and decline notes.
     """
     stats = RuleStats()
-    opset = int(graph.opset or 0)
     target = getattr(ctx, "target", "onnx")
-    active: list[Rule] = []
-    for rule in rules:
-        if rule.contrib and target != "onnxruntime":
-            continue
-        active.append(rule)
+    active = [r for r in rules if not (r.contrib and target != "onnxruntime")]
     if not active:
         return stats
     node_names_unique(graph)
-    opset_noted: set[str] = set()
+    sweep = _Sweep(graph, active, ctx, stats)
     for _ in range(max_sweeps):
-        changed = False
-        graph.toposort()
-        dead: set[int] = set()
-        by_op: dict[str, list[Rule]] = {}
-        for rule in active:
-            for op in rule.root_ops():
-                by_op.setdefault(op, []).append(rule)
-        for node in list(graph.nodes):
-            if id(node) in dead or not node.outputs:
-                continue
-            for rule in by_op.get(node.op, ()):
-                m = None
-                for i, pat in enumerate(rule.patterns):
-                    if node.op in pat.ops:
-                        m = match_at(pat, node)
-                        if m is not None:
-                            m.pattern_index = i
-                            break
-                if m is None:
-                    continue
-                key = node.name
-                if rule.min_opset and opset < rule.min_opset:
-                    if rule.name not in opset_noted:
-                        opset_noted.add(rule.name)
-                        stats.note(f"{rule.name}: needs opset >= {rule.min_opset}, model has "
-                                   f"{opset}; not rewritten (no silent opset change)")
-                    continue
-                res = exclusive(graph, m)
-                if res:
-                    res = rule.check(graph, m)
-                if not res:
-                    if not res.silent:
-                        stats.note(f"{rule.name} at '{key}': {res.reason}")
-                    continue
-                if not ctx.allow(key):
-                    continue
-                matched = list(m.matched)
-                rule.rewrite(graph, m)
-                dead.update(id(n) for n in matched)
-                stats.counts[rule.name] = stats.counts.get(rule.name, 0) + 1
-                stats.sites.append(key)
-                changed = True
-                logger.debug("%s rewrote %s", rule.name, key)
-                break
-        if not changed:
+        if not sweep.run():
             break
         graph.cleanup(remove_unused_graph_inputs=False)
         node_names_unique(graph)
     if stats.dropped_notes:
         stats.notes.append(f"... and {stats.dropped_notes} more declined matches")
     return stats
+
+
+class _Sweep:
+    """One pass over the graph's nodes, trying the rules whose root op matches each node."""
+
+    def __init__(self, graph: gs.Graph, rules: list[Rule], ctx: Any, stats: RuleStats) -> None:
+        self.graph, self.ctx, self.stats = graph, ctx, stats
+        self.opset = int(graph.opset or 0)
+        self.by_op: dict[str, list[Rule]] = {}
+        for rule in rules:
+            for op in rule.root_ops():
+                self.by_op.setdefault(op, []).append(rule)
+        self.opset_noted: set[str] = set()
+
+    def run(self) -> bool:
+        """Rewrite at most one rule per node; True when something changed."""
+        self.graph.toposort()
+        dead: set[int] = set()
+        changed = False
+        for node in list(self.graph.nodes):
+            if id(node) in dead or not node.outputs:
+                continue
+            for rule in self.by_op.get(node.op, ()):
+                matched = self._try(rule, node)
+                if matched is not None:
+                    dead.update(id(n) for n in matched)
+                    changed = True
+                    break
+        return changed
+
+    def _try(self, rule: Rule, node: gs.Node) -> list[gs.Node] | None:
+        """Match, check and rewrite ``rule`` at ``node``; the matched nodes if it rewrote."""
+        m = _first_match(rule, node)
+        if m is None:
+            return None
+        key = node.name
+        if rule.min_opset and self.opset < rule.min_opset:
+            if rule.name not in self.opset_noted:
+                self.opset_noted.add(rule.name)
+                self.stats.note(f"{rule.name}: needs opset >= {rule.min_opset}, model has "
+                                f"{self.opset}; not rewritten (no silent opset change)")
+            return None
+        res = exclusive(self.graph, m)
+        if res:
+            res = rule.check(self.graph, m)
+        if not res:
+            if not res.silent:
+                self.stats.note(f"{rule.name} at '{key}': {res.reason}")
+            return None
+        if not self.ctx.allow(key):
+            return None
+        matched = list(m.matched)
+        rule.rewrite(self.graph, m)
+        self.stats.counts[rule.name] = self.stats.counts.get(rule.name, 0) + 1
+        self.stats.sites.append(key)
+        logger.debug("%s rewrote %s", rule.name, key)
+        return matched
+
+
+def _first_match(rule: Rule, node: gs.Node) -> Match | None:
+    for i, pat in enumerate(rule.patterns):
+        if node.op in pat.ops:
+            m = match_at(pat, node)
+            if m is not None:
+                m.pattern_index = i
+                return m
+    return None
 
 
 def rules_pass_result(stats: RuleStats) -> Any:
