@@ -46,7 +46,7 @@ MODES = [
 def session(model, parallel: bool = False):  # noqa: ANN001, ANN201
     import onnxruntime as ort
 
-    from onnxopt.bench import session_options
+    from onnxopt.timing import session_options
 
     so = session_options(threads=1)
     if parallel:

@@ -106,7 +106,7 @@ def tools_for(name: str) -> dict[str, Callable]:
 # ---- measuring -----------------------------------------------------------------------------------
 
 def _session(model_path: str, optimized: bool):
-    from onnxopt.bench import session
+    from onnxopt.timing import session
 
     return session(model_path, threads=THREADS, optimization="all" if optimized else "disable")
 

@@ -124,7 +124,7 @@ def _read_tensors(folder: Path, prefix: str) -> list[np.ndarray] | None:
 def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[Any]:
     import onnxruntime as ort
 
-    from onnxopt.bench import session_options
+    from onnxopt.timing import session_options
 
     so = session_options(threads=1, optimization="disable")
     so.log_severity_level = 4  # hundreds of cases onnxruntime cannot run: no log line each

@@ -81,7 +81,7 @@ def feeds_for(name: str, model: onnx.ModelProto) -> tuple[Feeds, Feeds, np.ndarr
 
 
 def session(model: onnx.ModelProto, optimized: bool = False) -> Any:
-    from onnxopt.bench import session as bench_session
+    from onnxopt.timing import session as bench_session
 
     return bench_session(model, threads=1, optimization="all" if optimized else "disable")
 

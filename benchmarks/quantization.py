@@ -39,7 +39,7 @@ REPEATS = 3
 
 
 def _session(path: str, threads: int = 2, optimized: bool = True):  # noqa: ANN202
-    from onnxopt.bench import session
+    from onnxopt.timing import session
 
     return session(path, threads=threads, optimization="all" if optimized else "disable")
 

@@ -90,7 +90,7 @@ def write_feeds(name: str, work: Path) -> tuple[Path, list[dict[str, np.ndarray]
 
 def outputs(path: str, runs: list[dict[str, np.ndarray]]) -> list[np.ndarray]:
     """First output of every run (onnxruntime, all graph optimizations, two threads)."""
-    from onnxopt.bench import session
+    from onnxopt.timing import session
 
     sess = session(path, threads=2)
     return [sess.run(None, r)[0] for r in runs]

@@ -22,13 +22,14 @@ overlap (latency distributions are skewed, so the median's interval is the robus
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
-import resource
+import subprocess
+import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,11 +39,12 @@ import onnx
 
 from onnxopt.data import Feeds, get_feeds, input_specs, load_feeds
 from onnxopt.errors import DataError, ModelError, OptionError
+from onnxopt.timing import Progress, measure
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZATION = ("disable", "basic", "extended", "all")
-Progress = Callable[[str, float, float], None]  # (what, done, total)
+
 
 
 @dataclass
@@ -220,93 +222,6 @@ def file_bytes(path: Path, model: onnx.ModelProto | None = None) -> int:
 # --------------------------------------------------------------------------- measurement
 
 
-def session_options(threads: int = 0, optimization: str = "all") -> Any:
-    """onnxruntime SessionOptions: ``threads`` intra-op threads (0: onnxruntime's choice), one
-    inter-op thread, graph optimizations ``disable|basic|extended|all``, quiet logs."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.graph_optimization_level = {
-        "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-        "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-        "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-        "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-    }[optimization]
-    if threads:
-        so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    return so
-
-
-def session(model: Any, *, threads: int = 0, optimization: str = "all") -> Any:
-    """A CPU session for a path, bytes or ModelProto with :func:`session_options`."""
-    import onnxruntime as ort
-
-    data = model.SerializeToString() if hasattr(model, "SerializeToString") else (
-        model if isinstance(model, bytes) else str(model))
-    return ort.InferenceSession(data, session_options(threads, optimization),
-                                providers=["CPUExecutionProvider"])
-
-
-def _rss_mb() -> float:
-    import psutil
-
-    return psutil.Process().memory_info().rss / 2**20
-
-
-def measure(path: str, runs_feeds: list[dict[str, np.ndarray]], *, provider: str, threads: int,
-            optimization: str, warmup: int, runs: int, seconds: float | None,
-            progress: Progress | None = None, isolated: bool = False) -> dict[str, Any]:
-    """Time one session on ``runs_feeds`` (cycled). Returns latencies and memory numbers."""
-    import onnxruntime as ort
-
-    base = _rss_mb()
-    t0 = time.perf_counter()
-    try:
-        sess = ort.InferenceSession(path, session_options(threads, optimization),
-                                    providers=[provider])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ModelError(f"{path}: onnxruntime cannot create a session "
-                         f"({str(e).strip().splitlines()[-1][:200]})") from e
-    session_ms = (time.perf_counter() - t0) * 1e3
-    samples = [_rss_mb()]
-    k = len(runs_feeds)
-    for i in range(warmup):
-        sess.run(None, runs_feeds[i % k])
-    samples.append(_rss_mb())
-    lat: list[float] = []
-    start = last = time.perf_counter()
-    total = seconds if seconds is not None else float(runs)
-    i = 0
-    while True:
-        feed = runs_feeds[i % k]
-        t = time.perf_counter_ns()
-        sess.run(None, feed)
-        lat.append((time.perf_counter_ns() - t) / 1e6)
-        i += 1
-        now = time.perf_counter()
-        done = (now - start) if seconds is not None else float(i)
-        if progress is not None and (now - last > 0.1 or done >= total):
-            progress("run", min(done, total), total)
-            last = now
-        if (seconds is None and i >= runs) or (seconds is not None and now - start >= seconds
-                                               and i >= 3):
-            break
-    samples.append(_rss_mb())
-    if isolated:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-        method = "fresh subprocess: ru_maxrss peak; session = peak - RSS before the session"
-    else:
-        peak = max(samples)
-        method = "in-process RSS delta (psutil samples; approximate)"
-    return {"latencies_ms": lat, "session_ms": session_ms, "peak_rss_mb": peak,
-            "session_rss_mb": max(0.0, peak - base), "memory_method": method}
-
-
-# --------------------------------------------------------------------------- API
-
-
 def bench(
     models: Sequence[str | os.PathLike | onnx.ModelProto],
     *,
@@ -369,8 +284,6 @@ def bench(
 def _bench_one(path: Path, shown: str, model: onnx.ModelProto, label: str, feeds: Feeds,
                isolate: bool, progress: Progress | None, timing: dict[str, Any]) -> BenchResult:
     """Time one (model, batch) in a subprocess or in this process."""
-    from onnxopt.bench_worker import measure_isolated
-
     first = feeds.runs[0]
     lead = next(iter(first.values())) if first else None
     bsz = lead.shape[0] if lead is not None and lead.ndim else 1
@@ -413,3 +326,38 @@ def _labels(paths: list[Path]) -> list[str]:
     if len(set(stems)) == len(stems):
         return stems
     return [str(p) for p in paths]
+
+
+def measure_isolated(path: str, runs_feeds: list[dict[str, np.ndarray]], progress: Progress | None,
+                      **kw: Any) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
+        feeds_path = Path(tmp) / "feeds.npz"
+        np.savez(feeds_path, **{f"{i}/{k}": v for i, r in enumerate(runs_feeds)
+                                for k, v in r.items()})
+        job = Path(tmp) / "job.json"
+        job.write_text(json.dumps({"path": path, "feeds": str(feeds_path),
+                                   "nruns": len(runs_feeds), **kw}))
+        code = "from onnxopt.bench_worker import child; child()"
+        proc = subprocess.Popen([sys.executable, "-c", code, str(job)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        result: dict[str, Any] | None = None
+        error: dict[str, str] | None = None
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            kind, _, rest = line.strip().partition(" ")
+            if kind == "progress" and progress is not None:
+                done, total = (float(v) for v in rest.split())
+                progress("run", done, total)
+            elif kind == "result":
+                result = json.loads(rest)
+            elif kind == "error":
+                error = json.loads(rest)
+        stderr = proc.stderr.read() if proc.stderr else ""
+        proc.wait()
+    if error is not None:
+        cls = ModelError if error["type"] == "ModelError" else OptionError
+        raise cls(error["message"])
+    if result is None:
+        last = (stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise ModelError(f"{path}: benchmark subprocess failed ({last[:200]})")
+    return result

@@ -311,7 +311,7 @@ def _check_export(model: Any, s: Spec, exporter: str, path: Path,
     import onnx
     import torch
 
-    from onnxopt.bench import session
+    from onnxopt.timing import session
 
     onnx.checker.check_model(str(path))
     sess = session(path, threads=2)
