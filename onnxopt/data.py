@@ -4,7 +4,7 @@ Sources: an ``.npz`` (keys = input names), a folder of ``.npy`` files named afte
 dict of arrays, an iterable of dicts, or synthesized from the model's input specs. Every source is
 checked against the model (names, dtypes, ranks, static dims) with a one-line :class:`DataError`.
 
-Layouts, told apart by rank (see DESIGN.md):
+Layouts, told apart by rank (see docs/ARCHITECTURE.md, "Data"):
 - rank == input rank + 1: a stack; ``arr[i]`` is one run's whole value;
 - rank == input rank: split along axis 0 into runs of the model's batch size (1 if dynamic,
   unless ``batch`` says otherwise).
