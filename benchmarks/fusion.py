@@ -51,8 +51,8 @@ def _is_bert(name: str) -> bool:
 
 def _onnxopt(target: str) -> Callable[[onnx.ModelProto, dict], onnx.ModelProto]:
     def run(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
-        from onnxopt.data import get_feeds
         from onnxopt.passes.registry import manager
+        from onnxopt.synth import get_feeds
 
         feeds = get_feeds(model, data=inputs)
         out, report = manager(["cleanup", "fusion"], target=target).run(model, feeds)

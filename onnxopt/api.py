@@ -8,9 +8,10 @@ from typing import Any
 
 import onnx
 
-from onnxopt.data import Feeds, get_feeds
+from onnxopt.data import Feeds
 from onnxopt.model import load_model
 from onnxopt.report import PipelineReport
+from onnxopt.synth import get_feeds
 from onnxopt.verify import Budget
 
 

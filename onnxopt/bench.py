@@ -37,8 +37,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt.data import Feeds, get_feeds, input_specs, load_feeds
+from onnxopt.data import Feeds, input_specs, load_feeds
 from onnxopt.errors import DataError, ModelError, OptionError
+from onnxopt.synth import get_feeds
 from onnxopt.timing import Progress, measure
 
 logger = logging.getLogger(__name__)

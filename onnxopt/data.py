@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt.defaults import SYNTH_RUNS
 from onnxopt.errors import DataError
 
 LABELS_KEY = "labels"
@@ -158,80 +157,6 @@ def parse_int_range(text: str | None) -> tuple[int, int] | None:
     if hi <= lo:
         raise DataError(f"--int-range {text!r}: HIGH must be greater than LOW")
     return lo, hi
-
-
-def synthesize(
-    model: onnx.ModelProto,
-    *,
-    shapes: Mapping[str, list[int]] | None = None,
-    int_range: tuple[int, int] | None = None,
-    runs: int = SYNTH_RUNS,
-    seed: int = 0,
-) -> Feeds:
-    """Random inputs from the model's input specs.
-
-    Floats are standard normal; booleans are random; integer inputs need ``int_range`` (token
-    ids, indices) because any guess may be out of range for the model.
-
-    Raises:
-        DataError: a dynamic dim without ``--shape``, or an integer input without ``--int-range``.
-    """
-    shapes = dict(shapes or {})
-    rng = np.random.default_rng(seed)
-    specs = input_specs(model)
-    unknown = set(shapes) - {s.name for s in specs}
-    if unknown:
-        raise DataError(
-            f"--shape names unknown input(s) {sorted(unknown)}; inputs: {[s.name for s in specs]}"
-        )
-    concrete = {s.name: _concrete_dims(s, shapes.get(s.name)) for s in specs}
-    for s in specs:
-        if s.dtype.kind in "iu" and int_range is None:
-            raise DataError(
-                f"input {s.describe()} is an integer tensor (token ids or indices?): "
-                "give --int-range LOW,HIGH or --data"
-            )
-    out = [{s.name: _random_input(s, concrete[s.name], rng, int_range) for s in specs}
-           for _ in range(runs)]
-    return Feeds(out, synthesized=True, source=f"synthesized ({runs} runs, seed {seed})")
-
-
-def _concrete_dims(s: InputSpec, given: list[int] | None) -> list[int]:
-    """The dims to synthesize for ``s``: ``given`` (checked against the static dims), else
-    the static dims with a dynamic batch of 1; other dynamic dims need ``--shape``."""
-    if given is not None:
-        if len(given) != s.rank:
-            raise DataError(f"--shape {s.name}: rank {len(given)} but the model says "
-                            f"{s.describe()}")
-        for i, (d, want) in enumerate(zip(given, s.shape)):
-            if isinstance(want, int) and d != want:
-                raise DataError(f"--shape {s.name}: dim {i} is {d} but the model fixes it to "
-                                f"{want}")
-        return list(given)
-    dims = []
-    for i, d in enumerate(s.shape):
-        if isinstance(d, int):
-            dims.append(d)
-        elif i == 0:
-            dims.append(1)  # dynamic batch: one sample per run
-        else:
-            example = "x".join(str(x) if isinstance(x, int) else "N" for x in s.shape)
-            raise DataError(f"input {s.describe()} has dynamic dim {i} ('{d or '?'}'): "
-                            f"give --shape {s.name}={example} or --data")
-    return dims
-
-
-def _random_input(s: InputSpec, dims: list[int], rng: np.random.Generator,
-                  int_range: tuple[int, int] | None) -> np.ndarray:
-    """Standard-normal floats, random booleans, integers uniform in ``int_range``."""
-    if s.dtype.kind == "f":
-        return np.asarray(rng.standard_normal(dims), dtype=s.dtype)
-    if s.dtype.kind == "b":
-        return np.asarray(rng.random(dims) < 0.5)
-    if s.dtype.kind in "iu" and int_range is not None:
-        lo, hi = int_range
-        return np.asarray(rng.integers(lo, hi, size=dims), dtype=s.dtype)
-    raise DataError(f"input {s.describe()}: cannot synthesize dtype {s.dtype}; give --data")
 
 
 def load_feeds(
@@ -396,21 +321,3 @@ def check_feeds(feeds: Feeds, model: onnx.ModelProto) -> None:
                     )
             if arr.dtype.kind == "f" and not np.isfinite(arr).all():
                 raise DataError(f"{where}: '{name}' run {i} contains NaN or Inf")
-
-
-def get_feeds(
-    model: onnx.ModelProto,
-    data: Any = None,
-    *,
-    shapes: Mapping[str, list[int]] | None = None,
-    int_range: tuple[int, int] | None = None,
-    batch: int | None = None,
-    runs: int = SYNTH_RUNS,
-    limit: int | None = None,
-) -> Feeds:
-    """Real feeds when ``data`` is given, else synthesized ones (with a note saying so)."""
-    if data is not None:
-        return load_feeds(data, model, batch=batch, limit=limit)
-    feeds = synthesize(model, shapes=shapes, int_range=int_range, runs=runs)
-    feeds.notes.append("no --data: inputs were synthesized from the input specs")
-    return feeds

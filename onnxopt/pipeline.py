@@ -30,12 +30,13 @@ import onnx
 
 from onnxopt.bisection import Trial, bisect_sites
 from onnxopt.contract import Pass, PassContext, PassResult, Working
-from onnxopt.data import Feeds, get_feeds
+from onnxopt.data import Feeds
 from onnxopt.defaults import MAX_BISECT_TRIALS
 from onnxopt.errors import OnnxoptError, OptionError, PipelineError, first_line
 from onnxopt.model import load_model, structural_check
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
 from onnxopt.summary import ModelSummary
+from onnxopt.synth import get_feeds
 from onnxopt.verify import Budget, Comparison, Exact, Runner, Runs, accuracy, compare
 
 logger = logging.getLogger(__name__)

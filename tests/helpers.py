@@ -17,7 +17,7 @@ import onnx.parser
 import onnxruntime as ort
 
 from onnxopt.contract import Pass, PassContext, PassResult
-from onnxopt.data import synthesize
+from onnxopt.synth import synthesize
 
 RTOL, ATOL = 1e-4, 1e-5
 

@@ -12,9 +12,10 @@ import onnx
 import typer
 from rich.console import Console
 
-from onnxopt.data import Feeds, get_feeds, parse_int_range, parse_shape_overrides
+from onnxopt.data import Feeds, parse_int_range, parse_shape_overrides
 from onnxopt.defaults import SYNTH_RUNS
 from onnxopt.model import load_model, save_model
+from onnxopt.synth import get_feeds
 from onnxopt.verify import Budget
 
 

@@ -14,11 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnx
 
-from onnxopt.data import get_feeds
 from onnxopt.errors import ModelError, first_line
 from onnxopt.passes.ensemble.cascade import ancestors, reads
 from onnxopt.passes.ensemble.fit import accuracy
 from onnxopt.passes.ensemble.modes import np_confidence
+from onnxopt.synth import get_feeds
 from onnxopt.verify import Exact
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -11,8 +11,8 @@ from pathlib import Path
 import onnx
 import pytest
 
-from onnxopt.data import synthesize
 from onnxopt.passes.registry import manager
+from onnxopt.synth import synthesize
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 SLOW = {"vgg19", "densenet121", "inception_v2", "resnet50"}  # 2-5 s each; the others ~1 s

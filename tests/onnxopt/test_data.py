@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from onnx import parser
 
-from onnxopt.data import get_feeds, load_feeds, parse_shape_overrides, synthesize
+from onnxopt.data import load_feeds, parse_shape_overrides
 from onnxopt.errors import DataError
+from onnxopt.synth import get_feeds, synthesize
 
 MODEL = parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
 g (float[N,3] x, int64[N,5] ids) => (float[N,3] y) { y = Relu(x) }""")
@@ -61,18 +62,20 @@ def test_not_an_npz(tmp_path):
         load_feeds(p, MODEL)
 
 
-def test_synthesize_needs_int_range_then_works():
-    with pytest.raises(DataError, match="--int-range"):
-        synthesize(MODEL)
+def test_synthesize_reads_int_ranges_and_int_range_overrides():
+    f = synthesize(MODEL, runs=2)  # 'ids' indexes nothing: 0 or 1
+    assert f.synthesized and f.runs[0]["ids"].max() < 2 and f.runs[0]["x"].shape == (1, 3)
+    assert f.runs[1]["x"].shape == (2, 3)  # the second size set: batch 2
     f = synthesize(MODEL, int_range=(0, 7), runs=2)
-    assert f.synthesized and f.runs[0]["ids"].max() < 7 and f.runs[0]["x"].shape == (1, 3)
+    assert f.runs[0]["ids"].max() < 7
 
 
-def test_dynamic_inner_dim_needs_shape():
+def test_dynamic_inner_dim_gets_two_sizes_and_shape_overrides():
     m = parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
     g (float[1,S] x) => (float[1,S] y) { y = Relu(x) }""")
-    with pytest.raises(DataError, match="--shape x="):
-        get_feeds(m)
+    f = get_feeds(m)
+    assert [r["x"].shape for r in f.runs] == [(1, 32), (1, 48), (1, 32), (1, 48)]
+    assert any("[1x32]" in n and "[1x48]" in n for n in f.notes)
     f = get_feeds(m, shapes=parse_shape_overrides(["x=1x7"]))
     assert f.runs[0]["x"].shape == (1, 7)
     with pytest.raises(DataError):

@@ -8,10 +8,10 @@ import pytest
 from onnx import parser
 
 from onnxopt.contract import Pass, PassContext, PassResult
-from onnxopt.data import synthesize
 from onnxopt.errors import OptionError, PipelineError
 from onnxopt.passes.registry import ORDER, manager
 from onnxopt.pipeline import PassManager, validate_order
+from onnxopt.synth import synthesize
 from onnxopt.verify import Budget
 
 CHAIN = """<ir_version: 8, opset_import: ["": 17]>

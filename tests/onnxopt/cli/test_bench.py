@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 import typer
 from onnx import helper
@@ -37,6 +38,12 @@ def _mlp(batch: int | str = "N") -> onnx.ModelProto:
     m.ir_version = 8
     onnx.checker.check_model(m)
     return m
+
+
+def _reshape_model() -> onnx.ModelProto:
+    """x float[6] reshaped to the shape given in s int64[2]: no guessed values fit."""
+    return onnx.parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
+    g (float[6] x, int64[2] s) => (float[a,b] y) { y = Reshape(x, s) }""")
 
 
 def _int_model() -> onnx.ModelProto:
@@ -87,7 +94,7 @@ def test_cli_json_and_csv(app, tiny, tmp_path):
 
 def test_cli_errors_are_onnxopt_errors(app, tmp_path):
     ip = tmp_path / "ids.onnx"
-    onnx.save_model(_int_model(), str(ip))
+    onnx.save_model(_reshape_model(), str(ip))
     r = CliRunner().invoke(app, ["bench", str(ip), "--in-process"])
     assert isinstance(r.exception, DataError)
     assert "--int-range" in str(r.exception)
@@ -99,7 +106,7 @@ def test_python_m_onnxopt_bench(tiny, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)[0]["runs"] == 5
     ip = tmp_path / "ids.onnx"
-    onnx.save_model(_int_model(), str(ip))
+    onnx.save_model(_reshape_model(), str(ip))
     bad = subprocess.run([sys.executable, "-m", "onnxopt", "bench", str(ip)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2

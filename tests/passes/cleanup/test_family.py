@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from onnxopt.data import synthesize
 from onnxopt.passes import registry
 from onnxopt.passes.cleanup import PASSES
 from onnxopt.passes.registry import manager
+from onnxopt.synth import synthesize
 from tests.helpers import assert_identical, ops, parse
 
 MESSY = """<ir_version: 8, opset_import: ["": 17]>

@@ -10,8 +10,8 @@ import numpy as np
 import onnx
 import pytest
 
-from onnxopt.data import get_feeds
 from onnxopt.passes.registry import manager
+from onnxopt.synth import get_feeds
 from tests.helpers import run
 
 torch = pytest.importorskip("torch")
