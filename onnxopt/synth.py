@@ -296,11 +296,17 @@ def _random_input(s: InputSpec, dims: list[int], rng: np.random.Generator,
 
 
 def _runs_ok(model: onnx.ModelProto, run: dict[str, np.ndarray]) -> str:
-    """"" when the model runs on ``run``, else the first line of onnxruntime's error."""
+    """"" when the model runs on ``run`` (or cannot be judged: a model onnxruntime cannot load
+    fails later with its own error), else the first line of onnxruntime's error."""
     from onnxopt.verify import Runner
 
+    runner = Runner(quiet=True)
     try:
-        Runner(quiet=True).run(model, Feeds([run]))
+        session = runner.session(model)
+    except Exception:  # noqa: BLE001 - not about the inputs
+        return ""
+    try:
+        runner.run_session(session, Feeds([run]))
     except OnnxoptError as e:
         return str(e)
     except Exception as e:  # noqa: BLE001 - any failure means these inputs do not run

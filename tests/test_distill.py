@@ -11,7 +11,8 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
 from onnxopt.contract import PassContext  # noqa: E402
-from onnxopt.data import Feeds, synthesize  # noqa: E402
+from onnxopt.data import Feeds  # noqa: E402
+from onnxopt.synth import synthesize  # noqa: E402
 from onnxopt.errors import OnnxoptError, OptionError  # noqa: E402
 from onnxopt.onnx2torch.convert import UnsupportedOpsError  # noqa: E402
 from onnxopt.passes.distill import PASSES  # noqa: E402
