@@ -3,6 +3,7 @@ option)."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from onnxopt.errors import OptionError
@@ -50,3 +51,13 @@ def test_merge_takes_a_config_or_keywords_not_both():
     assert rep.mode == "max" and rep.verified
     with pytest.raises(TypeError, match="either as a MergeConfig or as keywords"):
         merge([linear(0), linear(1)], config=cfg, on="probs")
+
+
+def test_replace_validates_and_keeps_data_objects():
+    from onnxopt.data import Feeds
+
+    feeds = Feeds([{"x": np.ones((1, 4), np.float32)}], labels=[np.array([0])])
+    cfg = MergeConfig(mode="stack", data=feeds).replace(meta="ridge")
+    assert cfg.meta == "ridge" and cfg.data is feeds
+    with pytest.raises(OptionError, match="--meta 'lasso'"):
+        cfg.replace(meta="lasso")
