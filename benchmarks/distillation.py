@@ -158,7 +158,8 @@ class Bench:
         moves either result by up to a point on 450 test images, so the rows give the mean."""
         import torch
 
-        from onnxopt.passes.distill.trainer import DistillConfig, distill
+        from onnxopt.passes.distill.config import DistillConfig
+        from onnxopt.passes.distill.trainer import distill
 
         accs: dict[str, list[float]] = {"labels": [], "distill": []}
         secs: dict[str, float] = {"labels": 0.0, "distill": 0.0}

@@ -62,19 +62,24 @@ def prune(model: Any, data: Any = None, budget: Budget | None = None, **options:
 def distill(student: Any, teacher: Any, data: Any, *, labels: Any = None, **options: Any) -> Any:
     """Train ``student``'s initializers to reproduce ``teacher`` on unlabeled ``data``.
 
-    ``options`` are :class:`onnxopt.distill.DistillConfig` fields (epochs, lr, temperature, ...).
-    Returns a :class:`onnxopt.distill.DistillResult` (``.model`` is the trained student).
+    ``options`` are :class:`onnxopt.passes.distill.config.DistillConfig` fields (epochs, lr,
+    temperature, ...). Returns a :class:`onnxopt.passes.distill.result.DistillResult`
+    (``.model`` is the trained student).
     """
-    from onnxopt.passes.distill import trainer as _distill
+    from onnxopt.passes.distill.config import DistillConfig
+    from onnxopt.passes.distill.trainer import distill as _distill
 
     s = load_model(student)
     feeds = data if isinstance(data, Feeds) else get_feeds(s, data)
-    config = _distill.DistillConfig.from_options(options)
-    return _distill.distill(s, teacher, feeds, config, labels=labels)
+    return _distill(s, teacher, feeds, DistillConfig.from_options(options), labels=labels)
 
 
 def merge(models: Sequence[Any], mode: str = "average", **options: Any) -> tuple[onnx.ModelProto, Any]:
-    """Merge several models into one graph (parallel, serial, stacking or cascade)."""
+    """Merge several models into one graph (parallel, serial, stacking or cascade).
+
+    ``options`` are :class:`onnxopt.passes.ensemble.config.MergeConfig` fields (``on``,
+    ``weights``, ``data``, ``io_map``, ``threshold``, ...). Returns (model, MergeReport).
+    """
     from onnxopt.passes.ensemble.merge import merge as _merge
 
     return _merge(list(models), mode=mode, **options)

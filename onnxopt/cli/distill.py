@@ -79,12 +79,11 @@ def distill_cmd(
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Keep teacher outputs here (memory-mapped) for reuse.")] = None,  # noqa: E501
 ) -> None:
     """Distill TEACHER into STUDENT on unlabeled data; only the student's weights change."""
-    from rich.table import Table
-
     from onnxopt.cli.common import console, write_model
     from onnxopt.data import load_feeds
     from onnxopt.model import load_model
-    from onnxopt.passes.distill.trainer import DistillConfig, distill, parse_feature
+    from onnxopt.passes.distill.config import DistillConfig
+    from onnxopt.passes.distill.trainer import distill
 
     s_model, t_model = load_model(student), load_model(teacher)
     feeds = load_feeds(data, s_model, batch=batch)
@@ -95,19 +94,27 @@ def distill_cmd(
         lab = feeds.stacked_labels()
     if alpha > 0 and lab is None:
         raise OptionError("--alpha > 0 needs --labels (or a 'labels' key in --data)")
-    cfg = DistillConfig(
-        epochs=epochs, lr=lr, temperature=temperature, alpha=alpha, loss=loss,
-        batch_size=batch_size, val_fraction=val_fraction, patience=patience, seed=seed,
-        bn_mode=bn, features=[parse_feature(f) for f in feature or []],
-        cache_dir=str(cache_dir) if cache_dir is not None else None,
-    )
-    cfg.validate()
+    cfg = DistillConfig.from_options({
+        "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "loss": loss,
+        "batch_size": batch_size, "val_fraction": val_fraction, "patience": patience,
+        "seed": seed, "bn_mode": bn, "features": feature or [],
+        "cache_dir": str(cache_dir) if cache_dir is not None else None,
+    })
     bar, update = _progress_bar(console)
     with bar:
         res = distill(s_model, t_model, feeds, cfg, labels=lab, progress=update)
     write_model(res.model, output, source=student)
+    _render(res, f"distill {student.name} <- {teacher.name}")
+    console.print(f"wrote {output}")
 
-    table = Table(title=f"distill {student.name} <- {teacher.name}", title_justify="left")
+
+def _render(res: Any, title: str) -> None:
+    """Print a DistillResult: held-out loss, agreement and accuracy before and after."""
+    from rich.table import Table
+
+    from onnxopt.cli.common import console
+
+    table = Table(title=title, title_justify="left")
     table.add_column("held-out")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
@@ -126,7 +133,6 @@ def distill_cmd(
     )
     for note in res.notes:
         console.print(f"note: {note}")
-    console.print(f"wrote {output}")
 
 
 def register(app: typer.Typer) -> None:

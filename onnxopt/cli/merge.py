@@ -67,19 +67,21 @@ def merge_cmd(
     json_out: Path | None = typer.Option(None, "--json", help="write the report as JSON"),
 ) -> None:
     from onnxopt.data import parse_int_range, parse_shape_overrides
+    from onnxopt.passes.ensemble.config import MergeConfig
     from onnxopt.passes.ensemble.merge import merge
 
     for p in models:
         if p.resolve() == output.resolve():
             raise OptionError(f"{output}: refusing to overwrite a member; choose another -o")
-    model, report = merge(
-        [str(p) for p in models], mode,
-        on=on, weights=_floats(weights, "--weights"), fit_data=fit_weights, data=data,
-        io_map=io_map or None, input_map=input_map or None, meta=meta,
-        threshold=threshold, target_accuracy=target_accuracy, output=output_name,
-        batch=batch, shapes=parse_shape_overrides(shape), int_range=parse_int_range(int_range),
-        cse=not no_cse, keep_member_outputs=keep_member_outputs,
-    )
+    config = MergeConfig.from_options({
+        "mode": mode, "on": on, "weights": _floats(weights, "--weights"),
+        "fit_data": fit_weights, "data": data, "io_map": io_map or None,
+        "input_map": input_map or None, "meta": meta, "threshold": threshold,
+        "target_accuracy": target_accuracy, "output": output_name, "batch": batch,
+        "shapes": parse_shape_overrides(shape), "int_range": parse_int_range(int_range),
+        "cse": not no_cse, "keep_member_outputs": keep_member_outputs,
+    })
+    model, report = merge([str(p) for p in models], config=config)
     write_model(model, output, source=None)
     if json_out is not None:
         json_out.write_text(report.to_json())

@@ -4,11 +4,12 @@ Usable on its own::
 
     from onnxopt.onnx2torch import to_torch, write_back
     module = to_torch(model)            # nn.Module; initializers are parameters / buffers
-    trained = write_back(model, module) # a copy of the model with the trained values
+    trained = write_back(model, module.initializer_values())  # a copy with the new values
 
 torch is imported only when a converter function is called (``import onnxopt.onnx2torch`` does
-not import it). See :mod:`.convert` for the contract and :mod:`.ops_nn` / :mod:`.ops_tensor`
-for the op implementations.
+not import it). See :mod:`.convert` for the contract, :mod:`.module` for the interpreter
+module, :mod:`.graph` for its torch-free side and :mod:`.ops_nn` / :mod:`.ops_tensor` for the
+op implementations.
 """
 
 from __future__ import annotations

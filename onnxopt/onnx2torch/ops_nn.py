@@ -3,7 +3,7 @@ BatchNormalization, LayerNormalization and the activations.
 
 Each function has the signature ``fn(inputs, attrs, env) -> list[Tensor]`` where ``inputs`` holds
 a tensor or None per ONNX input slot, ``attrs`` is the node's attributes as Python values and
-``env`` is the :class:`onnxopt.onnx2torch.OpEnv` (opset, BatchNormalization mode).
+``env`` is the :class:`onnxopt.onnx2torch.graph.OpEnv` (opset, BatchNormalization mode).
 
 Semantics follow the ONNX spec (not torch's defaults):
 

@@ -5,9 +5,9 @@ earlier passes left it, the teacher is ``ctx.original`` and the data is ``ctx.fe
 when present, only feed the held-out accuracy unless ``alpha`` > 0). Only initializer values
 change; the pass manager judges the result by the user's budget like any lossy pass.
 
-Options (``ctx.options``): every field of :class:`onnxopt.distill.DistillConfig`, e.g.
-``epochs``, ``lr``, ``temperature``, ``alpha``, ``loss``, ``batch_size``, ``features``,
-``bn_mode``, ``patience``, ``seed``; plus ``allow_synthetic`` (default False).
+Configuration: :class:`~onnxopt.passes.distill.config.DistillConfig` (``epochs``, ``lr``,
+``temperature``, ``alpha``, ``loss``, ``batch_size``, ``features``, ``bn_mode``, ``patience``,
+``seed``, ...; ``allow_synthetic``, default False, is read by the pass only).
 
 Declines (unchanged, with a note): no teacher, synthesized feeds (distilling on random inputs
 teaches nothing about the real input distribution), or a student identical to the teacher.
@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any
 
 import onnx
 
 from onnxopt.contract import Pass, PassContext, PassError, PassResult
 from onnxopt.errors import OnnxoptError
+from onnxopt.passes.distill.config import DistillConfig
+from onnxopt.passes.distill.result import DistillProgress, DistillResult
+from onnxopt.passes.distill.trainer import distill
 
 logger = logging.getLogger(__name__)
 
@@ -46,29 +48,13 @@ class Distill(Pass):
     needs_model = True
     needs_data = True
 
-    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        from onnxopt.passes.distill.trainer import DistillConfig, DistillProgress, distill
+    config_class = DistillConfig
+    config: DistillConfig
 
-        options: dict[str, Any] = dict(ctx.options)
-        allow_synthetic = bool(options.pop("allow_synthetic", False))
-        if ctx.original is None:
-            return PassResult.unchanged("distill: no teacher (the pipeline gave no original model)")
-        if ctx.feeds is None or len(ctx.feeds) == 0:
-            return PassResult.unchanged("distill: no data; pass --data with unlabeled inputs")
-        if ctx.feeds.synthesized and not allow_synthetic:
-            return PassResult.unchanged(
-                "distill: skipped on synthesized inputs (they do not follow the real input "
-                "distribution); pass --data"
-            )
-        if _weights_digest(model) == _weights_digest(ctx.original):
-            return PassResult.unchanged(
-                "distill: the student is the original model; run it after prune or another "
-                "lossy pass"
-            )
-        try:
-            cfg = DistillConfig.from_options(options)
-        except OnnxoptError as e:
-            raise PassError(str(e)) from e
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        declined = self._declined(model, ctx)
+        if declined:
+            return PassResult.unchanged(declined)
 
         def report(p: DistillProgress) -> None:
             done = (p.epoch - 1) * p.steps + p.step
@@ -77,22 +63,40 @@ class Distill(Pass):
                                 p.epochs * p.steps)
 
         try:
-            res = distill(model, ctx.original, ctx.feeds, cfg, progress=report)
+            res = distill(model, ctx.original, ctx.feeds, self.config, progress=report)
         except OnnxoptError as e:
             raise PassError(f"distill: {e}") from e
-        b, a = res.before, res.after
-        notes = [
-            f"distill: held-out loss {b.val_loss:.4g} -> {a.val_loss:.4g} "
-            f"(best epoch {res.best_epoch} of {len(res.history)}, {res.seconds:.1f}s)"
-        ]
-        if a.val_agreement is not None and b.val_agreement is not None:
-            notes.append(f"distill: top-1 agreement with the teacher {b.val_agreement:.2%} -> "
-                         f"{a.val_agreement:.2%} on held-out data")
-        notes += [f"distill: {n}" for n in res.notes]
+        notes = _notes(res)
         if res.best_epoch == 0:
             return PassResult(changed=False, rewrites=0, notes=notes, details=res.to_dict())
         return PassResult(changed=True, rewrites=len(res.updated), notes=notes,
                           details=res.to_dict(), model=res.model)
+
+    def _declined(self, model: onnx.ModelProto, ctx: PassContext) -> str | None:
+        """Why the pass leaves ``model`` alone, or None."""
+        if ctx.original is None:
+            return "distill: no teacher (the pipeline gave no original model)"
+        if ctx.feeds is None or len(ctx.feeds) == 0:
+            return "distill: no data; pass --data with unlabeled inputs"
+        if ctx.feeds.synthesized and not self.config.allow_synthetic:
+            return ("distill: skipped on synthesized inputs (they do not follow the real input "
+                    "distribution); pass --data")
+        if _weights_digest(model) == _weights_digest(ctx.original):
+            return ("distill: the student is the original model; run it after prune or another "
+                    "lossy pass")
+        return None
+
+
+def _notes(res: DistillResult) -> list[str]:
+    b, a = res.before, res.after
+    notes = [
+        f"distill: held-out loss {b.val_loss:.4g} -> {a.val_loss:.4g} "
+        f"(best epoch {res.best_epoch} of {len(res.history)}, {res.seconds:.1f}s)"
+    ]
+    if a.val_agreement is not None and b.val_agreement is not None:
+        notes.append(f"distill: top-1 agreement with the teacher {b.val_agreement:.2%} -> "
+                     f"{a.val_agreement:.2%} on held-out data")
+    return notes + [f"distill: {n}" for n in res.notes]
 
 
 PASSES = [Distill]

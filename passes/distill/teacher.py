@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -108,51 +109,76 @@ def teacher_targets(
     Returns:
         name -> array with N rows (np.memmap when on disk).
     """
-    import onnxruntime as ort
-
-    model = with_outputs(
-        teacher, [n for n in names if n not in {o.name for o in teacher.graph.output}]
-    )
-    data = model.SerializeToString()  # once: for the cache key and the session
+    data = _with_targets(teacher, names).SerializeToString()  # once: cache key and session
     key = _key(data, names, inputs)
     folder = Path(cache_dir) if cache_dir is not None else None
     if folder is not None and all((folder / f"{key}.{i}.npy").exists() for i in range(len(names))):
         logger.info("teacher targets: cache hit %s", folder / key)
         return {n: np.load(folder / f"{key}.{i}.npy", mmap_mode="r") for i, n in enumerate(names)}
-
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    sess = ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
     n_samples = next(iter(inputs.values())).shape[0]
     fixed = static_batch(teacher)
     step = fixed or batch
     if fixed and n_samples % fixed:
         raise DataError(f"{n_samples} samples do not split into the teacher's batch of {step}")
-    chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}
-    stores: dict[str, np.ndarray] = {}
+    store = _TargetStore(names, n_samples, folder, key, memory_limit)
+    sess = _session(data, threads)
     for start in range(0, n_samples, step):
         feed = {k: np.ascontiguousarray(v[start : start + step]) for k, v in inputs.items()}
-        values = sess.run(list(names), feed)
-        if stores:  # streaming to disk
-            for n, v in zip(names, values, strict=True):
-                stores[n][start : start + step] = v
-            continue
-        for n, v in zip(names, values, strict=True):
-            chunks[n].append(v)
-        done = start + step
-        expected = sum(a.nbytes for c in chunks.values() for a in c) * n_samples / done
-        if folder is not None or expected > memory_limit:
-            folder = folder or Path(tempfile.gettempdir()) / "onnxopt-distill-cache"
-            folder.mkdir(parents=True, exist_ok=True)
-            stores = _open_stores(folder, key, names, values, n_samples)
-            for n in names:
-                stores[n][:done] = np.concatenate(chunks[n], axis=0)
-                chunks[n] = []
-    if not stores:
-        return {n: np.concatenate(c, axis=0) for n, c in chunks.items()}
-    return _finish_stores(folder, key, names, stores)
+        store.add(start, start + step, sess.run(list(names), feed))
+    return store.finish()
+
+
+def _with_targets(teacher: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProto:
+    """The teacher, also returning those of ``names`` that are not graph outputs."""
+    return with_outputs(
+        teacher, [n for n in names if n not in {o.name for o in teacher.graph.output}]
+    )
+
+
+def _session(data: bytes, threads: int) -> Any:
+    """A quiet onnxruntime CPU session (``threads`` intra-op threads, 0 = default)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+
+
+class _TargetStore:
+    """Collects the teacher's targets batch by batch: in memory, or memory-mapped ``.npy``
+    files in ``folder`` from the batch on which the expected total exceeds ``memory_limit``
+    (from the first batch when a cache folder is given)."""
+
+    def __init__(self, names: Sequence[str], n: int, folder: Path | None, key: str,
+                 memory_limit: int) -> None:
+        self.names, self.n, self.folder, self.key = list(names), n, folder, key
+        self.memory_limit = memory_limit
+        self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        self.stores: dict[str, np.ndarray] = {}
+
+    def add(self, start: int, stop: int, values: Sequence[np.ndarray]) -> None:
+        if self.stores:  # streaming to disk
+            for name, v in zip(self.names, values, strict=True):
+                self.stores[name][start:stop] = v
+            return
+        for name, v in zip(self.names, values, strict=True):
+            self.chunks[name].append(v)
+        expected = sum(a.nbytes for c in self.chunks.values() for a in c) * self.n / stop
+        if self.folder is not None or expected > self.memory_limit:
+            self.folder = self.folder or Path(tempfile.gettempdir()) / "onnxopt-distill-cache"
+            self.folder.mkdir(parents=True, exist_ok=True)
+            self.stores = _open_stores(self.folder, self.key, self.names, values, self.n)
+            for name in self.names:
+                self.stores[name][:stop] = np.concatenate(self.chunks[name], axis=0)
+                self.chunks[name] = []
+
+    def finish(self) -> dict[str, np.ndarray]:
+        """name -> array with N rows (np.memmap when on disk)."""
+        if not self.stores:
+            return {name: np.concatenate(c, axis=0) for name, c in self.chunks.items()}
+        return _finish_stores(self.folder, self.key, self.names, self.stores)
 
 
 def _tmp(folder: Path, key: str, i: int) -> Path:
@@ -194,20 +220,9 @@ class OnlineTeacher:
     """
 
     def __init__(self, teacher: onnx.ModelProto, names: Sequence[str], threads: int = 0) -> None:
-        import onnxruntime as ort
-
-        model = with_outputs(
-            teacher, [n for n in names if n not in {o.name for o in teacher.graph.output}]
-        )
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        if threads:
-            so.intra_op_num_threads = threads
         self.names = list(names)
         self.fixed = static_batch(teacher)
-        self.sess = ort.InferenceSession(
-            model.SerializeToString(), so, providers=["CPUExecutionProvider"]
-        )
+        self.sess = _session(_with_targets(teacher, names).SerializeToString(), threads)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """name -> the teacher's values for the samples of ``inputs`` (axis 0)."""

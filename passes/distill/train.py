@@ -27,14 +27,9 @@ import torch
 import torch.nn.functional as F
 
 from onnxopt.errors import OptionError
-from onnxopt.passes.distill.trainer import (
-    DistillConfig,
-    DistillProgress,
-    EpochStats,
-    default_loss,
-    kl_loss,
-    looks_like_probabilities,
-)
+from onnxopt.passes.distill.config import DistillConfig
+from onnxopt.passes.distill.losses import default_loss, kl_loss, looks_like_probabilities
+from onnxopt.passes.distill.result import DistillProgress, EpochStats
 
 logger = logging.getLogger(__name__)
 

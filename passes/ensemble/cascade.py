@@ -19,10 +19,15 @@ are read from the outer scope.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import onnx
 from onnx import helper
 
-from onnxopt.passes.ensemble.modes import Head
+from onnxopt.passes.ensemble.context import MergeContext
+from onnxopt.passes.ensemble.fit import choose_threshold
+from onnxopt.passes.ensemble.modes import Head, np_confidence
 
 
 def reads(n: onnx.NodeProto) -> list[str]:
@@ -88,3 +93,48 @@ def build_cascade(
     )
     main = [nodes[i] for i in sorted(keep)]
     return [*main, *head.nodes, if_node], len(body)
+
+
+def cascade_head(ctx: MergeContext, head: Head, flat: onnx.GraphProto, outs: list[str],
+                 vi: onnx.ValueInfoProto, fit_runs: list[np.ndarray] | None,
+                 y_fit: np.ndarray | None) -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
+    """Gate + If in place of ``flat``'s nodes (the head's nodes move into ``flat``); returns the
+    numpy reference of one run. Without a threshold, it is chosen on the fit split to reach
+    the target accuracy (:func:`~onnxopt.passes.ensemble.fit.choose_threshold`)."""
+    params, out = ctx.report.params, vi.name
+    nodes = list(flat.node)
+    probs = is_softmax_output(nodes, outs[0])
+    ctx.cheap_is_probs = probs
+    t = ctx.config.threshold
+    if t is None:
+        t = _fitted_threshold(ctx, fit_runs, y_fit, probs)
+    t = float(t)
+    params.update(threshold=t, gate="softmax top-1, min over the batch")
+    new_nodes, moved = build_cascade(nodes, head, outs[0], outs[1], out, vi.type, t)
+    params["expensive_nodes_in_branch"] = moved
+    del flat.node[:]
+    flat.node.extend(new_nodes)
+    head.nodes.clear()
+    if fit_runs is not None:
+        conf = np_confidence(np.asarray(fit_runs[0]), probs)
+        params["cheap_fraction_fit"] = float((conf >= np.float32(t)).mean())
+
+    def ref(ys: list[np.ndarray]) -> dict[str, np.ndarray]:
+        c = np_confidence(ys[0], probs).min()
+        return {out: ys[0] if c >= np.float32(t) else ys[1]}
+
+    return ref
+
+
+def _fitted_threshold(ctx: MergeContext, fit_runs: list[np.ndarray], y_fit: np.ndarray,
+                      probs: bool) -> float:
+    """The gate threshold that reaches ``target_accuracy`` on the fit split."""
+    target = float(ctx.config.target_accuracy)
+    target = target * 100.0 if target <= 1.0 else target
+    conf = np_confidence(fit_runs[0], probs)
+    t, note = choose_threshold(conf, np.argmax(fit_runs[0], -1) == y_fit,
+                               np.argmax(fit_runs[1], -1) == y_fit, target)
+    ctx.report.params["target_accuracy"] = target
+    if note:
+        ctx.report.notes.append(note)
+    return t

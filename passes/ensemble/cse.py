@@ -11,6 +11,26 @@ in one graph. With every member's names prefixed and shared inputs unprefixed:
 Inductively every node computing the same function of the same graph inputs is kept once.
 Declines: nodes with subgraph attributes (their local names differ per member), nodes with
 random outputs, and nodes that produce a graph output.
+
+Why not the cleanup family's ``dedup-initializers`` + ``cse`` passes (run through
+``Pass.apply``)? Tried on the merge's flat graph, they do not give the same result:
+
+- ``cse`` compares attributes as written; members from different exporters write defaults
+  differently (``Gemm`` with and without ``alpha=1.0, transA=0``), and merging those is what
+  this module is for (key above, ``tests/passes/ensemble/test_cse.py``): with the cleanup
+  passes two identical members exported that way keep both backbones (0 nodes merged, not 2);
+- the merge runs before the merged graph has outputs, and returns the alias map the heads read
+  member outputs through. A gs graph needs outputs (``to_model`` drops unreachable nodes) and
+  ``onnxopt.graph.merge_tensors`` refuses to merge two graph outputs, so each member output
+  would need a temporary Identity tap, removed afterwards, and the aliases recovered from the
+  taps' inputs;
+- the round trip through onnx-graphsurgeon renames unnamed nodes (``node_names_unique``) and
+  reorders the graph, and ``Dropout`` (deterministic in inference) is never merged there;
+- the report's ``initializer_bytes`` counts the proto bytes of the dropped initializers;
+  ``dedup-initializers`` reports the arrays' bytes.
+
+The initializer half alone would give the same counts, but it would still need the gs round
+trip for one of the two halves; the whole job stays here, on the GraphProto.
 """
 
 from __future__ import annotations

@@ -92,13 +92,6 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3,
     return w[:-1], w[-1]
 
 
-def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
-    """Top-1 accuracy in percent."""
-    s = np.asarray(scores)
-    pred = np.argmax(s.reshape(s.shape[0], -1), axis=-1)
-    return float((pred == np.asarray(y).reshape(-1)).mean() * 100.0)
-
-
 def cascade_accuracy(conf: np.ndarray, cheap_ok: np.ndarray, exp_ok: np.ndarray,
                      threshold: float) -> tuple[float, float]:
     """(accuracy %, fraction answered by the cheap member) with per-sample gating."""

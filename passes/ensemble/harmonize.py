@@ -207,6 +207,18 @@ def check_compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto, what: str) 
             raise OptionError(f"{what}: dim {i} differs, {describe(a)} vs {describe(b)}")
 
 
+def value_info_like(name: str, elem: int, like: onnx.ValueInfoProto, drop_last: bool = False
+                    ) -> onnx.ValueInfoProto:
+    """``like`` renamed to ``name`` with element type ``elem`` (and without its last dim)."""
+    vi = onnx.ValueInfoProto()
+    vi.CopyFrom(like)
+    vi.name = name
+    vi.type.tensor_type.elem_type = elem
+    if drop_last and vi.type.tensor_type.HasField("shape"):
+        del vi.type.tensor_type.shape.dim[-1]
+    return vi
+
+
 def _merge_vi(name: str, a: onnx.ValueInfoProto, b: onnx.ValueInfoProto) -> onnx.ValueInfoProto:
     out = onnx.ValueInfoProto()
     out.CopyFrom(a)

@@ -1,11 +1,13 @@
-"""Tiny hand-made members for the ensemble tests (onnx.helper graphs, seeded weights)."""
+"""Tiny hand-made members for the ensemble tests (onnx.helper graphs, seeded weights), and
+outputs by name."""
 
 from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
+
+from tests.helpers import session
 
 
 def linear(seed: int, *, opset: int = 17, inp: str = "x", out: str = "logits", din: int = 4,
@@ -65,15 +67,8 @@ def slow(seed: int, din: int = 4, classes: int = 3, width: int = 384,
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
 
 
-def session(model: onnx.ModelProto) -> ort.InferenceSession:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.intra_op_num_threads = 1
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
-
-
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Every output by name (``tests.helpers.run`` returns them as a list)."""
     s = session(model)
     names = [o.name for o in s.get_outputs()]
     return dict(zip(names, s.run(names, feeds), strict=True))

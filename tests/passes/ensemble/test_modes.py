@@ -8,7 +8,7 @@ from onnx import numpy_helper
 
 from onnxopt.errors import OptionError
 from onnxopt.passes.ensemble.merge import merge
-from tests.passes.ensemble_models import linear, run, softmax
+from tests.passes.ensemble.models import linear, run, softmax
 
 X = np.random.default_rng(3).standard_normal((16, 4)).astype(np.float32)
 MEMBERS = [linear(0), linear(1, opset=13), linear(2)]
@@ -113,29 +113,6 @@ def test_stack_without_labels_is_refused():
         merge(MEMBERS, "stack", data={"x": X})
 
 
-def test_serial_chains_members_with_io_map():
-    a = linear(0, out="feat", classes=5)
-    b = linear(1, inp="z", din=5)
-    merged, rep = merge([a, b], "serial", io_map=["m0.feat:m1.z"])
-    assert [v.name for v in merged.graph.input] == ["x"]
-    assert rep.outputs == ["logits"]
-    want = run(b, {"z": run(a, {"x": X})["feat"]})["logits"]
-    np.testing.assert_allclose(run(merged, {"x": X})["logits"], want, rtol=1e-6)
-    assert rep.verified
-
-
-def test_serial_shape_mismatch_is_refused():
-    a = linear(0, out="feat", classes=5)
-    b = linear(1, inp="z", din=4)
-    with pytest.raises(OptionError, match="--io-map m0.feat:m1.z: dim 1 differs"):
-        merge([a, b], "serial", io_map=["m0.feat:m1.z"])
-
-
-def test_serial_unknown_output_is_refused():
-    with pytest.raises(OptionError, match="has no output 'nope'"):
-        merge([linear(0), linear(1)], "serial", io_map=["m0.nope:m1.x"])
-
-
 def test_unknown_mode_is_refused():
     with pytest.raises(OptionError, match="unknown merge mode"):
         merge(MEMBERS, "median")
@@ -143,22 +120,3 @@ def test_unknown_mode_is_refused():
 
 def _ys_for(x):
     return [run(m, {"x": x})["logits"].astype(np.float64) for m in MEMBERS]
-
-
-def test_other_member_outputs_are_dropped_with_a_note():
-    from onnx import TensorProto, helper
-
-    a = linear(0)
-    a.graph.node.append(helper.make_node("Neg", ["h"], ["extra"], name="neg"))
-    a.graph.output.append(helper.make_tensor_value_info("extra", TensorProto.FLOAT, ["N", 3]))
-    merged, rep = merge([a, linear(1)], "average")
-    assert "Neg" not in [n.op_type for n in merged.graph.node]
-    assert rep.outputs == ["logits"]
-    assert any("has 2 outputs" in n for n in rep.notes)
-    assert any("dropped 1 node" in n for n in rep.notes)
-
-
-def test_member_labelled_like_the_head_does_not_collide():
-    merged, rep = merge([linear(0), linear(1)], "vote", labels=["ensemble", "other"])
-    names = [n.name for n in merged.graph.node]
-    assert len(names) == len(set(names)) and rep.verified

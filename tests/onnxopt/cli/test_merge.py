@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from onnxopt.cli.merge import register
 from onnxopt.errors import OptionError
-from tests.passes.ensemble_models import linear, run
+from tests.passes.ensemble.models import linear, run
 
 
 @pytest.fixture()
@@ -87,3 +87,16 @@ def test_cli_keep_member_outputs_and_input_map(tmp_path):
     assert set(got) == {"logits", "a/logits:out", "b/logits:out"}
     np.testing.assert_array_equal(got["logits"], np.maximum(got["a/logits:out"],
                                                             got["b/logits:out"]))
+
+
+@pytest.mark.parametrize("option,words", [(["--meta", "foo"], "--meta 'foo'"),
+                                          (["--mode", "cascade"], "--threshold")])
+def test_wrong_option_is_one_line_naming_it_exit_2(members, tmp_path, capsys, option, words):
+    from onnxopt.cli.app import main
+
+    out = tmp_path / "e.onnx"
+    code = main(["merge", *map(str, members), "-o", str(out), *option])
+    err = capsys.readouterr().err
+    assert code == 2 and words in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not out.exists()

@@ -15,7 +15,6 @@ from onnxopt.errors import OnnxoptError  # noqa: E402
 from onnxopt.onnx2torch.convert import (  # noqa: E402
     UnsupportedOpsError,
     check_parity,
-    sanitize,
     to_torch,
     write_back,
 )
@@ -259,13 +258,6 @@ def test_write_back_keeps_structure() -> None:
     ref = Runner().run(model, Feeds(_feeds(model, shapes)))[0]["y"]
     new = Runner().run(out, Feeds(_feeds(model, shapes)))[0]["y"]
     assert not np.allclose(ref, new)
-
-
-def test_sanitize_names_are_unique_and_safe() -> None:
-    taken: set[str] = set()
-    keys = [sanitize(n, taken) for n in ["layer1.0.weight", "layer1_0_weight", "0.bias", ""]]
-    assert len(set(keys)) == 4
-    assert all("." not in k and k and not k[0].isdigit() for k in keys)
 
 
 # ------------------------------------------------------------------ exported torch blocks

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 
 from onnxopt.cli.distill import register  # noqa: E402
 from onnxopt.errors import OptionError  # noqa: E402
-from tests.test_distill import data, mlp  # noqa: E402
+from tests.passes.distill.models import data, mlp  # noqa: E402
 
 
 @pytest.fixture()

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 from onnxopt.errors import OptionError
-from onnxopt.passes.ensemble.fit import cascade_accuracy, choose_threshold
 from onnxopt.passes.ensemble.merge import merge
-from tests.passes.ensemble_models import linear, run, session, slow, softmax
+from tests.helpers import session
+from tests.passes.ensemble.models import linear, run, slow, softmax
 
 CHEAP = linear(0, scale=20.0, bias=False)  # large logits: confident unless x is ~0
 EXPENSIVE = slow(1)
@@ -81,15 +81,3 @@ def test_cascade_needs_threshold_or_target():
 def test_cascade_takes_two_members():
     with pytest.raises(OptionError, match="two members"):
         merge([CHEAP, EXPENSIVE, linear(3)], "cascade", threshold=0.5)
-
-
-def test_choose_threshold_meets_target_with_most_cheap():
-    conf = np.array([0.99, 0.95, 0.6, 0.55, 0.4])
-    cheap_ok = np.array([1, 1, 0, 1, 0], bool)
-    exp_ok = np.array([1, 1, 1, 1, 1], bool)
-    t, note = choose_threshold(conf, cheap_ok, exp_ok, 100.0)
-    assert note is None and t == pytest.approx(0.95, abs=1e-6)  # 0.6 would let a miss through
-    acc, frac = cascade_accuracy(conf, cheap_ok, exp_ok, t)
-    assert acc == 100.0 and frac == pytest.approx(0.4)
-    t2, note2 = choose_threshold(conf, cheap_ok, np.zeros(5, bool), 100.0)
-    assert note2 is not None and "not reachable" in note2

@@ -1,13 +1,21 @@
-"""numpy fitting on arrays alone: ensemble weights, ridge and logistic meta-learners."""
+"""numpy fitting on arrays alone: ensemble weights, ridge and logistic meta-learners, the cascade
+threshold."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from onnxopt.passes.ensemble.fit import accuracy, fit_logistic, fit_ridge, fit_weights
+from onnxopt.passes.ensemble.fit import (
+    cascade_accuracy,
+    choose_threshold,
+    fit_logistic,
+    fit_ridge,
+    fit_weights,
+)
 from onnxopt.passes.ensemble.merge import merge
-from tests.passes.ensemble_models import linear, softmax
+from onnxopt.verify import accuracy
+from tests.passes.ensemble.models import linear, softmax
 
 
 def _noisy_members(n=300, classes=4, seed=0):
@@ -39,7 +47,7 @@ def test_logistic_separates_and_matches_sklearn_accuracy():
     y, good, bad = _noisy_members(seed=1)
     x = np.concatenate([good, bad], -1)
     w, b = fit_logistic(x, y, 4, l2=1e-3)
-    ours = accuracy(x @ w + b, y)
+    ours = accuracy([{"scores": x @ w + b}], [y])
     ref = LogisticRegression(C=1e3, max_iter=2000).fit(x, y).score(x, y) * 100
     assert ours >= ref - 2.0 and ours > 90
 
@@ -65,3 +73,15 @@ def test_weighted_fit_reports_held_out_accuracy():
     assert len(rep.params["weights"]) == 2 and sum(rep.params["weights"]) == pytest.approx(1)
     assert "40 held-out" in rep.accuracy_split
     assert set(rep.accuracy) == {"m0", "m1", "ensemble"}
+
+
+def test_choose_threshold_meets_target_with_most_cheap():
+    conf = np.array([0.99, 0.95, 0.6, 0.55, 0.4])
+    cheap_ok = np.array([1, 1, 0, 1, 0], bool)
+    exp_ok = np.array([1, 1, 1, 1, 1], bool)
+    t, note = choose_threshold(conf, cheap_ok, exp_ok, 100.0)
+    assert note is None and t == pytest.approx(0.95, abs=1e-6)  # 0.6 would let a miss through
+    acc, frac = cascade_accuracy(conf, cheap_ok, exp_ok, t)
+    assert acc == 100.0 and frac == pytest.approx(0.4)
+    t2, note2 = choose_threshold(conf, cheap_ok, np.zeros(5, bool), 100.0)
+    assert note2 is not None and "not reachable" in note2

@@ -10,7 +10,7 @@ import onnx
 import pytest
 
 from onnxopt.passes.ensemble.merge import merge
-from tests.passes.ensemble_models import run, softmax
+from tests.passes.ensemble.models import run, softmax
 
 pytestmark = pytest.mark.slow  # builds (and on a cold cache trains) three zoo models
 
