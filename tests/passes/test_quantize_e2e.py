@@ -118,10 +118,10 @@ def test_cli_dynamic_and_static_subprocess(tmp_path) -> None:
 
 
 def test_cli_smooth_option(tmp_path) -> None:
-    from onnxopt.cli.quantize import quantize_options
+    from onnxopt.cli.quantize import quantize_config
     from onnxopt.errors import OptionError
 
-    opts = quantize_options("percentile", 99.99, False, "uint8", None, smooth=0.5)
-    assert opts["smooth"] == 0.5
+    config = quantize_config("percentile", 99.99, False, "uint8", None, smooth=0.5)
+    assert config.smooth == 0.5
     with pytest.raises(OptionError, match="--smooth"):
-        quantize_options("percentile", 99.99, False, "uint8", None, smooth=1.5)
+        quantize_config("percentile", 99.99, False, "uint8", None, smooth=1.5)

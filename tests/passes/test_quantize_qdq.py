@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
 from onnxopt.passes.quantize import QuantizeDynamic, QuantizeInt8
+from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.qdq import activation_params
 
 RNG = np.random.default_rng(1)
@@ -75,7 +76,7 @@ def _dq_inputs(model: onnx.ModelProto, consumer: str, index: int) -> onnx.NodePr
 
 def test_conv_scales_zero_points_and_int32_bias(conv_model: onnx.ModelProto) -> None:
     feeds = _feeds()
-    res = QuantizeInt8(calibrator="minmax").run_model(conv_model, PassContext(feeds=feeds))
+    res = QuantizeInt8(QuantizeConfig(calibrator="minmax")).run_model(conv_model, PassContext(feeds=feeds))
     q = res.model
     onnx.checker.check_model(q, full_check=True)
     assert res.changed and res.rewrites == 2
@@ -167,7 +168,7 @@ def test_per_tensor_int8_sym_and_matmul() -> None:
     m = _model(text, W=RNG.standard_normal((16, 8)).astype(np.float32),
                V=RNG.standard_normal((8, 8)).astype(np.float32))
     feeds = Feeds([{"x": RNG.standard_normal((4, 16)).astype(np.float32)} for _ in range(16)])
-    res = QuantizeInt8(per_channel=False, activations="int8-sym", calibrator="minmax").run_model(
+    res = QuantizeInt8(QuantizeConfig(per_channel=False, activations="int8-sym", calibrator="minmax")).run_model(
         m, PassContext(feeds=feeds))
     init = _init(res.model)
     for n in res.model.graph.node:
@@ -187,7 +188,7 @@ def test_negative_constant_add_and_exclude_stay_float(conv_model: onnx.ModelProt
     m = _model(text, C=np.ones(4, np.float32))
     res = QuantizeInt8().run_model(m, PassContext(feeds=Feeds([{"x": np.ones((1, 4), np.float32)}])))
     assert not res.changed and any("constant operand" in n for n in res.notes)
-    res = QuantizeInt8(exclude=["Conv"]).run_model(conv_model, PassContext(feeds=_feeds()))
+    res = QuantizeInt8(QuantizeConfig(exclude=["Conv"])).run_model(conv_model, PassContext(feeds=_feeds()))
     assert not res.changed
 
 

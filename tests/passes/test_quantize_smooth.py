@@ -8,9 +8,11 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxopt.contract import PassContext, PassError
+from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
+from onnxopt.errors import OptionError
 from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.smooth import apply_smoothing, smoothing_scales
 
 RNG = np.random.default_rng(7)
@@ -139,12 +141,12 @@ def test_quantize_int8_smooth_helps_outlier_channel() -> None:
     ref = np.concatenate([r[0] for r in _run(m, runs)])
 
     def err(**opt: object) -> float:
-        q = QuantizeInt8(calibrator="minmax", fallback=False, **opt).run_model(
+        q = QuantizeInt8(QuantizeConfig(calibrator="minmax", fallback=False, **opt)).run_model(
             m, PassContext(feeds=feeds))
         out = np.concatenate([r[0] for r in _run(q.model, runs)])
         return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
     plain, smoothed = err(), err(smooth=0.5)
     assert smoothed < 0.5 * plain, (plain, smoothed)
-    with pytest.raises(PassError, match="smooth"):
-        QuantizeInt8(smooth=2.0).run_model(m, PassContext(feeds=feeds))
+    with pytest.raises(OptionError, match="smooth"):
+        QuantizeInt8(QuantizeConfig(smooth=2.0)).run_model(m, PassContext(feeds=feeds))

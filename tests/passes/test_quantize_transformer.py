@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
 from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.calibrate import write_probe
 
 RNG = np.random.default_rng(3)
@@ -63,7 +64,7 @@ def _run(model: onnx.ModelProto, feeds: Feeds, optimized: str | None = None) -> 
 
 def test_matmul_bias_becomes_qgemm_and_embedding_reads_int8(tmp_path) -> None:
     m, feeds = _model(), _feeds()
-    res = QuantizeInt8(fallback=False).run_model(m, PassContext(feeds=feeds))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
     q = res.model
     onnx.checker.check_model(q, full_check=True)
     init = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
@@ -97,7 +98,7 @@ def test_matmul_bias_becomes_qgemm_and_embedding_reads_int8(tmp_path) -> None:
 
 def test_negative_elementwise_all_quantizes_the_mul(tmp_path) -> None:
     m, feeds = _model(), _feeds()
-    q = QuantizeInt8(fallback=False, elementwise="all").run_model(
+    q = QuantizeInt8(QuantizeConfig(fallback=False, elementwise="all")).run_model(
         m, PassContext(feeds=feeds)).model
     muls = [n for n in q.graph.node if n.op_type == "Mul"]
     by_out = {o: n for n in q.graph.node for o in n.output}
@@ -121,7 +122,7 @@ def test_bert_small_linear_layers_become_qgemm(tmp_path) -> None:
     model = onnx.load(str(path))
     calib = Feeds([zoo.example_inputs("bert_small", 1, seed=100 + i) for i in range(16)])
     evals = Feeds([zoo.example_inputs("bert_small", 1, seed=900 + i) for i in range(4)])
-    res = QuantizeInt8(fallback=False).run_model(model, PassContext(feeds=calib))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(model, PassContext(feeds=calib))
     opt = tmp_path / "opt.onnx"
     out = _run(res.model, evals, optimized=str(opt))
     ops = [n.op_type for n in onnx.load(str(opt)).graph.node]
