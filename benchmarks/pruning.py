@@ -154,7 +154,7 @@ def onnxopt_prune(model: onnx.ModelProto, calib: Feeds, keep_flops: float, *,
         opts["target_flops"] = keep_flops
     if importance:
         opts["importance"] = importance
-    res = Prune().run_model(model, PassContext(feeds=calib, options=opts))
+    res = Prune.from_options(opts).run_model(model, PassContext(feeds=calib))
     return res.model if res.model is not None else model
 
 

@@ -183,10 +183,11 @@ def _node_macs(n: gs.Node) -> tuple[float, int]:
     return _prod(out) * a[-1], int(a[-1]) if cval(n.inputs[1]) is not None else 0
 
 
-def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float | None,
+def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float,
            target_flops: float | None, global_rank: bool, max_ratio: float,
            round_to: int) -> tuple[dict[int, np.ndarray], MacModel]:
-    """The kept units per group for the requested target."""
+    """The kept units per group for the requested target: ``target_flops`` (a fraction of the
+    MACs) when given, else ``ratio``."""
     macs = MacModel(analysis)
     kw = {"max_ratio": max_ratio, "round_to": round_to}
 
@@ -196,7 +197,7 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float | 
         return by_ratio(analysis, scores, x, **kw)
 
     if target_flops is None:
-        return plan(ratio if ratio is not None else 0.3), macs
+        return plan(ratio), macs
     goal = target_flops * macs.total
     lo, hi = 0.0, 1.0
     best = plan(hi)

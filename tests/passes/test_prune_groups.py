@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxopt.passes.prune.prune import analyze, prepare
+from onnxopt.passes.prune.groups import analyze
+from onnxopt.passes.prune.plan import prepare
 
 from . import prune_models as pm
 

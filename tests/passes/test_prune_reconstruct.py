@@ -28,7 +28,7 @@ def _feeds(shape, runs=4, synthesized=False):
 
 def _prune(model, feeds, **opts):
     o = {"importance": "l2", "ratio": 1 / 3 + 0.01, "alpha": 1e-9, "round_to": 1, **opts}
-    return Prune().run_model(model, PassContext(feeds=feeds, options=o))
+    return Prune.from_options(o).run_model(model, PassContext(feeds=feeds))
 
 
 def test_linear_toy_redundant_channels_recovered_exactly():

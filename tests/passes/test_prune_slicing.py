@@ -9,6 +9,7 @@ import pytest
 
 from onnxopt.contract import PassContext, PassError
 from onnxopt.data import Feeds
+from onnxopt.errors import OptionError
 from onnxopt.passes.prune.prune import Prune
 
 from . import prune_models as pm
@@ -26,7 +27,7 @@ def _prune(model: onnx.ModelProto, x: np.ndarray, **opts):
     than the hardware step ``round_to="auto"`` picks)."""
     feeds = Feeds([{"x": x}], synthesized=True, source="test")
     o = {"importance": "l2", "round_to": 1, **opts}
-    return Prune().run_model(model, PassContext(feeds=feeds, options=o))
+    return Prune.from_options(o).run_model(model, PassContext(feeds=feeds))
 
 
 def _weights(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
@@ -150,9 +151,9 @@ def test_nothing_prunable_leaves_model_unchanged():
 
 
 def test_bad_options_raise():
-    with pytest.raises(PassError, match="ratio"):
+    with pytest.raises(OptionError, match="ratio"):
         _prune(pm.residual_block(), np.ones([2, 4, 8, 8], np.float32), ratio=1.5)
-    with pytest.raises(PassError, match="importance"):
+    with pytest.raises(OptionError, match="importance"):
         _prune(pm.residual_block(), np.ones([2, 4, 8, 8], np.float32), importance="magic")
     with pytest.raises(PassError, match="needs real data"):
         _prune(pm.residual_block(), np.ones([2, 4, 8, 8], np.float32), importance="activation")
@@ -161,19 +162,20 @@ def test_bad_options_raise():
 def test_round_to_auto_is_the_default_and_uses_the_cpu_block():
     """By default kept widths are multiples of onnxruntime's channel block on this CPU (16 with
     AVX-512, 8 with AVX2), and the report says so."""
-    from onnxopt.contract import PassError
-    from onnxopt.passes.prune.prune import options
+    from onnxopt.passes.prune.config import PruneConfig
+    from onnxopt.passes.prune.plan import round_to
     from onnxopt.passes.prune.targets import auto_round_to
 
     step = auto_round_to()
     assert step in (8, 16)
-    assert options({})["round_to"] == step and options({"round_to": "3"})["round_to"] == 3
-    with pytest.raises(PassError, match="round_to must be 'auto' or an integer"):
-        options({"round_to": "x"})
+    assert round_to(PruneConfig()) == step
+    assert round_to(PruneConfig.from_options({"round_to": "3"})) == 3
+    with pytest.raises(OptionError, match="round_to must be 'auto' or an integer"):
+        PruneConfig.from_options({"round_to": "x"})
     model = pm.conv_chain(width=32)
     x = np.random.default_rng(0).standard_normal([1, 4, 4, 4]).astype(np.float32)
     feeds = Feeds([{"x": x}], synthesized=True, source="test")
-    res = Prune().run_model(model, PassContext(feeds=feeds, options={"ratio": 0.5}))
+    res = Prune.from_options({"ratio": 0.5}).run_model(model, PassContext(feeds=feeds))
     widths = [w[0] for k, w in _weights(res.model).items() if k != "c3"]
     assert widths == [16, 16] and all(w % step == 0 for w in widths)
     assert any(f"multiples of {step} (auto" in n for n in res.notes)

@@ -11,8 +11,8 @@ from onnx import numpy_helper
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
 from onnxopt.passes.quantize import QuantizeInt8
-from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.calibrate import write_probe
+from onnxopt.passes.quantize.config import QuantizeConfig
 
 RNG = np.random.default_rng(3)
 V, S, H, F = 50, 8, 16, 32
