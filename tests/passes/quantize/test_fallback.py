@@ -65,7 +65,8 @@ def test_sensitive_layer_alone_returns_to_float() -> None:
 
 def test_no_fallback_without_budget_misses() -> None:
     m, feeds = _model(), _feeds()
-    res = QuantizeInt8(QuantizeConfig(calibrator="minmax", fallback=False)).run_model(m, PassContext(feeds=feeds))
+    config = QuantizeConfig(calibrator="minmax", fallback=False)
+    res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds))
     comp = compare(Runner().run(m, feeds), Runner().run(res.model, feeds))
     assert comp.cosine < 0.999  # the negative case: fully quantized misses the budget
     assert res.details["float_nodes"] == []
