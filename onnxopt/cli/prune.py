@@ -24,7 +24,7 @@ def prune_config(ratio: float | None = None, target_flops: float | None = None,
                  max_ratio: float | None = None, no_reconstruct: bool = False) -> PruneConfig:
     """The prune configuration from CLI values (None: the config's default); a bad value is
     a one-line OptionError naming the flag."""
-    from onnxopt.cli.quantize import build_config
+    from onnxopt.cli.quantize import build_config  # shared by both commands (common.py's?)
     from onnxopt.passes.prune.config import PruneConfig
 
     if ratio is not None and target_flops is not None:
@@ -113,13 +113,13 @@ def print_latency(before: Path, after: Path, data: Path | None, shape: list[str]
 def prune_cmd(
     model: Annotated[Path, typer.Argument(help="Input .onnx model.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the pruned model.")] = None,  # noqa: E501
-    ratio: Annotated[float | None, typer.Option("--ratio", help="Fraction of each group's channels to remove (default: the pass's).")] = None,  # noqa: E501
+    ratio: Annotated[float | None, typer.Option("--ratio", help="Fraction of each group's channels to remove.")] = None,  # noqa: E501
     target_flops: Annotated[float | None, typer.Option("--target-flops", help="Keep this fraction of the original MACs (e.g. 0.5).")] = None,  # noqa: E501
     global_rank: Annotated[bool, typer.Option("--global", help="Rank channels across groups instead of per group.")] = False,  # noqa: E501
     importance: Annotated[str | None, typer.Option("--importance", help="l1, l2, bn-scale or activation (default: activation with --data, else l2).")] = None,  # noqa: E501
     round_to: Annotated[str | None, typer.Option("--round-to", help="Round kept widths up to a multiple of this (a group exactly this wide stays whole). auto (the default): onnxruntime's CPU channel block here (16 with AVX-512, 8 with AVX2); 1: no rounding.")] = None,  # noqa: E501
     keep: Annotated[list[str] | None, typer.Option("--keep", help="Node whose channels stay (repeatable or comma-separated).")] = None,  # noqa: E501
-    max_ratio: Annotated[float | None, typer.Option("--max-ratio", help="At most this fraction of any group removed (default: the pass's).")] = None,  # noqa: E501
+    max_ratio: Annotated[float | None, typer.Option("--max-ratio", help="At most this fraction of any group removed.")] = None,  # noqa: E501
     data: Annotated[Path | None, typer.Option("--data", help="Data .npz / folder of .npy: importance, reconstruction and verification.")] = None,  # noqa: E501
     calib_data: Annotated[Path | None, typer.Option("--calib-data", help="Learn from this data instead (e.g. a train split); verify on --data.")] = None,  # noqa: E501
     no_reconstruct: Annotated[bool, typer.Option("--no-reconstruct", help="Do not refit layers after slicing.")] = False,  # noqa: E501

@@ -56,10 +56,10 @@ def quantize_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the int8 model.")],
     data: Annotated[Path | None, typer.Option("--data", help="Calibration .npz / folder of .npy (keys = input names; 'labels' optional).")] = None,  # noqa: E501
     mode: Annotated[str, typer.Option("--mode", help="static (calibrated QDQ) or dynamic (int8 weights, no data needed).")] = "static",  # noqa: E501
-    calibrator: Annotated[str | None, typer.Option("--calibrator", help="minmax, percentile, entropy or mse (default: the pass's, percentile).")] = None,  # noqa: E501
-    percentile: Annotated[float | None, typer.Option("--percentile", help="Percentile in (50, 100] for --calibrator percentile (default: the pass's).")] = None,  # noqa: E501
+    calibrator: Annotated[str | None, typer.Option("--calibrator", help="minmax, percentile (the default), entropy or mse.")] = None,  # noqa: E501
+    percentile: Annotated[float | None, typer.Option("--percentile", help="Percentile in (50, 100] for --calibrator percentile.")] = None,  # noqa: E501
     per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")] = False,  # noqa: E501
-    activations: Annotated[str | None, typer.Option("--activations", help="uint8 (asymmetric, fastest on CPU; the default) or int8-sym (TensorRT).")] = None,  # noqa: E501
+    activations: Annotated[str | None, typer.Option("--activations", help="uint8 (the default: asymmetric, fastest on CPU) or int8-sym (TensorRT).")] = None,  # noqa: E501
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Node name or op type kept in float (repeatable, or comma-separated).")] = None,  # noqa: E501
     smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha in [0, 1]: move MatMul input outliers into the weights (transformers).")] = None,  # noqa: E501
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Do not return sensitive nodes to float to meet the budget.")] = False,  # noqa: E501
