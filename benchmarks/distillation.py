@@ -30,7 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from onnxopt.data import Feeds, load_feeds  # noqa: E402
+from onnxopt.data import Feeds, load_feeds
 from onnxopt.passes.registry import manager  # noqa: E402
 from onnxopt.summary import ModelSummary  # noqa: E402
 from onnxopt.verify import Budget, Runner, accuracy  # noqa: E402

@@ -39,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from onnxopt import zoo  # noqa: E402
-from onnxopt.data import Feeds  # noqa: E402
+from onnxopt.data import Feeds
 from onnxopt.summary import count_macs  # noqa: E402
 
 logger = logging.getLogger("benchmarks.pruning")
@@ -154,7 +154,7 @@ def onnxopt_prune(model: onnx.ModelProto, calib: Feeds, keep_flops: float, *,
         opts["target_flops"] = keep_flops
     if importance:
         opts["importance"] = importance
-    res = Prune().run_model(model, PassContext(feeds=calib, options=opts))
+    res = Prune.from_options(opts).run_model(model, PassContext(feeds=calib))
     return res.model if res.model is not None else model
 
 

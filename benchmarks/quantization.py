@@ -208,9 +208,10 @@ from onnxopt.data import Feeds
 from onnxopt.model import load_model
 from onnxopt.contract import PassContext
 from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.config import QuantizeConfig
 m = load_model(str(zoo.build("bert_base")))
 feeds = Feeds([zoo.example_inputs("bert_base", 1, seed=i) for i in range({n})])
-r = QuantizeInt8(fallback=False).run_model(m, PassContext(feeds=feeds))
+r = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
 print("changed", r.changed, r.rewrites)
 """
 

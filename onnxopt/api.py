@@ -49,13 +49,23 @@ def optimize(
 
 def quantize(model: Any, data: Any, budget: Budget | None = None, **options: Any
              ) -> tuple[onnx.ModelProto, PipelineReport]:
-    """Static int8 quantization (QDQ) calibrated on ``data``; options go to the pass."""
+    """Static int8 quantization (QDQ) calibrated on ``data``.
+
+    ``options`` are :class:`onnxopt.passes.quantize.config.QuantizeConfig` fields
+    (``calibrator="entropy"``, ``percentile=99.9``, ``exclude=["Conv_3"]``, ...); a bad one is
+    an :class:`~onnxopt.errors.OptionError` naming it.
+    """
     return optimize(model, ["quantize-int8"], data, budget, options={"quantize-int8": options})
 
 
 def prune(model: Any, data: Any = None, budget: Budget | None = None, **options: Any
           ) -> tuple[onnx.ModelProto, PipelineReport]:
-    """Structured channel pruning (``ratio=0.3`` or ``target_flops=0.5``, ...)."""
+    """Structured channel pruning.
+
+    ``options`` are :class:`onnxopt.passes.prune.config.PruneConfig` fields (``ratio=0.5``,
+    ``target_flops=0.5``, ``importance="l1"``, ...); a bad one is an
+    :class:`~onnxopt.errors.OptionError` naming it.
+    """
     return optimize(model, ["prune"], data, budget, options={"prune": options})
 
 

@@ -3,41 +3,44 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onnxopt.cli.common import budget_from, console, feeds_for
+from onnxopt.cli.common import budget_from, console, feeds_for, split_list
 from onnxopt.errors import OptionError
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxopt.passes.prune.config import PruneConfig
 
-def prune_options(ratio: float | None, target_flops: float | None, global_rank: bool,
-                  importance: str | None, round_to: int | str, keep: list[str] | None,
-                  max_ratio: float, no_reconstruct: bool) -> dict[str, Any]:
-    """Validate CLI values into the ``prune`` pass options (one-line OptionError)."""
-    from onnxopt.contract import PassError
-    from onnxopt.passes.prune.prune import options
+
+#: CLI flags of the prune options whose flag is not ``--`` + the name with dashes
+FLAGS = {"global_rank": "--global", "reconstruct": "--no-reconstruct"}
+
+
+def prune_config(ratio: float | None = None, target_flops: float | None = None,
+                 global_rank: bool = False, importance: str | None = None,
+                 round_to: int | str | None = None, keep: list[str] | None = None,
+                 max_ratio: float | None = None, no_reconstruct: bool = False) -> PruneConfig:
+    """The prune configuration from CLI values (None: the config's default); a bad value is
+    a one-line OptionError naming the flag."""
+    from onnxopt.cli.quantize import build_config  # shared by both commands (common.py's?)
+    from onnxopt.passes.prune.config import PruneConfig
 
     if ratio is not None and target_flops is not None:
         raise OptionError("give --ratio or --target-flops, not both")
-    raw = {
-        "ratio": ratio, "target_flops": target_flops, "global": global_rank,
-        "importance": importance, "round_to": round_to,
-        "keep": [x for item in (keep or []) for x in item.split(",") if x],
+    return build_config(PruneConfig, {
+        "ratio": ratio, "target_flops": target_flops, "global_rank": global_rank,
+        "importance": importance, "round_to": round_to, "keep": split_list(keep),
         "max_ratio": max_ratio, "reconstruct": False if no_reconstruct else None,
-    }
-    try:
-        options(raw)
-    except PassError as e:
-        raise OptionError(str(e).removeprefix("prune: ").replace("_", "-")) from e
-    return {k: v for k, v in raw.items() if v is not None}
+    }, FLAGS)
 
 
 def render_plan(plan: Any, out: Any = console) -> None:
     """Print the channel groups of a plan as a rich table."""
     from rich.table import Table
 
-    from onnxopt.passes.prune.prune import group_table
+    from onnxopt.passes.prune.plan import group_table
 
     rows = group_table(plan.analysis, plan.scores, plan.kept)
     t = Table(title=f"channel groups ({plan.method} importance)")
@@ -110,13 +113,13 @@ def print_latency(before: Path, after: Path, data: Path | None, shape: list[str]
 def prune_cmd(
     model: Annotated[Path, typer.Argument(help="Input .onnx model.")],
     output: Annotated[Path | None, typer.Option("-o", "--output", help="Where to write the pruned model.")] = None,  # noqa: E501
-    ratio: Annotated[float | None, typer.Option("--ratio", help="Fraction of each group's channels to remove (default 0.3).")] = None,  # noqa: E501
+    ratio: Annotated[float | None, typer.Option("--ratio", help="Fraction of each group's channels to remove.")] = None,  # noqa: E501
     target_flops: Annotated[float | None, typer.Option("--target-flops", help="Keep this fraction of the original MACs (e.g. 0.5).")] = None,  # noqa: E501
     global_rank: Annotated[bool, typer.Option("--global", help="Rank channels across groups instead of per group.")] = False,  # noqa: E501
     importance: Annotated[str | None, typer.Option("--importance", help="l1, l2, bn-scale or activation (default: activation with --data, else l2).")] = None,  # noqa: E501
-    round_to: Annotated[str, typer.Option("--round-to", help="Round kept widths up to a multiple of this (a group exactly this wide stays whole). auto: onnxruntime's CPU channel block here (16 with AVX-512, 8 with AVX2); 1: no rounding.")] = "auto",  # noqa: E501
+    round_to: Annotated[str | None, typer.Option("--round-to", help="Round kept widths up to a multiple of this (a group exactly this wide stays whole). auto (the default): onnxruntime's CPU channel block here (16 with AVX-512, 8 with AVX2); 1: no rounding.")] = None,  # noqa: E501
     keep: Annotated[list[str] | None, typer.Option("--keep", help="Node whose channels stay (repeatable or comma-separated).")] = None,  # noqa: E501
-    max_ratio: Annotated[float, typer.Option("--max-ratio", help="At most this fraction of any group removed.")] = 0.9,  # noqa: E501
+    max_ratio: Annotated[float | None, typer.Option("--max-ratio", help="At most this fraction of any group removed.")] = None,  # noqa: E501
     data: Annotated[Path | None, typer.Option("--data", help="Data .npz / folder of .npy: importance, reconstruction and verification.")] = None,  # noqa: E501
     calib_data: Annotated[Path | None, typer.Option("--calib-data", help="Learn from this data instead (e.g. a train split); verify on --data.")] = None,  # noqa: E501
     no_reconstruct: Annotated[bool, typer.Option("--no-reconstruct", help="Do not refit layers after slicing.")] = False,  # noqa: E501
@@ -134,27 +137,28 @@ def prune_cmd(
     latency: Annotated[bool, typer.Option("--latency/--no-latency", help="Time the input and the pruned model (2 s each).")] = True,  # noqa: E501
 ) -> None:
     """Remove whole channels (and attention heads) from coupled layers; refit on data."""
-    opts = prune_options(ratio, target_flops, global_rank, importance, round_to, keep,
-                         max_ratio, no_reconstruct)
+    config = prune_config(ratio, target_flops, global_rank, importance, round_to, keep,
+                          max_ratio, no_reconstruct)
     if dry_run:
         from onnxopt.model import load_model
-        from onnxopt.passes.prune.prune import make_plan, options
+        from onnxopt.passes.prune.plan import make_plan
 
         m = load_model(model)
         src = calib_data or data
         feeds = feeds_for(m, src, shape, int_range, batch) if src is not None else None
-        render_plan(make_plan(m, options(opts), feeds))
+        render_plan(make_plan(m, config, feeds))
         return
     if output is None:
         raise OptionError("give -o OUT (or --dry-run)")
     from onnxopt.cli.common import run_and_report
+    from onnxopt.passes.prune import Prune
 
     pre = [p.strip() for p in (passes or "").split(",") if p.strip()]
     budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
-    _, rep = run_and_report(model, [*pre, "prune"], output, data=data, shape=shape,
+    _, rep = run_and_report(model, [*pre, Prune(config)], output, data=data, shape=shape,
                             int_range=int_range, batch=batch, report_path=report,
-                            strict=strict, budget=budget, options={"prune": opts},
-                            title="onnxopt prune", calib_data=calib_data)
+                            strict=strict, budget=budget, title="onnxopt prune",
+                            calib_data=calib_data)
     pr = [p for p in rep.passes if p.name == "prune"]
     if pr and pr[-1].kept and pr[-1].details:
         render_result(pr[-1].details)

@@ -3,44 +3,52 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onnxopt.cli.common import budget_from
+from onnxopt.cli.common import budget_from, split_list
 from onnxopt.errors import DataError, OptionError
 
-CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxopt.contract import PassConfig
+    from onnxopt.passes.quantize.config import QuantizeConfig
+
+#: CLI flags of the quantize-int8 options whose flag is not ``--`` + the name with dashes
+FLAGS = {"per_channel": "--per-tensor", "fallback": "--no-fallback"}
 
 
-def quantize_options(
-    calibrator: str,
-    percentile: float,
-    per_tensor: bool,
-    activations: str,
-    exclude: list[str] | None,
+def build_config(cls: type[PassConfig], values: dict[str, Any],
+                 flags: dict[str, str] | None = None) -> PassConfig:
+    """``cls(**values)`` (values left None keep the config's defaults); a bad value is a
+    one-line OptionError naming the CLI flag: ``--percentile 120.0: must be in (50, 100]``."""
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except OptionError as e:
+        option = getattr(e, "option", None)
+        if option is None:
+            raise
+        flag = (flags or {}).get(option, "--" + option.replace("_", "-"))
+        raise OptionError(f"{flag} {e.value!r}: {e.why}") from e
+
+
+def quantize_config(
+    calibrator: str | None = None,
+    percentile: float | None = None,
+    per_tensor: bool = False,
+    activations: str | None = None,
+    exclude: list[str] | None = None,
     no_fallback: bool = False,
     smooth: float | None = None,
-) -> dict:
-    """Validate CLI values and build the quantize-int8 options dict."""
-    if calibrator not in CALIBRATORS:
-        raise OptionError(f"--calibrator {calibrator!r}: choose one of {', '.join(CALIBRATORS)}")
-    if activations not in ("uint8", "int8-sym"):
-        raise OptionError(f"--activations {activations!r}: choose uint8 or int8-sym")
-    if not 50.0 < percentile <= 100.0:
-        raise OptionError(f"--percentile {percentile}: must be in (50, 100]")
-    if smooth is not None and not 0.0 <= smooth <= 1.0:
-        raise OptionError(f"--smooth {smooth}: must be in [0, 1] (0.5 is typical)")
-    excl = [x for item in (exclude or []) for x in item.split(",") if x]
-    return {
-        "smooth": smooth,
-        "calibrator": calibrator,
-        "percentile": percentile,
-        "per_channel": not per_tensor,
-        "activations": activations,
-        "exclude": excl,
-        "fallback": not no_fallback,
-    }
+) -> QuantizeConfig:
+    """The quantize-int8 configuration from CLI values (None: the config's default)."""
+    from onnxopt.passes.quantize.config import QuantizeConfig
+
+    return build_config(QuantizeConfig, {
+        "calibrator": calibrator, "percentile": percentile, "per_channel": not per_tensor,
+        "activations": activations, "exclude": split_list(exclude),
+        "fallback": not no_fallback, "smooth": smooth,
+    }, FLAGS)
 
 
 def quantize_cmd(
@@ -48,10 +56,10 @@ def quantize_cmd(
     output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the int8 model.")],
     data: Annotated[Path | None, typer.Option("--data", help="Calibration .npz / folder of .npy (keys = input names; 'labels' optional).")] = None,  # noqa: E501
     mode: Annotated[str, typer.Option("--mode", help="static (calibrated QDQ) or dynamic (int8 weights, no data needed).")] = "static",  # noqa: E501
-    calibrator: Annotated[str, typer.Option("--calibrator", help="minmax, percentile, entropy or mse.")] = "percentile",  # noqa: E501
-    percentile: Annotated[float, typer.Option("--percentile", help="Percentile for --calibrator percentile.")] = 99.99,  # noqa: E501
+    calibrator: Annotated[str | None, typer.Option("--calibrator", help="minmax, percentile (the default), entropy or mse.")] = None,  # noqa: E501
+    percentile: Annotated[float | None, typer.Option("--percentile", help="Percentile in (50, 100] for --calibrator percentile.")] = None,  # noqa: E501
     per_tensor: Annotated[bool, typer.Option("--per-tensor", help="One weight scale per tensor instead of per channel.")] = False,  # noqa: E501
-    activations: Annotated[str, typer.Option("--activations", help="uint8 (asymmetric, fastest on CPU) or int8-sym (TensorRT).")] = "uint8",  # noqa: E501
+    activations: Annotated[str | None, typer.Option("--activations", help="uint8 (the default: asymmetric, fastest on CPU) or int8-sym (TensorRT).")] = None,  # noqa: E501
     exclude: Annotated[list[str] | None, typer.Option("--exclude", help="Node name or op type kept in float (repeatable, or comma-separated).")] = None,  # noqa: E501
     smooth: Annotated[float | None, typer.Option("--smooth", help="SmoothQuant alpha in [0, 1]: move MatMul input outliers into the weights (transformers).")] = None,  # noqa: E501
     no_fallback: Annotated[bool, typer.Option("--no-fallback", help="Do not return sensitive nodes to float to meet the budget.")] = False,  # noqa: E501
@@ -81,19 +89,20 @@ def quantize_cmd(
         if data is None:
             raise DataError("--mode static needs calibration data: give --data CALIB.npz "
                             "(or use --mode dynamic)")
-        opts = {"quantize-int8": quantize_options(calibrator, percentile, per_tensor,
-                                                  activations, exclude, no_fallback,
-                                                  smooth)}
-        names = [*pre, "quantize-int8"]
+        from onnxopt.passes.quantize import QuantizeInt8
+
+        quantizer = QuantizeInt8(quantize_config(calibrator, percentile, per_tensor,
+                                                 activations, exclude, no_fallback, smooth))
     else:
-        excl = [x for item in (exclude or []) for x in item.split(",") if x]
-        opts = {"quantize-dynamic": {"per_channel": not per_tensor, "exclude": excl}}
-        names = [*pre, "quantize-dynamic"]
+        from onnxopt.passes.quantize import QuantizeDynamic
+        from onnxopt.passes.quantize.config import DynamicQuantizeConfig
+
+        quantizer = QuantizeDynamic(build_config(DynamicQuantizeConfig, {
+            "per_channel": not per_tensor, "exclude": split_list(exclude)}, FLAGS))
     budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
-    _, rep = run_and_report(model, names, output, data=data, shape=shape,
+    _, rep = run_and_report(model, [*pre, quantizer], output, data=data, shape=shape,
                             int_range=int_range, batch=batch, report_path=report,
-                            strict=strict, budget=budget, options=opts,
-                            title=f"onnxopt quantize ({mode})")
+                            strict=strict, budget=budget, title=f"onnxopt quantize ({mode})")
     quant = [p for p in rep.passes if p.name.startswith("quantize")]
     if strict and quant and quant[-1].status != "kept":
         raise typer.Exit(1)

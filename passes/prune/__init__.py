@@ -1,4 +1,5 @@
-"""Structured channel pruning (lossy): see :mod:`.prune` for the pass and its steps."""
+"""Structured channel pruning (lossy): see :mod:`.prune` for the pass and its steps, :mod:`.config`
+for the options and :mod:`.plan` for what ``--dry-run`` shows."""
 
 from onnxopt.passes.prune.prune import Prune
 

@@ -52,8 +52,9 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.graph import is_empty_tensor
 
-from .layout import Group, Layout, Member, Seg, cval
-from .rules import PassThroughRules, _rank
+from .layout import Group, Layout, Member, Seg, cval, rank_of
+from .reshapes import ReshapeRules
+from .rules import PassThroughRules
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "Redu
 
 
 @dataclass
-class Analysis(PassThroughRules):
+class Analysis(PassThroughRules, ReshapeRules):
     """The result: groups (after union), tensor layouts and notes."""
 
     graph: gs.Graph
@@ -216,7 +217,7 @@ class Analysis(PassThroughRules):
             return self.reshape(node, ins, where)
         if op == "Transpose":
             perm = node.attrs.get("perm")
-            r = _rank(node.inputs[0])
+            r = rank_of(node.inputs[0])
             if perm is None and r is not None:
                 perm = list(range(r))[::-1]
             if perm is None:
@@ -332,7 +333,7 @@ class Analysis(PassThroughRules):
     def matmul(self, node: gs.Node, x: Layout | None) -> None:
         w = cval(node.inputs[1])
         where = f"MatMul '{node.name}'"
-        r = _rank(node.inputs[0]) or _rank(node.outputs[0])
+        r = rank_of(node.inputs[0]) or rank_of(node.outputs[0])
         if x is not None:
             if r is None or x.axis != r - 1 or self.span(x) != w.shape[0]:
                 self.close(x, f"{where}: input features do not line up with its weight")
@@ -340,7 +341,7 @@ class Analysis(PassThroughRules):
                 self.add_members(x, node, "in", 1, 0)
         gid = self.new_group(w.shape[1], node)
         self.groups[gid].members.append(Member(node.name, "out", 1, 1))
-        ro = _rank(node.outputs[0]) or r
+        ro = rank_of(node.outputs[0]) or r
         if ro is None:
             self.groups[gid].closed.append(f"{where}: output rank unknown")
             return

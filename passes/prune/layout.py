@@ -15,6 +15,9 @@ heads or norm-groups axis), every entry repeated ``expand`` times (Flatten of ``
 that changes when the group loses channels; it records where the group's span starts along the
 member's axis, so a member axis shared by several groups (a consumer after a Concat) is sliced
 by one mask that all of them write into.
+
+Also here: the small tensor helpers every rule uses (:func:`cval`, :func:`dims_of`,
+:func:`rank_of`, :func:`is_static`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnxopt.graph import const_value, producer
 
 
 @dataclass(frozen=True)
@@ -103,11 +109,14 @@ class Group:
         return (self.units if unit else self.size) * expand
 
 
-def cval(tensor):  # noqa: ANN001, ANN201 - gs.Tensor -> np.ndarray | None
-    """A constant's value, looking through Identity nodes (torchscript shares equal
-    initializers through Identity), else None."""
-    from onnxopt.graph import const_value, producer
+def cval(tensor: gs.Tensor | None) -> np.ndarray | None:
+    """:func:`onnxopt.graph.const_value` that also looks through ``Identity`` nodes (up to 16):
+    TorchScript shares equal initializers through ``Identity(initializer)``, and a pruned
+    weight or shape constant read that way must still count as a constant.
 
+    A thin wrapper until the graph helper takes this as an option (``onnxopt.graph`` does not
+    follow Identity; ``passes.fusion.pattern.const_value`` does, up to 8).
+    """
     seen = 0
     while tensor is not None and seen < 16:
         v = const_value(tensor)
@@ -119,3 +128,18 @@ def cval(tensor):  # noqa: ANN001, ANN201 - gs.Tensor -> np.ndarray | None
         tensor = p.inputs[0]
         seen += 1
     return None
+
+
+def dims_of(t: gs.Tensor) -> list | None:
+    """A tensor's shape as a list (dimensions may be names), None when unknown."""
+    return None if t.shape is None else list(t.shape)
+
+
+def rank_of(t: gs.Tensor) -> int | None:
+    """A tensor's rank, None when its shape is unknown."""
+    return None if t.shape is None else len(t.shape)
+
+
+def is_static(shape: list) -> bool:
+    """Whether every dimension is a known non-negative integer."""
+    return all(isinstance(d, (int, np.integer)) and d >= 0 for d in shape)

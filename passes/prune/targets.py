@@ -32,8 +32,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .groups import Analysis
-from .layout import Layout, cval
-from .rules import _static
+from .layout import Layout, cval, is_static
 
 
 @functools.lru_cache(maxsize=1)
@@ -156,7 +155,7 @@ def _weight_shape(t: gs.Tensor) -> list | None:
     w = cval(t)
     if w is not None:
         return list(w.shape)
-    return list(t.shape) if t.shape is not None and _static(t.shape) else None
+    return list(t.shape) if t.shape is not None and is_static(t.shape) else None
 
 
 def _node_macs(n: gs.Node) -> tuple[float, int]:
@@ -178,15 +177,16 @@ def _node_macs(n: gs.Node) -> tuple[float, int]:
         k = w[1] if int(n.attrs.get("transB", 0)) else w[0]
         return _prod(out) * k, int(k)
     a = n.inputs[0].shape
-    if a is None or not a or not _static(a[-1:]):
+    if a is None or not a or not is_static(a[-1:]):
         return 0.0, 0
     return _prod(out) * a[-1], int(a[-1]) if cval(n.inputs[1]) is not None else 0
 
 
-def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float | None,
+def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float,
            target_flops: float | None, global_rank: bool, max_ratio: float,
            round_to: int) -> tuple[dict[int, np.ndarray], MacModel]:
-    """The kept units per group for the requested target."""
+    """The kept units per group for the requested target: ``target_flops`` (a fraction of the
+    MACs) when given, else ``ratio``."""
     macs = MacModel(analysis)
     kw = {"max_ratio": max_ratio, "round_to": round_to}
 
@@ -196,7 +196,7 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float | 
         return by_ratio(analysis, scores, x, **kw)
 
     if target_flops is None:
-        return plan(ratio if ratio is not None else 0.3), macs
+        return plan(ratio), macs
     goal = target_flops * macs.total
     lo, hi = 0.0, 1.0
     best = plan(hi)

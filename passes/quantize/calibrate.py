@@ -150,9 +150,10 @@ def _quantile(hist: np.ndarray, edges: np.ndarray, q: float) -> float:
 
 @dataclass(frozen=True)
 class Percentile(Calibrator):
-    """Clip to the ``p``-th percentile (two-sided, or of ``|x|`` when symmetric)."""
+    """Clip to the ``p``-th percentile (two-sided, or of ``|x|`` when symmetric). No default:
+    the pass's is :attr:`.config.QuantizeConfig.percentile`."""
 
-    p: float = 99.99
+    p: float
     name = "percentile"
 
     def range(self, stats: TensorStats, symmetric: bool = False) -> tuple[float, float]:
@@ -272,14 +273,18 @@ class MSE(Calibrator):
 CALIBRATORS = ("minmax", "percentile", "entropy", "mse")
 
 
-def make_calibrator(name: str | Calibrator, percentile: float = 99.99) -> Calibrator:
-    """``"minmax" | "percentile" | "entropy" | "mse"`` (or an instance) -> Calibrator."""
+def make_calibrator(name: str | Calibrator, percentile: float | None = None) -> Calibrator:
+    """``"minmax" | "percentile" | "entropy" | "mse"`` (or an instance) -> Calibrator;
+    ``percentile`` is the ``p`` a percentile calibrator needs (no default here: the pass's is
+    :attr:`.config.QuantizeConfig.percentile`)."""
     if isinstance(name, Calibrator):
         return name
     key = str(name).lower()
     if key == "minmax":
         return MinMax()
     if key == "percentile":
+        if percentile is None:
+            raise ValueError("the percentile calibrator needs a percentile")
         return Percentile(percentile)
     if key in ("entropy", "kl"):
         return Entropy()

@@ -10,7 +10,6 @@ fuses the pattern into DynamicQuantizeMatMul (MLAS u8s8 GEMM).
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -18,14 +17,15 @@ import onnx_graphsurgeon as gs
 from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import const_value, node_names_unique
 
-from .qdq import quantize_weight, weight_params
-from .static import cpu_has_vnni
+from .config import DynamicQuantizeConfig
+from .qdq import quantize_weight, resolve_reduce_range, weight_params
 
 logger = logging.getLogger(__name__)
 
 
 class QuantizeDynamic(Pass):
-    """Dynamic int8 quantization of MatMul/Gemm with constant weights (transformers)."""
+    """Dynamic int8 quantization of MatMul/Gemm with constant weights (transformers),
+    configured by a :class:`.config.DynamicQuantizeConfig`."""
 
     name = "quantize-dynamic"
     exact = False
@@ -34,18 +34,13 @@ class QuantizeDynamic(Pass):
     opset_wanted = 13
     opset_needed = 11  # DynamicQuantizeLinear
 
-    def __init__(self, **options: Any) -> None:
-        self.defaults = dict(options)
+    config_class = DynamicQuantizeConfig
+    config: DynamicQuantizeConfig
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        o = {"per_channel": True, "exclude": (), "reduce_range": "auto", "min_size": 0}
-        o.update(self.defaults)
-        o.update(ctx.options or {})
-        if isinstance(o["exclude"], str):
-            o["exclude"] = [x for x in o["exclude"].split(",") if x]
-        reduce_range = (not cpu_has_vnni()) if o["reduce_range"] == "auto" else bool(
-            o["reduce_range"])
-        exclude = set(o["exclude"])
+        c = self.config
+        reduce_range = resolve_reduce_range(c.reduce_range)
+        exclude = set(c.exclude)
         node_names_unique(graph)
         notes: list[str] = []
         sites: list[str] = []
@@ -58,7 +53,7 @@ class QuantizeDynamic(Pass):
                 continue
             if not ctx.allow(node.name):
                 continue
-            self._rewrite(graph, node, bool(o["per_channel"]), reduce_range)
+            self._rewrite(graph, node, c.per_channel, reduce_range)
             sites.append(node.name)
         if not sites:
             return PassResult(False, 0, notes[:20])

@@ -221,19 +221,41 @@ def make_plan(
     embeddings: bool = True,
     elementwise: str = "int8-inputs",
 ) -> Plan:
-    """Plan Q/DQ placement for the compute nodes named in ``enabled``.
+    """Plan Q/DQ placement for the compute nodes named in ``enabled`` (steps 1-4 of the module
+    docstring).
 
     ``elementwise``: ``"int8-inputs"`` (default) enables an element-wise site only when one of
     its inputs is already int8; ``"all"`` enables every eligible one.
     """
     plan = Plan()
+    q = _enable_sites(graph, enabled, plan, per_channel=per_channel,
+                      quantize_residual=quantize_residual, elementwise=elementwise)
+    if fold_relu:
+        _fold_relus(graph, plan, q)
+    uf = _propagate(graph, plan, q)
+    tensors = graph.tensors()
+    roots: dict[str, int] = {}
+    for t in sorted(q):
+        if t not in tensors and t not in plan.source:
+            continue
+        plan.group[t] = roots.setdefault(uf.find(t), len(roots))
+    if embeddings:
+        plan.embeddings = [n.name for n in graph.nodes if n.op == "Gather" and n.name in enabled
+                           and _const_f32(n.inputs[0]) is not None]
+    return plan
+
+
+def _enable_sites(graph: gs.Graph, enabled: set[str], plan: Plan, *, per_channel: bool,
+                  quantize_residual: bool, elementwise: str) -> set[str]:
+    """Step 1-2: fill ``plan.sites`` in one topological sweep; returns the tensors to quantize
+    (activation inputs of the sites, and the outputs that need a Q)."""
     q: set[str] = set()
     int8: set[str] = set()  # tensors that will exist as int8 anyway (topological sweep)
     for node in graph.nodes:
         if (node.op in (*PASS_THROUGH, *FOLDABLE) and node.inputs and node.outputs
                 and node.inputs[0].name in int8):
             int8.add(node.outputs[0].name)
-        if node.name not in enabled or node.op == "Gather":  # embeddings: see below
+        if node.name not in enabled or node.op == "Gather":  # embeddings: see make_plan
             continue
         site = eligible(node, per_channel=per_channel, quantize_residual=quantize_residual)
         if isinstance(site, str):
@@ -252,24 +274,30 @@ def make_plan(
         if site.out_q and _is_float_var(y) and not is_graph_output(graph, y):
             q.add(y.name)
             plan.rewire_all.add(y.name)
-    tensors = graph.tensors()
-    # Relu / Clip(0, c) folding into the producer's range
-    if fold_relu:
-        for node in graph.nodes:
-            if node.op not in FOLDABLE or not node.inputs or not node.outputs:
-                continue
-            x, y = node.inputs[0], node.outputs[0]
-            if x.name not in plan.rewire_all or len(x.outputs) != 1 or is_graph_output(graph, y):
-                continue
-            if node.op == "Clip" and not _clip_from_zero(node):
-                continue
-            q.discard(x.name)
-            plan.rewire_all.discard(x.name)
-            q.add(y.name)
-            plan.rewire_all.add(y.name)
-            plan.source[y.name] = x.name
-            plan.folds[node.name] = y.name
-    # pass-through propagation (fixpoint) and groups
+    return q
+
+
+def _fold_relus(graph: gs.Graph, plan: Plan, q: set[str]) -> None:
+    """Step 3: a single-consumer Relu / Clip(0, c) after a quantized output takes its Q."""
+    for node in graph.nodes:
+        if node.op not in FOLDABLE or not node.inputs or not node.outputs:
+            continue
+        x, y = node.inputs[0], node.outputs[0]
+        if x.name not in plan.rewire_all or len(x.outputs) != 1 or is_graph_output(graph, y):
+            continue
+        if node.op == "Clip" and not _clip_from_zero(node):
+            continue
+        q.discard(x.name)
+        plan.rewire_all.discard(x.name)
+        q.add(y.name)
+        plan.rewire_all.add(y.name)
+        plan.source[y.name] = x.name
+        plan.folds[node.name] = y.name
+
+
+def _propagate(graph: gs.Graph, plan: Plan, q: set[str]) -> _UF:
+    """Step 4: spread quantization through data-movement ops (to a fixpoint) and union their
+    input and output, and Concat's inputs with its output, into groups."""
     uf = _UF()
     changed = True
     while changed:
@@ -292,16 +320,7 @@ def make_plan(
         if site.node.op == "Concat":
             for t in site.node.inputs:
                 uf.union(site.node.outputs[0].name, t.name)
-    roots: dict[str, int] = {}
-    for t in sorted(q):
-        if t not in tensors and t not in plan.source:
-            continue
-        plan.group[t] = roots.setdefault(uf.find(t), len(roots))
-    if embeddings:
-        for node in graph.nodes:
-            if node.op == "Gather" and node.name in enabled and _const_f32(node.inputs[0]) is not None:
-                plan.embeddings.append(node.name)
-    return plan
+    return uf
 
 
 def _clip_from_zero(node: gs.Node) -> bool:

@@ -14,7 +14,9 @@ Embedding tables, int8 symmetric per column, read by the Gather directly:
 from __future__ import annotations
 
 import logging
+import platform
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -26,6 +28,25 @@ from .placement import Plan, quantized_consumer
 logger = logging.getLogger(__name__)
 
 INT32_MAX = 2**31 - 1
+
+
+@lru_cache(maxsize=1)
+def cpu_has_vnni() -> bool:
+    """x86 with AVX-512 VNNI / AVX-VNNI (u8·s8 dot products without int16 saturation)."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return True  # ARM and others: no u8s8 saturation issue in MLAS
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return True
+    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
+
+
+def resolve_reduce_range(setting: bool | str) -> bool:
+    """7-bit weights or not: ``"auto"`` (the configs' default) is on where ``cpu_has_vnni`` is
+    false, since u8·s8 products then saturate in int16."""
+    return (not cpu_has_vnni()) if setting == "auto" else bool(setting)
 
 
 @dataclass(frozen=True)

@@ -16,22 +16,22 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
 import tempfile
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import onnx
 
 from onnxopt.contract import Pass, PassContext, PassError, PassResult
+from onnxopt.data import Feeds
 from onnxopt.graph import node_names_unique, opset_version, to_graph, to_model
 from onnxopt.model import with_inferred_shapes
 
-from .calibrate import CALIBRATORS, collect_stats, make_calibrator, write_probe
+from .calibrate import collect_stats, make_calibrator, write_probe
+from .config import QuantizeConfig
 from .fallback import Judge, rank_sites, search_fallback
-from .placement import CANDIDATES, make_plan
-from .qdq import Inserter, QParams, activation_params
+from .placement import CANDIDATES, Plan, make_plan
+from .qdq import Inserter, QParams, activation_params, resolve_reduce_range
 from .smooth import apply_smoothing, channel_absmax, smooth_groups
 
 logger = logging.getLogger(__name__)
@@ -39,29 +39,11 @@ logger = logging.getLogger(__name__)
 MIN_SAMPLES = 16
 
 
-@lru_cache(maxsize=1)
-def cpu_has_vnni() -> bool:
-    """x86 with AVX-512 VNNI / AVX-VNNI (u8·s8 dot products without int16 saturation)."""
-    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
-        return True  # ARM and others: no u8s8 saturation issue in MLAS
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return True
-    return "avx512_vnni" in flags or "avx_vnni" in flags or "amx_int8" in flags
-
-
 class QuantizeInt8(Pass):
     """Static int8 QDQ quantization placed for onnxruntime's int8 CPU kernels.
 
-    Options (constructor arguments or ``ctx.options``): ``calibrator`` (minmax | percentile |
-    entropy | mse), ``percentile`` (99.99), ``per_channel`` (True), ``activations`` (uint8 |
-    int8-sym), ``exclude`` (node names or op types), ``reduce_range`` (auto: on x86 without
-    VNNI), ``fallback`` (True: sensitivity-guided with ``ctx.budget``), ``quantize_residual``
-    (False), ``calib_batch`` (8), ``fallback_runs`` (64), ``sensitivity_runs`` (16),
-    ``elementwise`` (int8-inputs | all), ``smooth`` (None; alpha in [0, 1] smooths MatMul
-    inputs SmoothQuant-style, see :mod:`.smooth`), ``smooth_runs`` (64).
+    Configured by a :class:`.config.QuantizeConfig` (calibrator, percentile, per-channel
+    weights, activation type, exclusions, fallback, smoothing, ...).
     """
 
     name = "quantize-int8"
@@ -72,84 +54,19 @@ class QuantizeInt8(Pass):
     needs_data = True
     opset_wanted = 13  # per-channel weight scales
     opset_needed = 10  # QuantizeLinear
-
-    def __init__(self, **options: Any) -> None:
-        self.defaults = dict(options)
-
-    def _opts(self, ctx: PassContext) -> dict[str, Any]:
-        o = {
-            "calibrator": "percentile", "percentile": 99.99, "per_channel": True,
-            "activations": "uint8", "exclude": (), "reduce_range": "auto", "fallback": True,
-            "quantize_residual": False, "calib_batch": 8, "fallback_runs": 64,
-            "sensitivity_runs": 16, "embeddings": True, "bins": 2048,
-            "elementwise": "int8-inputs", "smooth": None, "smooth_runs": 64,
-        }
-        o.update(self.defaults)
-        o.update(ctx.options or {})
-        if o["activations"] not in ("uint8", "int8-sym"):
-            raise PassError(f"{self.name}: activations must be uint8 or int8-sym, "
-                            f"not {o['activations']!r}")
-        if str(o["calibrator"]).lower() not in (*CALIBRATORS, "kl") and not hasattr(
-            o["calibrator"], "range"
-        ):
-            raise PassError(f"{self.name}: unknown calibrator {o['calibrator']!r}; "
-                            f"choose one of {', '.join(CALIBRATORS)}")
-        if isinstance(o["exclude"], str):
-            o["exclude"] = [x for x in o["exclude"].split(",") if x]
-        if o["smooth"] is True:
-            o["smooth"] = 0.5
-        if o["smooth"] is not None and o["smooth"] is not False:
-            try:
-                o["smooth"] = float(o["smooth"])
-            except (TypeError, ValueError) as e:
-                raise PassError(f"{self.name}: smooth must be a number in [0, 1], "
-                                f"not {o['smooth']!r}") from e
-            if not 0.0 <= o["smooth"] <= 1.0:
-                raise PassError(f"{self.name}: smooth must be in [0, 1], not {o['smooth']}")
-        if o["elementwise"] not in ("int8-inputs", "all"):
-            raise PassError(f"{self.name}: elementwise must be int8-inputs or all, "
-                            f"not {o['elementwise']!r}")
-        if o["reduce_range"] == "auto":
-            o["reduce_range"] = not cpu_has_vnni()
-        return o
+    config_class = QuantizeConfig
+    config: QuantizeConfig
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
-        o = self._opts(ctx)
-        notes: list[str] = []
-        feeds = ctx.feeds
-        if feeds is None or len(feeds) == 0:
-            raise PassError(f"{self.name}: needs calibration data (--data)")
-        if feeds.synthesized:
-            notes.append("calibrated on synthesized inputs: ranges may not match real data")
-        if feeds.num_samples < MIN_SAMPLES:
-            notes.append(f"only {feeds.num_samples} calibration samples (< {MIN_SAMPLES}): "
-                         "ranges may be unreliable")
-            logger.warning("only %d calibration samples", feeds.num_samples)
+        c = self.config
+        notes = self._check_feeds(ctx.feeds)
         opset = opset_version(model)  # Pass.apply converted models below opset_wanted
-        try:
-            inferred = with_inferred_shapes(model)
-        except Exception as e:  # noqa: BLE001 - a model shape inference rejects still quantizes
-            logger.debug("shape inference failed: %s", e)
-            inferred = model
-        base = _named(_resolve_const_identities(inferred, in_place=inferred is not model))
-        del inferred
-        exclude = set(o["exclude"])
-        smooth_info: dict[str, int] = {}
-        if o["smooth"] is not None and o["smooth"] is not False:
-            base, smooth_info = self._smooth(base, feeds, o, ctx, exclude, notes)
+        base, smooth_info = self._prepare(model, ctx, notes)
         graph = to_graph(base)
-        allowed = []
-        for n in graph.nodes:
-            if n.op not in (*CANDIDATES, "Gather") or n.name in exclude or n.op in exclude:
-                continue
-            if ctx.allow(n.name):
-                allowed.append(n.name)
-        plan_kw = dict(per_channel=bool(o["per_channel"]) and opset >= 13,
-                       fold_relu=o["activations"] == "uint8",
-                       quantize_residual=bool(o["quantize_residual"]),
-                       embeddings=bool(o["embeddings"]), elementwise=o["elementwise"])
-        if o["per_channel"] and opset < 13:
-            notes.append(f"opset {opset} < 13: per-tensor weight scales")
+        exclude = set(c.exclude)
+        allowed = [n.name for n in graph.nodes if n.op in (*CANDIDATES, "Gather")
+                   and n.name not in exclude and n.op not in exclude and ctx.allow(n.name)]
+        plan_kw = self._plan_options(opset, notes)
         full = make_plan(graph, set(allowed), **plan_kw)
         sites = [s for s in allowed if s in full.sites or s in full.embeddings]
         if not sites:
@@ -157,60 +74,85 @@ class QuantizeInt8(Pass):
         probe_tensors = full.tensors()
         plan_notes = full.notes  # why each candidate stays float
         del graph, full  # planning graph: free it before onnxruntime loads the model
-        params = self._calibrate(base, probe_tensors, feeds, o, ctx)
-
-        def build(enabled: set[str]) -> onnx.ModelProto:
-            g = to_graph(base)
-            plan = make_plan(g, enabled, **plan_kw)
-            pmap = _group_params(plan, params, o["activations"])
-            ins = Inserter(g, plan, pmap, reduce_range=bool(o["reduce_range"]),
-                           per_axis_ok=opset >= 13)
-            ins.apply()
-            build.last = (plan, ins)  # type: ignore[attr-defined]
-            out = to_model(g, like=model)
-            if opset < 13 and any(n.op == "DequantizeLinear" for n in out.graph.node):
-                pass
-            return out
-
-        qmodel = build(set(sites))
-        plan, ins = build.last  # type: ignore[attr-defined]
-        details: dict[str, Any] = {"calibrator": str(make_calibrator(o["calibrator"],
-                                                                     o["percentile"])),
-                                   "activations": o["activations"],
-                                   "per_channel": plan_kw["per_channel"],
-                                   "reduce_range": bool(o["reduce_range"]),
-                                   "counts": dict(ins.counts), "float_nodes": [],
-                                   "smoothing": smooth_info}
-        kept = list(sites)
-        if ctx.budget is not None and o["fallback"]:
-            qmodel, kept, fb_notes, rows = self._fallback(model, build, sites, qmodel, ctx, o)
+        params = self._calibrate(base, probe_tensors, ctx)
+        build = Builder(base, model, params, plan_kw, activations=c.activations,
+                        reduce_range=resolve_reduce_range(c.reduce_range),
+                        per_axis_ok=opset >= 13)
+        qmodel, kept = build(set(sites)), list(sites)
+        details = self._details(plan_kw, smooth_info)
+        if ctx.budget is not None and c.fallback:
+            qmodel, kept, fb_notes, details["float_nodes"] = self._fallback(
+                model, build, sites, qmodel, ctx)
             notes += fb_notes
-            details["float_nodes"] = rows
-            plan, ins = build.last  # type: ignore[attr-defined]
-            details["counts"] = dict(ins.counts)
-        notes += ins.notes + plan_notes[:20]
+        details["counts"] = dict(build.inserter.counts)
+        notes += build.inserter.notes + plan_notes[:20]
         if not kept:
             return PassResult(False, 0, notes, details=details)
         return PassResult(True, len(kept), notes, sites=kept, details=details, model=qmodel)
 
     # --------------------------------------------------------------------------------------
 
-    def _calibrate(self, base: onnx.ModelProto, tensors: list[str], feeds, o: dict,  # noqa: ANN001
+    def _check_feeds(self, feeds: Feeds | None) -> list[str]:
+        """Notes on the calibration feeds; none at all is an error."""
+        if feeds is None or len(feeds) == 0:
+            raise PassError(f"{self.name}: needs calibration data (--data)")
+        notes = []
+        if feeds.synthesized:
+            notes.append("calibrated on synthesized inputs: ranges may not match real data")
+        if feeds.num_samples < MIN_SAMPLES:
+            notes.append(f"only {feeds.num_samples} calibration samples (< {MIN_SAMPLES}): "
+                         "ranges may be unreliable")
+            logger.warning("only %d calibration samples", feeds.num_samples)
+        return notes
+
+    def _prepare(self, model: onnx.ModelProto, ctx: PassContext,
+                 notes: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
+        """The model to quantize: shapes inferred, initializers read through Identity, nodes
+        named, MatMul inputs smoothed if asked. Returns (model, smoothing summary)."""
+        try:
+            inferred = with_inferred_shapes(model)
+        except Exception as e:  # noqa: BLE001 - a model shape inference rejects still quantizes
+            logger.debug("shape inference failed: %s", e)
+            inferred = model
+        base = _named(_resolve_const_identities(inferred, in_place=inferred is not model))
+        del inferred
+        if self.config.smooth is None:
+            return base, {}
+        return self._smooth(base, ctx, notes)
+
+    def _plan_options(self, opset: int, notes: list[str]) -> dict[str, Any]:
+        c = self.config
+        if c.per_channel and opset < 13:
+            notes.append(f"opset {opset} < 13: per-tensor weight scales")
+        return dict(per_channel=c.per_channel and opset >= 13,
+                    fold_relu=c.activations == "uint8", quantize_residual=c.quantize_residual,
+                    embeddings=c.embeddings, elementwise=c.elementwise)
+
+    def _details(self, plan_kw: dict[str, Any], smooth_info: dict[str, int]) -> dict[str, Any]:
+        c = self.config
+        return {"calibrator": str(make_calibrator(c.calibrator, c.percentile)),
+                "activations": c.activations, "per_channel": plan_kw["per_channel"],
+                "reduce_range": resolve_reduce_range(c.reduce_range), "counts": {},
+                "float_nodes": [], "smoothing": smooth_info}
+
+    def _calibrate(self, base: onnx.ModelProto, tensors: list[str],
                    ctx: PassContext) -> dict[str, tuple[float, float]]:
+        c = self.config
         dyn = _dynamic_batch(base)
         with tempfile.TemporaryDirectory(prefix="onnxopt_calib_") as tmp:
             path = os.path.join(tmp, "probe.onnx")
             write_probe(base, tensors, path)
-            stats = collect_stats(path, tensors, feeds.runs, bins=int(o["bins"]),
-                                  batch=int(o["calib_batch"]), dynamic_batch=dyn,
-                                  progress=ctx.progress)
-        cal = make_calibrator(o["calibrator"], float(o["percentile"]))
-        sym = o["activations"] == "int8-sym"
+            stats = collect_stats(path, tensors, ctx.feeds.runs, bins=c.bins,
+                                  batch=c.calib_batch, dynamic_batch=dyn, progress=ctx.progress)
+        cal = make_calibrator(c.calibrator, c.percentile)
+        sym = c.activations == "int8-sym"
         return {t: cal.range(s, symmetric=sym) for t, s in stats.items() if not s.empty}
 
-    def _smooth(self, base: onnx.ModelProto, feeds, o: dict, ctx: PassContext,  # noqa: ANN001
-                exclude: set[str], notes: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
+    def _smooth(self, base: onnx.ModelProto, ctx: PassContext,
+                notes: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
         """SmoothQuant-style smoothing of MatMul inputs (exact in float) before calibration."""
+        c = self.config
+        exclude = set(c.exclude)
         graph = to_graph(base)
         names = {n.name for n in graph.nodes if n.op == "MatMul" and n.name not in exclude
                  and "MatMul" not in exclude and ctx.allow(n.name)}
@@ -219,22 +161,27 @@ class QuantizeInt8(Pass):
         if not tensors:
             notes.append("smooth: no MatMul with a constant 2-D weight")
             return base, {}
-        runs = feeds.runs[: max(1, int(o["smooth_runs"]))]
+        runs = ctx.feeds.runs[: c.smooth_runs]
         with tempfile.TemporaryDirectory(prefix="onnxopt_smooth_") as tmp:
             path = os.path.join(tmp, "probe.onnx")
             write_probe(base, tensors, path)
             x_max = channel_absmax(path, tensors, runs, ctx.progress)
-        res = apply_smoothing(base, x_max, float(o["smooth"]), names)
+        res = apply_smoothing(base, x_max, c.smooth, names)
         notes.extend(res.notes[:10])
-        notes.append(f"smooth(alpha={o['smooth']:g}): {res.matmuls} MatMuls over {res.groups} "
+        notes.append(f"smooth(alpha={c.smooth:g}): {res.matmuls} MatMuls over {res.groups} "
                      f"inputs ({res.folded} folded into LayerNorm)")
         return res.model, {"groups": res.groups, "matmuls": res.matmuls, "folded": res.folded}
 
-    def _fallback(self, model, build, sites, qmodel, ctx, o):  # noqa: ANN001, ANN202
+    def _fallback(self, model: onnx.ModelProto, build: Builder, sites: list[str],
+                  qmodel: onnx.ModelProto, ctx: PassContext
+                  ) -> tuple[onnx.ModelProto, list[str], list[str], list[dict[str, Any]]]:
+        """Return the most sensitive sites to float until ``ctx.budget`` holds.
+
+        Returns (model, kept sites, notes, one row per float site)."""
         from onnxopt.verify import Runner, accuracy
 
         runner = ctx.runner if ctx.runner is not None else Runner()
-        feeds = ctx.feeds.subset(int(o["fallback_runs"]))
+        feeds = ctx.feeds.subset(self.config.fallback_runs)
         reference = runner.run(model, feeds)
         ref_acc = accuracy(reference, feeds.labels) if feeds.labels is not None else None
         judge = Judge(runner, feeds, reference, ctx.budget, ref_acc)
@@ -242,7 +189,7 @@ class QuantizeInt8(Pass):
         if good:
             return qmodel, sites, [], []
         notes = [f"fully quantized model misses the budget ({why}); ranking sites"]
-        sfeeds = ctx.feeds.subset(int(o["sensitivity_runs"]))
+        sfeeds = ctx.feeds.subset(self.config.sensitivity_runs)
         sref = reference[: len(sfeeds)]
         ranking = rank_sites(build, sites, runner, sfeeds, sref, ctx.progress)
         res = search_fallback(build, sites, judge, ranking, ctx.progress)
@@ -257,6 +204,36 @@ class QuantizeInt8(Pass):
             notes.append(res.reason)
         kept = [s for s in sites if s not in set(res.float_sites)]
         return build(set(kept)), kept, notes, rows
+
+
+class Builder:
+    """Builds the quantized model for a set of enabled sites, on a fresh import of ``base``
+    each time (the fallback builds many); ``inserter`` is the last build's, for the report.
+
+    Args:
+        base: the prepared float model (named nodes, smoothed).
+        like: the model whose model-level fields the output keeps.
+        ranges: calibrated range per tensor.
+        plan_kw: keyword arguments of :func:`.placement.make_plan`.
+    """
+
+    def __init__(self, base: onnx.ModelProto, like: onnx.ModelProto,
+                 ranges: dict[str, tuple[float, float]], plan_kw: dict[str, Any], *,
+                 activations: str, reduce_range: bool, per_axis_ok: bool) -> None:
+        self.base, self.like, self.ranges, self.plan_kw = base, like, ranges, plan_kw
+        self.activations = activations
+        self.reduce_range = reduce_range
+        self.per_axis_ok = per_axis_ok
+        self.inserter: Inserter | None = None
+
+    def __call__(self, enabled: set[str]) -> onnx.ModelProto:
+        g = to_graph(self.base)
+        plan = make_plan(g, enabled, **self.plan_kw)
+        params = _group_params(plan, self.ranges, self.activations)
+        self.inserter = Inserter(g, plan, params, reduce_range=self.reduce_range,
+                                 per_axis_ok=self.per_axis_ok)
+        self.inserter.apply()
+        return to_model(g, like=self.like)
 
 
 def _resolve_const_identities(model: onnx.ModelProto, *, in_place: bool) -> onnx.ModelProto:
@@ -322,7 +299,7 @@ def _dynamic_batch(model: onnx.ModelProto) -> bool:
     return True
 
 
-def _group_params(plan, ranges: dict[str, tuple[float, float]],  # noqa: ANN001
+def _group_params(plan: Plan, ranges: dict[str, tuple[float, float]],
                   activations: str) -> dict[int, QParams]:
     """Per group: the union of its members' ranges -> QParams; drop tensors without stats."""
     out: dict[int, QParams] = {}

@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
-from onnxopt.data import Feeds  # noqa: E402
+from onnxopt.data import Feeds
 from onnxopt.errors import OnnxoptError  # noqa: E402
 from onnxopt.onnx2torch.convert import (  # noqa: E402
     UnsupportedOpsError,

@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
-from onnxopt.data import Feeds  # noqa: E402
+from onnxopt.data import Feeds
 from onnxopt.errors import OptionError  # noqa: E402
 from onnxopt.passes.distill.config import DistillConfig  # noqa: E402
 from onnxopt.passes.distill.trainer import distill  # noqa: E402

@@ -1,7 +1,7 @@
-"""GroupNorm as torch exports it: both exporters write ``nn.GroupNorm(G, C)`` as Reshape to
+"""GroupNorm as torch exports it (both exporters write ``nn.GroupNorm(G, C)`` as Reshape to
 ``[N, G, -1]``, InstanceNormalization with ``G`` scale/bias entries, Reshape back to the input's
-shape and Mul/Add by gamma/beta ``[C, 1, 1]``. It prunes in whole norm groups (block ``C / G``);
-shapes that do not restore the channel layout keep a note."""
+shape and Mul/Add by gamma/beta ``[C, 1, 1]``) prunes in whole norm groups (block ``C / G``).
+Run on the exports themselves; see test_reshapes for hand-made variants."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ import warnings
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
 from typer.testing import CliRunner
 
-from . import prune_models as pm
-from .test_prune_cli import _app
-from .test_prune_groups import _groups
-from .test_prune_slicing import _check, _prune, _run
+from onnxopt.cli import app
+
+from .support import analyze_groups, check, constants, output, prune
 
 torch = pytest.importorskip("torch")
 
 C, G, PER = 16, 4, 4  # channels, norm groups, channels per norm group
+
+
 SHAPE = [1, 3, 16, 16]
 
 
@@ -83,17 +83,9 @@ EXPORTS = [pytest.param(d, r, id=f"{'dynamo' if d else 'torchscript'}-"
            for d in (False, True) for r in (False, True)]
 
 
-def _inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
-    out = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-    for n in model.graph.node:
-        if n.op_type == "Constant" and n.attribute[0].name == "value":
-            out[n.output[0]] = numpy_helper.to_array(n.attribute[0].t)
-    return out
-
-
 def _convs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     """Conv weights by role: c1 (3x3 from the input), skip (1x1 from the input), c2, c3."""
-    inits, out = _inits(model), {}
+    inits, out = constants(model), {}
     for n in model.graph.node:
         if n.op_type == "Conv":
             w = inits[n.input[1]]
@@ -113,7 +105,7 @@ def test_exported_group_norm_is_whole_norm_groups(dynamo, residual):
     model = _export(_net(residual), dynamo)
     ops = {n.op_type for n in model.graph.node}
     assert "InstanceNormalization" in ops and "GroupNormalization" not in ops
-    _, groups = _groups(model)
+    _, groups = analyze_groups(model)
     g = next(g for g in groups.values() if g.size == C)
     assert g.prunable and g.block == PER and g.units == G, g.closed
     assert len(g.producers) == (2 if residual else 1)
@@ -137,9 +129,9 @@ def test_exported_group_norm_prunes_half_exactly(dynamo, residual):
     net = _net(residual)
     model = _export(net, dynamo)
     x = np.random.default_rng(1).standard_normal(SHAPE).astype(np.float32)
-    res = _prune(model, x, ratio=0.5)
+    res = prune(model, x, ratio=0.5)
     assert res.changed and not res.details["reconstructed"]
-    _check(res.model)
+    check(res.model)
     pruned = res.model
     w, w0 = _convs(pruned), _convs(model)
     k1 = _kept_rows(w["c1"], w0["c1"])
@@ -155,7 +147,7 @@ def test_exported_group_norm_prunes_half_exactly(dynamo, residual):
     inferred = onnx.shape_inference.infer_shapes(pruned, strict_mode=True, data_prop=True)
     dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
             for v in inferred.graph.value_info}
-    inits = _inits(pruned)
+    inits = constants(pruned)
     norm = next(n for n in pruned.graph.node if n.op_type == "InstanceNormalization")
     assert dims[norm.input[0]] == [1, G // 2, PER * 16 * 16]
     assert inits[norm.input[1]].shape == inits[norm.input[2]].shape == (G // 2,)
@@ -167,7 +159,7 @@ def test_exported_group_norm_prunes_half_exactly(dynamo, residual):
 
     with torch.no_grad():
         want = net.restricted(torch.from_numpy(x), k1, k2).numpy()
-    np.testing.assert_allclose(_run(pruned, x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(output(pruned, x), want, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
@@ -176,84 +168,27 @@ def test_exported_group_norm_with_dynamic_batch_and_size(dynamo):
     axis and the (named) dimensions before it fix it by the element count."""
     net = _net(True)
     model = _export(net, dynamo, dynamic=True)
-    _, groups = _groups(model)
+    _, groups = analyze_groups(model)
     g = next(g for g in groups.values() if g.size == C)
     assert g.prunable and g.block == PER, g.closed
     x = np.random.default_rng(2).standard_normal([3, 3, 12, 20]).astype(np.float32)
-    res = _prune(model, x, ratio=0.5)
-    _check(res.model)
+    res = prune(model, x, ratio=0.5)
+    check(res.model)
     w, w0 = _convs(res.model), _convs(model)
     k1 = _kept_rows(w["c1"], w0["c1"])
     k2 = _kept_rows(w["c2"], w0["c2"][:, k1])
     with torch.no_grad():
         want = net.restricted(torch.from_numpy(x), k1, k2).numpy()
-    np.testing.assert_allclose(_run(res.model, x), want, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(output(res.model, x), want, rtol=1e-4, atol=1e-4)
 
 
 def test_dry_run_on_the_torchscript_export(tmp_path):
     path = tmp_path / "gn_model.onnx"
     onnx.save(_export(_net(False), False), path)
-    res = CliRunner().invoke(_app(), ["prune", str(path), "--dry-run", "--ratio", "0.5",
+    res = CliRunner().invoke(app, ["prune", str(path), "--dry-run", "--ratio", "0.5",
                                            "--round-to", "1"],
                              env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "splits the channel axis" not in res.output
     row = next(ln for ln in res.output.splitlines() if "16 -> 8" in ln)
     assert "4 channels" in row and "prunable" in row, row
-
-
-# ---------------------------------------------------------------------- shapes, hand-made
-
-def _shape(model: onnx.ModelProto, reshape: str) -> list[int]:
-    """A Reshape's constant shape, or the concatenated constants that build it."""
-    inits, nodes = _inits(model), {n.output[0]: n for n in model.graph.node}
-    t = next(n for n in model.graph.node if n.name == reshape).input[1]
-    parts = nodes[t].input if t in nodes and nodes[t].op_type == "Concat" else [t]
-    return np.concatenate([inits[i] for i in parts]).tolist()
-
-
-SHAPES = [("minus-one", "shape"), ("explicit", "constant"), ("concat", "concat")]
-
-
-@pytest.mark.parametrize("split,back", SHAPES, ids=[f"{s}-{b}" for s, b in SHAPES])
-def test_dead_norm_group_pruned_exactly(split, back):
-    """Norm group 1 is zero in the conv and in beta: it normalizes to 0 (its own statistics),
-    so removing it leaves every other norm group's statistics and the output unchanged. The G
-    entry shrinks wherever it lives (a constant or a Concat piece), an explicit rest entry
-    (C/G·H·W = 32) stays, and a constant shape back has its channel entry shrunk."""
-    model = pm.torch_group_norm(split, back)
-    x = np.random.default_rng(1).standard_normal([1, 8, 4, 4]).astype(np.float32)
-    res = _prune(model, x, ratio=0.25)
-    _check(res.model)
-    assert _shape(res.model, "split") == {"explicit": [1, 3, 32]}.get(split, [0, 3, -1])
-    if back != "shape":
-        assert _shape(res.model, "merge") == [1, 6, 4, 4]
-    inits, nodes = _inits(res.model), {n.name: n for n in res.model.graph.node}
-    assert inits[nodes["inorm"].input[1]].shape == (3,)
-    assert inits[nodes["conv"].input[1]].shape == (6, 8, 1, 1)
-    np.testing.assert_allclose(_run(res.model, x), _run(model, x), rtol=1e-5, atol=1e-5)
-
-
-def test_concatenated_convs_into_decomposed_group_norm():
-    model = pm.torch_group_norm(sizes=(4, 4))
-    _, groups = _groups(model)
-    assert all(groups[(p,)].prunable and groups[(p,)].block == 2 for p in ("conv0", "conv1"))
-    x = np.random.default_rng(1).standard_normal([1, 8, 4, 4]).astype(np.float32)
-    res = _prune(model, x, ratio=0.5)
-    _check(res.model)
-    assert _run(res.model, x).shape == (1, 4, 4, 4)
-    assert _shape(res.model, "split") == [0, 2, -1]
-
-
-@pytest.mark.parametrize("kwargs,text", [
-    ({"back": "input"}, "shape entry 1 is read from the shape of 'x', whose axis is not made of "
-                        "the same channels"),
-    ({"back": "pairs"}, "reshape [1, 4, 32] -> [1, 2, 64] does not merge whole units back "
-                        "into channels"),
-    ({"sizes": (3, 5)}, "channel groups are not whole units of 2 channels"),
-], ids=["back-to-another-shape", "back-not-restoring", "not-whole-norm-groups"])
-def test_decomposed_group_norm_that_does_not_fit_stays_closed(kwargs, text):
-    a, groups = _groups(pm.torch_group_norm(**kwargs))
-    for p in [p for p in groups if p != ("c2",)]:
-        assert not groups[p].prunable and any(text in r for r in groups[p].closed), groups[p]
-    assert any(text in n for n in a.notes)

@@ -1,10 +1,12 @@
-"""Calibrators on known distributions against closed-form expectations."""
+"""Calibrators on known distributions against closed-form expectations; statistics and the
+probe model."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import onnx
 import pytest
 from scipy.optimize import brentq
 from scipy.stats import norm
@@ -16,7 +18,10 @@ from onnxopt.passes.quantize.calibrate import (
     Percentile,
     TensorStats,
     make_calibrator,
+    write_probe,
 )
+
+from .support import encoder
 
 RNG = np.random.default_rng(0)
 
@@ -107,7 +112,7 @@ def test_make_calibrator_rejects_unknown() -> None:
 
 def test_constant_zero_tensor() -> None:
     s = _stats(np.zeros(100, np.float32))
-    for cal in (MinMax(), Percentile(), Entropy(), MSE()):
+    for cal in (MinMax(), Percentile(99.99), Entropy(), MSE()):
         assert cal.range(s) == (0.0, 0.0)
 
 
@@ -127,3 +132,12 @@ def test_entropy_ignores_relu_zero_spike() -> None:
     _, sym = Entropy().range(_stats(g), symmetric=True)
     lo, hi = Entropy().range(_stats(np.maximum(g, 0.0)))
     assert lo == 0.0 and hi > 0.8 * sym
+
+
+def test_write_probe_restores_outputs(tmp_path) -> None:
+    m = encoder(RNG)
+    before = m.SerializeToString()
+    write_probe(m, ["h", "m"], str(tmp_path / "p.onnx"))
+    assert m.SerializeToString() == before
+    probe = onnx.load(str(tmp_path / "p.onnx"))
+    assert [o.name for o in probe.graph.output] == ["y", "h", "m"]

@@ -11,6 +11,7 @@ from onnx import numpy_helper
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
 from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.fallback import sqnr_db
 from onnxopt.verify import Budget, Runner, compare
 
@@ -49,7 +50,7 @@ def test_sensitive_layer_alone_returns_to_float() -> None:
     m, feeds = _model(), _feeds()
     budget = Budget(min_cosine=0.999)
     ctx = PassContext(feeds=feeds, budget=budget, runner=Runner())
-    res = QuantizeInt8(calibrator="minmax").run_model(m, ctx)
+    res = QuantizeInt8(QuantizeConfig(calibrator="minmax")).run_model(m, ctx)
     assert res.changed
     floats = [r["node"] for r in res.details["float_nodes"]]
     assert floats == ["mm1"]
@@ -64,7 +65,8 @@ def test_sensitive_layer_alone_returns_to_float() -> None:
 
 def test_no_fallback_without_budget_misses() -> None:
     m, feeds = _model(), _feeds()
-    res = QuantizeInt8(calibrator="minmax", fallback=False).run_model(m, PassContext(feeds=feeds))
+    config = QuantizeConfig(calibrator="minmax", fallback=False)
+    res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds))
     comp = compare(Runner().run(m, feeds), Runner().run(res.model, feeds))
     assert comp.cosine < 0.999  # the negative case: fully quantized misses the budget
     assert res.details["float_nodes"] == []

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from onnxopt.contract import PassContext, PassError
+from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
+from onnxopt.errors import OptionError
 from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.smooth import apply_smoothing, smoothing_scales
+from tests.helpers import parse, run
 
 RNG = np.random.default_rng(7)
 K, N = 16, 8
@@ -41,21 +43,9 @@ g (float[1,4,16] x) => (float[1,4,8] y) {
 
 
 def _model(text: str) -> onnx.ModelProto:
-    m = onnx.parser.parse_model(text)
     inits = {"G": RNG.uniform(0.5, 1.5, K), "Bt": RNG.normal(0, 0.1, K),
              "W1": RNG.normal(0, 0.2, (K, N)), "W2": RNG.normal(0, 0.2, (K, N))}
-    m.graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k)
-                               for k, v in inits.items())
-    onnx.checker.check_model(m)
-    return m
-
-
-def _run(model: onnx.ModelProto, runs: list[dict]) -> list[list[np.ndarray]]:
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return [s.run(None, r) for r in runs]
+    return parse(text, {k: np.asarray(v, np.float32) for k, v in inits.items()})
 
 
 def _runs(n: int = 16) -> list[dict[str, np.ndarray]]:
@@ -85,7 +75,7 @@ def test_smoothing_with_residual_inserts_mul_and_is_exact() -> None:
     assert "h" in resid.input
     assert all(n.input[0] == "h_smoothed" for n in res.model.graph.node if n.op_type == "MatMul")
     runs = _runs(4)
-    for a, b in zip(_run(m, runs), _run(res.model, runs), strict=True):
+    for a, b in zip([run(m, r) for r in runs], [run(res.model, r) for r in runs], strict=True):
         for u, v in zip(a, b, strict=True):
             np.testing.assert_allclose(u, v, rtol=1e-5, atol=1e-5)
 
@@ -104,7 +94,7 @@ def test_smoothing_folds_into_layernorm_exactly() -> None:
     np.testing.assert_allclose(init[ln.input[1]] * s,
                                numpy_helper.to_array(m.graph.initializer[0]), rtol=1e-6)
     runs = _runs(4)
-    for a, b in zip(_run(m, runs), _run(res.model, runs), strict=True):
+    for a, b in zip([run(m, r) for r in runs], [run(res.model, r) for r in runs], strict=True):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
 
 
@@ -136,15 +126,15 @@ def test_quantize_int8_smooth_helps_outlier_channel() -> None:
         x[..., 5] *= 80.0  # one outlier channel dominates the per-tensor range
         runs.append({"x": x})
     feeds = Feeds(runs)
-    ref = np.concatenate([r[0] for r in _run(m, runs)])
+    ref = np.concatenate([run(m, r)[0] for r in runs])
 
     def err(**opt: object) -> float:
-        q = QuantizeInt8(calibrator="minmax", fallback=False, **opt).run_model(
+        q = QuantizeInt8(QuantizeConfig(calibrator="minmax", fallback=False, **opt)).run_model(
             m, PassContext(feeds=feeds))
-        out = np.concatenate([r[0] for r in _run(q.model, runs)])
+        out = np.concatenate([run(q.model, r)[0] for r in runs])
         return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 
     plain, smoothed = err(), err(smooth=0.5)
     assert smoothed < 0.5 * plain, (plain, smoothed)
-    with pytest.raises(PassError, match="smooth"):
-        QuantizeInt8(smooth=2.0).run_model(m, PassContext(feeds=feeds))
+    with pytest.raises(OptionError, match="smooth"):
+        QuantizeInt8(QuantizeConfig(smooth=2.0)).run_model(m, PassContext(feeds=feeds))

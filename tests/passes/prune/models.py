@@ -1,4 +1,5 @@
-"""Tiny hand-made graphs for the pruning tests (weights chosen so some channels carry nothing)."""
+"""Tiny hand-made graphs for the pruning tests (weights chosen so some channels carry nothing);
+the builders of one test module only stay in it."""
 
 from __future__ import annotations
 
@@ -339,6 +340,39 @@ def concat_slice(second: tuple[list, list, list] = ([4], [10], [1]),
     return _model(nodes, inits, [1, 3, 4, 4], [1, 5, 4, 4])
 
 
+def _const(nodes: list, name: str, value: list) -> str:
+    """A Constant node of int64 ``value`` appended to ``nodes``; returns its output."""
+    t = numpy_helper.from_array(np.array(value, np.int64), name)
+    nodes.append(helper.make_node("Constant", [], [name], name=name, value=t))
+    return name
+
+
+def _shape(nodes: list, name: str, kind: str, pieces: list[list]) -> str:
+    """A shape: one Constant, or (``kind="concat"``) a Concat of one Constant per piece."""
+    if kind != "concat":
+        return _const(nodes, name, [v for p in pieces for v in p])
+    parts = [_const(nodes, f"{name}{i}", p) for i, p in enumerate(pieces)]
+    nodes.append(helper.make_node("Concat", parts, [name], name=f"{name}_cat", axis=0))
+    return name
+
+
+def _convs(sizes: tuple[int, ...], zero: tuple[int, ...], inits: dict, nodes: list) -> str:
+    """1x1 convs of x[1, 8, ..] with ``sizes`` channels (channels ``zero`` of the whole carry
+    nothing), concatenated when several; returns the tensor they make."""
+    outs, start = [], 0
+    for k, n in enumerate(sizes):
+        name = "conv" if len(sizes) == 1 else f"conv{k}"
+        zk = tuple(c - start for c in zero if start <= c < start + n)
+        inits[f"w_{name}"], inits[f"b_{name}"] = _w(n, 8, 1, 1, zero=zk), _w(n, zero=zk)
+        nodes.append(helper.make_node("Conv", ["x", f"w_{name}", f"b_{name}"], [name], name=name))
+        outs.append(name)
+        start += n
+    if len(outs) == 1:
+        return outs[0]
+    nodes.append(helper.make_node("Concat", outs, ["c"], name="cat", axis=1))
+    return "c"
+
+
 @_seeded
 def torch_group_norm(split: str = "minus-one", back: str = "shape",
                      sizes: tuple[int, ...] = (8,)) -> onnx.ModelProto:
@@ -357,46 +391,23 @@ def torch_group_norm(split: str = "minus-one", back: str = "shape",
         "gamma": (np.abs(_w(8, 1, 1)) + 0.5).astype(np.float32), "beta": _w(8, 1, 1, zero=z),
         "s": np.ones(4, np.float32), "t": np.zeros(4, np.float32), "w2": _w(4, 8, 1, 1),
     }
-    nodes, outs, start = [], [], 0
-    for k, n in enumerate(sizes):
-        name = "conv" if len(sizes) == 1 else f"conv{k}"
-        zk = tuple(c - start for c in z if start <= c < start + n)
-        inits[f"w_{name}"], inits[f"b_{name}"] = _w(n, 8, 1, 1, zero=zk), _w(n, zero=zk)
-        nodes.append(helper.make_node("Conv", ["x", f"w_{name}", f"b_{name}"], [name], name=name))
-        outs.append(name)
-        start += n
-    c = outs[0]
-    if len(outs) > 1:
-        nodes.append(helper.make_node("Concat", outs, ["c"], name="cat", axis=1))
-        c = "c"
-
-    def const(name: str, value: list) -> str:
-        t = numpy_helper.from_array(np.array(value, np.int64), name)
-        nodes.append(helper.make_node("Constant", [], [name], name=name, value=t))
-        return name
-
-    def shape(name: str, kind: str, pieces: list[list]) -> str:
-        if kind != "concat":
-            return const(name, [v for p in pieces for v in p])
-        parts = [const(f"{name}{i}", p) for i, p in enumerate(pieces)]
-        nodes.append(helper.make_node("Concat", parts, [name], name=f"{name}_cat", axis=0))
-        return name
-
+    nodes: list = []
+    c = _convs(sizes, z, inits, nodes)
     first = {"minus-one": [[0], [4], [-1]], "explicit": [[1], [4], [32]],
              "concat": [[0], [4], [-1]]}[split]
-    nodes.append(helper.make_node("Reshape", [c, shape("to_groups", split, first)], ["g"],
-                                  name="split"))
+    to_groups = _shape(nodes, "to_groups", split, first)
+    nodes.append(helper.make_node("Reshape", [c, to_groups], ["g"], name="split"))
     nodes.append(helper.make_node("InstanceNormalization", ["g", "s", "t"], ["gn"], name="inorm"))
     if back in ("shape", "input"):
         nodes.append(helper.make_node("Shape", [c if back == "shape" else "x"], ["back"],
                                       name="shape_of"))
         target = "back"
     elif back == "pairs":
-        nodes.append(helper.make_node("Reshape", ["gn", const("to_pairs", [1, 2, 64])], ["gp"],
-                                      name="pairs"))
-        target = const("back", [1, 8, 4, 4])
+        to_pairs = _const(nodes, "to_pairs", [1, 2, 64])
+        nodes.append(helper.make_node("Reshape", ["gn", to_pairs], ["gp"], name="pairs"))
+        target = _const(nodes, "back", [1, 8, 4, 4])
     else:
-        target = shape("back", back, [[1], [8], [4, 4]])
+        target = _shape(nodes, "back", back, [[1], [8], [4, 4]])
     src = "gp" if back == "pairs" else "gn"
     nodes += [
         helper.make_node("Reshape", [src, target], ["n"], name="merge"),
@@ -406,59 +417,6 @@ def torch_group_norm(split: str = "minus-one", back: str = "shape",
         helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
     ]
     return _model(nodes, inits, [1, 8, 4, 4], [1, 4, 4, 4])
-
-
-@_seeded
-def shape_reader(reader: str) -> onnx.ModelProto:
-    """x -> c1 (8) -> Relu -> c2 (4) -> y, and a second output computed from ``Shape(r1)``:
-
-    - ``reshape-untracked``: Concat(x, x) reshaped to ``Shape(r1)`` (needs the 8 channels);
-    - ``reshape-other-group``: conv c3's output (its own group) reshaped to ``Shape(r1)``;
-    - ``gather-channel``: the channel entry ``Shape(r1)[1]`` itself;
-    - ``gather-batch``: x flattened to ``[Shape(r1)[0], -1]``;
-    - ``slice-spatial``: zeros of shape ``Shape(r1)[2:4]``.
-    """
-    inits = {"w1": _w(8, 4, 1, 1), "w2": _w(4, 8, 1, 1), "axes0": np.array([0], np.int64),
-             "minus1": np.array([-1], np.int64), "two": np.array([2], np.int64),
-             "four": np.array([4], np.int64), "zero": np.array(0, np.int64),
-             "one": np.array(1, np.int64)}
-    nodes = [
-        helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1"),
-        helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
-        helper.make_node("Conv", ["r1", "w2"], ["y"], name="c2"),
-        helper.make_node("Shape", ["r1"], ["s"], name="shape"),
-    ]
-    if reader == "reshape-other-group":  # another group's tensor reshaped to Shape(r1)
-        inits["w3"], inits["w4"] = _w(8, 4, 1, 1), _w(4, 8, 1, 1)
-        nodes += [helper.make_node("Conv", ["x", "w3"], ["c3"], name="c3"),
-                  helper.make_node("Reshape", ["c3", "s"], ["z"], name="reshape"),
-                  helper.make_node("Conv", ["z", "w4"], ["y2"], name="c4")]
-        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 4, 8, 8])
-    elif reader == "reshape-untracked":
-        nodes += [helper.make_node("Concat", ["x", "x"], ["u"], name="cat", axis=1),
-                  helper.make_node("Reshape", ["u", "s"], ["y2"], name="reshape")]
-        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 8, 8, 8])
-    elif reader == "gather-channel":
-        nodes += [helper.make_node("Gather", ["s", "one"], ["y2"], name="gather")]
-        y2 = helper.make_tensor_value_info("y2", TensorProto.INT64, [])
-    elif reader == "gather-batch":
-        nodes += [helper.make_node("Gather", ["s", "zero"], ["n"], name="gather"),
-                  helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsq"),
-                  helper.make_node("Concat", ["n1", "minus1"], ["shp"], name="cat", axis=0),
-                  helper.make_node("Reshape", ["x", "shp"], ["y2"], name="reshape")]
-        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 256])
-    else:
-        nodes += [helper.make_node("Slice", ["s", "two", "four"], ["hw"], name="slice"),
-                  helper.make_node("ConstantOfShape", ["hw"], ["y2"], name="zeros")]
-        y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [8, 8])
-    g = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8]), y2],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
 
 
 @_seeded

@@ -1,4 +1,5 @@
-"""End to end: exported torch models (both exporters) pruned through the PassManager."""
+"""The prune pass end to end: exported torch models (both exporters) pruned through the
+PassManager."""
 
 from __future__ import annotations
 

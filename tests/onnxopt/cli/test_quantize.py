@@ -1,4 +1,5 @@
-"""End to end: the digits ResNet quantized through the PassManager and the CLI."""
+"""``onnxopt quantize``: the command on a tiny model, in-process and as a subprocess; one-line
+errors naming the flag."""
 
 from __future__ import annotations
 
@@ -8,13 +9,11 @@ import sys
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 import typer
 from typer.testing import CliRunner
 
-from onnxopt.data import load_feeds
-from onnxopt.verify import Budget
+from tests.helpers import parse
 
 TINY = """
 <ir_version: 8, opset_import: ["": 17]>
@@ -26,45 +25,9 @@ g (float[1,2,4,4] x) => (float[1,3,2,2] y) {
 """
 
 
-def _accuracy(path: str, x: np.ndarray, y: np.ndarray, name: str) -> float:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-    pred = np.concatenate([s.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]).argmax(1)
-    return float((pred == y).mean() * 100)
-
-
-@pytest.mark.slow
-def test_digits_resnet_int8_accuracy(tmp_path) -> None:
-    from onnxopt import zoo
-    from onnxopt.passes.registry import manager
-
-    path = zoo.build("digits_resnet")
-    d = zoo.digits_data()
-    model = onnx.load(str(path))
-    name = model.graph.input[0].name
-    calib = load_feeds({name: d["X_train"][:256], "labels": d["y_train"][:256]}, model)
-    pm = manager(["quantize-int8"], budget=Budget(min_cosine=0.99, max_accuracy_drop=0.5))
-    out, report = pm.run(model, calib)
-    assert report.passes[-1].status == "kept"
-    q = tmp_path / "q.onnx"
-    onnx.save(out, str(q))
-    fp32 = _accuracy(str(path), d["X_test"], d["y_test"], name)
-    int8 = _accuracy(str(q), d["X_test"], d["y_test"], name)
-    assert fp32 >= 97.0 and int8 >= fp32 - 0.5
-    so = ort.SessionOptions()
-    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
-    so.log_severity_level = 3
-    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
-    assert "QLinearConv" in ops and "QGemm" in ops and "QLinearAdd" in ops
-    assert not {"Conv", "Gemm", "Add", "DequantizeLinear"} & set(ops)
-
-
 def _tiny(tmp_path):
-    m = onnx.parser.parse_model(TINY)
     w = np.random.default_rng(0).standard_normal((3, 2, 3, 3)).astype(np.float32)
-    m.graph.initializer.append(onnx.numpy_helper.from_array(w, "W"))
+    m = parse(TINY, {"W": w})
     p = tmp_path / "tiny.onnx"
     onnx.save(m, str(p))
     data = tmp_path / "calib.npz"
@@ -118,10 +81,27 @@ def test_cli_dynamic_and_static_subprocess(tmp_path) -> None:
 
 
 def test_cli_smooth_option(tmp_path) -> None:
-    from onnxopt.cli.quantize import quantize_options
+    from onnxopt.cli.quantize import quantize_config
     from onnxopt.errors import OptionError
 
-    opts = quantize_options("percentile", 99.99, False, "uint8", None, smooth=0.5)
-    assert opts["smooth"] == 0.5
+    config = quantize_config("percentile", 99.99, False, "uint8", None, smooth=0.5)
+    assert config.smooth == 0.5
     with pytest.raises(OptionError, match="--smooth"):
-        quantize_options("percentile", 99.99, False, "uint8", None, smooth=1.5)
+        quantize_config("percentile", 99.99, False, "uint8", None, smooth=1.5)
+
+
+@pytest.mark.parametrize("args,text", [
+    (["--percentile", "120"], "--percentile 120.0: must be in (50, 100]"),
+    (["--calibrator", "median"], "--calibrator 'median': must be one of minmax, percentile, "
+                                 "entropy, mse"),
+    (["--activations", "int4"], "--activations 'int4': must be uint8 or int8-sym"),
+    (["--smooth", "1.5"], "--smooth 1.5: must be in [0, 1] (0.5 is typical)"),
+])
+def test_wrong_option_is_one_line_naming_the_flag(tmp_path, capsys, args, text) -> None:
+    from onnxopt.cli.app import main
+
+    p, data = _tiny(tmp_path)
+    code = main(["quantize", str(p), "-o", str(tmp_path / "q.onnx"), "--data", str(data), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err == f"error: {text}", err
+    assert not (tmp_path / "q.onnx").exists()

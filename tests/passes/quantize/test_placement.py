@@ -4,66 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
 from onnxopt.passes.quantize import QuantizeInt8
-from onnxopt.passes.quantize.calibrate import write_probe
+from onnxopt.passes.quantize.config import QuantizeConfig
+
+from .support import F, H, S, V, encoder, outputs
 
 RNG = np.random.default_rng(3)
-V, S, H, F = 50, 8, 16, 32
-
-#: embedding -> LayerNorm -> FFN (bias through an Identity, as TorchScript exports shared
-#: zero biases) -> residual -> LayerNorm
-ENCODER = """
-<ir_version: 8, opset_import: ["": 17]>
-g (int64[1,8] ids) => (float[1,8,16] y) {
-    e = Gather (E, ids)
-    h = LayerNormalization <axis = -1> (e, G, Bt)
-    m = MatMul (h, W1)
-    bi = Identity (B1)
-    a = Add (m, bi)
-    s = Mul (a, a)
-    m2 = MatMul (s, W2)
-    a2 = Add (B2, m2)
-    r = Add (a2, h)
-    y = LayerNormalization <axis = -1> (r, G, Bt)
-}
-"""
-
-
-def _model() -> onnx.ModelProto:
-    m = onnx.parser.parse_model(ENCODER)
-    inits = {"E": RNG.normal(0, 1, (V, H)), "G": np.ones(H), "Bt": np.zeros(H),
-             "W1": RNG.normal(0, 0.3, (H, F)), "B1": RNG.normal(0, 0.1, F),
-             "W2": RNG.normal(0, 0.3, (F, H)), "B2": RNG.normal(0, 0.1, H)}
-    m.graph.initializer.extend(numpy_helper.from_array(np.asarray(v, np.float32), k)
-                               for k, v in inits.items())
-    onnx.checker.check_model(m)
-    return m
 
 
 def _feeds(n: int = 16) -> Feeds:
     return Feeds([{"ids": RNG.integers(0, V, (1, S)).astype(np.int64)} for _ in range(n)])
 
 
-def _run(model: onnx.ModelProto, feeds: Feeds, optimized: str | None = None) -> np.ndarray:
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if optimized is None:
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    else:
-        so.optimized_model_filepath = optimized
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return np.concatenate([s.run(None, r)[0] for r in feeds.runs])
-
-
 def test_matmul_bias_becomes_qgemm_and_embedding_reads_int8(tmp_path) -> None:
-    m, feeds = _model(), _feeds()
-    res = QuantizeInt8(fallback=False).run_model(m, PassContext(feeds=feeds))
+    m, feeds = encoder(RNG), _feeds()
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
     q = res.model
     onnx.checker.check_model(q, full_check=True)
     init = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
@@ -86,31 +46,22 @@ def test_matmul_bias_becomes_qgemm_and_embedding_reads_int8(tmp_path) -> None:
     ops = [n.op_type for n in q.graph.node]
     assert ops.count("Identity") == 0
     opt = tmp_path / "opt.onnx"
-    out = _run(q, feeds, optimized=str(opt))
+    out = outputs(q, feeds, optimized=str(opt))
     opt_ops = [n.op_type for n in onnx.load(str(opt)).graph.node]
     assert opt_ops.count("QGemm") == 2, opt_ops
     assert not {"MatMul", "Gemm", "QLinearMul"} & set(opt_ops), opt_ops
-    ref = _run(m, feeds)
+    ref = outputs(m, feeds)
     assert float((ref * out).sum() / np.linalg.norm(ref) / np.linalg.norm(out)) > 0.99
-    np.testing.assert_allclose(_run(q, feeds), out, rtol=1e-3, atol=1e-3)
+    np.testing.assert_allclose(outputs(q, feeds), out, rtol=1e-3, atol=1e-3)
 
 
 def test_negative_elementwise_all_quantizes_the_mul(tmp_path) -> None:
-    m, feeds = _model(), _feeds()
-    q = QuantizeInt8(fallback=False, elementwise="all").run_model(
+    m, feeds = encoder(RNG), _feeds()
+    q = QuantizeInt8(QuantizeConfig(fallback=False, elementwise="all")).run_model(
         m, PassContext(feeds=feeds)).model
     muls = [n for n in q.graph.node if n.op_type == "Mul"]
     by_out = {o: n for n in q.graph.node for o in n.output}
     assert all(by_out[i].op_type == "DequantizeLinear" for n in muls for i in n.input)
-
-
-def test_write_probe_restores_outputs(tmp_path) -> None:
-    m = _model()
-    before = m.SerializeToString()
-    write_probe(m, ["h", "m"], str(tmp_path / "p.onnx"))
-    assert m.SerializeToString() == before
-    probe = onnx.load(str(tmp_path / "p.onnx"))
-    assert [o.name for o in probe.graph.output] == ["y", "h", "m"]
 
 
 @pytest.mark.slow
@@ -121,14 +72,14 @@ def test_bert_small_linear_layers_become_qgemm(tmp_path) -> None:
     model = onnx.load(str(path))
     calib = Feeds([zoo.example_inputs("bert_small", 1, seed=100 + i) for i in range(16)])
     evals = Feeds([zoo.example_inputs("bert_small", 1, seed=900 + i) for i in range(4)])
-    res = QuantizeInt8(fallback=False).run_model(model, PassContext(feeds=calib))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(model, PassContext(feeds=calib))
     opt = tmp_path / "opt.onnx"
-    out = _run(res.model, evals, optimized=str(opt))
+    out = outputs(res.model, evals, optimized=str(opt))
     ops = [n.op_type for n in onnx.load(str(opt)).graph.node]
     n_linear = sum(n.op_type in ("MatMul", "Gemm") and len(n.input) > 1 and any(
         t.name == n.input[1] for t in model.graph.initializer) for n in model.graph.node)
     # every linear layer (6 per encoder layer + pooler) is a u8s8 QGemm; nothing float is left
     assert ops.count("QGemm") >= n_linear - 1 and not {"Gemm", "FusedGemm"} & set(ops), ops
     assert "LayerNormalization" not in ops or "SkipLayerNormalization" in ops
-    ref = _run(model, evals)
+    ref = outputs(model, evals)
     assert float((ref * out).sum() / np.linalg.norm(ref) / np.linalg.norm(out)) > 0.99

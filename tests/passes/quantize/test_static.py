@@ -1,0 +1,111 @@
+"""quantize-int8 as a pass: what it leaves alone, what it warns about, opset conversion, and
+the digits ResNet end to end through the PassManager."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxopt.contract import PassContext
+from onnxopt.data import Feeds, load_feeds
+from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.config import QuantizeConfig
+from onnxopt.verify import Budget
+from tests.helpers import parse
+
+from .support import (
+    CONV_RELU_CONV,
+    conv_relu_conv,
+    cos,
+    initializers,
+    outputs,
+    producer_of_input,
+)
+
+RNG = np.random.default_rng(1)
+
+
+@pytest.fixture
+def conv_model() -> onnx.ModelProto:
+    return conv_relu_conv(RNG)
+
+
+def _feeds(n: int = 16, shape=(1, 2, 4, 4)) -> Feeds:
+    return Feeds([{"x": RNG.uniform(-1.0, 2.0, shape).astype(np.float32)} for _ in range(n)])
+
+
+def test_negative_constant_add_and_exclude_stay_float(conv_model: onnx.ModelProto) -> None:
+    text = """
+    <ir_version: 8, opset_import: ["": 17]>
+    g (float[1,4] x) => (float[1,4] y) {
+        y = Add (x, C)
+    }
+    """
+    m = parse(text, dict(C=np.ones(4, np.float32)))
+    res = QuantizeInt8().run_model(m, PassContext(feeds=Feeds([{"x": np.ones((1, 4), np.float32)}])))
+    assert not res.changed and any("constant operand" in n for n in res.notes)
+    config = QuantizeConfig(exclude=["Conv"])
+    res = QuantizeInt8(config).run_model(conv_model, PassContext(feeds=_feeds()))
+    assert not res.changed
+
+
+def test_too_few_samples_warns(conv_model: onnx.ModelProto) -> None:
+    res = QuantizeInt8().run_model(conv_model, PassContext(feeds=_feeds(4)))
+    assert any("only 4 calibration samples" in n for n in res.notes)
+
+
+def test_old_opset_is_upgraded_then_quantized() -> None:
+    """An opset-9 model (no QuantizeLinear before 10, no per-channel scales before 13) is
+    converted by onnx's version converter, as onnxruntime's quantizer does, then quantized."""
+    text = CONV_RELU_CONV.replace('<ir_version: 8, opset_import: ["": 17]>',
+                                  '<ir_version: 4, opset_import: ["": 9]>')
+    model = conv_relu_conv(RNG, text)
+    feeds = _feeds()
+    res, q = QuantizeInt8().apply(model, PassContext(feeds=feeds))
+    assert res.changed and res.notes[0] == "opset 9 upgraded to 13 (onnx version converter)"
+    assert model.opset_import[0].version == 9  # the input is left alone
+    onnx.checker.check_model(q)
+    assert q.opset_import[0].version == 13
+    assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 2
+    conv = next(n.name for n in q.graph.node if n.op_type == "Conv")
+    w_dq = producer_of_input(q, conv, 1)
+    assert w_dq.op_type == "DequantizeLinear"
+    assert initializers(q)[w_dq.input[1]].shape == (4,)  # per-channel weight scales
+    assert cos(outputs(q, feeds), outputs(model, feeds)) > 0.999
+
+
+def _accuracy(path: str, x: np.ndarray, y: np.ndarray, name: str) -> float:
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+    pred = np.concatenate([s.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]).argmax(1)
+    return float((pred == y).mean() * 100)
+
+
+@pytest.mark.slow
+def test_digits_resnet_int8_accuracy(tmp_path) -> None:
+    from onnxopt import zoo
+    from onnxopt.passes.registry import manager
+
+    path = zoo.build("digits_resnet")
+    d = zoo.digits_data()
+    model = onnx.load(str(path))
+    name = model.graph.input[0].name
+    calib = load_feeds({name: d["X_train"][:256], "labels": d["y_train"][:256]}, model)
+    pm = manager(["quantize-int8"], budget=Budget(min_cosine=0.99, max_accuracy_drop=0.5))
+    out, report = pm.run(model, calib)
+    assert report.passes[-1].status == "kept"
+    q = tmp_path / "q.onnx"
+    onnx.save(out, str(q))
+    fp32 = _accuracy(str(path), d["X_test"], d["y_test"], name)
+    int8 = _accuracy(str(q), d["X_test"], d["y_test"], name)
+    assert fp32 >= 97.0 and int8 >= fp32 - 0.5
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    so.log_severity_level = 3
+    ort.InferenceSession(str(q), so, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert "QLinearConv" in ops and "QGemm" in ops and "QLinearAdd" in ops
+    assert not {"Conv", "Gemm", "Add", "DequantizeLinear"} & set(ops)
