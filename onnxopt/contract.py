@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import MISSING, asdict, dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -61,10 +61,11 @@ class PassConfig:
 
     def replace(self: C, **changes: Any) -> C:
         """A copy with ``changes`` applied (and validated)."""
-        return type(self).from_options({**asdict(self), **changes})
+        return type(self).from_options({**self.to_dict(), **changes})
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields by name (values as they are: nested objects are not converted)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
     @classmethod
     def defaults(cls) -> dict[str, Any]:
@@ -115,8 +116,6 @@ class PassContext:
     """
 
     feeds: Feeds | None = None
-    #: interim: string-keyed options of a pass not yet converted to a PassConfig
-    options: dict[str, Any] = field(default_factory=dict)
     target: str = "onnx"
     original: onnx.ModelProto | None = None
     site_filter: set[str] | None = None
@@ -131,9 +130,6 @@ class PassContext:
     def report_progress(self, what: str, done: int, total: int) -> None:
         if self.progress is not None:
             self.progress(what, done, total)
-
-    def option(self, key: str, default: Any = None) -> Any:
-        return self.options.get(key, default)
 
 
 class Pass:
@@ -176,9 +172,9 @@ class Pass:
         """An instance configured from string-keyed options (one-line OptionError on a bad
         key or value)."""
         if cls.config_class is None:
-            inst = cls()
-            inst.legacy_options = dict(options or {})  # interim, see PassContext.options
-            return inst
+            if options:
+                raise OptionError(f"{cls.name}: takes no options (got {', '.join(options)})")
+            return cls()
         return cls(cls.config_class.from_options(options, where=cls.name))
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:  # pragma: no cover

@@ -16,7 +16,22 @@ class DataError(OnnxoptError):
 
 
 class OptionError(OnnxoptError):
-    """An unknown pass, a bad order, or an invalid option value."""
+    """An unknown pass, a bad order, or an invalid option value.
+
+    Raised with :meth:`invalid`, it keeps the ``option``, the ``value`` and ``why`` it is
+    wrong, so that the CLI can name its own flag for the option.
+    """
+
+    option: str | None = None
+    value: object = None
+    why: str = ""
+
+    @classmethod
+    def invalid(cls, option: str, value: object, why: str) -> OptionError:
+        """``"{option} {why}, not {value!r}"``, with the three kept as attributes."""
+        e = cls(f"{option} {why}, not {value!r}")
+        e.option, e.value, e.why = option, value, why
+        return e
 
 
 class PassError(OptionError):

@@ -246,7 +246,6 @@ class PassManager:
 
         return PassContext(
             feeds=self._calib,
-            options=dict(getattr(p, "legacy_options", {})),
             target=self.target,
             original=self._original,
             site_filter=site_filter,

@@ -12,8 +12,10 @@ import onnx
 import typer
 from rich.console import Console
 
+from onnxopt.contract import PassConfig
 from onnxopt.data import Feeds, parse_int_range, parse_shape_overrides
 from onnxopt.defaults import SYNTH_RUNS
+from onnxopt.errors import OptionError
 from onnxopt.model import load_model, save_model
 from onnxopt.synth import get_feeds
 from onnxopt.verify import Budget
@@ -133,6 +135,19 @@ def split_list(values: str | list[str] | None) -> list[str]:
         return []
     items = [values] if isinstance(values, str) else values
     return [x.strip() for item in items for x in item.split(",") if x.strip()]
+
+
+def build_config(cls: type[PassConfig], values: dict[str, Any],
+                 flags: dict[str, str] | None = None) -> PassConfig:
+    """``cls(**values)`` (values left None keep the config's defaults); a bad value is a
+    one-line OptionError naming the CLI flag: ``--percentile 120.0: must be in (50, 100]``."""
+    try:
+        return cls(**{k: v for k, v in values.items() if v is not None})
+    except OptionError as e:
+        if e.option is None:
+            raise
+        flag = (flags or {}).get(e.option, "--" + e.option.replace("_", "-"))
+        raise OptionError(f"{flag} {e.value!r}: {e.why}") from e
 
 
 def write_model(model: onnx.ModelProto, out: Path, source: Path | None) -> Path:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from onnxopt.cli.common import budget_from, console, feeds_for, split_list
+from onnxopt.cli.common import budget_from, build_config, console, feeds_for, split_list
 from onnxopt.errors import OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -24,7 +24,6 @@ def prune_config(ratio: float | None = None, target_flops: float | None = None,
                  max_ratio: float | None = None, no_reconstruct: bool = False) -> PruneConfig:
     """The prune configuration from CLI values (None: the config's default); a bad value is
     a one-line OptionError naming the flag."""
-    from onnxopt.cli.quantize import build_config  # shared by both commands (common.py's?)
     from onnxopt.passes.prune.config import PruneConfig
 
     if ratio is not None and target_flops is not None:

@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from onnxopt.cli.common import budget_from, split_list
+from onnxopt.cli.common import budget_from, build_config, split_list
 from onnxopt.errors import DataError, OptionError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from onnxopt.contract import PassConfig
     from onnxopt.passes.quantize.config import QuantizeConfig
 
 #: CLI flags of the quantize-int8 options whose flag is not ``--`` + the name with dashes
 FLAGS = {"per_channel": "--per-tensor", "fallback": "--no-fallback"}
-
-
-def build_config(cls: type[PassConfig], values: dict[str, Any],
-                 flags: dict[str, str] | None = None) -> PassConfig:
-    """``cls(**values)`` (values left None keep the config's defaults); a bad value is a
-    one-line OptionError naming the CLI flag: ``--percentile 120.0: must be in (50, 100]``."""
-    try:
-        return cls(**{k: v for k, v in values.items() if v is not None})
-    except OptionError as e:
-        option = getattr(e, "option", None)
-        if option is None:
-            raise
-        flag = (flags or {}).get(option, "--" + option.replace("_", "-"))
-        raise OptionError(f"{flag} {e.value!r}: {e.why}") from e
 
 
 def quantize_config(

@@ -11,7 +11,7 @@ builds one from its keyword arguments.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 from onnxopt.contract import PassConfig
@@ -87,13 +87,6 @@ class MergeConfig(PassConfig):
         (the CLI passes every option, set or not)."""
         given = {k: v for k, v in (options or {}).items() if v is not None}
         return super().from_options(given, where=where)
-
-    def replace(self, **changes: Any) -> MergeConfig:
-        """A copy with ``changes`` applied (and validated). The data options keep their
-        objects (``PassConfig.replace`` goes through ``asdict``, which would turn a ``Feeds``
-        given as ``data`` into a dict)."""
-        current = {f.name: getattr(self, f.name) for f in fields(self)}
-        return type(self).from_options({**current, **changes})
 
     def __post_init__(self) -> None:
         self._check_choices()

@@ -21,12 +21,7 @@ from .importance import METHODS
 ALIASES = {"global": "global_rank"}
 
 
-def invalid(option: str, value: Any, why: str) -> OptionError:
-    """An OptionError naming ``option``; ``option``, ``value`` and ``why`` stay on it."""
-    e = OptionError(f"{option} {why}, not {value!r}")
-    e.option, e.value, e.why = option, value, why  # type: ignore[attr-defined]
-    return e
-
+invalid = OptionError.invalid
 
 @dataclass(frozen=True)
 class PruneConfig(PassConfig):

@@ -50,9 +50,9 @@ from dataclasses import dataclass, field
 
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import is_empty_tensor
+from onnxopt.graph import const_value, is_empty_tensor
 
-from .layout import Group, Layout, Member, Seg, cval, rank_of
+from .layout import Group, Layout, Member, Seg, rank_of
 from .reshapes import ReshapeRules
 from .rules import PassThroughRules
 
@@ -182,13 +182,13 @@ class Analysis(PassThroughRules, ReshapeRules):
     def visit(self, node: gs.Node) -> None:
         op = node.op
         ins = [self.lay(t) for t in node.inputs]
-        if op in ("Conv", "ConvTranspose") and cval(node.inputs[1]) is not None:
+        if op in ("Conv", "ConvTranspose") and const_value(node.inputs[1]) is not None:
             return self.conv(node, ins[0])
-        if op == "Gemm" and cval(node.inputs[1]) is not None:
+        if op == "Gemm" and const_value(node.inputs[1]) is not None:
             return self.gemm(node, ins[0])
-        if op == "MatMul" and cval(node.inputs[1]) is not None and (
-            cval(node.inputs[1]).ndim == 2
-        ) and cval(node.inputs[0]) is None:
+        if op == "MatMul" and const_value(node.inputs[1]) is not None and (
+            const_value(node.inputs[1]).ndim == 2
+        ) and const_value(node.inputs[0]) is None:
             return self.matmul(node, ins[0])
         if not any(ins):
             return None
@@ -246,7 +246,7 @@ class Analysis(PassThroughRules, ReshapeRules):
 
     # ------------------------------------------------------------------ producers
     def conv(self, node: gs.Node, x: Layout | None) -> None:
-        w = cval(node.inputs[1])
+        w = const_value(node.inputs[1])
         where = f"{node.op} '{node.name}'"
         transpose = node.op == "ConvTranspose"
         group = int(node.attrs.get("group", 1))
@@ -264,7 +264,7 @@ class Analysis(PassThroughRules, ReshapeRules):
             g = self.groups[gid]
             g.members.append(Member(node.name, "out", 1, 1 if transpose else 0))
             if has_bias:
-                if cval(node.inputs[2]) is None:
+                if const_value(node.inputs[2]) is None:
                     g.closed.append(f"{where}: bias is not a constant")
                 g.members.append(Member(node.name, "param", 2, 0))
             self.set(out, Layout(1, (Seg(gid),)))
@@ -285,7 +285,7 @@ class Analysis(PassThroughRules, ReshapeRules):
         """Conv with ``group > 1`` and C_in = C_out: conv-group ``k`` reads and writes channels
         ``[k·per, (k+1)·per)``, so it is pass-through and only whole conv-groups go (block
         ``per``; ``per = 1`` is depthwise). Weight axis 0, bias and ``group`` are members."""
-        w = cval(node.inputs[1])
+        w = const_value(node.inputs[1])
         per = int(w.shape[1])
         where = f"Conv '{node.name}'"
         if x is None:
@@ -298,7 +298,7 @@ class Analysis(PassThroughRules, ReshapeRules):
             return
         self.add_members(x, node, "param", 1, 0)
         if has_bias:
-            if cval(node.inputs[2]) is None:
+            if const_value(node.inputs[2]) is None:
                 self.close(x, f"{where}: bias is not a constant")
             self.add_members(x, node, "param", 2, 0)
         for s in x.segs:
@@ -306,7 +306,7 @@ class Analysis(PassThroughRules, ReshapeRules):
         self.set(node.outputs[0], x)
 
     def gemm(self, node: gs.Node, x: Layout | None) -> None:
-        w = cval(node.inputs[1])
+        w = const_value(node.inputs[1])
         where = f"Gemm '{node.name}'"
         trans_b = int(node.attrs.get("transB", 0))
         out_axis, in_axis = (0, 1) if trans_b else (1, 0)
@@ -321,7 +321,7 @@ class Analysis(PassThroughRules, ReshapeRules):
         g = self.groups[gid]
         g.members.append(Member(node.name, "out", 1, out_axis))
         if len(node.inputs) > 2 and not is_empty_tensor(node.inputs[2]):
-            c = cval(node.inputs[2])
+            c = const_value(node.inputs[2])
             if c is None:
                 g.closed.append(f"{where}: C is not a constant")
             elif c.ndim >= 1 and c.shape[-1] == w.shape[out_axis] and w.shape[out_axis] > 1:
@@ -331,7 +331,7 @@ class Analysis(PassThroughRules, ReshapeRules):
         self.set(node.outputs[0], Layout(1, (Seg(gid),)))
 
     def matmul(self, node: gs.Node, x: Layout | None) -> None:
-        w = cval(node.inputs[1])
+        w = const_value(node.inputs[1])
         where = f"MatMul '{node.name}'"
         r = rank_of(node.inputs[0]) or rank_of(node.outputs[0])
         if x is not None:

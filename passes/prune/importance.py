@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from onnxopt.graph import const_value
+
 from .groups import Analysis
-from .layout import Group, Member, cval
+from .layout import Group, Member
 
 METHODS = ("l1", "l2", "bn-scale", "activation")
 
@@ -57,7 +59,7 @@ def group_scores(analysis: Analysis, method: str,
             node = nodes[m.node]
             if m.kind in ("shape", "group"):
                 continue
-            arr = cval(node.inputs[m.index])
+            arr = const_value(node.inputs[m.index])
             if method in ("l1", "l2") and m.kind == "out":
                 rows = _span_rows(arr, m, g)
                 s = np.abs(rows).sum(1) if method == "l1" else np.sqrt((rows**2).sum(1))
@@ -75,7 +77,7 @@ def group_scores(analysis: Analysis, method: str,
             fallback += 1
             for m in g.members:
                 if m.kind == "out":
-                    rows = _span_rows(cval(nodes[m.node].inputs[m.index]), m, g)
+                    rows = _span_rows(const_value(nodes[m.node].inputs[m.index]), m, g)
                     raw += _norm(np.sqrt((rows**2).sum(1)))
         out[gid] = raw.reshape(g.units, g.block).sum(1)
     if fallback and method != "l2":

@@ -16,7 +16,7 @@ that changes when the group loses channels; it records where the group's span st
 member's axis, so a member axis shared by several groups (a consumer after a Concat) is sliced
 by one mask that all of them write into.
 
-Also here: the small tensor helpers every rule uses (:func:`cval`, :func:`dims_of`,
+Also here: the small tensor helpers every rule uses (:func:`dims_of`,
 :func:`rank_of`, :func:`is_static`).
 """
 
@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
-
-from onnxopt.graph import const_value, producer
 
 
 @dataclass(frozen=True)
@@ -108,26 +106,6 @@ class Group:
         """Entries this group occupies along an axis."""
         return (self.units if unit else self.size) * expand
 
-
-def cval(tensor: gs.Tensor | None) -> np.ndarray | None:
-    """:func:`onnxopt.graph.const_value` that also looks through ``Identity`` nodes (up to 16):
-    TorchScript shares equal initializers through ``Identity(initializer)``, and a pruned
-    weight or shape constant read that way must still count as a constant.
-
-    A thin wrapper until the graph helper takes this as an option (``onnxopt.graph`` does not
-    follow Identity; ``passes.fusion.pattern.const_value`` does, up to 8).
-    """
-    seen = 0
-    while tensor is not None and seen < 16:
-        v = const_value(tensor)
-        if v is not None:
-            return v
-        p = producer(tensor)
-        if p is None or p.op != "Identity":
-            return None
-        tensor = p.inputs[0]
-        seen += 1
-    return None
 
 
 def dims_of(t: gs.Tensor) -> list | None:

@@ -29,6 +29,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.data import Feeds
 from onnxopt.graph import (
+    const_value,
     is_empty_tensor,
     producer,
     to_graph,
@@ -36,8 +37,6 @@ from onnxopt.graph import (
     unique_name,
     unused_initializers,
 )
-
-from .layout import cval
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +104,7 @@ def run_with_outputs(model: onnx.ModelProto, feeds: Feeds, names: list[str],
 
 
 def _conv_ok(node: gs.Node) -> bool:
-    w = cval(node.inputs[1])
+    w = const_value(node.inputs[1])
     return (w is not None and w.ndim == 4 and int(node.attrs.get("group", 1)) == 1
             and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"))
 
@@ -120,7 +119,7 @@ def _positions(name: str, run: int, shape: tuple, n_rows: int) -> np.ndarray:
 
 def _conv_rows(node: gs.Node, x: np.ndarray, y_shape: tuple, pos: np.ndarray) -> np.ndarray:
     """im2col patches of ``x`` at output positions ``pos`` (flat over N, H_out, W_out)."""
-    w = cval(node.inputs[1])
+    w = const_value(node.inputs[1])
     kh, kw = w.shape[2:]
     sh, sw = node.attrs.get("strides", [1, 1])
     dh, dw = node.attrs.get("dilations", [1, 1])
@@ -171,7 +170,7 @@ class Reconstructor:
                                       f"auto_pad) left as sliced")
             elif node.op == "Gemm" and ins_sliced and not int(node.attrs.get("transA", 0)):
                 kind = "gemm"
-            elif node.op == "MatMul" and ins_sliced and cval(node.inputs[1]) is not None:
+            elif node.op == "MatMul" and ins_sliced and const_value(node.inputs[1]) is not None:
                 kind = "matmul"
             elif node.op == "BatchNormalization" and bool(ups & down):
                 kind = "bn"
@@ -337,7 +336,7 @@ class Reconstructor:
         return carried
 
     def _conv_out_hw(self, node: gs.Node, x: np.ndarray) -> tuple[int, int]:
-        w = cval(node.inputs[1])
+        w = const_value(node.inputs[1])
         sh, sw = node.attrs.get("strides", [1, 1])
         dh, dw = node.attrs.get("dilations", [1, 1])
         p = node.attrs.get("pads", [0, 0, 0, 0])
@@ -347,8 +346,8 @@ class Reconstructor:
 
     def _fit_linear(self, s: Step, x: np.ndarray, y: np.ndarray) -> None:
         node = self.nodes[s.node]
-        w = cval(node.inputs[1]).astype(np.float64)
-        dtype = cval(node.inputs[1]).dtype
+        w = const_value(node.inputs[1]).astype(np.float64)
+        dtype = const_value(node.inputs[1]).dtype
         if s.kind == "conv":
             w0 = w.reshape(w.shape[0], -1).T
             bias_idx, scale, beta = 2, 1.0, 1.0
@@ -363,7 +362,7 @@ class Reconstructor:
         cols = w0.shape[1]
         has_b = bias_idx is not None and len(node.inputs) > bias_idx and not is_empty_tensor(
             node.inputs[bias_idx])
-        b_arr = cval(node.inputs[bias_idx]) if has_b else None
+        b_arr = const_value(node.inputs[bias_idx]) if has_b else None
         if has_b and (b_arr is None or b_arr.size != cols):
             bias_idx = None  # a broadcast or computed C: fit the weight only
         if bias_idx is not None:
@@ -394,12 +393,12 @@ class Reconstructor:
         m, mp = o[0] / o[2], p[0] / p[2]
         sd = np.sqrt(np.maximum(o[1] / o[2] - m**2, 1e-12))
         sdp = np.sqrt(np.maximum(p[1] / p[2] - mp**2, 1e-12))
-        mu = cval(node.inputs[3]).astype(np.float64)
-        var = cval(node.inputs[4]).astype(np.float64)
+        mu = const_value(node.inputs[3]).astype(np.float64)
+        var = const_value(node.inputs[4]).astype(np.float64)
         eps = float(node.attrs.get("epsilon", 1e-5))
         ratio = sdp / sd
         mu_new = mp - (m - mu) * ratio
         var_new = np.maximum((var + eps) * ratio**2 - eps, 1e-12)
-        dtype = cval(node.inputs[3]).dtype
+        dtype = const_value(node.inputs[3]).dtype
         node.inputs[3] = self._const(node.inputs[3].name + "_reest", mu_new.astype(dtype))
         node.inputs[4] = self._const(node.inputs[4].name + "_reest", var_new.astype(dtype))

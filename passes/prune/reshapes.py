@@ -16,9 +16,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import is_empty_tensor, producer
+from onnxopt.graph import const_value, is_empty_tensor, producer
 
-from .layout import Layout, Member, Seg, cval, dims_of, is_static, rank_of
+from .layout import Layout, Member, Seg, dims_of, is_static, rank_of
 
 
 @dataclass(frozen=True)
@@ -193,13 +193,13 @@ def _skips_entry(c: gs.Node, shape: gs.Tensor, pos: int, n: int) -> bool:
     if c.inputs[0] is not shape:
         return False
     if c.op == "Gather" and int(c.attrs.get("axis", 0)) == 0:
-        idx = cval(c.inputs[1])
+        idx = const_value(c.inputs[1])
         if idx is None:
             return False
         return pos not in {int(i) % n for i in np.atleast_1d(idx)}
     if c.op == "Slice":  # a Shape output is 1-D: axes can only be 0
         given = [i < len(c.inputs) and not is_empty_tensor(c.inputs[i]) for i in range(5)]
-        vals = [cval(c.inputs[i]) if given[i] else None for i in range(5)]
+        vals = [const_value(c.inputs[i]) if given[i] else None for i in range(5)]
         if not (given[1] and given[2]) or any(given[i] and vals[i] is None for i in (1, 2, 3, 4)):
             return False
         if given[4] and int(vals[4].reshape(-1)[0]) != 1:
@@ -213,7 +213,7 @@ def _skips_entry(c: gs.Node, shape: gs.Tensor, pos: int, n: int) -> bool:
 def _shape_entry(node: gs.Node, pos: int) -> tuple[gs.Node, int, int, int] | None:
     """Where a Reshape's shape entry ``pos`` lives: (node, input index, element, value)."""
     t = node.inputs[1]
-    v = cval(t)
+    v = const_value(t)
     if v is not None:
         return node, 1, pos, int(v.reshape(-1)[pos])
     p = producer(t)
@@ -221,7 +221,7 @@ def _shape_entry(node: gs.Node, pos: int) -> tuple[gs.Node, int, int, int] | Non
         return None
     start = 0
     for k, piece in enumerate(p.inputs):
-        pv = cval(piece)
+        pv = const_value(piece)
         n = pv.size if pv is not None else (
             int(np.prod(piece.shape)) if piece.shape is not None and is_static(piece.shape) else None
         )

@@ -11,9 +11,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import is_empty_tensor
+from onnxopt.graph import const_value, is_empty_tensor
 
-from .layout import Layout, Member, cval, dims_of, rank_of
+from .layout import Layout, Member, dims_of, rank_of
 
 
 class PassThroughRules:
@@ -26,7 +26,7 @@ class PassThroughRules:
             return self.close_all([i for i in ins if i], f"{where}: channels not on axis 1")
         if node.op in ("Resize", "Upsample"):
             for k, t in enumerate(node.inputs[1:], start=1):
-                v = cval(t)
+                v = const_value(t)
                 if is_empty_tensor(t) or v is None or v.size == 0:
                     if not is_empty_tensor(t) and v is None:
                         return self.close(x, f"{where}: scales/sizes computed at run time")
@@ -45,7 +45,7 @@ class PassThroughRules:
             return self.close_all([i for i in ins if i], f"{where}: channels not on axis 1")
         n = 5 if node.op == "BatchNormalization" else 3
         for k in range(1, min(n, len(node.inputs))):
-            if cval(node.inputs[k]) is None:
+            if const_value(node.inputs[k]) is None:
                 return self.close(x, f"{where}: parameters are not constants")
             self.add_members(x, node, "param", k, 0)
         self.set(node.outputs[0], x)
@@ -62,7 +62,7 @@ class PassThroughRules:
         c, n = self.span(x), int(node.attrs.get("num_groups", 0))
         if n <= 0 or c % n:
             return self.close(x, f"{where}: num_groups={n} does not divide {c} channels")
-        params = [cval(t) for t in node.inputs[1:3]]
+        params = [const_value(t) for t in node.inputs[1:3]]
         if any(p is None for p in params):
             return self.close(x, f"{where}: parameters are not constants")
         if any(p.size not in (c, n) for p in params):
@@ -104,7 +104,7 @@ class PassThroughRules:
                 for s, q in zip(la.segs, ref.segs, strict=True):
                     self.union(s.gid, q.gid, where)
                 continue
-            v = cval(t)
+            v = const_value(t)
             dims = list(v.shape) if v is not None else dims_of(t)
             if dims is None or a is None:
                 return self.close_all(tracked, f"{where}: input '{t.name}' has unknown shape")
@@ -136,7 +136,7 @@ class PassThroughRules:
         x = ins[0]
         axes = node.attrs.get("axes")
         if axes is None and len(node.inputs) > 1:
-            v = cval(node.inputs[1])
+            v = const_value(node.inputs[1])
             axes = None if v is None else [int(a) for a in np.atleast_1d(v)]
         r_in, r_out = rank_of(node.inputs[0]), rank_of(node.outputs[0])
         if x is None or axes is None or r_in is None:
@@ -165,7 +165,7 @@ class PassThroughRules:
                 return self.close(x, f"{where}: normalizes over the channel axis")
         elif op == "Gather":
             axis = int(node.attrs.get("axis", 0)) % r
-            idx = cval(node.inputs[1])
+            idx = const_value(node.inputs[1])
             q = rank_of(node.inputs[1]) if idx is None else idx.ndim
             if axis == x.axis or q is None:
                 return self.close(x, f"{where}: gathers along the channel axis")
@@ -174,7 +174,7 @@ class PassThroughRules:
         else:  # reductions
             axes = node.attrs.get("axes")
             if axes is None and len(node.inputs) > 1 and not is_empty_tensor(node.inputs[1]):
-                v = cval(node.inputs[1])
+                v = const_value(node.inputs[1])
                 if v is None:
                     return self.close(x, f"{where}: axes computed at run time")
                 axes = [int(a) for a in np.atleast_1d(v)]
@@ -224,7 +224,7 @@ class PassThroughRules:
             for t in node.outputs:
                 self.set(t, x)
             return None
-        sizes = cval(node.inputs[1]) if len(node.inputs) > 1 and not is_empty_tensor(
+        sizes = const_value(node.inputs[1]) if len(node.inputs) > 1 and not is_empty_tensor(
             node.inputs[1]) else None
         if sizes is None:
             return self.close(x, f"{where}: split sizes are not a constant input")
@@ -252,15 +252,15 @@ class PassThroughRules:
         if x is None or r is None or any(i is not None for i in ins[1:]):
             return self.close_all([i for i in ins if i], f"{where}: channels in a side input")
         given = [k < len(node.inputs) and not is_empty_tensor(node.inputs[k]) for k in range(5)]
-        axes = cval(node.inputs[3]) if given[3] else np.arange(r)
+        axes = const_value(node.inputs[3]) if given[3] else np.arange(r)
         if not given[1] or axes is None:
             return self.close(x, f"{where}: slices the channel axis")
         axes = [int(a) % r for a in np.atleast_1d(axes)]
         if x.axis not in axes:
             return self.set(node.outputs[0], x)
         k = axes.index(x.axis)
-        starts, ends = cval(node.inputs[1]), cval(node.inputs[2])
-        steps = cval(node.inputs[4]) if given[4] else np.ones(len(axes), np.int64)
+        starts, ends = const_value(node.inputs[1]), const_value(node.inputs[2])
+        steps = const_value(node.inputs[4]) if given[4] else np.ones(len(axes), np.int64)
         if starts is None or ends is None or steps is None:
             return self.close(x, f"{where}: slices the channel axis at run-time positions")
         lo, hi, step = (int(v.reshape(-1)[k]) for v in (starts, ends, steps))

@@ -19,10 +19,9 @@ from collections import defaultdict
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import is_graph_input, is_graph_output, unique_name
+from onnxopt.graph import const_value, is_graph_input, is_graph_output, unique_name
 
 from .groups import Analysis
-from .layout import cval
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +69,7 @@ def apply_plan(graph: gs.Graph, analysis: Analysis, kept: dict[int, np.ndarray])
     for (name, idx), axes in per_input.items():
         node = nodes[name]
         src = node.inputs[idx]
-        arr = cval(src)
+        arr = const_value(src)
         keep_ax = {}
         for axis, gone in axes.items():
             keep_ax[axis] = np.setdiff1d(np.arange(arr.shape[axis]), gone)
@@ -85,7 +84,7 @@ def apply_plan(graph: gs.Graph, analysis: Analysis, kept: dict[int, np.ndarray])
         made[key] = node.inputs[idx]
     for (name, idx, elem), dec in shape_dec.items():
         node = nodes[name]
-        arr = cval(node.inputs[idx]).copy()
+        arr = const_value(node.inputs[idx]).copy()
         flat = arr.reshape(-1)
         flat[elem] -= dec
         if flat[elem] <= 0:

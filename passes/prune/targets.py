@@ -31,8 +31,10 @@ from pathlib import Path
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.graph import const_value
+
 from .groups import Analysis
-from .layout import Layout, cval, is_static
+from .layout import Layout, is_static
 
 
 @functools.lru_cache(maxsize=1)
@@ -152,7 +154,7 @@ def _prod(dims) -> float:
 
 
 def _weight_shape(t: gs.Tensor) -> list | None:
-    w = cval(t)
+    w = const_value(t)
     if w is not None:
         return list(w.shape)
     return list(t.shape) if t.shape is not None and is_static(t.shape) else None
@@ -179,7 +181,7 @@ def _node_macs(n: gs.Node) -> tuple[float, int]:
     a = n.inputs[0].shape
     if a is None or not a or not is_static(a[-1:]):
         return 0.0, 0
-    return _prod(out) * a[-1], int(a[-1]) if cval(n.inputs[1]) is not None else 0
+    return _prod(out) * a[-1], int(a[-1]) if const_value(n.inputs[1]) is not None else 0
 
 
 def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float,

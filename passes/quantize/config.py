@@ -24,12 +24,7 @@ ELEMENTWISE = ("int8-inputs", "all")
 SMOOTH_ALPHA = 0.5
 
 
-def invalid(option: str, value: Any, why: str) -> OptionError:
-    """An OptionError naming ``option``; ``option``, ``value`` and ``why`` stay on it."""
-    e = OptionError(f"{option} {why}, not {value!r}")
-    e.option, e.value, e.why = option, value, why  # type: ignore[attr-defined]
-    return e
-
+invalid = OptionError.invalid
 
 def names(value: Any) -> tuple[str, ...]:
     """Node names or op types: a comma-separated string or a sequence."""
