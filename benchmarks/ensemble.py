@@ -94,8 +94,6 @@ def folds(x: np.ndarray, y: np.ndarray, tmp: Path) -> list[tuple[Path, Path, np.
 
 def bench(reps: int) -> tuple[list[dict], dict[str, float]]:
     from onnxopt.model import load_model
-    from onnxopt.passes.ensemble.merge import merge
-    from onnxopt.passes.ensemble.modes import np_softmax
     from onnxopt.zoo import build, digits_data
 
     paths = {n: build(n) for n in MEMBERS}
@@ -114,56 +112,66 @@ def bench(reps: int) -> tuple[list[dict], dict[str, float]]:
             fit = opts.pop("fit", False)
             cheap = opts.pop("cheap", None)
             names = [cheap, EXPENSIVE] if mode == "cascade" else list(MEMBERS)
-            correct, merged, params, cse = 0.0, None, {}, {}
-            for both, only, ev in fl:
-                kw = dict(opts)
-                if mode == "cascade":
-                    fit_idx = np.setdiff1d(np.arange(len(x)), ev)
-                    kw["target_accuracy"] = float(
-                        (np.argmax(logits[EXPENSIVE][fit_idx], -1) == y[fit_idx]).mean() * 100)
-                if mode == "weighted":
-                    kw["fit_data"] = str(both)
-                    kw["data"] = str(both)
-                else:
-                    kw["data"] = str(both if fit else only)
-                m, rep = merge([str(paths[n]) for n in names], mode, **kw)
-                assert rep.verified, rep.verification
-                correct += rep.accuracy["ensemble"] * len(ev) / 100.0
-                merged = merged or m
-                params = params or rep.params
-                cse = rep.cse
-            acc = correct / len(x) * 100.0
-            s_seq, s_par = session(merged), session(merged, parallel=True)
-            out_name = merged.graph.output[0].name
-            mem = [sessions[n] for n in names]
-
-            def members_one_after_another(a, mem=mem):  # noqa: ANN001, ANN202
-                ys = [s.run(None, {"input": a})[0] for s in mem]
-                return np.mean([np_softmax(v) for v in ys], axis=0)
-
-            fns = {
-                "merged_ms": lambda a, s=s_seq, o=out_name: s.run([o], {"input": a}),
-                "members_ms": members_one_after_another,
-                "parallel_ms": lambda a, s=s_par, o=out_name: s.run([o], {"input": a}),
-            }
-            if mode == "cascade":
-                fns["expensive_ms"] = lambda a, s=sessions[EXPENSIVE]: s.run(None, {"input": a})
-            row = {
-                "mode": label,
-                "members": names,
-                "accuracy": acc,
-                "best_member": max(member_acc[n] for n in names),
-                **mean_latency_ms(fns, x, reps),
-                "params": params,
-                "cse": cse,
-            }
-            row["sessions_ms"] = sum(member_ms[n] for n in names)
+            acc, merged, params, cse = _merge_folds(paths, names, mode, opts, fit, fl, x, y,
+                                                    logits)
+            row = {"mode": label, "members": names, "accuracy": acc,
+                   "best_member": max(member_acc[n] for n in names),
+                   **_latencies(merged, mode, [sessions[n] for n in names],
+                                sessions[EXPENSIVE], x, reps),
+                   "params": params, "cse": cse,
+                   "sessions_ms": sum(member_ms[n] for n in names)}
             if mode == "cascade":
                 row["expensive_acc"] = member_acc[EXPENSIVE]
             rows.append(row)
             print(f"{label:20s} acc {acc:6.2f}  merged {row['merged_ms']:.3f} ms  members "
                   f"{row['members_ms']:.3f} ms  parallel {row['parallel_ms']:.3f} ms", flush=True)
     return rows, {"accuracy": member_acc, "ms": member_ms}
+
+
+def _merge_folds(paths, names, mode, opts, fit, fl, x, y, logits):  # noqa: ANN001, ANN202
+    """Merge on each fold (fit on one half, score the other); held-out accuracy over both."""
+    from onnxopt.passes.ensemble.merge import merge
+
+    correct, merged, params, cse = 0.0, None, {}, {}
+    for both, only, ev in fl:
+        kw = dict(opts)
+        if mode == "cascade":
+            fit_idx = np.setdiff1d(np.arange(len(x)), ev)
+            kw["target_accuracy"] = float(
+                (np.argmax(logits[EXPENSIVE][fit_idx], -1) == y[fit_idx]).mean() * 100)
+        if mode == "weighted":
+            kw["fit_data"] = str(both)
+            kw["data"] = str(both)
+        else:
+            kw["data"] = str(both if fit else only)
+        m, rep = merge([str(paths[n]) for n in names], mode, **kw)
+        assert rep.verified, rep.verification
+        correct += rep.accuracy["ensemble"] * len(ev) / 100.0
+        merged = merged or m
+        params = params or rep.params
+        cse = rep.cse
+    return correct / len(x) * 100.0, merged, params, cse
+
+
+def _latencies(merged, mode, mem, expensive, x, reps) -> dict[str, float]:  # noqa: ANN001
+    """The merged graph (one and parallel sessions) against its members run one by one."""
+    from onnxopt.passes.ensemble.modes import np_softmax
+
+    s_seq, s_par = session(merged), session(merged, parallel=True)
+    out_name = merged.graph.output[0].name
+
+    def members_one_after_another(a):  # noqa: ANN001, ANN202
+        ys = [s.run(None, {"input": a})[0] for s in mem]
+        return np.mean([np_softmax(v) for v in ys], axis=0)
+
+    fns = {
+        "merged_ms": lambda a: s_seq.run([out_name], {"input": a}),
+        "members_ms": members_one_after_another,
+        "parallel_ms": lambda a: s_par.run([out_name], {"input": a}),
+    }
+    if mode == "cascade":
+        fns["expensive_ms"] = lambda a: expensive.run(None, {"input": a})
+    return mean_latency_ms(fns, x, reps)
 
 
 def table(rows: list[dict], members: dict) -> str:

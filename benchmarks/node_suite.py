@@ -30,6 +30,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -146,22 +147,48 @@ def _inputs(model: onnx.ModelProto) -> list[str]:
     return [i.name for i in model.graph.input if i.name not in inits]
 
 
-def run_case(case: Path, passes: list[str]) -> CaseResult:
-    """Run one node test through the pipeline and classify it."""
+def run_case(case: Path, passes: list[str], no_data: bool = False) -> CaseResult:
+    """Run one node test through the pipeline and classify it against the test's own outputs.
+
+    ``no_data``: the pipeline gets no feeds and verifies on inputs it synthesizes, the way
+    ``onnxopt optimize IN -o OUT`` is called; the result is still judged on the test's data.
+    """
     from onnxopt.data import Feeds
     from onnxopt.errors import OnnxoptError
     from onnxopt.passes.registry import manager
 
     t0 = time.perf_counter()
+    loaded = _load_case(case)
+    if isinstance(loaded, CaseResult):
+        return loaded
+    model, all_feeds, refs = loaded
+    try:
+        feeds = None if no_data else Feeds(all_feeds, source=case.name)
+        out, report = manager(passes).run(model, feeds)
+    except OnnxoptError as e:  # a deliberate one-line refusal (e.g. an unsupported opset)
+        return CaseResult(case.name, "refused", detail=f"{type(e).__name__}: {_line(e)}",
+                          seconds=time.perf_counter() - t0)
+    except Exception as e:  # noqa: BLE001 - this is what we count
+        return CaseResult(case.name, "crashed", detail=f"{type(e).__name__}: {_line(e)}",
+                          seconds=time.perf_counter() - t0)
+    kept = [p.name for p in report.passes if p.status == "kept"]
+    rolled = [p.name for p in report.passes
+              if p.status in ("rolled back", "error") or getattr(p, "dropped_sites", None)]
+    status, detail, identical = _judge(model, out, all_feeds, refs, kept)
+    return CaseResult(case.name, status, rolled, kept, detail, time.perf_counter() - t0,
+                      identical)
+
+
+def _load_case(case: Path):  # noqa: ANN202 - (model, feeds, reference outputs) | CaseResult
+    """The test's model, its input sets and onnxruntime's outputs on them."""
     name = case.name
     try:
         model = onnx.load(str(case / "model.onnx"))
     except Exception as e:  # noqa: BLE001
         return CaseResult(name, "not_runnable", detail=f"load: {e}")
-    sets = sorted(case.glob("test_data_set_*"))
     names = _inputs(model)
     all_feeds = []
-    for s in sets:
+    for s in sorted(case.glob("test_data_set_*")):
         arrays = _read_tensors(s, "input")
         if arrays is None or len(arrays) != len(model.graph.input):
             return CaseResult(name, "not_runnable", detail="non-tensor or missing inputs")
@@ -175,52 +202,64 @@ def run_case(case: Path, passes: list[str]) -> CaseResult:
         return CaseResult(name, "not_runnable", detail=f"onnxruntime: {_line(e)}")
     if any(not isinstance(v, np.ndarray) for r in refs for v in r):
         return CaseResult(name, "not_runnable", detail="non-tensor outputs")
-    try:
-        out, report = manager(passes).run(model, Feeds(all_feeds, source=name))
-    except OnnxoptError as e:  # a deliberate one-line refusal (e.g. an unsupported opset)
-        return CaseResult(name, "refused", detail=f"{type(e).__name__}: {_line(e)}",
-                          seconds=time.perf_counter() - t0)
-    except Exception as e:  # noqa: BLE001 - this is what we count
-        return CaseResult(name, "crashed", detail=f"{type(e).__name__}: {_line(e)}",
-                          seconds=time.perf_counter() - t0)
-    kept = [p.name for p in report.passes if p.status == "kept"]
-    rolled = [p.name for p in report.passes
-              if p.status in ("rolled back", "error") or getattr(p, "dropped_sites", None)]
+    return model, all_feeds, refs
+
+
+def _judge(model, out, all_feeds, refs, kept) -> tuple[str, str, bool]:  # noqa: ANN001
+    """(status, detail, bit-identical) of the optimized model on the test's own data."""
+    from onnxopt.verify import Exact
+
     try:
         got = [_run(out, f) for f in all_feeds]
     except Exception as e:  # noqa: BLE001 - an optimized model onnxruntime rejects is a change
-        return CaseResult(name, "changed", rolled, kept, f"optimized model fails: {_line(e)}",
-                          time.perf_counter() - t0)
-    from onnxopt.verify import Exact
-
+        return "changed", f"optimized model fails: {_line(e)}", False
     out_names = [o.name for o in model.graph.output]
     names_ok = [o.name for o in out.graph.output] == out_names
     if not names_ok or any(len(r) != len(g) for r, g in zip(refs, got, strict=True)):
-        return CaseResult(name, "changed", rolled, kept, "output names differ",
-                          time.perf_counter() - t0)
+        return "changed", "output names differ", False
     ref_runs = [dict(zip(out_names, r, strict=True)) for r in refs]
     got_runs = [dict(zip(out_names, g, strict=True)) for g in got]
     verdict = Exact().check(ref_runs, got_runs)
     if not verdict.ok:
-        return CaseResult(name, "changed", rolled, kept, "; ".join(verdict.reasons)[:300],
-                          time.perf_counter() - t0)
+        return "changed", "; ".join(verdict.reasons)[:300], False
     identical = all(_identical(x, y) for r, g in zip(refs, got, strict=True)
                     for x, y in zip(r, g, strict=True))
     status = "optimized" if kept else "unchanged"
-    return CaseResult(name, status, rolled, kept, "" if identical else "within tolerance",
-                      time.perf_counter() - t0, identical)
+    return status, "" if identical else "within tolerance", identical
 
 
 def _line(e: BaseException) -> str:
     return first_line(e, 200)
 
 
-def run_suite(cases: list[Path], passes: list[str], progress: bool = False) -> dict[str, Any]:
+def onnxsim_refuses(case: Path) -> str:
+    """"" when onnxsim simplifies the case with its defaults (no input given, as onnxopt is
+    called with --no-data), else why not. Runs in a subprocess: onnxsim may abort."""
+    code = ("import sys, onnx, onnxsim; m = onnx.load(sys.argv[1]); "
+            "out, ok = onnxsim.simplify(m); sys.exit(0 if ok else 3)")
+    try:
+        proc = subprocess.run([sys.executable, "-c", code, str(case / "model.onnx")],
+                              capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    if proc.returncode == 0:
+        return ""
+    lines = proc.stderr.strip().splitlines()
+    return (lines[-1] if lines else f"exit code {proc.returncode}")[:200]
+
+
+def run_suite(cases: list[Path], passes: list[str], progress: bool = False,
+              no_data: bool = False, peer: bool = False) -> dict[str, Any]:
     """Run every case; returns the JSON-ready summary (counts and per-case results)."""
     results: list[CaseResult] = []
+    peer_refused: dict[str, str] = {}
     t0 = time.perf_counter()
     for i, case in enumerate(cases):
-        results.append(run_case(case, passes))
+        results.append(run_case(case, passes, no_data))
+        if peer and results[-1].status != "not_runnable":
+            why = onnxsim_refuses(case)
+            if why:
+                peer_refused[case.name] = why
         if progress and (i + 1) % 100 == 0:
             print(f"  {i + 1}/{len(cases)} cases, {time.perf_counter() - t0:.0f} s",
                   file=sys.stderr)
@@ -237,8 +276,11 @@ def run_suite(cases: list[Path], passes: list[str], progress: bool = False) -> d
         "kept_by_pass": dict(Counter(p for r in results for p in r.kept)),
         "rolled_back_by_pass": dict(Counter(p for r in results for p in r.rolled_back)),
         "seconds": round(time.perf_counter() - t0, 1),
+        "no_data": no_data,
         "results": [asdict(r) for r in results],
     }
+    if peer:
+        summary["onnxsim_refused"] = peer_refused
     return summary
 
 
@@ -270,6 +312,9 @@ def print_summary(summary: dict[str, Any]) -> None:
         if r["rolled_back"]:
             console.print(f"rolled back in {r['name']}: {', '.join(r['rolled_back'])}",
                           highlight=False)
+    if "onnxsim_refused" in summary:
+        console.print(f"onnxsim (defaults, same runnable cases) refused "
+                      f"{len(summary['onnxsim_refused'])}")
     console.print(f"{summary['seconds']} s")
 
 
@@ -280,13 +325,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--filter", default=None, help="only cases whose name contains this")
     ap.add_argument("--limit", type=int, default=None, help="at most this many cases")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "node_suite.json")
+    ap.add_argument("--no-data", action="store_true",
+                    help="give onnxopt no inputs (it synthesizes them), as `onnxopt optimize IN "
+                         "-o OUT` is called; the result is still judged on the test's data")
+    ap.add_argument("--onnxsim", action="store_true",
+                    help="also count the runnable cases onnxsim refuses (bench extra)")
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.WARNING)
     node_dir = generate(args.dir)
     cases = list_cases(node_dir, args.filter)[: args.limit]
     passes = [p.strip() for p in args.passes.split(",") if p.strip()]
-    summary = run_suite(cases, passes, progress=True)
+    summary = run_suite(cases, passes, progress=True, no_data=args.no_data, peer=args.onnxsim)
     print_summary(summary)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(summary, indent=1))

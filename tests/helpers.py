@@ -78,12 +78,17 @@ def counts(model: onnx.ModelProto) -> Counter:
     return Counter(n.op_type for n in model.graph.node)
 
 
-def session(model: onnx.ModelProto, *, optimized: bool = False) -> ort.InferenceSession:
-    """A one-thread CPU session, graph optimizations off unless ``optimized``."""
+def session(model: onnx.ModelProto, *, optimized: bool = False,
+            save_optimized: str | None = None) -> ort.InferenceSession:
+    """A one-thread CPU session, graph optimizations off unless ``optimized``;
+    ``save_optimized``: also write onnxruntime's optimized model there."""
     so = ort.SessionOptions()
     so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
                                    else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     so.intra_op_num_threads = 1
+    so.log_severity_level = 3
+    if save_optimized is not None:
+        so.optimized_model_filepath = save_optimized
     return ort.InferenceSession(model.SerializeToString(), so,
                                 providers=["CPUExecutionProvider"])
 

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 from onnx import numpy_helper
 
 from onnxopt.data import Feeds
-from tests.helpers import parse, run
+from tests.helpers import parse, run, session
 
 CONV_RELU_CONV = """
 <ir_version: 8, opset_import: ["": 17]>
@@ -65,10 +64,7 @@ def outputs(model: onnx.ModelProto, feeds: Feeds, optimized: str | None = None) 
     every onnxruntime optimization and write the optimized model there."""
     if optimized is None:
         return np.concatenate([run(model, r)[0] for r in feeds.runs])
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.optimized_model_filepath = optimized
-    s = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    s = session(model, optimized=True, save_optimized=optimized)
     return np.concatenate([s.run(None, r)[0] for r in feeds.runs])
 
 
