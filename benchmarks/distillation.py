@@ -31,10 +31,10 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from onnxopt.data import Feeds, load_feeds
-from onnxopt.passes.registry import manager  # noqa: E402
-from onnxopt.summary import ModelSummary  # noqa: E402
-from onnxopt.verify import Budget, Runner, accuracy  # noqa: E402
-from onnxopt.zoo import build, digits_data  # noqa: E402
+from onnxopt.passes.registry import manager
+from onnxopt.summary import ModelSummary
+from onnxopt.verify import Budget, Runner, accuracy
+from onnxopt.zoo import build, digits_data
 
 #: the hand-written section of the output file, kept across runs
 READING = "## Reading the table"
@@ -47,10 +47,16 @@ def small_cnn():  # a hand-written student, ~the pruned student's MACs
     import torch
 
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
-        torch.nn.Conv2d(16, 16, 3, padding=1), torch.nn.ReLU(),
-        torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 10),
+        torch.nn.Conv2d(1, 8, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(8, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(16, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.AdaptiveAvgPool2d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(16, 10),
     )
 
 
@@ -60,8 +66,9 @@ SMALL = {"epochs": 100, "lr": 1e-2, "batch_size": 32}
 SEEDS = (0, 1, 2, 3, 4)
 
 
-def train_on_labels(model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch_size: int,
-                    seed: int = 0):
+def train_on_labels(
+    model, x: np.ndarray, y: np.ndarray, epochs: int, lr: float, batch_size: int, seed: int = 0
+):
     """Plain supervised training (cross-entropy, Adam, cosine decay)."""
     import torch
 
@@ -88,9 +95,16 @@ def export(model, path: Path) -> onnx.ModelProto:
     import torch
 
     model.eval()
-    torch.onnx.export(model, (torch.zeros(1, 1, 8, 8),), str(path), input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "N"}},
-                      opset_version=17, dynamo=False)
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        input_names=["input"],
+        output_names=["logits"],
+        dynamic_axes={"input": {0: "N"}},
+        opset_version=17,
+        dynamo=False,
+    )
     return onnx.load(str(path))
 
 
@@ -101,8 +115,9 @@ class Bench:
         self.epochs = epochs
         self.teacher = onnx.load(build("digits_resnet"))
         self.train = load_feeds({"input": d["X_train"]}, self.teacher, batch=RUN)  # no labels
-        self.test = load_feeds({"input": d["X_test"], "labels": d["y_test"]}, self.teacher,
-                               batch=len(d["X_test"]))
+        self.test = load_feeds(
+            {"input": d["X_test"], "labels": d["y_test"]}, self.teacher, batch=len(d["X_test"])
+        )
         self.runner = Runner()
         self.rows: list[dict] = []
         self.t_summary = ModelSummary.of(self.teacher)
@@ -110,18 +125,28 @@ class Bench:
     def acc(self, model: onnx.ModelProto) -> float:
         return accuracy(self.runner.run(model, self.test), self.test.labels)
 
-    def add(self, name: str, model: onnx.ModelProto, seconds: float, how: str,
-            acc: float | None = None) -> None:
+    def add(
+        self, name: str, model: onnx.ModelProto, seconds: float, how: str, acc: float | None = None
+    ) -> None:
         s = ModelSummary.of(model)
-        row = {"name": name, "acc": self.acc(model) if acc is None else acc, "macs": s.flops,
-               "bytes": s.bytes,
-               "seconds": seconds, "how": how}
+        row = {
+            "name": name,
+            "acc": self.acc(model) if acc is None else acc,
+            "macs": s.flops,
+            "bytes": s.bytes,
+            "seconds": seconds,
+            "how": how,
+        }
         self.rows.append(row)
-        print(f"{name:44s} acc {row['acc']:6.2f}%  MACs {s.flops / self.t_summary.flops:6.1%}  "
-              f"size {s.bytes / self.t_summary.bytes:6.1%}  {seconds:6.1f}s", flush=True)
+        print(
+            f"{name:44s} acc {row['acc']:6.2f}%  MACs {s.flops / self.t_summary.flops:6.1%}  "
+            f"size {s.bytes / self.t_summary.bytes:6.1%}  {seconds:6.1f}s",
+            flush=True,
+        )
 
-    def pipeline(self, passes: list[str], options: dict, budget: Budget | None = None
-                 ) -> tuple[onnx.ModelProto, float, list]:
+    def pipeline(
+        self, passes: list[str], options: dict, budget: Budget | None = None
+    ) -> tuple[onnx.ModelProto, float, list]:
         t0 = time.perf_counter()
         # distillation is judged by agreement with the teacher, not by a logits cosine
         budget = budget or Budget(min_cosine=None, min_top1_agreement=0.95)
@@ -148,8 +173,9 @@ class Bench:
         self.add("pruned to 30% MACs (no refit)", m, s, "prune reconstruct=False, no budget")
         m, s, _ = self.pipeline(["prune", "distill"], {"prune": noref, "distill": dist}, free)
         self.add("pruned (no refit) + distilled", m, s, "prune(no refit),distill, no budget")
-        m, s, _ = self.pipeline(["prune", "distill", "quantize-int8"],
-                                {"prune": prune, "distill": dist})
+        m, s, _ = self.pipeline(
+            ["prune", "distill", "quantize-int8"], {"prune": prune, "distill": dist}
+        )
         self.add("prune -> distill -> quantize-int8", m, s, "prune,distill,quantize-int8")
         self.hand_written()
 
@@ -169,24 +195,38 @@ class Bench:
                 fresh = small_cnn()
                 untrained = export(fresh, Path(tmp) / "untrained.onnx")
                 t0 = time.perf_counter()
-                sup = train_on_labels(small_cnn_from(fresh), self.d["X_train"],
-                                      self.d["y_train"], **SMALL, seed=seed)
+                sup = train_on_labels(
+                    small_cnn_from(fresh), self.d["X_train"], self.d["y_train"], **SMALL, seed=seed
+                )
                 secs["labels"] += time.perf_counter() - t0
                 accs["labels"].append(self.acc(export(sup, Path(tmp) / "sup.onnx")))
                 t0 = time.perf_counter()
-                res = distill(untrained, self.teacher, self.train,
-                              DistillConfig(**SMALL, threads=1, patience=30, seed=seed))
+                res = distill(
+                    untrained,
+                    self.teacher,
+                    self.train,
+                    DistillConfig(**SMALL, threads=1, patience=30, seed=seed),
+                )
                 secs["distill"] += time.perf_counter() - t0
                 accs["distill"].append(self.acc(res.model))
-            print(f"  seed {seed}: labels {accs['labels'][-1]:.2f}%  "
-                  f"distilled {accs['distill'][-1]:.2f}%", flush=True)
-        for key, name, how in (("labels", "small CNN, trained on labels", "torch, cross-entropy"),
-                               ("distill", "small CNN, distilled (no labels)", "onnxopt distill")):
+            print(
+                f"  seed {seed}: labels {accs['labels'][-1]:.2f}%  "
+                f"distilled {accs['distill'][-1]:.2f}%",
+                flush=True,
+            )
+        for key, name, how in (
+            ("labels", "small CNN, trained on labels", "torch, cross-entropy"),
+            ("distill", "small CNN, distilled (no labels)", "onnxopt distill"),
+        ):
             a = np.array(accs[key])
             # both ways the same architecture: the distilled export gives MACs and size
-            self.add(f"{name}, mean of {len(a)} seeds", res.model, secs[key] / len(a),
-                     f"{how}; per seed {' / '.join(f'{v:.2f}' for v in a)}; sd {a.std():.2f}",
-                     acc=float(a.mean()))
+            self.add(
+                f"{name}, mean of {len(a)} seeds",
+                res.model,
+                secs[key] / len(a),
+                f"{how}; per seed {' / '.join(f'{v:.2f}' for v in a)}; sd {a.std():.2f}",
+                acc=float(a.mean()),
+            )
         wins = sum(d >= lab for d, lab in zip(accs["distill"], accs["labels"], strict=True))
         print(f"  distilled >= labels in {wins} of {len(SEEDS)} seeds", flush=True)
 

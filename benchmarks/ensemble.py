@@ -43,7 +43,7 @@ MODES = [
 ]
 
 
-def session(model, parallel: bool = False):  # noqa: ANN001, ANN201
+def session(model, parallel: bool = False):
     import onnxruntime as ort
 
     from onnxopt.timing import session_options
@@ -103,7 +103,8 @@ def bench(reps: int) -> tuple[list[dict], dict[str, float]]:
     logits = {n: sessions[n].run(None, {"input": x})[0] for n in MEMBERS}
     member_acc = {n: float((np.argmax(v, -1) == y).mean() * 100) for n, v in logits.items()}
     member_ms = mean_latency_ms(
-        {n: (lambda a, s=sessions[n]: s.run(None, {"input": a})) for n in MEMBERS}, x, reps)
+        {n: (lambda a, s=sessions[n]: s.run(None, {"input": a})) for n in MEMBERS}, x, reps
+    )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fl = folds(x, y, Path(tmp))
@@ -112,23 +113,31 @@ def bench(reps: int) -> tuple[list[dict], dict[str, float]]:
             fit = opts.pop("fit", False)
             cheap = opts.pop("cheap", None)
             names = [cheap, EXPENSIVE] if mode == "cascade" else list(MEMBERS)
-            acc, merged, params, cse = _merge_folds(paths, names, mode, opts, fit, fl, x, y,
-                                                    logits)
-            row = {"mode": label, "members": names, "accuracy": acc,
-                   "best_member": max(member_acc[n] for n in names),
-                   **_latencies(merged, mode, [sessions[n] for n in names],
-                                sessions[EXPENSIVE], x, reps),
-                   "params": params, "cse": cse,
-                   "sessions_ms": sum(member_ms[n] for n in names)}
+            acc, merged, params, cse = _merge_folds(paths, names, mode, opts, fit, fl, x, y, logits)
+            row = {
+                "mode": label,
+                "members": names,
+                "accuracy": acc,
+                "best_member": max(member_acc[n] for n in names),
+                **_latencies(
+                    merged, mode, [sessions[n] for n in names], sessions[EXPENSIVE], x, reps
+                ),
+                "params": params,
+                "cse": cse,
+                "sessions_ms": sum(member_ms[n] for n in names),
+            }
             if mode == "cascade":
                 row["expensive_acc"] = member_acc[EXPENSIVE]
             rows.append(row)
-            print(f"{label:20s} acc {acc:6.2f}  merged {row['merged_ms']:.3f} ms  members "
-                  f"{row['members_ms']:.3f} ms  parallel {row['parallel_ms']:.3f} ms", flush=True)
+            print(
+                f"{label:20s} acc {acc:6.2f}  merged {row['merged_ms']:.3f} ms  members "
+                f"{row['members_ms']:.3f} ms  parallel {row['parallel_ms']:.3f} ms",
+                flush=True,
+            )
     return rows, {"accuracy": member_acc, "ms": member_ms}
 
 
-def _merge_folds(paths, names, mode, opts, fit, fl, x, y, logits):  # noqa: ANN001, ANN202
+def _merge_folds(paths, names, mode, opts, fit, fl, x, y, logits):
     """Merge on each fold (fit on one half, score the other); held-out accuracy over both."""
     from onnxopt.passes.ensemble.merge import merge
 
@@ -138,7 +147,8 @@ def _merge_folds(paths, names, mode, opts, fit, fl, x, y, logits):  # noqa: ANN0
         if mode == "cascade":
             fit_idx = np.setdiff1d(np.arange(len(x)), ev)
             kw["target_accuracy"] = float(
-                (np.argmax(logits[EXPENSIVE][fit_idx], -1) == y[fit_idx]).mean() * 100)
+                (np.argmax(logits[EXPENSIVE][fit_idx], -1) == y[fit_idx]).mean() * 100
+            )
         if mode == "weighted":
             kw["fit_data"] = str(both)
             kw["data"] = str(both)
@@ -153,14 +163,14 @@ def _merge_folds(paths, names, mode, opts, fit, fl, x, y, logits):  # noqa: ANN0
     return correct / len(x) * 100.0, merged, params, cse
 
 
-def _latencies(merged, mode, mem, expensive, x, reps) -> dict[str, float]:  # noqa: ANN001
+def _latencies(merged, mode, mem, expensive, x, reps) -> dict[str, float]:
     """The merged graph (one and parallel sessions) against its members run one by one."""
     from onnxopt.passes.ensemble.modes import np_softmax
 
     s_seq, s_par = session(merged), session(merged, parallel=True)
     out_name = merged.graph.output[0].name
 
-    def members_one_after_another(a):  # noqa: ANN001, ANN202
+    def members_one_after_another(a):
         ys = [s.run(None, {"input": a})[0] for s in mem]
         return np.mean([np_softmax(v) for v in ys], axis=0)
 
@@ -175,27 +185,37 @@ def _latencies(merged, mode, mem, expensive, x, reps) -> dict[str, float]:  # no
 
 
 def table(rows: list[dict], members: dict) -> str:
-    lines = ["| members / mode | accuracy % | best member % | merged ms | members one after "
-             "another ms | merged / members | member sessions only ms | merged ORT_PARALLEL ms |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| members / mode | accuracy % | best member % | merged ms | members one after "
+        "another ms | merged / members | member sessions only ms | merged ORT_PARALLEL ms |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for n in MEMBERS:
-        lines.append(f"| member {n} | {members['accuracy'][n]:.2f} | - | "
-                     f"{members['ms'][n]:.3f} | - | - | - | - |")
+        lines.append(
+            f"| member {n} | {members['accuracy'][n]:.2f} | - | "
+            f"{members['ms'][n]:.3f} | - | - | - | - |"
+        )
     for r in rows:
-        lines.append(f"| {r['mode']} | {r['accuracy']:.2f} | {r['best_member']:.2f} | "
-                     f"{r['merged_ms']:.3f} | {r['members_ms']:.3f} | "
-                     f"{r['merged_ms'] / r['members_ms']:.2f} | {r['sessions_ms']:.3f} | "
-                     f"{r['parallel_ms']:.3f} |")
+        lines.append(
+            f"| {r['mode']} | {r['accuracy']:.2f} | {r['best_member']:.2f} | "
+            f"{r['merged_ms']:.3f} | {r['members_ms']:.3f} | "
+            f"{r['merged_ms'] / r['members_ms']:.2f} | {r['sessions_ms']:.3f} | "
+            f"{r['parallel_ms']:.3f} |"
+        )
     return "\n".join(lines)
 
 
 def goals(rows: list[dict]) -> list[str]:
     by = {r["mode"]: r for r in rows}
     best = max(r["best_member"] for r in rows if not r["mode"].startswith("cascade"))
-    avg_stack = [by[k]["accuracy"] for k in ("average", "average probs", "stack logistic",
-                                             "stack ridge")]
+    avg_stack = [
+        by[k]["accuracy"] for k in ("average", "average probs", "stack logistic", "stack ridge")
+    ]
     slower = [r["mode"] for r in rows if r["merged_ms"] > r["members_ms"]]
-    ok = lambda b: "met" if b else "NOT met"  # noqa: E731
+
+    def ok(b: bool) -> str:
+        return "met" if b else "NOT met"
+
     out = [
         f"- averaging or stacking >= best member ({best:.2f}%): best of them "
         f"{max(avg_stack):.2f}% -> {ok(max(avg_stack) >= best)}",
@@ -207,9 +227,12 @@ def goals(rows: list[dict]) -> list[str]:
             f"- {c['mode']} saves >= 40% of mean latency vs the expensive member, losing <= 0.3 "
             f"pt: {c['merged_ms']:.3f} vs {c['expensive_ms']:.3f} ms = {saving * 100:.0f}% "
             f"saved, accuracy {c['accuracy']:.2f}% vs {c['expensive_acc']:.2f}% "
-            f"({drop:+.2f} pt drop) -> {ok(saving >= 0.4 and drop <= 0.3)}")
-    out.append(f"- merged graph no slower than the members one after another: "
-               f"{ok(not slower)}" + (f" (slower: {', '.join(slower)})" if slower else ""))
+            f"({drop:+.2f} pt drop) -> {ok(saving >= 0.4 and drop <= 0.3)}"
+        )
+    out.append(
+        f"- merged graph no slower than the members one after another: "
+        f"{ok(not slower)}" + (f" (slower: {', '.join(slower)})" if slower else "")
+    )
     return out
 
 
@@ -222,38 +245,43 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "ENSEMBLE.md")
     args = ap.parse_args()
     rows, members = bench(args.reps)
-    text = "\n".join([
-        "# Ensemble merging benchmark",
-        "",
-        "Generated by `python benchmarks/ensemble.py` on scikit-learn's digits (450-sample test "
-        "split; fitted modes fitted on one half and scored on the other, both ways, so every "
-        "accuracy is held-out over all 450 samples). Latency: onnxruntime CPU, ORT_ENABLE_ALL, "
-        "1 intra-op thread, batch 1, mean over the 450 samples of each sample's fastest of "
-        f"{args.reps} interleaved calls. \"Members one after another\" runs each member's own session "
-        "and averages their softmax in numpy. ORT_PARALLEL uses 2 inter-op threads.",
-        "",
-        table(rows, members),
-        "",
-        "Goals (issue 7):",
-        "",
-        *goals(rows),
-        "",
-        "Reading the table: \"members one after another\" is what a deployment without merging "
-        "does (one session per member, then the combination in numpy); \"member sessions only\" "
-        "is the sum of the members' own latencies without any combining, a lower bound for "
-        "that deployment. These digits members are tiny (8 to 40 microseconds), so onnxruntime's "
-        "per-call and per-node overhead dominates: ORT_PARALLEL (inter-op threads 2) is slower "
-        "and very noisy here, as thread hand-offs cost more than the branches they overlap. "
-        "The cascades route per sample (batch 1); with larger batches the gate decides for the "
-        "whole batch. The mlp->wide cascade meets the latency goal but its threshold, chosen on "
-        "225 samples, lets through confident mistakes of the MLP on the other half "
-        "(-1.1 pt); the small->wide cascade meets both goals.",
-        "",
-        "Fitted parameters (fold 1): " + "; ".join(
-            f"{r['mode']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())
-            for r in rows if r["params"]),
-        "",
-    ])
+    text = "\n".join(
+        [
+            "# Ensemble merging benchmark",
+            "",
+            "Generated by `python benchmarks/ensemble.py` on scikit-learn's digits (450-sample test "
+            "split; fitted modes fitted on one half and scored on the other, both ways, so every "
+            "accuracy is held-out over all 450 samples). Latency: onnxruntime CPU, ORT_ENABLE_ALL, "
+            "1 intra-op thread, batch 1, mean over the 450 samples of each sample's fastest of "
+            f'{args.reps} interleaved calls. "Members one after another" runs each member\'s own session '
+            "and averages their softmax in numpy. ORT_PARALLEL uses 2 inter-op threads.",
+            "",
+            table(rows, members),
+            "",
+            "Goals (issue 7):",
+            "",
+            *goals(rows),
+            "",
+            'Reading the table: "members one after another" is what a deployment without merging '
+            'does (one session per member, then the combination in numpy); "member sessions only" '
+            "is the sum of the members' own latencies without any combining, a lower bound for "
+            "that deployment. These digits members are tiny (8 to 40 microseconds), so onnxruntime's "
+            "per-call and per-node overhead dominates: ORT_PARALLEL (inter-op threads 2) is slower "
+            "and very noisy here, as thread hand-offs cost more than the branches they overlap. "
+            "The cascades route per sample (batch 1); with larger batches the gate decides for the "
+            "whole batch. The mlp->wide cascade meets the latency goal but its threshold, chosen on "
+            "225 samples, lets through confident mistakes of the MLP on the other half "
+            "(-1.1 pt); the small->wide cascade meets both goals.",
+            "",
+            "Fitted parameters (fold 1): "
+            + "; ".join(
+                f"{r['mode']}: " + ", ".join(f"{k}={_fmt(v)}" for k, v in r["params"].items())
+                for r in rows
+                if r["params"]
+            ),
+            "",
+        ]
+    )
     args.out.write_text(text)
     print(text)
 

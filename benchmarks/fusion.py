@@ -49,6 +49,7 @@ def _is_bert(name: str) -> bool:
 
 # ---- tools -------------------------------------------------------------------------------------
 
+
 def _onnxopt(target: str) -> Callable[[onnx.ModelProto, dict], onnx.ModelProto]:
     def run(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
         from onnxopt.passes.registry import manager
@@ -88,8 +89,9 @@ def _onnxoptimizer(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
 def _ort_transformers(model: onnx.ModelProto, inputs: dict) -> onnx.ModelProto:
     from onnxruntime.transformers import optimizer
 
-    opt = optimizer.optimize_model(model, model_type="bert", num_heads=0, hidden_size=0,
-                                   opt_level=0, use_gpu=False)
+    opt = optimizer.optimize_model(
+        model, model_type="bert", num_heads=0, hidden_size=0, opt_level=0, use_gpu=False
+    )
     return opt.model
 
 
@@ -104,6 +106,7 @@ def tools_for(name: str) -> dict[str, Callable]:
 
 
 # ---- measuring -----------------------------------------------------------------------------------
+
 
 def _session(model_path: str, optimized: bool):
     from onnxopt.timing import session
@@ -155,12 +158,14 @@ def measure(name: str, exporter: str, repeat: int, only: list[str] | None = None
                 outs = plain.run(None, inputs)
                 if ref is None:
                     ref = outs
-                row["max_err"] = max(float(np.max(np.abs(np.asarray(a, np.float64) - b)))
-                                     for a, b in zip(outs, ref, strict=True))
+                row["max_err"] = max(
+                    float(np.max(np.abs(np.asarray(a, np.float64) - b)))
+                    for a, b in zip(outs, ref, strict=True)
+                )
                 row["ms_off"] = latency_ms(plain, inputs, repeat)
                 del plain
                 row["ms_all"] = latency_ms(_session(path, optimized=True), inputs, repeat)
-            except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
+            except Exception as e:
                 row["error"] = f"{type(e).__name__}: {first_line(e, 80)}"
             logger.info("%s", row)
             print(_fmt_row(row), flush=True)
@@ -176,15 +181,19 @@ def _copy(m: onnx.ModelProto) -> onnx.ModelProto:
 
 # ---- output --------------------------------------------------------------------------------------
 
-HEADER = ("| model | exporter | tool | nodes | ms (ORT off) | ms (ORT all) | max abs err |\n"
-          "|---|---|---|---:|---:|---:|---:|")
+HEADER = (
+    "| model | exporter | tool | nodes | ms (ORT off) | ms (ORT all) | max abs err |\n"
+    "|---|---|---|---:|---:|---:|---:|"
+)
 
 
 def _fmt_row(r: dict) -> str:
     if "error" in r:
         return f"| {r['model']} | {r['exporter']} | {r['tool']} | failed: {r['error']} | | | |"
-    return (f"| {r['model']} | {r['exporter']} | {r['tool']} | {r['nodes']} | "
-            f"{r['ms_off']:.2f} | {r['ms_all']:.2f} | {r['max_err']:.2e} |")
+    return (
+        f"| {r['model']} | {r['exporter']} | {r['tool']} | {r['nodes']} | "
+        f"{r['ms_off']:.2f} | {r['ms_all']:.2f} | {r['max_err']:.2e} |"
+    )
 
 
 def table(rows: list[dict]) -> str:
@@ -220,7 +229,9 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(argv if argv is not None else sys.argv[1:])
         + f"`; onnxruntime CPU, {THREADS} intra-op threads, batch 1, best of "
         f"{args.repeat} runs. Max abs error is against the original model (optimizations off).\n\n"
-        + text + "\n")
+        + text
+        + "\n"
+    )
     return 0
 
 

@@ -50,7 +50,6 @@ DEFAULT_DIR = ROOT / "build" / "node_tests"
 logger = logging.getLogger(__name__)
 
 
-
 @dataclass
 class CaseResult:
     name: str
@@ -72,8 +71,9 @@ def generate(out_dir: Path = DEFAULT_DIR, names: list[str] | None = None) -> Pat
     """
     node_dir = out_dir / "node"
     marker = node_dir / ".complete"
-    if marker.exists() or (names is not None and all(
-            (node_dir / n / "model.onnx").exists() for n in names)):
+    if marker.exists() or (
+        names is not None and all((node_dir / n / "model.onnx").exists() for n in names)
+    ):
         return node_dir
     import warnings
 
@@ -116,7 +116,7 @@ def _read_tensors(folder: Path, prefix: str) -> list[np.ndarray] | None:
             if not t.name and not t.dims and not t.raw_data and t.data_type == 0:
                 return None
             out.append(numpy_helper.to_array(t))
-        except Exception:  # noqa: BLE001 - sequences, maps, optionals
+        except Exception:
             return None
         i += 1
     return out
@@ -166,25 +166,35 @@ def run_case(case: Path, passes: list[str], no_data: bool = False) -> CaseResult
         feeds = None if no_data else Feeds(all_feeds, source=case.name)
         out, report = manager(passes).run(model, feeds)
     except OnnxoptError as e:  # a deliberate one-line refusal (e.g. an unsupported opset)
-        return CaseResult(case.name, "refused", detail=f"{type(e).__name__}: {_line(e)}",
-                          seconds=time.perf_counter() - t0)
-    except Exception as e:  # noqa: BLE001 - this is what we count
-        return CaseResult(case.name, "crashed", detail=f"{type(e).__name__}: {_line(e)}",
-                          seconds=time.perf_counter() - t0)
+        return CaseResult(
+            case.name,
+            "refused",
+            detail=f"{type(e).__name__}: {_line(e)}",
+            seconds=time.perf_counter() - t0,
+        )
+    except Exception as e:
+        return CaseResult(
+            case.name,
+            "crashed",
+            detail=f"{type(e).__name__}: {_line(e)}",
+            seconds=time.perf_counter() - t0,
+        )
     kept = [p.name for p in report.passes if p.status == "kept"]
-    rolled = [p.name for p in report.passes
-              if p.status in ("rolled back", "error") or getattr(p, "dropped_sites", None)]
+    rolled = [
+        p.name
+        for p in report.passes
+        if p.status in ("rolled back", "error") or getattr(p, "dropped_sites", None)
+    ]
     status, detail, identical = _judge(model, out, all_feeds, refs, kept)
-    return CaseResult(case.name, status, rolled, kept, detail, time.perf_counter() - t0,
-                      identical)
+    return CaseResult(case.name, status, rolled, kept, detail, time.perf_counter() - t0, identical)
 
 
-def _load_case(case: Path):  # noqa: ANN202 - (model, feeds, reference outputs) | CaseResult
+def _load_case(case: Path):
     """The test's model, its input sets and onnxruntime's outputs on them."""
     name = case.name
     try:
         model = onnx.load(str(case / "model.onnx"))
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return CaseResult(name, "not_runnable", detail=f"load: {e}")
     names = _inputs(model)
     all_feeds = []
@@ -198,20 +208,20 @@ def _load_case(case: Path):  # noqa: ANN202 - (model, feeds, reference outputs) 
         return CaseResult(name, "not_runnable", detail="no test data")
     try:
         refs = [_run(model, f) for f in all_feeds]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         return CaseResult(name, "not_runnable", detail=f"onnxruntime: {_line(e)}")
     if any(not isinstance(v, np.ndarray) for r in refs for v in r):
         return CaseResult(name, "not_runnable", detail="non-tensor outputs")
     return model, all_feeds, refs
 
 
-def _judge(model, out, all_feeds, refs, kept) -> tuple[str, str, bool]:  # noqa: ANN001
+def _judge(model, out, all_feeds, refs, kept) -> tuple[str, str, bool]:
     """(status, detail, bit-identical) of the optimized model on the test's own data."""
     from onnxopt.verify import Exact
 
     try:
         got = [_run(out, f) for f in all_feeds]
-    except Exception as e:  # noqa: BLE001 - an optimized model onnxruntime rejects is a change
+    except Exception as e:
         return "changed", f"optimized model fails: {_line(e)}", False
     out_names = [o.name for o in model.graph.output]
     names_ok = [o.name for o in out.graph.output] == out_names
@@ -222,8 +232,9 @@ def _judge(model, out, all_feeds, refs, kept) -> tuple[str, str, bool]:  # noqa:
     verdict = Exact().check(ref_runs, got_runs)
     if not verdict.ok:
         return "changed", "; ".join(verdict.reasons)[:300], False
-    identical = all(_identical(x, y) for r, g in zip(refs, got, strict=True)
-                    for x, y in zip(r, g, strict=True))
+    identical = all(
+        _identical(x, y) for r, g in zip(refs, got, strict=True) for x, y in zip(r, g, strict=True)
+    )
     status = "optimized" if kept else "unchanged"
     return status, "" if identical else "within tolerance", identical
 
@@ -233,13 +244,19 @@ def _line(e: BaseException) -> str:
 
 
 def onnxsim_refuses(case: Path) -> str:
-    """"" when onnxsim simplifies the case with its defaults (no input given, as onnxopt is
+    """ "" when onnxsim simplifies the case with its defaults (no input given, as onnxopt is
     called with --no-data), else why not. Runs in a subprocess: onnxsim may abort."""
-    code = ("import sys, onnx, onnxsim; m = onnx.load(sys.argv[1]); "
-            "out, ok = onnxsim.simplify(m); sys.exit(0 if ok else 3)")
+    code = (
+        "import sys, onnx, onnxsim; m = onnx.load(sys.argv[1]); "
+        "out, ok = onnxsim.simplify(m); sys.exit(0 if ok else 3)"
+    )
     try:
-        proc = subprocess.run([sys.executable, "-c", code, str(case / "model.onnx")],
-                              capture_output=True, text=True, timeout=120)
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(case / "model.onnx")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
     except subprocess.TimeoutExpired:
         return "timeout"
     if proc.returncode == 0:
@@ -248,8 +265,13 @@ def onnxsim_refuses(case: Path) -> str:
     return (lines[-1] if lines else f"exit code {proc.returncode}")[:200]
 
 
-def run_suite(cases: list[Path], passes: list[str], progress: bool = False,
-              no_data: bool = False, peer: bool = False) -> dict[str, Any]:
+def run_suite(
+    cases: list[Path],
+    passes: list[str],
+    progress: bool = False,
+    no_data: bool = False,
+    peer: bool = False,
+) -> dict[str, Any]:
     """Run every case; returns the JSON-ready summary (counts and per-case results)."""
     results: list[CaseResult] = []
     peer_refused: dict[str, str] = {}
@@ -261,17 +283,21 @@ def run_suite(cases: list[Path], passes: list[str], progress: bool = False,
             if why:
                 peer_refused[case.name] = why
         if progress and (i + 1) % 100 == 0:
-            print(f"  {i + 1}/{len(cases)} cases, {time.perf_counter() - t0:.0f} s",
-                  file=sys.stderr)
+            print(
+                f"  {i + 1}/{len(cases)} cases, {time.perf_counter() - t0:.0f} s", file=sys.stderr
+            )
     counts = Counter(r.status for r in results)
     summary = {
         "passes": passes,
         "cases": len(results),
         "runnable": len(results) - counts.get("not_runnable", 0),
-        "counts": {k: counts.get(k, 0) for k in
-                   ("optimized", "unchanged", "changed", "crashed", "refused", "not_runnable")},
-        "not_bit_identical": sum(1 for r in results if r.status in ("optimized", "unchanged")
-                                 and not r.identical),
+        "counts": {
+            k: counts.get(k, 0)
+            for k in ("optimized", "unchanged", "changed", "crashed", "refused", "not_runnable")
+        },
+        "not_bit_identical": sum(
+            1 for r in results if r.status in ("optimized", "unchanged") and not r.identical
+        ),
         "rolled_back": sum(1 for r in results if r.rolled_back),
         "kept_by_pass": dict(Counter(p for r in results for p in r.kept)),
         "rolled_back_by_pass": dict(Counter(p for r in results for p in r.rolled_back)),
@@ -299,22 +325,29 @@ def print_summary(summary: dict[str, Any]) -> None:
     table.add_row("total", str(summary["cases"]))
     console.print(table)
     if summary["kept_by_pass"]:
-        console.print("kept by pass: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(summary["kept_by_pass"].items())))
+        console.print(
+            "kept by pass: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(summary["kept_by_pass"].items()))
+        )
     if summary["rolled_back_by_pass"]:
-        console.print("rolled back by pass: " + ", ".join(
-            f"{k} {v}" for k, v in sorted(summary["rolled_back_by_pass"].items())))
+        console.print(
+            "rolled back by pass: "
+            + ", ".join(f"{k} {v}" for k, v in sorted(summary["rolled_back_by_pass"].items()))
+        )
     for r in summary["results"]:
         if r["status"] in ("changed", "crashed", "refused") or r["detail"] == "within tolerance":
-            console.print(f"[red]{r['status']}[/red] {r['name']}: {r['detail']}", markup=True,
-                          highlight=False)
+            console.print(
+                f"[red]{r['status']}[/red] {r['name']}: {r['detail']}", markup=True, highlight=False
+            )
     for r in summary["results"]:
         if r["rolled_back"]:
-            console.print(f"rolled back in {r['name']}: {', '.join(r['rolled_back'])}",
-                          highlight=False)
+            console.print(
+                f"rolled back in {r['name']}: {', '.join(r['rolled_back'])}", highlight=False
+            )
     if "onnxsim_refused" in summary:
-        console.print(f"onnxsim (defaults, same runnable cases) refused "
-                      f"{len(summary['onnxsim_refused'])}")
+        console.print(
+            f"onnxsim (defaults, same runnable cases) refused {len(summary['onnxsim_refused'])}"
+        )
     console.print(f"{summary['seconds']} s")
 
 
@@ -325,11 +358,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--filter", default=None, help="only cases whose name contains this")
     ap.add_argument("--limit", type=int, default=None, help="at most this many cases")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "node_suite.json")
-    ap.add_argument("--no-data", action="store_true",
-                    help="give onnxopt no inputs (it synthesizes them), as `onnxopt optimize IN "
-                         "-o OUT` is called; the result is still judged on the test's data")
-    ap.add_argument("--onnxsim", action="store_true",
-                    help="also count the runnable cases onnxsim refuses (bench extra)")
+    ap.add_argument(
+        "--no-data",
+        action="store_true",
+        help="give onnxopt no inputs (it synthesizes them), as `onnxopt optimize IN "
+        "-o OUT` is called; the result is still judged on the test's data",
+    )
+    ap.add_argument(
+        "--onnxsim",
+        action="store_true",
+        help="also count the runnable cases onnxsim refuses (bench extra)",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     logging.basicConfig(level=logging.WARNING)

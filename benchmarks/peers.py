@@ -44,8 +44,14 @@ def run_job(job: dict[str, Any], timeout: float) -> dict[str, Any]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     try:
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.peers", str(jpath)], env=env,
-                              capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(
+            [sys.executable, "-m", "benchmarks.peers", str(jpath)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=ROOT,
+        )
     except subprocess.TimeoutExpired:
         return {"status": f"timeout after {timeout:.0f} s", "wall_s": time.perf_counter() - t0}
     if rpath.exists():
@@ -79,17 +85,36 @@ def _onnxopt(job: dict[str, Any]) -> dict[str, Any]:
 
         calib = load_feeds(job["calib"], model)
     budget = Budget(**job["budget"]) if job.get("budget") else None
-    pm = manager(job["passes"], budget=budget, options=job.get("options") or {},
-                     verify_runs=job.get("verify_runs"))
+    pm = manager(
+        job["passes"],
+        budget=budget,
+        options=job.get("options") or {},
+        verify_runs=job.get("verify_runs"),
+    )
     out, report = pm.run(model, feeds, calib)
     save_model(out, job["output"])
-    passes = [{"name": p.name, "status": p.status, "rewrites": p.rewrites,
-               "reason": p.reason, "seconds": round(p.seconds, 2)} for p in report.passes]
+    passes = [
+        {
+            "name": p.name,
+            "status": p.status,
+            "rewrites": p.rewrites,
+            "reason": p.reason,
+            "seconds": round(p.seconds, 2),
+        }
+        for p in report.passes
+    ]
     lossy = [p for p in passes if p["name"] in job.get("lossy", [])]
-    notes = [f"{p['name']}: {p['status']}" + (f" ({p['reason'][:80]})" if p["reason"] else "")
-             for p in lossy if p["status"] != "kept"]
-    return {"passes": passes, "notes": notes, "pipeline_s": round(report.seconds, 2),
-            "kept": sum(p["status"] == "kept" for p in passes)}
+    notes = [
+        f"{p['name']}: {p['status']}" + (f" ({p['reason'][:80]})" if p["reason"] else "")
+        for p in lossy
+        if p["status"] != "kept"
+    ]
+    return {
+        "passes": passes,
+        "notes": notes,
+        "pipeline_s": round(report.seconds, 2),
+        "kept": sum(p["status"] == "kept" for p in passes),
+    }
 
 
 def _onnxsim(job: dict[str, Any]) -> dict[str, Any]:
@@ -116,8 +141,9 @@ def _onnxoptimizer(job: dict[str, Any]) -> dict[str, Any]:
     import onnx
     import onnxoptimizer
 
-    model = onnxoptimizer.optimize(onnx.load(job["input"]),
-                                   onnxoptimizer.get_fuse_and_elimination_passes())
+    model = onnxoptimizer.optimize(
+        onnx.load(job["input"]), onnxoptimizer.get_fuse_and_elimination_passes()
+    )
     onnx.save_model(model, job["output"])
     return {}
 
@@ -142,19 +168,30 @@ def _ort_quant(job: dict[str, Any]) -> dict[str, Any]:
             return next(self.it, None)
 
     big = Path(job["input"]).stat().st_size > 1_500_000_000
-    quantize_static(job["input"], job["output"], Reader(), quant_format=QuantFormat.QDQ,
-                    per_channel=True, activation_type=QuantType.QUInt8,
-                    weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, job["calibrator"]),
-                    use_external_data_format=big)
+    quantize_static(
+        job["input"],
+        job["output"],
+        Reader(),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=getattr(CalibrationMethod, job["calibrator"]),
+        use_external_data_format=big,
+    )
     return {"notes": [f"calibrator {job['calibrator']}"]}
 
 
 def _ort_transformers(job: dict[str, Any]) -> dict[str, Any]:
     from onnxruntime.transformers import optimizer
 
-    m = optimizer.optimize_model(job["input"], model_type="bert", num_heads=job["heads"],
-                                 hidden_size=job["hidden"], opt_level=0)
+    m = optimizer.optimize_model(
+        job["input"],
+        model_type="bert",
+        num_heads=job["heads"],
+        hidden_size=job["hidden"],
+        opt_level=0,
+    )
     m.save_model_to_file(job["output"])
     fused = {k: v for k, v in m.get_fused_operator_statistics().items() if v}
     return {"notes": [", ".join(f"{k} {v}" for k, v in sorted(fused.items()))[:120]]}
@@ -173,9 +210,13 @@ def _torch_pruning(job: dict[str, Any]) -> dict[str, Any]:
     s = zoo.spec(name)
     ex = {k: torch.from_numpy(v) for k, v in zoo.example_inputs(name).items()}
     last = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1]
-    pruner = tp.pruner.MagnitudePruner(model, tuple(ex.values()), importance=tp.importance.
-                                       MagnitudeImportance(p=1), pruning_ratio=job["ratio"],
-                                       ignored_layers=[last])
+    pruner = tp.pruner.MagnitudePruner(
+        model,
+        tuple(ex.values()),
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=job["ratio"],
+        ignored_layers=[last],
+    )
     pruner.step()
     notes = [f"L1 magnitude {job['ratio']:.0%}"]
     if s.kind == "digits":  # a short fine-tune, as torch-pruning's recipe expects
@@ -194,15 +235,28 @@ def _torch_pruning(job: dict[str, Any]) -> dict[str, Any]:
         notes.append(f"fine-tuned {job.get('epochs', 5)} epochs")
     model.eval()
     with torch.no_grad():
-        torch.onnx.export(model, tuple(ex.values()), job["output"], dynamo=False, opset_version=17,
-                          input_names=list(s.inputs), output_names=list(s.outputs),
-                          dynamic_axes={s.inputs[0]: {0: "batch"}} if s.kind != "bert" else None)
+        torch.onnx.export(
+            model,
+            tuple(ex.values()),
+            job["output"],
+            dynamo=False,
+            opset_version=17,
+            input_names=list(s.inputs),
+            output_names=list(s.outputs),
+            dynamic_axes={s.inputs[0]: {0: "batch"}} if s.kind != "bert" else None,
+        )
     return {"notes": notes}
 
 
-KINDS = {"onnxopt": _onnxopt, "onnxsim": _onnxsim, "onnxslim": _onnxslim,
-         "onnxoptimizer": _onnxoptimizer, "ort_quant": _ort_quant,
-         "ort_transformers": _ort_transformers, "torch_pruning": _torch_pruning}
+KINDS = {
+    "onnxopt": _onnxopt,
+    "onnxsim": _onnxsim,
+    "onnxslim": _onnxslim,
+    "onnxoptimizer": _onnxoptimizer,
+    "ort_quant": _ort_quant,
+    "ort_transformers": _ort_transformers,
+    "torch_pruning": _torch_pruning,
+}
 
 
 def _worker(path: str) -> None:
@@ -213,9 +267,11 @@ def _worker(path: str) -> None:
         res: dict[str, Any] = {"status": "ok", **extra}
     except ModuleNotFoundError as e:
         res = {"status": f"not installed: {e.name}"}
-    except Exception as e:  # noqa: BLE001 - any failure of a tool is a row
-        res = {"status": f"failed: {type(e).__name__}: {first_line(e, 200)}",
-               "traceback": traceback.format_exc()[-2000:]}
+    except Exception as e:
+        res = {
+            "status": f"failed: {type(e).__name__}: {first_line(e, 200)}",
+            "traceback": traceback.format_exc()[-2000:],
+        }
     res["seconds"] = time.perf_counter() - t0
     res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     Path(job["result"]).write_text(json.dumps(res, default=str))

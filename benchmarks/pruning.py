@@ -38,9 +38,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from onnxopt import zoo  # noqa: E402
+from onnxopt import zoo
 from onnxopt.data import Feeds
-from onnxopt.summary import count_macs  # noqa: E402
+from onnxopt.summary import count_macs
 
 logger = logging.getLogger("benchmarks.pruning")
 
@@ -73,10 +73,12 @@ def feeds_for(name: str, model: onnx.ModelProto) -> tuple[Feeds, Feeds, np.ndarr
         x = d["X_train"][: cfg["calib"]]
         calib = Feeds([{inp: x[i : i + 64]} for i in range(0, len(x), 64)], source="train")
         return calib, Feeds([{inp: d["X_test"]}], source="test"), d["y_test"]
-    calib = Feeds([zoo.example_inputs(name, 1, seed=100 + i) for i in range(cfg["calib"])],
-                  source="seeded")
-    test = Feeds([zoo.example_inputs(name, 1, seed=1000 + i) for i in range(cfg["test"])],
-                 source="seeded")
+    calib = Feeds(
+        [zoo.example_inputs(name, 1, seed=100 + i) for i in range(cfg["calib"])], source="seeded"
+    )
+    test = Feeds(
+        [zoo.example_inputs(name, 1, seed=1000 + i) for i in range(cfg["test"])], source="seeded"
+    )
     return calib, test, None
 
 
@@ -112,8 +114,9 @@ def metrics(ref: list[np.ndarray], got: list[np.ndarray], labels: np.ndarray | N
     return out
 
 
-def latency_ratio(base: onnx.ModelProto, pruned: onnx.ModelProto, feed: dict,
-                  runs: int, block: int = 10) -> float:
+def latency_ratio(
+    base: onnx.ModelProto, pruned: onnx.ModelProto, feed: dict, runs: int, block: int = 10
+) -> float:
     """median(pruned) / median(base) over ``runs`` timed runs each.
 
     The two sessions take turns in blocks of ``block`` back-to-back runs, the first run after
@@ -140,10 +143,17 @@ def params(model: onnx.ModelProto) -> int:
 
 
 # ------------------------------------------------------------------------------ methods
-def onnxopt_prune(model: onnx.ModelProto, calib: Feeds, keep_flops: float, *,
-                  ratio: float | None = None, reconstruct: bool = True,
-                  importance: str | None = None, round_to: int | str = "auto",
-                  max_rows: int = 4096) -> onnx.ModelProto:
+def onnxopt_prune(
+    model: onnx.ModelProto,
+    calib: Feeds,
+    keep_flops: float,
+    *,
+    ratio: float | None = None,
+    reconstruct: bool = True,
+    importance: str | None = None,
+    round_to: int | str = "auto",
+    max_rows: int = 4096,
+) -> onnx.ModelProto:
     from onnxopt.contract import PassContext
     from onnxopt.passes.prune.prune import Prune
 
@@ -181,9 +191,13 @@ def onnxsim_wanda(model: onnx.ModelProto, goal: float, calib: Feeds) -> onnx.Mod
     from onnxsim.pruning import apply_structured_wanda_pruning
 
     data = calib.runs[:8]
-    return bisect(lambda s: apply_structured_wanda_pruning(
-        copy.deepcopy(model), calibration_data=data, num_samples=len(data), sparsity=s), goal,
-        steps=6)
+    return bisect(
+        lambda s: apply_structured_wanda_pruning(
+            copy.deepcopy(model), calibration_data=data, num_samples=len(data), sparsity=s
+        ),
+        goal,
+        steps=6,
+    )
 
 
 def torch_pruning(name: str, exporter: str, goal: float) -> onnx.ModelProto | None:
@@ -202,9 +216,13 @@ def torch_pruning(name: str, exporter: str, goal: float) -> onnx.ModelProto | No
     def make(ratio: float) -> onnx.ModelProto:
         m = copy.deepcopy(base)
         last_m = [x for x in m.modules() if isinstance(x, torch.nn.Linear)][-1]
-        pr = tp.pruner.MagnitudePruner(m, args[0] if len(args) == 1 else args,
-                                       importance=tp.importance.MagnitudeImportance(p=2),
-                                       pruning_ratio=ratio, ignored_layers=[last_m])
+        pr = tp.pruner.MagnitudePruner(
+            m,
+            args[0] if len(args) == 1 else args,
+            importance=tp.importance.MagnitudeImportance(p=2),
+            pruning_ratio=ratio,
+            ignored_layers=[last_m],
+        )
         pr.step()
         with tempfile.TemporaryDirectory() as d:
             path = Path(d) / "tp.onnx"
@@ -222,22 +240,57 @@ def run_model(name: str, ratios: tuple[float, ...], exporter: str, peers: bool) 
     ref = outputs(model, test)
     base_macs, base_params = count_macs(model)[0], params(model)
     runs = MODELS[name]["lat_runs"]
-    rows = [{"model": name, "removed": 0.0, "method": "original", "macs": base_macs,
-             "params": base_params, "latency_ratio": 1.0, "seconds": 0.0,
-             **metrics(ref, ref, labels)}]
+    rows = [
+        {
+            "model": name,
+            "removed": 0.0,
+            "method": "original",
+            "macs": base_macs,
+            "params": base_params,
+            "latency_ratio": 1.0,
+            "seconds": 0.0,
+            **metrics(ref, ref, labels),
+        }
+    ]
     for r in ratios:
         methods: list[tuple[str, Any]] = []
         if name.startswith("bert"):
-            methods.append(("onnxopt", lambda r=r: onnxopt_prune(
-                model, calib, 1 - r, ratio=r, max_rows=MODELS[name].get("max_rows", 4096))))
-            methods.append(("onnxopt, no refit", lambda r=r: onnxopt_prune(
-                model, calib, 1 - r, ratio=r, reconstruct=False)))
+            methods.append(
+                (
+                    "onnxopt",
+                    lambda r=r: onnxopt_prune(
+                        model, calib, 1 - r, ratio=r, max_rows=MODELS[name].get("max_rows", 4096)
+                    ),
+                )
+            )
+            methods.append(
+                (
+                    "onnxopt, no refit",
+                    lambda r=r: onnxopt_prune(model, calib, 1 - r, ratio=r, reconstruct=False),
+                )
+            )
         else:
-            methods.append(("onnxopt", lambda r=r: onnxopt_prune(
-                model, calib, 1 - r, round_to=ROUND_TO.get(name, "auto"))))
-            methods.append(("onnxopt, l2 no refit", lambda r=r: onnxopt_prune(
-                model, calib, 1 - r, reconstruct=False, importance="l2",
-                round_to=ROUND_TO.get(name, "auto"))))
+            methods.append(
+                (
+                    "onnxopt",
+                    lambda r=r: onnxopt_prune(
+                        model, calib, 1 - r, round_to=ROUND_TO.get(name, "auto")
+                    ),
+                )
+            )
+            methods.append(
+                (
+                    "onnxopt, l2 no refit",
+                    lambda r=r: onnxopt_prune(
+                        model,
+                        calib,
+                        1 - r,
+                        reconstruct=False,
+                        importance="l2",
+                        round_to=ROUND_TO.get(name, "auto"),
+                    ),
+                )
+            )
         goal_holder: dict[str, float] = {}
         for label, fn in methods:
             rows.append(measure(name, r, label, fn, model, test, ref, labels, runs, base_macs))
@@ -249,8 +302,7 @@ def run_model(name: str, ratios: tuple[float, ...], exporter: str, peers: bool) 
                 ("onnxsim Wanda", lambda g=goal: onnxsim_wanda(model, g, calib)),
                 ("Torch-Pruning magnitude", lambda g=goal: torch_pruning(name, exporter, g)),
             ):
-                rows.append(measure(name, r, label, fn, model, test, ref, labels, runs,
-                                    base_macs))
+                rows.append(measure(name, r, label, fn, model, test, ref, labels, runs, base_macs))
     return rows
 
 
@@ -259,7 +311,7 @@ def measure(name, r, label, fn, model, test, ref, labels, runs, base_macs) -> di
     t = time.perf_counter()
     try:
         pruned = fn()
-    except Exception as e:  # noqa: BLE001 - a peer failing is a result, not a crash
+    except Exception as e:
         row["error"] = f"{type(e).__name__}: {first_line(e, 120)}"
         logger.warning("%s %s %.0f%%: %s", name, label, r * 100, row["error"])
         return row
@@ -272,7 +324,7 @@ def measure(name, r, label, fn, model, test, ref, labels, runs, base_macs) -> di
     try:
         row.update(metrics(ref, outputs(pruned, test), labels))
         row["latency_ratio"] = latency_ratio(model, pruned, test.runs[0], runs)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         row["error"] = f"invalid model: {first_line(e, 120)}"
     logger.info("%s", {k: v for k, v in row.items()})
     row["flops_ratio"] = row["macs"] / base_macs
@@ -282,13 +334,17 @@ def measure(name, r, label, fn, model, test, ref, labels, runs, base_macs) -> di
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | removed | method | MACs (ratio) | params | accuracy % | cosine | "
-            "centered cos. | top-1 agr. | latency ratio | time s |")
+    head = (
+        "| model | removed | method | MACs (ratio) | params | accuracy % | cosine | "
+        "centered cos. | top-1 agr. | latency ratio | time s |"
+    )
     lines = [head, "|" + "---|" * 11]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['removed']:.0%} | {r['method']} | "
-                         f"{r['error']} | | | | | | | |")
+            lines.append(
+                f"| {r['model']} | {r['removed']:.0%} | {r['method']} | "
+                f"{r['error']} | | | | | | | |"
+            )
             continue
         base = next(x for x in rows if x["model"] == r["model"] and x["method"] == "original")
         acc = f"{r['accuracy']:.2f}" if "accuracy" in r else "—"
@@ -299,7 +355,8 @@ def table(rows: list[dict]) -> str:
             f"| {r['model']} | {r['removed']:.0%} {what if r['removed'] else ''} | {method} | "
             f"{r['macs'] / 1e6:.1f}M ({r['macs'] / base['macs']:.2f}) | "
             f"{r['params'] / 1e6:.3f}M | {acc} | {r['cosine']:.4f} | {ccos} | {r['top1']:.3f} | "
-            f"{r['latency_ratio']:.2f} | {r.get('seconds', 0):.1f} |")
+            f"{r['latency_ratio']:.2f} | {r.get('seconds', 0):.1f} |"
+        )
     return "\n".join(lines)
 
 
@@ -321,8 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    plan = dict(QUICK) if a.quick else {
-        n: MODELS[n].get("ratios", REMOVED) for n in MODELS}
+    plan = dict(QUICK) if a.quick else {n: MODELS[n].get("ratios", REMOVED) for n in MODELS}
     if a.models:
         plan = {n: plan.get(n, MODELS[n].get("ratios", REMOVED)) for n in a.models.split(",")}
     rows: list[dict] = []
@@ -345,7 +401,7 @@ def write(text: str, out: str | None, quick: bool, exporter: str) -> None:
         if Path(out).exists():
             old = Path(out).read_text()
             if READING in old:
-                reading = "\n" + old[old.index(READING):]
+                reading = "\n" + old[old.index(READING) :]
         Path(out).write_text(
             "# Structured pruning at equal FLOPs\n\n"
             f"`python benchmarks/pruning.py{' --quick' if quick else ''}` "
@@ -355,7 +411,8 @@ def write(text: str, out: str | None, quick: bool, exporter: str) -> None:
             "warm runs; cosine / top-1 agreement vs the original on held-out "
             "inputs; digits accuracy on the test split). CNN rows remove a fraction of the "
             "FLOPs (peers matched to onnxopt's MACs); BERT rows remove a fraction of every FFN "
-            "width and of the attention heads (whole heads).\n\n" + text + "\n" + reading)
+            "width and of the attention heads (whole heads).\n\n" + text + "\n" + reading
+        )
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ QUICK = ("digits_resnet", "resnet18")
 REPEATS = 3
 
 
-def _session(path: str, threads: int = 2, optimized: bool = True):  # noqa: ANN202
+def _session(path: str, threads: int = 2, optimized: bool = True):
     from onnxopt.timing import session
 
     return session(path, threads=threads, optimization="all" if optimized else "disable")
@@ -57,8 +57,9 @@ def _latency_once(path: str, feed: dict, seconds: float, warmup: int) -> float:
     return float(np.median(times) * 1000)
 
 
-def latency_ms(path: str, feed: dict, seconds: float = 2.0, warmup: int = 5,
-               repeats: int = REPEATS) -> float:
+def latency_ms(
+    path: str, feed: dict, seconds: float = 2.0, warmup: int = 5, repeats: int = REPEATS
+) -> float:
     """Median over ``repeats`` measurements (fresh session each) of the median run time."""
     return float(np.median([_latency_once(path, feed, seconds, warmup) for _ in range(repeats)]))
 
@@ -105,8 +106,12 @@ def ours(src: str, dst: str, calib: list[dict], **opts) -> tuple[str, str]:
     from onnxopt.verify import Budget
 
     feeds = Feeds(calib, source="calibration")
-    pm = manager(["quantize-int8"], budget=Budget(min_cosine=0.99),
-                     options={"quantize-int8": opts}, verify_runs=16)
+    pm = manager(
+        ["quantize-int8"],
+        budget=Budget(min_cosine=0.99),
+        options={"quantize-int8": opts},
+        verify_runs=16,
+    )
     out, report = pm.run(src, feeds)
     onnx.save(out, dst)
     p = report.passes[-1]
@@ -117,7 +122,7 @@ class _Reader:
     def __init__(self, feeds: list[dict]) -> None:
         self.it = iter(feeds)
 
-    def get_next(self):  # noqa: ANN201
+    def get_next(self):
         return next(self.it, None)
 
 
@@ -128,19 +133,30 @@ def ort_peer(src: str, dst: str, calib: list[dict], method: str, tmp: str) -> st
     pre = os.path.join(tmp, "pre.onnx")
     if not os.path.exists(pre):
         quant_pre_process(src, pre, skip_symbolic_shape=False)
-    m = {"MinMax": CalibrationMethod.MinMax, "Entropy": CalibrationMethod.Entropy,
-         "Percentile": CalibrationMethod.Percentile}[method]
-    quantize_static(pre, dst, _Reader(calib), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=m)
+    m = {
+        "MinMax": CalibrationMethod.MinMax,
+        "Entropy": CalibrationMethod.Entropy,
+        "Percentile": CalibrationMethod.Percentile,
+    }[method]
+    quantize_static(
+        pre,
+        dst,
+        _Reader(calib),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=m,
+    )
     return "ok"
 
 
 def onnxsim_peer(src: str, dst: str, calib: list[dict]) -> str:
     import onnxsim
 
-    q = onnxsim.quantize_static(src, calibration_data=calib, per_channel=True,
-                                activation_type="uint8")
+    q = onnxsim.quantize_static(
+        src, calibration_data=calib, per_channel=True, activation_type="uint8"
+    )
     onnx.save(q, dst)
     return "ok"
 
@@ -154,9 +170,14 @@ def bench_model(name: str, quick: bool) -> list[dict]:
     lat_feed = evals[0]
     ref = outputs(src, evals)
     rows = []
-    fp32 = {"model": name, "method": "fp32", "status": "-",
-            "size_mb": os.path.getsize(src) / 1e6, "path": src,
-            **metric(s.kind, ref, ref, labels)}
+    fp32 = {
+        "model": name,
+        "method": "fp32",
+        "status": "-",
+        "size_mb": os.path.getsize(src) / 1e6,
+        "path": src,
+        **metric(s.kind, ref, ref, labels),
+    }
     rows.append(fp32)
     tmp = tempfile.mkdtemp(prefix=f"qbench_{name}_")
     methods = [("onnxopt", lambda d: ours(src, d, calib))]
@@ -179,7 +200,7 @@ def bench_model(name: str, quick: bool) -> list[dict]:
             row["size_mb"] = os.path.getsize(dst) / 1e6
             row.update(metric(s.kind, ref, outputs(dst, evals), labels))
             row["path"] = dst
-        except Exception as e:  # noqa: BLE001 - a failing peer is a result, not a crash
+        except Exception as e:
             row["status"] = "failed"
             row["notes"] = f"{type(e).__name__}: {first_line(e, 120)}"
         rows.append(row)
@@ -228,33 +249,44 @@ def calibration_memory(n: int = 256) -> dict:
     if timer:
         cmd = ["/usr/bin/time", "-v", *cmd]
     t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True,
-                       env={**os.environ, "OMP_NUM_THREADS": "2"})
+    r = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
+    )
     peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if timer:
         m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
         peak_kb = int(m.group(1)) if m else peak_kb
-    return {"samples": n, "peak_rss_mb": peak_kb / 1024, "seconds":
-            time.perf_counter() - t0, "ok": r.returncode == 0,
-            "how": "/usr/bin/time -v" if timer else "ru_maxrss",
-            "stdout": r.stdout.strip()[-200:],
-            "stderr": "" if r.returncode == 0 else r.stderr.strip()[-300:]}
+    return {
+        "samples": n,
+        "peak_rss_mb": peak_kb / 1024,
+        "seconds": time.perf_counter() - t0,
+        "ok": r.returncode == 0,
+        "how": "/usr/bin/time -v" if timer else "ru_maxrss",
+        "stdout": r.stdout.strip()[-200:],
+        "stderr": "" if r.returncode == 0 else r.stderr.strip()[-300:],
+    }
 
 
 def table(rows: list[dict]) -> str:
-    head = ("| model | method | status | size MB | latency ms | speed-up | accuracy % | cosine "
-            "| top-1 agr. | calib. peak MB |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    head = (
+        "| model | method | status | size MB | latency ms | speed-up | accuracy % | cosine "
+        "| top-1 agr. | calib. peak MB |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    )
     lines = [head]
     for r in rows:
+
         def f(k: str, fmt: str, r: dict = r) -> str:
             return format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"
+
         status = r.get("status", "")
         if status == "failed":
             status = "failed: " + r.get("notes", "")[:60]
-        lines.append(f"| {r['model']} | {r['method']} | {status} | {f('size_mb', '.2f')} | "
-                     f"{f('latency_ms', '.3f')} | {f('speedup', '.2f')} | "
-                     f"{f('accuracy', '.2f')} | {f('cosine', '.4f')} | {f('top1', '.3f')} | "
-                     f"{f('calib_peak_mb', '.0f')} |")
+        lines.append(
+            f"| {r['model']} | {r['method']} | {status} | {f('size_mb', '.2f')} | "
+            f"{f('latency_ms', '.3f')} | {f('speedup', '.2f')} | "
+            f"{f('accuracy', '.2f')} | {f('cosine', '.4f')} | {f('top1', '.3f')} | "
+            f"{f('calib_peak_mb', '.0f')} |"
+        )
     return "\n".join(lines)
 
 
@@ -264,13 +296,19 @@ SPEEDUP_GOALS = {"resnet18": 2.5, "bert_base": 1.8, "mobilenetv2": 1.5}
 
 def goals(rows: list[dict]) -> str:
     """One line per model: onnxopt's default configuration against fp32 and the best peer."""
-    lines = ["| model | onnxopt speed-up (goal) | onnxopt metric | best peer metric | "
-             "onnxopt ms | fastest peer ms | verdict |", "|---|---|---|---|---:|---:|---|"]
+    lines = [
+        "| model | onnxopt speed-up (goal) | onnxopt metric | best peer metric | "
+        "onnxopt ms | fastest peer ms | verdict |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = next((r for r in rows if r["model"] == model and r["method"] == "onnxopt"), None)
         fp32 = next((r for r in rows if r["model"] == model and r["method"] == "fp32"), None)
-        peers = [r for r in rows if r["model"] == model and r["method"].startswith("ort")
-                 and r.get("status") == "ok"]
+        peers = [
+            r
+            for r in rows
+            if r["model"] == model and r["method"].startswith("ort") and r.get("status") == "ok"
+        ]
         if mine is None or fp32 is None or "cosine" not in mine:
             continue
         key = "accuracy" if "accuracy" in mine else "cosine"
@@ -285,7 +323,8 @@ def goals(rows: list[dict]) -> str:
         lines.append(
             f"| {model} | {mine['speedup']:.2f}x ({f'>= {goal}x' if goal else '-'}) | "
             f"{key} {format(mine[key], fmt)} | {format(best, fmt)} | {mine['latency_ms']:.3f} | "
-            f"{fastest:.3f} | {'met' if ok else 'NOT met'} |")
+            f"{fastest:.3f} | {'met' if ok else 'NOT met'} |"
+        )
     return "\n".join(lines)
 
 
@@ -294,23 +333,27 @@ NOTES_MARK = "<!-- hand-written notes below: kept when the file is regenerated -
 
 def write_markdown(path: str, cmd: str, rows: list[dict], mem: dict | None) -> None:
     old = Path(path).read_text() if Path(path).exists() else ""
-    notes = old[old.index(NOTES_MARK):] if NOTES_MARK in old else ""
+    notes = old[old.index(NOTES_MARK) :] if NOTES_MARK in old else ""
     with open(path, "w") as f:
         f.write("# int8 quantization benchmark\n\n")
         f.write(f"Command: `{cmd}`\n\n")
-        f.write("onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1; latency = median of "
-                f"{REPEATS} interleaved measurements (every variant once per round), each the "
-                "median run time. Peers: onnxruntime `quantize_static` (QDQ, per-channel, "
-                "uint8 activations / int8 weights, after `quant_pre_process`) and "
-                "`onnxsim.quantize_static`. Image models and bert_base have random weights "
-                "and inputs (cosine / top-1 vs fp32 on held-out inputs); digits is trained "
-                "(test accuracy). onnxopt runs `quantize-int8` through the PassManager with "
-                "`Budget(min_cosine=0.99)`.\n\n")
+        f.write(
+            "onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1; latency = median of "
+            f"{REPEATS} interleaved measurements (every variant once per round), each the "
+            "median run time. Peers: onnxruntime `quantize_static` (QDQ, per-channel, "
+            "uint8 activations / int8 weights, after `quant_pre_process`) and "
+            "`onnxsim.quantize_static`. Image models and bert_base have random weights "
+            "and inputs (cosine / top-1 vs fp32 on held-out inputs); digits is trained "
+            "(test accuracy). onnxopt runs `quantize-int8` through the PassManager with "
+            "`Budget(min_cosine=0.99)`.\n\n"
+        )
         f.write(table(rows) + "\n")
         if mem is not None:
-            f.write(f"\nCalibration peak memory, bert_base, {mem['samples']} samples: "
-                    f"{mem['peak_rss_mb']:.0f} MB max RSS via {mem['how']} "
-                    f"({mem['seconds']:.0f} s, ok={mem['ok']}).\n")
+            f.write(
+                f"\nCalibration peak memory, bert_base, {mem['samples']} samples: "
+                f"{mem['peak_rss_mb']:.0f} MB max RSS via {mem['how']} "
+                f"({mem['seconds']:.0f} s, ok={mem['ok']}).\n"
+            )
         f.write("\n## Goals (issue 5)\n\n" + goals(rows) + "\n")
         if notes:
             f.write("\n" + notes)
@@ -322,8 +365,11 @@ def main() -> None:
     ap.add_argument("--models", default=None)
     ap.add_argument("--memory", action="store_true", help="also measure bert_base calibration RSS")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "QUANTIZATION.md"))
-    ap.add_argument("--json", default=str(ROOT / "build" / "quantization_bench.json"),
-                    help="also save the rows here (re-render with --render)")
+    ap.add_argument(
+        "--json",
+        default=str(ROOT / "build" / "quantization_bench.json"),
+        help="also save the rows here (re-render with --render)",
+    )
     ap.add_argument("--render", default=None, help="only re-render --out from a saved --json")
     args = ap.parse_args()
     if args.render:

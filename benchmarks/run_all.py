@@ -35,8 +35,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks import peers  # noqa: E402
-from onnxopt import zoo  # noqa: E402
+from benchmarks import peers
+from onnxopt import zoo
 
 logger = logging.getLogger("run_all")
 
@@ -44,8 +44,11 @@ FULL = ("digits_resnet", "resnet18", "mobilenetv2", "bert_small", "bert_base")
 QUICK = ("digits_resnet", "bert_small")
 EXACT = ["cleanup", "fusion"]
 PRUNE = {"prune": {"ratio": 0.5}}
-BUDGETS = {"digits": {"max_accuracy_drop": 1.0}, "image": {"min_cosine": 0.98},
-           "bert": {"min_cosine": 0.99}}
+BUDGETS = {
+    "digits": {"max_accuracy_drop": 1.0},
+    "image": {"min_cosine": 0.98},
+    "bert": {"min_cosine": 0.99},
+}
 BERT_SHAPE = {"bert_small": (4, 256), "bert_base": (12, 768)}
 
 
@@ -101,15 +104,15 @@ def metric(name: str, outs: list[np.ndarray], ref: list[np.ndarray], labels: Any
     if kind == "digits":
         return 100.0 * float((outs[0].argmax(-1) == labels).mean())
     if kind == "image":
-        return 100.0 * float(np.mean([o.argmax(-1) == r.argmax(-1) for o, r in zip(outs, ref,
-                                                                                    strict=True)]))
+        return 100.0 * float(
+            np.mean([o.argmax(-1) == r.argmax(-1) for o, r in zip(outs, ref, strict=True)])
+        )
     a = np.concatenate([o.ravel() for o in outs]).astype(np.float64)
     b = np.concatenate([r.ravel() for r in ref]).astype(np.float64)
     return 100.0 * float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
 
-METRIC_NAME = {"digits": "test accuracy %", "image": "top-1 agreement %",
-               "bert": "cosine x100"}
+METRIC_NAME = {"digits": "test accuracy %", "image": "top-1 agreement %", "bert": "cosine x100"}
 
 
 # --------------------------------------------------------------------------- the jobs
@@ -122,32 +125,57 @@ def jobs(name: str, src: Path, feeds: Path, work: Path, quick: bool) -> list[tup
 
     def opt(label: str, passes: list[str], options: dict | None = None) -> tuple[str, str, dict]:
         lossy = [p for p in passes if p not in EXACT]
-        return (label, "onnxopt", {"kind": "onnxopt", "passes": passes, "options": options or {},
-                                   "budget": budget, "lossy": lossy, "feeds": str(feeds)})
+        return (
+            label,
+            "onnxopt",
+            {
+                "kind": "onnxopt",
+                "passes": passes,
+                "options": options or {},
+                "budget": budget,
+                "lossy": lossy,
+                "feeds": str(feeds),
+            },
+        )
 
     out: list[tuple[str, str, dict]] = [
         opt("exact", EXACT),
         opt("exact + int8", EXACT + ["quantize-int8"]),
     ]
     if kind != "bert" or not quick:
-        out += [opt("exact + prune 50%", EXACT + ["prune"], PRUNE),
-                opt("prune + distill + int8", EXACT + ["prune", "distill", "quantize-int8"],
-                    PRUNE)]
-    out += [("simplify", "onnxsim", {"kind": "onnxsim"}),
-            ("slim", "onnxslim", {"kind": "onnxslim"}),
-            ("fuse + eliminate", "onnxoptimizer", {"kind": "onnxoptimizer"})]
+        out += [
+            opt("exact + prune 50%", EXACT + ["prune"], PRUNE),
+            opt("prune + distill + int8", EXACT + ["prune", "distill", "quantize-int8"], PRUNE),
+        ]
+    out += [
+        ("simplify", "onnxsim", {"kind": "onnxsim"}),
+        ("slim", "onnxslim", {"kind": "onnxslim"}),
+        ("fuse + eliminate", "onnxoptimizer", {"kind": "onnxoptimizer"}),
+    ]
     calibrators = ["MinMax", "Percentile", "Entropy"]
     if quick or name == "bert_base":
         calibrators = ["MinMax", "Percentile"]
-    out += [(f"int8 static ({c})", "ort quantize_static",
-             {"kind": "ort_quant", "calibrator": c, "feeds": str(feeds)}) for c in calibrators]
+    out += [
+        (
+            f"int8 static ({c})",
+            "ort quantize_static",
+            {"kind": "ort_quant", "calibrator": c, "feeds": str(feeds)},
+        )
+        for c in calibrators
+    ]
     if kind == "bert":
         heads, hidden = BERT_SHAPE[name]
-        out.append(("bert fusions", "ort transformers",
-                    {"kind": "ort_transformers", "heads": heads, "hidden": hidden}))
+        out.append(
+            (
+                "bert fusions",
+                "ort transformers",
+                {"kind": "ort_transformers", "heads": heads, "hidden": hidden},
+            )
+        )
     else:
-        out.append(("prune 50%", "torch-pruning",
-                    {"kind": "torch_pruning", "model": name, "ratio": 0.5}))
+        out.append(
+            ("prune 50%", "torch-pruning", {"kind": "torch_pruning", "model": name, "ratio": 0.5})
+        )
     for i, (label, _tool, job) in enumerate(out):
         job.update(input=str(src), output=str(work / f"{i:02d}_{_slug(label)}.onnx"))
     return out
@@ -174,13 +202,25 @@ def run_model(name: str, work: Path, *, quick: bool, runs: int, timeout: float) 
     for label, tool, job in jobs(name, src, feeds, work, quick):
         logger.info("%s: %s %s", name, tool, label)
         res = peers.run_job(job, timeout)
-        row = Row(name, label, tool, status=res["status"], opt_s=res.get("seconds"),
-                  opt_peak_mb=res.get("peak_rss_mb"), notes=list(res.get("notes") or []))
+        row = Row(
+            name,
+            label,
+            tool,
+            status=res["status"],
+            opt_s=res.get("seconds"),
+            opt_peak_mb=res.get("peak_rss_mb"),
+            notes=list(res.get("notes") or []),
+        )
         if row.status == "ok":
             row.path = job["output"]
         rows.append(row)
-    bench_kw = dict(runs=runs, warmup=max(3, runs // 10), threads=1, batch=None,
-                    int_range=(0, 30522) if kind == "bert" else None)
+    bench_kw = dict(
+        runs=runs,
+        warmup=max(3, runs // 10),
+        threads=1,
+        batch=None,
+        int_range=(0, 30522) if kind == "bert" else None,
+    )
     base_p50 = None
     for row in rows:
         if not row.path:
@@ -192,7 +232,7 @@ def run_model(name: str, work: Path, *, quick: bool, runs: int, timeout: float) 
             base_p50 = base_p50 or b.p50
             row.speedup = base_p50 / b.p50
             row.macs = ModelSummary.of(load_model(row.path, check=False)).flops
-        except Exception as e:  # noqa: BLE001 - a model that does not run is a row
+        except Exception as e:
             row.status = f"does not run: {type(e).__name__}: {str(e).strip()[:150]}"
     return _best_calibrator(rows)
 
@@ -204,9 +244,14 @@ def _best_calibrator(rows: list[Row]) -> list[Row]:
     if not q:
         return rows
     best = max(ok, key=lambda r: (round(r.metric, 2), -(r.p50_ms or 1e9))) if ok else q[0]
-    best.notes.append("best of " + ", ".join(
-        f"{r.variant.split('(')[-1].rstrip(')')}: " + (f"{r.metric:.2f}" if r.metric is not None
-                                                       else r.status[:40]) for r in q))
+    best.notes.append(
+        "best of "
+        + ", ".join(
+            f"{r.variant.split('(')[-1].rstrip(')')}: "
+            + (f"{r.metric:.2f}" if r.metric is not None else r.status[:40])
+            for r in q
+        )
+    )
     best.variant = "int8 static (best calibrator)"
     return [r for r in rows if r not in q or r is best]
 
@@ -216,8 +261,10 @@ def _best_calibrator(rows: list[Row]) -> list[Row]:
 
 def pareto(rows: list[Row]) -> list[Row]:
     """Rows no other row beats on both latency (lower) and metric (higher)."""
-    pts = sorted((r for r in rows if r.p50_ms is not None and r.metric is not None),
-                 key=lambda r: (r.p50_ms, -r.metric))
+    pts = sorted(
+        (r for r in rows if r.p50_ms is not None and r.metric is not None),
+        key=lambda r: (r.p50_ms, -r.metric),
+    )
     front, best = [], -np.inf
     for r in pts:
         if r.metric > best:
@@ -241,15 +288,26 @@ def plot(name: str, rows: list[Row], path: Path) -> Path | None:
     for r in pts:  # every point drawn; labels on the frontier and the original (see RESULTS.md)
         ax.scatter(r.p50_ms, r.metric, color=colors.get(r.tool, "tab:orange"), zorder=3)
         if r in front or r.tool == "-":
-            ax.annotate(f"{r.tool if r.tool != '-' else ''} {r.variant}".strip()[:32],
-                        (r.p50_ms, r.metric), fontsize=7, xytext=(4, 2),
-                        textcoords="offset points")
-    ax.plot([r.p50_ms for r in front], [r.metric for r in front], "--", color="gray", zorder=2,
-            label="Pareto frontier")
+            ax.annotate(
+                f"{r.tool if r.tool != '-' else ''} {r.variant}".strip()[:32],
+                (r.p50_ms, r.metric),
+                fontsize=7,
+                xytext=(4, 2),
+                textcoords="offset points",
+            )
+    ax.plot(
+        [r.p50_ms for r in front],
+        [r.metric for r in front],
+        "--",
+        color="gray",
+        zorder=2,
+        label="Pareto frontier",
+    )
     ax.set_xlabel("median latency, batch 1, 1 thread (ms)")
     ax.set_ylabel(METRIC_NAME[zoo.spec(name).kind])
-    ax.set_title(f"{name}: latency vs {METRIC_NAME[zoo.spec(name).kind]} "
-                 "(blue: onnxopt, orange: peers)")
+    ax.set_title(
+        f"{name}: latency vs {METRIC_NAME[zoo.spec(name).kind]} (blue: onnxopt, orange: peers)"
+    )
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -263,32 +321,47 @@ def _f(v: Any, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-def markdown(all_rows: dict[str, list[Row]], plots: dict[str, Path | None], out: Path,
-             args: argparse.Namespace, seconds: float) -> str:
+def markdown(
+    all_rows: dict[str, list[Row]],
+    plots: dict[str, Path | None],
+    out: Path,
+    args: argparse.Namespace,
+    seconds: float,
+) -> str:
     import onnxruntime as ort
 
-    lines = ["# Benchmark results", "",
-             f"Produced by `python -m benchmarks.run_all{' --quick' if args.quick else ''}` in "
-             f"{seconds / 60:.1f} min on {platform.machine()} ({_cpu()}), onnxruntime "
-             f"{ort.__version__}, Python {platform.python_version()}. Latency: onnxruntime CPU, "
-             f"all graph optimizations, batch 1, 1 intra-op thread, {args.runs} timed runs, "
-             "median (p50) and p90 in ms; speedup against the original. Optimizer time and peak "
-             "RSS: the tool's own subprocess (imports included). onnxopt pipelines include "
-             "their onnxruntime verification; a lossy pass that breaks the budget is rolled back "
-             "(see notes). MACs are counted by `onnxopt inspect` (QDQ models count their "
-             "float-equivalent MACs).", "",
-             "Peers: onnxsim, onnxslim, onnxoptimizer, onnxruntime `quantize_static` (QDQ, "
-             "per-channel; best of its calibrators), onnxruntime's transformers optimizer (BERT; "
-             "contrib ops), torch-pruning (L1, 50 %, on the torch model; digits fine-tuned 5 "
-             "epochs). onnxsim has no pruning or quantizer, so those two stand in.", ""]
+    lines = [
+        "# Benchmark results",
+        "",
+        f"Produced by `python -m benchmarks.run_all{' --quick' if args.quick else ''}` in "
+        f"{seconds / 60:.1f} min on {platform.machine()} ({_cpu()}), onnxruntime "
+        f"{ort.__version__}, Python {platform.python_version()}. Latency: onnxruntime CPU, "
+        f"all graph optimizations, batch 1, 1 intra-op thread, {args.runs} timed runs, "
+        "median (p50) and p90 in ms; speedup against the original. Optimizer time and peak "
+        "RSS: the tool's own subprocess (imports included). onnxopt pipelines include "
+        "their onnxruntime verification; a lossy pass that breaks the budget is rolled back "
+        "(see notes). MACs are counted by `onnxopt inspect` (QDQ models count their "
+        "float-equivalent MACs).",
+        "",
+        "Peers: onnxsim, onnxslim, onnxoptimizer, onnxruntime `quantize_static` (QDQ, "
+        "per-channel; best of its calibrators), onnxruntime's transformers optimizer (BERT; "
+        "contrib ops), torch-pruning (L1, 50 %, on the torch model; digits fine-tuned 5 "
+        "epochs). onnxsim has no pruning or quantizer, so those two stand in.",
+        "",
+    ]
     for name, rows in all_rows.items():
         kind = zoo.spec(name).kind
-        lines += [f"## {name}", "",
-                  f"Metric: {METRIC_NAME[kind]}. Budget for onnxopt's lossy passes: "
-                  f"{BUDGETS[kind]}.", ""]
-        lines += ["| tool | variant | status | p50 ms | p90 ms | speedup | size MB | MMACs | "
-                  f"{METRIC_NAME[kind]} | optimizer s | optimizer peak MB | notes |",
-                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {name}",
+            "",
+            f"Metric: {METRIC_NAME[kind]}. Budget for onnxopt's lossy passes: {BUDGETS[kind]}.",
+            "",
+        ]
+        lines += [
+            "| tool | variant | status | p50 ms | p90 ms | speedup | size MB | MMACs | "
+            f"{METRIC_NAME[kind]} | optimizer s | optimizer peak MB | notes |",
+            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         front = {id(r) for r in pareto(rows)}
         for r in rows:
             star = " *" if id(r) in front else ""
@@ -297,12 +370,16 @@ def markdown(all_rows: dict[str, list[Row]], plots: dict[str, Path | None], out:
                 f"{_f(r.p50_ms, '.3f')} | {_f(r.p90_ms, '.3f')} | {_f(r.speedup, '.2f')} | "
                 f"{_f(r.size_mb, '.2f')} | {_f(r.macs and r.macs / 1e6, '.1f')} | "
                 f"{_f(r.metric, '.2f')} | {_f(r.opt_s, '.1f')} | {_f(r.opt_peak_mb, '.0f')} | "
-                f"{'; '.join(r.notes).replace('|', '/')[:160]} |")
+                f"{'; '.join(r.notes).replace('|', '/')[:160]} |"
+            )
         lines.append("")
         lines.append("`*` on the Pareto frontier (no other row is both faster and better).")
         if plots.get(name):
-            rel = Path(plots[name]).relative_to(out.parent) if out.parent in Path(
-                plots[name]).parents else plots[name]
+            rel = (
+                Path(plots[name]).relative_to(out.parent)
+                if out.parent in Path(plots[name]).parents
+                else plots[name]
+            )
             lines += ["", f"![{name} Pareto plot]({rel})", ""]
     cost = ROOT / "benchmarks" / "optimizer_cost.md"
     if cost.exists():
@@ -326,8 +403,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="digits_resnet + bert_small, ~3 min")
     ap.add_argument("--models", help=f"comma-separated subset of {','.join(FULL)}")
-    ap.add_argument("--out", type=Path, help="folder for RESULTS.md, results.json, plots/ "
-                    "(default: benchmarks/, or build/quick/ with --quick)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        help="folder for RESULTS.md, results.json, plots/ "
+        "(default: benchmarks/, or build/quick/ with --quick)",
+    )
     ap.add_argument("--runs", type=int, help="timed runs per latency (default 200, quick 30)")
     ap.add_argument("--timeout", type=float, help="seconds per optimizer job (600, quick 120)")
     args = ap.parse_args(argv)
@@ -336,24 +417,26 @@ def main(argv: list[str] | None = None) -> int:
     models = tuple(args.models.split(",")) if args.models else (QUICK if args.quick else FULL)
     out = args.out or (ROOT / "build" / "quick" if args.quick else ROOT / "benchmarks")
     work = ROOT / "build" / ("run_all_quick" if args.quick else "run_all")
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     logger.setLevel(logging.INFO)
     t0 = time.perf_counter()
     all_rows: dict[str, list[Row]] = {}
     plots: dict[str, Path | None] = {}
     for name in models:
         try:
-            all_rows[name] = run_model(name, work / name, quick=args.quick, runs=args.runs,
-                                       timeout=timeout)
+            all_rows[name] = run_model(
+                name, work / name, quick=args.quick, runs=args.runs, timeout=timeout
+            )
         except zoo.ZooError as e:
             all_rows[name] = [Row(name, "original", "-", status=f"zoo build failed: {e}")]
         plots[name] = plot(name, all_rows[name], out / "plots" / f"{name}.png")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(
-        {k: [asdict(r) for r in v] for k, v in all_rows.items()}, indent=1, default=str))
-    (out / "RESULTS.md").write_text(markdown(all_rows, plots, out / "RESULTS.md", args,
-                                             time.perf_counter() - t0))
+    (out / "results.json").write_text(
+        json.dumps({k: [asdict(r) for r in v] for k, v in all_rows.items()}, indent=1, default=str)
+    )
+    (out / "RESULTS.md").write_text(
+        markdown(all_rows, plots, out / "RESULTS.md", args, time.perf_counter() - t0)
+    )
     logger.info("wrote %s in %.1f min", out / "RESULTS.md", (time.perf_counter() - t0) / 60)
     return 0
 

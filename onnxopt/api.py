@@ -43,12 +43,14 @@ def optimize(
 
     m = load_model(model)
     feeds = _feeds(m, data, shapes=shapes, int_range=int_range)
-    return manager(passes, budget=budget, target=target, strict=strict,
-                       options=options).run(m, feeds)
+    return manager(passes, budget=budget, target=target, strict=strict, options=options).run(
+        m, feeds
+    )
 
 
-def quantize(model: Any, data: Any, budget: Budget | None = None, **options: Any
-             ) -> tuple[onnx.ModelProto, PipelineReport]:
+def quantize(
+    model: Any, data: Any, budget: Budget | None = None, **options: Any
+) -> tuple[onnx.ModelProto, PipelineReport]:
     """Static int8 quantization (QDQ) calibrated on ``data``.
 
     ``options`` are :class:`onnxopt.passes.quantize.config.QuantizeConfig` fields
@@ -58,8 +60,9 @@ def quantize(model: Any, data: Any, budget: Budget | None = None, **options: Any
     return optimize(model, ["quantize-int8"], data, budget, options={"quantize-int8": options})
 
 
-def prune(model: Any, data: Any = None, budget: Budget | None = None, **options: Any
-          ) -> tuple[onnx.ModelProto, PipelineReport]:
+def prune(
+    model: Any, data: Any = None, budget: Budget | None = None, **options: Any
+) -> tuple[onnx.ModelProto, PipelineReport]:
     """Structured channel pruning.
 
     ``options`` are :class:`onnxopt.passes.prune.config.PruneConfig` fields (``ratio=0.5``,
@@ -84,7 +87,9 @@ def distill(student: Any, teacher: Any, data: Any, *, labels: Any = None, **opti
     return _distill(s, teacher, feeds, DistillConfig.from_options(options), labels=labels)
 
 
-def merge(models: Sequence[Any], mode: str = "average", **options: Any) -> tuple[onnx.ModelProto, Any]:
+def merge(
+    models: Sequence[Any], mode: str = "average", **options: Any
+) -> tuple[onnx.ModelProto, Any]:
     """Merge several models into one graph (parallel, serial, stacking or cascade).
 
     ``options`` are :class:`onnxopt.passes.ensemble.config.MergeConfig` fields (``on``,
@@ -118,6 +123,15 @@ def export(
     """``torch.onnx.export`` that also checks torch against onnxruntime on ``example_inputs``."""
     from onnxopt.export import export_torch
 
-    return export_torch(module, example_inputs, path, dynamic_axes=dynamic_axes,
-                        input_names=input_names, output_names=output_names, dynamo=dynamo,
-                        opset=opset, rtol=rtol, atol=atol)
+    return export_torch(
+        module,
+        example_inputs,
+        path,
+        dynamic_axes=dynamic_axes,
+        input_names=input_names,
+        output_names=output_names,
+        dynamo=dynamo,
+        opset=opset,
+        rtol=rtol,
+        atol=atol,
+    )

@@ -47,7 +47,6 @@ logger = logging.getLogger(__name__)
 OPTIMIZATION = ("disable", "basic", "extended", "all")
 
 
-
 @dataclass
 class BenchResult:
     """One (model, batch) measurement. Times in milliseconds, memory in MiB."""
@@ -98,9 +97,37 @@ class BenchResult:
 
 def _t975(dof: int) -> float:
     """Two-sided 95 % Student-t quantile (table below 30 degrees of freedom, else normal)."""
-    table = [12.71, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-             2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-             2.060, 2.056, 2.052, 2.048, 2.045]
+    table = [
+        12.71,
+        4.303,
+        3.182,
+        2.776,
+        2.571,
+        2.447,
+        2.365,
+        2.306,
+        2.262,
+        2.228,
+        2.201,
+        2.179,
+        2.160,
+        2.145,
+        2.131,
+        2.120,
+        2.110,
+        2.101,
+        2.093,
+        2.086,
+        2.080,
+        2.074,
+        2.069,
+        2.064,
+        2.060,
+        2.056,
+        2.052,
+        2.048,
+        2.045,
+    ]
     return table[dof - 1] if 1 <= dof <= len(table) else 1.96
 
 
@@ -116,8 +143,15 @@ def summarize(lat_ms: Sequence[float]) -> dict[str, Any]:
     lo = max(0, int(math.floor(n / 2 - 1.96 * math.sqrt(n) / 2)) - 1)
     hi = min(n - 1, int(math.ceil(n / 2 + 1.96 * math.sqrt(n) / 2)))
     p50, p90, p99 = (float(v) for v in np.percentile(a, [50, 90, 99]))
-    return {"p50": p50, "p90": p90, "p99": p99, "mean": mean, "std": std,
-            "mean_ci": (mean - half, mean + half), "median_ci": (float(a[lo]), float(a[hi]))}
+    return {
+        "p50": p50,
+        "p90": p90,
+        "p99": p99,
+        "mean": mean,
+        "std": std,
+        "mean_ci": (mean - half, mean + half),
+        "median_ci": (float(a[lo]), float(a[hi])),
+    }
 
 
 # --------------------------------------------------------------------------- options
@@ -134,8 +168,9 @@ def provider_name(name: str) -> str:
         return key
     if key.lower() in short:
         return short[key.lower()]
-    raise OptionError(f"--provider {name!r} is not available here; choose one of "
-                      f"{', '.join(sorted(short))}")
+    raise OptionError(
+        f"--provider {name!r} is not available here; choose one of {', '.join(sorted(short))}"
+    )
 
 
 def parse_batches(text: str | Sequence[int] | None) -> list[int | None]:
@@ -152,8 +187,9 @@ def parse_batches(text: str | Sequence[int] | None) -> list[int | None]:
     return out
 
 
-def _check_options(optimization: str, warmup: int, runs: int, seconds: float | None,
-                   threads: int) -> None:
+def _check_options(
+    optimization: str, warmup: int, runs: int, seconds: float | None, threads: int
+) -> None:
     if optimization not in OPTIMIZATION:
         raise OptionError(f"--optimization {optimization!r}: use one of {', '.join(OPTIMIZATION)}")
     if warmup < 0 or runs < 1 or threads < 0 or (seconds is not None and seconds <= 0):
@@ -163,9 +199,15 @@ def _check_options(optimization: str, warmup: int, runs: int, seconds: float | N
 # --------------------------------------------------------------------------- feeds
 
 
-def feeds_for_batch(model: onnx.ModelProto, batch: int | None, *, data: Any = None,
-                    shapes: dict[str, list[int]] | None = None,
-                    int_range: tuple[int, int] | None = None, max_runs: int = 8) -> Feeds:
+def feeds_for_batch(
+    model: onnx.ModelProto,
+    batch: int | None,
+    *,
+    data: Any = None,
+    shapes: dict[str, list[int]] | None = None,
+    int_range: tuple[int, int] | None = None,
+    max_runs: int = 8,
+) -> Feeds:
     """Feeds whose first dimension is ``batch`` (None: the model's own batch, 1 if dynamic).
 
     Raises:
@@ -177,8 +219,10 @@ def feeds_for_batch(model: onnx.ModelProto, batch: int | None, *, data: Any = No
     if batch is not None:
         for name, b in fixed.items():
             if b != batch:
-                raise DataError(f"input '{name}' has a fixed batch dimension of {b}; "
-                                f"--batch {batch} needs a model with a dynamic batch")
+                raise DataError(
+                    f"input '{name}' has a fixed batch dimension of {b}; "
+                    f"--batch {batch} needs a model with a dynamic batch"
+                )
     if data is not None:
         feeds = load_feeds(data, model, batch=1, limit=None)
         if batch is not None and batch > 1 and not fixed:
@@ -267,8 +311,14 @@ def bench(
     batches = parse_batches(batch)
     if not models:
         raise OptionError("give at least one model")
-    timing = dict(provider=prov, threads=threads, optimization=optimization, warmup=warmup,
-                  runs=runs, seconds=seconds)
+    timing = dict(
+        provider=prov,
+        threads=threads,
+        optimization=optimization,
+        warmup=warmup,
+        runs=runs,
+        seconds=seconds,
+    )
     results: list[BenchResult] = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-models-") as tmp:
         prepared = [_prepare(m, i, Path(tmp)) for i, m in enumerate(models)]
@@ -277,13 +327,22 @@ def bench(
             for b in batches:
                 feeds = feeds_for_batch(model, b, data=data, shapes=shapes, int_range=int_range)
                 shown = "" if path.parent == Path(tmp) else str(path)
-                results.append(_bench_one(path, shown, model, label, feeds, isolate, progress,
-                                          timing))
+                results.append(
+                    _bench_one(path, shown, model, label, feeds, isolate, progress, timing)
+                )
     return results
 
 
-def _bench_one(path: Path, shown: str, model: onnx.ModelProto, label: str, feeds: Feeds,
-               isolate: bool, progress: Progress | None, timing: dict[str, Any]) -> BenchResult:
+def _bench_one(
+    path: Path,
+    shown: str,
+    model: onnx.ModelProto,
+    label: str,
+    feeds: Feeds,
+    isolate: bool,
+    progress: Progress | None,
+    timing: dict[str, Any],
+) -> BenchResult:
     """Time one (model, batch) in a subprocess or in this process."""
     first = feeds.runs[0]
     lead = next(iter(first.values())) if first else None
@@ -291,16 +350,28 @@ def _bench_one(path: Path, shown: str, model: onnx.ModelProto, label: str, feeds
     what = f"{label} b{bsz}"
     cb = None if progress is None else (lambda _w, d, t: progress(what, d, t))
     logger.info("bench %s (%s)", what, _describe(first))
-    out = (measure_isolated(str(path), feeds.runs, cb, **timing) if isolate
-           else measure(str(path), feeds.runs, progress=cb, **timing))
+    out = (
+        measure_isolated(str(path), feeds.runs, cb, **timing)
+        if isolate
+        else measure(str(path), feeds.runs, progress=cb, **timing)
+    )
     lat = out.pop("latencies_ms")
     stats = summarize(lat)
     return BenchResult(
-        model=label, path=shown, batch=int(bsz), runs=len(lat), **stats,
+        model=label,
+        path=shown,
+        batch=int(bsz),
+        runs=len(lat),
+        **stats,
         throughput=bsz / (stats["mean"] / 1e3) if stats["mean"] > 0 else 0.0,
-        file_bytes=file_bytes(path, model), inputs=_describe(first),
-        synthesized=feeds.synthesized, notes=list(feeds.notes), latencies_ms=lat,
-        **{k: timing[k] for k in ("provider", "threads", "optimization", "warmup")}, **out)
+        file_bytes=file_bytes(path, model),
+        inputs=_describe(first),
+        synthesized=feeds.synthesized,
+        notes=list(feeds.notes),
+        latencies_ms=lat,
+        **{k: timing[k] for k in ("provider", "threads", "optimization", "warmup")},
+        **out,
+    )
 
 
 def _prepare(m: Any, i: int, tmp: Path) -> tuple[Path, onnx.ModelProto]:
@@ -315,7 +386,7 @@ def _prepare(m: Any, i: int, tmp: Path) -> tuple[Path, onnx.ModelProto]:
         raise ModelError(f"{path}: is a folder, not an .onnx file")
     try:
         model = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # noqa: BLE001 - protobuf raises many kinds
+    except Exception as e:
         raise ModelError(f"{path}: not an ONNX model or truncated ({type(e).__name__})") from e
     if not model.HasField("graph") or model.ir_version == 0:
         raise ModelError(f"{path}: not an ONNX model (no graph or IR version)")
@@ -329,18 +400,25 @@ def _labels(paths: list[Path]) -> list[str]:
     return [str(p) for p in paths]
 
 
-def measure_isolated(path: str, runs_feeds: list[dict[str, np.ndarray]], progress: Progress | None,
-                      **kw: Any) -> dict[str, Any]:
+def measure_isolated(
+    path: str, runs_feeds: list[dict[str, np.ndarray]], progress: Progress | None, **kw: Any
+) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="onnxopt-bench-") as tmp:
         feeds_path = Path(tmp) / "feeds.npz"
-        np.savez(feeds_path, **{f"{i}/{k}": v for i, r in enumerate(runs_feeds)
-                                for k, v in r.items()})
+        np.savez(
+            feeds_path, **{f"{i}/{k}": v for i, r in enumerate(runs_feeds) for k, v in r.items()}
+        )
         job = Path(tmp) / "job.json"
-        job.write_text(json.dumps({"path": path, "feeds": str(feeds_path),
-                                   "nruns": len(runs_feeds), **kw}))
+        job.write_text(
+            json.dumps({"path": path, "feeds": str(feeds_path), "nruns": len(runs_feeds), **kw})
+        )
         code = "from onnxopt.bench_worker import child; child()"
-        proc = subprocess.Popen([sys.executable, "-c", code, str(job)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, str(job)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         result: dict[str, Any] | None = None
         error: dict[str, str] | None = None
         assert proc.stdout is not None

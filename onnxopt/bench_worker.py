@@ -30,10 +30,19 @@ def child() -> None:
         print(f"progress {done} {total}", flush=True)
 
     try:
-        out = measure(job["path"], runs, provider=job["provider"], threads=job["threads"],
-                      optimization=job["optimization"], warmup=job["warmup"], runs=job["runs"],
-                      seconds=job["seconds"], progress=report, isolated=True)
-    except Exception as e:  # noqa: BLE001 - sent to the parent as one line
+        out = measure(
+            job["path"],
+            runs,
+            provider=job["provider"],
+            threads=job["threads"],
+            optimization=job["optimization"],
+            warmup=job["warmup"],
+            runs=job["runs"],
+            seconds=job["seconds"],
+            progress=report,
+            isolated=True,
+        )
+    except Exception as e:
         print("error " + json.dumps({"type": type(e).__name__, "message": str(e)}), flush=True)
         return
     print("result " + json.dumps(out), flush=True)

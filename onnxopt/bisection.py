@@ -42,8 +42,9 @@ class Bisection:
     trials: int = 0
 
 
-def bisect_sites(sites: list[str], trial: Callable[[set[str]], Trial],
-                 max_trials: int) -> Bisection:
+def bisect_sites(
+    sites: list[str], trial: Callable[[set[str]], Trial], max_trials: int
+) -> Bisection:
     """Find the largest set of ``sites`` that verifies, trying chunks in halves.
 
     Args:
@@ -64,7 +65,7 @@ def bisect_sites(sites: list[str], trial: Callable[[set[str]], Trial],
         out.trials += 1
         try:
             t = trial(set(good + chunk))
-        except Exception as e:  # noqa: BLE001 - a crashing subset is a failing subset
+        except Exception as e:
             t = Trial(None, f"{type(e).__name__}: {first_line(e)}")
         # a trial leaves a whole model behind in gs reference cycles (nodes <-> tensors):
         # collect them now, not when the cyclic GC happens to run (BERT-base: ~1 GB a trial)

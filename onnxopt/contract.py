@@ -51,8 +51,9 @@ class PassConfig:
         unknown = sorted(set(values) - known)
         prefix = f"{where}: " if where else ""
         if unknown:
-            raise OptionError(f"{prefix}unknown option '{unknown[0]}'; known: "
-                              f"{', '.join(sorted(known))}")
+            raise OptionError(
+                f"{prefix}unknown option '{unknown[0]}'; known: {', '.join(sorted(known))}"
+            )
         values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         try:
             return cls(**values)
@@ -70,9 +71,11 @@ class PassConfig:
     @classmethod
     def defaults(cls) -> dict[str, Any]:
         """Each option's default (for help texts and reports)."""
-        return {f.name: (f.default if f.default is not MISSING else f.default_factory())
-                for f in fields(cls) if f.default is not MISSING
-                or f.default_factory is not MISSING}
+        return {
+            f.name: (f.default if f.default is not MISSING else f.default_factory())
+            for f in fields(cls)
+            if f.default is not MISSING or f.default_factory is not MISSING
+        }
 
 
 @dataclass
@@ -163,8 +166,9 @@ class Pass:
         elif config is None:
             config = self.config_class()
         elif not isinstance(config, self.config_class):
-            raise TypeError(f"{self.name} takes a {self.config_class.__name__}, "
-                            f"not {type(config).__name__}")
+            raise TypeError(
+                f"{self.name} takes a {self.config_class.__name__}, not {type(config).__name__}"
+            )
         self.config = config
 
     @classmethod
@@ -202,8 +206,7 @@ class Pass:
             converted, note = upgrade_opset(work.model(), self.opset_wanted)
             notes.append(note)
             if opset_version(converted) < self.opset_needed:
-                return PassResult.unchanged(*notes, f"{self.name} needs opset "
-                                                    f"{self.opset_needed}")
+                return PassResult.unchanged(*notes, f"{self.name} needs opset {self.opset_needed}")
             work.set_model(converted)  # the pass's result is judged against the input
         if self.needs_model:
             m = work.editable_model()

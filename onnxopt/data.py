@@ -90,8 +90,10 @@ class Feeds:
 
     @property
     def num_samples(self) -> int:
-        return sum(next(iter(r.values())).shape[0] if r and next(iter(r.values())).ndim else 1
-                   for r in self.runs)
+        return sum(
+            next(iter(r.values())).shape[0] if r and next(iter(r.values())).ndim else 1
+            for r in self.runs
+        )
 
     def subset(self, n: int) -> Feeds:
         """The first ``n`` runs (for quick checks)."""
@@ -106,10 +108,18 @@ class Feeds:
     def split(self, fraction: float) -> tuple[Feeds, Feeds]:
         """Split runs into (first, rest) by ``fraction`` (at least one run in each if possible)."""
         k = max(1, min(len(self.runs) - 1, int(round(len(self.runs) * fraction))))
-        a = Feeds(self.runs[:k], None if self.labels is None else self.labels[:k],
-                  self.synthesized, self.source)
-        b = Feeds(self.runs[k:], None if self.labels is None else self.labels[k:],
-                  self.synthesized, self.source)
+        a = Feeds(
+            self.runs[:k],
+            None if self.labels is None else self.labels[:k],
+            self.synthesized,
+            self.source,
+        )
+        b = Feeds(
+            self.runs[k:],
+            None if self.labels is None else self.labels[k:],
+            self.synthesized,
+            self.source,
+        )
         return a, b
 
     def batched(self, batch: int) -> Feeds:
@@ -120,7 +130,9 @@ class Feeds:
             chunk = self.runs[i : i + batch]
             out.append({k: np.concatenate([r[k] for r in chunk]) for k in chunk[0]})
             if labels is not None:
-                labels.append(np.concatenate([np.atleast_1d(x) for x in self.labels[i : i + batch]]))
+                labels.append(
+                    np.concatenate([np.atleast_1d(x) for x in self.labels[i : i + batch]])
+                )
         return Feeds(out, labels, self.synthesized, self.source, list(self.notes))
 
     def stacked_labels(self) -> np.ndarray | None:
@@ -225,7 +237,7 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
                     arrays[k] = z[k]
     except DataError:
         raise
-    except Exception as e:  # noqa: BLE001 - numpy raises many kinds for a bad file
+    except Exception as e:
         raise DataError(f"{path}: cannot read arrays ({type(e).__name__}: {e})") from e
     return arrays, str(path)
 

@@ -40,7 +40,9 @@ def export_torch(
 
     module = module.eval()
     args = example_inputs if isinstance(example_inputs, tuple) else (example_inputs,)
-    names = list(input_names or [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))])
+    names = list(
+        input_names or [f"input_{i}" if len(args) > 1 else "input" for i in range(len(args))]
+    )
     outs = list(output_names or ["output"])
     with torch.no_grad():
         ref = module(*args)
@@ -69,13 +71,19 @@ def _export(module: Any, args: tuple, kwargs: dict[str, Any]) -> onnx.ModelProto
         tmp = os.path.join(d, "model.onnx")
         try:
             torch.onnx.export(module, args, tmp, **kwargs)
-        except Exception as e:  # noqa: BLE001 - exporter errors are many and verbose
+        except Exception as e:
             raise OnnxoptError(f"torch.onnx.export failed: {first_line(e)}") from e
         return load_model(tmp)
 
 
-def _check_parity(model: onnx.ModelProto, args: tuple, outs: list[str], refs: Sequence[Any],
-                  rtol: float, atol: float) -> None:
+def _check_parity(
+    model: onnx.ModelProto,
+    args: tuple,
+    outs: list[str],
+    refs: Sequence[Any],
+    rtol: float,
+    atol: float,
+) -> None:
     """onnxruntime must reproduce torch's outputs within ``rtol``/``atol``."""
     import onnxruntime as ort
 

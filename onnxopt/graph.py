@@ -106,8 +106,9 @@ def _initializers_as_inputs(out: onnx.ModelProto) -> None:
     have = {v.name for v in out.graph.input}
     for t in out.graph.initializer:
         if t.name not in have:
-            out.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type,
-                                                                      list(t.dims)))
+            out.graph.input.append(
+                onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims))
+            )
 
 
 def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
@@ -124,8 +125,9 @@ def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> Non
     out.graph.input.extend(merged)
 
 
-def infer_light(graph: gs.Graph, *, data_prop: bool = True,
-                strict: bool = False) -> onnx.ModelProto:
+def infer_light(
+    graph: gs.Graph, *, data_prop: bool = True, strict: bool = False
+) -> onnx.ModelProto:
     """Shape inference on ``graph`` without exporting its large weights (do not modify the result).
 
     Constants with more than 1024 elements become typed graph inputs of a copy (shape inference
@@ -146,8 +148,9 @@ def infer_light(graph: gs.Graph, *, data_prop: bool = True,
                 node.inputs = [var if x is t else x for x in node.inputs]
             copy.inputs.append(var)
     model = gs.export_onnx(copy, do_type_check=False)
-    inferred = onnx.shape_inference.infer_shapes(model, check_type=strict, strict_mode=strict,
-                                                 data_prop=data_prop)
+    inferred = onnx.shape_inference.infer_shapes(
+        model, check_type=strict, strict_mode=strict, data_prop=data_prop
+    )
     setattr(graph, _INFER_CACHE, (key, inferred))
     return inferred
 
@@ -170,8 +173,15 @@ def _fingerprint(graph: gs.Graph) -> int:
                 attrs.append((k, v.dtype.str, v.shape, v.tobytes()))
             else:
                 attrs.append((k, repr(v)))
-        parts.append((node.op, node.domain, tuple(t.name for t in node.inputs),
-                      tuple(t.name for t in node.outputs), tuple(attrs)))
+        parts.append(
+            (
+                node.op,
+                node.domain,
+                tuple(t.name for t in node.inputs),
+                tuple(t.name for t in node.outputs),
+                tuple(attrs),
+            )
+        )
     for name, t in graph.tensors().items():
         if isinstance(t, gs.Constant):
             parts.append(_const_key(t))
@@ -197,7 +207,7 @@ def annotate_shapes(graph: gs.Graph) -> str | None:
     """
     try:
         inferred = infer_light(graph)
-    except Exception as e:  # noqa: BLE001 - inference is a hint; rules check shapes anyway
+    except Exception as e:
         msg = first_line(e, 160)
         return f"shape inference failed ({msg})"
     tensors = graph.tensors()
@@ -210,8 +220,10 @@ def annotate_shapes(graph: gs.Graph) -> str | None:
         if tt.elem_type:
             t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
         if tt.HasField("shape"):
-            t.shape = [d.dim_value if d.HasField("dim_value") else
-                       (d.dim_param or None) for d in tt.shape.dim]
+            t.shape = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in tt.shape.dim
+            ]
     # the annotations came from this inference: inferring the annotated graph gives it again
     key = vars(graph)[_INFER_CACHE][0]
     setattr(graph, _INFER_CACHE, ((_fingerprint(graph),) + key[1:], inferred))
@@ -308,8 +320,9 @@ def used_in_subgraph(graph: gs.Graph, tensor: gs.Tensor) -> bool:
                 return True
         return False
 
-    return any(isinstance(a, gs.Graph) and walk(a)
-               for node in graph.nodes for a in node.attrs.values())
+    return any(
+        isinstance(a, gs.Graph) and walk(a) for node in graph.nodes for a in node.attrs.values()
+    )
 
 
 def merge_tensors(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | None:

@@ -32,8 +32,9 @@ MIN_OPSET = 7
 ModelLike = "str | os.PathLike | bytes | onnx.ModelProto"
 
 
-def load_model(src: Any, *, load_external: bool = True, check: bool = True,
-               copy: bool = True) -> onnx.ModelProto:
+def load_model(
+    src: Any, *, load_external: bool = True, check: bool = True, copy: bool = True
+) -> onnx.ModelProto:
     """Load a model from a path, bytes or ModelProto (copied unless ``copy=False``; never modified).
 
     Raises:
@@ -63,7 +64,7 @@ def load_model(src: Any, *, load_external: bool = True, check: bool = True,
         if load_external and _has_external(model):
             try:
                 onnx.load_external_data_for_model(model, str(path.parent))
-            except Exception as e:  # noqa: BLE001 - any failure here is a bad file
+            except Exception as e:
                 raise ModelError(f"{path}: cannot load external data ({e})") from e
     if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
         raise ModelError(f"{where}: not an ONNX model (no graph)")
@@ -76,7 +77,7 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
         model.ParseFromString(data)
-    except Exception as e:  # noqa: BLE001 - protobuf raises DecodeError and others
+    except Exception as e:
         raise ModelError(f"{where}: not an ONNX model or truncated ({type(e).__name__})") from e
     if not model.HasField("graph") or model.ir_version == 0:
         raise ModelError(f"{where}: not an ONNX model (no graph or IR version)")
@@ -84,9 +85,7 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
-    return any(
-        t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer
-    )
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def check_model(model: onnx.ModelProto, where: str = "model") -> None:
@@ -114,13 +113,14 @@ def _check_initializer(t: onnx.TensorProto) -> None:
     n = int(np.prod(t.dims)) if len(t.dims) else 1
     try:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-    except Exception:  # noqa: BLE001 - exotic dtypes (4-bit, string) are left to onnxruntime
+    except Exception:
         return
     if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return
     if len(t.raw_data) != n * itemsize and itemsize:
         raise onnx.checker.ValidationError(
-            f"initializer '{t.name}' has {len(t.raw_data)} bytes for shape {list(t.dims)}")
+            f"initializer '{t.name}' has {len(t.raw_data)} bytes for shape {list(t.dims)}"
+        )
 
 
 def default_opset(model: onnx.ModelProto) -> int:
@@ -220,10 +220,18 @@ def model_bytes(model: onnx.ModelProto) -> int:
 
 
 _ITEMSIZE = {
-    onnx.TensorProto.FLOAT: 4, onnx.TensorProto.DOUBLE: 8, onnx.TensorProto.FLOAT16: 2,
-    onnx.TensorProto.BFLOAT16: 2, onnx.TensorProto.INT8: 1, onnx.TensorProto.UINT8: 1,
-    onnx.TensorProto.INT16: 2, onnx.TensorProto.UINT16: 2, onnx.TensorProto.INT32: 4,
-    onnx.TensorProto.UINT32: 4, onnx.TensorProto.INT64: 8, onnx.TensorProto.UINT64: 8,
+    onnx.TensorProto.FLOAT: 4,
+    onnx.TensorProto.DOUBLE: 8,
+    onnx.TensorProto.FLOAT16: 2,
+    onnx.TensorProto.BFLOAT16: 2,
+    onnx.TensorProto.INT8: 1,
+    onnx.TensorProto.UINT8: 1,
+    onnx.TensorProto.INT16: 2,
+    onnx.TensorProto.UINT16: 2,
+    onnx.TensorProto.INT32: 4,
+    onnx.TensorProto.UINT32: 4,
+    onnx.TensorProto.INT64: 8,
+    onnx.TensorProto.UINT64: 8,
     onnx.TensorProto.BOOL: 1,
 }
 
@@ -232,8 +240,9 @@ _ITEMSIZE = {
 LIGHT_MAX_ELEMENTS = 1024
 
 
-def light_model(model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS, *,
-                stubs: bool = False) -> onnx.ModelProto:
+def light_model(
+    model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS, *, stubs: bool = False
+) -> onnx.ModelProto:
     """A copy without large weights: each big initializer becomes a graph input of its shape.
 
     Shape inference and the checker only need the weights' shapes, plus the values of small
@@ -260,8 +269,11 @@ def light_model(model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS, 
         if n <= max_elements and t.data_location != onnx.TensorProto.EXTERNAL:
             g.initializer.append(t)
         elif stubs:
-            g.initializer.append(_stub(t, n) if t.data_type in _ITEMSIZE and
-                                 t.data_location != onnx.TensorProto.EXTERNAL else t)
+            g.initializer.append(
+                _stub(t, n)
+                if t.data_type in _ITEMSIZE and t.data_location != onnx.TensorProto.EXTERNAL
+                else t
+            )
         elif t.name not in declared:
             g.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
         else:
@@ -270,10 +282,14 @@ def light_model(model: onnx.ModelProto, max_elements: int = LIGHT_MAX_ELEMENTS, 
 
 
 def _stub(t: onnx.TensorProto, n: int) -> onnx.TensorProto:
-    stub = onnx.TensorProto(name=t.name, data_type=t.data_type, dims=t.dims,
-                            data_location=onnx.TensorProto.EXTERNAL)
-    for k, v in (("location", "onnxopt-in-memory"), ("offset", "0"),
-                 ("length", str(n * _ITEMSIZE[t.data_type]))):
+    stub = onnx.TensorProto(
+        name=t.name, data_type=t.data_type, dims=t.dims, data_location=onnx.TensorProto.EXTERNAL
+    )
+    for k, v in (
+        ("location", "onnxopt-in-memory"),
+        ("offset", "0"),
+        ("length", str(n * _ITEMSIZE[t.data_type])),
+    ):
         e = stub.external_data.add()
         e.key, e.value = k, v
     return stub
@@ -295,11 +311,13 @@ def with_inferred_shapes(model: onnx.ModelProto, *, data_prop: bool = True) -> o
     return out
 
 
-def infer_shapes_light(model: onnx.ModelProto, *, strict: bool = False,
-                       data_prop: bool = True) -> onnx.ModelProto:
+def infer_shapes_light(
+    model: onnx.ModelProto, *, strict: bool = False, data_prop: bool = True
+) -> onnx.ModelProto:
     """onnx shape inference on :func:`light_model`; returns the light, inferred model."""
-    return shape_inference.infer_shapes(light_model(model), check_type=strict,
-                                        strict_mode=strict, data_prop=data_prop)
+    return shape_inference.infer_shapes(
+        light_model(model), check_type=strict, strict_mode=strict, data_prop=data_prop
+    )
 
 
 def _tensor_nbytes(t: onnx.TensorProto) -> int:
@@ -318,7 +336,7 @@ def upgrade_opset(model: onnx.ModelProto, target: int) -> tuple[onnx.ModelProto,
     try:
         out = version_converter.convert_version(model, target)
         onnx.checker.check_model(light_model(out))
-    except Exception as e:  # noqa: BLE001 - the converter raises bare RuntimeErrors
+    except Exception as e:
         msg = first_line(e, 160)
         return model, f"opset {before} kept: onnx's version converter failed ({msg})"
     return out, f"opset {before} upgraded to {target} (onnx version converter)"
@@ -337,7 +355,8 @@ def structural_check(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         light = light_model(model)
         onnx.checker.check_model(light)
-        return onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True,
-                                                 data_prop=True)
+        return onnx.shape_inference.infer_shapes(
+            light, check_type=True, strict_mode=True, data_prop=True
+        )
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as e:
         raise ModelError(f"invalid model after rewrite: {first_line(e)}") from e

@@ -120,8 +120,10 @@ class PassManager:
             raise OptionError(f"--target must be 'onnx' or 'onnxruntime', not {target!r}")
         bad = [p for p in passes if not isinstance(p, Pass)]
         if bad:
-            raise TypeError(f"PassManager takes Pass instances, not {bad[0]!r}: resolve names "
-                            "with onnxopt.passes.registry.manager")
+            raise TypeError(
+                f"PassManager takes Pass instances, not {bad[0]!r}: resolve names "
+                "with onnxopt.passes.registry.manager"
+            )
         self.passes: list[Pass] = list(passes)
         if not self.passes:
             raise OptionError("no passes to run")
@@ -159,8 +161,8 @@ class PassManager:
         if feeds is None:
             feeds = get_feeds(original)
         report = PipelineReport(
-            feeds=feeds.source + (" (synthesized)" if feeds.synthesized and "synth" not in
-                                  feeds.source else ""),
+            feeds=feeds.source
+            + (" (synthesized)" if feeds.synthesized and "synth" not in feeds.source else ""),
             budget=(self.budget or Budget()).describe(),
             target=self.target,
         )
@@ -181,21 +183,24 @@ class PassManager:
         self.runner.clear()  # sessions hold a copy of the weights; the caller saves next
         return stage.model, report
 
-    def _split_feeds(self, feeds: Feeds, calibration: Feeds | None,
-                     report: PipelineReport) -> Feeds:
+    def _split_feeds(
+        self, feeds: Feeds, calibration: Feeds | None, report: PipelineReport
+    ) -> Feeds:
         """Set the feeds passes learn from (``self._calib``); return the verification feeds."""
         verify_on = feeds
         self._calib = calibration if calibration is not None else feeds
         if calibration is not None:
-            report.notes.append(f"passes learn from {calibration.source}; verified on "
-                                f"{feeds.source}")
+            report.notes.append(
+                f"passes learn from {calibration.source}; verified on {feeds.source}"
+            )
         elif self.holdout and any(not p.exact for p in self.passes) and len(feeds) >= 4:
             # a lossy pass that learns from the data it is judged on can overfit (a ridge refit
             # on 8 runs looks perfect on those 8): learn on the first half, verify on the rest
             self._calib, verify_on = feeds.split(0.5)
             report.notes.append(
                 f"lossy passes learn from {len(self._calib)} runs and are verified on the other "
-                f"{len(verify_on)} (give --calib-data to use separate data)")
+                f"{len(verify_on)} (give --calib-data to use separate data)"
+            )
         return verify_on.subset(self.verify_runs) if self.verify_runs else verify_on
 
     def _run_passes(self, stage: _Stage, report: PipelineReport) -> _Stage:
@@ -255,8 +260,9 @@ class PassManager:
         )
 
     # ----------------------------------------------------------------------------------------
-    def _run_batch(self, batch: list[Pass], start: int, stage: _Stage,
-                   report: PipelineReport) -> _Stage:
+    def _run_batch(
+        self, batch: list[Pass], start: int, stage: _Stage, report: PipelineReport
+    ) -> _Stage:
         """Several exact passes on one working copy, verified once; one by one if it fails."""
         if len(batch) == 1:
             return self._run_one(batch[0], start, stage, report)
@@ -268,25 +274,38 @@ class PassManager:
                 self.progress.pass_started(p.name, start + k)
             try:
                 results.append((p, p.rewrite(work, self._ctx(p))))
-            except Exception:  # noqa: BLE001 - re-run one by one for a clear report
+            except Exception:
                 logger.debug("batch pass %s raised", p.name, exc_info=True)
                 break
         if len(results) == len(batch):
-            checked = (_Checked(stage) if not any(r.changed for _, r in results)
-                       else self._verify_work(work, stage))
+            checked = (
+                _Checked(stage)
+                if not any(r.changed for _, r in results)
+                else self._verify_work(work, stage)
+            )
             if checked.stage is not None:
                 dt = (time.perf_counter() - t0) / len(batch)
                 for p, r in results:
                     self._emit(report, self._batch_report(p, r, stage, checked, results, dt))
                 return checked.stage
-            logger.info("batch %s failed (%s); running its passes one by one",
-                        [p.name for p in batch], checked.why)
+            logger.info(
+                "batch %s failed (%s); running its passes one by one",
+                [p.name for p in batch],
+                checked.why,
+            )
         for k, p in enumerate(batch):
             stage = self._run_one(p, start + k, stage, report)
         return stage
 
-    def _batch_report(self, p: Pass, r: PassResult, stage: _Stage, checked: _Checked,
-                      results: list[tuple[Pass, PassResult]], seconds: float) -> PassReport:
+    def _batch_report(
+        self,
+        p: Pass,
+        r: PassResult,
+        stage: _Stage,
+        checked: _Checked,
+        results: list[tuple[Pass, PassResult]],
+        seconds: float,
+    ) -> PassReport:
         pr = PassReport(p.name, p.exact, seconds=seconds)
         pr.status = "kept" if r.changed else "unchanged"
         pr.rewrites, pr.notes, pr.details = r.rewrites, list(r.notes), dict(r.details)
@@ -325,7 +344,7 @@ class PassManager:
                 new_stage = self._judge_candidate(p, stage, result, candidate, pr, own)
         except OnnxoptError as e:
             pr.status, pr.reason, new_stage = "error", str(e), stage
-        except Exception as e:  # noqa: BLE001 - a broken pass never takes the pipeline down
+        except Exception as e:
             logger.debug("pass %s raised", p.name, exc_info=True)
             pr.status, pr.reason, new_stage = "error", f"{type(e).__name__}: {e}", stage
         pr.seconds = time.perf_counter() - t0
@@ -334,8 +353,15 @@ class PassManager:
             raise PipelineError(f"pass '{p.name}' {pr.status}: {pr.reason}")
         return new_stage
 
-    def _judge_candidate(self, p: Pass, stage: _Stage, result: PassResult,
-                         candidate: onnx.ModelProto, pr: PassReport, own: int) -> _Stage:
+    def _judge_candidate(
+        self,
+        p: Pass,
+        stage: _Stage,
+        result: PassResult,
+        candidate: onnx.ModelProto,
+        pr: PassReport,
+        own: int,
+    ) -> _Stage:
         """Verify a changed candidate (bisecting its sites if it fails); fill ``pr``."""
         checked = self._verify(candidate, stage, p.exact)
         if checked.stage is None and len(result.sites) > 1:
@@ -351,8 +377,9 @@ class PassManager:
             pr.vs_original.accuracy = accuracy(checked.stage.outputs, self._vfeeds.labels or [])
         return checked.stage
 
-    def _bisect(self, p: Pass, stage: _Stage, result: PassResult, pr: PassReport,
-                own: int) -> _Checked:
+    def _bisect(
+        self, p: Pass, stage: _Stage, result: PassResult, pr: PassReport, own: int
+    ) -> _Checked:
         """Re-apply the pass on subsets of its sites; the report describes the model kept."""
 
         def trial(allowed: set[str]) -> Trial:
@@ -371,8 +398,10 @@ class PassManager:
         pr.notes[own:] = b.kept.result.notes
         pr.rewrites = len(sites) - len(b.dropped)
         more = " …" if len(b.dropped) > 10 else ""
-        pr.notes.append(f"bisection kept {pr.rewrites} of {len(sites)} sites; "
-                        f"dropped {b.dropped[:10]}{more}: {b.why}")
+        pr.notes.append(
+            f"bisection kept {pr.rewrites} of {len(sites)} sites; "
+            f"dropped {b.dropped[:10]}{more}: {b.why}"
+        )
         return b.kept.verdict
 
     # ----------------------------------------------------------------------------------------
@@ -380,7 +409,7 @@ class PassManager:
         """Export a batch's working copy and verify it as an exact candidate."""
         try:
             candidate = work.model()
-        except Exception as e:  # noqa: BLE001 - an export failure fails the batch
+        except Exception as e:
             return _Checked(None, f"{type(e).__name__}: {first_line(e)}")
         return self._verify(candidate, stage, exact=True)
 
@@ -395,7 +424,7 @@ class PassManager:
             outputs = self.runner.run_session(session, self._vfeeds)
         except OnnxoptError as e:
             return _Checked(None, str(e))
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             return _Checked(None, f"{type(e).__name__}: {first_line(e)}")
         why, cmp_prev, cmp_orig = self._judge(outputs, stage, exact)
         if why:
@@ -405,8 +434,9 @@ class PassManager:
         new = _Stage(candidate, outputs, summary, stage.lossy or not exact)
         return _Checked(new, "", cmp_prev, cmp_orig)
 
-    def _judge(self, outputs: Runs, stage: _Stage, exact: bool
-               ) -> tuple[str, Comparison, Comparison]:
+    def _judge(
+        self, outputs: Runs, stage: _Stage, exact: bool
+    ) -> tuple[str, Comparison, Comparison]:
         """("" or why the candidate's outputs fail, vs previous stage, vs original)."""
         from_original = stage.outputs is self._ref  # then one comparison serves both
         cmp_prev = compare(stage.outputs, outputs)
@@ -418,8 +448,10 @@ class PassManager:
         if stage.lossy or not exact:
             acc = None
             if self._vfeeds.labels is not None:
-                acc = (accuracy(self._ref, self._vfeeds.labels or []),
-                       accuracy(outputs, self._vfeeds.labels or []))
+                acc = (
+                    accuracy(self._ref, self._vfeeds.labels or []),
+                    accuracy(outputs, self._vfeeds.labels or []),
+                )
             v = (self.budget or Budget()).check(cmp_orig, acc)
             if not v:
                 return "over budget: " + v.reason, cmp_prev, cmp_orig

@@ -44,8 +44,7 @@ class ModelSummary:
     flops_complete: bool = True
 
     @classmethod
-    def of(cls, model: onnx.ModelProto,
-           inferred: onnx.ModelProto | None = None) -> ModelSummary:
+    def of(cls, model: onnx.ModelProto, inferred: onnx.ModelProto | None = None) -> ModelSummary:
         """Summarize ``model``; ``inferred`` is its shape-inferred light copy, if already made."""
         ops = Counter(
             (n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}")
@@ -84,23 +83,26 @@ def value_info_dims(v: onnx.ValueInfoProto) -> list[int | str | None]:
     t = v.type.tensor_type
     if not t.HasField("shape"):
         return []
-    return [int(d.dim_value) if d.HasField("dim_value") else
-            (d.dim_param if d.HasField("dim_param") else None) for d in t.shape.dim]
+    return [
+        int(d.dim_value)
+        if d.HasField("dim_value")
+        else (d.dim_param if d.HasField("dim_param") else None)
+        for d in t.shape.dim
+    ]
 
 
 def _spec(v: onnx.ValueInfoProto) -> TensorSpec:
     t = v.type.tensor_type
-    dtype = (
-        np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "?"
-    )
+    dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).name if t.elem_type else "?"
     return TensorSpec(v.name, dtype, value_info_dims(v))
 
 
-def _static_shapes(model: onnx.ModelProto,
-                   inferred: onnx.ModelProto | None = None) -> dict[str, list[int] | None]:
+def _static_shapes(
+    model: onnx.ModelProto, inferred: onnx.ModelProto | None = None
+) -> dict[str, list[int] | None]:
     try:
         inferred = inferred if inferred is not None else infer_shapes_light(model)
-    except Exception:  # noqa: BLE001 - a summary never fails on shape inference
+    except Exception:
         inferred = model
     shapes: dict[str, list[int] | None] = {}
     g = inferred.graph
@@ -115,8 +117,7 @@ def _static_shapes(model: onnx.ModelProto,
     return shapes
 
 
-def count_macs(model: onnx.ModelProto,
-               inferred: onnx.ModelProto | None = None) -> tuple[int, bool]:
+def count_macs(model: onnx.ModelProto, inferred: onnx.ModelProto | None = None) -> tuple[int, bool]:
     """MACs of Conv, ConvTranspose, Gemm and MatMul (dynamic dims count as 1).
 
     Returns:
@@ -125,9 +126,18 @@ def count_macs(model: onnx.ModelProto,
     shapes = _static_shapes(model, inferred)
     total, complete = 0, True
     for n in model.graph.node:
-        if n.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul", "QLinearConv",
-                             "QLinearMatMul", "MatMulInteger", "ConvInteger", "FusedMatMul",
-                             "Attention"):
+        if n.op_type not in (
+            "Conv",
+            "ConvTranspose",
+            "Gemm",
+            "MatMul",
+            "QLinearConv",
+            "QLinearMatMul",
+            "MatMulInteger",
+            "ConvInteger",
+            "FusedMatMul",
+            "Attention",
+        ):
             continue
         ins = [shapes.get(i) for i in n.input]
         outs = [shapes.get(o) for o in n.output]

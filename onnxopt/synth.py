@@ -40,8 +40,9 @@ FALLBACK_SIZES = (64, 16, 128, 224, 8)
 #: the range of an integer input that indexes nothing
 SMALL_RANGE = (0, 2)
 #: ops that pass an integer tensor's values through unchanged (followed to find indexing ops)
-PASS_THROUGH = frozenset({"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten",
-                          "Expand", "Transpose"})
+PASS_THROUGH = frozenset(
+    {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose"}
+)
 BATCH_NAMES = frozenset({"batch", "batch_size", "n", "N", "bs", "B", "unk__0"})
 
 
@@ -58,8 +59,10 @@ class Plan:
         out = []
         dynamic = [s for s in specs if any(not isinstance(d, int) for d in s.shape)]
         if dynamic:
-            sets = ["; ".join(f"{s.name} [{'x'.join(map(str, dims[s.name]))}]" for s in dynamic)
-                    for dims in self.size_sets]
+            sets = [
+                "; ".join(f"{s.name} [{'x'.join(map(str, dims[s.name]))}]" for s in dynamic)
+                for dims in self.size_sets
+            ]
             out.append("verified on synthesized sizes " + " and ".join(sets))
         for name, (lo, hi) in self.int_ranges.items():
             out.append(f"integer input '{name}' in [{lo}, {hi}): {self.range_reasons[name]}")
@@ -79,9 +82,11 @@ def _axis_sizes(spec: InputSpec, axis: int) -> tuple[int, int]:
     return OTHER_SIZES
 
 
-def size_sets(specs: list[InputSpec], shapes: Mapping[str, list[int]] | None,
-              pinned: Mapping[tuple[str, int], int] | None = None
-              ) -> list[dict[str, list[int]]]:
+def size_sets(
+    specs: list[InputSpec],
+    shapes: Mapping[str, list[int]] | None,
+    pinned: Mapping[tuple[str, int], int] | None = None,
+) -> list[dict[str, list[int]]]:
     """The size sets: from ``shapes`` (one set), else the sizes the graph pins and the defaults
     (two sets where a dimension is dynamic); inputs sharing a dimension name share its size."""
     shapes = dict(shapes or {})
@@ -115,9 +120,29 @@ def size_sets(specs: list[InputSpec], shapes: Mapping[str, list[int]] | None,
 
 
 #: unary ops whose output has the input's shape (followed to find the op that pins a dim)
-SAME_SHAPE = frozenset({"Cast", "Identity", "Relu", "Sigmoid", "Tanh", "Neg", "Abs", "Exp",
-                        "Log", "Sqrt", "Erf", "Softplus", "LeakyRelu", "Elu", "Selu",
-                        "HardSigmoid", "HardSwish", "Clip", "Dropout"})
+SAME_SHAPE = frozenset(
+    {
+        "Cast",
+        "Identity",
+        "Relu",
+        "Sigmoid",
+        "Tanh",
+        "Neg",
+        "Abs",
+        "Exp",
+        "Log",
+        "Sqrt",
+        "Erf",
+        "Softplus",
+        "LeakyRelu",
+        "Elu",
+        "Selu",
+        "HardSigmoid",
+        "HardSwish",
+        "Clip",
+        "Dropout",
+    }
+)
 
 
 def pinned_dims(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[tuple[str, int], int]:
@@ -145,8 +170,9 @@ def pinned_dims(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[tuple[st
     return out
 
 
-def _pins(node: onnx.NodeProto, i: int, rank: int, consts: Mapping[str, list[int]]
-          ) -> dict[int, int]:
+def _pins(
+    node: onnx.NodeProto, i: int, rank: int, consts: Mapping[str, list[int]]
+) -> dict[int, int]:
     """Axes of input ``i`` of ``node`` (of rank ``rank``) whose size a constant operand fixes."""
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     other = [consts.get(t) for t in node.input]
@@ -169,8 +195,9 @@ def _pins(node: onnx.NodeProto, i: int, rank: int, consts: Mapping[str, list[int
     return {}
 
 
-def index_ranges(model: onnx.ModelProto, names: Iterable[str]
-                 ) -> dict[str, tuple[tuple[int, int], str]]:
+def index_ranges(
+    model: onnx.ModelProto, names: Iterable[str]
+) -> dict[str, tuple[tuple[int, int], str]]:
     """For each integer input, the value range its readers accept, with the reason."""
     consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
     for node in model.graph.node:
@@ -183,14 +210,14 @@ def index_ranges(model: onnx.ModelProto, names: Iterable[str]
         for node, i in _readers(name, consumers):
             b = _index_bound(node, i, sizes)
             if b is not None and (bound is None or b < bound):
-                bound, why = b, f"indexes {node.op_type} '{node.name or node.output[0]}' " \
-                                f"(size {b})"
+                bound, why = b, f"indexes {node.op_type} '{node.name or node.output[0]}' (size {b})"
         out[name] = ((0, bound), why) if bound else (SMALL_RANGE, "indexes nothing (0 or 1)")
     return out
 
 
-def _readers(name: str, consumers: Mapping[str, list[tuple[onnx.NodeProto, int]]]
-             ) -> list[tuple[onnx.NodeProto, int]]:
+def _readers(
+    name: str, consumers: Mapping[str, list[tuple[onnx.NodeProto, int]]]
+) -> list[tuple[onnx.NodeProto, int]]:
     """The nodes that read ``name``'s values, through value-preserving ops."""
     out, todo, seen = [], [name], set()
     while todo:
@@ -230,7 +257,7 @@ def _static_sizes(model: onnx.ModelProto) -> dict[str, list[int]]:
     out: dict[str, list[int]] = {t.name: list(t.dims) for t in model.graph.initializer}
     try:
         inferred = infer_shapes_light(model)
-    except Exception:  # noqa: BLE001 - a plan never fails on shape inference
+    except Exception:
         inferred = model
     g = inferred.graph
     for v in list(g.input) + list(g.value_info):
@@ -240,14 +267,18 @@ def _static_sizes(model: onnx.ModelProto) -> dict[str, list[int]]:
     return out
 
 
-def make_plan(model: onnx.ModelProto, shapes: Mapping[str, list[int]] | None = None,
-              int_range: tuple[int, int] | None = None) -> Plan:
+def make_plan(
+    model: onnx.ModelProto,
+    shapes: Mapping[str, list[int]] | None = None,
+    int_range: tuple[int, int] | None = None,
+) -> Plan:
     """Sizes and integer ranges for ``model``'s inputs (see the module docstring)."""
     specs = input_specs(model)
     unknown = set(shapes or {}) - {s.name for s in specs}
     if unknown:
-        raise DataError(f"--shape names unknown input(s) {sorted(unknown)}; inputs: "
-                        f"{[s.name for s in specs]}")
+        raise DataError(
+            f"--shape names unknown input(s) {sorted(unknown)}; inputs: {[s.name for s in specs]}"
+        )
     for s in specs:
         if s.name in (shapes or {}):
             _check_shape(s, list(shapes[s.name]))
@@ -270,20 +301,26 @@ def _check_shape(s: InputSpec, given: list[int]) -> None:
             raise DataError(f"--shape {s.name}: dim {i} is {d} but the model fixes it to {want}")
 
 
-def random_runs(specs: list[InputSpec], plan: Plan, runs: int, seed: int
-                ) -> list[dict[str, np.ndarray]]:
+def random_runs(
+    specs: list[InputSpec], plan: Plan, runs: int, seed: int
+) -> list[dict[str, np.ndarray]]:
     """``runs`` random runs, alternating over the plan's size sets."""
     rng = np.random.default_rng(seed)
     out = []
     for r in range(runs):
         dims = plan.size_sets[r % len(plan.size_sets)]
-        out.append({s.name: _random_input(s, dims[s.name], rng, plan.int_ranges.get(s.name))
-                    for s in specs})
+        out.append(
+            {
+                s.name: _random_input(s, dims[s.name], rng, plan.int_ranges.get(s.name))
+                for s in specs
+            }
+        )
     return out
 
 
-def _random_input(s: InputSpec, dims: list[int], rng: np.random.Generator,
-                  int_range: tuple[int, int] | None) -> np.ndarray:
+def _random_input(
+    s: InputSpec, dims: list[int], rng: np.random.Generator, int_range: tuple[int, int] | None
+) -> np.ndarray:
     """Standard-normal floats, random booleans, integers uniform in ``int_range``."""
     if s.dtype.kind == "f":
         return np.asarray(rng.standard_normal(dims), dtype=s.dtype)
@@ -296,42 +333,52 @@ def _random_input(s: InputSpec, dims: list[int], rng: np.random.Generator,
 
 
 def _runs_ok(model: onnx.ModelProto, run: dict[str, np.ndarray]) -> str:
-    """"" when the model runs on ``run`` (or cannot be judged: a model onnxruntime cannot load
+    """ "" when the model runs on ``run`` (or cannot be judged: a model onnxruntime cannot load
     fails later with its own error), else the first line of onnxruntime's error."""
     from onnxopt.verify import Runner
 
     runner = Runner(quiet=True)
     try:
         session = runner.session(model)
-    except Exception:  # noqa: BLE001 - not about the inputs
+    except Exception:
         return ""
     try:
         runner.run_session(session, Feeds([run]))
     except OnnxoptError as e:
         return str(e)
-    except Exception as e:  # noqa: BLE001 - any failure means these inputs do not run
+    except Exception as e:
         return first_line(e)
     return ""
 
 
-def checked_plan(model: onnx.ModelProto, plan: Plan, specs: list[InputSpec],
-                 fixed: bool) -> tuple[Plan, list[str]]:
+def checked_plan(
+    model: onnx.ModelProto, plan: Plan, specs: list[InputSpec], fixed: bool
+) -> tuple[Plan, list[str]]:
     """Drop size sets the model cannot run; try fallbacks when none runs (unless the user
     fixed sizes and ranges). Returns the plan and notes about what was dropped."""
-    errors = [_runs_ok(model, random_runs(specs, Plan([d], plan.int_ranges), 1, 0)[0])
-              for d in plan.size_sets]
+    errors = [
+        _runs_ok(model, random_runs(specs, Plan([d], plan.int_ranges), 1, 0)[0])
+        for d in plan.size_sets
+    ]
     good = [d for d, e in zip(plan.size_sets, errors) if not e]
-    notes = [f"synthesized sizes {d} do not run ({e}); not used"
-             for d, e in zip(plan.size_sets, errors) if e and good]
+    notes = [
+        f"synthesized sizes {d} do not run ({e}); not used"
+        for d, e in zip(plan.size_sets, errors)
+        if e and good
+    ]
     if good:
         return Plan(good, plan.int_ranges, plan.range_reasons), notes
     if not fixed:
         for alt in _fallbacks(specs, plan):
             if not _runs_ok(model, random_runs(specs, alt, 1, 0)[0]):
-                return alt, [f"the default synthesized inputs do not run ({errors[0]}); "
-                             "used fallback sizes/values"]
-    raise DataError(f"synthesized inputs do not run ({errors[0]}): give --shape NAME=DIMS, "
-                    "--int-range LOW,HIGH or --data")
+                return alt, [
+                    f"the default synthesized inputs do not run ({errors[0]}); "
+                    "used fallback sizes/values"
+                ]
+    raise DataError(
+        f"synthesized inputs do not run ({errors[0]}): give --shape NAME=DIMS, "
+        "--int-range LOW,HIGH or --data"
+    )
 
 
 def _fallbacks(specs: list[InputSpec], plan: Plan) -> Iterable[Plan]:
@@ -339,8 +386,13 @@ def _fallbacks(specs: list[InputSpec], plan: Plan) -> Iterable[Plan]:
     reasons = {n: "fallback: all ones" for n in plan.int_ranges}
     yield Plan(plan.size_sets[:1], ones, reasons)
     for size in FALLBACK_SIZES:
-        dims = {s.name: [d if isinstance(d, int) else (1 if _is_batch_axis(s, i) else size)
-                         for i, d in enumerate(s.shape)] for s in specs}
+        dims = {
+            s.name: [
+                d if isinstance(d, int) else (1 if _is_batch_axis(s, i) else size)
+                for i, d in enumerate(s.shape)
+            ]
+            for s in specs
+        }
         yield Plan([dims], plan.int_ranges, plan.range_reasons)
         yield Plan([dims], ones, reasons)
 
@@ -372,10 +424,14 @@ def synthesize(
     dynamic = any(not isinstance(d, int) for s in specs for d in s.shape)
     notes: list[str] = []
     if check and (dynamic or guessed):
-        plan, notes = checked_plan(model, plan, specs, fixed=shapes is not None and
-                                   int_range is not None)
-    feeds = Feeds(random_runs(specs, plan, runs, seed), synthesized=True,
-                  source=f"synthesized ({runs} runs, seed {seed})")
+        plan, notes = checked_plan(
+            model, plan, specs, fixed=shapes is not None and int_range is not None
+        )
+    feeds = Feeds(
+        random_runs(specs, plan, runs, seed),
+        synthesized=True,
+        source=f"synthesized ({runs} runs, seed {seed})",
+    )
     feeds.notes.extend(plan.describe(specs) + notes)
     return feeds
 

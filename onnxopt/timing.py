@@ -40,10 +40,14 @@ def session(model: Any, *, threads: int = 0, optimization: str = "all") -> Any:
     """A CPU session for a path, bytes or ModelProto with :func:`session_options`."""
     import onnxruntime as ort
 
-    data = model.SerializeToString() if hasattr(model, "SerializeToString") else (
-        model if isinstance(model, bytes) else str(model))
-    return ort.InferenceSession(data, session_options(threads, optimization),
-                                providers=["CPUExecutionProvider"])
+    data = (
+        model.SerializeToString()
+        if hasattr(model, "SerializeToString")
+        else (model if isinstance(model, bytes) else str(model))
+    )
+    return ort.InferenceSession(
+        data, session_options(threads, optimization), providers=["CPUExecutionProvider"]
+    )
 
 
 def _rss_mb() -> float:
@@ -52,20 +56,32 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def measure(path: str, runs_feeds: list[dict[str, np.ndarray]], *, provider: str, threads: int,
-            optimization: str, warmup: int, runs: int, seconds: float | None,
-            progress: Progress | None = None, isolated: bool = False) -> dict[str, Any]:
+def measure(
+    path: str,
+    runs_feeds: list[dict[str, np.ndarray]],
+    *,
+    provider: str,
+    threads: int,
+    optimization: str,
+    warmup: int,
+    runs: int,
+    seconds: float | None,
+    progress: Progress | None = None,
+    isolated: bool = False,
+) -> dict[str, Any]:
     """Time one session on ``runs_feeds`` (cycled). Returns latencies and memory numbers."""
     import onnxruntime as ort
 
     base = _rss_mb()
     t0 = time.perf_counter()
     try:
-        sess = ort.InferenceSession(path, session_options(threads, optimization),
-                                    providers=[provider])
-    except Exception as e:  # noqa: BLE001 - onnxruntime raises its own exception types
-        raise ModelError(f"{path}: onnxruntime cannot create a session "
-                         f"({str(e).strip().splitlines()[-1][:200]})") from e
+        sess = ort.InferenceSession(
+            path, session_options(threads, optimization), providers=[provider]
+        )
+    except Exception as e:
+        raise ModelError(
+            f"{path}: onnxruntime cannot create a session ({str(e).strip().splitlines()[-1][:200]})"
+        ) from e
     session_ms = (time.perf_counter() - t0) * 1e3
     samples = [_rss_mb()]
     k = len(runs_feeds)
@@ -87,8 +103,9 @@ def measure(path: str, runs_feeds: list[dict[str, np.ndarray]], *, provider: str
         if progress is not None and (now - last > 0.1 or done >= total):
             progress("run", min(done, total), total)
             last = now
-        if (seconds is None and i >= runs) or (seconds is not None and now - start >= seconds
-                                               and i >= 3):
+        if (seconds is None and i >= runs) or (
+            seconds is not None and now - start >= seconds and i >= 3
+        ):
             break
     samples.append(_rss_mb())
     if isolated:
@@ -97,8 +114,13 @@ def measure(path: str, runs_feeds: list[dict[str, np.ndarray]], *, provider: str
     else:
         peak = max(samples)
         method = "in-process RSS delta (psutil samples; approximate)"
-    return {"latencies_ms": lat, "session_ms": session_ms, "peak_rss_mb": peak,
-            "session_rss_mb": max(0.0, peak - base), "memory_method": method}
+    return {
+        "latencies_ms": lat,
+        "session_ms": session_ms,
+        "peak_rss_mb": peak,
+        "session_rss_mb": max(0.0, peak - base),
+        "memory_method": method,
+    }
 
 
 # --------------------------------------------------------------------------- API

@@ -52,7 +52,8 @@ class Runner:
                 return cached
         so = ort.SessionOptions()
         so.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
+            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            if optimized
             else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         )
         so.log_severity_level = 4 if self.quiet else 3
@@ -69,7 +70,7 @@ class Runner:
             so.add_external_initializers(names, values)
         try:
             sess = ort.InferenceSession(structure, so, providers=["CPUExecutionProvider"])
-        except Exception as e:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph types
+        except Exception as e:
             msg = first_line(e)
             raise ModelError(f"onnxruntime cannot load the model: {msg}") from e
         sess._onnxopt_weights = (arrays, values)  # onnxruntime uses this memory; keep it alive
@@ -94,7 +95,7 @@ class Runner:
         for run in feeds.runs:
             try:
                 values = sess.run(names, run, opts)
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 msg = first_line(e)
                 raise ModelError(f"onnxruntime failed to run the model: {msg}") from e
             out.append(dict(zip(names, values)))
@@ -123,8 +124,9 @@ def _split_weights(model: onnx.ModelProto) -> tuple[bytes, list[str], list[np.nd
     from onnxopt.model import light_model
 
     shell = light_model(model, stubs=True)
-    stubbed = {t.name for t in shell.graph.initializer
-               if t.data_location == onnx.TensorProto.EXTERNAL}
+    stubbed = {
+        t.name for t in shell.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
+    }
     names, arrays = [], []
     for t in model.graph.initializer:
         if t.name in stubbed:
@@ -217,8 +219,11 @@ def compare_arrays(name: str, refs: list[np.ndarray], cands: list[np.ndarray]) -
         equal = all(np.array_equal(r, c) for r, c in zip(refs, cands))
         st.exact_equal = equal
         if not equal:
-            diffs = [np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)).max(initial=0)
-                     for r, c in zip(refs, cands) if np.asarray(r).size]
+            diffs = [
+                np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)).max(initial=0)
+                for r, c in zip(refs, cands)
+                if np.asarray(r).size
+            ]
             st.max_abs = float(max(diffs, default=0.0))
             st.cosine = 0.0 if st.max_abs else 1.0
         return st
@@ -227,8 +232,9 @@ def compare_arrays(name: str, refs: list[np.ndarray], cands: list[np.ndarray]) -
     if r.size == 0:
         return st
     r_nan, c_nan = ~np.isfinite(r), ~np.isfinite(c)
-    if (r_nan != c_nan).any() or (r_nan.any() and not np.array_equal(r[r_nan], c[c_nan],
-                                                                       equal_nan=True)):
+    if (r_nan != c_nan).any() or (
+        r_nan.any() and not np.array_equal(r[r_nan], c[c_nan], equal_nan=True)
+    ):
         st.max_abs = st.max_rel = float("inf")
         st.cosine = 0.0
         st.exact_equal = False
@@ -349,11 +355,14 @@ class Exact:
             if (diff > allowed).any():
                 bad = True
             need_atol = max(need_atol, float(((diff - t.rtol * np.abs(r64)).max()) / scale))
-            need_rtol = max(need_rtol, float(((diff - t.atol * scale)
-                                              / np.maximum(np.abs(r64), 1e-30)).max()))
+            need_rtol = max(
+                need_rtol, float(((diff - t.atol * scale) / np.maximum(np.abs(r64), 1e-30)).max())
+            )
         if bad:
-            return (f"'{name}': exceeds rtol={t.rtol:g} atol={t.atol:g} "
-                    f"(would pass with atol>={need_atol:.3g} or rtol>={need_rtol:.3g})")
+            return (
+                f"'{name}': exceeds rtol={t.rtol:g} atol={t.atol:g} "
+                f"(would pass with atol>={need_atol:.3g} or rtol>={need_rtol:.3g})"
+            )
         return ""
 
 
@@ -383,8 +392,10 @@ class Budget:
                 reasons.append(f"'{s.name}': shape {s.shape_mismatch}")
                 continue
             if s.dtype not in ("float32", "float16", "float64", "bfloat16"):
-                if not s.exact_equal and self.max_accuracy_drop is None and (
-                    self.min_top1_agreement is None
+                if (
+                    not s.exact_equal
+                    and self.max_accuracy_drop is None
+                    and (self.min_top1_agreement is None)
                 ):
                     reasons.append(f"'{s.name}': {s.dtype} output changed")
                 continue
@@ -392,10 +403,14 @@ class Budget:
                 reasons.append(f"'{s.name}': cosine {s.cosine:.4f} < {self.min_cosine}")
             if self.max_abs_err is not None and s.max_abs > self.max_abs_err:
                 reasons.append(f"'{s.name}': max abs err {s.max_abs:.3g} > {self.max_abs_err}")
-            if self.min_top1_agreement is not None and s.top1 is not None and (
-                s.top1 < self.min_top1_agreement
+            if (
+                self.min_top1_agreement is not None
+                and s.top1 is not None
+                and (s.top1 < self.min_top1_agreement)
             ):
-                reasons.append(f"'{s.name}': top-1 agreement {s.top1:.4f} < {self.min_top1_agreement}")
+                reasons.append(
+                    f"'{s.name}': top-1 agreement {s.top1:.4f} < {self.min_top1_agreement}"
+                )
         if self.max_accuracy_drop is not None and accuracy is not None:
             drop = accuracy[0] - accuracy[1]
             if drop > self.max_accuracy_drop:

@@ -110,8 +110,9 @@ def expand(names: Sequence[str]) -> list[str]:
     return out
 
 
-def resolve(names: Sequence[str | Pass],
-            options: Mapping[str, Mapping[str, Any]] | None = None) -> list[Pass]:
+def resolve(
+    names: Sequence[str | Pass], options: Mapping[str, Mapping[str, Any]] | None = None
+) -> list[Pass]:
     """Instances for names (aliases expanded), each configured from ``options[pass name]``
     (validated: a bad key or value is a one-line OptionError); Pass instances pass through."""
     known = all_passes()
@@ -124,14 +125,19 @@ def resolve(names: Sequence[str | Pass],
         for n in expand([item]):
             out.append(known[n].from_options(options.pop(n, None)))
     if options:
-        raise OptionError(f"options for '{next(iter(options))}', which is not in the pipeline "
-                          f"({', '.join(p.name for p in out)})")
+        raise OptionError(
+            f"options for '{next(iter(options))}', which is not in the pipeline "
+            f"({', '.join(p.name for p in out)})"
+        )
     return out
 
 
-def manager(passes: Sequence[str | Pass] | None = None, *,
-            options: Mapping[str, Mapping[str, Any]] | None = None,
-            **settings: Any) -> PassManager:
+def manager(
+    passes: Sequence[str | Pass] | None = None,
+    *,
+    options: Mapping[str, Mapping[str, Any]] | None = None,
+    **settings: Any,
+) -> PassManager:
     """A :class:`PassManager` for pass names or instances (default: every exact pass), with
     the families' ordering constraints. ``options`` configure passes by name
     (``{"prune": {"ratio": 0.5}}``); ``settings`` go to the manager (budget, target, ...)."""

@@ -13,7 +13,7 @@ if str(ROOT) not in sys.path:
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
-def pytest_configure(config):  # noqa: ARG001 - pytest hook signature
+def pytest_configure(config):
     """Tiny torch trainings are much faster single-threaded on a shared 2-core machine."""
     import importlib.util
 

@@ -78,19 +78,22 @@ def counts(model: onnx.ModelProto) -> Counter:
     return Counter(n.op_type for n in model.graph.node)
 
 
-def session(model: onnx.ModelProto, *, optimized: bool = False,
-            save_optimized: str | None = None) -> ort.InferenceSession:
+def session(
+    model: onnx.ModelProto, *, optimized: bool = False, save_optimized: str | None = None
+) -> ort.InferenceSession:
     """A one-thread CPU session, graph optimizations off unless ``optimized``;
     ``save_optimized``: also write onnxruntime's optimized model there."""
     so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimized
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.graph_optimization_level = (
+        ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if optimized
+        else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    )
     so.intra_op_num_threads = 1
     so.log_severity_level = 3
     if save_optimized is not None:
         so.optimized_model_filepath = save_optimized
-    return ort.InferenceSession(model.SerializeToString(), so,
-                                providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
@@ -111,8 +114,9 @@ def random_feeds(model: onnx.ModelProto, seed: int = 0) -> dict[str, np.ndarray]
     return out
 
 
-def assert_close(a: onnx.ModelProto, b: onnx.ModelProto, rtol: float = RTOL,
-                 atol: float = ATOL) -> None:
+def assert_close(
+    a: onnx.ModelProto, b: onnx.ModelProto, rtol: float = RTOL, atol: float = ATOL
+) -> None:
     """``b``'s outputs match ``a``'s on random inputs: ``|b-a| <= atol·max(1,max|a|) + rtol·|a|``."""
     feeds = random_feeds(a)
     for x, y in zip(run(a, feeds), run(b, feeds), strict=True):

@@ -14,8 +14,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 #: layers that sit above the engine (everything else under onnxopt/ is engine)
-NOT_ENGINE = ("onnxopt.passes", "onnxopt.cli", "onnxopt.api", "onnxopt.onnx2torch", "onnxopt.zoo",
-              "onnxopt.examples", "onnxopt.__main__")
+NOT_ENGINE = (
+    "onnxopt.passes",
+    "onnxopt.cli",
+    "onnxopt.api",
+    "onnxopt.onnx2torch",
+    "onnxopt.zoo",
+    "onnxopt.examples",
+    "onnxopt.__main__",
+)
 
 
 def _module_name(path: Path) -> str:
@@ -63,21 +70,36 @@ def _in(module: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def test_engine_imports_no_pass_cli_or_api(graph):
-    bad = [(m, d) for m, deps in graph.items() if m != "onnxopt" and not _in(m, NOT_ENGINE)
-           for d in deps if _in(d, NOT_ENGINE)]
+    bad = [
+        (m, d)
+        for m, deps in graph.items()
+        if m != "onnxopt" and not _in(m, NOT_ENGINE)
+        for d in deps
+        if _in(d, NOT_ENGINE)
+    ]
     assert not bad, f"engine modules import upper layers: {sorted(bad)}"
 
 
 def test_passes_and_converter_do_not_import_cli_or_api(graph):
     lower = ("onnxopt.passes", "onnxopt.onnx2torch", "onnxopt.zoo")
-    bad = [(m, d) for m, deps in graph.items() if _in(m, lower)
-           for d in deps if _in(d, ("onnxopt.cli", "onnxopt.api"))]
+    bad = [
+        (m, d)
+        for m, deps in graph.items()
+        if _in(m, lower)
+        for d in deps
+        if _in(d, ("onnxopt.cli", "onnxopt.api"))
+    ]
     assert not bad, f"passes import the CLI or the API: {sorted(bad)}"
 
 
 def test_converter_imports_no_pass(graph):
-    bad = [(m, d) for m, deps in graph.items() if _in(m, ("onnxopt.onnx2torch",))
-           for d in deps if _in(d, ("onnxopt.passes",))]
+    bad = [
+        (m, d)
+        for m, deps in graph.items()
+        if _in(m, ("onnxopt.onnx2torch",))
+        for d in deps
+        if _in(d, ("onnxopt.passes",))
+    ]
     assert not bad, f"onnx2torch imports passes: {sorted(bad)}"
 
 

@@ -28,8 +28,18 @@ app = typer.Typer(
 )
 
 #: the commands, one module of ``onnxopt.cli`` each, in the order ``--help`` lists them
-COMMANDS = ["optimize", "verify", "inspect", "passes", "demo", "bench", "quantize", "prune",
-            "merge", "distill"]
+COMMANDS = [
+    "optimize",
+    "verify",
+    "inspect",
+    "passes",
+    "demo",
+    "bench",
+    "quantize",
+    "prune",
+    "merge",
+    "distill",
+]
 
 
 @app.callback()
@@ -42,8 +52,10 @@ def _root(
 
         console.print(f"onnxopt {__version__}")
         raise typer.Exit(0)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
 
 
 for _name in COMMANDS:
@@ -69,8 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - last resort: one line, not a traceback
         if debug:
             raise
-        err_console.print(f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))} "
-                          "(rerun with --debug)", soft_wrap=True)
+        err_console.print(
+            f"[red]internal error:[/] {type(e).__name__}: {escape(str(e))} (rerun with --debug)",
+            soft_wrap=True,
+        )
         return 1
     return 0
 

@@ -15,12 +15,31 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from onnxopt.cli.common import console, err_console
+from onnxopt.cli.common import IntRangeOpt, ShapeOpt, console, err_console
 from onnxopt.data import parse_int_range, parse_shape_overrides
 
-CSV_FIELDS = ("model", "batch", "provider", "threads", "optimization", "runs", "p50", "p90",
-              "p99", "mean", "std", "throughput", "session_ms", "peak_rss_mb", "session_rss_mb",
-              "file_bytes", "ratio", "within_noise", "inputs", "synthesized")
+CSV_FIELDS = (
+    "model",
+    "batch",
+    "provider",
+    "threads",
+    "optimization",
+    "runs",
+    "p50",
+    "p90",
+    "p99",
+    "mean",
+    "std",
+    "throughput",
+    "session_ms",
+    "peak_rss_mb",
+    "session_rss_mb",
+    "file_bytes",
+    "ratio",
+    "within_noise",
+    "inputs",
+    "synthesized",
+)
 
 
 def rows(results: list[Any]) -> list[dict[str, Any]]:
@@ -48,10 +67,19 @@ def to_csv(results: list[Any]) -> str:
 
 def table(results: list[Any]) -> Table:
     t = Table(title="latency in ms (onnxruntime)", title_justify="left")
-    for c, j in (("model", "left"), ("batch", "right"), ("p50", "right"), ("p90", "right"),
-                 ("p99", "right"), ("mean ± std", "right"), ("samples/s", "right"),
-                 ("session", "right"), ("peak RSS", "right"), ("size", "right"),
-                 ("vs first", "right")):
+    for c, j in (
+        ("model", "left"),
+        ("batch", "right"),
+        ("p50", "right"),
+        ("p90", "right"),
+        ("p99", "right"),
+        ("mean ± std", "right"),
+        ("samples/s", "right"),
+        ("session", "right"),
+        ("peak RSS", "right"),
+        ("size", "right"),
+        ("vs first", "right"),
+    ):
         t.add_column(c, justify=j)
     multi = len({r.model for r in results}) > 1
     for d, r in zip(rows(results), results, strict=True):
@@ -59,9 +87,19 @@ def table(results: list[Any]) -> Table:
             vs = "-" if not multi else "1.00x"
         else:
             vs = f"{d['ratio']:.2f}x" + (" [dim](noise)[/]" if d["within_noise"] else "")
-        t.add_row(escape(r.model), str(r.batch), _ms(r.p50), _ms(r.p90), _ms(r.p99),
-                  f"{_ms(r.mean)} ± {_ms(r.std)}", f"{r.throughput:,.0f}", f"{r.session_ms:.0f} ms",
-                  f"{r.peak_rss_mb:.0f} MiB", _size(r.file_bytes), vs)
+        t.add_row(
+            escape(r.model),
+            str(r.batch),
+            _ms(r.p50),
+            _ms(r.p90),
+            _ms(r.p99),
+            f"{_ms(r.mean)} ± {_ms(r.std)}",
+            f"{r.throughput:,.0f}",
+            f"{r.session_ms:.0f} ms",
+            f"{r.peak_rss_mb:.0f} MiB",
+            _size(r.file_bytes),
+            vs,
+        )
     return t
 
 
@@ -102,9 +140,14 @@ class _Bar:
         if enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-            self.p = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                              TextColumn("{task.percentage:>3.0f}%"), TimeElapsedColumn(),
-                              console=err_console, transient=True)
+            self.p = Progress(
+                TextColumn("[bold]{task.description}"),
+                BarColumn(),
+                TextColumn("{task.percentage:>3.0f}%"),
+                TimeElapsedColumn(),
+                console=err_console,
+                transient=True,
+            )
 
     def __enter__(self) -> _Bar:
         if self.p is not None:
@@ -123,22 +166,71 @@ class _Bar:
         self.p.update(self.tasks[what], completed=done, total=total)
 
 
+ModelsOpt = Annotated[
+    list[Path], typer.Argument(help="One or more .onnx models; the first is the baseline.")
+]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help=".npz or folder of .npy with real inputs (keys = input names)."),
+]
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", help="Intra-op threads (0: onnxruntime's default).")
+]
+WarmupOpt = Annotated[int, typer.Option("--warmup", help="Untimed runs first.")]
+RunsOpt = Annotated[int, typer.Option("--runs", help="Timed runs.")]
+SecondsOpt = Annotated[
+    float | None, typer.Option("--seconds", help="Time per measurement instead of --runs.")
+]
+ProviderOpt = Annotated[
+    str, typer.Option("--provider", help="cpu, or another provider onnxruntime lists as available.")
+]
+OptimizationOpt = Annotated[
+    str,
+    typer.Option(
+        "--optimization", help="onnxruntime graph optimizations: disable, basic, extended, all."
+    ),
+]
+IsolateOpt = Annotated[
+    bool,
+    typer.Option(
+        "--isolate/--in-process",
+        help="Measure each model in a fresh subprocess (clean peak memory) or in this one.",
+    ),
+]
+AsJsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Write JSON results here ('-' for stdout).")
+]
+AsCsvOpt = Annotated[
+    Path | None, typer.Option("--csv", help="Write CSV results here ('-' for stdout).")
+]
+LatenciesOpt = Annotated[
+    bool, typer.Option("--latencies", help="Include every latency in the JSON.")
+]
+
+BatchesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--batch", help="Batch sizes, e.g. 1,8,32 (dynamic batch only; default: the model's)."
+    ),
+]
+
+
 def bench_cmd(
-    models: Annotated[list[Path], typer.Argument(help="One or more .onnx models; the first is the baseline.")],  # noqa: E501
-    data: Annotated[Path | None, typer.Option("--data", help=".npz or folder of .npy with real inputs (keys = input names).")] = None,  # noqa: E501
-    shape: Annotated[list[str] | None, typer.Option("--shape", help="Dynamic dims for synthesized inputs: name=1x3x224x224 (repeatable).")] = None,  # noqa: E501
-    int_range: Annotated[str | None, typer.Option("--int-range", help="LOW,HIGH for synthesized integer inputs (token ids).")] = None,  # noqa: E501
-    batch: Annotated[str | None, typer.Option("--batch", help="Batch sizes, e.g. 1,8,32 (dynamic batch only; default: the model's).")] = None,  # noqa: E501
-    threads: Annotated[int, typer.Option("--threads", help="Intra-op threads (0: onnxruntime's default).")] = 0,  # noqa: E501
-    warmup: Annotated[int, typer.Option("--warmup", help="Untimed runs first.")] = 10,
-    runs: Annotated[int, typer.Option("--runs", help="Timed runs.")] = 100,
-    seconds: Annotated[float | None, typer.Option("--seconds", help="Time per measurement instead of --runs.")] = None,  # noqa: E501
-    provider: Annotated[str, typer.Option("--provider", help="cpu, or another provider onnxruntime lists as available.")] = "cpu",  # noqa: E501
-    optimization: Annotated[str, typer.Option("--optimization", help="onnxruntime graph optimizations: disable, basic, extended, all.")] = "all",  # noqa: E501
-    isolate: Annotated[bool, typer.Option("--isolate/--in-process", help="Measure each model in a fresh subprocess (clean peak memory) or in this one.")] = True,  # noqa: E501
-    as_json: Annotated[Path | None, typer.Option("--json", help="Write JSON results here ('-' for stdout).")] = None,  # noqa: E501
-    as_csv: Annotated[Path | None, typer.Option("--csv", help="Write CSV results here ('-' for stdout).")] = None,  # noqa: E501
-    latencies: Annotated[bool, typer.Option("--latencies", help="Include every latency in the JSON.")] = False,  # noqa: E501
+    models: ModelsOpt,
+    data: DataOpt = None,
+    shape: ShapeOpt = None,
+    int_range: IntRangeOpt = None,
+    batch: BatchesOpt = None,
+    threads: ThreadsOpt = 0,
+    warmup: WarmupOpt = 10,
+    runs: RunsOpt = 100,
+    seconds: SecondsOpt = None,
+    provider: ProviderOpt = "cpu",
+    optimization: OptimizationOpt = "all",
+    isolate: IsolateOpt = True,
+    as_json: AsJsonOpt = None,
+    as_csv: AsCsvOpt = None,
+    latencies: LatenciesOpt = False,
 ) -> None:
     """Latency (p50/p90/p99, mean ± std), throughput, session time, memory and size.
 
@@ -150,10 +242,19 @@ def bench_cmd(
     quiet = str(as_json) == "-" or str(as_csv) == "-"
     with _Bar(err_console.is_terminal) as bar:
         results = bench(
-            models, data=data, shapes=parse_shape_overrides(shape),
-            int_range=parse_int_range(int_range), batch=batch, threads=threads,
-            warmup=warmup, runs=runs, seconds=seconds, provider=provider,
-            optimization=optimization, isolate=isolate, progress=bar,
+            models,
+            data=data,
+            shapes=parse_shape_overrides(shape),
+            int_range=parse_int_range(int_range),
+            batch=batch,
+            threads=threads,
+            warmup=warmup,
+            runs=runs,
+            seconds=seconds,
+            provider=provider,
+            optimization=optimization,
+            isolate=isolate,
+            progress=bar,
         )
     if not quiet:
         console.print(table(results))
@@ -162,8 +263,10 @@ def bench_cmd(
             console.print(f"[dim]note: {escape(n)}[/]")
         console.print(f"[dim]memory: {escape(results[0].memory_method)}[/]")
     if as_json is not None:
-        payload = [dict(d, **({"latencies_ms": r.latencies_ms} if latencies else {}))
-                   for d, r in zip(rows(results), results, strict=True)]
+        payload = [
+            dict(d, **({"latencies_ms": r.latencies_ms} if latencies else {}))
+            for d, r in zip(rows(results), results, strict=True)
+        ]
         _write(as_json, json.dumps(payload, indent=2))
     if as_csv is not None:
         _write(as_csv, to_csv(results))

@@ -33,19 +33,61 @@ err_console = _console(True)
 # ------------------------------------------------------------------------------------------------
 # Options more than one command takes
 
-DataOpt = Annotated[Path | None, typer.Option("--data", help=".npz or folder of .npy (keys = input names; 'labels' optional).")]  # noqa: E501
-CalibOpt = Annotated[Path | None, typer.Option("--calib-data", help="Separate inputs for passes to learn from (calibration, pruning); default: --data.")]  # noqa: E501
-ShapeOpt = Annotated[list[str] | None, typer.Option("--shape", help="Dynamic dims for synthesized inputs: name=1x3x224x224 (repeatable).")]  # noqa: E501
-IntRangeOpt = Annotated[str | None, typer.Option("--int-range", help="Range LOW,HIGH for synthesized integer inputs (token ids).")]  # noqa: E501
-BatchOpt = Annotated[int | None, typer.Option("--batch", help="Samples per run when the batch dim is dynamic.")]  # noqa: E501
+DataOpt = Annotated[
+    Path | None,
+    typer.Option("--data", help=".npz or folder of .npy (keys = input names; 'labels' optional)."),
+]  # noqa: E501
+CalibOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--calib-data",
+        help="Separate inputs for passes to learn from (calibration, pruning); default: --data.",
+    ),
+]  # noqa: E501
+ShapeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--shape", help="Dynamic dims for synthesized inputs: name=1x3x224x224 (repeatable)."
+    ),
+]  # noqa: E501
+IntRangeOpt = Annotated[
+    str | None,
+    typer.Option("--int-range", help="Range LOW,HIGH for synthesized integer inputs (token ids)."),
+]  # noqa: E501
+BatchOpt = Annotated[
+    int | None, typer.Option("--batch", help="Samples per run when the batch dim is dynamic.")
+]  # noqa: E501
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")]
-PassesOpt = Annotated[str | None, typer.Option("--passes", help="Comma-separated passes or families. See `onnxopt passes`.")]  # noqa: E501
-StrictOpt = Annotated[bool, typer.Option("--strict", help="Exit non-zero if a pass fails verification.")]  # noqa: E501
-TargetOpt = Annotated[str, typer.Option("--target", help="onnx (standard ops) or onnxruntime (contrib ops allowed).")]  # noqa: E501
-MinCos = Annotated[float | None, typer.Option("--min-cosine", help="Lossy budget: min cosine vs the original (default 0.99).")]  # noqa: E501
-MaxAbs = Annotated[float | None, typer.Option("--max-abs-err", help="Lossy budget: max abs error vs the original.")]  # noqa: E501
-MinTop1 = Annotated[float | None, typer.Option("--min-top1-agreement", help="Lossy budget: argmax agreement with the original (0-1).")]  # noqa: E501
-MaxDrop = Annotated[float | None, typer.Option("--max-accuracy-drop", help="Lossy budget: accuracy drop in points (needs labels in --data).")]  # noqa: E501
+PassesOpt = Annotated[
+    str | None,
+    typer.Option("--passes", help="Comma-separated passes or families. See `onnxopt passes`."),
+]  # noqa: E501
+StrictOpt = Annotated[
+    bool, typer.Option("--strict", help="Exit non-zero if a pass fails verification.")
+]  # noqa: E501
+TargetOpt = Annotated[
+    str, typer.Option("--target", help="onnx (standard ops) or onnxruntime (contrib ops allowed).")
+]  # noqa: E501
+MinCosineOpt = Annotated[
+    float | None,
+    typer.Option("--min-cosine", help="Lossy budget: min cosine vs the original (default 0.99)."),
+]  # noqa: E501
+MaxAbsErrOpt = Annotated[
+    float | None, typer.Option("--max-abs-err", help="Lossy budget: max abs error vs the original.")
+]  # noqa: E501
+MinTop1AgreementOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--min-top1-agreement", help="Lossy budget: argmax agreement with the original (0-1)."
+    ),
+]  # noqa: E501
+MaxAccuracyDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-accuracy-drop",
+        help="Lossy budget: accuracy drop in points (needs labels in --data).",
+    ),
+]  # noqa: E501
 
 
 class RichProgress:
@@ -55,9 +97,12 @@ class RichProgress:
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(),
-            TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
-            console=err_console, transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
         )
         self.main: Any = None
         self.sub: Any = None
@@ -117,8 +162,11 @@ def budget_from(
     max_accuracy_drop: float | None = None,
 ) -> Budget:
     """A Budget from CLI options; cosine defaults to 0.99 when nothing else is set."""
-    if min_cosine is None and max_abs_err is None and min_top1_agreement is None and (
-        max_accuracy_drop is None
+    if (
+        min_cosine is None
+        and max_abs_err is None
+        and min_top1_agreement is None
+        and (max_accuracy_drop is None)
     ):
         min_cosine = Budget().min_cosine
     return Budget(
@@ -137,8 +185,9 @@ def split_list(values: str | list[str] | None) -> list[str]:
     return [x.strip() for item in items for x in item.split(",") if x.strip()]
 
 
-def build_config(cls: type[PassConfig], values: dict[str, Any],
-                 flags: dict[str, str] | None = None) -> PassConfig:
+def build_config(
+    cls: type[PassConfig], values: dict[str, Any], flags: dict[str, str] | None = None
+) -> PassConfig:
     """``cls(**values)`` (values left None keep the config's defaults); a bad value is a
     one-line OptionError naming the CLI flag: ``--percentile 120.0: must be in (50, 100]``."""
     try:
@@ -148,6 +197,17 @@ def build_config(cls: type[PassConfig], values: dict[str, Any],
             raise
         flag = (flags or {}).get(e.option, "--" + e.option.replace("_", "-"))
         raise OptionError(f"{flag} {e.value!r}: {e.why}") from e
+
+
+def pre_passes(passes: str | None, default: list[str]) -> list[str]:
+    """The passes a rewriting command runs first: ``--passes`` (``none``: nothing), else
+    ``default`` (the families this build has)."""
+    if passes is None:
+        from onnxopt.passes import registry
+
+        return [f for f in default if registry.family_passes(f)]
+    names = split_list(passes)
+    return [] if names == ["none"] else names
 
 
 def write_model(model: onnx.ModelProto, out: Path, source: Path | None) -> Path:
@@ -191,8 +251,9 @@ def run_and_report(
     from onnxopt.passes.registry import manager
 
     model = load_model(model_path)
-    pm = manager(passes, budget=budget, target=target, strict=strict, options=options,
-                 progress=progress())
+    pm = manager(
+        passes, budget=budget, target=target, strict=strict, options=options, progress=progress()
+    )
     feeds = feeds_for(model, data, shape, int_range, batch)
     calib = feeds_for(model, calib_data, shape, int_range, batch) if calib_data else None
     out_model, report = pm.run(model, feeds, calib)

@@ -46,14 +46,20 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
     known = registry.all_passes()
     available = [f for f in DEMO_PASSES if f in known or registry.family_passes(f)]
     missing = [f for f in DEMO_PASSES if f not in available]
-    console.print(f"[bold]onnxopt demo[/]: {model_path.name}, passes {', '.join(available)}"
-                  f"; budget: accuracy drop <= 1 point on {len(feeds)} labeled test batches")
+    console.print(
+        f"[bold]onnxopt demo[/]: {model_path.name}, passes {', '.join(available)}"
+        f"; budget: accuracy drop <= 1 point on {len(feeds)} labeled test batches"
+    )
     options = {
         "prune": {"ratio": 0.25},
         "distill": {"epochs": 8},
     }
-    pm = manager(available, budget=Budget(min_cosine=None, max_accuracy_drop=1.0),
-                     options=options, progress=progress)
+    pm = manager(
+        available,
+        budget=Budget(min_cosine=None, max_accuracy_drop=1.0),
+        options=options,
+        progress=progress,
+    )
     out_model, report = pm.run(model, feeds, calib)
     render(report, console)
     if missing:
@@ -69,19 +75,22 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
     results = bench([model_path, out_path], batch=[1, 32], runs=200, warmup=20, threads=1)
     console.print(table(results))
     half = len(results) // 2  # models in the order given, batches inner
-    slower = [d["batch"] for d in rows(results)[half:]
-              if d["ratio"] > 1 and not d["within_noise"]]
+    slower = [d["batch"] for d in rows(results)[half:] if d["ratio"] > 1 and not d["within_noise"]]
     if slower and any(p.name.startswith("quantize") and p.kept for p in report.passes):
-        console.print(f"[dim]slower at batch {', '.join(map(str, slower))}: on a "
-                      f"{report.original.get('params', 0):,}-parameter model each op takes "
-                      f"microseconds, and the int8 model's extra ops (quantize / dequantize, "
-                      f"layout transposes) cost more than its int8 kernels save; on the zoo's "
-                      f"larger models int8 runs 2-3.4x faster (README, benchmarks)[/]")
+        console.print(
+            f"[dim]slower at batch {', '.join(map(str, slower))}: on a "
+            f"{report.original.get('params', 0):,}-parameter model each op takes "
+            f"microseconds, and the int8 model's extra ops (quantize / dequantize, "
+            f"layout transposes) cost more than its int8 kernels save; on the zoo's "
+            f"larger models int8 runs 2-3.4x faster (README, benchmarks)[/]"
+        )
     return report
 
 
 def demo_cmd(
-    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the outputs.")] = Path("out/demo"),
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for the outputs.")] = Path(
+        "out/demo"
+    ),
 ) -> None:
     """Run the whole pipeline on the bundled example and print the report."""
     run_demo(out_dir, console=console, progress=progress())

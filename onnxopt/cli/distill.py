@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
+from onnxopt.cli.common import BatchOpt
 from onnxopt.errors import DataError, OptionError
 
 
@@ -52,31 +53,88 @@ def _progress_bar(console: Any) -> tuple[Any, Any]:
         val = "-" if p.val_loss is None else f"{p.val_loss:.4f}"
         if p.val_agreement is not None:
             val += f" (top-1 {p.val_agreement:.1%})"
-        bar.update(task, total=p.epochs * p.steps, completed=(p.epoch - 1) * p.steps + p.step,
-                   epoch=f"{p.epoch}/{p.epochs}", loss=f"{p.loss:.4f}", val=val)
+        bar.update(
+            task,
+            total=p.epochs * p.steps,
+            completed=(p.epoch - 1) * p.steps + p.step,
+            epoch=f"{p.epoch}/{p.epochs}",
+            loss=f"{p.loss:.4f}",
+            val=val,
+        )
 
     return bar, update
 
 
+StudentOpt = Annotated[Path, typer.Argument(help="Student .onnx (e.g. a pruned model).")]
+TeacherOpt = Annotated[Path, typer.Option("--teacher", help="Teacher .onnx.")]
+DataOpt = Annotated[
+    Path,
+    typer.Option("--data", help="Unlabeled inputs: .npz / folder of .npy (keys = input names)."),
+]
+OutputOpt = Annotated[
+    Path, typer.Option("-o", "--output", help="Where to write the distilled student.")
+]
+EpochsOpt = Annotated[int, typer.Option("--epochs", help="Training epochs.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine decay).")]
+TemperatureOpt = Annotated[
+    float, typer.Option("--temperature", help="KL temperature T (loss scaled by T^2).")
+]
+LabelsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--labels", help="Integer labels (.npy, or .npz key 'labels') for a hard-label term."
+    ),
+]
+AlphaOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--alpha", help="Weight of the hard-label loss (default 0.5 with --labels, else 0)."
+    ),
+]
+FeatureOpt = Annotated[
+    list[str] | None,
+    typer.Option("--feature", help="Match intermediate tensors TEACHER:STUDENT (repeatable)."),
+]
+LossOpt = Annotated[str, typer.Option("--loss", help="auto, kl, mse or cosine.")]
+BatchSizeOpt = Annotated[int, typer.Option("--batch-size", help="Samples per training step.")]
+ValFractionOpt = Annotated[
+    float, typer.Option("--val-fraction", help="Held-out fraction for early stopping.")
+]
+PatienceOpt = Annotated[
+    int, typer.Option("--patience", help="Epochs without held-out improvement before stopping.")
+]
+BnOpt = Annotated[
+    str,
+    typer.Option(
+        "--bn", help="BatchNormalization statistics: eval (stored) or train (batch, updated)."
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed.")]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Keep teacher outputs here (memory-mapped) for reuse."),
+]
+
+
 def distill_cmd(
-    student: Annotated[Path, typer.Argument(help="Student .onnx (e.g. a pruned model).")],
-    teacher: Annotated[Path, typer.Option("--teacher", help="Teacher .onnx.")],
-    data: Annotated[Path, typer.Option("--data", help="Unlabeled inputs: .npz / folder of .npy (keys = input names).")],  # noqa: E501
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the distilled student.")],  # noqa: E501
-    epochs: Annotated[int, typer.Option("--epochs", help="Training epochs.")] = 30,
-    lr: Annotated[float, typer.Option("--lr", help="Adam learning rate (cosine decay).")] = 2e-3,
-    temperature: Annotated[float, typer.Option("--temperature", help="KL temperature T (loss scaled by T^2).")] = 4.0,  # noqa: E501
-    labels: Annotated[Path | None, typer.Option("--labels", help="Integer labels (.npy, or .npz key 'labels') for a hard-label term.")] = None,  # noqa: E501
-    alpha: Annotated[float | None, typer.Option("--alpha", help="Weight of the hard-label loss (default 0.5 with --labels, else 0).")] = None,  # noqa: E501
-    feature: Annotated[list[str] | None, typer.Option("--feature", help="Match intermediate tensors TEACHER:STUDENT (repeatable).")] = None,  # noqa: E501
-    loss: Annotated[str, typer.Option("--loss", help="auto, kl, mse or cosine.")] = "auto",
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Samples per training step.")] = 64,  # noqa: E501
-    batch: Annotated[int | None, typer.Option("--batch", help="Samples per run when splitting --data (dynamic batch).")] = None,  # noqa: E501
-    val_fraction: Annotated[float, typer.Option("--val-fraction", help="Held-out fraction for early stopping.")] = 0.1,  # noqa: E501
-    patience: Annotated[int, typer.Option("--patience", help="Epochs without held-out improvement before stopping.")] = 8,  # noqa: E501
-    bn: Annotated[str, typer.Option("--bn", help="BatchNormalization statistics: eval (stored) or train (batch, updated).")] = "eval",  # noqa: E501
-    seed: Annotated[int, typer.Option("--seed", help="Random seed.")] = 0,
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="Keep teacher outputs here (memory-mapped) for reuse.")] = None,  # noqa: E501
+    student: StudentOpt,
+    teacher: TeacherOpt,
+    data: DataOpt,
+    output: OutputOpt,
+    epochs: EpochsOpt = 30,
+    lr: LrOpt = 2e-3,
+    temperature: TemperatureOpt = 4.0,
+    labels: LabelsOpt = None,
+    alpha: AlphaOpt = None,
+    feature: FeatureOpt = None,
+    loss: LossOpt = "auto",
+    batch_size: BatchSizeOpt = 64,
+    batch: BatchOpt = None,
+    val_fraction: ValFractionOpt = 0.1,
+    patience: PatienceOpt = 8,
+    bn: BnOpt = "eval",
+    seed: SeedOpt = 0,
+    cache_dir: CacheDirOpt = None,
 ) -> None:
     """Distill TEACHER into STUDENT on unlabeled data; only the student's weights change."""
     from onnxopt.cli.common import console, write_model
@@ -94,12 +152,22 @@ def distill_cmd(
         lab = feeds.stacked_labels()
     if alpha > 0 and lab is None:
         raise OptionError("--alpha > 0 needs --labels (or a 'labels' key in --data)")
-    cfg = DistillConfig.from_options({
-        "epochs": epochs, "lr": lr, "temperature": temperature, "alpha": alpha, "loss": loss,
-        "batch_size": batch_size, "val_fraction": val_fraction, "patience": patience,
-        "seed": seed, "bn_mode": bn, "features": feature or [],
-        "cache_dir": str(cache_dir) if cache_dir is not None else None,
-    })
+    cfg = DistillConfig.from_options(
+        {
+            "epochs": epochs,
+            "lr": lr,
+            "temperature": temperature,
+            "alpha": alpha,
+            "loss": loss,
+            "batch_size": batch_size,
+            "val_fraction": val_fraction,
+            "patience": patience,
+            "seed": seed,
+            "bn_mode": bn,
+            "features": feature or [],
+            "cache_dir": str(cache_dir) if cache_dir is not None else None,
+        }
+    )
     bar, update = _progress_bar(console)
     with bar:
         res = distill(s_model, t_model, feeds, cfg, labels=lab, progress=update)
@@ -118,14 +186,19 @@ def _render(res: Any, title: str) -> None:
     table.add_column("held-out")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    table.add_row("loss (" + ",".join(sorted(set(res.losses.values()))) + ")",
-                  f"{res.before.val_loss:.4f}", f"{res.after.val_loss:.4f}")
+    table.add_row(
+        "loss (" + ",".join(sorted(set(res.losses.values()))) + ")",
+        f"{res.before.val_loss:.4f}",
+        f"{res.after.val_loss:.4f}",
+    )
     if res.before.val_agreement is not None:
-        table.add_row("top-1 agreement", f"{res.before.val_agreement:.2%}",
-                      f"{res.after.val_agreement:.2%}")
+        table.add_row(
+            "top-1 agreement", f"{res.before.val_agreement:.2%}", f"{res.after.val_agreement:.2%}"
+        )
     if res.before.val_accuracy is not None:
-        table.add_row("accuracy", f"{res.before.val_accuracy:.2f}%",
-                      f"{res.after.val_accuracy:.2f}%")
+        table.add_row(
+            "accuracy", f"{res.before.val_accuracy:.2f}%", f"{res.after.val_accuracy:.2f}%"
+        )
     console.print(table)
     console.print(
         f"best epoch {res.best_epoch} of {len(res.history)}; {len(res.updated)} initializers "

@@ -26,9 +26,11 @@ def inspect_cmd(
         console.print_json(json.dumps(s.to_dict(), default=str))
         return
     console.print(f"[bold]{model}[/]  opset {s.opset}  IR {s.ir_version}")
-    console.print(f"nodes {s.nodes}  params {fmt_int(s.params)}  MACs {fmt_int(s.flops)}"
-                  f"{'' if s.flops_complete else ' (some shapes unknown)'}  "
-                  f"size {fmt_bytes(s.bytes)}")
+    console.print(
+        f"nodes {s.nodes}  params {fmt_int(s.params)}  MACs {fmt_int(s.flops)}"
+        f"{'' if s.flops_complete else ' (some shapes unknown)'}  "
+        f"size {fmt_bytes(s.bytes)}"
+    )
     for label, specs in (("inputs", s.inputs), ("outputs", s.outputs)):
         console.print(f"{label}: " + ", ".join(str(x) for x in specs))
     t = Table(title="ops", title_justify="left")

@@ -13,10 +13,10 @@ from onnxopt.cli.common import (
     CalibOpt,
     DataOpt,
     IntRangeOpt,
-    MaxAbs,
-    MaxDrop,
-    MinCos,
-    MinTop1,
+    MaxAbsErrOpt,
+    MaxAccuracyDropOpt,
+    MinCosineOpt,
+    MinTop1AgreementOpt,
     PassesOpt,
     ReportOpt,
     ShapeOpt,
@@ -30,7 +30,9 @@ from onnxopt.cli.common import (
 
 def optimize_cmd(
     model: Annotated[Path, typer.Argument(help="Input .onnx (never modified).")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write the optimized model.")],  # noqa: E501
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Where to write the optimized model.")
+    ],  # noqa: E501
     passes: PassesOpt = None,
     data: DataOpt = None,
     calib_data: CalibOpt = None,
@@ -40,17 +42,27 @@ def optimize_cmd(
     report: ReportOpt = None,
     strict: StrictOpt = False,
     target: TargetOpt = "onnx",
-    min_cosine: MinCos = None,
-    max_abs_err: MaxAbs = None,
-    min_top1_agreement: MinTop1 = None,
-    max_accuracy_drop: MaxDrop = None,
+    min_cosine: MinCosineOpt = None,
+    max_abs_err: MaxAbsErrOpt = None,
+    min_top1_agreement: MinTop1AgreementOpt = None,
+    max_accuracy_drop: MaxAccuracyDropOpt = None,
 ) -> None:
     """Run passes (default: every exact pass), each verified in onnxruntime or rolled back."""
     budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
-    run_and_report(model, split_list(passes) if passes is not None else None, output,
-                   data=data, shape=shape, int_range=int_range, batch=batch,
-                   report_path=report, strict=strict, target=target, budget=budget,
-                   calib_data=calib_data)
+    run_and_report(
+        model,
+        split_list(passes) if passes is not None else None,
+        output,
+        data=data,
+        shape=shape,
+        int_range=int_range,
+        batch=batch,
+        report_path=report,
+        strict=strict,
+        target=target,
+        budget=budget,
+        calib_data=calib_data,
+    )
 
 
 def register(app: typer.Typer) -> None:

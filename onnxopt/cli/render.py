@@ -18,9 +18,18 @@ STATUS_STYLE = {
     "skipped": "yellow",
 }
 
-COLUMNS = (("pass", "left"), ("kind", "left"), ("status", "left"), ("rewrites", "right"),
-           ("nodes", "right"), ("params", "right"), ("MACs", "right"), ("size", "right"),
-           ("err vs orig", "right"), ("time", "right"))
+COLUMNS = (
+    ("pass", "left"),
+    ("kind", "left"),
+    ("status", "left"),
+    ("rewrites", "right"),
+    ("nodes", "right"),
+    ("params", "right"),
+    ("MACs", "right"),
+    ("size", "right"),
+    ("err vs orig", "right"),
+    ("time", "right"),
+)
 
 #: notes printed per pass; the rest are in the JSON report
 MAX_NOTES = 8
@@ -122,14 +131,21 @@ def note_lines(report: PipelineReport) -> list[str]:
             text = n if n.startswith(f"{p.name}:") else f"{p.name}: {n}"
             out.append(f"  [dim]{escape(text)}[/]")
         if len(p.notes) > MAX_NOTES:
-            out.append(f"  [dim]{escape(p.name)}: … {len(p.notes) - MAX_NOTES} more notes in "
-                       "the JSON report[/]")
+            out.append(
+                f"  [dim]{escape(p.name)}: … {len(p.notes) - MAX_NOTES} more notes in "
+                "the JSON report[/]"
+            )
     out += [f"  [yellow]note[/]: {escape(n)}" for n in report.notes]
     return out
 
 
-def render(report: PipelineReport, console: Console | None = None, *, notes: bool = True,
-           verbose: bool = False) -> None:
+def render(
+    report: PipelineReport,
+    console: Console | None = None,
+    *,
+    notes: bool = True,
+    verbose: bool = False,
+) -> None:
     """Print the report: the pass table, the totals and (with ``notes``) the notes."""
     console = console or Console()
     table = pass_table(report, verbose)

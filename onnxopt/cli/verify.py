@@ -14,10 +14,10 @@ from onnxopt.cli.common import (
     BatchOpt,
     DataOpt,
     IntRangeOpt,
-    MaxAbs,
-    MaxDrop,
-    MinCos,
-    MinTop1,
+    MaxAbsErrOpt,
+    MaxAccuracyDropOpt,
+    MinCosineOpt,
+    MinTop1AgreementOpt,
     ShapeOpt,
     budget_from,
     console,
@@ -32,11 +32,16 @@ def verify_cmd(
     shape: ShapeOpt = None,
     int_range: IntRangeOpt = None,
     batch: BatchOpt = None,
-    exact: Annotated[bool, typer.Option("--exact/--budget", help="Judge with the exact tolerance (default) or the lossy budget.")] = True,  # noqa: E501
-    min_cosine: MinCos = None,
-    max_abs_err: MaxAbs = None,
-    min_top1_agreement: MinTop1 = None,
-    max_accuracy_drop: MaxDrop = None,
+    exact: Annotated[
+        bool,
+        typer.Option(
+            "--exact/--budget", help="Judge with the exact tolerance (default) or the lossy budget."
+        ),
+    ] = True,  # noqa: E501
+    min_cosine: MinCosineOpt = None,
+    max_abs_err: MaxAbsErrOpt = None,
+    min_top1_agreement: MinTop1AgreementOpt = None,
+    max_accuracy_drop: MaxAccuracyDropOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """Run two models on the same inputs and compare every output. Exit 1 if they differ."""
@@ -56,8 +61,9 @@ def verify_cmd(
     if exact:
         verdict = Exact().check(ra, rb)
     else:
-        verdict = budget_from(min_cosine, max_abs_err, min_top1_agreement,
-                              max_accuracy_drop).check(cmp, acc)
+        verdict = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop).check(
+            cmp, acc
+        )
     if as_json:
         out = cmp.to_dict()
         out.update(ok=verdict.ok, reasons=verdict.reasons, accuracy=acc)
@@ -66,8 +72,9 @@ def verify_cmd(
         _print_table(cmp, f"{model_a.name} vs {model_b.name} ({feeds.source})")
         if acc:
             console.print(f"accuracy {acc[0]:.2f}% vs {acc[1]:.2f}%")
-        console.print("[green]match[/]" if verdict.ok
-                      else f"[red]differ[/]: {escape(verdict.reason)}")
+        console.print(
+            "[green]match[/]" if verdict.ok else f"[red]differ[/]: {escape(verdict.reason)}"
+        )
     if not verdict.ok:
         raise typer.Exit(1)
 
@@ -77,8 +84,15 @@ def _print_table(cmp, title: str) -> None:  # noqa: ANN001 - Comparison
     for c in ("output", "dtype", "max abs", "p99 abs", "max rel", "cosine", "top-1"):
         t.add_column(c)
     for s in cmp.outputs.values():
-        t.add_row(s.name, s.dtype, f"{s.max_abs:.3g}", f"{s.p99_abs:.3g}", f"{s.max_rel:.3g}",
-                  f"{s.cosine:.6f}", "-" if s.top1 is None else f"{s.top1:.4f}")
+        t.add_row(
+            s.name,
+            s.dtype,
+            f"{s.max_abs:.3g}",
+            f"{s.p99_abs:.3g}",
+            f"{s.max_rel:.3g}",
+            f"{s.cosine:.6f}",
+            "-" if s.top1 is None else f"{s.top1:.4f}",
+        )
     console.print(t)
 
 

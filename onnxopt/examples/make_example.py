@@ -51,8 +51,9 @@ def build_model():
             super().__init__()
             self.stem = nn.Sequential(nn.Conv2d(1, 12, 3, padding=1), nn.BatchNorm2d(12), nn.ReLU())
             self.block = Block(12)
-            self.down = nn.Sequential(nn.Conv2d(12, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24),
-                                      nn.ReLU())
+            self.down = nn.Sequential(
+                nn.Conv2d(12, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU()
+            )
             self.head = nn.Linear(24, 10)
             self.drop = nn.Dropout(0.1)
 
@@ -96,12 +97,17 @@ def main() -> None:
     model = train(build_model(), x_tr, y_tr)
     with torch.no_grad():
         acc = (model(torch.from_numpy(x_te)).argmax(1).numpy() == y_te).mean() * 100
-    export_torch(model, torch.from_numpy(x_te[:2]), HERE / "digits_cnn.onnx",
-                 input_names=["image"], output_names=["logits"],
-                 dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
-                 # keep BatchNormalization and the exporter's leftovers: the demo shows the
-                 # exact passes folding them
-                 do_constant_folding=False)
+    export_torch(
+        model,
+        torch.from_numpy(x_te[:2]),
+        HERE / "digits_cnn.onnx",
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}},
+        # keep BatchNormalization and the exporter's leftovers: the demo shows the
+        # exact passes folding them
+        do_constant_folding=False,
+    )
     np.savez(HERE / "digits_calib.npz", image=x_tr[:256])
     np.savez(HERE / "digits_test.npz", image=x_te, labels=y_te)
     print(f"test accuracy {acc:.2f}%  ->  {HERE / 'digits_cnn.onnx'}")

@@ -23,5 +23,11 @@ from onnxopt.onnx2torch.convert import (
     write_back,
 )
 
-__all__ = ["UnsupportedOpsError", "check_parity", "check_supported", "supported_ops", "to_torch",
-           "write_back"]
+__all__ = [
+    "UnsupportedOpsError",
+    "check_parity",
+    "check_supported",
+    "supported_ops",
+    "to_torch",
+    "write_back",
+]

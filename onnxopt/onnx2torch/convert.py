@@ -35,8 +35,14 @@ from onnxopt.errors import ModelError, OnnxoptError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["UnsupportedOpsError", "check_parity", "check_supported", "supported_ops",
-           "to_torch", "write_back"]
+__all__ = [
+    "UnsupportedOpsError",
+    "check_parity",
+    "check_supported",
+    "supported_ops",
+    "to_torch",
+    "write_back",
+]
 
 logger = logging.getLogger(__name__)
 

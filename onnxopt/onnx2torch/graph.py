@@ -32,8 +32,12 @@ NON_TRAINABLE_SLOTS: dict[str, set[int]] = {
     "Range": {0, 1, 2},
 }
 
-FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-               onnx.TensorProto.BFLOAT16)
+FLOAT_TYPES = (
+    onnx.TensorProto.FLOAT,
+    onnx.TensorProto.DOUBLE,
+    onnx.TensorProto.FLOAT16,
+    onnx.TensorProto.BFLOAT16,
+)
 
 
 @dataclass
@@ -59,9 +63,10 @@ class Node:
 
 def nodes_of(g: onnx.GraphProto) -> list[Node]:
     """The graph's nodes in an executable order (unnamed ones named ``<op>_<index>``)."""
-    return [Node(n.name or f"{n.op_type}_{i}", n.op_type, list(n.input), list(n.output),
-                 node_attrs(n))
-            for i, n in enumerate(toposort(g))]
+    return [
+        Node(n.name or f"{n.op_type}_{i}", n.op_type, list(n.input), list(n.output), node_attrs(n))
+        for i, n in enumerate(toposort(g))
+    ]
 
 
 def sanitize(name: str, taken: set[str]) -> str:

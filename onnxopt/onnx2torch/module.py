@@ -33,8 +33,13 @@ class OnnxInterpreter(torch.nn.Module):
         nodes: the nodes in executable order.
     """
 
-    def __init__(self, model: onnx.ModelProto, *, bn_mode: str = "eval",
-                 trainable: Iterable[str] | None = None) -> None:
+    def __init__(
+        self,
+        model: onnx.ModelProto,
+        *,
+        bn_mode: str = "eval",
+        trainable: Iterable[str] | None = None,
+    ) -> None:
         super().__init__()
         g = model.graph
         self.opset = next(

@@ -73,20 +73,31 @@ def _specs() -> dict[str, Spec]:
 
     img = ((INPUT,), ("logits",))
     bert = (("input_ids", "attention_mask"), ("last_hidden_state", "pooler_output"))
-    return {s.name: s for s in [
-        Spec("digits_resnet", lambda: n.DigitsResNet(32), *img, "digits", epochs=30),
-        Spec("digits_mlp", lambda: n.DigitsMLP(128), *img, "digits", epochs=100),
-        Spec("digits_cnn_small", lambda: n.DigitsCNN(8), *img, "digits", epochs=60),
-        Spec("digits_cnn_wide", lambda: n.DigitsCNN(48), *img, "digits", epochs=20),
-        Spec("resnet18", n.ResNet18, *img, "image"),
-        Spec("mobilenetv2", n.MobileNetV2, *img, "image"),
-        Spec("bert_base", lambda: n.Bert(30522, 768, 12, 12, 3072), *bert, "bert"),
-        Spec("bert_small", lambda: n.Bert(30522, 256, 4, 4, 1024), *bert, "bert"),
-    ]}
+    return {
+        s.name: s
+        for s in [
+            Spec("digits_resnet", lambda: n.DigitsResNet(32), *img, "digits", epochs=30),
+            Spec("digits_mlp", lambda: n.DigitsMLP(128), *img, "digits", epochs=100),
+            Spec("digits_cnn_small", lambda: n.DigitsCNN(8), *img, "digits", epochs=60),
+            Spec("digits_cnn_wide", lambda: n.DigitsCNN(48), *img, "digits", epochs=20),
+            Spec("resnet18", n.ResNet18, *img, "image"),
+            Spec("mobilenetv2", n.MobileNetV2, *img, "image"),
+            Spec("bert_base", lambda: n.Bert(30522, 768, 12, 12, 3072), *bert, "bert"),
+            Spec("bert_small", lambda: n.Bert(30522, 256, 4, 4, 1024), *bert, "bert"),
+        ]
+    }
 
 
-NAMES = ("digits_resnet", "digits_mlp", "digits_cnn_small", "digits_cnn_wide", "resnet18",
-         "mobilenetv2", "bert_base", "bert_small")
+NAMES = (
+    "digits_resnet",
+    "digits_mlp",
+    "digits_cnn_small",
+    "digits_cnn_wide",
+    "resnet18",
+    "mobilenetv2",
+    "bert_base",
+    "bert_small",
+)
 DIGITS = tuple(n for n in NAMES if n.startswith("digits_"))
 
 
@@ -119,8 +130,12 @@ def digits_data() -> dict[str, np.ndarray]:
     x = (d.data.astype(np.float32) / 16.0).reshape(-1, 1, 8, 8)
     y = d.target.astype(np.int64)
     xtr, xte, ytr, yte = train_test_split(x, y, test_size=0.25, random_state=0, stratify=y)
-    return {"X_train": np.ascontiguousarray(xtr), "y_train": ytr,
-            "X_test": np.ascontiguousarray(xte), "y_test": yte}
+    return {
+        "X_train": np.ascontiguousarray(xtr),
+        "y_train": ytr,
+        "X_test": np.ascontiguousarray(xte),
+        "y_test": yte,
+    }
 
 
 def digits_npz(path: str | os.PathLike, split: str = "test") -> Path:
@@ -144,7 +159,7 @@ def example_inputs(name: str, batch: int = 1, seed: int = SEED) -> dict[str, np.
         return {INPUT: rng.standard_normal((batch, 3, 224, 224)).astype(np.float32)}
     ids = rng.integers(0, 30522, size=(batch, BERT_SEQ)).astype(np.int64)
     mask = np.ones((batch, BERT_SEQ), np.int64)
-    mask[:, BERT_SEQ - 16:] = 0  # some padding, so the mask matters
+    mask[:, BERT_SEQ - 16 :] = 0  # some padding, so the mask matters
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -225,8 +240,9 @@ def _train(model: Any, s: Spec) -> None:
                 sched.step()
         model.eval()
         acc = torch_accuracy(model)
-        logger.info("trained %s: test accuracy %.4f in %.1f s", s.name, acc,
-                    time.perf_counter() - t0)
+        logger.info(
+            "trained %s: test accuracy %.4f in %.1f s", s.name, acc, time.perf_counter() - t0
+        )
     finally:
         torch.set_num_threads(threads)
 
@@ -270,7 +286,7 @@ def build(name: str, exporter: str = "torchscript") -> Path:
             _atomic(out, lambda p: _export(model, s, exporter, p))
         except ZooError:
             raise
-        except Exception as e:  # noqa: BLE001 - exporters raise anything
+        except Exception as e:
             text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).strip()
             msg = text.splitlines()[0][:300] if text else ""
             raise ZooError(
@@ -286,28 +302,44 @@ def _export(model: Any, s: Spec, exporter: str, path: Path) -> None:
     torch.manual_seed(SEED)
     feeds = example_inputs(s.name, batch=2 if s.kind != "bert" else 1)
     args = tuple(torch.from_numpy(feeds[k]) for k in s.inputs)
-    common: dict[str, Any] = dict(input_names=list(s.inputs), output_names=list(s.outputs),
-                                  opset_version=OPSET[exporter])
+    common: dict[str, Any] = dict(
+        input_names=list(s.inputs), output_names=list(s.outputs), opset_version=OPSET[exporter]
+    )
     with torch.no_grad():
         if exporter == "torchscript":
             axes = {INPUT: {0: "batch"}, "logits": {0: "batch"}} if s.kind != "bert" else None
-            torch.onnx.export(model, args, str(path), dynamo=False, dynamic_axes=axes,
-                              do_constant_folding=True, **common)
+            torch.onnx.export(
+                model,
+                args,
+                str(path),
+                dynamo=False,
+                dynamic_axes=axes,
+                do_constant_folding=True,
+                **common,
+            )
         else:
             shapes = None
             if s.kind != "bert":
                 shapes = ({0: torch.export.Dim("batch", min=1, max=4096)},)
             with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress
-                prog = torch.onnx.export(model, args, dynamo=True, dynamic_shapes=shapes,
-                                         optimize=True, verbose=False, **common)
+                prog = torch.onnx.export(
+                    model,
+                    args,
+                    dynamo=True,
+                    dynamic_shapes=shapes,
+                    optimize=True,
+                    verbose=False,
+                    **common,
+                )
             if prog is None:
                 raise ZooError(f"export of {s.name} with dynamo returned nothing")
             prog.save(str(path), external_data=False)
     _check_export(model, s, exporter, path, feeds)
 
 
-def _check_export(model: Any, s: Spec, exporter: str, path: Path,
-                  feeds: dict[str, np.ndarray]) -> None:
+def _check_export(
+    model: Any, s: Spec, exporter: str, path: Path, feeds: dict[str, np.ndarray]
+) -> None:
     import onnx
     import torch
 
@@ -324,8 +356,10 @@ def _check_export(model: Any, s: Spec, exporter: str, path: Path,
         err = float(np.abs(g - w).max())
         scale = max(1.0, float(np.abs(w).max()))
         if g.shape != w.shape or err > 1e-3 * scale:
-            raise ZooError(f"export of {s.name} with the {exporter} exporter: output {oname} "
-                           f"differs from torch (shape {g.shape} vs {w.shape}, max abs {err:.3g})")
+            raise ZooError(
+                f"export of {s.name} with the {exporter} exporter: output {oname} "
+                f"differs from torch (shape {g.shape} vs {w.shape}, max abs {err:.3g})"
+            )
 
 
 def build_all(names: tuple[str, ...] = NAMES, exporters: tuple[str, ...] = EXPORTERS) -> dict:

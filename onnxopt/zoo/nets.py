@@ -31,8 +31,9 @@ class _ResBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(cout)
         self.short: nn.Module = nn.Identity()
         if stride != 1 or cin != cout:
-            self.short = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                       nn.BatchNorm2d(cout))
+            self.short = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -45,8 +46,9 @@ class DigitsResNet(nn.Module):
 
     def __init__(self, width: int = 32, classes: int = 10) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width),
-                                  nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(1, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         self.layer1 = nn.Sequential(_ResBlock(width, width), _ResBlock(width, width))
         self.layer2 = nn.Sequential(_ResBlock(width, 2 * width, 2), _ResBlock(2 * width, 2 * width))
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -60,9 +62,14 @@ class DigitsResNet(nn.Module):
 class DigitsMLP(nn.Module):
     def __init__(self, hidden: int = 128, classes: int = 10) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, hidden // 2), nn.ReLU(),
-                                 nn.Linear(hidden // 2, classes))
+        self.net = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(64, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden // 2),
+            nn.ReLU(),
+            nn.Linear(hidden // 2, classes),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -77,8 +84,13 @@ class DigitsCNN(nn.Module):
         def cbr(cin: int, cout: int) -> list[nn.Module]:
             return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
 
-        self.features = nn.Sequential(*cbr(1, width), *cbr(width, width), nn.MaxPool2d(2),
-                                      *cbr(width, 2 * width), nn.AdaptiveAvgPool2d(1))
+        self.features = nn.Sequential(
+            *cbr(1, width),
+            *cbr(width, width),
+            nn.MaxPool2d(2),
+            *cbr(width, 2 * width),
+            nn.AdaptiveAvgPool2d(1),
+        )
         self.fc = nn.Linear(2 * width, classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -100,8 +112,12 @@ class _Basic(nn.Module):
 class ResNet18(nn.Module):
     def __init__(self, classes: int = 1000) -> None:
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64),
-                                  nn.ReLU(), nn.MaxPool2d(3, 2, 1))
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(3, 2, 1),
+        )
         layers, cin = [], 64
         for cout, stride in [(64, 1), (128, 2), (256, 2), (512, 2)]:
             layers += [_Basic(cin, cout, stride), _Basic(cout, cout, 1)]
@@ -115,8 +131,11 @@ class ResNet18(nn.Module):
 
 
 def _cbr6(cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-                         nn.BatchNorm2d(cout), nn.ReLU6())
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, k, stride, k // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(),
+    )
 
 
 class _InvertedResidual(nn.Module):
@@ -124,8 +143,11 @@ class _InvertedResidual(nn.Module):
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = [] if expand == 1 else [_cbr6(cin, hidden, 1)]
-        layers += [_cbr6(hidden, hidden, 3, stride, hidden),
-                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        layers += [
+            _cbr6(hidden, hidden, 3, stride, hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
         self.conv = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
 
@@ -134,8 +156,15 @@ class _InvertedResidual(nn.Module):
 
 
 class MobileNetV2(nn.Module):
-    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1),
-                (6, 160, 3, 2), (6, 320, 1, 1)]
+    SETTINGS = [
+        (1, 16, 1, 1),
+        (6, 24, 2, 2),
+        (6, 32, 3, 2),
+        (6, 64, 4, 2),
+        (6, 96, 3, 1),
+        (6, 160, 3, 2),
+        (6, 320, 1, 1),
+    ]
 
     def __init__(self, classes: int = 1000) -> None:
         super().__init__()
@@ -161,8 +190,11 @@ class _Attention(nn.Module):
     def __init__(self, hidden: int, heads: int) -> None:
         super().__init__()
         self.heads, self.dh = heads, hidden // heads
-        self.q, self.k, self.v = nn.Linear(hidden, hidden), nn.Linear(hidden, hidden), nn.Linear(
-            hidden, hidden)
+        self.q, self.k, self.v = (
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, hidden),
+            nn.Linear(hidden, hidden),
+        )
         self.o = nn.Linear(hidden, hidden)
 
     def _split(self, x: torch.Tensor) -> torch.Tensor:
@@ -194,8 +226,15 @@ class _Layer(nn.Module):
 class Bert(nn.Module):
     """BERT-style encoder; returns (last_hidden_state [B,S,H], pooler_output [B,H])."""
 
-    def __init__(self, vocab: int = 30522, hidden: int = 768, layers: int = 12, heads: int = 12,
-                 ffn: int = 3072, max_pos: int = 512) -> None:
+    def __init__(
+        self,
+        vocab: int = 30522,
+        hidden: int = 768,
+        layers: int = 12,
+        heads: int = 12,
+        ffn: int = 3072,
+        max_pos: int = 512,
+    ) -> None:
         super().__init__()
         self.word = nn.Embedding(vocab, hidden)
         self.pos = nn.Embedding(max_pos, hidden)
@@ -209,8 +248,9 @@ class Bert(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def forward(self, input_ids: torch.Tensor,
-                attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         s = input_ids.shape[1]
         pos = torch.arange(s, device=input_ids.device).unsqueeze(0)
         x = self.word(input_ids) + self.pos(pos) + self.token_type(torch.zeros_like(input_ids))

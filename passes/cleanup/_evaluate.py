@@ -24,7 +24,7 @@ logger = logging.getLogger(__name__)
 MAX_SINGLE_RETRIES = 400
 
 
-def _session(model: onnx.ModelProto):  # noqa: ANN202 - onnxruntime type
+def _session(model: onnx.ModelProto):
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -34,15 +34,24 @@ def _session(model: onnx.ModelProto):  # noqa: ANN202 - onnxruntime type
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
-def _build(graph: gs.Graph, nodes: Sequence[gs.Node], outputs: Sequence[gs.Tensor],
-           values: dict[str, np.ndarray]) -> onnx.ModelProto:
+def _build(
+    graph: gs.Graph,
+    nodes: Sequence[gs.Node],
+    outputs: Sequence[gs.Tensor],
+    values: dict[str, np.ndarray],
+) -> onnx.ModelProto:
     """A model computing ``outputs`` from ``nodes``; ``values`` are extra known constants."""
     node_protos = []
     inits: dict[str, onnx.TensorProto] = {}
     produced = {t.name for n in nodes for t in n.outputs}
     exported = gs.export_onnx(
-        gs.Graph(nodes=list(nodes), inputs=[], outputs=list(outputs), opset=graph.opset,
-                 import_domains=graph.import_domains),
+        gs.Graph(
+            nodes=list(nodes),
+            inputs=[],
+            outputs=list(outputs),
+            opset=graph.opset,
+            import_domains=graph.import_domains,
+        ),
         do_type_check=False,
     )
     node_protos = list(exported.graph.node)
@@ -60,9 +69,12 @@ def _build(graph: gs.Graph, nodes: Sequence[gs.Node], outputs: Sequence[gs.Tenso
     return model
 
 
-def evaluate(graph: gs.Graph, nodes: Sequence[gs.Node], outputs: Sequence[gs.Tensor],
-             values: dict[str, np.ndarray] | None = None,
-             ) -> tuple[dict[str, np.ndarray], list[str]]:
+def evaluate(
+    graph: gs.Graph,
+    nodes: Sequence[gs.Node],
+    outputs: Sequence[gs.Tensor],
+    values: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, np.ndarray], list[str]]:
     """Compute ``outputs`` (tensors produced by ``nodes``, all of whose inputs are constant).
 
     Args:
@@ -84,7 +96,7 @@ def evaluate(graph: gs.Graph, nodes: Sequence[gs.Node], outputs: Sequence[gs.Ten
         res = sess.run(names, {})
         out = {n: v for n, v in zip(names, res, strict=True) if isinstance(v, np.ndarray)}
         return out, []
-    except Exception as e:  # noqa: BLE001 - fall back to one node at a time
+    except Exception as e:
         logger.debug("batch fold failed: %s", short(e))
         batch_error = short(e)
     if len(nodes) > MAX_SINGLE_RETRIES:
@@ -93,8 +105,9 @@ def evaluate(graph: gs.Graph, nodes: Sequence[gs.Node], outputs: Sequence[gs.Ten
     notes: list[str] = []
     wanted = {t.name for t in outputs}
     for node in nodes:
-        if any(t.name and t.name not in known and not isinstance(t, gs.Constant)
-               for t in node.inputs):
+        if any(
+            t.name and t.name not in known and not isinstance(t, gs.Constant) for t in node.inputs
+        ):
             continue  # an input could not be computed
         outs = [t for t in node.outputs if t.name]
         try:
@@ -104,6 +117,6 @@ def evaluate(graph: gs.Graph, nodes: Sequence[gs.Node], outputs: Sequence[gs.Ten
             for n, v in zip(names, sess.run(names, {}), strict=True):
                 if isinstance(v, np.ndarray):
                     known[n] = v
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             notes.append(f"{node.name} ({node.op}): not folded, onnxruntime: {short(e)}")
     return {n: v for n, v in known.items() if n in wanted}, notes

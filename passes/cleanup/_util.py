@@ -57,7 +57,7 @@ def _np_dtype(elem_type: int) -> np.dtype | None:
         return None
     try:
         return np.dtype(onnx.helper.tensor_dtype_to_np_dtype(elem_type))
-    except Exception:  # noqa: BLE001 - bfloat16/float8/int4 have no plain numpy dtype
+    except Exception:
         return None
 
 
@@ -67,9 +67,7 @@ def _from_value_info(vi: onnx.ValueInfoProto) -> TypeShape | None:
     tt = vi.type.tensor_type
     shape: tuple[int | None, ...] | None = None
     if tt.HasField("shape"):
-        shape = tuple(
-            int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim
-        )
+        shape = tuple(int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim)
     return TypeShape(_np_dtype(tt.elem_type), shape)
 
 
@@ -101,7 +99,7 @@ def infer_facts(graph: gs.Graph) -> tuple[dict[str, TypeShape], str | None]:
     try:
         # a copy without large weights (other passes of a batch may have left detached nodes)
         inferred = infer_light(graph)
-    except Exception as e:  # noqa: BLE001 - inference raises for many reasons; facts stay partial
+    except Exception as e:
         msg = first_line(e, 160)
         return facts, f"shape inference failed ({msg}); used the graph's own annotations"
     g = inferred.graph
@@ -141,8 +139,9 @@ def materialize(graph: gs.Graph, tensor: gs.Variable, value: np.ndarray) -> None
     if is_graph_output(graph, tensor):
         const = gs.Constant(tensor.name + "__value", np.array(value, order="C", copy=True))
         graph.nodes.append(
-            gs.Node("Constant", name=tensor.name + "__const", attrs={"value": const},
-                    outputs=[tensor])
+            gs.Node(
+                "Constant", name=tensor.name + "__const", attrs={"value": const}, outputs=[tensor]
+            )
         )
         tensor.dtype = value.dtype
         tensor.shape = list(value.shape)

@@ -43,8 +43,13 @@ def _norm(value: Any) -> Hashable:
 
 def node_key(node: gs.Node) -> Hashable:
     attrs = tuple(sorted((k, _norm(v)) for k, v in node.attrs.items()))
-    return (node.op, node.domain or "", tuple(id(t) for t in node.inputs),
-            tuple(bool(t.name) for t in node.outputs), attrs)
+    return (
+        node.op,
+        node.domain or "",
+        tuple(id(t) for t in node.inputs),
+        tuple(bool(t.name) for t in node.outputs),
+        attrs,
+    )
 
 
 class CommonSubexpressions(Pass):
@@ -62,12 +67,16 @@ class CommonSubexpressions(Pass):
         notes: list[str] = []
         sites: list[str] = []
         for node in list(graph.nodes):
-            if (node.op in NONDETERMINISTIC or has_subgraph(node) or not node.outputs
-                    or node.op.startswith("Random")):
+            if (
+                node.op in NONDETERMINISTIC
+                or has_subgraph(node)
+                or not node.outputs
+                or node.op.startswith("Random")
+            ):
                 continue
             try:
                 key = node_key(node)
-            except Exception as e:  # noqa: BLE001 - an attribute we cannot key
+            except Exception as e:
                 notes.append(f"{node.name}: not compared ({type(e).__name__})")
                 continue
             first = seen.get(key)

@@ -42,7 +42,8 @@ class DeadCode(Pass):
         if not n:
             return PassResult.unchanged()
         return PassResult(
-            changed=True, rewrites=n,
+            changed=True,
+            rewrites=n,
             notes=[f"removed {removed_nodes} nodes and {removed_inits} initializers"],
             details={"nodes": removed_nodes, "initializers": removed_inits},
         )

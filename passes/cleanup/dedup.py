@@ -52,14 +52,19 @@ class DedupInitializers(Pass):
     tags = ("cleanup",)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        consts = [t for t in graph.tensors().values() if isinstance(t, gs.Constant)
-                  and not is_graph_input(graph, t) and not is_graph_output(graph, t)]
+        consts = [
+            t
+            for t in graph.tensors().values()
+            if isinstance(t, gs.Constant)
+            and not is_graph_input(graph, t)
+            and not is_graph_output(graph, t)
+        ]
         by_meta: dict[tuple, list[gs.Constant]] = {}
         for t in consts:
             try:
                 export = str(t.export_dtype) if getattr(t, "export_dtype", None) is not None else ""
                 meta = (str(t.dtype), export, tuple(t.shape), _nbytes(t))
-            except Exception:  # noqa: BLE001 - an initializer we cannot read stays as it is
+            except Exception:
                 continue
             by_meta.setdefault(meta, []).append(t)
         sites: list[str] = []
@@ -89,5 +94,10 @@ class DedupInitializers(Pass):
                 saved += int(values.nbytes)
                 sites.append(t.name)
         notes = [f"{len(sites)} duplicate initializers merged ({saved} bytes)"] if sites else []
-        return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites,
-                          details={"bytes_saved": saved})
+        return PassResult(
+            changed=bool(sites),
+            rewrites=len(sites),
+            notes=notes,
+            sites=sites,
+            details={"bytes_saved": saved},
+        )

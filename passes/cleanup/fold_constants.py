@@ -106,8 +106,11 @@ class FoldPlan:
             for t in node.outputs:
                 if not t.name:
                     continue
-                if (is_graph_output(graph, t) or id(t) in sub_reads
-                        or any(id(c) not in fold_ids for c in t.outputs)):
+                if (
+                    is_graph_output(graph, t)
+                    or id(t) in sub_reads
+                    or any(id(c) not in fold_ids for c in t.outputs)
+                ):
                     self.frontier.append(t)
 
     def cone(self, tensors: Iterable[gs.Tensor]) -> list[gs.Node]:
@@ -145,9 +148,16 @@ def _estimate_bytes(ts: TypeShape | None) -> int | None:
     return int(np.prod(ts.static_shape, dtype=np.int64)) * ts.dtype.itemsize
 
 
-def fold(graph: gs.Graph, ctx: PassContext, *, max_bytes: int, growth: float,
-         skip_ops: Iterable[str], roots: set[int] | None = None,
-         keys: bool = True) -> tuple[list[str], list[str]]:
+def fold(
+    graph: gs.Graph,
+    ctx: PassContext,
+    *,
+    max_bytes: int,
+    growth: float,
+    skip_ops: Iterable[str],
+    roots: set[int] | None = None,
+    keys: bool = True,
+) -> tuple[list[str], list[str]]:
     """Fold what can be folded; returns (rewritten site keys, notes).
 
     Args:
@@ -181,13 +191,15 @@ def fold(graph: gs.Graph, ctx: PassContext, *, max_bytes: int, growth: float,
         if v is None:
             continue
         if v.nbytes > limit_of[t.name]:
-            notes.append(f"'{t.name}': not folded, {v.nbytes} bytes exceed the cap of "
-                         f"{limit_of[t.name]}")
+            notes.append(
+                f"'{t.name}': not folded, {v.nbytes} bytes exceed the cap of {limit_of[t.name]}"
+            )
             continue
         ts = facts.get(t.name)
         if ts is not None and ts.dtype is not None and ts.dtype != v.dtype:
-            notes.append(f"'{t.name}': not folded, onnxruntime gave {v.dtype}, "
-                         f"the graph says {ts.dtype}")
+            notes.append(
+                f"'{t.name}': not folded, onnxruntime gave {v.dtype}, the graph says {ts.dtype}"
+            )
             continue
         if v.dtype == object:
             notes.append(f"'{t.name}': not folded, string tensors are left alone")
@@ -241,9 +253,9 @@ class FoldConstants(Pass):
         notes: list[str] = []
         if c.lift_constants:
             lifted, notes = lift_constants(graph, ctx)
-        done, fold_notes = fold(graph, ctx, max_bytes=int(c.max_bytes), growth=float(c.growth),
-                                skip_ops=skip)
+        done, fold_notes = fold(
+            graph, ctx, max_bytes=int(c.max_bytes), growth=float(c.growth), skip_ops=skip
+        )
         notes.extend(fold_notes)
         sites = lifted + done
         return PassResult(changed=bool(sites), rewrites=len(sites), notes=notes, sites=sites)
-

@@ -33,7 +33,7 @@ def shape_value(node: gs.Node, ts: TypeShape | None) -> np.ndarray | None:
         return np.array(int(np.prod(shape, dtype=np.int64)), dtype=np.int64)
     start = int(node.attrs.get("start", 0))
     end = node.attrs.get("end", None)
-    return np.array(shape[start:None if end is None else int(end)], dtype=np.int64)
+    return np.array(shape[start : None if end is None else int(end)], dtype=np.int64)
 
 
 def gathered_dims(node: gs.Node, ts: TypeShape | None) -> np.ndarray | None:
@@ -49,7 +49,7 @@ def gathered_dims(node: gs.Node, ts: TypeShape | None) -> np.ndarray | None:
     dims = list(ts.shape)
     start = int(shape_node.attrs.get("start", 0))
     end = shape_node.attrs.get("end", None)
-    dims = dims[start:None if end is None else int(end)]
+    dims = dims[start : None if end is None else int(end)]
     n = len(dims)
     flat = idx.astype(np.int64).reshape(-1)
     if any(i < -n or i >= n for i in flat):
@@ -107,11 +107,19 @@ class FoldShapes(Pass):
             return PassResult(changed=False, notes=notes)
         graph.cleanup(remove_unused_graph_inputs=False)
         folded, fold_notes = fold(
-            graph, ctx,
+            graph,
+            ctx,
             max_bytes=int(self.config.max_bytes),
             growth=float(self.config.growth),
-            skip_ops={"DequantizeLinear"}, roots=roots, keys=False,
+            skip_ops={"DequantizeLinear"},
+            roots=roots,
+            keys=False,
         )
         notes.extend(fold_notes)
-        return PassResult(changed=True, rewrites=len(sites), notes=notes, sites=sites,
-                          details={"folded_after": len(folded)})
+        return PassResult(
+            changed=True,
+            rewrites=len(sites),
+            notes=notes,
+            sites=sites,
+            details={"folded_after": len(folded)},
+        )

@@ -62,7 +62,7 @@ def _cast(node: gs.Node, facts: Facts, graph: gs.Graph) -> str | None:
         return "input dtype unknown"
     try:
         to = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(int(node.attrs["to"])))
-    except Exception:  # noqa: BLE001 - exotic target types
+    except Exception:
         return "target dtype has no numpy equivalent"
     if to != src or to.kind in "OSU":
         return f"casts {src} to {to}"
@@ -140,12 +140,16 @@ def _slice(node: gs.Node, facts: Facts, graph: gs.Graph) -> str | None:
         if vals[0] is None or vals[1] is None:
             return "starts/ends not constant"
         if (_input(node, 3) is not None and vals[2] is None) or (
-                _input(node, 4) is not None and vals[3] is None):
+            _input(node, 4) is not None and vals[3] is None
+        ):
             return "axes/steps not constant"
         starts, ends, axes, steps = (None if v is None else v.reshape(-1).tolist() for v in vals)
     r = len(s)
-    axes = list(range(len(starts))) if axes is None else [int(a) + r if a < 0 else int(a)
-                                                          for a in axes]
+    axes = (
+        list(range(len(starts)))
+        if axes is None
+        else [int(a) + r if a < 0 else int(a) for a in axes]
+    )
     steps = [1] * len(starts) if steps is None else steps
     if any(int(st) != 1 for st in steps):
         return "a step is not 1"
@@ -199,8 +203,15 @@ class RemoveNoops(Pass):
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         node_names_unique(graph)
-        candidates = [n for n in graph.nodes if n.op in RULES and n.domain in STANDARD_DOMAINS
-                      and n.inputs and n.outputs and not is_empty_tensor(n.inputs[0])]
+        candidates = [
+            n
+            for n in graph.nodes
+            if n.op in RULES
+            and n.domain in STANDARD_DOMAINS
+            and n.inputs
+            and n.outputs
+            and not is_empty_tensor(n.inputs[0])
+        ]
         if not candidates:
             return PassResult.unchanged()
         facts, note = infer_facts(graph)
@@ -209,14 +220,19 @@ class RemoveNoops(Pass):
         for node in candidates:
             try:
                 why = RULES[node.op](node, facts, graph)
-            except Exception as e:  # noqa: BLE001 - malformed attributes: leave the node alone
+            except Exception as e:
                 why = f"not understood ({type(e).__name__})"
             if why is not None:
                 continue  # not a no-op: the common case, not worth a note
             out = node.outputs[0]
             ts_in, ts_out = facts.get(node.inputs[0].name), facts.get(out.name)
-            if (ts_in is not None and ts_out is not None and ts_in.dtype is not None
-                    and ts_out.dtype is not None and ts_in.dtype != ts_out.dtype):
+            if (
+                ts_in is not None
+                and ts_out is not None
+                and ts_in.dtype is not None
+                and ts_out.dtype is not None
+                and ts_in.dtype != ts_out.dtype
+            ):
                 notes.append(f"{node.name}: kept, dtype {ts_in.dtype} -> {ts_out.dtype}")
                 continue
             if not ctx.allow(node.name):

@@ -72,8 +72,9 @@ class DistillConfig(PassConfig):
     allow_synthetic: bool = False
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None, *, where: str = "distill"
-                     ) -> DistillConfig:
+    def from_options(
+        cls, options: Mapping[str, Any] | None, *, where: str = "distill"
+    ) -> DistillConfig:
         """Build from a ``{option: value}`` dict (CLI / recipe / pass options); an unknown key
         or a bad value is a one-line OptionError prefixed with ``where``."""
         return super().from_options(options, where=where)

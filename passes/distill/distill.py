@@ -59,8 +59,9 @@ class Distill(Pass):
         def report(p: DistillProgress) -> None:
             done = (p.epoch - 1) * p.steps + p.step
             val = "" if p.val_loss is None else f", held-out {p.val_loss:.4f}"
-            ctx.report_progress(f"distill epoch {p.epoch} loss {p.loss:.4f}{val}", done,
-                                p.epochs * p.steps)
+            ctx.report_progress(
+                f"distill epoch {p.epoch} loss {p.loss:.4f}{val}", done, p.epochs * p.steps
+            )
 
         try:
             res = distill(model, ctx.original, ctx.feeds, self.config, progress=report)
@@ -69,8 +70,13 @@ class Distill(Pass):
         notes = _notes(res)
         if res.best_epoch == 0:
             return PassResult(changed=False, rewrites=0, notes=notes, details=res.to_dict())
-        return PassResult(changed=True, rewrites=len(res.updated), notes=notes,
-                          details=res.to_dict(), model=res.model)
+        return PassResult(
+            changed=True,
+            rewrites=len(res.updated),
+            notes=notes,
+            details=res.to_dict(),
+            model=res.model,
+        )
 
     def _declined(self, model: onnx.ModelProto, ctx: PassContext) -> str | None:
         """Why the pass leaves ``model`` alone, or None."""
@@ -79,11 +85,15 @@ class Distill(Pass):
         if ctx.feeds is None or len(ctx.feeds) == 0:
             return "distill: no data; pass --data with unlabeled inputs"
         if ctx.feeds.synthesized and not self.config.allow_synthetic:
-            return ("distill: skipped on synthesized inputs (they do not follow the real input "
-                    "distribution); pass --data")
+            return (
+                "distill: skipped on synthesized inputs (they do not follow the real input "
+                "distribution); pass --data"
+            )
         if _weights_digest(model) == _weights_digest(ctx.original):
-            return ("distill: the student is the original model; run it after prune or another "
-                    "lossy pass")
+            return (
+                "distill: the student is the original model; run it after prune or another "
+                "lossy pass"
+            )
         return None
 
 
@@ -94,8 +104,10 @@ def _notes(res: DistillResult) -> list[str]:
         f"(best epoch {res.best_epoch} of {len(res.history)}, {res.seconds:.1f}s)"
     ]
     if a.val_agreement is not None and b.val_agreement is not None:
-        notes.append(f"distill: top-1 agreement with the teacher {b.val_agreement:.2%} -> "
-                     f"{a.val_agreement:.2%} on held-out data")
+        notes.append(
+            f"distill: top-1 agreement with the teacher {b.val_agreement:.2%} -> "
+            f"{a.val_agreement:.2%} on held-out data"
+        )
     return notes + [f"distill: {n}" for n in res.notes]
 
 

@@ -151,8 +151,9 @@ class _TargetStore:
     files in ``folder`` from the batch on which the expected total exceeds ``memory_limit``
     (from the first batch when a cache folder is given)."""
 
-    def __init__(self, names: Sequence[str], n: int, folder: Path | None, key: str,
-                 memory_limit: int) -> None:
+    def __init__(
+        self, names: Sequence[str], n: int, folder: Path | None, key: str, memory_limit: int
+    ) -> None:
         self.names, self.n, self.folder, self.key = list(names), n, folder, key
         self.memory_limit = memory_limit
         self.chunks: dict[str, list[np.ndarray]] = {name: [] for name in names}

@@ -131,12 +131,23 @@ def _distill(
         notes.append(
             f"held-out loss did not improve ({before.val_loss:.4g} -> {after.val_loss:.4g})"
         )
-    return DistillResult(out, history, best, before, after, parity, names, trainer.loss_kinds,
-                         time.perf_counter() - t0, notes)
+    return DistillResult(
+        out,
+        history,
+        best,
+        before,
+        after,
+        parity,
+        names,
+        trainer.loss_kinds,
+        time.perf_counter() - t0,
+        notes,
+    )
 
 
-def _student_module(student_m: onnx.ModelProto, feeds: Feeds, cfg: DistillConfig
-                    ) -> tuple[Any, float]:
+def _student_module(
+    student_m: onnx.ModelProto, feeds: Feeds, cfg: DistillConfig
+) -> tuple[Any, float]:
     """The student as a torch module, checked against onnxruntime; returns it and the largest
     difference seen."""
     from onnxopt.onnx2torch.convert import check_parity, to_torch
@@ -147,9 +158,14 @@ def _student_module(student_m: onnx.ModelProto, feeds: Feeds, cfg: DistillConfig
     return module, check_parity(module, student_m, feeds.runs[: cfg.parity_runs])
 
 
-def _trainer(module: Any, student_m: onnx.ModelProto, teacher_m: onnx.ModelProto,
-             inputs: dict[str, np.ndarray], labels: np.ndarray | None, cfg: DistillConfig
-             ) -> Any:
+def _trainer(
+    module: Any,
+    student_m: onnx.ModelProto,
+    teacher_m: onnx.ModelProto,
+    inputs: dict[str, np.ndarray],
+    labels: np.ndarray | None,
+    cfg: DistillConfig,
+) -> Any:
     """A :class:`~onnxopt.passes.distill.train.Trainer` with the teacher's targets (and the
     teacher itself when mixup needs it online)."""
     from onnxopt.passes.distill.teacher import OnlineTeacher
@@ -157,15 +173,30 @@ def _trainer(module: Any, student_m: onnx.ModelProto, teacher_m: onnx.ModelProto
 
     pairs = match_outputs(student_m, teacher_m)
     t_names = [t for _, t in pairs] + [a for a, _ in cfg.features]
-    targets = teacher_targets(teacher_m, inputs, t_names, batch=max(cfg.batch_size, 256),
-                              cache_dir=cfg.cache_dir, threads=cfg.threads)
+    targets = teacher_targets(
+        teacher_m,
+        inputs,
+        t_names,
+        batch=max(cfg.batch_size, 256),
+        cache_dir=cfg.cache_dir,
+        threads=cfg.threads,
+    )
     online = OnlineTeacher(teacher_m, t_names, threads=cfg.threads) if cfg.mixup > 0 else None
-    return Trainer(module, cfg, pairs, inputs, targets, labels,
-                   student_batch=static_batch(student_m), teacher=online)
+    return Trainer(
+        module,
+        cfg,
+        pairs,
+        inputs,
+        targets,
+        labels,
+        student_batch=static_batch(student_m),
+        teacher=online,
+    )
 
 
-def _write_back(module: Any, student_m: onnx.ModelProto, cfg: DistillConfig
-                ) -> tuple[onnx.ModelProto, list[str]]:
+def _write_back(
+    module: Any, student_m: onnx.ModelProto, cfg: DistillConfig
+) -> tuple[onnx.ModelProto, list[str]]:
     """The student with the trained values (and, with ``bn_mode="train"``, the updated
     BatchNormalization statistics); returns it and the initializers written."""
     from onnxopt.onnx2torch.convert import write_back

@@ -34,8 +34,11 @@ def reads(n: onnx.NodeProto) -> list[str]:
     """Tensors a node reads, including outer-scope names read inside its subgraphs."""
     out = [x for x in n.input if x]
     for a in n.attribute:
-        sgs = [a.g] if a.type == onnx.AttributeProto.GRAPH else (
-            list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+        sgs = (
+            [a.g]
+            if a.type == onnx.AttributeProto.GRAPH
+            else (list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+        )
         for sg in sgs:
             for sn in sg.node:
                 out.extend(reads(sn))
@@ -87,7 +90,10 @@ def build_cascade(
 
     body = [nodes[i] for i in sorted(branch)]
     if_node = helper.make_node(
-        "If", [cond], [out], name="ensemble/cascade_if",
+        "If",
+        [cond],
+        [out],
+        name="ensemble/cascade_if",
         then_branch=branch_graph("cheap", [], cheap),
         else_branch=branch_graph("expensive", body, expensive),
     )
@@ -95,9 +101,15 @@ def build_cascade(
     return [*main, *head.nodes, if_node], len(body)
 
 
-def cascade_head(ctx: MergeContext, head: Head, flat: onnx.GraphProto, outs: list[str],
-                 vi: onnx.ValueInfoProto, fit_runs: list[np.ndarray] | None,
-                 y_fit: np.ndarray | None) -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
+def cascade_head(
+    ctx: MergeContext,
+    head: Head,
+    flat: onnx.GraphProto,
+    outs: list[str],
+    vi: onnx.ValueInfoProto,
+    fit_runs: list[np.ndarray] | None,
+    y_fit: np.ndarray | None,
+) -> Callable[[list[np.ndarray]], dict[str, np.ndarray]]:
     """Gate + If in place of ``flat``'s nodes (the head's nodes move into ``flat``); returns the
     numpy reference of one run. Without a threshold, it is chosen on the fit split to reach
     the target accuracy (:func:`~onnxopt.passes.ensemble.fit.choose_threshold`)."""
@@ -126,14 +138,16 @@ def cascade_head(ctx: MergeContext, head: Head, flat: onnx.GraphProto, outs: lis
     return ref
 
 
-def _fitted_threshold(ctx: MergeContext, fit_runs: list[np.ndarray], y_fit: np.ndarray,
-                      probs: bool) -> float:
+def _fitted_threshold(
+    ctx: MergeContext, fit_runs: list[np.ndarray], y_fit: np.ndarray, probs: bool
+) -> float:
     """The gate threshold that reaches ``target_accuracy`` on the fit split."""
     target = float(ctx.config.target_accuracy)
     target = target * 100.0 if target <= 1.0 else target
     conf = np_confidence(fit_runs[0], probs)
-    t, note = choose_threshold(conf, np.argmax(fit_runs[0], -1) == y_fit,
-                               np.argmax(fit_runs[1], -1) == y_fit, target)
+    t, note = choose_threshold(
+        conf, np.argmax(fit_runs[0], -1) == y_fit, np.argmax(fit_runs[1], -1) == y_fit, target
+    )
     ctx.report.params["target_accuracy"] = target
     if note:
         ctx.report.notes.append(note)

@@ -81,8 +81,9 @@ class MergeConfig(PassConfig):
     l2: float = 1e-3
 
     @classmethod
-    def from_options(cls, options: Mapping[str, Any] | None, *, where: str = "merge"
-                     ) -> MergeConfig:
+    def from_options(
+        cls, options: Mapping[str, Any] | None, *, where: str = "merge"
+    ) -> MergeConfig:
         """Like :meth:`PassConfig.from_options`; an option given as None takes its default
         (the CLI passes every option, set or not)."""
         given = {k: v for k, v in (options or {}).items() if v is not None}
@@ -95,8 +96,9 @@ class MergeConfig(PassConfig):
 
     def _check_choices(self) -> None:
         if self.mode not in ALL_MODES:
-            raise OptionError(f"unknown merge mode {self.mode!r}; choose one of "
-                              f"{', '.join(ALL_MODES)}")
+            raise OptionError(
+                f"unknown merge mode {self.mode!r}; choose one of {', '.join(ALL_MODES)}"
+            )
         if self.on is not None and self.on not in ON_CHOICES:
             raise OptionError(f"--on {self.on!r}: choose outputs or probs")
         if self.meta not in META_LEARNERS:
@@ -108,19 +110,24 @@ class MergeConfig(PassConfig):
         if self.mode == "weighted" and self.weights is None and self.fit_data is None:
             raise OptionError("--mode weighted needs --weights W1,W2,... or --fit-weights DATA.npz")
         if self.mode == "cascade" and (self.threshold is None) == (self.target_accuracy is None):
-            raise OptionError("--mode cascade needs exactly one of --threshold or --target-accuracy")
+            raise OptionError(
+                "--mode cascade needs exactly one of --threshold or --target-accuracy"
+            )
         if self.io_map and self.mode != "serial":
             raise OptionError("--io-map is for --mode serial")
         if self.needs_fit and self.fit_source is None:
-            raise OptionError(f"--mode {self.mode} needs labeled data to fit (--data or "
-                              f"--fit-weights)")
+            raise OptionError(
+                f"--mode {self.mode} needs labeled data to fit (--data or --fit-weights)"
+            )
 
     def _check_ranges(self) -> None:
         if self.threshold is not None and not 0.0 <= float(self.threshold) <= 1.0:
             raise OptionError(f"--threshold {self.threshold}: must be a probability in [0, 1]")
         if self.target_accuracy is not None and not 0.0 < float(self.target_accuracy) <= 100.0:
-            raise OptionError(f"--target-accuracy {self.target_accuracy}: must be a percent in "
-                              f"(0, 100] (or a fraction <= 1)")
+            raise OptionError(
+                f"--target-accuracy {self.target_accuracy}: must be a percent in "
+                f"(0, 100] (or a fraction <= 1)"
+            )
         if not 0.0 < float(self.fit_fraction) < 1.0:
             raise OptionError(f"fit_fraction must be in (0, 1), not {self.fit_fraction}")
         if int(self.runs) < 1:
@@ -137,8 +144,11 @@ class MergeConfig(PassConfig):
     @property
     def needs_fit(self) -> bool:
         """Whether the mode fits something on labeled data."""
-        return (self.mode == "stack" or (self.mode == "weighted" and self.fit_data is not None)
-                or (self.mode == "cascade" and self.target_accuracy is not None))
+        return (
+            self.mode == "stack"
+            or (self.mode == "weighted" and self.fit_data is not None)
+            or (self.mode == "cascade" and self.target_accuracy is not None)
+        )
 
     @property
     def fit_source(self) -> Any:

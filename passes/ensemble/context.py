@@ -90,6 +90,9 @@ class MergeContext:
     def batched(self, feeds: Feeds) -> Feeds:
         """Concatenate single-sample runs when every input's batch dim is dynamic (fast
         fitting)."""
-        dyn = all(not (d.HasField("dim_value") and d.dim_value > 0)
-                  for v in self.stub.graph.input for d in v.type.tensor_type.shape.dim[:1])
+        dyn = all(
+            not (d.HasField("dim_value") and d.dim_value > 0)
+            for v in self.stub.graph.input
+            for d in v.type.tensor_type.shape.dim[:1]
+        )
         return feeds.batched(256) if dyn and len(feeds.runs) > 1 else feeds

@@ -46,10 +46,16 @@ from onnxopt.passes.ensemble.harmonize import rename_refs
 logger = logging.getLogger(__name__)
 
 #: ops whose outputs differ between two identical nodes
-RANDOM_OPS = frozenset({
-    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
-    "Bernoulli",
-})
+RANDOM_OPS = frozenset(
+    {
+        "RandomNormal",
+        "RandomNormalLike",
+        "RandomUniform",
+        "RandomUniformLike",
+        "Multinomial",
+        "Bernoulli",
+    }
+)
 
 
 @dataclass
@@ -62,8 +68,11 @@ class CseStats:
     declined: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"initializers": self.initializers, "initializer_bytes": self.initializer_bytes,
-                "nodes": self.nodes}
+        return {
+            "initializers": self.initializers,
+            "initializer_bytes": self.initializer_bytes,
+            "nodes": self.nodes,
+        }
 
 
 def _tensor_key(t: onnx.TensorProto) -> tuple:
@@ -82,9 +91,10 @@ def _defaults(domain: str, op_type: str, opset: int) -> dict[str, object]:
             schema = onnx.defs.get_schema(op_type, opset, domain)
             _DEFAULTS[key] = {
                 name: onnx.helper.get_attribute_value(a.default_value)
-                for name, a in schema.attributes.items() if a.default_value.name
+                for name, a in schema.attributes.items()
+                if a.default_value.name
             }
-        except Exception:  # noqa: BLE001 - unknown op or domain: compare attributes as written
+        except Exception:
             _DEFAULTS[key] = {}
     return _DEFAULTS[key]
 
@@ -95,22 +105,28 @@ _DEFAULTS: dict[tuple[str, str, int], dict[str, object]] = {}
 def _node_key(n: onnx.NodeProto, opset: int) -> tuple:
     """Equal keys compute the same function; attributes equal to the schema default are dropped
     (one exporter writes ``auto_pad="NOTSET"``, another leaves it out)."""
-    defaults = (_defaults(n.domain, n.op_type, opset)
-                if opset and n.domain in ("", "ai.onnx") else {})
-    attrs = tuple(sorted(
-        (a.name, a.SerializeToString()) for a in n.attribute
-        if not (a.name in defaults and onnx.helper.get_attribute_value(a) == defaults[a.name])
-    ))
+    defaults = (
+        _defaults(n.domain, n.op_type, opset) if opset and n.domain in ("", "ai.onnx") else {}
+    )
+    attrs = tuple(
+        sorted(
+            (a.name, a.SerializeToString())
+            for a in n.attribute
+            if not (a.name in defaults and onnx.helper.get_attribute_value(a) == defaults[a.name])
+        )
+    )
     return (n.domain, n.op_type, tuple(n.input), len(n.output), attrs)
 
 
 def _has_subgraph(n: onnx.NodeProto) -> bool:
-    return any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-               for a in n.attribute)
+    return any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for a in n.attribute
+    )
 
 
-def cse(graph: onnx.GraphProto, protected: set[str] | None = None,
-        opset: int = 0) -> tuple[dict[str, str], CseStats]:
+def cse(
+    graph: onnx.GraphProto, protected: set[str] | None = None, opset: int = 0
+) -> tuple[dict[str, str], CseStats]:
     """Deduplicate initializers and nodes of ``graph`` in place.
 
     Args:

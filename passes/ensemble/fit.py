@@ -53,8 +53,9 @@ def fit_weights(zs: list[np.ndarray], y: np.ndarray, on: str, iters: int = 500) 
     return [float(v) for v in best]
 
 
-def fit_ridge(x: np.ndarray, y: np.ndarray, classes: int,
-              alpha: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+def fit_ridge(
+    x: np.ndarray, y: np.ndarray, classes: int, alpha: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """Ridge regression onto one-hot targets; returns ``W [F, C]``, ``b [C]``."""
     x = np.asarray(x, np.float64)
     t = np.eye(classes)[np.asarray(y).reshape(-1).astype(np.int64)]
@@ -65,8 +66,9 @@ def fit_ridge(x: np.ndarray, y: np.ndarray, classes: int,
     return sol[:-1], sol[-1]
 
 
-def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3,
-                 iters: int = 2000) -> tuple[np.ndarray, np.ndarray]:
+def fit_logistic(
+    x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3, iters: int = 2000
+) -> tuple[np.ndarray, np.ndarray]:
     """Multinomial logistic regression; returns ``W [F, C]``, ``b [C]``."""
     x = np.asarray(x, np.float64)
     n = x.shape[0]
@@ -92,15 +94,17 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, classes: int, l2: float = 1e-3,
     return w[:-1], w[-1]
 
 
-def cascade_accuracy(conf: np.ndarray, cheap_ok: np.ndarray, exp_ok: np.ndarray,
-                     threshold: float) -> tuple[float, float]:
+def cascade_accuracy(
+    conf: np.ndarray, cheap_ok: np.ndarray, exp_ok: np.ndarray, threshold: float
+) -> tuple[float, float]:
     """(accuracy %, fraction answered by the cheap member) with per-sample gating."""
     use = conf >= threshold
     return float(np.where(use, cheap_ok, exp_ok).mean() * 100.0), float(use.mean())
 
 
-def choose_threshold(conf: np.ndarray, cheap_ok: np.ndarray, exp_ok: np.ndarray,
-                     target: float) -> tuple[float, str | None]:
+def choose_threshold(
+    conf: np.ndarray, cheap_ok: np.ndarray, exp_ok: np.ndarray, target: float
+) -> tuple[float, str | None]:
     """The smallest threshold from which every higher one meets ``target`` (percent).
 
     Scanning down from "always expensive", the scan stops at the first threshold that misses

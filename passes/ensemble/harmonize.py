@@ -142,7 +142,7 @@ def convert_opsets(members: list[Member]) -> tuple[int, int, dict[str, int], lis
         try:
             converted = version_converter.convert_version(m.model, target)
             onnx.checker.check_model(converted)
-        except Exception as e:  # noqa: BLE001 - the converter raises many kinds
+        except Exception as e:
             first = first_line(e)
             raise ModelError(
                 f"member '{m.label}': cannot convert opset {m.opset_from} to {target} "
@@ -207,8 +207,9 @@ def check_compatible(a: onnx.ValueInfoProto, b: onnx.ValueInfoProto, what: str) 
             raise OptionError(f"{what}: dim {i} differs, {describe(a)} vs {describe(b)}")
 
 
-def value_info_like(name: str, elem: int, like: onnx.ValueInfoProto, drop_last: bool = False
-                    ) -> onnx.ValueInfoProto:
+def value_info_like(
+    name: str, elem: int, like: onnx.ValueInfoProto, drop_last: bool = False
+) -> onnx.ValueInfoProto:
     """``like`` renamed to ``name`` with element type ``elem`` (and without its last dim)."""
     vi = onnx.ValueInfoProto()
     vi.CopyFrom(like)
@@ -276,7 +277,8 @@ def plan_inputs(
             vi = m.value_info(name)
             if target in merged:
                 check_compatible(
-                    merged[target], vi,
+                    merged[target],
+                    vi,
                     f"shared input '{target}' ('{owner[target]}' vs '{m.label}.{name}')",
                 )
                 merged[target] = _merge_vi(target, merged[target], vi)
@@ -372,8 +374,11 @@ def rename_refs(n: onnx.NodeProto, alias: Mapping[str, str]) -> None:
         if x in alias:
             n.input[i] = alias[x]
     for a in n.attribute:
-        sgs = [a.g] if a.type == onnx.AttributeProto.GRAPH else (
-            list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+        sgs = (
+            [a.g]
+            if a.type == onnx.AttributeProto.GRAPH
+            else (list(a.graphs) if a.type == onnx.AttributeProto.GRAPHS else [])
+        )
         for sg in sgs:
             for sn in sg.node:
                 rename_refs(sn, alias)

@@ -71,8 +71,14 @@ Combine = Callable[[list[np.ndarray]], dict[str, np.ndarray]]
 FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
 
 
-def merge(models: list[Any], mode: str | None = None, *, config: MergeConfig | None = None,
-          runner: Runner | None = None, **options: Any) -> tuple[onnx.ModelProto, MergeReport]:
+def merge(
+    models: list[Any],
+    mode: str | None = None,
+    *,
+    config: MergeConfig | None = None,
+    runner: Runner | None = None,
+    **options: Any,
+) -> tuple[onnx.ModelProto, MergeReport]:
     """Merge ``models`` into one ONNX graph and verify it.
 
     Args:
@@ -113,8 +119,7 @@ def merge(models: list[Any], mode: str | None = None, *, config: MergeConfig | N
     return model, report
 
 
-def _config(mode: str | None, config: MergeConfig | None, options: dict[str, Any]
-            ) -> MergeConfig:
+def _config(mode: str | None, config: MergeConfig | None, options: dict[str, Any]) -> MergeConfig:
     if config is None:
         return MergeConfig.from_options({"mode": mode or "average", **options})
     if options or (mode is not None and mode != config.mode):
@@ -153,30 +158,48 @@ def _flat_graph(h: Harmonized) -> onnx.GraphProto:
 def _head_prefix(members: list[Member]) -> str:
     """The first of the head's name prefixes that no member label takes."""
     labels = {m.label for m in members}
-    return next(p for p in ("ensemble/", "ensemble_head/", "onnxopt_head/")
-                if p[:-1] not in labels)
+    return next(p for p in ("ensemble/", "ensemble_head/", "onnxopt_head/") if p[:-1] not in labels)
 
 
-def _assemble(ctx: MergeContext, h: Harmonized, flat: onnx.GraphProto, head: Head,
-              outputs: list[onnx.ValueInfoProto]) -> tuple[onnx.ModelProto, onnx.ModelProto]:
+def _assemble(
+    ctx: MergeContext,
+    h: Harmonized,
+    flat: onnx.GraphProto,
+    head: Head,
+    outputs: list[onnx.ValueInfoProto],
+) -> tuple[onnx.ModelProto, onnx.ModelProto]:
     """The merged model (the nodes ``outputs`` need), checked; returns it with value_info
     and its shape-inferred light copy."""
     report = ctx.report
-    nodes, inits = live([*flat.node, *head.nodes], [*flat.initializer, *head.initializers],
-                        [v.name for v in outputs])
+    nodes, inits = live(
+        [*flat.node, *head.nodes],
+        [*flat.initializer, *head.initializers],
+        [v.name for v in outputs],
+    )
     if len(nodes) < len(flat.node) + len(head.nodes):
-        report.notes.append(f"dropped {len(flat.node) + len(head.nodes) - len(nodes)} node(s) "
-                            "that no merged output needs (members' other outputs)")
+        report.notes.append(
+            f"dropped {len(flat.node) + len(head.nodes) - len(nodes)} node(s) "
+            "that no merged output needs (members' other outputs)"
+        )
     graph = helper.make_graph(nodes, "ensemble", h.inputs, outputs, inits)
     graph.sparse_initializer.extend(flat.sparse_initializer)
     model = helper.make_model(
-        graph, opset_imports=[helper.make_opsetid(d, v) for d, v in h.opset_imports.items()],
-        ir_version=h.ir_version, producer_name="onnxopt", functions=h.functions,
+        graph,
+        opset_imports=[helper.make_opsetid(d, v) for d, v in h.opset_imports.items()],
+        ir_version=h.ir_version,
+        producer_name="onnxopt",
+        functions=h.functions,
     )
     labels = [m.label for m in h.members]
     model.doc_string = f"onnxopt ensemble ({ctx.config.mode}) of " + ", ".join(labels)
-    helper.set_model_props(model, {"onnxopt.ensemble": json.dumps(
-        {"mode": ctx.config.mode, "members": labels, **report.params}, default=float)})
+    helper.set_model_props(
+        model,
+        {
+            "onnxopt.ensemble": json.dumps(
+                {"mode": ctx.config.mode, "members": labels, **report.params}, default=float
+            )
+        },
+    )
     try:
         inferred = structural_check(model)
     except ModelError as e:
@@ -185,8 +208,9 @@ def _assemble(ctx: MergeContext, h: Harmonized, flat: onnx.GraphProto, head: Hea
     return model, inferred
 
 
-def _summarize(report: MergeReport, h: Harmonized, model: onnx.ModelProto,
-               inferred: onnx.ModelProto) -> None:
+def _summarize(
+    report: MergeReport, h: Harmonized, model: onnx.ModelProto, inferred: onnx.ModelProto
+) -> None:
     report.opset, report.ir_version = h.opset, h.ir_version
     report.inputs = [v.name for v in h.inputs]
     report.outputs = [v.name for v in model.graph.output]
@@ -194,21 +218,31 @@ def _summarize(report: MergeReport, h: Harmonized, model: onnx.ModelProto,
     report.summary = {"nodes": s.nodes, "params": s.params, "macs": s.flops, "bytes": s.bytes}
     for m in h.members:
         ms = ModelSummary.of(m.model)
-        report.members.append({"label": m.label, "source": m.source, "opset": m.opset_from,
-                               "nodes": ms.nodes, "params": ms.params, "macs": ms.flops})
+        report.members.append(
+            {
+                "label": m.label,
+                "source": m.source,
+                "opset": m.opset_from,
+                "nodes": ms.nodes,
+                "params": ms.params,
+                "macs": ms.flops,
+            }
+        )
 
 
 # --------------------------------------------------------------------------------------------
 # parallel, stack and cascade
 
 
-def _combined_outputs(ctx: MergeContext, head: Head, flat: onnx.GraphProto
-                      ) -> tuple[list[onnx.ValueInfoProto], Reference]:
+def _combined_outputs(
+    ctx: MergeContext, head: Head, flat: onnx.GraphProto
+) -> tuple[list[onnx.ValueInfoProto], Reference]:
     """The head combining each member's first output; returns the outputs and the reference."""
     cfg, members = ctx.config, ctx.members
     if cfg.mode == "cascade" and len(members) != 2:
-        raise OptionError(f"--mode cascade takes two members (cheap, expensive), got "
-                          f"{len(members)}")
+        raise OptionError(
+            f"--mode cascade takes two members (cheap, expensive), got {len(members)}"
+        )
     firsts = _first_outputs(ctx)
     ref_vi = firsts[0][1]
     outs = [resolve(ctx.alias, m.outputs[name]) for m, (name, _) in zip(members, firsts)]
@@ -218,11 +252,13 @@ def _combined_outputs(ctx: MergeContext, head: Head, flat: onnx.GraphProto
     fit_runs, y_fit = _fit_inputs(ctx)
     elem = ref_vi.type.tensor_type.elem_type
     if cfg.mode in PARALLEL_MODES:
-        out_vis, combine = _parallel_head(ctx, head, outs, value_info_like(out, elem, ref_vi),
-                                          fit_runs, y_fit)
+        out_vis, combine = _parallel_head(
+            ctx, head, outs, value_info_like(out, elem, ref_vi), fit_runs, y_fit
+        )
     elif cfg.mode == "stack":
-        out_vis, combine = _stack_head(ctx, head, outs, value_info_like(out, elem, ref_vi),
-                                       fit_runs, y_fit)
+        out_vis, combine = _stack_head(
+            ctx, head, outs, value_info_like(out, elem, ref_vi), fit_runs, y_fit
+        )
     else:
         vi = value_info_like(out, elem, ref_vi)
         combine = cascade_head(ctx, head, flat, outs, vi, fit_runs, y_fit)
@@ -243,16 +279,20 @@ def _first_outputs(ctx: MergeContext) -> list[tuple[str, onnx.ValueInfoProto]]:
     for m in members:
         name = m.output_names[0]
         if len(m.output_names) > 1:
-            ctx.report.notes.append(f"member '{m.label}' has {len(m.output_names)} outputs; "
-                                    f"combining the first, '{name}'")
+            ctx.report.notes.append(
+                f"member '{m.label}' has {len(m.output_names)} outputs; "
+                f"combining the first, '{name}'"
+            )
         firsts.append((name, m.value_info(name)))
     ref_vi = firsts[0][1]
     for m, (name, vi) in zip(members[1:], firsts[1:]):
-        check_compatible(ref_vi, vi, f"output '{members[0].label}.{firsts[0][0]}' vs "
-                                     f"'{m.label}.{name}'")
+        check_compatible(
+            ref_vi, vi, f"output '{members[0].label}.{firsts[0][0]}' vs '{m.label}.{name}'"
+        )
     if ref_vi.type.tensor_type.elem_type not in FLOAT_TYPES:
-        raise OptionError(f"mode {ctx.config.mode} combines float scores; output "
-                          f"'{firsts[0][0]}' is not float")
+        raise OptionError(
+            f"mode {ctx.config.mode} combines float scores; output '{firsts[0][0]}' is not float"
+        )
     return firsts
 
 
@@ -276,16 +316,21 @@ def _fit_split(ctx: MergeContext, source: Any) -> tuple[list[np.ndarray], np.nda
     fit_f = ctx.batched(fit_f)
     runs = ctx.member_runs(fit_f)
     ctx.eval_feeds = held
-    ctx.report.accuracy_split = (f"fit on {fit_f.num_samples} samples, accuracy on "
-                                 f"{held.num_samples} held-out samples")
-    outs = [np.concatenate([r[m.output_names[0]] for r in rs])
-            for m, rs in zip(ctx.members, runs)]
+    ctx.report.accuracy_split = (
+        f"fit on {fit_f.num_samples} samples, accuracy on {held.num_samples} held-out samples"
+    )
+    outs = [np.concatenate([r[m.output_names[0]] for r in rs]) for m, rs in zip(ctx.members, runs)]
     return outs, fit_f.stacked_labels()
 
 
-def _parallel_head(ctx: MergeContext, head: Head, outs: list[str], vi: onnx.ValueInfoProto,
-                   fit_runs: list[np.ndarray] | None, y_fit: np.ndarray | None
-                   ) -> tuple[list[onnx.ValueInfoProto], Combine]:
+def _parallel_head(
+    ctx: MergeContext,
+    head: Head,
+    outs: list[str],
+    vi: onnx.ValueInfoProto,
+    fit_runs: list[np.ndarray] | None,
+    y_fit: np.ndarray | None,
+) -> tuple[list[onnx.ValueInfoProto], Combine]:
     """average / weighted / vote / max (weights given, or fitted on the fit split)."""
     cfg, params = ctx.config, ctx.report.params
     mode, on, out = cfg.mode, cfg.combine_on, vi.name
@@ -295,8 +340,7 @@ def _parallel_head(ctx: MergeContext, head: Head, outs: list[str], vi: onnx.Valu
             weights = fit_weights(np_transform(fit_runs, on), y_fit, on)
         weights = [float(w) for w in weights]
         if len(weights) != len(ctx.members):
-            raise OptionError(f"--weights has {len(weights)} values for {len(ctx.members)} "
-                              f"members")
+            raise OptionError(f"--weights has {len(weights)} values for {len(ctx.members)} members")
         params["weights"] = weights
     params["on"] = on
     names = build_parallel(head, outs, mode, on, out, weights)
@@ -306,9 +350,14 @@ def _parallel_head(ctx: MergeContext, head: Head, outs: list[str], vi: onnx.Valu
     return out_vis, lambda ys: np_parallel(ys, mode, on, out, weights)
 
 
-def _stack_head(ctx: MergeContext, head: Head, outs: list[str], vi: onnx.ValueInfoProto,
-                fit_runs: list[np.ndarray], y_fit: np.ndarray
-                ) -> tuple[list[onnx.ValueInfoProto], Combine]:
+def _stack_head(
+    ctx: MergeContext,
+    head: Head,
+    outs: list[str],
+    vi: onnx.ValueInfoProto,
+    fit_runs: list[np.ndarray],
+    y_fit: np.ndarray,
+) -> tuple[list[onnx.ValueInfoProto], Combine]:
     """A Gemm meta-learner (logistic or ridge) fitted on the members' fit-split outputs."""
     cfg, out = ctx.config, vi.name
     kind, on = cfg.meta, cfg.combine_on
@@ -325,8 +374,9 @@ def _stack_head(ctx: MergeContext, head: Head, outs: list[str], vi: onnx.ValueIn
     return [vi], lambda ys: np_stack(ys, on, out, w, b, kind)
 
 
-def _reference(members: list[Member], combine: Combine, taps: list[tuple[Member, str, str]]
-               ) -> Reference:
+def _reference(
+    members: list[Member], combine: Combine, taps: list[tuple[Member, str, str]]
+) -> Reference:
     """Per run: the combination of the members' first outputs, plus the tapped outputs."""
 
     def reference(member_runs: list[Runs], _feeds: Any) -> Runs:

@@ -52,8 +52,9 @@ class Head:
 
     def op(self, op_type: str, inputs: list[str], out: str | None = None, **attrs) -> str:
         name = out or self.fresh(op_type.lower())
-        self.nodes.append(helper.make_node(op_type, inputs, [name], name=self.fresh(op_type),
-                                           **attrs))
+        self.nodes.append(
+            helper.make_node(op_type, inputs, [name], name=self.fresh(op_type), **attrs)
+        )
         return name
 
     def softmax(self, x: str) -> str:
@@ -64,8 +65,9 @@ class Head:
         if axes is None:
             return self.op(op_type, [x], keepdims=keepdims)
         if self.opset >= 18:
-            return self.op(op_type, [x, self.const("axes", np.array(axes, np.int64))],
-                           keepdims=keepdims)
+            return self.op(
+                op_type, [x, self.const("axes", np.array(axes, np.int64))], keepdims=keepdims
+            )
         return self.op(op_type, [x], axes=axes, keepdims=keepdims)
 
     def greater_or_equal(self, x: str, threshold: float) -> str:
@@ -79,19 +81,27 @@ def transform(head: Head, outs: list[str], on: str) -> list[str]:
     return [head.softmax(y) for y in outs] if on == "probs" else list(outs)
 
 
-def build_parallel(head: Head, outs: list[str], mode: str, on: str, out: str,
-                   weights: list[float] | None = None) -> list[str]:
+def build_parallel(
+    head: Head, outs: list[str], mode: str, on: str, out: str, weights: list[float] | None = None
+) -> list[str]:
     """Append the head of a parallel mode; returns the graph output names."""
     n = len(outs)
     if mode == "vote":
-        depth = head.op("Gather", [head.op("Shape", [outs[0]]),
-                                   head.const("last", np.array(-1, np.int64))], axis=0)
+        depth = head.op(
+            "Gather",
+            [head.op("Shape", [outs[0]]), head.const("last", np.array(-1, np.int64))],
+            axis=0,
+        )
         values = head.const("onehot_values", np.array([0.0, 1.0], np.float32))
-        hots = [head.op("OneHot", [head.op("ArgMax", [y], axis=-1, keepdims=0), depth, values],
-                        axis=-1) for y in outs]
+        hots = [
+            head.op("OneHot", [head.op("ArgMax", [y], axis=-1, keepdims=0), depth, values], axis=-1)
+            for y in outs
+        ]
         votes = head.op("Sum", hots)
-        firsts = [head.op("Mul", [h, head.const("rank", np.array(n - k, np.float32))])
-                  for k, h in enumerate(hots)]
+        firsts = [
+            head.op("Mul", [h, head.const("rank", np.array(n - k, np.float32))])
+            for k, h in enumerate(hots)
+        ]
         first = head.op("Max", firsts)
         tie = head.op("Mul", [first, head.const("tie", np.array(1.0 / (n + 1), np.float32))])
         score = head.op("Add", [votes, tie], out=out)
@@ -99,12 +109,15 @@ def build_parallel(head: Head, outs: list[str], mode: str, on: str, out: str,
         return [out, out + "_label"]
     zs = transform(head, outs, on)
     if mode == "average":
-        head.op("Mul", [head.op("Sum", zs), head.const("inv_n", np.array(1.0 / n, np.float32))],
-                out=out)
+        head.op(
+            "Mul", [head.op("Sum", zs), head.const("inv_n", np.array(1.0 / n, np.float32))], out=out
+        )
     elif mode == "weighted":
         assert weights is not None and len(weights) == n
-        terms = [head.op("Mul", [z, head.const("w", np.array(w, np.float32))])
-                 for z, w in zip(zs, weights)]
+        terms = [
+            head.op("Mul", [z, head.const("w", np.array(w, np.float32))])
+            for z, w in zip(zs, weights)
+        ]
         head.op("Sum", terms, out=out)
     elif mode == "max":
         head.op("Max", zs, out=out)
@@ -113,8 +126,9 @@ def build_parallel(head: Head, outs: list[str], mode: str, on: str, out: str,
     return [out]
 
 
-def build_stack(head: Head, outs: list[str], on: str, out: str, w: np.ndarray, b: np.ndarray,
-                kind: str) -> list[str]:
+def build_stack(
+    head: Head, outs: list[str], on: str, out: str, w: np.ndarray, b: np.ndarray, kind: str
+) -> list[str]:
     """Concat -> Gemm (-> Softmax for the logistic meta-learner)."""
     zs = transform(head, outs, on)
     feat = head.op("Concat", zs, axis=-1) if len(zs) > 1 else zs[0]
@@ -141,8 +155,9 @@ def np_transform(ys: list[np.ndarray], on: str) -> list[np.ndarray]:
     return [np_softmax(y) if on == "probs" else np.asarray(y, np.float32) for y in ys]
 
 
-def np_parallel(ys: list[np.ndarray], mode: str, on: str, out: str,
-                weights: list[float] | None = None) -> dict[str, np.ndarray]:
+def np_parallel(
+    ys: list[np.ndarray], mode: str, on: str, out: str, weights: list[float] | None = None
+) -> dict[str, np.ndarray]:
     """The numpy combination that :func:`build_parallel` must reproduce."""
     n = len(ys)
     if mode == "vote":
@@ -169,8 +184,9 @@ def np_features(ys: list[np.ndarray], on: str) -> np.ndarray:
     return np.concatenate(np_transform(ys, on), axis=-1)
 
 
-def np_stack(ys: list[np.ndarray], on: str, out: str, w: np.ndarray, b: np.ndarray,
-             kind: str) -> dict[str, np.ndarray]:
+def np_stack(
+    ys: list[np.ndarray], on: str, out: str, w: np.ndarray, b: np.ndarray, kind: str
+) -> dict[str, np.ndarray]:
     logits = np_features(ys, on) @ w.astype(np.float32) + b.astype(np.float32)
     return {out: np_softmax(logits) if kind == "logistic" else logits.astype(np.float32)}
 

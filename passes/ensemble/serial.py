@@ -28,8 +28,9 @@ from onnxopt.passes.ensemble.modes import Head
 from onnxopt.verify import Runs
 
 
-def plan_serial(members: list[Member], io_map: Any
-                ) -> tuple[list[Member], dict[tuple[str, str], str], list[str]]:
+def plan_serial(
+    members: list[Member], io_map: Any
+) -> tuple[list[Member], dict[tuple[str, str], str], list[str]]:
     """Members in dependency order, the bound inputs ``(label, input) -> "a/out"``, notes.
 
     Without ``io_map``, one-input one-output members are chained in the given order.
@@ -38,23 +39,29 @@ def plan_serial(members: list[Member], io_map: Any
     notes = []
     if not pairs:
         if not all(len(m.input_names) == 1 and len(m.output_names) == 1 for m in members):
-            raise OptionError("--mode serial needs --io-map A.out:B.in (members have several "
-                              "inputs or outputs)")
-        pairs = [(f"{a.label}.{a.output_names[0]}", f"{b.label}.{b.input_names[0]}")
-                 for a, b in zip(members, members[1:])]
-        notes.append("chained members in the given order: " + ", ".join(
-            f"{a}->{b}" for a, b in pairs))
+            raise OptionError(
+                "--mode serial needs --io-map A.out:B.in (members have several inputs or outputs)"
+            )
+        pairs = [
+            (f"{a.label}.{a.output_names[0]}", f"{b.label}.{b.input_names[0]}")
+            for a, b in zip(members, members[1:])
+        ]
+        notes.append(
+            "chained members in the given order: " + ", ".join(f"{a}->{b}" for a, b in pairs)
+        )
     bound: dict[tuple[str, str], str] = {}
     deps: dict[str, set[str]] = {m.label: set() for m in members}
     for src, dst in pairs:
         a, out = find_member(members, src, "--io-map")
         b, inp = find_member(members, dst, "--io-map")
         if out not in a.output_names:
-            raise OptionError(f"--io-map {src}: '{a.label}' has no output '{out}' "
-                              f"(outputs: {a.output_names})")
+            raise OptionError(
+                f"--io-map {src}: '{a.label}' has no output '{out}' (outputs: {a.output_names})"
+            )
         if inp not in b.input_names:
-            raise OptionError(f"--io-map {dst}: '{b.label}' has no input '{inp}' "
-                              f"(inputs: {b.input_names})")
+            raise OptionError(
+                f"--io-map {dst}: '{b.label}' has no input '{inp}' (inputs: {b.input_names})"
+            )
         if a is b:
             raise OptionError(f"--io-map {src}:{dst} feeds a member into itself")
         check_compatible(a.value_info(out), b.value_info(inp), f"--io-map {src}:{dst}")
@@ -70,13 +77,16 @@ def plan_serial(members: list[Member], io_map: Any
     return order, bound, notes
 
 
-def serial_outputs(ctx: MergeContext, head: Head
-                   ) -> tuple[list[onnx.ValueInfoProto], Reference]:
+def serial_outputs(ctx: MergeContext, head: Head) -> tuple[list[onnx.ValueInfoProto], Reference]:
     """The merged graph's outputs (member outputs no io-map consumes, as Identity taps) and the
     reference: the members run one after another, each fed what its producers returned."""
     consumed = set(bound_sources(ctx.members))
-    kept = [(m, name) for m in ctx.members for name in m.output_names
-            if f"{m.label}/{name}" not in consumed]
+    kept = [
+        (m, name)
+        for m in ctx.members
+        for name in m.output_names
+        if f"{m.label}/{name}" not in consumed
+    ]
     counts: dict[str, int] = {}
     for _, name in kept:
         counts[name] = counts.get(name, 0) + 1
@@ -85,8 +95,11 @@ def serial_outputs(ctx: MergeContext, head: Head
     for m, name in kept:
         final = name if counts[name] == 1 and name not in inputs else f"{m.label}/{name}:out"
         head.op("Identity", [resolve(ctx.alias, f"{m.label}/{name}")], out=final)
-        out_vis.append(value_info_like(final, m.value_info(name).type.tensor_type.elem_type,
-                                       m.value_info(name)))
+        out_vis.append(
+            value_info_like(
+                final, m.value_info(name).type.tensor_type.elem_type, m.value_info(name)
+            )
+        )
         mapping.append((m.label, name, final))
     if ctx.config.data is not None:
         ctx.eval_feeds = ctx.load_feeds(ctx.config.data, False, "--data")
@@ -97,8 +110,12 @@ def serial_outputs(ctx: MergeContext, head: Head
         for m in ctx.members:
             fm = []
             for i, run in enumerate(feeds.runs):
-                fm.append({k: produced[i][source[v]] if v in source else run[v]
-                           for k, v in m.inputs.items()})
+                fm.append(
+                    {
+                        k: produced[i][source[v]] if v in source else run[v]
+                        for k, v in m.inputs.items()
+                    }
+                )
             for i, r in enumerate(ctx.runner.run(m.model, Feeds(fm))):
                 for k, v in r.items():
                     produced[i][(m.label, k)] = v

@@ -23,8 +23,9 @@ from onnxopt.synth import get_feeds
 from onnxopt.verify import Exact, Runs, accuracy
 
 
-def live(nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[str]
-          ) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
+def live(
+    nodes: list[onnx.NodeProto], inits: list[onnx.TensorProto], outputs: list[str]
+) -> tuple[list[onnx.NodeProto], list[onnx.TensorProto]]:
     """The nodes the outputs need (in order) and the initializers those nodes read."""
     keep = ancestors(nodes, outputs)
     needed = [n for i, n in enumerate(nodes) if i in keep]
@@ -42,22 +43,33 @@ def verify(ctx: MergeContext, model: onnx.ModelProto, reference: Reference) -> N
     cfg, report = ctx.config, ctx.report
     feeds = ctx.eval_feeds
     if feeds is None:
-        feeds = get_feeds(ctx.stub, None, shapes=cfg.shapes, int_range=cfg.int_range,
-                          runs=int(cfg.runs))
+        feeds = get_feeds(
+            ctx.stub, None, shapes=cfg.shapes, int_range=cfg.int_range, runs=int(cfg.runs)
+        )
         report.notes += feeds.notes
     member_runs = None if cfg.mode == "serial" else ctx.member_runs(feeds)
     ref = reference(member_runs, feeds)
     got = ctx.runner.run(model, feeds)
     verdict = Exact().check(ref, got)
-    diffs = [float(np.max(np.abs(np.asarray(r[k], np.float64) - np.asarray(g[k], np.float64)),
-                          initial=0.0)) for r, g in zip(ref, got) for k in r]
+    diffs = [
+        float(
+            np.max(np.abs(np.asarray(r[k], np.float64) - np.asarray(g[k], np.float64)), initial=0.0)
+        )
+        for r, g in zip(ref, got)
+        for k in r
+    ]
     report.verified = bool(verdict)
-    report.verification = {"runs": len(feeds.runs), "samples": feeds.num_samples,
-                           "synthesized": feeds.synthesized, "max_abs": max(diffs, default=0.0),
-                           "tolerance": "Exact (float32 rtol 1e-4, atol 1e-5)"}
+    report.verification = {
+        "runs": len(feeds.runs),
+        "samples": feeds.num_samples,
+        "synthesized": feeds.synthesized,
+        "max_abs": max(diffs, default=0.0),
+        "tolerance": "Exact (float32 rtol 1e-4, atol 1e-5)",
+    }
     if not verdict:
-        raise ModelError(f"merged graph does not reproduce the members' combination: "
-                         f"{verdict.reason}")
+        raise ModelError(
+            f"merged graph does not reproduce the members' combination: {verdict.reason}"
+        )
     if feeds.labels is not None and member_runs is not None:
         _accuracy(ctx, feeds, member_runs, got)
 
@@ -71,7 +83,10 @@ def _accuracy(ctx: MergeContext, feeds: Feeds, member_runs: list[Runs], got: Run
     if not report.accuracy_split:
         report.accuracy_split = f"accuracy on {len(feeds.stacked_labels())} samples of --data"
     if ctx.config.mode == "cascade":
-        conf = [np_confidence(rs[ctx.members[0].output_names[0]], ctx.cheap_is_probs).min()
-                for rs in member_runs[0]]
+        conf = [
+            np_confidence(rs[ctx.members[0].output_names[0]], ctx.cheap_is_probs).min()
+            for rs in member_runs[0]
+        ]
         report.params["cheap_fraction"] = float(
-            np.mean(np.asarray(conf) >= np.float32(report.params["threshold"])))
+            np.mean(np.asarray(conf) >= np.float32(report.params["threshold"]))
+        )

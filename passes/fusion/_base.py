@@ -19,7 +19,8 @@ from onnxopt.graph import (
     to_model,
     unique_name,
 )
-from onnxopt.passes.fusion.pattern import Rule, apply_rules, rules_pass_result
+from onnxopt.passes.fusion.pattern import Rule
+from onnxopt.passes.fusion.sweep import apply_rules, rules_pass_result
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,8 @@ class FusionPass(Pass):
         """Annotate shapes (rules need ranks), then apply the rules to ``graph`` in place."""
         if self.contrib_only and ctx.target != "onnxruntime":
             return PassResult.unchanged(
-                f"{self.name}: com.microsoft contrib ops need --target onnxruntime")
+                f"{self.name}: com.microsoft contrib ops need --target onnxruntime"
+            )
         note = annotate_shapes(graph)
         result = rules_pass_result(apply_rules(graph, self.rules(), ctx))
         if note:

@@ -19,31 +19,52 @@ ONE = Const("one", scalar_close(1.0))
 
 
 def _erf_core(x: Pattern) -> list[Op]:
-    return [Op("Add", Op("Erf", Op("Div", x, Const("s2", scalar_close(math.sqrt(2.0))), name="d")
-                         , name="erf"), ONE, name="h"),
-            Op("Add", Op("Erf", Op("Mul", x, Const("s2", scalar_close(1 / math.sqrt(2.0))),
-                                   name="d"), name="erf"), ONE, name="h")]
+    return [
+        Op(
+            "Add",
+            Op(
+                "Erf", Op("Div", x, Const("s2", scalar_close(math.sqrt(2.0))), name="d"), name="erf"
+            ),
+            ONE,
+            name="h",
+        ),
+        Op(
+            "Add",
+            Op(
+                "Erf",
+                Op("Mul", x, Const("s2", scalar_close(1 / math.sqrt(2.0))), name="d"),
+                name="erf",
+            ),
+            ONE,
+            name="h",
+        ),
+    ]
 
 
 def _cubes(x: Pattern) -> list[Op]:
-    return [Op("Pow", x, Const("three", scalar_close(3.0)), name="cube"),
-            Op("Mul", x, Op("Mul", x, x, name="sq"), name="cube")]
+    return [
+        Op("Pow", x, Const("three", scalar_close(3.0)), name="cube"),
+        Op("Mul", x, Op("Mul", x, x, name="sq"), name="cube"),
+    ]
 
 
 def _tanh_core(x: Pattern) -> list[Op]:
     out = []
     for cube in _cubes(x):
-        inner = Op("Add", x, Op("Mul", cube, Const("c", scalar_close(0.044715)), name="cm"),
-                   name="inner")
+        inner = Op(
+            "Add", x, Op("Mul", cube, Const("c", scalar_close(0.044715)), name="cm"), name="inner"
+        )
         scaled = Op("Mul", inner, Const("k", scalar_close(math.sqrt(2 / math.pi))), name="km")
         out.append(Op("Add", Op("Tanh", scaled, name="tanh"), ONE, name="h"))
     return out
 
 
 def _outer(x: Pattern, h: Op) -> list[Op]:
-    return [Op("Mul", Op("Mul", x, h, name="xh"), HALF, name="y"),
-            Op("Mul", x, Op("Mul", HALF, h, name="hh"), name="y"),
-            Op("Mul", Op("Mul", x, HALF, name="xh"), h, name="y")]
+    return [
+        Op("Mul", Op("Mul", x, h, name="xh"), HALF, name="y"),
+        Op("Mul", x, Op("Mul", HALF, h, name="hh"), name="y"),
+        Op("Mul", Op("Mul", x, HALF, name="xh"), h, name="y"),
+    ]
 
 
 def erf_gelu_patterns(x: Pattern | None = None) -> tuple[Op, ...]:

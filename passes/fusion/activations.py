@@ -50,8 +50,12 @@ def _clip_bounds(clip: gs.Node) -> tuple[float | None, float | None]:
 
 
 def _relu6_of_x_plus_3() -> Op:
-    return Op("Clip", Op("Add", Var("x"), Const("three", scalar_close(3.0)), name="add3"),
-              name="clip", exact_arity=False)
+    return Op(
+        "Clip",
+        Op("Add", Var("x"), Const("three", scalar_close(3.0)), name="add3"),
+        name="clip",
+        exact_arity=False,
+    )
 
 
 def _check_clip(m: Match) -> MatchResult:
@@ -61,11 +65,18 @@ def _check_clip(m: Match) -> MatchResult:
     return MatchResult.success()
 
 
-def _single(graph: gs.Graph, m: Match, op: str, attrs: dict | None = None,
-            domain: str | None = None) -> None:
+def _single(
+    graph: gs.Graph, m: Match, op: str, attrs: dict | None = None, domain: str | None = None
+) -> None:
     name = m.root.name
-    new = gs.Node(op, name, attrs=attrs or {}, inputs=[m.tensors["x"]],
-                  outputs=[var(graph, f"{name}_{op.lower()}", dtype=m.output.dtype)], domain=domain)
+    new = gs.Node(
+        op,
+        name,
+        attrs=attrs or {},
+        inputs=[m.tensors["x"]],
+        outputs=[var(graph, f"{name}_{op.lower()}", dtype=m.output.dtype)],
+        domain=domain,
+    )
     replace_root(graph, m, [new])
 
 
@@ -73,8 +84,10 @@ class HardSigmoidRule(Rule):
     """Clip(x + 3, 0, 6) / 6 -> HardSigmoid(α=1/6, β=0.5)."""
 
     name: ClassVar[str] = "hardsigmoid"
-    patterns = (Op("Div", _relu6_of_x_plus_3(), Const("six", scalar_close(6.0)), name="div"),
-                Op("Mul", _relu6_of_x_plus_3(), Const("six", scalar_close(1 / 6)), name="div"))
+    patterns = (
+        Op("Div", _relu6_of_x_plus_3(), Const("six", scalar_close(6.0)), name="div"),
+        Op("Mul", _relu6_of_x_plus_3(), Const("six", scalar_close(1 / 6)), name="div"),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         return _check_clip(m)
@@ -88,9 +101,15 @@ class HardSwishRule(Rule):
 
     name: ClassVar[str] = "hardswish"
     min_opset: ClassVar[int] = 14
-    patterns = (Op("Mul", Var("x"), Op("HardSigmoid", Var("x"), name="hs"), name="mul"),
-                Op("Div", Op("Mul", Var("x"), _relu6_of_x_plus_3(), name="mul"),
-                   Const("six", scalar_close(6.0)), name="div"))
+    patterns = (
+        Op("Mul", Var("x"), Op("HardSigmoid", Var("x"), name="hs"), name="mul"),
+        Op(
+            "Div",
+            Op("Mul", Var("x"), _relu6_of_x_plus_3(), name="mul"),
+            Const("six", scalar_close(6.0)),
+            name="div",
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         if "hs" in m.nodes:
@@ -98,8 +117,9 @@ class HardSwishRule(Rule):
             alpha = float(hs.attrs.get("alpha", 0.2))
             beta = float(hs.attrs.get("beta", 0.5))
             if abs(alpha - 1 / 6) > 1e-6 or abs(beta - 0.5) > 1e-6:
-                return MatchResult.fail(f"HardSigmoid alpha={alpha:g}, beta={beta:g} "
-                                        "(HardSwish needs 1/6, 0.5)")
+                return MatchResult.fail(
+                    f"HardSigmoid alpha={alpha:g}, beta={beta:g} (HardSwish needs 1/6, 0.5)"
+                )
             return MatchResult.success()
         return _check_clip(m)
 

@@ -55,13 +55,18 @@ class ArithNoop(Rule):
                 return MatchResult.fail(f"constant of rank {c.ndim} broadcasts '{x.name}'")
             for dc, dx in zip(reversed(c.shape), reversed(list(shape)), strict=False):
                 if dc != 1 and dc != dx:
-                    return MatchResult.fail(f"constant shape {list(c.shape)} may broadcast "
-                                            f"'{x.name}'")
-        if x.dtype is not None and out.dtype is not None and np.dtype(x.dtype) != np.dtype(
-                out.dtype):
+                    return MatchResult.fail(
+                        f"constant shape {list(c.shape)} may broadcast '{x.name}'"
+                    )
+        if (
+            x.dtype is not None
+            and out.dtype is not None
+            and np.dtype(x.dtype) != np.dtype(out.dtype)
+        ):
             return MatchResult.fail("dtype changes")
-        if is_graph_output(graph, out) and (isinstance(x, gs.Constant) or is_graph_input(graph, x)
-                                            or is_graph_output(graph, x)):
+        if is_graph_output(graph, out) and (
+            isinstance(x, gs.Constant) or is_graph_input(graph, x) or is_graph_output(graph, x)
+        ):
             return MatchResult.fail(f"output '{out.name}' would be fed by an input/constant")
         return MatchResult.success()
 

@@ -44,10 +44,18 @@ class ConvArith(Rule):
 
     name: ClassVar[str] = "conv_bias"
     patterns = (
-        Op(("Add", "Mul"), Op("Conv", Var("x"), Const("w"), name="conv", exact_arity=False),
-           Const("c"), name="op"),
-        Op(("Sub", "Div"), Op("Conv", Var("x"), Const("w"), name="conv", exact_arity=False),
-           Const("c"), name="op"),
+        Op(
+            ("Add", "Mul"),
+            Op("Conv", Var("x"), Const("w"), name="conv", exact_arity=False),
+            Const("c"),
+            name="op",
+        ),
+        Op(
+            ("Sub", "Div"),
+            Op("Conv", Var("x"), Const("w"), name="conv", exact_arity=False),
+            Const("c"),
+            name="op",
+        ),
     )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
@@ -56,8 +64,9 @@ class ConvArith(Rule):
             return MatchResult.fail("non-float conv weight")
         c = per_channel(m.values["c"], w.ndim, w.shape[0])
         if c is None:
-            return MatchResult.fail(f"constant of shape {list(m.values['c'].shape)} is not "
-                                    "per output channel")
+            return MatchResult.fail(
+                f"constant of shape {list(m.values['c'].shape)} is not per output channel"
+            )
         op = m.nodes["op"].op
         if op == "Div" and np.any(c == 0):
             return MatchResult.fail("division by zero")
@@ -92,9 +101,13 @@ class ConvArith(Rule):
         else:
             w_t = const(graph, f"{conv.name}_w_scaled", (w / c.reshape(shape)).astype(w.dtype))
             b = b / c
-        new = gs.Node("Conv", conv.name, attrs=dict(conv.attrs),
-                      inputs=[m.tensors["x"], w_t, const(graph, f"{conv.name}_b", b.astype(w.dtype))],
-                      outputs=[var(graph, f"{conv.name}_out", dtype=w.dtype)])
+        new = gs.Node(
+            "Conv",
+            conv.name,
+            attrs=dict(conv.attrs),
+            inputs=[m.tensors["x"], w_t, const(graph, f"{conv.name}_b", b.astype(w.dtype))],
+            outputs=[var(graph, f"{conv.name}_out", dtype=w.dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -102,8 +115,14 @@ class GemmAdd(Rule):
     """Gemm followed by Add of a per-column constant: folded into C."""
 
     name: ClassVar[str] = "gemm_bias"
-    patterns = (Op("Add", Op("Gemm", Var("a"), Var("b"), name="gemm", exact_arity=False),
-                   Const("c"), name="add"),)
+    patterns = (
+        Op(
+            "Add",
+            Op("Gemm", Var("a"), Var("b"), name="gemm", exact_arity=False),
+            Const("c"),
+            name="add",
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         gemm = m.nodes["gemm"]
@@ -136,9 +155,13 @@ class GemmAdd(Rule):
         attrs = dict(gemm.attrs)
         attrs["beta"] = 1.0
         dt = m.values["c"].dtype
-        new = gs.Node("Gemm", gemm.name, attrs=attrs,
-                      inputs=[m.tensors["a"], m.tensors["b"], const(graph, f"{gemm.name}_c", c.astype(dt))],
-                      outputs=[var(graph, f"{gemm.name}_out", dtype=dt)])
+        new = gs.Node(
+            "Gemm",
+            gemm.name,
+            attrs=attrs,
+            inputs=[m.tensors["a"], m.tensors["b"], const(graph, f"{gemm.name}_c", c.astype(dt))],
+            outputs=[var(graph, f"{gemm.name}_out", dtype=dt)],
+        )
         replace_root(graph, m, [new])
 
 

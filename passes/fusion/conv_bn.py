@@ -60,9 +60,15 @@ class ConvBn(Rule):
     """Conv / ConvTranspose followed by BatchNormalization."""
 
     name: ClassVar[str] = "conv_bn"
-    patterns = (Op("BatchNormalization",
-                   Op(("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv",
-                      exact_arity=False), *_BN_PARAMS, name="bn", exact_arity=False),)
+    patterns = (
+        Op(
+            "BatchNormalization",
+            Op(("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv", exact_arity=False),
+            *_BN_PARAMS,
+            name="bn",
+            exact_arity=False,
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         res = _bn_ok(m.nodes["bn"])
@@ -98,10 +104,17 @@ class ConvBn(Rule):
             w2 = (w6 * s.reshape(group, 1, cpg, *([1] * (w.ndim - 2)))).reshape(w.shape)
         b = _conv_bias(conv, s.size, w.dtype)
         b2 = b * s + t
-        new = gs.Node(conv.op, conv.name, attrs=dict(conv.attrs),
-                      inputs=[m.tensors["x"], const(graph, f"{conv.name}_w_bn", w2.astype(w.dtype)),
-                              const(graph, f"{conv.name}_b_bn", b2.astype(w.dtype))],
-                      outputs=[var(graph, f"{conv.name}_bn_out", dtype=w.dtype)])
+        new = gs.Node(
+            conv.op,
+            conv.name,
+            attrs=dict(conv.attrs),
+            inputs=[
+                m.tensors["x"],
+                const(graph, f"{conv.name}_w_bn", w2.astype(w.dtype)),
+                const(graph, f"{conv.name}_b_bn", b2.astype(w.dtype)),
+            ],
+            outputs=[var(graph, f"{conv.name}_bn_out", dtype=w.dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -109,9 +122,15 @@ class GemmBn(Rule):
     """Gemm followed by BatchNormalization on its 2-D output (channel = column)."""
 
     name: ClassVar[str] = "gemm_bn"
-    patterns = (Op("BatchNormalization",
-                   Op("Gemm", Var("a"), Const("b"), name="gemm", exact_arity=False),
-                   *_BN_PARAMS, name="bn", exact_arity=False),)
+    patterns = (
+        Op(
+            "BatchNormalization",
+            Op("Gemm", Var("a"), Const("b"), name="gemm", exact_arity=False),
+            *_BN_PARAMS,
+            name="bn",
+            exact_arity=False,
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         res = _bn_ok(m.nodes["bn"])
@@ -145,15 +164,23 @@ class GemmBn(Rule):
         beta = float(gemm.attrs.get("beta", 1.0))
         c = np.zeros(s.size)
         if len(gemm.inputs) > 2 and not is_empty_tensor(gemm.inputs[2]):
-            c = np.broadcast_to(const_value(gemm.inputs[2]).astype(np.float64).reshape(-1),
-                                (s.size,))
+            c = np.broadcast_to(
+                const_value(gemm.inputs[2]).astype(np.float64).reshape(-1), (s.size,)
+            )
         c2 = beta * c * s + t
         attrs = dict(gemm.attrs)
         attrs["beta"] = 1.0
-        new = gs.Node("Gemm", gemm.name, attrs=attrs,
-                      inputs=[m.tensors["a"], const(graph, f"{gemm.name}_b_bn", b2.astype(b.dtype)),
-                              const(graph, f"{gemm.name}_c_bn", c2.astype(b.dtype))],
-                      outputs=[var(graph, f"{gemm.name}_bn_out", dtype=b.dtype)])
+        new = gs.Node(
+            "Gemm",
+            gemm.name,
+            attrs=attrs,
+            inputs=[
+                m.tensors["a"],
+                const(graph, f"{gemm.name}_b_bn", b2.astype(b.dtype)),
+                const(graph, f"{gemm.name}_c_bn", c2.astype(b.dtype)),
+            ],
+            outputs=[var(graph, f"{gemm.name}_bn_out", dtype=b.dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -161,8 +188,15 @@ class MatMulBn(Rule):
     """MatMul (2-D input, constant 2-D weight) followed by BatchNormalization."""
 
     name: ClassVar[str] = "matmul_bn"
-    patterns = (Op("BatchNormalization", Op("MatMul", Var("a"), Const("w"), name="mm"),
-                   *_BN_PARAMS, name="bn", exact_arity=False),)
+    patterns = (
+        Op(
+            "BatchNormalization",
+            Op("MatMul", Var("a"), Const("w"), name="mm"),
+            *_BN_PARAMS,
+            name="bn",
+            exact_arity=False,
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         res = _bn_ok(m.nodes["bn"])
@@ -182,12 +216,21 @@ class MatMulBn(Rule):
         s, t = _bn_affine(m)
         w = m.values["w"]
         mid = var(graph, f"{mm.name}_bn_mm", dtype=w.dtype)
-        n1 = gs.Node("MatMul", mm.name, inputs=[m.tensors["a"],
-                     const(graph, f"{mm.name}_w_bn", (w * s[None, :]).astype(w.dtype))],
-                     outputs=[mid])
-        n2 = gs.Node("Add", f"{mm.name}_bn_add",
-                     inputs=[mid, const(graph, f"{mm.name}_b_bn", t.astype(w.dtype))],
-                     outputs=[var(graph, f"{mm.name}_bn_out", dtype=w.dtype)])
+        n1 = gs.Node(
+            "MatMul",
+            mm.name,
+            inputs=[
+                m.tensors["a"],
+                const(graph, f"{mm.name}_w_bn", (w * s[None, :]).astype(w.dtype)),
+            ],
+            outputs=[mid],
+        )
+        n2 = gs.Node(
+            "Add",
+            f"{mm.name}_bn_add",
+            inputs=[mid, const(graph, f"{mm.name}_b_bn", t.astype(w.dtype))],
+            outputs=[var(graph, f"{mm.name}_bn_out", dtype=w.dtype)],
+        )
         replace_root(graph, m, [n1, n2])
 
 
@@ -201,8 +244,15 @@ class BnConv(Rule):
     """A BatchNormalization feeding a Conv (no padding, group 1): fold into the conv."""
 
     name: ClassVar[str] = "bn_conv"
-    patterns = (Op("Conv", Op("BatchNormalization", Var("x"), *_BN_PARAMS, name="bn",
-                              exact_arity=False), Const("w"), name="conv", exact_arity=False),)
+    patterns = (
+        Op(
+            "Conv",
+            Op("BatchNormalization", Var("x"), *_BN_PARAMS, name="bn", exact_arity=False),
+            Const("w"),
+            name="conv",
+            exact_arity=False,
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         res = _bn_ok(m.nodes["bn"])
@@ -232,10 +282,17 @@ class BnConv(Rule):
         w2 = w64 * s.reshape(shape)
         b = _conv_bias(conv, w.shape[0], w.dtype)
         b2 = b + (w64 * t.reshape(shape)).reshape(w.shape[0], -1).sum(axis=1)
-        new = gs.Node("Conv", conv.name, attrs=dict(conv.attrs),
-                      inputs=[m.tensors["x"], const(graph, f"{conv.name}_w_bn", w2.astype(w.dtype)),
-                              const(graph, f"{conv.name}_b_bn", b2.astype(w.dtype))],
-                      outputs=[var(graph, f"{conv.name}_bn_out", dtype=w.dtype)])
+        new = gs.Node(
+            "Conv",
+            conv.name,
+            attrs=dict(conv.attrs),
+            inputs=[
+                m.tensors["x"],
+                const(graph, f"{conv.name}_w_bn", w2.astype(w.dtype)),
+                const(graph, f"{conv.name}_b_bn", b2.astype(w.dtype)),
+            ],
+            outputs=[var(graph, f"{conv.name}_bn_out", dtype=w.dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -243,8 +300,15 @@ class BnGemm(Rule):
     """A BatchNormalization on a 2-D input feeding a Gemm's A input (transA=0)."""
 
     name: ClassVar[str] = "bn_gemm"
-    patterns = (Op("Gemm", Op("BatchNormalization", Var("x"), *_BN_PARAMS, name="bn",
-                              exact_arity=False), Const("b"), name="gemm", exact_arity=False),)
+    patterns = (
+        Op(
+            "Gemm",
+            Op("BatchNormalization", Var("x"), *_BN_PARAMS, name="bn", exact_arity=False),
+            Const("b"),
+            name="gemm",
+            exact_arity=False,
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         res = _bn_ok(m.nodes["bn"])
@@ -277,10 +341,17 @@ class BnGemm(Rule):
         dt = m.values["b"].dtype
         attrs = dict(gemm.attrs)
         attrs["beta"] = 1.0
-        new = gs.Node("Gemm", gemm.name, attrs=attrs,
-                      inputs=[m.tensors["x"], const(graph, f"{gemm.name}_b_bn", b2.astype(dt)),
-                              const(graph, f"{gemm.name}_c_bn", np.asarray(c2).astype(dt))],
-                      outputs=[var(graph, f"{gemm.name}_bn_out", dtype=dt)])
+        new = gs.Node(
+            "Gemm",
+            gemm.name,
+            attrs=attrs,
+            inputs=[
+                m.tensors["x"],
+                const(graph, f"{gemm.name}_b_bn", b2.astype(dt)),
+                const(graph, f"{gemm.name}_c_bn", np.asarray(c2).astype(dt)),
+            ],
+            outputs=[var(graph, f"{gemm.name}_bn_out", dtype=dt)],
+        )
         replace_root(graph, m, [new])
 
 

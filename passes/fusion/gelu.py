@@ -29,16 +29,25 @@ class _GeluRule(Rule):
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         x = m.tensors["x"]
-        if x.dtype is not None and str(x.dtype) not in ("float32", "float16", "float64",
-                                                        "bfloat16"):
+        if x.dtype is not None and str(x.dtype) not in (
+            "float32",
+            "float16",
+            "float64",
+            "bfloat16",
+        ):
             return MatchResult.fail(f"GELU on {x.dtype}")
         return MatchResult.success()
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         name = m.root.name
-        new = gs.Node(self.op, name, attrs=dict(self.attrs), inputs=[m.tensors["x"]],
-                      outputs=[var(graph, f"{name}_gelu", dtype=m.output.dtype)],
-                      domain=self.domain or None)
+        new = gs.Node(
+            self.op,
+            name,
+            attrs=dict(self.attrs),
+            inputs=[m.tensors["x"]],
+            outputs=[var(graph, f"{name}_gelu", dtype=m.output.dtype)],
+            domain=self.domain or None,
+        )
         replace_root(graph, m, [new])
 
 

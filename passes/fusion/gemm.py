@@ -55,9 +55,13 @@ class MatMulAdd(Rule):
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         mm = m.nodes["mm"]
-        new = gs.Node("Gemm", mm.name, attrs={"alpha": 1.0, "beta": 1.0},
-                      inputs=[m.tensors["a"], m.tensors["b"], m.tensors["c"]],
-                      outputs=[var(graph, f"{mm.name}_gemm", dtype=mm.outputs[0].dtype)])
+        new = gs.Node(
+            "Gemm",
+            mm.name,
+            attrs={"alpha": 1.0, "beta": 1.0},
+            inputs=[m.tensors["a"], m.tensors["b"], m.tensors["c"]],
+            outputs=[var(graph, f"{mm.name}_gemm", dtype=mm.outputs[0].dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -71,8 +75,13 @@ class _GemmTranspose(Rule):
         attrs[self.attr] = 1 - int(attrs.get(self.attr, 0))
         inputs = list(gemm.inputs)
         inputs[self.index] = m.tensors["t_in"]
-        new = gs.Node("Gemm", gemm.name, attrs=attrs, inputs=inputs,
-                      outputs=[var(graph, f"{gemm.name}_t", dtype=gemm.outputs[0].dtype)])
+        new = gs.Node(
+            "Gemm",
+            gemm.name,
+            attrs=attrs,
+            inputs=inputs,
+            outputs=[var(graph, f"{gemm.name}_t", dtype=gemm.outputs[0].dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -80,8 +89,15 @@ class TransposeGemmA(_GemmTranspose):
     """Transpose([1, 0]) feeding Gemm's A input."""
 
     name: ClassVar[str] = "transpose_gemm"
-    patterns = (Op("Gemm", Op("Transpose", Var("t_in"), name="tr", attrs={"perm": [1, 0]}),
-                   Var("b"), name="gemm", exact_arity=False),)
+    patterns = (
+        Op(
+            "Gemm",
+            Op("Transpose", Var("t_in"), name="tr", attrs={"perm": [1, 0]}),
+            Var("b"),
+            name="gemm",
+            exact_arity=False,
+        ),
+    )
 
 
 class TransposeGemmB(_GemmTranspose):
@@ -90,8 +106,15 @@ class TransposeGemmB(_GemmTranspose):
     name: ClassVar[str] = "transpose_gemm"
     index: ClassVar[int] = 1
     attr: ClassVar[str] = "transB"
-    patterns = (Op("Gemm", Var("a"), Op("Transpose", Var("t_in"), name="tr",
-                                        attrs={"perm": [1, 0]}), name="gemm", exact_arity=False),)
+    patterns = (
+        Op(
+            "Gemm",
+            Var("a"),
+            Op("Transpose", Var("t_in"), name="tr", attrs={"perm": [1, 0]}),
+            name="gemm",
+            exact_arity=False,
+        ),
+    )
 
 
 class FuseGemm(FusionPass):

@@ -30,19 +30,34 @@ logger = logging.getLogger(__name__)
 
 
 def _core(square: Op) -> Op:
-    return Op("Sqrt", Op("Add", Op("ReduceMean", square, name="rm2", exact_arity=False),
-                         Const("eps", lambda a: a.size == 1), name="add_eps"), name="sqrt")
+    return Op(
+        "Sqrt",
+        Op(
+            "Add",
+            Op("ReduceMean", square, name="rm2", exact_arity=False),
+            Const("eps", lambda a: a.size == 1),
+            name="add_eps",
+        ),
+        name="sqrt",
+    )
 
 
 def _sub() -> Op:
-    return Op("Sub", Var("x"), Op("ReduceMean", Var("x"), name="rm1", exact_arity=False),
-              name="sub")
+    return Op(
+        "Sub", Var("x"), Op("ReduceMean", Var("x"), name="rm1", exact_arity=False), name="sub"
+    )
 
 
 _SUB_REF = Op("Sub", name="sub")  # second reference to the matched Sub
-_SQUARES = (Op("Pow", _SUB_REF, Const("two", lambda a: a.size == 1 and float(a.reshape(-1)[0]) == 2),
-               name="sq"),
-            Op("Mul", _SUB_REF, _SUB_REF, name="sq"))
+_SQUARES = (
+    Op(
+        "Pow",
+        _SUB_REF,
+        Const("two", lambda a: a.size == 1 and float(a.reshape(-1)[0]) == 2),
+        name="sq",
+    ),
+    Op("Mul", _SUB_REF, _SUB_REF, name="sq"),
+)
 
 
 def _patterns() -> tuple[Op, ...]:
@@ -83,9 +98,9 @@ class DecomposedLayerNorm(Rule):
         if x.dtype is not None and np.dtype(x.dtype) not in (np.float32, np.float16, np.float64):
             return MatchResult.fail("not a float tensor")
         shape = static_shape(x)
-        if shape is None or any(d <= 0 for d in shape[r - len(a1):]):
+        if shape is None or any(d <= 0 for d in shape[r - len(a1) :]):
             xs = getattr(x, "shape", None)
-            tail = None if xs is None else xs[r - len(a1):]
+            tail = None if xs is None else xs[r - len(a1) :]
             if tail is None or not all(isinstance(d, (int, np.integer)) for d in tail):
                 return MatchResult.fail("normalised dimensions are not static")
         return MatchResult.success()
@@ -94,14 +109,21 @@ class DecomposedLayerNorm(Rule):
         x = m.tensors["x"]
         r = rank(x)
         axes = _reduce_axes(m.nodes["rm1"], r)
-        norm_shape = [int(d) for d in x.shape[r - len(axes):]]
+        norm_shape = [int(d) for d in x.shape[r - len(axes) :]]
         dt = np.dtype(x.dtype) if x.dtype is not None else np.dtype(np.float32)
         eps = float(np.asarray(m.values["eps"]).reshape(-1)[0])
         name = m.root.name
-        new = gs.Node("LayerNormalization", name, attrs={"axis": r - len(axes), "epsilon": eps},
-                      inputs=[x, const(graph, f"{name}_scale", np.ones(norm_shape, dt)),
-                              const(graph, f"{name}_bias", np.zeros(norm_shape, dt))],
-                      outputs=[var(graph, f"{name}_ln", dtype=dt)])
+        new = gs.Node(
+            "LayerNormalization",
+            name,
+            attrs={"axis": r - len(axes), "epsilon": eps},
+            inputs=[
+                x,
+                const(graph, f"{name}_scale", np.ones(norm_shape, dt)),
+                const(graph, f"{name}_bias", np.zeros(norm_shape, dt)),
+            ],
+            outputs=[var(graph, f"{name}_ln", dtype=dt)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -109,8 +131,14 @@ class LayerNormAffine(Rule):
     """Mul / Add by a constant of the normalised shape absorbed into LayerNormalization."""
 
     name: ClassVar[str] = "layernorm_affine"
-    patterns = (Op(("Mul", "Add"), Op("LayerNormalization", Var("x"), Const("g"), name="ln",
-                                      exact_arity=False), Const("c"), name="op"),)
+    patterns = (
+        Op(
+            ("Mul", "Add"),
+            Op("LayerNormalization", Var("x"), Const("g"), name="ln", exact_arity=False),
+            Const("c"),
+            name="op",
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         ln = m.nodes["ln"]
@@ -132,10 +160,11 @@ class LayerNormAffine(Rule):
         if c.ndim > r:
             return MatchResult.fail("constant rank exceeds the input's")
         try:
-            np.broadcast_to(c.reshape(c.shape[max(0, c.ndim - len(norm)):]), norm)
+            np.broadcast_to(c.reshape(c.shape[max(0, c.ndim - len(norm)) :]), norm)
         except ValueError:
-            return MatchResult.fail(f"constant of shape {list(c.shape)} does not fit "
-                                    f"normalised shape {norm}")
+            return MatchResult.fail(
+                f"constant of shape {list(c.shape)} does not fit normalised shape {norm}"
+            )
         if len(norm) != r - axis:
             return MatchResult.fail("scale shape differs from the normalised shape")
         return MatchResult.success()
@@ -145,7 +174,9 @@ class LayerNormAffine(Rule):
         g = m.values["g"]
         norm = list(g.shape)
         c = m.values["c"]
-        c = np.broadcast_to(c.reshape(c.shape[max(0, c.ndim - len(norm)):]), norm).astype(np.float64)
+        c = np.broadcast_to(c.reshape(c.shape[max(0, c.ndim - len(norm)) :]), norm).astype(
+            np.float64
+        )
         b = np.zeros(norm)
         if len(ln.inputs) > 2 and ln.inputs[2].name:
             b = const_value(ln.inputs[2]).astype(np.float64)
@@ -155,10 +186,17 @@ class LayerNormAffine(Rule):
         else:
             b2 = b + c
         name = ln.name
-        new = gs.Node("LayerNormalization", name, attrs=dict(ln.attrs),
-                      inputs=[m.tensors["x"], const(graph, f"{name}_scale", g2.astype(g.dtype)),
-                              const(graph, f"{name}_bias", np.asarray(b2).astype(g.dtype))],
-                      outputs=[var(graph, f"{name}_affine", dtype=g.dtype)])
+        new = gs.Node(
+            "LayerNormalization",
+            name,
+            attrs=dict(ln.attrs),
+            inputs=[
+                m.tensors["x"],
+                const(graph, f"{name}_scale", g2.astype(g.dtype)),
+                const(graph, f"{name}_bias", np.asarray(b2).astype(g.dtype)),
+            ],
+            outputs=[var(graph, f"{name}_affine", dtype=g.dtype)],
+        )
         replace_root(graph, m, [new])
 
 

@@ -28,8 +28,8 @@ logger = logging.getLogger(__name__)
 def _bypass_ok(graph: gs.Graph, m: Match, keep: gs.Tensor) -> MatchResult:
     out = m.output
     if is_graph_output(graph, out) and (
-            isinstance(keep, gs.Constant) or is_graph_input(graph, keep)
-            or is_graph_output(graph, keep)):
+        isinstance(keep, gs.Constant) or is_graph_input(graph, keep) or is_graph_output(graph, keep)
+    ):
         return MatchResult.fail(f"output '{out.name}' is a graph output fed by an input/constant")
     return MatchResult.success()
 
@@ -70,8 +70,13 @@ class TransposeTranspose(Rule):
             _drop(graph, m, m.tensors["x"])
             return
         t2 = m.nodes["t2"]
-        new = gs.Node("Transpose", t2.name, attrs={"perm": r}, inputs=[m.tensors["x"]],
-                      outputs=[var(graph, f"{t2.name}_merged", dtype=t2.outputs[0].dtype)])
+        new = gs.Node(
+            "Transpose",
+            t2.name,
+            attrs={"perm": r},
+            inputs=[m.tensors["x"]],
+            outputs=[var(graph, f"{t2.name}_merged", dtype=t2.outputs[0].dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -84,8 +89,14 @@ class ReshapeChain(Rule):
     """Reshape of a Reshape / Flatten: one Reshape."""
 
     name: ClassVar[str] = "reshape_chain"
-    patterns = (Op("Reshape", Op(("Reshape", "Flatten"), Var("x"), name="inner",
-                                 exact_arity=False), Var("shape"), name="outer"),)
+    patterns = (
+        Op(
+            "Reshape",
+            Op(("Reshape", "Flatten"), Var("x"), name="inner", exact_arity=False),
+            Var("shape"),
+            name="outer",
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         s = _shape_input(m.nodes["outer"])
@@ -97,9 +108,13 @@ class ReshapeChain(Rule):
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         outer = m.nodes["outer"]
-        new = gs.Node("Reshape", outer.name, attrs=dict(outer.attrs),
-                      inputs=[m.tensors["x"], m.tensors["shape"]],
-                      outputs=[var(graph, f"{outer.name}_merged", dtype=outer.outputs[0].dtype)])
+        new = gs.Node(
+            "Reshape",
+            outer.name,
+            attrs=dict(outer.attrs),
+            inputs=[m.tensors["x"], m.tensors["shape"]],
+            outputs=[var(graph, f"{outer.name}_merged", dtype=outer.outputs[0].dtype)],
+        )
         replace_root(graph, m, [new])
 
 
@@ -115,8 +130,10 @@ class ReshapeNoop(Rule):
         if s is None or have is None:
             return MatchResult.not_applicable("shapes not static")
         allowzero = int(m.nodes["r"].attrs.get("allowzero", 0))
-        target = [have[i] if (d == 0 and not allowzero and i < len(have)) else int(d)
-                  for i, d in enumerate(s)]
+        target = [
+            have[i] if (d == 0 and not allowzero and i < len(have)) else int(d)
+            for i, d in enumerate(s)
+        ]
         if -1 in target and len(target) == len(have):
             k = target.index(-1)
             known = int(np.prod([d for i, d in enumerate(target) if i != k]))
@@ -144,10 +161,18 @@ class SqueezePair(Rule):
 
     name: ClassVar[str] = "squeeze_pair"
     patterns = (
-        Op("Squeeze", Op("Unsqueeze", Var("x"), name="first", exact_arity=False), name="second",
-           exact_arity=False),
-        Op("Unsqueeze", Op("Squeeze", Var("x"), name="first", exact_arity=False), name="second",
-           exact_arity=False),
+        Op(
+            "Squeeze",
+            Op("Unsqueeze", Var("x"), name="first", exact_arity=False),
+            name="second",
+            exact_arity=False,
+        ),
+        Op(
+            "Unsqueeze",
+            Op("Squeeze", Var("x"), name="first", exact_arity=False),
+            name="second",
+            exact_arity=False,
+        ),
     )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:

@@ -93,8 +93,7 @@ def _projection(t: gs.Tensor, perm: list[int], nodes: list[gs.Node]) -> dict:
         raise _Fail("projection weight is not a constant 2-D matrix")
     if bias is not None and (bias.ndim != 1 or bias.shape[0] != w.shape[1]):
         raise _Fail("projection bias is not 1-D of the output size")
-    return {"x": lin.inputs[0], "w": w, "b": bias, "heads": int(shape[2]),
-            "head": int(shape[3])}
+    return {"x": lin.inputs[0], "w": w, "b": bias, "heads": int(shape[2]), "head": int(shape[3])}
 
 
 def _scores(t: gs.Tensor, nodes: list[gs.Node]) -> tuple[gs.Tensor, gs.Tensor, float]:
@@ -116,8 +115,13 @@ def _scores(t: gs.Tensor, nodes: list[gs.Node]) -> tuple[gs.Tensor, gs.Tensor, f
     out = []
     for side in (q, k):
         n = producer(side)
-        if n is not None and n.op == "Mul" and n.outputs[0] is side and const_value(
-                n.inputs[1]) is not None and const_value(n.inputs[1]).size == 1:
+        if (
+            n is not None
+            and n.op == "Mul"
+            and n.outputs[0] is side
+            and const_value(n.inputs[1]) is not None
+            and const_value(n.inputs[1]).size == 1
+        ):
             scale *= _scalar(n.inputs[1])
             nodes.append(n)
             side = n.inputs[0]
@@ -130,10 +134,19 @@ class SelfAttention(Rule):
 
     name: ClassVar[str] = "ort_attention"
     contrib: ClassVar[bool] = True
-    patterns = (Op("Reshape", Op("Transpose", Op("MatMul", Op("Softmax", Var("scores"), name="sm"),
-                                                 Var("v4"), name="pv"),
-                                 name="tr_out", attrs={"perm": [0, 2, 1, 3]}),
-                   Var("oshape"), name="root"),)
+    patterns = (
+        Op(
+            "Reshape",
+            Op(
+                "Transpose",
+                Op("MatMul", Op("Softmax", Var("scores"), name="sm"), Var("v4"), name="pv"),
+                name="tr_out",
+                attrs={"perm": [0, 2, 1, 3]},
+            ),
+            Var("oshape"),
+            name="root",
+        ),
+    )
 
     def __init__(self) -> None:
         self._expanded: dict[int, gs.Tensor] = {}
@@ -175,15 +188,30 @@ class SelfAttention(Rule):
         mask_shape = None
         if mask is not None:
             mask_shape = static_shape(mask)
-            if mask_shape is None or len(mask_shape) != 4 or mask_shape[3] != xs[1] or (
-                    mask_shape[1] not in (1, heads)) or mask_shape[2] not in (1, xs[1]) or (
-                    mask_shape[0] not in (1, xs[0])):
+            if (
+                mask_shape is None
+                or len(mask_shape) != 4
+                or mask_shape[3] != xs[1]
+                or (mask_shape[1] not in (1, heads))
+                or mask_shape[2] not in (1, xs[1])
+                or (mask_shape[0] not in (1, xs[0]))
+            ):
                 raise _Fail("attention mask shape is unknown or not [B, 1|H, 1|S, T]")
             mdt = mask.dtype
             if mdt is not None and np.dtype(mdt) != np.float32:
                 raise _Fail("attention mask is not float32")
-        return {"q": q, "k": k, "v": v, "scale": scale, "mask": mask, "mask_shape": mask_shape,
-                "nodes": nodes, "x": q["x"], "xs": xs, "heads": heads}
+        return {
+            "q": q,
+            "k": k,
+            "v": v,
+            "scale": scale,
+            "mask": mask,
+            "mask_shape": mask_shape,
+            "nodes": nodes,
+            "x": q["x"],
+            "xs": xs,
+            "heads": heads,
+        }
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         try:
@@ -212,20 +240,35 @@ class SelfAttention(Rule):
                 key = id(mask)
                 if key not in self._expanded:
                     target = np.array([ms[0], ms[1], info["xs"][1], ms[3]], np.int64)
-                    out = var(graph, f"{mask.name}_expanded", dtype=np.float32,
-                              shape=[int(d) for d in target])
-                    new_nodes.append(gs.Node("Expand", f"{mask.name}_expand",
-                                             inputs=[mask, const(graph, f"{mask.name}_shape",
-                                                                 target)], outputs=[out]))
+                    out = var(
+                        graph,
+                        f"{mask.name}_expanded",
+                        dtype=np.float32,
+                        shape=[int(d) for d in target],
+                    )
+                    new_nodes.append(
+                        gs.Node(
+                            "Expand",
+                            f"{mask.name}_expand",
+                            inputs=[mask, const(graph, f"{mask.name}_shape", target)],
+                            outputs=[out],
+                        )
+                    )
                     self._expanded[key] = out
                 mask = self._expanded[key]
             empty = gs.Variable.empty()
             inputs += [empty, empty, mask]
         # the matched Reshape/MatMul/... are detached by replace_root
-        new_nodes.append(gs.Node("Attention", name, attrs={"num_heads": info["heads"],
-                                                           "scale": float(info["scale"])},
-                                 inputs=inputs, outputs=[var(graph, f"{name}_att", dtype=dt)],
-                                 domain=MS))
+        new_nodes.append(
+            gs.Node(
+                "Attention",
+                name,
+                attrs={"num_heads": info["heads"], "scale": float(info["scale"])},
+                inputs=inputs,
+                outputs=[var(graph, f"{name}_att", dtype=dt)],
+                domain=MS,
+            )
+        )
         m.matched.extend(n for n in info["nodes"] if all(n is not o for o in m.matched))
         replace_root(graph, m, new_nodes, new_output=new_nodes[-1].outputs[0])
 

@@ -75,8 +75,13 @@ class BiasGelu(Rule):
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         name = m.root.name
-        new = gs.Node("BiasGelu", name, inputs=[m.tensors["x"], m.tensors["bias"]],
-                      outputs=[var(graph, f"{name}_bg", dtype=m.output.dtype)], domain=MS)
+        new = gs.Node(
+            "BiasGelu",
+            name,
+            inputs=[m.tensors["x"], m.tensors["bias"]],
+            outputs=[var(graph, f"{name}_bg", dtype=m.output.dtype)],
+            domain=MS,
+        )
         replace_root(graph, m, [new])
 
 
@@ -85,16 +90,22 @@ class FastGeluBias(Rule):
 
     name: ClassVar[str] = "ort_fastgelu_bias"
     contrib: ClassVar[bool] = True
-    patterns = (Op("FastGelu", Op("Add", Var("x"), Const("bias"), name="add"), name="gelu",
-                   domain=MS),)
+    patterns = (
+        Op("FastGelu", Op("Add", Var("x"), Const("bias"), name="add"), name="gelu", domain=MS),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         return _bias_ok(m)
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         name = m.root.name
-        new = gs.Node("FastGelu", name, inputs=[m.tensors["x"], m.tensors["bias"]],
-                      outputs=[var(graph, f"{name}_fg", dtype=m.output.dtype)], domain=MS)
+        new = gs.Node(
+            "FastGelu",
+            name,
+            inputs=[m.tensors["x"], m.tensors["bias"]],
+            outputs=[var(graph, f"{name}_fg", dtype=m.output.dtype)],
+            domain=MS,
+        )
         replace_root(graph, m, [new])
 
 
@@ -107,8 +118,14 @@ class QuickGelu(Rule):
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         name = m.root.name
-        new = gs.Node("QuickGelu", name, attrs={"alpha": 1.0}, inputs=[m.tensors["x"]],
-                      outputs=[var(graph, f"{name}_qg", dtype=m.output.dtype)], domain=MS)
+        new = gs.Node(
+            "QuickGelu",
+            name,
+            attrs={"alpha": 1.0},
+            inputs=[m.tensors["x"]],
+            outputs=[var(graph, f"{name}_qg", dtype=m.output.dtype)],
+            domain=MS,
+        )
         replace_root(graph, m, [new])
 
 

@@ -30,11 +30,20 @@ class SkipLayerNorm(Rule):
     name: ClassVar[str] = "ort_skiplayernorm"
     contrib: ClassVar[bool] = True
     patterns = (
-        Op("LayerNormalization", Op("Add", Op("Add", Var("a"), Const("bias"), name="badd"),
-                                    Var("b"), name="add"), Var("gamma"), name="ln",
-           exact_arity=False),
-        Op("LayerNormalization", Op("Add", Var("a"), Var("b"), name="add"), Var("gamma"),
-           name="ln", exact_arity=False),
+        Op(
+            "LayerNormalization",
+            Op("Add", Op("Add", Var("a"), Const("bias"), name="badd"), Var("b"), name="add"),
+            Var("gamma"),
+            name="ln",
+            exact_arity=False,
+        ),
+        Op(
+            "LayerNormalization",
+            Op("Add", Var("a"), Var("b"), name="add"),
+            Var("gamma"),
+            name="ln",
+            exact_arity=False,
+        ),
     )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
@@ -72,9 +81,14 @@ class SkipLayerNorm(Rule):
         if "bias" in m.values:
             inputs.append(m.tensors["bias"])
         name = ln.name
-        new = gs.Node("SkipLayerNormalization", name,
-                      attrs={"epsilon": float(ln.attrs.get("epsilon", 1e-5))}, inputs=inputs,
-                      outputs=[var(graph, f"{name}_sln", dtype=m.output.dtype)], domain=MS)
+        new = gs.Node(
+            "SkipLayerNormalization",
+            name,
+            attrs={"epsilon": float(ln.attrs.get("epsilon", 1e-5))},
+            inputs=inputs,
+            outputs=[var(graph, f"{name}_sln", dtype=m.output.dtype)],
+            domain=MS,
+        )
         replace_root(graph, m, [new])
 
 

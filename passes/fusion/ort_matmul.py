@@ -38,8 +38,14 @@ def _attrs(node: gs.Node) -> dict:
 
 def _emit(graph: gs.Graph, m: Match, a: gs.Tensor, b: gs.Tensor, attrs: dict) -> None:
     mm = m.nodes["mm"]
-    new = gs.Node("FusedMatMul", mm.name, attrs=attrs, inputs=[a, b],
-                  outputs=[var(graph, f"{mm.name}_fmm", dtype=m.output.dtype)], domain=MS)
+    new = gs.Node(
+        "FusedMatMul",
+        mm.name,
+        attrs=attrs,
+        inputs=[a, b],
+        outputs=[var(graph, f"{mm.name}_fmm", dtype=m.output.dtype)],
+        domain=MS,
+    )
     replace_root(graph, m, [new])
 
 
@@ -47,8 +53,9 @@ def _mm_ok(m: Match) -> MatchResult:
     mm = m.nodes["mm"]
     if mm.op == "FusedMatMul" and (mm.domain or "") != MS:
         return MatchResult.fail("FusedMatMul outside com.microsoft")
-    if mm.op == "FusedMatMul" and (int(mm.attrs.get("transBatchA", 0))
-                                   or int(mm.attrs.get("transBatchB", 0))):
+    if mm.op == "FusedMatMul" and (
+        int(mm.attrs.get("transBatchA", 0)) or int(mm.attrs.get("transBatchB", 0))
+    ):
         return MatchResult.fail("transBatch set")
     return MatchResult.success()
 
@@ -94,14 +101,32 @@ class ScaleMatMul(Rule):
     name: ClassVar[str] = "ort_fusedmatmul_scale"
     contrib: ClassVar[bool] = True
     patterns = (
-        Op("Mul", Op(_MM, Var("a"), Var("b"), name="mm", domain=None), Const("s", _scalar),
-           name="sc"),
-        Op("Div", Op(_MM, Var("a"), Var("b"), name="mm", domain=None), Const("s", _scalar),
-           name="sc"),
-        Op(_MM, Op("Mul", Var("a"), Const("s", _scalar), name="sc"), Var("b"), name="mm",
-           domain=None),
-        Op(_MM, Var("a"), Op("Mul", Var("b"), Const("s", _scalar), name="sc"), name="mm",
-           domain=None),
+        Op(
+            "Mul",
+            Op(_MM, Var("a"), Var("b"), name="mm", domain=None),
+            Const("s", _scalar),
+            name="sc",
+        ),
+        Op(
+            "Div",
+            Op(_MM, Var("a"), Var("b"), name="mm", domain=None),
+            Const("s", _scalar),
+            name="sc",
+        ),
+        Op(
+            _MM,
+            Op("Mul", Var("a"), Const("s", _scalar), name="sc"),
+            Var("b"),
+            name="mm",
+            domain=None,
+        ),
+        Op(
+            _MM,
+            Var("a"),
+            Op("Mul", Var("b"), Const("s", _scalar), name="sc"),
+            name="mm",
+            domain=None,
+        ),
     )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:

@@ -62,17 +62,23 @@ def _pad_spec(pad: gs.Node, r: int) -> tuple[list[int] | None, str]:
 def _merged(op: gs.Node, pads: list[int], r: int) -> list[int]:
     k = r - 2
     old = [int(p) for p in op.attrs.get("pads", [0] * (2 * k))]
-    return [old[i] + pads[2 + i] for i in range(k)] + [old[k + i] + pads[r + 2 + i]
-                                                        for i in range(k)]
+    return [old[i] + pads[2 + i] for i in range(k)] + [
+        old[k + i] + pads[r + 2 + i] for i in range(k)
+    ]
 
 
 class PadInto(Rule):
     """Pad (constant 0) -> Conv / AveragePool."""
 
     name: ClassVar[str] = "pad_conv"
-    patterns = (Op(("Conv", "AveragePool", "MaxPool"),
-                   Op("Pad", Var("x"), name="pad", exact_arity=False), name="op",
-                   exact_arity=False),)
+    patterns = (
+        Op(
+            ("Conv", "AveragePool", "MaxPool"),
+            Op("Pad", Var("x"), name="pad", exact_arity=False),
+            name="op",
+            exact_arity=False,
+        ),
+    )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         op = m.nodes["op"]
@@ -107,8 +113,13 @@ class PadInto(Rule):
         attrs = dict(op.attrs)
         attrs["pads"] = _merged(op, pads, r)
         attrs.pop("auto_pad", None)
-        new = gs.Node(op.op, op.name, attrs=attrs, inputs=[m.tensors["x"], *op.inputs[1:]],
-                      outputs=[var(graph, f"{op.name}_padded", dtype=op.outputs[0].dtype)])
+        new = gs.Node(
+            op.op,
+            op.name,
+            attrs=attrs,
+            inputs=[m.tensors["x"], *op.inputs[1:]],
+            outputs=[var(graph, f"{op.name}_padded", dtype=op.outputs[0].dtype)],
+        )
         replace_root(graph, m, [new])
 
 

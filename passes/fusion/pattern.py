@@ -2,7 +2,7 @@
 
 A rule is a plain class (see :class:`Rule`) that declares one or more *patterns*, a ``check``
 that returns :meth:`MatchResult.fail` with a reason when it declines, and a ``rewrite``. A pass
-lists its rules explicitly and calls :func:`apply_rules`.
+lists its rules explicitly and calls :func:`onnxopt.passes.fusion.sweep.apply_rules`.
 
 Patterns are trees written from the output upwards::
 
@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import const_value, is_graph_output, node_names_unique, producer
+from onnxopt.graph import const_value, is_graph_output, producer
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +108,15 @@ class Op(Pattern):
         domain: the node's domain ("" for standard ops, None for any domain).
     """
 
-    def __init__(self, op: str | tuple[str, ...], *inputs: Pattern, name: str | None = None,
-                 attrs: dict[str, Any] | None = None, exact_arity: bool = True,
-                 domain: str | None = "") -> None:
+    def __init__(
+        self,
+        op: str | tuple[str, ...],
+        *inputs: Pattern,
+        name: str | None = None,
+        attrs: dict[str, Any] | None = None,
+        exact_arity: bool = True,
+        domain: str | None = "",
+    ) -> None:
         self.ops = (op,) if isinstance(op, str) else tuple(op)
         self.inputs = inputs
         self.name = name
@@ -142,14 +148,16 @@ class Match:
 
     def _restore(self, snap: tuple[dict, dict, dict, int]) -> None:
         self.nodes, self.tensors, self.values = dict(snap[0]), dict(snap[1]), dict(snap[2])
-        del self.matched[snap[3]:]
+        del self.matched[snap[3] :]
 
 
 def _attr_equal(have: Any, want: Any) -> bool:
     if isinstance(want, (list, tuple)):
         return isinstance(have, (list, tuple)) and list(have) == list(want)
     if isinstance(want, float):
-        return isinstance(have, (int, float)) and abs(float(have) - want) <= 1e-6 * max(1, abs(want))
+        return isinstance(have, (int, float)) and abs(float(have) - want) <= 1e-6 * max(
+            1, abs(want)
+        )
     return have == want
 
 
@@ -191,8 +199,10 @@ def _match_tensor(pat: Pattern, t: gs.Tensor, m: Match) -> bool:
 def _match_node(pat: Op, node: gs.Node, m: Match) -> bool:
     if node.op not in pat.ops:
         return False
-    if pat.domain is not None and (node.domain or "") not in (pat.domain, (
-            "ai.onnx" if pat.domain == "" else pat.domain)):
+    if pat.domain is not None and (node.domain or "") not in (
+        pat.domain,
+        ("ai.onnx" if pat.domain == "" else pat.domain),
+    ):
         return False
     if any(n is node for n in m.matched):
         return False
@@ -237,7 +247,8 @@ def exclusive(graph: gs.Graph, m: Match) -> MatchResult:
             for user in t.outputs:
                 if id(user) not in inside:
                     return MatchResult.fail(
-                        f"intermediate '{t.name}' also feeds {user.op} '{user.name}'")
+                        f"intermediate '{t.name}' also feeds {user.op} '{user.name}'"
+                    )
     return MatchResult.success()
 
 
@@ -270,8 +281,9 @@ class Rule:
         return f"<Rule {self.name}>"
 
 
-def replace_root(graph: gs.Graph, m: Match, new_nodes: Iterable[gs.Node],
-                 new_output: gs.Tensor | None = None) -> None:
+def replace_root(
+    graph: gs.Graph, m: Match, new_nodes: Iterable[gs.Node], new_output: gs.Tensor | None = None
+) -> None:
     """Insert ``new_nodes`` and make the root's output come from ``new_output`` (or the last
     new node's first output); then detach every matched node (cleanup removes them)."""
     new_nodes = list(new_nodes)
@@ -294,142 +306,16 @@ def detach(nodes: Iterable[gs.Node]) -> None:
         node.inputs.clear()
 
 
-@dataclass
-class RuleStats:
-    """What :func:`apply_rules` did: counts per rule, site keys and decline notes."""
-
-    counts: dict[str, int] = field(default_factory=dict)
-    sites: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    dropped_notes: int = 0
-
-    def note(self, text: str) -> None:
-        if text in self.notes:
-            return
-        if len(self.notes) < MAX_NOTES:
-            self.notes.append(text)
-        else:
-            self.dropped_notes += 1
-
-    @property
-    def rewrites(self) -> int:
-        return sum(self.counts.values())
-
-
-def apply_rules(graph: gs.Graph, rules: Sequence[Rule], ctx: Any, *,
-                max_sweeps: int = 8) -> RuleStats:
-    """Apply ``rules`` to ``graph`` until nothing changes (or ``max_sweeps``).
-
-    Args:
-        graph: the graph, edited in place.
-        rules: rules tried in order at every node.
-        ctx: the PassContext (``ctx.allow``, ``ctx.target``).
-        max_sweeps: bound on repeated sweeps (rewrites can enable other rewrites).
-
-    Returns:
-        RuleStats with per-rule counts, rewritten site keys and decline notes.
-    """
-    stats = RuleStats()
-    target = getattr(ctx, "target", "onnx")
-    active = [r for r in rules if not (r.contrib and target != "onnxruntime")]
-    if not active:
-        return stats
-    node_names_unique(graph)
-    sweep = _Sweep(graph, active, ctx, stats)
-    for _ in range(max_sweeps):
-        if not sweep.run():
-            break
-        graph.cleanup(remove_unused_graph_inputs=False)
-        node_names_unique(graph)
-    if stats.dropped_notes:
-        stats.notes.append(f"... and {stats.dropped_notes} more declined matches")
-    return stats
-
-
-class _Sweep:
-    """One pass over the graph's nodes, trying the rules whose root op matches each node."""
-
-    def __init__(self, graph: gs.Graph, rules: list[Rule], ctx: Any, stats: RuleStats) -> None:
-        self.graph, self.ctx, self.stats = graph, ctx, stats
-        self.opset = int(graph.opset or 0)
-        self.by_op: dict[str, list[Rule]] = {}
-        for rule in rules:
-            for op in rule.root_ops():
-                self.by_op.setdefault(op, []).append(rule)
-        self.opset_noted: set[str] = set()
-
-    def run(self) -> bool:
-        """Rewrite at most one rule per node; True when something changed."""
-        self.graph.toposort()
-        dead: set[int] = set()
-        changed = False
-        for node in list(self.graph.nodes):
-            if id(node) in dead or not node.outputs:
-                continue
-            for rule in self.by_op.get(node.op, ()):
-                matched = self._try(rule, node)
-                if matched is not None:
-                    dead.update(id(n) for n in matched)
-                    changed = True
-                    break
-        return changed
-
-    def _try(self, rule: Rule, node: gs.Node) -> list[gs.Node] | None:
-        """Match, check and rewrite ``rule`` at ``node``; the matched nodes if it rewrote."""
-        m = _first_match(rule, node)
-        if m is None:
-            return None
-        key = node.name
-        if rule.min_opset and self.opset < rule.min_opset:
-            if rule.name not in self.opset_noted:
-                self.opset_noted.add(rule.name)
-                self.stats.note(f"{rule.name}: needs opset >= {rule.min_opset}, model has "
-                                f"{self.opset}; not rewritten (no silent opset change)")
-            return None
-        res = exclusive(self.graph, m)
-        if res:
-            res = rule.check(self.graph, m)
-        if not res:
-            if not res.silent:
-                self.stats.note(f"{rule.name} at '{key}': {res.reason}")
-            return None
-        if not self.ctx.allow(key):
-            return None
-        matched = list(m.matched)
-        rule.rewrite(self.graph, m)
-        self.stats.counts[rule.name] = self.stats.counts.get(rule.name, 0) + 1
-        self.stats.sites.append(key)
-        logger.debug("%s rewrote %s", rule.name, key)
-        return matched
-
-
-def _first_match(rule: Rule, node: gs.Node) -> Match | None:
-    for i, pat in enumerate(rule.patterns):
-        if node.op in pat.ops:
-            m = match_at(pat, node)
-            if m is not None:
-                m.pattern_index = i
-                return m
-    return None
-
-
-def rules_pass_result(stats: RuleStats) -> Any:
-    """Turn RuleStats into a PassResult (details carry the per-rule counts)."""
-    from onnxopt.contract import PassResult
-
-    return PassResult(changed=stats.rewrites > 0, rewrites=stats.rewrites, notes=stats.notes,
-                      sites=stats.sites, details={"counts": dict(stats.counts)})
-
-
-# ---- small value predicates shared by rules -------------------------------------------------
-
 def scalar_close(value: float, rtol: float = 1e-3, atol: float = 1e-6) -> Callable[[Any], bool]:
     """Predicate: every element of a constant equals ``value`` (within tolerance)."""
 
     def pred(a: np.ndarray) -> bool:
         a = np.asarray(a)
-        return (a.size >= 1 and np.issubdtype(a.dtype, np.number)
-                and bool(np.allclose(a.astype(np.float64), value, rtol=rtol, atol=atol)))
+        return (
+            a.size >= 1
+            and np.issubdtype(a.dtype, np.number)
+            and bool(np.allclose(a.astype(np.float64), value, rtol=rtol, atol=atol))
+        )
 
     return pred
 

@@ -23,6 +23,7 @@ ALIASES = {"global": "global_rank"}
 
 invalid = OptionError.invalid
 
+
 @dataclass(frozen=True)
 class PruneConfig(PassConfig):
     """Options of ``prune`` (structured channel pruning).

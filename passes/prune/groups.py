@@ -59,16 +59,62 @@ from .rules import PassThroughRules
 logger = logging.getLogger(__name__)
 
 UNARY = {
-    "Relu", "LeakyRelu", "Sigmoid", "Tanh", "Clip", "Elu", "Selu", "Celu", "Gelu", "Erf",
-    "HardSigmoid", "HardSwish", "Softplus", "Softsign", "Mish", "Neg", "Abs", "Sqrt", "Exp",
-    "Log", "Identity", "Dropout", "Cast", "ThresholdedRelu", "Sin", "Cos", "Reciprocal", "Floor",
-    "Ceil", "Round", "Sign", "IsNaN", "Swish",
+    "Relu",
+    "LeakyRelu",
+    "Sigmoid",
+    "Tanh",
+    "Clip",
+    "Elu",
+    "Selu",
+    "Celu",
+    "Gelu",
+    "Erf",
+    "HardSigmoid",
+    "HardSwish",
+    "Softplus",
+    "Softsign",
+    "Mish",
+    "Neg",
+    "Abs",
+    "Sqrt",
+    "Exp",
+    "Log",
+    "Identity",
+    "Dropout",
+    "Cast",
+    "ThresholdedRelu",
+    "Sin",
+    "Cos",
+    "Reciprocal",
+    "Floor",
+    "Ceil",
+    "Round",
+    "Sign",
+    "IsNaN",
+    "Swish",
 }
-SPATIAL = {"MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool",
-           "GlobalLpPool", "Resize", "Upsample"}
+SPATIAL = {
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "GlobalMaxPool",
+    "LpPool",
+    "GlobalLpPool",
+    "Resize",
+    "Upsample",
+}
 BINARY = {"Add", "Sub", "Mul", "Div", "Max", "Min", "Pow", "Sum", "Mean", "PRelu"}
-REDUCE = {"ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceL2", "ReduceL1",
-          "ReduceProd", "ReduceSumSquare", "ReduceLogSumExp"}
+REDUCE = {
+    "ReduceMean",
+    "ReduceSum",
+    "ReduceMax",
+    "ReduceMin",
+    "ReduceL2",
+    "ReduceL1",
+    "ReduceProd",
+    "ReduceSumSquare",
+    "ReduceLogSumExp",
+}
 
 
 @dataclass
@@ -108,8 +154,10 @@ class Analysis(PassThroughRules, ReshapeRules):
             self.close_ids([ra, rb], f"{where}: couples {ga.size} with {gb.size} channels")
             return
         if ga.block != gb.block and 1 not in (ga.block, gb.block):
-            self.close_ids([ra, rb], f"{where}: units of {ga.block} and {gb.block} channels "
-                                       f"(heads or groups) differ")
+            self.close_ids(
+                [ra, rb],
+                f"{where}: units of {ga.block} and {gb.block} channels (heads or groups) differ",
+            )
             return
         self.parent[rb] = ra
         ga.block = max(ga.block, gb.block)
@@ -126,8 +174,11 @@ class Analysis(PassThroughRules, ReshapeRules):
             return True
         blocks = {self.group(s.gid).block for s in x.segs} - {1, per}
         if blocks:
-            self.close(x, f"{where}: units of {min(blocks)} channels (heads or groups) and "
-                          f"{what}s of {per} differ")
+            self.close(
+                x,
+                f"{where}: units of {min(blocks)} channels (heads or groups) and "
+                f"{what}s of {per} differ",
+            )
             return False
         off = 0
         for s in x.segs:
@@ -155,8 +206,9 @@ class Analysis(PassThroughRules, ReshapeRules):
     def span(self, layout: Layout) -> int:
         return sum(self.group(s.gid).span(s.unit, layout.expand) for s in layout.segs)
 
-    def add_members(self, layout: Layout, node: gs.Node, kind: str, index: int, axis: int,
-                    extra_offset: int = 0) -> None:
+    def add_members(
+        self, layout: Layout, node: gs.Node, kind: str, index: int, axis: int, extra_offset: int = 0
+    ) -> None:
         off = extra_offset
         for s in layout.segs:
             g = self.group(s.gid)
@@ -186,18 +238,23 @@ class Analysis(PassThroughRules, ReshapeRules):
             return self.conv(node, ins[0])
         if op == "Gemm" and const_value(node.inputs[1]) is not None:
             return self.gemm(node, ins[0])
-        if op == "MatMul" and const_value(node.inputs[1]) is not None and (
-            const_value(node.inputs[1]).ndim == 2
-        ) and const_value(node.inputs[0]) is None:
+        if (
+            op == "MatMul"
+            and const_value(node.inputs[1]) is not None
+            and (const_value(node.inputs[1]).ndim == 2)
+            and const_value(node.inputs[0]) is None
+        ):
             return self.matmul(node, ins[0])
         if not any(ins):
             return None
         where = f"{op} '{node.name}'"
         if op in ("Conv", "ConvTranspose", "Gemm"):  # weight not a constant (else above)
-            return self.close_all([x for x in ins if x is not None],
-                                  f"{where}: its weight is computed at run time (fold it "
-                                  f"first with --passes cleanup; fold-constants keeps "
-                                  f"values above its size cap)")
+            return self.close_all(
+                [x for x in ins if x is not None],
+                f"{where}: its weight is computed at run time (fold it "
+                f"first with --passes cleanup; fold-constants keeps "
+                f"values above its size cap)",
+            )
         tracked = [x for x in ins if x is not None]
         if op in UNARY:
             if ins[0] is None or any(x is not None for x in ins[1:]):
@@ -236,8 +293,9 @@ class Analysis(PassThroughRules, ReshapeRules):
             return self.split(node, ins, where)
         if op in ("Shape", "Size"):
             return self.shape_read(node, ins[0], where)
-        self.close_all(tracked, f"{where}: op not understood by the channel analysis; "
-                                f"its channels stay")
+        self.close_all(
+            tracked, f"{where}: op not understood by the channel analysis; its channels stay"
+        )
         return None
 
     def close_all(self, layouts: list[Layout], reason: str) -> None:
@@ -274,8 +332,10 @@ class Analysis(PassThroughRules, ReshapeRules):
         if transpose:
             reason = f"{where}: grouped convolution (group={group}) ties channels to its groups"
         else:
-            reason = (f"{where}: grouped convolution (group={group}) from {cin} to {cout} channels "
-                      f"(C_in != C_out, e.g. a channel multiplier) ties channels to its groups")
+            reason = (
+                f"{where}: grouped convolution (group={group}) from {cin} to {cout} channels "
+                f"(C_in != C_out, e.g. a channel multiplier) ties channels to its groups"
+            )
         self.close(x, reason)
         gid = self.new_group(cout, node)
         self.groups[gid].closed.append(reason)

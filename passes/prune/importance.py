@@ -42,9 +42,9 @@ def _norm(x: np.ndarray) -> np.ndarray:
     return x / mean if mean > 0 else np.ones_like(x)
 
 
-def group_scores(analysis: Analysis, method: str,
-                 act_norms: dict[str, np.ndarray] | None = None) -> tuple[dict[int, np.ndarray],
-                                                                        list[str]]:
+def group_scores(
+    analysis: Analysis, method: str, act_norms: dict[str, np.ndarray] | None = None
+) -> tuple[dict[int, np.ndarray], list[str]]:
     """Unit scores for every open group; returns (scores by root gid, notes)."""
     nodes = {n.name: n for n in analysis.graph.nodes}
     notes: list[str] = []
@@ -81,6 +81,8 @@ def group_scores(analysis: Analysis, method: str,
                     raw += _norm(np.sqrt((rows**2).sum(1)))
         out[gid] = raw.reshape(g.units, g.block).sum(1)
     if fallback and method != "l2":
-        notes.append(f"importance {method}: {fallback} group(s) had nothing to score it by; "
-                     f"used l2 of the producers' weights")
+        notes.append(
+            f"importance {method}: {fallback} group(s) had nothing to score it by; "
+            f"used l2 of the producers' weights"
+        )
     return out, notes

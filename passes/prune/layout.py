@@ -107,7 +107,6 @@ class Group:
         return (self.units if unit else self.size) * expand
 
 
-
 def dims_of(t: gs.Tensor) -> list | None:
     """A tensor's shape as a list (dimensions may be names), None when unknown."""
     return None if t.shape is None else list(t.shape)

@@ -33,8 +33,11 @@ def _shapes_through_group_norms(inferred: onnx.ModelProto) -> None:
     """Infer shapes past GroupNormalization in place: onnx has no shape inference for it (a
     function without an inference rule), so nothing after one would have a shape. It keeps its
     input's shape and type, so the inference reads it as an Identity."""
-    norms = [(i, onnx.NodeProto()) for i, n in enumerate(inferred.graph.node)
-             if n.op_type == "GroupNormalization" and n.domain in ("", "ai.onnx")]
+    norms = [
+        (i, onnx.NodeProto())
+        for i, n in enumerate(inferred.graph.node)
+        if n.op_type == "GroupNormalization" and n.domain in ("", "ai.onnx")
+    ]
     if not norms:
         return
     nodes = inferred.graph.node
@@ -45,7 +48,7 @@ def _shapes_through_group_norms(inferred: onnx.ModelProto) -> None:
         shapes = infer_shapes_light(inferred)
         del inferred.graph.value_info[:]
         inferred.graph.value_info.extend(shapes.graph.value_info)
-    except Exception:  # noqa: BLE001 - best-effort: the shapes inferred before stay
+    except Exception:
         pass
     finally:
         for i, saved in norms:
@@ -57,7 +60,7 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, gs.Graph]:
     try:
         inferred = with_inferred_shapes(model)  # inference on a weight-free copy
         _shapes_through_group_norms(inferred)
-    except Exception:  # noqa: BLE001 - shape inference is best-effort here
+    except Exception:
         inferred = model
     graph = to_graph(inferred)
     node_names_unique(graph)
@@ -65,8 +68,9 @@ def prepare(model: onnx.ModelProto) -> tuple[onnx.ModelProto, gs.Graph]:
     return base, graph
 
 
-def activation_norms(base: onnx.ModelProto, analysis: Analysis,
-                     feeds: Feeds) -> dict[str, np.ndarray]:
+def activation_norms(
+    base: onnx.ModelProto, analysis: Analysis, feeds: Feeds
+) -> dict[str, np.ndarray]:
     """‖X_e‖₂ per channel-axis entry of every consumer's input (Wanda statistics)."""
     nodes = {n.name: n for n in analysis.graph.nodes}
     wanted: dict[str, tuple[str, int]] = {}
@@ -91,29 +95,44 @@ def group_table(analysis: Analysis, scores: dict, kept: dict) -> list[dict[str, 
     for gid, g in sorted(analysis.groups.items()):
         k = kept.get(gid)
         s = scores.get(gid)
-        kept_imp = (float(s[k].sum() / max(s.sum(), 1e-30)) if s is not None and k is not None
-                    else 1.0)
-        rows.append({
-            "group": gid, "producers": g.producers, "block": g.block,
-            "channels_before": g.size,
-            "channels_after": (len(k) * g.block) if k is not None else g.size,
-            "importance_kept": round(kept_imp, 4),
-            "members": sorted({m.node for m in g.members}),
-            "prunable": g.prunable, "reason": "; ".join(g.closed),
-        })
+        kept_imp = (
+            float(s[k].sum() / max(s.sum(), 1e-30)) if s is not None and k is not None else 1.0
+        )
+        rows.append(
+            {
+                "group": gid,
+                "producers": g.producers,
+                "block": g.block,
+                "channels_before": g.size,
+                "channels_after": (len(k) * g.block) if k is not None else g.size,
+                "importance_kept": round(kept_imp, 4),
+                "members": sorted({m.node for m in g.members}),
+                "prunable": g.prunable,
+                "reason": "; ".join(g.closed),
+            }
+        )
     return rows
 
 
-def layer_table(base: onnx.ModelProto, pruned: onnx.ModelProto, macs: MacModel,
-                kept: dict) -> list[dict[str, Any]]:
+def layer_table(
+    base: onnx.ModelProto, pruned: onnx.ModelProto, macs: MacModel, kept: dict
+) -> list[dict[str, Any]]:
     def params(model: onnx.ModelProto) -> dict[str, int]:
         inits = {t.name: int(np.prod(t.dims)) for t in model.graph.initializer}
         return {n.name: sum(inits.get(i, 0) for i in n.input) for n in model.graph.node}
 
     pb, pa = params(base), params(pruned)
     est = macs.node_macs(kept)
-    return [{"node": name, "params_before": pb.get(name, 0), "params_after": pa.get(name, 0),
-             "macs_before": int(b), "macs_after": int(a)} for name, (b, a) in est.items()]
+    return [
+        {
+            "node": name,
+            "params_before": pb.get(name, 0),
+            "params_after": pa.get(name, 0),
+            "macs_before": int(b),
+            "macs_after": int(a),
+        }
+        for name, (b, a) in est.items()
+    ]
 
 
 @dataclass
@@ -131,8 +150,7 @@ class Plan:
     notes: list[str] = field(default_factory=list)
 
 
-def learning_feeds(model: onnx.ModelProto, feeds: Feeds | None,
-                   max_samples: int) -> Feeds | None:
+def learning_feeds(model: onnx.ModelProto, feeds: Feeds | None, max_samples: int) -> Feeds | None:
     """At most ``max_samples`` samples, batched by 64 when every input has a dynamic batch."""
     if feeds is None or len(feeds) == 0:
         return feeds
@@ -165,8 +183,12 @@ def real_data(feeds: Feeds | None) -> bool:
     return feeds is not None and len(feeds) > 0 and not feeds.synthesized
 
 
-def make_plan(model: onnx.ModelProto, config: PruneConfig, feeds: Feeds | None,
-              allow: Callable[[str], bool] | None = None) -> Plan:
+def make_plan(
+    model: onnx.ModelProto,
+    config: PruneConfig,
+    feeds: Feeds | None,
+    allow: Callable[[str], bool] | None = None,
+) -> Plan:
     """Analyse ``model`` and choose the kept channels for ``config``; ``allow`` is the
     bisection filter on the sites ``group:<first producer>``."""
     real = real_data(feeds)
@@ -188,16 +210,26 @@ def make_plan(model: onnx.ModelProto, config: PruneConfig, feeds: Feeds | None,
     notes += snotes
     step = round_to(config)
     if config.round_to == "auto" and sites:
-        notes.append(f"prune: groups at least {step} wide keep multiples of "
-                     f"{step} (auto: onnxruntime's channel block on this CPU; "
-                     f"--round-to 1 turns it off)")
-    kept, macs = select(analysis, scores, ratio=config.ratio, target_flops=config.target_flops,
-                        global_rank=config.global_rank, max_ratio=config.max_ratio,
-                        round_to=step)
+        notes.append(
+            f"prune: groups at least {step} wide keep multiples of "
+            f"{step} (auto: onnxruntime's channel block on this CPU; "
+            f"--round-to 1 turns it off)"
+        )
+    kept, macs = select(
+        analysis,
+        scores,
+        ratio=config.ratio,
+        target_flops=config.target_flops,
+        global_rank=config.global_rank,
+        max_ratio=config.max_ratio,
+        round_to=step,
+    )
     kept = {g: k for g, k in kept.items() if len(k) < analysis.groups[g].units}
     tf = config.target_flops
     if tf is not None and sites and macs.estimate(kept) > tf * macs.total * (1 + 1e-9):
-        notes.append(f"prune: target {tf:.0%} of the MACs not reached: the prunable groups "
-                     f"allow at least {macs.estimate(kept) / max(macs.total, 1):.1%} "
-                     f"(max_ratio {config.max_ratio}, round_to {step}, closed groups)")
+        notes.append(
+            f"prune: target {tf:.0%} of the MACs not reached: the prunable groups "
+            f"allow at least {macs.estimate(kept) / max(macs.total, 1):.1%} "
+            f"(max_ratio {config.max_ratio}, round_to {step}, closed groups)"
+        )
     return Plan(base, graph, analysis, scores, kept, macs, method, sites, notes)

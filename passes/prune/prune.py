@@ -53,22 +53,38 @@ class Prune(Pass):
         pruned = to_model(p.graph, like=model)
         pruned, recon, fits = self._reconstruct(p, pruned, feeds, kept_index, notes)
         est_before, est_after = macs.total, macs.estimate(kept)
-        notes.insert(0, f"prune: {len(kept)} group(s) pruned ({p.method} importance), est. MACs "
-                        f"{est_before:,.0f} -> {est_after:,.0f} "
-                        f"({est_after / max(est_before, 1):.1%})")
+        notes.insert(
+            0,
+            f"prune: {len(kept)} group(s) pruned ({p.method} importance), est. MACs "
+            f"{est_before:,.0f} -> {est_after:,.0f} "
+            f"({est_after / max(est_before, 1):.1%})",
+        )
         details = {
-            "importance": p.method, "reconstructed": recon, "refit_layers": fits,
+            "importance": p.method,
+            "reconstructed": recon,
+            "refit_layers": fits,
             "macs_estimate": [est_before, est_after],
             "groups": group_table(p.analysis, p.scores, kept),
             "layers": layer_table(p.base, pruned, macs, kept),
             "seconds": round(time.perf_counter() - t0, 3),
         }
-        return PassResult(changed=True, rewrites=len(kept), notes=notes,
-                          sites=[f"group:{p.analysis.groups[g].producers[0]}" for g in kept],
-                          details=details, model=pruned)
+        return PassResult(
+            changed=True,
+            rewrites=len(kept),
+            notes=notes,
+            sites=[f"group:{p.analysis.groups[g].producers[0]}" for g in kept],
+            details=details,
+            model=pruned,
+        )
 
-    def _reconstruct(self, p: Plan, pruned: onnx.ModelProto, feeds: Feeds | None,
-                     kept_index: dict, notes: list[str]) -> tuple[onnx.ModelProto, bool, int]:
+    def _reconstruct(
+        self,
+        p: Plan,
+        pruned: onnx.ModelProto,
+        feeds: Feeds | None,
+        kept_index: dict,
+        notes: list[str],
+    ) -> tuple[onnx.ModelProto, bool, int]:
         """Refit the consumers when ``reconstruct`` asks for it (default: with real data).
         Returns (model, whether it was refit, layers refit)."""
         real = real_data(feeds)
@@ -76,15 +92,22 @@ class Prune(Pass):
         if recon is None:
             recon = real
         elif recon and not real:
-            notes.append("prune: reconstruction skipped: the feeds are synthesized, and a refit "
-                         "on made-up inputs would fit noise; pass --data")
+            notes.append(
+                "prune: reconstruction skipped: the feeds are synthesized, and a refit "
+                "on made-up inputs would fit noise; pass --data"
+            )
             recon = False
         if not recon:
             if not real:
                 notes.append("prune: no real data; importance by weight norm, no reconstruction")
             return pruned, False, 0
         pruned, rnotes, fits = Reconstructor(
-            p.base, pruned, feeds, kept_index, alpha=self.config.alpha,
-            max_rows=self.config.max_rows).run()
+            p.base,
+            pruned,
+            feeds,
+            kept_index,
+            alpha=self.config.alpha,
+            max_rows=self.config.max_rows,
+        ).run()
         notes += rnotes
         return pruned, True, fits

@@ -50,8 +50,12 @@ class Step:
     stats: list[np.ndarray] = field(default_factory=list)  # BN: [sum, sumsq, count] orig
 
 
-def run_with_outputs(model: onnx.ModelProto, feeds: Feeds, names: list[str],
-                     known: list[dict[str, np.ndarray]] | None = None):
+def run_with_outputs(
+    model: onnx.ModelProto,
+    feeds: Feeds,
+    names: list[str],
+    known: list[dict[str, np.ndarray]] | None = None,
+):
     """Yield {name: array} per run for intermediate tensors ``names``.
 
     Only the nodes those tensors need are kept (earlier layers' refits do not pay for the whole
@@ -86,8 +90,11 @@ def run_with_outputs(model: onnx.ModelProto, feeds: Feeds, names: list[str],
     fed = sorted(feed - graph_inputs)
     for n in fed:
         v = known[0][n]
-        g.input.append(onnx.helper.make_tensor_value_info(
-            n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), None))
+        g.input.append(
+            onnx.helper.make_tensor_value_info(
+                n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), None
+            )
+        )
     computed = [n for n in names if n not in feed]
     g.output.extend(onnx.ValueInfoProto(name=n) for n in computed)
     sess = Runner().session(m) if computed else None
@@ -105,8 +112,12 @@ def run_with_outputs(model: onnx.ModelProto, feeds: Feeds, names: list[str],
 
 def _conv_ok(node: gs.Node) -> bool:
     w = const_value(node.inputs[1])
-    return (w is not None and w.ndim == 4 and int(node.attrs.get("group", 1)) == 1
-            and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET"))
+    return (
+        w is not None
+        and w.ndim == 4
+        and int(node.attrs.get("group", 1)) == 1
+        and node.attrs.get("auto_pad", "NOTSET") in ("NOTSET", b"NOTSET")
+    )
 
 
 def _positions(name: str, run: int, shape: tuple, n_rows: int) -> np.ndarray:
@@ -141,8 +152,16 @@ def _ridge(a: np.ndarray, y: np.ndarray, theta0: np.ndarray, alpha: float) -> np
 class Reconstructor:
     """Refit consumers and re-estimate BN statistics of ``pruned`` against ``base``."""
 
-    def __init__(self, base: onnx.ModelProto, pruned: onnx.ModelProto, feeds: Feeds,
-                 kept_index: dict, *, alpha: float = 1e-3, max_rows: int = 8192) -> None:
+    def __init__(
+        self,
+        base: onnx.ModelProto,
+        pruned: onnx.ModelProto,
+        feeds: Feeds,
+        kept_index: dict,
+        *,
+        alpha: float = 1e-3,
+        max_rows: int = 8192,
+    ) -> None:
         self.base, self.feeds, self.kept_index = base, feeds, kept_index
         self.graph = to_graph(pruned)
         self.like = pruned
@@ -160,14 +179,17 @@ class Reconstructor:
             touched = node.name in changed or bool(ups & down)
             if touched:
                 down.add(node.name)
-            ins_sliced = any(a != self._out_axis(node) for a in
-                             self.kept_index.get((node.name, 1), {}))
+            ins_sliced = any(
+                a != self._out_axis(node) for a in self.kept_index.get((node.name, 1), {})
+            )
             kind = None
             if node.op == "Conv" and ins_sliced:
                 kind = "conv" if _conv_ok(node) else None
                 if kind is None:
-                    self.notes.append(f"reconstruct: Conv '{node.name}' (grouped, non-2-D or "
-                                      f"auto_pad) left as sliced")
+                    self.notes.append(
+                        f"reconstruct: Conv '{node.name}' (grouped, non-2-D or "
+                        f"auto_pad) left as sliced"
+                    )
             elif node.op == "Gemm" and ins_sliced and not int(node.attrs.get("transA", 0)):
                 kind = "gemm"
             elif node.op == "MatMul" and ins_sliced and const_value(node.inputs[1]) is not None:
@@ -216,8 +238,10 @@ class Reconstructor:
             pending = [s for s in pending if s.node not in done]
         fits = sum(s.kind != "bn" for s in steps)
         bns = len(steps) - fits
-        self.notes.append(f"reconstruct: refit {fits} layer(s) and re-estimated {bns} "
-                          f"BatchNormalization(s) on {self.feeds.num_samples} sample(s)")
+        self.notes.append(
+            f"reconstruct: refit {fits} layer(s) and re-estimated {bns} "
+            f"BatchNormalization(s) on {self.feeds.num_samples} sample(s)"
+        )
         # the patched export is the result: drop the weights the refits replaced
         gone = set(unused_initializers(model.graph))
         keep = [t for t in model.graph.initializer if t.name not in gone]
@@ -258,8 +282,9 @@ class Reconstructor:
                     keep = self.kept_index.get((s.node, 1), {}).get(0)
                     y = y if keep is None else y[:, keep]
                     moved = np.moveaxis(y, 1, 0).reshape(y.shape[1], -1).astype(np.float64)
-                    st = np.stack([moved.sum(1), (moved**2).sum(1),
-                                   np.full(moved.shape[0], moved.shape[1])])
+                    st = np.stack(
+                        [moved.sum(1), (moved**2).sum(1), np.full(moved.shape[0], moved.shape[1])]
+                    )
                     s.stats.append(st)
                     continue
                 keep = self._out_keep(node)
@@ -302,24 +327,32 @@ class Reconstructor:
                     cut.add(i)
         return sorted(cut)
 
-    def _fit_wave(self, model: onnx.ModelProto, wave: list[Step],
-                  known: list[dict[str, np.ndarray]] | None
-                  ) -> list[dict[str, np.ndarray]]:
+    def _fit_wave(
+        self, model: onnx.ModelProto, wave: list[Step], known: list[dict[str, np.ndarray]] | None
+    ) -> list[dict[str, np.ndarray]]:
         """Fit the wave's layers; returns the per-run cut tensors for the next wave."""
         names = sorted({self.nodes[s.node].inputs[0].name for s in wave})
         cut = self._cut(model, wave)
         xs: dict[str, list] = {s.node: [] for s in wave}
         carried: list[dict[str, np.ndarray]] = []
-        for r, vals in enumerate(run_with_outputs(model, self.feeds, sorted(set(names) | set(cut)),
-                                                  known)):
+        for r, vals in enumerate(
+            run_with_outputs(model, self.feeds, sorted(set(names) | set(cut)), known)
+        ):
             carried.append({n: vals[n] for n in cut})
             for s in wave:
                 node = self.nodes[s.node]
                 x = vals[node.inputs[0].name]
                 if s.kind == "bn":
                     moved = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1).astype(np.float64)
-                    xs[s.node].append(np.stack([moved.sum(1), (moved**2).sum(1),
-                                                np.full(moved.shape[0], moved.shape[1])]))
+                    xs[s.node].append(
+                        np.stack(
+                            [
+                                moved.sum(1),
+                                (moved**2).sum(1),
+                                np.full(moved.shape[0], moved.shape[1]),
+                            ]
+                        )
+                    )
                 elif s.kind == "conv":
                     pos, y = s.rows[r]
                     y_shape = (x.shape[0], y.shape[1]) + self._conv_out_hw(node, x)
@@ -331,8 +364,9 @@ class Reconstructor:
             if s.kind == "bn":
                 self._fit_bn(s, xs[s.node])
             else:
-                self._fit_linear(s, np.concatenate(xs[s.node]),
-                                 np.concatenate([y for _, y in s.rows]))
+                self._fit_linear(
+                    s, np.concatenate(xs[s.node]), np.concatenate([y for _, y in s.rows])
+                )
         return carried
 
     def _conv_out_hw(self, node: gs.Node, x: np.ndarray) -> tuple[int, int]:
@@ -360,8 +394,11 @@ class Reconstructor:
         else:
             w0, bias_idx, scale, beta = w, None, 1.0, 1.0
         cols = w0.shape[1]
-        has_b = bias_idx is not None and len(node.inputs) > bias_idx and not is_empty_tensor(
-            node.inputs[bias_idx])
+        has_b = (
+            bias_idx is not None
+            and len(node.inputs) > bias_idx
+            and not is_empty_tensor(node.inputs[bias_idx])
+        )
         b_arr = const_value(node.inputs[bias_idx]) if has_b else None
         if has_b and (b_arr is None or b_arr.size != cols):
             bias_idx = None  # a broadcast or computed C: fit the weight only

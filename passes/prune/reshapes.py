@@ -96,8 +96,14 @@ class ReshapeRules:
         elif d.e_in is not None and oc == cin * d.e_in and not d.out_inner:  # flatten
             layout = Layout(c, x.segs, x.expand * d.e_in)
             factor = x.expand * d.e_in
-        elif (d.out_inner and not any(units) and whole and 0 < oc < cin and cin % oc == 0
-              and d.rest(cin // oc, 1)):  # split
+        elif (
+            d.out_inner
+            and not any(units)
+            and whole
+            and 0 < oc < cin
+            and cin % oc == 0
+            and d.rest(cin // oc, 1)
+        ):  # split
             if not self.whole_units(x, cin // oc, f"{where} ({d.din} -> {d.dout})", "unit"):
                 return None
             layout = Layout(c, tuple(Seg(s.gid, unit=True) for s in x.segs))
@@ -106,15 +112,28 @@ class ReshapeRules:
             layout = Layout(c, tuple(Seg(s.gid) for s in x.segs))
             return self._shape_member(node, c, layout, unit=False, factor=1, out=layout)
         elif any(units):
-            return self.close(x, f"{where}: reshape {d.din} -> {d.dout} does not merge whole "
-                                 f"units back into channels")
+            return self.close(
+                x,
+                f"{where}: reshape {d.din} -> {d.dout} does not merge whole "
+                f"units back into channels",
+            )
         else:
             return self.close(x, f"{where}: reshape {d.din} -> {d.dout} splits the channel axis")
-        return self._shape_member(node, c, layout, unit=x.segs[0].unit, factor=factor,
-                                  out=layout, src=x)
+        return self._shape_member(
+            node, c, layout, unit=x.segs[0].unit, factor=factor, out=layout, src=x
+        )
 
-    def _shape_member(self, node: gs.Node, pos: int, layout: Layout, *, unit: bool, factor: int,
-                      out: Layout, src: Layout | None = None) -> None:
+    def _shape_member(
+        self,
+        node: gs.Node,
+        pos: int,
+        layout: Layout,
+        *,
+        unit: bool,
+        factor: int,
+        out: Layout,
+        src: Layout | None = None,
+    ) -> None:
         """Record the Reshape shape entry at ``pos`` as a member (or close if not rewritable)."""
         where = f"Reshape '{node.name}'"
         holder = _shape_entry(node, pos)
@@ -140,11 +159,18 @@ class ReshapeRules:
         t = p.inputs[0]
         la, r, start = self.lay(t), rank_of(t), int(p.attrs.get("start", 0))
         axis = None if r is None else pos + (start + r if start < 0 else start)
-        if la is None or la.axis != axis or la.expand != out.expand or [
-            (self.find(s.gid), s.unit) for s in la.segs
-        ] != [(self.find(s.gid), s.unit) for s in out.segs]:
-            return self.close(out, f"{where}: shape entry {pos} is read from the shape of "
-                                   f"'{t.name}', whose axis is not made of the same channels")
+        if (
+            la is None
+            or la.axis != axis
+            or la.expand != out.expand
+            or [(self.find(s.gid), s.unit) for s in la.segs]
+            != [(self.find(s.gid), s.unit) for s in out.segs]
+        ):
+            return self.close(
+                out,
+                f"{where}: shape entry {pos} is read from the shape of "
+                f"'{t.name}', whose axis is not made of the same channels",
+            )
         self.set(node.outputs[0], out)
         return None
 
@@ -183,8 +209,10 @@ class ReshapeRules:
                     continue
                 bad = bad or f"{c.op} '{c.name}'"
             if bad:
-                why = (f"Shape '{node.name}': the channel count of '{node.inputs[0].name}' "
-                       f"is read by {bad}")
+                why = (
+                    f"Shape '{node.name}': the channel count of '{node.inputs[0].name}' "
+                    f"is read by {bad}"
+                )
                 self.close_all([x, *reshaped], why)
 
 
@@ -222,8 +250,14 @@ def _shape_entry(node: gs.Node, pos: int) -> tuple[gs.Node, int, int, int] | Non
     start = 0
     for k, piece in enumerate(p.inputs):
         pv = const_value(piece)
-        n = pv.size if pv is not None else (
-            int(np.prod(piece.shape)) if piece.shape is not None and is_static(piece.shape) else None
+        n = (
+            pv.size
+            if pv is not None
+            else (
+                int(np.prod(piece.shape))
+                if piece.shape is not None and is_static(piece.shape)
+                else None
+            )
         )
         if n is None:
             return None
@@ -233,4 +267,3 @@ def _shape_entry(node: gs.Node, pos: int) -> tuple[gs.Node, int, int, int] | Non
             return p, k, pos - start, int(pv.reshape(-1)[pos - start])
         start += n
     return None
-

@@ -33,8 +33,12 @@ class PassThroughRules:
                     continue
                 if k == 3 or (k == 1 and node.op == "Resize" and v.dtype == np.int64):
                     return self.close(x, f"{where}: explicit sizes name the channel count")
-                if k in (1, 2) and v.ndim == 1 and v.size > 1 and float(v[1]) != 1.0 and (
-                    v.dtype != np.int64
+                if (
+                    k in (1, 2)
+                    and v.ndim == 1
+                    and v.size > 1
+                    and float(v[1]) != 1.0
+                    and (v.dtype != np.int64)
                 ):
                     return self.close(x, f"{where}: scales the channel axis")
         self.set(node.outputs[0], x)
@@ -55,8 +59,11 @@ class PassThroughRules:
         scale and bias (``num_groups`` entries at opset 18, ``C`` from opset 21) and its
         ``num_groups`` are members."""
         x = ins[0]
-        if x is None or x.axis != 1 or any(i is not None for i in ins[1:]) or any(
-            s.unit for s in x.segs
+        if (
+            x is None
+            or x.axis != 1
+            or any(i is not None for i in ins[1:])
+            or any(s.unit for s in x.segs)
         ):
             return self.close_all([i for i in ins if i], f"{where}: channels not on axis 1")
         c, n = self.span(x), int(node.attrs.get("num_groups", 0))
@@ -97,8 +104,11 @@ class PassThroughRules:
             la, r = ins[k], ranks[k]
             a = None if r is None else out_axis - (ro - r)
             if la is not None:
-                if a != la.axis or len(la.segs) != len(ref.segs) or la.expand != ref.expand or any(
-                    s.unit != q.unit for s, q in zip(la.segs, ref.segs, strict=True)
+                if (
+                    a != la.axis
+                    or len(la.segs) != len(ref.segs)
+                    or la.expand != ref.expand
+                    or any(s.unit != q.unit for s, q in zip(la.segs, ref.segs, strict=True))
                 ):
                     return self.close_all(tracked, f"{where}: inputs' channels do not line up")
                 for s, q in zip(la.segs, ref.segs, strict=True):
@@ -113,8 +123,9 @@ class PassThroughRules:
             if v is not None and dims[a] == span:
                 self.add_members(ref, node, "param", k, a)
                 continue
-            return self.close_all(tracked, f"{where}: input '{t.name}' is not part of any "
-                                           f"channel group")
+            return self.close_all(
+                tracked, f"{where}: input '{t.name}' is not part of any channel group"
+            )
         self.set(node.outputs[0], Layout(out_axis, ref.segs, ref.expand))
 
     def concat(self, node: gs.Node, ins: list, where: str) -> None:
@@ -224,8 +235,11 @@ class PassThroughRules:
             for t in node.outputs:
                 self.set(t, x)
             return None
-        sizes = const_value(node.inputs[1]) if len(node.inputs) > 1 and not is_empty_tensor(
-            node.inputs[1]) else None
+        sizes = (
+            const_value(node.inputs[1])
+            if len(node.inputs) > 1 and not is_empty_tensor(node.inputs[1])
+            else None
+        )
         if sizes is None:
             return self.close(x, f"{where}: split sizes are not a constant input")
         spans = [self.group(s.gid).span(s.unit, x.expand) for s in x.segs]
@@ -238,7 +252,8 @@ class PassThroughRules:
             segs = tuple(s for s, b in zip(x.segs, bounds, strict=True) if start < b <= cut)
             for s in segs:
                 self.group(s.gid).members.append(
-                    Member(node.name, "shape", 1, k, 0, x.expand, s.unit))
+                    Member(node.name, "shape", 1, k, 0, x.expand, s.unit)
+                )
             self.set(t, Layout(x.axis, segs, x.expand))
             start = cut
         return None
@@ -276,6 +291,7 @@ class PassThroughRules:
             for index, pos in ((1, lo), (2, hi)):
                 if b <= pos <= bounds[-1]:  # an end past the axis is clamped: left as is
                     self.group(s.gid).members.append(
-                        Member(node.name, "shape", index, k, 0, x.expand, s.unit))
+                        Member(node.name, "shape", index, k, 0, x.expand, s.unit)
+                    )
         self.set(node.outputs[0], Layout(x.axis, tuple(segs), x.expand))
         return None

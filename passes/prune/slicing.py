@@ -51,7 +51,7 @@ def plan_masks(analysis: Analysis, kept: dict[int, np.ndarray]) -> tuple[dict, d
             elif m.kind == "group":
                 group_dec[m.node] += len(gone) // m.expand
             else:
-                pos = (m.offset + gone[:, None] * m.expand + np.arange(m.expand)[None, :])
+                pos = m.offset + gone[:, None] * m.expand + np.arange(m.expand)[None, :]
                 removal[(m.node, m.index, m.axis)].append(pos.reshape(-1))
     return removal, shape_dec, group_dec
 
@@ -95,8 +95,10 @@ def apply_plan(graph: gs.Graph, analysis: Analysis, kept: dict[int, np.ndarray])
         attr = "num_groups" if node.op == "GroupNormalization" else "group"
         node.attrs[attr] = int(node.attrs[attr]) - dec
     for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and not is_graph_input(graph, t) and not is_graph_output(
-            graph, t
+        if (
+            isinstance(t, gs.Variable)
+            and not is_graph_input(graph, t)
+            and not is_graph_output(graph, t)
         ):
             t.shape = None
     return kept_index

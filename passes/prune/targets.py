@@ -62,8 +62,14 @@ def _top(scores: np.ndarray, k: int) -> np.ndarray:
     return np.sort(order[:k])
 
 
-def by_ratio(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, *,
-             max_ratio: float, round_to: int) -> dict[int, np.ndarray]:
+def by_ratio(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    ratio: float,
+    *,
+    max_ratio: float,
+    round_to: int,
+) -> dict[int, np.ndarray]:
     out = {}
     for gid, s in scores.items():
         g = analysis.groups[gid]
@@ -72,8 +78,9 @@ def by_ratio(analysis: Analysis, scores: dict[int, np.ndarray], ratio: float, *,
     return out
 
 
-def by_threshold(analysis: Analysis, scores: dict[int, np.ndarray], t: float, *,
-                 max_ratio: float, round_to: int) -> dict[int, np.ndarray]:
+def by_threshold(
+    analysis: Analysis, scores: dict[int, np.ndarray], t: float, *, max_ratio: float, round_to: int
+) -> dict[int, np.ndarray]:
     out = {}
     for gid, s in scores.items():
         g = analysis.groups[gid]
@@ -184,9 +191,16 @@ def _node_macs(n: gs.Node) -> tuple[float, int]:
     return _prod(out) * a[-1], int(a[-1]) if const_value(n.inputs[1]) is not None else 0
 
 
-def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float,
-           target_flops: float | None, global_rank: bool, max_ratio: float,
-           round_to: int) -> tuple[dict[int, np.ndarray], MacModel]:
+def select(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    *,
+    ratio: float,
+    target_flops: float | None,
+    global_rank: bool,
+    max_ratio: float,
+    round_to: int,
+) -> tuple[dict[int, np.ndarray], MacModel]:
     """The kept units per group for the requested target: ``target_flops`` (a fraction of the
     MACs) when given, else ``ratio``."""
     macs = MacModel(analysis)
@@ -212,8 +226,14 @@ def select(analysis: Analysis, scores: dict[int, np.ndarray], *, ratio: float,
     return top_up(analysis, scores, best, macs, goal, round_to), macs
 
 
-def top_up(analysis: Analysis, scores: dict[int, np.ndarray], kept: dict[int, np.ndarray],
-           macs: MacModel, goal: float, round_to: int) -> dict[int, np.ndarray]:
+def top_up(
+    analysis: Analysis,
+    scores: dict[int, np.ndarray],
+    kept: dict[int, np.ndarray],
+    macs: MacModel,
+    goal: float,
+    round_to: int,
+) -> dict[int, np.ndarray]:
     """Give removed units back, best relative score first, while the MACs stay <= ``goal``.
 
     A group whose next step does not fit is dropped for good: giving units back only adds

@@ -371,11 +371,19 @@ def write_probe(base: onnx.ModelProto, tensors: list[str], path: str) -> None:
     outs = base.graph.output
     n0 = len(outs)
     have = {v.name for v in outs}
-    outs.extend(onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
-                for t in tensors if t not in have)
+    outs.extend(
+        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+        for t in tensors
+        if t not in have
+    )
     try:
         big = model_bytes(base) > 1_800_000_000
-        onnx.save_model(base, path, save_as_external_data=big, all_tensors_to_one_file=True,
-                        location="probe.onnx.data")
+        onnx.save_model(
+            base,
+            path,
+            save_as_external_data=big,
+            all_tensors_to_one_file=True,
+            location="probe.onnx.data",
+        )
     finally:
         del outs[n0:]

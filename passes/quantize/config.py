@@ -26,6 +26,7 @@ SMOOTH_ALPHA = 0.5
 
 invalid = OptionError.invalid
 
+
 def names(value: Any) -> tuple[str, ...]:
     """Node names or op types: a comma-separated string or a sequence."""
     if isinstance(value, str):

@@ -97,20 +97,42 @@ class QuantizeDynamic(Pass):
         scale = gs.Variable(f"{p}_scale", dtype=np.float32)
         wz = np.zeros(ws.shape, np.int8)
         new = [
-            gs.Node("DynamicQuantizeLinear", f"{p}_DynamicQuantizeLinear", inputs=[x],
-                    outputs=[xq, xs, xz]),
-            gs.Node("MatMulInteger", f"{p}_MatMulInteger",
-                    inputs=[xq, gs.Constant(f"{p}_W_quantized", wq), xz,
-                            gs.Constant(f"{p}_W_zero_point", wz)], outputs=[acc]),
+            gs.Node(
+                "DynamicQuantizeLinear",
+                f"{p}_DynamicQuantizeLinear",
+                inputs=[x],
+                outputs=[xq, xs, xz],
+            ),
+            gs.Node(
+                "MatMulInteger",
+                f"{p}_MatMulInteger",
+                inputs=[
+                    xq,
+                    gs.Constant(f"{p}_W_quantized", wq),
+                    xz,
+                    gs.Constant(f"{p}_W_zero_point", wz),
+                ],
+                outputs=[acc],
+            ),
             gs.Node("Cast", f"{p}_Cast", attrs={"to": 1}, inputs=[acc], outputs=[accf]),
-            gs.Node("Mul", f"{p}_scale_Mul", inputs=[xs, gs.Constant(f"{p}_W_scale", ws)],
-                    outputs=[scale]),
+            gs.Node(
+                "Mul",
+                f"{p}_scale_Mul",
+                inputs=[xs, gs.Constant(f"{p}_W_scale", ws)],
+                outputs=[scale],
+            ),
         ]
         out = y if bias is None else gs.Variable(f"{p}_nobias", dtype=np.float32)
         new.append(gs.Node("Mul", f"{p}_Mul", inputs=[accf, scale], outputs=[out]))
         if bias is not None:
-            new.append(gs.Node("Add", f"{p}_bias_Add",
-                               inputs=[out, gs.Constant(f"{p}_bias", bias)], outputs=[y]))
+            new.append(
+                gs.Node(
+                    "Add",
+                    f"{p}_bias_Add",
+                    inputs=[out, gs.Constant(f"{p}_bias", bias)],
+                    outputs=[y],
+                )
+            )
         node.inputs.clear()
         node.outputs.clear()
         graph.nodes.extend(new)

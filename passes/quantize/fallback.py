@@ -117,9 +117,13 @@ def search_fallback(
             break
         lo, k = k, min(n, k * 2) if k < n else n + 1
     if hi is None:
-        return FallbackResult(order, ranking, met=False,
-                              reason="budget not met even with every site in float",
-                              evaluations=judge.evaluations)
+        return FallbackResult(
+            order,
+            ranking,
+            met=False,
+            reason="budget not met even with every site in float",
+            evaluations=judge.evaluations,
+        )
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if ok_with(mid):

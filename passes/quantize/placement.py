@@ -40,8 +40,19 @@ UNARY = ("AveragePool", "GlobalAveragePool", "Sigmoid", "LeakyRelu")
 CANDIDATES = (*WEIGHTED, *BINARY, "Concat", *UNARY)
 #: ops whose int8 run needs the same (scale, zero point) on input and output
 PASS_THROUGH = (
-    "MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze", "Resize",
-    "Slice", "Identity", "Expand", "Tile", "DepthToSpace", "SpaceToDepth",
+    "MaxPool",
+    "Reshape",
+    "Transpose",
+    "Flatten",
+    "Squeeze",
+    "Unsqueeze",
+    "Resize",
+    "Slice",
+    "Identity",
+    "Expand",
+    "Tile",
+    "DepthToSpace",
+    "SpaceToDepth",
 )
 FOLDABLE = ("Relu", "Clip")
 #: ops after which a residual Add/Mul stays float (transformer residual stream)
@@ -49,8 +60,10 @@ FLOAT_SINKS = ("LayerNormalization", "ReduceMean", "Softmax", "SimplifiedLayerNo
 
 
 def _is_float_var(t: gs.Tensor) -> bool:
-    return isinstance(t, gs.Variable) and t.name != "" and (
-        t.dtype is not None and np.dtype(t.dtype) == np.float32
+    return (
+        isinstance(t, gs.Variable)
+        and t.name != ""
+        and (t.dtype is not None and np.dtype(t.dtype) == np.float32)
     )
 
 
@@ -160,9 +173,7 @@ def eligible(node: gs.Node, *, per_channel: bool, quantize_residual: bool) -> Si
     if op in BINARY:
         if not all(_is_float_var(t) for t in ins):
             return f"{node.name}: {op} with a constant operand is left float"
-        if not quantize_residual and any(
-            c.op in FLOAT_SINKS for c in node.outputs[0].outputs
-        ):
+        if not quantize_residual and any(c.op in FLOAT_SINKS for c in node.outputs[0].outputs):
             return f"{node.name}: {op} feeds the float residual stream (LayerNorm/Softmax)"
         return Site(node, [0, 1])
     if op == "Concat":
@@ -228,8 +239,14 @@ def make_plan(
     its inputs is already int8; ``"all"`` enables every eligible one.
     """
     plan = Plan()
-    q = _enable_sites(graph, enabled, plan, per_channel=per_channel,
-                      quantize_residual=quantize_residual, elementwise=elementwise)
+    q = _enable_sites(
+        graph,
+        enabled,
+        plan,
+        per_channel=per_channel,
+        quantize_residual=quantize_residual,
+        elementwise=elementwise,
+    )
     if fold_relu:
         _fold_relus(graph, plan, q)
     uf = _propagate(graph, plan, q)
@@ -240,20 +257,34 @@ def make_plan(
             continue
         plan.group[t] = roots.setdefault(uf.find(t), len(roots))
     if embeddings:
-        plan.embeddings = [n.name for n in graph.nodes if n.op == "Gather" and n.name in enabled
-                           and _const_f32(n.inputs[0]) is not None]
+        plan.embeddings = [
+            n.name
+            for n in graph.nodes
+            if n.op == "Gather" and n.name in enabled and _const_f32(n.inputs[0]) is not None
+        ]
     return plan
 
 
-def _enable_sites(graph: gs.Graph, enabled: set[str], plan: Plan, *, per_channel: bool,
-                  quantize_residual: bool, elementwise: str) -> set[str]:
+def _enable_sites(
+    graph: gs.Graph,
+    enabled: set[str],
+    plan: Plan,
+    *,
+    per_channel: bool,
+    quantize_residual: bool,
+    elementwise: str,
+) -> set[str]:
     """Step 1-2: fill ``plan.sites`` in one topological sweep; returns the tensors to quantize
     (activation inputs of the sites, and the outputs that need a Q)."""
     q: set[str] = set()
     int8: set[str] = set()  # tensors that will exist as int8 anyway (topological sweep)
     for node in graph.nodes:
-        if (node.op in (*PASS_THROUGH, *FOLDABLE) and node.inputs and node.outputs
-                and node.inputs[0].name in int8):
+        if (
+            node.op in (*PASS_THROUGH, *FOLDABLE)
+            and node.inputs
+            and node.outputs
+            and node.inputs[0].name in int8
+        ):
             int8.add(node.outputs[0].name)
         if node.name not in enabled or node.op == "Gather":  # embeddings: see make_plan
             continue
@@ -261,8 +292,11 @@ def _enable_sites(graph: gs.Graph, enabled: set[str], plan: Plan, *, per_channel
         if isinstance(site, str):
             plan.notes.append(site)
             continue
-        if (elementwise != "all" and node.op not in WEIGHTED
-                and not any(node.inputs[i].name in int8 for i in site.acts)):
+        if (
+            elementwise != "all"
+            and node.op not in WEIGHTED
+            and not any(node.inputs[i].name in int8 for i in site.acts)
+        ):
             plan.notes.append(f"{node.name}: {node.op} left float (no input is int8 already)")
             continue
         if site.out_q:

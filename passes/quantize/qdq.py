@@ -86,14 +86,17 @@ def weight_params(w: np.ndarray, axis: int | None, reduce_range: bool = False) -
     return scale
 
 
-def quantize_weight(w: np.ndarray, scale: np.ndarray, axis: int | None,
-                    reduce_range: bool = False) -> np.ndarray:
+def quantize_weight(
+    w: np.ndarray, scale: np.ndarray, axis: int | None, reduce_range: bool = False
+) -> np.ndarray:
     qmax = 63 if reduce_range else 127
     s = scale if axis is None else scale.reshape([-1 if i == axis else 1 for i in range(w.ndim)])
     return np.clip(np.round(w / s), -qmax, qmax).astype(np.int8)
 
 
-def quantize_bias(b: np.ndarray, x_scale: float, w_scale: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+def quantize_bias(
+    b: np.ndarray, x_scale: float, w_scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
     """int32 bias, its scale (x_scale·w_scale) and the number of saturated entries."""
     bs = (np.float32(x_scale) * w_scale.astype(np.float32)).astype(np.float32)
     bs = np.broadcast_to(bs, b.shape).astype(np.float32) if bs.ndim else bs
@@ -105,8 +108,15 @@ def quantize_bias(b: np.ndarray, x_scale: float, w_scale: np.ndarray) -> tuple[n
 class Inserter:
     """Applies a :class:`Plan` with given per-group parameters to a gs.Graph."""
 
-    def __init__(self, graph: gs.Graph, plan: Plan, params: dict[int, QParams], *,
-                 reduce_range: bool = False, per_axis_ok: bool = True) -> None:
+    def __init__(
+        self,
+        graph: gs.Graph,
+        plan: Plan,
+        params: dict[int, QParams],
+        *,
+        reduce_range: bool = False,
+        per_axis_ok: bool = True,
+    ) -> None:
         self.graph = graph
         self.plan = plan
         self.params = params
@@ -131,21 +141,41 @@ class Inserter:
         z = self._const(base + "_zero_point", np.array(p.zero_point, p.dtype))
         q = gs.Variable(self._name(base + "_quantized"), dtype=p.dtype, shape=src.shape)
         dq = gs.Variable(self._name(base + "_dequantized"), dtype=np.float32, shape=src.shape)
-        self.graph.nodes.append(gs.Node("QuantizeLinear", self._name(base + "_QuantizeLinear"),
-                                        inputs=[src, s, z], outputs=[q]))
-        self.graph.nodes.append(gs.Node("DequantizeLinear", self._name(base + "_DequantizeLinear"),
-                                        inputs=[q, s, z], outputs=[dq]))
+        self.graph.nodes.append(
+            gs.Node(
+                "QuantizeLinear",
+                self._name(base + "_QuantizeLinear"),
+                inputs=[src, s, z],
+                outputs=[q],
+            )
+        )
+        self.graph.nodes.append(
+            gs.Node(
+                "DequantizeLinear",
+                self._name(base + "_DequantizeLinear"),
+                inputs=[q, s, z],
+                outputs=[dq],
+            )
+        )
         return dq
 
-    def _dq_const(self, base: str, qv: np.ndarray, scale: np.ndarray, axis: int | None,
-                  zp_dtype: type) -> gs.Variable:
+    def _dq_const(
+        self, base: str, qv: np.ndarray, scale: np.ndarray, axis: int | None, zp_dtype: type
+    ) -> gs.Variable:
         s = self._const(base + "_scale", scale.astype(np.float32))
         z = self._const(base + "_zero_point", np.zeros(scale.shape, zp_dtype))
         qc = self._const(base + "_quantized", qv)
         out = gs.Variable(self._name(base + "_dequantized"), dtype=np.float32, shape=list(qv.shape))
         attrs = {"axis": axis} if axis is not None and scale.ndim == 1 else {}
-        self.graph.nodes.append(gs.Node("DequantizeLinear", self._name(base + "_DequantizeLinear"),
-                                        attrs=attrs, inputs=[qc, s, z], outputs=[out]))
+        self.graph.nodes.append(
+            gs.Node(
+                "DequantizeLinear",
+                self._name(base + "_DequantizeLinear"),
+                attrs=attrs,
+                inputs=[qc, s, z],
+                outputs=[out],
+            )
+        )
         return out
 
     def apply(self) -> dict[str, int]:
@@ -194,10 +224,13 @@ class Inserter:
         prod = t.inputs[0] if t.inputs else None
         if prod is None or prod.op != "DequantizeLinear":
             return None
-        return QParams(float(const_value(prod.inputs[1])), int(const_value(prod.inputs[2])),
-                       const_value(prod.inputs[2]).dtype.type)
+        return QParams(
+            float(const_value(prod.inputs[1])),
+            int(const_value(prod.inputs[2])),
+            const_value(prod.inputs[2]).dtype.type,
+        )
 
-    def _weights(self, site) -> None:  # noqa: ANN001 - Site
+    def _weights(self, site) -> None:
         node = site.node
         if site.weight is None:
             return
@@ -243,6 +276,12 @@ class Inserter:
         s = self._const(f"{node.name}_table_scale", ws)
         z = self._const(f"{node.name}_table_zero_point", np.zeros(ws.shape, np.int8))
         attrs = {"axis": -1} if per_col else {}
-        self.graph.nodes.append(gs.Node("DequantizeLinear",
-                                        self._name(f"{node.name}_DequantizeLinear"),
-                                        attrs=attrs, inputs=[yq, s, z], outputs=[y]))
+        self.graph.nodes.append(
+            gs.Node(
+                "DequantizeLinear",
+                self._name(f"{node.name}_DequantizeLinear"),
+                attrs=attrs,
+                inputs=[yq, s, z],
+                outputs=[y],
+            )
+        )

@@ -129,14 +129,17 @@ def apply_smoothing(
         w_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
         s = smoothing_scales(xm, w_max, alpha)
         for m, w in zip(mms, weights, strict=True):
-            m.inputs[1] = gs.Constant(fresh(f"{m.name or x_name}_smoothed_W"), (w * s[:, None]).astype(np.float32))
+            m.inputs[1] = gs.Constant(
+                fresh(f"{m.name or x_name}_smoothed_W"), (w * s[:, None]).astype(np.float32)
+            )
         if _fold_into_layernorm(graph, x, mms, s, fresh):
             res.folded += 1
         else:
             inv = gs.Constant(fresh(f"{x_name}_smooth_inv_scale"), (1.0 / s).astype(np.float32))
             xs = gs.Variable(fresh(f"{x_name}_smoothed"), dtype=np.float32, shape=x.shape)
-            graph.nodes.append(gs.Node("Mul", fresh(f"{x_name}_smooth_Mul"), inputs=[x, inv],
-                                       outputs=[xs]))
+            graph.nodes.append(
+                gs.Node("Mul", fresh(f"{x_name}_smooth_Mul"), inputs=[x, inv], outputs=[xs])
+            )
             for m in mms:
                 m.inputs[0] = xs
         res.groups += 1
@@ -147,14 +150,17 @@ def apply_smoothing(
     return res
 
 
-def _fold_into_layernorm(graph: gs.Graph, x: gs.Variable, mms: list[gs.Node],
-                         s: np.ndarray, fresh: Callable[[str], str]) -> bool:
+def _fold_into_layernorm(
+    graph: gs.Graph, x: gs.Variable, mms: list[gs.Node], s: np.ndarray, fresh: Callable[[str], str]
+) -> bool:
     """``γ' = γ/s``, ``β' = β/s`` when ``x`` comes from a LayerNormalization read only by ``mms``."""
     ln = x.inputs[0] if len(x.inputs) == 1 else None
     if ln is None or ln.op != "LayerNormalization" or is_graph_output(graph, x):
         return False
-    if ln.attrs.get("axis", -1) not in (-1, len(x.shape or []) - 1) or len(ln.outputs) > 1 and any(
-        o.outputs for o in ln.outputs[1:]
+    if (
+        ln.attrs.get("axis", -1) not in (-1, len(x.shape or []) - 1)
+        or len(ln.outputs) > 1
+        and any(o.outputs for o in ln.outputs[1:])
     ):
         return False
     ids = {id(m) for m in mms}
@@ -166,7 +172,11 @@ def _fold_into_layernorm(graph: gs.Graph, x: gs.Variable, mms: list[gs.Node],
     beta = const_value(ln.inputs[2]) if len(ln.inputs) > 2 and ln.inputs[2].name else None
     if beta is not None and beta.shape != s.shape:
         return False
-    ln.inputs[1] = gs.Constant(fresh(f"{ln.name or x.name}_smoothed_scale"), (gamma / s).astype(np.float32))
+    ln.inputs[1] = gs.Constant(
+        fresh(f"{ln.name or x.name}_smoothed_scale"), (gamma / s).astype(np.float32)
+    )
     if beta is not None:
-        ln.inputs[2] = gs.Constant(fresh(f"{ln.name or x.name}_smoothed_bias"), (beta / s).astype(np.float32))
+        ln.inputs[2] = gs.Constant(
+            fresh(f"{ln.name or x.name}_smoothed_bias"), (beta / s).astype(np.float32)
+        )
     return True

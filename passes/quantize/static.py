@@ -64,8 +64,14 @@ class QuantizeInt8(Pass):
         base, smooth_info = self._prepare(model, ctx, notes)
         graph = to_graph(base)
         exclude = set(c.exclude)
-        allowed = [n.name for n in graph.nodes if n.op in (*CANDIDATES, "Gather")
-                   and n.name not in exclude and n.op not in exclude and ctx.allow(n.name)]
+        allowed = [
+            n.name
+            for n in graph.nodes
+            if n.op in (*CANDIDATES, "Gather")
+            and n.name not in exclude
+            and n.op not in exclude
+            and ctx.allow(n.name)
+        ]
         plan_kw = self._plan_options(opset, notes)
         full = make_plan(graph, set(allowed), **plan_kw)
         sites = [s for s in allowed if s in full.sites or s in full.embeddings]
@@ -75,14 +81,21 @@ class QuantizeInt8(Pass):
         plan_notes = full.notes  # why each candidate stays float
         del graph, full  # planning graph: free it before onnxruntime loads the model
         params = self._calibrate(base, probe_tensors, ctx)
-        build = Builder(base, model, params, plan_kw, activations=c.activations,
-                        reduce_range=resolve_reduce_range(c.reduce_range),
-                        per_axis_ok=opset >= 13)
+        build = Builder(
+            base,
+            model,
+            params,
+            plan_kw,
+            activations=c.activations,
+            reduce_range=resolve_reduce_range(c.reduce_range),
+            per_axis_ok=opset >= 13,
+        )
         qmodel, kept = build(set(sites)), list(sites)
         details = self._details(plan_kw, smooth_info)
         if ctx.budget is not None and c.fallback:
             qmodel, kept, fb_notes, details["float_nodes"] = self._fallback(
-                model, build, sites, qmodel, ctx)
+                model, build, sites, qmodel, ctx
+            )
             notes += fb_notes
         details["counts"] = dict(build.inserter.counts)
         notes += build.inserter.notes + plan_notes[:20]
@@ -100,18 +113,21 @@ class QuantizeInt8(Pass):
         if feeds.synthesized:
             notes.append("calibrated on synthesized inputs: ranges may not match real data")
         if feeds.num_samples < MIN_SAMPLES:
-            notes.append(f"only {feeds.num_samples} calibration samples (< {MIN_SAMPLES}): "
-                         "ranges may be unreliable")
+            notes.append(
+                f"only {feeds.num_samples} calibration samples (< {MIN_SAMPLES}): "
+                "ranges may be unreliable"
+            )
             logger.warning("only %d calibration samples", feeds.num_samples)
         return notes
 
-    def _prepare(self, model: onnx.ModelProto, ctx: PassContext,
-                 notes: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
+    def _prepare(
+        self, model: onnx.ModelProto, ctx: PassContext, notes: list[str]
+    ) -> tuple[onnx.ModelProto, dict[str, int]]:
         """The model to quantize: shapes inferred, initializers read through Identity, nodes
         named, MatMul inputs smoothed if asked. Returns (model, smoothing summary)."""
         try:
             inferred = with_inferred_shapes(model)
-        except Exception as e:  # noqa: BLE001 - a model shape inference rejects still quantizes
+        except Exception as e:
             logger.debug("shape inference failed: %s", e)
             inferred = model
         base = _named(_resolve_const_identities(inferred, in_place=inferred is not model))
@@ -124,38 +140,62 @@ class QuantizeInt8(Pass):
         c = self.config
         if c.per_channel and opset < 13:
             notes.append(f"opset {opset} < 13: per-tensor weight scales")
-        return dict(per_channel=c.per_channel and opset >= 13,
-                    fold_relu=c.activations == "uint8", quantize_residual=c.quantize_residual,
-                    embeddings=c.embeddings, elementwise=c.elementwise)
+        return dict(
+            per_channel=c.per_channel and opset >= 13,
+            fold_relu=c.activations == "uint8",
+            quantize_residual=c.quantize_residual,
+            embeddings=c.embeddings,
+            elementwise=c.elementwise,
+        )
 
     def _details(self, plan_kw: dict[str, Any], smooth_info: dict[str, int]) -> dict[str, Any]:
         c = self.config
-        return {"calibrator": str(make_calibrator(c.calibrator, c.percentile)),
-                "activations": c.activations, "per_channel": plan_kw["per_channel"],
-                "reduce_range": resolve_reduce_range(c.reduce_range), "counts": {},
-                "float_nodes": [], "smoothing": smooth_info}
+        return {
+            "calibrator": str(make_calibrator(c.calibrator, c.percentile)),
+            "activations": c.activations,
+            "per_channel": plan_kw["per_channel"],
+            "reduce_range": resolve_reduce_range(c.reduce_range),
+            "counts": {},
+            "float_nodes": [],
+            "smoothing": smooth_info,
+        }
 
-    def _calibrate(self, base: onnx.ModelProto, tensors: list[str],
-                   ctx: PassContext) -> dict[str, tuple[float, float]]:
+    def _calibrate(
+        self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
+    ) -> dict[str, tuple[float, float]]:
         c = self.config
         dyn = _dynamic_batch(base)
         with tempfile.TemporaryDirectory(prefix="onnxopt_calib_") as tmp:
             path = os.path.join(tmp, "probe.onnx")
             write_probe(base, tensors, path)
-            stats = collect_stats(path, tensors, ctx.feeds.runs, bins=c.bins,
-                                  batch=c.calib_batch, dynamic_batch=dyn, progress=ctx.progress)
+            stats = collect_stats(
+                path,
+                tensors,
+                ctx.feeds.runs,
+                bins=c.bins,
+                batch=c.calib_batch,
+                dynamic_batch=dyn,
+                progress=ctx.progress,
+            )
         cal = make_calibrator(c.calibrator, c.percentile)
         sym = c.activations == "int8-sym"
         return {t: cal.range(s, symmetric=sym) for t, s in stats.items() if not s.empty}
 
-    def _smooth(self, base: onnx.ModelProto, ctx: PassContext,
-                notes: list[str]) -> tuple[onnx.ModelProto, dict[str, int]]:
+    def _smooth(
+        self, base: onnx.ModelProto, ctx: PassContext, notes: list[str]
+    ) -> tuple[onnx.ModelProto, dict[str, int]]:
         """SmoothQuant-style smoothing of MatMul inputs (exact in float) before calibration."""
         c = self.config
         exclude = set(c.exclude)
         graph = to_graph(base)
-        names = {n.name for n in graph.nodes if n.op == "MatMul" and n.name not in exclude
-                 and "MatMul" not in exclude and ctx.allow(n.name)}
+        names = {
+            n.name
+            for n in graph.nodes
+            if n.op == "MatMul"
+            and n.name not in exclude
+            and "MatMul" not in exclude
+            and ctx.allow(n.name)
+        }
         tensors = sorted(smooth_groups(graph, names))
         del graph
         if not tensors:
@@ -168,13 +208,20 @@ class QuantizeInt8(Pass):
             x_max = channel_absmax(path, tensors, runs, ctx.progress)
         res = apply_smoothing(base, x_max, c.smooth, names)
         notes.extend(res.notes[:10])
-        notes.append(f"smooth(alpha={c.smooth:g}): {res.matmuls} MatMuls over {res.groups} "
-                     f"inputs ({res.folded} folded into LayerNorm)")
+        notes.append(
+            f"smooth(alpha={c.smooth:g}): {res.matmuls} MatMuls over {res.groups} "
+            f"inputs ({res.folded} folded into LayerNorm)"
+        )
         return res.model, {"groups": res.groups, "matmuls": res.matmuls, "folded": res.folded}
 
-    def _fallback(self, model: onnx.ModelProto, build: Builder, sites: list[str],
-                  qmodel: onnx.ModelProto, ctx: PassContext
-                  ) -> tuple[onnx.ModelProto, list[str], list[str], list[dict[str, Any]]]:
+    def _fallback(
+        self,
+        model: onnx.ModelProto,
+        build: Builder,
+        sites: list[str],
+        qmodel: onnx.ModelProto,
+        ctx: PassContext,
+    ) -> tuple[onnx.ModelProto, list[str], list[str], list[dict[str, Any]]]:
         """Return the most sensitive sites to float until ``ctx.budget`` holds.
 
         Returns (model, kept sites, notes, one row per float site)."""
@@ -194,10 +241,15 @@ class QuantizeInt8(Pass):
         ranking = rank_sites(build, sites, runner, sfeeds, sref, ctx.progress)
         res = search_fallback(build, sites, judge, ranking, ctx.progress)
         sq = dict(ranking)
-        rows = [{"node": s, "sqnr_db": round(sq[s], 2),
-                 "why": f"sensitivity rank {i + 1}/{len(sites)} (SQNR {sq[s]:.1f} dB); "
-                        f"needed to meet the budget"}
-                for i, s in enumerate(res.float_sites)]
+        rows = [
+            {
+                "node": s,
+                "sqnr_db": round(sq[s], 2),
+                "why": f"sensitivity rank {i + 1}/{len(sites)} (SQNR {sq[s]:.1f} dB); "
+                f"needed to meet the budget",
+            }
+            for i, s in enumerate(res.float_sites)
+        ]
         for r in rows:
             notes.append(f"kept float: {r['node']}: {r['why']}")
         if not res.met:
@@ -217,9 +269,17 @@ class Builder:
         plan_kw: keyword arguments of :func:`.placement.make_plan`.
     """
 
-    def __init__(self, base: onnx.ModelProto, like: onnx.ModelProto,
-                 ranges: dict[str, tuple[float, float]], plan_kw: dict[str, Any], *,
-                 activations: str, reduce_range: bool, per_axis_ok: bool) -> None:
+    def __init__(
+        self,
+        base: onnx.ModelProto,
+        like: onnx.ModelProto,
+        ranges: dict[str, tuple[float, float]],
+        plan_kw: dict[str, Any],
+        *,
+        activations: str,
+        reduce_range: bool,
+        per_axis_ok: bool,
+    ) -> None:
         self.base, self.like, self.ranges, self.plan_kw = base, like, ranges, plan_kw
         self.activations = activations
         self.reduce_range = reduce_range
@@ -230,8 +290,9 @@ class Builder:
         g = to_graph(self.base)
         plan = make_plan(g, enabled, **self.plan_kw)
         params = _group_params(plan, self.ranges, self.activations)
-        self.inserter = Inserter(g, plan, params, reduce_range=self.reduce_range,
-                                 per_axis_ok=self.per_axis_ok)
+        self.inserter = Inserter(
+            g, plan, params, reduce_range=self.reduce_range, per_axis_ok=self.per_axis_ok
+        )
         self.inserter.apply()
         return to_model(g, like=self.like)
 
@@ -246,13 +307,18 @@ def _resolve_const_identities(model: onnx.ModelProto, *, in_place: bool) -> onnx
     """
     g = model.graph
     inits = {t.name for t in g.initializer}
-    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-           for n in g.node for a in n.attribute):
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in g.node
+        for a in n.attribute
+    ):
         return model
     outs = {o.name for o in g.output}
-    alias = {n.output[0]: n.input[0] for n in g.node
-             if n.op_type == "Identity" and n.input and n.input[0] in inits
-             and n.output[0] not in outs}
+    alias = {
+        n.output[0]: n.input[0]
+        for n in g.node
+        if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outs
+    }
     if not alias:
         return model
     if not in_place:
@@ -299,8 +365,9 @@ def _dynamic_batch(model: onnx.ModelProto) -> bool:
     return True
 
 
-def _group_params(plan: Plan, ranges: dict[str, tuple[float, float]],
-                  activations: str) -> dict[int, QParams]:
+def _group_params(
+    plan: Plan, ranges: dict[str, tuple[float, float]], activations: str
+) -> dict[int, QParams]:
     """Per group: the union of its members' ranges -> QParams; drop tensors without stats."""
     out: dict[int, QParams] = {}
     for gid, members in plan.members().items():
@@ -316,4 +383,3 @@ def _group_params(plan: Plan, ranges: dict[str, tuple[float, float]],
 
 def describe_params(p: QParams) -> str:
     return f"scale={p.scale:.6g} zp={p.zero_point} {np.dtype(p.dtype).name}"
-

@@ -69,8 +69,11 @@ def test_sample_no_changed_outputs_no_crashes(node_dir: Path) -> None:
     missing = [c.name for c in cases if not (c / "model.onnx").exists()]
     assert not missing, f"node tests not in this onnx wheel: {missing}"
     summary = node_suite.run_suite(cases, ["cleanup"])
-    bad = [(r["name"], r["status"], r["detail"]) for r in summary["results"]
-           if r["status"] in ("changed", "crashed")]
+    bad = [
+        (r["name"], r["status"], r["detail"])
+        for r in summary["results"]
+        if r["status"] in ("changed", "crashed")
+    ]
     assert not bad
     counts = summary["counts"]
     assert counts["optimized"] >= 20, counts  # the expanded cases really are rewritten
@@ -82,7 +85,7 @@ def test_classifies_a_broken_pipeline_as_crashed(node_dir: Path, monkeypatch) ->
     """The harness itself: an exception escaping the manager is counted, not raised."""
     import onnxopt.pipeline as pipeline
 
-    def boom(self, model, feeds=None, calibration=None):  # noqa: ANN001, ANN202
+    def boom(self, model, feeds=None, calibration=None):
         raise RuntimeError("boom")
 
     monkeypatch.setattr(pipeline.PassManager, "run", boom)

@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from onnxopt import optimize  # noqa: E402
-from onnxopt.summary import ModelSummary  # noqa: E402
-from onnxopt.verify import Exact, Runner  # noqa: E402
+from onnxopt import optimize
+from onnxopt.summary import ModelSummary
+from onnxopt.verify import Exact, Runner
 
 
 def residual_cnn():
@@ -44,8 +44,9 @@ def test_default_pipeline_on_exported_cnn(tmp_path, dynamo):
 
     x = torch.randn(2, 3, 8, 8)
     path = tmp_path / "cnn.onnx"
-    original = export_torch(residual_cnn(), x, path, input_names=["x"], output_names=["y"],
-                            dynamo=dynamo)
+    original = export_torch(
+        residual_cnn(), x, path, input_names=["x"], output_names=["y"], dynamo=dynamo
+    )
     feeds = {"x": np.random.default_rng(0).standard_normal((6, 2, 3, 8, 8)).astype(np.float32)}
     out, report = optimize(path, data=feeds)
     assert report.passes, "no pass ran"

@@ -16,17 +16,27 @@ from onnxopt.synth import synthesize
 
 LIGHT = Path(onnx.__file__).parent / "backend" / "test" / "data" / "light"
 SLOW = {"vgg19", "densenet121", "inception_v2", "resnet50"}  # 2-5 s each; the others ~1 s
-MODELS = [pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
-          for n in ("resnet50", "densenet121", "inception_v1", "inception_v2", "shufflenet",
-                    "squeezenet", "vgg19", "zfnet512", "bvlc_alexnet")]
+MODELS = [
+    pytest.param(n, marks=pytest.mark.slow) if n in SLOW else n
+    for n in (
+        "resnet50",
+        "densenet121",
+        "inception_v1",
+        "inception_v2",
+        "shufflenet",
+        "squeezenet",
+        "vgg19",
+        "zfnet512",
+        "bvlc_alexnet",
+    )
+]
 PRUNED = {"resnet50", "densenet121", "inception_v1", "inception_v2", "squeezenet", "vgg19"}
 
 
 @pytest.mark.parametrize("name", MODELS)
 def test_light_model_pipeline(name: str) -> None:
     model = onnx.load(LIGHT / f"light_{name}.onnx")
-    pm = manager(["cleanup", "fusion", "prune", "quantize-int8"],
-                     options={"prune": {"ratio": 0.3}})
+    pm = manager(["cleanup", "fusion", "prune", "quantize-int8"], options={"prune": {"ratio": 0.3}})
     out, rep = pm.run(model, synthesize(model, runs=4))
     status = {p.name: p.status for p in rep.passes}
     failed = {p.name: p.reason for p in rep.passes if p.status in ("rolled back", "error")}

@@ -16,12 +16,19 @@ from onnxopt.errors import DataError, ModelError, OptionError
 def _mlp(batch: int | str = "N") -> onnx.ModelProto:
     """y = relu(x·W + b), x float[batch, 16]."""
     rng = np.random.default_rng(0)
-    w = helper.make_tensor("W", onnx.TensorProto.FLOAT, [16, 32],
-                           rng.standard_normal((16, 32)).astype(np.float32).ravel())
+    w = helper.make_tensor(
+        "W",
+        onnx.TensorProto.FLOAT,
+        [16, 32],
+        rng.standard_normal((16, 32)).astype(np.float32).ravel(),
+    )
     b = helper.make_tensor("B", onnx.TensorProto.FLOAT, [32], np.zeros(32, np.float32))
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["a"]),
-         helper.make_node("Relu", ["a"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Add", ["h", "B"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
         "mlp",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 16])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, 32])],
@@ -43,9 +50,12 @@ def _int_model() -> onnx.ModelProto:
     """Gather from an embedding table: ids int64[1, 8]."""
     table = helper.make_tensor("E", onnx.TensorProto.FLOAT, [10, 4], np.ones(40, np.float32))
     g = helper.make_graph(
-        [helper.make_node("Gather", ["E", "ids"], ["y"])], "emb",
+        [helper.make_node("Gather", ["E", "ids"], ["y"])],
+        "emb",
         [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 8])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 4])], [table])
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 4])],
+        [table],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -116,9 +126,24 @@ def test_summarize_and_noise():
     a = summarize(list(1.0 + 0.01 * rng.standard_normal(200)))
     b = summarize(list(1.001 + 0.01 * rng.standard_normal(200)))
     c = summarize(list(2.0 + 0.01 * rng.standard_normal(200)))
-    mk = dict(model="m", path="", batch=1, provider="cpu", threads=0, optimization="all",
-              warmup=0, runs=200, throughput=1.0, session_ms=1.0, peak_rss_mb=1.0,
-              session_rss_mb=0.0, memory_method="", file_bytes=1, inputs="", synthesized=True)
+    mk = dict(
+        model="m",
+        path="",
+        batch=1,
+        provider="cpu",
+        threads=0,
+        optimization="all",
+        warmup=0,
+        runs=200,
+        throughput=1.0,
+        session_ms=1.0,
+        peak_rss_mb=1.0,
+        session_rss_mb=0.0,
+        memory_method="",
+        file_bytes=1,
+        inputs="",
+        synthesized=True,
+    )
     ra, rb, rc = (BenchResult(**mk, **x) for x in (a, b, c))
     assert ra.within_noise(rb) and not ra.within_noise(rc)
     assert rc.ratio(ra) == pytest.approx(2.0, rel=0.02)

@@ -18,8 +18,7 @@ g (float[2,3] x) => (float[2,3] y) { y = Relu(x) }""")
 
 def test_npz_split_along_batch_and_labels(tmp_path):
     p = tmp_path / "d.npz"
-    np.savez(p, x=np.zeros((6, 3), np.float32), ids=np.zeros((6, 5), np.int64),
-             labels=np.arange(6))
+    np.savez(p, x=np.zeros((6, 3), np.float32), ids=np.zeros((6, 5), np.int64), labels=np.arange(6))
     f = load_feeds(p, MODEL, batch=2)
     assert len(f) == 3 and f.runs[0]["x"].shape == (2, 3)
     assert [list(x) for x in f.labels] == [[0, 1], [2, 3], [4, 5]]

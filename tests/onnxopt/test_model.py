@@ -97,8 +97,11 @@ def test_load_from_bytes_and_proto_copy():
 
 
 def test_helper_model_with_ir_and_opset():
-    g = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
-                          [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
-                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])])
+    g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [2])],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     assert ModelSummary.of(load_model(m)).nodes == 1

@@ -46,8 +46,13 @@ class NegToAbs(Pass):
                 sites.append(key)
                 n.op = "Abs" if key in self.wrong else "Neg"
                 n.name = f"rewritten_{key}"
-        return PassResult(changed=bool(sites), rewrites=len(sites), sites=sites,
-                          notes=[f"rewrote {sorted(sites)}"], details={"sites": sorted(sites)})
+        return PassResult(
+            changed=bool(sites),
+            rewrites=len(sites),
+            sites=sites,
+            notes=[f"rewrote {sorted(sites)}"],
+            details={"sites": sorted(sites)},
+        )
 
 
 class AllWrong(Pass):

@@ -86,8 +86,11 @@ def test_export_failure_is_a_clear_error(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.onnx, "export", broken)
     monkeypatch.setattr(zoo, "torch_model", lambda name: torch.nn.Identity())
-    with pytest.raises(zoo.ZooError, match=r"export of digits_mlp with the dynamo exporter "
-                                           r"failed: RuntimeError: unsupported operator aten::foo$"):
+    with pytest.raises(
+        zoo.ZooError,
+        match=r"export of digits_mlp with the dynamo exporter "
+        r"failed: RuntimeError: unsupported operator aten::foo$",
+    ):
         zoo.build("digits_mlp", "dynamo")
     assert not list(tmp_path.glob("*.onnx"))  # nothing half-written
 
@@ -103,7 +106,9 @@ def test_large_models_run_in_onnxruntime(name, exporter):
         hidden = 768 if name == "bert_base" else 256
         assert outs[0].shape == (1, zoo.BERT_SEQ, hidden) and outs[1].shape == (1, hidden)
         assert {i.name for i in onnx.load(str(path), load_external_data=False).graph.input} == {
-            "input_ids", "attention_mask"}
+            "input_ids",
+            "attention_mask",
+        }
     else:
         assert outs[0].shape == (1, 1000)
     assert all(np.isfinite(o).all() for o in outs)

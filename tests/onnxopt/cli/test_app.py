@@ -17,8 +17,13 @@ TEST_DATA = EXAMPLES / "digits_test.npz"
 
 
 def cli(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "onnxopt", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "onnxopt", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def assert_one_line_error(r, *words):
@@ -88,13 +93,16 @@ def bad_files(tmp_path):
     return {"garbage": garbage, "trunc": trunc, "rejected": rejected, "old": old}
 
 
-@pytest.mark.parametrize("which, words", [
-    ("missing", ["no such file"]),
-    ("garbage", ["not an ONNX model"]),
-    ("trunc", ["error:"]),
-    ("rejected", ["checker"]),
-    ("old", ["opset 3"]),
-])
+@pytest.mark.parametrize(
+    "which, words",
+    [
+        ("missing", ["no such file"]),
+        ("garbage", ["not an ONNX model"]),
+        ("trunc", ["error:"]),
+        ("rejected", ["checker"]),
+        ("old", ["opset 3"]),
+    ],
+)
 def test_bad_models(tmp_path, bad_files, which, words):
     src = bad_files.get(which, tmp_path / "missing.onnx")
     out = tmp_path / "out.onnx"
@@ -103,11 +111,14 @@ def test_bad_models(tmp_path, bad_files, which, words):
     assert not out.exists()
 
 
-@pytest.mark.parametrize("arrays, words", [
-    ({"img": np.zeros((4, 1, 8, 8), np.float32)}, ["missing", "image"]),
-    ({"image": np.zeros((4, 1, 8, 9), np.float32)}, ["dim 3 must be 8"]),
-    ({"image": np.zeros((4, 1, 8, 8), np.float64)}, ["float64"]),
-])
+@pytest.mark.parametrize(
+    "arrays, words",
+    [
+        ({"img": np.zeros((4, 1, 8, 8), np.float32)}, ["missing", "image"]),
+        ({"image": np.zeros((4, 1, 8, 9), np.float32)}, ["dim 3 must be 8"]),
+        ({"image": np.zeros((4, 1, 8, 8), np.float64)}, ["float64"]),
+    ],
+)
 def test_bad_feeds(tmp_path, arrays, words):
     data = tmp_path / "d.npz"
     np.savez(data, **arrays)

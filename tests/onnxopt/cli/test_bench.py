@@ -23,12 +23,19 @@ from onnxopt.errors import DataError
 def _mlp(batch: int | str = "N") -> onnx.ModelProto:
     """y = relu(x·W + b), x float[batch, 16]."""
     rng = np.random.default_rng(0)
-    w = helper.make_tensor("W", onnx.TensorProto.FLOAT, [16, 32],
-                           rng.standard_normal((16, 32)).astype(np.float32).ravel())
+    w = helper.make_tensor(
+        "W",
+        onnx.TensorProto.FLOAT,
+        [16, 32],
+        rng.standard_normal((16, 32)).astype(np.float32).ravel(),
+    )
     b = helper.make_tensor("B", onnx.TensorProto.FLOAT, [32], np.zeros(32, np.float32))
     g = helper.make_graph(
-        [helper.make_node("MatMul", ["x", "W"], ["h"]), helper.make_node("Add", ["h", "B"], ["a"]),
-         helper.make_node("Relu", ["a"], ["y"])],
+        [
+            helper.make_node("MatMul", ["x", "W"], ["h"]),
+            helper.make_node("Add", ["h", "B"], ["a"]),
+            helper.make_node("Relu", ["a"], ["y"]),
+        ],
         "mlp",
         [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [batch, 16])],
         [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [batch, 32])],
@@ -50,9 +57,12 @@ def _int_model() -> onnx.ModelProto:
     """Gather from an embedding table: ids int64[1, 8]."""
     table = helper.make_tensor("E", onnx.TensorProto.FLOAT, [10, 4], np.ones(40, np.float32))
     g = helper.make_graph(
-        [helper.make_node("Gather", ["E", "ids"], ["y"])], "emb",
+        [helper.make_node("Gather", ["E", "ids"], ["y"])],
+        "emb",
         [helper.make_tensor_value_info("ids", onnx.TensorProto.INT64, [1, 8])],
-        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 4])], [table])
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 8, 4])],
+        [table],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     return m
@@ -77,15 +87,30 @@ def app():
 
 
 def test_cli_json_and_csv(app, tiny, tmp_path):
-    r = CliRunner().invoke(app, ["bench", str(tiny), str(tiny), "--runs", "5", "--warmup", "1",
-                                 "--in-process", "--json", "-"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "bench",
+            str(tiny),
+            str(tiny),
+            "--runs",
+            "5",
+            "--warmup",
+            "1",
+            "--in-process",
+            "--json",
+            "-",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.stdout)
     assert len(data) == 2 and data[0]["p50"] > 0 and "ratio" in data[1]
     assert "latencies_ms" not in data[0]
     out = tmp_path / "b.csv"
-    r = CliRunner().invoke(app, ["bench", str(tiny), "--batch", "1,2", "--runs", "5",
-                                 "--in-process", "--csv", str(out)])
+    r = CliRunner().invoke(
+        app,
+        ["bench", str(tiny), "--batch", "1,2", "--runs", "5", "--in-process", "--csv", str(out)],
+    )
     assert r.exit_code == 0, r.output
     assert "latency in ms" in r.stdout and "p50" in r.stdout
     got = list(csv.DictReader(io.StringIO(out.read_text())))
@@ -101,14 +126,22 @@ def test_cli_errors_are_onnxopt_errors(app, tmp_path):
 
 
 def test_python_m_onnxopt_bench(tiny, tmp_path):
-    ok = subprocess.run([sys.executable, "-m", "onnxopt", "bench", str(tiny), "--runs", "5",
-                         "--json", "-"], capture_output=True, text=True, timeout=120)
+    ok = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "bench", str(tiny), "--runs", "5", "--json", "-"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout)[0]["runs"] == 5
     ip = tmp_path / "ids.onnx"
     onnx.save_model(_reshape_model(), str(ip))
-    bad = subprocess.run([sys.executable, "-m", "onnxopt", "bench", str(ip)],
-                         capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "bench", str(ip)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2
     assert "--int-range" in bad.stderr and "Traceback" not in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1

@@ -16,9 +16,13 @@ from onnxopt.examples import FOLDER as EXAMPLES
 
 def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
     out = tmp_path / "demo"
-    r = subprocess.run([sys.executable, "-m", "onnxopt", "demo", "--out", str(out)],
-                       capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "COLUMNS": "200"})
+    r = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Traceback" not in r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())

@@ -14,9 +14,9 @@ from typer.testing import CliRunner
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
-from onnxopt.cli.distill import register  # noqa: E402
-from onnxopt.errors import OptionError  # noqa: E402
-from tests.passes.distill.models import data, mlp  # noqa: E402
+from onnxopt.cli.distill import register
+from onnxopt.errors import OptionError
+from tests.passes.distill.models import data, mlp
 
 
 @pytest.fixture()
@@ -45,9 +45,27 @@ def _app() -> typer.Typer:
 def test_cli_distills_and_writes_the_student(files) -> None:
     s, t, x, lab, tmp = files
     out = tmp / "out.onnx"
-    res = CliRunner().invoke(_app(), ["distill", str(s), "--teacher", str(t), "--data", str(x),
-                                      "-o", str(out), "--epochs", "5", "--lr", "0.01",
-                                      "--labels", str(lab), "--alpha", "0.2"])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "distill",
+            str(s),
+            "--teacher",
+            str(t),
+            "--data",
+            str(x),
+            "-o",
+            str(out),
+            "--epochs",
+            "5",
+            "--lr",
+            "0.01",
+            "--labels",
+            str(lab),
+            "--alpha",
+            "0.2",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "top-1 agreement" in res.output and "accuracy" in res.output
     model = onnx.load(out)
@@ -57,16 +75,42 @@ def test_cli_distills_and_writes_the_student(files) -> None:
 
 def test_alpha_without_labels_is_an_option_error(files) -> None:
     s, t, x, _, tmp = files
-    res = CliRunner().invoke(_app(), ["distill", str(s), "--teacher", str(t), "--data", str(x),
-                                      "-o", str(tmp / "o.onnx"), "--alpha", "0.5"])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "distill",
+            str(s),
+            "--teacher",
+            str(t),
+            "--data",
+            str(x),
+            "-o",
+            str(tmp / "o.onnx"),
+            "--alpha",
+            "0.5",
+        ],
+    )
     assert isinstance(res.exception, OptionError) and "labels" in str(res.exception)
     assert not (tmp / "o.onnx").exists()
 
 
 def test_module_cli_gives_one_line_errors(files) -> None:
     s, t, x, _, tmp = files
-    cmd = [sys.executable, "-m", "onnxopt", "distill", str(s), "--teacher", str(t), "--data",
-           str(x), "-o", str(tmp / "o.onnx"), "--epochs", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "onnxopt",
+        "distill",
+        str(s),
+        "--teacher",
+        str(t),
+        "--data",
+        str(x),
+        "-o",
+        str(tmp / "o.onnx"),
+        "--epochs",
+        "1",
+    ]
     bad = subprocess.run(cmd + ["--loss", "hinge"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert "--loss" in bad.stderr and "Traceback" not in bad.stderr

@@ -39,9 +39,21 @@ def _app():
 
 def test_cli_average_writes_verified_model(members, tmp_path):
     out = tmp_path / "ens.onnx"
-    res = CliRunner().invoke(_app(), ["merge", *map(str, members), "-o", str(out),
-                                      "--mode", "average", "--on", "probs",
-                                      "--json", str(tmp_path / "r.json")])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "merge",
+            *map(str, members),
+            "-o",
+            str(out),
+            "--mode",
+            "average",
+            "--on",
+            "probs",
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "verified" in res.output and "member0" in res.output
     x = np.ones((2, 4), np.float32)
@@ -51,9 +63,19 @@ def test_cli_average_writes_verified_model(members, tmp_path):
 
 
 def test_cli_bad_weights_raise_option_error(members, tmp_path):
-    res = CliRunner().invoke(_app(), ["merge", *map(str, members), "-o",
-                                      str(tmp_path / "e.onnx"), "--mode", "weighted",
-                                      "--weights", "0.5,x"])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "merge",
+            *map(str, members),
+            "-o",
+            str(tmp_path / "e.onnx"),
+            "--mode",
+            "weighted",
+            "--weights",
+            "0.5,x",
+        ],
+    )
     assert isinstance(res.exception, OptionError)
 
 
@@ -64,13 +86,40 @@ def test_cli_refuses_to_overwrite_a_member(members):
 
 def test_python_m_onnxopt_merge(members, tmp_path):
     out = tmp_path / "ens.onnx"
-    p = subprocess.run([sys.executable, "-m", "onnxopt", "merge", *map(str, members), "-o",
-                        str(out), "--mode", "vote"], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxopt",
+            "merge",
+            *map(str, members),
+            "-o",
+            str(out),
+            "--mode",
+            "vote",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert out.exists()
-    bad = subprocess.run([sys.executable, "-m", "onnxopt", "merge", *map(str, members), "-o",
-                          str(out), "--mode", "median"], capture_output=True, text=True,
-                         timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxopt",
+            "merge",
+            *map(str, members),
+            "-o",
+            str(out),
+            "--mode",
+            "median",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 2 and "unknown merge mode" in bad.stdout + bad.stderr
     assert "Traceback" not in bad.stderr
 
@@ -80,17 +129,32 @@ def test_cli_keep_member_outputs_and_input_map(tmp_path):
     onnx.save(linear(0), a)
     onnx.save(linear(1, inp="pixels"), b)
     out = tmp_path / "ens.onnx"
-    res = CliRunner().invoke(_app(), ["merge", str(a), str(b), "-o", str(out), "--mode", "max",
-                                      "--input-map", "b.pixels:x", "--keep-member-outputs"])
+    res = CliRunner().invoke(
+        _app(),
+        [
+            "merge",
+            str(a),
+            str(b),
+            "-o",
+            str(out),
+            "--mode",
+            "max",
+            "--input-map",
+            "b.pixels:x",
+            "--keep-member-outputs",
+        ],
+    )
     assert res.exit_code == 0, res.output
     got = run(onnx.load(out), {"x": np.ones((1, 4), np.float32)})
     assert set(got) == {"logits", "a/logits:out", "b/logits:out"}
-    np.testing.assert_array_equal(got["logits"], np.maximum(got["a/logits:out"],
-                                                            got["b/logits:out"]))
+    np.testing.assert_array_equal(
+        got["logits"], np.maximum(got["a/logits:out"], got["b/logits:out"])
+    )
 
 
-@pytest.mark.parametrize("option,words", [(["--meta", "foo"], "--meta 'foo'"),
-                                          (["--mode", "cascade"], "--threshold")])
+@pytest.mark.parametrize(
+    "option,words", [(["--meta", "foo"], "--meta 'foo'"), (["--mode", "cascade"], "--threshold")]
+)
 def test_wrong_option_is_one_line_naming_it_exit_2(members, tmp_path, capsys, option, words):
     from onnxopt.cli.app import main
 

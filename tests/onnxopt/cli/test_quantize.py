@@ -47,8 +47,21 @@ def test_cli_quantize_with_typer_app(tmp_path) -> None:
 
     p, data = _tiny(tmp_path)
     out = tmp_path / "q.onnx"
-    r = CliRunner().invoke(app, ["quantize", str(p), "-o", str(out), "--data", str(data),
-                                 "--calibrator", "entropy", "--passes", ""])
+    r = CliRunner().invoke(
+        app,
+        [
+            "quantize",
+            str(p),
+            "-o",
+            str(out),
+            "--data",
+            str(data),
+            "--calibrator",
+            "entropy",
+            "--passes",
+            "",
+        ],
+    )
     assert r.exit_code == 0, r.output
     ops = [n.op_type for n in onnx.load(str(out)).graph.node]
     assert "QuantizeLinear" in ops and "Relu" not in ops
@@ -57,8 +70,12 @@ def test_cli_quantize_with_typer_app(tmp_path) -> None:
 def test_cli_errors_are_one_line(tmp_path) -> None:
     p, data = _tiny(tmp_path)
     base = [sys.executable, "-m", "onnxopt", "quantize", str(p), "-o", str(tmp_path / "q.onnx")]
-    r = subprocess.run([*base, "--data", str(data), "--calibrator", "median"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [*base, "--data", str(data), "--calibrator", "median"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2 and "--calibrator 'median'" in (r.stdout + r.stderr)
     assert "Traceback" not in r.stderr
     r = subprocess.run(base, capture_output=True, text=True, timeout=120)
@@ -72,10 +89,26 @@ def test_cli_errors_are_one_line(tmp_path) -> None:
 def test_cli_dynamic_and_static_subprocess(tmp_path) -> None:
     p, data = _tiny(tmp_path)
     out = tmp_path / "q.onnx"
-    r = subprocess.run([sys.executable, "-m", "onnxopt", "quantize", str(p), "-o", str(out),
-                        "--data", str(data), "--activations", "int8-sym", "--per-tensor"],
-                       capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "COLUMNS": "200"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxopt",
+            "quantize",
+            str(p),
+            "-o",
+            str(out),
+            "--data",
+            str(data),
+            "--activations",
+            "int8-sym",
+            "--per-tensor",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "quantize-int8" in r.stdout and "kept" in r.stdout
 
@@ -90,13 +123,18 @@ def test_cli_smooth_option(tmp_path) -> None:
         quantize_config("percentile", 99.99, False, "uint8", None, smooth=1.5)
 
 
-@pytest.mark.parametrize("args,text", [
-    (["--percentile", "120"], "--percentile 120.0: must be in (50, 100]"),
-    (["--calibrator", "median"], "--calibrator 'median': must be one of minmax, percentile, "
-                                 "entropy, mse"),
-    (["--activations", "int4"], "--activations 'int4': must be uint8 or int8-sym"),
-    (["--smooth", "1.5"], "--smooth 1.5: must be in [0, 1] (0.5 is typical)"),
-])
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        (["--percentile", "120"], "--percentile 120.0: must be in (50, 100]"),
+        (
+            ["--calibrator", "median"],
+            "--calibrator 'median': must be one of minmax, percentile, entropy, mse",
+        ),
+        (["--activations", "int4"], "--activations 'int4': must be uint8 or int8-sym"),
+        (["--smooth", "1.5"], "--smooth 1.5: must be in [0, 1] (0.5 is typical)"),
+    ],
+)
 def test_wrong_option_is_one_line_naming_the_flag(tmp_path, capsys, args, text) -> None:
     from onnxopt.cli.app import main
 

@@ -11,14 +11,14 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
 from onnxopt.data import Feeds
-from onnxopt.errors import OnnxoptError  # noqa: E402
-from onnxopt.onnx2torch.convert import (  # noqa: E402
+from onnxopt.errors import OnnxoptError
+from onnxopt.onnx2torch.convert import (
     UnsupportedOpsError,
     check_parity,
     to_torch,
     write_back,
 )
-from onnxopt.verify import Runner  # noqa: E402
+from onnxopt.verify import Runner
 
 HEAD = '<ir_version: 8, opset_import: ["": {opset}]>\n'
 
@@ -32,32 +32,74 @@ def _w(*shape: int) -> str:
 
 # (id, opset, graph text, input shapes); weights are written inline as initializers
 CASES = [
-    ("conv", 17, f"""g (float[2,3,7,7] x) => (float[2,4,4,4] y)
+    (
+        "conv",
+        17,
+        f"""g (float[2,3,7,7] x) => (float[2,4,4,4] y)
         <float[4,3,3,3] w = {_w(4, 3, 3, 3)}, float[4] b = {_w(4)}>
-        {{ y = Conv<pads=[1,1,1,1], strides=[2,2]>(x, w, b) }}""", {"x": [2, 3, 7, 7]}),
-    ("conv_asym_group_dil", 17, f"""g (float[1,4,9,9] x) => (float[1,4,?,?] y)
+        {{ y = Conv<pads=[1,1,1,1], strides=[2,2]>(x, w, b) }}""",
+        {"x": [2, 3, 7, 7]},
+    ),
+    (
+        "conv_asym_group_dil",
+        17,
+        f"""g (float[1,4,9,9] x) => (float[1,4,?,?] y)
         <float[4,2,3,3] w = {_w(4, 2, 3, 3)}>
-        {{ y = Conv<pads=[0,1,2,0], group=2, dilations=[2,1]>(x, w) }}""", {"x": [1, 4, 9, 9]}),
-    ("conv_same_upper", 17, f"""g (float[1,2,8,8] x) => (float[1,3,4,4] y)
+        {{ y = Conv<pads=[0,1,2,0], group=2, dilations=[2,1]>(x, w) }}""",
+        {"x": [1, 4, 9, 9]},
+    ),
+    (
+        "conv_same_upper",
+        17,
+        f"""g (float[1,2,8,8] x) => (float[1,3,4,4] y)
         <float[3,2,3,3] w = {_w(3, 2, 3, 3)}>
-        {{ y = Conv<auto_pad="SAME_UPPER", strides=[2,2]>(x, w) }}""", {"x": [1, 2, 8, 8]}),
-    ("conv_transpose", 17, f"""g (float[1,3,5,5] x) => (float[1,2,?,?] y)
+        {{ y = Conv<auto_pad="SAME_UPPER", strides=[2,2]>(x, w) }}""",
+        {"x": [1, 2, 8, 8]},
+    ),
+    (
+        "conv_transpose",
+        17,
+        f"""g (float[1,3,5,5] x) => (float[1,2,?,?] y)
         <float[3,2,3,3] w = {_w(3, 2, 3, 3)}, float[2] b = {_w(2)}>
         {{ y = ConvTranspose<strides=[2,2], pads=[1,0,1,1], output_padding=[1,1]>(x, w, b) }}""",
-     {"x": [1, 3, 5, 5]}),
-    ("gemm", 17, f"""g (float[3,4] a) => (float[3,5] y)
+        {"x": [1, 3, 5, 5]},
+    ),
+    (
+        "gemm",
+        17,
+        f"""g (float[3,4] a) => (float[3,5] y)
         <float[5,4] w = {_w(5, 4)}, float[5] c = {_w(5)}>
-        {{ y = Gemm<transB=1, alpha=0.5, beta=2.0>(a, w, c) }}""", {"a": [3, 4]}),
-    ("matmul_batched", 17, f"""g (float[2,3,4] a) => (float[2,3,6] y)
-        <float[4,6] w = {_w(4, 6)}>{{ y = MatMul(a, w) }}""", {"a": [2, 3, 4]}),
-    ("batchnorm", 17, f"""g (float[2,3,4,4] x) => (float[2,3,4,4] y)
+        {{ y = Gemm<transB=1, alpha=0.5, beta=2.0>(a, w, c) }}""",
+        {"a": [3, 4]},
+    ),
+    (
+        "matmul_batched",
+        17,
+        f"""g (float[2,3,4] a) => (float[2,3,6] y)
+        <float[4,6] w = {_w(4, 6)}>{{ y = MatMul(a, w) }}""",
+        {"a": [2, 3, 4]},
+    ),
+    (
+        "batchnorm",
+        17,
+        f"""g (float[2,3,4,4] x) => (float[2,3,4,4] y)
         <float[3] s = {_w(3)}, float[3] b = {_w(3)}, float[3] m = {_w(3)},
          float[3] v = {{0.5, 1.0, 2.0}}>
-        {{ y = BatchNormalization<epsilon=0.001>(x, s, b, m, v) }}""", {"x": [2, 3, 4, 4]}),
-    ("layernorm", 17, f"""g (float[2,5,8] x) => (float[2,5,8] y)
+        {{ y = BatchNormalization<epsilon=0.001>(x, s, b, m, v) }}""",
+        {"x": [2, 3, 4, 4]},
+    ),
+    (
+        "layernorm",
+        17,
+        f"""g (float[2,5,8] x) => (float[2,5,8] y)
         <float[8] s = {_w(8)}, float[8] b = {_w(8)}>
-        {{ y = LayerNormalization<axis=-1, epsilon=0.00001>(x, s, b) }}""", {"x": [2, 5, 8]}),
-    ("activations", 17, """g (float[3,6] x) => (float[3,6] y) {
+        {{ y = LayerNormalization<axis=-1, epsilon=0.00001>(x, s, b) }}""",
+        {"x": [2, 5, 8]},
+    ),
+    (
+        "activations",
+        17,
+        """g (float[3,6] x) => (float[3,6] y) {
         r = Relu(x)
         s = Sigmoid(x)
         t = Tanh(r)
@@ -76,26 +118,51 @@ CASES = [
         two = Constant<value_float=2.0>()
         a5 = Pow(a4, two)
         y = Add(a5, e)
-        }""", {"x": [3, 6]}),
-    ("gelu_softmax", 20, """g (float[2,3,5] x) => (float[2,3,5] y, float[2,3,5] z) {
+        }""",
+        {"x": [3, 6]},
+    ),
+    (
+        "gelu_softmax",
+        20,
+        """g (float[2,3,5] x) => (float[2,3,5] y, float[2,3,5] z) {
         y = Gelu(x)
         z = Softmax<axis=1>(x)
-        }""", {"x": [2, 3, 5]}),
-    ("gelu_tanh_softmax11", 20, """g (float[2,3,5] x) => (float[2,3,5] y) {
+        }""",
+        {"x": [2, 3, 5]},
+    ),
+    (
+        "gelu_tanh_softmax11",
+        20,
+        """g (float[2,3,5] x) => (float[2,3,5] y) {
         y = Gelu<approximate="tanh">(x)
-        }""", {"x": [2, 3, 5]}),
-    ("softmax_opset11", 11, """g (float[2,3,5] x) => (float[2,3,5] y) {
+        }""",
+        {"x": [2, 3, 5]},
+    ),
+    (
+        "softmax_opset11",
+        11,
+        """g (float[2,3,5] x) => (float[2,3,5] y) {
         y = Softmax<axis=1>(x)
-        }""", {"x": [2, 3, 5]}),
-    ("reshape_flatten_transpose", 17, """g (float[2,3,4] x) => (float[4,6] y, float[2,12] z) {
+        }""",
+        {"x": [2, 3, 5]},
+    ),
+    (
+        "reshape_flatten_transpose",
+        17,
+        """g (float[2,3,4] x) => (float[4,6] y, float[2,12] z) {
         s = Constant<value=int64[2] {0, -1}>()
         r = Reshape(x, s)
         s2 = Constant<value=int64[2] {6, 4}>()
         r2 = Reshape(r, s2)
         y = Transpose<perm=[1,0]>(r2)
         z = Flatten<axis=1>(x)
-        }""", {"x": [2, 3, 4]}),
-    ("concat_split_slice", 17, """g (float[2,6,5] x) => (float[?,?,?] y, float[2,4,5] b) {
+        }""",
+        {"x": [2, 3, 4]},
+    ),
+    (
+        "concat_split_slice",
+        17,
+        """g (float[2,6,5] x) => (float[?,?,?] y, float[2,4,5] b) {
         sz = Constant<value=int64[2] {2, 4}>()
         a, b = Split<axis=1>(x, sz)
         st = Constant<value=int64[2] {4, 1}>()
@@ -110,36 +177,66 @@ CASES = [
         o6 = Constant<value=int64[1] {6}>()
         s3 = Slice(s2, o1, o6, o1)
         y = Concat<axis=2>(s, s3)
-        }""", {"x": [2, 6, 5]}),
-    ("gather_squeeze_unsqueeze", 17, f"""g (int64[2,3] ids) => (float[2,3,4] y, float[1,2,3,4] z)
+        }""",
+        {"x": [2, 6, 5]},
+    ),
+    (
+        "gather_squeeze_unsqueeze",
+        17,
+        f"""g (int64[2,3] ids) => (float[2,3,4] y, float[1,2,3,4] z)
         <float[10,4] emb = {_w(10, 4)}>
         {{
         e = Gather<axis=0>(emb, ids)
         ax = Constant<value=int64[1] {{0}}>()
         z = Unsqueeze(e, ax)
         y = Squeeze(z, ax)
-        }}""", {"ids": [2, 3]}),
-    ("squeeze_unsqueeze_opset11", 11, """g (float[1,3,1,4] x) => (float[3,1,4,1] y) {
+        }}""",
+        {"ids": [2, 3]},
+    ),
+    (
+        "squeeze_unsqueeze_opset11",
+        11,
+        """g (float[1,3,1,4] x) => (float[3,1,4,1] y) {
         s = Squeeze<axes=[0]>(x)
         y = Unsqueeze<axes=[3]>(s)
-        }""", {"x": [1, 3, 1, 4]}),
-    ("pooling", 17, """g (float[1,2,7,7] x) => (float[1,2,?,?] a, float[1,2,?,?] b,
+        }""",
+        {"x": [1, 3, 1, 4]},
+    ),
+    (
+        "pooling",
+        17,
+        """g (float[1,2,7,7] x) => (float[1,2,?,?] a, float[1,2,?,?] b,
                                               float[1,2,1,1] c, float[1,2,?,?] d) {
         a = MaxPool<kernel_shape=[3,3], strides=[2,2], pads=[1,1,1,1]>(x)
         b = AveragePool<kernel_shape=[3,3], strides=[2,2], pads=[1,1,0,0], ceil_mode=1>(x)
         c = GlobalAveragePool(x)
         d = AveragePool<kernel_shape=[2,2], count_include_pad=1, pads=[1,1,1,1]>(x)
-        }""", {"x": [1, 2, 7, 7]}),
-    ("reduce_mean_18", 18, """g (float[2,3,4] x) => (float[2,1,4] y, float[2] z) {
+        }""",
+        {"x": [1, 2, 7, 7]},
+    ),
+    (
+        "reduce_mean_18",
+        18,
+        """g (float[2,3,4] x) => (float[2,1,4] y, float[2] z) {
         a1 = Constant<value=int64[1] {1}>()
         a2 = Constant<value=int64[2] {1, 2}>()
         y = ReduceMean(x, a1)
         z = ReduceMean<keepdims=0>(x, a2)
-        }""", {"x": [2, 3, 4]}),
-    ("reduce_mean_13", 13, """g (float[2,3,4] x) => (float[2,3,1] y) {
+        }""",
+        {"x": [2, 3, 4]},
+    ),
+    (
+        "reduce_mean_13",
+        13,
+        """g (float[2,3,4] x) => (float[2,3,1] y) {
         y = ReduceMean<axes=[-1]>(x)
-        }""", {"x": [2, 3, 4]}),
-    ("shape_arith", 17, """g (float[2,3,4] x) => (float[?,?] y) {
+        }""",
+        {"x": [2, 3, 4]},
+    ),
+    (
+        "shape_arith",
+        17,
+        """g (float[2,3,4] x) => (float[?,?] y) {
         sh = Shape(x)
         i0 = Constant<value=int64 {0}>()
         i1 = Constant<value=int64 {1}>()
@@ -153,8 +250,13 @@ CASES = [
         r1 = Unsqueeze(rest, ax)
         shape = Concat<axis=0>(n1, r1)
         y = Reshape(x, shape)
-        }""", {"x": [2, 3, 4]}),
-    ("where_expand_cast", 17, """g (float[2,3] x) => (float[2,3] y, float[4,2,3] z) {
+        }""",
+        {"x": [2, 3, 4]},
+    ),
+    (
+        "where_expand_cast",
+        17,
+        """g (float[2,3] x) => (float[2,3] y, float[4,2,3] z) {
         zero = Constant<value_float=0.0>()
         m = Greater(x, zero)
         nx = Neg(x)
@@ -162,7 +264,9 @@ CASES = [
         mf = Cast<to=1>(m)
         sh = Constant<value=int64[3] {4, 1, 3}>()
         z = Expand(mf, sh)
-        }""", {"x": [2, 3]}),
+        }""",
+        {"x": [2, 3]},
+    ),
 ]
 
 
@@ -217,12 +321,15 @@ def test_bn_train_mode_updates_statistics() -> None:
 
 
 def test_unsupported_ops_are_listed_together() -> None:
-    model = onnx.parser.parse_model(HEAD.format(opset=17) + """g (float[2,3] x) => (float[?] y) {
+    model = onnx.parser.parse_model(
+        HEAD.format(opset=17)
+        + """g (float[2,3] x) => (float[?] y) {
         k = Constant<value=int64[1] {1}>()
         v, i = TopK(x, k)
         a = NonZero(x)
         y = Hardmax(x)
-        }""")
+        }"""
+    )
     with pytest.raises(UnsupportedOpsError) as e:
         to_torch(model)
     msg = str(e.value)
@@ -283,8 +390,9 @@ class _TransformerBlock(torch.nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.emb = torch.nn.Embedding(50, 16)
-        self.layer = torch.nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True,
-                                                      activation="gelu")
+        self.layer = torch.nn.TransformerEncoderLayer(
+            16, 2, 32, dropout=0.0, batch_first=True, activation="gelu"
+        )
         self.head = torch.nn.Linear(16, 3)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
@@ -292,13 +400,21 @@ class _TransformerBlock(torch.nn.Module):
         return self.head(h.mean(dim=1)).softmax(-1)
 
 
-def _export(module: torch.nn.Module, example: torch.Tensor, name: str, dynamo: bool,
-            tmp_path) -> onnx.ModelProto:
+def _export(
+    module: torch.nn.Module, example: torch.Tensor, name: str, dynamo: bool, tmp_path
+) -> onnx.ModelProto:
     module.eval()
     path = tmp_path / "m.onnx"
-    torch.onnx.export(module, (example,), str(path), input_names=[name], output_names=["y"],
-                      dynamo=dynamo, opset_version=18 if dynamo else 17,
-                      dynamic_axes=None if dynamo else {name: {0: "N"}})
+    torch.onnx.export(
+        module,
+        (example,),
+        str(path),
+        input_names=[name],
+        output_names=["y"],
+        dynamo=dynamo,
+        opset_version=18 if dynamo else 17,
+        dynamic_axes=None if dynamo else {name: {0: "N"}},
+    )
     return onnx.load(str(path))
 
 

@@ -9,12 +9,15 @@ HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def test_dead_nodes_and_initializers_removed() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2] x, float[2] unused) => (float[2] y) <float[2] w = {1, 2}, float[2] v = {3, 4}> {
       y = Add(x, w)
       dead = Mul(x, v)
       dead2 = Relu(dead)
-    }""")
+    }"""
+    )
     res, out = apply(DeadCode(), m)
     assert res.changed and res.details == {"nodes": 2, "initializers": 1}
     assert ops(out) == ["Add"]
@@ -23,17 +26,23 @@ def test_dead_nodes_and_initializers_removed() -> None:
 
 
 def test_live_graph_unchanged() -> None:
-    m = parse(HEAD + """
-    g (float[2] x) => (float[2] y) <float[2] w = {1, 2}> { y = Add(x, w) }""")
+    m = parse(
+        HEAD
+        + """
+    g (float[2] x) => (float[2] y) <float[2] w = {1, 2}> { y = Add(x, w) }"""
+    )
     res, out = apply(DeadCode(), m)
     assert not res.changed and res.model is None
 
 
 def test_initializer_nothing_ever_read_is_counted() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2] x) => (float[2] y) <float[2] w = {1, 2}, float[2] never = {5, 6}> {
       y = Add(x, w)
-    }""")
+    }"""
+    )
     res, out = apply(DeadCode(), m)
     assert res.changed and res.details == {"nodes": 0, "initializers": 1}
     assert [t.name for t in out.graph.initializer] == ["w"]

@@ -9,7 +9,9 @@ HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def test_identical_merged_others_kept() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[4] x) => (float[4] y)
       <float[4] a = {1, 2, 3, 4}, float[4] b = {1, 2, 3, 4}, float[2,2] c = {1, 2, 3, 4},
        int32[4] d = {1065353216, 1073741824, 1077936128, 1082130432}, float[4] e = {1, 2, 3, 5}> {
@@ -24,7 +26,8 @@ def test_identical_merged_others_kept() -> None:
       dc = Cast<to = 1>(d)
       h = Add(g2, dc)
       y = Add(h, e)
-    }""")
+    }"""
+    )
     res, out = apply(DedupInitializers(), m)
     assert res.rewrites == 1 and res.sites == ["b"]
     names = sorted(i.name for i in out.graph.initializer)
@@ -33,10 +36,13 @@ def test_identical_merged_others_kept() -> None:
 
 
 def test_no_duplicates_unchanged() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2] x) => (float[2] y) <float[2] a = {1, 2}, float[2] b = {2, 1}> {
       p = Add(x, a)
       y = Add(p, b)
-    }""")
+    }"""
+    )
     res, out = apply(DedupInitializers(), m)
     assert not res.changed and len(out.graph.initializer) == 2

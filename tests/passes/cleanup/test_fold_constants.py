@@ -13,13 +13,16 @@ HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def test_chain_folded_to_one_initializer() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2,3] x) => (float[2,3] y) <float[3,2] w = {1, 2, 3, 4, 5, 6}> {
       one = Constant<value = float {1.0}>()
       t = Transpose(w)
       s = Add(t, one)
       y = Mul(x, s)
-    }""")
+    }"""
+    )
     res, out = apply(FoldConstants(), m)
     assert res.changed and res.rewrites == 2 and res.sites == ["one", "s"]
     assert ops(out) == ["Mul"]
@@ -29,11 +32,14 @@ def test_chain_folded_to_one_initializer() -> None:
 
 
 def test_graph_output_fold_keeps_name() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2] x) => (float[2] y, float[2] z) <float[2] w = {1, 2}> {
       y = Neg(x)
       z = Sqrt(w)
-    }""")
+    }"""
+    )
     res, out = apply(FoldConstants(), m)
     assert res.changed
     assert sorted(ops(out)) == ["Constant", "Neg"]
@@ -42,13 +48,16 @@ def test_graph_output_fold_keeps_name() -> None:
 
 
 def test_size_cap_keeps_expand() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[512,1024] x) => (float[512,1024] y) {
       v = Constant<value = float {2.0}>()
       s = Constant<value = int64[2] {512, 1024}>()
       big = Expand(v, s)
       y = Mul(x, big)
-    }""")
+    }"""
+    )
     res, out = apply(FoldConstants(), m)
     assert res.sites == ["v", "s"] and ops(out) == ["Expand", "Mul"]  # only lifted
     assert any("cap" in n for n in res.notes)
@@ -58,24 +67,30 @@ def test_size_cap_keeps_expand() -> None:
 
 
 def test_nondeterministic_and_input_dependent_kept() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2,3] x) => (float[2,3] y) {
       r = RandomUniform<shape = [2, 3], seed = 1.0>()
       a = Add(r, x)
       s = Shape(x)
       y = Reshape(a, s)
-    }""")
+    }"""
+    )
     res, out = apply(FoldConstants(), m)
     assert not res.changed
     assert sorted(ops(out)) == sorted(ops(m))
 
 
 def test_dequantize_linear_not_folded_by_default() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[4] x) => (float[4] y) <int8[4] q = {1, 2, 3, 4}, float s = {0.5}, int8 z = {0}> {
       w = DequantizeLinear(q, s, z)
       y = Add(x, w)
-    }""")
+    }"""
+    )
     res, out = apply(FoldConstants(), m)
     assert not res.changed and "DequantizeLinear" in ops(out)
     res2, out2 = apply(FoldConstants.from_options({"fold_dequantize": True}), m)
@@ -84,13 +99,16 @@ def test_dequantize_linear_not_folded_by_default() -> None:
 
 
 def test_bisection_filter() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2] x) => (float[2] y) <float[2] w = {1, 4}> {
       a = Sqrt(w)
       b = Neg(w)
       c = Add(x, a)
       y = Add(c, b)
-    }""")
+    }"""
+    )
     res, out = apply(FoldConstants(), m, PassContext(site_filter={"b"}))
     assert res.sites == ["b"]
     assert "Sqrt" in ops(out) and "Neg" not in ops(out)
@@ -98,7 +116,9 @@ def test_bisection_filter() -> None:
 
 
 def test_tensor_read_inside_subgraph_is_folded_and_still_resolves() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (bool[1] c, float[2] x) => (float[2] y) <float[2] w = {1, 4}> {
       s = Sqrt(w)
       i = Identity(s)
@@ -106,7 +126,8 @@ def test_tensor_read_inside_subgraph_is_folded_and_still_resolves() -> None:
         then_branch = t () => (float[2] o) { o = Add(x, i) },
         else_branch = e () => (float[2] o) { o = Sub(x, i) }
       >
-    }""")
+    }"""
+    )
     from onnxopt.passes.cleanup import RemoveIdentity
 
     res, out = apply(RemoveIdentity(), m)
@@ -124,13 +145,23 @@ def test_ir3_model_lists_folded_initializers_as_inputs() -> None:
 
     shape = numpy_helper.from_array(np.array([1, 2], np.int64), "shape")
     g = helper.make_graph(
-        [helper.make_node("ConstantOfShape", ["shape"], ["c"],
-                          value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5])),
-         helper.make_node("Add", ["x", "c"], ["y"])],
+        [
+            helper.make_node(
+                "ConstantOfShape",
+                ["shape"],
+                ["c"],
+                value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.5]),
+            ),
+            helper.make_node("Add", ["x", "c"], ["y"]),
+        ],
         "g",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
-         helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])], [shape])
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2]),
+            helper.make_tensor_value_info("shape", TensorProto.INT64, [2]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2])],
+        [shape],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 9)])
     m.ir_version = 3
     onnx.checker.check_model(m)

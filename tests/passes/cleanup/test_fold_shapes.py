@@ -12,7 +12,9 @@ HEAD = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def test_shape_gather_concat_reshape_folded() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2,3,4] x) => (float[2,12] y) {
       s = Shape(x)
       i0 = Constant<value = int64[1] {0}>()
@@ -20,7 +22,8 @@ def test_shape_gather_concat_reshape_folded() -> None:
       m1 = Constant<value = int64[1] {-1}>()
       t = Concat<axis = 0>(d0, m1)
       y = Reshape(x, t)
-    }""")
+    }"""
+    )
     res, out = apply(FoldShapes(), m)
     assert res.changed and res.rewrites == 1
     assert ops(out) == ["Reshape"]
@@ -30,7 +33,9 @@ def test_shape_gather_concat_reshape_folded() -> None:
 
 
 def test_gather_of_partially_dynamic_shape() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[N,3,4] x) => (float[N,12] y) {
       s = Shape(x)
       i = Constant<value = int64[2] {1, 2}>()
@@ -39,7 +44,8 @@ def test_gather_of_partially_dynamic_shape() -> None:
       m1 = Constant<value = int64[1] {-1}>()
       t = Concat<axis = 0>(m1, p)
       y = Reshape(x, t)
-    }""")
+    }"""
+    )
     res, out = apply(FoldShapes(), m)
     assert res.changed
     assert ops(out) == ["Reshape"]
@@ -47,11 +53,14 @@ def test_gather_of_partially_dynamic_shape() -> None:
 
 
 def test_shape_start_end_and_size_outputs() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2,3,4] x) => (int64[2] s, int64 n) {
       s = Shape<start = -2>(x)
       n = Size(x)
-    }""")
+    }"""
+    )
     res, out = apply(FoldShapes(), m)
     assert res.rewrites == 2
     assert ops(out) == ["Constant", "Constant"]
@@ -60,7 +69,9 @@ def test_shape_start_end_and_size_outputs() -> None:
 
 
 def test_dynamic_shape_untouched() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[N,3] x) => (float[N,3] y) {
       s = Shape(x)
       i = Constant<value = int64[1] {0}>()
@@ -68,7 +79,8 @@ def test_dynamic_shape_untouched() -> None:
       m1 = Constant<value = int64[1] {3}>()
       t = Concat<axis = 0>(d, m1)
       y = Reshape(x, t)
-    }""")
+    }"""
+    )
     res, out = apply(FoldShapes(), m)
     assert not res.changed
     assert sorted(ops(out)) == sorted(ops(m))

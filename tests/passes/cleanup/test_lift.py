@@ -28,12 +28,15 @@ def inits(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
 
 
-CLIP = HEAD + """
+CLIP = (
+    HEAD
+    + """
 g (float[1,4] x) => (float[1,4] y) {
   lo = Constant<value = float {0.0}>()
   hi = Constant<value_float = 6.0>()
   y = Clip(x, lo, hi)
 }"""
+)
 
 
 def test_constants_lifted_to_initializers() -> None:
@@ -48,11 +51,14 @@ def test_constants_lifted_to_initializers() -> None:
 
 
 def test_constant_graph_output_stays_a_node() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2] x) => (float[2] y, int64[2] k) {
       y = Neg(x)
       k = Constant<value_ints = [3, 4]>()
-    }""")
+    }"""
+    )
     res, out = apply(FoldConstants(), m)
     assert not res.changed and sorted(ops(out)) == ["Constant", "Neg"]
     assert [o.name for o in out.graph.output] == ["y", "k"]
@@ -70,14 +76,17 @@ def test_lift_can_be_switched_off_and_filtered() -> None:
 
 
 def test_attribute_forms() -> None:
-    m = parse(HEAD + """
+    m = parse(
+        HEAD
+        + """
     g (float[2] x) => (float[2] y) {
       a = Constant<value_ints = [1, 2]>()
       b = Constant<value_int = 7>()
       c = Constant<value_floats = [0.5, 1.5]>()
       s = Constant<value_string = "hi">()
       y = Add(x, c)
-    }""")
+    }"""
+    )
     graph = to_graph(m)
     by_out = {n.outputs[0].name: n for n in graph.nodes}
     assert constant_node_value(by_out["a"])[0].dtype == np.int64
@@ -92,27 +101,36 @@ def test_attribute_forms() -> None:
 
 def test_gather_of_constants_folded_exporter_style() -> None:
     """The position-embedding lookup of the dynamo BERT: Gather(weight, constant ids)."""
-    m = exporter_style(parse(HEAD + """
+    m = exporter_style(
+        parse(
+            HEAD
+            + """
     g (float[1,3,4] x) => (float[1,3,4] y)
       <float[5,4] pos = {0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19},
        int64[1,3] ids = {0, 1, 2}> {
       e = Gather<axis = 0>(pos, ids)
       y = Add(x, e)
-    }"""))
+    }"""
+        )
+    )
     res, out = apply(FoldConstants(), m)
     assert res.sites == ["e"] and ops(out) == ["Add"]
-    np.testing.assert_array_equal(inits(out)["e"],
-                                  np.arange(12, dtype=np.float32).reshape(1, 3, 4))
+    np.testing.assert_array_equal(inits(out)["e"], np.arange(12, dtype=np.float32).reshape(1, 3, 4))
     assert_identical(m, out)
 
 
 def test_gather_of_input_ids_kept() -> None:
-    m = exporter_style(parse(HEAD + """
+    m = exporter_style(
+        parse(
+            HEAD
+            + """
     g (int64[1,3] ids, float[1,3,4] x) => (float[1,3,4] y)
       <float[5,4] w = {0,1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16,17,18,19}> {
       e = Gather<axis = 0>(w, ids)
       y = Add(x, e)
-    }"""))
+    }"""
+        )
+    )
     res, out = apply(FoldConstants(), m)
     assert not res.changed and ops(out) == ["Gather", "Add"]
 
@@ -121,12 +139,17 @@ def test_gather_over_size_cap_kept() -> None:
     # constant indices, but the lookup (1536 bytes) is over 2x what it reads (128 + 192 bytes)
     table = ",".join(str(i) for i in range(32))
     idx = ",".join(["0", "1"] * 12)
-    big = exporter_style(parse(HEAD + """
+    big = exporter_style(
+        parse(
+            HEAD
+            + """
     g (float[1,24,16] x) => (float[1,24,16] y)
       <float[2,16] w = {TABLE}, int64[1,24] ids = {IDX}> {
       e = Gather<axis = 0>(w, ids)
       y = Add(x, e)
-    }""".replace("TABLE", table).replace("IDX", idx)))
+    }""".replace("TABLE", table).replace("IDX", idx)
+        )
+    )
     res, out = apply(FoldConstants.from_options({"max_bytes": 64}), big)
     assert not res.changed and ops(out) == ["Gather", "Add"]
     assert any("cap" in n for n in res.notes)
@@ -136,17 +159,24 @@ def test_gather_over_size_cap_kept() -> None:
 
 
 def test_identity_removed_exporter_style() -> None:
-    m = exporter_style(parse(HEAD + """
+    m = exporter_style(
+        parse(
+            HEAD
+            + """
     g (float[2] x) => (float[2] y) <float[2] w = {1, 2}> {
       v = Identity(w)
       y = Add(x, v)
-    }"""))
+    }"""
+        )
+    )
     res, out = apply(RemoveIdentity(), m)
     assert res.changed and ops(out) == ["Add"]
     assert_identical(m, out)
 
 
-PAD_CHAIN = HEAD + """
+PAD_CHAIN = (
+    HEAD
+    + """
 g (float[1,3,8,8] x) => (float[1,3,12,10] y) {
   n = Constant<value = int64[1] {4}>()
   p = Constant<value = int64[4] {1, 1, 2, 2}>()
@@ -165,6 +195,7 @@ g (float[1,3,8,8] x) => (float[1,3,12,10] y) {
   pads = Cast<to = 7>(flat)
   y = Pad<mode = "constant">(x, pads)
 }"""
+)
 
 
 def test_torchscript_pad_chain_folds_to_pad_constant() -> None:
@@ -177,9 +208,11 @@ def test_torchscript_pad_chain_folds_to_pad_constant() -> None:
 
 
 def test_pad_chain_reading_an_input_kept() -> None:
-    text = (PAD_CHAIN.replace("g (float[1,3,8,8] x)", "g (float[1,3,8,8] x, int64[4] p)")
-            .replace("  p = Constant<value = int64[4] {1, 1, 2, 2}>()\n", "")
-            .replace("=> (float[1,3,12,10] y)", "=> (float[1,3,?,?] y)"))
+    text = (
+        PAD_CHAIN.replace("g (float[1,3,8,8] x)", "g (float[1,3,8,8] x, int64[4] p)")
+        .replace("  p = Constant<value = int64[4] {1, 1, 2, 2}>()\n", "")
+        .replace("=> (float[1,3,12,10] y)", "=> (float[1,3,?,?] y)")
+    )
     m = exporter_style(parse(text))
     res, out = apply(FoldConstants(), m)
     assert {"Pad", "Concat", "Cast"} <= set(ops(out))

@@ -24,17 +24,25 @@ def mlp(hidden: int, seed: int, *, classes: int = 5, softmax: bool = False) -> o
     nodes = [
         helper.make_node("Gemm", ["x", "fc1.weight", "fc1.bias"], ["h"], transB=1, name="fc1"),
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
-        helper.make_node("Gemm", ["r", "fc2.weight", "fc2.bias"],
-                         ["z" if softmax else "logits"], transB=1, name="fc2"),
+        helper.make_node(
+            "Gemm",
+            ["r", "fc2.weight", "fc2.bias"],
+            ["z" if softmax else "logits"],
+            transB=1,
+            name="fc2",
+        ),
     ]
     if softmax:
         nodes.append(helper.make_node("Softmax", ["z"], ["logits"], axis=1, name="sm"))
     g = helper.make_graph(
-        nodes, "mlp",
+        nodes,
+        "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 16])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes])],
-        [numpy_helper.from_array(a, n) for a, n in
-         [(w1, "fc1.weight"), (b1, "fc1.bias"), (w2, "fc2.weight"), (b2, "fc2.bias")]],
+        [
+            numpy_helper.from_array(a, n)
+            for a, n in [(w1, "fc1.weight"), (b1, "fc1.bias"), (w2, "fc2.weight"), (b2, "fc2.bias")]
+        ],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8

@@ -15,13 +15,16 @@ def test_bad_options_are_rejected() -> None:
         DistillConfig.from_options({"epoch": 3})
 
 
-@pytest.mark.parametrize("options,words", [
-    ({"loss": "hinge"}, "distill: --loss must be one of auto, kl, mse, cosine, not 'hinge'"),
-    ({"epoch": 3}, "distill: unknown option 'epoch'; known: "),
-    ({"alpha": 2.0}, "distill: --alpha must be in [0, 1], not 2.0"),
-    ({"bn_mode": "frozen"}, "distill: bn_mode must be 'eval' or 'train'"),
-    ({"features": ["r"]}, "--feature 'r': expected TEACHER_TENSOR:STUDENT_TENSOR"),
-])
+@pytest.mark.parametrize(
+    "options,words",
+    [
+        ({"loss": "hinge"}, "distill: --loss must be one of auto, kl, mse, cosine, not 'hinge'"),
+        ({"epoch": 3}, "distill: unknown option 'epoch'; known: "),
+        ({"alpha": 2.0}, "distill: --alpha must be in [0, 1], not 2.0"),
+        ({"bn_mode": "frozen"}, "distill: bn_mode must be 'eval' or 'train'"),
+        ({"features": ["r"]}, "--feature 'r': expected TEACHER_TENSOR:STUDENT_TENSOR"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_option(options, words) -> None:
     with pytest.raises(OptionError) as e:
         DistillConfig.from_options(options)
@@ -31,7 +34,9 @@ def test_bad_values_are_one_line_naming_the_option(options, words) -> None:
 def test_features_are_pairs_from_strings_or_pairs() -> None:
     assert DistillConfig.from_options({"features": "a:b"}).features == (("a", "b"),)
     assert DistillConfig.from_options({"features": ["a:b", ("c", "d")]}).features == (
-        ("a", "b"), ("c", "d"))
+        ("a", "b"),
+        ("c", "d"),
+    )
     assert DistillConfig(features=[["r", "r"]]).features == (("r", "r"),)
 
 

@@ -8,13 +8,13 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
-from onnxopt.contract import PassContext, PassError  # noqa: E402
+from onnxopt.contract import PassContext, PassError
 from onnxopt.data import Feeds
-from onnxopt.errors import OptionError  # noqa: E402
-from onnxopt.passes.distill import PASSES  # noqa: E402
-from onnxopt.passes.distill.distill import Distill  # noqa: E402
-from onnxopt.synth import synthesize  # noqa: E402
-from tests.passes.distill.models import FAST, data, mlp  # noqa: E402
+from onnxopt.errors import OptionError
+from onnxopt.passes.distill import PASSES
+from onnxopt.passes.distill.distill import Distill
+from onnxopt.synth import synthesize
+from tests.passes.distill.models import FAST, data, mlp
 
 
 def test_pass_distills_against_the_original() -> None:
@@ -41,7 +41,8 @@ def test_pass_allow_synthetic_distills_on_synthesized_inputs() -> None:
     teacher = mlp(32, seed=1)
     fake = synthesize(teacher, shapes={"x": [32, 16]}, runs=4)
     res = Distill.from_options({"allow_synthetic": True, "epochs": 1}).run_model(
-        mlp(6, 2), PassContext(feeds=fake, original=teacher))
+        mlp(6, 2), PassContext(feeds=fake, original=teacher)
+    )
     assert not any("synthesized" in n for n in res.notes)
     assert any("held-out loss" in n for n in res.notes)
 

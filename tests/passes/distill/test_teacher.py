@@ -8,9 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
-from onnxopt.passes.distill.config import DistillConfig  # noqa: E402
-from onnxopt.passes.distill.trainer import distill  # noqa: E402
-from tests.passes.distill.models import data, mlp  # noqa: E402
+from onnxopt.passes.distill.config import DistillConfig
+from onnxopt.passes.distill.trainer import distill
+from tests.passes.distill.models import data, mlp
 
 
 def test_teacher_targets_are_cached_on_disk(tmp_path) -> None:

@@ -9,11 +9,11 @@ torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
 from onnxopt.data import Feeds
-from onnxopt.errors import OptionError  # noqa: E402
-from onnxopt.passes.distill.config import DistillConfig  # noqa: E402
-from onnxopt.passes.distill.trainer import distill  # noqa: E402
-from onnxopt.verify import Runner  # noqa: E402
-from tests.passes.distill.models import FAST, data, embedding_classifier, kl, mlp  # noqa: E402
+from onnxopt.errors import OptionError
+from onnxopt.passes.distill.config import DistillConfig
+from onnxopt.passes.distill.trainer import distill
+from onnxopt.verify import Runner
+from tests.passes.distill.models import FAST, data, embedding_classifier, kl, mlp
 
 
 def test_mixup_teacher_labels_mixed_inputs_and_lowers_heldout_kl() -> None:

@@ -8,11 +8,11 @@ import pytest
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)  # 2 shared cores: threads only contend on these tiny graphs
 
-from onnxopt.errors import OnnxoptError, OptionError  # noqa: E402
-from onnxopt.onnx2torch.convert import UnsupportedOpsError  # noqa: E402
-from onnxopt.passes.distill.config import DistillConfig  # noqa: E402
-from onnxopt.passes.distill.trainer import distill  # noqa: E402
-from tests.passes.distill.models import FAST, data, kl, mlp  # noqa: E402
+from onnxopt.errors import OnnxoptError, OptionError
+from onnxopt.onnx2torch.convert import UnsupportedOpsError
+from onnxopt.passes.distill.config import DistillConfig
+from onnxopt.passes.distill.trainer import distill
+from tests.passes.distill.models import FAST, data, kl, mlp
 
 
 def test_short_run_lowers_heldout_kl_and_keeps_structure() -> None:
@@ -24,9 +24,11 @@ def test_short_run_lowers_heldout_kl_and_keeps_structure() -> None:
     assert kl(teacher, res.model, held) < 0.6 * kl(teacher, student, held)
     out = res.model
     assert [n.SerializeToString() for n in out.graph.node] == [
-        n.SerializeToString() for n in student.graph.node]
+        n.SerializeToString() for n in student.graph.node
+    ]
     assert [(t.name, list(t.dims), t.data_type) for t in out.graph.initializer] == [
-        (t.name, list(t.dims), t.data_type) for t in student.graph.initializer]
+        (t.name, list(t.dims), t.data_type) for t in student.graph.initializer
+    ]
     assert out.opset_import == student.opset_import and out.graph.input == student.graph.input
     assert sorted(res.updated) == ["fc1.bias", "fc1.weight", "fc2.bias", "fc2.weight"]
 

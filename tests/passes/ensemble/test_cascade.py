@@ -35,15 +35,18 @@ def test_cascade_structure_and_outputs():
     top = [n.op_type for n in merged.graph.node]
     assert top[-1] == "If" and "MatMul" not in top  # the expensive layers live in the branch
     if_node = merged.graph.node[-1]
-    else_ops = [n.op_type for n in next(a.g for a in if_node.attribute
-                                        if a.name == "else_branch").node]
+    else_ops = [
+        n.op_type for n in next(a.g for a in if_node.attribute if a.name == "else_branch").node
+    ]
     assert else_ops.count("MatMul") == 26
     assert rep.params["expensive_nodes_in_branch"] == 26 + 24
     assert softmax(run(CHEAP, {"x": CONFIDENT})["logits"]).max() >= 0.9
-    np.testing.assert_array_equal(run(merged, {"x": CONFIDENT})["logits"],
-                                  run(CHEAP, {"x": CONFIDENT})["logits"])
-    np.testing.assert_allclose(run(merged, {"x": UNSURE})["logits"],
-                               run(EXPENSIVE, {"x": UNSURE})["logits"], rtol=1e-6)
+    np.testing.assert_array_equal(
+        run(merged, {"x": CONFIDENT})["logits"], run(CHEAP, {"x": CONFIDENT})["logits"]
+    )
+    np.testing.assert_allclose(
+        run(merged, {"x": UNSURE})["logits"], run(EXPENSIVE, {"x": UNSURE})["logits"], rtol=1e-6
+    )
 
 
 def test_cascade_skips_the_expensive_branch():
@@ -58,16 +61,18 @@ def test_cascade_skips_the_expensive_branch():
 def test_cascade_gate_decides_for_the_whole_batch():
     merged, _ = merge([CHEAP, EXPENSIVE], "cascade", threshold=0.9)
     batch = np.concatenate([CONFIDENT, UNSURE])
-    np.testing.assert_allclose(run(merged, {"x": batch})["logits"],
-                               run(EXPENSIVE, {"x": batch})["logits"], rtol=1e-6)
+    np.testing.assert_allclose(
+        run(merged, {"x": batch})["logits"], run(EXPENSIVE, {"x": batch})["logits"], rtol=1e-6
+    )
 
 
 def test_cascade_target_accuracy_picks_threshold():
     rng = np.random.default_rng(2)
     x = (rng.standard_normal((60, 4)) * rng.uniform(0, 0.2, (60, 1))).astype(np.float32)
     labels = np.argmax(run(EXPENSIVE, {"x": x})["logits"], -1)  # the expensive one is right
-    merged, rep = merge([CHEAP, EXPENSIVE], "cascade", target_accuracy=100.0,
-                        data={"x": x, "labels": labels})
+    merged, rep = merge(
+        [CHEAP, EXPENSIVE], "cascade", target_accuracy=100.0, data={"x": x, "labels": labels}
+    )
     assert 0.0 < rep.params["threshold"] <= 1.0 + 1e-6
     assert rep.accuracy["ensemble"] >= rep.accuracy["m0"]
     assert rep.verified

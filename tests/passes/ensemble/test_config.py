@@ -18,18 +18,21 @@ def test_unknown_key_names_the_option_and_the_known_ones():
     assert "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("options,words", [
-    ({"mode": "median"}, "unknown merge mode 'median'"),
-    ({"meta": "foo"}, "--meta 'foo'"),
-    ({"on": "scores"}, "--on 'scores'"),
-    ({"mode": "cascade", "threshold": 1.5}, "--threshold 1.5"),
-    ({"mode": "cascade"}, "exactly one of --threshold or --target-accuracy"),
-    ({"mode": "weighted"}, "needs --weights"),
-    ({"mode": "weighted", "weights": [0.5], "fit_data": "x.npz"}, "either --weights or"),
-    ({"mode": "average", "io_map": ["a.y:b.x"]}, "--io-map is for --mode serial"),
-    ({"mode": "stack"}, "needs labeled data to fit"),
-    ({"fit_fraction": 1.0}, "fit_fraction"),
-])
+@pytest.mark.parametrize(
+    "options,words",
+    [
+        ({"mode": "median"}, "unknown merge mode 'median'"),
+        ({"meta": "foo"}, "--meta 'foo'"),
+        ({"on": "scores"}, "--on 'scores'"),
+        ({"mode": "cascade", "threshold": 1.5}, "--threshold 1.5"),
+        ({"mode": "cascade"}, "exactly one of --threshold or --target-accuracy"),
+        ({"mode": "weighted"}, "needs --weights"),
+        ({"mode": "weighted", "weights": [0.5], "fit_data": "x.npz"}, "either --weights or"),
+        ({"mode": "average", "io_map": ["a.y:b.x"]}, "--io-map is for --mode serial"),
+        ({"mode": "stack"}, "needs labeled data to fit"),
+        ({"fit_fraction": 1.0}, "fit_fraction"),
+    ],
+)
 def test_bad_values_are_one_line_naming_the_option(options, words):
     with pytest.raises(OptionError) as e:
         MergeConfig.from_options(options)

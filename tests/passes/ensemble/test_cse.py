@@ -25,16 +25,21 @@ def test_cse_merges_identical_backbones():
     a = linear(0)
     merged, rep = merge([a, a], "average")
     assert [n.op_type for n in merged.graph.node].count("Gemm") == 1
-    assert rep.cse == {"initializers": 2, "initializer_bytes": rep.cse["initializer_bytes"],
-                       "nodes": 2}
-    np.testing.assert_allclose(run(merged, {"x": X})["logits"], run(a, {"x": X})["logits"],
-                               rtol=1e-6)
+    assert rep.cse == {
+        "initializers": 2,
+        "initializer_bytes": rep.cse["initializer_bytes"],
+        "nodes": 2,
+    }
+    np.testing.assert_allclose(
+        run(merged, {"x": X})["logits"], run(a, {"x": X})["logits"], rtol=1e-6
+    )
 
 
 def test_cse_ignores_attributes_written_at_their_default():
     a, b = linear(0), linear(0)
-    b.graph.node[0].attribute.extend([helper.make_attribute("transA", 0),
-                                      helper.make_attribute("alpha", 1.0)])
+    b.graph.node[0].attribute.extend(
+        [helper.make_attribute("transA", 0), helper.make_attribute("alpha", 1.0)]
+    )
     merged, rep = merge([a, b], "average")
     assert rep.cse["nodes"] == 2
     assert [n.op_type for n in merged.graph.node].count("Gemm") == 1

@@ -25,10 +25,16 @@ def zoo(tmp_path_factory):
     return [build(n) for n in NAMES], digits_npz(tmp / "test.npz", "test")
 
 
-@pytest.mark.parametrize("mode,opts", [
-    ("average", {"on": "probs"}), ("vote", {}), ("max", {"on": "probs"}),
-    ("stack", {}), ("weighted", {"on": "probs", "fit": True}),
-])
+@pytest.mark.parametrize(
+    "mode,opts",
+    [
+        ("average", {"on": "probs"}),
+        ("vote", {}),
+        ("max", {"on": "probs"}),
+        ("stack", {}),
+        ("weighted", {"on": "probs", "fit": True}),
+    ],
+)
 def test_digits_modes_verify_and_do_not_lose_accuracy(zoo, mode, opts):
     paths, npz = zoo
     opts = dict(opts)
@@ -49,18 +55,35 @@ def test_digits_cascade_matches_member_runs(zoo):
     for i in range(len(x)):
         xi = x[i : i + 1]
         yc = run(onnx.load(cheap), {"input": xi})["logits"]
-        want = yc if softmax(yc).max() >= 0.9 else run(onnx.load(expensive),
-                                                         {"input": xi})["logits"]
-        np.testing.assert_allclose(run(merged, {"input": xi})["logits"], want, rtol=1e-5,
-                                   atol=1e-6)
+        want = (
+            yc if softmax(yc).max() >= 0.9 else run(onnx.load(expensive), {"input": xi})["logits"]
+        )
+        np.testing.assert_allclose(run(merged, {"input": xi})["logits"], want, rtol=1e-5, atol=1e-6)
     assert 0.5 < rep.params["cheap_fraction"] < 1.0
 
 
 def test_digits_cli_stack(zoo, tmp_path):
     paths, npz = zoo
     out = tmp_path / "stack.onnx"
-    p = subprocess.run([sys.executable, "-m", "onnxopt", "merge", *map(str, paths), "-o",
-                        str(out), "--mode", "stack", "--meta", "ridge", "--data", str(npz)],
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxopt",
+            "merge",
+            *map(str, paths),
+            "-o",
+            str(out),
+            "--mode",
+            "stack",
+            "--meta",
+            "ridge",
+            "--data",
+            str(npz),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stdout + p.stderr
     assert "held-out" in p.stdout and "verified" in p.stdout

@@ -68,8 +68,9 @@ def test_weighted_fit_reports_held_out_accuracy():
     rng = np.random.default_rng(4)
     x = rng.standard_normal((80, 4)).astype(np.float32)
     y = rng.integers(0, 3, 80)
-    merged, rep = merge([linear(0), linear(1)], "weighted", on="probs",
-                        fit_data={"x": x, "labels": y})
+    merged, rep = merge(
+        [linear(0), linear(1)], "weighted", on="probs", fit_data={"x": x, "labels": y}
+    )
     assert len(rep.params["weights"]) == 2 and sum(rep.params["weights"]) == pytest.approx(1)
     assert "40 held-out" in rep.accuracy_split
     assert set(rep.accuracy) == {"m0", "m1", "ensemble"}

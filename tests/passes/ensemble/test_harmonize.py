@@ -99,19 +99,31 @@ def test_input_model_is_not_modified():
 
 def test_subgraph_names_are_prefixed():
     # a member with an If whose branches read outer-scope tensors
-    then_g = helper.make_graph([helper.make_node("Identity", ["h"], ["t"])], "t", [],
-                               [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)])
-    else_g = helper.make_graph([helper.make_node("Neg", ["h"], ["e"])], "e", [],
-                               [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)])
+    then_g = helper.make_graph(
+        [helper.make_node("Identity", ["h"], ["t"])],
+        "t",
+        [],
+        [helper.make_tensor_value_info("t", TensorProto.FLOAT, None)],
+    )
+    else_g = helper.make_graph(
+        [helper.make_node("Neg", ["h"], ["e"])],
+        "e",
+        [],
+        [helper.make_tensor_value_info("e", TensorProto.FLOAT, None)],
+    )
     g = helper.make_graph(
-        [helper.make_node("Gemm", ["x", "W", "b"], ["h"]),
-         helper.make_node("If", ["flag"], ["logits"], then_branch=then_g, else_branch=else_g)],
+        [
+            helper.make_node("Gemm", ["x", "W", "b"], ["h"]),
+            helper.make_node("If", ["flag"], ["logits"], then_branch=then_g, else_branch=else_g),
+        ],
         "withif",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])],
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3])],
-        [numpy_helper.from_array(np.ones((4, 3), np.float32), "W"),
-         numpy_helper.from_array(np.zeros(3, np.float32), "b"),
-         numpy_helper.from_array(np.array(False), "flag")],
+        [
+            numpy_helper.from_array(np.ones((4, 3), np.float32), "W"),
+            numpy_helper.from_array(np.zeros(3, np.float32), "b"),
+            numpy_helper.from_array(np.array(False), "flag"),
+        ],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(m)
@@ -132,10 +144,13 @@ def test_impossible_opset_conversion_is_refused_clearly():
     old = helper.make_model(g, opset_imports=[helper.make_opsetid("", 7)])
     old.ir_version = 3
     new = helper.make_model(
-        helper.make_graph([helper.make_node("Relu", ["x"], ["logits"])], "new",
-                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 1, 1])],
-                          [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                         ["N", 3, 1, 1])]),
-        opset_imports=[helper.make_opsetid("", 17)])
+        helper.make_graph(
+            [helper.make_node("Relu", ["x"], ["logits"])],
+            "new",
+            [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 1, 1])],
+            [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 3, 1, 1])],
+        ),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
     with pytest.raises(ModelError, match="cannot convert opset 7 to 17"):
         merge([old, new], "average")

@@ -48,8 +48,9 @@ def test_weighted_needs_weights():
 
 def test_max():
     merged, _ = merge(MEMBERS, "max", on="probs")
-    np.testing.assert_allclose(run(merged, {"x": X})["logits"], np.max(_ys("probs"), axis=0),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        run(merged, {"x": X})["logits"], np.max(_ys("probs"), axis=0), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_vote_majority_and_ties_to_first_member():
@@ -70,8 +71,9 @@ def test_vote_tie_goes_to_first_member():
     # two members that disagree everywhere (W and -W): every sample is a 1-1 tie
     a = linear(5, bias=False)
     b = linear(5, bias=False)
-    b.graph.initializer[0].CopyFrom(numpy_helper.from_array(
-        -numpy_helper.to_array(a.graph.initializer[0]), "W"))
+    b.graph.initializer[0].CopyFrom(
+        numpy_helper.from_array(-numpy_helper.to_array(a.graph.initializer[0]), "W")
+    )
     merged, _ = merge([a, b], "vote")
     ya = run(a, {"x": X})["logits"]
     yb = run(b, {"x": X})["logits"]
@@ -93,8 +95,9 @@ def test_stack_logistic_is_gemm_softmax():
     b = next(v for k, v in inits.items() if "meta_b" in k)
     assert w.shape == (9, 3) and b.shape == (3,)
     feats = np.concatenate([softmax(y) for y in _ys_for(X)], -1)
-    np.testing.assert_allclose(run(merged, {"x": X})["logits"], softmax(feats @ w + b),
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        run(merged, {"x": X})["logits"], softmax(feats @ w + b), rtol=1e-4, atol=1e-5
+    )
     assert rep.verified and "held-out" in rep.accuracy_split
     assert set(rep.accuracy) == {"m0", "m1", "m2", "ensemble"}
 

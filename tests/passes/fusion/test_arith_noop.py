@@ -11,7 +11,9 @@ HDR = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def test_arith_noops_removed():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[2,3] x) => (float[2,3] y) {
       a = Mul(one, x)
       b = Add(a, zero)
@@ -19,6 +21,7 @@ def test_arith_noops_removed():
       d = Sub(c, zero)
       y = Relu(d)
     }"""
+    )
     m = parse(text, {"one": np.ones((1, 3), np.float32), "zero": np.float32(0)})
     res, out = apply(RemoveArithNoop, m)
     assert res.details["counts"] == {"arith_noop": 4}
@@ -27,19 +30,31 @@ def test_arith_noops_removed():
 
 
 def test_arith_noop_negative_broadcast_and_non_identity():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[3] x) => (float[2,3] y, float[3] z, float[3] w) {
       y = Mul(x, one)
       z = Sub(zero3, x)
       w = Div(one3, x)
     }"""
-    m = parse(text, {"one": np.ones((2, 3), np.float32), "zero3": np.zeros(3, np.float32),
-                    "one3": np.ones(3, np.float32)})
+    )
+    m = parse(
+        text,
+        {
+            "one": np.ones((2, 3), np.float32),
+            "zero3": np.zeros(3, np.float32),
+            "one3": np.ones(3, np.float32),
+        },
+    )
     res = unchanged(m, RemoveArithNoop)
     assert any("broadcast" in n for n in res.notes)
 
 
 def test_arith_noop_keeps_graph_output_fed_by_input():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[3] x) => (float[3] y) { y = Add(x, zero) }"""
+    )
     unchanged(parse(text, {"zero": np.zeros(3, np.float32)}), RemoveArithNoop)

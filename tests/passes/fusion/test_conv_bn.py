@@ -14,22 +14,30 @@ HDR = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def bn(c: int, prefix: str = "") -> dict[str, np.ndarray]:
-    return {f"{prefix}s": R.uniform(0.5, 2, c).astype(np.float32),
-            f"{prefix}b": R.standard_normal(c).astype(np.float32),
-            f"{prefix}m": R.standard_normal(c).astype(np.float32),
-            f"{prefix}v": R.uniform(0.5, 2, c).astype(np.float32)}
+    return {
+        f"{prefix}s": R.uniform(0.5, 2, c).astype(np.float32),
+        f"{prefix}b": R.standard_normal(c).astype(np.float32),
+        f"{prefix}m": R.standard_normal(c).astype(np.float32),
+        f"{prefix}v": R.uniform(0.5, 2, c).astype(np.float32),
+    }
 
 
-CONV_BN = HDR + """
+CONV_BN = (
+    HDR
+    + """
 g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
   c = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w, cb)
   y = BatchNormalization<epsilon=0.001>(c, s, b, m, v)
 }"""
+)
 
 
 def conv_inits():
-    return {"w": R.standard_normal((4, 3, 3, 3)).astype(np.float32),
-            "cb": R.standard_normal(4).astype(np.float32), **bn(4)}
+    return {
+        "w": R.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "cb": R.standard_normal(4).astype(np.float32),
+        **bn(4),
+    }
 
 
 def test_conv_bn_folds():
@@ -42,11 +50,14 @@ def test_conv_bn_folds():
 
 
 def test_conv_transpose_grouped_bn_folds():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[1,4,5,5] x) => (float[1,6,11,11] y) {
       c = ConvTranspose<strides=[2,2], kernel_shape=[3,3], group=2>(x, w)
       y = BatchNormalization(c, s, b, m, v)
     }"""
+    )
     m = parse(text, {"w": R.standard_normal((4, 3, 3, 3)).astype(np.float32), **bn(6)})
     res, out = apply(FoldBatchNorm, m)
     assert counts(out) == {"ConvTranspose": 1}
@@ -54,17 +65,27 @@ def test_conv_transpose_grouped_bn_folds():
 
 
 def test_gemm_bn_and_matmul_bn_fold():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[2,5] x) => (float[2,3] y, float[2,3] z) {
       a = Gemm<transB=1, beta=0.5>(x, w, c)
       y = BatchNormalization(a, s, b, m, v)
       k = MatMul(x, w2)
       z = BatchNormalization(k, s2, b2, m2, v2)
     }"""
-    m = parse(text, {"w": R.standard_normal((3, 5)).astype(np.float32),
-                    "c": R.standard_normal(3).astype(np.float32),
-                    "w2": R.standard_normal((5, 3)).astype(np.float32), **bn(3), **bn(3, "")}
-             | {k + "2": v for k, v in bn(3).items()})
+    )
+    m = parse(
+        text,
+        {
+            "w": R.standard_normal((3, 5)).astype(np.float32),
+            "c": R.standard_normal(3).astype(np.float32),
+            "w2": R.standard_normal((5, 3)).astype(np.float32),
+            **bn(3),
+            **bn(3, ""),
+        }
+        | {k + "2": v for k, v in bn(3).items()},
+    )
     res, out = apply(FoldBatchNorm, m)
     assert res.details["counts"] == {"gemm_bn": 1, "matmul_bn": 1}
     assert "BatchNormalization" not in counts(out)
@@ -72,16 +93,26 @@ def test_gemm_bn_and_matmul_bn_fold():
 
 
 def test_bn_before_unpadded_conv_and_gemm():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[1,3,6,6] x, float[2,5] u) => (float[1,4,4,4] y, float[2,3] z) {
       n = BatchNormalization(x, s, b, m, v)
       y = Conv<kernel_shape=[3,3]>(n, w, cb)
       n2 = BatchNormalization(u, s2, b2, m2, v2)
       z = Gemm<transB=1>(n2, w2, c2)
     }"""
-    m = parse(text, {**conv_inits(), **bn(3), "w2": R.standard_normal((3, 5)).astype(np.float32),
-                    "c2": R.standard_normal(3).astype(np.float32)}
-             | {k + "2": v for k, v in bn(5).items()})
+    )
+    m = parse(
+        text,
+        {
+            **conv_inits(),
+            **bn(3),
+            "w2": R.standard_normal((3, 5)).astype(np.float32),
+            "c2": R.standard_normal(3).astype(np.float32),
+        }
+        | {k + "2": v for k, v in bn(5).items()},
+    )
     res, out = apply(FoldBatchNorm, m)
     assert res.details["counts"] == {"bn_conv": 1, "bn_gemm": 1}
     assert "BatchNormalization" not in counts(out)
@@ -89,41 +120,53 @@ def test_bn_before_unpadded_conv_and_gemm():
 
 
 def test_negative_shared_weight():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] z) {
       c = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w, cb)
       y = BatchNormalization(c, s, b, m, v)
       z = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w)
     }"""
+    )
     res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("shared" in n for n in res.notes)
 
 
 def test_negative_conv_output_is_graph_output():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] c) {
       c = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w, cb)
       y = BatchNormalization(c, s, b, m, v)
     }"""
+    )
     res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("graph output" in n for n in res.notes)
 
 
 def test_negative_bn_before_padded_conv():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[1,3,6,6] x) => (float[1,4,6,6] y) {
       n = BatchNormalization(x, s, b, m, v)
       y = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(n, w, cb)
     }"""
+    )
     res = unchanged(parse(text, {**conv_inits(), **bn(3)}), FoldBatchNorm)
     assert any("pads" in n for n in res.notes)
 
 
 def test_negative_training_mode():
-    text = HDR.replace("17", "15") + """
+    text = (
+        HDR.replace("17", "15")
+        + """
     g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
       c = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w, cb)
       y = BatchNormalization<training_mode=1>(c, s, b, m, v)
     }"""
+    )
     res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("training" in n for n in res.notes)

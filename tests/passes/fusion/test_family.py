@@ -67,8 +67,9 @@ def _export(model, args, dynamo: bool, opset: int) -> onnx.ModelProto:
 def _optimize(model, target, int_range=None):
     feeds = get_feeds(model, int_range=int_range, runs=2)
     out, report = manager(["cleanup", "fusion"], target=target).run(model, feeds)
-    bad = [(p.name, p.status, p.reason) for p in report.passes if p.status in ("rolled back",
-                                                                             "error")]
+    bad = [
+        (p.name, p.status, p.reason) for p in report.passes if p.status in ("rolled back", "error")
+    ]
     assert not bad, bad
     for run_feeds in feeds.runs:
         for a, b in zip(run(model, run_feeds), run(out, run_feeds), strict=True):

@@ -32,9 +32,14 @@ g (float[2,8] x) => (float[2,8] y) {
 }"""
 
 
-G_INITS = {"sq2": np.float32(math.sqrt(2)), "one": np.float32(1), "half": np.float32(0.5),
-           "three": np.float32(3), "k1": np.float32(0.044715),
-           "k2": np.float32(math.sqrt(2 / math.pi))}
+G_INITS = {
+    "sq2": np.float32(math.sqrt(2)),
+    "one": np.float32(1),
+    "half": np.float32(0.5),
+    "three": np.float32(3),
+    "k1": np.float32(0.044715),
+    "k2": np.float32(math.sqrt(2 / math.pi)),
+}
 
 
 def test_gelu_erf_and_tanh_fuse_at_opset20():

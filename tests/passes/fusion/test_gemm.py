@@ -13,40 +13,64 @@ R = np.random.default_rng(1)
 HDR = '<ir_version: 8, opset_import: ["": 17]>'
 
 
-MM_ADD = HDR + """
+MM_ADD = (
+    HDR
+    + """
 g (float[2,5] x) => (float[2,3] y) { a = MatMul(x, w)  y = Add(%s) }"""
+)
 
 
 def test_matmul_add_becomes_gemm():
     for order in ("a, b", "b, a"):
-        m = parse(MM_ADD % order, {"w": R.standard_normal((5, 3)).astype(np.float32),
-                                  "b": R.standard_normal(3).astype(np.float32)})
+        m = parse(
+            MM_ADD % order,
+            {
+                "w": R.standard_normal((5, 3)).astype(np.float32),
+                "b": R.standard_normal(3).astype(np.float32),
+            },
+        )
         res, out = apply(FuseGemm, m)
         assert counts(out) == {"Gemm": 1}
         assert_close(m, out)
 
 
 def test_matmul_add_negative_3d_and_graph_output():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[2,4,5] x) => (float[2,4,3] y) { a = MatMul(x, w)  y = Add(a, b) }"""
-    inits = {"w": R.standard_normal((5, 3)).astype(np.float32),
-             "b": R.standard_normal(3).astype(np.float32)}
+    )
+    inits = {
+        "w": R.standard_normal((5, 3)).astype(np.float32),
+        "b": R.standard_normal(3).astype(np.float32),
+    }
     res = unchanged(parse(text, inits), FuseGemm)
     assert any("2-D" in n for n in res.notes)
-    text2 = HDR + """
+    text2 = (
+        HDR
+        + """
     g (float[2,5] x) => (float[2,3] y, float[2,3] a) { a = MatMul(x, w)  y = Add(a, b) }"""
+    )
     unchanged(parse(text2, inits), FuseGemm)
 
 
 def test_transpose_into_gemm():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[5,2] x) => (float[2,3] y) {
       t = Transpose<perm=[1,0]>(x)
       u = Transpose<perm=[1,0]>(w)
       y = Gemm(t, u, c)
     }"""
-    m = parse(text, {"w": R.standard_normal((3, 5)).astype(np.float32),
-                    "c": R.standard_normal(3).astype(np.float32)})
+    )
+    m = parse(
+        text,
+        {
+            "w": R.standard_normal((3, 5)).astype(np.float32),
+            "c": R.standard_normal(3).astype(np.float32),
+        },
+    )
     res, out = apply(FuseGemm, m)
     assert counts(out) == {"Gemm": 1}
     attrs = {a.name: a.i for a in out.graph.node[0].attribute}
@@ -55,7 +79,10 @@ def test_transpose_into_gemm():
 
 
 def test_transpose_gemm_negative_used_elsewhere():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[5,2] x) => (float[2,3] y, float[2,5] t) { t = Transpose<perm=[1,0]>(x)
       y = Gemm(t, w) }"""
+    )
     unchanged(parse(text, {"w": R.standard_normal((5, 3)).astype(np.float32)}), FuseGemm)

@@ -24,9 +24,12 @@ g (float[2,5,8] x) => (float[2,5,8] y) {
 }"""
 
 
-LN_INITS = {"eps": np.float32(1e-5), "two": np.float32(2),
-            "gamma": R.standard_normal(8).astype(np.float32),
-            "beta": R.standard_normal(8).astype(np.float32)}
+LN_INITS = {
+    "eps": np.float32(1e-5),
+    "two": np.float32(2),
+    "gamma": R.standard_normal(8).astype(np.float32),
+    "beta": R.standard_normal(8).astype(np.float32),
+}
 
 
 def test_decomposed_layernorm_fuses_both_square_forms():

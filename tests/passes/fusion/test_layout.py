@@ -11,7 +11,9 @@ HDR = '<ir_version: 8, opset_import: ["": 17]>'
 
 
 def test_transposes_merge_and_cancel():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[2,3,4] x) => (float[4,2,3] y, float[2,3,4] z) {
       a = Transpose<perm=[1,0,2]>(x)
       y = Transpose<perm=[2,1,0]>(a)
@@ -19,6 +21,7 @@ def test_transposes_merge_and_cancel():
       c = Transpose<perm=[1,2,0]>(b)
       z = Neg(c)
     }"""
+    )
     m = parse(text)
     res, out = apply(FuseLayout, m)
     assert res.details["counts"] == {"transpose_transpose": 2}
@@ -27,7 +30,9 @@ def test_transposes_merge_and_cancel():
 
 
 def test_reshape_chain_and_squeeze_pairs():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[2,3,4] x) => (float[4,6] y, float[2,3,4] z, float[2,3,4] w) {
       f = Flatten<axis=1>(x)
       y = Reshape(f, s)
@@ -36,8 +41,15 @@ def test_reshape_chain_and_squeeze_pairs():
       q = Squeeze(u, ax)
       w = Unsqueeze(q, axn)
     }"""
-    m = parse(text, {"s": np.array([4, 6], np.int64), "ax": np.array([1], np.int64),
-                    "axn": np.array([-3], np.int64)})
+    )
+    m = parse(
+        text,
+        {
+            "s": np.array([4, 6], np.int64),
+            "ax": np.array([1], np.int64),
+            "axn": np.array([-3], np.int64),
+        },
+    )
     res, out = apply(FuseLayout, m)
     assert counts(out)["Reshape"] == 1 and "Flatten" not in counts(out)
     assert res.details["counts"]["reshape_chain"] == 1
@@ -45,19 +57,31 @@ def test_reshape_chain_and_squeeze_pairs():
 
 
 def test_layout_negative_cases():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[2,3,4] x) => (float[2,3,4] z, float[2,1,3,4] u, float[2,12] y) {
       u = Unsqueeze(x, ax)
       z = Squeeze(u, ax)
       r = Reshape(x, s0)
       y = Reshape(r, s)
     }"""
-    m = parse(text, {"ax": np.array([1], np.int64), "s0": np.array([6, 4], np.int64),
-                    "s": np.array([2, 0], np.int64)})
+    )
+    m = parse(
+        text,
+        {
+            "ax": np.array([1], np.int64),
+            "s0": np.array([6, 4], np.int64),
+            "s": np.array([2, 0], np.int64),
+        },
+    )
     res = unchanged(m, FuseLayout)
     assert any("graph output" in n for n in res.notes)
     assert any("copies a dimension" in n for n in res.notes)
-    text2 = HDR + """
+    text2 = (
+        HDR
+        + """
     g (float[2,1,3] x) => (float[2,1,3] z) { u = Unsqueeze(x, a1)  z = Squeeze(u, a2) }"""
+    )
     m2 = parse(text2, {"a1": np.array([1], np.int64), "a2": np.array([2], np.int64)})
     assert any("axes differ" in n for n in unchanged(m2, FuseLayout).notes)

@@ -34,11 +34,14 @@ g (float[1,4,8] x, float[1,4,8] xk, float[1,1,1,4] mask) => (float[1,4,8] y) {
 }"""
 
 
-INITS = {**{w: R.standard_normal((8, 8)).astype(np.float32) for w in ("wq", "wk", "wv")},
-         "bq": R.standard_normal(8).astype(np.float32),
-         "bv": R.standard_normal(8).astype(np.float32),
-         "split": np.array([1, 4, 2, 4], np.int64), "merge": np.array([1, 4, 8], np.int64),
-         "sqrt_d": np.float32(2.0)}
+INITS = {
+    **{w: R.standard_normal((8, 8)).astype(np.float32) for w in ("wq", "wk", "wv")},
+    "bq": R.standard_normal(8).astype(np.float32),
+    "bv": R.standard_normal(8).astype(np.float32),
+    "split": np.array([1, 4, 2, 4], np.int64),
+    "merge": np.array([1, 4, 8], np.int64),
+    "sqrt_d": np.float32(2.0),
+}
 
 
 def test_self_attention_becomes_attention():

@@ -23,8 +23,11 @@ def test_contrib_gelu_fastgelu_and_bias():
         _, out = apply(OrtFuseGelu, m, target=ORT)
         assert counts(out) == {op: 1}
         assert_close(m, out)
-    text = (GELU_TS % 17).replace("(float[2,8] x)", "(float[2,8] z)").replace(
-        "{", "{ x = Add(z, gb)", 1)
+    text = (
+        (GELU_TS % 17)
+        .replace("(float[2,8] x)", "(float[2,8] z)")
+        .replace("{", "{ x = Add(z, gb)", 1)
+    )
     m = parse(text, {**G_INITS, "gb": R.standard_normal(8).astype(np.float32)})
     res, out = apply(OrtFuseGelu, m, target=ORT)
     assert counts(out) == {"BiasGelu": 1}
@@ -32,8 +35,11 @@ def test_contrib_gelu_fastgelu_and_bias():
 
 
 def test_contrib_gelu_negative_bias_shape_and_quickgelu():
-    text = (GELU_TS % 17).replace("(float[2,8] x)", "(float[2,8] z)").replace(
-        "{", "{ x = Add(z, gb)", 1)
+    text = (
+        (GELU_TS % 17)
+        .replace("(float[2,8] x)", "(float[2,8] z)")
+        .replace("{", "{ x = Add(z, gb)", 1)
+    )
     m = parse(text, {**G_INITS, "gb": R.standard_normal((2, 8)).astype(np.float32)})
     res, out = apply(OrtFuseGelu, m, target=ORT)
     assert counts(out) == {"Gelu": 1, "Add": 1}

@@ -16,19 +16,24 @@ HDR = '<ir_version: 9, opset_import: ["": 17]>'
 ORT = "onnxruntime"
 
 
-SKIP_LN = HDR + """
+SKIP_LN = (
+    HDR
+    + """
 g (float[2,4,8] x, float[2,4,8] r) => (float[2,4,8] y) {
   m = MatMul(x, w)
   a = Add(m, bias)
   s = Add(r, a)
   y = LayerNormalization<axis=-1, epsilon=0.00001>(s, gamma, beta)
 }"""
+)
 
 
-LN_INITS = {"w": R.standard_normal((8, 8)).astype(np.float32),
-            "bias": R.standard_normal(8).astype(np.float32),
-            "gamma": R.standard_normal(8).astype(np.float32),
-            "beta": R.standard_normal(8).astype(np.float32)}
+LN_INITS = {
+    "w": R.standard_normal((8, 8)).astype(np.float32),
+    "bias": R.standard_normal(8).astype(np.float32),
+    "gamma": R.standard_normal(8).astype(np.float32),
+    "beta": R.standard_normal(8).astype(np.float32),
+}
 
 
 def test_skip_layernorm_with_bias():

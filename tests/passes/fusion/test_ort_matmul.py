@@ -15,13 +15,16 @@ HDR = '<ir_version: 9, opset_import: ["": 17]>'
 ORT = "onnxruntime"
 
 
-FMM = HDR + """
+FMM = (
+    HDR
+    + """
 g (float[2,3,4,5] q, float[2,3,6,5] k) => (float[2,3,4,6] y) {
   qs = Mul(q, s)
   kt = Transpose<perm=[0,1,3,2]>(k)
   m = MatMul(qs, kt)
   y = Div(m, d)
 }"""
+)
 
 
 def test_fused_matmul_transpose_and_scales():
@@ -34,9 +37,12 @@ def test_fused_matmul_transpose_and_scales():
 
 
 def test_fused_matmul_negative_batch_perm():
-    text = HDR + """
+    text = (
+        HDR
+        + """
     g (float[3,2,4,5] q, float[2,3,5,6] k) => (float[2,3,4,6] y) {
       qt = Transpose<perm=[1,0,2,3]>(q)
       y = MatMul(qt, k) }"""
+    )
     res = unchanged(parse(text), OrtFuseMatMul, ORT)
     assert any("batch axes" in n for n in res.notes)

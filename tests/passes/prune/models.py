@@ -31,10 +31,17 @@ def _w(*shape: int, zero: tuple[int, ...] = (), axis: int = 0) -> np.ndarray:
     return w
 
 
-def _model(nodes: list, inits: dict[str, np.ndarray], x_shape: list, y_shape: list,
-           opset: int = 17, check: bool = True) -> onnx.ModelProto:
+def _model(
+    nodes: list,
+    inits: dict[str, np.ndarray],
+    x_shape: list,
+    y_shape: list,
+    opset: int = 17,
+    check: bool = True,
+) -> onnx.ModelProto:
     g = helper.make_graph(
-        nodes, "g",
+        nodes,
+        "g",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, x_shape)],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, y_shape)],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
@@ -51,9 +58,12 @@ def residual_block(zero: tuple[int, ...] = (1, 5)) -> onnx.ModelProto:
     """x -> c1 -> Relu -> c2 -> Add(., relu1) -> Relu -> c3 (1x1) -> y. Channels ``zero`` of the
     residual stream are zero in c1 and c2."""
     inits = {
-        "w1": _w(8, 4, 3, 3, zero=zero), "b1": _w(8, zero=zero),
-        "w2": _w(8, 8, 3, 3, zero=zero), "b2": _w(8, zero=zero),
-        "w3": _w(4, 8, 1, 1), "b3": _w(4),
+        "w1": _w(8, 4, 3, 3, zero=zero),
+        "b1": _w(8, zero=zero),
+        "w2": _w(8, 8, 3, 3, zero=zero),
+        "b2": _w(8, zero=zero),
+        "w3": _w(4, 8, 1, 1),
+        "b3": _w(4),
     }
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="c1", pads=[1, 1, 1, 1]),
@@ -85,9 +95,12 @@ def conv_chain(width: int = 16) -> onnx.ModelProto:
 def concat_branches() -> onnx.ModelProto:
     """Two conv branches (6 and 4 channels, channels 0 and 1 zero) concatenated into a conv."""
     inits = {
-        "wa": _w(6, 3, 3, 3, zero=(0,)), "ba": _w(6, zero=(0,)),
-        "wb": _w(4, 3, 1, 1, zero=(1,)), "bb": _w(4, zero=(1,)),
-        "wc": _w(5, 10, 3, 3), "bc": _w(5),
+        "wa": _w(6, 3, 3, 3, zero=(0,)),
+        "ba": _w(6, zero=(0,)),
+        "wb": _w(4, 3, 1, 1, zero=(1,)),
+        "bb": _w(4, zero=(1,)),
+        "wc": _w(5, 10, 3, 3),
+        "bc": _w(5),
     }
     nodes = [
         helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="a", pads=[1, 1, 1, 1]),
@@ -108,9 +121,13 @@ def depthwise_separable() -> onnx.ModelProto:
     inits = {
         "w1": _w(8, 4, 1, 1, zero=z),
         "g": np.where(np.isin(np.arange(8), z), 0.0, 1.2).astype(np.float32),
-        "be": _w(8, zero=z), "mu": _w(8), "var": (np.abs(_w(8)) + 0.5).astype(np.float32),
-        "wd": _w(8, 1, 3, 3), "bd": _w(8, zero=z),
-        "w2": _w(4, 8, 1, 1), "b2": _w(4),
+        "be": _w(8, zero=z),
+        "mu": _w(8),
+        "var": (np.abs(_w(8)) + 0.5).astype(np.float32),
+        "wd": _w(8, 1, 3, 3),
+        "bd": _w(8, zero=z),
+        "w2": _w(4, 8, 1, 1),
+        "b2": _w(4),
     }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["p"], name="pw1"),
@@ -126,8 +143,12 @@ def depthwise_separable() -> onnx.ModelProto:
 @_seeded
 def flatten_gemm(reshape: bool = False) -> onnx.ModelProto:
     """Conv (6, channels 0 and 4 zero) -> Relu -> Flatten (or Reshape [1, 96]) -> Gemm(10)."""
-    inits = {"w": _w(6, 2, 3, 3, zero=(0, 4)), "b": _w(6, zero=(0, 4)),
-             "fw": _w(10, 96), "fb": _w(10)}
+    inits = {
+        "w": _w(6, 2, 3, 3, zero=(0, 4)),
+        "b": _w(6, zero=(0, 4)),
+        "fw": _w(10, 96),
+        "fb": _w(10),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c"], ["r"], name="relu"),
@@ -164,8 +185,10 @@ def linear_toy(zero: bool) -> onnx.ModelProto:
     w1[:, 4] = 0.0 if zero else 0.05 * w1[:, 0]
     w1[:, 5] = 0.0 if zero else -0.05 * w1[:, 1]
     inits = {"w1": w1, "w2": _w(6, 3)}
-    nodes = [helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
-             helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2")]
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="fc1"),
+        helper.make_node("MatMul", ["h", "w2"], ["y"], name="fc2"),
+    ]
     return _model(nodes, inits, ["n", 8], ["n", 3])
 
 
@@ -175,9 +198,12 @@ def attention(zero_head: int = 1, heads: int = 4, dh: int = 4, seq: int = 5) -> 
     hid = heads * dh
     cols = list(range(zero_head * dh, (zero_head + 1) * dh))
     inits = {
-        "wq": _w(hid, hid, zero=tuple(cols), axis=1), "wk": _w(hid, hid, zero=tuple(cols), axis=1),
-        "wv": _w(hid, hid, zero=tuple(cols), axis=1), "bv": _w(hid, zero=tuple(cols)),
-        "wo": _w(hid, hid), "bo": _w(hid),
+        "wq": _w(hid, hid, zero=tuple(cols), axis=1),
+        "wk": _w(hid, hid, zero=tuple(cols), axis=1),
+        "wv": _w(hid, hid, zero=tuple(cols), axis=1),
+        "bv": _w(hid, zero=tuple(cols)),
+        "wo": _w(hid, hid),
+        "bo": _w(hid),
         "split": np.array([1, seq, heads, dh], np.int64),
         "merge": np.array([1, seq, hid], np.int64),
         "scale": np.array(1 / np.sqrt(dh), np.float32),
@@ -210,8 +236,10 @@ def concat_split() -> onnx.ModelProto:
     """Two convs (4 and 6, channels 0 and 1 zero) concatenated, Relu, then split back into the
     same parts, each part into its own 1x1 conv; the two results are added."""
     inits = {
-        "wa": _w(4, 3, 1, 1, zero=(0,)), "wb": _w(6, 3, 1, 1, zero=(1,)),
-        "wc": _w(5, 4, 1, 1), "wd": _w(5, 6, 1, 1),
+        "wa": _w(4, 3, 1, 1, zero=(0,)),
+        "wb": _w(6, 3, 1, 1, zero=(1,)),
+        "wc": _w(5, 4, 1, 1),
+        "wd": _w(5, 6, 1, 1),
         "sizes": np.array([4, 6], np.int64),
     }
     nodes = [
@@ -234,15 +262,19 @@ def resnext_block(zero_group: int = 1, channels: int = 16, groups: int = 4) -> o
     per = channels // groups
     z = tuple(range(zero_group * per, (zero_group + 1) * per))
     inits = {
-        "w1": _w(channels, 4, 1, 1, zero=z), "b1": _w(channels, zero=z),
-        "wg": _w(channels, per, 3, 3), "bg": _w(channels, zero=z),
-        "w2": _w(4, channels, 1, 1), "b2": _w(4),
+        "w1": _w(channels, 4, 1, 1, zero=z),
+        "b1": _w(channels, zero=z),
+        "wg": _w(channels, per, 3, 3),
+        "bg": _w(channels, zero=z),
+        "w2": _w(4, channels, 1, 1),
+        "b2": _w(4),
     }
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["p"], name="pw1"),
         helper.make_node("Relu", ["p"], ["r"], name="r"),
-        helper.make_node("Conv", ["r", "wg", "bg"], ["g"], name="gconv", group=groups,
-                         pads=[1, 1, 1, 1]),
+        helper.make_node(
+            "Conv", ["r", "wg", "bg"], ["g"], name="gconv", group=groups, pads=[1, 1, 1, 1]
+        ),
         helper.make_node("Relu", ["g"], ["rg"], name="rg"),
         helper.make_node("Conv", ["rg", "w2", "b2"], ["y"], name="pw2"),
     ]
@@ -250,8 +282,9 @@ def resnext_block(zero_group: int = 1, channels: int = 16, groups: int = 4) -> o
 
 
 @_seeded
-def concat_grouped(sizes: tuple[int, int] = (8, 8), groups: int = 4,
-                   op: str = "Conv") -> onnx.ModelProto:
+def concat_grouped(
+    sizes: tuple[int, int] = (8, 8), groups: int = 4, op: str = "Conv"
+) -> onnx.ModelProto:
     """Two 1x1 convs (``sizes``) concatenated into a grouped conv (``groups`` conv-groups, C_in =
     C_out) or, with ``op="GroupNormalization"``, a GroupNormalization (opset 21), then a 1x1."""
     c = sum(sizes)
@@ -263,12 +296,18 @@ def concat_grouped(sizes: tuple[int, int] = (8, 8), groups: int = 4,
     ]
     if op == "Conv":
         inits["wg"] = _w(c, c // groups, 3, 3)
-        nodes.append(helper.make_node("Conv", ["cat", "wg"], ["g"], name="mid", group=groups,
-                                      pads=[1, 1, 1, 1]))
+        nodes.append(
+            helper.make_node(
+                "Conv", ["cat", "wg"], ["g"], name="mid", group=groups, pads=[1, 1, 1, 1]
+            )
+        )
     else:
         inits["s"], inits["t"] = _w(c), _w(c)
-        nodes.append(helper.make_node("GroupNormalization", ["cat", "s", "t"], ["g"], name="mid",
-                                      num_groups=groups))
+        nodes.append(
+            helper.make_node(
+                "GroupNormalization", ["cat", "s", "t"], ["g"], name="mid", num_groups=groups
+            )
+        )
     nodes.append(helper.make_node("Conv", ["g", "wc"], ["y"], name="c"))
     return _model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4], opset=21)
 
@@ -294,10 +333,12 @@ def group_norm_block(opset: int = 21, zero_group: int = 1) -> onnx.ModelProto:
     z = (2 * zero_group, 2 * zero_group + 1)
     n = 8 if opset >= 21 else 4
     inits = {
-        "w": _w(8, 3, 3, 3, zero=z), "b": _w(8, zero=z),
+        "w": _w(8, 3, 3, 3, zero=z),
+        "b": _w(8, zero=z),
         "s": (np.abs(_w(n)) + 0.5).astype(np.float32),
         "t": _w(n, zero=z if n == 8 else (zero_group,)),
-        "w2": _w(4, 8, 1, 1), "b2": _w(4),
+        "w2": _w(4, 8, 1, 1),
+        "b2": _w(4),
     }
     nodes = [
         helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv", pads=[1, 1, 1, 1]),
@@ -309,17 +350,22 @@ def group_norm_block(opset: int = 21, zero_group: int = 1) -> onnx.ModelProto:
 
 
 @_seeded
-def concat_slice(second: tuple[list, list, list] = ([4], [10], [1]),
-                 steps: list | None = None) -> onnx.ModelProto:
+def concat_slice(
+    second: tuple[list, list, list] = ([4], [10], [1]), steps: list | None = None
+) -> onnx.ModelProto:
     """Two convs (4 and 6, channels 0 and 1 zero) concatenated, Relu, then taken back apart by
     two Slices: ``[0:4]`` on axis 1, and (starts, ends, axes) ``second``; each into a 1x1 conv,
     the results added. ``steps`` are the second Slice's steps."""
     inits = {
-        "wa": _w(4, 3, 1, 1, zero=(0,)), "wb": _w(6, 3, 1, 1, zero=(1,)),
-        "wc": _w(5, 4, 1, 1), "wd": _w(5, 6, 1, 1),
-        "s0": np.array([0], np.int64), "e0": np.array([4], np.int64),
+        "wa": _w(4, 3, 1, 1, zero=(0,)),
+        "wb": _w(6, 3, 1, 1, zero=(1,)),
+        "wc": _w(5, 4, 1, 1),
+        "wd": _w(5, 6, 1, 1),
+        "s0": np.array([0], np.int64),
+        "e0": np.array([4], np.int64),
         "ax0": np.array([1], np.int64),
-        "s1": np.array(second[0], np.int64), "e1": np.array(second[1], np.int64),
+        "s1": np.array(second[0], np.int64),
+        "e1": np.array(second[1], np.int64),
         "ax1": np.array(second[2], np.int64),
     }
     slice1 = ["r", "s1", "e1", "ax1"]
@@ -374,8 +420,9 @@ def _convs(sizes: tuple[int, ...], zero: tuple[int, ...], inits: dict, nodes: li
 
 
 @_seeded
-def torch_group_norm(split: str = "minus-one", back: str = "shape",
-                     sizes: tuple[int, ...] = (8,)) -> onnx.ModelProto:
+def torch_group_norm(
+    split: str = "minus-one", back: str = "shape", sizes: tuple[int, ...] = (8,)
+) -> onnx.ModelProto:
     """x[1, 8, 4, 4] -> 1x1 convs (``sizes`` channels, concatenated when several; 8 in all) ->
     GroupNorm(4, 8) as torch exports it: Reshape to ``[N, 4, -1]``, InstanceNormalization (4
     scale/bias entries), Reshape back, Mul by gamma and Add beta ``[8, 1, 1]`` -> Relu -> 1x1
@@ -388,19 +435,26 @@ def torch_group_norm(split: str = "minus-one", back: str = "shape",
     of the group), ``"pairs"`` Reshape ``[1, 2, 64]`` (two norm groups a row) then constant."""
     z = (2, 3)
     inits: dict[str, np.ndarray] = {
-        "gamma": (np.abs(_w(8, 1, 1)) + 0.5).astype(np.float32), "beta": _w(8, 1, 1, zero=z),
-        "s": np.ones(4, np.float32), "t": np.zeros(4, np.float32), "w2": _w(4, 8, 1, 1),
+        "gamma": (np.abs(_w(8, 1, 1)) + 0.5).astype(np.float32),
+        "beta": _w(8, 1, 1, zero=z),
+        "s": np.ones(4, np.float32),
+        "t": np.zeros(4, np.float32),
+        "w2": _w(4, 8, 1, 1),
     }
     nodes: list = []
     c = _convs(sizes, z, inits, nodes)
-    first = {"minus-one": [[0], [4], [-1]], "explicit": [[1], [4], [32]],
-             "concat": [[0], [4], [-1]]}[split]
+    first = {
+        "minus-one": [[0], [4], [-1]],
+        "explicit": [[1], [4], [32]],
+        "concat": [[0], [4], [-1]],
+    }[split]
     to_groups = _shape(nodes, "to_groups", split, first)
     nodes.append(helper.make_node("Reshape", [c, to_groups], ["g"], name="split"))
     nodes.append(helper.make_node("InstanceNormalization", ["g", "s", "t"], ["gn"], name="inorm"))
     if back in ("shape", "input"):
-        nodes.append(helper.make_node("Shape", [c if back == "shape" else "x"], ["back"],
-                                      name="shape_of"))
+        nodes.append(
+            helper.make_node("Shape", [c if back == "shape" else "x"], ["back"], name="shape_of")
+        )
         target = "back"
     elif back == "pairs":
         to_pairs = _const(nodes, "to_pairs", [1, 2, 64])

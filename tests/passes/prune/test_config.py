@@ -24,9 +24,15 @@ def test_bad_options_raise():
 def test_defaults_alias_and_none():
     c = PruneConfig()
     assert (c.ratio, c.target_flops, c.global_rank, c.round_to, c.keep) == (
-        0.3, None, False, "auto", ())
-    c = PruneConfig.from_options({"global": True, "keep": "c2", "ratio": None, "round_to": "4",
-                                  "max_rows": 512.0})
+        0.3,
+        None,
+        False,
+        "auto",
+        (),
+    )
+    c = PruneConfig.from_options(
+        {"global": True, "keep": "c2", "ratio": None, "round_to": "4", "max_rows": 512.0}
+    )
     assert c.global_rank and c.keep == ("c2",) and c.ratio == 0.3
     assert c.round_to == 4 and c.max_rows == 512
     assert c.replace(ratio=0.5).ratio == 0.5 and c.replace(ratio=0.5).global_rank
@@ -38,17 +44,23 @@ def test_unknown_option_names_it():
         Prune.from_options({"rati": 0.5})
 
 
-@pytest.mark.parametrize("options,option,message", [
-    ({"ratio": 1.5}, "ratio", "ratio must be in [0, 1), not 1.5"),
-    ({"target_flops": 0}, "target_flops", "target_flops must be in (0, 1], not 0.0"),
-    ({"max_ratio": 1}, "max_ratio", "max_ratio must be in (0, 1), not 1.0"),
-    ({"importance": "magic"}, "importance", "importance must be one of l1, l2, bn-scale, "
-                                            "activation, not 'magic'"),
-    ({"round_to": 0}, "round_to", "round_to must be 'auto' or an integer >= 1, not 0"),
-    ({"alpha": -1}, "alpha", "alpha must be >= 0, not -1.0"),
-    ({"max_samples": 0}, "max_samples", "max_samples must be >= 1, not 0"),
-    ({"ratio": "half"}, "ratio", "ratio must be a number, not 'half'"),
-])
+@pytest.mark.parametrize(
+    "options,option,message",
+    [
+        ({"ratio": 1.5}, "ratio", "ratio must be in [0, 1), not 1.5"),
+        ({"target_flops": 0}, "target_flops", "target_flops must be in (0, 1], not 0.0"),
+        ({"max_ratio": 1}, "max_ratio", "max_ratio must be in (0, 1), not 1.0"),
+        (
+            {"importance": "magic"},
+            "importance",
+            "importance must be one of l1, l2, bn-scale, activation, not 'magic'",
+        ),
+        ({"round_to": 0}, "round_to", "round_to must be 'auto' or an integer >= 1, not 0"),
+        ({"alpha": -1}, "alpha", "alpha must be >= 0, not -1.0"),
+        ({"max_samples": 0}, "max_samples", "max_samples must be >= 1, not 0"),
+        ({"ratio": "half"}, "ratio", "ratio must be a number, not 'half'"),
+    ],
+)
 def test_bad_values_name_the_option(options, option, message):
     with pytest.raises(OptionError) as e:
         Prune.from_options(options)

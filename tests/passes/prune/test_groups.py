@@ -25,8 +25,11 @@ from .support import (
 
 
 def _members(g, kind=None):
-    return sorted((m.node, m.kind, m.index, m.axis, m.offset, m.expand) for m in g.members
-                  if kind is None or m.kind == kind)
+    return sorted(
+        (m.node, m.kind, m.index, m.axis, m.offset, m.expand)
+        for m in g.members
+        if kind is None or m.kind == kind
+    )
 
 
 def test_residual_block_couples_both_convs():
@@ -35,7 +38,9 @@ def test_residual_block_couples_both_convs():
     assert g.prunable and g.size == 8
     assert _members(g, "out") == [("c1", "out", 1, 0, 0, 1), ("c2", "out", 1, 0, 0, 1)]
     assert {(m.node, m.index, m.axis) for m in g.members if m.kind == "in"} == {
-        ("c2", 1, 1), ("c3", 1, 1)}
+        ("c2", 1, 1),
+        ("c3", 1, 1),
+    }
     assert not groups[("c3",)].prunable  # feeds the graph output
     assert any("graph output 'y'" in n for n in a.notes)
 
@@ -63,8 +68,12 @@ def test_attention_heads_are_whole_units():
     g = groups[("k_proj", "q_proj", "v_proj")]
     assert g.prunable and g.block == 4 and g.units == 4
     kinds = {(m.node, m.kind) for m in g.members}
-    assert {("q_split", "shape"), ("merge_heads", "shape"), ("o_proj", "in"),
-            ("v_bias", "param")} <= kinds
+    assert {
+        ("q_split", "shape"),
+        ("merge_heads", "shape"),
+        ("o_proj", "in"),
+        ("v_bias", "param"),
+    } <= kinds
     assert not groups[("o_proj",)].prunable
 
 
@@ -90,9 +99,15 @@ def test_runtime_weight_closes_and_still_counts_in_the_total():
     w2 = next(t for t in g.initializer if t.name == "w2")
     g.initializer.remove(w2)
     g.initializer.append(numpy_helper.from_array(np.array([16, 16, 1, 1], np.int64), "w2_shape"))
-    g.node.insert(0, helper.make_node(
-        "ConstantOfShape", ["w2_shape"], ["w2"],
-        value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.1])))
+    g.node.insert(
+        0,
+        helper.make_node(
+            "ConstantOfShape",
+            ["w2_shape"],
+            ["w2"],
+            value=helper.make_tensor("v", TensorProto.FLOAT, [1], [0.1]),
+        ),
+    )
     a, groups = analyze_groups(m)
     assert not groups[("c1",)].prunable
     assert any("weight is computed at run time" in r for r in groups[("c1",)].closed)
@@ -106,8 +121,12 @@ def test_grouped_conv_couples_whole_conv_groups():
     _, groups = analyze_groups(pm.resnext_block())
     g = groups[("pw1",)]
     assert g.prunable and g.size == 16 and g.block == 4 and g.units == 4
-    assert {("gconv", "param", 1, 0, 1, False), ("gconv", "param", 2, 0, 1, False),
-            ("gconv", "group", 0, 0, 4, False), ("pw2", "in", 1, 1, 1, False)} <= member_kinds(g)
+    assert {
+        ("gconv", "param", 1, 0, 1, False),
+        ("gconv", "param", 2, 0, 1, False),
+        ("gconv", "group", 0, 0, 4, False),
+        ("pw2", "in", 1, 1, 1, False),
+    } <= member_kinds(g)
     assert ("gconv",) not in groups  # pass-through, not a producer
 
 
@@ -118,8 +137,11 @@ def test_grouped_conv_prunes_whole_conv_groups(ratio, kept):
     res = prune(model, x, ratio=ratio)
     check(res.model)
     c = 4 * kept
-    assert weight_shapes(res.model) == {"pw1": (c, 4, 1, 1), "gconv": (c, 4, 3, 3),
-                                   "pw2": (4, c, 1, 1)}
+    assert weight_shapes(res.model) == {
+        "pw1": (c, 4, 1, 1),
+        "gconv": (c, 4, 3, 3),
+        "pw2": (4, c, 1, 1),
+    }
     assert attr_of(res.model, "gconv", "group") == kept
     y = output(res.model, x)
     assert y.shape == (1, 4, 6, 6)
@@ -132,10 +154,15 @@ def test_concat_into_grouped_conv_aligns_each_branch():
     assert all(groups[(p,)].prunable and groups[(p,)].block == 4 for p in ("a", "b"))
     res = prune(pm.concat_grouped((8, 8), groups=4), rand([1, 3, 4, 4]), ratio=0.5)
     check(res.model)
-    assert weight_shapes(res.model)["mid"] == (8, 4, 3, 3) and attr_of(res.model, "mid", "group") == 2
+    assert (
+        weight_shapes(res.model)["mid"] == (8, 4, 3, 3) and attr_of(res.model, "mid", "group") == 2
+    )
     assert output(res.model, rand([1, 3, 4, 4])).shape == (1, 4, 4, 4)
-    assert_closed(pm.concat_grouped((6, 10), groups=4), "a",
-            "channel groups are not whole conv-groups of 4 channels")
+    assert_closed(
+        pm.concat_grouped((6, 10), groups=4),
+        "a",
+        "channel groups are not whole conv-groups of 4 channels",
+    )
 
 
 def test_depthwise_after_concat_updates_group_when_one_branch_is_pruned():
@@ -143,7 +170,10 @@ def test_depthwise_after_concat_updates_group_when_one_branch_is_pruned():
     x = rand([1, 3, 4, 4])
     res = prune(model, x, ratio=0.5, keep=["a"])
     check(res.model)
-    assert weight_shapes(res.model)["mid"] == (12, 1, 3, 3) and attr_of(res.model, "mid", "group") == 12
+    assert (
+        weight_shapes(res.model)["mid"] == (12, 1, 3, 3)
+        and attr_of(res.model, "mid", "group") == 12
+    )
     assert output(res.model, x).shape == (1, 4, 4, 4)
 
 
@@ -156,16 +186,24 @@ def test_channel_multiplier_stays_closed():
 @pytest.mark.parametrize("order", ["conv-then-norm", "norm-then-conv"])
 def test_different_units_close(order):
     """Conv-groups of 4 and norm groups of 2 on one group: units of two sizes close it."""
-    inits = {"w1": pm._w(16, 3, 1, 1), "wg": pm._w(16, 4, 3, 3), "s": pm._w(16), "t": pm._w(16),
-             "w2": pm._w(4, 16, 1, 1)}
+    inits = {
+        "w1": pm._w(16, 3, 1, 1),
+        "wg": pm._w(16, 4, 3, 3),
+        "s": pm._w(16),
+        "t": pm._w(16),
+        "w2": pm._w(4, 16, 1, 1),
+    }
     conv = helper.make_node("Conv", ["a", "wg"], ["b"], name="gconv", group=4, pads=[1, 1, 1, 1])
-    norm = helper.make_node("GroupNormalization", ["a", "s", "t"], ["b"], name="gn",
-                            num_groups=8)
+    norm = helper.make_node("GroupNormalization", ["a", "s", "t"], ["b"], name="gn", num_groups=8)
     first, second = (conv, norm) if order == "conv-then-norm" else (norm, conv)
     second.input[0], first.output[0] = "b", "b"
     second.output[0] = "c"
-    nodes = [helper.make_node("Conv", ["x", "w1"], ["a"], name="pw1"), first, second,
-             helper.make_node("Conv", ["c", "w2"], ["y"], name="pw2")]
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="pw1"),
+        first,
+        second,
+        helper.make_node("Conv", ["c", "w2"], ["y"], name="pw2"),
+    ]
     model = pm._model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4], opset=21)
     what = "norm groups of 2" if order == "conv-then-norm" else "conv-groups of 4"
     blocks = "units of 4" if order == "conv-then-norm" else "units of 2"

@@ -68,11 +68,12 @@ def test_transformer_heads_and_ffn(dynamo):
 
     model = _export(_tiny_block(), (torch.randn(1, 6, 32),), ["x"], dynamo)
     rng = np.random.default_rng(0)
-    feeds = Feeds([{"x": rng.standard_normal([1, 6, 32]).astype(np.float32)} for _ in range(48)],
-                  source="test")
+    feeds = Feeds(
+        [{"x": rng.standard_normal([1, 6, 32]).astype(np.float32)} for _ in range(48)],
+        source="test",
+    )
     calib, test = feeds.split(0.75)
-    pm = manager(["prune"], budget=Budget(min_cosine=0.9),
-                     options={"prune": {"ratio": 0.5}})
+    pm = manager(["prune"], budget=Budget(min_cosine=0.9), options={"prune": {"ratio": 0.5}})
     out, report = pm.run(model, test, calib)
     pr = report.passes[-1]
     assert pr.status == "kept", pr.reason
@@ -96,10 +97,14 @@ def test_digits_resnet_half_flops_keeps_accuracy(exporter):
     name = model.graph.input[0].name
     xtr, xte, yte = d["X_train"][:768], d["X_test"], d["y_test"]
     calib = Feeds([{name: xtr[i : i + 64]} for i in range(0, len(xtr), 64)], source="train")
-    test = Feeds([{name: xte[i : i + 90]} for i in range(0, len(xte), 90)],
-                 labels=[yte[i : i + 90] for i in range(0, len(xte), 90)], source="test")
-    pm = manager(["prune"], budget=Budget(max_accuracy_drop=2.0),
-                     options={"prune": {"target_flops": 0.5}})
+    test = Feeds(
+        [{name: xte[i : i + 90]} for i in range(0, len(xte), 90)],
+        labels=[yte[i : i + 90] for i in range(0, len(xte), 90)],
+        source="test",
+    )
+    pm = manager(
+        ["prune"], budget=Budget(max_accuracy_drop=2.0), options={"prune": {"target_flops": 0.5}}
+    )
     out, report = pm.run(model, test, calib)
     assert report.passes[-1].status == "kept"
     assert count_macs(out)[0] <= 0.5 * count_macs(model)[0]

@@ -15,8 +15,11 @@ from .support import output
 
 def _feeds(shape, runs=4, synthesized=False):
     rng = np.random.default_rng(3)
-    return Feeds([{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(runs)],
-                 synthesized=synthesized, source="test")
+    return Feeds(
+        [{"x": rng.standard_normal(shape).astype(np.float32)} for _ in range(runs)],
+        synthesized=synthesized,
+        source="test",
+    )
 
 
 def _prune(model, feeds, **opts):

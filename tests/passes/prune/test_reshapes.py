@@ -20,8 +20,7 @@ def test_flatten_and_reshape_into_gemm_expand():
         _, groups = analyze_groups(pm.flatten_gemm(reshape=reshape))
         g = groups[("conv",)]
         assert g.prunable
-        assert [(m.node, m.axis, m.expand) for m in g.members if m.kind == "in"] == [
-            ("fc", 1, 16)]
+        assert [(m.node, m.axis, m.expand) for m in g.members if m.kind == "in"] == [("fc", 1, 16)]
         shape = [(m.node, m.axis, m.expand) for m in g.members if m.kind == "shape"]
         assert shape == ([("flat", 1, 16)] if reshape else [])
 
@@ -39,10 +38,16 @@ def shape_reader(reader: str) -> onnx.ModelProto:
     - ``gather-batch``: x flattened to ``[Shape(r1)[0], -1]``;
     - ``slice-spatial``: zeros of shape ``Shape(r1)[2:4]``.
     """
-    inits = {"w1": pm._w(8, 4, 1, 1), "w2": pm._w(4, 8, 1, 1), "axes0": np.array([0], np.int64),
-             "minus1": np.array([-1], np.int64), "two": np.array([2], np.int64),
-             "four": np.array([4], np.int64), "zero": np.array(0, np.int64),
-             "one": np.array(1, np.int64)}
+    inits = {
+        "w1": pm._w(8, 4, 1, 1),
+        "w2": pm._w(4, 8, 1, 1),
+        "axes0": np.array([0], np.int64),
+        "minus1": np.array([-1], np.int64),
+        "two": np.array([2], np.int64),
+        "four": np.array([4], np.int64),
+        "zero": np.array(0, np.int64),
+        "one": np.array(1, np.int64),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1"], ["c1"], name="c1"),
         helper.make_node("Relu", ["c1"], ["r1"], name="r1"),
@@ -51,31 +56,42 @@ def shape_reader(reader: str) -> onnx.ModelProto:
     ]
     if reader == "reshape-other-group":  # another group's tensor reshaped to Shape(r1)
         inits["w3"], inits["w4"] = pm._w(8, 4, 1, 1), pm._w(4, 8, 1, 1)
-        nodes += [helper.make_node("Conv", ["x", "w3"], ["c3"], name="c3"),
-                  helper.make_node("Reshape", ["c3", "s"], ["z"], name="reshape"),
-                  helper.make_node("Conv", ["z", "w4"], ["y2"], name="c4")]
+        nodes += [
+            helper.make_node("Conv", ["x", "w3"], ["c3"], name="c3"),
+            helper.make_node("Reshape", ["c3", "s"], ["z"], name="reshape"),
+            helper.make_node("Conv", ["z", "w4"], ["y2"], name="c4"),
+        ]
         y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 4, 8, 8])
     elif reader == "reshape-untracked":
-        nodes += [helper.make_node("Concat", ["x", "x"], ["u"], name="cat", axis=1),
-                  helper.make_node("Reshape", ["u", "s"], ["y2"], name="reshape")]
+        nodes += [
+            helper.make_node("Concat", ["x", "x"], ["u"], name="cat", axis=1),
+            helper.make_node("Reshape", ["u", "s"], ["y2"], name="reshape"),
+        ]
         y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 8, 8, 8])
     elif reader == "gather-channel":
         nodes += [helper.make_node("Gather", ["s", "one"], ["y2"], name="gather")]
         y2 = helper.make_tensor_value_info("y2", TensorProto.INT64, [])
     elif reader == "gather-batch":
-        nodes += [helper.make_node("Gather", ["s", "zero"], ["n"], name="gather"),
-                  helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsq"),
-                  helper.make_node("Concat", ["n1", "minus1"], ["shp"], name="cat", axis=0),
-                  helper.make_node("Reshape", ["x", "shp"], ["y2"], name="reshape")]
+        nodes += [
+            helper.make_node("Gather", ["s", "zero"], ["n"], name="gather"),
+            helper.make_node("Unsqueeze", ["n", "axes0"], ["n1"], name="unsq"),
+            helper.make_node("Concat", ["n1", "minus1"], ["shp"], name="cat", axis=0),
+            helper.make_node("Reshape", ["x", "shp"], ["y2"], name="reshape"),
+        ]
         y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [2, 256])
     else:
-        nodes += [helper.make_node("Slice", ["s", "two", "four"], ["hw"], name="slice"),
-                  helper.make_node("ConstantOfShape", ["hw"], ["y2"], name="zeros")]
+        nodes += [
+            helper.make_node("Slice", ["s", "two", "four"], ["hw"], name="slice"),
+            helper.make_node("ConstantOfShape", ["hw"], ["y2"], name="zeros"),
+        ]
         y2 = helper.make_tensor_value_info("y2", TensorProto.FLOAT, [8, 8])
     g = helper.make_graph(
-        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4, 8, 8])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4, 8, 8]), y2],
-        [numpy_helper.from_array(v, k) for k, v in inits.items()])
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.checker.check_model(m)
@@ -86,8 +102,12 @@ def test_a_read_channel_count_closes_the_group():
     """Shape(t) of a pruned t changes value: a reader that needs the old channel count (an
     untracked tensor reshaped to it, the entry itself) closes t's group; readers of the other
     entries (batch, spatial) leave it prunable."""
-    for reader, prunable in (("reshape-untracked", False), ("gather-channel", False),
-                             ("gather-batch", True), ("slice-spatial", True)):
+    for reader, prunable in (
+        ("reshape-untracked", False),
+        ("gather-channel", False),
+        ("gather-batch", True),
+        ("slice-spatial", True),
+    ):
         a, groups = analyze_groups(shape_reader(reader))
         g = groups[("c1",)]
         assert g.prunable is prunable, reader
@@ -142,13 +162,22 @@ def test_concatenated_convs_into_decomposed_group_norm():
     assert _shape(res.model, "split") == [0, 2, -1]
 
 
-@pytest.mark.parametrize("kwargs,text", [
-    ({"back": "input"}, "shape entry 1 is read from the shape of 'x', whose axis is not made of "
-                        "the same channels"),
-    ({"back": "pairs"}, "reshape [1, 4, 32] -> [1, 2, 64] does not merge whole units back "
-                        "into channels"),
-    ({"sizes": (3, 5)}, "channel groups are not whole units of 2 channels"),
-], ids=["back-to-another-shape", "back-not-restoring", "not-whole-norm-groups"])
+@pytest.mark.parametrize(
+    "kwargs,text",
+    [
+        (
+            {"back": "input"},
+            "shape entry 1 is read from the shape of 'x', whose axis is not made of "
+            "the same channels",
+        ),
+        (
+            {"back": "pairs"},
+            "reshape [1, 4, 32] -> [1, 2, 64] does not merge whole units back into channels",
+        ),
+        ({"sizes": (3, 5)}, "channel groups are not whole units of 2 channels"),
+    ],
+    ids=["back-to-another-shape", "back-not-restoring", "not-whole-norm-groups"],
+)
 def test_decomposed_group_norm_that_does_not_fit_stays_closed(kwargs, text):
     a, groups = analyze_groups(pm.torch_group_norm(**kwargs))
     for p in [p for p in groups if p != ("c2",)]:

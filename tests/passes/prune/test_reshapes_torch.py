@@ -65,8 +65,9 @@ def _export(net: torch.nn.Module, dynamo: bool, dynamic: bool = False) -> onnx.M
         warnings.simplefilter("ignore")
         if dynamo:
             dims = ({k: torch.export.Dim(f"d{k}") for k in (0, 2, 3)},) if dynamic else None
-            return torch.onnx.export(net, args, input_names=["x"], dynamo=True, verbose=False,
-                                     dynamic_shapes=dims).model_proto
+            return torch.onnx.export(
+                net, args, input_names=["x"], dynamo=True, verbose=False, dynamic_shapes=dims
+            ).model_proto
         buf = io.BytesIO()
         axes = {"x": {0: "N", 2: "H", 3: "W"}} if dynamic else None
         torch.onnx.export(net, args, buf, input_names=["x"], dynamo=False, dynamic_axes=axes)
@@ -78,9 +79,11 @@ def _net(residual: bool) -> _Net:
     return _Net(residual).eval()
 
 
-EXPORTS = [pytest.param(d, r, id=f"{'dynamo' if d else 'torchscript'}-"
-                                  f"{'residual' if r else 'plain'}")
-           for d in (False, True) for r in (False, True)]
+EXPORTS = [
+    pytest.param(d, r, id=f"{'dynamo' if d else 'torchscript'}-{'residual' if r else 'plain'}")
+    for d in (False, True)
+    for r in (False, True)
+]
 
 
 def _convs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
@@ -90,8 +93,11 @@ def _convs(model: onnx.ModelProto) -> dict[str, np.ndarray]:
         if n.op_type == "Conv":
             w = inits[n.input[1]]
             from_input = w.shape[1] == 3
-            out[("c1" if w.shape[2] == 3 else "skip") if from_input else
-                ("c2" if w.shape[2] == 3 else "c3")] = w
+            out[
+                ("c1" if w.shape[2] == 3 else "skip")
+                if from_input
+                else ("c2" if w.shape[2] == 3 else "c3")
+            ] = w
     return out
 
 
@@ -145,14 +151,17 @@ def test_exported_group_norm_prunes_half_exactly(dynamo, residual):
 
     # every coupled shape agrees: G shrank to 2, C/G·H·W per norm group stays
     inferred = onnx.shape_inference.infer_shapes(pruned, strict_mode=True, data_prop=True)
-    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-            for v in inferred.graph.value_info}
+    dims = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in inferred.graph.value_info
+    }
     inits = constants(pruned)
     norm = next(n for n in pruned.graph.node if n.op_type == "InstanceNormalization")
     assert dims[norm.input[0]] == [1, G // 2, PER * 16 * 16]
     assert inits[norm.input[1]].shape == inits[norm.input[2]].shape == (G // 2,)
-    back = next(n for n in pruned.graph.node if n.op_type == "Reshape" and
-                n.input[0] == norm.output[0])
+    back = next(
+        n for n in pruned.graph.node if n.op_type == "Reshape" and n.input[0] == norm.output[0]
+    )
     assert dims[back.output[0]] == [1, len(k1), 16, 16]
     gamma = next(n for n in pruned.graph.node if n.input[0] == back.output[0])
     assert gamma.op_type == "Mul" and inits[gamma.input[1]].shape == (len(k1), 1, 1)
@@ -185,9 +194,11 @@ def test_exported_group_norm_with_dynamic_batch_and_size(dynamo):
 def test_dry_run_on_the_torchscript_export(tmp_path):
     path = tmp_path / "gn_model.onnx"
     onnx.save(_export(_net(False), False), path)
-    res = CliRunner().invoke(app, ["prune", str(path), "--dry-run", "--ratio", "0.5",
-                                           "--round-to", "1"],
-                             env={"COLUMNS": "200"})
+    res = CliRunner().invoke(
+        app,
+        ["prune", str(path), "--dry-run", "--ratio", "0.5", "--round-to", "1"],
+        env={"COLUMNS": "200"},
+    )
     assert res.exit_code == 0, res.output
     assert "splits the channel axis" not in res.output
     row = next(ln for ln in res.output.splitlines() if "16 -> 8" in ln)

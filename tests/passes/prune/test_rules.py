@@ -51,8 +51,7 @@ def test_concat_gives_offsets():
 def test_split_at_group_boundaries_only():
     _, groups = analyze_groups(pm.concat_split())
     assert groups[("a",)].prunable and groups[("b",)].prunable
-    assert [(m.node, m.axis) for m in groups[("b",)].members if m.kind == "shape"] == [
-        ("split", 1)]
+    assert [(m.node, m.axis) for m in groups[("b",)].members if m.kind == "shape"] == [("split", 1)]
     model = pm.concat_split()
     sizes = next(t for t in model.graph.initializer if t.name == "sizes")
     sizes.CopyFrom(onnx.numpy_helper.from_array(np.array([5, 5], np.int64), "sizes"))
@@ -70,8 +69,12 @@ def test_group_norm_is_whole_norm_groups(opset):
     g = groups[("conv",)]
     assert g.prunable and g.block == 2 and g.units == 4
     per_unit = opset < 21  # opset 18: one scale/bias entry per norm group
-    assert {("gn", "param", 1, 0, 1, per_unit), ("gn", "param", 2, 0, 1, per_unit),
-            ("gn", "group", 0, 0, 2, False), ("c2", "in", 1, 1, 1, False)} <= member_kinds(g)
+    assert {
+        ("gn", "param", 1, 0, 1, per_unit),
+        ("gn", "param", 2, 0, 1, per_unit),
+        ("gn", "group", 0, 0, 2, False),
+        ("c2", "in", 1, 1, 1, False),
+    } <= member_kinds(g)
 
 
 @pytest.mark.parametrize("opset", [18, 21])
@@ -102,14 +105,19 @@ def test_group_norm_across_a_concat():
 
 def test_group_norm_then_swish():
     """Shapes are inferred past the norm, so the Mul of a Swish after it knows its ranks."""
-    inits = {"w": pm._w(8, 3, 1, 1, zero=(4, 5)), "s": pm._w(8), "t": pm._w(8, zero=(4, 5)),
-             "w2": pm._w(4, 8, 1, 1)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
-             helper.make_node("GroupNormalization", ["c", "s", "t"], ["n"], name="gn",
-                              num_groups=4),
-             helper.make_node("Sigmoid", ["n"], ["sg"], name="sig"),
-             helper.make_node("Mul", ["n", "sg"], ["sw"], name="swish"),
-             helper.make_node("Conv", ["sw", "w2"], ["y"], name="c2")]
+    inits = {
+        "w": pm._w(8, 3, 1, 1, zero=(4, 5)),
+        "s": pm._w(8),
+        "t": pm._w(8, zero=(4, 5)),
+        "w2": pm._w(4, 8, 1, 1),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+        helper.make_node("GroupNormalization", ["c", "s", "t"], ["n"], name="gn", num_groups=4),
+        helper.make_node("Sigmoid", ["n"], ["sg"], name="sig"),
+        helper.make_node("Mul", ["n", "sg"], ["sw"], name="swish"),
+        helper.make_node("Conv", ["sw", "w2"], ["y"], name="c2"),
+    ]
     model = pm._model(nodes, inits, [1, 3, 4, 4], [1, 4, 4, 4], opset=21)
     _, groups = analyze_groups(model)
     assert groups[("conv",)].prunable
@@ -145,37 +153,51 @@ SLICES = [
 ]
 
 
-@pytest.mark.parametrize("second,steps,starts,ends", [c[1:] for c in SLICES],
-                         ids=[c[0] for c in SLICES])
+@pytest.mark.parametrize(
+    "second,steps,starts,ends", [c[1:] for c in SLICES], ids=[c[0] for c in SLICES]
+)
 def test_slice_prunes_exactly(second, steps, starts, ends):
     model = pm.concat_slice(second, steps)
     x = rand([1, 3, 4, 4])
     res = prune(model, x, ratio=0.25)
     check(res.model)
     w = weight_shapes(res.model)
-    assert (w["a"], w["b"], w["c"], w["d"]) == ((3, 3, 1, 1), (5, 3, 1, 1), (5, 3, 1, 1),
-                                                (5, 5, 1, 1))
+    assert (w["a"], w["b"], w["c"], w["d"]) == (
+        (3, 3, 1, 1),
+        (5, 3, 1, 1),
+        (5, 3, 1, 1),
+        (5, 5, 1, 1),
+    )
     assert const_of(res.model, "slice0", 2) == [3]
     assert (const_of(res.model, "slice1", 1), const_of(res.model, "slice1", 2)) == (starts, ends)
     np.testing.assert_allclose(output(res.model, x), output(model, x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("second,text", [
-    (([3], [9], [1]), "slices inside a channel group"),
-    (([-6], [10], [1]), "with a step or from its end"),
-])
+@pytest.mark.parametrize(
+    "second,text",
+    [
+        (([3], [9], [1]), "slices inside a channel group"),
+        (([-6], [10], [1]), "with a step or from its end"),
+    ],
+)
 def test_slice_inside_a_group_stays_closed(second, text):
     assert_closed(pm.concat_slice(second), "a", text)
     assert_closed(pm.concat_slice(second), "b", text)
 
 
 def test_slice_on_another_axis_keeps_the_layout():
-    inits = {"w": pm._w(6, 3, 1, 1, zero=(2,)), "w2": pm._w(4, 6, 1, 1),
-             "s": np.array([1], np.int64), "e": np.array([3], np.int64),
-             "ax": np.array([2], np.int64)}
-    nodes = [helper.make_node("Conv", ["x", "w"], ["a"], name="conv"),
-             helper.make_node("Slice", ["a", "s", "e", "ax"], ["b"], name="crop"),
-             helper.make_node("Conv", ["b", "w2"], ["y"], name="c2")]
+    inits = {
+        "w": pm._w(6, 3, 1, 1, zero=(2,)),
+        "w2": pm._w(4, 6, 1, 1),
+        "s": np.array([1], np.int64),
+        "e": np.array([3], np.int64),
+        "ax": np.array([2], np.int64),
+    }
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["a"], name="conv"),
+        helper.make_node("Slice", ["a", "s", "e", "ax"], ["b"], name="crop"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], name="c2"),
+    ]
     model = pm._model(nodes, inits, [1, 3, 4, 4], [1, 4, 2, 4])
     _, groups = analyze_groups(model)
     g = groups[("conv",)]

@@ -10,18 +10,42 @@ from . import models as pm
 from .support import check, output, prune, weight_shapes
 
 CASES = [
-    ("residual", pm.residual_block, [2, 4, 8, 8], 0.25,
-     {"c1": (6, 4, 3, 3), "c2": (6, 6, 3, 3), "c3": (4, 6, 1, 1)}),
-    ("concat", pm.concat_branches, [1, 3, 6, 6], 0.25,
-     {"a": (5, 3, 3, 3), "b": (3, 3, 1, 1), "c": (5, 8, 3, 3)}),
-    ("depthwise", pm.depthwise_separable, [1, 4, 5, 5], 0.375,
-     {"pw1": (5, 4, 1, 1), "dw": (5, 1, 3, 3), "pw2": (4, 5, 1, 1), "bn": (5,)}),
+    (
+        "residual",
+        pm.residual_block,
+        [2, 4, 8, 8],
+        0.25,
+        {"c1": (6, 4, 3, 3), "c2": (6, 6, 3, 3), "c3": (4, 6, 1, 1)},
+    ),
+    (
+        "concat",
+        pm.concat_branches,
+        [1, 3, 6, 6],
+        0.25,
+        {"a": (5, 3, 3, 3), "b": (3, 3, 1, 1), "c": (5, 8, 3, 3)},
+    ),
+    (
+        "depthwise",
+        pm.depthwise_separable,
+        [1, 4, 5, 5],
+        0.375,
+        {"pw1": (5, 4, 1, 1), "dw": (5, 1, 3, 3), "pw2": (4, 5, 1, 1), "bn": (5,)},
+    ),
     ("flatten", pm.flatten_gemm, [1, 2, 4, 4], 0.34, {"conv": (4, 2, 3, 3), "fc": (10, 64)}),
-    ("split", pm.concat_split, [1, 3, 4, 4], 0.25,
-     {"a": (3, 3, 1, 1), "b": (5, 3, 1, 1), "c": (5, 3, 1, 1), "d": (5, 5, 1, 1),
-      "split": (2,)}),
-    ("reshape", lambda: pm.flatten_gemm(True), [1, 2, 4, 4], 0.34,
-     {"conv": (4, 2, 3, 3), "fc": (10, 64), "flat": (2,)}),
+    (
+        "split",
+        pm.concat_split,
+        [1, 3, 4, 4],
+        0.25,
+        {"a": (3, 3, 1, 1), "b": (5, 3, 1, 1), "c": (5, 3, 1, 1), "d": (5, 5, 1, 1), "split": (2,)},
+    ),
+    (
+        "reshape",
+        lambda: pm.flatten_gemm(True),
+        [1, 2, 4, 4],
+        0.34,
+        {"conv": (4, 2, 3, 3), "fc": (10, 64), "flat": (2,)},
+    ),
 ]
 
 
@@ -39,7 +63,8 @@ def test_dead_channels_pruned_exactly(name, build, shape, ratio, expect):
     if name == "depthwise":
         dw = next(n for n in res.model.graph.node if n.name == "dw")
         assert onnx.helper.get_attribute_value(dw.attribute[0]) == 5 or any(
-            a.name == "group" and a.i == 5 for a in dw.attribute)
+            a.name == "group" and a.i == 5 for a in dw.attribute
+        )
     assert any("reconstruction" in n or "no real data" in n for n in res.notes)
     assert {r["group"] for r in res.details["groups"]}
     assert all(r["macs_after"] <= r["macs_before"] for r in res.details["layers"])

@@ -43,19 +43,28 @@ g (int64[1,8] ids) => (float[1,8,16] y) {
 
 def conv_relu_conv(rng: np.random.Generator, text: str = CONV_RELU_CONV) -> onnx.ModelProto:
     """Conv -> Relu -> Conv with random weights and biases drawn from ``rng``."""
-    return parse(text, dict(
-        W1=rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
-        B1=rng.standard_normal(4).astype(np.float32),
-        W2=rng.standard_normal((3, 4, 3, 3)).astype(np.float32),
-        B2=rng.standard_normal(3).astype(np.float32),
-    ))
+    return parse(
+        text,
+        dict(
+            W1=rng.standard_normal((4, 2, 3, 3)).astype(np.float32),
+            B1=rng.standard_normal(4).astype(np.float32),
+            W2=rng.standard_normal((3, 4, 3, 3)).astype(np.float32),
+            B2=rng.standard_normal(3).astype(np.float32),
+        ),
+    )
 
 
 def encoder(rng: np.random.Generator) -> onnx.ModelProto:
     """The ``ENCODER`` layer with weights drawn from ``rng``."""
-    inits = {"E": rng.normal(0, 1, (V, H)), "G": np.ones(H), "Bt": np.zeros(H),
-             "W1": rng.normal(0, 0.3, (H, F)), "B1": rng.normal(0, 0.1, F),
-             "W2": rng.normal(0, 0.3, (F, H)), "B2": rng.normal(0, 0.1, H)}
+    inits = {
+        "E": rng.normal(0, 1, (V, H)),
+        "G": np.ones(H),
+        "Bt": np.zeros(H),
+        "W1": rng.normal(0, 0.3, (H, F)),
+        "B1": rng.normal(0, 0.1, F),
+        "W2": rng.normal(0, 0.3, (F, H)),
+        "B2": rng.normal(0, 0.1, H),
+    }
     return parse(ENCODER, {k: np.asarray(v, np.float32) for k, v in inits.items()})
 
 

@@ -20,8 +20,15 @@ def test_defaults_are_the_pass_defaults():
 
 
 def test_values_are_normalized():
-    c = QuantizeConfig.from_options({"exclude": "Conv,mm1", "smooth": True, "percentile": "99.9",
-                                     "calib_batch": 4.0, "calibrator": MinMax()})
+    c = QuantizeConfig.from_options(
+        {
+            "exclude": "Conv,mm1",
+            "smooth": True,
+            "percentile": "99.9",
+            "calib_batch": 4.0,
+            "calibrator": MinMax(),
+        }
+    )
     assert c.exclude == ("Conv", "mm1") and c.smooth == 0.5 and c.percentile == 99.9
     assert c.calib_batch == 4 and str(make_calibrator(c.calibrator)) == "minmax"
     assert QuantizeConfig(smooth=False).smooth is None
@@ -37,18 +44,36 @@ def test_unknown_key_is_named():
         QuantizeDynamic.from_options({"min_size": 0})
 
 
-@pytest.mark.parametrize("options,option,message", [
-    ({"percentile": 120}, "percentile", "percentile must be in (50, 100], not 120.0"),
-    ({"calibrator": "median"}, "calibrator",
-     "calibrator must be one of minmax, percentile, entropy, mse, not 'median'"),
-    ({"activations": "int4"}, "activations", "activations must be uint8 or int8-sym, not 'int4'"),
-    ({"elementwise": "some"}, "elementwise", "elementwise must be int8-inputs or all, not 'some'"),
-    ({"smooth": 2.0}, "smooth", "smooth must be in [0, 1] (0.5 is typical), not 2.0"),
-    ({"smooth": "x"}, "smooth", "smooth must be a number, not 'x'"),
-    ({"bins": 10}, "bins", "bins must be a multiple of 4, not 10"),
-    ({"fallback_runs": 0}, "fallback_runs", "fallback_runs must be >= 1, not 0"),
-    ({"reduce_range": "yes"}, "reduce_range", "reduce_range must be 'auto' or a boolean, not 'yes'"),
-])
+@pytest.mark.parametrize(
+    "options,option,message",
+    [
+        ({"percentile": 120}, "percentile", "percentile must be in (50, 100], not 120.0"),
+        (
+            {"calibrator": "median"},
+            "calibrator",
+            "calibrator must be one of minmax, percentile, entropy, mse, not 'median'",
+        ),
+        (
+            {"activations": "int4"},
+            "activations",
+            "activations must be uint8 or int8-sym, not 'int4'",
+        ),
+        (
+            {"elementwise": "some"},
+            "elementwise",
+            "elementwise must be int8-inputs or all, not 'some'",
+        ),
+        ({"smooth": 2.0}, "smooth", "smooth must be in [0, 1] (0.5 is typical), not 2.0"),
+        ({"smooth": "x"}, "smooth", "smooth must be a number, not 'x'"),
+        ({"bins": 10}, "bins", "bins must be a multiple of 4, not 10"),
+        ({"fallback_runs": 0}, "fallback_runs", "fallback_runs must be >= 1, not 0"),
+        (
+            {"reduce_range": "yes"},
+            "reduce_range",
+            "reduce_range must be 'auto' or a boolean, not 'yes'",
+        ),
+    ],
+)
 def test_bad_values_name_the_option(options, option, message):
     with pytest.raises(OptionError) as e:
         QuantizeInt8.from_options(options)

@@ -24,8 +24,13 @@ def test_dynamic_matmul_becomes_dynamic_quantize_matmul(tmp_path) -> None:
         y = Gemm <transB = 1> (x, W, B)
     }
     """
-    m = parse(text, dict(W=RNG.standard_normal((16, 32)).astype(np.float32),
-                         B=RNG.standard_normal(16).astype(np.float32)))
+    m = parse(
+        text,
+        dict(
+            W=RNG.standard_normal((16, 32)).astype(np.float32),
+            B=RNG.standard_normal(16).astype(np.float32),
+        ),
+    )
     g = to_graph(m)
     res = QuantizeDynamic().run(g, PassContext())
     q = to_model(g, like=m)
@@ -39,9 +44,11 @@ def test_dynamic_matmul_becomes_dynamic_quantize_matmul(tmp_path) -> None:
 
 def test_dynamic_upgrades_an_old_opset() -> None:
     """DynamicQuantizeLinear needs opset 11: an opset-9 MatMul model is converted first."""
-    model = parse('<ir_version: 4, opset_import: ["": 9]>\n'
-                  "g (float[2,8] x) => (float[2,4] y) { y = MatMul(x, W) }",
-                  dict(W=RNG.standard_normal((8, 4)).astype(np.float32)))
+    model = parse(
+        '<ir_version: 4, opset_import: ["": 9]>\n'
+        "g (float[2,8] x) => (float[2,4] y) { y = MatMul(x, W) }",
+        dict(W=RNG.standard_normal((8, 4)).astype(np.float32)),
+    )
     res, out = QuantizeDynamic().apply(model, PassContext())
     assert res.changed and res.notes[0] == "opset 9 upgraded to 13 (onnx version converter)"
     onnx.checker.check_model(out)

@@ -38,7 +38,8 @@ def _model() -> onnx.ModelProto:
     for n, node in enumerate(m.graph.node):
         node.name = f"mm{n}" if node.op_type == "MatMul" else "relu"
     m.graph.initializer.extend(
-        numpy_helper.from_array(v, k) for k, v in {"W1": w1, "W2": w2, "W3": w3}.items())
+        numpy_helper.from_array(v, k) for k, v in {"W1": w1, "W2": w2, "W3": w3}.items()
+    )
     return m
 
 

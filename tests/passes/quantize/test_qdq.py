@@ -56,11 +56,13 @@ def test_conv_scales_zero_points_and_int32_bias(conv_model: onnx.ModelProto) -> 
     # bias: int32 with scale x_scale * w_scale
     dq_b = producer_of_input(q, conv1.name, 2)
     assert init[dq_b.input[0]].dtype == np.int32
-    np.testing.assert_allclose(init[dq_b.input[1]], init[dq_x.input[1]] * init[dq_w.input[1]],
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        init[dq_b.input[1]], init[dq_x.input[1]] * init[dq_w.input[1]], rtol=1e-6
+    )
     np.testing.assert_array_equal(
         init[dq_b.input[0]],
-        np.round(initializers(conv_model)["B1"] / init[dq_b.input[1]]).astype(np.int32))
+        np.round(initializers(conv_model)["B1"] / init[dq_b.input[1]]).astype(np.int32),
+    )
     # the folded ReLU: the Q after conv1 has zero point 0 (uint8 min), so it clamps at 0
     q1 = next(n for n in q.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "c1")
     assert int(init[q1.input[2]]) == 0
@@ -93,12 +95,17 @@ def test_resnet_block_fully_int8(tmp_path) -> None:
         y = Gemm <transB = 1> (f, Wf, Bf)
     }
     """
-    m = parse(text, dict(W1=RNG.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3,
-                         B1=RNG.standard_normal(4).astype(np.float32),
-                         W2=RNG.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3,
-                         B2=RNG.standard_normal(4).astype(np.float32),
-                         Wf=RNG.standard_normal((10, 4)).astype(np.float32),
-                         Bf=RNG.standard_normal(10).astype(np.float32)))
+    m = parse(
+        text,
+        dict(
+            W1=RNG.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3,
+            B1=RNG.standard_normal(4).astype(np.float32),
+            W2=RNG.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3,
+            B2=RNG.standard_normal(4).astype(np.float32),
+            Wf=RNG.standard_normal((10, 4)).astype(np.float32),
+            Bf=RNG.standard_normal(10).astype(np.float32),
+        ),
+    )
     feeds = _feeds(16, (1, 4, 8, 8))
     q = QuantizeInt8().run_model(m, PassContext(feeds=feeds)).model
     opt = tmp_path / "opt.onnx"
@@ -119,8 +126,13 @@ def test_per_tensor_int8_sym_and_matmul() -> None:
         y = MatMul (h, V)
     }
     """
-    m = parse(text, dict(W=RNG.standard_normal((16, 8)).astype(np.float32),
-                         V=RNG.standard_normal((8, 8)).astype(np.float32)))
+    m = parse(
+        text,
+        dict(
+            W=RNG.standard_normal((16, 8)).astype(np.float32),
+            V=RNG.standard_normal((8, 8)).astype(np.float32),
+        ),
+    )
     feeds = Feeds([{"x": RNG.standard_normal((4, 16)).astype(np.float32)} for _ in range(16)])
     config = QuantizeConfig(per_channel=False, activations="int8-sym", calibrator="minmax")
     res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds))

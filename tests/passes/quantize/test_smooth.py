@@ -43,8 +43,12 @@ g (float[1,4,16] x) => (float[1,4,8] y) {
 
 
 def _model(text: str) -> onnx.ModelProto:
-    inits = {"G": RNG.uniform(0.5, 1.5, K), "Bt": RNG.normal(0, 0.1, K),
-             "W1": RNG.normal(0, 0.2, (K, N)), "W2": RNG.normal(0, 0.2, (K, N))}
+    inits = {
+        "G": RNG.uniform(0.5, 1.5, K),
+        "Bt": RNG.normal(0, 0.1, K),
+        "W1": RNG.normal(0, 0.2, (K, N)),
+        "W2": RNG.normal(0, 0.2, (K, N)),
+    }
     return parse(text, {k: np.asarray(v, np.float32) for k, v in inits.items()})
 
 
@@ -85,14 +89,24 @@ def test_smoothing_folds_into_layernorm_exactly() -> None:
     res = apply_smoothing(m, _xmax(), 0.5)
     assert (res.groups, res.folded) == (1, 1)
     assert [n.op_type for n in res.model.graph.node] == [
-        "LayerNormalization", "MatMul", "MatMul", "Add"]
+        "LayerNormalization",
+        "MatMul",
+        "MatMul",
+        "Add",
+    ]
     init = {t.name: numpy_helper.to_array(t) for t in res.model.graph.initializer}
-    s = smoothing_scales(_xmax()["h"], np.maximum(
-        np.abs(numpy_helper.to_array(m.graph.initializer[2])).max(1),
-        np.abs(numpy_helper.to_array(m.graph.initializer[3])).max(1)), 0.5)
+    s = smoothing_scales(
+        _xmax()["h"],
+        np.maximum(
+            np.abs(numpy_helper.to_array(m.graph.initializer[2])).max(1),
+            np.abs(numpy_helper.to_array(m.graph.initializer[3])).max(1),
+        ),
+        0.5,
+    )
     ln = res.model.graph.node[0]
-    np.testing.assert_allclose(init[ln.input[1]] * s,
-                               numpy_helper.to_array(m.graph.initializer[0]), rtol=1e-6)
+    np.testing.assert_allclose(
+        init[ln.input[1]] * s, numpy_helper.to_array(m.graph.initializer[0]), rtol=1e-6
+    )
     runs = _runs(4)
     for a, b in zip([run(m, r) for r in runs], [run(res.model, r) for r in runs], strict=True):
         np.testing.assert_allclose(a[0], b[0], rtol=1e-5, atol=1e-5)
@@ -118,8 +132,9 @@ def test_quantize_int8_smooth_helps_outlier_channel() -> None:
     }
     """
     m = onnx.parser.parse_model(text)
-    m.graph.initializer.append(numpy_helper.from_array(
-        RNG.normal(0, 0.2, (K, N)).astype(np.float32), "W1"))
+    m.graph.initializer.append(
+        numpy_helper.from_array(RNG.normal(0, 0.2, (K, N)).astype(np.float32), "W1")
+    )
     runs = []
     for _ in range(16):
         x = RNG.normal(0, 1, (1, 32, K)).astype(np.float32)
@@ -130,7 +145,8 @@ def test_quantize_int8_smooth_helps_outlier_channel() -> None:
 
     def err(**opt: object) -> float:
         q = QuantizeInt8(QuantizeConfig(calibrator="minmax", fallback=False, **opt)).run_model(
-            m, PassContext(feeds=feeds))
+            m, PassContext(feeds=feeds)
+        )
         out = np.concatenate([run(q.model, r)[0] for r in runs])
         return float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
 

@@ -44,7 +44,9 @@ def test_negative_constant_add_and_exclude_stay_float(conv_model: onnx.ModelProt
     }
     """
     m = parse(text, dict(C=np.ones(4, np.float32)))
-    res = QuantizeInt8().run_model(m, PassContext(feeds=Feeds([{"x": np.ones((1, 4), np.float32)}])))
+    res = QuantizeInt8().run_model(
+        m, PassContext(feeds=Feeds([{"x": np.ones((1, 4), np.float32)}]))
+    )
     assert not res.changed and any("constant operand" in n for n in res.notes)
     config = QuantizeConfig(exclude=["Conv"])
     res = QuantizeInt8(config).run_model(conv_model, PassContext(feeds=_feeds()))
@@ -59,8 +61,9 @@ def test_too_few_samples_warns(conv_model: onnx.ModelProto) -> None:
 def test_old_opset_is_upgraded_then_quantized() -> None:
     """An opset-9 model (no QuantizeLinear before 10, no per-channel scales before 13) is
     converted by onnx's version converter, as onnxruntime's quantizer does, then quantized."""
-    text = CONV_RELU_CONV.replace('<ir_version: 8, opset_import: ["": 17]>',
-                                  '<ir_version: 4, opset_import: ["": 9]>')
+    text = CONV_RELU_CONV.replace(
+        '<ir_version: 8, opset_import: ["": 17]>', '<ir_version: 4, opset_import: ["": 9]>'
+    )
     model = conv_relu_conv(RNG, text)
     feeds = _feeds()
     res, q = QuantizeInt8().apply(model, PassContext(feeds=feeds))
