@@ -55,8 +55,8 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
         dtype = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type))
         shape: list[int | str | None] = []
         for d in t.shape.dim:
-            if d.HasField("dim_value") and d.dim_value > 0:
-                shape.append(int(d.dim_value))
+            if d.HasField("dim_value") and d.dim_value >= 0:
+                shape.append(int(d.dim_value))  # 0 is a real (empty) size
             elif d.HasField("dim_param"):
                 shape.append(d.dim_param)
             else:

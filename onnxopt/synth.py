@@ -8,7 +8,11 @@
   and 48 / 96 for the other axes), so a rewrite that only holds for one size is caught.
 - **Integer inputs** get values that are valid for what reads them: indices into a table (the
   indices of Gather, GatherElements, GatherND, or OneHot) range over the table's size along
-  the gathered axis; any other integer input takes 0 or 1 (masks, token types).
+  the gathered axis; an integer divisor is 1 or 2; any other integer input takes 0 or 1
+  (masks, token types).
+- **Inputs an op reads as a shape, axes, a count or a ratio** (Reshape's shape, Slice's
+  starts, Dropout's ratio...) get a value valid for that op (:mod:`onnxopt.synth_values`).
+- String inputs get short random words.
 - ``--shape`` and ``--int-range`` override both; with ``--shape`` there is one size set.
 - The plan is checked by running the model once per size set: a set that fails is dropped, and
   if none runs, fallback sizes and all-ones integers are tried before a one-line DataError.
@@ -20,7 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import onnx
@@ -28,6 +32,7 @@ import onnx
 from onnxopt.data import Feeds, InputSpec, input_specs, load_feeds
 from onnxopt.defaults import SYNTH_RUNS
 from onnxopt.errors import DataError, OnnxoptError, first_line
+from onnxopt.synth_graph import fixed_values, index_ranges, pinned_dims
 
 logger = logging.getLogger(__name__)
 
@@ -37,22 +42,19 @@ IMAGE_SIZES = (64, 96)
 OTHER_SIZES = (32, 48)
 #: sizes tried for the non-batch dynamic axes when the first plan does not run
 FALLBACK_SIZES = (64, 16, 128, 224, 8)
-#: the range of an integer input that indexes nothing
-SMALL_RANGE = (0, 2)
-#: ops that pass an integer tensor's values through unchanged (followed to find indexing ops)
-PASS_THROUGH = frozenset(
-    {"Cast", "Identity", "Unsqueeze", "Squeeze", "Reshape", "Flatten", "Expand", "Transpose"}
-)
 BATCH_NAMES = frozenset({"batch", "batch_size", "n", "N", "bs", "B", "unk__0"})
 
 
 @dataclass
 class Plan:
-    """What to synthesize: one or two size sets, and a value range per integer input."""
+    """What to synthesize: one or two size sets, a value range per integer input, and fixed
+    values for the inputs an op reads as parameters."""
 
     size_sets: list[dict[str, list[int]]]
     int_ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     range_reasons: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, np.ndarray] = field(default_factory=dict)
+    fixed_reasons: dict[str, str] = field(default_factory=dict)
 
     def describe(self, specs: list[InputSpec]) -> list[str]:
         """One note per size set and per integer input."""
@@ -65,7 +67,11 @@ class Plan:
             ]
             out.append("verified on synthesized sizes " + " and ".join(sets))
         for name, (lo, hi) in self.int_ranges.items():
-            out.append(f"integer input '{name}' in [{lo}, {hi}): {self.range_reasons[name]}")
+            if name not in self.fixed:
+                out.append(f"integer input '{name}' in [{lo}, {hi}): {self.range_reasons[name]}")
+        for name, value in self.fixed.items():
+            shown = np.array2string(value, threshold=8)
+            out.append(f"input '{name}' = {shown}: {self.fixed_reasons[name]}")
         return out
 
 
@@ -119,154 +125,6 @@ def size_sets(
     return sets
 
 
-#: unary ops whose output has the input's shape (followed to find the op that pins a dim)
-SAME_SHAPE = frozenset(
-    {
-        "Cast",
-        "Identity",
-        "Relu",
-        "Sigmoid",
-        "Tanh",
-        "Neg",
-        "Abs",
-        "Exp",
-        "Log",
-        "Sqrt",
-        "Erf",
-        "Softplus",
-        "LeakyRelu",
-        "Elu",
-        "Selu",
-        "HardSigmoid",
-        "HardSwish",
-        "Clip",
-        "Dropout",
-    }
-)
-
-
-def pinned_dims(model: onnx.ModelProto, specs: list[InputSpec]) -> dict[tuple[str, int], int]:
-    """(input, axis) -> the size a direct reader (through same-shape unary ops) requires."""
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in model.graph.node:
-        for i, t in enumerate(node.input):
-            consumers.setdefault(t, []).append((node, i))
-    consts = {t.name: list(t.dims) for t in model.graph.initializer}
-    out: dict[tuple[str, int], int] = {}
-    for s in specs:
-        todo, seen = [s.name], set()
-        while todo:
-            t = todo.pop()
-            if t in seen:
-                continue
-            seen.add(t)
-            for node, i in consumers.get(t, []):
-                if node.op_type in SAME_SHAPE and i == 0:
-                    todo.extend(node.output[:1])
-                    continue
-                for axis, size in _pins(node, i, s.rank, consts).items():
-                    if not isinstance(s.shape[axis], int) and size > 0:
-                        out.setdefault((s.name, axis), size)
-    return out
-
-
-def _pins(
-    node: onnx.NodeProto, i: int, rank: int, consts: Mapping[str, list[int]]
-) -> dict[int, int]:
-    """Axes of input ``i`` of ``node`` (of rank ``rank``) whose size a constant operand fixes."""
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    other = [consts.get(t) for t in node.input]
-    op = node.op_type if node.domain in ("", "ai.onnx") else ""
-    if op == "MatMul" and i == 0 and len(node.input) > 1 and other[1]:
-        w = other[1]
-        return {rank - 1: w[-2] if len(w) >= 2 else w[0]}
-    if op == "Gemm" and i == 0 and other[1] and rank == 2:
-        w = other[1]
-        return {0 if attrs.get("transA", 0) else 1: w[1] if attrs.get("transB", 0) else w[0]}
-    if op == "Conv" and i == 0 and other[1] and rank >= 3:
-        return {1: other[1][1] * int(attrs.get("group", 1))}
-    if op == "LayerNormalization" and i == 0 and other[1]:
-        scale = other[1]
-        return {rank - len(scale) + k: d for k, d in enumerate(scale)}
-    if op in ("Add", "Sub", "Mul", "Div") and len(node.input) == 2:
-        c = other[1 - i]
-        if c is not None and len(c) <= rank:
-            return {rank - len(c) + k: d for k, d in enumerate(c) if d > 1}
-    return {}
-
-
-def index_ranges(
-    model: onnx.ModelProto, names: Iterable[str]
-) -> dict[str, tuple[tuple[int, int], str]]:
-    """For each integer input, the value range its readers accept, with the reason."""
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in model.graph.node:
-        for i, t in enumerate(node.input):
-            consumers.setdefault(t, []).append((node, i))
-    sizes = _static_sizes(model)
-    out = {}
-    for name in names:
-        bound, why = None, ""
-        for node, i in _readers(name, consumers):
-            b = _index_bound(node, i, sizes)
-            if b is not None and (bound is None or b < bound):
-                bound, why = b, f"indexes {node.op_type} '{node.name or node.output[0]}' (size {b})"
-        out[name] = ((0, bound), why) if bound else (SMALL_RANGE, "indexes nothing (0 or 1)")
-    return out
-
-
-def _readers(
-    name: str, consumers: Mapping[str, list[tuple[onnx.NodeProto, int]]]
-) -> list[tuple[onnx.NodeProto, int]]:
-    """The nodes that read ``name``'s values, through value-preserving ops."""
-    out, todo, seen = [], [name], set()
-    while todo:
-        t = todo.pop()
-        if t in seen:
-            continue
-        seen.add(t)
-        for node, i in consumers.get(t, []):
-            if node.op_type in PASS_THROUGH and i == 0 and node.domain in ("", "ai.onnx"):
-                todo.extend(node.output)
-            else:
-                out.append((node, i))
-    return out
-
-
-def _index_bound(node: onnx.NodeProto, i: int, sizes: Mapping[str, list[int]]) -> int | None:
-    attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-    if node.domain not in ("", "ai.onnx"):
-        return None
-    if node.op_type in ("Gather", "GatherElements") and i == 1:
-        shape = sizes.get(node.input[0])
-        axis = int(attrs.get("axis", 0))
-        if shape and -len(shape) <= axis < len(shape) and shape[axis] > 0:
-            return int(shape[axis])
-    if node.op_type == "GatherND" and i == 1:
-        shape = sizes.get(node.input[0])
-        batch = int(attrs.get("batch_dims", 0))
-        if shape and len(shape) > batch and shape[batch] > 0:
-            return int(min(shape[batch:]))  # conservative: every indexed axis accepts it
-    return None
-
-
-def _static_sizes(model: onnx.ModelProto) -> dict[str, list[int]]:
-    """Static shapes of initializers and of values whose shape inference knows them."""
-    from onnxopt.model import infer_shapes_light
-
-    out: dict[str, list[int]] = {t.name: list(t.dims) for t in model.graph.initializer}
-    try:
-        inferred = infer_shapes_light(model)
-    except Exception:
-        inferred = model
-    g = inferred.graph
-    for v in list(g.input) + list(g.value_info):
-        dims = v.type.tensor_type.shape.dim
-        if v.type.HasField("tensor_type") and all(d.HasField("dim_value") for d in dims):
-            out.setdefault(v.name, [int(d.dim_value) for d in dims])
-    return out
-
-
 def make_plan(
     model: onnx.ModelProto,
     shapes: Mapping[str, list[int]] | None = None,
@@ -283,6 +141,8 @@ def make_plan(
         if s.name in (shapes or {}):
             _check_shape(s, list(shapes[s.name]))
     plan = Plan(size_sets(specs, shapes, pinned_dims(model, specs)))
+    for name, (value, why) in fixed_values(model, specs, plan.size_sets[0]).items():
+        plan.fixed[name], plan.fixed_reasons[name] = value, why
     ints = [s.name for s in specs if s.dtype.kind in "iu"]
     if int_range is not None:
         for n in ints:
@@ -311,7 +171,9 @@ def random_runs(
         dims = plan.size_sets[r % len(plan.size_sets)]
         out.append(
             {
-                s.name: _random_input(s, dims[s.name], rng, plan.int_ranges.get(s.name))
+                s.name: plan.fixed[s.name].copy()
+                if s.name in plan.fixed
+                else _random_input(s, dims[s.name], rng, plan.int_ranges.get(s.name))
                 for s in specs
             }
         )
@@ -329,6 +191,9 @@ def _random_input(
     if s.dtype.kind in "iu" and int_range is not None:
         lo, hi = int_range
         return np.asarray(rng.integers(lo, hi, size=dims), dtype=s.dtype)
+    if s.dtype.kind in "OUS":
+        words = np.array(["onnx", "opt", "a", "bc", "text"], dtype=object)
+        return words[rng.integers(0, len(words), size=dims)].astype(s.dtype)
     raise DataError(f"input {s.describe()}: cannot synthesize dtype {s.dtype}; give --data")
 
 
@@ -357,7 +222,7 @@ def checked_plan(
     """Drop size sets the model cannot run; try fallbacks when none runs (unless the user
     fixed sizes and ranges). Returns the plan and notes about what was dropped."""
     errors = [
-        _runs_ok(model, random_runs(specs, Plan([d], plan.int_ranges), 1, 0)[0])
+        _runs_ok(model, random_runs(specs, replace(plan, size_sets=[d]), 1, 0)[0])
         for d in plan.size_sets
     ]
     good = [d for d, e in zip(plan.size_sets, errors) if not e]
@@ -367,7 +232,7 @@ def checked_plan(
         if e and good
     ]
     if good:
-        return Plan(good, plan.int_ranges, plan.range_reasons), notes
+        return replace(plan, size_sets=good), notes
     if not fixed:
         for alt in _fallbacks(specs, plan):
             if not _runs_ok(model, random_runs(specs, alt, 1, 0)[0]):
@@ -384,7 +249,7 @@ def checked_plan(
 def _fallbacks(specs: list[InputSpec], plan: Plan) -> Iterable[Plan]:
     ones = {n: (1, 2) for n in plan.int_ranges}
     reasons = {n: "fallback: all ones" for n in plan.int_ranges}
-    yield Plan(plan.size_sets[:1], ones, reasons)
+    yield replace(plan, size_sets=plan.size_sets[:1], int_ranges=ones, range_reasons=reasons)
     for size in FALLBACK_SIZES:
         dims = {
             s.name: [
@@ -393,8 +258,8 @@ def _fallbacks(specs: list[InputSpec], plan: Plan) -> Iterable[Plan]:
             ]
             for s in specs
         }
-        yield Plan([dims], plan.int_ranges, plan.range_reasons)
-        yield Plan([dims], ones, reasons)
+        yield replace(plan, size_sets=[dims])
+        yield replace(plan, size_sets=[dims], int_ranges=ones, range_reasons=reasons)
 
 
 def synthesize(
@@ -420,10 +285,10 @@ def synthesize(
     """
     specs = input_specs(model)
     plan = make_plan(model, shapes, int_range)
-    guessed = any(r.startswith("indexes nothing") for r in plan.range_reasons.values())
     dynamic = any(not isinstance(d, int) for s in specs for d in s.shape)
+    not_float = any(s.dtype.kind != "f" for s in specs)
     notes: list[str] = []
-    if check and (dynamic or guessed):
+    if check and (dynamic or not_float or plan.fixed):
         plan, notes = checked_plan(
             model, plan, specs, fixed=shapes is not None and int_range is not None
         )

@@ -41,9 +41,14 @@ def _mlp(batch: int | str = "N") -> onnx.ModelProto:
 
 
 def _reshape_model() -> onnx.ModelProto:
-    """x float[6] reshaped to the shape given in s int64[2]: no guessed values fit."""
+    """x float[6] reshaped to a shape computed from s int64[2] (s + 5): no synthesized value
+    gives a shape of 6 elements."""
     return onnx.parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
-    g (float[6] x, int64[2] s) => (float[a,b] y) { y = Reshape(x, s) }""")
+    g (float[6] x, int64[2] s) => (float[a,b] y) {
+        five = Constant <value = int64[2] {5, 5}> ()
+        t = Add(s, five)
+        y = Reshape(x, t)
+    }""")
 
 
 def _int_model() -> onnx.ModelProto:
