@@ -193,7 +193,7 @@ def _random_input(
         return np.asarray(rng.integers(lo, hi, size=dims), dtype=s.dtype)
     if s.dtype.kind in "OUS":
         words = np.array(["onnx", "opt", "a", "bc", "text"], dtype=object)
-        return words[rng.integers(0, len(words), size=dims)].astype(s.dtype)
+        return np.asarray(words[rng.integers(0, len(words), size=dims)], dtype=object)
     raise DataError(f"input {s.describe()}: cannot synthesize dtype {s.dtype}; give --data")
 
 
@@ -247,9 +247,17 @@ def checked_plan(
 
 
 def _fallbacks(specs: list[InputSpec], plan: Plan) -> Iterable[Plan]:
-    ones = {n: (1, 2) for n in plan.int_ranges}
-    reasons = {n: "fallback: all ones" for n in plan.int_ranges}
-    yield replace(plan, size_sets=plan.size_sets[:1], int_ranges=ones, range_reasons=reasons)
+    """Other plans to try when the first does not run: every integer input all ones, then all
+    twos (a batch-like count must often match another input's), then other sizes."""
+    constant = [
+        (
+            {n: (v, v + 1) for n in plan.int_ranges},
+            {n: f"fallback: all {v}" for n in plan.int_ranges},
+        )
+        for v in (1, 2)
+    ]
+    for ranges, reasons in constant:
+        yield replace(plan, size_sets=plan.size_sets[:1], int_ranges=ranges, range_reasons=reasons)
     for size in FALLBACK_SIZES:
         dims = {
             s.name: [
@@ -259,7 +267,8 @@ def _fallbacks(specs: list[InputSpec], plan: Plan) -> Iterable[Plan]:
             for s in specs
         }
         yield replace(plan, size_sets=[dims])
-        yield replace(plan, size_sets=[dims], int_ranges=ones, range_reasons=reasons)
+        for ranges, reasons in constant:
+            yield replace(plan, size_sets=[dims], int_ranges=ranges, range_reasons=reasons)
 
 
 def synthesize(

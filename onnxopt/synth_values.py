@@ -55,13 +55,49 @@ def _split_sizes(node, attrs, sizes, dims):
         return None
     total, parts = data[int(attrs.get("axis", 0))], _n(dims)
     if total < parts:
-        return None
+        return [total] + [0] * (parts - 1)
     return [total - (parts - 1)] + [1] * (parts - 1)
 
 
 def _resize_sizes(node, attrs, sizes, dims):
     data = _data_dims(node, sizes)
-    return list(data) if data and len(data) == _n(dims) else None
+    if not data:
+        return None
+    axes = attrs.get("axes")
+    picked = [data[a] for a in axes] if axes else list(data)
+    return picked if len(picked) == _n(dims) else None
+
+
+def _unpool_shape(node, attrs, sizes, dims):
+    """MaxUnpool's default output: (in - 1)·stride + kernel - pads, per spatial axis."""
+    data = _data_dims(node, sizes)
+    kernel = attrs.get("kernel_shape")
+    if not data or not kernel or len(data) != _n(dims):
+        return None
+    k = len(kernel)
+    strides = attrs.get("strides") or [1] * k
+    pads = attrs.get("pads") or [0] * (2 * k)
+    spatial = [
+        (d - 1) * s + kk - pads[i] - pads[i + k]
+        for i, (d, s, kk) in enumerate(zip(data[2:], strides, kernel))
+    ]
+    return list(data[:2]) + spatial
+
+
+def _col2im_image(node, attrs, sizes, dims):
+    """With unit blocks (see ``block_shape``) the image is one row of the L columns: an axis
+    of size H gives floor((H + pads - 1) / stride) + 1 blocks, so H = (L - 1)·stride + 1 -
+    pads on the last axis and 1 - pads (at least 1) on the others, when that works out."""
+    data = _data_dims(node, sizes)
+    n = _n(dims)
+    if not data:
+        return None
+    strides = attrs.get("strides") or [1] * n
+    pads = attrs.get("pads") or [0] * (2 * n)
+    total = [pads[i] + pads[i + n] for i in range(n)]
+    image = [max(1, 1 - p) for p in total[:-1]] + [(data[-1] - 1) * strides[-1] + 1 - total[-1]]
+    blocks = [(h + p - 1) // s + 1 for h, p, s in zip(image, total, strides)]
+    return image if min(image) >= 1 and int(np.prod(blocks)) == data[-1] else None
 
 
 def _affine_size(node, attrs, sizes, dims):
@@ -103,6 +139,10 @@ RULES: dict[tuple[str, int], Rule] = {
     ("Range", 2): _const(1),
     ("TopK", 1): _ones,
     ("CumSum", 1): _const(0),
+    ("CumProd", 1): _const(0),
+    ("MaxUnpool", 2): _unpool_shape,
+    ("Col2Im", 1): _col2im_image,
+    ("Col2Im", 2): _ones,
     ("Trilu", 1): _const(0),
     ("Resize", 2): _ones,
     ("Resize", 3): _resize_sizes,
