@@ -32,8 +32,9 @@ if str(ROOT) not in sys.path:
 
 from onnxopt.data import Feeds, load_feeds
 from onnxopt.passes.registry import manager
+from onnxopt.runner import Runner
 from onnxopt.summary import ModelSummary
-from onnxopt.verify import Budget, Runner, accuracy
+from onnxopt.verify import Budget, accuracy
 from onnxopt.zoo import build, digits_data
 
 #: the hand-written section of the output file, kept across runs

@@ -30,6 +30,8 @@ def optimize(
     options: dict[str, dict[str, Any]] | None = None,
     shapes: dict[str, list[int]] | None = None,
     int_range: tuple[int, int] | None = None,
+    allow_slower: bool = False,
+    metric_output: str | None = None,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Run passes (default: every exact pass) with verification; returns (model, report).
 
@@ -38,18 +40,32 @@ def optimize(
         passes: pass or family names, e.g. ``["cleanup", "fusion", "quantize-int8"]``.
         data: feeds: ``.npz`` path, folder, dict of arrays, iterable of dicts or Feeds.
         budget: lossy budget against the original (default cosine >= 0.99).
+        allow_slower: keep int8 / pruning even when the model is not faster than its input.
+        metric_output: the output accuracy reads (default: the one holding class scores).
     """
     from onnxopt.passes.registry import manager
 
     m = load_model(model)
     feeds = _feeds(m, data, shapes=shapes, int_range=int_range)
-    return manager(passes, budget=budget, target=target, strict=strict, options=options).run(
-        m, feeds
+    pm = manager(
+        passes,
+        budget=budget,
+        target=target,
+        strict=strict,
+        options=options,
+        allow_slower=allow_slower,
+        metric_output=metric_output,
     )
+    return pm.run(m, feeds)
 
 
 def quantize(
-    model: Any, data: Any, budget: Budget | None = None, **options: Any
+    model: Any,
+    data: Any,
+    budget: Budget | None = None,
+    *,
+    allow_slower: bool = False,
+    **options: Any,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Static int8 quantization (QDQ) calibrated on ``data``.
 
@@ -57,11 +73,23 @@ def quantize(
     (``calibrator="entropy"``, ``percentile=99.9``, ``exclude=["Conv_3"]``, ...); a bad one is
     an :class:`~onnxopt.errors.OptionError` naming it.
     """
-    return optimize(model, ["quantize-int8"], data, budget, options={"quantize-int8": options})
+    return optimize(
+        model,
+        ["quantize-int8"],
+        data,
+        budget,
+        options={"quantize-int8": options},
+        allow_slower=allow_slower,
+    )
 
 
 def prune(
-    model: Any, data: Any = None, budget: Budget | None = None, **options: Any
+    model: Any,
+    data: Any = None,
+    budget: Budget | None = None,
+    *,
+    allow_slower: bool = False,
+    **options: Any,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Structured channel pruning.
 
@@ -69,7 +97,9 @@ def prune(
     ``target_flops=0.5``, ``importance="l1"``, ...); a bad one is an
     :class:`~onnxopt.errors.OptionError` naming it.
     """
-    return optimize(model, ["prune"], data, budget, options={"prune": options})
+    return optimize(
+        model, ["prune"], data, budget, options={"prune": options}, allow_slower=allow_slower
+    )
 
 
 def distill(student: Any, teacher: Any, data: Any, *, labels: Any = None, **options: Any) -> Any:

@@ -9,6 +9,7 @@ sites are dropped. At most ``max_trials`` chunks are tried; what is left untried
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,10 +41,15 @@ class Bisection:
     dropped: list[str] = field(default_factory=list)
     why: str = ""
     trials: int = 0
+    #: the trial or time budget ran out (the untried sites are among the dropped)
+    budget_spent: bool = False
 
 
 def bisect_sites(
-    sites: list[str], trial: Callable[[set[str]], Trial], max_trials: int
+    sites: list[str],
+    trial: Callable[[set[str]], Trial],
+    max_trials: int,
+    max_seconds: float = float("inf"),
 ) -> Bisection:
     """Find the largest set of ``sites`` that verifies, trying chunks in halves.
 
@@ -51,16 +57,19 @@ def bisect_sites(
         sites: the failing candidate's sites, in the pass's order.
         trial: re-applies the pass with only the given sites allowed and verifies it.
         max_trials: at most this many trials; untried chunks are dropped.
+        max_seconds: no trial starts after this long; untried chunks are dropped.
     """
     out = Bisection()
+    start = time.perf_counter()
     good: list[str] = []
     queue: list[list[str]] = [sites[: len(sites) // 2], sites[len(sites) // 2 :]]
     while queue:
         chunk = queue.pop(0)
         if not chunk:
             continue
-        if out.trials >= max_trials:
+        if out.trials >= max_trials or time.perf_counter() - start > max_seconds:
             out.dropped.extend(chunk)
+            out.budget_spent = True
             continue
         out.trials += 1
         try:

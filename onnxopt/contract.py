@@ -158,6 +158,9 @@ class Pass:
     opset_needed: ClassVar[int] = 0
     #: the pass's typed options (None: it has none)
     config_class: ClassVar[type[PassConfig] | None] = None
+    #: what a lossy pass is for: "speed" (its model must be faster than its input, or it is
+    #: rolled back unless the user allows slower models), "size", or "" (no such promise)
+    goal: ClassVar[str] = ""
 
     def __init__(self, config: PassConfig | None = None) -> None:
         if self.config_class is None:

@@ -10,8 +10,17 @@ MIN_COSINE = 0.99
 EXACT_RTOL = 1e-4
 EXACT_ATOL = 1e-5
 
+#: an exact candidate may differ from the previous stage by this many times the model's own float
+#: noise (onnxruntime's optimizations on vs off), where that is wider than the fixed tolerance
+NOISE_FACTOR = 4
+
+#: exact passes are verified on at most this many runs of --data (lossy passes on every run)
+EXACT_VERIFY_RUNS = 8
+
 #: runs synthesized when no --data is given
 SYNTH_RUNS = 4
 
 #: at most this many extra verification runs when bisecting one pass's sites
 MAX_BISECT_TRIALS = 24
+#: and at most this many seconds (what is left untried is dropped, and the report says so)
+MAX_BISECT_SECONDS = 300.0

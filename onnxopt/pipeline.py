@@ -22,8 +22,7 @@ import gc
 import logging
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import onnx
@@ -31,13 +30,15 @@ import onnx
 from onnxopt.bisection import Trial, bisect_sites
 from onnxopt.contract import Pass, PassContext, PassResult, Working
 from onnxopt.data import Feeds
-from onnxopt.defaults import MAX_BISECT_TRIALS
+from onnxopt.defaults import EXACT_VERIFY_RUNS, MAX_BISECT_SECONDS, MAX_BISECT_TRIALS
 from onnxopt.errors import OnnxoptError, OptionError, PipelineError, first_line
-from onnxopt.model import load_model, structural_check
+from onnxopt.model import load_model
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
+from onnxopt.runner import Runner
 from onnxopt.summary import ModelSummary
 from onnxopt.synth import get_feeds
-from onnxopt.verify import Budget, Comparison, Exact, Runner, Runs, accuracy, compare
+from onnxopt.verifier import Checked, Stage, Verifier
+from onnxopt.verify import Budget, Comparison, compare, metric_output
 
 logger = logging.getLogger(__name__)
 
@@ -52,34 +53,6 @@ def validate_order(passes: Sequence[Pass], order: Sequence[tuple[str, str]]) -> 
                         f"'{late.name}' cannot run before '{early.name}': "
                         f"{a} passes must run before {b} passes"
                     )
-
-
-@dataclass
-class _Stage:
-    """A verified model: the original, or the result of the last kept pass."""
-
-    model: onnx.ModelProto
-    _outputs: Runs | Future
-    summary: ModelSummary
-    lossy: bool = False
-
-    @property
-    def outputs(self) -> Runs:
-        """The stage's outputs (the original's may still be computing in the background)."""
-        if isinstance(self._outputs, Future):
-            self._outputs = self._outputs.result()
-        return self._outputs
-
-
-@dataclass
-class _Checked:
-    """A candidate's verification: the new stage (None when it failed), why it failed, and
-    its comparisons with the previous stage and with the original."""
-
-    stage: _Stage | None
-    why: str = ""
-    vs_previous: Comparison | None = None
-    vs_original: Comparison | None = None
 
 
 class PassManager:
@@ -98,6 +71,11 @@ class PassManager:
         strict: raise :class:`PipelineError` on the first failing pass instead of rolling back.
         progress: a :class:`~onnxopt.report.ProgressSink` (the CLI passes a rich one).
         verify_runs: use at most this many feed runs for verification (None: all).
+        exact_runs: verify exact passes on at most this many of them (None: all); lossy
+            passes are verified on all of them.
+        metric_output: the output accuracy and top-1 read (None: the one holding scores).
+        allow_slower: keep a lossy speed pass (int8, pruning) even when its model is not
+            faster than its input; by default it is rolled back.
         batch_exact: run consecutive exact passes as one batch, verified once.
         holdout: with lossy passes and no separate calibration feeds, learn from half of the
             runs and verify on the other half.
@@ -113,6 +91,9 @@ class PassManager:
         strict: bool = False,
         progress: ProgressSink | None = None,
         verify_runs: int | None = None,
+        exact_runs: int | None = EXACT_VERIFY_RUNS,
+        metric_output: str | None = None,
+        allow_slower: bool = False,
         batch_exact: bool = True,
         holdout: bool = True,
     ) -> None:
@@ -133,10 +114,12 @@ class PassManager:
         self.strict = strict
         self.progress = progress
         self.verify_runs = verify_runs
+        self.exact_runs = exact_runs
+        self.metric_output = metric_output
+        self.allow_slower = allow_slower
         self.batch_exact = batch_exact
         self.holdout = holdout
         self.runner = Runner()
-        self.exact = Exact()
 
     def __repr__(self) -> str:
         names = [p.name for p in getattr(self, "passes", [])]
@@ -168,20 +151,42 @@ class PassManager:
         )
         report.notes.extend(feeds.notes)
         self._original = original
-        self._vfeeds = self._split_feeds(feeds, calibration, report)
+        self.verifier = self._verifier(self._split_feeds(feeds, calibration, report), report)
         # the reference runs in onnxruntime (which releases the GIL) while the first passes
         # rewrite the graph in Python; the first verification waits for it
         pool = ThreadPoolExecutor(max_workers=1)
-        ref_future = pool.submit(self.runner.run, original, self._vfeeds)
+        ref_future = pool.submit(self.runner.run, original, self.verifier.exact_feeds)
         pool.shutdown(wait=False)
         summary = ModelSummary.of(original)
         report.original = summary_dict(summary)
-        self._first = stage = _Stage(original, ref_future, summary)
+        self.verifier.first = stage = Stage(original, ref_future, summary)
         stage = self._run_passes(stage, report)
         self._finish(report, stage)
         report.seconds = time.perf_counter() - t0
         self.runner.clear()  # sessions hold a copy of the weights; the caller saves next
         return stage.model, report
+
+    def _verifier(self, vfeeds: Feeds, report: PipelineReport) -> Verifier:
+        """The verifier, and the report's account of what is verified on what."""
+        if self.metric_output is not None and vfeeds.runs:
+            metric_output(
+                dict.fromkeys(o.name for o in self._original.graph.output), self.metric_output
+            )  # a one-line error for an unknown name
+        v = Verifier(
+            self.runner,
+            vfeeds,
+            exact_runs=self.exact_runs,
+            budget=self.budget,
+            metric_output=self.metric_output,
+            allow_slower=self.allow_slower,
+        )
+        report.verified_on = {"exact": len(v.exact_feeds), "lossy": len(vfeeds)}
+        if v.subset and any(p.exact for p in self.passes):
+            report.notes.append(
+                f"exact passes verified on {len(v.exact_feeds)} of "
+                f"{len(vfeeds)} runs; lossy passes and the totals on all"
+            )
+        return v
 
     def _split_feeds(
         self, feeds: Feeds, calibration: Feeds | None, report: PipelineReport
@@ -203,7 +208,7 @@ class PassManager:
             )
         return verify_on.subset(self.verify_runs) if self.verify_runs else verify_on
 
-    def _run_passes(self, stage: _Stage, report: PipelineReport) -> _Stage:
+    def _run_passes(self, stage: Stage, report: PipelineReport) -> Stage:
         if self.progress:
             self.progress.start(len(self.passes))
         try:
@@ -217,19 +222,19 @@ class PassManager:
                 self.progress.stop()
         return stage
 
-    def _finish(self, report: PipelineReport, stage: _Stage) -> None:
-        """The pipeline's totals: the final model against the original."""
-        labels = self._vfeeds.labels
-        if labels is not None:
-            report.accuracy_original = accuracy(self._ref, labels or [])
-            report.accuracy_final = accuracy(stage.outputs, labels or [])
+    def _finish(self, report: PipelineReport, stage: Stage) -> None:
+        """The pipeline's totals: the final model against the original, on every run when a
+        lossy pass was kept or labels give an accuracy (else on the exact runs)."""
+        v = self.verifier
+        whole = stage.lossy or v.feeds.labels is not None
+        ref = v.full(v.first) if whole else v.ref
+        out = v.full(stage) if whole else stage.outputs
+        if v.feeds.labels is not None:
+            report.metric_output = metric_output(out[0], self.metric_output) if out else None
+            report.accuracy_original = v.accuracy(ref)
+            report.accuracy_final = v.accuracy(out)
         report.final = summary_dict(stage.summary)
-        report.final_vs_original = _metrics(compare(self._ref, stage.outputs))
-
-    @property
-    def _ref(self) -> Runs:
-        """The original's reference outputs (waits for the background run)."""
-        return self._first.outputs
+        report.final_vs_original = _metrics(compare(ref, out))
 
     def _next_batch(self, i: int) -> list[Pass]:
         """Consecutive exact passes run as one batch, verified once (a pass that may convert
@@ -261,8 +266,8 @@ class PassManager:
 
     # ----------------------------------------------------------------------------------------
     def _run_batch(
-        self, batch: list[Pass], start: int, stage: _Stage, report: PipelineReport
-    ) -> _Stage:
+        self, batch: list[Pass], start: int, stage: Stage, report: PipelineReport
+    ) -> Stage:
         """Several exact passes on one working copy, verified once; one by one if it fails."""
         if len(batch) == 1:
             return self._run_one(batch[0], start, stage, report)
@@ -279,7 +284,7 @@ class PassManager:
                 break
         if len(results) == len(batch):
             checked = (
-                _Checked(stage)
+                Checked(stage)
                 if not any(r.changed for _, r in results)
                 else self._verify_work(work, stage)
             )
@@ -301,8 +306,8 @@ class PassManager:
         self,
         p: Pass,
         r: PassResult,
-        stage: _Stage,
-        checked: _Checked,
+        stage: Stage,
+        checked: Checked,
         results: list[tuple[Pass, PassResult]],
         seconds: float,
     ) -> PassReport:
@@ -322,7 +327,7 @@ class PassManager:
         if self.progress:
             self.progress.pass_done(pr)
 
-    def _run_one(self, p: Pass, index: int, stage: _Stage, report: PipelineReport) -> _Stage:
+    def _run_one(self, p: Pass, index: int, stage: Stage, report: PipelineReport) -> Stage:
         pr = PassReport(p.name, p.exact)
         pr.before = pr.after = summary_dict(stage.summary)
         if self.progress:
@@ -356,15 +361,19 @@ class PassManager:
     def _judge_candidate(
         self,
         p: Pass,
-        stage: _Stage,
+        stage: Stage,
         result: PassResult,
         candidate: onnx.ModelProto,
         pr: PassReport,
         own: int,
-    ) -> _Stage:
+    ) -> Stage:
         """Verify a changed candidate (bisecting its sites if it fails); fill ``pr``."""
-        checked = self._verify(candidate, stage, p.exact)
-        if checked.stage is None and len(result.sites) > 1:
+        checked = self._verify(candidate, stage, p)
+        if (
+            checked.stage is None
+            and len(result.sites) > 1
+            and not checked.why.startswith("not faster")
+        ):
             checked = self._bisect(p, stage, result, pr, own)
         if checked.stage is None:
             pr.status, pr.reason = "rolled back", checked.why
@@ -373,31 +382,42 @@ class PassManager:
         pr.after = summary_dict(checked.stage.summary)
         pr.vs_previous = _metrics(checked.vs_previous)
         pr.vs_original = _metrics(checked.vs_original)
-        if self._vfeeds.labels is not None:
-            pr.vs_original.accuracy = accuracy(checked.stage.outputs, self._vfeeds.labels or [])
+        pr.notes.extend(checked.notes)
+        if self.verifier.feeds.labels is not None and not p.exact:
+            pr.vs_original.accuracy = self.verifier.accuracy(self.verifier.full(checked.stage))
         return checked.stage
 
     def _bisect(
-        self, p: Pass, stage: _Stage, result: PassResult, pr: PassReport, own: int
-    ) -> _Checked:
+        self, p: Pass, stage: Stage, result: PassResult, pr: PassReport, own: int
+    ) -> Checked:
         """Re-apply the pass on subsets of its sites; the report describes the model kept."""
 
         def trial(allowed: set[str]) -> Trial:
             res, cand = p.apply(stage.model, self._ctx(p, allowed))
             if not res.changed:
                 return Trial(None, "no-op", res)
-            checked = self._verify(cand, stage, p.exact)
+            checked = self._verify(cand, stage, p, speed=False)
             return Trial(checked if checked.stage is not None else None, checked.why, res)
 
         sites = result.sites
-        b = bisect_sites(sites, trial, MAX_BISECT_TRIALS)
+        b = bisect_sites(sites, trial, MAX_BISECT_TRIALS, MAX_BISECT_SECONDS)
         pr.dropped_sites = b.dropped
         if b.kept is None:
-            return _Checked(None, b.why)
+            return Checked(None, b.why)
+        if p.goal == "speed" and not self.allow_slower:
+            final = self._verify(b.kept.verdict.stage.model, stage, p)
+            if final.stage is None:
+                return final
         pr.details = dict(b.kept.result.details)
         pr.notes[own:] = b.kept.result.notes
         pr.rewrites = len(sites) - len(b.dropped)
         more = " …" if len(b.dropped) > 10 else ""
+        if b.budget_spent:
+            pr.notes.append(
+                f"bisection stopped after {b.trials} trials (its budget: "
+                f"{MAX_BISECT_TRIALS} trials, {MAX_BISECT_SECONDS:.0f} s); untried "
+                "sites were dropped"
+            )
         pr.notes.append(
             f"bisection kept {pr.rewrites} of {len(sites)} sites; "
             f"dropped {b.dropped[:10]}{more}: {b.why}"
@@ -405,61 +425,25 @@ class PassManager:
         return b.kept.verdict
 
     # ----------------------------------------------------------------------------------------
-    def _verify_work(self, work: Working, stage: _Stage) -> _Checked:
+    def _verify_work(self, work: Working, stage: Stage) -> Checked:
         """Export a batch's working copy and verify it as an exact candidate."""
         try:
             candidate = work.model()
         except Exception as e:
-            return _Checked(None, f"{type(e).__name__}: {first_line(e)}")
-        return self._verify(candidate, stage, exact=True)
+            return Checked(None, f"{type(e).__name__}: {first_line(e)}")
+        if self.progress:
+            self.progress.update(f"verifying on {len(self.verifier.exact_feeds)} runs", 0, 1)
+        return self.verifier.verify(candidate, stage, exact=True)
 
-    def _verify(self, candidate: onnx.ModelProto, stage: _Stage, exact: bool) -> _Checked:
-        """Check, run and compare ``candidate`` against the previous stage and the original."""
-        try:
-            inferred = structural_check(candidate)
-            # building the session (mostly one thread) may overlap the reference's runs, but
-            # two sessions never run at once: both would get half the cores
-            session = self.runner.session(candidate)
-            _ = self._ref
-            outputs = self.runner.run_session(session, self._vfeeds)
-        except OnnxoptError as e:
-            return _Checked(None, str(e))
-        except Exception as e:
-            return _Checked(None, f"{type(e).__name__}: {first_line(e)}")
-        why, cmp_prev, cmp_orig = self._judge(outputs, stage, exact)
-        if why:
-            self.runner.forget(session)  # a rejected candidate's session is never run again
-            return _Checked(None, why, cmp_prev, cmp_orig)
-        summary = ModelSummary.of(candidate, inferred)
-        new = _Stage(candidate, outputs, summary, stage.lossy or not exact)
-        return _Checked(new, "", cmp_prev, cmp_orig)
-
-    def _judge(
-        self, outputs: Runs, stage: _Stage, exact: bool
-    ) -> tuple[str, Comparison, Comparison]:
-        """("" or why the candidate's outputs fail, vs previous stage, vs original)."""
-        from_original = stage.outputs is self._ref  # then one comparison serves both
-        cmp_prev = compare(stage.outputs, outputs)
-        cmp_orig = cmp_prev if from_original else compare(self._ref, outputs)
-        if exact:
-            v = self.exact.check(stage.outputs, outputs)
-            if not v:
-                return "outputs changed: " + v.reason, cmp_prev, cmp_orig
-        if stage.lossy or not exact:
-            acc = None
-            if self._vfeeds.labels is not None:
-                acc = (
-                    accuracy(self._ref, self._vfeeds.labels or []),
-                    accuracy(outputs, self._vfeeds.labels or []),
-                )
-            v = (self.budget or Budget()).check(cmp_orig, acc)
-            if not v:
-                return "over budget: " + v.reason, cmp_prev, cmp_orig
-        elif not from_original:
-            v = self.exact.check(self._ref, outputs)
-            if not v:
-                return "drifted from the original: " + v.reason, cmp_prev, cmp_orig
-        return "", cmp_prev, cmp_orig
+    def _verify(
+        self, candidate: onnx.ModelProto, stage: Stage, p: Pass, speed: bool = True
+    ) -> Checked:
+        """Verify one pass's candidate (and time it, for a lossy pass made for speed)."""
+        v = self.verifier
+        if self.progress:
+            n = len(v.exact_feeds) if p.exact else len(v.feeds)
+            self.progress.update(f"verifying {p.name} on {n} runs", 0, 1)
+        return v.verify(candidate, stage, p.exact, speed=speed and p.goal == "speed")
 
 
 def _metrics(c: Comparison | None) -> Metrics:

@@ -54,6 +54,10 @@ class PipelineReport:
     accuracy_final: float | None = None
     final_vs_original: Metrics = field(default_factory=Metrics)
     notes: list[str] = field(default_factory=list)
+    #: the output accuracy and top-1 were read from
+    metric_output: str | None = None
+    #: how many verification runs exact and lossy passes were checked on
+    verified_on: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[PassReport]:

@@ -200,7 +200,7 @@ def _random_input(
 def _runs_ok(model: onnx.ModelProto, run: dict[str, np.ndarray]) -> str:
     """ "" when the model runs on ``run`` (or cannot be judged: a model onnxruntime cannot load
     fails later with its own error), else the first line of onnxruntime's error."""
-    from onnxopt.verify import Runner
+    from onnxopt.runner import Runner
 
     runner = Runner(quiet=True)
     try:

@@ -4,9 +4,11 @@ model and batch, in this process or in a fresh one (:mod:`onnxopt.bench_worker`)
 
 from __future__ import annotations
 
+import math
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -124,3 +126,108 @@ def measure(
 
 
 # --------------------------------------------------------------------------- API
+
+
+def model_session(model: Any, *, threads: int = 2, optimization: str = "all") -> Any:
+    """A timing session of a ModelProto (weights given as in-memory initializers, so models
+    above 2 GB need no file), with :func:`session_options`."""
+    from onnxopt.runner import build_session, split_weights
+
+    structure, names, arrays = split_weights(model)
+    return build_session(structure, names, arrays, session_options(threads, optimization))
+
+
+@dataclass
+class Race:
+    """Two models timed in interleaved rounds on the same input (latencies in ms).
+
+    Attributes:
+        a_ms, b_ms: median latency of each over every timed run.
+        rounds: how many rounds; in each, both models ran ``per_round`` timed runs.
+        b_wins: the rounds in which b's median was below a's.
+    """
+
+    a_ms: float
+    b_ms: float
+    rounds: int
+    b_wins: int
+    threads: int
+
+    @property
+    def ratio(self) -> float:
+        return self.b_ms / self.a_ms if self.a_ms > 0 else float("inf")
+
+    @property
+    def p_value(self) -> float:
+        """One-sided sign test: the chance of ``b_wins`` or more wins if neither is faster."""
+        n, k = self.rounds, self.b_wins
+        return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+
+    @property
+    def b_faster(self) -> bool:
+        """b is faster beyond noise: a lower median and a sign test at 5 %."""
+        return self.ratio < 0.99 and self.p_value < 0.05
+
+    def describe(self) -> str:
+        return (
+            f"{self.b_ms:.3g} ms vs {self.a_ms:.3g} ms ({self.ratio:.2f}x; b faster in "
+            f"{self.b_wins} of {self.rounds} interleaved rounds, ORT_ENABLE_ALL, "
+            f"{self.threads} threads)"
+        )
+
+
+def _settled(
+    times: dict[int, list[float]],
+    rounds: int,
+    wins: int,
+    min_rounds: int,
+    seconds: float,
+    elapsed: float,
+) -> bool:
+    """Stop after ``min_rounds`` and ``seconds``, unless b looks faster but the sign test is
+    not yet sure (then go on, up to three times ``seconds``)."""
+    if rounds < min_rounds or elapsed < seconds:
+        return False
+    r = Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, 0)
+    unsure = r.ratio < 0.99 and 0.05 <= r.p_value < 0.5
+    return not unsure or elapsed > 3 * seconds
+
+
+def race(
+    a: Any,
+    b: Any,
+    feed: dict[str, np.ndarray],
+    *,
+    threads: int = 2,
+    seconds: float = 2.0,
+    min_rounds: int = 10,
+    max_rounds: int = 40,
+    per_round: int = 5,
+) -> Race:
+    """Time ModelProtos ``a`` and ``b`` on ``feed`` in interleaved rounds (order alternating,
+    one untimed run first in each), for at least ``min_rounds`` and about ``seconds`` (longer,
+    up to ``max_rounds``, while b looks faster but not yet beyond noise)."""
+    sa, sb = model_session(a, threads=threads), model_session(b, threads=threads)
+    for s in (sa, sb):
+        for _ in range(3):
+            s.run(None, feed)
+    times: dict[int, list[float]] = {0: [], 1: []}
+    wins = rounds = 0
+    start = time.perf_counter()
+    while rounds < max_rounds and not _settled(
+        times, rounds, wins, min_rounds, seconds, time.perf_counter() - start
+    ):
+        med = {}
+        for k in (0, 1) if rounds % 2 == 0 else (1, 0):
+            s = (sa, sb)[k]
+            s.run(None, feed)
+            lat = []
+            for _ in range(per_round):
+                t = time.perf_counter_ns()
+                s.run(None, feed)
+                lat.append((time.perf_counter_ns() - t) / 1e6)
+            times[k] += lat
+            med[k] = float(np.median(lat))
+        wins += med[1] < med[0]
+        rounds += 1
+    return Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, threads)

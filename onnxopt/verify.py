@@ -1,138 +1,30 @@
-"""Run models in onnxruntime and compare outputs, Polygraphy-style.
+"""Compare model outputs, Polygraphy-style (the runs come from :mod:`onnxopt.runner`).
 
-- :class:`Runner` builds CPU sessions (graph optimizations off by default, so a reference is the
-  literal graph), caches them by model bytes, and runs a :class:`~onnxopt.data.Feeds`.
 - :func:`compare` gives per-output statistics: max / mean / p99 of absolute and relative error,
-  cosine similarity, and top-1 agreement for class scores.
+  cosine similarity, top-1 agreement for class scores, and agreement for label outputs.
 - :class:`Exact` is the fixed per-dtype tolerance for exact passes:
-  ``|a - b| <= atol * scale + rtol * |b|`` with ``scale = max(1, max|b|)`` (b = reference).
-  On a failure it reports the smallest (atol, rtol) that would have passed.
+  ``|a - b| <= max(atol * scale + rtol * |b|, k * noise)`` with ``scale = max(1, max|b|)``
+  (b = reference). ``noise`` is the model's own float noise on that output, when measured: the
+  largest difference between onnxruntime's run of the reference with graph optimizations on and
+  off (its fusions reorder float arithmetic as a graph rewrite does); ``k`` is
+  ``defaults.NOISE_FACTOR``. On a failure it reports the smallest (atol, rtol) that would pass.
 - :class:`Budget` is the user's lossy budget (cosine, max abs error, top-1 agreement, accuracy).
+- :func:`metric_output` picks the output that holds the scores (or labels) a metric reads.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
-from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import onnx
 
-from onnxopt.data import Feeds
-from onnxopt.defaults import EXACT_ATOL, EXACT_RTOL, MIN_COSINE
-from onnxopt.errors import ModelError, first_line
+from onnxopt.defaults import EXACT_ATOL, EXACT_RTOL, MIN_COSINE, NOISE_FACTOR
+from onnxopt.errors import OptionError
+from onnxopt.runner import Runs
 
 logger = logging.getLogger(__name__)
-
-Runs = list[dict[str, np.ndarray]]
-
-
-class Runner:
-    """onnxruntime CPU sessions with a small LRU cache keyed by the model's bytes."""
-
-    def __init__(self, *, threads: int = 0, cache_size: int = 2, quiet: bool = False) -> None:
-        self.threads = threads
-        self.cache_size = cache_size
-        #: onnxruntime logs nothing (for probing runs that are expected to fail)
-        self.quiet = quiet
-        self._sessions: OrderedDict[tuple[str, bool], Any] = OrderedDict()
-
-    def session(self, model: onnx.ModelProto, *, optimized: bool = False) -> Any:
-        import onnxruntime as ort
-
-        structure, names, arrays = _split_weights(model)
-        key = (hashlib.sha1(structure).hexdigest(), optimized)
-        for cached_key, cached in self._sessions.items():
-            # the weights are hashed only when the structure matches a cached session
-            if cached_key == key and _same_weights(cached._onnxopt_weights[0], arrays):
-                self._sessions.move_to_end(cached_key)
-                return cached
-        so = ort.SessionOptions()
-        so.graph_optimization_level = (
-            ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            if optimized
-            else ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        )
-        so.log_severity_level = 4 if self.quiet else 3
-        # a verification session runs a handful of times: packing every GEMM weight up front
-        # costs more (0.3 s and a copy of the weights on BERT-base) than it saves over the runs
-        so.add_session_config_entry("session.disable_prepacking", "1")
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        # The weights go to onnxruntime as in-memory initializers rather than inside the
-        # serialized proto: on a 400 MB model this skips a full SerializeToString (and
-        # onnxruntime's parse of it), and models above protobuf's 2 GB limit need no temp file.
-        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
-        if names:
-            so.add_external_initializers(names, values)
-        try:
-            sess = ort.InferenceSession(structure, so, providers=["CPUExecutionProvider"])
-        except Exception as e:
-            msg = first_line(e)
-            raise ModelError(f"onnxruntime cannot load the model: {msg}") from e
-        sess._onnxopt_weights = (arrays, values)  # onnxruntime uses this memory; keep it alive
-        self._sessions.pop(key, None)
-        self._sessions[key] = sess
-        while len(self._sessions) > self.cache_size:
-            self._sessions.popitem(last=False)
-        return sess
-
-    def run(self, model: onnx.ModelProto, feeds: Feeds, *, optimized: bool = False) -> Runs:
-        """Run every feed; returns one {output_name: array} per run."""
-        return self.run_session(self.session(model, optimized=optimized), feeds)
-
-    def run_session(self, sess: Any, feeds: Feeds) -> Runs:
-        """Run every feed through a session from :meth:`session`."""
-        import onnxruntime as ort
-
-        names = [o.name for o in sess.get_outputs()]
-        opts = ort.RunOptions()
-        opts.log_severity_level = 4 if self.quiet else 3
-        out: Runs = []
-        for run in feeds.runs:
-            try:
-                values = sess.run(names, run, opts)
-            except Exception as e:
-                msg = first_line(e)
-                raise ModelError(f"onnxruntime failed to run the model: {msg}") from e
-            out.append(dict(zip(names, values)))
-        return out
-
-    def clear(self) -> None:
-        self._sessions.clear()
-
-    def forget(self, session: Any) -> None:
-        """Drop ``session`` from the cache (and with it the weights it holds)."""
-        for key, cached in list(self._sessions.items()):
-            if cached is session:
-                del self._sessions[key]
-
-
-def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
-    return len(a) == len(b) and all(
-        x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b)
-    )
-
-
-def _split_weights(model: onnx.ModelProto) -> tuple[bytes, list[str], list[np.ndarray]]:
-    """(serialized model whose large initializers are external stubs, their names, arrays)."""
-    from onnx import numpy_helper
-
-    from onnxopt.model import light_model
-
-    shell = light_model(model, stubs=True)
-    stubbed = {
-        t.name for t in shell.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-    }
-    names, arrays = [], []
-    for t in model.graph.initializer:
-        if t.name in stubbed:
-            names.append(t.name)
-            arrays.append(np.ascontiguousarray(numpy_helper.to_array(t)))
-    return shell.SerializeToString(), names, arrays
 
 
 # --------------------------------------------------------------------------------------------
@@ -218,6 +110,10 @@ def compare_arrays(name: str, refs: list[np.ndarray], cands: list[np.ndarray]) -
     if dtype.kind not in "fc":
         equal = all(np.array_equal(r, c) for r, c in zip(refs, cands))
         st.exact_equal = equal
+        if all(np.asarray(x).ndim == 1 for x in refs) and dtype.kind in "iub":
+            st.top1 = float(
+                np.concatenate([np.asarray(r) == np.asarray(c) for r, c in zip(refs, cands)]).mean()
+            )
         if not equal:
             diffs = [
                 np.abs(np.asarray(r, np.float64) - np.asarray(c, np.float64)).max(initial=0)
@@ -311,7 +207,11 @@ class Exact:
     def tol(self, dtype: str) -> Tol:
         return self.tolerances.get(dtype, self.tolerances[""])
 
-    def check(self, reference: Runs, candidate: Runs) -> Verdict:
+    def check(
+        self, reference: Runs, candidate: Runs, noise: dict[str, float] | None = None
+    ) -> Verdict:
+        """Every output of ``candidate`` within tolerance of ``reference``; ``noise`` (per
+        output) widens the tolerance to ``NOISE_FACTOR`` times the model's own float noise."""
         reasons: list[str] = []
         if not reference:
             return Verdict(True)
@@ -321,12 +221,14 @@ class Exact:
                 continue
             refs = [np.asarray(r[name]) for r in reference]
             cands = [np.asarray(c[name]) for c in candidate]
-            why = self._check_output(name, refs, cands)
+            why = self._check_output(name, refs, cands, (noise or {}).get(name, 0.0))
             if why:
                 reasons.append(why)
         return Verdict(not reasons, reasons)
 
-    def _check_output(self, name: str, refs: list[np.ndarray], cands: list[np.ndarray]) -> str:
+    def _check_output(
+        self, name: str, refs: list[np.ndarray], cands: list[np.ndarray], noise: float = 0.0
+    ) -> str:
         for r, c in zip(refs, cands):
             if r.shape != c.shape:
                 return f"'{name}': shape {list(c.shape)} != {list(r.shape)}"
@@ -351,7 +253,7 @@ class Exact:
                 continue
             scale = max(1.0, float(np.abs(r64).max()))
             diff = np.abs(r64 - c64)
-            allowed = t.atol * scale + t.rtol * np.abs(r64)
+            allowed = np.maximum(t.atol * scale + t.rtol * np.abs(r64), NOISE_FACTOR * noise)
             if (diff > allowed).any():
                 bad = True
             need_atol = max(need_atol, float(((diff - t.rtol * np.abs(r64)).max()) / scale))
@@ -359,8 +261,9 @@ class Exact:
                 need_rtol, float(((diff - t.atol * scale) / np.maximum(np.abs(r64), 1e-30)).max())
             )
         if bad:
+            floor = f" and {NOISE_FACTOR}x its float noise {noise:.3g}" if noise else ""
             return (
-                f"'{name}': exceeds rtol={t.rtol:g} atol={t.atol:g} "
+                f"'{name}': exceeds rtol={t.rtol:g} atol={t.atol:g}{floor} "
                 f"(would pass with atol>={need_atol:.3g} or rtol>={need_rtol:.3g})"
             )
         return ""
@@ -433,12 +336,37 @@ class Budget:
         return ", ".join(parts) or "none"
 
 
+def metric_output(run: dict[str, np.ndarray], output: str | None = None) -> str:
+    """The output metrics read: ``output`` when given, else the first that holds class scores
+    (float, rank >= 2, more than one class), else the first integer label vector, else the
+    first output."""
+    if output is not None:
+        if output not in run:
+            raise OptionError(f"--metric-output {output!r}: the model's outputs are {list(run)}")
+        return output
+    for name, a in run.items():
+        if _looks_like_scores(np.asarray(a)):
+            return name
+    for name, a in run.items():
+        a = np.asarray(a)
+        if a.dtype.kind in "iu" and a.ndim == 1:
+            return name
+    return next(iter(run))
+
+
 def accuracy(runs: Runs, labels: list[np.ndarray], output: str | None = None) -> float:
-    """Top-1 accuracy in percent of the first (or named) output against labels."""
+    """Top-1 accuracy in percent against ``labels``, read from :func:`metric_output` (argmax of
+    scores; an integer label output is compared as it is)."""
+    if not runs:
+        return 0.0
+    name = metric_output(runs[0], output)
     preds, ys = [], []
     for run, lab in zip(runs, labels):
-        scores = run[output] if output else next(iter(run.values()))
-        preds.append(np.argmax(scores.reshape(scores.shape[0], -1), axis=-1))
+        out = np.asarray(run[name])
+        if out.dtype.kind in "iu" and out.ndim == 1:
+            preds.append(out)
+        else:
+            preds.append(np.argmax(out.reshape(out.shape[0], -1), axis=-1))
         ys.append(np.asarray(lab).reshape(-1))
     p, y = np.concatenate(preds), np.concatenate(ys)
     return float((p == y).mean() * 100.0)

@@ -90,6 +90,24 @@ MaxAccuracyDropOpt = Annotated[
 ]  # noqa: E501
 
 
+AllowSlowerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-slower",
+        help="Keep int8 / pruning even when the model is not faster than its input (by default "
+        "such a pass is rolled back: median of interleaved runs, 2 threads).",
+    ),
+]
+MetricOutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metric-output",
+        help="The output accuracy and top-1 read (default: the one holding class scores; an "
+        "integer label output is compared as it is).",
+    ),
+]
+
+
 class RichProgress:
     """A ProgressSink drawing rich progress bars on stderr."""
 
@@ -244,15 +262,23 @@ def run_and_report(
     options: dict | None = None,
     title: str | None = None,
     calib_data: Path | None = None,
+    **settings: Any,
 ):
     """Load, run the passes (names or instances) with verification, print the report and
-    write the model and the JSON report atomically. Returns (model, report)."""
+    write the model and the JSON report atomically. ``settings`` go to the PassManager
+    (``allow_slower``, ``metric_output``). Returns (model, report)."""
     from onnxopt.cli.render import render
     from onnxopt.passes.registry import manager
 
     model = load_model(model_path)
     pm = manager(
-        passes, budget=budget, target=target, strict=strict, options=options, progress=progress()
+        passes,
+        budget=budget,
+        target=target,
+        strict=strict,
+        options=options,
+        progress=progress(),
+        **settings,
     )
     feeds = feeds_for(model, data, shape, int_range, batch)
     calib = feeds_for(model, calib_data, shape, int_range, batch) if calib_data else None

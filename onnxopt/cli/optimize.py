@@ -9,12 +9,14 @@ from typing import Annotated
 import typer
 
 from onnxopt.cli.common import (
+    AllowSlowerOpt,
     BatchOpt,
     CalibOpt,
     DataOpt,
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
     PassesOpt,
@@ -46,6 +48,8 @@ def optimize_cmd(
     max_abs_err: MaxAbsErrOpt = None,
     min_top1_agreement: MinTop1AgreementOpt = None,
     max_accuracy_drop: MaxAccuracyDropOpt = None,
+    allow_slower: AllowSlowerOpt = False,
+    metric_output: MetricOutputOpt = None,
 ) -> None:
     """Run passes (default: every exact pass), each verified in onnxruntime or rolled back."""
     budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
@@ -62,6 +66,8 @@ def optimize_cmd(
         target=target,
         budget=budget,
         calib_data=calib_data,
+        allow_slower=allow_slower,
+        metric_output=metric_output,
     )
 
 

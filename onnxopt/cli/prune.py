@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onnxopt.cli.common import (
+    AllowSlowerOpt,
     BatchOpt,
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
     ReportOpt,
@@ -261,6 +263,8 @@ def prune_cmd(
     report: ReportOpt = None,
     strict: StrictOpt = False,
     latency: LatencyOpt = True,
+    allow_slower: AllowSlowerOpt = False,
+    metric_output: MetricOutputOpt = None,
 ) -> None:
     """Remove whole channels (and attention heads) from coupled layers; refit on data."""
     config = prune_config(
@@ -289,6 +293,8 @@ def prune_cmd(
         budget=budget,
         title="onnxopt prune",
         calib_data=calib_data,
+        allow_slower=allow_slower,
+        metric_output=metric_output,
     )
     pr = [p for p in rep.passes if p.name == "prune"]
     if pr and pr[-1].kept and pr[-1].details:

@@ -8,10 +8,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from onnxopt.cli.common import (
+    AllowSlowerOpt,
     BatchOpt,
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
     ReportOpt,
@@ -142,6 +144,8 @@ def quantize_cmd(
     max_accuracy_drop: MaxAccuracyDropOpt = None,
     report: ReportOpt = None,
     strict: StrictOpt = False,
+    allow_slower: AllowSlowerOpt = False,
+    metric_output: MetricOutputOpt = None,
 ) -> None:
     """Quantize a model to int8 (static with calibration data, or dynamic)."""
     from onnxopt.cli.common import run_and_report
@@ -171,6 +175,8 @@ def quantize_cmd(
         strict=strict,
         budget=budget,
         title=f"onnxopt quantize ({mode})",
+        allow_slower=allow_slower,
+        metric_output=metric_output,
     )
     quant = [p for p in rep.passes if p.name.startswith("quantize")]
     if strict and quant and quant[-1].status != "kept":

@@ -47,7 +47,8 @@ def verify_cmd(
     """Run two models on the same inputs and compare every output. Exit 1 if they differ."""
     from onnxopt.data import check_feeds
     from onnxopt.model import load_model
-    from onnxopt.verify import Exact, Runner, accuracy, compare
+    from onnxopt.runner import Runner
+    from onnxopt.verify import Exact, accuracy, compare
 
     a, b = load_model(model_a), load_model(model_b)
     feeds = feeds_for(a, data, shape, int_range, batch)

@@ -155,7 +155,8 @@ def check_parity(
     import torch
 
     from onnxopt.data import Feeds
-    from onnxopt.verify import Exact, Runner, Tol
+    from onnxopt.runner import Runner
+    from onnxopt.verify import Exact, Tol
 
     ref = Runner().run(model, Feeds(runs))
     was_training = module.training

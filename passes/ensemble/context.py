@@ -14,7 +14,7 @@ from onnxopt.data import Feeds, load_feeds
 from onnxopt.errors import OptionError
 from onnxopt.passes.ensemble.config import MergeConfig
 from onnxopt.passes.ensemble.harmonize import Member
-from onnxopt.verify import Runner, Runs
+from onnxopt.runner import Runner, Runs
 
 #: the numpy combination of the members' runs the merged graph must reproduce:
 #: ``reference(member_runs, feeds) -> runs`` (member runs are None in serial mode)

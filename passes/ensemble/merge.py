@@ -61,8 +61,8 @@ from onnxopt.passes.ensemble.modes import (
 )
 from onnxopt.passes.ensemble.serial import plan_serial, serial_outputs
 from onnxopt.passes.ensemble.verify import live, verify
+from onnxopt.runner import Runner, Runs
 from onnxopt.summary import ModelSummary
-from onnxopt.verify import Runner, Runs
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from onnxopt.passes.ensemble.harmonize import (
     value_info_like,
 )
 from onnxopt.passes.ensemble.modes import Head
-from onnxopt.verify import Runs
+from onnxopt.runner import Runs
 
 
 def plan_serial(

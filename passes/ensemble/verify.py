@@ -19,8 +19,9 @@ from onnxopt.errors import ModelError
 from onnxopt.passes.ensemble.cascade import ancestors, reads
 from onnxopt.passes.ensemble.context import MergeContext, Reference
 from onnxopt.passes.ensemble.modes import np_confidence
+from onnxopt.runner import Runs
 from onnxopt.synth import get_feeds
-from onnxopt.verify import Exact, Runs, accuracy
+from onnxopt.verify import Exact, accuracy
 
 
 def live(

@@ -33,6 +33,7 @@ class Prune(Pass):
 
     name = "prune"
     exact = False
+    goal = "speed"
     summary = "structured channel pruning with ridge reconstruction"
     tags = ("prune",)
     needs_model = True

@@ -62,7 +62,7 @@ def run_with_outputs(
     model), and a tensor whose per-run values are in ``known`` is fed rather than computed, so
     the backward walk stops there.
     """
-    from onnxopt.verify import Runner
+    from onnxopt.runner import Runner
 
     graph_inputs = {i.name for i in model.graph.input}
     have = set(known[0]) - graph_inputs if known else set()

@@ -29,6 +29,7 @@ class QuantizeDynamic(Pass):
 
     name = "quantize-dynamic"
     exact = False
+    goal = "speed"
     summary = "int8 weights with dynamic activation quantization for MatMul/Gemm"
     tags = ("quantize",)
     opset_wanted = 13

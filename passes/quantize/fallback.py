@@ -18,7 +18,8 @@ import numpy as np
 import onnx
 
 from onnxopt.data import Feeds
-from onnxopt.verify import Runner, accuracy, compare
+from onnxopt.runner import Runner
+from onnxopt.verify import accuracy, compare
 
 logger = logging.getLogger(__name__)
 

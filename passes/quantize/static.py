@@ -48,6 +48,7 @@ class QuantizeInt8(Pass):
 
     name = "quantize-int8"
     exact = False
+    goal = "speed"
     summary = "static int8 QDQ quantization with calibration and accuracy-aware fallback"
     tags = ("quantize",)
     needs_model = True
@@ -225,7 +226,8 @@ class QuantizeInt8(Pass):
         """Return the most sensitive sites to float until ``ctx.budget`` holds.
 
         Returns (model, kept sites, notes, one row per float site)."""
-        from onnxopt.verify import Runner, accuracy
+        from onnxopt.runner import Runner
+        from onnxopt.verify import accuracy
 
         runner = ctx.runner if ctx.runner is not None else Runner()
         feeds = ctx.feeds.subset(self.config.fallback_runs)

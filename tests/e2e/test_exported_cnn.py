@@ -8,8 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from onnxopt import optimize
+from onnxopt.runner import Runner
 from onnxopt.summary import ModelSummary
-from onnxopt.verify import Exact, Runner
+from onnxopt.verify import Exact
 
 
 def residual_cnn():

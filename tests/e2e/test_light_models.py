@@ -36,7 +36,11 @@ PRUNED = {"resnet50", "densenet121", "inception_v1", "inception_v2", "squeezenet
 @pytest.mark.parametrize("name", MODELS)
 def test_light_model_pipeline(name: str) -> None:
     model = onnx.load(LIGHT / f"light_{name}.onnx")
-    pm = manager(["cleanup", "fusion", "prune", "quantize-int8"], options={"prune": {"ratio": 0.3}})
+    pm = manager(
+        ["cleanup", "fusion", "prune", "quantize-int8"],
+        options={"prune": {"ratio": 0.3}},
+        allow_slower=True,  # whether every pass is kept and correct; speed is gated elsewhere
+    )
     out, rep = pm.run(model, synthesize(model, runs=4))
     status = {p.name: p.status for p in rep.passes}
     failed = {p.name: p.reason for p in rep.passes if p.status in ("rolled back", "error")}

@@ -17,10 +17,14 @@ def _model(text: str):
 
 
 def test_gather_table_bounds_token_ids_and_shared_dim_names():
-    m = _model("""g (int64[B,S] ids, int64[B,S] mask) => (float[B,S,4] y) {
-        table = Constant <value = float[50,4] {""" + ",".join(["1.0"] * 200) + """}> ()
+    m = _model(
+        """g (int64[B,S] ids, int64[B,S] mask) => (float[B,S,4] y) {
+        table = Constant <value = float[50,4] {"""
+        + ",".join(["1.0"] * 200)
+        + """}> ()
         y = Gather(table, ids)
-    }""")
+    }"""
+    )
     f = synthesize(m, runs=4)
     assert all(r["ids"].max() < 50 and r["ids"].min() >= 0 for r in f.runs)
     assert all(r["mask"].max() < 2 for r in f.runs)
@@ -30,10 +34,14 @@ def test_gather_table_bounds_token_ids_and_shared_dim_names():
 
 
 def test_dims_pinned_by_a_constant_weight():
-    m = _model("""g (float[N,F] x) => (float[N,3] y) {
-        w = Constant <value = float[7,3] {""" + ",".join(["0.5"] * 21) + """}> ()
+    m = _model(
+        """g (float[N,F] x) => (float[N,3] y) {
+        w = Constant <value = float[7,3] {"""
+        + ",".join(["0.5"] * 21)
+        + """}> ()
         y = MatMul(x, w)
-    }""")
+    }"""
+    )
     f = synthesize(m, runs=2)
     assert [r["x"].shape for r in f.runs] == [(1, 7), (2, 7)]
 

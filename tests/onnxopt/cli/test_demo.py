@@ -26,12 +26,20 @@ def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Traceback" not in r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
-    status = {p["name"]: p["status"] for p in report["passes"]}
-    assert status["quantize-int8"] == "kept" and status["prune"] == "kept"
+    passes = {p["name"]: p for p in report["passes"]}
+    # a lossy pass is kept within the budget, or rolled back for a stated reason: over the
+    # budget, or a model no faster than its input (which pass pays on this tiny model depends
+    # on the machine; the speed gate is tested on its own)
+    for name in ("prune", "quantize-int8"):
+        p = passes[name]
+        assert p["status"] in ("kept", "rolled back"), p
+        if p["status"] == "rolled back":
+            assert p["reason"].startswith(("not faster", "over budget")), p["reason"]
     assert report["accuracy_final"] >= report["accuracy_original"] - 1.0  # the demo's budget
     model = onnx.load(out / "digits_cnn.opt.onnx")
     onnx.checker.check_model(model)
-    assert any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    quantized = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    assert quantized == (passes["quantize-int8"]["status"] == "kept")
     data = np.load(EXAMPLES / "digits_test.npz")
     sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = sess.get_inputs()[0].name

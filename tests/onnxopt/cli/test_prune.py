@@ -55,6 +55,7 @@ def test_prune_writes_model(tmp_path):
             str(data),
             "--min-cosine",
             "0.5",
+            "--allow-slower",
         ],
         env={"COLUMNS": "200"},
     )

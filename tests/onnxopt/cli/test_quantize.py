@@ -51,6 +51,7 @@ def test_cli_quantize_with_typer_app(tmp_path) -> None:
         app,
         [
             "quantize",
+            "--allow-slower",
             str(p),
             "-o",
             str(out),
@@ -95,6 +96,7 @@ def test_cli_dynamic_and_static_subprocess(tmp_path) -> None:
             "-m",
             "onnxopt",
             "quantize",
+            "--allow-slower",
             str(p),
             "-o",
             str(out),

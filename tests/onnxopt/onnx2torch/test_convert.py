@@ -18,7 +18,7 @@ from onnxopt.onnx2torch.convert import (
     to_torch,
     write_back,
 )
-from onnxopt.verify import Runner
+from onnxopt.runner import Runner
 
 HEAD = '<ir_version: 8, opset_import: ["": {opset}]>\n'
 

@@ -8,7 +8,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt.data import Feeds
-from onnxopt.verify import Runner
+from onnxopt.runner import Runner
 
 #: a short, fast training run
 FAST = {"epochs": 15, "lr": 1e-2, "batch_size": 32, "temperature": 2.0}

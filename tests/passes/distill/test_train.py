@@ -12,7 +12,7 @@ from onnxopt.data import Feeds
 from onnxopt.errors import OptionError
 from onnxopt.passes.distill.config import DistillConfig
 from onnxopt.passes.distill.trainer import distill
-from onnxopt.verify import Runner
+from onnxopt.runner import Runner
 from tests.passes.distill.models import FAST, data, embedding_classifier, kl, mlp
 
 

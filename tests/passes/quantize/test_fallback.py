@@ -13,7 +13,8 @@ from onnxopt.data import Feeds
 from onnxopt.passes.quantize import QuantizeInt8
 from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.fallback import sqnr_db
-from onnxopt.verify import Budget, Runner, compare
+from onnxopt.runner import Runner
+from onnxopt.verify import Budget, compare
 
 RNG = np.random.default_rng(2)
 

@@ -97,7 +97,11 @@ def test_digits_resnet_int8_accuracy(tmp_path) -> None:
     model = onnx.load(str(path))
     name = model.graph.input[0].name
     calib = load_feeds({name: d["X_train"][:256], "labels": d["y_train"][:256]}, model)
-    pm = manager(["quantize-int8"], budget=Budget(min_cosine=0.99, max_accuracy_drop=0.5))
+    pm = manager(
+        ["quantize-int8"],
+        budget=Budget(min_cosine=0.99, max_accuracy_drop=0.5),
+        allow_slower=True,  # correctness here; the speed gate has its own tests
+    )
     out, report = pm.run(model, calib)
     assert report.passes[-1].status == "kept"
     q = tmp_path / "q.onnx"

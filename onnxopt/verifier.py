@@ -1,0 +1,226 @@
+"""Verification of candidates against the previous stage and the original.
+
+- Exact candidates run on at most ``exact_runs`` runs of the verification feeds (a prefix),
+  whatever the size of ``--data``: float noise does not grow with the number of samples, and
+  a rewrite that breaks an output does so on the first runs. Lossy candidates run on every run,
+  since the user's budget (accuracy drop, cosine) is a statistic over all of them. A stage's
+  outputs on every run are computed only when a lossy pass or the final accuracy needs them.
+- When an exact candidate fails the fixed tolerance, the previous stage's own float noise is
+  measured once (onnxruntime's run of it with graph optimizations on against off, on the same
+  runs) and the candidate may differ by up to ``NOISE_FACTOR`` times that noise: a graph rewrite
+  is not held to a tighter standard than the runtime's own fusions.
+- A lossy pass that exists to make the model faster (``Pass.goal == "speed"``) must also be
+  faster than the previous stage beyond noise (:func:`onnxopt.timing.race`), unless the user
+  allows slower models.
+"""
+
+from __future__ import annotations
+
+import logging
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxopt.data import Feeds
+from onnxopt.defaults import NOISE_FACTOR
+from onnxopt.errors import OnnxoptError, first_line
+from onnxopt.model import structural_check
+from onnxopt.runner import Runner, Runs
+from onnxopt.summary import ModelSummary
+from onnxopt.verify import Budget, Comparison, Exact, accuracy, compare
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Stage:
+    """A verified model: the original, or the result of the last kept pass.
+
+    Attributes:
+        model: the model.
+        summary: what it is made of.
+        lossy: whether a lossy pass was kept on the way here.
+        full: its outputs on every verification run, once computed.
+        noise: its per-output float noise, once measured.
+    """
+
+    model: onnx.ModelProto
+    _outputs: Runs | Future
+    summary: ModelSummary
+    lossy: bool = False
+    full: Runs | None = None
+    noise: dict[str, float] | None = None
+
+    @property
+    def outputs(self) -> Runs:
+        """Outputs on the exact-verification runs (the original's may still be computing)."""
+        if isinstance(self._outputs, Future):
+            self._outputs = self._outputs.result()
+        return self._outputs
+
+
+@dataclass
+class Checked:
+    """A candidate's verification: the new stage (None when it failed), why it failed, its
+    comparisons with the previous stage and the original, and notes (noise floor, latency)."""
+
+    stage: Stage | None
+    why: str = ""
+    vs_previous: Comparison | None = None
+    vs_original: Comparison | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class Verifier:
+    """Runs and judges candidates for a :class:`~onnxopt.pipeline.PassManager`.
+
+    Args:
+        runner: onnxruntime sessions (shared with the passes).
+        feeds: every verification run.
+        exact_runs: how many runs exact candidates are verified on.
+        budget: the user's budget against the original, for lossy candidates.
+        metric_output: the output accuracy reads (None: the one holding scores).
+        allow_slower: keep a lossy speed pass's candidate even if it is not faster.
+    """
+
+    def __init__(
+        self,
+        runner: Runner,
+        feeds: Feeds,
+        *,
+        exact_runs: int | None,
+        budget: Budget | None,
+        metric_output: str | None = None,
+        allow_slower: bool = False,
+    ) -> None:
+        self.runner = runner
+        self.feeds = feeds
+        self.exact_feeds = feeds.subset(exact_runs) if exact_runs else feeds
+        self.budget = budget or Budget()
+        self.metric_output = metric_output
+        self.allow_slower = allow_slower
+        self.exact = Exact()
+        self.first: Stage | None = None
+
+    @property
+    def subset(self) -> bool:
+        return len(self.exact_feeds) < len(self.feeds)
+
+    @property
+    def ref(self) -> Runs:
+        """The original's outputs on the exact-verification runs."""
+        return self.first.outputs
+
+    def full(self, stage: Stage) -> Runs:
+        """``stage``'s outputs on every verification run (computed once)."""
+        if stage.full is None:
+            stage.full = (
+                stage.outputs if not self.subset else self.runner.run(stage.model, self.feeds)
+            )
+        return stage.full
+
+    def accuracy(self, outputs: Runs) -> float:
+        return accuracy(outputs, self.feeds.labels or [], self.metric_output)
+
+    # ------------------------------------------------------------------------------------
+    def verify(
+        self, candidate: onnx.ModelProto, stage: Stage, exact: bool, speed: bool = False
+    ) -> Checked:
+        """Check, run and compare ``candidate`` (exact: on the exact runs; lossy: on all)."""
+        feeds = self.exact_feeds if exact else self.feeds
+        try:
+            inferred = structural_check(candidate)
+            # building the session (mostly one thread) may overlap the reference's runs, but
+            # two sessions never run at once: both would get half the cores
+            session = self.runner.session(candidate)
+            _ = self.ref
+            outputs = self.runner.run_session(session, feeds)
+        except OnnxoptError as e:
+            return Checked(None, str(e))
+        except Exception as e:  # noqa: BLE001
+            return Checked(None, f"{type(e).__name__}: {first_line(e)}")
+        checked = self._judge_exact(outputs, stage) if exact else self._judge_lossy(outputs, stage)
+        if not checked.why and speed and not self.allow_slower:
+            checked = self._judge_speed(candidate, stage, checked)
+        if checked.why:
+            self.runner.forget(session)  # a rejected candidate's session is never run again
+            checked.stage = None
+            return checked
+        summary = ModelSummary.of(candidate, inferred)
+        head = outputs[: len(self.exact_feeds)]
+        checked.stage = Stage(
+            candidate, head, summary, stage.lossy or not exact, full=None if exact else outputs
+        )
+        return checked
+
+    def _judge_exact(self, outputs: Runs, stage: Stage) -> Checked:
+        """Within the exact tolerance (or the noise floor) of the previous stage, and of the
+        original while no lossy pass was kept (else within the budget)."""
+        from_original = stage.outputs is self.ref  # then one comparison serves both
+        cmp_prev = compare(stage.outputs, outputs)
+        cmp_orig = cmp_prev if from_original else compare(self.ref, outputs)
+        out = Checked(None, "", cmp_prev, cmp_orig)
+        v = self.exact.check(stage.outputs, outputs)
+        if not v:
+            noise = self.noise(stage)
+            v = self.exact.check(stage.outputs, outputs, noise)
+            if not v:
+                out.why = "outputs changed: " + v.reason
+                return out
+            out.notes.append(
+                f"within {NOISE_FACTOR}x the previous model's own float noise: "
+                + _noise_text(noise)
+            )
+        if stage.lossy:
+            return self._budget(out, outputs[: len(self.exact_feeds)], exact_runs=True)
+        if not from_original:
+            v = self.exact.check(self.ref, outputs, self.noise(self.first) if out.notes else None)
+            if not v:
+                out.why = "drifted from the original: " + v.reason
+        return out
+
+    def _judge_lossy(self, outputs: Runs, stage: Stage) -> Checked:
+        cmp_prev = compare(stage.outputs, outputs[: len(self.exact_feeds)])
+        out = Checked(None, "", cmp_prev, compare(self.full(self.first), outputs))
+        return self._budget(out, outputs, exact_runs=False)
+
+    def _budget(self, out: Checked, outputs: Runs, exact_runs: bool) -> Checked:
+        """The user's budget against the original (on the exact runs, or on all runs)."""
+        ref = self.ref if exact_runs else self.full(self.first)
+        cmp = out.vs_original if out.vs_original is not None else compare(ref, outputs)
+        acc = None
+        if self.feeds.labels is not None and not exact_runs:
+            acc = (self.accuracy(ref), self.accuracy(outputs))
+        v = self.budget.check(cmp, acc)
+        if not v:
+            out.why = "over budget: " + v.reason
+        return out
+
+    def _judge_speed(self, candidate: onnx.ModelProto, stage: Stage, out: Checked) -> Checked:
+        """A speed pass's candidate must be faster than the previous stage beyond noise."""
+        from onnxopt.timing import race
+
+        r = race(stage.model, candidate, self.exact_feeds.runs[0])
+        if r.b_faster:
+            out.notes.append("faster: " + r.describe())
+        else:
+            out.why = "not faster than its input: " + r.describe() + " (--allow-slower keeps it)"
+        return out
+
+    def noise(self, stage: Stage) -> dict[str, float]:
+        """``stage``'s float noise per output: max |optimizations on - off| (measured once)."""
+        if stage.noise is None:
+            try:
+                optimized = self.runner.run(stage.model, self.exact_feeds, optimized=True)
+                stats = compare(stage.outputs, optimized).outputs
+                stage.noise = {k: s.max_abs for k, s in stats.items() if s.max_abs < float("inf")}
+            except OnnxoptError as e:
+                logger.info("noise floor not measured: %s", e)
+                stage.noise = {}
+        return stage.noise
+
+
+def _noise_text(noise: dict[str, float]) -> str:
+    shown = ", ".join(f"'{k}' {v:.2g}" for k, v in list(noise.items())[:4])
+    return f"onnxruntime's optimizations on vs off differ by {shown}"
