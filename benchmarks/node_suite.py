@@ -243,26 +243,54 @@ def _line(e: BaseException) -> str:
     return first_line(e, 200)
 
 
-def onnxsim_refuses(case: Path) -> str:
-    """ "" when onnxsim simplifies the case with its defaults (no input given, as onnxopt is
-    called with --no-data), else why not. Runs in a subprocess: onnxsim may abort."""
-    code = (
-        "import sys, onnx, onnxsim; m = onnx.load(sys.argv[1]); "
-        "out, ok = onnxsim.simplify(m); sys.exit(0 if ok else 3)"
+class OnnxsimWorker:
+    """onnxsim in one long-lived subprocess (it may abort on a model: then it is restarted).
+
+    Each case is simplified with onnxsim's defaults and no input given, as onnxopt is called
+    with ``--no-data``; a case is refused when onnxsim raises, aborts or reports its check
+    failed.
+    """
+
+    CODE = (
+        "import sys, onnx, onnxsim\n"
+        "for line in sys.stdin:\n"
+        "    try:\n"
+        "        m, ok = onnxsim.simplify(onnx.load(line.strip()))\n"
+        "        print('ok' if ok else 'refused: check failed', flush=True)\n"
+        "    except Exception as e:\n"
+        "        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]\n"
+        "        print('refused: ' + type(e).__name__ + ': ' + msg, flush=True)\n"
     )
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-c", code, str(case / "model.onnx")],
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-    except subprocess.TimeoutExpired:
-        return "timeout"
-    if proc.returncode == 0:
-        return ""
-    lines = proc.stderr.strip().splitlines()
-    return (lines[-1] if lines else f"exit code {proc.returncode}")[:200]
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen | None = None
+
+    def refuses(self, case: Path) -> str:
+        """ "" when onnxsim simplifies ``case``, else why not."""
+        if self.proc is None or self.proc.poll() is not None:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", self.CODE],
+                text=True,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+            )
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        try:
+            self.proc.stdin.write(str(case / "model.onnx") + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline().strip()
+        except BrokenPipeError:
+            line = ""
+        if not line:
+            self.proc = None
+            return "onnxsim aborted"
+        return "" if line == "ok" else line.removeprefix("refused: ")
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
 
 
 def run_suite(
@@ -275,17 +303,20 @@ def run_suite(
     """Run every case; returns the JSON-ready summary (counts and per-case results)."""
     results: list[CaseResult] = []
     peer_refused: dict[str, str] = {}
+    worker = OnnxsimWorker() if peer else None
     t0 = time.perf_counter()
     for i, case in enumerate(cases):
         results.append(run_case(case, passes, no_data))
-        if peer and results[-1].status != "not_runnable":
-            why = onnxsim_refuses(case)
+        if worker is not None and results[-1].status != "not_runnable":
+            why = worker.refuses(case)
             if why:
                 peer_refused[case.name] = why
         if progress and (i + 1) % 100 == 0:
             print(
                 f"  {i + 1}/{len(cases)} cases, {time.perf_counter() - t0:.0f} s", file=sys.stderr
             )
+    if worker is not None:
+        worker.close()
     counts = Counter(r.status for r in results)
     summary = {
         "passes": passes,
