@@ -23,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassConfig, PassContext, PassResult
@@ -148,6 +149,28 @@ def _estimate_bytes(ts: TypeShape | None) -> int | None:
     return int(np.prod(ts.static_shape, dtype=np.int64)) * ts.dtype.itemsize
 
 
+def castlike_to_cast(graph: gs.Graph, ctx: PassContext, keys: bool = True) -> list[str]:
+    """``CastLike(x, like)`` -> ``Cast(x, to=dtype(like))`` where ``like``'s dtype is known.
+
+    Exact (CastLike is defined as that Cast), and it cuts the false dependency on ``like``: raw
+    torch exports write every Conv bias as ``Expand(CastLike(c, activation), shape)``, which only
+    becomes a constant once the CastLike no longer reads the activation.
+    """
+    facts, _ = infer_facts(graph)
+    sites = []
+    for node in graph.nodes:
+        if node.op != "CastLike" or node.domain not in STANDARD_DOMAINS or len(node.inputs) != 2:
+            continue
+        ts = facts.get(node.inputs[1].name)
+        if ts is None or ts.dtype is None or (keys and not ctx.allow(node.name)):
+            continue
+        node.op = "Cast"
+        node.inputs = node.inputs[:1]
+        node.attrs = {"to": int(onnx.helper.np_dtype_to_tensor_dtype(ts.dtype))}
+        sites.append(node.name)
+    return sites
+
+
 def fold(
     graph: gs.Graph,
     ctx: PassContext,
@@ -164,10 +187,11 @@ def fold(
         roots: when given, only fold nodes downstream of these tensor ids.
         keys: ask ``ctx.allow`` per frontier tensor (False when the caller already did).
     """
+    pinned = castlike_to_cast(graph, ctx, keys)
     plan = FoldPlan(graph, skip_ops, roots)
     notes = list(plan.notes)
     if not plan.frontier:
-        return [], notes
+        return pinned, notes
     facts, _ = infer_facts(graph)
     wanted: list[gs.Tensor] = []
     limit_of: dict[str, int] = {}
@@ -182,7 +206,7 @@ def fold(
         limit_of[t.name] = limit
         wanted.append(t)
     if not wanted:
-        return [], notes
+        return pinned, notes
     values, eval_notes = evaluate(graph, plan.cone(wanted), wanted)
     notes.extend(eval_notes)
     done: list[str] = []
@@ -208,7 +232,7 @@ def fold(
         done.append(t.name)
     if done:
         graph.cleanup(remove_unused_graph_inputs=False)
-    return done, notes
+    return pinned + done, notes
 
 
 @dataclass(frozen=True)

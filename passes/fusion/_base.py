@@ -74,9 +74,15 @@ def other_users(t: gs.Tensor, allowed: list[gs.Node]) -> list[gs.Node]:
 
 
 def shared_const_reason(t: gs.Tensor, node: gs.Node) -> str | None:
-    """Why constant ``t`` cannot be rewritten for ``node`` alone (shared), else None."""
+    """Why constant ``t`` cannot be rewritten for ``node`` alone (shared), else None.
+
+    Rewrites never edit a constant in place: they write a new one. A shared vector (a bias:
+    one dimension or fewer) is therefore no obstacle, as its copy is small; deduplicated biases
+    are common (raw exports write every zero bias alike). A shared weight would be duplicated,
+    growing the model, so it declines.
+    """
     users = other_users(t, [node])
-    if users:
+    if users and len(static_shape(t) or [0, 0]) > 1:
         return f"constant '{t.name}' is shared with {users[0].op} '{users[0].name}'"
     return None
 

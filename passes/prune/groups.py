@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import onnx_graphsurgeon as gs
 
@@ -91,6 +92,9 @@ UNARY = {
     "Round",
     "Sign",
     "IsNaN",
+    "IsInf",
+    "Not",
+    "Shrink",
     "Swish",
 }
 SPATIAL = {
@@ -231,71 +235,81 @@ class Analysis(PassThroughRules, ReshapeRules):
         if layout is not None:
             self.layouts[t.name] = layout
 
+    #: ops handled by one method each: (method name, takes the node's layouts)
+    HANDLERS = {
+        **dict.fromkeys(SPATIAL, "spatial"),
+        "BatchNormalization": "norm",
+        "InstanceNormalization": "norm",
+        "GroupNormalization": "group_norm",
+        **dict.fromkeys(BINARY, "binary"),
+        "Concat": "concat",
+        "Flatten": "reshape",
+        "Reshape": "reshape",
+        "Transpose": "transpose",
+        "Squeeze": "squeeze",
+        "Unsqueeze": "squeeze",
+        **dict.fromkeys(REDUCE | {"Softmax", "LogSoftmax", "Gather"}, "axis_op"),
+        "Slice": "slice",
+        "MatMul": "batched_matmul",
+        "Split": "split",
+        "CastLike": "cast_like",
+    }
+
     def visit(self, node: gs.Node) -> None:
         op = node.op
         ins = [self.lay(t) for t in node.inputs]
-        if op in ("Conv", "ConvTranspose") and const_value(node.inputs[1]) is not None:
-            return self.conv(node, ins[0])
-        if op == "Gemm" and const_value(node.inputs[1]) is not None:
-            return self.gemm(node, ins[0])
-        if (
-            op == "MatMul"
-            and const_value(node.inputs[1]) is not None
-            and (const_value(node.inputs[1]).ndim == 2)
-            and const_value(node.inputs[0]) is None
-        ):
-            return self.matmul(node, ins[0])
+        linear = self.linear(node, ins)
+        if linear is not False:
+            return linear
         if not any(ins):
             return None
         where = f"{op} '{node.name}'"
+        tracked = [x for x in ins if x is not None]
         if op in ("Conv", "ConvTranspose", "Gemm"):  # weight not a constant (else above)
             return self.close_all(
-                [x for x in ins if x is not None],
-                f"{where}: its weight is computed at run time (fold it "
-                f"first with --passes cleanup; fold-constants keeps "
-                f"values above its size cap)",
+                tracked,
+                f"{where}: its weight is computed at run time (fold it first with --passes "
+                f"cleanup; fold-constants keeps values above its size cap)",
             )
-        tracked = [x for x in ins if x is not None]
         if op in UNARY:
             if ins[0] is None or any(x is not None for x in ins[1:]):
                 return self.close_all(tracked, f"{where}: channels reach a parameter input")
             return self.set(node.outputs[0], ins[0])
-        if op in SPATIAL:
-            return self.spatial(node, ins, where)
-        if op in ("BatchNormalization", "InstanceNormalization"):
-            return self.norm(node, ins, where)
-        if op == "GroupNormalization":
-            return self.group_norm(node, ins, where)
-        if op in BINARY:
-            return self.binary(node, ins, where)
-        if op == "Concat":
-            return self.concat(node, ins, where)
-        if op in ("Flatten", "Reshape"):
-            return self.reshape(node, ins, where)
-        if op == "Transpose":
-            perm = node.attrs.get("perm")
-            r = rank_of(node.inputs[0])
-            if perm is None and r is not None:
-                perm = list(range(r))[::-1]
-            if perm is None:
-                return self.close_all(tracked, f"{where}: unknown rank")
-            la = ins[0]
-            return self.set(node.outputs[0], Layout(list(perm).index(la.axis), la.segs, la.expand))
-        if op in ("Squeeze", "Unsqueeze"):
-            return self.squeeze(node, ins, where)
-        if op in REDUCE or op in ("Softmax", "LogSoftmax", "Gather"):
-            return self.axis_op(node, ins, where)
-        if op == "Slice":
-            return self.slice(node, ins, where)
-        if op == "MatMul":
-            return self.batched_matmul(node, ins, where)
-        if op == "Split":
-            return self.split(node, ins, where)
         if op in ("Shape", "Size"):
             return self.shape_read(node, ins[0], where)
+        if op in self.HANDLERS:
+            return getattr(self, self.HANDLERS[op])(node, ins, where)
         self.close_all(
             tracked, f"{where}: op not understood by the channel analysis; its channels stay"
         )
+        return None
+
+    def linear(self, node: gs.Node, ins: list) -> Any:
+        """Conv / Gemm / 2-D MatMul with a constant weight start groups; False otherwise."""
+        op, w = node.op, const_value(node.inputs[1]) if len(node.inputs) > 1 else None
+        if op in ("Conv", "ConvTranspose") and w is not None:
+            return self.conv(node, ins[0])
+        if op == "Gemm" and w is not None:
+            return self.gemm(node, ins[0])
+        if op == "MatMul" and w is not None and w.ndim == 2 and const_value(node.inputs[0]) is None:
+            return self.matmul(node, ins[0])
+        return False
+
+    def transpose(self, node: gs.Node, ins: list, where: str) -> None:
+        perm = node.attrs.get("perm")
+        r = rank_of(node.inputs[0])
+        if perm is None and r is not None:
+            perm = list(range(r))[::-1]
+        if perm is None:
+            return self.close_all([x for x in ins if x is not None], f"{where}: unknown rank")
+        la = ins[0]
+        return self.set(node.outputs[0], Layout(list(perm).index(la.axis), la.segs, la.expand))
+
+    def cast_like(self, node: gs.Node, ins: list, where: str) -> None:
+        """The output takes input 0's values and only input 1's dtype: input 1's channels do
+        not reach it (raw exports write ``CastLike(bias, activation)``)."""
+        if ins[0] is not None:
+            return self.set(node.outputs[0], ins[0])
         return None
 
     def close_all(self, layouts: list[Layout], reason: str) -> None:

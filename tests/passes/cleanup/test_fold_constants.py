@@ -172,3 +172,35 @@ def test_ir3_model_lists_folded_initializers_as_inputs() -> None:
     onnx.checker.check_model(out)
     x = np.array([[1.0, 2.0]], np.float32)
     np.testing.assert_array_equal(run(out, {"x": x})[0], x + 0.5)
+
+
+def test_raw_export_bias_expand_of_castlike_folds() -> None:
+    # torch's dynamo exporter without its optimizer: bias = Expand(CastLike(0, x), [C])
+    m = parse(
+        """<ir_version: 8, opset_import: ["": 18]>
+    g (float[1,3,8,8] x) => (float[1,4,8,8] y) {
+      zero = Constant <value = float {0.0}> ()
+      c = Constant <value = int64[1] {4}> ()
+      z = CastLike(zero, x)
+      bias = Expand(z, c)
+      y = Conv <pads = [1, 1, 1, 1], kernel_shape = [3, 3]> (x, w, bias)
+    }""",
+        {"w": np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)},
+    )
+    res, out = apply(FoldConstants, m)
+    assert ops(out) == ["Conv"]
+    bias = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}[
+        out.graph.node[0].input[2]
+    ]
+    assert bias.shape == (4,) and bias.dtype == np.float32 and not bias.any()
+    assert_identical(m, out)
+
+
+def test_castlike_of_a_variable_becomes_a_cast() -> None:
+    m = parse(
+        """<ir_version: 8, opset_import: ["": 18]>
+    g (int64[4] i, float[4] x) => (float[4] y) { c = CastLike(i, x)  y = Add(c, x) }"""
+    )
+    res, out = apply(FoldConstants, m)
+    assert ops(out) == ["Cast", "Add"] and res.rewrites == 1
+    assert_identical(m, out)

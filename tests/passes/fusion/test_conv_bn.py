@@ -170,3 +170,23 @@ def test_negative_training_mode():
     )
     res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("training" in n for n in res.notes)
+
+
+def test_bias_shared_by_two_convs_is_copied_and_both_fold():
+    # raw exports write every zero bias alike; after dedup two convs read one bias vector
+    text = (
+        HDR
+        + """
+    g (float[1,3,8,8] x) => (float[1,4,8,8] y, float[1,4,8,8] z) {
+      c = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w, cb)
+      y = BatchNormalization(c, s, b, m, v)
+      d = Conv<pads=[1,1,1,1], kernel_shape=[3,3]>(x, w2, cb)
+      z = BatchNormalization(d, qs, qb, qm, qv)
+    }"""
+    )
+    inits = {**conv_inits(), **bn(4, "q"), "w2": R.standard_normal((4, 3, 3, 3)).astype(np.float32)}
+    m = parse(text, inits)
+    res, out = apply(FoldBatchNorm, m)
+    assert res.details["counts"] == {"conv_bn": 2}
+    assert counts(out) == {"Conv": 2}
+    assert_close(m, out)

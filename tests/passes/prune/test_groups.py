@@ -208,3 +208,19 @@ def test_different_units_close(order):
     what = "norm groups of 2" if order == "conv-then-norm" else "conv-groups of 4"
     blocks = "units of 4" if order == "conv-then-norm" else "units of 2"
     assert_closed(model, "pw1", f"{blocks} channels (heads or groups) and {what} differ")
+
+
+def test_castlike_passes_channels_of_its_first_input_only():
+    # raw exports: CastLike(activation, like) keeps the activation's channels, and an
+    # activation used only as the 'like' of a CastLike constrains nothing
+    m = pm.conv_chain()
+    g = m.graph
+    relu = next(n for n in g.node if n.name == "r1")
+    relu.output[0] = "r1a"
+    g.node.insert(
+        list(g.node).index(relu) + 1,
+        helper.make_node("CastLike", ["r1a", "x"], ["r1"], name="castlike"),
+    )
+    a, groups = analyze_groups(m)
+    assert groups[("c1",)].prunable, a.notes
+    assert not any("CastLike" in n for n in a.notes)
