@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxopt.cli.common import BatchOpt, IntRangeOpt, ShapeOpt, console, write_model
+from onnxopt.cli.common import BatchOpt, IntRangeOpt, ShapeOpt, console, split_list, write_model
 from onnxopt.errors import OptionError
 
 HELP = "\n\n".join(
@@ -82,6 +82,14 @@ DataOpt = Annotated[
 OutputNameOpt = Annotated[
     str | None, typer.Option("--output-name", help="name of the combined output")
 ]
+MemberOutputOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--member-output",
+        help="which output of each member to combine: NAME for all, or MEMBER:NAME (member = "
+        "file stem or index; repeatable); default: each member's class scores",
+    ),
+]
 NoCseOpt = Annotated[bool, typer.Option("--no-cse", help="skip cross-model deduplication")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="write the report as JSON")]
 
@@ -96,6 +104,7 @@ def merge_cmd(
     io_map: IoMapOpt = None,
     input_map: InputMapOpt = None,
     keep_member_outputs: KeepMemberOutputsOpt = False,
+    member_output: MemberOutputOpt = None,
     meta: MetaOpt = "logistic",
     threshold: ThresholdOpt = None,
     target_accuracy: TargetAccuracyOpt = None,
@@ -132,6 +141,7 @@ def merge_cmd(
             "int_range": parse_int_range(int_range),
             "cse": not no_cse,
             "keep_member_outputs": keep_member_outputs,
+            "member_output": split_list(member_output) or None,
         }
     )
     model, report = merge([str(p) for p in models], config=config)

@@ -43,7 +43,9 @@ class MergeConfig(PassConfig):
         threshold: ``cascade``: the gate's top probability, in [0, 1].
         target_accuracy: ``cascade``: choose the threshold on labeled data to reach this
             accuracy (percent, or a fraction <= 1).
-        output: name of the combined output (default: the first member's output name).
+        output: name of the combined output (default: the name of the first member's output).
+        member_output: which output of each member to combine: ``NAME`` for every member or
+            ``MEMBER:NAME`` (label, file stem or index); default: each member's class scores.
         labels: member labels (default: file stems, or ``m0``, ``m1``, ...).
         keep_member_outputs: also output each member's own scores.
         cse: deduplicate identical initializers and nodes across members.
@@ -68,6 +70,7 @@ class MergeConfig(PassConfig):
     threshold: float | None = None
     target_accuracy: float | None = None
     output: str | None = None
+    member_output: tuple[str, ...] | None = None
     labels: tuple[str, ...] | None = None
     keep_member_outputs: bool = False
     cse: bool = True
@@ -103,6 +106,11 @@ class MergeConfig(PassConfig):
             raise OptionError(f"--on {self.on!r}: choose outputs or probs")
         if self.meta not in META_LEARNERS:
             raise OptionError(f"--meta {self.meta!r}: choose logistic or ridge")
+        if isinstance(self.member_output, str):
+            object.__setattr__(self, "member_output", (self.member_output,))
+        for spec in self.member_output or ():
+            if not str(spec).rpartition(":")[2]:
+                raise OptionError(f"--member-output {spec!r}: give NAME or MEMBER:NAME")
 
     def _check_mode_needs(self) -> None:
         if self.weights is not None and self.fit_data is not None:

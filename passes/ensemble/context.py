@@ -76,7 +76,15 @@ class MergeContext:
         """Each member run separately on ``feeds`` (inputs mapped to its own names)."""
         out = []
         for m in self.members:
-            fm = Feeds([{k: run[v] for k, v in m.inputs.items()} for run in feeds.runs])
+            fm = Feeds(
+                [
+                    {
+                        k: run[v].reshape(m.reshapes[k]) if k in m.reshapes else run[v]
+                        for k, v in m.inputs.items()
+                    }
+                    for run in feeds.runs
+                ]
+            )
             out.append(self.runner.run(m.model, fm))
         return out
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 from onnx import version_converter
 
@@ -53,6 +54,11 @@ class Member:
     inputs: dict[str, str] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
     graph: onnx.GraphProto | None = None
+    #: the output the ensemble combines (see member_outputs.choose)
+    scores: str = ""
+    #: inputs shared with another member's input of another shape but as many elements per
+    #: sample: input name -> the shape it is reshaped to (``[-1, *dims]``)
+    reshapes: dict[str, list[int]] = field(default_factory=dict)
 
     @property
     def input_names(self) -> list[str]:
@@ -276,17 +282,39 @@ def plan_inputs(
             target = explicit.get((m.label, name), name)
             vi = m.value_info(name)
             if target in merged:
-                check_compatible(
-                    merged[target],
-                    vi,
-                    f"shared input '{target}' ('{owner[target]}' vs '{m.label}.{name}')",
-                )
-                merged[target] = _merge_vi(target, merged[target], vi)
+                what = f"shared input '{target}' ('{owner[target]}' vs '{m.label}.{name}')"
+                spec = reshape_spec(merged[target], vi)
+                if spec is not None:
+                    m.reshapes[name] = spec
+                    notes.append(f"{what}: reshaped to {spec} for '{m.label}'")
+                else:
+                    check_compatible(merged[target], vi, what)
+                    merged[target] = _merge_vi(target, merged[target], vi)
             else:
                 merged[target] = _merge_vi(target, vi, vi)
                 owner[target] = f"{m.label}.{name}"
             m.inputs[name] = target
     return list(merged.values()), notes
+
+
+def reshape_spec(shared: onnx.ValueInfoProto, vi: onnx.ValueInfoProto) -> list[int] | None:
+    """``[-1, *dims]`` when ``vi`` differs from ``shared`` in shape only and both hold as many
+    elements per sample (static dims after the batch axis), else None (an image model sharing
+    a flat feature vector: ``[N, 64]`` and ``[N, 1, 8, 8]``)."""
+    ta, tb = shared.type.tensor_type, vi.type.tensor_type
+    if ta.elem_type != tb.elem_type or not ta.HasField("shape") or not tb.HasField("shape"):
+        return None
+    da, db = value_info_dims(shared), value_info_dims(vi)
+    if da == db or len(da) < 1 or len(db) < 1:
+        return None
+    rest_a, rest_b = da[1:], db[1:]
+    if not all(isinstance(d, int) for d in rest_a + rest_b):
+        return None
+    if int(np.prod(rest_a)) != int(np.prod(rest_b)):
+        return None
+    if isinstance(da[0], int) and isinstance(db[0], int) and da[0] != db[0]:
+        return None
+    return [-1, *rest_b]
 
 
 def _pairs(spec: Mapping[str, str] | Iterable[str] | None, what: str) -> list[tuple[str, str]]:
@@ -324,7 +352,7 @@ def prefixed_graph(m: Member) -> onnx.GraphProto:
     def rename(name: str) -> str:
         if not name:
             return name
-        if name in inputs:
+        if name in inputs and name not in m.reshapes:
             return inputs[name]
         return prefix + name
 
@@ -335,6 +363,13 @@ def prefixed_graph(m: Member) -> onnx.GraphProto:
     del g.input[:]
     g.input.extend(keep_inputs)
     rename_graph(g, rename)
+    for k, (name, spec) in enumerate(m.reshapes.items()):
+        shape = f"{prefix}{name}__shape"
+        g.initializer.append(onnx.numpy_helper.from_array(np.array(spec, np.int64), shape))
+        node = onnx.helper.make_node(
+            "Reshape", [inputs[name], shape], [prefix + name], name=f"{prefix}{name}__reshape"
+        )
+        g.node.insert(k, node)
     m.outputs = {o: prefix + o for o in m.output_names}
     return g
 

@@ -49,6 +49,13 @@ from onnxopt.passes.ensemble.harmonize import (
     prefixed_graph,
     value_info_like,
 )
+from onnxopt.passes.ensemble.member_outputs import (
+    choose,
+    label_nodes,
+    label_output,
+    merged_classes,
+    parse_member_outputs,
+)
 from onnxopt.passes.ensemble.modes import (
     PARALLEL_MODES,
     Head,
@@ -106,6 +113,7 @@ def merge(
     report.cse = stats.to_dict()
     stub = helper.make_model(helper.make_graph([], "inputs", h.inputs, []))
     ctx = MergeContext(cfg, h.members, alias, runner or Runner(), stub, report)
+    _choose_outputs(ctx)
     head = Head(h.opset, prefix=_head_prefix(h.members))
     if cfg.mode == "serial":
         outputs, reference = serial_outputs(ctx, head)
@@ -270,20 +278,32 @@ def _combined_outputs(
             head.op("Identity", [resolve(ctx.alias, m.outputs[name])], out=final)
             out_vis.append(value_info_like(final, elem, ref_vi))
             taps.append((m, name, final))
+    label = _label_output(ctx, head, out, out_vis[0])
+    if label is not None:
+        label_vi, recompute = label
+        first = members[0].output_names
+        lead = label_output(members[0])
+        out_vis.insert(0 if lead and first.index(lead) < first.index(firsts[0][0]) else 1, label_vi)
+        combine = _with_label(combine, out, label_vi.name, recompute)
     return out_vis, _reference(members, combine, taps)
 
 
+def _with_label(combine: Combine, scores: str, label: str, recompute) -> Combine:  # noqa: ANN001
+    """``combine`` plus the label recomputed from its scores (the numpy reference)."""
+
+    def combined(ys: list[np.ndarray]) -> dict[str, np.ndarray]:
+        r = combine(ys)
+        r[label] = recompute(r[scores]).astype(np.int64)
+        return r
+
+    return combined
+
+
 def _first_outputs(ctx: MergeContext) -> list[tuple[str, onnx.ValueInfoProto]]:
-    """Each member's first output (noted when it has more), checked to combine."""
+    """The output each member contributes (``Member.scores``), checked to combine."""
     members, firsts = ctx.members, []
     for m in members:
-        name = m.output_names[0]
-        if len(m.output_names) > 1:
-            ctx.report.notes.append(
-                f"member '{m.label}' has {len(m.output_names)} outputs; "
-                f"combining the first, '{name}'"
-            )
-        firsts.append((name, m.value_info(name)))
+        firsts.append((m.scores, m.value_info(m.scores)))
     ref_vi = firsts[0][1]
     for m, (name, vi) in zip(members[1:], firsts[1:]):
         check_compatible(
@@ -294,6 +314,47 @@ def _first_outputs(ctx: MergeContext) -> list[tuple[str, onnx.ValueInfoProto]]:
             f"mode {ctx.config.mode} combines float scores; output '{firsts[0][0]}' is not float"
         )
     return firsts
+
+
+def _choose_outputs(ctx: MergeContext) -> None:
+    """Set each member's combined output (``--member-output`` or its class scores); note it
+    when the member has more than one output."""
+    named = parse_member_outputs(ctx.config.member_output, ctx.members)
+    for m in ctx.members:
+        m.scores, why = choose(m, named.get(m.label))
+        if len(m.output_names) > 1:
+            ctx.report.notes.append(
+                f"member '{m.label}' has {len(m.output_names)} outputs; combining "
+                f"'{m.scores}' ({why})"
+            )
+
+
+def _label_output(ctx: MergeContext, head: Head, scores: str, vi: onnx.ValueInfoProto):
+    """When the members output labels, the merged model does too: recomputed from the
+    combined scores. Returns (its value info, the reference function) or None."""
+    names = [label_output(m) for m in ctx.members]
+    if not any(names):
+        return None
+    dims = vi.type.tensor_type.shape.dim
+    n_classes = dims[-1].dim_value if len(dims) and dims[-1].HasField("dim_value") else 0
+    if not n_classes:
+        return None
+    classes = merged_classes(ctx.members, n_classes)
+    out = next(n for n in names if n)
+    if out in {ctx.config.output, scores}:
+        out = "ensemble_label"
+    nodes, inits = label_nodes(scores, classes, out)
+    head.nodes += nodes
+    head.initializers += inits
+    label_vi = helper.make_tensor_value_info(
+        out, onnx.TensorProto.INT64, [dims[0].dim_param or None]
+    )
+    if dims[0].HasField("dim_value"):
+        label_vi = helper.make_tensor_value_info(out, onnx.TensorProto.INT64, [dims[0].dim_value])
+    ctx.report.notes.append(
+        f"output '{out}' recomputed from the combined scores (argmax over {n_classes} classes)"
+    )
+    return label_vi, (lambda y: classes[np.argmax(y, axis=-1)])
 
 
 def _fit_inputs(ctx: MergeContext) -> tuple[list[np.ndarray] | None, np.ndarray | None]:
@@ -319,7 +380,7 @@ def _fit_split(ctx: MergeContext, source: Any) -> tuple[list[np.ndarray], np.nda
     ctx.report.accuracy_split = (
         f"fit on {fit_f.num_samples} samples, accuracy on {held.num_samples} held-out samples"
     )
-    outs = [np.concatenate([r[m.output_names[0]] for r in rs]) for m, rs in zip(ctx.members, runs)]
+    outs = [np.concatenate([r[m.scores] for r in rs]) for m, rs in zip(ctx.members, runs)]
     return outs, fit_f.stacked_labels()
 
 
@@ -382,7 +443,7 @@ def _reference(
     def reference(member_runs: list[Runs], _feeds: Any) -> Runs:
         out_runs = []
         for i in range(len(member_runs[0])):
-            ys = [rs[i][m.output_names[0]] for rs, m in zip(member_runs, members)]
+            ys = [rs[i][m.scores] for rs, m in zip(member_runs, members)]
             r = combine(ys)
             for m, name, final in taps:
                 r[final] = member_runs[members.index(m)][i][name]

@@ -79,13 +79,13 @@ def _accuracy(ctx: MergeContext, feeds: Feeds, member_runs: list[Runs], got: Run
     """Accuracy of each member and of the ensemble; for a cascade, the cheap fraction."""
     report, labels = ctx.report, feeds.labels
     for m, rs in zip(ctx.members, member_runs):
-        report.accuracy[m.label] = accuracy(rs, labels, m.output_names[0])
+        report.accuracy[m.label] = accuracy(rs, labels, m.scores)
     report.accuracy["ensemble"] = accuracy(got, labels, report.outputs[0])
     if not report.accuracy_split:
         report.accuracy_split = f"accuracy on {len(feeds.stacked_labels())} samples of --data"
     if ctx.config.mode == "cascade":
         conf = [
-            np_confidence(rs[ctx.members[0].output_names[0]], ctx.cheap_is_probs).min()
+            np_confidence(rs[ctx.members[0].scores], ctx.cheap_is_probs).min()
             for rs in member_runs[0]
         ]
         report.params["cheap_fraction"] = float(

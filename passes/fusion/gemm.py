@@ -16,7 +16,8 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.passes.fusion._base import FusionPass, rank, static_shape, var
+from onnxopt.graph import const_value
+from onnxopt.passes.fusion._base import FusionPass, const, rank, static_shape, var
 from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
@@ -55,11 +56,17 @@ class MatMulAdd(Rule):
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         mm = m.nodes["mm"]
+        c = m.tensors["c"]
+        value = const_value(c)
+        if value is not None and value.ndim == 2 and value.shape[0] == 1:
+            # a [1, N] row bias broadcasts over the rows exactly as the [N] bias Gemm is
+            # usually given (and as int8 quantization needs it)
+            c = const(graph, f"{c.name}_row", value.reshape(-1))
         new = gs.Node(
             "Gemm",
             mm.name,
             attrs={"alpha": 1.0, "beta": 1.0},
-            inputs=[m.tensors["a"], m.tensors["b"], m.tensors["c"]],
+            inputs=[m.tensors["a"], m.tensors["b"], c],
             outputs=[var(graph, f"{mm.name}_gemm", dtype=mm.outputs[0].dtype)],
         )
         replace_root(graph, m, [new])

@@ -86,3 +86,17 @@ def test_transpose_gemm_negative_used_elsewhere():
       y = Gemm(t, w) }"""
     )
     unchanged(parse(text, {"w": R.standard_normal((5, 3)).astype(np.float32)}), FuseGemm)
+
+
+def test_row_bias_becomes_a_vector():
+    # skl2onnx writes MLP intercepts as [1, N]: the Gemm gets the [N] bias int8 needs
+    m = parse(
+        """<ir_version: 8, opset_import: ["": 17]>
+    g (float[3,4] x) => (float[3,5] y) { h = MatMul(x, w)  y = Add(h, c) }""",
+        {"w": np.ones((4, 5), np.float32), "c": np.arange(5, dtype=np.float32).reshape(1, 5)},
+    )
+    res, out = apply(FuseGemm, m)
+    assert counts(out) == {"Gemm": 1}
+    bias = next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[2])
+    assert list(bias.dims) == [5]
+    assert_close(m, out)
