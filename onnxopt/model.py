@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,6 +22,8 @@ import onnx
 from onnx import shape_inference
 
 from onnxopt.errors import ModelError, first_line
+
+logger = logging.getLogger(__name__)
 
 #: protobuf cannot serialise a message of 2 GiB or more
 PROTO_LIMIT = 2**31 - 1
@@ -69,8 +72,22 @@ def load_model(
     if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
         raise ModelError(f"{where}: not an ONNX model (no graph)")
     if check:
+        model = _runnable_opset(model, where)
         check_model(model, where)
     return model
+
+
+def _runnable_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
+    """A model below the opsets onnxruntime runs, converted by onnx's version converter (with
+    a warning), so that it can be verified; unchanged when it is recent enough."""
+    opset = default_opset(model)
+    if not opset or opset >= MIN_OPSET:
+        return model
+    converted, note = upgrade_opset(model, MIN_OPSET)
+    if default_opset(converted) < MIN_OPSET:
+        raise ModelError(f"{where}: opset {opset} is not supported (need >= {MIN_OPSET}); {note}")
+    logger.warning("%s: %s, the oldest onnxruntime runs", where, note)
+    return converted
 
 
 def _parse(data: bytes, where: str) -> onnx.ModelProto:

@@ -105,3 +105,13 @@ def test_helper_model_with_ir_and_opset():
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     assert ModelSummary.of(load_model(m)).nodes == 1
+
+
+def test_an_opset_onnxruntime_does_not_run_is_upgraded(caplog):
+    m = onnx.parser.parse_model("""<ir_version: 3, opset_import: ["": 1]>
+    g (bool[2] x) => (bool[2] y) { y = Not(x) }""")
+    with caplog.at_level("WARNING"):
+        out = load_model(m)
+    assert out.opset_import[0].version == 7
+    assert any("opset 1 upgraded to 7" in r.message for r in caplog.records)
+    assert m.opset_import[0].version == 1  # the caller's model is not modified
