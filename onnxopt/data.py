@@ -252,9 +252,12 @@ def _split(
     specs = {s.name: s for s in input_specs(model)}
     _check_names(set(arrays), specs, where)
     per_input: dict[str, list[np.ndarray]] = {}
+    constant: dict[str, np.ndarray] = {}
     for name, arr in arrays.items():
         s = specs[name]
-        if arr.ndim == s.rank + 1:
+        if s.rank == 0 and arr.ndim == 0:
+            constant[name] = arr  # one value of a scalar input (a sample rate) for every run
+        elif arr.ndim == s.rank + 1:
             per_input[name] = [arr[i] for i in range(arr.shape[0])]
         elif arr.ndim == s.rank and s.rank > 0:
             fixed = isinstance(s.shape[0], int)
@@ -271,11 +274,17 @@ def _split(
                 f"{where}: '{name}' has rank {arr.ndim}; the model input is {s.describe()} "
                 f"(give rank {s.rank} samples or rank {s.rank + 1} stacked runs)"
             )
+    if not per_input:  # only scalars: one run
+        per_input = {k: [v] for k, v in constant.items()}
+        constant = {}
     counts = {k: len(v) for k, v in per_input.items()}
+    for k, v in constant.items():
+        per_input[k] = [v] * next(iter(counts.values()))
     if len(set(counts.values())) > 1:
         raise DataError(f"{where}: inputs have different numbers of runs: {counts}")
     n = next(iter(counts.values()))
-    runs = [{k: np.ascontiguousarray(v[i]) for k, v in per_input.items()} for i in range(n)]
+    # np.ascontiguousarray would turn a scalar run (a rank-0 input's) into shape (1,)
+    runs = [{k: np.array(v[i], order="C") for k, v in per_input.items()} for i in range(n)]
     labels = None
     if label_arr is not None:
         if label_arr.shape[0] == n:

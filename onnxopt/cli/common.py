@@ -228,6 +228,22 @@ def pre_passes(passes: str | None, default: list[str]) -> list[str]:
     return [] if names == ["none"] else names
 
 
+def clean_first(model: onnx.ModelProto, passes: list[str], what: str) -> onnx.ModelProto:
+    """``model`` after ``passes`` (verified like any run, on synthesized inputs), saying so:
+    the cleanup a rewriting command runs first, so raw exports work as well as clean ones."""
+    if not passes:
+        return model
+    from onnxopt.passes.registry import manager
+
+    out, report = manager(passes).run(model)
+    kept = [p.name for p in report.passes if p.kept]
+    console.print(
+        f"ran {', '.join(passes)} on {what} first: {len(model.graph.node)} -> "
+        f"{len(out.graph.node)} nodes" + (f" ({', '.join(kept)})" if kept else "")
+    )
+    return out
+
+
 def write_model(model: onnx.ModelProto, out: Path, source: Path | None) -> Path:
     """Atomic write; refuses to overwrite the input."""
     return save_model(model, out, source=source)

@@ -115,6 +115,14 @@ CacheDirOpt = Annotated[
     typer.Option("--cache-dir", help="Keep teacher outputs here (memory-mapped) for reuse."),
 ]
 
+PassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passes",
+        help="Passes run on the student first (default: cleanup; 'none' runs nothing).",
+    ),
+]
+
 
 def distill_cmd(
     student: StudentOpt,
@@ -135,15 +143,17 @@ def distill_cmd(
     bn: BnOpt = "eval",
     seed: SeedOpt = 0,
     cache_dir: CacheDirOpt = None,
+    passes: PassesOpt = None,
 ) -> None:
     """Distill TEACHER into STUDENT on unlabeled data; only the student's weights change."""
-    from onnxopt.cli.common import console, write_model
+    from onnxopt.cli.common import clean_first, console, pre_passes, write_model
     from onnxopt.data import load_feeds
     from onnxopt.model import load_model
     from onnxopt.passes.distill.config import DistillConfig
     from onnxopt.passes.distill.trainer import distill
 
     s_model, t_model = load_model(student), load_model(teacher)
+    s_model = clean_first(s_model, pre_passes(passes, default=["cleanup"]), "the student")
     feeds = load_feeds(data, s_model, batch=batch)
     lab = read_labels(labels) if labels is not None else None
     if alpha is None:

@@ -93,6 +93,14 @@ MemberOutputOpt = Annotated[
 NoCseOpt = Annotated[bool, typer.Option("--no-cse", help="skip cross-model deduplication")]
 JsonOutOpt = Annotated[Path | None, typer.Option("--json", help="write the report as JSON")]
 
+PassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--passes",
+        help="passes run on each member first (default: cleanup; 'none' runs nothing)",
+    ),
+]
+
 
 def merge_cmd(
     models: ModelsOpt,
@@ -115,6 +123,7 @@ def merge_cmd(
     batch: BatchOpt = None,
     no_cse: NoCseOpt = False,
     json_out: JsonOutOpt = None,
+    passes: PassesOpt = None,
 ) -> None:
     from onnxopt.data import parse_int_range, parse_shape_overrides
     from onnxopt.passes.ensemble.config import MergeConfig
@@ -144,7 +153,15 @@ def merge_cmd(
             "member_output": split_list(member_output) or None,
         }
     )
-    model, report = merge([str(p) for p in models], config=config)
+    from onnxopt.cli.common import clean_first, pre_passes
+    from onnxopt.model import load_model
+
+    pre = pre_passes(passes, default=["cleanup"])
+    members = [clean_first(load_model(p), pre, f"'{p.stem}'") for p in models]
+    stems = tuple(p.stem for p in models)
+    if config.labels is None and len(set(stems)) == len(stems):
+        config = config.replace(labels=stems)  # the members' names, as when merged from files
+    model, report = merge(members, config=config)
     write_model(model, output, source=None)
     if json_out is not None:
         json_out.write_text(report.to_json())

@@ -79,3 +79,30 @@ def test_dynamic_inner_dim_gets_two_sizes_and_shape_overrides():
     assert f.runs[0]["x"].shape == (1, 7)
     with pytest.raises(DataError):
         parse_shape_overrides(["x=1xa"])
+
+
+def test_scalar_input_as_a_stack_of_runs_or_one_value(tmp_path):
+    # a streaming model: audio [1, 512], a recurrent state and a scalar sample rate
+    m = parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>
+    g (float[1,512] input, float[2,1,8] state, int64 sr) => (float[1,512] y) {
+        y = Relu(input)
+    }""")
+    p = tmp_path / "runs.npz"
+    n = 3
+    np.savez(
+        p,
+        input=np.zeros((n, 1, 512), np.float32),
+        state=np.zeros((n, 2, 1, 8), np.float32),
+        sr=np.full(n, 16000, np.int64),
+    )
+    f = load_feeds(p, m)
+    assert len(f) == n and f.runs[0]["sr"].shape == () and int(f.runs[2]["sr"]) == 16000
+    q = tmp_path / "one.npz"
+    np.savez(
+        q,
+        input=np.zeros((n, 1, 512), np.float32),
+        state=np.zeros((n, 2, 1, 8), np.float32),
+        sr=np.array(8000, np.int64),
+    )
+    f = load_feeds(q, m)
+    assert len(f) == n and all(r["sr"].shape == () and int(r["sr"]) == 8000 for r in f.runs)
