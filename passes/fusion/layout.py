@@ -1,7 +1,7 @@
 """Layout no-ops: Transpose chains, Reshape/Flatten chains, Squeeze/Unsqueeze pairs.
 
 - Transpose(Transpose(x, p), q) = Transpose(x, r) with r[i] = p[q[i]]; dropped when r is the
-  identity.
+  identity; a Transpose pair around elementwise ops cancels too (:mod:`.transpose_chain`).
 - Reshape(Reshape|Flatten(x), s) = Reshape(x, s) when s has no 0 entry (a 0 copies a dimension
   of the *input*, which the chain changes); a Reshape to the input's own static shape is dropped.
 - Squeeze(Unsqueeze(x, a), a) = x and Unsqueeze(Squeeze(x, a), a) = x (axes compared after
@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.graph import bypass, const_value, is_graph_input, is_graph_output
 from onnxopt.passes.fusion._base import FusionPass, int_list, rank, static_shape, var
 from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, Var, replace_root
+from onnxopt.passes.fusion.transpose_chain import TransposeChain
 
 logger = logging.getLogger(__name__)
 
@@ -198,4 +199,10 @@ class FuseLayout(FusionPass):
     summary: ClassVar[str] = "Transpose/Reshape/Squeeze chains merged or cancelled"
 
     def rules(self) -> list[Rule]:
-        return [TransposeTranspose(), ReshapeChain(), ReshapeNoop(), SqueezePair()]
+        return [
+            TransposeTranspose(),
+            TransposeChain(),
+            ReshapeChain(),
+            ReshapeNoop(),
+            SqueezePair(),
+        ]

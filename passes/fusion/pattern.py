@@ -138,6 +138,8 @@ class Match:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     matched: list[gs.Node] = field(default_factory=list)
     pattern_index: int = 0
+    #: what a rule's check found beyond the pattern, for its rewrite
+    extra: Any = None
 
     @property
     def output(self) -> gs.Tensor:
