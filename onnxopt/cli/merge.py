@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxopt.cli.common import BatchOpt, IntRangeOpt, ShapeOpt, console, write_model
+from onnxopt.cli.common import BatchOpt, HtmlOpt, IntRangeOpt, ShapeOpt, console, write_model
 from onnxopt.errors import OptionError
 
 HELP = "\n\n".join(
@@ -106,6 +106,7 @@ def merge_cmd(
     batch: BatchOpt = None,
     no_cse: NoCseOpt = False,
     json_out: JsonOutOpt = None,
+    html: HtmlOpt = None,
 ) -> None:
     from onnxopt.data import parse_int_range, parse_shape_overrides
     from onnxopt.passes.ensemble.config import MergeConfig
@@ -139,6 +140,10 @@ def merge_cmd(
     if json_out is not None:
         json_out.write_text(report.to_json())
     render(report, output)
+    if html is not None:
+        from onnxopt.cli.report import merge_page
+
+        merge_page(report, model, output, html)
 
 
 def register(app: typer.Typer) -> None:

@@ -1,0 +1,432 @@
+"""Layer-by-layer comparison of two models in bounded memory.
+
+Every intermediate tensor that exists in both models is compared on the same inputs. Tensors
+are matched by name, else through provenance (:mod:`onnxopt.provenance`): a tensor of ``b``
+whose producer came from original nodes ``O`` stands for the output of the last node of ``O``
+in ``a``. Per tensor, over every run (float64 sums)::
+
+    cosine = Σab / √(Σa²·Σb²)      SQNR = 10·log10(Σa² / Σ(a−b)²) dB
+    error  = max|a−b| / max(1, max|a|)        (the scaled max abs error of the exact check)
+
+Memory: a model's weights stay in its file (:mod:`onnxopt.mapped`) and are fed to onnxruntime
+as inputs, so a session holds none. The tensors are compared in chunks: mark a chunk as the
+outputs of one session per model, run ``a``, drop its mapped pages, run ``b``, compare, drop
+both outputs, go on. A chunk's outputs are sized to ``max_bytes`` (estimated from inferred
+shapes, corrected by what the runs return), so the peak is about one model's weights plus two
+chunks plus onnxruntime's working memory, whatever the number of tensors.
+
+The *first* tensor over the threshold (in ``a``'s topological order) is where an exact rewrite
+went wrong. The *jump* is where a lossy model lost its accuracy: the tensor whose noise-to-signal
+ratio ``10^(−SQNR/10)`` grows most over its inputs' (the layer that added the most error).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxopt import provenance
+from onnxopt.data import Feeds
+from onnxopt.errors import ModelError, first_line
+from onnxopt.mapped import MappedModel
+
+logger = logging.getLogger(__name__)
+
+#: the default threshold on the scaled max abs error
+THRESHOLD = 1e-3
+
+
+@dataclass
+class Pair:
+    """A tensor of ``a`` and the tensor of ``b`` that holds the same value."""
+
+    a: str
+    b: str
+    node: str  # the producer in a
+    op: str
+    index: int  # the producer's topological index in a
+    depth: int  # longest path from the graph inputs to the producer, in nodes
+    how: str  # "name" | "provenance"
+    inputs: tuple[str, ...] = ()  # the producer's input tensors in a
+    est_bytes: int = 0
+
+
+@dataclass
+class _Stat:
+    dot: float = 0.0
+    aa: float = 0.0
+    bb: float = 0.0
+    dd: float = 0.0
+    max_abs: float = 0.0
+    max_ref: float = 0.0
+    integer: bool = False
+    mismatched: int = 0
+    size: int = 0
+    shape: list[int] = field(default_factory=list)
+    note: str = ""
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        if a.shape != b.shape:
+            self.note = f"shapes differ: {list(a.shape)} vs {list(b.shape)}"
+            return
+        self.shape, self.size = list(a.shape), self.size + a.size
+        if a.dtype.kind != "f" or b.dtype.kind != "f":
+            self.integer = True
+            self.mismatched += int(np.count_nonzero(a != b))
+            return
+        x, y = a.astype(np.float64, copy=False).ravel(), b.astype(np.float64, copy=False).ravel()
+        d = x - y
+        self.dot += float(np.dot(x, y))
+        self.aa += float(np.dot(x, x))
+        self.bb += float(np.dot(y, y))
+        self.dd += float(np.dot(d, d))
+        if a.size:
+            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
+            self.max_ref = max(self.max_ref, float(np.max(np.abs(x))))
+
+    def row(self, p: Pair) -> dict[str, Any]:
+        """The row of ``p``: SQNR is None when the tensors are identical (or not float)."""
+        out: dict[str, Any] = {
+            "tensor": p.a,
+            "other": p.b,
+            "node": p.node,
+            "op": p.op,
+            "index": p.index,
+            "depth": p.depth,
+            "match": p.how,
+            "inputs": list(p.inputs),
+            "shape": self.shape,
+            "cosine": None,
+            "sqnr_db": None,
+            "max_abs": None,
+            "error": None,
+            "note": self.note,
+        }
+        if self.note or not self.size:
+            out["note"] = self.note or "empty"
+        elif self.integer:
+            frac = self.mismatched / self.size
+            out.update(error=frac, note=f"not float: {frac:.2%} of the values differ")
+        else:
+            den = math.sqrt(self.aa * self.bb)
+            out["cosine"] = self.dot / den if den > 0 else (1.0 if self.dd == 0 else 0.0)
+            if self.dd > 0 and self.aa > 0:
+                out["sqnr_db"] = 10 * math.log10(self.aa / self.dd)
+            elif self.dd > 0:
+                out["note"] = "the reference is all zeros"
+            out["max_abs"] = self.max_abs
+            out["error"] = self.max_abs / max(1.0, self.max_ref)
+        return out
+
+
+@dataclass
+class LayerReport:
+    """The comparison: one row per matched tensor, in ``a``'s topological order.
+
+    Attributes:
+        rows: dicts with tensor, other, node, op, index, depth, match, shape, cosine,
+            sqnr_db, max_abs, error, note.
+        first_over: the row of the first tensor whose error passes ``threshold`` (None: none).
+        jump: the row that added the most error (:func:`find_jump`; None: no error anywhere).
+    """
+
+    rows: list[dict[str, Any]] = field(default_factory=list)
+    threshold: float = THRESHOLD
+    first_over: int | None = None
+    jump: int | None = None
+    tensors_a: int = 0
+    tensors_b: int = 0
+    chunks: int = 0
+    runs: int = 0
+    max_bytes: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (a non-finite float becomes None)."""
+        return _finite(asdict(self))
+
+
+# ------------------------------------------------------------------------------------------------
+# matching
+
+
+def _topo(nodes: list[onnx.NodeProto]) -> tuple[list[int], list[int]]:
+    """(a topological order of ``nodes``, each node's depth), stable on an already sorted list."""
+    prod = {t: i for i, n in enumerate(nodes) for t in n.output if t}
+    depth = [0] * len(nodes)
+    order, state = [], [0] * len(nodes)
+    for start in range(len(nodes)):
+        stack = [(start, False)]
+        while stack:
+            i, done = stack.pop()
+            if done:
+                state[i] = 2
+                order.append(i)
+                ins = [prod[t] for t in nodes[i].input if t in prod and prod[t] != i]
+                depth[i] = 1 + max((depth[j] for j in ins), default=0)
+                continue
+            if state[i]:
+                continue
+            state[i] = 1
+            stack.append((i, True))
+            for t in reversed(nodes[i].input):
+                j = prod.get(t)
+                if j is not None and j != i and not state[j]:
+                    stack.append((j, False))
+    return order, depth
+
+
+def match_tensors(a: onnx.ModelProto, b: onnx.ModelProto) -> list[Pair]:
+    """The tensors of ``a`` that ``b`` also computes, in ``a``'s topological order."""
+    a_nodes, b_nodes = list(a.graph.node), list(b.graph.node)
+    consts = {t.name for t in a.graph.initializer} | {t.name for t in b.graph.initializer}
+    order, depth = _topo(a_nodes)
+    pos = {i: k for k, i in enumerate(order)}
+    a_out: dict[str, tuple[int, int]] = {}  # tensor -> (node, output slot)
+    for i, n in enumerate(a_nodes):
+        if n.op_type != "Constant":
+            for k, t in enumerate(n.output):
+                if t and t not in consts:
+                    a_out[t] = (i, k)
+    by_origin: dict[str, list[int]] = {}
+    for i, n in enumerate(a_nodes):
+        for o in provenance.origins(n):
+            by_origin.setdefault(o, []).append(i)
+    b_out = {t for n in b_nodes for t in n.output if t}
+    chosen: dict[str, tuple[str, str]] = {t: (t, "name") for t in a_out if t in b_out}
+    for n in b_nodes:
+        if n.op_type == "Constant":
+            continue
+        cands = {i for o in provenance.origins(n) for i in by_origin.get(o, [])}
+        if not cands:
+            continue
+        last = max(cands, key=lambda i: pos[i])
+        for k, tb in enumerate(n.output):
+            if not tb or tb in a_out or k >= len(a_nodes[last].output):
+                continue
+            ta = a_nodes[last].output[k]
+            if ta in a_out and ta not in b_out:
+                chosen[ta] = (tb, "provenance")  # the last producer in b's order wins
+    pairs = []
+    for ta, (tb, how) in chosen.items():
+        i, _ = a_out[ta]
+        n = a_nodes[i]
+        pairs.append(Pair(ta, tb, n.name, n.op_type, pos[i], depth[i], how, tuple(n.input)))
+    pairs.sort(key=lambda p: (p.index, p.a))
+    return pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# sizes
+
+
+def estimate_bytes(pairs: list[Pair], model: MappedModel, run: dict[str, np.ndarray]) -> None:
+    """Fill ``est_bytes`` from shape inference (dynamic dims named like an input's take the
+    size the first run gives them; other unknown dims count as 1 and are corrected later)."""
+    sizes: dict[str, int] = {}
+    for v in model.proto.graph.input:
+        if v.name in run:
+            for d, n in zip(v.type.tensor_type.shape.dim, np.shape(run[v.name])):
+                if d.HasField("dim_param"):
+                    sizes[d.dim_param] = int(n)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model.session_model(), data_prop=True)
+        infos = list(inferred.graph.value_info) + list(inferred.graph.output)
+    except Exception as e:  # noqa: BLE001 - sizes are an estimate only
+        logger.info("shape inference failed (%s); chunk sizes from the runs", first_line(e))
+        infos = []
+    known = {}
+    for v in infos:
+        t = v.type.tensor_type
+        if not t.elem_type:
+            continue
+        item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
+        n = 1
+        for d in t.shape.dim:
+            n *= d.dim_value if d.HasField("dim_value") else sizes.get(d.dim_param, 1)
+        known[v.name] = n * item
+    fallback = max(known.values(), default=4096)
+    for p in pairs:
+        p.est_bytes = known.get(p.a, fallback)
+
+
+def chunks(pairs: list[Pair], max_bytes: int, scale: float = 1.0) -> list[list[Pair]]:
+    """Consecutive slices of ``pairs`` whose estimated outputs (both models) fit ``max_bytes``."""
+    out: list[list[Pair]] = []
+    cur: list[Pair] = []
+    used = 0.0
+    for p in pairs:
+        need = 2 * p.est_bytes * scale
+        if cur and used + need > max_bytes:
+            out.append(cur)
+            cur, used = [], 0.0
+        cur.append(p)
+        used += need
+    if cur:
+        out.append(cur)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------
+# running
+
+
+class Side:
+    """One model's sessions (one per set of outputs), its weights fed from the mapped file."""
+
+    def __init__(self, model: MappedModel, threads: int) -> None:
+        self.model = model
+        self.base = model.session_model()
+        self.threads = threads
+        self.copied = False  # onnxruntime refused weights as inputs: initializers instead
+
+    def session(self, outputs: list[str]) -> Any:
+        """A session computing ``outputs`` (graph optimizations off)."""
+        import onnxruntime as ort
+
+        from onnxopt.runner import build_session
+
+        m = onnx.ModelProto()
+        m.CopyFrom(self.model.proto if self.copied else self.base)
+        del m.graph.output[:]
+        m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in outputs)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        names = list(self.model.weights) if self.copied else []
+        arrays = [np.ascontiguousarray(self.model.weights[n]) for n in names]
+        try:
+            return build_session(m.SerializeToString(), names, arrays, so)
+        except ModelError:
+            if self.copied or not self.model.weights:
+                raise
+            logger.info("weights as inputs refused; giving them as initializers (copied)")
+            self.copied = True
+            return self.session(outputs)
+
+    def run(self, sess: Any, run: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One run; the mapped weights' pages are dropped afterwards."""
+        feed = run if self.copied else self.model.feeds(run)
+        names = [o.name for o in sess.get_outputs()]
+        try:
+            values = sess.run(names, feed)
+        except Exception as e:
+            raise ModelError(f"onnxruntime failed to run the model: {first_line(e)}") from e
+        finally:
+            self.model.release()
+        return dict(zip(names, values))
+
+
+def compare_layers(
+    a: MappedModel,
+    b: MappedModel,
+    feeds: Feeds,
+    *,
+    threshold: float = THRESHOLD,
+    max_bytes: int | None = None,
+    threads: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> LayerReport:
+    """Compare every tensor ``a`` and ``b`` both compute, chunk by chunk (module docstring).
+
+    Args:
+        a, b: the reference and the model under test (:func:`onnxopt.mapped.open_mapped`).
+        feeds: the inputs (every run is used).
+        threshold: the scaled max abs error above which a tensor counts as wrong.
+        max_bytes: the chunk budget (both models' outputs); default: an eighth of the larger
+            model's weights, at least 32 MiB.
+        progress: ``(what, done, total)`` per chunk.
+    """
+    t0 = time.perf_counter()
+    pairs = match_tensors(a.proto, b.proto)
+    rep = LayerReport(threshold=threshold, runs=len(feeds))
+    rep.tensors_a = sum(len(n.output) for n in a.proto.graph.node)
+    rep.tensors_b = sum(len(n.output) for n in b.proto.graph.node)
+    if not pairs or not len(feeds):
+        rep.notes.append("no tensor in common" if not pairs else "no inputs")
+        return rep
+    rep.max_bytes = max_bytes or max(32 << 20, max(a.nbytes, b.nbytes) // 8)
+    estimate_bytes(pairs, a, feeds.runs[0])
+    stats = {p.a: _Stat() for p in pairs}
+    sides = (Side(a, threads), Side(b, threads))
+    todo, scale, done = list(pairs), 1.0, 0
+    while todo:
+        chunk = chunks(todo, rep.max_bytes, scale)[0]
+        got = _run_chunk(chunk, sides, feeds, stats)
+        est = sum(p.est_bytes for p in chunk)
+        scale = max(scale, got / max(est, 1))
+        todo = todo[len(chunk) :]
+        rep.chunks += 1
+        done += len(chunk)
+        if progress is not None:
+            progress("comparing tensors", done, len(pairs))
+    if any(s.copied for s in sides):
+        rep.notes.append("onnxruntime refused weights as inputs: they were copied (more memory)")
+    rep.rows = [stats[p.a].row(p) for p in pairs]
+    rep.first_over = next(
+        (i for i, r in enumerate(rep.rows) if r["error"] is not None and r["error"] > threshold),
+        None,
+    )
+    rep.jump = find_jump(rep.rows)
+    rep.seconds = time.perf_counter() - t0
+    return rep
+
+
+def _run_chunk(
+    chunk: list[Pair], sides: tuple[Side, Side], feeds: Feeds, stats: dict[str, _Stat]
+) -> int:
+    """Run both models on every run with the chunk's tensors as outputs; accumulate the
+    statistics. Returns the largest bytes one model's outputs took on one run."""
+    sa = sides[0].session([p.a for p in chunk])
+    sb = sides[1].session([p.b for p in chunk])
+    biggest = 0
+    for run in feeds.runs:
+        ya = sides[0].run(sa, run)
+        yb = sides[1].run(sb, run)
+        biggest = max(biggest, sum(v.nbytes for v in ya.values() if hasattr(v, "nbytes")))
+        for p in chunk:
+            stats[p.a].add(np.asarray(ya[p.a]), np.asarray(yb[p.b]))
+        del ya, yb
+    return biggest
+
+
+def find_jump(rows: list[dict[str, Any]]) -> int | None:
+    """The row whose noise-to-signal ratio ``10^(−SQNR/10)`` grows most over the largest of
+    its producer's inputs' (graph inputs, weights and identical tensors count as exact): the
+    layer that added the most error. None when no tensor has any error."""
+    nsr = {r["tensor"]: _nsr(r["sqnr_db"]) for r in rows if r.get("error") is not None}
+    best, best_gain = None, 0.0
+    for i, r in enumerate(rows):
+        if r["tensor"] not in nsr or r.get("cosine") is None:
+            continue
+        gain = nsr[r["tensor"]] - max(
+            (nsr[t] for t in r.get("inputs", ()) if t in nsr), default=0.0
+        )
+        if gain > best_gain:
+            best, best_gain = i, gain
+    return best
+
+
+def _nsr(sqnr_db: float | None) -> float:
+    return 0.0 if sqnr_db is None else 10 ** (-float(sqnr_db) / 10)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
