@@ -68,13 +68,10 @@ def _layers(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Feeds, progress: Any)
 
 
 def _profiles(a: onnx.ModelProto, b: onnx.ModelProto, feeds: Feeds, threads: int) -> dict:
-    from onnxopt.opprofile import profile_model
+    from onnxopt.opprofile import profile_models
 
-    run = feeds.subset(1)
-    return {
-        "before": profile_model(a, run, threads=threads),
-        "after": profile_model(b, run, threads=threads),
-    }
+    before, after = profile_models([a, b], feeds.subset(1), threads=threads)
+    return {"before": before, "after": after}
 
 
 def _graph(a: onnx.ModelProto, b: onnx.ModelProto) -> dict:

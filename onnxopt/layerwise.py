@@ -33,8 +33,8 @@ import numpy as np
 import onnx
 
 from onnxopt import provenance
+from onnxopt.chunking import Side, chunks, estimate_bytes
 from onnxopt.data import Feeds
-from onnxopt.errors import ModelError, first_line
 from onnxopt.mapped import MappedModel
 
 logger = logging.getLogger(__name__)
@@ -81,15 +81,12 @@ class _Stat:
             self.integer = True
             self.mismatched += int(np.count_nonzero(a != b))
             return
-        x, y = a.astype(np.float64, copy=False).ravel(), b.astype(np.float64, copy=False).ravel()
-        d = x - y
-        self.dot += float(np.dot(x, y))
-        self.aa += float(np.dot(x, x))
-        self.bb += float(np.dot(y, y))
-        self.dd += float(np.dot(d, d))
-        if a.size:
-            self.max_abs = max(self.max_abs, float(np.max(np.abs(d))))
-            self.max_ref = max(self.max_ref, float(np.max(np.abs(x))))
+        dot, aa, bb, dd, max_abs, max_ref = _sums(a.ravel(), b.ravel())
+        self.dot += dot
+        self.aa += aa
+        self.bb += bb
+        self.dd += dd
+        self.max_abs, self.max_ref = max(self.max_abs, max_abs), max(self.max_ref, max_ref)
 
     def row(self, p: Pair) -> dict[str, Any]:
         """The row of ``p``: SQNR is None when the tensors are identical (or not float)."""
@@ -124,6 +121,32 @@ class _Stat:
             out["max_abs"] = self.max_abs
             out["error"] = self.max_abs / max(1.0, self.max_ref)
         return out
+
+
+#: elements per block of :func:`_sums` (its float64 buffers are reused, never reallocated)
+_BLOCK = 1 << 16
+_BUF = np.empty((4, _BLOCK), np.float64)
+
+
+def _sums(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float, float, float, float]:
+    """(Σab, Σa², Σb², Σ(a−b)², max|a−b|, max|a|) in float64, block by block, with numpy's
+    own loops: a BLAS dot product spins up its thread pool, which on a busy machine costs
+    a hundred times the arithmetic, and a large temporary per tensor costs page faults."""
+    dot = aa = bb = dd = max_abs = max_ref = 0.0
+    x, y, d, p = _BUF
+    for i in range(0, a.size, _BLOCK):
+        n = min(_BLOCK, a.size - i)
+        bx, by, bd, bp = x[:n], y[:n], d[:n], p[:n]
+        np.copyto(bx, a[i : i + n])
+        np.copyto(by, b[i : i + n])
+        dot += float(np.multiply(bx, by, out=bp).sum())
+        aa += float(np.multiply(bx, bx, out=bp).sum())
+        bb += float(np.multiply(by, by, out=bp).sum())
+        np.subtract(bx, by, out=bd)
+        dd += float(np.multiply(bd, bd, out=bp).sum())
+        max_abs = max(max_abs, float(np.abs(bd, out=bd).max()))
+        max_ref = max(max_ref, float(np.abs(bx, out=bx).max()))
+    return dot, aa, bb, dd, max_abs, max_ref
 
 
 @dataclass
@@ -222,110 +245,6 @@ def match_tensors(a: onnx.ModelProto, b: onnx.ModelProto) -> list[Pair]:
         pairs.append(Pair(ta, tb, n.name, n.op_type, pos[i], depth[i], how, tuple(n.input)))
     pairs.sort(key=lambda p: (p.index, p.a))
     return pairs
-
-
-# ------------------------------------------------------------------------------------------------
-# sizes
-
-
-def estimate_bytes(pairs: list[Pair], model: MappedModel, run: dict[str, np.ndarray]) -> None:
-    """Fill ``est_bytes`` from shape inference (dynamic dims named like an input's take the
-    size the first run gives them; other unknown dims count as 1 and are corrected later)."""
-    sizes: dict[str, int] = {}
-    for v in model.proto.graph.input:
-        if v.name in run:
-            for d, n in zip(v.type.tensor_type.shape.dim, np.shape(run[v.name])):
-                if d.HasField("dim_param"):
-                    sizes[d.dim_param] = int(n)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model.session_model(), data_prop=True)
-        infos = list(inferred.graph.value_info) + list(inferred.graph.output)
-    except Exception as e:  # noqa: BLE001 - sizes are an estimate only
-        logger.info("shape inference failed (%s); chunk sizes from the runs", first_line(e))
-        infos = []
-    known = {}
-    for v in infos:
-        t = v.type.tensor_type
-        if not t.elem_type:
-            continue
-        item = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.elem_type)).itemsize
-        n = 1
-        for d in t.shape.dim:
-            n *= d.dim_value if d.HasField("dim_value") else sizes.get(d.dim_param, 1)
-        known[v.name] = n * item
-    fallback = max(known.values(), default=4096)
-    for p in pairs:
-        p.est_bytes = known.get(p.a, fallback)
-
-
-def chunks(pairs: list[Pair], max_bytes: int, scale: float = 1.0) -> list[list[Pair]]:
-    """Consecutive slices of ``pairs`` whose estimated outputs (both models) fit ``max_bytes``."""
-    out: list[list[Pair]] = []
-    cur: list[Pair] = []
-    used = 0.0
-    for p in pairs:
-        need = 2 * p.est_bytes * scale
-        if cur and used + need > max_bytes:
-            out.append(cur)
-            cur, used = [], 0.0
-        cur.append(p)
-        used += need
-    if cur:
-        out.append(cur)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# running
-
-
-class Side:
-    """One model's sessions (one per set of outputs), its weights fed from the mapped file."""
-
-    def __init__(self, model: MappedModel, threads: int) -> None:
-        self.model = model
-        self.base = model.session_model()
-        self.threads = threads
-        self.copied = False  # onnxruntime refused weights as inputs: initializers instead
-
-    def session(self, outputs: list[str]) -> Any:
-        """A session computing ``outputs`` (graph optimizations off)."""
-        import onnxruntime as ort
-
-        from onnxopt.runner import build_session
-
-        m = onnx.ModelProto()
-        m.CopyFrom(self.model.proto if self.copied else self.base)
-        del m.graph.output[:]
-        m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in outputs)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        so.add_session_config_entry("session.disable_prepacking", "1")
-        if self.threads:
-            so.intra_op_num_threads = self.threads
-        names = list(self.model.weights) if self.copied else []
-        arrays = [np.ascontiguousarray(self.model.weights[n]) for n in names]
-        try:
-            return build_session(m.SerializeToString(), names, arrays, so)
-        except ModelError:
-            if self.copied or not self.model.weights:
-                raise
-            logger.info("weights as inputs refused; giving them as initializers (copied)")
-            self.copied = True
-            return self.session(outputs)
-
-    def run(self, sess: Any, run: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One run; the mapped weights' pages are dropped afterwards."""
-        feed = run if self.copied else self.model.feeds(run)
-        names = [o.name for o in sess.get_outputs()]
-        try:
-            values = sess.run(names, feed)
-        except Exception as e:
-            raise ModelError(f"onnxruntime failed to run the model: {first_line(e)}") from e
-        finally:
-            self.model.release()
-        return dict(zip(names, values))
 
 
 def compare_layers(

@@ -32,9 +32,10 @@ import onnx
 from onnx import numpy_helper
 
 from onnxopt import provenance
+from onnxopt.chunking import Side
 from onnxopt.data import Feeds
 from onnxopt.errors import ModelError, first_line
-from onnxopt.layerwise import LayerReport, Side, match_tensors
+from onnxopt.layerwise import LayerReport, match_tensors
 from onnxopt.mapped import MappedModel
 
 logger = logging.getLogger(__name__)

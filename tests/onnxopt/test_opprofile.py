@@ -21,21 +21,25 @@ def ev(node, op, dur, ts=100):
     }
 
 
-def test_aggregate_sums_per_run_and_shares():
-    events = [
-        ev("c1", "Conv", 300),
-        ev("c2", "Conv", 100),
-        ev("g", "Gemm", 100),
-        ev("c1", "Conv", 900, ts=1),  # before the timed runs: left out
-        {"cat": "Node", "name": "c1_fence_before", "dur": 5, "ts": 100, "args": {}},
-        {"cat": "Session", "name": "model_run", "dur": 800, "ts": 100},
-    ]
-    out = aggregate(events, runs=2, after_us=50)
-    assert math.isclose(out["total_ms"], 0.25)
+def run_span(ts):
+    return {"cat": "Session", "name": "model_run", "ts": ts, "dur": 90}
+
+
+def test_aggregate_takes_each_nodes_median_over_the_runs():
+    events = [run_span(0), ev("c1", "Conv", 900, ts=1)]  # warm-up: before the timed runs
+    for k, (c1, g) in enumerate([(300, 100), (310, 90), (5000, 110)]):  # a busy moment in run 3
+        t = 100 * (k + 1)
+        events += [run_span(t), ev("c1", "Conv", c1, t + 1), ev("c2", "Conv", 100, t + 2)]
+        events += [ev("g", "Gemm", g, t + 3)]
+        events.append({"cat": "Node", "name": "c1_fence_before", "dur": 5, "ts": t, "args": {}})
+    out = aggregate(events, runs=3, after_us=50)
+    assert out["runs"] == 3
+    assert math.isclose(out["total_ms"], 0.31 + 0.1 + 0.1)
     assert [r["op"] for r in out["by_op"]] == ["Conv", "Gemm"]
-    assert math.isclose(out["by_op"][0]["ms"], 0.2) and out["by_op"][0]["nodes"] == 2
-    assert math.isclose(out["by_op"][0]["share"], 0.8)
-    assert [r["node"] for r in out["by_node"]] == ["c1", "c2", "g"]
+    conv = out["by_op"][0]
+    assert math.isclose(conv["ms"], 0.41) and conv["nodes"] == 2
+    assert math.isclose(conv["share"], 0.41 / 0.51)
+    assert [r["node"] for r in out["by_node"]][0] == "c1"
 
 
 def test_profile_of_the_example():

@@ -28,7 +28,8 @@ class Page(HTMLParser):
         self._card: list[str] | None = None
         self._text: list[tuple[str, str, list[str]]] = []
         self._script = False
-        self._skip = 0  # inside a <details> note list or an <svg>: not a cell's own text
+        self._skip = 0  # inside a cell's <details> (its notes) or an <svg>: not the cell's text
+        self._details: list[bool] = []  # per open <details>: whether it is inside a cell
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -39,7 +40,10 @@ class Page(HTMLParser):
             self._row = []
         elif tag == "td" and self._row is not None:
             self._cell = []
-        elif tag in ("details", "svg"):
+        elif tag == "details":
+            self._details.append(self._cell is not None)
+            self._skip += self._details[-1]
+        elif tag == "svg":
             self._skip += 1
         elif tag == "div" and a.get("class") == "card":
             self._card = []
@@ -58,7 +62,9 @@ class Page(HTMLParser):
             self._row = None
         elif tag == "table":
             self._table = None
-        elif tag in ("details", "svg"):
+        elif tag == "details":
+            self._skip -= self._details.pop()
+        elif tag == "svg":
             self._skip -= 1
         elif tag == "script":
             self._script = False
