@@ -6,7 +6,8 @@ has no such node. Changed nodes are grouped into regions: two changed nodes of t
 are in one region when a tensor links them, and a changed optimized node joins the region of
 the original nodes it came from (:mod:`onnxopt.provenance`). Each region is drawn with its
 unchanged neighbours (the producers of its inputs and the consumers of its outputs) for
-context; at most ``max_nodes`` changed nodes per side are kept.
+context; at most ``max_nodes`` changed nodes per side are kept, a connected piece of a larger
+region (the optimized side's piece starts from the nodes that came from the original's).
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def changed_regions(
     for x in [("a", i) for i in ca] + [("b", i) for i in cb]:
         groups.setdefault(find(x), []).append(x)
     ordered = sorted(groups.values(), key=lambda g: min(_pos(x, an, bn) for x in g))
-    regions = [_region(g, an, bn, max_nodes) for g in ordered[:max_regions]]
+    regions = [_region(g, an, bn, max_nodes, consts) for g in ordered[:max_regions]]
     return {
         "regions": regions,
         "total": len(ordered),
@@ -82,18 +83,46 @@ def _pos(x: tuple[str, int], an: list, bn: list) -> float:
     return i / max(len(an if side == "a" else bn), 1)
 
 
-def _region(group: list[tuple[str, int]], an: list, bn: list, max_nodes: int) -> dict[str, Any]:
+def _region(
+    group: list[tuple[str, int]], an: list, bn: list, max_nodes: int, consts: set[str]
+) -> dict[str, Any]:
     before = sorted(i for s, i in group if s == "a")
     after = sorted(i for s, i in group if s == "b")
+    shown_before = _connected(an, before, max_nodes, [], consts)
+    names = {an[i].name for i in shown_before}
+    seeds = [i for i in after if names & set(provenance.origins(bn[i]))]
     return {
-        "before": _side(an, before, max_nodes),
-        "after": _side(bn, after, max_nodes),
+        "before": _side(an, before, shown_before),
+        "after": _side(bn, after, _connected(bn, after, max_nodes, seeds, consts)),
         "changed": [len(before), len(after)],
     }
 
 
-def _side(nodes: list[onnx.NodeProto], picked: list[int], max_nodes: int) -> dict[str, Any]:
-    shown = picked[:max_nodes]
+def _connected(
+    nodes: list, picked: list[int], limit: int, seeds: list[int], consts: set[str]
+) -> list[int]:
+    """At most ``limit`` of ``picked``, linked by tensors (not weights): a breadth-first walk
+    from ``seeds`` (or the first picked node), so a large region is shown as one piece."""
+    if len(picked) <= limit:
+        return picked
+    by_tensor: dict[str, list[int]] = {}
+    for i in picked:
+        for t in (*nodes[i].input, *nodes[i].output):
+            if t not in consts:
+                by_tensor.setdefault(t, []).append(i)
+    queue = list(seeds[:limit]) or picked[:1]
+    chosen: list[int] = []
+    while queue and len(chosen) < limit:
+        i = queue.pop(0)
+        if i in chosen:
+            continue
+        chosen.append(i)
+        for t in (*nodes[i].input, *nodes[i].output):
+            queue.extend(j for j in by_tensor.get(t, []) if j not in chosen)
+    return sorted(chosen)
+
+
+def _side(nodes: list[onnx.NodeProto], picked: list[int], shown: list[int]) -> dict[str, Any]:
     inside = set(shown)
     reads = {t for i in shown for t in nodes[i].input if t}
     makes = {t for i in shown for t in nodes[i].output if t}
@@ -103,7 +132,7 @@ def _side(nodes: list[onnx.NodeProto], picked: list[int], max_nodes: int) -> dic
         if j not in inside
         and n.op_type != "Constant"
         and (any(t in reads for t in n.output) or any(t in makes for t in n.input))
-    ][: max_nodes // 2 + 2]
+    ][: len(shown) // 2 + 2]
     keep = sorted(inside | set(context))
     return {
         "nodes": [

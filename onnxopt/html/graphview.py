@@ -44,10 +44,11 @@ def layout(nodes: list[dict[str, Any]]) -> tuple[list[list[int]], list[tuple[int
 def _sweep(layers: list[list[int]], nbrs: dict[int, list[int]]) -> None:
     for prev, cur in zip(layers, layers[1:]):
         pos = {n: i for i, n in enumerate(prev)}
+        here = {n: i for i, n in enumerate(cur)}  # (a list being sorted reads as empty)
 
-        def key(n: int, cur: list[int] = cur, pos: dict[int, int] = pos) -> float:
+        def key(n: int, pos: dict[int, int] = pos, here: dict[int, int] = here) -> float:
             near = [pos[m] for m in nbrs[n] if m in pos]
-            return sum(near) / len(near) if near else cur.index(n)
+            return sum(near) / len(near) if near else here[n]
 
         cur.sort(key=key)
 

@@ -11,8 +11,9 @@ from onnxopt.html import fmt
 from onnxopt.html.graphview import draw, shorten
 from onnxopt.html.svg import BLUE, GREEN, GREY, ORANGE, RED, Point, grouped_bars, line_plot, scatter
 
-#: SQNR drawn at this ceiling when two tensors are identical or within float noise
-SQNR_CEILING = 140.0
+#: SQNR at or above this is float noise: drawn on one line with identical tensors, this
+#: line sitting 10 dB above the highest SQNR below it
+NOISE_DB = 100.0
 Section = tuple[str, str, str]
 
 
@@ -64,14 +65,16 @@ def _where(r: dict[str, Any]) -> str:
 
 
 def _layer_plot(rows: list[dict], scored: list[dict], jump: int | None, first: int | None) -> str:
+    lossy = [r["sqnr_db"] for r in scored if r["sqnr_db"] is not None and r["sqnr_db"] < NOISE_DB]
+    ceiling = min(NOISE_DB, max(lossy) + 10.0) if lossy else NOISE_DB
     pts = []
     for r in sorted(scored, key=lambda r: (r["depth"], r["index"])):
         sq = r["sqnr_db"]
-        y = SQNR_CEILING if sq is None else min(sq, SQNR_CEILING)
+        y = ceiling if sq is None else min(sq, ceiling)
         tip = f"{r['tensor']} ({r['op']}, depth {r['depth']}): " + (
             "identical" if sq is None else f"{sq:.1f} dB, cosine {r['cosine']:.6f}"
         )
-        pts.append(Point(r["depth"], y, tip, BLUE, hollow=sq is None))
+        pts.append(Point(r["depth"], y, tip, BLUE, hollow=sq is None or sq >= ceiling))
     marks = []
     if jump is not None:
         marks.append((rows[jump]["depth"], f"jump: {shorten(rows[jump]['tensor'], 30)}", RED))
@@ -83,8 +86,8 @@ def _layer_plot(rows: list[dict], scored: list[dict], jump: int | None, first: i
         ylabel="SQNR vs original (dB)",
         title="per-layer SQNR along the graph's depth",
         marks=marks,
-        ycap=SQNR_CEILING,
-        cap_label=f"identical or ≥ {SQNR_CEILING:.0f} dB",
+        ycap=ceiling,
+        cap_label=f"identical or ≥ {ceiling:.0f} dB",
     )
 
 

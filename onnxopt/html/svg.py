@@ -163,12 +163,14 @@ def line_plot(
             'stroke-width="1.2" stroke-opacity="0.55"/>'
         )
     out += [_dot(f, p, y, 3) for p, y in zip(points, ys)]
-    for x, label, color in marks:
+    for k, (x, label, color) in enumerate(marks):
+        right = f.x(x) > width * 0.6  # label on the side with room
+        tx, anchor = (f.x(x) - 4, "end") if right else (f.x(x) + 4, "start")
         out.append(
             f'<g class="mark"><line x1="{f.x(x):.1f}" x2="{f.x(x):.1f}" y1="{f.top}" '
             f'y2="{height - f.bottom}" stroke="{color}" stroke-width="1.5" '
-            f'stroke-dasharray="5 3"/><text x="{f.x(x) + 4:.1f}" y="{f.top + 12}" '
-            f'fill="{color}" font-weight="600">{escape(label)}</text></g>'
+            f'stroke-dasharray="5 3"/><text x="{tx:.1f}" y="{f.top + 12 + 14 * k}" '
+            f'text-anchor="{anchor}" fill="{color}" font-weight="600">{escape(label)}</text></g>'
         )
     return "\n".join(out + ["</svg>"])
 

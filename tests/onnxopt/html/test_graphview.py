@@ -44,3 +44,17 @@ def test_draw_places_producers_above_consumers():
 def test_shorten_keeps_both_ends():
     assert shorten("/encoder/layer.11/attention/self/MatMul_1", 20) == "/encoder/…f/MatMul_1"
     assert shorten("short", 20) == "short"
+
+
+def test_a_layer_with_unconnected_nodes_keeps_them_in_order():
+    # three consumers of one tensor, one with no producer inside the region
+    nodes = [
+        node("p", "Conv", ["x"], ["t"]),
+        node("q", "Relu", ["t"], ["u"]),
+        node("r", "Relu", ["z"], ["v"]),
+        node("s", "Add", ["u", "v"], ["y"]),
+        node("w", "Neg", ["k"], ["m"]),
+    ]
+    layers, _ = layout(nodes)
+    assert sorted(n for layer in layers for n in layer) == list(range(5))
+    assert layers[0] == [0, 2, 4] and layers[-1] == [3]
