@@ -1,6 +1,7 @@
 """Screenshots of the demo's HTML report for the README (docs/report-*.png).
 
-    python docs/make_screenshots.py [--report out/demo/report.html]
+    python docs/make_screenshots.py [--report out/demo/report.html] [--prefix report-]
+        [--only layers,profile]
 
 Without ``--report`` it runs ``onnxopt demo`` into a temporary folder first. It needs Chromium
 (``apt-get install -y chromium``) and websocket-client (the ``dev`` extra); the browser is the
@@ -21,12 +22,12 @@ sys.path.insert(0, str(ROOT))
 
 from tests.e2e.browser import Browser, find_chromium  # noqa: E402
 
-#: file name -> the elements it shows (their union's bounding box)
+#: shot -> the elements it shows (their union's bounding box); written as <prefix><shot>.png
 SHOTS = {
-    "report-pipeline.png": ["header", "#pipeline"],
-    "report-layers.png": ["#layers"],
-    "report-profile.png": ["#profile"],
-    "report-tradeoff-graph.png": ["#tradeoff", "#graph"],
+    "pipeline": ["header", "#pipeline"],
+    "layers": ["#layers"],
+    "profile": ["#profile"],
+    "tradeoff-graph": ["#tradeoff", "#graph"],
 }
 
 BOX = """JSON.stringify((() => {
@@ -44,6 +45,8 @@ def main() -> int:
     ap.add_argument("--report", type=Path, help="an HTML report (default: run the demo)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs")
     ap.add_argument("--max-height", type=int, default=1400, help="crop each shot to this height")
+    ap.add_argument("--prefix", default="report-", help="file names: <prefix><shot>.png")
+    ap.add_argument("--only", default=",".join(SHOTS), help=f"shots among {', '.join(SHOTS)}")
     args = ap.parse_args()
     chromium = find_chromium()
     if chromium is None:
@@ -56,7 +59,8 @@ def main() -> int:
         report = tmp / "report.html"
     with Browser(chromium, width=1400, height=1000) as b:
         b.open(report)
-        for name, selectors in SHOTS.items():
+        for shot in args.only.split(","):
+            name, selectors = f"{args.prefix}{shot}.png", SHOTS[shot]
             box = json.loads(b.evaluate(BOX % json.dumps(selectors)))
             if box is None:
                 print(f"{name}: nothing to show ({', '.join(selectors)} not on the page)")

@@ -17,7 +17,8 @@ chunks plus onnxruntime's working memory, whatever the number of tensors.
 
 The *first* tensor over the threshold (in ``a``'s topological order) is where an exact rewrite
 went wrong. The *jump* is where a lossy model lost its accuracy: the tensor whose noise-to-signal
-ratio ``10^(−SQNR/10)`` grows most over its inputs' (the layer that added the most error).
+ratio ``10^(−SQNR/10)`` grows most over its inputs' (the layer that added the most error; of
+several that added about as much, the first).
 """
 
 from __future__ import annotations
@@ -41,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 #: the default threshold on the scaled max abs error
 THRESHOLD = 1e-3
+#: a layer adding at least this share of the largest error growth can be the jump (the first)
+JUMP_SHARE = 0.8
 
 
 @dataclass
@@ -321,20 +324,21 @@ def _run_chunk(
 
 
 def find_jump(rows: list[dict[str, Any]]) -> int | None:
-    """The row whose noise-to-signal ratio ``10^(−SQNR/10)`` grows most over the largest of
-    its producer's inputs' (graph inputs, weights and identical tensors count as exact): the
-    layer that added the most error. None when no tensor has any error."""
+    """The first row (in topological order) whose noise-to-signal ratio ``10^(−SQNR/10)`` grows
+    over the largest of its producer's inputs' by at least ``JUMP_SHARE`` of the largest such
+    growth anywhere (graph inputs, weights and identical tensors count as exact): the layer
+    that added the most error, or the first of several that added about as much. None when no
+    tensor has any error."""
     nsr = {r["tensor"]: _nsr(r["sqnr_db"]) for r in rows if r.get("error") is not None}
-    best, best_gain = None, 0.0
+    gains = []
     for i, r in enumerate(rows):
-        if r["tensor"] not in nsr or r.get("cosine") is None:
-            continue
-        gain = nsr[r["tensor"]] - max(
-            (nsr[t] for t in r.get("inputs", ()) if t in nsr), default=0.0
-        )
-        if gain > best_gain:
-            best, best_gain = i, gain
-    return best
+        if r["tensor"] in nsr and r.get("cosine") is not None:
+            before = max((nsr[t] for t in r.get("inputs", ()) if t in nsr), default=0.0)
+            gains.append((i, nsr[r["tensor"]] - before))
+    top = max((g for _, g in gains), default=0.0)
+    if top <= 0.0:
+        return None
+    return next(i for i, g in gains if g >= JUMP_SHARE * top)
 
 
 def _nsr(sqnr_db: float | None) -> float:

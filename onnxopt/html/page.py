@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from html import escape
 from typing import Any
 
@@ -43,7 +44,8 @@ tr.hl td{background:#fff4e5}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;font-size:12px;font-weight:600}
 .kept{background:#dafbe1;color:var(--ok)}.rolled-back,.error{background:#ffebe9;color:var(--bad)}
 .unchanged{background:#eaeef2;color:var(--muted)}.skipped{background:#fff8c5;color:var(--warn)}
-.why{color:var(--bad);max-width:420px}
+.why{color:var(--bad);min-width:260px;max-width:420px}
+.dropped{color:var(--warn);min-width:260px;max-width:420px;font-size:12px}
 details{margin:2px 0}summary{cursor:pointer;color:var(--muted)}
 .notes li{color:var(--muted)}
 .row{display:flex;flex-wrap:wrap;gap:24px;align-items:flex-start}
@@ -87,6 +89,14 @@ def render_page(report: dict[str, Any], title: str = "") -> str:
         + f'\n<script type="application/json" id="onnxopt-report">{data}</script>\n'
         "</body></html>\n"
     )
+
+
+_ABS_PATH = re.compile(r"(?<![\w.])/(?:[^\s/;,:()]+/)+([^\s/;,:()]+/[^\s/;,:()]+)")
+
+
+def short_paths(text: str) -> str:
+    """Absolute paths in ``text`` cut to their last two parts (the JSON keeps them whole)."""
+    return _ABS_PATH.sub(r"…/\1", text)
 
 
 def _finite(obj: Any) -> Any:
@@ -134,8 +144,9 @@ def _header(report: dict[str, Any], name: str, nav: list[str]) -> str:
                 f"{fmt.ms(prof['before']['total_ms'])} → {fmt.ms(prof['after']['total_ms'])}",
             )
         )
+    feeds = str(report.get("feeds", ""))
     sub = (
-        f"inputs: {escape(str(report.get('feeds', '')))} · budget: "
+        f"inputs: {escape(short_paths(feeds))} · budget: "
         f"{escape(str(report.get('budget', '')))} · target: {escape(str(report.get('target', '')))}"
         f" · {fmt.num(report.get('seconds'), 3)} s"
     )
@@ -160,11 +171,10 @@ PIPELINE_COLUMNS = (
     "params",
     "MACs",
     "size",
-    "cosine vs original",
-    "max abs err vs original",
-    "accuracy",
+    "cosine",
+    "max abs err",
+    "accuracy %",
     "time",
-    "dropped sites",
 )
 
 
@@ -175,7 +185,9 @@ def _pipeline(report: dict[str, Any]) -> str:
     head = "".join(f"<th>{c}</th>" for c in PIPELINE_COLUMNS)
     notes = report.get("notes") or []
     extra = (
-        '<ul class="notes">' + "".join(f"<li>{escape(n)}</li>" for n in notes) + "</ul>"
+        '<ul class="notes">'
+        + "".join(f"<li>{escape(short_paths(n))}</li>" for n in notes)
+        + "</ul>"
         if notes
         else ""
     )
@@ -191,7 +203,8 @@ def _pipeline(report: dict[str, Any]) -> str:
     return (
         '<section id="pipeline"><h2>Pipeline</h2>'
         '<p class="sub">Every pass was checked in onnxruntime against the previous stage and the '
-        "original; a pass that broke its tolerance was rolled back.</p>"
+        "original; a pass that broke its tolerance was rolled back. Cosine, max abs error and "
+        "accuracy are the stage's, against the original.</p>"
         '<div class="scroll"><table id="pipeline-table"><thead><tr>'
         f"{head}</tr></thead><tbody>{''.join(_pass_row(p) for p in busy)}</tbody></table></div>"
         f"{idle_html}{extra}</section>"
@@ -207,14 +220,16 @@ def _pass_row(p: dict[str, Any]) -> str:
     cell = f'<span class="badge {status.replace(" ", "-")}">{escape(status)}</span>'
     if why:
         cell += f'<div class="why">{escape(why)}</div>'
+    dropped = p.get("dropped_sites") or []
+    if dropped:
+        cell += f'<div class="dropped">bisection dropped {_dropped(dropped)}</div>'
     if notes:
         cell += (
             f"<details><summary>{len(notes)} note{'s' * (len(notes) != 1)}</summary>"
             '<ul class="notes">'
-            + "".join(f"<li>{escape(n)}</li>" for n in notes)
+            + "".join(f"<li>{escape(short_paths(n))}</li>" for n in notes)
             + "</ul></details>"
         )
-    dropped = p.get("dropped_sites") or []
     return (
         f'<tr class="pass" data-pass="{escape(p.get("name", ""))}">'
         f"<td>{escape(p.get('name', ''))}</td>"
@@ -227,8 +242,7 @@ def _pass_row(p: dict[str, Any]) -> str:
         f'<td class="n">{fmt.cosine(vo.get("cosine"))}</td>'
         f'<td class="n">{fmt.num(vo.get("max_abs"), 3)}</td>'
         f'<td class="n">{fmt.num(vo.get("accuracy"))}</td>'
-        f'<td class="n">{p.get("seconds", 0):.2f} s</td>'
-        f"<td>{_dropped(dropped)}</td></tr>"
+        f'<td class="n">{p.get("seconds", 0):.2f} s</td></tr>'
     )
 
 
@@ -237,4 +251,4 @@ def _dropped(sites: list[str]) -> str:
         return ""
     shown = ", ".join(escape(s) for s in sites[:8])
     more = f" and {len(sites) - 8} more" if len(sites) > 8 else ""
-    return f"{len(sites)}: {shown}{more}"
+    return f"{len(sites)} site{'s' * (len(sites) != 1)}: {shown}{more}"

@@ -123,9 +123,10 @@ def profile_section(profile: dict[str, Any] | None) -> Section:
     parts = [
         '<section id="profile"><h2>Where the time goes</h2>',
         '<p class="sub">onnxruntime\'s profiler, all graph optimizations, '
-        f"{first.get('threads', 1)} thread(s); kernel time per run, averaged over "
+        f"{first.get('threads', 1)} thread(s); kernel time per run: each node's median over "
         + " and ".join(f"{s['runs']} runs ({k})" for k, s in sides)
-        + ". Op types and node names are onnxruntime's (after its own fusions).</p>",
+        + ", the two models' runs interleaved. Op types and node names are onnxruntime's "
+        "(after its own fusions).</p>",
         _profile_bars(sides),
         '<div class="row">',
     ]

@@ -81,3 +81,6 @@ def test_jump_is_the_layer_that_adds_the_most_noise():
     rows.append(row("d", ["c"], 19.0))
     assert find_jump(rows) == 2
     assert find_jump([row("a", ["x"], None)]) is None
+    # two layers that each add about as much: the first one
+    twice = [row("a", ["x"], 20.0), row("b", ["a"], 40.0), row("c", ["b"], 19.8)]
+    assert find_jump(twice) == 0

@@ -140,7 +140,8 @@ def test_pipeline_table_matches_the_json(demo):
             assert close(row[10], vo["accuracy"], 4)
         assert math.isclose(number(row[11]), p["seconds"], abs_tol=0.005)
         if p["dropped_sites"]:
-            assert row[12].startswith(str(len(p["dropped_sites"])))
+            n = len(p["dropped_sites"])
+            assert f"bisection dropped {n} site" in row[2] and p["dropped_sites"][0] in row[2]
 
 
 def test_summary_cards_match_the_json(demo):
@@ -235,3 +236,11 @@ def test_no_analysis_still_renders_the_pipeline():
         "10 → 8",
     ]
     assert "layer-table" not in page.tables
+
+
+def test_absolute_paths_are_shortened_on_the_page_only():
+    from onnxopt.html.page import short_paths
+
+    text = "passes learn from /home/me/work/data/calib.npz; verified on /tmp/x.npz"
+    assert short_paths(text) == "passes learn from …/data/calib.npz; verified on /tmp/x.npz"
+    assert short_paths("ratio 1/2, a/b/c.npz") == "ratio 1/2, a/b/c.npz"
