@@ -7,7 +7,8 @@ Each tool runs in its own process under ``/usr/bin/time -v`` (peak RSS = "Maximu
 size"). onnxopt compares the original with its optimized model (``onnxopt optimize``, made once
 and cached in build/bench/) tensor by tensor; Polygraphy marks every tensor of the original as
 an output and runs it once (one model; comparing two takes two such runs). Both use one run of
-the same inputs. Polygraphy is a peer (``pip install -e '.[bench]'``).
+the same inputs (``--runs 4``: onnxopt compares on four; its peak does not grow with them).
+Polygraphy is a peer (``pip install -e '.[bench]'``).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ sys.path.insert(0, str(ROOT))
 from onnxopt import zoo
 
 CACHE = ROOT / "build" / "bench" / "debug_memory"
+#: runs in the inputs file (onnxopt debug --runs picks how many it compares on)
+RUNS = 4
 TIME = "/usr/bin/time"
 
 
@@ -56,13 +59,13 @@ def prepare(name: str) -> tuple[Path, Path, Path]:
     if not optimized.exists():
         cmd = [sys.executable, "-m", "onnxopt", "optimize", str(original), "-o", str(optimized)]
         subprocess.run(cmd, check=True, capture_output=True)
-    data = CACHE / f"{name}.inputs.npz"
+    data = CACHE / f"{name}.inputs{RUNS}.npz"
     if not data.exists():
         m = onnx.load(original, load_external_data=False)
         rng = np.random.default_rng(0)
         arrays = {}
         for v in m.graph.input:
-            shape = [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]
+            shape = [RUNS] + [d.dim_value or 1 for d in v.type.tensor_type.shape.dim]  # a stack
             if v.type.tensor_type.elem_type == onnx.TensorProto.INT64:
                 high = 2 if "mask" in v.name else 30522
                 arrays[v.name] = rng.integers(0, high, shape).astype(np.int64)

@@ -3,8 +3,9 @@ inferred shapes, and one model's sessions whose weights are fed from the mapped 
 
 A chunk holds consecutive tensors whose estimated outputs (both models) fit a byte budget; the
 estimate is corrected by the bytes the runs actually return. A :class:`Side` builds a session
-per chunk with the chunk's tensors as the graph's outputs; the weights are inputs of each run
-(:mod:`onnxopt.mapped`), and the mapped pages are dropped after the run.
+per chunk with the chunk's tensors as the graph's outputs and only the nodes they depend on (so
+the chunks together cost about half of one full run each, not one each); the weights are
+inputs of each run (:mod:`onnxopt.mapped`), and the mapped pages are dropped after the run.
 """
 
 from __future__ import annotations
@@ -69,6 +70,38 @@ def chunks(pairs: list[Any], max_bytes: int, scale: float = 1.0) -> list[list[An
     return out
 
 
+def keep_needed(graph: onnx.GraphProto, outputs: list[str]) -> None:
+    """Drop the nodes that no tensor of ``outputs`` depends on: a chunk of early tensors then
+    runs the graph only up to them (nodes must be in topological order, as ONNX requires)."""
+    needed = set(outputs)
+    keep: list[int] = []
+    for i in range(len(graph.node) - 1, -1, -1):
+        n = graph.node[i]
+        if any(o in needed for o in n.output):
+            keep.append(i)
+            needed.update(n.input)
+            needed.update(_subgraph_reads(n))
+    if len(keep) == len(graph.node):
+        return
+    kept = [graph.node[i] for i in reversed(keep)]
+    copies = [onnx.NodeProto() for _ in kept]
+    for c, n in zip(copies, kept):
+        c.CopyFrom(n)
+    del graph.node[:]
+    graph.node.extend(copies)
+
+
+def _subgraph_reads(node: onnx.NodeProto) -> set[str]:
+    """Every tensor name the subgraphs of ``node`` (If, Loop, Scan) read, outer ones included."""
+    out: set[str] = set()
+    for a in node.attribute:
+        for g in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+            for n in g.node:
+                out.update(n.input)
+                out.update(_subgraph_reads(n))
+    return out
+
+
 class Side:
     """One model's sessions (one per set of outputs), its weights fed from the mapped file."""
 
@@ -88,6 +121,7 @@ class Side:
         m.CopyFrom(self.model.proto if self.copied else self.base)
         del m.graph.output[:]
         m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in outputs)
+        keep_needed(m.graph, outputs)
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3

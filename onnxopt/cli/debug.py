@@ -65,7 +65,8 @@ def debug_cmd(
     chunk_mb: ChunkOpt = None,
     top: TopOpt = 12,
 ) -> None:
-    """Compare A and B tensor by tensor (bounded memory). Exit 1 if a tensor differs."""
+    """Compare A and B tensor by tensor in bounded memory; print the first tensor over the
+    threshold (exit 1 if there is one) and, with --reduce, the smallest failing subgraph."""
     from onnxopt.data import check_feeds
     from onnxopt.errors import OptionError
     from onnxopt.layerwise import compare_layers
@@ -129,8 +130,10 @@ def print_layers(rep: Any, name_a: str, name_b: str, source: str, top: int) -> N
     """The summary, the first tensor over the threshold, the jump and the worst tensors."""
     console.print(
         f"[bold]{escape(name_a)} vs {escape(name_b)}[/]: {len(rep.rows)} tensors in common "
-        f"({rep.tensors_a} in A, {rep.tensors_b} in B), {rep.runs} runs of {escape(source)}, "
-        f"{rep.chunks} chunks of at most {rep.max_bytes / 2**20:.0f} MB, {rep.seconds:.1f} s"
+        f"({rep.tensors_a} in A, {rep.tensors_b} in B), {rep.runs} run{'s' * (rep.runs != 1)} of "
+        f"{escape(source)}, "
+        f"{rep.chunks} chunk{'s' * (rep.chunks != 1)} of at most {rep.max_bytes / 2**20:.0f} MB, "
+        f"{rep.seconds:.1f} s"
     )
     for note in rep.notes:
         console.print(f"note: {escape(note)}")
@@ -141,7 +144,7 @@ def print_layers(rep: Any, name_a: str, name_b: str, source: str, top: int) -> N
             f"[red]first tensor over {rep.threshold:g}[/]: {_describe(rep.rows[rep.first_over])}"
         )
     if rep.jump is not None:
-        console.print(f"largest SQNR drop: {_describe(rep.rows[rep.jump])}")
+        console.print(f"the error jumps at {_describe(rep.rows[rep.jump])}")
     worst = sorted((r for r in rep.rows if r["error"]), key=lambda r: r["error"], reverse=True)[
         :top
     ]
@@ -184,7 +187,8 @@ def _reduce(a: Any, b: Any, feeds: Any, rep: Any, out: Path) -> None:
         return
     files = red.save(out)
     console.print(
-        f"reduced {red.candidates} candidate nodes to {len(red.nodes)} in {red.tests} runs: "
+        f"reduced {red.candidates} candidate node{'s' * (red.candidates != 1)} to "
+        f"{len(red.nodes)} in {red.tests} subgraph run{'s' * (red.tests != 1)}: "
         f"{', '.join(escape(n) for n in red.nodes)}; {escape(red.why)}"
     )
     console.print("wrote " + ", ".join(str(f) for f in files))

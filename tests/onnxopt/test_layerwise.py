@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import onnx
 
 from onnxopt.layerwise import Pair, _Stat, compare_layers, find_jump, match_tensors
 from onnxopt.mapped import mapped_from_proto
@@ -84,3 +85,30 @@ def test_jump_is_the_layer_that_adds_the_most_noise():
     # two layers that each add about as much: the first one
     twice = [row("a", ["x"], 20.0), row("b", ["a"], 40.0), row("c", ["b"], 19.8)]
     assert find_jump(twice) == 0
+
+
+def test_a_chunk_runs_only_the_nodes_its_tensors_need():
+    import onnx.helper as oh
+
+    from onnxopt.chunking import keep_needed
+
+    a, _ = planted()
+    g = onnx.GraphProto()
+    g.CopyFrom(a.graph)
+    keep_needed(g, ["act2"])
+    assert [n.name for n in g.node] == [
+        *(f"{op}_{i}" for i in range(2) for op in ("MatMul", "Add", "Tanh", "Residual")),
+        "MatMul_2",
+        "Add_2",
+        "Tanh_2",
+    ]
+    # a node with a subgraph keeps what the subgraph reads from outside
+    body = oh.make_graph(
+        [oh.make_node("Neg", ["res3"], ["z"])], "b", [], [oh.make_tensor_value_info("z", 1, None)]
+    )
+    g2 = onnx.GraphProto()
+    g2.CopyFrom(a.graph)
+    g2.node.append(oh.make_node("If", ["cond"], ["w"], then_branch=body, else_branch=body))
+    keep_needed(g2, ["w"])
+    assert g2.node[-1].op_type == "If" and "Residual_3" in [n.name for n in g2.node]
+    assert "MatMul_4" not in [n.name for n in g2.node]
