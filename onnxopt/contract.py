@@ -116,6 +116,8 @@ class PassContext:
         budget: the user's lossy Budget (for passes with their own accuracy-aware fallback,
             such as int8 quantization); the manager still judges the result independently.
         runner: a shared :class:`onnxopt.verify.Runner` (session cache), may be None.
+        measure_candidates: a pass that tries several candidates (int8 fallback steps) times
+            each one for the report's trade-off plot (``PassResult.details["candidates"]``).
     """
 
     feeds: Feeds | None = None
@@ -125,6 +127,7 @@ class PassContext:
     progress: Callable[[str, int, int], None] | None = None
     budget: Any = None
     runner: Any = None
+    measure_candidates: bool = False
 
     def allow(self, key: str) -> bool:
         """Whether the site named ``key`` may be rewritten in this run."""
@@ -201,9 +204,11 @@ class Pass:
         """Run on a working copy: the one way a pass runs (:meth:`apply`, and the manager's
         batches of exact passes, which share one working copy). A model below
         ``opset_wanted`` is converted first (onnx's version converter)."""
+        from onnxopt import provenance
         from onnxopt.graph import opset_version
         from onnxopt.model import upgrade_opset
 
+        before = provenance.snapshot(work.current())
         notes: list[str] = []
         if self.opset_wanted and opset_version(work.model()) < self.opset_wanted:
             converted, note = upgrade_opset(work.model(), self.opset_wanted)
@@ -220,6 +225,8 @@ class Pass:
             result = self.run(work.graph(), ctx)
             if result.changed:
                 work.graph_changed()
+        if result.changed:  # which original nodes each new node came from
+            provenance.record(before, work.current())
         result.notes[:0] = notes
         return result
 
@@ -251,6 +258,11 @@ class Working:
         if self._graph is None:
             self._graph = to_graph(self._proto)
         return self._graph
+
+    def current(self) -> gs.Graph | onnx.ModelProto:
+        """The form the last pass left (the graph if it is current, else the proto), without
+        converting."""
+        return self._graph if self._graph is not None else self._proto
 
     def graph_changed(self) -> None:
         """A pass edited the graph: the proto form is stale."""

@@ -28,7 +28,10 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     Node domains are normalized: torch's exporters leave the field unset, which gs reads as
     None; every pass can then compare against "" for the standard domain.
     """
+    from onnxopt import provenance
+
     graph = gs.import_onnx(model)
+    provenance.to_gs(model, graph)
     _normalize_domains(graph)
     setattr(graph, UNUSED_INITIALIZERS, unused_initializers(model.graph))
     return graph
@@ -68,9 +71,13 @@ def _normalize_domains(graph: gs.Graph) -> None:
 
 
 def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.ModelProto:
-    """Export ``graph``; copy model-level fields from ``like`` so nothing silently changes."""
+    """Export ``graph``; copy model-level fields from ``like`` so nothing silently changes
+    (node provenance included: :mod:`onnxopt.provenance`)."""
+    from onnxopt import provenance
+
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     out = gs.export_onnx(graph, do_type_check=False)
+    provenance.from_gs(graph, out)
     if like is not None:
         out.ir_version = like.ir_version
         out.producer_name = like.producer_name

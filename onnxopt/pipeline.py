@@ -28,6 +28,7 @@ from typing import Any
 import onnx
 
 from onnxopt.bisection import Trial, bisect_sites
+from onnxopt.candidates import candidate_row, input_row, mark_chosen
 from onnxopt.contract import Pass, PassContext, PassResult, Working
 from onnxopt.data import Feeds
 from onnxopt.defaults import EXACT_VERIFY_RUNS, MAX_BISECT_SECONDS, MAX_BISECT_TRIALS
@@ -79,6 +80,8 @@ class PassManager:
         batch_exact: run consecutive exact passes as one batch, verified once.
         holdout: with lossy passes and no separate calibration feeds, learn from half of the
             runs and verify on the other half.
+        measure_candidates: time every candidate a lossy pass or its bisection tries, for the
+            report's trade-off plot (``PassReport.details["candidates"]``).
     """
 
     def __init__(
@@ -96,6 +99,7 @@ class PassManager:
         allow_slower: bool = False,
         batch_exact: bool = True,
         holdout: bool = True,
+        measure_candidates: bool = False,
     ) -> None:
         if target not in ("onnx", "onnxruntime"):
             raise OptionError(f"--target must be 'onnx' or 'onnxruntime', not {target!r}")
@@ -119,6 +123,7 @@ class PassManager:
         self.allow_slower = allow_slower
         self.batch_exact = batch_exact
         self.holdout = holdout
+        self.measure_candidates = measure_candidates
         self.runner = Runner()
 
     def __repr__(self) -> str:
@@ -262,6 +267,7 @@ class PassManager:
             progress=prog,
             budget=self.budget,
             runner=self.runner,
+            measure_candidates=self.measure_candidates,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -374,7 +380,11 @@ class PassManager:
             and len(result.sites) > 1
             and not checked.why.startswith("not faster")
         ):
-            checked = self._bisect(p, stage, result, pr, own)
+            feed = self.verifier.exact_feeds.runs[0] if self.measure_candidates else None
+            first = [candidate_row(f"all {len(result.sites)} sites", candidate, checked, feed)]
+            if feed is not None and not p.exact:
+                first.insert(0, input_row(self.verifier, stage, feed))
+            checked = self._bisect(p, stage, result, pr, own, first, feed)
         if checked.stage is None:
             pr.status, pr.reason = "rolled back", checked.why
             return stage
@@ -388,19 +398,32 @@ class PassManager:
         return checked.stage
 
     def _bisect(
-        self, p: Pass, stage: Stage, result: PassResult, pr: PassReport, own: int
+        self,
+        p: Pass,
+        stage: Stage,
+        result: PassResult,
+        pr: PassReport,
+        own: int,
+        first: list[dict[str, Any]],
+        feed: dict[str, Any] | None,
     ) -> Checked:
-        """Re-apply the pass on subsets of its sites; the report describes the model kept."""
+        """Re-apply the pass on subsets of its sites; the report describes the model kept
+        (and, for a lossy pass, every candidate tried: ``details["candidates"]``)."""
+        sites = result.sites
+        tried = list(first)
 
         def trial(allowed: set[str]) -> Trial:
             res, cand = p.apply(stage.model, self._ctx(p, allowed))
             if not res.changed:
                 return Trial(None, "no-op", res)
             checked = self._verify(cand, stage, p, speed=False)
+            label = f"trial {len(tried)}: {len(allowed)} of {len(sites)} sites"
+            tried.append(candidate_row(label, cand, checked, feed, sorted(allowed)))
             return Trial(checked if checked.stage is not None else None, checked.why, res)
 
-        sites = result.sites
         b = bisect_sites(sites, trial, MAX_BISECT_TRIALS, MAX_BISECT_SECONDS)
+        if not p.exact:
+            pr.details["candidates"] = mark_chosen(tried)
         pr.dropped_sites = b.dropped
         if b.kept is None:
             return Checked(None, b.why)
@@ -408,7 +431,7 @@ class PassManager:
             final = self._verify(b.kept.verdict.stage.model, stage, p)
             if final.stage is None:
                 return final
-        pr.details = dict(b.kept.result.details)
+        pr.details = {**b.kept.result.details, **_only(pr.details, "candidates")}
         pr.notes[own:] = b.kept.result.notes
         pr.rewrites = len(sites) - len(b.dropped)
         more = " …" if len(b.dropped) > 10 else ""
@@ -444,6 +467,10 @@ class PassManager:
             n = len(v.exact_feeds) if p.exact else len(v.feeds)
             self.progress.update(f"verifying {p.name} on {n} runs", 0, 1)
         return v.verify(candidate, stage, p.exact, speed=speed and p.goal == "speed")
+
+
+def _only(d: dict[str, Any], key: str) -> dict[str, Any]:
+    return {key: d[key]} if key in d else {}
 
 
 def _metrics(c: Comparison | None) -> Metrics:

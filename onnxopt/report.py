@@ -58,6 +58,9 @@ class PipelineReport:
     metric_output: str | None = None
     #: how many verification runs exact and lossy passes were checked on
     verified_on: dict[str, int] = field(default_factory=dict)
+    #: what the HTML page shows beyond the passes (``onnxopt.analysis.analyze``): per-layer
+    #: error, per-op profiles, changed regions; empty unless ``--html`` asked for it
+    analysis: dict[str, Any] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[PassReport]:

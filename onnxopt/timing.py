@@ -231,3 +231,25 @@ def race(
         wins += med[1] < med[0]
         rounds += 1
     return Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, threads)
+
+
+def quick_latency(
+    model: Any,
+    feed: dict[str, np.ndarray],
+    *,
+    threads: int = 2,
+    seconds: float = 0.3,
+    min_runs: int = 5,
+    max_runs: int = 200,
+) -> float:
+    """Median latency in ms of a ModelProto on ``feed`` over about ``seconds`` (at least
+    ``min_runs``): a short measure for trade-off plots, not a benchmark."""
+    sess = model_session(model, threads=threads)
+    sess.run(None, feed)
+    lat: list[float] = []
+    start = time.perf_counter()
+    while len(lat) < max_runs and (len(lat) < min_runs or time.perf_counter() - start < seconds):
+        t = time.perf_counter_ns()
+        sess.run(None, feed)
+        lat.append((time.perf_counter_ns() - t) / 1e6)
+    return float(np.median(lat))

@@ -70,6 +70,8 @@ class Checked:
     vs_previous: Comparison | None = None
     vs_original: Comparison | None = None
     notes: list[str] = field(default_factory=list)
+    #: the candidate's accuracy, when labels gave one
+    accuracy: float | None = None
 
 
 class Verifier:
@@ -192,6 +194,7 @@ class Verifier:
         acc = None
         if self.feeds.labels is not None and not exact_runs:
             acc = (self.accuracy(ref), self.accuracy(outputs))
+            out.accuracy = acc[1]
         v = self.budget.check(cmp, acc)
         if not v:
             out.why = "over budget: " + v.reason

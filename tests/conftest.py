@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -21,3 +24,18 @@ def pytest_configure(config):
         import torch
 
         torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """``onnxopt demo`` run once, as a user runs it: (the finished process, its output folder
+    with digits_cnn.opt.onnx, report.json and report.html)."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    r = subprocess.run(
+        [sys.executable, "-m", "onnxopt", "demo", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    return r, out

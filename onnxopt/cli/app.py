@@ -39,6 +39,8 @@ COMMANDS = [
     "prune",
     "merge",
     "distill",
+    "debug",
+    "report",
 ]
 
 

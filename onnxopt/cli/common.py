@@ -58,6 +58,14 @@ BatchOpt = Annotated[
     int | None, typer.Option("--batch", help="Samples per run when the batch dim is dynamic.")
 ]  # noqa: E501
 ReportOpt = Annotated[Path | None, typer.Option("--report", help="Write the JSON report here.")]
+HtmlOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--html",
+        help="Write a one-page HTML report here: the passes, per-layer error, onnxruntime's "
+        "per-op profile, trade-offs, changed regions (also stored in --report's JSON).",
+    ),
+]
 PassesOpt = Annotated[
     str | None,
     typer.Option("--passes", help="Comma-separated passes or families. See `onnxopt passes`."),
@@ -278,11 +286,12 @@ def run_and_report(
     options: dict | None = None,
     title: str | None = None,
     calib_data: Path | None = None,
+    html: Path | None = None,
     **settings: Any,
 ):
     """Load, run the passes (names or instances) with verification, print the report and
-    write the model and the JSON report atomically. ``settings`` go to the PassManager
-    (``allow_slower``, ``metric_output``). Returns (model, report)."""
+    write the model, the JSON report and the HTML page atomically. ``settings`` go to the
+    PassManager (``allow_slower``, ``metric_output``). Returns (model, report)."""
     from onnxopt.cli.render import render
     from onnxopt.passes.registry import manager
 
@@ -294,6 +303,7 @@ def run_and_report(
         strict=strict,
         options=options,
         progress=progress(),
+        measure_candidates=html is not None,
         **settings,
     )
     feeds = feeds_for(model, data, shape, int_range, batch)
@@ -305,6 +315,27 @@ def run_and_report(
     if output is not None:
         write_model(out_model, output, source=model_path)
         console.print(f"wrote {output}")
+    if html is not None:
+        add_analysis(report, model, out_model, feeds, f"{title or 'onnxopt'}: {model_path.name}")
     if report_path is not None:
         write_text_atomic(report_path, report.to_json())
+    if html is not None:
+        write_html(report.to_dict(), html)
     return out_model, report
+
+
+def add_analysis(report: Any, original: onnx.ModelProto, final: Any, feeds: Feeds, title: str):
+    """Fill ``report.analysis`` for the HTML page (per-layer error, profiles, regions)."""
+    from onnxopt.analysis import analyze
+
+    err_console.print("building the HTML report: per-layer comparison, profiles, regions")
+    report.analysis = analyze(original, final, feeds)
+    report.analysis["title"] = title
+
+
+def write_html(report: dict[str, Any], path: Path) -> None:
+    """Render a report dict as the HTML page at ``path`` (atomically)."""
+    from onnxopt.html import write_page
+
+    write_page(report, path)
+    console.print(f"wrote {path}")

@@ -59,6 +59,7 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
         budget=Budget(min_cosine=None, max_accuracy_drop=1.0),
         options=options,
         progress=progress,
+        measure_candidates=True,  # the HTML page's trade-off plot
     )
     out_model, report = pm.run(model, feeds, calib)
     render(report, console)
@@ -66,8 +67,12 @@ def run_demo(out_dir: Path, console: Any, progress: Any = None) -> Any:
         console.print(f"[yellow]not in this build[/]: {', '.join(missing)}")
     out_dir.mkdir(parents=True, exist_ok=True)
     out_path = save_model(out_model, out_dir / "digits_cnn.opt.onnx")
+    from onnxopt.cli.common import add_analysis, write_html
+
+    add_analysis(report, model, out_model, feeds, f"onnxopt demo: {model_path.name}")
     (out_dir / "report.json").write_text(report.to_json())
     console.print(f"wrote {out_path} and {out_dir / 'report.json'}")
+    write_html(report.to_dict(), out_dir / "report.html")
     from onnxopt.bench import bench
     from onnxopt.cli.bench import rows, table
 

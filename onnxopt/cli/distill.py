@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import numpy as np
 import typer
 
-from onnxopt.cli.common import BatchOpt
+from onnxopt.cli.common import BatchOpt, HtmlOpt
 from onnxopt.errors import DataError, OptionError
 
 
@@ -144,6 +144,7 @@ def distill_cmd(
     seed: SeedOpt = 0,
     cache_dir: CacheDirOpt = None,
     passes: PassesOpt = None,
+    html: HtmlOpt = None,
 ) -> None:
     """Distill TEACHER into STUDENT on unlabeled data; only the student's weights change."""
     from onnxopt.cli.common import clean_first, console, pre_passes, write_model
@@ -184,6 +185,10 @@ def distill_cmd(
     write_model(res.model, output, source=student)
     _render(res, f"distill {student.name} <- {teacher.name}")
     console.print(f"wrote {output}")
+    if html is not None:
+        from onnxopt.cli.report import distill_page
+
+        distill_page(res, s_model, teacher, html)
 
 
 def _render(res: Any, title: str) -> None:

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from onnxopt.cli.common import BatchOpt, IntRangeOpt, ShapeOpt, console, split_list, write_model
+from onnxopt.cli.common import (
+    BatchOpt,
+    HtmlOpt,
+    IntRangeOpt,
+    ShapeOpt,
+    console,
+    split_list,
+    write_model,
+)
 from onnxopt.errors import OptionError
 
 HELP = "\n\n".join(
@@ -124,6 +132,7 @@ def merge_cmd(
     no_cse: NoCseOpt = False,
     json_out: JsonOutOpt = None,
     passes: PassesOpt = None,
+    html: HtmlOpt = None,
 ) -> None:
     from onnxopt.data import parse_int_range, parse_shape_overrides
     from onnxopt.passes.ensemble.config import MergeConfig
@@ -166,6 +175,10 @@ def merge_cmd(
     if json_out is not None:
         json_out.write_text(report.to_json())
     render(report, output)
+    if html is not None:
+        from onnxopt.cli.report import merge_page
+
+        merge_page(report, model, output, html)
 
 
 def register(app: typer.Typer) -> None:

@@ -10,6 +10,7 @@ import typer
 from onnxopt.cli.common import (
     AllowSlowerOpt,
     BatchOpt,
+    HtmlOpt,
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
@@ -261,6 +262,7 @@ def prune_cmd(
     min_top1_agreement: MinTop1AgreementOpt = None,
     max_accuracy_drop: MaxAccuracyDropOpt = None,
     report: ReportOpt = None,
+    html: HtmlOpt = None,
     strict: StrictOpt = False,
     latency: LatencyOpt = True,
     allow_slower: AllowSlowerOpt = False,
@@ -289,6 +291,7 @@ def prune_cmd(
         int_range=int_range,
         batch=batch,
         report_path=report,
+        html=html,
         strict=strict,
         budget=budget,
         title="onnxopt prune",

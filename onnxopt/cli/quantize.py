@@ -10,6 +10,7 @@ import typer
 from onnxopt.cli.common import (
     AllowSlowerOpt,
     BatchOpt,
+    HtmlOpt,
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
@@ -143,6 +144,7 @@ def quantize_cmd(
     min_top1_agreement: MinTop1AgreementOpt = None,
     max_accuracy_drop: MaxAccuracyDropOpt = None,
     report: ReportOpt = None,
+    html: HtmlOpt = None,
     strict: StrictOpt = False,
     allow_slower: AllowSlowerOpt = False,
     metric_output: MetricOutputOpt = None,
@@ -172,6 +174,7 @@ def quantize_cmd(
         int_range=int_range,
         batch=batch,
         report_path=report,
+        html=html,
         strict=strict,
         budget=budget,
         title=f"onnxopt quantize ({mode})",

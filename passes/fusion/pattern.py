@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt import provenance
 from onnxopt.graph import const_value, is_graph_output, producer
 
 logger = logging.getLogger(__name__)
@@ -296,6 +297,7 @@ def replace_root(
         node.outputs = [out if t is new_output else t for t in node.outputs]
     if out.dtype is None and new_output.dtype is not None:
         out.dtype = new_output.dtype
+    provenance.inherit(new_nodes, m.matched)  # the new nodes come from every matched node
     for node in m.matched:
         node.outputs.clear()
         node.inputs.clear()

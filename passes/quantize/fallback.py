@@ -45,7 +45,9 @@ def sqnr_db(ref_runs: list[dict[str, np.ndarray]], runs: list[dict[str, np.ndarr
 
 @dataclass
 class Judge:
-    """Checks a candidate against the float reference with the user's Budget."""
+    """Checks a candidate against the float reference with the user's Budget; each check is a
+    row of ``history`` (label, ok, cosine, accuracy, and latency when ``timing_feed`` is set)
+    for the report's trade-off plot."""
 
     runner: Runner
     feeds: Feeds
@@ -53,8 +55,12 @@ class Judge:
     budget: object
     ref_accuracy: float | None = None
     evaluations: int = 0
+    timing_feed: dict[str, np.ndarray] | None = None
+    history: list[dict] = field(default_factory=list)
 
-    def check(self, model: onnx.ModelProto) -> tuple[bool, str]:
+    def check(self, model: onnx.ModelProto, label: str = "") -> tuple[bool, str]:
+        from onnxopt.candidates import latency_or_none
+
         self.evaluations += 1
         runs = self.runner.run(model, self.feeds)
         comp = compare(self.reference, runs)
@@ -62,6 +68,16 @@ class Judge:
         if self.feeds.labels is not None and self.ref_accuracy is not None:
             acc = (self.ref_accuracy, accuracy(runs, self.feeds.labels))
         verdict = self.budget.check(comp, acc)
+        timed = self.timing_feed is not None
+        self.history.append(
+            {
+                "label": label or f"candidate {self.evaluations}",
+                "ok": bool(verdict.ok),
+                "cosine": comp.cosine if comp.outputs else None,
+                "accuracy": acc[1] if acc else None,
+                "latency_ms": latency_or_none(model, self.timing_feed, label) if timed else None,
+            }
+        )
         return bool(verdict.ok), verdict.reason
 
 
@@ -106,7 +122,7 @@ def search_fallback(
 
     def ok_with(k: int) -> bool:
         floats = set(order[:k])
-        good, _ = judge.check(build({s for s in sites if s not in floats}))
+        good, _ = judge.check(build({s for s in sites if s not in floats}), f"{k} in float")
         if progress is not None:
             progress("fallback", k, n)
         return good

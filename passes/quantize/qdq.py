@@ -21,6 +21,7 @@ from functools import lru_cache
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt import provenance
 from onnxopt.graph import const_value, is_graph_output
 
 from .placement import Plan, quantized_consumer
@@ -137,45 +138,55 @@ class Inserter:
         return gs.Constant(self._name(base), np.array(value, copy=True, order="C"))
 
     def _pair(self, src: gs.Variable, p: QParams, base: str) -> gs.Variable:
+        """Q/DQ of activation ``src``: they come from its producer (or, for a graph input,
+        from the nodes that read it)."""
+        sources = src.inputs[:1] or list(src.outputs)  # before the Q node reads src too
         s = self._const(base + "_scale", np.array(p.scale, np.float32))
         z = self._const(base + "_zero_point", np.array(p.zero_point, p.dtype))
         q = gs.Variable(self._name(base + "_quantized"), dtype=p.dtype, shape=src.shape)
         dq = gs.Variable(self._name(base + "_dequantized"), dtype=np.float32, shape=src.shape)
-        self.graph.nodes.append(
+        pair = [
             gs.Node(
                 "QuantizeLinear",
                 self._name(base + "_QuantizeLinear"),
                 inputs=[src, s, z],
                 outputs=[q],
-            )
-        )
-        self.graph.nodes.append(
+            ),
             gs.Node(
                 "DequantizeLinear",
                 self._name(base + "_DequantizeLinear"),
                 inputs=[q, s, z],
                 outputs=[dq],
-            )
-        )
+            ),
+        ]
+        provenance.inherit(pair, sources)
+        self.graph.nodes.extend(pair)
         return dq
 
     def _dq_const(
-        self, base: str, qv: np.ndarray, scale: np.ndarray, axis: int | None, zp_dtype: type
+        self,
+        base: str,
+        qv: np.ndarray,
+        scale: np.ndarray,
+        axis: int | None,
+        zp_dtype: type,
+        owner: gs.Node | None = None,
     ) -> gs.Variable:
         s = self._const(base + "_scale", scale.astype(np.float32))
         z = self._const(base + "_zero_point", np.zeros(scale.shape, zp_dtype))
         qc = self._const(base + "_quantized", qv)
         out = gs.Variable(self._name(base + "_dequantized"), dtype=np.float32, shape=list(qv.shape))
         attrs = {"axis": axis} if axis is not None and scale.ndim == 1 else {}
-        self.graph.nodes.append(
-            gs.Node(
-                "DequantizeLinear",
-                self._name(base + "_DequantizeLinear"),
-                attrs=attrs,
-                inputs=[qc, s, z],
-                outputs=[out],
-            )
+        dq = gs.Node(
+            "DequantizeLinear",
+            self._name(base + "_DequantizeLinear"),
+            attrs=attrs,
+            inputs=[qc, s, z],
+            outputs=[out],
         )
+        if owner is not None:  # a weight's DQ comes from the node that reads the weight
+            provenance.inherit([dq], [owner])
+        self.graph.nodes.append(dq)
         return out
 
     def apply(self) -> dict[str, int]:
@@ -238,7 +249,9 @@ class Inserter:
         axis = site.axis if self.per_axis_ok else None
         ws = weight_params(w, axis, self.reduce_range)
         wq = quantize_weight(w, ws, axis, self.reduce_range)
-        node.inputs[site.weight] = self._dq_const(f"{node.name}_W", wq, ws, axis, np.int8)
+        node.inputs[site.weight] = self._dq_const(
+            f"{node.name}_W", wq, ws, axis, np.int8, owner=node
+        )
         self.counts["weights"] += 1
         if site.bias is None:
             return
@@ -252,7 +265,7 @@ class Inserter:
         if sat:
             self.notes.append(f"{node.name}: {sat} bias values saturated int32")
         owner.inputs[site.bias] = self._dq_const(
-            f"{node.name}_B", bq, bs if bs.ndim else bs, 0 if bs.ndim else None, np.int32
+            f"{node.name}_B", bq, bs if bs.ndim else bs, 0 if bs.ndim else None, np.int32, owner
         )
         self.counts["biases"] += 1
 
@@ -276,12 +289,12 @@ class Inserter:
         s = self._const(f"{node.name}_table_scale", ws)
         z = self._const(f"{node.name}_table_zero_point", np.zeros(ws.shape, np.int8))
         attrs = {"axis": -1} if per_col else {}
-        self.graph.nodes.append(
-            gs.Node(
-                "DequantizeLinear",
-                self._name(f"{node.name}_DequantizeLinear"),
-                attrs=attrs,
-                inputs=[yq, s, z],
-                outputs=[y],
-            )
+        dq = gs.Node(
+            "DequantizeLinear",
+            self._name(f"{node.name}_DequantizeLinear"),
+            attrs=attrs,
+            inputs=[yq, s, z],
+            outputs=[y],
         )
+        provenance.inherit([dq], [node])
+        self.graph.nodes.append(dq)

@@ -94,9 +94,7 @@ class QuantizeInt8(Pass):
         qmodel, kept = build(set(sites)), list(sites)
         details = self._details(plan_kw, smooth_info)
         if ctx.budget is not None and c.fallback:
-            qmodel, kept, fb_notes, details["float_nodes"] = self._fallback(
-                model, build, sites, qmodel, ctx
-            )
+            qmodel, kept, fb_notes = self._fallback(model, build, sites, qmodel, ctx, details)
             notes += fb_notes
         details["counts"] = dict(build.inserter.counts)
         notes += build.inserter.notes + plan_notes[:20]
@@ -222,10 +220,12 @@ class QuantizeInt8(Pass):
         sites: list[str],
         qmodel: onnx.ModelProto,
         ctx: PassContext,
-    ) -> tuple[onnx.ModelProto, list[str], list[str], list[dict[str, Any]]]:
+        details: dict[str, Any],
+    ) -> tuple[onnx.ModelProto, list[str], list[str]]:
         """Return the most sensitive sites to float until ``ctx.budget`` holds.
 
-        Returns (model, kept sites, notes, one row per float site)."""
+        Returns (model, kept sites, notes); ``details`` gets one row per float site
+        (``float_nodes``) and the steps tried (``candidates``, when there were several)."""
         from onnxopt.runner import Runner
         from onnxopt.verify import accuracy
 
@@ -234,9 +234,11 @@ class QuantizeInt8(Pass):
         reference = runner.run(model, feeds)
         ref_acc = accuracy(reference, feeds.labels) if feeds.labels is not None else None
         judge = Judge(runner, feeds, reference, ctx.budget, ref_acc)
-        good, why = judge.check(qmodel)
+        if ctx.measure_candidates:  # the report's trade-off plot: time every step
+            judge.timing_feed = feeds.runs[0]
+        good, why = judge.check(qmodel, "all int8")
         if good:
-            return qmodel, sites, [], []
+            return qmodel, sites, []
         notes = [f"fully quantized model misses the budget ({why}); ranking sites"]
         sfeeds = ctx.feeds.subset(self.config.sensitivity_runs)
         sref = reference[: len(sfeeds)]
@@ -257,7 +259,39 @@ class QuantizeInt8(Pass):
         if not res.met:
             notes.append(res.reason)
         kept = [s for s in sites if s not in set(res.float_sites)]
-        return build(set(kept)), kept, notes, rows
+        details["float_nodes"] = rows
+        details["candidates"] = _steps(
+            judge, model, ref_acc, len(res.float_sites) if res.met else None
+        )
+        return build(set(kept)), kept, notes
+
+
+def _steps(
+    judge: Judge, model: onnx.ModelProto, ref_acc: float | None, chosen: int | None
+) -> list[dict[str, Any]]:
+    """The fallback's steps as trade-off candidates (with the float input when timed); the
+    chosen one is the step with ``chosen`` nodes in float."""
+    from onnxopt.candidates import latency_or_none
+
+    rows = [
+        {**h, "chosen": chosen is not None and h["label"] == f"{chosen} in float"}
+        for h in judge.history
+    ]
+    if judge.timing_feed is not None:
+        latency = latency_or_none(model, judge.timing_feed, "float")
+        rows.insert(
+            0,
+            {
+                "label": "float (the input)",
+                "ok": True,
+                "cosine": 1.0,
+                "accuracy": ref_acc,
+                "latency_ms": latency,
+                "chosen": False,
+                "reference": True,
+            },
+        )
+    return rows
 
 
 class Builder:

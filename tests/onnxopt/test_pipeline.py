@@ -192,3 +192,37 @@ def test_apply_returns_the_input_itself_when_unchanged():
     m = model()
     res, out = Touches().apply(m, PassContext())
     assert not res.changed and out is m and m.doc_string != "touched"
+
+
+class LossyNegToAbs(NegToAbs):
+    """The same rewrite, judged as a lossy pass made for speed (so it may be timed)."""
+
+    name = "test-lossy-neg"
+    exact = False
+
+
+def test_bisection_of_a_lossy_pass_lists_its_candidates():
+    pm = PassManager(
+        [LossyNegToAbs(wrong=("c",))],
+        budget=Budget(min_cosine=0.9999),
+        measure_candidates=True,
+    )
+    _, rep = pm.run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "kept" and pr.dropped_sites == ["c"]
+    cands = pr.details["candidates"]
+    assert cands[0]["label"] == "input of the pass" and cands[0]["reference"]
+    assert cands[1]["label"] == "all 4 sites" and not cands[1]["ok"]
+    assert [c["chosen"] for c in cands].count(True) == 1
+    chosen = next(c for c in cands if c["chosen"])
+    assert chosen["ok"] and "c" not in chosen["sites"] and len(chosen["sites"]) == 3
+    assert all(c["latency_ms"] > 0 for c in cands)
+    assert cands[1]["cosine"] < chosen["cosine"]
+
+
+def test_candidates_are_timed_only_when_asked():
+    from onnxopt.candidates import candidate_row
+    from onnxopt.verifier import Checked
+
+    row = candidate_row("x", model(), Checked(None, "over budget"), None)
+    assert row == {"label": "x", "ok": False, "cosine": None, "accuracy": None, "latency_ms": None}

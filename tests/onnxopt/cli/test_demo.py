@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import onnx
@@ -14,15 +11,8 @@ import onnxruntime as ort
 from onnxopt.examples import FOLDER as EXAMPLES
 
 
-def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
-    out = tmp_path / "demo"
-    r = subprocess.run(
-        [sys.executable, "-m", "onnxopt", "demo", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+def test_demo_runs_the_pipeline_and_writes_a_verified_model(demo_run):
+    r, out = demo_run
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert "Traceback" not in r.stdout + r.stderr
     report = json.loads((out / "report.json").read_text())
@@ -47,3 +37,4 @@ def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
     acc = float((sess.run(None, {name: x})[0].argmax(-1) == data["labels"][:40]).mean())
     assert acc > 0.9
     assert "latency in ms" in r.stdout
+    assert (out / "report.html").stat().st_size > 10_000  # the page (tests/onnxopt/html)

@@ -64,10 +64,14 @@ def test_cli_distills_and_writes_the_student(files) -> None:
             str(lab),
             "--alpha",
             "0.2",
+            "--html",
+            str(tmp / "d.html"),
         ],
     )
     assert res.exit_code == 0, res.output
     assert "top-1 agreement" in res.output and "accuracy" in res.output
+    page = (tmp / "d.html").read_text()
+    assert 'id="pipeline-table"' in page and "held-out loss per epoch" in page
     model = onnx.load(out)
     assert [n.op_type for n in model.graph.node] == ["Gemm", "Relu", "Gemm"]
     assert onnx.load(s).graph.initializer[0] != model.graph.initializer[0]

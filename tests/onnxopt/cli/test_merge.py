@@ -52,10 +52,14 @@ def test_cli_average_writes_verified_model(members, tmp_path):
             "probs",
             "--json",
             str(tmp_path / "r.json"),
+            "--html",
+            str(tmp_path / "r.html"),
         ],
     )
     assert res.exit_code == 0, res.output
     assert "verified" in res.output and "member0" in res.output
+    page = (tmp_path / "r.html").read_text()
+    assert "merge (average)" in page and 'id="members"' in page and 'id="profile-ops-after"' in page
     x = np.ones((2, 4), np.float32)
     got = run(onnx.load(out), {"x": x})["logits"]
     assert got.shape == (2, 3)

@@ -79,3 +79,19 @@ def test_sqnr() -> None:
     assert sqnr_db(a, a) == math.inf
     b = [{"y": np.full(4, 1.1, np.float32)}]
     assert math.isclose(sqnr_db(a, b), 20.0, rel_tol=1e-4)
+
+
+def test_fallback_steps_are_trade_off_candidates() -> None:
+    m, feeds = _model(), _feeds()
+    ctx = PassContext(
+        feeds=feeds, budget=Budget(min_cosine=0.999), runner=Runner(), measure_candidates=True
+    )
+    res = QuantizeInt8(QuantizeConfig(calibrator="minmax")).run_model(m, ctx)
+    cands = res.details["candidates"]
+    labels = [c["label"] for c in cands]
+    assert labels[:2] == ["float (the input)", "all int8"] and "1 in float" in labels
+    assert cands[0]["reference"] and cands[0]["cosine"] == 1.0
+    assert not cands[1]["ok"]  # the fully quantized model misses the budget
+    chosen = [c for c in cands if c["chosen"]]
+    assert [c["label"] for c in chosen] == ["1 in float"] and chosen[0]["ok"]
+    assert all(c["latency_ms"] > 0 for c in cands)
