@@ -39,6 +39,7 @@ COMMANDS = [
     "prune",
     "merge",
     "distill",
+    "search",
 ]
 
 
