@@ -105,7 +105,7 @@ def search_cmd(
     """Search passes and options for the fastest model within the budget (a Pareto front)."""
     from onnxopt.search import driver, pareto
     from onnxopt.search.executors import make_executor
-    from onnxopt.search.space import build_space, read_recipe
+    from onnxopt.search.recipe import build_space, read_recipe
 
     space = build_space(
         read_recipe(recipe) if recipe else None, seed=seed, trials=trials, objective=objective

@@ -223,6 +223,10 @@ class RayExecutor(Executor):
         self._node_cpus = 1.0
 
     def start(self, job: Job) -> None:
+        if not self.address:
+            # a private instance on this machine: its traffic stays on the loopback interface
+            # (read when Ray is imported)
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray = _import_ray()
         self._connect(ray)
         resources = ray.cluster_resources()
@@ -250,8 +254,6 @@ class RayExecutor(Executor):
                     f"--ray-address {self.address}: cannot join the Ray cluster ({first_line(e)})"
                 ) from e
             return
-        # a private instance on this machine: keep its traffic on the loopback interface
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
         ray.init(
             num_cpus=self.workers or os.cpu_count(),
             include_dashboard=False,

@@ -122,6 +122,7 @@ class Search:
         self.evals: dict[str, dict[str, Any] | None] = {}  # eval key -> record (None: running)
         self.computed = {"steps": 0, "evals": 0, "steps_cached": 0, "evals_cached": 0}
         self._durations: list[float] = []
+        self._started = False
         self._last_tick = 0.0
         self.phase = "starting"
 
@@ -129,7 +130,6 @@ class Search:
     def run(self) -> SearchResult:
         t0 = time.perf_counter()
         self._build_tree()
-        self.executor.start(self.job)
         running: list[Task] = []
         try:
             self.phase = "cheap"
@@ -237,7 +237,7 @@ class Search:
             if free <= 0:
                 return
             if node.state == "pending" and node.parent.state == "done":
-                running.append(self.executor.submit(self._step_task(node)))
+                running.append(self._submit(self._step_task(node)))
                 free -= 1
         for ts in self.trials:
             if free <= 0:
@@ -245,7 +245,7 @@ class Search:
             if ts.cheap is None and not ts.error and ts.leaf.state == "done":
                 task = self._eval_task(ts, 0)
                 if task is not None:
-                    running.append(self.executor.submit(task))
+                    running.append(self._submit(task))
                     free -= 1
 
     def _fill_full(self, running: list[Task], promoted: list[TrialState]) -> None:
@@ -256,10 +256,21 @@ class Search:
             if ts.full is None and not ts.error:
                 task = self._eval_task(ts, 1, exclusive=True)
                 if task is not None:
-                    running.append(self.executor.submit(task))
+                    running.append(self._submit(task))
                     free -= 1
 
+    def _start(self) -> None:
+        """Start the executor on first use (a resumed search with everything cached starts
+        no worker)."""
+        if not self._started:
+            self.executor.start(self.job)
+            self._started = True
+
+    def _submit(self, task: Task) -> Task:
+        return self.executor.submit(task)
+
     def _step_task(self, node: Node) -> Task:
+        self._start()
         node.state = "running"
         parent = node.parent
         if parent.arg is None:
@@ -284,6 +295,7 @@ class Search:
             if rec is not None:
                 self._set_eval(ts, rung, rec)
             return None
+        self._start()
         self.evals[key] = None
         leaf = ts.leaf
         if leaf.arg is None:
