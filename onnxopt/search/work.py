@@ -117,9 +117,11 @@ def memo(job: Job) -> Memo:
 
 
 def init_worker(job_bytes: bytes) -> None:
-    """Process-pool initializer: one thread per library, then the job, parsed once."""
+    """Process-pool initializer: one thread per library, then the job, parsed once. The
+    worker is a process of its own: its warnings (a pass's notes say the same) stay quiet."""
     for k in THREAD_ENV:
         os.environ[k] = "1"
+    logging.basicConfig(level=logging.ERROR)
     memo(pickle.loads(job_bytes))
 
 
