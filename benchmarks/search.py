@@ -15,8 +15,9 @@ For each model (built by ``onnxopt.zoo``, no downloads):
    neither saw (digits: the 450-image test split, accuracy; MobileNetV2: 16 more inputs,
    top-1 agreement with the original) and timed against each other in interleaved rounds
    (``onnxopt.timing.race``: onnxruntime, all optimizations, one thread, batch 1).
-2. **Ray, 2 workers vs 1** (a local Ray instance of 2 CPUs, then of 1): the same search's wall
-   time, and the ratio (goal: <= 0.6).
+2. **Ray, 2 workers vs 1**: the same search on a local Ray cluster of two one-CPU worker
+   nodes, then of one (``ray.cluster_utils.Cluster``, a head without CPUs), joined with
+   ``--ray-address``: wall times and their ratio (goal: <= 0.6).
 3. **Same results.** The trial tables of the local pool and Ray: every cheap result's quality
    and size must be equal; full results where both executors verified the trial in full.
 4. **Killed and resumed.** A local search is interrupted (SIGINT, as Ctrl-C) once half of its
@@ -30,6 +31,7 @@ Writes ``SEARCH.md`` and ``search.json`` (``--out``, default ``benchmarks/``); w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -37,6 +39,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +59,13 @@ HAND = ["cleanup", "fusion", "prune", "distill", "quantize-int8"]
 HAND_OPTIONS = {"prune": {"ratio": 0.5}}
 HAND_BUDGET = {"digits": {"max_accuracy_drop": 1.0}, "image": {"min_cosine": 0.98}}
 LIMIT_S = 15 * 60
-ENV = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+#: Ray on this machine only: loopback addresses, no token file shared with other clusters
+RAY_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+ENV = {
+    **os.environ,
+    **RAY_ENV,
+    "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+}
 
 
 # --------------------------------------------------------------------------- data
@@ -179,6 +188,23 @@ def same_results(a_dir: Path, b_dir: Path) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def ray_cluster(workers: int) -> Iterator[str]:
+    """A local Ray cluster: a head without CPUs and ``workers`` nodes of one CPU each (Ray's
+    own multi-node test harness, all on the loopback interface); yields its address."""
+    os.environ.update(RAY_ENV)  # read when Ray is imported
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    try:
+        for _ in range(workers):
+            cluster.add_node(num_cpus=1)
+        cluster.wait_for_nodes()
+        yield cluster.address
+    finally:
+        cluster.shutdown()
+
+
 def kill_and_resume(model: Path, work: Path, data: dict[str, Any]) -> dict[str, Any]:
     """Interrupt a local search (SIGINT) once half its steps are journaled; resume it."""
     out = work / "killed"
@@ -259,9 +285,15 @@ def run_model(name: str, root: Path, *, ray: bool, kill: bool) -> dict[str, Any]
     if chosen:
         res["race"] = race(hand["path"], best, data)  # a: hand-tuned, b: the search's choice
     if ray:
-        logger.info("%s: search on Ray, 2 workers then 1", name)
-        two = search(model, work, "ray2", "--executor", "ray", "--workers", "2", data=data)
-        one = search(model, work, "ray1", "--executor", "ray", "--workers", "1", data=data)
+        logger.info("%s: search on a local Ray cluster, 2 worker nodes then 1", name)
+        with ray_cluster(2) as address:
+            two = search(
+                model, work, "ray2", "--executor", "ray", "--ray-address", address, data=data
+            )
+        with ray_cluster(1) as address:
+            one = search(
+                model, work, "ray1", "--executor", "ray", "--ray-address", address, data=data
+            )
         res["ray"] = {
             "two_workers_s": two["wall_s"],
             "one_worker_s": one["wall_s"],
@@ -304,7 +336,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
     if ray:
         lines += [
             "",
-            "## Ray executor: a local instance with 2 workers vs 1",
+            "## Ray executor: a local cluster of 2 one-CPU worker nodes vs 1",
             "",
             "| model | 2 workers | 1 worker | ratio | cheap results equal to the local pool | "
             "full results equal | front (local) | front (ray) |",

@@ -97,8 +97,8 @@ class Cache:
                 bad += 1  # a line cut by a kill: its task simply runs again
                 continue
             if rec.get("kind") == "step" and (
-                rec["record"].get("status") == "error" or self.model_path(rec["key"]).exists()
-            ):
+                rec["record"].get("status") != "kept" or self.model_path(rec["key"]).exists()
+            ):  # a kept step needs its model; an unchanged or failed one needs none
                 self.steps[rec["key"]] = rec["record"]
             elif rec.get("kind") == "eval":
                 self.evals[rec["key"]] = rec["record"]

@@ -120,14 +120,14 @@ class LocalExecutor(Executor):
         self._pool = self._new_pool()
         futures_wait([self._pool.submit(work.ping) for _ in range(self.slots)])
 
-    def _new_pool(self) -> ProcessPoolExecutor:
+    def _new_pool(self, workers: int | None = None) -> ProcessPoolExecutor:
         import multiprocessing as mp
 
         saved = {k: os.environ.get(k) for k in work.THREAD_ENV}
         os.environ.update(dict.fromkeys(work.THREAD_ENV, "1"))  # inherited by the workers
         try:
             return ProcessPoolExecutor(
-                self.slots,
+                workers or self.slots,
                 mp_context=mp.get_context("spawn"),
                 initializer=work.init_worker,
                 initargs=(self._job_bytes,),
@@ -155,6 +155,9 @@ class LocalExecutor(Executor):
     def _next_alone(self) -> None:
         if self._suspect is None and self._alone:
             self._suspect = self._send(self._alone.pop(0))
+        elif self._suspect is None and self._pool._max_workers < self.slots:
+            self._pool.shutdown(wait=False)  # every suspect cleared: the full pool again
+            self._pool = self._new_pool()
 
     def wait(self, tasks: Sequence[Task], timeout: float) -> list[Task]:
         live = [t for t in tasks if isinstance(t.handle, Future)]
@@ -174,9 +177,10 @@ class LocalExecutor(Executor):
     def _recover(
         self, tasks: Sequence[Task], finished: list[Task], broken: list[Task]
     ) -> list[Task]:
-        """The pool broke: the lone suspect crashed; or rebuild and re-run each one alone."""
+        """The pool broke: the lone suspect crashed; or rebuild and re-run each one alone
+        (in a one-worker pool, so a death while a suspect runs is that suspect's)."""
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = self._new_pool()
+        self._pool = self._new_pool(1)
         out = [t for t in finished if t not in broken]
         if self._suspect is not None and self._suspect in broken:
             self._suspect.extra["crashed"] = True

@@ -1,5 +1,9 @@
 """Pareto fronts over (quality ↑, latency ↓, size ↓) and the choice of one model.
 
+The choice: among the points that meet the budget and the constraints, ``fastest`` takes the
+most accurate of those within :data:`LATENCY_TIE` of the lowest latency, ``smallest`` the
+smallest, ``accurate`` the most accurate (ties: the faster).
+
 ``a`` dominates ``b`` when it is no worse in every objective and better in one:
 ``q_a >= q_b, t_a <= t_b, s_a <= s_b`` with one inequality strict. The front is the set of
 points no other point dominates; non-dominated sorting peels fronts off one after another
@@ -70,17 +74,28 @@ def _sort_key(objective: str) -> Callable[[Point], tuple[float, ...]]:
         q, t, s = _objectives(p)
         if objective == "smallest":
             return (s, t, -q)
-        if objective == "accurate":
-            return (-q, t, s)
-        return (t, -q, s)  # fastest
+        return (-q, t, s)  # accurate
 
     return key
 
 
+#: latencies within this fraction of the fastest are a tie (closer timings are noise on a
+#: shared machine); ``fastest`` then takes the most accurate of them
+LATENCY_TIE = 0.05
+
+
 def choose(points: Sequence[Point], constraints: Constraints, objective: str) -> Point | None:
-    """The best point by ``objective`` among those that meet every constraint."""
+    """The best point by ``objective`` among those that meet every constraint. ``fastest``:
+    among the points within :data:`LATENCY_TIE` of the lowest latency, the most accurate
+    (then the smallest, then the fastest)."""
     good = [p for p in points if not constraints.check(p)]
-    return min(good, key=_sort_key(objective)) if good else None
+    if not good:
+        return None
+    if objective == "fastest":
+        t = min(p["latency_ms"] for p in good)
+        good = [p for p in good if p["latency_ms"] <= t * (1 + LATENCY_TIE)]
+        return min(good, key=lambda p: (-_objectives(p)[0], p["size_mb"], p["latency_ms"]))
+    return min(good, key=_sort_key(objective))
 
 
 def promote(points: Sequence[Point], k: int, constraints: Constraints) -> list[Point]:

@@ -181,24 +181,22 @@ class Search:
                 if key not in self.nodes:
                     self.nodes[key] = self._node(key, step, node)
                 node = self.nodes[key]
-            ts = TrialState(trial, node)
-            if node.state == "error":
-                ts.error = self._error_of(node)
-            self.trials.append(ts)
+            self.trials.append(TrialState(trial, node))
 
     def _node(self, key: str, step: Step, parent: Node) -> Node:
-        """A new node, done already when the cache has it (a resumed search)."""
-        node = Node(key, step, parent)
-        if parent.state == "error":
-            node.state = "error"
-            return node
-        rec = self.cache.steps.get(key)
-        if rec is None or parent.state != "done":
-            return node
+        return Node(key, step, parent)
+
+    def _from_cache(self, node: Node) -> bool:
+        """Settle a ready node from the cache (a resumed search); False when not cached."""
+        rec = self.cache.steps.get(node.key)
+        if rec is None:
+            return False
         node.cached = True
         self.computed["steps_cached"] += 1
         self._settle(node, rec)
-        return node
+        if node.state == "error":
+            self._fail_below(node)
+        return True
 
     def _settle(self, node: Node, outcome: dict[str, Any]) -> None:
         """Record a finished step's outcome on its node."""
@@ -233,10 +231,10 @@ class Search:
 
     def _fill_cheap(self, running: list[Task]) -> None:
         free = self.executor.slots - len(running)
-        for node in self.nodes.values():
-            if free <= 0:
-                return
-            if node.state == "pending" and node.parent.state == "done":
+        for node in self.nodes.values():  # parents come before their children
+            if node.state != "pending" or node.parent.state != "done":
+                continue
+            if not self._from_cache(node) and free > 0:
                 running.append(self._submit(self._step_task(node)))
                 free -= 1
         for ts in self.trials:

@@ -34,6 +34,13 @@ def test_choice_honours_budget_constraints_and_objective():
     assert Constraints(max_latency_ms=0.8).check(A).startswith("latency 1 ms")
 
 
+def test_fastest_breaks_latency_ties_within_noise_by_quality():
+    fast, close, slow = _p("f", 97, 1.00, 1.0), _p("c", 98, 1.04, 2.0), _p("s", 99, 1.2, 1.0)
+    assert choose([fast, close, slow], Constraints(), "fastest") is close  # 4 % is noise
+    assert choose([fast, slow], Constraints(), "fastest") is fast
+    assert choose([fast, close, slow], Constraints(), "smallest") is fast
+
+
 def test_promotion_prefers_feasible_then_front_then_speed():
     assert [p["id"] for p in promote([A, B, C, D], 2, Constraints())] == ["b", "a"]
     assert [p["id"] for p in promote([A, B, C, D], 4, Constraints())][-1] == "d"

@@ -17,9 +17,9 @@ from onnxopt.verify import Budget
 
 def _request(out, resume=False):
     model = onnx.load(EXAMPLES / "digits_cnn.onnx")
-    space = build_space(
-        {"search": {"precision": ["fp32"], "min_full": 2}, "prune": {"ratio": [0, 0.3]}}
-    )
+    # the exact stage changes nothing on this model: a resume must reuse unchanged steps too
+    search = {"pipeline": ["remove-identity", "prune"], "precision": ["fp32"], "min_full": 2}
+    space = build_space({"search": search, "prune": {"ratio": [0, 0.3]}})
     return driver.Request(
         model=model,
         feeds=get_feeds(model, EXAMPLES / "digits_test.npz", batch=40),
@@ -38,6 +38,7 @@ def test_search_then_resume_redoes_nothing(tmp_path):
     result, paths, info = driver.run(_request(tmp_path), snaps.append)
     assert [t.trial.label() for t in result.trials] == ["exact only", "prune(ratio=0.3)"]
     assert result.computed["steps"] == 2  # the exact prefix once, then prune on its model
+    assert result.trials[0].leaf.outcome["status"] == "unchanged"
     assert all(t.status == "done" for t in result.trials)
     assert info["metric"] == "accuracy" and info["data"].startswith("passes learn from")
     assert result.chosen is not None and result.chosen["feasible"]
