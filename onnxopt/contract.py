@@ -116,6 +116,9 @@ class PassContext:
         budget: the user's lossy Budget (for passes with their own accuracy-aware fallback,
             such as int8 quantization); the manager still judges the result independently.
         runner: a shared :class:`onnxopt.verify.Runner` (session cache), may be None.
+        parallel: where independent chunks of a pass's work may run (``parallel(fn, [args,
+            ...]) -> [fn(*args), ...]`` with a ``workers`` count: processes or Ray tasks, set
+            by ``onnxopt search``); None: in this process. Results must not depend on it.
     """
 
     feeds: Feeds | None = None
@@ -125,6 +128,7 @@ class PassContext:
     progress: Callable[[str, int, int], None] | None = None
     budget: Any = None
     runner: Any = None
+    parallel: Any = None
 
     def allow(self, key: str) -> bool:
         """Whether the site named ``key`` may be rewritten in this run."""

@@ -140,6 +140,7 @@ def make_job(req: Request) -> tuple[Job, dict[str, Any]]:
         short_bench=s.short_bench,
         full_bench=s.full_bench,
         threads=s.threads,
+        parallel=req.executor == "ray",
     )
     info = {
         "model": req.name,

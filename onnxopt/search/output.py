@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -139,19 +140,21 @@ def svg(result: SearchResult, info: dict[str, Any]) -> str:
     floor = info.get("quality_floor")
     if floor is not None:
         ys.append(floor)
-    x0, x1 = 0.0, max(xs) * 1.08
     y0, y1 = min(ys), max(ys)
     pad = (y1 - y0) * 0.08 or 0.5
     y0, y1 = y0 - pad, y1 + pad
+    log = max(xs) > 20 * min(xs) > 0  # latencies over decades: a log axis
+    x0, x1 = (min(xs) / 1.2, max(xs) * 1.2) if log else (0.0, max(xs) * 1.08)
+    f = math.log10 if log else float
 
     def sx(x: float) -> float:
-        return PAD + (x - x0) / (x1 - x0) * (W - 2 * PAD)
+        return PAD + (f(x) - f(x0)) / (f(x1) - f(x0)) * (W - 2 * PAD)
 
     def sy(y: float) -> float:
         return H - PAD - (y - y0) / (y1 - y0) * (H - 2 * PAD)
 
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-size="11">']
-    parts += _axes(x0, x1, y0, y1, sx, sy, info)
+    parts += _axes(x0, x1, y0, y1, sx, sy, info, log)
     if floor is not None:
         parts.append(
             f'<line x1="{PAD}" x2="{W - PAD}" y1="{sy(floor):.1f}" y2="{sy(floor):.1f}" '
@@ -166,18 +169,7 @@ def svg(result: SearchResult, info: dict[str, Any]) -> str:
             if p.get("quality") is not None
         )
         parts.append(f'<polyline points="{line}" fill="none" stroke="#e80" stroke-width="1.5"/>')
-    front_ids = {p["id"] for p in result.front}
-    for p, colour, r in [(p, "#bbb", 3) for p in cheap] + [
-        (p, "#e80" if p["id"] in front_ids else "#36c", 5) for p in full
-    ]:
-        tip = html.escape(
-            f"{p['id']} {p.get('label', '')}: {p['quality']:.2f}, {p['latency_ms']:.4g} ms, "
-            f"{p['size_mb']:.3g} MB"
-        )
-        parts.append(
-            f'<circle cx="{sx(p["latency_ms"]):.1f}" cy="{sy(p["quality"]):.1f}" r="{r}" '
-            f'fill="{colour}"><title>{tip}</title></circle>'
-        )
+    parts += _points(cheap, full, {p["id"] for p in result.front}, sx, sy)
     c = result.chosen
     if c is not None and c.get("quality") is not None:
         parts.append(
@@ -188,17 +180,36 @@ def svg(result: SearchResult, info: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
-def _axes(x0, x1, y0, y1, sx, sy, info) -> list[str]:  # noqa: ANN001 - local helpers
+def _points(cheap, full, front_ids, sx, sy) -> list[str]:  # noqa: ANN001 - local helpers
+    """Cheap results small and grey, full ones blue, the front's orange; a tooltip each."""
+    out = []
+    for p, colour, r in [(p, "#bbb", 3) for p in cheap] + [
+        (p, "#e80" if p["id"] in front_ids else "#36c", 5) for p in full
+    ]:
+        tip = html.escape(
+            f"{p['id']} {p.get('label', '')}: {p['quality']:.2f}, {p['latency_ms']:.4g} ms, "
+            f"{p['size_mb']:.3g} MB"
+        )
+        out.append(
+            f'<circle cx="{sx(p["latency_ms"]):.1f}" cy="{sy(p["quality"]):.1f}" r="{r}" '
+            f'fill="{colour}"><title>{tip}</title></circle>'
+        )
+    return out
+
+
+def _axes(x0, x1, y0, y1, sx, sy, info, log=False) -> list[str]:  # noqa: ANN001 - local helpers
     out = [
         f'<line x1="{PAD}" y1="{H - PAD}" x2="{W - PAD}" y2="{H - PAD}" stroke="#000"/>',
         f'<line x1="{PAD}" y1="{PAD}" x2="{PAD}" y2="{H - PAD}" stroke="#000"/>',
     ]
-    for x in _ticks(x0, x1):
+    xt = [x0 * (x1 / x0) ** (i / 4) for i in range(5)] if log else _ticks(x0, x1)
+    for x in xt:
         out.append(f'<text x="{sx(x):.1f}" y="{H - PAD + 16}" text-anchor="middle">{x:.3g}</text>')
     for y in _ticks(y0, y1):
         out.append(f'<text x="{PAD - 6}" y="{sy(y) + 4:.1f}" text-anchor="end">{y:.2f}</text>')
     out.append(
-        f'<text x="{W / 2}" y="{H - 18}" text-anchor="middle">latency (ms, median, batch 1)</text>'
+        f'<text x="{W / 2}" y="{H - 18}" text-anchor="middle">latency (ms, median, batch 1'
+        f"{', log scale' if log else ''})</text>"
     )
     out.append(
         f'<text x="16" y="{H / 2}" text-anchor="middle" transform="rotate(-90 16 {H / 2})">'
@@ -208,6 +219,7 @@ def _axes(x0, x1, y0, y1, sx, sy, info) -> list[str]:  # noqa: ANN001 - local he
 
 
 def page(result: SearchResult, info: dict[str, Any]) -> str:
+    """The whole page: summary, plot, legend, the front as a table linking each report."""
     rows = []
     chosen = result.chosen["id"] if result.chosen else None
     for p in sorted(result.front, key=lambda p: p["latency_ms"]):
@@ -231,6 +243,9 @@ def page(result: SearchResult, info: dict[str, Any]) -> str:
         "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}</style></head><body>"
         f"<h1>{title}</h1><p>{html.escape(info.get('summary', ''))}</p>"
-        f"{svg(result, info)}<h2>Pareto front</h2><table>{head}{''.join(rows)}</table>"
+        f"{svg(result, info)}<p>grey: cheap trials (accuracy on a subset, a short bench); "
+        "blue: verified in full (every run, timed in interleaved rounds with the original); "
+        "orange, joined: the Pareto front; red ring: the chosen model. Hover a point for its "
+        f"trial.</p><h2>Pareto front</h2><table>{head}{''.join(rows)}</table>"
         "</body></html>\n"
     )

@@ -71,6 +71,8 @@ class Job:
     short_bench: float = 0.3
     full_bench: float = 1.5
     threads: int = 1
+    #: lossy passes may split their data-parallel work across the cluster (Ray tasks)
+    parallel: bool = False
 
 
 class Memo:
@@ -228,7 +230,12 @@ def _lossy_step(
     j = m.job
     (p,) = registry.resolve(step["passes"], step["options"])
     ctx = PassContext(
-        feeds=j.calib, target=j.target, original=m.original, budget=j.budget, runner=m.runner
+        feeds=j.calib,
+        target=j.target,
+        original=m.original,
+        budget=j.budget,
+        runner=m.runner,
+        parallel=_cluster_map() if j.parallel else None,
     )
     result, new = p.apply(model, ctx)
     info: dict[str, Any] = {
@@ -242,6 +249,20 @@ def _lossy_step(
     inferred = structural_check(new)
     info["summary"] = summary_dict(ModelSummary.of(new, inferred))
     return new, info
+
+
+def _cluster_map() -> Any:
+    """Ray tasks for a pass's chunks when this worker is part of a Ray cluster, else None."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            from onnxopt.search.parallel import RayMap
+
+            return RayMap()
+    except ImportError:  # pragma: no cover - ray is in the dev extra
+        pass
+    return None
 
 
 def _jsonable(obj: Any) -> Any:

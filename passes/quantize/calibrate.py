@@ -442,3 +442,37 @@ def write_probe(base: onnx.ModelProto, tensors: list[str], path: str) -> None:
         )
     finally:
         del outs[n0:]
+
+
+def collect_stats_split(
+    model: bytes,
+    tensors: list[str],
+    runs: list[dict[str, np.ndarray]],
+    parallel: Callable,
+    *,
+    bins: int = DEFAULT_BINS,
+    batch: int = 8,
+    dynamic_batch: bool = False,
+) -> dict[str, TensorStats]:
+    """:func:`collect_stats` with the runs cut between concatenated groups into
+    ``parallel.workers`` parts, each collected where ``parallel`` runs it, then merged: the
+    same statistics, bit for bit (see :meth:`TensorStats.merge`)."""
+    groups = batch_groups(runs, batch, dynamic_batch)
+    parts = max(1, min(int(getattr(parallel, "workers", 1)), len(groups)))
+    bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
+    args = [
+        (model, tensors, [runs[i] for g in groups[a:b] for i in g], bins, batch, dynamic_batch)
+        for a, b in zip(bounds, bounds[1:], strict=False)
+        if b > a
+    ]
+    merged = {t: TensorStats(t, bins) for t in tensors}
+    for part in parallel(_part_stats, args):
+        for t, st in part.items():
+            merged[t].merge(st)
+    return merged
+
+
+def _part_stats(
+    model: bytes, tensors: list[str], runs: list, bins: int, batch: int, dynamic: bool
+) -> dict[str, TensorStats]:
+    return collect_stats(model, tensors, runs, bins=bins, batch=batch, dynamic_batch=dynamic)
