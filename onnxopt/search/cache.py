@@ -1,11 +1,12 @@
 """The search's cache on disk: every step's model and outcome, every evaluation, by content
 hash, and the journal that ``--resume`` reads.
 
-Keys chain: the root key hashes the original model, the data the passes learn from and the
-settings that change what a pass does; a step's key is ``sha256(parent key, pass names,
-options)``. Trials that share a prefix of steps share its keys, so its result is computed once
-and reused, in this search and in a resumed one. An evaluation's key hashes the evaluated
-model's bytes, the rung and the evaluation settings.
+Keys are content hashes: the job's key hashes the original model, the data and the settings
+that change what a pass does; a step's key is ``sha256(job key, the input model's sha256,
+pass names, options)``. Trials that share a prefix of steps share its keys, and so do two
+paths that reach the same model (a prune ratio that rounds to the same widths as another), so
+a result is computed once and reused, in this search and in a resumed one. An evaluation's key
+hashes the evaluated model's sha256, the rung and the evaluation settings.
 
 Layout of ``DIR/cache``: ``models/<key>.onnx`` (written atomically before its journal line)
 and ``journal.jsonl`` (one JSON record a line, appended and flushed as each result arrives, so

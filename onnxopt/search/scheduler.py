@@ -1,10 +1,12 @@
 """The search: the trial tree, successive halving, the cache, progress.
 
 Trials share prefixes, so the search runs a tree, not a list: a node is one step (a batch of
-exact passes or one lossy pass with its options) applied to its parent's model, keyed by
-:func:`.cache.step_key`. A node runs once its parent is done; its model goes to the cache and
-to its children. A step that fails fails every trial below it, with its error; the others go
-on.
+exact passes or one lossy pass with its options) applied to its parent's model. A node is
+ready once its parent is done; its content key (the job, the parent's model hash, the step)
+then finds it in the cache, or it runs, once even when several nodes share the key, and its
+model goes to the cache and to its children. A step that fails fails every trial below it,
+with its error; the others go on. ``computed["steps_cached"]`` counts the steps whose result
+came from the cache (a resumed search, or an identical step of another trial).
 
 Successive halving, two rungs: every candidate is first evaluated cheaply (accuracy on a
 subset of the runs, a short latency bench), alongside the steps still running. The best
@@ -42,10 +44,11 @@ TICK = 0.5
 class Node:
     """One step of the trial tree (the root is the original model)."""
 
-    key: str
+    key: str  # the path from the root (which trials share this node)
     step: Step | None
     parent: Node | None
     state: str = "pending"  # pending | running | done | error
+    ckey: str = ""  # the content key: the parent's model, the step (set once the parent is done)
     outcome: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
     arg: Any = None
@@ -188,7 +191,8 @@ class Search:
 
     def _from_cache(self, node: Node) -> bool:
         """Settle a ready node from the cache (a resumed search); False when not cached."""
-        rec = self.cache.steps.get(node.key)
+        node.ckey = self._content_key(node)
+        rec = self.cache.steps.get(node.ckey)
         if rec is None:
             return False
         node.cached = True
@@ -197,6 +201,12 @@ class Search:
         if node.state == "error":
             self._fail_below(node)
         return True
+
+    def _content_key(self, node: Node) -> str:
+        """``sha256(job, parent model, step)``: equal for any two nodes that apply the same
+        step to the same model, whatever the path to it (a prune ratio that rounds to the
+        same widths as another shares its children's results)."""
+        return digest("step", self.job.key, node.parent.digest, node.step.canonical())
 
     def _settle(self, node: Node, outcome: dict[str, Any]) -> None:
         """Record a finished step's outcome on its node."""
@@ -207,7 +217,7 @@ class Search:
         elif outcome.get("status") == "kept":
             node.state, node.path, node.digest = (
                 "done",
-                self.cache.model_path(node.key),
+                self.cache.model_path(node.ckey),
                 outcome["digest"],
             )
         else:  # unchanged: the parent's model
@@ -231,11 +241,15 @@ class Search:
 
     def _fill_cheap(self, running: list[Task]) -> None:
         free = self.executor.slots - len(running)
+        busy = {t.extra["node"].ckey for t in running if t.kind == "step"}
         for node in self.nodes.values():  # parents come before their children
             if node.state != "pending" or node.parent.state != "done":
                 continue
-            if not self._from_cache(node) and free > 0:
+            if self._from_cache(node) or node.ckey in busy:
+                continue  # known, or being computed for another node: the cache will have it
+            if free > 0:
                 running.append(self._submit(self._step_task(node)))
+                busy.add(node.ckey)
                 free -= 1
         for ts in self.trials:
             if free <= 0:
@@ -331,9 +345,9 @@ class Search:
             if data is None:
                 outcome = {**outcome, "status": "error", "error": "the step returned no model"}
             else:
-                self.cache.put_model(node.key, data)
+                self.cache.put_model(node.ckey, data)
                 outcome["digest"] = hashlib.sha256(data).hexdigest()
-        self.cache.put_step(node.key, outcome)
+        self.cache.put_step(node.ckey, outcome)
         self._settle(node, outcome)
         if node.state == "done" and outcome.get("status") == "kept":
             node.arg = self.executor.model_arg(node.path, task)
