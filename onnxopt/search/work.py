@@ -24,6 +24,7 @@ import logging
 import os
 import pickle
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -134,14 +135,10 @@ def ping() -> str:
 
 def node_name() -> str:
     """The machine a task ran on: Ray's node IP and id when in Ray, else the host name."""
-    try:
-        import ray
-
-        if ray.is_initialized():
-            ctx = ray.get_runtime_context()
-            return f"{ray.util.get_node_ip_address()} ({ctx.get_node_id()[:8]})"
-    except Exception:  # noqa: BLE001 - not in Ray
-        pass
+    ray = sys.modules.get("ray")  # a Ray worker has it; a local pool's worker never imports it
+    if ray is not None and ray.is_initialized():
+        ctx = ray.get_runtime_context()
+        return f"{ray.util.get_node_ip_address()} ({ctx.get_node_id()[:8]})"
     return socket.gethostname()
 
 
