@@ -20,6 +20,7 @@ from onnxopt.errors import OptionError
 from onnxopt.search.space import (
     DEFAULT_PRECISION,
     DEFAULT_RANGES,
+    DEPENDS,
     FLOAT,
     OFF_VALUES,
     PRECISION,
@@ -334,6 +335,8 @@ def _combos(
     out: list[tuple[tuple[str, Any], ...] | None] = []
     for values in itertools.product(*(options[k] for k in keys)):
         raw = dict(zip(keys, values, strict=True))
+        if _inactive(cls.name, raw, options):
+            continue  # a variant of an option that this combination does not read
         if off is not None and off[0] in raw and raw[off[0]] == off[1]:
             out.append(None)
             continue
@@ -341,12 +344,27 @@ def _combos(
             out.append(())
             continue
         config = cls.config_class.from_options(raw, where=f"recipe: {cls.name}").to_dict()
-        out.append(tuple((k, _jsonable(config[k])) for k in keys))
+        unread = _unread(cls.name, raw)
+        out.append(tuple((k, _jsonable(config[k])) for k in keys if k not in unread))
     unique: list[tuple[tuple[str, Any], ...] | None] = []
     for c in out:
         if c not in unique:
             unique.append(c)
     return unique
+
+
+def _unread(name: str, raw: dict[str, Any]) -> set[str]:
+    """The options of ``raw`` that its other values make unread (:data:`DEPENDS`)."""
+    return {
+        option
+        for option, (other, value) in DEPENDS.get(name, {}).items()
+        if option in raw and other in raw and raw[other] != value
+    }
+
+
+def _inactive(name: str, raw: dict[str, Any], options: dict[str, list[Any]]) -> bool:
+    """Whether ``raw`` sets an unread option to anything but its first value (a duplicate)."""
+    return any(raw[o] != options[o][0] for o in _unread(name, raw))
 
 
 def _jsonable(v: Any) -> Any:

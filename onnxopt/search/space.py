@@ -40,10 +40,20 @@ from onnxopt.errors import OptionError
 #: a lossy stage whose option takes this value is left out of the trial (it would do nothing)
 OFF_VALUES: dict[str, tuple[str, Any]] = {"prune": ("ratio", 0), "distill": ("epochs", 0)}
 
+#: an option that only matters when another takes a value: otherwise only its first value is
+#: tried (``percentile`` is read by the percentile calibrator alone)
+DEPENDS: dict[str, dict[str, tuple[str, Any]]] = {
+    "quantize-int8": {"percentile": ("calibrator", "percentile")},
+}
+
 #: the option ranges searched when the recipe does not give them
 DEFAULT_RANGES: dict[str, dict[str, list[Any]]] = {
     "prune": {"ratio": [0, 0.3, 0.5, 0.7]},
-    "quantize-int8": {"calibrator": ["percentile", "entropy", "mse"], "per_channel": [True, False]},
+    "quantize-int8": {
+        "calibrator": ["percentile", "entropy", "mse"],
+        "percentile": [99.99, 99.9],
+        "per_channel": [True, False],
+    },
 }
 
 #: tags of the passes a ``precision`` value may name (applied last, after every other stage)

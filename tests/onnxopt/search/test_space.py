@@ -19,8 +19,11 @@ def test_defaults_cover_prune_and_int8_with_the_baseline():
     assert [s.name for s in space.stages] == ["exact", "prune", "precision"]
     labels = _labels(space)
     assert labels[0] == "exact only"  # the baseline: every lossy stage off
-    assert "prune(ratio=0.5) + quantize-int8(calibrator=entropy, per_channel=True)" in labels
-    assert len(labels) == space.size == 4 * (1 + 3 * 2)
+    assert any(x.startswith("prune(ratio=0.5) + quantize-int8(calibrator=entropy") for x in labels)
+    # percentile's two values only with the percentile calibrator: 4 calibrations x 2 layouts
+    assert len(labels) == space.size == 4 * (1 + 4 * 2)
+    assert "quantize-int8(calibrator=percentile, per_channel=True, percentile=99.9)" in labels
+    assert "quantize-int8(calibrator=entropy, per_channel=True)" in labels  # percentile unread
     exact = space.stages[0].choices[0]
     assert exact.exact and "fold-batchnorm" in exact.passes and "cse" in exact.passes
 
