@@ -118,6 +118,9 @@ class PassContext:
         runner: a shared :class:`onnxopt.verify.Runner` (session cache), may be None.
         measure_candidates: a pass that tries several candidates (int8 fallback steps) times
             each one for the report's trade-off plot (``PassResult.details["candidates"]``).
+        parallel: where independent chunks of a pass's work may run (``parallel(fn, [args,
+            ...]) -> [fn(*args), ...]`` with a ``workers`` count: processes or Ray tasks, set
+            by ``onnxopt search``); None: in this process. Results must not depend on it.
     """
 
     feeds: Feeds | None = None
@@ -128,6 +131,7 @@ class PassContext:
     budget: Any = None
     runner: Any = None
     measure_candidates: bool = False
+    parallel: Any = None
 
     def allow(self, key: str) -> bool:
         """Whether the site named ``key`` may be rewritten in this run."""

@@ -1,5 +1,6 @@
 """The import arrows of docs/ARCHITECTURE.md, checked on the source: the engine imports no pass
-family, the CLI or the API; no pass imports the CLI or the API; no import cycle anywhere.
+family, the CLI, the API or the search; no pass imports the CLI, the API or the search (which
+sits above the passes, like the API); no import cycle anywhere.
 
 Every import counts, module-level or inside a function (a lazy import is still an arrow).
 """
@@ -18,6 +19,7 @@ NOT_ENGINE = (
     "onnxopt.passes",
     "onnxopt.cli",
     "onnxopt.api",
+    "onnxopt.search",
     "onnxopt.onnx2torch",
     "onnxopt.zoo",
     "onnxopt.examples",
@@ -87,9 +89,9 @@ def test_passes_and_converter_do_not_import_cli_or_api(graph):
         for m, deps in graph.items()
         if _in(m, lower)
         for d in deps
-        if _in(d, ("onnxopt.cli", "onnxopt.api"))
+        if _in(d, ("onnxopt.cli", "onnxopt.api", "onnxopt.search"))
     ]
-    assert not bad, f"passes import the CLI or the API: {sorted(bad)}"
+    assert not bad, f"passes import the CLI, the API or the search: {sorted(bad)}"
 
 
 def test_converter_imports_no_pass(graph):
@@ -157,3 +159,14 @@ def test_the_checker_sees_arrows():
     src = _sources()
     deps = _imports("onnxopt.pipeline", src["onnxopt.pipeline"], set(src))
     assert {"onnxopt.contract", "onnxopt.verify", "onnxopt.bisection"} <= deps
+
+
+def test_search_does_not_import_the_cli(graph):
+    bad = [
+        (m, d)
+        for m, deps in graph.items()
+        if _in(m, ("onnxopt.search",))
+        for d in deps
+        if _in(d, ("onnxopt.cli",))
+    ]
+    assert not bad, f"the search imports the CLI: {sorted(bad)}"

@@ -41,6 +41,7 @@ COMMANDS = [
     "distill",
     "debug",
     "report",
+    "search",
 ]
 
 

@@ -1,8 +1,13 @@
 """Calibration: streaming per-tensor statistics and range calibrators.
 
 Statistics are bounded in memory whatever the number of samples: a running min/max and a
-histogram of ``bins`` equal bins over ``[-R, R]``. When a batch exceeds ``R`` the range doubles
-(``R' = 2^k R``) and adjacent bins merge in pairs, so the histogram is exact up to bin width.
+histogram of ``bins`` equal bins over ``[-R, R]``, ``R`` the smallest power of two above every
+``|x|`` seen. When a batch reaches ``R`` the range doubles (``R' = 2^k R``) and adjacent bins
+merge in pairs. Bins are assigned by exact comparison with their edges (``-R + k·2R/bins``,
+exact in float64), and the edges of ``2R`` are a subset of those of ``R``, so the histogram
+equals the one binned directly at the final ``R``: it depends on the values only, not on their
+order or how they were split. :meth:`TensorStats.merge` therefore combines statistics
+collected on separate workers bit for bit equal to one process's.
 
 Calibrators turn the statistics into a real range ``[lo, hi]``:
 
@@ -20,6 +25,7 @@ Calibrators turn the statistics into a real range ``[lo, hi]``:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -67,23 +73,54 @@ class TensorStats:
             self._zeros += x.size
             return
         if self.half_range == 0.0:
-            self.half_range = m
+            self.half_range = math.ldexp(1.0, math.frexp(m)[1])  # the power of two above m
             self.hist[self.bins // 2] += self._zeros
             self._zeros = 0
-        while m > self.half_range:
+        while m >= self.half_range:
             self._grow()
+        self.hist += np.bincount(self._bin(x), minlength=self.bins)
+
+    def _bin(self, x: np.ndarray) -> np.ndarray:
+        """Each value's bin, by exact comparison with the edges (``|x| < R``)."""
         r, b = self.half_range, self.bins
-        idx = ((x + r) * (b / (2 * r))).astype(np.int64)
+        x64 = x.astype(np.float64)
+        idx = np.floor((x64 + r) * (b / (2 * r))).astype(np.int64)  # off by one at most
         np.clip(idx, 0, b - 1, out=idx)
-        self.hist += np.bincount(idx, minlength=b)
+        edges = np.arange(b + 1, dtype=np.float64) * (2 * r / b) - r  # exact: powers of two
+        idx -= x64 < edges[idx]
+        idx += x64 >= edges[idx + 1]
+        return idx
+
+    def merge(self, other: TensorStats) -> None:
+        """Add ``other``'s statistics (same tensor, same bins): exact, whatever the split."""
+        if other.bins != self.bins:
+            raise ValueError("cannot merge histograms with different bins")
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.count += other.count
+        self.exact_zeros += other.exact_zeros
+        hist, zeros = other.hist.copy(), other._zeros
+        if other.half_range > 0.0:
+            while self.half_range < other.half_range:
+                if self.half_range == 0.0:
+                    self.half_range = other.half_range
+                    self.hist[self.bins // 2] += self._zeros
+                    self._zeros = 0
+                    break
+                self._grow()
+            r = other.half_range
+            while r < self.half_range:  # other's bins merge in pairs up to self's range
+                hist = _grown(hist)
+                r *= 2.0
+            self.hist += hist
+        if self.half_range > 0.0:
+            self.hist[self.bins // 2] += zeros + self._zeros
+            self._zeros = 0
+        else:
+            self._zeros += zeros
 
     def _grow(self) -> None:
         """Double the range: bins (2k, 2k+1) merge into new bin k + bins/4."""
-        b = self.bins
-        merged = self.hist.reshape(b // 2, 2).sum(axis=1)
-        new = np.zeros_like(self.hist)
-        new[b // 4 : b // 4 + b // 2] = merged
-        self.hist = new
+        self.hist = _grown(self.hist)
         self.half_range *= 2.0
 
     @property
@@ -102,6 +139,14 @@ class TensorStats:
     @property
     def empty(self) -> bool:
         return self.count == 0
+
+
+def _grown(hist: np.ndarray) -> np.ndarray:
+    """The histogram over twice the range: bins (2k, 2k+1) merge into bin k + bins/4."""
+    b = len(hist)
+    new = np.zeros_like(hist)
+    new[b // 4 : b // 4 + b // 2] = hist.reshape(b // 2, 2).sum(axis=1)
+    return new
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,21 +349,31 @@ def _batches(
 
     Yields (feed, number of runs in it).
     """
+    for idx in batch_groups(runs, batch, dynamic_batch):
+        if len(idx) == 1:
+            yield runs[idx[0]], 1
+        else:
+            yield {k: np.concatenate([runs[i][k] for i in idx]) for k in runs[idx[0]]}, len(idx)
+
+
+def batch_groups(
+    runs: list[dict[str, np.ndarray]], batch: int, dynamic_batch: bool
+) -> list[list[int]]:
+    """The runs each onnxruntime call of :func:`collect_stats` concatenates (indices): at most
+    ``batch`` consecutive runs of equal shapes. Splitting ``runs`` between groups gives every
+    worker the same calls, so statistics collected apart merge to the same values."""
     if not dynamic_batch or batch <= 1:
-        for r in runs:
-            yield r, 1
-        return
-    group: list[dict[str, np.ndarray]] = []
+        return [[i] for i in range(len(runs))]
+    groups: list[list[int]] = []
     sig = None
-    for r in runs:
+    for i, r in enumerate(runs):
         s = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(r.items()))
-        if group and (s != sig or len(group) >= batch):
-            yield {k: np.concatenate([g[k] for g in group]) for k in group[0]}, len(group)
-            group = []
+        if groups and s == sig and len(groups[-1]) < batch:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
         sig = s
-        group.append(r)
-    if group:
-        yield {k: np.concatenate([g[k] for g in group]) for k in group[0]}, len(group)
+    return groups
 
 
 def collect_stats(
@@ -387,3 +442,37 @@ def write_probe(base: onnx.ModelProto, tensors: list[str], path: str) -> None:
         )
     finally:
         del outs[n0:]
+
+
+def collect_stats_split(
+    model: bytes,
+    tensors: list[str],
+    runs: list[dict[str, np.ndarray]],
+    parallel: Callable,
+    *,
+    bins: int = DEFAULT_BINS,
+    batch: int = 8,
+    dynamic_batch: bool = False,
+) -> dict[str, TensorStats]:
+    """:func:`collect_stats` with the runs cut between concatenated groups into
+    ``parallel.workers`` parts, each collected where ``parallel`` runs it, then merged: the
+    same statistics, bit for bit (see :meth:`TensorStats.merge`)."""
+    groups = batch_groups(runs, batch, dynamic_batch)
+    parts = max(1, min(int(getattr(parallel, "workers", 1)), len(groups)))
+    bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
+    args = [
+        (model, tensors, [runs[i] for g in groups[a:b] for i in g], bins, batch, dynamic_batch)
+        for a, b in zip(bounds, bounds[1:], strict=False)
+        if b > a
+    ]
+    merged = {t: TensorStats(t, bins) for t in tensors}
+    for part in parallel(_part_stats, args):
+        for t, st in part.items():
+            merged[t].merge(st)
+    return merged
+
+
+def _part_stats(
+    model: bytes, tensors: list[str], runs: list, bins: int, batch: int, dynamic: bool
+) -> dict[str, TensorStats]:
+    return collect_stats(model, tensors, runs, bins=bins, batch=batch, dynamic_batch=dynamic)

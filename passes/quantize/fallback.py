@@ -13,6 +13,7 @@ import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -107,6 +108,53 @@ def rank_sites(
             progress("sensitivity", i + 1, len(sites))
     out.sort(key=lambda kv: kv[1])
     return out
+
+
+def rank_sites_split(
+    build: Any,
+    sites: list[str],
+    feeds: Feeds,
+    reference: list[dict[str, np.ndarray]],
+    parallel: Callable,
+) -> list[tuple[str, float]]:
+    """:func:`rank_sites` with the sites cut into ``parallel.workers`` chunks, each measured
+    where ``parallel`` runs it (one onnxruntime thread, as the search's runner): the same
+    ranking as one process with one thread. ``build``'s models travel serialized."""
+    parts = max(1, min(int(getattr(parallel, "workers", 1)), len(sites)))
+    bounds = [round(i * len(sites) / parts) for i in range(parts + 1)]
+    shipped = _Shipped(build)
+    args = [
+        (shipped, sites[a:b], feeds.runs, reference)
+        for a, b in zip(bounds, bounds[1:], strict=False)
+        if b > a
+    ]
+    out = [kv for part in parallel(_part_sensitivity, args) for kv in part]
+    out.sort(key=lambda kv: kv[1])
+    return out
+
+
+class _Shipped:
+    """A Builder whose ModelProtos travel serialized (protobuf messages do not pickle); its
+    last build's state (``inserter``) stays behind."""
+
+    def __init__(self, build: Any) -> None:
+        state = {k: (None if k == "inserter" else v) for k, v in vars(build).items()}
+        self.cls = type(build)
+        self.protos = {k for k, v in state.items() if isinstance(v, onnx.ModelProto)}
+        self.state = {k: v.SerializeToString() if k in self.protos else v for k, v in state.items()}
+
+    def restore(self) -> Any:
+        obj = self.cls.__new__(self.cls)
+        for k, v in self.state.items():
+            setattr(obj, k, onnx.load_from_string(v) if k in self.protos else v)
+        return obj
+
+
+def _part_sensitivity(
+    shipped: _Shipped, sites: list[str], runs: list, reference: list
+) -> list[tuple[str, float]]:
+    build, runner, feeds = shipped.restore(), Runner(threads=1), Feeds(list(runs))
+    return [(s, sqnr_db(reference, runner.run(build({s}), feeds))) for s in sites]
 
 
 def search_fallback(

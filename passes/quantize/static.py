@@ -27,9 +27,9 @@ from onnxopt.data import Feeds
 from onnxopt.graph import node_names_unique, opset_version, to_graph, to_model
 from onnxopt.model import with_inferred_shapes
 
-from .calibrate import collect_stats, make_calibrator, write_probe
+from .calibrate import collect_stats, collect_stats_split, make_calibrator, write_probe
 from .config import QuantizeConfig
-from .fallback import Judge, rank_sites, search_fallback
+from .fallback import Judge, rank_sites, rank_sites_split, search_fallback
 from .placement import CANDIDATES, Plan, make_plan
 from .qdq import Inserter, QParams, activation_params, resolve_reduce_range
 from .smooth import apply_smoothing, channel_absmax, smooth_groups
@@ -37,6 +37,10 @@ from .smooth import apply_smoothing, channel_absmax, smooth_groups
 logger = logging.getLogger(__name__)
 
 MIN_SAMPLES = 16
+#: with ``ctx.parallel`` (``onnxopt search`` on Ray), calibration over at least this many runs
+#: and sensitivities of at least this many sites are split across workers (same results)
+PARALLEL_MIN_RUNS = 32
+PARALLEL_MIN_SITES = 16
 
 
 class QuantizeInt8(Pass):
@@ -164,18 +168,16 @@ class QuantizeInt8(Pass):
     ) -> dict[str, tuple[float, float]]:
         c = self.config
         dyn = _dynamic_batch(base)
+        kw = {"bins": c.bins, "batch": c.calib_batch, "dynamic_batch": dyn}
         with tempfile.TemporaryDirectory(prefix="onnxopt_calib_") as tmp:
             path = os.path.join(tmp, "probe.onnx")
             write_probe(base, tensors, path)
-            stats = collect_stats(
-                path,
-                tensors,
-                ctx.feeds.runs,
-                bins=c.bins,
-                batch=c.calib_batch,
-                dynamic_batch=dyn,
-                progress=ctx.progress,
-            )
+            if ctx.parallel is not None and len(ctx.feeds.runs) >= PARALLEL_MIN_RUNS:
+                with open(path, "rb") as f:  # workers elsewhere get the bytes, not the path
+                    probe = f.read()
+                stats = collect_stats_split(probe, tensors, ctx.feeds.runs, ctx.parallel, **kw)
+            else:
+                stats = collect_stats(path, tensors, ctx.feeds.runs, progress=ctx.progress, **kw)
         cal = make_calibrator(c.calibrator, c.percentile)
         sym = c.activations == "int8-sym"
         return {t: cal.range(s, symmetric=sym) for t, s in stats.items() if not s.empty}
@@ -242,7 +244,10 @@ class QuantizeInt8(Pass):
         notes = [f"fully quantized model misses the budget ({why}); ranking sites"]
         sfeeds = ctx.feeds.subset(self.config.sensitivity_runs)
         sref = reference[: len(sfeeds)]
-        ranking = rank_sites(build, sites, runner, sfeeds, sref, ctx.progress)
+        if ctx.parallel is not None and len(sites) >= PARALLEL_MIN_SITES:
+            ranking = rank_sites_split(build, sites, sfeeds, sref, ctx.parallel)
+        else:
+            ranking = rank_sites(build, sites, runner, sfeeds, sref, ctx.progress)
         res = search_fallback(build, sites, judge, ranking, ctx.progress)
         sq = dict(ranking)
         rows = [

@@ -1,0 +1,120 @@
+"""Calibration statistics and sensitivities split across worker processes (and Ray tasks)
+equal the single-process ones bit for bit; so does the quantized model when the pass is given
+``ctx.parallel``."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+from onnxopt.contract import PassContext
+from onnxopt.examples import FOLDER as EXAMPLES
+from onnxopt.graph import opset_version, to_graph
+from onnxopt.passes.quantize.calibrate import collect_stats, collect_stats_split, write_probe
+from onnxopt.passes.quantize.fallback import rank_sites, rank_sites_split
+from onnxopt.passes.quantize.placement import CANDIDATES, make_plan
+from onnxopt.passes.quantize.static import PARALLEL_MIN_RUNS, Builder, QuantizeInt8
+from onnxopt.runner import Runner
+from onnxopt.search.parallel import PoolMap, RayMap
+from onnxopt.synth import get_feeds
+
+KW = {"bins": 512, "batch": 3, "dynamic_batch": True}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    model = onnx.load(EXAMPLES / "digits_cnn.onnx")
+    feeds = get_feeds(model, EXAMPLES / "digits_test.npz", batch=10)
+    tensors = [o for n in model.graph.node for o in n.output if n.op_type != "Constant"]
+    return model, feeds, tensors
+
+
+def _probe(model, tensors, tmp_path) -> bytes:
+    path = tmp_path / "probe.onnx"
+    write_probe(model, tensors, str(path))
+    return path.read_bytes()
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for t in a:
+        x, y = a[t], b[t]
+        assert np.array_equal(x.hist, y.hist), t
+        fields = ("half_range", "min", "max", "count", "exact_zeros")
+        assert [getattr(x, f) for f in fields] == [getattr(y, f) for f in fields], t
+
+
+def test_calibration_statistics_split_are_bit_for_bit(digits, tmp_path):
+    """The statistics of every tensor over 36 runs, split over 3 processes and merged."""
+    model, feeds, tensors = digits
+    probe = _probe(model, tensors, tmp_path)
+    _assert_same(
+        collect_stats(probe, tensors, feeds.runs, **KW),
+        collect_stats_split(probe, tensors, feeds.runs, PoolMap(3), **KW),
+    )
+
+
+@pytest.mark.slow
+def test_quantize_with_parallel_calibration_is_bit_for_bit(digits):
+    """The quantized model is the same byte for byte when the pass splits its calibration."""
+    model, feeds, _ = digits
+    assert len(feeds.runs) >= PARALLEL_MIN_RUNS
+    p = QuantizeInt8.from_options({"fallback": False})
+    _, one = p.apply(model, PassContext(feeds=feeds))
+    _, split = p.apply(model, PassContext(feeds=feeds, parallel=PoolMap(2)))
+    assert one.SerializeToString() == split.SerializeToString()
+
+
+def _builder(model, feeds):
+    """The quantize pass's Builder for the digits model, and its sites."""
+    p = QuantizeInt8()
+    notes: list[str] = []
+    ctx = PassContext(feeds=feeds)
+    base, _ = p._prepare(model, ctx, notes)
+    g = to_graph(base)
+    allowed = [n.name for n in g.nodes if n.op in CANDIDATES]
+    plan_kw = p._plan_options(opset_version(base), notes)
+    plan = make_plan(g, set(allowed), **plan_kw)
+    sites = [s for s in allowed if s in plan.sites]
+    ranges = p._calibrate(base, plan.tensors(), ctx)
+    per_axis = opset_version(base) >= 13
+    build = Builder(
+        base, model, ranges, plan_kw, activations="uint8", reduce_range=False, per_axis_ok=per_axis
+    )
+    return build, sites
+
+
+@pytest.mark.slow
+def test_sensitivities_split_equal_one_process(digits):
+    model, feeds, _ = digits
+    build, sites = _builder(model, feeds)
+    assert len(sites) >= 3
+    runs = feeds.subset(4)
+    ref = Runner(threads=1).run(model, runs)
+    one = rank_sites(build, sites, Runner(threads=1), runs, ref)
+    assert rank_sites_split(build, sites, runs, ref, PoolMap(2)) == one
+
+
+@pytest.mark.slow
+def test_with_ray_tasks(digits, tmp_path):
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only
+    ray = pytest.importorskip("ray")
+    model, feeds, tensors = digits
+    probe = _probe(model, tensors, tmp_path)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        one = collect_stats(probe, tensors, feeds.runs, **KW)
+        _assert_same(one, collect_stats_split(probe, tensors, feeds.runs, RayMap(4), **KW))
+        build, sites = _builder(model, feeds)
+        runs = feeds.subset(4)
+        ref = Runner(threads=1).run(model, runs)
+        one_s = rank_sites(build, sites, Runner(threads=1), runs, ref)
+        assert rank_sites_split(build, sites, runs, ref, RayMap(3)) == one_s
+    finally:
+        if started:
+            ray.shutdown()
