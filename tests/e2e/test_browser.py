@@ -19,11 +19,11 @@ pytestmark = pytest.mark.skipif(
     reason="Chromium not found: install it with `apt-get install -y chromium` (.ci/run does)",
 )
 
-PLOTS = """JSON.stringify([...document.querySelectorAll('svg.plot')].map(s => {
+PLOTS = """JSON.stringify([...document.querySelectorAll('svg.plot')].map((s, i) => {
   const r = s.getBoundingClientRect();
   const marks = [...s.querySelectorAll('circle.point, rect.bar, polyline.series')];
   const drawn = marks.filter(m => { const b = m.getBBox(); return b.width > 0 || b.height > 0; });
-  return {cls: s.getAttribute('class'), x: r.left + window.scrollX, y: r.top + window.scrollY,
+  return {i: i, cls: s.getAttribute('class'), x: r.left + window.scrollX, y: r.top + window.scrollY,
           width: r.width, height: r.height, marks: marks.length, drawn: drawn.length};
 }))"""
 
@@ -32,6 +32,15 @@ TABLE = """JSON.stringify({
   heads: [...document.querySelectorAll('#pipeline-table th')].map(t => t.textContent),
   visible: document.querySelector('#pipeline-table').getBoundingClientRect().height > 0,
 })"""
+
+
+# hides the data marks of plot number {i} (one of those PLOTS lists)
+HIDE_MARKS = """(() => {{
+  const s = document.querySelectorAll('svg.plot')[{i}];
+  s.querySelectorAll('circle.point, rect.bar, polyline.series')
+    .forEach(m => {{ m.style.visibility = 'hidden'; }});
+  return 1;
+}})()"""
 
 
 def _ink(png: bytes) -> float:
@@ -53,13 +62,17 @@ def test_demo_report_in_headless_chromium(demo_run, tmp_path):
         plots = json.loads(b.evaluate(PLOTS))
         shot = b.screenshot()
         best = max(plots, key=lambda p: p["drawn"])
-        plot_png = b.screenshot({k: best[k] for k in ("x", "y", "width", "height")})
+        clip = {k: best[k] for k in ("x", "y", "width", "height")}
+        plot_png = b.screenshot(clip)
+        b.evaluate(HIDE_MARKS.format(i=best["i"]))
+        bare_png = b.screenshot(clip)
         errors = b.errors()
     (tmp_path / "report.png").write_bytes(shot)
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and _ink(shot) > 0.02
     assert table["visible"] and table["rows"] >= 2 and "pass" in table["heads"]
     assert any(p["drawn"] > 0 and p["width"] > 100 and p["height"] > 100 for p in plots), plots
-    assert _ink(plot_png) > 0.05  # the plot's pixels are drawn, not blank
+    # the marks put pixels on the screen: the plot has more ink with them than without them
+    assert _ink(plot_png) > _ink(bare_png) + 0.002, (_ink(plot_png), _ink(bare_png))
     assert errors == []
 
 
