@@ -1,0 +1,221 @@
+"""quantize-int4: weight-only 4-bit ``com.microsoft.MatMulNBits`` for MatMul/Gemm weights.
+
+Every constant MatMul/Gemm weight (see :mod:`.layers`) is quantized block-wise along K
+(:mod:`.nbits`: RTN or the HQQ-style search; :mod:`.gptq`: GPTQ) and the node becomes
+MatMulNBits. Each layer's error is measured on the calibration data as the relative output
+error ``e = ‖X(W − Ŵ)‖ / ‖XW‖`` from ``H = XᵀX`` (accumulated over the runs, a chunk of
+layers at a time: see :mod:`.probe`). Mixed precision: the layers whose 4-bit error exceeds
+``sensitivity`` times the median layer's (at most ``max_sensitive`` of them, worst first) get
+``sensitive_bits`` (8) instead. Each rewritten node is a site, so the pipeline's bisection keeps
+the layers that verify.
+
+MatMulNBits is an onnxruntime contrib op: the pass runs only with ``--target onnxruntime``.
+It is made for size (4-5x smaller weights). It is not promised to be faster: on this
+machine's CPU onnxruntime's 4-bit kernel matches float32 GEMM at 128 tokens and is faster for
+single-token rows, or with ``accuracy_level=4`` (see benchmarks/PRECISION.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import numpy as np
+import onnx
+
+from onnxopt.contract import Pass, PassContext, PassResult
+from onnxopt.errors import PassError
+
+from .config import Int4Config
+from .gptq import quantize_gptq, relative_error
+from .layers import Layer, find_layers, nbits_node, replace_layers
+from .nbits import Quantized, quantize_hqq, quantize_rtn
+from .probe import Probe
+
+logger = logging.getLogger(__name__)
+
+TARGET_ERROR = (
+    "quantize-int4 writes com.microsoft.MatMulNBits, an onnxruntime contrib op: "
+    "add --target onnxruntime"
+)
+
+
+class QuantizeInt4(Pass):
+    """Weight-only 4-bit MatMulNBits (RTN, HQQ-style or GPTQ), configured by an
+    :class:`.config.Int4Config`."""
+
+    name = "quantize-int4"
+    exact = False
+    goal = "size"
+    summary = "4-bit weight-only MatMulNBits for MatMul/Gemm (RTN, HQQ, GPTQ; onnxruntime)"
+    tags = ("precision", "int4")
+    needs_model = True
+    target_needed = "onnxruntime"
+    config_class = Int4Config
+    config: Int4Config
+
+    def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        if ctx.target != "onnxruntime":
+            raise PassError(TARGET_ERROR)
+        c = self.config
+        _name_nodes(model.graph)
+        layers, notes = find_layers(model, c.exclude, c.fuse_bias, c.embeddings, c.block_size)
+        layers = [x for x in layers if ctx.allow(x.name)]
+        if not layers:
+            return PassResult(False, 0, notes[:20] or ["no MatMul/Gemm with a constant weight"])
+        t0 = time.perf_counter()
+        feeds = ctx.feeds
+        if feeds is None or not len(feeds):
+            raise PassError("quantize-int4 needs calibration inputs (or synthesized ones)")
+        if c.algo == "gptq" and feeds.synthesized:
+            notes.append("gptq on synthesized inputs: give --data for a meaningful Hessian")
+        quantized = self._quantize(model, layers, ctx, notes)
+        sensitive = self._sensitive(quantized)
+        done, table = [], []
+        taken = {t.name for t in model.graph.initializer} | {n.name for n in model.graph.node}
+        for layer, q, err4, err8 in quantized:
+            if layer.name in sensitive:
+                q = quantize_rtn(layer.weight, c.sensitive_bits, c.block_size, c.symmetric)
+            node, tensors = nbits_node(layer, q, c.accuracy_level, taken)
+            done.append((layer, node, tensors))
+            table.append(_row(layer, q, err8 if layer.name in sensitive else err4, err4))
+        before = sum(x.weight.nbytes for x in layers)
+        shapes = _output_shapes(model, [x.output for x in layers])
+        replace_layers(model, done)
+        model.graph.value_info.extend(shapes)
+        after = sum(sum(t.ByteSize() for t in tensors) for _, _, tensors in done)
+        details = {
+            "algo": c.algo,
+            "block_size": c.block_size,
+            "symmetric": c.symmetric,
+            "layers": table,
+            "sensitive": sorted(sensitive),
+            "weight_bytes_before": before,
+            "weight_bytes_after": after,
+            "seconds": round(time.perf_counter() - t0, 3),
+            "calibration_runs": min(len(feeds), c.calib_runs),
+        }
+        if sensitive:
+            notes.append(
+                f"{len(sensitive)} sensitive layer(s) kept at {c.sensitive_bits} bits: "
+                + ", ".join(sorted(sensitive)[:8])
+            )
+        sites = [x.name for x in layers]
+        return PassResult(True, len(sites), notes[:20], sites=sites, details=details, model=model)
+
+    def _quantize(
+        self, model: onnx.ModelProto, layers: list[Layer], ctx: PassContext, notes: list[str]
+    ) -> list[tuple[Layer, Quantized, float, float]]:
+        """Each layer quantized at 4 bits, with its 4-bit and 8-bit errors; Hessians are
+        accumulated a chunk of input tensors at a time and dropped after use."""
+        c = self.config
+        probe = Probe(model, ctx.feeds, c.calib_runs, c.probe_mb << 20)
+        by_input: dict[str, list[Layer]] = {}
+        out: list[tuple[Layer, Quantized, float, float]] = []
+        for x in layers:
+            if x.kind == "gather":
+                out.append(self._one(x, None))
+            else:
+                by_input.setdefault(x.x, []).append(x)
+        dims = {name: group[0].weight.shape[0] for name, group in by_input.items()}
+        extra = {name: 8 * k * k for name, k in dims.items()}
+        chunks = probe.chunks(list(by_input), extra)
+        for i, chunk in enumerate(chunks):
+            hessians, rows = _hessians(probe, chunk, dims)
+            few = [n for n in chunk if rows[n] < dims[n]]
+            if few and c.algo == "gptq":
+                notes.append(
+                    f"gptq: {rows[few[0]]} calibration rows for K={dims[few[0]]} ('{few[0]}'"
+                    f"{f' and {len(few) - 1} more' if len(few) > 1 else ''}): the Hessian is "
+                    "singular and the fit may not carry over to new data; give more --data"
+                )
+            for name in chunk:
+                for layer in by_input[name]:
+                    out.append(self._one(layer, hessians[name]))
+            del hessians
+            ctx.report_progress("quantize-int4", i + 1, len(chunks))
+        order = {x.name: i for i, x in enumerate(layers)}
+        return sorted(out, key=lambda r: order[r[0].name])
+
+    def _one(self, layer: Layer, h: np.ndarray | None) -> tuple[Layer, Quantized, float, float]:
+        c, w = self.config, layer.weight
+        if layer.kind == "gather" and c.algo == "gptq":  # no inputs to weigh: data-free
+            q = quantize_hqq(w, 4, c.block_size, c.hqq_iters) if not c.symmetric else None
+            q = q or quantize_rtn(w, 4, c.block_size, c.symmetric)
+        elif c.algo == "gptq" and h is not None:
+            q = quantize_gptq(w, h, 4, c.block_size, c.symmetric, c.damp)
+        elif c.algo == "hqq" and not c.symmetric:
+            q = quantize_hqq(w, 4, c.block_size, c.hqq_iters)
+        else:
+            q = quantize_rtn(w, 4, c.block_size, c.symmetric)
+        err4 = relative_error(w, q.dequantize(), h)
+        q8 = quantize_rtn(w, c.sensitive_bits, c.block_size, c.symmetric)
+        return layer, q, err4, relative_error(w, q8.dequantize(), h)
+
+    def _sensitive(self, quantized: list[tuple[Layer, Quantized, float, float]]) -> set[str]:
+        c = self.config
+        if c.sensitive_bits == 4 or c.max_sensitive <= 0 or len(quantized) < 2:
+            return set()
+        ranked = [r for r in quantized if r[0].kind == "matmul"]
+        if len(ranked) < 2:
+            return set()
+        errors = np.array([e for _, _, e, _ in ranked])
+        limit = c.sensitivity * float(np.median(errors))
+        worst = sorted(ranked, key=lambda r: -r[2])
+        most = int(np.floor(c.max_sensitive * len(ranked)))
+        return {r[0].name for r in worst[:most] if r[2] > limit}
+
+
+def _output_shapes(model: onnx.ModelProto, names: list[str]) -> list[onnx.ValueInfoProto]:
+    """The inferred value infos of ``names`` that the model does not declare yet: onnx's shape
+    inference does not know the contrib ops, so shapes downstream stay known this way."""
+    from onnxopt.model import infer_shapes_light
+
+    declared = {v.name for v in [*model.graph.value_info, *model.graph.output]}
+    try:
+        inferred = infer_shapes_light(model)
+    except Exception:  # noqa: BLE001
+        return []
+    wanted = set(names) - declared
+    return [v for v in inferred.graph.value_info if v.name in wanted]
+
+
+def _hessians(
+    probe: Probe, names: list[str], dims: dict[str, int]
+) -> tuple[dict[str, np.ndarray], dict[str, int]]:
+    """``XᵀX / rows`` of each named input tensor over the calibration runs (float64), and the
+    number of rows."""
+    acc = {n: np.zeros((dims[n], dims[n]), np.float64) for n in names}
+    rows = dict.fromkeys(names, 0)
+    for values in probe.stream(names):
+        for n, v in values.items():
+            x = np.asarray(v, np.float32).reshape(-1, dims[n])
+            acc[n] += x.T @ x
+            rows[n] += x.shape[0]
+    return {n: acc[n] / max(rows[n], 1) for n in names}, rows
+
+
+def _row(layer: Layer, q: Quantized, err: float, err4: float) -> dict:
+    k, n = layer.weight.shape
+    return {
+        "node": layer.name,
+        "op": "GatherBlockQuantized" if layer.kind == "gather" else "MatMulNBits",
+        "K": k,
+        "N": n,
+        "bits": q.bits,
+        "error": float(f"{err:.4g}"),
+        "error_4bit": float(f"{err4:.4g}"),
+    }
+
+
+def _name_nodes(g: onnx.GraphProto) -> None:
+    """Give unnamed or duplicate-named main-graph nodes a deterministic unique name (sites
+    and the rewrite key nodes by name)."""
+    seen: set[str] = set()
+    for i, n in enumerate(g.node):
+        if not n.name or n.name in seen:
+            name = f"{n.name or n.op_type}_{i}"
+            while name in seen:
+                name += "_"
+            n.name = name
+        seen.add(n.name)
