@@ -75,32 +75,37 @@ def _ours_int4(job: dict[str, Any]) -> None:
     config = Int4Config(
         algo=job["algo"],
         block_size=job["block_size"],
-        embeddings=job.get("embeddings", False),
+        embedding_bits=job.get("embedding_bits", 0),
         max_sensitive=job.get("max_sensitive", 0.0),
         accuracy_level=job.get("accuracy_level", 0),
     )
     t0 = time.perf_counter()
     res, out = QuantizeInt4(config).apply(model, PassContext(feeds=feeds, target="onnxruntime"))
     job["seconds"] = time.perf_counter() - t0
-    job["sensitive"] = res.details.get("sensitive", [])
+    job["sensitive"] = len(res.details.get("sensitive", []))
     onnx.save(out, job["dst"])
 
 
-class _Reader:
-    """An onnxruntime CalibrationDataReader over a list of feeds (GPTQ deep-copies it)."""
+def _reader(feeds: list[dict[str, np.ndarray]]):
+    """An onnxruntime CalibrationDataReader over a list of feeds (GPTQ deep-copies and
+    iterates it)."""
+    from onnxruntime.quantization import CalibrationDataReader
 
-    def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
-        self.feeds, self.i = feeds, 0
+    class Reader(CalibrationDataReader):
+        def __init__(self, feeds: list[dict[str, np.ndarray]]) -> None:
+            self.feeds, self.i = feeds, 0
 
-    def get_next(self):
-        self.i += 1
-        return self.feeds[self.i - 1] if self.i <= len(self.feeds) else None
+        def get_next(self):
+            self.i += 1
+            return self.feeds[self.i - 1] if self.i <= len(self.feeds) else None
 
-    def rewind(self) -> None:
-        self.i = 0
+        def rewind(self) -> None:
+            self.i = 0
 
-    def __deepcopy__(self, memo):
-        return _Reader(self.feeds)
+        def __deepcopy__(self, memo):
+            return Reader(self.feeds)
+
+    return Reader(feeds)
 
 
 def _ort_int4(job: dict[str, Any]) -> None:
@@ -116,7 +121,7 @@ def _ort_int4(job: dict[str, Any]) -> None:
     if algo == "hqq":
         cfg = HQQWeightOnlyQuantConfig(block_size=bs, bits=4)
     elif algo == "gptq":
-        reader = _Reader(load_runs(job["calib"]))
+        reader = _reader(load_runs(job["calib"]))
         cfg = GPTQWeightOnlyQuantConfig(calibration_data_reader=reader, percdamp=0.01)
     else:
         cfg = RTNWeightOnlyQuantConfig()

@@ -108,7 +108,7 @@ def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], 
     """
     import onnxruntime as ort
 
-    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    values = [_ort_value(ort, a) for a in arrays]
     if names:
         so.add_external_initializers(names, values)
     try:
@@ -117,6 +117,16 @@ def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], 
         raise ModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
     sess._onnxopt_weights = (arrays, values)  # onnxruntime uses this memory; keep it alive
     return sess
+
+
+def _ort_value(ort: Any, a: np.ndarray) -> Any:
+    """An OrtValue over ``a``; bfloat16 (ml_dtypes, which onnxruntime's numpy bridge does not
+    know) goes as its 16-bit pattern with the ONNX type."""
+    if a.dtype.name == "bfloat16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            a.view(np.uint16), onnx.TensorProto.BFLOAT16
+        )
+    return ort.OrtValue.ortvalue_from_numpy(a)
 
 
 def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:

@@ -122,11 +122,14 @@ class Int4Config(PassConfig):
             calibration data) exceeds this many times the median layer's.
         exclude: node names or op types left in float32.
         damp: GPTQ's dampening of the Hessian (share of its mean diagonal).
-        calib_runs: calibration runs the Hessians are accumulated on.
+        calib_runs: calibration runs GPTQ's Hessians are accumulated on (RTN and HQQ read at
+            most 8, for the per-layer errors and the sensitivity analysis).
         probe_mb: megabytes of activations and Hessians held at once.
         hqq_iters: iterations of the half-quadratic solver.
         fuse_bias: a constant bias Add after the MatMul becomes MatMulNBits' bias input.
-        embeddings: Gathers of constant tables become 4-bit ``GatherBlockQuantized``.
+        embedding_bits: Gathers of constant tables (embeddings) become ``GatherBlockQuantized``
+            with this many bits (8 by default: a 4-bit table costs far more accuracy than a
+            4-bit MatMul); 0 leaves them float32.
     """
 
     algo: str = "rtn"
@@ -142,7 +145,7 @@ class Int4Config(PassConfig):
     probe_mb: int = 256
     hqq_iters: int = 20
     fuse_bias: bool = True
-    embeddings: bool = True
+    embedding_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.algo not in ALGOS:
@@ -159,6 +162,9 @@ class Int4Config(PassConfig):
         _number(self, "damp", float, 0.0, 1.0)
         for count in ("calib_runs", "probe_mb", "hqq_iters"):
             _number(self, count, int, 1)
-        for flag in ("symmetric", "fuse_bias", "embeddings"):
+        _number(self, "embedding_bits", int, 0)
+        if self.embedding_bits not in (0, 4, 8):
+            raise invalid("embedding_bits", self.embedding_bits, "must be 0, 4 or 8")
+        for flag in ("symmetric", "fuse_bias"):
             _set(self, flag, bool(getattr(self, flag)))
         _set(self, "exclude", names(self.exclude))

@@ -7,7 +7,7 @@ batches: memory is K², never the activations). GPTQ quantizes the input rows ``
 optimal update for a quadratic error:
 
     H ← H + λ·mean(diag H)·I              (dampening, λ = ``damp``)
-    U = chol(H⁻¹)ᵀ                         (upper triangular)
+    U upper triangular with UᵀU = H⁻¹      (one Cholesky factorization: see inverse_cholesky)
     e_k = (w_k − q(w_k)) / U[k, k]
     w_j ← w_j − e_k · U[k, j]    for j > k
 
@@ -33,50 +33,62 @@ ParamRule = Callable[[np.ndarray, int, bool], tuple[np.ndarray, np.ndarray]]
 
 
 def relative_error(w: np.ndarray, w_hat: np.ndarray, h: np.ndarray | None) -> float:
-    """``‖X(W − Ŵ)‖ / ‖XW‖`` from ``H = XᵀX`` (``‖W − Ŵ‖ / ‖W‖`` when ``h`` is None)."""
-    d = (w - w_hat).astype(np.float64)
-    w = w.astype(np.float64)
+    """``‖X(W − Ŵ)‖ / ‖XW‖`` from ``H = XᵀX`` (``‖W − Ŵ‖ / ‖W‖`` when ``h`` is None).
+
+    The products run in float32 (BLAS), the sums in float64."""
+    w = np.asarray(w, np.float32)
+    d = w - np.asarray(w_hat, np.float32)
     if h is None:
-        return float(np.sqrt(np.sum(d * d) / max(np.sum(w * w), 1e-30)))
-    num = np.sum((h @ d) * d)
-    den = np.sum((h @ w) * w)
+        num, den = np.sum(d * d, dtype=np.float64), np.sum(w * w, dtype=np.float64)
+    else:
+        h = np.asarray(h, np.float32)
+        num = np.sum((h @ d) * d, dtype=np.float64)
+        den = np.sum((h @ w) * w, dtype=np.float64)
     return float(np.sqrt(max(num, 0.0) / den)) if den > 0 else 0.0
 
 
-def _inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
-    """``chol(H⁻¹)ᵀ`` (upper) of the dampened Hessian, more dampening if it is not definite."""
-    k = h.shape[0]
-    base = float(np.mean(np.diag(h))) or 1.0
+def inverse_cholesky(h: np.ndarray, damp: float) -> np.ndarray:
+    """Upper ``U`` with ``UᵀU = (H + λI)⁻¹`` (``λ = damp·mean(diag H)``; more if ``H`` is not
+    definite), from one Cholesky factorization of the reversed matrix: with ``J`` the
+    reversal, ``JHJ = MMᵀ`` gives ``U = J·M⁻¹·J``. Rows with ``H[k, k] = 0`` get 1."""
+    hk = np.array(h, np.float64, copy=True)
+    dead = np.diag(hk) == 0
+    hk[dead, dead] = 1.0
+    k = hk.shape[0]
+    base = float(np.mean(np.diag(hk))) or 1.0
     for extra in (1.0, 10.0, 100.0):
-        hd = h + np.eye(k) * (damp * extra * base)
+        hd = hk + np.eye(k) * (damp * extra * base)
         try:
-            inv = np.linalg.inv(np.linalg.cholesky(hd))  # L⁻¹, H⁻¹ = L⁻ᵀ L⁻¹
-            return np.linalg.cholesky(inv.T @ inv).T
+            m = np.linalg.cholesky(hd[::-1, ::-1])
         except np.linalg.LinAlgError:
             continue
+        return np.ascontiguousarray(np.linalg.inv(m)[::-1, ::-1])
     raise np.linalg.LinAlgError("the Hessian is not positive definite even when dampened")
 
 
 def quantize_gptq(
     w: np.ndarray,
-    h: np.ndarray,
+    h: np.ndarray | None,
     bits: int,
     block_size: int,
     symmetric: bool,
     damp: float = 0.01,
     params: ParamRule = rtn_params,
+    u: np.ndarray | None = None,
 ) -> Quantized:
-    """GPTQ of a K×N weight ``w`` for ``H = XᵀX`` (K×K, float64 or float32)."""
+    """GPTQ of a K×N weight ``w`` for ``H = XᵀX`` (K×K), or for its :func:`inverse_cholesky`
+    ``u`` when given (layers reading the same input share it)."""
     k, n = w.shape
     nb = -(-k // block_size)
     kp = nb * block_size
     work = np.zeros((n, kp), np.float64)
     work[:, :k] = w.T
-    hk = np.array(h, np.float64, copy=True)
-    dead = np.diag(hk) == 0
-    hk[dead, dead] = 1.0
-    u = np.eye(kp)
-    u[:k, :k] = _inverse_cholesky(hk, damp)
+    if u is None:
+        u = inverse_cholesky(h, damp)
+    if kp > k:
+        padded = np.eye(kp)
+        padded[:k, :k] = u
+        u = padded
     codes = np.zeros((n, nb, block_size), np.uint8)
     scales = np.zeros((n, nb), np.float32)
     zeros = np.zeros((n, nb), np.uint8)

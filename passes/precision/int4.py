@@ -27,12 +27,15 @@ from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.errors import PassError
 
 from .config import Int4Config
-from .gptq import quantize_gptq, relative_error
+from .gptq import inverse_cholesky, quantize_gptq, relative_error
 from .layers import Layer, find_layers, nbits_node, replace_layers
 from .nbits import Quantized, quantize_hqq, quantize_rtn
 from .probe import Probe
 
 logger = logging.getLogger(__name__)
+
+#: runs the per-layer errors (report, sensitivity) read when the algorithm itself is data-free
+DATA_FREE_RUNS = 8
 
 TARGET_ERROR = (
     "quantize-int4 writes com.microsoft.MatMulNBits, an onnxruntime contrib op: "
@@ -59,7 +62,9 @@ class QuantizeInt4(Pass):
             raise PassError(TARGET_ERROR)
         c = self.config
         _name_nodes(model.graph)
-        layers, notes = find_layers(model, c.exclude, c.fuse_bias, c.embeddings, c.block_size)
+        layers, notes = find_layers(
+            model, c.exclude, c.fuse_bias, c.embedding_bits > 0, c.block_size
+        )
         layers = [x for x in layers if ctx.allow(x.name)]
         if not layers:
             return PassResult(False, 0, notes[:20] or ["no MatMul/Gemm with a constant weight"])
@@ -93,7 +98,9 @@ class QuantizeInt4(Pass):
             "weight_bytes_before": before,
             "weight_bytes_after": after,
             "seconds": round(time.perf_counter() - t0, 3),
-            "calibration_runs": min(len(feeds), c.calib_runs),
+            "calibration_runs": min(
+                len(feeds), c.calib_runs if c.algo == "gptq" else min(c.calib_runs, DATA_FREE_RUNS)
+            ),
         }
         if sensitive:
             notes.append(
@@ -109,7 +116,8 @@ class QuantizeInt4(Pass):
         """Each layer quantized at 4 bits, with its 4-bit and 8-bit errors; Hessians are
         accumulated a chunk of input tensors at a time and dropped after use."""
         c = self.config
-        probe = Probe(model, ctx.feeds, c.calib_runs, c.probe_mb << 20)
+        runs = c.calib_runs if c.algo == "gptq" else min(c.calib_runs, DATA_FREE_RUNS)
+        probe = Probe(model, ctx.feeds, runs, c.probe_mb << 20)
         by_input: dict[str, list[Layer]] = {}
         out: list[tuple[Layer, Quantized, float, float]] = []
         for x in layers:
@@ -118,7 +126,7 @@ class QuantizeInt4(Pass):
             else:
                 by_input.setdefault(x.x, []).append(x)
         dims = {name: group[0].weight.shape[0] for name, group in by_input.items()}
-        extra = {name: 8 * k * k for name, k in dims.items()}
+        extra = {name: 4 * k * k for name, k in dims.items()}
         chunks = probe.chunks(list(by_input), extra)
         for i, chunk in enumerate(chunks):
             hessians, rows = _hessians(probe, chunk, dims)
@@ -130,20 +138,27 @@ class QuantizeInt4(Pass):
                     "singular and the fit may not carry over to new data; give more --data"
                 )
             for name in chunk:
+                u = None
+                if c.algo == "gptq":  # shared by the layers reading this input (Q, K, V)
+                    u = inverse_cholesky(hessians[name], c.damp)
                 for layer in by_input[name]:
-                    out.append(self._one(layer, hessians[name]))
+                    out.append(self._one(layer, hessians[name], u))
             del hessians
             ctx.report_progress("quantize-int4", i + 1, len(chunks))
         order = {x.name: i for i, x in enumerate(layers)}
         return sorted(out, key=lambda r: order[r[0].name])
 
-    def _one(self, layer: Layer, h: np.ndarray | None) -> tuple[Layer, Quantized, float, float]:
+    def _one(
+        self, layer: Layer, h: np.ndarray | None, u: np.ndarray | None = None
+    ) -> tuple[Layer, Quantized, float, float]:
         c, w = self.config, layer.weight
-        if layer.kind == "gather" and c.algo == "gptq":  # no inputs to weigh: data-free
-            q = quantize_hqq(w, 4, c.block_size, c.hqq_iters) if not c.symmetric else None
-            q = q or quantize_rtn(w, 4, c.block_size, c.symmetric)
-        elif c.algo == "gptq" and h is not None:
-            q = quantize_gptq(w, h, 4, c.block_size, c.symmetric, c.damp)
+        if layer.kind == "gather":  # a table has no inputs to weigh: data-free
+            q = quantize_rtn(w, c.embedding_bits, c.block_size, c.symmetric)
+            if c.embedding_bits == 4 and c.algo != "rtn" and not c.symmetric:
+                q = quantize_hqq(w, 4, c.block_size, c.hqq_iters)
+            return layer, q, relative_error(w, q.dequantize(), None), 0.0
+        if c.algo == "gptq" and h is not None:
+            q = quantize_gptq(w, h, 4, c.block_size, c.symmetric, c.damp, u=u)
         elif c.algo == "hqq" and not c.symmetric:
             q = quantize_hqq(w, 4, c.block_size, c.hqq_iters)
         else:
@@ -183,9 +198,9 @@ def _output_shapes(model: onnx.ModelProto, names: list[str]) -> list[onnx.ValueI
 def _hessians(
     probe: Probe, names: list[str], dims: dict[str, int]
 ) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """``XᵀX / rows`` of each named input tensor over the calibration runs (float64), and the
-    number of rows."""
-    acc = {n: np.zeros((dims[n], dims[n]), np.float64) for n in names}
+    """``XᵀX / rows`` of each named input tensor over the calibration runs (float32: one
+    BLAS product per run, summed), and the number of rows."""
+    acc = {n: np.zeros((dims[n], dims[n]), np.float32) for n in names}
     rows = dict.fromkeys(names, 0)
     for values in probe.stream(names):
         for n, v in values.items():

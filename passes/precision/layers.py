@@ -10,7 +10,7 @@ A layer is ``Y = X·W (+ b)`` with a constant 2-D float32 ``W`` (K×N) in the ma
 MatMulNBits (onnxruntime contrib op, domain ``com.microsoft``) computes ``Y = X·Ŵ (+ b)`` with
 ``Ŵ`` dequantized block-wise along K (see :mod:`.nbits` for the packing).
 
-With ``embeddings``, a ``Gather(E, ids)`` on axis 0 of a constant V×D float32 table whose D is a
+With ``embeddings`` (``embedding_bits`` > 0), a ``Gather(E, ids)`` on axis 0 of a constant V×D float32 table whose D is a
 multiple of the block size becomes ``GatherBlockQuantized``: ``E`` is quantized as the D×V
 weight ``Eᵀ`` (blocks along D for each row), the same codes, scales and zero points, packed
 the same way (data ``(V, D·bits/8)``, scales ``(V, D/bs)``).

@@ -33,6 +33,7 @@ def test_lists_are_normalised() -> None:
         (Int4Config, {"block_size": "x"}, "block_size must be an integer, not 'x'"),
         (Int4Config, {"accuracy_level": 5}, "accuracy_level must be in [0, 4], not 5"),
         (Int4Config, {"sensitive_bits": 6}, "sensitive_bits must be 4 or 8, not 6"),
+        (Int4Config, {"embedding_bits": 2}, "embedding_bits must be 0, 4 or 8, not 2"),
         (Int4Config, {"max_sensitive": 1.5}, "max_sensitive must be in [0.0, 1.0], not 1.5"),
         (Int4Config, {"calib_runs": 0}, "calib_runs must be >= 1, not 0"),
         (HalfConfig, {"compute": "half"}, "compute must be one of all, weights, not 'half'"),

@@ -346,6 +346,9 @@ def test_bf16_weights_run_in_onnxruntime() -> None:
     x = RNG.standard_normal((4, 64)).astype(np.float32)
     ref, got = run(m, {"x": x})[0], run(out, {"x": x})[0]
     assert np.abs(got - ref).max() < 2e-2 * np.abs(ref).max()
+    # through the pipeline: the verifier hands onnxruntime the bfloat16 weights in memory
+    _, rep = registry.manager(["convert-bf16"]).run(m, _feeds(x=(4, 64)))
+    assert rep.passes[0].status == "kept", rep.passes[0].reason
     full, out_all = ConvertBf16(Bf16Config(compute="all")).apply(m, PassContext())
     onnx.checker.check_model(out_all, full_check=True)
     assert _types(out_all)["a"] == TensorProto.BFLOAT16

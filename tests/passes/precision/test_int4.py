@@ -197,11 +197,14 @@ def test_embedding_tables_become_gather_block_quantized() -> None:
     )
     ids = RNG.integers(0, 100, (2, 5))
     feeds = Feeds([{"ids": ids}])
-    res, out = QuantizeInt4().apply(m, PassContext(feeds=feeds, target=ORT))
-    assert [n.op_type for n in out.graph.node] == ["GatherBlockQuantized"]
-    deq = quantize_rtn(table.T.copy(), 4, 32, False).dequantize().T
-    np.testing.assert_array_equal(run(out, {"ids": ids})[0], deq[ids])
-    off, _ = QuantizeInt4(Int4Config(embeddings=False)).apply(
+    for bits in (8, 4):
+        config = Int4Config(algo="rtn", embedding_bits=bits)
+        res, out = QuantizeInt4(config).apply(m, PassContext(feeds=feeds, target=ORT))
+        assert [n.op_type for n in out.graph.node] == ["GatherBlockQuantized"]
+        assert res.details["layers"][0]["bits"] == bits
+        deq = quantize_rtn(table.T.copy(), bits, 32, False).dequantize().T
+        np.testing.assert_array_equal(run(out, {"ids": ids})[0], deq[ids])
+    off, _ = QuantizeInt4(Int4Config(embedding_bits=0)).apply(
         m, PassContext(feeds=feeds, target=ORT)
     )
     assert not off.changed
