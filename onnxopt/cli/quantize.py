@@ -205,8 +205,35 @@ def quantize_cmd(
         metric_output=metric_output,
     )
     quant = [p for p in rep.passes if p.name.startswith("quantize")]
+    if quant and quant[-1].name == "quantize-int4" and quant[-1].status == "kept":
+        render_layers(quant[-1].details)
     if strict and quant and quant[-1].status != "kept":
         raise typer.Exit(1)
+
+
+def render_layers(details: dict[str, Any], show: int = 10) -> None:
+    """quantize-int4's per-layer errors (the worst ``show``) and its weight bytes."""
+    from rich.table import Table
+
+    from onnxopt.cli.common import console
+    from onnxopt.cli.render import fmt_bytes
+
+    layers = sorted(details.get("layers", []), key=lambda r: -r["error"])
+    table = Table(title="quantize-int4: relative output error per layer (worst first)")
+    for col in ("node", "op", "K×N", "bits", "error", "4-bit error"):
+        table.add_column(col, justify="left" if col in ("node", "op") else "right")
+    for r in layers[:show]:
+        table.add_row(
+            r["node"], r["op"], f"{r['K']}×{r['N']}", str(r["bits"]), f"{r['error']:.4f}",
+            f"{r['error_4bit']:.4f}",
+        )  # fmt: skip
+    console.print(table)
+    bits = sorted({r["bits"] for r in layers})
+    counts = ", ".join(f"{sum(r['bits'] == b for r in layers)} at {b} bits" for b in bits)
+    console.print(
+        f"{len(layers)} layers ({counts}); weights {fmt_bytes(details['weight_bytes_before'])}"
+        f" → {fmt_bytes(details['weight_bytes_after'])}; the JSON report (--report) lists all"
+    )
 
 
 def _choose(bits: int, algo: str | None, block_size: int | None, mode: str, *args: Any):

@@ -62,9 +62,10 @@ class QuantizeInt4(Pass):
             raise PassError(TARGET_ERROR)
         c = self.config
         _name_nodes(model.graph)
-        layers, notes = find_layers(
+        layers, skipped = find_layers(
             model, c.exclude, c.fuse_bias, c.embedding_bits > 0, c.block_size
         )
+        notes = _grouped(skipped)
         layers = [x for x in layers if ctx.allow(x.name)]
         if not layers:
             return PassResult(False, 0, notes[:20] or ["no MatMul/Gemm with a constant weight"])
@@ -179,6 +180,18 @@ class QuantizeInt4(Pass):
         worst = sorted(ranked, key=lambda r: -r[2])
         most = int(np.floor(c.max_sensitive * len(ranked)))
         return {r[0].name for r in worst[:most] if r[2] > limit}
+
+
+def _grouped(skipped: list[str]) -> list[str]:
+    """``"node: why"`` lines as one note per reason, with the count and the first nodes."""
+    by: dict[str, list[str]] = {}
+    for line in skipped:
+        node, _, why = line.partition(": ")
+        by.setdefault(why, []).append(node)
+    return [
+        f"{len(nodes)} left float ({why}): {', '.join(nodes[:3])}{' …' if len(nodes) > 3 else ''}"
+        for why, nodes in by.items()
+    ]
 
 
 def _output_shapes(model: onnx.ModelProto, names: list[str]) -> list[onnx.ValueInfoProto]:
