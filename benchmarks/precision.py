@@ -112,9 +112,10 @@ def run_all(path: Path, feeds: list[dict]) -> tuple[object, list[list[np.ndarray
     return sess, [sess.run(None, _cast_feed(sess, f)) for f in feeds]
 
 
-def compare(ref: list[list[np.ndarray]], out: list[list[np.ndarray]]) -> dict:
-    """Worst output's cosine and relative L2 error over all runs; whether all are finite."""
-    cos, rel, finite = 1.0, 0.0, True
+def compare(ref: list[list[np.ndarray]], out: list[list[np.ndarray]], names=()) -> dict:
+    """Worst output's cosine and relative L2 error over all runs (and its name); whether all
+    are finite."""
+    cos, rel, finite, worst = 1.0, 0.0, True, ""
     for k in range(len(ref[0])):
         a = np.concatenate([np.asarray(r[k], np.float64).ravel() for r in ref])
         b = np.concatenate([np.asarray(o[k], np.float64).ravel() for o in out])
@@ -124,9 +125,11 @@ def compare(ref: list[list[np.ndarray]], out: list[list[np.ndarray]]) -> dict:
         b = np.where(np.isfinite(b), b, 0.0) if not np.isfinite(b).all() else b
         na, nb = np.linalg.norm(a), np.linalg.norm(b)
         c = float(a @ b / (na * nb)) if na > 0 and nb > 0 else float(na == nb)
-        cos = min(cos, c)
-        rel = max(rel, float(np.linalg.norm(a - b) / max(na, 1e-30)))
-    return {"cosine": cos, "rel_l2": rel, "finite": finite}
+        r = float(np.linalg.norm(a - b) / max(na, 1e-30))
+        if r > rel or c < cos:
+            worst = names[k] if k < len(names) else str(k)
+        cos, rel = min(cos, c), max(rel, r)
+    return {"cosine": cos, "rel_l2": rel, "finite": finite, "worst": worst}
 
 
 def latency_ms(sess, feed: dict, runs: int = 30) -> float:
@@ -159,7 +162,12 @@ def evaluate(src: Path, dst: Path, ref, evals: list[dict], labels=None) -> dict:
             "runs": f"fails: {first_line(e, 90)}",
             "size": dst.stat().st_size / src.stat().st_size,
         }
-    row = {"runs": "yes", **compare(ref, out), "size": dst.stat().st_size / src.stat().st_size}
+    names = [o.name for o in sess.get_outputs()]
+    row = {
+        "runs": "yes",
+        **compare(ref, out, names),
+        "size": dst.stat().st_size / src.stat().st_size,
+    }
     if labels is not None:
         row["accuracy"] = float(np.mean([o[0].argmax() == y for o, y in zip(out, labels)]))
     row["latency_ms"] = latency_ms(sess, evals[0])
@@ -232,8 +240,6 @@ def int4_rows(name: str, work: Path, quick: bool, block_size: int) -> list[dict]
     rows = [base]
     cpath = save_runs(work / f"{name}_c4.npz", calib)
     for label, spec in INT4_VARIANTS.items():
-        if "embedding_bits" in spec and not name.startswith("bert"):
-            spec = {k: v for k, v in spec.items() if k != "embedding_bits"}
         dst = work / f"{name}_q{len(rows)}.onnx"
         res = run_job(
             dict(spec, src=str(path), dst=str(dst), calib=str(cpath), block_size=block_size)

@@ -19,16 +19,16 @@ def _f(v, fmt: str) -> str:
 
 def half_table(rows: list[dict]) -> str:
     lines = [
-        "| model | variant | loads & runs | finite | cosine (worst output) | rel. L2 error | "
+        "| model | variant | loads & runs | finite | cosine | rel. L2 error | worst output | "
         "size vs fp32 | latency ms | fp32 nodes | pipeline | time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = r.get("runs", r.get("error", "?"))
         fin = "" if "finite" not in r else ("yes" if r["finite"] else "**NaN/inf**")
         lines.append(
             f"| {r['model']} | {r['variant']} | {runs} | {fin} | {_f(r.get('cosine'), '.6f')} | "
-            f"{_f(r.get('rel_l2'), '.2e')} | {_f(r.get('size'), '.3f')} | "
+            f"{_f(r.get('rel_l2'), '.2e')} | {r.get('worst', '')} | {_f(r.get('size'), '.3f')} | "
             f"{_f(r.get('latency_ms'), '.2f')} | {r.get('float32_nodes', '')} | "
             f"{r.get('status', '')} | {_f(r.get('seconds'), '.2f')} |"
         )
@@ -38,8 +38,8 @@ def half_table(rows: list[dict]) -> str:
 def int4_table(rows: list[dict]) -> str:
     lines = [
         "| model | variant | block | loads & runs | rel. L2 error | cosine | accuracy | "
-        "size vs fp32 | latency ms | quantize s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "size vs fp32 | latency ms | quantize s | peak RSS MB | 8-bit layers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = r.get("runs", r.get("error", "?"))
@@ -48,7 +48,7 @@ def int4_table(rows: list[dict]) -> str:
             f"{_f(r.get('rel_l2'), '.4f')} | {_f(r.get('cosine'), '.5f')} | "
             f"{_f(r.get('accuracy'), '.3f')} | {_f(r.get('size'), '.3f')} | "
             f"{_f(r.get('latency_ms'), '.2f')} | {_f(r.get('seconds'), '.2f')} | "
-            f"{_f(r.get('peak_rss_mb'), '.0f')} |"
+            f"{_f(r.get('peak_rss_mb'), '.0f')} | {r.get('sensitive', '')} |"
         )
     return "\n".join(lines)
 
@@ -82,7 +82,7 @@ def int4_goals(rows: list[dict]) -> list[str]:
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         mine = [r for r in rows if r["model"] == model]
-        ours = [r for r in mine if r["variant"].startswith("onnxopt") and "+" not in r["variant"]]
+        ours = [r for r in mine if r["variant"].startswith("onnxopt") and "," not in r["variant"]]
         peers = [r for r in mine if r["variant"].startswith("onnxruntime")]
         ok = lambda rs: [r for r in rs if r.get("runs") == "yes"]  # noqa: E731
         if not ok(ours) or not ok(peers):
@@ -139,8 +139,9 @@ def write_markdown(path: Path, cmd: str, half: list[dict], int4: list[dict]) -> 
             "## int4 (MatMulNBits)",
             "",
             "Asymmetric 4-bit blocks along K. onnxopt's rows are the pass alone (no "
-            "verification), MatMul weights only unless the variant says `+embeddings` "
-            "(GatherBlockQuantized) or `+8-bit sensitive` (mixed precision). onnxruntime's "
+            "verification) on the MatMul weights only, like the peer's, except the last row of "
+            "each model: the pass's defaults, with 8-bit GatherBlockQuantized embeddings "
+            "and 8-bit MatMulNBits for the layers its sensitivity analysis marks. onnxruntime's "
             "GPTQ in 1.32 returns RTN's weights (see /work/scratch/peers/FINDINGS.md). "
             "Peak RSS is the quantizing process's, imports included (onnxruntime's HQQ and "
             "GPTQ import torch).",

@@ -136,3 +136,5 @@ class ConvertBf16(HalfPass):
     summary = "bfloat16 weights (default) or tensors; unsafe ops stay float32"
     config_class = Bf16Config
     half = BFLOAT16
+    opset_wanted = 13  # Cast to and from bfloat16
+    opset_needed = 13

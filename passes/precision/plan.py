@@ -12,6 +12,8 @@ Each node with a float32 input or output is decided once (subgraphs of If/Loop/S
    others stay float32 (Resize's ``scales``, LayerNormalization's ``Mean``).
 
 Control-flow nodes keep float32 at their own slots; their bodies are decided node by node.
+Ranges are measured for the main graph's tensors only: inside If/Loop/Scan bodies the block
+list, the constant checks and the bisection stand guard.
 """
 
 from __future__ import annotations
@@ -213,6 +215,11 @@ class Planner:
         for x, f in zip(n.input, fin):
             if f and x in self.plan.bad_constants:
                 return f"reads constant '{x}', which {self.plan.bad_constants[x]}", None
+        if n.op_type == "ConstantOfShape":
+            value = next((a.t for a in n.attribute if a.name == "value"), None)
+            why = constant_problem(numpy_helper.to_array(value), self.half) if value else ""
+            if why:
+                return f"its value {why}", None
         for x, f in [*zip(n.input, fin), *zip(n.output, fout)]:
             r = self.ranges.get(x) if f else None
             if r is not None and r > self.limit:

@@ -352,3 +352,17 @@ def test_bf16_weights_run_in_onnxruntime() -> None:
     full, out_all = ConvertBf16(Bf16Config(compute="all")).apply(m, PassContext())
     onnx.checker.check_model(out_all, full_check=True)
     assert _types(out_all)["a"] == TensorProto.BFLOAT16
+
+
+def test_constant_of_shape_with_a_value_float16_cannot_hold_stays_float32() -> None:
+    m = parse(
+        """<ir_version: 8, opset_import: ["": 17]>
+        g (float[2,8] x) => (float[2,8] y) {
+            s = Shape (x)
+            mask = ConstantOfShape <value = float[1] {-1000000000.0}> (s)
+            a = Add (x, mask)
+            y = Softmax (a)
+        }"""
+    )
+    res, _ = apply(ConvertFp16(), m, PassContext(feeds=_feeds(x=(2, 8))))
+    assert "beyond float16's range" in res.details["float32_nodes"]["ConstantOfShape_1"]
