@@ -16,6 +16,10 @@ At the start of each quantization block (``block_size`` rows of K) its scale and
 chosen from the *updated* weights by the given parameter rule (round-to-nearest by default), so
 scales, zero points and codes are those MatMulNBits stores, with no re-quantization afterwards.
 Rows with ``H[k, k] = 0`` (inputs that were always zero) are quantized as they are.
+
+A layer keeps GPTQ only when GPTQ fitted on half of the calibration runs beats the data-free
+quantizer on the other half (:func:`gptq_generalizes`); the GPTQ kept is then fitted on all
+runs.
 """
 
 from __future__ import annotations
@@ -110,3 +114,19 @@ def quantize_gptq(
             err[:, i - i1] = e
         work[:, i2:] -= err @ u[i1:i2, i2:]
     return Quantized(codes, scales, zeros, bits, block_size, k, symmetric)
+
+
+def gptq_generalizes(
+    w: np.ndarray,
+    fit: np.ndarray,
+    check: np.ndarray,
+    quantize: Callable[[np.ndarray, np.ndarray | None], Quantized],
+) -> bool:
+    """Whether GPTQ fitted on half of the calibration runs (``fit``: its
+    :func:`inverse_cholesky`) beats the data-free quantizer on the other half (``check``:
+    its ``XᵀX``). With fewer rows than K the Hessian is singular and GPTQ moves the rounding
+    error into directions the fit never saw: on new data it is then worse than rounding.
+    ``quantize(w, u)`` is GPTQ for ``u``, the data-free quantizer for None."""
+    gptq = quantize(w, fit).dequantize()
+    plain = quantize(w, None).dequantize()
+    return relative_error(w, gptq, check) < relative_error(w, plain, check)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -27,12 +28,15 @@ from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.errors import PassError
 
 from .config import Int4Config
-from .gptq import inverse_cholesky, quantize_gptq, relative_error
+from .gptq import gptq_generalizes, inverse_cholesky, quantize_gptq, relative_error
 from .layers import Layer, find_layers, nbits_node, replace_layers
 from .nbits import Quantized, quantize_hqq, quantize_rtn
 from .probe import Probe
 
 logger = logging.getLogger(__name__)
+
+#: marks a note naming a layer where GPTQ lost to the data-free quantizer (merged into one)
+FALLBACK = "\0gptq-fallback:"
 
 #: runs the per-layer errors (report, sensitivity) read when the algorithm itself is data-free
 DATA_FREE_RUNS = 8
@@ -76,6 +80,15 @@ class QuantizeInt4(Pass):
         if c.algo == "gptq" and feeds.synthesized:
             notes.append("gptq on synthesized inputs: give --data for a meaningful Hessian")
         quantized = self._quantize(model, layers, ctx, notes)
+        fallback = [n[len(FALLBACK) :] for n in notes if n.startswith(FALLBACK)]
+        notes = [n for n in notes if not n.startswith(FALLBACK)]
+        if fallback:
+            notes.append(
+                f"gptq kept on {len(layers) - len(fallback)} of {len(layers)} layers; "
+                f"{len(fallback)} use {'hqq' if not c.symmetric else 'rtn'} instead, which beat "
+                f"GPTQ on held-out calibration runs: {', '.join(fallback[:4])}"
+                + (" …" if len(fallback) > 4 else "")
+            )
         sensitive = self._sensitive(quantized)
         done, table = [], []
         taken = {t.name for t in model.graph.initializer} | {n.name for n in model.graph.node}
@@ -96,6 +109,7 @@ class QuantizeInt4(Pass):
             "symmetric": c.symmetric,
             "layers": table,
             "sensitive": sorted(sensitive),
+            "gptq_fallback": fallback,
             "weight_bytes_before": before,
             "weight_bytes_after": after,
             "seconds": round(time.perf_counter() - t0, 3),
@@ -123,50 +137,75 @@ class QuantizeInt4(Pass):
         out: list[tuple[Layer, Quantized, float, float]] = []
         for x in layers:
             if x.kind == "gather":
-                out.append(self._one(x, None))
+                out.append(self._one(x, None, None))
             else:
                 by_input.setdefault(x.x, []).append(x)
         dims = {name: group[0].weight.shape[0] for name, group in by_input.items()}
-        extra = {name: 4 * k * k for name, k in dims.items()}
+        extra = {name: 12 * k * k for name, k in dims.items()}  # two sums and their mean
         chunks = probe.chunks(list(by_input), extra)
         for i, chunk in enumerate(chunks):
-            hessians, rows = _hessians(probe, chunk, dims)
-            few = [n for n in chunk if rows[n] < dims[n]]
-            if few and c.algo == "gptq":
-                notes.append(
-                    f"gptq: {rows[few[0]]} calibration rows for K={dims[few[0]]} ('{few[0]}'"
-                    f"{f' and {len(few) - 1} more' if len(few) > 1 else ''}): the Hessian is "
-                    "singular and the fit may not carry over to new data; give more --data"
-                )
+            hessians = _hessians(probe, chunk, dims)
+            self._few_rows_note(hessians, dims, notes)
             for name in chunk:
-                u = None
-                if c.algo == "gptq":  # shared by the layers reading this input (Q, K, V)
-                    u = inverse_cholesky(hessians[name], c.damp)
-                for layer in by_input[name]:
-                    out.append(self._one(layer, hessians[name], u))
+                out += self._group(by_input[name], hessians[name], notes)
             del hessians
             ctx.report_progress("quantize-int4", i + 1, len(chunks))
         order = {x.name: i for i, x in enumerate(layers)}
         return sorted(out, key=lambda r: order[r[0].name])
 
+    def _group(
+        self, layers: list[Layer], hess: Hessian, notes: list[str]
+    ) -> list[tuple[Layer, Quantized, float, float]]:
+        """The layers reading one input tensor (Q, K and V share it, and GPTQ's factors)."""
+        c, h = self.config, hess.full()
+        if c.algo != "gptq":
+            return [self._one(x, self._data_free(x.weight, 4), h) for x in layers]
+        halves = hess.halves()
+        fit = inverse_cholesky(halves[0], c.damp) if halves else None
+        full: np.ndarray | None = None
+        out = []
+        for x in layers:
+            if halves is not None and not gptq_generalizes(x.weight, fit, halves[1], self._q):
+                notes.append(FALLBACK + x.name)
+                out.append(self._one(x, self._data_free(x.weight, 4), h))
+                continue
+            full = inverse_cholesky(h, c.damp) if full is None else full
+            q = quantize_gptq(x.weight, None, 4, c.block_size, c.symmetric, u=full)
+            out.append(self._one(x, q, h))
+        return out
+
+    def _q(self, w: np.ndarray, u: np.ndarray | None) -> Quantized:
+        """GPTQ for the factor ``u``, or the data-free quantizer when ``u`` is None."""
+        c = self.config
+        if u is None:
+            return self._data_free(w, 4)
+        return quantize_gptq(w, None, 4, c.block_size, c.symmetric, u=u)
+
+    def _data_free(self, w: np.ndarray, bits: int) -> Quantized:
+        c = self.config
+        if c.algo != "rtn" and not c.symmetric:
+            return quantize_hqq(w, bits, c.block_size, c.hqq_iters)
+        return quantize_rtn(w, bits, c.block_size, c.symmetric)
+
     def _one(
-        self, layer: Layer, h: np.ndarray | None, u: np.ndarray | None = None
+        self, layer: Layer, q: Quantized | None, h: np.ndarray | None
     ) -> tuple[Layer, Quantized, float, float]:
+        """``layer`` quantized as ``q`` with its error, and the error at ``sensitive_bits``."""
         c, w = self.config, layer.weight
         if layer.kind == "gather":  # a table has no inputs to weigh: data-free
-            q = quantize_rtn(w, c.embedding_bits, c.block_size, c.symmetric)
-            if c.embedding_bits == 4 and c.algo != "rtn" and not c.symmetric:
-                q = quantize_hqq(w, 4, c.block_size, c.hqq_iters)
+            q = self._data_free(w, c.embedding_bits)
             return layer, q, relative_error(w, q.dequantize(), None), 0.0
-        if c.algo == "gptq" and h is not None:
-            q = quantize_gptq(w, h, 4, c.block_size, c.symmetric, c.damp, u=u)
-        elif c.algo == "hqq" and not c.symmetric:
-            q = quantize_hqq(w, 4, c.block_size, c.hqq_iters)
-        else:
-            q = quantize_rtn(w, 4, c.block_size, c.symmetric)
-        err4 = relative_error(w, q.dequantize(), h)
         q8 = quantize_rtn(w, c.sensitive_bits, c.block_size, c.symmetric)
-        return layer, q, err4, relative_error(w, q8.dequantize(), h)
+        return layer, q, relative_error(w, q.dequantize(), h), relative_error(w, q8.dequantize(), h)
+
+    def _few_rows_note(self, hessians: dict[str, Hessian], dims, notes: list[str]) -> None:
+        few = [n for n, hs in hessians.items() if hs.rows < dims[n]]
+        if few and self.config.algo == "gptq":
+            notes.append(
+                f"gptq: {hessians[few[0]].rows} calibration rows for K={dims[few[0]]} "
+                f"('{few[0]}'{f' and {len(few) - 1} more' if len(few) > 1 else ''}): "
+                "the Hessian is singular; give more --data"
+            )
 
     def _sensitive(self, quantized: list[tuple[Layer, Quantized, float, float]]) -> set[str]:
         c = self.config
@@ -208,19 +247,48 @@ def _output_shapes(model: onnx.ModelProto, names: list[str]) -> list[onnx.ValueI
     return [v for v in inferred.graph.value_info if v.name in wanted]
 
 
-def _hessians(
-    probe: Probe, names: list[str], dims: dict[str, int]
-) -> tuple[dict[str, np.ndarray], dict[str, int]]:
-    """``XᵀX / rows`` of each named input tensor over the calibration runs (float32: one
-    BLAS product per run, summed), and the number of rows."""
-    acc = {n: np.zeros((dims[n], dims[n]), np.float32) for n in names}
-    rows = dict.fromkeys(names, 0)
-    for values in probe.stream(names):
+@dataclass
+class Hessian:
+    """``XᵀX`` of one input tensor, summed separately over the even and the odd calibration
+    runs (GPTQ fits on one half and is checked on the other), with their row counts."""
+
+    even: np.ndarray
+    odd: np.ndarray
+    rows_even: int = 0
+    rows_odd: int = 0
+
+    @property
+    def rows(self) -> int:
+        return self.rows_even + self.rows_odd
+
+    def full(self) -> np.ndarray:
+        return (self.even + self.odd) / max(self.rows, 1)
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """(fit, check) means, or None when a half has no rows."""
+        if not self.rows_even or not self.rows_odd:
+            return None
+        return self.even / self.rows_even, self.odd / self.rows_odd
+
+
+def _hessians(probe: Probe, names: list[str], dims: dict[str, int]) -> dict[str, Hessian]:
+    """The :class:`Hessian` of each named input tensor over the calibration runs (float32:
+    one BLAS product per run)."""
+    acc = {
+        n: Hessian(np.zeros((dims[n],) * 2, np.float32), np.zeros((dims[n],) * 2, np.float32))
+        for n in names
+    }
+    for i, values in enumerate(probe.stream(names)):
         for n, v in values.items():
             x = np.asarray(v, np.float32).reshape(-1, dims[n])
-            acc[n] += x.T @ x
-            rows[n] += x.shape[0]
-    return {n: acc[n] / max(rows[n], 1) for n in names}, rows
+            h = acc[n]
+            if i % 2:
+                h.odd += x.T @ x
+                h.rows_odd += x.shape[0]
+            else:
+                h.even += x.T @ x
+                h.rows_even += x.shape[0]
+    return acc
 
 
 def _row(layer: Layer, q: Quantized, err: float, err4: float) -> dict:
