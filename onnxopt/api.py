@@ -64,21 +64,31 @@ def quantize(
     data: Any,
     budget: Budget | None = None,
     *,
+    bits: int = 8,
+    target: str = "onnx",
     allow_slower: bool = False,
     **options: Any,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
-    """Static int8 quantization (QDQ) calibrated on ``data``.
+    """Static int8 quantization (QDQ) calibrated on ``data``, or with ``bits=4`` weight-only
+    4-bit ``MatMulNBits`` (an onnxruntime contrib op: ``target="onnxruntime"``).
 
     ``options`` are :class:`onnxopt.passes.quantize.config.QuantizeConfig` fields
-    (``calibrator="entropy"``, ``percentile=99.9``, ``exclude=["Conv_3"]``, ...); a bad one is
-    an :class:`~onnxopt.errors.OptionError` naming it.
+    (``calibrator="entropy"``, ``percentile=99.9``, ``exclude=["Conv_3"]``, ...), or with
+    ``bits=4`` :class:`onnxopt.passes.precision.config.Int4Config` fields (``algo="gptq"``,
+    ``block_size=64``, ...); a bad one is an :class:`~onnxopt.errors.OptionError` naming it.
     """
+    from onnxopt.errors import OptionError
+
+    if bits not in (4, 8):
+        raise OptionError(f"bits must be 8 (int8) or 4 (weight-only MatMulNBits), not {bits!r}")
+    name = "quantize-int4" if bits == 4 else "quantize-int8"
     return optimize(
         model,
-        ["quantize-int8"],
+        [name],
         data,
         budget,
-        options={"quantize-int8": options},
+        target=target,
+        options={name: options},
         allow_slower=allow_slower,
     )
 

@@ -168,6 +168,9 @@ class Pass:
     #: what a lossy pass is for: "speed" (its model must be faster than its input, or it is
     #: rolled back unless the user allows slower models), "size", or "" (no such promise)
     goal: ClassVar[str] = ""
+    #: the runtime whose contrib ops the pass writes ("onnxruntime"), "" for standard ONNX: the
+    #: PassManager refuses the pass under another ``--target`` before anything runs
+    target_needed: ClassVar[str] = ""
 
     def __init__(self, config: PassConfig | None = None) -> None:
         if self.config_class is None:

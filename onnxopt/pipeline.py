@@ -113,6 +113,11 @@ class PassManager:
         if not self.passes:
             raise OptionError("no passes to run")
         validate_order(self.passes, order)
+        for p in self.passes:
+            if p.target_needed and p.target_needed != target:
+                raise OptionError(
+                    f"{p.name} writes {p.target_needed} contrib ops: add --target {p.target_needed}"
+                )
         self.budget = budget
         self.target = target
         self.strict = strict

@@ -71,8 +71,11 @@ class Runner:
         names = [o.name for o in sess.get_outputs()]
         opts = ort.RunOptions()
         opts.log_severity_level = 4 if self.quiet else 3
+        halves = _half_inputs(sess)
         out: Runs = []
         for run in feeds.runs:
+            if halves:  # a model converted to float16 inputs is verified on the same data
+                run = {k: v.astype(halves[k]) if k in halves else v for k, v in run.items()}
             try:
                 values = sess.run(names, run, opts)
             except Exception as e:
@@ -91,6 +94,11 @@ class Runner:
                 del self._sessions[key]
 
 
+def _half_inputs(sess: Any) -> dict[str, np.dtype]:
+    """Inputs declared float16 (fed float32 data, which is cast)."""
+    return {i.name: np.dtype(np.float16) for i in sess.get_inputs() if i.type == "tensor(float16)"}
+
+
 def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], so: Any) -> Any:
     """A CPU session of ``structure`` (a serialized model whose large weights are external
     stubs, from :func:`split_weights`) with those weights given as in-memory initializers.
@@ -100,7 +108,7 @@ def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], 
     """
     import onnxruntime as ort
 
-    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays]
+    values = [_ort_value(ort, a) for a in arrays]
     if names:
         so.add_external_initializers(names, values)
     try:
@@ -109,6 +117,16 @@ def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], 
         raise ModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
     sess._onnxopt_weights = (arrays, values)  # onnxruntime uses this memory; keep it alive
     return sess
+
+
+def _ort_value(ort: Any, a: np.ndarray) -> Any:
+    """An OrtValue over ``a``; bfloat16 (ml_dtypes, which onnxruntime's numpy bridge does not
+    know) goes as its 16-bit pattern with the ONNX type."""
+    if a.dtype.name == "bfloat16":
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
+            a.view(np.uint16), onnx.TensorProto.BFLOAT16
+        )
+    return ort.OrtValue.ortvalue_from_numpy(a)
 
 
 def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:

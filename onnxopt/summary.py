@@ -137,6 +137,7 @@ def count_macs(model: onnx.ModelProto, inferred: onnx.ModelProto | None = None) 
             "ConvInteger",
             "FusedMatMul",
             "Attention",
+            "MatMulNBits",
         ):
             continue
         ins = [shapes.get(i) for i in n.input]

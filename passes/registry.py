@@ -27,6 +27,7 @@ FAMILIES: dict[str, str] = {
     "prune": "onnxopt.passes.prune",
     "distill": "onnxopt.passes.distill",
     "quantize": "onnxopt.passes.quantize",
+    "precision": "onnxopt.passes.precision",
 }
 
 #: what ``optimize`` runs without ``--passes``: every exact pass
@@ -37,6 +38,8 @@ ALIASES: dict[str, list[str]] = {
     "exact": ["cleanup", "fusion"],
     # static int8 is what "quantize" means; quantize-dynamic is asked for by name
     "quantize": ["quantize-int8"],
+    # half precision is what "precision" means; bf16 and int4 are asked for by name
+    "precision": ["convert-fp16"],
 }
 
 #: ordering constraints between pass tags: (a, b) means every ``a`` runs before every ``b``;
@@ -48,6 +51,18 @@ ORDER: list[tuple[str, str]] = [
     ("prune", "distill"),
     ("prune", "quantize"),
     ("distill", "quantize"),
+    # precision changes come after the exact and structural passes, which expect float32
+    ("cleanup", "precision"),
+    ("fusion", "precision"),
+    ("prune", "precision"),
+    ("distill", "precision"),
+    # int4 and int8 both quantize MatMul weights: int4 takes them first (MatMulNBits), int8
+    # then quantizes what is left (convolutions); half precision comes last, since int8
+    # calibration and int4's Hessians read float32 activations and both skip non-float32
+    # weights
+    ("int4", "quantize"),
+    ("int4", "half"),
+    ("quantize", "half"),
 ]
 
 

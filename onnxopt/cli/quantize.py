@@ -1,4 +1,5 @@
-"""``onnxopt quantize``: int8 quantization through the PassManager (static or dynamic)."""
+"""``onnxopt quantize``: int8 quantization through the PassManager (static or dynamic), or 4-bit
+weight-only MatMulNBits with ``--bits 4`` (``--target onnxruntime``)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from onnxopt.cli.common import (
     MinTop1AgreementOpt,
     ReportOpt,
     ShapeOpt,
+    TargetOpt,
     budget_from,
     build_config,
     pre_passes,
@@ -121,6 +123,21 @@ PassesOpt = Annotated[
 StrictOpt = Annotated[
     bool, typer.Option("--strict", help="Exit non-zero if quantization is rolled back.")
 ]
+BitsOpt = Annotated[
+    int,
+    typer.Option(
+        "--bits",
+        help="8: int8 (--mode static/dynamic); 4: weight-only MatMulNBits (--target onnxruntime).",
+    ),
+]
+AlgoOpt = Annotated[
+    str | None,
+    typer.Option("--algo", help="--bits 4: rtn (the default), hqq (data-free search) or gptq."),
+]
+BlockSizeOpt = Annotated[
+    int | None,
+    typer.Option("--block-size", help="--bits 4: weights per scale along K: 32, 64 or 128."),
+]
 
 
 def quantize_cmd(
@@ -148,11 +165,19 @@ def quantize_cmd(
     strict: StrictOpt = False,
     allow_slower: AllowSlowerOpt = False,
     metric_output: MetricOutputOpt = None,
+    bits: BitsOpt = 8,
+    algo: AlgoOpt = None,
+    block_size: BlockSizeOpt = None,
+    target: TargetOpt = "onnx",
 ) -> None:
-    """Quantize a model to int8 (static with calibration data, or dynamic)."""
+    """Quantize a model to int8 (static with calibration data, or dynamic), or its MatMul
+    weights to 4 bits (--bits 4)."""
     from onnxopt.cli.common import run_and_report
 
-    pre, quantizer = _passes(
+    pre, quantizer, mode = _choose(
+        bits,
+        algo,
+        block_size,
         mode,
         data,
         passes,
@@ -178,12 +203,54 @@ def quantize_cmd(
         strict=strict,
         budget=budget,
         title=f"onnxopt quantize ({mode})",
+        target=target,
         allow_slower=allow_slower,
         metric_output=metric_output,
     )
     quant = [p for p in rep.passes if p.name.startswith("quantize")]
+    if quant and quant[-1].name == "quantize-int4" and quant[-1].status == "kept":
+        render_layers(quant[-1].details)
     if strict and quant and quant[-1].status != "kept":
         raise typer.Exit(1)
+
+
+def render_layers(details: dict[str, Any], show: int = 10) -> None:
+    """quantize-int4's per-layer errors (the worst ``show``) and its weight bytes."""
+    from rich.table import Table
+
+    from onnxopt.cli.common import console
+    from onnxopt.cli.render import fmt_bytes
+
+    layers = sorted(details.get("layers", []), key=lambda r: -r["error"])
+    table = Table(title="quantize-int4: relative output error per layer (worst first)")
+    for col in ("node", "op", "K×N", "bits", "error", "4-bit error"):
+        table.add_column(col, justify="left" if col in ("node", "op") else "right")
+    for r in layers[:show]:
+        table.add_row(
+            r["node"], r["op"], f"{r['K']}×{r['N']}", str(r["bits"]), f"{r['error']:.4f}",
+            f"{r['error_4bit']:.4f}",
+        )  # fmt: skip
+    console.print(table)
+    bits = sorted({r["bits"] for r in layers})
+    counts = ", ".join(f"{sum(r['bits'] == b for r in layers)} at {b} bits" for b in bits)
+    console.print(
+        f"{len(layers)} layers ({counts}); weights {fmt_bytes(details['weight_bytes_before'])}"
+        f" → {fmt_bytes(details['weight_bytes_after'])}; the JSON report (--report) lists all"
+    )
+
+
+def _choose(bits: int, algo: str | None, block_size: int | None, mode: str, *args: Any):
+    """(passes to run first, the quantizer, the title's mode) for ``--bits``; ``args`` are
+    :func:`_passes`'s after ``mode`` (data, passes, the int8 options)."""
+    if bits == 4:
+        data, passes, exclude = args[0], args[1], args[6]
+        pre, quantizer = _int4(algo, block_size, data, passes, exclude)
+        return pre, quantizer, f"int4 {quantizer.config.algo}"
+    if bits != 8:
+        raise OptionError(f"--bits {bits}: choose 8 (int8) or 4 (weight-only MatMulNBits)")
+    if algo is not None or block_size is not None:
+        raise OptionError("--algo and --block-size apply to --bits 4")
+    return (*_passes(mode, *args), mode)
 
 
 def _passes(
@@ -218,6 +285,25 @@ def _passes(
         calibrator, percentile, per_tensor, activations, exclude, no_fallback, smooth
     )
     return pre, QuantizeInt8(config)
+
+
+def _int4(
+    algo: str | None,
+    block_size: int | None,
+    data: Path | None,
+    passes: str | None,
+    exclude: list[str] | None,
+) -> tuple[list[str], Any]:
+    """--bits 4: the passes to run first (default: cleanup; fusion's onnxruntime rules would
+    fold the MatMuls into contrib attention ops) and the configured quantize-int4."""
+    from onnxopt.passes.precision import QuantizeInt4
+    from onnxopt.passes.precision.config import Int4Config
+
+    values = {"algo": algo, "block_size": block_size, "exclude": split_list(exclude)}
+    config = build_config(Int4Config, values)
+    if config.algo == "gptq" and data is None:
+        raise DataError("--algo gptq needs calibration data: give --data CALIB.npz")
+    return pre_passes(passes, default=["cleanup"]), QuantizeInt4(config)
 
 
 def register(app: typer.Typer) -> None:

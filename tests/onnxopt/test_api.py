@@ -36,3 +36,19 @@ def test_family_alias_quantize_is_static_int8():
     from onnxopt.passes import registry
 
     assert registry.expand(["quantize"]) == ["quantize-int8"]
+
+
+def test_quantize_api_with_4_bits():
+    import pytest
+
+    from onnxopt.errors import OptionError
+
+    calib = {"image": np.load(EXAMPLES / "digits_calib.npz")["image"].reshape(8, 32, 1, 8, 8)}
+    q, rep = onnxopt.quantize(MODEL, calib, bits=4, target="onnxruntime", algo="hqq")
+    (p,) = rep.passes
+    assert p.name == "quantize-int4" and p.details["algo"] == "hqq"
+    assert p.status == "kept" and "MatMulNBits" in {n.op_type for n in q.graph.node}
+    with pytest.raises(OptionError, match="add --target onnxruntime"):
+        onnxopt.quantize(MODEL, calib, bits=4)
+    with pytest.raises(OptionError, match="bits must be 8"):
+        onnxopt.quantize(MODEL, calib, bits=2)

@@ -145,3 +145,77 @@ def test_wrong_option_is_one_line_naming_the_flag(tmp_path, capsys, args, text) 
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and err == f"error: {text}", err
     assert not (tmp_path / "q.onnx").exists()
+
+
+MATMUL = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[4,64] x) => (float[4,32] y) { a = MatMul (x, W)
+    y = Relu (a) }
+"""
+
+
+def _matmul(tmp_path):
+    w = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
+    p = tmp_path / "mm.onnx"
+    onnx.save(parse(MATMUL, {"W": w}), str(p))
+    data = tmp_path / "calib.npz"
+    np.savez(data, x=np.random.default_rng(1).standard_normal((64, 4, 64)).astype(np.float32))
+    return p, data
+
+
+@pytest.mark.parametrize(
+    "args,text",
+    [
+        ([], "quantize-int4 writes onnxruntime contrib ops: add --target onnxruntime"),
+        (
+            ["--target", "onnxruntime", "--algo", "gptq", "--no-data"],
+            "--algo gptq needs calibration",
+        ),
+        (
+            ["--target", "onnxruntime", "--block-size", "48"],
+            "--block-size 48: must be 32, 64 or 128",
+        ),
+        (
+            ["--target", "onnxruntime", "--algo", "awq"],
+            "--algo 'awq': must be one of rtn, hqq, gptq",
+        ),
+    ],
+)
+def test_int4_errors_are_one_line_and_exit_2(tmp_path, capsys, args, text) -> None:
+    from onnxopt.cli.app import main
+
+    p, data = _matmul(tmp_path)
+    data_args = [] if "--no-data" in args else ["--data", str(data)]
+    args = [a for a in args if a != "--no-data"]
+    out = tmp_path / "q.onnx"
+    code = main(["quantize", str(p), "-o", str(out), "--bits", "4", *data_args, *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith(f"error: {text}"), err
+    assert not out.exists()
+
+
+def test_bits_other_than_4_and_8_and_int4_options_with_8_bits(tmp_path, capsys) -> None:
+    from onnxopt.cli.app import main
+
+    p, data = _matmul(tmp_path)
+    base = ["quantize", str(p), "-o", str(tmp_path / "q.onnx"), "--data", str(data)]
+    assert main([*base, "--bits", "3"]) == 2
+    assert main([*base, "--algo", "gptq"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: --bits 3: choose 8 (int8) or 4 (weight-only MatMulNBits)",
+        "error: --algo and --block-size apply to --bits 4",
+    ]
+
+
+def test_int4_gptq_writes_matmulnbits(tmp_path, capsys) -> None:
+    from onnxopt.cli.app import main
+
+    p, data = _matmul(tmp_path)
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(p), "-o", str(out), "--bits", "4", "--algo", "gptq"]
+    code = main([*args, "--data", str(data), "--target", "onnxruntime", "--block-size", "64"])
+    assert code == 0, capsys.readouterr()
+    (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
+    assert {a.name: a.i for a in node.attribute}["block_size"] == 64
+    assert "int4 gptq" in capsys.readouterr().out
