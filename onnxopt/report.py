@@ -35,6 +35,8 @@ class PassReport:
     vs_original: Metrics = field(default_factory=Metrics)
     dropped_sites: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: the process's peak resident memory while the pass (or its batch) ran, verified
+    peak_rss_mb: float | None = None
 
     @property
     def kept(self) -> bool:
@@ -58,6 +60,8 @@ class PipelineReport:
     metric_output: str | None = None
     #: how many verification runs exact and lossy passes were checked on
     verified_on: dict[str, int] = field(default_factory=dict)
+    #: the process's peak resident memory up to the end of the run
+    peak_rss_mb: float | None = None
 
     @property
     def failed(self) -> list[PassReport]:

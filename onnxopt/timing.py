@@ -42,11 +42,9 @@ def session(model: Any, *, threads: int = 0, optimization: str = "all") -> Any:
     """A CPU session for a path, bytes or ModelProto with :func:`session_options`."""
     import onnxruntime as ort
 
-    data = (
-        model.SerializeToString()
-        if hasattr(model, "SerializeToString")
-        else (model if isinstance(model, bytes) else str(model))
-    )
+    if hasattr(model, "SerializeToString"):
+        return model_session(model, threads=threads, optimization=optimization)
+    data = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(
         data, session_options(threads, optimization), providers=["CPUExecutionProvider"]
     )
@@ -131,10 +129,9 @@ def measure(
 def model_session(model: Any, *, threads: int = 2, optimization: str = "all") -> Any:
     """A timing session of a ModelProto (weights given as in-memory initializers, so models
     above 2 GB need no file), with :func:`session_options`."""
-    from onnxopt.runner import build_session, split_weights
+    from onnxopt import sessions
 
-    structure, names, arrays = split_weights(model)
-    return build_session(structure, names, arrays, session_options(threads, optimization))
+    return sessions.build(model, lambda: session_options(threads, optimization), copy_weights=True)
 
 
 @dataclass
