@@ -16,7 +16,15 @@ import onnx_graphsurgeon as gs
 
 from onnxopt import weights
 from onnxopt.errors import first_line
-from onnxopt.scopes import PARENT, TAKEN, all_graphs, is_outer, mark, place_initializers
+from onnxopt.scopes import (
+    OVERRIDABLE,
+    PARENT,
+    TAKEN,
+    all_graphs,
+    is_outer,
+    mark,
+    place_initializers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,8 +41,17 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     graph = gs.import_onnx(model)
     _normalize_domains(graph)
     setattr(graph, UNUSED_INITIALIZERS, unused_initializers(model.graph))
+    setattr(graph, OVERRIDABLE, overridable(model))
     _adopt_mapped(graph)
     return graph
+
+
+def overridable(model: onnx.ModelProto) -> set[str]:
+    """Initializers that are also graph inputs: defaults a caller may override (IR >= 4;
+    before, every initializer had to be listed as an input). gs keeps them as constants."""
+    if 0 < model.ir_version < 4:
+        return set()
+    return {v.name for v in model.graph.input} & {t.name for t in model.graph.initializer}
 
 
 #: attribute of an imported gs.Graph: whether its model held mapped weights (onnxopt.weights)
@@ -331,8 +348,8 @@ def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     while g is not None:
         if any(t is tensor for t in g.inputs):
             return True
-        g = mark(g, PARENT)
-    return False
+        root, g = g, mark(g, PARENT)
+    return isinstance(tensor, gs.Constant) and tensor.name in (mark(root, OVERRIDABLE) or ())
 
 
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:

@@ -93,7 +93,7 @@ def _read(path: Path) -> onnx.ModelProto:
     if size < weights.MAP_MIN_MODEL_BYTES:
         return _parse(path.read_bytes(), str(path))
     try:
-        model = wire.load_skeleton(str(path))
+        model = wire.load_skeleton(str(path), weights.MAP_MIN_TENSOR_BYTES)
     except wire.WireError as e:
         raise ModelError(f"{path}: not an ONNX model or truncated ({e})") from e
     if not model.HasField("graph") or model.ir_version == 0:

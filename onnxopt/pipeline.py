@@ -207,6 +207,7 @@ class PassManager:
             metric_output=self.metric_output,
             allow_slower=self.allow_slower,
         )
+        v.max_memory = self.max_memory
         report.verified_on = {"exact": len(v.exact_feeds), "lossy": len(vfeeds)}
         if v.subset and any(p.exact for p in self.passes):
             report.notes.append(

@@ -6,8 +6,8 @@ A body is named by the path of (node, attribute) pairs that leads to it:
 **Where a subgraph's initializers live** (:func:`place_initializers`, after every export).
 onnx-graphsurgeon writes every constant a body reads into that body's initializers, copying
 outer weights into each body that reads them (shadowing the outer name). Here each constant
-is written once: in the main graph when it is read there or is mapped (see
-:mod:`onnxopt.weights`), else in the innermost graph enclosing every reader.
+is written once: in the main graph when it is read there, is a model input's default or is
+mapped (see :mod:`onnxopt.weights`), else in the innermost graph enclosing every reader.
 
 A body being rewritten knows its parent (:data:`PARENT`) and every name of the model
 (:data:`TAKEN`): see :mod:`onnxopt.subgraphs`.
@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 #: attribute of a body gs.Graph: the graph that holds its node
 PARENT = "onnxopt_parent"
+#: attribute of an imported main gs.Graph: names of initializers that are also graph inputs
+OVERRIDABLE = "onnxopt_overridable"
 #: attribute of a body gs.Graph: every tensor name of the model (for unique names)
 TAKEN = "onnxopt_taken"
 SEP = "::"
@@ -87,9 +89,10 @@ def _owners(graph: gs.Graph) -> tuple[dict[int, gs.Constant], dict[int, Path]]:
                 consts[id(t)] = t
                 uses.setdefault(id(t), []).append(path)
     owner: dict[int, Path] = {}
+    keep = mark(graph, OVERRIDABLE) or set()
     for key, paths in uses.items():
         c = consts[key]
-        if () in paths or type(c._values).__name__ == "MappedValues":
+        if () in paths or c.name in keep or type(c._values).__name__ == "MappedValues":
             owner[key] = ()
         else:
             owner[key] = _common_prefix(paths)

@@ -13,6 +13,7 @@ from onnxopt.cli.common import (
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MaxMemoryOpt,
     MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
@@ -265,6 +266,7 @@ def prune_cmd(
     latency: LatencyOpt = True,
     allow_slower: AllowSlowerOpt = False,
     metric_output: MetricOutputOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Remove whole channels (and attention heads) from coupled layers; refit on data."""
     config = prune_config(
@@ -295,6 +297,7 @@ def prune_cmd(
         calib_data=calib_data,
         allow_slower=allow_slower,
         metric_output=metric_output,
+        max_memory=max_memory,
     )
     pr = [p for p in rep.passes if p.name == "prune"]
     if pr and pr[-1].kept and pr[-1].details:

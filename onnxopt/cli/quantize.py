@@ -13,6 +13,7 @@ from onnxopt.cli.common import (
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MaxMemoryOpt,
     MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
@@ -146,6 +147,7 @@ def quantize_cmd(
     strict: StrictOpt = False,
     allow_slower: AllowSlowerOpt = False,
     metric_output: MetricOutputOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Quantize a model to int8 (static with calibration data, or dynamic)."""
     from onnxopt.cli.common import run_and_report
@@ -177,6 +179,7 @@ def quantize_cmd(
         title=f"onnxopt quantize ({mode})",
         allow_slower=allow_slower,
         metric_output=metric_output,
+        max_memory=max_memory,
     )
     quant = [p for p in rep.passes if p.name.startswith("quantize")]
     if strict and quant and quant[-1].status != "kept":

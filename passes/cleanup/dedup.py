@@ -18,7 +18,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import replace_uses
-from onnxopt.scopes import owner_of, walk
+from onnxopt.scopes import OVERRIDABLE, mark, owner_of, walk
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,8 @@ def _constants(graph: gs.Graph) -> tuple[list[gs.Constant], dict[int, list[tuple
                 if id(t) not in uses:
                     out.append(t)
                 uses.setdefault(id(t), []).append(path)
-    return [t for t in out if id(t) not in excluded], uses
+    defaults = mark(graph, OVERRIDABLE) or set()  # initializers a caller may override
+    return [t for t in out if id(t) not in excluded and t.name not in defaults], uses
 
 
 class DedupInitializers(Pass):
