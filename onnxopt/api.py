@@ -56,7 +56,20 @@ def optimize(
         allow_slower=allow_slower,
         metric_output=metric_output,
     )
-    return pm.run(m, feeds)
+    out, report = pm.run(m, feeds)
+    return _self_contained(out), report
+
+
+def _self_contained(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A model whose large weights were memory-mapped (onnxopt.weights) gets them back in the
+    proto, so that onnx.save and onnxruntime take it; above protobuf's 2 GB limit it stays
+    mapped: save it with :func:`onnxopt.model.save_model`."""
+    from onnxopt import weights
+    from onnxopt.model import PROTO_LIMIT, model_bytes
+
+    if weights.is_mapped_model(model) and model_bytes(model) < PROTO_LIMIT:
+        return weights.materialize(model)
+    return model
 
 
 def quantize(

@@ -163,6 +163,8 @@ class Pass:
     #: quantizer does; 0: never. Below ``opset_needed`` after that, the pass leaves it alone.
     opset_wanted: ClassVar[int] = 0
     opset_needed: ClassVar[int] = 0
+    #: a graph pass that also runs inside If/Loop/Scan bodies (onnxopt.subgraphs)
+    subgraphs: ClassVar[bool] = False
     #: the pass's typed options (None: it has none)
     config_class: ClassVar[type[PassConfig] | None] = None
     #: what a lossy pass is for: "speed" (its model must be faster than its input, or it is
@@ -229,7 +231,12 @@ class Pass:
             if result.changed:
                 work.set_model(result.model if result.model is not None else m)
         else:
-            result = self.run(work.graph(), ctx)
+            from onnxopt.subgraphs import run_everywhere
+
+            graph = work.graph()
+            result = (
+                run_everywhere(self.run, graph, ctx) if self.subgraphs else self.run(graph, ctx)
+            )
             if result.changed:
                 work.graph_changed()
         if result.changed:  # which original nodes each new node came from
@@ -295,6 +302,11 @@ class Working:
         return self._proto
 
     def set_model(self, model: onnx.ModelProto) -> None:
-        """A whole-model pass produced ``model``: the graph form is stale."""
+        """A whole-model pass produced ``model``: the graph form is stale. On a model held over
+        mapped files, large weights the pass wrote in the proto are spilled once."""
+        from onnxopt import weights
+
+        if weights.is_mapped_model(self.like):
+            model = weights.externalize(model, in_place=True)
         self._proto, self._owned, self._graph = model, True, None
         self.like = model

@@ -14,7 +14,17 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt import weights
 from onnxopt.errors import first_line
+from onnxopt.scopes import (
+    OVERRIDABLE,
+    PARENT,
+    TAKEN,
+    all_graphs,
+    is_outer,
+    mark,
+    place_initializers,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +44,67 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     provenance.to_gs(model, graph)
     _normalize_domains(graph)
     setattr(graph, UNUSED_INITIALIZERS, unused_initializers(model.graph))
+    setattr(graph, OVERRIDABLE, overridable(model))
+    _adopt_mapped(graph)
     return graph
+
+
+def overridable(model: onnx.ModelProto) -> set[str]:
+    """Initializers that are also graph inputs: defaults a caller may override (IR >= 4;
+    before, every initializer had to be listed as an input). gs keeps them as constants."""
+    if 0 < model.ir_version < 4:
+        return set()
+    return {v.name for v in model.graph.input} & {t.name for t in model.graph.initializer}
+
+
+#: attribute of an imported gs.Graph: whether its model held mapped weights (onnxopt.weights)
+MAPPED = "onnxopt_mapped"
+
+
+class MappedValues(gs.ir.tensor.LazyValues):
+    """The values of a mapped initializer: loading them gives a read-only view of the file's
+    mapping (no copy), and an unloaded one is exported as its stub."""
+
+    def load(self) -> np.ndarray:
+        return weights.array(self.tensor)
+
+
+def _constants(graph: gs.Graph):
+    seen: set[int] = set()
+    for g in all_graphs(graph):
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant) and id(t) not in seen:
+                seen.add(id(t))
+                yield t
+
+
+def _adopt_mapped(graph: gs.Graph) -> None:
+    found = False
+    for t in _constants(graph):
+        lazy = t._values
+        if isinstance(lazy, gs.ir.tensor.LazyValues) and weights.is_mapped(lazy.tensor):
+            t._values = MappedValues(lazy.tensor)
+            t.data_location = None
+            found = True
+    setattr(graph, MAPPED, found)
+
+
+def _prepare_mapped(graph: gs.Graph) -> None:
+    """Before export: a constant whose values are a view of a mapping is exported as a stub of
+    that view, and a large new one is spilled once to the scratch file (see weights)."""
+    if not vars(graph).get(MAPPED):
+        return
+    for t in _constants(graph):
+        arr = t._values
+        if isinstance(arr, gs.ir.tensor.LazyValues) or not isinstance(arr, np.ndarray):
+            continue
+        if t.export_dtype is not None and np.dtype(t.export_dtype) != arr.dtype:
+            continue
+        if arr.dtype.kind in "OSUV" or arr.nbytes < weights.MAP_MIN_TENSOR_BYTES:
+            continue
+        s = weights.stub_for(t.name, arr) or weights.spill(t.name, arr)
+        t._values = MappedValues(s)
+        t.data_location = None
 
 
 #: attribute of an imported gs.Graph: names of initializers nothing read (gs drops them)
@@ -76,8 +146,10 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
     from onnxopt import provenance
 
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
+    _prepare_mapped(graph)
     out = gs.export_onnx(graph, do_type_check=False)
     provenance.from_gs(graph, out)
+    place_initializers(graph, out.graph)
     if like is not None:
         out.ir_version = like.ir_version
         out.producer_name = like.producer_name
@@ -155,6 +227,7 @@ def infer_light(
                 node.inputs = [var if x is t else x for x in node.inputs]
             copy.inputs.append(var)
     model = gs.export_onnx(copy, do_type_check=False)
+    _declare_outer(copy, model.graph)
     inferred = onnx.shape_inference.infer_shapes(
         model, check_type=strict, strict_mode=strict, data_prop=data_prop
     )
@@ -163,6 +236,22 @@ def infer_light(
 
 
 _INFER_CACHE = "onnxopt_inferred"
+
+
+def _declare_outer(graph: gs.Graph, proto: onnx.GraphProto) -> None:
+    """A body exported alone reads outer-scope names nothing defines: declare those whose type
+    is known as inputs, so shape inference sees them."""
+    defined = {v.name for v in proto.input} | {t.name for t in proto.initializer} | {""}
+    defined |= {o for n in proto.node for o in n.output}
+    tensors = graph.tensors()
+    for name in dict.fromkeys(i for n in proto.node for i in n.input):
+        t = tensors.get(name)
+        if name in defined or t is None or t.dtype is None:
+            continue
+        shape = None if t.shape is None else [d if isinstance(d, int) else None for d in t.shape]
+        dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
+        proto.input.append(onnx.helper.make_tensor_value_info(name, dtype, shape))
+        defined.add(name)
 
 
 def _fingerprint(graph: gs.Graph) -> int:
@@ -260,7 +349,14 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
 
 
 def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
-    return any(t is tensor for t in graph.inputs)
+    """An input of ``graph`` or, for a body, of a graph enclosing it (an outer initializer
+    that is also a model input can be overridden: it is never a constant)."""
+    g: gs.Graph | None = graph
+    while g is not None:
+        if any(t is tensor for t in g.inputs):
+            return True
+        root, g = g, mark(g, PARENT)
+    return isinstance(tensor, gs.Constant) and tensor.name in (mark(root, OVERRIDABLE) or ())
 
 
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
@@ -343,6 +439,8 @@ def merge_tensors(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | No
     """
     if drop is keep:
         return None
+    if is_graph_output(graph, drop) and is_outer(graph, keep):
+        return f"'{keep.name}' belongs to an enclosing graph and '{drop.name}' is a body output"
     if is_graph_output(graph, drop):
         if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
             return f"'{drop.name}' is a graph output and '{keep.name}' an input or initializer"
@@ -399,6 +497,7 @@ def make_constant(name: str, value: np.ndarray) -> gs.Constant:
 
 def unique_name(graph: gs.Graph, base: str, taken: Iterable[str] | None = None) -> str:
     names = set(taken) if taken is not None else set(graph.tensors().keys())
+    names |= mark(graph, TAKEN) or set()
     if base not in names:
         return base
     i = 1

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 from onnx import shape_inference
 
+from onnxopt import weights, wire
 from onnxopt.errors import ModelError, first_line
 
 logger = logging.getLogger(__name__)
@@ -60,15 +61,9 @@ def load_model(
             raise ModelError(f"{path}: no such file")
         if path.is_dir():
             raise ModelError(f"{path}: is a folder, not an .onnx file")
-        data = path.read_bytes()
-        if not data:
-            raise ModelError(f"{path}: file is empty")
-        model = _parse(data, str(path))
+        model = _read(path)
         if load_external and _has_external(model):
-            try:
-                onnx.load_external_data_for_model(model, str(path.parent))
-            except Exception as e:
-                raise ModelError(f"{path}: cannot load external data ({e})") from e
+            _load_external(model, path)
     if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
         raise ModelError(f"{where}: not an ONNX model (no graph)")
     if check:
@@ -90,6 +85,34 @@ def _runnable_opset(model: onnx.ModelProto, where: str) -> onnx.ModelProto:
     return converted
 
 
+def _read(path: Path) -> onnx.ModelProto:
+    """Parse ``path``; a large file's embedded weights stay in it, mapped (see ``weights``)."""
+    size = path.stat().st_size
+    if not size:
+        raise ModelError(f"{path}: file is empty")
+    if size < weights.MAP_MIN_MODEL_BYTES:
+        return _parse(path.read_bytes(), str(path))
+    try:
+        model = wire.load_skeleton(str(path), weights.MAP_MIN_TENSOR_BYTES)
+    except wire.WireError as e:
+        raise ModelError(f"{path}: not an ONNX model or truncated ({e})") from e
+    if not model.HasField("graph") or model.ir_version == 0:
+        raise ModelError(f"{path}: not an ONNX model (no graph or IR version)")
+    return model
+
+
+def _load_external(model: onnx.ModelProto, path: Path) -> None:
+    """Resolve external data: mapped in place for a large model (the files are only checked
+    here), loaded into the proto otherwise."""
+    try:
+        if weights.wants_mapping(model):
+            weights.map_external(model, str(path.parent))
+        else:
+            onnx.load_external_data_for_model(model, str(path.parent))
+    except Exception as e:
+        raise ModelError(f"{path}: cannot load external data ({first_line(e)})") from e
+
+
 def _parse(data: bytes, where: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
@@ -102,7 +125,10 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
 
 
 def _has_external(model: onnx.ModelProto) -> bool:
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return any(
+        t.data_location == onnx.TensorProto.EXTERNAL and not weights.is_mapped(t)
+        for t in model.graph.initializer
+    )
 
 
 def check_model(model: onnx.ModelProto, where: str = "model") -> None:
@@ -125,6 +151,13 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
 
 
 def _check_initializer(t: onnx.TensorProto) -> None:
+    if weights.is_mapped(t):
+        path, offset, length = weights.location(t)
+        if length != weights.nbytes(t) or offset + length > os.path.getsize(path):
+            raise onnx.checker.ValidationError(
+                f"initializer '{t.name}' needs bytes {offset}..{offset + length} of {path}"
+            )
+        return
     if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
         return
     n = int(np.prod(t.dims)) if len(t.dims) else 1
@@ -157,9 +190,12 @@ def save_model(
     """Write ``model`` to ``path`` atomically.
 
     Args:
-        model: the model; it is not modified (a copy is made for external data).
+        model: the model; it is not modified. Mapped weights (see :mod:`onnxopt.weights`)
+            are copied file to file, never through a serialized proto.
         path: destination.
         external_data: force external data on/off; ``None`` chooses by size (> ~1.8 GB).
+            External data goes to ``<output name>.data`` beside the output (written to a
+            temporary file, then moved into place), never into the input's data file.
         source: the input file; writing over it is refused.
     """
     path = Path(os.fspath(path))
@@ -168,42 +204,55 @@ def save_model(
     path.parent.mkdir(parents=True, exist_ok=True)
     if external_data is None:
         external_data = model_bytes(model) > EXTERNAL_THRESHOLD
+    data_name = path.name + ".data"
+    data_path = path.parent / data_name
+    if external_data and os.path.realpath(data_path) in _input_files(model, source):
+        raise ModelError(
+            f"{data_path}: is the input's external data; refusing to replace it, choose another -o"
+        )
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    data_name = path.name + ".data"
     tmp_data = None
     try:
         if external_data:
-            m = onnx.ModelProto()
-            m.CopyFrom(model)
-            tmp_data = f".{data_name}.{os.getpid()}.tmp"
-            onnx.save_model(
-                m,
-                tmp,
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=tmp_data,
-                size_threshold=1024,
-            )
-            # point the model at the final data file name, then move both into place
-            for t in _external_tensors(m):
-                for kv in t.external_data:
-                    if kv.key == "location":
-                        kv.value = data_name
-            with open(tmp, "wb") as f:
-                f.write(m.SerializeToString())
-            os.replace(path.parent / tmp_data, path.parent / data_name)
+            fd, tmp_data = tempfile.mkstemp(prefix=f".{data_name}.", suffix=".tmp", dir=path.parent)
+            os.close(fd)
+            wire.write_external(model, tmp, tmp_data, data_name)
+            _default_mode(tmp_data)
+            os.replace(tmp_data, data_path)
+        elif weights.is_mapped_model(model):
+            wire.write_embedded(model, tmp)
         else:
             with open(tmp, "wb") as f:
                 f.write(model.SerializeToString())
         _default_mode(tmp)
         os.replace(tmp, path)
     except BaseException:
-        for p in (tmp, path.parent / tmp_data if tmp_data else None):
+        for p in (tmp, tmp_data):
             if p is not None and os.path.exists(p):
                 os.unlink(p)
         raise
     return path
+
+
+def _input_files(model: onnx.ModelProto, source: str | os.PathLike | None) -> set[str]:
+    """Resolved paths of the files the model's weights come from (mapped stubs, and the
+    external data the source file names)."""
+    out = weights.sources(model)
+    if source is None or not os.path.exists(source):
+        return out
+    src = Path(os.fspath(source))
+    out.add(os.path.realpath(src))
+    if src.stat().st_size < weights.MAP_MIN_MODEL_BYTES:
+        try:
+            m = onnx.load(str(src), load_external_data=False)
+        except Exception:
+            return out
+        for t in _external_tensors(m):
+            loc = next((kv.value for kv in t.external_data if kv.key == "location"), None)
+            if loc:
+                out.add(os.path.realpath(src.parent / loc))
+    return out
 
 
 def _default_mode(path: str) -> None:
@@ -228,7 +277,9 @@ def model_bytes(model: onnx.ModelProto) -> int:
     light = light_model(model, max_elements=0)
     total = light.ByteSize()
     for t in model.graph.initializer:
-        if t.HasField("raw_data") and t.data_type in _ITEMSIZE:
+        if t.data_location == onnx.TensorProto.EXTERNAL and t.data_type in _ITEMSIZE:
+            total += weights.nbytes(t) + len(t.name) + 16 * (len(t.dims) + 2)
+        elif t.HasField("raw_data") and t.data_type in _ITEMSIZE:
             n = int(np.prod(t.dims)) if len(t.dims) else 1
             total += n * _ITEMSIZE[t.data_type] + len(t.name) + 16 * (len(t.dims) + 2)
         else:

@@ -27,6 +27,7 @@ from typing import Any
 
 import onnx
 
+from onnxopt import memory, weights
 from onnxopt.bisection import Trial, bisect_sites
 from onnxopt.candidates import candidate_row, input_row, mark_chosen
 from onnxopt.contract import Pass, PassContext, PassResult, Working
@@ -82,6 +83,9 @@ class PassManager:
             runs and verify on the other half.
         measure_candidates: time every candidate a lossy pass or its bisection tries, for the
             report's trade-off plot (``PassReport.details["candidates"]``).
+        max_memory: the memory budget (bytes, ``"8G"``, ``"60%"``; default 60 % of RAM):
+            above it, fewer verification runs and block-by-block sessions
+            (:class:`onnxopt.memory.Plan`).
     """
 
     def __init__(
@@ -100,6 +104,7 @@ class PassManager:
         batch_exact: bool = True,
         holdout: bool = True,
         measure_candidates: bool = False,
+        max_memory: int | str | None = None,
     ) -> None:
         if target not in ("onnx", "onnxruntime"):
             raise OptionError(f"--target must be 'onnx' or 'onnxruntime', not {target!r}")
@@ -129,6 +134,7 @@ class PassManager:
         self.batch_exact = batch_exact
         self.holdout = holdout
         self.measure_candidates = measure_candidates
+        self.max_memory = memory.parse_budget(max_memory)
         self.runner = Runner()
 
     def __repr__(self) -> str:
@@ -151,6 +157,9 @@ class PassManager:
         # passes work on copies (Working), so the caller's ModelProto is read, never modified,
         # and need not be copied here
         original = load_model(model, copy=False)
+        if weights.wants_mapping(original):  # a large in-memory model: weights spilled once
+            original = weights.externalize(original)
+        fit = self._fit(original)
         if feeds is None:
             feeds = get_feeds(original)
         report = PipelineReport(
@@ -159,13 +168,13 @@ class PassManager:
             budget=(self.budget or Budget()).describe(),
             target=self.target,
         )
-        report.notes.extend(feeds.notes)
+        report.notes.extend(feeds.notes + fit.notes)
         self._original = original
         self.verifier = self._verifier(self._split_feeds(feeds, calibration, report), report)
         # the reference runs in onnxruntime (which releases the GIL) while the first passes
         # rewrite the graph in Python; the first verification waits for it
         pool = ThreadPoolExecutor(max_workers=1)
-        ref_future = pool.submit(self.runner.run, original, self.verifier.exact_feeds)
+        ref_future = pool.submit(self._reference, original, fit.two_sessions)
         pool.shutdown(wait=False)
         summary = ModelSummary.of(original)
         report.original = summary_dict(summary)
@@ -173,8 +182,26 @@ class PassManager:
         stage = self._run_passes(stage, report)
         self._finish(report, stage)
         report.seconds = time.perf_counter() - t0
+        report.peak_rss_mb = round(memory.high_water() / memory.MiB, 1)
         self.runner.clear()  # sessions hold a copy of the weights; the caller saves next
         return stage.model, report
+
+    def _fit(self, original: onnx.ModelProto) -> memory.Plan:
+        """Runs and block size within --max-memory (notes say what was reduced)."""
+        fit = memory.Plan(original, self.max_memory)
+        self._exact_runs, self._verify_runs = self.exact_runs, self.verify_runs
+        if fit.exact_runs is not None:
+            self._exact_runs = min(fit.exact_runs, self.exact_runs or fit.exact_runs)
+            self._verify_runs = min(fit.verify_runs, self.verify_runs or fit.verify_runs)
+        self.runner.block_bytes = fit.block_bytes
+        return fit
+
+    def _reference(self, original: onnx.ModelProto, keep_session: bool) -> Any:
+        """The original's outputs; its session is freed unless two sessions fit the budget."""
+        outputs = self.runner.run(original, self.verifier.exact_feeds)
+        if not keep_session:
+            self.runner.forget_model(original)
+        return outputs
 
     def _verifier(self, vfeeds: Feeds, report: PipelineReport) -> Verifier:
         """The verifier, and the report's account of what is verified on what."""
@@ -185,11 +212,12 @@ class PassManager:
         v = Verifier(
             self.runner,
             vfeeds,
-            exact_runs=self.exact_runs,
+            exact_runs=self._exact_runs,
             budget=self.budget,
             metric_output=self.metric_output,
             allow_slower=self.allow_slower,
         )
+        v.max_memory = self.max_memory
         report.verified_on = {"exact": len(v.exact_feeds), "lossy": len(vfeeds)}
         if v.subset and any(p.exact for p in self.passes):
             report.notes.append(
@@ -216,7 +244,7 @@ class PassManager:
                 f"lossy passes learn from {len(self._calib)} runs and are verified on the other "
                 f"{len(verify_on)} (give --calib-data to use separate data)"
             )
-        return verify_on.subset(self.verify_runs) if self.verify_runs else verify_on
+        return verify_on.subset(self._verify_runs) if self._verify_runs else verify_on
 
     def _run_passes(self, stage: Stage, report: PipelineReport) -> Stage:
         if self.progress:
@@ -225,7 +253,8 @@ class PassManager:
             i = 0
             while i < len(self.passes):
                 batch = self._next_batch(i)
-                stage = self._run_batch(batch, i, stage, report)
+                with memory.PeakMeter() as self._meter:  # each pass's report reads it
+                    stage = self._run_batch(batch, i, stage, report)
                 i += len(batch)
         finally:
             if self.progress:
@@ -334,6 +363,7 @@ class PassManager:
         return pr
 
     def _emit(self, report: PipelineReport, pr: PassReport) -> None:
+        pr.peak_rss_mb = round(self._meter.current() / memory.MiB, 1)
         report.passes.append(pr)
         if self.progress:
             self.progress.pass_done(pr)

@@ -35,6 +35,8 @@ class PassReport:
     vs_original: Metrics = field(default_factory=Metrics)
     dropped_sites: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: the process's peak resident memory while the pass (or its batch) ran, verified
+    peak_rss_mb: float | None = None
 
     @property
     def kept(self) -> bool:
@@ -61,6 +63,8 @@ class PipelineReport:
     #: what the HTML page shows beyond the passes (``onnxopt.analysis.analyze``): per-layer
     #: error, per-op profiles, changed regions; empty unless ``--html`` asked for it
     analysis: dict[str, Any] = field(default_factory=dict)
+    #: the process's peak resident memory up to the end of the run
+    peak_rss_mb: float | None = None
 
     @property
     def failed(self) -> list[PassReport]:

@@ -1,6 +1,7 @@
 """onnxruntime CPU sessions for verification: :class:`Runner` builds them (graph optimizations
 off by default, so a reference is the literal graph), caches them by model, and runs a
-:class:`~onnxopt.data.Feeds`. Large weights go to onnxruntime as in-memory initializers."""
+:class:`~onnxopt.data.Feeds`. Large weights go to onnxruntime as in-memory initializers, shared between sessions (see
+:mod:`onnxopt.sessions`)."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt import sessions
 from onnxopt.data import Feeds
-from onnxopt.errors import ModelError, first_line
+from onnxopt.errors import ModelError, OnnxoptError, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -30,17 +32,41 @@ class Runner:
         #: onnxruntime logs nothing (for probing runs that are expected to fail)
         self.quiet = quiet
         self._sessions: OrderedDict[tuple[str, bool], Any] = OrderedDict()
+        #: models with more weights than this run block by block (onnxopt.blocks); None: never
+        self.block_bytes: int | None = None
 
     def session(self, model: onnx.ModelProto, *, optimized: bool = False) -> Any:
-        import onnxruntime as ort
+        """A cached CPU session of ``model`` (large weights shared, not copied, when graph
+        optimizations are off; see :mod:`onnxopt.sessions`)."""
+        from onnxopt import blocks, memory, weights
 
-        structure, names, arrays = split_weights(model)
-        key = (hashlib.sha1(structure).hexdigest(), optimized)
+        if self.block_bytes is not None and weights.weight_bytes(model) > self.block_bytes:
+            return blocks.Chained(model, self.block_bytes, lambda: self._options(optimized))
+        split = sessions.Split(model, sessions.PLACEHOLDER)
+        key = (hashlib.sha1(split.identity()).hexdigest(), optimized)
+        arrays = split.inproto_arrays()
         for cached_key, cached in self._sessions.items():
-            # the weights are hashed only when the structure matches a cached session
-            if cached_key == key and _same_weights(cached._onnxopt_weights[0], arrays):
+            # in-memory weights are compared only when the rest matches a cached session
+            if cached_key == key and _same_weights(
+                cached._onnxopt_weights[2].inproto_arrays(), arrays
+            ):
                 self._sessions.move_to_end(cached_key)
                 return cached
+        memory.check_session(model, optimized=optimized)
+
+        def options() -> Any:
+            return self._options(optimized)
+
+        sess = sessions.build(model, options, copy_weights=optimized, split=split)
+        self._sessions.pop(key, None)
+        self._sessions[key] = sess
+        while len(self._sessions) > self.cache_size:
+            self._sessions.popitem(last=False)
+        return sess
+
+    def _options(self, optimized: bool) -> Any:
+        import onnxruntime as ort
+
         so = ort.SessionOptions()
         so.graph_optimization_level = (
             ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -53,12 +79,7 @@ class Runner:
         so.add_session_config_entry("session.disable_prepacking", "1")
         if self.threads:
             so.intra_op_num_threads = self.threads
-        sess = build_session(structure, names, arrays, so)
-        self._sessions.pop(key, None)
-        self._sessions[key] = sess
-        while len(self._sessions) > self.cache_size:
-            self._sessions.popitem(last=False)
-        return sess
+        return so
 
     def run(self, model: onnx.ModelProto, feeds: Feeds, *, optimized: bool = False) -> Runs:
         """Run every feed; returns one {output_name: array} per run."""
@@ -68,6 +89,15 @@ class Runner:
         """Run every feed through a session from :meth:`session`."""
         import onnxruntime as ort
 
+        from onnxopt.blocks import Chained
+
+        if isinstance(sess, Chained):
+            try:
+                return sess.run_all(feeds.runs)
+            except OnnxoptError:
+                raise
+            except Exception as e:
+                raise ModelError(f"onnxruntime failed to run the model: {first_line(e)}") from e
         names = [o.name for o in sess.get_outputs()]
         opts = ort.RunOptions()
         opts.log_severity_level = 4 if self.quiet else 3
@@ -86,6 +116,12 @@ class Runner:
 
     def clear(self) -> None:
         self._sessions.clear()
+
+    def forget_model(self, model: onnx.ModelProto) -> None:
+        """Drop the cached sessions of ``model`` (any optimization level)."""
+        ident = hashlib.sha1(sessions.Split(model, sessions.PLACEHOLDER).identity()).hexdigest()
+        for key in [k for k in self._sessions if k[0] == ident]:
+            del self._sessions[key]
 
     def forget(self, session: Any) -> None:
         """Drop ``session`` from the cache (and with it the weights it holds)."""
@@ -108,7 +144,7 @@ def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], 
     """
     import onnxruntime as ort
 
-    values = [_ort_value(ort, a) for a in arrays]
+    values = [sessions.ort_value(ort, a) for a in arrays]
     if names:
         so.add_external_initializers(names, values)
     try:
@@ -119,16 +155,6 @@ def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], 
     return sess
 
 
-def _ort_value(ort: Any, a: np.ndarray) -> Any:
-    """An OrtValue over ``a``; bfloat16 (ml_dtypes, which onnxruntime's numpy bridge does not
-    know) goes as its 16-bit pattern with the ONNX type."""
-    if a.dtype.name == "bfloat16":
-        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(
-            a.view(np.uint16), onnx.TensorProto.BFLOAT16
-        )
-    return ort.OrtValue.ortvalue_from_numpy(a)
-
-
 def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
     return len(a) == len(b) and all(
         x.shape == y.shape and x.dtype == y.dtype and np.array_equal(x, y) for x, y in zip(a, b)
@@ -136,18 +162,7 @@ def _same_weights(a: list[np.ndarray], b: list[np.ndarray]) -> bool:
 
 
 def split_weights(model: onnx.ModelProto) -> tuple[bytes, list[str], list[np.ndarray]]:
-    """(serialized model whose large initializers are external stubs, their names, arrays)."""
-    from onnx import numpy_helper
-
-    from onnxopt.model import light_model
-
-    shell = light_model(model, stubs=True)
-    stubbed = {
-        t.name for t in shell.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL
-    }
-    names, arrays = [], []
-    for t in model.graph.initializer:
-        if t.name in stubbed:
-            names.append(t.name)
-            arrays.append(np.ascontiguousarray(numpy_helper.to_array(t)))
-    return shell.SerializeToString(), names, arrays
+    """(serialized model whose large initializers are external stubs, their names, arrays),
+    for :func:`build_session`."""
+    split = sessions.Split(model, "onnxopt-in-memory")
+    return split.shell.SerializeToString(), split.names, split.arrays

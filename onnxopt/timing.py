@@ -42,11 +42,9 @@ def session(model: Any, *, threads: int = 0, optimization: str = "all") -> Any:
     """A CPU session for a path, bytes or ModelProto with :func:`session_options`."""
     import onnxruntime as ort
 
-    data = (
-        model.SerializeToString()
-        if hasattr(model, "SerializeToString")
-        else (model if isinstance(model, bytes) else str(model))
-    )
+    if hasattr(model, "SerializeToString"):
+        return model_session(model, threads=threads, optimization=optimization)
+    data = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(
         data, session_options(threads, optimization), providers=["CPUExecutionProvider"]
     )
@@ -131,10 +129,9 @@ def measure(
 def model_session(model: Any, *, threads: int = 2, optimization: str = "all") -> Any:
     """A timing session of a ModelProto (weights given as in-memory initializers, so models
     above 2 GB need no file), with :func:`session_options`."""
-    from onnxopt.runner import build_session, split_weights
+    from onnxopt import sessions
 
-    structure, names, arrays = split_weights(model)
-    return build_session(structure, names, arrays, session_options(threads, optimization))
+    return sessions.build(model, lambda: session_options(threads, optimization), copy_weights=True)
 
 
 @dataclass
@@ -152,6 +149,8 @@ class Race:
     rounds: int
     b_wins: int
     threads: int
+    #: how: "interleaved", or "one after the other" (both sessions did not fit the budget)
+    mode: str = "interleaved"
 
     @property
     def ratio(self) -> float:
@@ -169,10 +168,14 @@ class Race:
         return self.ratio < 0.99 and self.p_value < 0.05
 
     def describe(self) -> str:
+        how = (
+            f"{self.rounds} interleaved rounds"
+            if self.mode == "interleaved"
+            else f"{self.rounds} rounds, the models {self.mode}"
+        )
         return (
             f"{self.b_ms:.3g} ms vs {self.a_ms:.3g} ms ({self.ratio:.2f}x; b faster in "
-            f"{self.b_wins} of {self.rounds} interleaved rounds, ORT_ENABLE_ALL, "
-            f"{self.threads} threads)"
+            f"{self.b_wins} of {how}, ORT_ENABLE_ALL, {self.threads} threads)"
         )
 
 
@@ -203,10 +206,21 @@ def race(
     min_rounds: int = 10,
     max_rounds: int = 40,
     per_round: int = 5,
+    max_bytes: int | None = None,
 ) -> Race:
     """Time ModelProtos ``a`` and ``b`` on ``feed`` in interleaved rounds (order alternating,
     one untimed run first in each), for at least ``min_rounds`` and about ``seconds`` (longer,
-    up to ``max_rounds``, while b looks faster but not yet beyond noise)."""
+    up to ``max_rounds``, while b looks faster but not yet beyond noise).
+
+    With ``max_bytes``, when two optimized sessions (each may hold a copy and a packed copy of
+    its weights) would not fit, the models are timed one after the other instead, each alone
+    with its weights shared and not prepacked (:func:`race_apart`).
+    """
+    from onnxopt import weights
+
+    need = 2 * (weights.weight_bytes(a) + weights.weight_bytes(b))
+    if max_bytes is not None and need > max_bytes:
+        return race_apart(a, b, feed, threads=threads, rounds=min_rounds, per_round=per_round)
     sa, sb = model_session(a, threads=threads), model_session(b, threads=threads)
     for s in (sa, sb):
         for _ in range(3):
@@ -253,3 +267,42 @@ def quick_latency(
         sess.run(None, feed)
         lat.append((time.perf_counter_ns() - t) / 1e6)
     return float(np.median(lat))
+
+
+def race_apart(
+    a: Any, b: Any, feed: dict[str, np.ndarray], *, threads: int, rounds: int, per_round: int
+) -> Race:
+    """Time ``a`` then ``b``, one session alive at a time (weights shared with the mapping,
+    no prepacked copy); round ``k`` of one is compared with round ``k`` of the other."""
+    from onnxopt import sessions
+
+    def options() -> Any:
+        so = session_options(threads, "all")
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        return so
+
+    med: dict[int, list[float]] = {}
+    times: dict[int, list[float]] = {0: [], 1: []}
+    for k, model in enumerate((a, b)):
+        s = sessions.build(model, options)
+        for _ in range(2):
+            s.run(None, feed)
+        med[k] = []
+        for _ in range(rounds):
+            lat = []
+            for _ in range(per_round):
+                t = time.perf_counter_ns()
+                s.run(None, feed)
+                lat.append((time.perf_counter_ns() - t) / 1e6)
+            times[k] += lat
+            med[k].append(float(np.median(lat)))
+        del s
+    wins = sum(y < x for x, y in zip(med[0], med[1]))
+    return Race(
+        float(np.median(times[0])),
+        float(np.median(times[1])),
+        rounds,
+        wins,
+        threads,
+        "one after the other, without prepacked weights",
+    )

@@ -104,6 +104,8 @@ class Verifier:
         self.allow_slower = allow_slower
         self.exact = Exact()
         self.first: Stage | None = None
+        #: the memory budget (bytes): the speed gate times the models apart above it
+        self.max_memory: int | None = None
 
     @property
     def subset(self) -> bool:
@@ -204,7 +206,7 @@ class Verifier:
         """A speed pass's candidate must be faster than the previous stage beyond noise."""
         from onnxopt.timing import race
 
-        r = race(stage.model, candidate, self.exact_feeds.runs[0])
+        r = race(stage.model, candidate, self.exact_feeds.runs[0], max_bytes=self.max_memory)
         if r.b_faster:
             out.notes.append("faster: " + r.describe())
         else:

@@ -116,6 +116,16 @@ MetricOutputOpt = Annotated[
 ]
 
 
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--max-memory",
+        help="Memory budget: bytes, 8G, 512M or 60% (the default: 60% of RAM). Above it, "
+        "fewer verification runs; a model whose session would not fit runs block by block.",
+    ),
+]
+
+
 class RichProgress:
     """A ProgressSink drawing rich progress bars on stderr."""
 

@@ -17,6 +17,7 @@ from onnxopt.cli.common import (
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MaxMemoryOpt,
     MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
@@ -52,6 +53,7 @@ def optimize_cmd(
     max_accuracy_drop: MaxAccuracyDropOpt = None,
     allow_slower: AllowSlowerOpt = False,
     metric_output: MetricOutputOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Run passes (default: every exact pass), each verified in onnxruntime or rolled back."""
     budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
@@ -71,6 +73,7 @@ def optimize_cmd(
         calib_data=calib_data,
         allow_slower=allow_slower,
         metric_output=metric_output,
+        max_memory=max_memory,
     )
 
 

@@ -14,6 +14,7 @@ from onnxopt.cli.common import (
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MaxMemoryOpt,
     MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
@@ -267,6 +268,7 @@ def prune_cmd(
     latency: LatencyOpt = True,
     allow_slower: AllowSlowerOpt = False,
     metric_output: MetricOutputOpt = None,
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Remove whole channels (and attention heads) from coupled layers; refit on data."""
     config = prune_config(
@@ -298,6 +300,7 @@ def prune_cmd(
         calib_data=calib_data,
         allow_slower=allow_slower,
         metric_output=metric_output,
+        max_memory=max_memory,
     )
     pr = [p for p in rep.passes if p.name == "prune"]
     if pr and pr[-1].kept and pr[-1].details:

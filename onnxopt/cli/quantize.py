@@ -15,6 +15,7 @@ from onnxopt.cli.common import (
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MaxMemoryOpt,
     MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
@@ -169,6 +170,7 @@ def quantize_cmd(
     algo: AlgoOpt = None,
     block_size: BlockSizeOpt = None,
     target: TargetOpt = "onnx",
+    max_memory: MaxMemoryOpt = None,
 ) -> None:
     """Quantize a model to int8 (static with calibration data, or dynamic), or its MatMul
     weights to 4 bits (--bits 4)."""
@@ -206,6 +208,7 @@ def quantize_cmd(
         target=target,
         allow_slower=allow_slower,
         metric_output=metric_output,
+        max_memory=max_memory,
     )
     quant = [p for p in rep.passes if p.name.startswith("quantize")]
     if quant and quant[-1].name == "quantize-int4" and quant[-1].status == "kept":

@@ -29,6 +29,7 @@ COLUMNS = (
     ("size", "right"),
     ("err vs orig", "right"),
     ("time", "right"),
+    ("peak RSS", "right"),
 )
 
 #: notes printed per pass; the rest are in the JSON report
@@ -90,6 +91,7 @@ def _row(p: PassReport) -> list[str]:
         _delta(p.before, p.after, "bytes", fmt_bytes),
         _err(p.vs_original) if p.status == "kept" else "-",
         f"{p.seconds:.2f}s",
+        fmt_bytes(p.peak_rss_mb * 2**20) if p.peak_rss_mb is not None else "-",
     ]
 
 
@@ -116,7 +118,8 @@ def total_line(report: PipelineReport) -> str:
         line += f"  cosine {report.final_vs_original.cosine:.5f}"
     if report.accuracy_original is not None and report.accuracy_final is not None:
         line += f"  accuracy {report.accuracy_original:.2f}% → {report.accuracy_final:.2f}%"
-    return f"[bold]total[/] {line}  ({report.seconds:.1f}s, feeds: {report.feeds})"
+    peak = f", peak RSS {fmt_bytes(report.peak_rss_mb * 2**20)}" if report.peak_rss_mb else ""
+    return f"[bold]total[/] {line}  ({report.seconds:.1f}s{peak}, feeds: {report.feeds})"
 
 
 def note_lines(report: PipelineReport) -> list[str]:

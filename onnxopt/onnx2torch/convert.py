@@ -13,7 +13,10 @@ be trained and written back into the very same graph:
 - :func:`write_back` copies the trained values into a copy of the model by initializer name,
   leaving nodes, names, opset and metadata untouched.
 
-Opset 1-22 main-domain graphs are supported; other domains and subgraph ops are reported.
+Opset 1-22 main-domain graphs are supported; other domains are reported. ``If`` runs the
+branch its computed condition selects (both are converted) and ``Loop`` runs with a constant
+trip count (:mod:`onnxopt.onnx2torch.control`); other ops with a subgraph (``Scan``) and Loops
+whose trip count is computed at run time are refused with a one-line message.
 
 The module class is :class:`~onnxopt.onnx2torch.module.OnnxInterpreter` (its module imports
 torch, and only :func:`to_torch` imports it); the torch-free side (node order, attributes,
@@ -60,12 +63,19 @@ class UnsupportedOpsError(OnnxoptError):
 
 def check_supported(model: onnx.ModelProto) -> None:
     """Raise one :class:`UnsupportedOpsError` naming every op the converter lacks."""
-    ops = supported_ops()
+    ops = supported_ops() | {"If", "Loop"}
     missing: dict[str, int] = {}
-    for n in model.graph.node:
-        key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
-        if n.domain not in ("", "ai.onnx") or n.op_type not in ops:
-            missing[key] = missing.get(key, 0) + 1
+
+    def visit(g: onnx.GraphProto) -> None:
+        for n in g.node:
+            key = n.op_type if n.domain in ("", "ai.onnx") else f"{n.domain}.{n.op_type}"
+            if n.domain not in ("", "ai.onnx") or n.op_type not in ops:
+                missing[key] = missing.get(key, 0) + 1
+            for a in n.attribute:
+                if a.type == onnx.AttributeProto.GRAPH and n.op_type in ("If", "Loop"):
+                    visit(a.g)
+
+    visit(model.graph)
     if missing:
         listed = ", ".join(f"{k} (x{v})" for k, v in sorted(missing.items()))
         raise UnsupportedOpsError(f"cannot convert the model to torch: unsupported op(s) {listed}")

@@ -61,12 +61,58 @@ class Node:
     attrs: dict[str, Any]
 
 
-def nodes_of(g: onnx.GraphProto) -> list[Node]:
-    """The graph's nodes in an executable order (unnamed ones named ``<op>_<index>``)."""
+#: ops with a body the interpreter runs (a Loop only with a constant trip count)
+CONTROL_OPS = ("If", "Loop")
+
+
+@dataclass
+class Body:
+    """A subgraph as the interpreter runs it: its nodes, formal inputs, outputs and its own
+    initializers (outer names are read from the enclosing scope)."""
+
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+    initializers: list[onnx.TensorProto]
+
+
+def nodes_of(g: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> list[Node]:
+    """The graph's nodes in an executable order (unnamed ones named ``<op>_<index>``); an If's
+    branches and a Loop's body become :class:`Body` attributes. ``outer``: names of enclosing
+    scopes (for a body)."""
     return [
-        Node(n.name or f"{n.op_type}_{i}", n.op_type, list(n.input), list(n.output), node_attrs(n))
-        for i, n in enumerate(toposort(g))
+        Node(
+            n.name or f"{n.op_type}_{i}",
+            n.op_type,
+            list(n.input),
+            list(n.output),
+            node_attrs(n, outer | _defined(g)),
+        )
+        for i, n in enumerate(toposort(g, outer))
     ]
+
+
+def _defined(g: onnx.GraphProto) -> frozenset[str]:
+    names = {v.name for v in g.input} | {t.name for t in g.initializer}
+    return frozenset(names | {o for n in g.node for o in n.output})
+
+
+def outer_reads(g: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads that it does not define (its outer-scope inputs)."""
+    defined = set(_defined(g))
+    out: set[str] = set()
+    for n in g.node:
+        out.update(i for i in _reads(n) if i and i not in defined)
+    return out
+
+
+def _reads(n: onnx.NodeProto) -> list[str]:
+    """What a node needs before it runs: its inputs and the outer names its bodies read."""
+    out = list(n.input)
+    for a in n.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            out.extend(outer_reads(a.g))
+    return out
 
 
 def sanitize(name: str, taken: set[str]) -> str:
@@ -82,11 +128,12 @@ def sanitize(name: str, taken: set[str]) -> str:
     return key
 
 
-def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
-    """A node's attributes as Python values (tensors as arrays, strings decoded).
+def node_attrs(node: onnx.NodeProto, scope: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """A node's attributes as Python values (tensors as arrays, strings decoded, the bodies of
+    If and Loop as :class:`Body`; ``scope``: the names visible to those bodies).
 
     Raises:
-        ModelError: the node has a subgraph (not supported).
+        ModelError: another op with a subgraph (Scan, ...), which the converter refuses.
     """
     out: dict[str, Any] = {}
     for a in node.attribute:
@@ -95,10 +142,20 @@ def node_attrs(node: onnx.NodeProto) -> dict[str, Any]:
             v = numpy_helper.to_array(v)
         elif isinstance(v, bytes):
             v = v.decode()
-        elif isinstance(v, (onnx.GraphProto, list)) and v and isinstance(v[0], onnx.GraphProto):
-            raise ModelError(f"node '{node.name}' ({node.op_type}) has a subgraph")
-        elif isinstance(v, onnx.GraphProto):
-            raise ModelError(f"node '{node.name}' ({node.op_type}) has a subgraph")
+        elif isinstance(v, onnx.GraphProto) and node.op_type in CONTROL_OPS:
+            v = Body(
+                nodes_of(v, scope),
+                [i.name for i in v.input],
+                [o.name for o in v.output],
+                list(v.initializer),
+            )
+        elif isinstance(v, onnx.GraphProto) or (
+            isinstance(v, list) and v and isinstance(v[0], onnx.GraphProto)
+        ):
+            raise ModelError(
+                f"node '{node.name}' ({node.op_type}) has a subgraph: the torch converter runs "
+                "If (both branches) and Loop (constant trip count) bodies only"
+            )
         out[a.name] = v
     return out
 
@@ -118,15 +175,16 @@ def trainable_names(model: onnx.ModelProto) -> set[str]:
     return out
 
 
-def toposort(g: onnx.GraphProto) -> list[onnx.NodeProto]:
-    """Nodes in an executable order (exported graphs usually are already)."""
-    known = {v.name for v in g.input} | {t.name for t in g.initializer} | {""}
+def toposort(g: onnx.GraphProto, outer: frozenset[str] = frozenset()) -> list[onnx.NodeProto]:
+    """Nodes in an executable order (exported graphs usually are already); a node with a body
+    waits for the outer names its body reads."""
+    known = {v.name for v in g.input} | {t.name for t in g.initializer} | {""} | set(outer)
     pending = list(g.node)
     order: list[onnx.NodeProto] = []
     while pending:
         rest = []
         for n in pending:
-            if all(i in known for i in n.input):
+            if all(i in known for i in _reads(n)):
                 order.append(n)
                 known.update(n.output)
             else:

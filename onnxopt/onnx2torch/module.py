@@ -6,7 +6,7 @@ only when called, so ``import onnxopt.onnx2torch`` does not import torch.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,8 @@ import torch
 from onnx import numpy_helper
 
 from onnxopt.errors import ModelError, OnnxoptError, first_line
-from onnxopt.onnx2torch.graph import OpEnv, nodes_of, sanitize, trainable_names
+from onnxopt.onnx2torch.control import CONTROL, check_trip_count, constants_of
+from onnxopt.onnx2torch.graph import Body, Node, OpEnv, nodes_of, sanitize, trainable_names
 from onnxopt.onnx2torch.ops_nn import NN_OPS
 from onnxopt.onnx2torch.ops_tensor import TENSOR_OPS
 
@@ -54,6 +55,22 @@ class OnnxInterpreter(torch.nn.Module):
         self.input_names = [v.name for v in g.input if v.name not in inits]
         self.output_names = [v.name for v in g.output]
         self.nodes = nodes_of(g)
+        self._body_keys: dict[str, str] = {}
+        self._add_bodies(self.nodes, constants_of(g), set())
+
+    def _add_bodies(self, nodes: list[Node], constants: set[str], taken: set[str]) -> None:
+        """Bodies' initializers become buffers; a Loop's trip count must be a constant."""
+        for node in nodes:
+            if node.op == "Loop":
+                check_trip_count(node, constants)
+            for body in (a for a in node.attrs.values() if isinstance(a, Body)):
+                for t in body.initializers:
+                    key = "b_" + sanitize(t.name, taken)
+                    value = torch.from_numpy(np.array(numpy_helper.to_array(t), copy=True))
+                    self.register_buffer(key, value)
+                    self._body_keys[t.name] = key
+                inner = {t.name for t in body.initializers if int(np.prod(t.dims)) <= 1}
+                self._add_bodies(body.nodes, constants | inner, taken)
 
     def _add_initializers(self, g: onnx.GraphProto, train_set: set[str]) -> None:
         """Initializers in ``train_set`` become parameters, the others buffers."""
@@ -83,12 +100,26 @@ class OnnxInterpreter(torch.nn.Module):
             env[name] = v if isinstance(v, torch.Tensor) else torch.from_numpy(np.asarray(v))
         for name in list(self.keys) + list(self._buffer_keys):
             env[name] = self._value(name)
+        self.execute(self.nodes, env)
+        want = list(self.output_names) + [c for c in capture if c not in self.output_names]
+        missing = [w for w in want if w not in env]
+        if missing:
+            raise OnnxoptError(f"tensor(s) {missing} are not produced by the graph")
+        return {w: env[w] for w in want}
+
+    def execute(self, nodes: list[Node], env: MutableMapping[str, Any]) -> None:
+        """Run ``nodes`` in order, reading and writing ``env`` (a body's is layered on its
+        enclosing scope's)."""
         op_env = OpEnv(self.opset, self.bn_mode, self.training)
-        for node in self.nodes:
+        bodies = {n: getattr(self, k) for n, k in self._body_keys.items()}
+        for node in nodes:
             args = [env[i] if i else None for i in node.inputs]
             op_env.num_outputs = len(node.outputs)
             try:
-                outs = OPS[node.op](args, node.attrs, op_env)
+                if node.op in CONTROL:
+                    outs = CONTROL[node.op](node, args, env, self.execute, bodies)
+                else:
+                    outs = OPS[node.op](args, node.attrs, op_env)
             except OnnxoptError:
                 raise
             except Exception as e:
@@ -99,11 +130,6 @@ class OnnxInterpreter(torch.nn.Module):
             for o, v in zip(node.outputs, outs, strict=False):
                 if o:
                     env[o] = v
-        want = list(self.output_names) + [c for c in capture if c not in self.output_names]
-        missing = [w for w in want if w not in env]
-        if missing:
-            raise OnnxoptError(f"tensor(s) {missing} are not produced by the graph")
-        return {w: env[w] for w in want}
 
     def forward(self, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         feeds = dict(zip(self.input_names, args, strict=False))

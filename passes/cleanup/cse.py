@@ -59,6 +59,7 @@ class CommonSubexpressions(Pass):
     exact = True
     summary = "merge duplicate nodes (same op, inputs and attributes)"
     tags = ("cleanup",)
+    subgraphs = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         node_names_unique(graph)

@@ -1,9 +1,11 @@
 """dedup-initializers: merge initializers with the same dtype, shape and bytes.
 
-Candidates are grouped by ``(dtype, shape, nbytes)`` and then by a SHA-1 of the bytes; the first
-initializer of a group (in graph order) stays and every use of the others is routed to it,
-including uses inside subgraphs. Overridable initializers (also graph inputs) and initializers
-that are graph outputs are left alone.
+Candidates are the constants of every scope (the main graph and the If/Loop/Scan bodies),
+grouped by ``(dtype, shape, nbytes)`` and then by a SHA-1 of the bytes. The outermost one of a
+group stays and every use of the others is routed to it, including uses inside bodies; an
+inner constant read where the kept one is not visible (a sibling body) is left alone.
+Overridable initializers (also graph inputs) and initializers that are graph outputs are left
+alone.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
-from onnxopt.graph import is_graph_input, is_graph_output, replace_uses
+from onnxopt.graph import replace_uses
+from onnxopt.scopes import OVERRIDABLE, mark, owner_of, walk
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +46,23 @@ def _digest(values: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(values).tobytes()).hexdigest()
 
 
+def _constants(graph: gs.Graph) -> tuple[list[gs.Constant], dict[int, list[tuple]]]:
+    """Every constant of every scope that is neither a graph input (overridable) nor a
+    graph's output, in scope order, and the paths of the graphs that read each."""
+    out: list[gs.Constant] = []
+    uses: dict[int, list[tuple]] = {}
+    excluded: set[int] = set()
+    for path, g in walk(graph):
+        excluded.update(id(t) for t in g.inputs + g.outputs)
+        for t in g.tensors().values():
+            if isinstance(t, gs.Constant):
+                if id(t) not in uses:
+                    out.append(t)
+                uses.setdefault(id(t), []).append(path)
+    defaults = mark(graph, OVERRIDABLE) or set()  # initializers a caller may override
+    return [t for t in out if id(t) not in excluded and t.name not in defaults], uses
+
+
 class DedupInitializers(Pass):
     """Identical initializers merged into one."""
 
@@ -52,13 +72,10 @@ class DedupInitializers(Pass):
     tags = ("cleanup",)
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
-        consts = [
-            t
-            for t in graph.tensors().values()
-            if isinstance(t, gs.Constant)
-            and not is_graph_input(graph, t)
-            and not is_graph_output(graph, t)
-        ]
+        consts, uses = _constants(graph)
+        owner = owner_of(graph)
+        # the outermost of equal constants is kept: it is visible wherever the others are read
+        consts.sort(key=lambda t: len(owner(t)))
         by_meta: dict[tuple, list[gs.Constant]] = {}
         for t in consts:
             try:
@@ -88,6 +105,10 @@ class DedupInitializers(Pass):
                 keep = first_of.setdefault(d, t)
                 if keep is t or not ctx.allow(t.name):
                     continue
+                where = owner(keep)
+                if any(p[: len(where)] != where for p in uses[id(t)]):
+                    continue  # read in a body that cannot see the kept one
+
                 if not np.array_equal(_peek(keep), values, equal_nan=values.dtype.kind in "fc"):
                     continue  # a hash collision (or NaN payloads): leave both
                 replace_uses(graph, t, keep)

@@ -266,6 +266,7 @@ class FoldConstants(Pass):
     exact = True
     summary = "fold constant subgraphs (one onnxruntime session, size-capped)"
     tags = ("cleanup",)
+    subgraphs = True
     config_class = FoldConstantsConfig
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:

@@ -67,6 +67,7 @@ class FoldShapes(Pass):
     exact = True
     summary = "fold Shape/Size (and the shape arithmetic after them) when shapes are static"
     tags = ("cleanup",)
+    subgraphs = True
 
     config_class = FoldConfig
 

@@ -57,6 +57,7 @@ class RemoveIdentity(Pass):
     exact = True
     summary = "remove Identity and inference-mode Dropout nodes"
     tags = ("cleanup",)
+    subgraphs = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         node_names_unique(graph)

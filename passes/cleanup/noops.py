@@ -200,6 +200,7 @@ class RemoveNoops(Pass):
     exact = True
     summary = "remove no-op Cast/Transpose/Reshape/Expand/Slice/Pad and single-input Concat/Sum"
     tags = ("cleanup",)
+    subgraphs = True
 
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         node_names_unique(graph)

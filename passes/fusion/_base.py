@@ -30,6 +30,7 @@ class FusionPass(Pass):
 
     exact: ClassVar[bool] = True
     tags: ClassVar[tuple[str, ...]] = ("fusion",)
+    subgraphs: ClassVar[bool] = True
     #: every rule in this pass needs ``--target onnxruntime``
     contrib_only: ClassVar[bool] = False
 

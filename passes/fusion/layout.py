@@ -6,6 +6,8 @@
   of the *input*, which the chain changes); a Reshape to the input's own static shape is dropped.
 - Squeeze(Unsqueeze(x, a), a) = x and Unsqueeze(Squeeze(x, a), a) = x (axes compared after
   normalising negatives against the shared rank).
+- A Transpose that only moves axes of size 1 next to a Reshape joins it (see
+  :class:`TransposeReshape`).
 
 Declines: non-constant shapes or axes, a 0 in the outer shape, unknown ranks where needed.
 """
@@ -19,7 +21,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import bypass, const_value, is_graph_input, is_graph_output
-from onnxopt.passes.fusion._base import FusionPass, int_list, rank, static_shape, var
+from onnxopt.passes.fusion._base import FusionPass, const, int_list, rank, static_shape, var
 from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, Var, replace_root
 from onnxopt.passes.fusion.transpose_chain import TransposeChain
 
@@ -148,6 +150,59 @@ class ReshapeNoop(Rule):
         _drop(graph, m, m.tensors["x"])
 
 
+def reshape_like(shape: list[int] | None, perm) -> bool:
+    """Whether transposing ``shape`` by ``perm`` only moves axes of size 1: the elements stay
+    in the same order, so the Transpose is a Reshape."""
+    if shape is None or perm is None or len(perm) != len(shape):
+        return False
+    kept = [int(a) for a in perm if shape[int(a)] != 1]
+    return kept == sorted(kept)
+
+
+class TransposeReshape(Rule):
+    """A Transpose that only moves size-1 axes, next to a Reshape: one Reshape.
+
+    ``Reshape(Transpose(x, p), s) = Reshape(x, s)`` and ``Transpose(Reshape(x, s), p) =
+    Reshape(x, s')`` (``s'`` the Transpose's static output shape), when ``p`` keeps the order
+    of the axes larger than 1 (the recurrent exports' ``[seq, 1, batch, hidden]`` shuffles).
+    """
+
+    name: ClassVar[str] = "transpose_reshape"
+    patterns = (
+        Op("Reshape", Op("Transpose", Var("x"), name="t"), Var("shape"), name="root"),
+        Op("Transpose", Op("Reshape", Var("x"), Var("shape"), name="r"), name="root"),
+    )
+
+    def check(self, graph: gs.Graph, m: Match) -> MatchResult:
+        t = m.nodes["t"] if m.pattern_index == 0 else m.root
+        src = t.inputs[0]
+        if not reshape_like(static_shape(src), t.attrs.get("perm")):
+            return MatchResult.not_applicable("the Transpose reorders axes larger than 1")
+        if m.pattern_index == 0:
+            s = _shape_input(m.root)
+            if s is None or np.any(s == 0):
+                return MatchResult.fail("shape is not constant or copies a dimension (0)")
+        elif static_shape(m.root.outputs[0]) is None:
+            return MatchResult.fail("output shape is not static")
+        return MatchResult.success()
+
+    def rewrite(self, graph: gs.Graph, m: Match) -> None:
+        root = m.root
+        if m.pattern_index == 0:
+            shape, attrs = m.tensors["shape"], dict(root.attrs)
+        else:
+            out = np.array(static_shape(root.outputs[0]), np.int64)
+            shape, attrs = const(graph, f"{root.name}_shape", out), {}
+        new = gs.Node(
+            "Reshape",
+            root.name,
+            attrs=attrs,
+            inputs=[m.tensors["x"], shape],
+            outputs=[var(graph, f"{root.name}_merged", dtype=root.outputs[0].dtype)],
+        )
+        replace_root(graph, m, [new])
+
+
 def _axes(node: gs.Node, r: int | None) -> list[int] | None:
     axes = int_list(node, "axes", 1)
     if axes is None or not axes:
@@ -203,6 +258,7 @@ class FuseLayout(FusionPass):
             TransposeTranspose(),
             TransposeChain(),
             ReshapeChain(),
+            TransposeReshape(),
             ReshapeNoop(),
             SqueezePair(),
         ]

@@ -51,7 +51,8 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import const_value, is_empty_tensor
+from onnxopt.graph import const_value, has_subgraph, is_empty_tensor
+from onnxopt.scopes import outer_reads
 
 from .layout import Group, Layout, Member, Seg, rank_of
 from .reshapes import ReshapeRules
@@ -258,6 +259,8 @@ class Analysis(PassThroughRules, ReshapeRules):
     def visit(self, node: gs.Node) -> None:
         op = node.op
         ins = [self.lay(t) for t in node.inputs]
+        if has_subgraph(node):
+            return self.body(node, ins)
         linear = self.linear(node, ins)
         if linear is not False:
             return linear
@@ -311,6 +314,18 @@ class Analysis(PassThroughRules, ReshapeRules):
         if ins[0] is not None:
             return self.set(node.outputs[0], ins[0])
         return None
+
+    def body(self, node: gs.Node, ins: list) -> None:
+        """An If/Loop/Scan: channels that reach it (as an input, or read inside a body) stay;
+        pruning does not enter subgraphs."""
+        reads = [self.lay(t) for t in outer_reads(node)]
+        tracked = [x for x in ins + reads if x is not None]
+        bodies = ", ".join(k for k, a in node.attrs.items() if isinstance(a, gs.Graph))
+        self.close_all(
+            tracked,
+            f"{node.op} '{node.name}': read inside its {bodies}; channel groups close at "
+            "subgraph boundaries",
+        )
 
     def close_all(self, layouts: list[Layout], reason: str) -> None:
         for la in layouts:

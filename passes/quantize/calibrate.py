@@ -28,6 +28,7 @@ import logging
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import onnx
@@ -376,8 +377,39 @@ def batch_groups(
     return groups
 
 
+def probe_model(
+    base: onnx.ModelProto, tensors: list[str]
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``base`` whose outputs carry ``tensors`` (those of If/Loop/Scan bodies are
+    exposed over every iteration, see :mod:`.bodies`): (the model, {tensor: output name}).
+    A mapped model's copy is its skeleton: the weights stay shared."""
+    from .bodies import expose
+
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    return m, expose(m, tensors)
+
+
+def open_session(model: bytes | str | onnx.ModelProto) -> Any:
+    """An onnxruntime session with graph optimizations off (a ModelProto's large weights are
+    shared with it, not copied: :mod:`onnxopt.sessions`)."""
+    import onnxruntime as ort
+
+    from onnxopt import sessions
+
+    def options() -> Any:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        return so
+
+    if isinstance(model, onnx.ModelProto):
+        return sessions.build(model, options)
+    return ort.InferenceSession(model, options(), providers=["CPUExecutionProvider"])
+
+
 def collect_stats(
-    model: bytes | str,
+    model: bytes | str | onnx.ModelProto,
     tensors: list[str],
     runs: list[dict[str, np.ndarray]],
     *,
@@ -389,7 +421,7 @@ def collect_stats(
     """Run ``model`` (tensors already exposed as outputs) and stream their statistics.
 
     Args:
-        model: serialized model, or its path, whose graph outputs include ``tensors``.
+        model: a ModelProto, serialized model or path whose graph outputs include ``tensors``.
         tensors: names of the float tensors to observe.
         runs: feeds, one dict per run.
         bins: histogram bins per tensor.
@@ -397,12 +429,7 @@ def collect_stats(
         dynamic_batch: whether runs may be concatenated along axis 0.
         progress: ``(what, done, total)`` callback.
     """
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    sess = open_session(model)
     stats = {t: TensorStats(t, bins) for t in tensors}
     total = len(runs)
     done = 0

@@ -32,6 +32,7 @@ class QuantizeDynamic(Pass):
     goal = "speed"
     summary = "int8 weights with dynamic activation quantization for MatMul/Gemm"
     tags = ("quantize",)
+    subgraphs = True
     opset_wanted = 13
     opset_needed = 11  # DynamicQuantizeLinear
 

@@ -59,18 +59,15 @@ def smooth_groups(graph: gs.Graph, names: set[str] | None = None) -> dict[str, l
 
 
 def channel_absmax(
-    model: str | bytes,
+    model: str | bytes | onnx.ModelProto,
     tensors: list[str],
     runs: list[dict[str, np.ndarray]],
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Running ``max|x|`` over every axis but the last, per tensor, over ``runs``."""
-    import onnxruntime as ort
+    from .calibrate import open_session
 
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    sess = open_session(model)
     acc: dict[str, np.ndarray] = {}
     for i, feed in enumerate(runs):
         for name, v in zip(tensors, sess.run(tensors, feed), strict=True):

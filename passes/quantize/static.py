@@ -7,27 +7,33 @@ planned tensors as outputs and stream their statistics over the calibration feed
 parameters and insertion (:mod:`.qdq`) -> with a budget, sensitivity-ranked fallback
 (:mod:`.fallback`).
 
+Sites inside If/Loop/Scan bodies are planned, calibrated (over every loop iteration) and
+quantized like the main graph's (:mod:`.bodies`).
+
 Memory stays at about two copies of the model plus onnxruntime's: planning reads weight shapes
-only, the probe model is written to a temporary file rather than copied, and statistics are
-streamed (bert_base, 256 samples: see benchmarks/QUANTIZATION.md).
+only, the probe model is a copy whose large weights are shared with onnxruntime (mapped, or
+handed over without a copy: :mod:`onnxopt.sessions`), and statistics are streamed (bert_base,
+256 samples: see benchmarks/QUANTIZATION.md).
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
+from onnxopt import weights
 from onnxopt.contract import Pass, PassContext, PassError, PassResult
 from onnxopt.data import Feeds
 from onnxopt.graph import node_names_unique, opset_version, to_graph, to_model
 from onnxopt.model import with_inferred_shapes
+from onnxopt.scopes import site_key
 
-from .calibrate import collect_stats, collect_stats_split, make_calibrator, write_probe
+from .bodies import scope_graphs, scoped
+from .calibrate import collect_stats, collect_stats_split, make_calibrator, probe_model
 from .config import QuantizeConfig
 from .fallback import Judge, rank_sites, rank_sites_split, search_fallback
 from .placement import CANDIDATES, Plan, make_plan
@@ -67,24 +73,10 @@ class QuantizeInt8(Pass):
         notes = self._check_feeds(ctx.feeds)
         opset = opset_version(model)  # Pass.apply converted models below opset_wanted
         base, smooth_info = self._prepare(model, ctx, notes)
-        graph = to_graph(base)
-        exclude = set(c.exclude)
-        allowed = [
-            n.name
-            for n in graph.nodes
-            if n.op in (*CANDIDATES, "Gather")
-            and n.name not in exclude
-            and n.op not in exclude
-            and ctx.allow(n.name)
-        ]
         plan_kw = self._plan_options(opset, notes)
-        full = make_plan(graph, set(allowed), **plan_kw)
-        sites = [s for s in allowed if s in full.sites or s in full.embeddings]
+        sites, probe_tensors, plan_notes = self._plan(to_graph(base), plan_kw, ctx)
         if not sites:
-            return PassResult(False, 0, notes + full.notes[:20])
-        probe_tensors = full.tensors()
-        plan_notes = full.notes  # why each candidate stays float
-        del graph, full  # planning graph: free it before onnxruntime loads the model
+            return PassResult(False, 0, notes + plan_notes[:20])
         params = self._calibrate(base, probe_tensors, ctx)
         build = Builder(
             base,
@@ -107,6 +99,32 @@ class QuantizeInt8(Pass):
         return PassResult(True, len(kept), notes, sites=kept, details=details, model=qmodel)
 
     # --------------------------------------------------------------------------------------
+
+    def _plan(
+        self, graph: gs.Graph, plan_kw: dict[str, Any], ctx: PassContext
+    ) -> tuple[list[str], list[str], list[str]]:
+        """(site keys, tensors to calibrate, why candidates stay float) over the main graph
+        and every If/Loop/Scan body (body sites are keyed ``<scope>::<node>``)."""
+        exclude = set(self.config.exclude)
+        sites: list[str] = []
+        tensors: set[str] = set()
+        notes: list[str] = []
+        for scope, g in scope_graphs(graph):
+            allowed = [
+                n.name
+                for n in g.nodes
+                if n.op in (*CANDIDATES, "Gather")
+                and n.name not in exclude
+                and n.op not in exclude
+                and ctx.allow(site_key(scope, n.name))
+            ]
+            plan = make_plan(g, set(allowed), **plan_kw)
+            sites += [
+                site_key(scope, s) for s in allowed if s in plan.sites or s in plan.embeddings
+            ]
+            tensors.update(plan.tensors())
+            notes += [f"in {scope}: {n}" if scope else n for n in plan.notes]
+        return sites, sorted(tensors), notes
 
     def _check_feeds(self, feeds: Feeds | None) -> list[str]:
         """Notes on the calibration feeds; none at all is an error."""
@@ -167,20 +185,25 @@ class QuantizeInt8(Pass):
         self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
     ) -> dict[str, tuple[float, float]]:
         c = self.config
-        dyn = _dynamic_batch(base)
-        kw = {"bins": c.bins, "batch": c.calib_batch, "dynamic_batch": dyn}
-        with tempfile.TemporaryDirectory(prefix="onnxopt_calib_") as tmp:
-            path = os.path.join(tmp, "probe.onnx")
-            write_probe(base, tensors, path)
-            if ctx.parallel is not None and len(ctx.feeds.runs) >= PARALLEL_MIN_RUNS:
-                with open(path, "rb") as f:  # workers elsewhere get the bytes, not the path
-                    probe = f.read()
-                stats = collect_stats_split(probe, tensors, ctx.feeds.runs, ctx.parallel, **kw)
-            else:
-                stats = collect_stats(path, tensors, ctx.feeds.runs, progress=ctx.progress, **kw)
+        probe, exposed = probe_model(base, tensors)
+        outputs = list(dict.fromkeys(exposed.values()))
+        kw = {"bins": c.bins, "batch": c.calib_batch, "dynamic_batch": _dynamic_batch(base)}
+        if (
+            ctx.parallel is not None
+            and len(ctx.feeds.runs) >= PARALLEL_MIN_RUNS
+            and not weights.is_mapped_model(probe)
+        ):
+            # workers elsewhere get the serialized probe (a mapped model's weights stay here)
+            data = probe.SerializeToString()
+            del probe
+            stats = collect_stats_split(data, outputs, ctx.feeds.runs, ctx.parallel, **kw)
+        else:
+            stats = collect_stats(probe, outputs, ctx.feeds.runs, progress=ctx.progress, **kw)
+            del probe
         cal = make_calibrator(c.calibrator, c.percentile)
         sym = c.activations == "int8-sym"
-        return {t: cal.range(s, symmetric=sym) for t, s in stats.items() if not s.empty}
+        by_tensor = {t: stats[out] for t, out in exposed.items()}
+        return {t: cal.range(s, symmetric=sym) for t, s in by_tensor.items() if not s.empty}
 
     def _smooth(
         self, base: onnx.ModelProto, ctx: PassContext, notes: list[str]
@@ -203,10 +226,9 @@ class QuantizeInt8(Pass):
             notes.append("smooth: no MatMul with a constant 2-D weight")
             return base, {}
         runs = ctx.feeds.runs[: c.smooth_runs]
-        with tempfile.TemporaryDirectory(prefix="onnxopt_smooth_") as tmp:
-            path = os.path.join(tmp, "probe.onnx")
-            write_probe(base, tensors, path)
-            x_max = channel_absmax(path, tensors, runs, ctx.progress)
+        probe, exposed = probe_model(base, tensors)
+        x_max = channel_absmax(probe, tensors, runs, ctx.progress)
+        del probe, exposed
         res = apply_smoothing(base, x_max, c.smooth, names)
         notes.extend(res.notes[:10])
         notes.append(
@@ -325,17 +347,36 @@ class Builder:
         self.activations = activations
         self.reduce_range = reduce_range
         self.per_axis_ok = per_axis_ok
-        self.inserter: Inserter | None = None
+        self.inserter: Inserted | None = None
 
     def __call__(self, enabled: set[str]) -> onnx.ModelProto:
         g = to_graph(self.base)
-        plan = make_plan(g, enabled, **self.plan_kw)
-        params = _group_params(plan, self.ranges, self.activations)
-        self.inserter = Inserter(
-            g, plan, params, reduce_range=self.reduce_range, per_axis_ok=self.per_axis_ok
-        )
-        self.inserter.apply()
+        by_scope = scoped(enabled)
+        self.inserter = Inserted()
+        for scope, body in scope_graphs(g):
+            if scope and not by_scope.get(scope):
+                continue
+            plan = make_plan(body, by_scope.get(scope, set()), **self.plan_kw)
+            params = _group_params(plan, self.ranges, self.activations)
+            ins = Inserter(
+                body, plan, params, reduce_range=self.reduce_range, per_axis_ok=self.per_axis_ok
+            )
+            ins.apply()
+            self.inserter.add(scope, ins)
         return to_model(g, like=self.like)
+
+
+class Inserted:
+    """What the Q/DQ insertion did over every scope: counts per kind, and notes."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.notes: list[str] = []
+
+    def add(self, scope: str, ins: Inserter) -> None:
+        for k, v in ins.counts.items():
+            self.counts[k] = self.counts.get(k, 0) + v
+        self.notes += [f"in {scope}: {n}" if scope else n for n in ins.notes]
 
 
 def _resolve_const_identities(model: onnx.ModelProto, *, in_place: bool) -> onnx.ModelProto:

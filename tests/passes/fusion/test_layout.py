@@ -85,3 +85,28 @@ def test_layout_negative_cases():
     )
     m2 = parse(text2, {"a1": np.array([1], np.int64), "a2": np.array([2], np.int64)})
     assert any("axes differ" in n for n in unchanged(m2, FuseLayout).notes)
+
+
+def test_transpose_of_size_one_axes_joins_the_reshape():
+    """The recurrent exports' [seq, 1, batch, hidden] shuffles: Transpose-Reshape-Transpose
+    that only move size-1 axes become one Reshape."""
+    m = parse(
+        """<ir_version: 8, opset_import: ["": 17]>
+        g (float[16,1,1,64] x) => (float[1,16,64] y) <int64[3] s = {16, 1, 64}> {
+            a = Transpose<perm = [0, 2, 1, 3]>(x)
+            b = Reshape(a, s)
+            y = Transpose<perm = [1, 0, 2]>(b)
+        }"""
+    )
+    res, out = apply(FuseLayout, m)
+    assert res.details["counts"] == {"transpose_reshape": 2}
+    assert counts(out) == {"Reshape": 1}
+    assert_close(m, out)
+    kept = parse(
+        """<ir_version: 8, opset_import: ["": 17]>
+        g (float[16,2,1,64] x) => (float[32,64] y) <int64[2] s = {32, 64}> {
+            a = Transpose<perm = [1, 0, 2, 3]>(x)
+            y = Reshape(a, s)
+        }"""
+    )
+    unchanged(kept, FuseLayout)

@@ -224,3 +224,31 @@ def test_castlike_passes_channels_of_its_first_input_only():
     a, groups = analyze_groups(m)
     assert groups[("c1",)].prunable, a.notes
     assert not any("CastLike" in n for n in a.notes)
+
+
+def test_groups_close_at_subgraph_boundaries():
+    """A Conv's channels read inside an If branch (an outer-scope value) stay: pruning does
+    not enter bodies, and says so."""
+    m = pm.unknown_op()
+    g = m.graph
+    branch = helper.make_graph(
+        [helper.make_node("Relu", ["a"], ["ra"], name="inner")],
+        "then",
+        [],
+        [helper.make_tensor_value_info("ra", 1, [1, 6, 4, 4])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["a"], ["na"], name="inner2")],
+        "else",
+        [],
+        [helper.make_tensor_value_info("na", 1, [1, 6, 4, 4])],
+    )
+    g.input.append(helper.make_tensor_value_info("c", 9, []))
+    g.node[1].CopyFrom(
+        helper.make_node("If", ["c"], ["n"], then_branch=branch, else_branch=other, name="gate")
+    )
+    a, groups = analyze_groups(m)
+    g1 = groups[("c1",)]
+    assert not g1.prunable
+    assert any("If 'gate'" in r and "subgraph boundaries" in r for r in g1.closed)
+    assert groups[("c2",)].prunable
