@@ -150,8 +150,8 @@ def rss() -> int:
         return int(psutil.Process().memory_info().rss)
 
 
-def high_water() -> int:
-    """The kernel's record of this process's peak resident set, in bytes (0 if unknown)."""
+def _kernel_high_water() -> int:
+    """VmHWM: the peak resident set since the process started or since its last reset."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
@@ -164,19 +164,52 @@ def high_water() -> int:
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
 
 
+#: the process's peak before the last reset of VmHWM, and the meters running across it
+_before_reset = 0
+_running: set[PeakMeter] = set()
+
+
+def high_water() -> int:
+    """The kernel's record of this process's peak resident set, in bytes (0 if unknown),
+    over the whole process life (resets by :class:`PeakMeter` included)."""
+    return max(_kernel_high_water(), _before_reset)
+
+
+def _reset_high_water() -> bool:
+    """Reset VmHWM to the current resident set (Linux: ``echo 5 > /proc/self/clear_refs``),
+    so the next stretch's peak is the kernel's exact record; False where that is refused."""
+    global _before_reset
+    hwm = _kernel_high_water()
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    _before_reset = max(_before_reset, hwm)
+    for m in _running:  # a meter already running keeps the peak it had seen
+        if m._exact:
+            m.peak = max(m.peak, hwm)
+    return True
+
+
 class PeakMeter:
-    """The peak resident set while it runs: ``with PeakMeter() as m: ...; m.peak`` (bytes)."""
+    """The peak resident set while it runs: ``with PeakMeter() as m: ...; m.peak`` (bytes).
+
+    On Linux the kernel's high-water mark is reset on entry, so the peak is exact however
+    short the allocation; elsewhere a thread samples the resident set every ``interval``.
+    """
 
     def __init__(self, interval: float = 0.01) -> None:
         self.interval = interval
         self.peak = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._hwm = 0
+        self._exact = False
 
     def __enter__(self) -> PeakMeter:
-        self._hwm = high_water()
         self.peak = rss()
+        self._exact = _reset_high_water()
+        _running.add(self)
         self._thread = threading.Thread(target=self._sample, daemon=True)
         self._thread.start()
         return self
@@ -187,18 +220,15 @@ class PeakMeter:
 
     def current(self) -> int:
         """The peak so far (the meter keeps running)."""
-        hwm = high_water()
         now = max(self.peak, rss())
-        return hwm if hwm > self._hwm else now
+        return max(now, _kernel_high_water()) if self._exact else now
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        hwm = high_water()
-        self.peak = max(self.peak, rss())
-        if hwm > self._hwm:  # a new record was set during the stretch: the exact peak
-            self.peak = hwm
+        _running.discard(self)
+        self.peak = self.current()
 
     @property
     def peak_mb(self) -> float:

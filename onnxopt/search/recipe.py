@@ -377,17 +377,22 @@ def _jsonable(v: Any) -> Any:
 
 
 def _check_order(stages: list[Stage], registry: Any) -> None:
-    """The ordering constraints (registry.ORDER) hold for a representative of every stage."""
+    """The ordering constraints (registry.ORDER) hold for every choice of a stage followed by
+    every choice of each later stage (a stage's choices are alternatives: int8 and int4 are
+    two precisions, not a sequence, so they are never checked against each other)."""
     from onnxopt.pipeline import validate_order
 
     known = registry.all_passes()
-    reps: list[Pass] = []
-    for s in stages:
-        names: list[str] = []
-        for c in s.choices:
-            names += [n for n in (c.passes if c is not None else ()) if n not in names]
-        reps += [known[n]() for n in names]
+    per_stage = [
+        [[known[n]() for n in (c.passes if c is not None else ())] for c in s.choices]
+        for s in stages
+    ]
     try:
-        validate_order(reps, registry.ORDER)
+        for i, choices in enumerate(per_stage):
+            for first in choices:
+                validate_order(first, registry.ORDER)
+                for later in per_stage[i + 1 :]:
+                    for then in later:
+                        validate_order([*first, *then], registry.ORDER)
     except OptionError as e:
         raise OptionError(f"recipe: {e}") from e

@@ -20,8 +20,10 @@ def test_defaults_cover_prune_and_int8_with_the_baseline():
     labels = _labels(space)
     assert labels[0] == "exact only"  # the baseline: every lossy stage off
     assert any(x.startswith("prune(ratio=0.5) + quantize-int8(calibrator=entropy") for x in labels)
-    # percentile's two values only with the percentile calibrator: 4 calibrations x 2 layouts
-    assert len(labels) == space.size == 4 * (1 + 4 * 2)
+    # percentile's two values only with the percentile calibrator: 4 calibrations x 2 layouts,
+    # and the registered precision passes (convert-fp16, convert-bf16, quantize-int4)
+    assert {"convert-fp16", "convert-bf16", "quantize-int4"} <= set(labels)
+    assert len(labels) == space.size == 4 * (1 + 4 * 2 + 3)
     assert "quantize-int8(calibrator=percentile, per_channel=True, percentile=99.9)" in labels
     assert "quantize-int8(calibrator=entropy, per_channel=True)" in labels  # percentile unread
     exact = space.stages[0].choices[0]
