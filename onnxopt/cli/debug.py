@@ -65,8 +65,10 @@ def debug_cmd(
     chunk_mb: ChunkOpt = None,
     top: TopOpt = 12,
 ) -> None:
-    """Compare A and B tensor by tensor in bounded memory; print the first tensor over the
-    threshold (exit 1 if there is one) and, with --reduce, the smallest failing subgraph."""
+    """Compare A and B tensor by tensor in bounded memory; find where they part.
+
+    Prints the first tensor over the threshold (exit 1 if there is one) and, with --reduce,
+    the smallest failing subgraph."""
     from onnxopt.data import check_feeds
     from onnxopt.errors import OptionError
     from onnxopt.layerwise import compare_layers

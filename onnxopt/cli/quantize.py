@@ -172,8 +172,9 @@ def quantize_cmd(
     target: TargetOpt = "onnx",
     max_memory: MaxMemoryOpt = None,
 ) -> None:
-    """Quantize a model to int8 (static with calibration data, or dynamic), or its MatMul
-    weights to 4 bits (--bits 4)."""
+    """Quantize to int8 (static with calibration data, or dynamic), or MatMul weights to int4.
+
+    --bits 4 writes com.microsoft.MatMulNBits (weight-only; --algo rtn, hqq or gptq)."""
     from onnxopt.cli.common import run_and_report
 
     pre, quantizer, mode = _choose(
