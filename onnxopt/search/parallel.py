@@ -2,7 +2,7 @@
 processes or Ray tasks.
 
 The quantize pass splits calibration statistics
-(:func:`~onnxopt.passes.quantize.calibrate.collect_stats_split`: runs cut between the groups
+(:func:`~onnxopt.passes.quantize.collect.collect_stats_split`: runs cut between the groups
 each onnxruntime call concatenates; histograms on power-of-two ranges merged exactly) and
 per-site sensitivities (:func:`~onnxopt.passes.quantize.fallback.rank_sites_split`: sites in
 chunks, values concatenated in site order and stably sorted) across ``workers`` chunks. Either

@@ -65,7 +65,7 @@ def channel_absmax(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Running ``max|x|`` over every axis but the last, per tensor, over ``runs``."""
-    from .calibrate import open_session
+    from .collect import open_session
 
     sess = open_session(model)
     acc: dict[str, np.ndarray] = {}

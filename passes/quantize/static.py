@@ -33,7 +33,8 @@ from onnxopt.model import with_inferred_shapes
 from onnxopt.scopes import site_key
 
 from .bodies import scope_graphs, scoped
-from .calibrate import collect_stats, collect_stats_split, make_calibrator, probe_model
+from .calibrate import make_calibrator
+from .collect import collect_stats, collect_stats_split, probe_model
 from .config import QuantizeConfig
 from .fallback import Judge, rank_sites, rank_sites_split, search_fallback
 from .placement import CANDIDATES, Plan, make_plan

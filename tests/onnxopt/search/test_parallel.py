@@ -13,7 +13,7 @@ import pytest
 from onnxopt.contract import PassContext
 from onnxopt.examples import FOLDER as EXAMPLES
 from onnxopt.graph import opset_version, to_graph
-from onnxopt.passes.quantize.calibrate import collect_stats, collect_stats_split, write_probe
+from onnxopt.passes.quantize.collect import collect_stats, collect_stats_split, write_probe
 from onnxopt.passes.quantize.fallback import rank_sites, rank_sites_split
 from onnxopt.passes.quantize.placement import CANDIDATES, make_plan
 from onnxopt.passes.quantize.static import PARALLEL_MIN_RUNS, Builder, QuantizeInt8

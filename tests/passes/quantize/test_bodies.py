@@ -8,7 +8,7 @@ import onnx
 from benchmarks.big_models_extra import build_loop_cell
 from onnxopt.data import Feeds
 from onnxopt.passes.quantize.bodies import expose
-from onnxopt.passes.quantize.calibrate import collect_stats
+from onnxopt.passes.quantize.collect import collect_stats
 from onnxopt.passes.registry import manager
 from onnxopt.verify import Budget
 from tests.onnxopt.test_subgraphs import if_model

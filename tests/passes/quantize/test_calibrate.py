@@ -18,8 +18,8 @@ from onnxopt.passes.quantize.calibrate import (
     Percentile,
     TensorStats,
     make_calibrator,
-    write_probe,
 )
+from onnxopt.passes.quantize.collect import write_probe
 
 from .support import encoder
 

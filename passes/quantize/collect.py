@@ -1,0 +1,181 @@
+"""Collecting calibration statistics: run the model with the observed tensors exposed as
+outputs and stream them into :class:`~.calibrate.TensorStats`, in this process or split across
+workers (``collect_stats_split``: the runs cut between concatenated groups, the parts merged
+bit for bit)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxopt.model import model_bytes
+
+from .calibrate import DEFAULT_BINS, TensorStats
+
+logger = logging.getLogger(__name__)
+
+
+def _batches(
+    runs: list[dict[str, np.ndarray]], batch: int, dynamic_batch: bool
+) -> Iterable[tuple[dict[str, np.ndarray], int]]:
+    """Concatenate consecutive runs of equal shapes along axis 0 (dynamic batch only).
+
+    Yields (feed, number of runs in it).
+    """
+    for idx in batch_groups(runs, batch, dynamic_batch):
+        if len(idx) == 1:
+            yield runs[idx[0]], 1
+        else:
+            yield {k: np.concatenate([runs[i][k] for i in idx]) for k in runs[idx[0]]}, len(idx)
+
+
+def batch_groups(
+    runs: list[dict[str, np.ndarray]], batch: int, dynamic_batch: bool
+) -> list[list[int]]:
+    """The runs each onnxruntime call of :func:`collect_stats` concatenates (indices): at most
+    ``batch`` consecutive runs of equal shapes. Splitting ``runs`` between groups gives every
+    worker the same calls, so statistics collected apart merge to the same values."""
+    if not dynamic_batch or batch <= 1:
+        return [[i] for i in range(len(runs))]
+    groups: list[list[int]] = []
+    sig = None
+    for i, r in enumerate(runs):
+        s = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(r.items()))
+        if groups and s == sig and len(groups[-1]) < batch:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+        sig = s
+    return groups
+
+
+def probe_model(
+    base: onnx.ModelProto, tensors: list[str]
+) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """A copy of ``base`` whose outputs carry ``tensors`` (those of If/Loop/Scan bodies are
+    exposed over every iteration, see :mod:`.bodies`): (the model, {tensor: output name}).
+    A mapped model's copy is its skeleton: the weights stay shared."""
+    from .bodies import expose
+
+    m = onnx.ModelProto()
+    m.CopyFrom(base)
+    return m, expose(m, tensors)
+
+
+def open_session(model: bytes | str | onnx.ModelProto) -> Any:
+    """An onnxruntime session with graph optimizations off (a ModelProto's large weights are
+    shared with it, not copied: :mod:`onnxopt.sessions`)."""
+    import onnxruntime as ort
+
+    from onnxopt import sessions
+
+    def options() -> Any:
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        return so
+
+    if isinstance(model, onnx.ModelProto):
+        return sessions.build(model, options)
+    return ort.InferenceSession(model, options(), providers=["CPUExecutionProvider"])
+
+
+def collect_stats(
+    model: bytes | str | onnx.ModelProto,
+    tensors: list[str],
+    runs: list[dict[str, np.ndarray]],
+    *,
+    bins: int = DEFAULT_BINS,
+    batch: int = 8,
+    dynamic_batch: bool = False,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, TensorStats]:
+    """Run ``model`` (tensors already exposed as outputs) and stream their statistics.
+
+    Args:
+        model: a ModelProto, serialized model or path whose graph outputs include ``tensors``.
+        tensors: names of the float tensors to observe.
+        runs: feeds, one dict per run.
+        bins: histogram bins per tensor.
+        batch: runs concatenated per session call when the batch dimension is dynamic.
+        dynamic_batch: whether runs may be concatenated along axis 0.
+        progress: ``(what, done, total)`` callback.
+    """
+    sess = open_session(model)
+    stats = {t: TensorStats(t, bins) for t in tensors}
+    total = len(runs)
+    done = 0
+    for feed, n in _batches(runs, batch, dynamic_batch):
+        values = sess.run(tensors, feed)
+        for name, v in zip(tensors, values, strict=True):
+            stats[name].update(v)
+        del values
+        done += n
+        if progress is not None:
+            progress("calibrating", min(done, total), total)
+    return stats
+
+
+def write_probe(base: onnx.ModelProto, tensors: list[str], path: str) -> None:
+    """Write ``base`` with ``tensors`` added as graph outputs, without copying the model.
+
+    The outputs are appended to ``base`` for the save and removed again; onnxruntime then
+    reads the file itself, so no serialized copy stays alive in Python during calibration.
+    """
+    outs = base.graph.output
+    n0 = len(outs)
+    have = {v.name for v in outs}
+    outs.extend(
+        onnx.helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None)
+        for t in tensors
+        if t not in have
+    )
+    try:
+        big = model_bytes(base) > 1_800_000_000
+        onnx.save_model(
+            base,
+            path,
+            save_as_external_data=big,
+            all_tensors_to_one_file=True,
+            location="probe.onnx.data",
+        )
+    finally:
+        del outs[n0:]
+
+
+def collect_stats_split(
+    model: bytes,
+    tensors: list[str],
+    runs: list[dict[str, np.ndarray]],
+    parallel: Callable,
+    *,
+    bins: int = DEFAULT_BINS,
+    batch: int = 8,
+    dynamic_batch: bool = False,
+) -> dict[str, TensorStats]:
+    """:func:`collect_stats` with the runs cut between concatenated groups into
+    ``parallel.workers`` parts, each collected where ``parallel`` runs it, then merged: the
+    same statistics, bit for bit (see :meth:`TensorStats.merge`)."""
+    groups = batch_groups(runs, batch, dynamic_batch)
+    parts = max(1, min(int(getattr(parallel, "workers", 1)), len(groups)))
+    bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
+    args = [
+        (model, tensors, [runs[i] for g in groups[a:b] for i in g], bins, batch, dynamic_batch)
+        for a, b in zip(bounds, bounds[1:], strict=False)
+        if b > a
+    ]
+    merged = {t: TensorStats(t, bins) for t in tensors}
+    for part in parallel(_part_stats, args):
+        for t, st in part.items():
+            merged[t].merge(st)
+    return merged
+
+
+def _part_stats(
+    model: bytes, tensors: list[str], runs: list, bins: int, batch: int, dynamic: bool
+) -> dict[str, TensorStats]:
+    return collect_stats(model, tensors, runs, bins=bins, batch=batch, dynamic_batch=dynamic)
