@@ -116,6 +116,8 @@ class PassContext:
         budget: the user's lossy Budget (for passes with their own accuracy-aware fallback,
             such as int8 quantization); the manager still judges the result independently.
         runner: a shared :class:`onnxopt.verify.Runner` (session cache), may be None.
+        allow_slower: the user keeps a speed pass's model even when it is not faster (a pass
+            that chooses sites by their measured speed then need not).
     """
 
     feeds: Feeds | None = None
@@ -125,6 +127,7 @@ class PassContext:
     progress: Callable[[str, int, int], None] | None = None
     budget: Any = None
     runner: Any = None
+    allow_slower: bool = False
 
     def allow(self, key: str) -> bool:
         """Whether the site named ``key`` may be rewritten in this run."""

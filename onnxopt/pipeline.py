@@ -31,7 +31,7 @@ from onnxopt.bisection import Trial, bisect_sites
 from onnxopt.contract import Pass, PassContext, PassResult, Working
 from onnxopt.data import Feeds
 from onnxopt.defaults import EXACT_VERIFY_RUNS, MAX_BISECT_SECONDS, MAX_BISECT_TRIALS
-from onnxopt.errors import OnnxoptError, OptionError, PipelineError, first_line
+from onnxopt.errors import MetricError, OnnxoptError, OptionError, PipelineError, first_line
 from onnxopt.model import load_model
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
 from onnxopt.runner import Runner
@@ -160,6 +160,9 @@ class PassManager:
         summary = ModelSummary.of(original)
         report.original = summary_dict(summary)
         self.verifier.first = stage = Stage(original, ref_future, summary)
+        if self.verifier.budget.metric is not None:  # a broken --metric stops here, in one line
+            report.metric = str(self.verifier.budget.metric)
+            report.metric_original = self.verifier.metric(self.verifier.full(stage))[0]
         stage = self._run_passes(stage, report)
         self._finish(report, stage)
         report.seconds = time.perf_counter() - t0
@@ -235,6 +238,8 @@ class PassManager:
             report.accuracy_final = v.accuracy(out)
         report.final = summary_dict(stage.summary)
         report.final_vs_original = _metrics(compare(ref, out))
+        if v.budget.metric is not None:
+            report.metric_final = v.metric(v.full(stage))[1]
 
     def _next_batch(self, i: int) -> list[Pass]:
         """Consecutive exact passes run as one batch, verified once (a pass that may convert
@@ -262,6 +267,7 @@ class PassManager:
             progress=prog,
             budget=self.budget,
             runner=self.runner,
+            allow_slower=self.allow_slower,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -347,6 +353,8 @@ class PassManager:
                 pr.status = "unchanged"
             else:
                 new_stage = self._judge_candidate(p, stage, result, candidate, pr, own)
+        except MetricError:
+            raise  # the user's metric is broken: no candidate can be judged
         except OnnxoptError as e:
             pr.status, pr.reason, new_stage = "error", str(e), stage
         except Exception as e:
@@ -385,6 +393,7 @@ class PassManager:
         pr.notes.extend(checked.notes)
         if self.verifier.feeds.labels is not None and not p.exact:
             pr.vs_original.accuracy = self.verifier.accuracy(self.verifier.full(checked.stage))
+        pr.vs_original.metric = checked.metric
         return checked.stage
 
     def _bisect(

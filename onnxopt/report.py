@@ -18,6 +18,8 @@ class Metrics:
     cosine: float | None = None
     top1: float | None = None
     accuracy: float | None = None
+    #: the task metric's score (``--metric``)
+    metric: float | None = None
 
 
 @dataclass
@@ -58,6 +60,10 @@ class PipelineReport:
     metric_output: str | None = None
     #: how many verification runs exact and lossy passes were checked on
     verified_on: dict[str, int] = field(default_factory=dict)
+    #: the task metric (``--metric``) and its score on the original and the final model
+    metric: str | None = None
+    metric_original: float | None = None
+    metric_final: float | None = None
 
     @property
     def failed(self) -> list[PassReport]:

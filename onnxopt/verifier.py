@@ -70,6 +70,8 @@ class Checked:
     vs_previous: Comparison | None = None
     vs_original: Comparison | None = None
     notes: list[str] = field(default_factory=list)
+    #: the candidate's task-metric score (``--metric``), when computed
+    metric: float | None = None
 
 
 class Verifier:
@@ -102,6 +104,7 @@ class Verifier:
         self.allow_slower = allow_slower
         self.exact = Exact()
         self.first: Stage | None = None
+        self._metric_ref: dict[int, float] = {}  # the original's score on the first n runs
 
     @property
     def subset(self) -> bool:
@@ -122,6 +125,19 @@ class Verifier:
 
     def accuracy(self, outputs: Runs) -> float:
         return accuracy(outputs, self.feeds.labels or [], self.metric_output)
+
+    def metric(self, outputs: Runs) -> tuple[float, float] | None:
+        """(original's score, ``outputs``' score) of the budget's task metric on the first
+        ``len(outputs)`` runs; None without one. A failing callable raises MetricError."""
+        m = self.budget.metric
+        if m is None:
+            return None
+        n = len(outputs)
+        labels = self.feeds.labels[:n] if self.feeds.labels is not None else None
+        if n not in self._metric_ref:
+            ref = self.full(self.first)[:n]
+            self._metric_ref[n] = m(ref, labels)
+        return self._metric_ref[n], m(outputs, labels)
 
     # ------------------------------------------------------------------------------------
     def verify(
@@ -192,7 +208,10 @@ class Verifier:
         acc = None
         if self.feeds.labels is not None and not exact_runs:
             acc = (self.accuracy(ref), self.accuracy(outputs))
-        v = self.budget.check(cmp, acc)
+        met = self.metric(outputs)
+        if met is not None:
+            out.metric = met[1]
+        v = self.budget.check(cmp, acc, met)
         if not v:
             out.why = "over budget: " + v.reason
         return out

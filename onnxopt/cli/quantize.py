@@ -13,6 +13,8 @@ from onnxopt.cli.common import (
     IntRangeOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
+    MaxMetricDropOpt,
+    MetricOpt,
     MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
@@ -142,6 +144,8 @@ def quantize_cmd(
     max_abs_err: MaxAbsErrOpt = None,
     min_top1_agreement: MinTop1AgreementOpt = None,
     max_accuracy_drop: MaxAccuracyDropOpt = None,
+    metric: MetricOpt = None,
+    max_metric_drop: MaxMetricDropOpt = None,
     report: ReportOpt = None,
     strict: StrictOpt = False,
     allow_slower: AllowSlowerOpt = False,
@@ -162,7 +166,9 @@ def quantize_cmd(
         no_fallback,
         smooth,
     )
-    budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
+    budget = budget_from(
+        min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop, metric, max_metric_drop
+    )
     _, rep = run_and_report(
         model,
         [*pre, quantizer],

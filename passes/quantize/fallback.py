@@ -53,16 +53,29 @@ class Judge:
     budget: object
     ref_accuracy: float | None = None
     evaluations: int = 0
+    ref_metric: float | None = None
 
     def check(self, model: onnx.ModelProto) -> tuple[bool, str]:
+        good, why, _ = self.score(model)
+        return good, why
+
+    def score(self, model: onnx.ModelProto) -> tuple[bool, str, float]:
+        """(within budget, why not, the budget's headline number: the task metric, else
+        accuracy with labels, else the lowest cosine)."""
         self.evaluations += 1
         runs = self.runner.run(model, self.feeds)
         comp = compare(self.reference, runs)
-        acc = None
+        acc = met = None
         if self.feeds.labels is not None and self.ref_accuracy is not None:
             acc = (self.ref_accuracy, accuracy(runs, self.feeds.labels))
-        verdict = self.budget.check(comp, acc)
-        return bool(verdict.ok), verdict.reason
+        task = getattr(self.budget, "metric", None)
+        if task is not None:
+            if self.ref_metric is None:
+                self.ref_metric = task(self.reference, self.feeds.labels)
+            met = (self.ref_metric, task(runs, self.feeds.labels))
+        verdict = self.budget.check(comp, acc, met)
+        head = met[1] if met else acc[1] if acc else comp.cosine
+        return bool(verdict.ok), verdict.reason, float(head)
 
 
 @dataclass

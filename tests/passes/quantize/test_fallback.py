@@ -51,7 +51,7 @@ def _feeds(n: int = 24) -> Feeds:
 def test_sensitive_layer_alone_returns_to_float() -> None:
     m, feeds = _model(), _feeds()
     budget = Budget(min_cosine=0.999)
-    ctx = PassContext(feeds=feeds, budget=budget, runner=Runner())
+    ctx = PassContext(feeds=feeds, budget=budget, runner=Runner(), allow_slower=True)
     res = QuantizeInt8(QuantizeConfig(calibrator="minmax")).run_model(m, ctx)
     assert res.changed
     floats = [r["node"] for r in res.details["float_nodes"]]
@@ -68,7 +68,7 @@ def test_sensitive_layer_alone_returns_to_float() -> None:
 def test_no_fallback_without_budget_misses() -> None:
     m, feeds = _model(), _feeds()
     config = QuantizeConfig(calibrator="minmax", fallback=False)
-    res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds))
+    res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds, allow_slower=True))
     comp = compare(Runner().run(m, feeds), Runner().run(res.model, feeds))
     assert comp.cosine < 0.999  # the negative case: fully quantized misses the budget
     assert res.details["float_nodes"] == []
