@@ -232,7 +232,7 @@ class PassManager:
         whole = stage.lossy or v.feeds.labels is not None
         ref = v.full(v.first) if whole else v.ref
         out = v.full(stage) if whole else stage.outputs
-        if v.feeds.labels is not None:
+        if v.wants_accuracy:
             report.metric_output = metric_output(out[0], self.metric_output) if out else None
             report.accuracy_original = v.accuracy(ref)
             report.accuracy_final = v.accuracy(out)
@@ -391,7 +391,7 @@ class PassManager:
         pr.vs_previous = _metrics(checked.vs_previous)
         pr.vs_original = _metrics(checked.vs_original)
         pr.notes.extend(checked.notes)
-        if self.verifier.feeds.labels is not None and not p.exact:
+        if self.verifier.wants_accuracy and not p.exact:
             pr.vs_original.accuracy = self.verifier.accuracy(self.verifier.full(checked.stage))
         pr.vs_original.metric = checked.metric
         return checked.stage

@@ -123,6 +123,14 @@ class Verifier:
             )
         return stage.full
 
+    @property
+    def wants_accuracy(self) -> bool:
+        """Accuracy is read from the labels, unless they serve a task metric only."""
+        b = self.budget
+        return self.feeds.labels is not None and (
+            b.metric is None or b.max_accuracy_drop is not None
+        )
+
     def accuracy(self, outputs: Runs) -> float:
         return accuracy(outputs, self.feeds.labels or [], self.metric_output)
 
@@ -206,7 +214,7 @@ class Verifier:
         ref = self.ref if exact_runs else self.full(self.first)
         cmp = out.vs_original if out.vs_original is not None else compare(ref, outputs)
         acc = None
-        if self.feeds.labels is not None and not exact_runs:
+        if self.wants_accuracy and not exact_runs:
             acc = (self.accuracy(ref), self.accuracy(outputs))
         met = self.metric(outputs)
         if met is not None:

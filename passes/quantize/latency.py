@@ -45,7 +45,8 @@ FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "S
 #: a site is slower in int8 when t_int8 > t_float + max(SLACK_US, SLACK * t_float)
 SLACK_US = 1.0
 SLACK = 0.03
-_SUFFIXES = (r"/duplicated$", r"_token_\d+$", r"_nchwc$", r"_\d+$")
+#: what onnxruntime appends to the names of the nodes it rewrites, tried in turn
+_SUFFIXES = (r"/duplicated$", r"_token_\d+$", r"_nchwc$", r"/\w*Fusion\w*$", r"_\d+$", r"/[^/]*$")
 
 
 @dataclass
@@ -101,9 +102,9 @@ class Attribution:
     def owners(self, name: str) -> list[str]:
         """Owners of an optimized node by its name ([] when the name says nothing)."""
         s = name[len("fused ") :] if name.startswith("fused ") else name
-        for _ in range(3):
+        for _ in range(4):
             if s in self.nodes:
-                return [s]
+                return [self._up(s)]
             for suffix in ("_W_DequantizeLinear", "_B_DequantizeLinear"):
                 if s.endswith(suffix) and s[: -len(suffix)] in self.nodes:
                     return [s[: -len(suffix)]]
@@ -170,18 +171,39 @@ def _charge(
     for i, n in enumerate(nodes):
         for t in n[2]:
             read_by[t].append(i)
+    sites = attribution.sites
     for _ in range(6):
         missing = [i for i, o in enumerate(owners) if not o]
         if not missing:
             break
         for i in missing:
-            near = [j for t in nodes[i][3] for j in read_by.get(t, [])]
-            near += [made_by[t] for t in nodes[i][2] if t in made_by]
-            for j in near:
-                if owners[j]:
-                    owners[i] = owners[j]
-                    break
+            # producers, then consumers; a neighbour owned by a layer (site) before any other
+            near = [made_by[t] for t in nodes[i][2] if t in made_by]
+            near += [j for t in nodes[i][3] for j in read_by.get(t, [])]
+            owned = [owners[j] for j in near if owners[j]]
+            pick = next((o for o in owned if any(x in sites for x in o)), owned[0] if owned else [])
+            owners[i] = pick
     return [o or ["~unowned"] for o in owners]
+
+
+def _session(model: onnx.ModelProto, tmp: str, tag: str, threads: int) -> tuple:
+    """A profiling session of ``model`` (ORT_ENABLE_ALL) saving its optimized graph in ``tmp``."""
+    from onnxopt.runner import build_session, split_weights
+    from onnxopt.timing import session_options
+
+    so = session_options(threads, "all")
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tmp, f"profile_{tag}")
+    optimized = os.path.join(tmp, f"optimized_{tag}.onnx")
+    so.optimized_model_filepath = optimized
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", f"optimized_{tag}.data"
+    )
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "64"
+    )
+    structure, names, arrays = split_weights(model)
+    return build_session(structure, names, arrays, so), optimized
 
 
 def measure(
@@ -191,38 +213,47 @@ def measure(
     *,
     threads: int = 2,
     seconds: float = 0.4,
-    min_runs: int = 8,
+    min_runs: int = 6,
 ) -> Timing:
     """Median time per run of every owner of ``model`` on ``feed`` (ORT_ENABLE_ALL)."""
-    from onnxopt.runner import build_session, split_weights
-    from onnxopt.timing import session_options
+    return measure_all(
+        [model], feed, attribution, threads=threads, seconds=seconds, min_runs=min_runs
+    )[0]
 
+
+def measure_all(
+    models: list[onnx.ModelProto],
+    feed: dict[str, np.ndarray],
+    attribution: Attribution,
+    *,
+    threads: int = 2,
+    seconds: float = 0.4,
+    min_runs: int = 6,
+    max_runs: int = 100,
+) -> list[Timing]:
+    """:func:`measure` for several models in interleaved runs (a burst of load on a shared
+    machine hits them alike), at least ``min_runs`` each and about ``seconds`` each."""
     with tempfile.TemporaryDirectory(prefix="onnxopt_profile_") as tmp:
-        so = session_options(threads, "all")
-        so.enable_profiling = True
-        so.profile_file_prefix = os.path.join(tmp, "profile")
-        so.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
-        so.add_session_config_entry(
-            "session.optimized_model_external_initializers_file_name", "optimized.data"
-        )
-        so.add_session_config_entry(
-            "session.optimized_model_external_initializers_min_size_in_bytes", "64"
-        )
-        structure, names, arrays = split_weights(model)
-        sess = build_session(structure, names, arrays, so)
-        for _ in range(2):
-            sess.run(None, feed)
+        sessions = [_session(m, tmp, str(k), threads) for k, m in enumerate(models)]
+        for sess, _ in sessions:
+            for _ in range(2):
+                sess.run(None, feed)
         start, n = time.perf_counter(), 0
-        while n < min_runs or (time.perf_counter() - start < seconds and n < 200):
-            sess.run(None, feed)
+        while n < min_runs or (
+            time.perf_counter() - start < seconds * len(models) and n < max_runs
+        ):
+            for sess, _ in sessions if n % 2 == 0 else sessions[::-1]:
+                sess.run(None, feed)
             n += 1
-        profile = sess.end_profiling()
-        events = json.load(open(profile))
-        nodes = _optimized_nodes(so.optimized_model_filepath)
-        del sess
+        out = []
+        for sess, optimized in sessions:
+            with open(sess.end_profiling()) as f:
+                events = json.load(f)
+            out.append(_summarize(_runs(events)[-n:], _optimized_nodes(optimized), attribution))
+        del sessions
         for f in glob.glob(os.path.join(tmp, "*")):
             os.remove(f)
-    return _summarize(_runs(events)[-n:], nodes, attribution)
+    return out
 
 
 def _summarize(
@@ -249,6 +280,13 @@ def _summarize(
     med = {k: float(np.median([r.get(k, 0.0) for r in per_run])) for k in keys}
     total = med.pop("~total", 0.0)
     return Timing(med, total, len(per_run))
+
+
+def representative(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The run of median size (total input elements): what latency is measured on."""
+    sizes = [sum(int(np.asarray(v).size) for v in r.values()) for r in runs]
+    order = sorted(range(len(runs)), key=lambda i: (sizes[i], i))
+    return runs[order[len(order) // 2]]
 
 
 def slower_sites(

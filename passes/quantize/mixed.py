@@ -164,17 +164,18 @@ def search(
 
 
 def latency_timer(
-    feed: dict[str, np.ndarray], runs: int = 12
+    feed: dict[str, np.ndarray], runs: int = 12, seconds: float = 0.5
 ) -> Callable[[onnx.ModelProto], float]:
-    """A function timing a model on ``feed``: median ms of ``runs`` (ORT_ENABLE_ALL, 2 threads)."""
+    """A function timing a model on ``feed``: the median ms of ``runs`` runs, or of those that
+    fit in ``seconds`` (at least 3), after one warm-up (ORT_ENABLE_ALL, 2 threads)."""
     from onnxopt.timing import model_session
 
     def timer(model: onnx.ModelProto) -> float:
         s = model_session(model, threads=2)
-        for _ in range(2):
-            s.run(None, feed)
-        lat = []
-        for _ in range(runs):
+        s.run(None, feed)
+        lat: list[float] = []
+        start = time.perf_counter()
+        while len(lat) < runs and (len(lat) < 3 or time.perf_counter() - start < seconds):
             t = time.perf_counter()
             s.run(None, feed)
             lat.append((time.perf_counter() - t) * 1e3)

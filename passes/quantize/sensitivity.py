@@ -199,8 +199,8 @@ class Instrument:
                 return "weight is not an initializer"
             inputs[site.weight] = wdq
         axis = 1 if node.op_type in ("Conv", "ConvTranspose") else rank - 1
-        if node.op_type not in ("Conv", "ConvTranspose", "MatMul", "Gemm") or rank < 2:
-            axis = None
+        if site.weight is None or rank < 2:
+            axis = None  # element-wise sites and activation x activation MatMuls: one total
         self.p.reads[node.name] = self._diff(node, inputs, y, rank, axis, stats=True)
         if (
             self.dynamic

@@ -285,13 +285,12 @@ class QuantizeInt8(Pass):
         site in µs, the float model's time in µs)."""
         if not self.config.latency_aware or ctx.allow_slower:
             return sites, {}, 0.0
-        feed = ctx.feeds.runs[0]
+        feed = lat.representative(ctx.feeds.runs)
         att = lat.Attribution(build.base, set(sites))
         try:
-            float_t = lat.measure(build.base, feed, att)
             enabled, slow_all, gains = list(sites), [], {}
             for _ in range(LATENCY_ROUNDS):
-                int8_t = lat.measure(build(set(enabled)), feed, att)
+                float_t, int8_t = lat.measure_all([build.base, build(set(enabled))], feed, att)
                 slower, g = lat.slower_sites(float_t, int8_t, enabled)
                 gains.update(g)
                 if not slower or len(slower) == len(enabled):
@@ -339,7 +338,10 @@ class QuantizeInt8(Pass):
         runner = ctx.runner if ctx.runner is not None else Runner()
         feeds = ctx.feeds.subset(c.fallback_runs)
         reference = runner.run(model, feeds)
-        ref_acc = accuracy(reference, feeds.labels) if feeds.labels is not None else None
+        wants = feeds.labels is not None and (
+            ctx.budget.metric is None or ctx.budget.max_accuracy_drop is not None
+        )
+        ref_acc = accuracy(reference, feeds.labels) if wants else None
         judge = Judge(runner, feeds, reference, ctx.budget, ref_acc)
         moves = mixed.order_moves(
             sites,
@@ -350,7 +352,7 @@ class QuantizeInt8(Pass):
             dynamic=c.dynamic_fallback,
         )
         timer = (
-            mixed.latency_timer(ctx.feeds.runs[0])
+            mixed.latency_timer(lat.representative(ctx.feeds.runs))
             if c.latency_aware and not ctx.allow_slower
             else None
         )
