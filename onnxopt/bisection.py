@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from onnxopt.errors import first_line
+from onnxopt.errors import MetricError, first_line
 
 
 @dataclass
@@ -74,6 +74,8 @@ def bisect_sites(
         out.trials += 1
         try:
             t = trial(set(good + chunk))
+        except MetricError:
+            raise  # the user's --metric is broken: no trial can be judged
         except Exception as e:
             t = Trial(None, f"{type(e).__name__}: {first_line(e)}")
         # a trial leaves a whole model behind in gs reference cycles (nodes <-> tensors):

@@ -121,6 +121,8 @@ class PassContext:
         parallel: where independent chunks of a pass's work may run (``parallel(fn, [args,
             ...]) -> [fn(*args), ...]`` with a ``workers`` count: processes or Ray tasks, set
             by ``onnxopt search``); None: in this process. Results must not depend on it.
+        allow_slower: the user keeps a speed pass's model even when it is not faster (a pass
+            that chooses sites by their measured speed then need not).
     """
 
     feeds: Feeds | None = None
@@ -132,6 +134,7 @@ class PassContext:
     runner: Any = None
     measure_candidates: bool = False
     parallel: Any = None
+    allow_slower: bool = False
 
     def allow(self, key: str) -> bool:
         """Whether the site named ``key`` may be rewritten in this run."""

@@ -39,6 +39,11 @@ class PassError(OptionError):
     manager reports it as the pass's error and goes on from the last good model."""
 
 
+class MetricError(OptionError):
+    """The user's ``--metric`` callable raised or returned no number. Unlike a pass's own
+    error it stops the run (one line naming the callable, exit 2): no model can be judged."""
+
+
 class PipelineError(OnnxoptError):
     """A pass failed verification under ``strict``."""
 

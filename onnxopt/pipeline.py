@@ -33,7 +33,7 @@ from onnxopt.candidates import candidate_row, input_row, mark_chosen
 from onnxopt.contract import Pass, PassContext, PassResult, Working
 from onnxopt.data import Feeds
 from onnxopt.defaults import EXACT_VERIFY_RUNS, MAX_BISECT_SECONDS, MAX_BISECT_TRIALS
-from onnxopt.errors import OnnxoptError, OptionError, PipelineError, first_line
+from onnxopt.errors import MetricError, OnnxoptError, OptionError, PipelineError, first_line
 from onnxopt.model import load_model
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
 from onnxopt.runner import Runner
@@ -179,6 +179,9 @@ class PassManager:
         summary = ModelSummary.of(original)
         report.original = summary_dict(summary)
         self.verifier.first = stage = Stage(original, ref_future, summary)
+        if self.verifier.budget.metric is not None:  # a broken --metric stops here, in one line
+            report.metric = str(self.verifier.budget.metric)
+            report.metric_original = self.verifier.metric(self.verifier.full(stage))[0]
         stage = self._run_passes(stage, report)
         self._finish(report, stage)
         report.seconds = time.perf_counter() - t0
@@ -268,12 +271,14 @@ class PassManager:
         whole = stage.lossy or v.feeds.labels is not None
         ref = v.full(v.first) if whole else v.ref
         out = v.full(stage) if whole else stage.outputs
-        if v.feeds.labels is not None:
+        if v.wants_accuracy:
             report.metric_output = metric_output(out[0], self.metric_output) if out else None
             report.accuracy_original = v.accuracy(ref)
             report.accuracy_final = v.accuracy(out)
         report.final = summary_dict(stage.summary)
         report.final_vs_original = _metrics(compare(ref, out))
+        if v.budget.metric is not None:
+            report.metric_final = v.metric(v.full(stage))[1]
 
     def _next_batch(self, i: int) -> list[Pass]:
         """Consecutive exact passes run as one batch, verified once (a pass that may convert
@@ -302,6 +307,7 @@ class PassManager:
             budget=self.budget,
             runner=self.runner,
             measure_candidates=self.measure_candidates,
+            allow_slower=self.allow_slower,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -388,6 +394,8 @@ class PassManager:
                 pr.status = "unchanged"
             else:
                 new_stage = self._judge_candidate(p, stage, result, candidate, pr, own)
+        except MetricError:
+            raise  # the user's metric is broken: no candidate can be judged
         except OnnxoptError as e:
             pr.status, pr.reason, new_stage = "error", str(e), stage
         except Exception as e:
@@ -428,8 +436,9 @@ class PassManager:
         pr.vs_previous = _metrics(checked.vs_previous)
         pr.vs_original = _metrics(checked.vs_original)
         pr.notes.extend(checked.notes)
-        if self.verifier.feeds.labels is not None and not p.exact:
+        if self.verifier.wants_accuracy and not p.exact:
             pr.vs_original.accuracy = self.verifier.accuracy(self.verifier.full(checked.stage))
+        pr.vs_original.metric = checked.metric
         return checked.stage
 
     def _bisect(

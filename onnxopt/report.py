@@ -18,6 +18,8 @@ class Metrics:
     cosine: float | None = None
     top1: float | None = None
     accuracy: float | None = None
+    #: the task metric's score (``--metric``)
+    metric: float | None = None
 
 
 @dataclass
@@ -65,6 +67,10 @@ class PipelineReport:
     analysis: dict[str, Any] = field(default_factory=dict)
     #: the process's peak resident memory up to the end of the run
     peak_rss_mb: float | None = None
+    #: the task metric (``--metric``) and its score on the original and the final model
+    metric: str | None = None
+    metric_original: float | None = None
+    metric_final: float | None = None
 
     @property
     def failed(self) -> list[PassReport]:

@@ -72,6 +72,8 @@ class Checked:
     notes: list[str] = field(default_factory=list)
     #: the candidate's accuracy, when labels gave one
     accuracy: float | None = None
+    #: the candidate's task-metric score (``--metric``), when computed
+    metric: float | None = None
 
 
 class Verifier:
@@ -106,6 +108,7 @@ class Verifier:
         self.first: Stage | None = None
         #: the memory budget (bytes): the speed gate times the models apart above it
         self.max_memory: int | None = None
+        self._metric_ref: dict[int, float] = {}  # the original's score on the first n runs
 
     @property
     def subset(self) -> bool:
@@ -124,8 +127,29 @@ class Verifier:
             )
         return stage.full
 
+    @property
+    def wants_accuracy(self) -> bool:
+        """Accuracy is read from the labels, unless they serve a task metric only."""
+        b = self.budget
+        return self.feeds.labels is not None and (
+            b.metric is None or b.max_accuracy_drop is not None
+        )
+
     def accuracy(self, outputs: Runs) -> float:
         return accuracy(outputs, self.feeds.labels or [], self.metric_output)
+
+    def metric(self, outputs: Runs) -> tuple[float, float] | None:
+        """(original's score, ``outputs``' score) of the budget's task metric on the first
+        ``len(outputs)`` runs; None without one. A failing callable raises MetricError."""
+        m = self.budget.metric
+        if m is None:
+            return None
+        n = len(outputs)
+        labels = self.feeds.labels[:n] if self.feeds.labels is not None else None
+        if n not in self._metric_ref:
+            ref = self.full(self.first)[:n]
+            self._metric_ref[n] = m(ref, labels)
+        return self._metric_ref[n], m(outputs, labels)
 
     # ------------------------------------------------------------------------------------
     def verify(
@@ -194,10 +218,13 @@ class Verifier:
         ref = self.ref if exact_runs else self.full(self.first)
         cmp = out.vs_original if out.vs_original is not None else compare(ref, outputs)
         acc = None
-        if self.feeds.labels is not None and not exact_runs:
+        if self.wants_accuracy and not exact_runs:
             acc = (self.accuracy(ref), self.accuracy(outputs))
             out.accuracy = acc[1]
-        v = self.budget.check(cmp, acc)
+        met = self.metric(outputs)
+        if met is not None:
+            out.metric = met[1]
+        v = self.budget.check(cmp, acc, met)
         if not v:
             out.why = "over budget: " + v.reason
         return out

@@ -278,16 +278,35 @@ class Budget:
         max_abs_err: every output's max absolute error at most this.
         min_top1_agreement: argmax agreement with the original on class-score outputs.
         max_accuracy_drop: accuracy (with labels) may drop at most this many points (0-100).
+        metric: a task metric (:class:`onnxopt.metric.TaskMetric`, ``--metric``) scoring the
+            outputs of every verification run; the candidate's score may be at most
+            ``max_metric_drop`` below the original's.
+        max_metric_drop: in the metric's own units (0: no drop at all).
     """
 
     min_cosine: float | None = MIN_COSINE
     max_abs_err: float | None = None
     min_top1_agreement: float | None = None
     max_accuracy_drop: float | None = None
+    metric: Any = None
+    max_metric_drop: float = 0.0
 
-    def check(self, comparison: Comparison, accuracy: tuple[float, float] | None = None) -> Verdict:
-        """``accuracy`` is (original, candidate) in percent, when labels were given."""
+    def check(
+        self,
+        comparison: Comparison,
+        accuracy: tuple[float, float] | None = None,
+        metric: tuple[float, float] | None = None,
+    ) -> Verdict:
+        """``accuracy`` is (original, candidate) in percent, when labels were given; ``metric``
+        is (original, candidate) scores of :attr:`metric`, when it was computed."""
         reasons = []
+        if self.metric is not None and metric is not None:
+            drop = metric[0] - metric[1]
+            if drop > self.max_metric_drop:
+                reasons.append(
+                    f"{self.metric} {metric[1]:.4g} is {drop:.4g} below the original's "
+                    f"{metric[0]:.4g} (budget {self.max_metric_drop:g})"
+                )
         if comparison.missing:
             reasons.append(f"outputs missing: {comparison.missing}")
         for s in comparison.outputs.values():
@@ -298,7 +317,8 @@ class Budget:
                 if (
                     not s.exact_equal
                     and self.max_accuracy_drop is None
-                    and (self.min_top1_agreement is None)
+                    and self.min_top1_agreement is None
+                    and self.metric is None
                 ):
                     reasons.append(f"'{s.name}': {s.dtype} output changed")
                 continue
@@ -333,6 +353,8 @@ class Budget:
             parts.append(f"top1>={self.min_top1_agreement}")
         if self.max_accuracy_drop is not None:
             parts.append(f"accuracy drop<={self.max_accuracy_drop}pt")
+        if self.metric is not None:
+            parts.append(f"{self.metric} drop<={self.max_metric_drop:g}")
         return ", ".join(parts) or "none"
 
 

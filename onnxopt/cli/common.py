@@ -97,6 +97,22 @@ MaxAccuracyDropOpt = Annotated[
     ),
 ]  # noqa: E501
 
+MetricOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--metric",
+        help="Lossy budget: a Python callable module:function (or file.py:function) scoring "
+        "the outputs of the --data runs, fn(runs, labels) -> float, higher is better (OCR "
+        "exact text, recall, mAP); used by the fallback and the verifier.",
+    ),
+]
+MaxMetricDropOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-metric-drop", help="How far --metric may fall below the original's (default 0)."
+    ),
+]
+
 
 AllowSlowerOpt = Annotated[
     bool,
@@ -196,20 +212,33 @@ def budget_from(
     max_abs_err: float | None = None,
     min_top1_agreement: float | None = None,
     max_accuracy_drop: float | None = None,
+    metric: str | None = None,
+    max_metric_drop: float | None = None,
 ) -> Budget:
-    """A Budget from CLI options; cosine defaults to 0.99 when nothing else is set."""
+    """A Budget from CLI options; cosine defaults to 0.99 when nothing else is set. ``metric``
+    (``module:function``) is loaded here: a bad name is a one-line OptionError."""
+    if max_metric_drop is not None and metric is None:
+        raise OptionError("--max-metric-drop needs --metric module:function")
     if (
         min_cosine is None
         and max_abs_err is None
         and min_top1_agreement is None
-        and (max_accuracy_drop is None)
+        and max_accuracy_drop is None
+        and metric is None
     ):
         min_cosine = Budget().min_cosine
+    task = None
+    if metric is not None:
+        from onnxopt.metric import load_metric
+
+        task = load_metric(metric)
     return Budget(
         min_cosine=min_cosine,
         max_abs_err=max_abs_err,
         min_top1_agreement=min_top1_agreement,
         max_accuracy_drop=max_accuracy_drop,
+        metric=task,
+        max_metric_drop=0.0 if max_metric_drop is None else max_metric_drop,
     )
 
 

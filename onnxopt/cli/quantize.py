@@ -16,6 +16,8 @@ from onnxopt.cli.common import (
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
     MaxMemoryOpt,
+    MaxMetricDropOpt,
+    MetricOpt,
     MetricOutputOpt,
     MinCosineOpt,
     MinTop1AgreementOpt,
@@ -161,6 +163,8 @@ def quantize_cmd(
     max_abs_err: MaxAbsErrOpt = None,
     min_top1_agreement: MinTop1AgreementOpt = None,
     max_accuracy_drop: MaxAccuracyDropOpt = None,
+    metric: MetricOpt = None,
+    max_metric_drop: MaxMetricDropOpt = None,
     report: ReportOpt = None,
     html: HtmlOpt = None,
     strict: StrictOpt = False,
@@ -192,7 +196,9 @@ def quantize_cmd(
         no_fallback,
         smooth,
     )
-    budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
+    budget = budget_from(
+        min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop, metric, max_metric_drop
+    )
     _, rep = run_and_report(
         model,
         [*pre, quantizer],

@@ -75,6 +75,8 @@ def _err(m: Metrics) -> str:
         parts.append(f"cos {m.cosine:.4f}")
     if m.accuracy is not None:
         parts.append(f"acc {m.accuracy:.2f}%")
+    if m.metric is not None:
+        parts.append(f"metric {m.metric:.4g}")
     return " ".join(parts) if parts else "-"
 
 
@@ -118,6 +120,8 @@ def total_line(report: PipelineReport) -> str:
         line += f"  cosine {report.final_vs_original.cosine:.5f}"
     if report.accuracy_original is not None and report.accuracy_final is not None:
         line += f"  accuracy {report.accuracy_original:.2f}% → {report.accuracy_final:.2f}%"
+    if report.metric_original is not None and report.metric_final is not None:
+        line += f"  {report.metric} {report.metric_original:.4g} → {report.metric_final:.4g}"
     peak = f", peak RSS {fmt_bytes(report.peak_rss_mb * 2**20)}" if report.peak_rss_mb else ""
     return f"[bold]total[/] {line}  ({report.seconds:.1f}s{peak}, feeds: {report.feeds})"
 

@@ -7,6 +7,5 @@ engine never imports it. Modules: :mod:`.space` (the search space as data) and :
 :mod:`.work` (what a worker runs: one step, one evaluation), :mod:`.executors` (a local process
 pool or Ray tasks), :mod:`.scheduler` (the trial tree, successive halving, progress),
 :mod:`.pareto` (fronts and the choice), :mod:`.output` (JSON, HTML, reports) and
-:mod:`.parallel` (calibration statistics and sensitivities split across workers, merged
-exactly).
+:mod:`.parallel` (calibration statistics split across workers, merged exactly).
 """

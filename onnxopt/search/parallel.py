@@ -3,10 +3,10 @@ processes or Ray tasks.
 
 The quantize pass splits calibration statistics
 (:func:`~onnxopt.passes.quantize.collect.collect_stats_split`: runs cut between the groups
-each onnxruntime call concatenates; histograms on power-of-two ranges merged exactly) and
-per-site sensitivities (:func:`~onnxopt.passes.quantize.fallback.rank_sites_split`: sites in
-chunks, values concatenated in site order and stably sorted) across ``workers`` chunks. Either
-way the result is bit for bit the single-process one (tests/onnxopt/search/test_parallel.py).
+each onnxruntime call concatenates; histograms on power-of-two ranges merged exactly) across
+``workers`` chunks; the result is bit for bit the single-process one
+(tests/onnxopt/search/test_parallel.py). Per-layer sensitivities come from one instrumented
+run and are not split.
 
 A mapper is ``mapper(fn, [args, ...]) -> [fn(*args), ...]`` with a ``workers`` count.
 ``onnxopt search --executor ray`` gives the lossy passes a :class:`RayMap` (nested Ray tasks

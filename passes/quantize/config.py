@@ -20,6 +20,9 @@ from .calibrate import CALIBRATORS, DEFAULT_BINS
 
 ACTIVATIONS = ("uint8", "int8-sym")
 ELEMENTWISE = ("int8-inputs", "all")
+BIAS_CORRECTION = ("off", "empirical", "data-free")
+ROUNDING = ("nearest", "adaround")
+EQUALIZE_CLIP = ("skip", "relu")
 #: what ``smooth=True`` means: SmoothQuant's usual migration strength
 SMOOTH_ALPHA = 0.5
 
@@ -83,8 +86,25 @@ class QuantizeConfig(PassConfig):
         elementwise: ``int8-inputs``: an element-wise site only when one of its inputs is int8
             already; ``all``: every eligible one (see :mod:`.placement`).
         smooth: SmoothQuant alpha in [0, 1] for MatMul inputs (see :mod:`.smooth`); ``True``
-            means ``SMOOTH_ALPHA``; ``None`` or ``False``: off.
+            means ``SMOOTH_ALPHA``; ``"auto"``: one alpha per MatMul input, chosen on the
+            calibration data, on graphs with attention (:mod:`.transformer`); ``None`` or
+            ``False``: off.
         smooth_runs: runs the smoothing statistics are read on.
+        equalize: cross-layer equalization before rounding (:mod:`.equalize`; exact in float).
+        equalize_clip: a Clip between two layers: ``skip`` the pair, or treat it as ``relu``
+            (its upper bound dropped: lossy).
+        bias_correction: ``empirical`` (the mean output error measured on calibration data),
+            ``data-free`` (from BatchNormalization statistics) or ``off``
+            (:mod:`.bias_correction`).
+        rounding: ``nearest`` or ``adaround`` (learned rounding, :mod:`.adaround`).
+        adaround_iterations: optimization steps per layer.
+        seed: seeds the row sampling of learned rounding and smoothing (results repeat).
+        latency_aware: measure each layer's int8 and float time on this CPU and leave in
+            float what int8 makes slower (:mod:`.latency`).
+        dynamic_fallback: a MatMul whose static int8 loses to dynamic int8 may fall back to
+            dynamic int8 before float (:mod:`.mixed`).
+        transformer: ``auto`` (detect attention), ``True`` or ``False``: the transformer-aware
+            defaults (:mod:`.transformer`).
     """
 
     calibrator: Any = "percentile"
@@ -101,8 +121,17 @@ class QuantizeConfig(PassConfig):
     embeddings: bool = True
     bins: int = DEFAULT_BINS
     elementwise: str = "int8-inputs"
-    smooth: float | None = None
+    smooth: float | str | None = "auto"
     smooth_runs: int = 64
+    equalize: bool = False
+    equalize_clip: str = "skip"
+    bias_correction: str = "empirical"
+    rounding: str = "nearest"
+    adaround_iterations: int = 500
+    seed: int = 0
+    latency_aware: bool = True
+    dynamic_fallback: bool = True
+    transformer: bool | str = "auto"
 
     def __post_init__(self) -> None:
         cal = self.calibrator
@@ -117,16 +146,42 @@ class QuantizeConfig(PassConfig):
             raise invalid("elementwise", self.elementwise, "must be int8-inputs or all")
         _set(self, "exclude", names(self.exclude))
         _reduce_range(self)
-        for flag in ("per_channel", "fallback", "quantize_residual", "embeddings"):
+        for flag in (
+            "per_channel",
+            "fallback",
+            "quantize_residual",
+            "embeddings",
+            "equalize",
+            "latency_aware",
+            "dynamic_fallback",
+        ):
             _set(self, flag, bool(getattr(self, flag)))
-        for count in ("calib_batch", "fallback_runs", "sensitivity_runs", "smooth_runs"):
+        for count in (
+            "calib_batch",
+            "fallback_runs",
+            "sensitivity_runs",
+            "smooth_runs",
+            "adaround_iterations",
+        ):
             _number(self, count, int, 1)
+        _number(self, "seed", int, 0)
+        for option, allowed in (
+            ("bias_correction", BIAS_CORRECTION),
+            ("rounding", ROUNDING),
+            ("equalize_clip", EQUALIZE_CLIP),
+        ):
+            if getattr(self, option) not in allowed:
+                raise invalid(option, getattr(self, option), f"must be one of {', '.join(allowed)}")
+        if self.transformer not in (True, False, "auto"):
+            raise invalid("transformer", self.transformer, "must be auto, true or false")
         _number(self, "bins", int, 4)
         if self.bins % 4:
             raise invalid("bins", self.bins, "must be a multiple of 4")
         self._check_smooth()
 
     def _check_smooth(self) -> None:
+        if self.smooth == "auto":
+            return
         if self.smooth is True:
             _set(self, "smooth", SMOOTH_ALPHA)
         elif self.smooth is False:

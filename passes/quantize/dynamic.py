@@ -55,7 +55,7 @@ class QuantizeDynamic(Pass):
                 continue
             if not ctx.allow(node.name):
                 continue
-            self._rewrite(graph, node, c.per_channel, reduce_range)
+            rewrite_dynamic(graph, node, c.per_channel, reduce_range)
             sites.append(node.name)
         if not sites:
             return PassResult(False, 0, notes[:20])
@@ -77,64 +77,66 @@ class QuantizeDynamic(Pass):
                 return f"{node.name}: Gemm C is not a constant"
         return ""
 
-    @staticmethod
-    def _rewrite(graph: gs.Graph, node: gs.Node, per_channel: bool, reduce_range: bool) -> None:
-        x, y = node.inputs[0], node.outputs[0]
-        w = np.asarray(const_value(node.inputs[1]), np.float32)
-        bias = None
-        if node.op == "Gemm":
-            if node.attrs.get("transB", 0):
-                w = w.T
-            if len(node.inputs) > 2 and node.inputs[2].name:
-                bias = np.asarray(const_value(node.inputs[2]), np.float32)
-        axis = 1 if per_channel else None
-        ws = weight_params(w, axis, reduce_range)
-        wq = quantize_weight(w, ws, axis, reduce_range)
-        p = node.name
-        xq = gs.Variable(f"{p}_x_quantized", dtype=np.uint8)
-        xs = gs.Variable(f"{p}_x_scale", dtype=np.float32)
-        xz = gs.Variable(f"{p}_x_zero_point", dtype=np.uint8)
-        acc = gs.Variable(f"{p}_int32", dtype=np.int32)
-        accf = gs.Variable(f"{p}_int32_float", dtype=np.float32)
-        scale = gs.Variable(f"{p}_scale", dtype=np.float32)
-        wz = np.zeros(ws.shape, np.int8)
-        new = [
+
+def rewrite_dynamic(graph: gs.Graph, node: gs.Node, per_channel: bool, reduce_range: bool) -> None:
+    """Replace MatMul/Gemm ``node`` (eligible: see ``QuantizeDynamic._eligible``) by the dynamic
+    int8 pattern of the module docstring, in place."""
+    x, y = node.inputs[0], node.outputs[0]
+    w = np.asarray(const_value(node.inputs[1]), np.float32)
+    bias = None
+    if node.op == "Gemm":
+        if node.attrs.get("transB", 0):
+            w = w.T
+        if len(node.inputs) > 2 and node.inputs[2].name:
+            bias = np.asarray(const_value(node.inputs[2]), np.float32)
+    axis = 1 if per_channel else None
+    ws = weight_params(w, axis, reduce_range)
+    wq = quantize_weight(w, ws, axis, reduce_range)
+    p = node.name
+    xq = gs.Variable(f"{p}_x_quantized", dtype=np.uint8)
+    xs = gs.Variable(f"{p}_x_scale", dtype=np.float32)
+    xz = gs.Variable(f"{p}_x_zero_point", dtype=np.uint8)
+    acc = gs.Variable(f"{p}_int32", dtype=np.int32)
+    accf = gs.Variable(f"{p}_int32_float", dtype=np.float32)
+    scale = gs.Variable(f"{p}_scale", dtype=np.float32)
+    wz = np.zeros(ws.shape, np.int8)
+    new = [
+        gs.Node(
+            "DynamicQuantizeLinear",
+            f"{p}_DynamicQuantizeLinear",
+            inputs=[x],
+            outputs=[xq, xs, xz],
+        ),
+        gs.Node(
+            "MatMulInteger",
+            f"{p}_MatMulInteger",
+            inputs=[
+                xq,
+                gs.Constant(f"{p}_W_quantized", wq),
+                xz,
+                gs.Constant(f"{p}_W_zero_point", wz),
+            ],
+            outputs=[acc],
+        ),
+        gs.Node("Cast", f"{p}_Cast", attrs={"to": 1}, inputs=[acc], outputs=[accf]),
+        gs.Node(
+            "Mul",
+            f"{p}_scale_Mul",
+            inputs=[xs, gs.Constant(f"{p}_W_scale", ws)],
+            outputs=[scale],
+        ),
+    ]
+    out = y if bias is None else gs.Variable(f"{p}_nobias", dtype=np.float32)
+    new.append(gs.Node("Mul", f"{p}_Mul", inputs=[accf, scale], outputs=[out]))
+    if bias is not None:
+        new.append(
             gs.Node(
-                "DynamicQuantizeLinear",
-                f"{p}_DynamicQuantizeLinear",
-                inputs=[x],
-                outputs=[xq, xs, xz],
-            ),
-            gs.Node(
-                "MatMulInteger",
-                f"{p}_MatMulInteger",
-                inputs=[
-                    xq,
-                    gs.Constant(f"{p}_W_quantized", wq),
-                    xz,
-                    gs.Constant(f"{p}_W_zero_point", wz),
-                ],
-                outputs=[acc],
-            ),
-            gs.Node("Cast", f"{p}_Cast", attrs={"to": 1}, inputs=[acc], outputs=[accf]),
-            gs.Node(
-                "Mul",
-                f"{p}_scale_Mul",
-                inputs=[xs, gs.Constant(f"{p}_W_scale", ws)],
-                outputs=[scale],
-            ),
-        ]
-        out = y if bias is None else gs.Variable(f"{p}_nobias", dtype=np.float32)
-        new.append(gs.Node("Mul", f"{p}_Mul", inputs=[accf, scale], outputs=[out]))
-        if bias is not None:
-            new.append(
-                gs.Node(
-                    "Add",
-                    f"{p}_bias_Add",
-                    inputs=[out, gs.Constant(f"{p}_bias", bias)],
-                    outputs=[y],
-                )
+                "Add",
+                f"{p}_bias_Add",
+                inputs=[out, gs.Constant(f"{p}_bias", bias)],
+                outputs=[y],
             )
-        node.inputs.clear()
-        node.outputs.clear()
-        graph.nodes.extend(new)
+        )
+    node.inputs.clear()
+    node.outputs.clear()
+    graph.nodes.extend(new)

@@ -1,19 +1,16 @@
-"""Accuracy-aware fallback: return the most sensitive quantized nodes to float.
+"""Judging a quantized candidate against the float model with the user's budget.
 
-Sensitivity of a site ``k`` is the SQNR of the model outputs with only ``k`` quantized:
-    ``SQNR_k = 10·log10( Σ y² / Σ (y − ŷ_k)² )``  (dB; lower = more sensitive).
-Sites are ranked by ascending SQNR and the smallest prefix ``F`` of the ranking whose return to
-float makes the whole model meet the budget is searched by doubling (1, 2, 4, ...) and then
-halving the last interval (binary search), assuming more float nodes never hurt.
+:class:`Judge` runs a candidate on the fallback runs and checks the budget (cosine, accuracy,
+task metric); the mixed-precision planner (:mod:`.mixed`) asks it about every model it tries.
+:func:`sqnr_db` is the signal-to-quantization-noise ratio of whole-model outputs:
+    ``SQNR = 10·log10( Σ y² / Σ (y − ŷ)² )``  (dB).
 """
 
 from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
@@ -23,8 +20,6 @@ from onnxopt.runner import Runner
 from onnxopt.verify import accuracy, compare
 
 logger = logging.getLogger(__name__)
-
-Build = Callable[[set[str]], onnx.ModelProto]
 
 
 def sqnr_db(ref_runs: list[dict[str, np.ndarray]], runs: list[dict[str, np.ndarray]]) -> float:
@@ -46,9 +41,7 @@ def sqnr_db(ref_runs: list[dict[str, np.ndarray]], runs: list[dict[str, np.ndarr
 
 @dataclass
 class Judge:
-    """Checks a candidate against the float reference with the user's Budget; each check is a
-    row of ``history`` (label, ok, cosine, accuracy, and latency when ``timing_feed`` is set)
-    for the report's trade-off plot."""
+    """Checks a candidate against the float reference with the user's Budget."""
 
     runner: Runner
     feeds: Feeds
@@ -56,143 +49,48 @@ class Judge:
     budget: object
     ref_accuracy: float | None = None
     evaluations: int = 0
+    ref_metric: float | None = None
+    #: with a feed here, every scored candidate is timed (the report's trade-off plot)
     timing_feed: dict[str, np.ndarray] | None = None
+    #: one row per scored candidate: label, ok, cosine, accuracy, latency_ms
     history: list[dict] = field(default_factory=list)
 
     def check(self, model: onnx.ModelProto, label: str = "") -> tuple[bool, str]:
-        from onnxopt.candidates import latency_or_none
+        good, why, _ = self.score(model, label)
+        return good, why
 
+    def score(
+        self, model: onnx.ModelProto, label: str = "", *, record: bool = True
+    ) -> tuple[bool, str, float]:
+        """(within budget, why not, the budget's headline number: the task metric, else
+        accuracy with labels, else the lowest cosine); ``record`` adds a row to ``history``."""
         self.evaluations += 1
         runs = self.runner.run(model, self.feeds)
         comp = compare(self.reference, runs)
-        acc = None
+        acc = met = None
         if self.feeds.labels is not None and self.ref_accuracy is not None:
             acc = (self.ref_accuracy, accuracy(runs, self.feeds.labels))
-        verdict = self.budget.check(comp, acc)
+        task = getattr(self.budget, "metric", None)
+        if task is not None:
+            if self.ref_metric is None:
+                self.ref_metric = task(self.reference, self.feeds.labels)
+            met = (self.ref_metric, task(runs, self.feeds.labels))
+        verdict = self.budget.check(comp, acc, met)
+        head = met[1] if met else acc[1] if acc else comp.cosine
+        if record:
+            self._record(model, label, bool(verdict.ok), comp, acc)
+        return bool(verdict.ok), verdict.reason, float(head)
+
+    def _record(self, model: onnx.ModelProto, label: str, ok: bool, comp, acc) -> None:
+        from onnxopt.candidates import latency_or_none
+
         timed = self.timing_feed is not None
         self.history.append(
             {
                 "label": label or f"candidate {self.evaluations}",
-                "ok": bool(verdict.ok),
+                "ok": ok,
                 "cosine": comp.cosine if comp.outputs else None,
                 "accuracy": acc[1] if acc else None,
                 "latency_ms": latency_or_none(model, self.timing_feed, label) if timed else None,
             }
         )
-        return bool(verdict.ok), verdict.reason
-
-
-@dataclass
-class FallbackResult:
-    float_sites: list[str] = field(default_factory=list)
-    ranking: list[tuple[str, float]] = field(default_factory=list)
-    met: bool = True
-    reason: str = ""
-    evaluations: int = 0
-
-
-def rank_sites(
-    build: Build,
-    sites: list[str],
-    runner: Runner,
-    feeds: Feeds,
-    reference: list[dict[str, np.ndarray]],
-    progress: Callable[[str, int, int], None] | None = None,
-) -> list[tuple[str, float]]:
-    """(site, SQNR dB) with each site quantized alone, most sensitive first."""
-    out = []
-    for i, s in enumerate(sites):
-        runs = runner.run(build({s}), feeds)
-        out.append((s, sqnr_db(reference, runs)))
-        if progress is not None:
-            progress("sensitivity", i + 1, len(sites))
-    out.sort(key=lambda kv: kv[1])
-    return out
-
-
-def rank_sites_split(
-    build: Any,
-    sites: list[str],
-    feeds: Feeds,
-    reference: list[dict[str, np.ndarray]],
-    parallel: Callable,
-) -> list[tuple[str, float]]:
-    """:func:`rank_sites` with the sites cut into ``parallel.workers`` chunks, each measured
-    where ``parallel`` runs it (one onnxruntime thread, as the search's runner): the same
-    ranking as one process with one thread. ``build``'s models travel serialized."""
-    parts = max(1, min(int(getattr(parallel, "workers", 1)), len(sites)))
-    bounds = [round(i * len(sites) / parts) for i in range(parts + 1)]
-    shipped = _Shipped(build)
-    args = [
-        (shipped, sites[a:b], feeds.runs, reference)
-        for a, b in zip(bounds, bounds[1:], strict=False)
-        if b > a
-    ]
-    out = [kv for part in parallel(_part_sensitivity, args) for kv in part]
-    out.sort(key=lambda kv: kv[1])
-    return out
-
-
-class _Shipped:
-    """A Builder whose ModelProtos travel serialized (protobuf messages do not pickle); its
-    last build's state (``inserter``) stays behind."""
-
-    def __init__(self, build: Any) -> None:
-        state = {k: (None if k == "inserter" else v) for k, v in vars(build).items()}
-        self.cls = type(build)
-        self.protos = {k for k, v in state.items() if isinstance(v, onnx.ModelProto)}
-        self.state = {k: v.SerializeToString() if k in self.protos else v for k, v in state.items()}
-
-    def restore(self) -> Any:
-        obj = self.cls.__new__(self.cls)
-        for k, v in self.state.items():
-            setattr(obj, k, onnx.load_from_string(v) if k in self.protos else v)
-        return obj
-
-
-def _part_sensitivity(
-    shipped: _Shipped, sites: list[str], runs: list, reference: list
-) -> list[tuple[str, float]]:
-    build, runner, feeds = shipped.restore(), Runner(threads=1), Feeds(list(runs))
-    return [(s, sqnr_db(reference, runner.run(build({s}), feeds))) for s in sites]
-
-
-def search_fallback(
-    build: Build,
-    sites: list[str],
-    judge: Judge,
-    ranking: list[tuple[str, float]],
-    progress: Callable[[str, int, int], None] | None = None,
-) -> FallbackResult:
-    """Smallest prefix of ``ranking`` kept in float so that the budget holds."""
-    order = [s for s, _ in ranking]
-    n = len(order)
-
-    def ok_with(k: int) -> bool:
-        floats = set(order[:k])
-        good, _ = judge.check(build({s for s in sites if s not in floats}), f"{k} in float")
-        if progress is not None:
-            progress("fallback", k, n)
-        return good
-
-    lo, hi, k = 0, None, 1
-    while k <= n:
-        if ok_with(k):
-            hi = k
-            break
-        lo, k = k, min(n, k * 2) if k < n else n + 1
-    if hi is None:
-        return FallbackResult(
-            order,
-            ranking,
-            met=False,
-            reason="budget not met even with every site in float",
-            evaluations=judge.evaluations,
-        )
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok_with(mid):
-            hi = mid
-        else:
-            lo = mid
-    return FallbackResult(order[:hi], ranking, met=True, evaluations=judge.evaluations)

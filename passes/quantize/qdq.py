@@ -106,8 +106,18 @@ def quantize_bias(
     return np.clip(q, -INT32_MAX, INT32_MAX).astype(np.int32), bs, sat
 
 
+@dataclass(frozen=True)
+class WeightQ:
+    """A weight already quantized (learned rounding): int8 values, scales, per-channel axis."""
+
+    q: np.ndarray
+    scale: np.ndarray
+    axis: int | None
+
+
 class Inserter:
-    """Applies a :class:`Plan` with given per-group parameters to a gs.Graph."""
+    """Applies a :class:`Plan` with given per-group parameters to a gs.Graph; ``weights``
+    holds weights quantized beforehand (by node name), used instead of rounding to nearest."""
 
     def __init__(
         self,
@@ -117,12 +127,14 @@ class Inserter:
         *,
         reduce_range: bool = False,
         per_axis_ok: bool = True,
+        weights: dict[str, WeightQ] | None = None,
     ) -> None:
         self.graph = graph
         self.plan = plan
         self.params = params
         self.reduce_range = reduce_range
         self.per_axis_ok = per_axis_ok
+        self.weights = weights or {}
         self.notes: list[str] = []
         self.counts = {"activations": 0, "weights": 0, "biases": 0, "relu_folded": 0}
         self._names = set(graph.tensors().keys())
@@ -247,8 +259,12 @@ class Inserter:
             return
         w = np.asarray(const_value(node.inputs[site.weight]), np.float32)
         axis = site.axis if self.per_axis_ok else None
-        ws = weight_params(w, axis, self.reduce_range)
-        wq = quantize_weight(w, ws, axis, self.reduce_range)
+        given = self.weights.get(node.name)
+        if given is not None and given.q.shape == w.shape and given.axis == axis:
+            ws, wq = given.scale, given.q
+        else:
+            ws = weight_params(w, axis, self.reduce_range)
+            wq = quantize_weight(w, ws, axis, self.reduce_range)
         node.inputs[site.weight] = self._dq_const(
             f"{node.name}_W", wq, ws, axis, np.int8, owner=node
         )

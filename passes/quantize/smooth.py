@@ -65,19 +65,39 @@ def channel_absmax(
     progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, np.ndarray]:
     """Running ``max|x|`` over every axis but the last, per tensor, over ``runs``."""
+    return channel_stats(model, tensors, runs, progress=progress)[0]
+
+
+def channel_stats(
+    model: str | bytes | onnx.ModelProto,
+    tensors: list[str],
+    runs: list[dict[str, np.ndarray]],
+    *,
+    rows: int = 0,
+    seed: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(running ``max|x|`` over every axis but the last, up to ``rows`` rows of each tensor
+    drawn evenly over ``runs``: [rows, channels]) per tensor."""
     from .collect import open_session
 
     sess = open_session(model)
+    rng = np.random.default_rng(seed)
+    per_run = -(-rows // max(1, len(runs))) if rows else 0
     acc: dict[str, np.ndarray] = {}
+    samples: dict[str, list[np.ndarray]] = {}
     for i, feed in enumerate(runs):
         for name, v in zip(tensors, sess.run(tensors, feed), strict=True):
-            v = np.asarray(v, np.float32)
-            m = np.abs(v.reshape(-1, v.shape[-1])).max(axis=0)
+            v = np.asarray(v, np.float32).reshape(-1, v.shape[-1])
+            m = np.abs(v).max(axis=0)
             m = np.where(np.isfinite(m), m, 0.0)
             acc[name] = m if name not in acc else np.maximum(acc[name], m)
+            if per_run:
+                pick = rng.choice(len(v), min(per_run, len(v)), replace=False)
+                samples.setdefault(name, []).append(v[np.sort(pick)])
         if progress is not None:
             progress("smoothing statistics", i + 1, len(runs))
-    return acc
+    return acc, {k: np.concatenate(v)[:rows] for k, v in samples.items()}
 
 
 def smoothing_scales(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.ndarray:
@@ -93,7 +113,7 @@ def smoothing_scales(x_max: np.ndarray, w_max: np.ndarray, alpha: float) -> np.n
 def apply_smoothing(
     model: onnx.ModelProto,
     x_max: dict[str, np.ndarray],
-    alpha: float,
+    alpha: float | dict[str, float],
     names: set[str] | None = None,
 ) -> SmoothResult:
     """Smooth the MatMul groups whose input has statistics in ``x_max``.
@@ -101,11 +121,14 @@ def apply_smoothing(
     Args:
         model: float model (node names unique).
         x_max: input tensor name -> per-channel ``max|x|`` (see :func:`channel_absmax`).
-        alpha: migration strength in ``[0, 1]`` (0: no change, 1: all onto the weights).
+        alpha: migration strength in ``[0, 1]`` (0: no change, 1: all onto the weights), or
+            one per input tensor (groups not in it are left alone).
         names: MatMul node names allowed (None: all).
     """
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"smooth alpha must be in [0, 1], not {alpha}")
+    alphas = alpha if isinstance(alpha, dict) else None
+    for a in alphas.values() if alphas is not None else [alpha]:
+        if not 0.0 <= a <= 1.0:
+            raise ValueError(f"smooth alpha must be in [0, 1], not {a}")
     graph = to_graph(model)
     res = SmoothResult(model)
     taken = set(graph.tensors().keys()) | {n.name for n in graph.nodes}
@@ -119,12 +142,14 @@ def apply_smoothing(
         xm = x_max.get(x_name)
         x = mms[0].inputs[0]
         k = int(mms[0].inputs[1].shape[0])
+        if alphas is not None and x_name not in alphas:
+            continue
         if xm is None or xm.shape != (k,):
             res.notes.append(f"{x_name}: no per-channel statistics of length {k}; not smoothed")
             continue
         weights = [np.asarray(m.inputs[1].values, np.float32) for m in mms]
         w_max = np.max([np.abs(w).max(axis=1) for w in weights], axis=0)
-        s = smoothing_scales(xm, w_max, alpha)
+        s = smoothing_scales(xm, w_max, alphas[x_name] if alphas is not None else alpha)
         for m, w in zip(mms, weights, strict=True):
             m.inputs[1] = gs.Constant(
                 fresh(f"{m.name or x_name}_smoothed_W"), (w * s[:, None]).astype(np.float32)

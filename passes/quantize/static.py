@@ -1,19 +1,30 @@
 """quantize-int8: static int8 quantization with onnxopt's own calibration and QDQ insertion.
 
-Pipeline: read aliased initializers through ``Identity`` -> optionally smooth MatMul inputs
-(:mod:`.smooth`, exact in float) -> plan Q/DQ placement (:mod:`.placement`) -> expose the
-planned tensors as outputs and stream their statistics over the calibration feeds
-(:mod:`.calibrate`) -> per-group range = union of the members' calibrated ranges ->
-parameters and insertion (:mod:`.qdq`) -> with a budget, sensitivity-ranked fallback
-(:mod:`.fallback`).
+Pipeline (each step its own module):
+
+1. prepare the float model (:mod:`.prepare`): shapes, aliased initializers, node names; then,
+   exact in float, cross-layer equalization (:mod:`.equalize`, ``equalize``) and smoothing of
+   MatMul inputs (:mod:`.smooth`; one strength per layer on transformers, :mod:`.transformer`);
+2. plan Q/DQ placement (:mod:`.placement`) and stream the planned tensors' statistics over the
+   calibration feeds into ranges (:mod:`.calibrate`); a group of tensors shares the union;
+3. weights: rounded to nearest, or learned rounding (:mod:`.adaround`, ``rounding``);
+4. one instrumented run (:mod:`.sensitivity`): each layer's output shift and SQNR with only
+   it quantized; the shift corrects its bias (:mod:`.bias_correction`, ``bias_correction``;
+   ``data-free`` reads BatchNorm statistics instead);
+5. per-layer time of the int8 and the float model on this CPU (:mod:`.latency`): what int8
+   makes slower stays float (``latency_aware``);
+6. with a budget: mixed precision (:mod:`.mixed`), the layers that cost most accuracy per
+   microsecond they save leave int8 (to dynamic int8 or float) until the budget holds; the
+   accuracy/latency curve goes to ``details["tradeoff"]``.
 
 Sites inside If/Loop/Scan bodies are planned, calibrated (over every loop iteration) and
-quantized like the main graph's (:mod:`.bodies`).
+quantized in static int8 like the main graph's (:mod:`.bodies`); the per-layer steps 3-6 run
+on the main graph's sites, and body sites stay int8.
 
-Memory stays at about two copies of the model plus onnxruntime's: planning reads weight shapes
-only, the probe model is a copy whose large weights are shared with onnxruntime (mapped, or
-handed over without a copy: :mod:`onnxopt.sessions`), and statistics are streamed (bert_base,
-256 samples: see benchmarks/QUANTIZATION.md).
+Memory is bounded whatever the number of samples: statistics and Gram matrices stream (see
+each module); planning reads weight shapes only, and the probe model is a copy whose large
+weights are shared with onnxruntime (mapped, or handed over without a copy:
+:mod:`onnxopt.sessions`).
 """
 
 from __future__ import annotations
@@ -21,40 +32,47 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import numpy as np
 import onnx
-import onnx_graphsurgeon as gs
 
 from onnxopt import weights
 from onnxopt.contract import Pass, PassContext, PassError, PassResult
 from onnxopt.data import Feeds
-from onnxopt.graph import node_names_unique, opset_version, to_graph, to_model
-from onnxopt.model import with_inferred_shapes
+from onnxopt.graph import opset_version, to_graph
 from onnxopt.scopes import site_key
 
-from .bodies import scope_graphs, scoped
+from . import latency as lat
+from . import mixed
+from .adaround import learn_rounding
+from .bias_correction import data_free_shifts
+from .bodies import scope_graphs
+from .build import Builder, dynamic_batch, group_params
 from .calibrate import make_calibrator
 from .collect import collect_stats, collect_stats_split, probe_model
 from .config import QuantizeConfig
-from .fallback import Judge, rank_sites, rank_sites_split, search_fallback
+from .fallback import Judge
+from .mixed import step_label
 from .placement import CANDIDATES, Plan, make_plan
-from .qdq import Inserter, QParams, activation_params, resolve_reduce_range
-from .smooth import apply_smoothing, channel_absmax, smooth_groups
+from .prepare import equalize_layers, prepare, smooth
+from .qdq import resolve_reduce_range
+from .sensitivity import Instrument, SiteStats
+from .sensitivity import measure as measure_sensitivity
+from .transformer import has_attention
 
 logger = logging.getLogger(__name__)
 
 MIN_SAMPLES = 16
+#: rounds of "measure, leave the slower sites in float, measure again"
+LATENCY_ROUNDS = 3
 #: with ``ctx.parallel`` (``onnxopt search`` on Ray), calibration over at least this many runs
-#: and sensitivities of at least this many sites are split across workers (same results)
+#: is split across workers (the same statistics)
 PARALLEL_MIN_RUNS = 32
-PARALLEL_MIN_SITES = 16
 
 
 class QuantizeInt8(Pass):
     """Static int8 QDQ quantization placed for onnxruntime's int8 CPU kernels.
 
-    Configured by a :class:`.config.QuantizeConfig` (calibrator, percentile, per-channel
-    weights, activation type, exclusions, fallback, smoothing, ...).
+    Configured by a :class:`.config.QuantizeConfig` (calibrator, rounding, bias correction,
+    equalization, smoothing, latency awareness, mixed precision, ...).
     """
 
     name = "quantize-int8"
@@ -72,60 +90,60 @@ class QuantizeInt8(Pass):
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
         c = self.config
         notes = self._check_feeds(ctx.feeds)
-        opset = opset_version(model)  # Pass.apply converted models below opset_wanted
-        base, smooth_info = self._prepare(model, ctx, notes)
+        opset = opset_version(model)
+        base = prepare(model)
+        attention = has_attention(base) if c.transformer == "auto" else bool(c.transformer)
+        if c.equalize:
+            notes += equalize_layers(base, c, ctx)
+        base, smooth_info = smooth(base, c, ctx, attention, notes)
         plan_kw = self._plan_options(opset, notes)
-        sites, probe_tensors, plan_notes = self._plan(to_graph(base), plan_kw, ctx)
-        if not sites:
+        graph = to_graph(base)
+        exclude = set(c.exclude)
+        allowed = [
+            n.name
+            for n in graph.nodes
+            if n.op in (*CANDIDATES, "Gather")
+            and n.name not in exclude
+            and n.op not in exclude
+            and ctx.allow(n.name)
+        ]
+        full = make_plan(graph, set(allowed), **plan_kw)
+        sites = [s for s in allowed if s in full.sites or s in full.embeddings]
+        body_sites, body_tensors, body_notes = self._body_plan(graph, plan_kw, ctx)
+        plan_notes = full.notes + body_notes  # why each candidate stays float
+        if not sites and not body_sites:
             return PassResult(False, 0, notes + plan_notes[:20])
-        params = self._calibrate(base, probe_tensors, ctx)
+        del graph
+        ranges = self._calibrate(base, sorted(set(full.tensors()) | body_tensors), ctx)
         build = Builder(
             base,
             model,
-            params,
+            ranges,
             plan_kw,
             activations=c.activations,
             reduce_range=resolve_reduce_range(c.reduce_range),
             per_axis_ok=opset >= 13,
         )
-        qmodel, kept = build(set(sites)), list(sites)
-        details = self._details(plan_kw, smooth_info)
+        details = self._details(plan_kw, smooth_info, attention)
+        self._weights(build, full, ctx, notes, details)
+        stats = self._instrument(build, full, ctx, notes, details)
+        del full
+        sites, gains, total_us = self._latency(build, model, sites, ctx, notes, details)
+        if not sites and not body_sites:
+            return PassResult(False, 0, notes + plan_notes[:20], details=details)
+        qmodel, kept = build(set(sites) | set(body_sites)), list(sites)
         if ctx.budget is not None and c.fallback:
-            qmodel, kept, fb_notes = self._fallback(model, build, sites, qmodel, ctx, details)
-            notes += fb_notes
-        details["counts"] = dict(build.inserter.counts)
-        notes += build.inserter.notes + plan_notes[:20]
+            qmodel, kept = self._mixed(
+                model, build, sites, stats, gains, total_us, ctx, notes, details, body_sites
+            )
+        kept += body_sites
+        details["counts"] = dict(build.inserter.counts) if build.inserter else {}
+        notes += (build.inserter.notes if build.inserter else []) + plan_notes[:20]
         if not kept:
             return PassResult(False, 0, notes, details=details)
         return PassResult(True, len(kept), notes, sites=kept, details=details, model=qmodel)
 
     # --------------------------------------------------------------------------------------
-
-    def _plan(
-        self, graph: gs.Graph, plan_kw: dict[str, Any], ctx: PassContext
-    ) -> tuple[list[str], list[str], list[str]]:
-        """(site keys, tensors to calibrate, why candidates stay float) over the main graph
-        and every If/Loop/Scan body (body sites are keyed ``<scope>::<node>``)."""
-        exclude = set(self.config.exclude)
-        sites: list[str] = []
-        tensors: set[str] = set()
-        notes: list[str] = []
-        for scope, g in scope_graphs(graph):
-            allowed = [
-                n.name
-                for n in g.nodes
-                if n.op in (*CANDIDATES, "Gather")
-                and n.name not in exclude
-                and n.op not in exclude
-                and ctx.allow(site_key(scope, n.name))
-            ]
-            plan = make_plan(g, set(allowed), **plan_kw)
-            sites += [
-                site_key(scope, s) for s in allowed if s in plan.sites or s in plan.embeddings
-            ]
-            tensors.update(plan.tensors())
-            notes += [f"in {scope}: {n}" if scope else n for n in plan.notes]
-        return sites, sorted(tensors), notes
 
     def _check_feeds(self, feeds: Feeds | None) -> list[str]:
         """Notes on the calibration feeds; none at all is an error."""
@@ -142,22 +160,6 @@ class QuantizeInt8(Pass):
             logger.warning("only %d calibration samples", feeds.num_samples)
         return notes
 
-    def _prepare(
-        self, model: onnx.ModelProto, ctx: PassContext, notes: list[str]
-    ) -> tuple[onnx.ModelProto, dict[str, int]]:
-        """The model to quantize: shapes inferred, initializers read through Identity, nodes
-        named, MatMul inputs smoothed if asked. Returns (model, smoothing summary)."""
-        try:
-            inferred = with_inferred_shapes(model)
-        except Exception as e:
-            logger.debug("shape inference failed: %s", e)
-            inferred = model
-        base = _named(_resolve_const_identities(inferred, in_place=inferred is not model))
-        del inferred
-        if self.config.smooth is None:
-            return base, {}
-        return self._smooth(base, ctx, notes)
-
     def _plan_options(self, opset: int, notes: list[str]) -> dict[str, Any]:
         c = self.config
         if c.per_channel and opset < 13:
@@ -170,13 +172,19 @@ class QuantizeInt8(Pass):
             elementwise=c.elementwise,
         )
 
-    def _details(self, plan_kw: dict[str, Any], smooth_info: dict[str, int]) -> dict[str, Any]:
+    def _details(
+        self, plan_kw: dict[str, Any], smooth_info: dict[str, Any], attention: bool
+    ) -> dict[str, Any]:
         c = self.config
         return {
             "calibrator": str(make_calibrator(c.calibrator, c.percentile)),
             "activations": c.activations,
             "per_channel": plan_kw["per_channel"],
             "reduce_range": resolve_reduce_range(c.reduce_range),
+            "attention": attention,
+            "rounding": c.rounding,
+            "bias_correction": c.bias_correction,
+            "equalize": c.equalize,
             "counts": {},
             "float_nodes": [],
             "smoothing": smooth_info,
@@ -188,7 +196,7 @@ class QuantizeInt8(Pass):
         c = self.config
         probe, exposed = probe_model(base, tensors)
         outputs = list(dict.fromkeys(exposed.values()))
-        kw = {"bins": c.bins, "batch": c.calib_batch, "dynamic_batch": _dynamic_batch(base)}
+        kw = {"bins": c.bins, "batch": c.calib_batch, "dynamic_batch": dynamic_batch(base)}
         if (
             ctx.parallel is not None
             and len(ctx.feeds.runs) >= PARALLEL_MIN_RUNS
@@ -206,107 +214,259 @@ class QuantizeInt8(Pass):
         by_tensor = {t: stats[out] for t, out in exposed.items()}
         return {t: cal.range(s, symmetric=sym) for t, s in by_tensor.items() if not s.empty}
 
-    def _smooth(
-        self, base: onnx.ModelProto, ctx: PassContext, notes: list[str]
-    ) -> tuple[onnx.ModelProto, dict[str, int]]:
-        """SmoothQuant-style smoothing of MatMul inputs (exact in float) before calibration."""
-        c = self.config
-        exclude = set(c.exclude)
-        graph = to_graph(base)
-        names = {
-            n.name
-            for n in graph.nodes
-            if n.op == "MatMul"
-            and n.name not in exclude
-            and "MatMul" not in exclude
-            and ctx.allow(n.name)
-        }
-        tensors = sorted(smooth_groups(graph, names))
-        del graph
-        if not tensors:
-            notes.append("smooth: no MatMul with a constant 2-D weight")
-            return base, {}
-        runs = ctx.feeds.runs[: c.smooth_runs]
-        probe, exposed = probe_model(base, tensors)
-        x_max = channel_absmax(probe, tensors, runs, ctx.progress)
-        del probe, exposed
-        res = apply_smoothing(base, x_max, c.smooth, names)
-        notes.extend(res.notes[:10])
-        notes.append(
-            f"smooth(alpha={c.smooth:g}): {res.matmuls} MatMuls over {res.groups} "
-            f"inputs ({res.folded} folded into LayerNorm)"
-        )
-        return res.model, {"groups": res.groups, "matmuls": res.matmuls, "folded": res.folded}
+    def _body_plan(
+        self, graph: Any, plan_kw: dict[str, Any], ctx: PassContext
+    ) -> tuple[list[str], set[str], list[str]]:
+        """(site keys ``<scope>::<node>``, tensors to calibrate, notes) over every If/Loop/Scan
+        body of ``graph`` (the main graph's are planned by the caller)."""
+        exclude = set(self.config.exclude)
+        sites: list[str] = []
+        tensors: set[str] = set()
+        notes: list[str] = []
+        for scope, g in scope_graphs(graph):
+            if not scope:
+                continue
+            allowed = [
+                n.name
+                for n in g.nodes
+                if n.op in (*CANDIDATES, "Gather")
+                and n.name not in exclude
+                and n.op not in exclude
+                and ctx.allow(site_key(scope, n.name))
+            ]
+            plan = make_plan(g, set(allowed), **plan_kw)
+            sites += [
+                site_key(scope, s) for s in allowed if s in plan.sites or s in plan.embeddings
+            ]
+            tensors.update(plan.tensors())
+            notes += [f"in {scope}: {n}" for n in plan.notes]
+        return sites, tensors, notes
 
-    def _fallback(
+    def _weighted(self, build: Builder, plan: Plan) -> dict[str, int | None]:
+        """Weighted sites -> the per-channel axis their weight is quantized on."""
+        return {
+            name: (site.axis if build.per_axis_ok else None)
+            for name, site in plan.sites.items()
+            if site.weight is not None
+        }
+
+    def _weights(
+        self, build: Builder, plan: Plan, ctx: PassContext, notes: list[str], details: dict
+    ) -> None:
+        """Learned rounding, and data-free bias correction (which needs the rounded weights)."""
+        c = self.config
+        if c.rounding == "adaround":
+            build.weights, why, details["adaround"] = learn_rounding(
+                build.base,
+                self._weighted(build, plan),
+                ctx.feeds.runs,
+                iterations=c.adaround_iterations,
+                seed=c.seed,
+                reduce_range=build.reduce_range,
+                progress=ctx.progress,
+            )
+            notes += why[:20]
+        if c.bias_correction == "data-free":
+            shifts, why = data_free_shifts(
+                build.base,
+                ctx.original,
+                self._weighted(build, plan),
+                build.weights,
+                reduce_range=build.reduce_range,
+            )
+            notes += why[:10] + [f"bias correction (data-free): {len(shifts)} layers"]
+            build.shifts = shifts
+
+    def _instrument(
+        self, build: Builder, plan: Plan, ctx: PassContext, notes: list[str], details: dict
+    ) -> dict[str, SiteStats]:
+        """One instrumented run: every site's shift and SQNR; empirical bias correction."""
+        c = self.config
+        empirical = c.bias_correction == "empirical"
+        if not empirical and not (ctx.budget is not None and c.fallback):
+            return {}
+        params = group_params(plan, build.ranges, build.activations)
+        probe = Instrument(
+            build.base,
+            plan,
+            params,
+            build.weights,
+            per_axis=build.per_axis_ok,
+            reduce_range=build.reduce_range,
+            dynamic=c.dynamic_fallback,
+        ).build()
+        notes += [f"sensitivity: {s}" for s in probe.skipped[:10]]
+        stats = measure_sensitivity(
+            build.base,
+            probe,
+            ctx.feeds.runs[: max(c.sensitivity_runs, 1)],
+            batch=c.calib_batch,
+            dynamic_batch=dynamic_batch(build.base),
+            progress=ctx.progress,
+        )
+        if empirical:
+            build.shifts = {
+                k: s.shift for k, s in stats.items() if plan.sites[k].weight is not None
+            }
+            notes.append(f"bias correction (empirical): {len(build.shifts)} layers")
+        details["sensitivity"] = {
+            k: {
+                "sqnr_db": _round(s.sqnr(k in build.shifts)),
+                "dynamic_db": _round(s.sqnr_dynamic),
+            }
+            for k, s in sorted(stats.items(), key=lambda kv: kv[1].sqnr())[:30]
+        }
+        return stats
+
+    def _latency(
+        self,
+        build: Builder,
+        model: onnx.ModelProto,
+        sites: list[str],
+        ctx: PassContext,
+        notes: list[str],
+        details: dict,
+    ) -> tuple[list[str], dict[str, float], float]:
+        """Leave in float the sites int8 makes slower on this CPU. Returns (sites, gain per
+        site in µs, the float model's time in µs)."""
+        if not self.config.latency_aware or ctx.allow_slower:
+            return sites, {}, 0.0
+        feed = lat.representative(ctx.feeds.runs)
+        att = lat.Attribution(build.base, set(sites))
+        try:
+            enabled, slow_all, gains = list(sites), [], {}
+            for _ in range(LATENCY_ROUNDS):
+                float_t, int8_t = lat.measure_all([build.base, build(set(enabled))], feed, att)
+                slower, g = lat.slower_sites(float_t, int8_t, enabled)
+                gains.update(g)
+                if not slower or len(slower) == len(enabled):
+                    slow_all += slower if len(slower) == len(enabled) else []
+                    break
+                slow_all += slower
+                enabled = [s for s in enabled if s not in set(slower)]
+        except Exception as e:  # noqa: BLE001 - profiling is an optimization, never fatal
+            notes.append(f"latency not measured ({type(e).__name__}: {e}); every site kept")
+            return sites, {}, 0.0
+        for s in slow_all:
+            tf = float_t.owners.get(s, 0.0)
+            notes.append(
+                f"left float: {s}: slower in int8 on this CPU "
+                f"({tf - gains[s]:.0f} µs in int8 vs {tf:.0f} µs in float)"
+            )
+        details["latency"] = {
+            "float_us": round(float_t.total_us, 1),
+            "int8_us": round(int8_t.total_us, 1),
+            "slower_in_int8": slow_all,
+            "gain_us": {
+                k: round(v, 1) for k, v in sorted(gains.items(), key=lambda kv: kv[1])[:50]
+            },
+        }
+        return [s for s in sites if s not in set(slow_all)], gains, float_t.total_us
+
+    def _mixed(
         self,
         model: onnx.ModelProto,
         build: Builder,
         sites: list[str],
-        qmodel: onnx.ModelProto,
+        stats: dict[str, SiteStats],
+        gains: dict[str, float],
+        total_us: float,
         ctx: PassContext,
-        details: dict[str, Any],
-    ) -> tuple[onnx.ModelProto, list[str], list[str]]:
-        """Return the most sensitive sites to float until ``ctx.budget`` holds.
-
-        Returns (model, kept sites, notes); ``details`` gets one row per float site
-        (``float_nodes``) and the steps tried (``candidates``, when there were several)."""
+        notes: list[str],
+        details: dict,
+        body_sites: list[str],
+    ) -> tuple[onnx.ModelProto, list[str]]:
+        """Mixed precision over the main graph's sites until ``ctx.budget`` holds
+        (:mod:`.mixed`; ``body_sites`` stay int8). Returns (model, main-graph sites kept)."""
         from onnxopt.runner import Runner
         from onnxopt.verify import accuracy
 
+        c = self.config
         runner = ctx.runner if ctx.runner is not None else Runner()
-        feeds = ctx.feeds.subset(self.config.fallback_runs)
+        feeds = ctx.feeds.subset(c.fallback_runs)
         reference = runner.run(model, feeds)
-        ref_acc = accuracy(reference, feeds.labels) if feeds.labels is not None else None
+        wants = feeds.labels is not None and (
+            ctx.budget.metric is None or ctx.budget.max_accuracy_drop is not None
+        )
+        ref_acc = accuracy(reference, feeds.labels) if wants else None
         judge = Judge(runner, feeds, reference, ctx.budget, ref_acc)
         if ctx.measure_candidates:  # the report's trade-off plot: time every step
             judge.timing_feed = feeds.runs[0]
-        good, why = judge.check(qmodel, "all int8")
-        if good:
-            return qmodel, sites, []
-        notes = [f"fully quantized model misses the budget ({why}); ranking sites"]
-        sfeeds = ctx.feeds.subset(self.config.sensitivity_runs)
-        sref = reference[: len(sfeeds)]
-        if ctx.parallel is not None and len(sites) >= PARALLEL_MIN_SITES:
-            ranking = rank_sites_split(build, sites, sfeeds, sref, ctx.parallel)
-        else:
-            ranking = rank_sites(build, sites, runner, sfeeds, sref, ctx.progress)
-        res = search_fallback(build, sites, judge, ranking, ctx.progress)
-        sq = dict(ranking)
-        rows = [
+
+        def with_bodies(enabled: set[str], dynamic: set[str] | frozenset = frozenset()) -> Any:
+            return build(set(enabled) | set(body_sites), dynamic)
+
+        moves = mixed.order_moves(
+            sites,
+            stats,
+            gains,
+            total_us=total_us,
+            corrected=set(build.shifts),
+            dynamic=c.dynamic_fallback,
+        )
+        timer = (
+            mixed.latency_timer(lat.representative(ctx.feeds.runs))
+            if c.latency_aware and not ctx.allow_slower
+            else None
+        )
+        slow = len(details.get("latency", {}).get("slower_in_int8", []))
+        res = mixed.search(
+            with_bodies, sites, moves, judge.score, timer, already_float=slow, progress=ctx.progress
+        )
+        if timer is not None:
+            head = judge.score(model, record=False)[2]
+            res.tradeoff.append(
+                {
+                    "float_layers": len(sites) + slow,
+                    "dynamic_layers": 0,
+                    "metric": round(head, 6),
+                    "latency_ms": round(timer(model), 4),
+                }
+            )
+        details["tradeoff"] = res.tradeoff
+        details["float_nodes"] = [
             {
-                "node": s,
-                "sqnr_db": round(sq[s], 2),
-                "why": f"sensitivity rank {i + 1}/{len(sites)} (SQNR {sq[s]:.1f} dB); "
-                f"needed to meet the budget",
+                "node": m.site,
+                "to": m.to,
+                "sqnr_db": _round(m.sqnr_db),
+                "gain_us": round(m.gain_us, 1),
             }
-            for i, s in enumerate(res.float_sites)
+            for m in res.moves
+            if m.site in set(res.floats) | set(res.dynamic)
         ]
-        for r in rows:
-            notes.append(f"kept float: {r['node']}: {r['why']}")
+        if res.floats or res.dynamic:
+            notes.append(
+                f"fully quantized model misses the budget; mixed precision: {len(res.floats)} "
+                f"float, {len(res.dynamic)} dynamic int8 ({res.evaluations} models tried)"
+            )
+        for r in details["float_nodes"][:20]:
+            notes.append(
+                f"kept {r['to']}: {r['node']}: SQNR {r['sqnr_db']} dB, saves {r['gain_us']} µs in int8"
+            )
         if not res.met:
             notes.append(res.reason)
-        kept = [s for s in sites if s not in set(res.float_sites)]
-        details["float_nodes"] = rows
-        details["candidates"] = _steps(
-            judge, model, ref_acc, len(res.float_sites) if res.met else None
-        )
-        return build(set(kept)), kept, notes
+        kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
+        chosen = step_label(res.floats, res.dynamic) if res.met else None
+        details["candidates"] = _steps(judge, model, ref_acc, chosen)
+        model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
+        return model_out, kept + res.dynamic
+
+
+def _round(x: float | None) -> float | None:
+    if x is None:
+        return None
+    return round(x, 2) if abs(x) != float("inf") else x
 
 
 def _steps(
-    judge: Judge, model: onnx.ModelProto, ref_acc: float | None, chosen: int | None
+    judge: Judge, model: onnx.ModelProto, ref_acc: float | None, chosen: str | None
 ) -> list[dict[str, Any]]:
-    """The fallback's steps as trade-off candidates (with the float input when timed); the
-    chosen one is the step with ``chosen`` nodes in float."""
+    """The mixed-precision steps as trade-off candidates (with the float input when timed);
+    the chosen one is the step labelled ``chosen``."""
     from onnxopt.candidates import latency_or_none
 
-    rows = [
-        {**h, "chosen": chosen is not None and h["label"] == f"{chosen} in float"}
-        for h in judge.history
-    ]
+    rows = [{**h, "chosen": chosen is not None and h["label"] == chosen} for h in judge.history]
     if judge.timing_feed is not None:
-        latency = latency_or_none(model, judge.timing_feed, "float")
         rows.insert(
             0,
             {
@@ -314,155 +474,9 @@ def _steps(
                 "ok": True,
                 "cosine": 1.0,
                 "accuracy": ref_acc,
-                "latency_ms": latency,
+                "latency_ms": latency_or_none(model, judge.timing_feed, "float"),
                 "chosen": False,
                 "reference": True,
             },
         )
     return rows
-
-
-class Builder:
-    """Builds the quantized model for a set of enabled sites, on a fresh import of ``base``
-    each time (the fallback builds many); ``inserter`` is the last build's, for the report.
-
-    Args:
-        base: the prepared float model (named nodes, smoothed).
-        like: the model whose model-level fields the output keeps.
-        ranges: calibrated range per tensor.
-        plan_kw: keyword arguments of :func:`.placement.make_plan`.
-    """
-
-    def __init__(
-        self,
-        base: onnx.ModelProto,
-        like: onnx.ModelProto,
-        ranges: dict[str, tuple[float, float]],
-        plan_kw: dict[str, Any],
-        *,
-        activations: str,
-        reduce_range: bool,
-        per_axis_ok: bool,
-    ) -> None:
-        self.base, self.like, self.ranges, self.plan_kw = base, like, ranges, plan_kw
-        self.activations = activations
-        self.reduce_range = reduce_range
-        self.per_axis_ok = per_axis_ok
-        self.inserter: Inserted | None = None
-
-    def __call__(self, enabled: set[str]) -> onnx.ModelProto:
-        g = to_graph(self.base)
-        by_scope = scoped(enabled)
-        self.inserter = Inserted()
-        for scope, body in scope_graphs(g):
-            if scope and not by_scope.get(scope):
-                continue
-            plan = make_plan(body, by_scope.get(scope, set()), **self.plan_kw)
-            params = _group_params(plan, self.ranges, self.activations)
-            ins = Inserter(
-                body, plan, params, reduce_range=self.reduce_range, per_axis_ok=self.per_axis_ok
-            )
-            ins.apply()
-            self.inserter.add(scope, ins)
-        return to_model(g, like=self.like)
-
-
-class Inserted:
-    """What the Q/DQ insertion did over every scope: counts per kind, and notes."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.notes: list[str] = []
-
-    def add(self, scope: str, ins: Inserter) -> None:
-        for k, v in ins.counts.items():
-            self.counts[k] = self.counts.get(k, 0) + v
-        self.notes += [f"in {scope}: {n}" if scope else n for n in ins.notes]
-
-
-def _resolve_const_identities(model: onnx.ModelProto, *, in_place: bool) -> onnx.ModelProto:
-    """Read initializers directly where ``Identity(initializer)`` aliases them (exact).
-
-    The TorchScript exporter deduplicates equal weights (all-zero biases, LayerNorm γ = 1) into
-    Identity nodes; seen through them, a bias Add looks like an activation Add and a MatMul
-    weight like an activation. Identities whose output is a graph output, or that a subgraph
-    might read, stay.
-    """
-    g = model.graph
-    inits = {t.name for t in g.initializer}
-    if any(
-        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
-        for n in g.node
-        for a in n.attribute
-    ):
-        return model
-    outs = {o.name for o in g.output}
-    alias = {
-        n.output[0]: n.input[0]
-        for n in g.node
-        if n.op_type == "Identity" and n.input and n.input[0] in inits and n.output[0] not in outs
-    }
-    if not alias:
-        return model
-    if not in_place:
-        out = onnx.ModelProto()
-        out.CopyFrom(model)
-        model, g = out, out.graph
-    keep = [n for n in g.node if not (n.op_type == "Identity" and n.output[0] in alias)]
-    for n in keep:
-        for i, x in enumerate(n.input):
-            if x in alias:
-                n.input[i] = alias[x]
-    del g.node[:]
-    g.node.extend(keep)
-    vi = [v for v in g.value_info if v.name not in alias]
-    del g.value_info[:]
-    g.value_info.extend(vi)
-    return model
-
-
-def _named(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose nodes all have unique names (sites are keyed by node name)."""
-    g = to_graph(model)
-    node_names_unique(g)
-    names = {n.name for n in g.nodes}
-    if len(names) == len(model.graph.node) and all(
-        n.name == m.name for n, m in zip(g.nodes, model.graph.node, strict=False)
-    ):
-        return model
-    out = onnx.ModelProto()
-    out.CopyFrom(model)
-    for p, n in zip(out.graph.node, g.nodes, strict=False):
-        p.name = n.name
-    return out
-
-
-def _dynamic_batch(model: onnx.ModelProto) -> bool:
-    inits = {t.name for t in model.graph.initializer}
-    for v in model.graph.input:
-        if v.name in inits:
-            continue
-        dims = v.type.tensor_type.shape.dim
-        if not dims or dims[0].HasField("dim_value"):
-            return False
-    return True
-
-
-def _group_params(
-    plan: Plan, ranges: dict[str, tuple[float, float]], activations: str
-) -> dict[int, QParams]:
-    """Per group: the union of its members' ranges -> QParams; drop tensors without stats."""
-    out: dict[int, QParams] = {}
-    for gid, members in plan.members().items():
-        rs = [ranges[m] for m in members if m in ranges]
-        if not rs:
-            for m in members:
-                plan.group.pop(m, None)
-            continue
-        lo, hi = min(r[0] for r in rs), max(r[1] for r in rs)
-        out[gid] = activation_params(lo, hi, activations)
-    return out
-
-
-def describe_params(p: QParams) -> str:
-    return f"scale={p.scale:.6g} zp={p.zero_point} {np.dtype(p.dtype).name}"

@@ -219,3 +219,83 @@ def test_int4_gptq_writes_matmulnbits(tmp_path, capsys) -> None:
     (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
     assert {a.name: a.i for a in node.attribute}["block_size"] == 64
     assert "int4 gptq" in capsys.readouterr().out
+
+
+def agreement_metric(runs, labels) -> float:
+    """A task metric defined in this file: percent of samples whose argmax is the label."""
+    hits = [np.argmax(r["y"].reshape(len(lab), -1), -1) == lab for r, lab in zip(runs, labels)]
+    return float(np.mean(np.concatenate(hits)) * 100)
+
+
+def broken_metric(runs, labels) -> float:
+    raise KeyError("no output named 'scores'")
+
+
+def _labelled(tmp_path):
+    p, _ = _tiny(tmp_path)
+    x = np.random.default_rng(2).standard_normal((32, 1, 2, 4, 4)).astype(np.float32)
+    from tests.helpers import run
+
+    y = np.stack([run(onnx.load(str(p)), {"x": xi})[0].reshape(1, -1).argmax(-1) for xi in x])
+    data = tmp_path / "labelled.npz"
+    np.savez(data, x=x, labels=y)
+    return p, data
+
+
+def test_cli_metric_callable_from_a_test_file(tmp_path) -> None:
+    p, data = _labelled(tmp_path)
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    spec = f"{__file__}:agreement_metric"
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "onnxopt",
+            "quantize",
+            str(p),
+            "-o",
+            str(out),
+            "--data",
+            str(data),
+            "--metric",
+            spec,
+            "--max-metric-drop",
+            "50",
+            "--allow-slower",
+            "--report",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    import json
+
+    rep = json.loads(report.read_text())
+    assert rep["metric"] == spec and rep["metric_original"] == 100.0
+    assert rep["metric_final"] >= 50.0 and "drop<=50" in rep["budget"]
+
+
+def test_cli_broken_metric_is_one_line_exit_2(tmp_path) -> None:
+    p, data = _labelled(tmp_path)
+    base = [sys.executable, "-m", "onnxopt", "quantize", str(p), "-o", str(tmp_path / "q.onnx")]
+    r = subprocess.run(
+        [*base, "--data", str(data), "--metric", "tests.onnxopt.cli.test_quantize:broken_metric"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(__file__)))),
+    )
+    err = (r.stdout + r.stderr).strip()
+    assert r.returncode == 2, err
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert "tests.onnxopt.cli.test_quantize:broken_metric" in err and "KeyError" in err
+    r = subprocess.run(
+        [*base, "--data", str(data), "--metric", "no_such_module_xyz:f"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert r.returncode == 2 and "cannot import 'no_such_module_xyz'" in r.stdout + r.stderr
+    assert not (tmp_path / "q.onnx").exists()

@@ -1,77 +1,46 @@
-"""Accuracy-aware fallback: one deliberately sensitive layer, and only it, returns to float."""
+"""The judge of quantized candidates (fallback.py): the budget, accuracy and a task metric;
+whole-model SQNR."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
-import onnx
-from onnx import numpy_helper
 
-from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.quantize import QuantizeInt8
-from onnxopt.passes.quantize.config import QuantizeConfig
-from onnxopt.passes.quantize.fallback import sqnr_db
+from onnxopt.metric import TaskMetric
+from onnxopt.passes.quantize.fallback import Judge, sqnr_db
 from onnxopt.runner import Runner
-from onnxopt.verify import Budget, compare
+from onnxopt.verify import Budget
+from tests.helpers import parse
 
-RNG = np.random.default_rng(2)
-
-TEXT = """
+SCALE = """
 <ir_version: 8, opset_import: ["": 17]>
-g (float[4,16] x) => (float[4,8] y) {
-    h1 = MatMul (x, W1)
-    h2 = MatMul (h1, W2)
-    r2 = Relu (h2)
-    y = MatMul (r2, W3)
+g (float[4,3] x) => (float[4,3] y) {
+    y = Mul (x, k)
 }
 """
 
 
-def _model() -> onnx.ModelProto:
-    w1 = RNG.standard_normal((16, 16)).astype(np.float32) * 0.25
-    w1[:, 0] *= 2000.0  # h1 channel 0 is a huge outlier ...
-    w2 = RNG.standard_normal((16, 16)).astype(np.float32) * 0.25
-    w2[0, :] = 0.0  # ... that W2 ignores: per-tensor quantizing h1 (MatMul_1's input) wrecks it
-    w3 = RNG.standard_normal((16, 8)).astype(np.float32) * 0.25
-    m = onnx.parser.parse_model(TEXT)
-    for n, node in enumerate(m.graph.node):
-        node.name = f"mm{n}" if node.op_type == "MatMul" else "relu"
-    m.graph.initializer.extend(
-        numpy_helper.from_array(v, k) for k, v in {"W1": w1, "W2": w2, "W3": w3}.items()
-    )
-    return m
+def _scaled(k: float):
+    return parse(SCALE, {"k": np.array(k, np.float32)})
 
 
-def _feeds(n: int = 24) -> Feeds:
-    return Feeds([{"x": RNG.standard_normal((4, 16)).astype(np.float32)} for _ in range(n)])
+def _mean_score(runs, labels) -> float:
+    return float(np.mean([r["y"].mean() for r in runs]))
 
 
-def test_sensitive_layer_alone_returns_to_float() -> None:
-    m, feeds = _model(), _feeds()
-    budget = Budget(min_cosine=0.999)
-    ctx = PassContext(feeds=feeds, budget=budget, runner=Runner())
-    res = QuantizeInt8(QuantizeConfig(calibrator="minmax")).run_model(m, ctx)
-    assert res.changed
-    floats = [r["node"] for r in res.details["float_nodes"]]
-    assert floats == ["mm1"]
-    assert sorted(res.sites) == ["mm0", "mm3"]
-    assert any(n.startswith("kept float: mm1") for n in res.notes)
-    comp = compare(Runner().run(m, feeds), Runner().run(res.model, feeds))
-    assert budget.check(comp).ok
-    # the float MatMul reads unquantized h1
-    mm1 = next(n for n in res.model.graph.node if n.name == "mm1")
-    assert list(mm1.input) == ["h1", "W2"]
-
-
-def test_no_fallback_without_budget_misses() -> None:
-    m, feeds = _model(), _feeds()
-    config = QuantizeConfig(calibrator="minmax", fallback=False)
-    res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds))
-    comp = compare(Runner().run(m, feeds), Runner().run(res.model, feeds))
-    assert comp.cosine < 0.999  # the negative case: fully quantized misses the budget
-    assert res.details["float_nodes"] == []
+def test_judge_checks_the_task_metric() -> None:
+    feeds = Feeds([{"x": np.ones((4, 3), np.float32)} for _ in range(3)])
+    runner = Runner()
+    reference = runner.run(_scaled(1.0), feeds)
+    budget = Budget(min_cosine=None, metric=TaskMetric(_mean_score, "mean"), max_metric_drop=0.1)
+    judge = Judge(runner, feeds, reference, budget)
+    ok, why, head = judge.score(_scaled(0.95))
+    assert ok and math.isclose(head, 0.95, rel_tol=1e-6)
+    ok, why, head = judge.score(_scaled(0.8))
+    assert not ok and "mean 0.8 is 0.2 below the original's 1" in why
+    assert judge.evaluations == 2
 
 
 def test_sqnr() -> None:
@@ -79,19 +48,3 @@ def test_sqnr() -> None:
     assert sqnr_db(a, a) == math.inf
     b = [{"y": np.full(4, 1.1, np.float32)}]
     assert math.isclose(sqnr_db(a, b), 20.0, rel_tol=1e-4)
-
-
-def test_fallback_steps_are_trade_off_candidates() -> None:
-    m, feeds = _model(), _feeds()
-    ctx = PassContext(
-        feeds=feeds, budget=Budget(min_cosine=0.999), runner=Runner(), measure_candidates=True
-    )
-    res = QuantizeInt8(QuantizeConfig(calibrator="minmax")).run_model(m, ctx)
-    cands = res.details["candidates"]
-    labels = [c["label"] for c in cands]
-    assert labels[:2] == ["float (the input)", "all int8"] and "1 in float" in labels
-    assert cands[0]["reference"] and cands[0]["cosine"] == 1.0
-    assert not cands[1]["ok"]  # the fully quantized model misses the budget
-    chosen = [c for c in cands if c["chosen"]]
-    assert [c["label"] for c in chosen] == ["1 in float"] and chosen[0]["ok"]
-    assert all(c["latency_ms"] > 0 for c in cands)

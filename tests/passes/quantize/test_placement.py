@@ -23,7 +23,9 @@ def _feeds(n: int = 16) -> Feeds:
 
 def test_matmul_bias_becomes_qgemm_and_embedding_reads_int8(tmp_path) -> None:
     m, feeds = encoder(RNG), _feeds()
-    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
+        m, PassContext(feeds=feeds, allow_slower=True)
+    )
     q = res.model
     onnx.checker.check_model(q, full_check=True)
     init = {t.name: numpy_helper.to_array(t) for t in q.graph.initializer}
@@ -67,7 +69,7 @@ def test_negative_elementwise_all_quantizes_the_mul(tmp_path) -> None:
     m, feeds = encoder(RNG), _feeds()
     q = (
         QuantizeInt8(QuantizeConfig(fallback=False, elementwise="all"))
-        .run_model(m, PassContext(feeds=feeds))
+        .run_model(m, PassContext(feeds=feeds, allow_slower=True))
         .model
     )
     muls = [n for n in q.graph.node if n.op_type == "Mul"]
@@ -83,7 +85,9 @@ def test_bert_small_linear_layers_become_qgemm(tmp_path) -> None:
     model = onnx.load(str(path))
     calib = Feeds([zoo.example_inputs("bert_small", 1, seed=100 + i) for i in range(16)])
     evals = Feeds([zoo.example_inputs("bert_small", 1, seed=900 + i) for i in range(4)])
-    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(model, PassContext(feeds=calib))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
+        model, PassContext(feeds=calib, allow_slower=True)
+    )
     opt = tmp_path / "opt.onnx"
     out = outputs(res.model, evals, optimized=str(opt))
     ops = [n.op_type for n in onnx.load(str(opt)).graph.node]

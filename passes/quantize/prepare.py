@@ -1,0 +1,117 @@
+"""The float model quantize-int8 works on, before any rounding: shapes inferred, aliased
+initializers read directly, nodes named, then (optionally) cross-layer equalization
+(:mod:`.equalize`) and SmoothQuant-style smoothing (:mod:`.smooth`; per-layer strength on
+transformers, :mod:`.transformer`). Every step here is exact in float (CLE through a Clip
+only with ``equalize_clip="relu"``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxopt.contract import PassContext
+from onnxopt.graph import to_graph
+from onnxopt.model import with_inferred_shapes
+
+from .build import named, resolve_const_identities
+from .collect import write_probe
+from .config import QuantizeConfig
+from .equalize import equalize
+from .smooth import apply_smoothing, channel_stats, smooth_groups
+from .transformer import choose_alphas
+
+logger = logging.getLogger(__name__)
+
+#: rows per MatMul input sampled to choose a per-layer smoothing strength
+SMOOTH_ROWS = 512
+
+
+def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shapes inferred, initializers read through Identity, nodes uniquely named."""
+    try:
+        inferred = with_inferred_shapes(model)
+    except Exception as e:  # noqa: BLE001 - a model shape inference rejects is still quantized
+        logger.debug("shape inference failed: %s", e)
+        inferred = model
+    return named(resolve_const_identities(inferred, in_place=inferred is not model))
+
+
+def equalize_layers(base: onnx.ModelProto, c: QuantizeConfig, ctx: PassContext) -> list[str]:
+    """Cross-layer equalization of the allowed layers, in place. Returns notes."""
+    exclude = set(c.exclude)
+    names = {
+        n.name
+        for n in base.graph.node
+        if n.name not in exclude and n.op_type not in exclude and ctx.allow(n.name)
+    }
+    _, notes = equalize(base, names, clip=c.equalize_clip)
+    return notes
+
+
+def smooth(
+    base: onnx.ModelProto, c: QuantizeConfig, ctx: PassContext, attention: bool, notes: list[str]
+) -> tuple[onnx.ModelProto, dict[str, Any]]:
+    """Smooth MatMul inputs: one strength for all (``smooth`` a number) or per input (``auto``
+    on a graph with attention). Returns (model, summary for the report)."""
+    if c.smooth is None or (c.smooth == "auto" and not attention):
+        return base, {}
+    exclude = set(c.exclude)
+    graph = to_graph(base)
+    names = {
+        n.name
+        for n in graph.nodes
+        if n.op == "MatMul"
+        and n.name not in exclude
+        and "MatMul" not in exclude
+        and ctx.allow(n.name)
+    }
+    groups = smooth_groups(graph, names)
+    if not groups:
+        notes.append("smooth: no MatMul with a constant 2-D weight")
+        return base, {}
+    weights = {
+        x: [np.asarray(m.inputs[1].values, np.float32) for m in mms] for x, mms in groups.items()
+    }
+    foldable = {x for x, mms in groups.items() if _foldable(mms)}
+    del graph, groups
+    tensors = sorted(weights)
+    runs = ctx.feeds.runs[: c.smooth_runs]
+    rows = SMOOTH_ROWS if c.smooth == "auto" else 0
+    with tempfile.TemporaryDirectory(prefix="onnxopt_smooth_") as tmp:
+        path = os.path.join(tmp, "probe.onnx")
+        write_probe(base, tensors, path)
+        x_max, samples = channel_stats(
+            path, tensors, runs, rows=rows, seed=c.seed, progress=ctx.progress
+        )
+    if c.smooth == "auto":
+        alpha, why = choose_alphas(samples, x_max, weights, foldable)
+        notes.extend(why[:10])
+        if not alpha:
+            notes.append("smooth(auto): no MatMul input gains from smoothing")
+            return base, {"auto": True, "groups": 0}
+    else:
+        alpha = float(c.smooth)
+    res = apply_smoothing(base, x_max, alpha, names)
+    notes.extend(res.notes[:10])
+    how = "auto" if isinstance(alpha, dict) else f"alpha={alpha:g}"
+    notes.append(
+        f"smooth({how}): {res.matmuls} MatMuls over {res.groups} inputs "
+        f"({res.folded} folded into LayerNorm)"
+    )
+    info = {"groups": res.groups, "matmuls": res.matmuls, "folded": res.folded}
+    if isinstance(alpha, dict):
+        info["alphas"] = {k: float(v) for k, v in sorted(alpha.items())[:50]}
+    return res.model, info
+
+
+def _foldable(mms: list) -> bool:
+    """Whether the smoothing scales of the MatMuls ``mms`` fold into a LayerNorm's γ and β."""
+    x = mms[0].inputs[0]
+    ln = x.inputs[0] if len(x.inputs) == 1 else None
+    ids = {id(m) for m in mms}
+    return ln is not None and ln.op == "LayerNormalization" and all(id(u) in ids for u in x.outputs)

@@ -1,0 +1,109 @@
+"""Transformer-aware choices, made when the graph has attention.
+
+*Attention* is a Softmax whose input comes (through at most four Add/Mul/Div/Where/Reshape/
+Transpose/Cast nodes) from a MatMul of two activations (``Q·Kᵀ``). On such graphs:
+
+- SmoothQuant's migration strength is chosen per MatMul input (per *layer*), not once for the
+  model: for each candidate ``α`` (and "off") the input rows sampled during calibration are
+  smoothed, quantized per tensor (uint8, the range of the smoothed channels) and multiplied by
+  the smoothed, per-column int8 weights of every MatMul reading them; the relative error
+
+      ``E(α) = Σ_j ‖Q(X/s)·Q(s·W_j) − X·W_j‖² / Σ_j ‖X·W_j‖²``
+
+  picks ``α``. Smoothing that cannot fold into a LayerNorm costs one float Mul, so it is kept
+  only when it cuts ``E`` by ``MIN_GAIN`` at least;
+- Softmax, LayerNorm and the residual stream stay float (they are never sites by default, see
+  :mod:`.placement`), and MatMuls whose static int8 form loses to dynamic int8 in the
+  instrumented run get the dynamic form first in the mixed-precision order (:mod:`.mixed`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+
+from .smooth import smoothing_scales
+
+logger = logging.getLogger(__name__)
+
+ALPHAS = (0.25, 0.5, 0.75, 0.9)
+#: smoothing that needs a Mul must cut the error by this fraction
+MIN_GAIN = 0.2
+_BETWEEN = ("Add", "Mul", "Div", "Where", "Reshape", "Transpose", "Cast", "Sub")
+
+
+def has_attention(model: onnx.ModelProto) -> bool:
+    """Whether a Softmax reads (closely) a MatMul of two activations."""
+    g = model.graph
+    consts = {t.name for t in g.initializer} | {
+        o for n in g.node if n.op_type == "Constant" for o in n.output
+    }
+    made = {o: n for n in g.node for o in n.output}
+    for sm in (n for n in g.node if n.op_type == "Softmax"):
+        todo, depth = [sm.input[0]], 0
+        while todo and depth < 5:
+            nxt = []
+            for t in todo:
+                p = made.get(t)
+                if p is None:
+                    continue
+                if p.op_type == "MatMul" and not any(i in consts for i in p.input):
+                    return True
+                if p.op_type in _BETWEEN:
+                    nxt.extend(i for i in p.input if i not in consts)
+            todo, depth = nxt, depth + 1
+    return False
+
+
+def _qdq(x: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = (hi - lo) / 255.0 if hi > lo else 1.0
+    zp = np.clip(np.round(-lo / scale), 0, 255)
+    return (np.clip(np.round(x / scale) + zp, 0, 255) - zp) * scale
+
+
+def _wq(w: np.ndarray) -> np.ndarray:
+    s = np.abs(w).max(axis=0, keepdims=True) / 127.0
+    s = np.where(s > 0, s, 1.0)
+    return np.clip(np.round(w / s), -127, 127) * s
+
+
+def smoothing_error(x: np.ndarray, weights: list[np.ndarray], s: np.ndarray | None) -> float:
+    """``E`` of the module docstring for rows ``x`` [R, K], weights [K, N] and scales ``s``."""
+    xs = x if s is None else x / s
+    xq = _qdq(xs, float(xs.min()), float(xs.max()))
+    num = den = 0.0
+    for w in weights:
+        ref = x @ w
+        ws = w if s is None else w * s[:, None]
+        num += float(np.sum((xq @ _wq(ws) - ref) ** 2))
+        den += float(np.sum(ref**2))
+    return num / max(den, 1e-30)
+
+
+def choose_alphas(
+    rows: dict[str, np.ndarray],
+    x_max: dict[str, np.ndarray],
+    weights: dict[str, list[np.ndarray]],
+    foldable: set[str],
+) -> tuple[dict[str, float], list[str]]:
+    """Per input tensor, the α of :data:`ALPHAS` with the least error, if it beats "off"
+    (by ``MIN_GAIN`` when the scales cannot fold into a LayerNorm). Returns (alphas, notes)."""
+    out, notes = {}, []
+    for name, ws in weights.items():
+        x = rows.get(name)
+        xm = x_max.get(name)
+        if x is None or xm is None or len(x) == 0:
+            continue
+        x = x.astype(np.float64)
+        wmax = np.max([np.abs(w).max(axis=1) for w in ws], axis=0)
+        off = smoothing_error(x, ws, None)
+        errs = {a: smoothing_error(x, ws, smoothing_scales(xm, wmax, a)) for a in ALPHAS}
+        best = min(errs, key=errs.get)
+        need = 1.0 if name in foldable else 1.0 - MIN_GAIN
+        if errs[best] < off * need:
+            out[name] = best
+            notes.append(f"smooth {name}: alpha {best:g} (error {off:.3g} -> {errs[best]:.3g})")
+    return out, notes

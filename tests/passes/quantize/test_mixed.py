@@ -1,0 +1,158 @@
+"""Mixed precision: the planted sensitive layer, and only it, leaves int8; moves are ordered by
+accuracy bought per microsecond; the trade-off curve of the search."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxopt.contract import PassContext
+from onnxopt.data import Feeds
+from onnxopt.passes.quantize import QuantizeInt8, mixed
+from onnxopt.passes.quantize.config import QuantizeConfig
+from onnxopt.passes.quantize.sensitivity import SiteStats
+from onnxopt.runner import Runner
+from onnxopt.verify import Budget, compare
+
+RNG = np.random.default_rng(2)
+
+TEXT = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[4,16] x) => (float[4,8] y) {
+    h1 = MatMul (x, W1)
+    h2 = MatMul (h1, W2)
+    r2 = Relu (h2)
+    y = MatMul (r2, W3)
+}
+"""
+
+
+def _model() -> onnx.ModelProto:
+    w1 = RNG.standard_normal((16, 16)).astype(np.float32) * 0.25
+    w1[:, 0] *= 2000.0  # h1 channel 0 is a huge outlier ...
+    w2 = RNG.standard_normal((16, 16)).astype(np.float32) * 0.25
+    w2[0, :] = 0.0  # ... that W2 ignores: per-tensor quantizing h1 (MatMul_1's input) wrecks it
+    w3 = RNG.standard_normal((16, 8)).astype(np.float32) * 0.25
+    m = onnx.parser.parse_model(TEXT)
+    for n, node in enumerate(m.graph.node):
+        node.name = f"mm{n}" if node.op_type == "MatMul" else "relu"
+    m.graph.initializer.extend(
+        numpy_helper.from_array(v, k) for k, v in {"W1": w1, "W2": w2, "W3": w3}.items()
+    )
+    return m
+
+
+def _feeds(n: int = 24) -> Feeds:
+    return Feeds([{"x": RNG.standard_normal((4, 16)).astype(np.float32)} for _ in range(n)])
+
+
+def test_planner_picks_the_planted_layer_and_only_it() -> None:
+    m, feeds = _model(), _feeds()
+    budget = Budget(min_cosine=0.999)
+    ctx = PassContext(feeds=feeds, budget=budget, runner=Runner(), allow_slower=True)
+    config = QuantizeConfig(calibrator="minmax", dynamic_fallback=False)
+    res = QuantizeInt8(config).run_model(m, ctx)
+    assert res.changed
+    assert [r["node"] for r in res.details["float_nodes"]] == ["mm1"]
+    assert sorted(res.sites) == ["mm0", "mm3"]
+    # the instrumented run ranked it first: the lowest SQNR of the three
+    sens = res.details["sensitivity"]
+    assert min(sens, key=lambda k: sens[k]["sqnr_db"]) == "mm1"
+    comp = compare(Runner().run(m, feeds), Runner().run(res.model, feeds))
+    assert budget.check(comp).ok
+    mm1 = next(n for n in res.model.graph.node if n.name == "mm1")
+    assert list(mm1.input) == ["h1", "W2"]  # the float MatMul reads unquantized h1
+    curve = res.details["tradeoff"]
+    assert curve[0]["float_layers"] == 0 and curve[-1]["float_layers"] == 1
+
+
+def _stats(sqnr_db: float, dyn_db: float | None = None) -> SiteStats:
+    s = SiteStats("x", channels=1, s1=np.zeros(1), s2=np.ones(1), sig=10 ** (sqnr_db / 10))
+    s.count = 1.0
+    if dyn_db is not None:
+        s.noise_dyn = 10 ** ((sqnr_db - dyn_db) / 10)
+    return s
+
+
+def test_moves_weigh_noise_against_the_time_given_back() -> None:
+    stats = {"big": _stats(20.0), "cheap": _stats(30.0), "mm": _stats(10.0, dyn_db=25.0)}
+    gains = {"big": 1000.0, "cheap": 1.0, "mm": 50.0}
+    moves = mixed.order_moves(
+        ["big", "cheap", "mm"], stats, gains, total_us=2000.0, corrected=set(), dynamic=True
+    )
+    assert [(m.site, m.to) for m in moves][:3] == [
+        ("mm", "dynamic"),  # 10 dB -> 25 dB for half its gain
+        ("cheap", "float"),  # little noise, but almost no time lost
+        ("big", "float"),  # more noise, but 1 ms of int8 speed
+    ]
+    assert ("mm", "float") in [(m.site, m.to) for m in moves[3:]]
+    assert mixed.apply(moves[:1]) == (set(), {"mm"})
+
+
+def test_search_finds_the_smallest_prefix_and_records_the_curve() -> None:
+    sites = ["a", "b", "c", "d"]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+
+    def build(enabled: set[str], dynamic: set[str]) -> str:
+        return ",".join(sorted(enabled))
+
+    def score(model: str, label: str = "") -> tuple[bool, str, float]:
+        floats = 4 - len([x for x in model.split(",") if x])
+        return floats >= 3, "too few float", 0.9 + 0.03 * floats
+
+    plan = mixed.search(build, sites, moves, score, lambda model: 1.0 + len(model))
+    assert plan.met and plan.floats == ["a", "b", "c"] and plan.dynamic == []
+    ks = [p["float_layers"] for p in plan.tradeoff]
+    assert ks == sorted(ks) and 0 in ks and 3 in ks and 2 in ks
+    assert all({"float_layers", "metric", "latency_ms"} <= set(p) for p in plan.tradeoff)
+
+
+SENSITIVE = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[4,16] x) => (float[4,8] y) {
+    h1 = MatMul (x, W1)
+    h2 = MatMul (h1, W2)
+    r2 = Relu (h2)
+    y = MatMul (r2, W3)
+}
+"""
+
+
+def _sensitive_model() -> onnx.ModelProto:
+    """Three MatMuls; per-tensor quantizing h1 (an outlier channel that W2 ignores) wrecks the
+    output, so one layer must leave int8."""
+    rng = np.random.default_rng(2)
+    w1 = rng.standard_normal((16, 16)).astype(np.float32) * 0.25
+    w1[:, 0] *= 2000.0
+    w2 = rng.standard_normal((16, 16)).astype(np.float32) * 0.25
+    w2[0, :] = 0.0
+    w3 = rng.standard_normal((16, 8)).astype(np.float32) * 0.25
+    m = onnx.parser.parse_model(SENSITIVE)
+    for n, node in enumerate(m.graph.node):
+        node.name = f"mm{n}" if node.op_type == "MatMul" else "relu"
+    m.graph.initializer.extend(
+        numpy_helper.from_array(v, k) for k, v in {"W1": w1, "W2": w2, "W3": w3}.items()
+    )
+    return m
+
+
+def _sensitive_feeds(n: int = 24) -> Feeds:
+    rng = np.random.default_rng(3)
+    return Feeds([{"x": rng.standard_normal((4, 16)).astype(np.float32)} for _ in range(n)])
+
+
+def test_fallback_steps_are_trade_off_candidates() -> None:
+    m, feeds = _sensitive_model(), _sensitive_feeds()
+    ctx = PassContext(
+        feeds=feeds, budget=Budget(min_cosine=0.999), runner=Runner(), measure_candidates=True
+    )
+    res = QuantizeInt8(QuantizeConfig(calibrator="minmax", latency_aware=False)).run_model(m, ctx)
+    cands = res.details["candidates"]
+    labels = [c["label"] for c in cands]
+    assert labels[:2] == ["float (the input)", "all int8"] and "1 in float" in labels
+    assert cands[0]["reference"] and cands[0]["cosine"] == 1.0
+    assert not cands[1]["ok"]  # the fully quantized model misses the budget
+    chosen = [c for c in cands if c["chosen"]]
+    assert [c["label"] for c in chosen] == ["1 in float"] and chosen[0]["ok"]
+    assert all(c["latency_ms"] > 0 for c in cands)

@@ -1,0 +1,72 @@
+"""One instrumented run gives, for every layer, what quantizing that layer alone does: its
+output error (SQNR, mean shift) in static int8 and, for MatMuls, in dynamic int8."""
+
+from __future__ import annotations
+
+import numpy as np
+from onnx import numpy_helper
+
+from onnxopt.data import Feeds
+from onnxopt.graph import to_graph
+from onnxopt.passes.quantize.build import Builder, group_params
+from onnxopt.passes.quantize.placement import make_plan
+from onnxopt.passes.quantize.prepare import prepare
+from onnxopt.passes.quantize.sensitivity import Instrument, measure
+from tests.helpers import parse, run
+
+RNG = np.random.default_rng(8)
+
+TWO = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[6,12] x) => (float[6,5] y) {
+    h = MatMul (x, W1)
+    r = Relu (h)
+    y = MatMul (r, W2)
+}
+"""
+
+
+def test_instrumented_run_matches_each_layer_quantized_alone() -> None:
+    m = parse(
+        TWO,
+        {
+            "W1": RNG.standard_normal((12, 7)).astype(np.float32),
+            "W2": RNG.standard_normal((7, 5)).astype(np.float32),
+        },
+    )
+    for i, node in enumerate(m.graph.node):
+        node.name = f"n{i}"
+    m = prepare(m)
+    runs = [{"x": (RNG.standard_normal((6, 12)) + 1.0).astype(np.float32)} for _ in range(6)]
+    plan = make_plan(to_graph(m), {"n0", "n2"})
+    W1 = next(numpy_helper.to_array(t) for t in m.graph.initializer if t.name == "W1")
+    ref = [(r["x"] @ W1, run(m, r)[0]) for r in runs]
+    ranges = {
+        "x": (min(r["x"].min() for r in runs), max(r["x"].max() for r in runs)),
+        "r": (0.0, max(float(np.maximum(h, 0).max()) for h, _ in ref)),
+    }
+    params = group_params(plan, ranges, "uint8")
+    probe = Instrument(m, plan, params, {}, per_axis=True, reduce_range=False, dynamic=True).build()
+    stats = measure(m, probe, Feeds(runs).runs, batch=1, dynamic_batch=False)
+    assert set(stats) == {"n0", "n2"}
+    kw = dict(
+        per_channel=True,
+        fold_relu=True,
+        quantize_residual=False,
+        embeddings=True,
+        elementwise="int8-inputs",
+    )
+    build = Builder(m, m, ranges, kw, activations="uint8", reduce_range=False, per_axis_ok=True)
+    # the last layer alone: its output is the model's, so the built model shows its error
+    q = build({"n2"})
+    d = np.stack([run(q, r)[0] - y for r, (_, y) in zip(runs, ref)])
+    np.testing.assert_allclose(stats["n2"].noise(corrected=False), (d**2).sum(), rtol=1e-3)
+    np.testing.assert_allclose(stats["n2"].shift, d.reshape(-1, 5).mean(0), rtol=1e-3, atol=1e-6)
+    signal = sum((y.astype(np.float64) ** 2).sum() for _, y in ref)
+    assert abs(stats["n2"].sqnr() - 10 * np.log10(signal / (d**2).sum())) < 0.01
+    # removing the shift removes its share of the noise
+    assert stats["n2"].noise(corrected=True) < stats["n2"].noise(corrected=False)
+    # dynamic int8 of the same layer
+    qd = build({"n2"}, {"n2"})
+    dd = np.stack([run(qd, r)[0] - y for r, (_, y) in zip(runs, ref)])
+    np.testing.assert_allclose(stats["n2"].noise_dyn, (dd**2).sum(), rtol=1e-3)
