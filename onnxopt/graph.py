@@ -325,6 +325,20 @@ def used_in_subgraph(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     )
 
 
+def merge_refusal(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | None:
+    """Why :func:`merge_tensors` would refuse to merge ``drop`` into ``keep`` (None if it
+    would not): rules check this before they rewrite anything."""
+    if drop is keep or not is_graph_output(graph, drop):
+        return None
+    if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
+        return f"'{drop.name}' is a graph output and '{keep.name}' an input or initializer"
+    if is_graph_output(graph, keep):
+        return f"'{keep.name}' and '{drop.name}' are both graph outputs"
+    if used_in_subgraph(graph, keep) or used_in_subgraph(graph, drop):
+        return f"'{keep.name}' or '{drop.name}' is used inside a subgraph"
+    return None
+
+
 def merge_tensors(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | None:
     """Route every use of ``drop`` to ``keep`` (same value, same type).
 
@@ -336,13 +350,10 @@ def merge_tensors(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | No
     """
     if drop is keep:
         return None
+    why = merge_refusal(graph, drop, keep)
+    if why:
+        return why
     if is_graph_output(graph, drop):
-        if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
-            return f"'{drop.name}' is a graph output and '{keep.name}' an input or initializer"
-        if is_graph_output(graph, keep):
-            return f"'{keep.name}' and '{drop.name}' are both graph outputs"
-        if used_in_subgraph(graph, keep) or used_in_subgraph(graph, drop):
-            return f"'{keep.name}' or '{drop.name}' is used inside a subgraph"
         name = drop.name
         replace_uses(graph, drop, keep)
         drop.name = name + "__merged"

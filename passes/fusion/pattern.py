@@ -232,6 +232,18 @@ def match_at(pattern: Op, node: gs.Node) -> Match | None:
     return m if _match_node(pattern, node, m) else None
 
 
+def inputs_outside(m: Match) -> MatchResult:
+    """No tensor a structural match binds (``Var``, ``Const``) may be computed by a node of
+    the match: in ``Add(y, y)`` with ``y = MatMul(a, b)`` the pattern MatMul + Add binds ``y``
+    as the bias too, and the rewrite would read a value it removes."""
+    inside = {id(n) for n in m.matched}
+    for key, t in m.tensors.items():
+        p = producer(t)
+        if p is not None and id(p) in inside:
+            return MatchResult.fail(f"input '{key}' is '{t.name}', computed inside the match")
+    return MatchResult.success()
+
+
 def exclusive(graph: gs.Graph, m: Match) -> MatchResult:
     """Intermediates of ``m`` must not be graph outputs nor feed nodes outside the match."""
     inside = {id(n) for n in m.matched}
