@@ -31,7 +31,33 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     graph = gs.import_onnx(model)
     _normalize_domains(graph)
     setattr(graph, UNUSED_INITIALIZERS, unused_initializers(model.graph))
+    _restore_overridable(graph, model)
     return graph
+
+
+#: attribute set on a gs.Constant that is also a graph input (an overridable initializer)
+OVERRIDABLE = "onnxopt_overridable"
+
+
+def _restore_overridable(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """From IR version 4 an initializer that is also a graph input is a default value the
+    caller may override (onnxruntime feeds it by name): not a constant. gs drops it from the
+    graph's inputs; put it back, in order, and mark it so that :func:`const_value` and
+    :func:`is_graph_input` treat it as the input it is (no pass folds or fuses it away)."""
+    if model.ir_version < 4:
+        return  # before IR 4 every initializer is listed as an input and is a constant
+    inits = {t.name for t in model.graph.initializer}
+    names = [v.name for v in model.graph.input if v.name in inits]
+    if not names:
+        return
+    tensors = graph.tensors()
+    by_name = {t.name: t for t in graph.inputs}
+    for name in names:
+        t = tensors.get(name)
+        if isinstance(t, gs.Constant):
+            setattr(t, OVERRIDABLE, True)
+            by_name[name] = t
+    graph.inputs = [by_name[v.name] for v in model.graph.input if v.name in by_name]
 
 
 #: attribute of an imported gs.Graph: names of initializers nothing read (gs drops them)
@@ -253,18 +279,20 @@ def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
 
 
 def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
-    return any(t is tensor for t in graph.inputs)
+    """A graph input, overridable initializers included."""
+    return getattr(tensor, OVERRIDABLE, False) or any(t is tensor for t in graph.inputs)
 
 
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of an initializer or a Constant node's output, looking through Identity
     chains (the TorchScript exporter shares equal weights as ``Identity(initializer)``), else
-    None. The one constant-value helper of the project."""
+    None (an overridable initializer has no fixed value). The one constant-value helper of the
+    project."""
     for _ in range(16):
         if tensor is None:
             return None
         if isinstance(tensor, gs.Constant):
-            return np.asarray(tensor.values)
+            return None if getattr(tensor, OVERRIDABLE, False) else np.asarray(tensor.values)
         node = producer(tensor)
         if node is None:
             return None

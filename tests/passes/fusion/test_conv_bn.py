@@ -170,3 +170,11 @@ def test_negative_training_mode():
     )
     res = unchanged(parse(text, conv_inits()), FoldBatchNorm)
     assert any("training" in n for n in res.notes)
+
+
+def test_overridable_bn_parameters_are_not_folded():
+    """Found by fuzzing: BN parameters that are also graph inputs (overridable initializers)
+    are inputs, not constants; folding them into the Conv froze their default values."""
+    m = parse(CONV_BN.replace("(float[1,3,8,8] x)", "(float[1,3,8,8] x, float[4] s)"), conv_inits())
+    res = unchanged(m, FoldBatchNorm)
+    assert [i.name for i in m.graph.input] == ["x", "s"] and not res.changed
