@@ -54,6 +54,8 @@ class Runner:
         if self.threads:
             so.intra_op_num_threads = self.threads
         sess = build_session(structure, names, arrays, so)
+        # onnxruntime reports an output's inferred shape when it contradicts the declared one
+        sess._onnxopt_declared = [_declared_dims(o) for o in model.graph.output]
         self._sessions.pop(key, None)
         self._sessions[key] = sess
         while len(self._sessions) > self.cache_size:
@@ -65,10 +67,16 @@ class Runner:
         return self.run_session(self.session(model, optimized=optimized), feeds)
 
     def run_session(self, sess: Any, feeds: Feeds) -> Runs:
-        """Run every feed through a session from :meth:`session`."""
+        """Run every feed through a session from :meth:`session`.
+
+        Raises:
+            ModelError: onnxruntime fails, or an output's shape contradicts the model's
+                declaration of it (onnxruntime only warns; the shapes passes read would lie).
+        """
         import onnxruntime as ort
 
         names = [o.name for o in sess.get_outputs()]
+        declared = getattr(sess, "_onnxopt_declared", None) or [None] * len(names)
         opts = ort.RunOptions()
         opts.log_severity_level = 4 if self.quiet else 3
         out: Runs = []
@@ -78,6 +86,10 @@ class Runner:
             except Exception as e:
                 msg = first_line(e)
                 raise ModelError(f"onnxruntime failed to run the model: {msg}") from e
+            for name, shape, value in zip(names, declared, values, strict=True):
+                why = shape_disagrees(shape, value)
+                if why:
+                    raise ModelError(f"output '{name}' {why}; the model's declaration is wrong")
             out.append(dict(zip(names, values)))
         return out
 
@@ -89,6 +101,28 @@ class Runner:
         for key, cached in list(self._sessions.items()):
             if cached is session:
                 del self._sessions[key]
+
+
+def _declared_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    """A graph output's declared dims (None for symbolic or unknown ones), or None when its
+    shape is not declared."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim]
+
+
+def shape_disagrees(declared: Any, value: Any) -> str:
+    """Why an output ``value`` contradicts its ``declared`` shape ("" when it does not): a
+    rank, or a positive static dimension, that differs (symbolic, unknown and 0 dimensions
+    match anything: old exporters wrote 0 for "unknown")."""
+    if not isinstance(value, np.ndarray) or not isinstance(declared, (list, tuple)):
+        return ""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in declared]
+    if len(dims) != value.ndim or any(d is not None and d != n for d, n in zip(dims, value.shape)):
+        shown = ["?" if d is None else d for d in dims]
+        return f"is declared {shown} but the model computes {list(value.shape)}"
+    return ""
 
 
 def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], so: Any) -> Any:
