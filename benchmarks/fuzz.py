@@ -68,6 +68,7 @@ def run_chunk(seeds: list[int], targets: list[str], peers: list[str]) -> list[di
             rec: dict[str, Any] = {
                 "seed": seed,
                 "motifs": case.motifs,
+                "config": config_of(case),
                 "describe": case.describe(),
                 "ours": {t: asdict(check(case, t)) for t in targets},
                 "peers": {},
@@ -95,6 +96,11 @@ def run_chunk(seeds: list[int], targets: list[str], peers: list[str]) -> list[di
     for w in workers.values():
         w.close()
     return records
+
+
+def config_of(case: Any) -> str:
+    """The graph's generation settings: opset, float type, static or dynamic shapes."""
+    return f"opset {case.opset}, {case.float_type}, {'dynamic' if case.dynamic else 'static'}"
 
 
 def run(n: int, seed: int, jobs: int, targets: list[str], peers: list[str]) -> list[dict]:
@@ -164,6 +170,10 @@ def _target_summary(records: list[dict], outs: list[dict], target: str) -> dict:
             by_motif[m][o["status"]] += 1
             by_motif[m]["within noise"] += int(o["within_noise"])
             by_motif[m]["rolled back"] += int(bool(o["rolled_back"]))
+    by_config: dict[str, Counter] = defaultdict(Counter)
+    for r, o in zip(records, outs, strict=True):
+        by_config[r["config"]]["graphs"] += 1
+        by_config[r["config"]][o["status"]] += 1
     bad = [
         {"describe": r["describe"], **{k: o[k] for k in ("status", "culprit", "inputs", "detail")}}
         for r, o in zip(records, outs, strict=True)
@@ -174,9 +184,16 @@ def _target_summary(records: list[dict], outs: list[dict], target: str) -> dict:
         "within_noise": sum(o["within_noise"] for o in outs),
         "by_pass": {k: dict(v) for k, v in sorted(by_pass.items())},
         "by_motif": {k: dict(v) for k, v in sorted(by_motif.items())},
+        "by_config": {k: dict(v) for k, v in sorted(by_config.items(), key=_config_key)},
         "bad": bad[:50],
         "seconds": round(sum(o["seconds"] for o in outs), 1),
     }
+
+
+def _config_key(item: tuple[str, Any]) -> tuple:
+    """Sort "opset 13, float16, dynamic" by opset number, then the rest."""
+    opset, rest = item[0].split(",", 1)
+    return int(opset.split()[-1]), rest
 
 
 def _reason(o: dict) -> str:
@@ -188,34 +205,32 @@ def _reason(o: dict) -> str:
 
 def print_summary(s: dict, targets: list[str]) -> None:
     from rich.console import Console
-    from rich.table import Table
 
     console = Console(width=160)
-    table = Table(title=f"{s['graphs']} random graphs, {s['seconds']} s")
-    table.add_column("tool")
-    for k in STATUSES:
-        table.add_column(k.replace("_", " "), justify="right")
-    for t in targets:
-        c = s[t]["counts"]
-        table.add_row(f"onnxopt --target {t}", *(str(c[k]) for k in STATUSES))
-    for p, ps in s["peers"].items():
-        table.add_row(p, *(str(ps["counts"].get(k, "-")) for k in STATUSES))
-    console.print(table)
+    rows = {f"onnxopt --target {t}": s[t]["counts"] for t in targets}
+    rows.update({p: ps["counts"] for p, ps in s["peers"].items()})
+    title = f"{s['graphs']} random graphs, {s['seconds']} s"
+    console.print(_table(title, "tool", STATUSES, rows, missing="-"))
+    cols = ("graphs", "optimized", "unchanged", "changed", "invalid", "crashed")
     for t in targets:
         st = s[t]
-        table = Table(title=f"by pass, --target {t}")
-        for col in ("pass", "kept", "rolled back", "raised", "bad"):
-            table.add_column(col, justify="right" if col != "pass" else "left")
-        for p, c in st["by_pass"].items():
-            table.add_row(p, *(str(c.get(k, 0)) for k in ("kept", "rolled back", "raised", "bad")))
-        console.print(table)
-        table = Table(title=f"by motif, --target {t}")
-        cols = ("graphs", "optimized", "unchanged", "changed", "invalid", "crashed")
-        for col in ("motif", *cols, "within noise", "rolled back"):
-            table.add_column(col, justify="right" if col != "motif" else "left")
-        for m, c in st["by_motif"].items():
-            table.add_row(m, *(str(c.get(k, 0)) for k in (*cols, "within noise", "rolled back")))
-        console.print(table)
+        console.print(
+            _table(
+                f"by pass, --target {t}",
+                "pass",
+                ("kept", "rolled back", "raised", "bad"),
+                st["by_pass"],
+            )
+        )
+        console.print(
+            _table(
+                f"by motif, --target {t}",
+                "motif",
+                (*cols, "within noise", "rolled back"),
+                st["by_motif"],
+            )
+        )
+        console.print(_table(f"by opset and type, --target {t}", "graphs", cols, st["by_config"]))
         for b in st["bad"]:
             console.print(
                 f"[red]{b['status']}[/red] {b['describe']} by {b['culprit']}: {b['detail']}"
@@ -223,6 +238,21 @@ def print_summary(s: dict, targets: list[str]) -> None:
     for p, ps in s["peers"].items():
         for reason, n in ps["top_reasons"]:
             console.print(f"{p}: {n} x {reason}", highlight=False)
+
+
+def _table(
+    title: str, first: str, cols: tuple[str, ...], rows: dict[str, dict], missing: Any = 0
+) -> Any:
+    """A rich table: one row per key of ``rows``, one column per count in ``cols``."""
+    from rich.table import Table
+
+    table = Table(title=title)
+    table.add_column(first)
+    for c in cols:
+        table.add_column(c.replace("_", " "), justify="right")
+    for name, counts in rows.items():
+        table.add_row(name, *(str(counts.get(c, missing)) for c in cols))
+    return table
 
 
 def minimize_failures(records: list[dict], targets: list[str], k: int) -> list[Path]:

@@ -18,6 +18,9 @@ def test_fuzz_benchmark_runs_and_counts(tmp_path, capsys):
     for t in ("onnx", "onnxruntime"):
         assert sum(s[t]["counts"].values()) == 4
         assert s[t]["by_motif"] and s[t]["by_pass"]
+        assert sum(c["graphs"] for c in s[t]["by_config"].values()) == 4
+        assert all(k.startswith("opset ") for k in s[t]["by_config"])
     for peer in ("onnxsim", "onnxslim"):
         assert sum(s["peers"][peer]["counts"].values()) == s["peers"][peer]["judged"] > 0
-    assert "by pass" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "by pass" in shown and "by opset and type" in shown
