@@ -18,6 +18,7 @@ Usage::
 
     python benchmarks/fuzz.py [--n 20000] [--seed 0] [--jobs 2] [--targets onnx,onnxruntime]
         [--peers onnxsim,onnxslim] [--minimize 5] [--json build/fuzz.json]
+    python benchmarks/fuzz.py --merge build/fuzz/part*.json  # runs over seed ranges, summed
 """
 
 from __future__ import annotations
@@ -170,10 +171,13 @@ def _target_summary(records: list[dict], outs: list[dict], target: str) -> dict:
             by_motif[m][o["status"]] += 1
             by_motif[m]["within noise"] += int(o["within_noise"])
             by_motif[m]["rolled back"] += int(bool(o["rolled_back"]))
-    by_config: dict[str, Counter] = defaultdict(Counter)
+    by_opset: dict[str, Counter] = defaultdict(Counter)
+    by_type: dict[str, Counter] = defaultdict(Counter)
     for r, o in zip(records, outs, strict=True):
-        by_config[r["config"]]["graphs"] += 1
-        by_config[r["config"]][o["status"]] += 1
+        opset, kind = r["config"].split(", ", 1)  # "opset 17", "float16, dynamic"
+        for counter in (by_opset[opset], by_type[kind]):
+            counter["graphs"] += 1
+            counter[o["status"]] += 1
     bad = [
         {"describe": r["describe"], **{k: o[k] for k in ("status", "culprit", "inputs", "detail")}}
         for r, o in zip(records, outs, strict=True)
@@ -184,16 +188,16 @@ def _target_summary(records: list[dict], outs: list[dict], target: str) -> dict:
         "within_noise": sum(o["within_noise"] for o in outs),
         "by_pass": {k: dict(v) for k, v in sorted(by_pass.items())},
         "by_motif": {k: dict(v) for k, v in sorted(by_motif.items())},
-        "by_config": {k: dict(v) for k, v in sorted(by_config.items(), key=_config_key)},
+        "by_opset": {k: dict(v) for k, v in sorted(by_opset.items(), key=_opset_key)},
+        "by_type": {k: dict(v) for k, v in sorted(by_type.items())},
         "bad": bad[:50],
         "seconds": round(sum(o["seconds"] for o in outs), 1),
     }
 
 
-def _config_key(item: tuple[str, Any]) -> tuple:
-    """Sort "opset 13, float16, dynamic" by opset number, then the rest."""
-    opset, rest = item[0].split(",", 1)
-    return int(opset.split()[-1]), rest
+def _opset_key(item: tuple[str, Any]) -> int:
+    """Sort "opset 9" before "opset 13"."""
+    return int(item[0].split()[-1])
 
 
 def _reason(o: dict) -> str:
@@ -211,7 +215,7 @@ def print_summary(s: dict, targets: list[str]) -> None:
     rows.update({p: ps["counts"] for p, ps in s["peers"].items()})
     title = f"{s['graphs']} random graphs, {s['seconds']} s"
     console.print(_table(title, "tool", STATUSES, rows, missing="-"))
-    cols = ("graphs", "optimized", "unchanged", "changed", "invalid", "crashed")
+    cols = ("graphs", "optimized", "unchanged", "changed", "invalid", "crashed", "not_runnable")
     for t in targets:
         st = s[t]
         console.print(
@@ -230,7 +234,8 @@ def print_summary(s: dict, targets: list[str]) -> None:
                 st["by_motif"],
             )
         )
-        console.print(_table(f"by opset and type, --target {t}", "graphs", cols, st["by_config"]))
+        console.print(_table(f"by opset, --target {t}", "opset", cols, st["by_opset"]))
+        console.print(_table(f"by type, --target {t}", "type, shapes", cols, st["by_type"]))
         for b in st["bad"]:
             console.print(
                 f"[red]{b['status']}[/red] {b['describe']} by {b['culprit']}: {b['detail']}"
@@ -275,6 +280,22 @@ def minimize_failures(records: list[dict], targets: list[str], k: int) -> list[P
     return written
 
 
+def merge(paths: list[Path]) -> tuple[list[dict], float]:
+    """The records of earlier runs (e.g. one seed range each, run one after another) and their
+    total time; a seed found twice is an error."""
+    records: list[dict] = []
+    seconds = 0.0
+    for path in paths:
+        data = json.loads(path.read_text())
+        records += data["records"]
+        seconds += data["summary"]["seconds"]
+    seeds = Counter(r["seed"] for r in records)
+    twice = [s for s, k in seeds.items() if k > 1]
+    if twice:
+        raise SystemExit(f"--merge: seeds {twice[:5]} appear in more than one file")
+    return sorted(records, key=lambda r: r["seed"]), seconds
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="how many graphs")
@@ -284,13 +305,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help="'' for none")
     ap.add_argument("--minimize", type=int, default=0, help="shrink up to K bad cases")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument(
+        "--merge",
+        type=Path,
+        nargs="+",
+        help="summarize earlier runs' JSON files instead of running",
+    )
     args = ap.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     targets = [t for t in args.targets.split(",") if t]
     peers = [p for p in args.peers.split(",") if p]
     t0 = time.perf_counter()
-    records = run(args.n, args.seed, args.jobs, targets, peers)
-    summary = summarize(records, targets, peers, time.perf_counter() - t0)
+    if args.merge:
+        records, seconds = merge(args.merge)
+    else:
+        records = run(args.n, args.seed, args.jobs, targets, peers)
+        seconds = time.perf_counter() - t0
+    summary = summarize(records, targets, peers, seconds)
     print_summary(summary, targets)
     if args.minimize:
         for path in minimize_failures(records, targets, args.minimize):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from benchmarks import fuzz
 
 
@@ -18,9 +20,37 @@ def test_fuzz_benchmark_runs_and_counts(tmp_path, capsys):
     for t in ("onnx", "onnxruntime"):
         assert sum(s[t]["counts"].values()) == 4
         assert s[t]["by_motif"] and s[t]["by_pass"]
-        assert sum(c["graphs"] for c in s[t]["by_config"].values()) == 4
-        assert all(k.startswith("opset ") for k in s[t]["by_config"])
+        assert sum(c["graphs"] for c in s[t]["by_opset"].values()) == 4
+        assert sum(c["graphs"] for c in s[t]["by_type"].values()) == 4
+        assert all(k.startswith("opset ") for k in s[t]["by_opset"])
     for peer in ("onnxsim", "onnxslim"):
         assert sum(s["peers"][peer]["counts"].values()) == s["peers"][peer]["judged"] > 0
     shown = capsys.readouterr().out
-    assert "by pass" in shown and "by opset and type" in shown
+    assert "by pass" in shown and "by opset" in shown and "by type" in shown
+
+
+def test_merge_sums_runs_over_seed_ranges(tmp_path, capsys):
+    def part(seed: int, status: str) -> dict:
+        outcome = {"status": status, "kept": [], "rolled_back": [], "errors": [], "culprit": ""}
+        outcome.update(within_noise=False, inputs="", detail="", seconds=0.5)
+        return {"seed": seed, "motifs": ["gelu"], "config": "opset 17, float32, static"}, outcome
+
+    paths = []
+    for k, statuses in enumerate((["optimized", "unchanged"], ["optimized"])):
+        records = []
+        for i, st in enumerate(statuses):
+            rec, o = part(10 * k + i, st)
+            records.append({**rec, "describe": "", "ours": {"onnx": o}, "peers": {}})
+        paths.append(tmp_path / f"part{k}.json")
+        paths[-1].write_text(json.dumps({"summary": {"seconds": 2.0}, "records": records}))
+    out = tmp_path / "all.json"
+    args = ["--targets", "onnx", "--peers", "", "--json", str(out), "--merge", *map(str, paths)]
+    assert fuzz.main(args) == 0
+    s = json.loads(out.read_text())["summary"]
+    assert s["graphs"] == 3 and s["seconds"] == 4.0
+    assert s["onnx"]["counts"]["optimized"] == 2 and s["onnx"]["counts"]["unchanged"] == 1
+    counts = {"graphs": 3, "optimized": 2, "unchanged": 1}
+    assert s["onnx"]["by_opset"] == {"opset 17": counts}
+    assert s["onnx"]["by_type"] == {"float32, static": counts}
+    with pytest.raises(SystemExit, match="more than one file"):
+        fuzz.main([*args[:-2], str(paths[0]), str(paths[0])])
