@@ -237,6 +237,13 @@ def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], str]:
                     arrays[k] = z[k]
     except DataError:
         raise
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # numpy would have to unpickle Python objects
+            raise DataError(
+                f"{path}: cannot read arrays: it holds pickled Python objects (object arrays, "
+                "or it is no .npz/.npy at all); refused: onnxopt never unpickles data"
+            ) from e
+        raise DataError(f"{path}: cannot read arrays ({type(e).__name__}: {e})") from e
     except Exception as e:
         raise DataError(f"{path}: cannot read arrays ({type(e).__name__}: {e})") from e
     return arrays, str(path)

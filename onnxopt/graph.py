@@ -45,8 +45,23 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     _normalize_domains(graph)
     setattr(graph, UNUSED_INITIALIZERS, unused_initializers(model.graph))
     setattr(graph, OVERRIDABLE, overridable(model))
+    _mark_overridable(graph)
     _adopt_mapped(graph)
     return graph
+
+
+#: attribute set on a gs.Constant that is also a model input (an overridable initializer):
+#: :func:`const_value` gives it no value, so no pass folds or fuses its default away
+OVERRIDABLE_TENSOR = "onnxopt_overridable_tensor"
+
+
+def _mark_overridable(graph: gs.Graph) -> None:
+    names = vars(graph).get(OVERRIDABLE) or set()
+    if not names:
+        return
+    for t in graph.tensors().values():
+        if isinstance(t, gs.Constant) and t.name in names:
+            setattr(t, OVERRIDABLE_TENSOR, True)
 
 
 def overridable(model: onnx.ModelProto) -> set[str]:
@@ -362,12 +377,13 @@ def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
 def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     """The value of an initializer or a Constant node's output, looking through Identity
     chains (the TorchScript exporter shares equal weights as ``Identity(initializer)``), else
-    None. The one constant-value helper of the project."""
+    None (an overridable initializer has no fixed value). The one constant-value helper of the
+    project."""
     for _ in range(16):
         if tensor is None:
             return None
         if isinstance(tensor, gs.Constant):
-            return np.asarray(tensor.values)
+            return None if getattr(tensor, OVERRIDABLE_TENSOR, False) else np.asarray(tensor.values)
         node = producer(tensor)
         if node is None:
             return None
@@ -428,6 +444,22 @@ def used_in_subgraph(graph: gs.Graph, tensor: gs.Tensor) -> bool:
     )
 
 
+def merge_refusal(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | None:
+    """Why :func:`merge_tensors` would refuse to merge ``drop`` into ``keep`` (None if it
+    would not): rules check this before they rewrite anything."""
+    if drop is keep or not is_graph_output(graph, drop):
+        return None
+    if is_outer(graph, keep):
+        return f"'{keep.name}' belongs to an enclosing graph and '{drop.name}' is a body output"
+    if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
+        return f"'{drop.name}' is a graph output and '{keep.name}' an input or initializer"
+    if is_graph_output(graph, keep):
+        return f"'{keep.name}' and '{drop.name}' are both graph outputs"
+    if used_in_subgraph(graph, keep) or used_in_subgraph(graph, drop):
+        return f"'{keep.name}' or '{drop.name}' is used inside a subgraph"
+    return None
+
+
 def merge_tensors(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | None:
     """Route every use of ``drop`` to ``keep`` (same value, same type).
 
@@ -439,15 +471,10 @@ def merge_tensors(graph: gs.Graph, drop: gs.Tensor, keep: gs.Tensor) -> str | No
     """
     if drop is keep:
         return None
-    if is_graph_output(graph, drop) and is_outer(graph, keep):
-        return f"'{keep.name}' belongs to an enclosing graph and '{drop.name}' is a body output"
+    why = merge_refusal(graph, drop, keep)
+    if why:
+        return why
     if is_graph_output(graph, drop):
-        if isinstance(keep, gs.Constant) or is_graph_input(graph, keep):
-            return f"'{drop.name}' is a graph output and '{keep.name}' an input or initializer"
-        if is_graph_output(graph, keep):
-            return f"'{keep.name}' and '{drop.name}' are both graph outputs"
-        if used_in_subgraph(graph, keep) or used_in_subgraph(graph, drop):
-            return f"'{keep.name}' or '{drop.name}' is used inside a subgraph"
         name = drop.name
         replace_uses(graph, drop, keep)
         drop.name = name + "__merged"

@@ -63,6 +63,7 @@ def load_model(
             raise ModelError(f"{path}: is a folder, not an .onnx file")
         model = _read(path)
         if load_external and _has_external(model):
+            _check_external_locations(model, path)
             _load_external(model, path)
     if not model.HasField("graph") or (len(model.graph.node) == 0 and len(model.graph.output) == 0):
         raise ModelError(f"{where}: not an ONNX model (no graph)")
@@ -124,6 +125,20 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     return model
 
 
+def _check_external_locations(model: onnx.ModelProto, path: Path) -> None:
+    """Refuse external data that is not a file inside the model's folder (an absolute path,
+    ``..``, or a link leading out): a model file must not make onnxopt read anything else."""
+    base = path.parent.resolve()
+    for t in _external_tensors(model):
+        loc = next((kv.value for kv in t.external_data if kv.key == "location"), "")
+        target = (base / loc).resolve()
+        if not loc or Path(loc).is_absolute() or not target.is_relative_to(base):
+            raise ModelError(
+                f"{path}: refusing external data '{loc}' of tensor '{t.name}': "
+                "it is not a file inside the model's folder"
+            )
+
+
 def _has_external(model: onnx.ModelProto) -> bool:
     return any(
         t.data_location == onnx.TensorProto.EXTERNAL and not weights.is_mapped(t)
@@ -150,6 +165,31 @@ def check_model(model: onnx.ModelProto, where: str = "model") -> None:
         raise ModelError(f"{where}: rejected by onnx.checker: {first}") from e
 
 
+#: the typed field that holds a tensor's values when it has no raw_data (4-bit types pack two
+#: values per element and are left to the checker)
+_VALUE_FIELDS = {
+    onnx.TensorProto.FLOAT: "float_data",
+    onnx.TensorProto.DOUBLE: "double_data",
+    onnx.TensorProto.INT64: "int64_data",
+    onnx.TensorProto.UINT32: "uint64_data",
+    onnx.TensorProto.UINT64: "uint64_data",
+    onnx.TensorProto.STRING: "string_data",
+    **dict.fromkeys(
+        (
+            onnx.TensorProto.INT32,
+            onnx.TensorProto.INT16,
+            onnx.TensorProto.INT8,
+            onnx.TensorProto.UINT16,
+            onnx.TensorProto.UINT8,
+            onnx.TensorProto.BOOL,
+            onnx.TensorProto.FLOAT16,
+            onnx.TensorProto.BFLOAT16,
+        ),
+        "int32_data",
+    ),
+}
+
+
 def _check_initializer(t: onnx.TensorProto) -> None:
     if weights.is_mapped(t):
         path, offset, length = weights.location(t)
@@ -158,9 +198,17 @@ def _check_initializer(t: onnx.TensorProto) -> None:
                 f"initializer '{t.name}' needs bytes {offset}..{offset + length} of {path}"
             )
         return
+    n = int(np.prod(t.dims)) if len(t.dims) else 1
+    field = _VALUE_FIELDS.get(t.data_type)
+    if field and t.data_location != onnx.TensorProto.EXTERNAL and not t.HasField("raw_data"):
+        have = len(getattr(t, field))
+        if have and have != n:
+            raise onnx.checker.ValidationError(
+                f"initializer '{t.name}' has {have} values for shape {list(t.dims)}"
+            )
+        return
     if t.data_location == onnx.TensorProto.EXTERNAL or not t.HasField("raw_data"):
         return
-    n = int(np.prod(t.dims)) if len(t.dims) else 1
     try:
         itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
     except Exception:

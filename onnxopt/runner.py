@@ -58,6 +58,8 @@ class Runner:
             return self._options(optimized)
 
         sess = sessions.build(model, options, copy_weights=optimized, split=split)
+        # onnxruntime reports an output's inferred shape when it contradicts the declared one
+        sess._onnxopt_declared = [_declared_dims(o) for o in model.graph.output]
         self._sessions.pop(key, None)
         self._sessions[key] = sess
         while len(self._sessions) > self.cache_size:
@@ -86,7 +88,12 @@ class Runner:
         return self.run_session(self.session(model, optimized=optimized), feeds)
 
     def run_session(self, sess: Any, feeds: Feeds) -> Runs:
-        """Run every feed through a session from :meth:`session`."""
+        """Run every feed through a session from :meth:`session`.
+
+        Raises:
+            ModelError: onnxruntime fails, or an output's shape contradicts the model's
+                declaration of it (onnxruntime only warns; the shapes passes read would lie).
+        """
         import onnxruntime as ort
 
         from onnxopt.blocks import Chained
@@ -99,6 +106,7 @@ class Runner:
             except Exception as e:
                 raise ModelError(f"onnxruntime failed to run the model: {first_line(e)}") from e
         names = [o.name for o in sess.get_outputs()]
+        declared = getattr(sess, "_onnxopt_declared", None) or [None] * len(names)
         opts = ort.RunOptions()
         opts.log_severity_level = 4 if self.quiet else 3
         halves = _half_inputs(sess)
@@ -111,6 +119,10 @@ class Runner:
             except Exception as e:
                 msg = first_line(e)
                 raise ModelError(f"onnxruntime failed to run the model: {msg}") from e
+            for name, shape, value in zip(names, declared, values, strict=True):
+                why = shape_disagrees(shape, value)
+                if why:
+                    raise ModelError(f"output '{name}' {why}; the model's declaration is wrong")
             out.append(dict(zip(names, values)))
         return out
 
@@ -133,6 +145,28 @@ class Runner:
 def _half_inputs(sess: Any) -> dict[str, np.dtype]:
     """Inputs declared float16 (fed float32 data, which is cast)."""
     return {i.name: np.dtype(np.float16) for i in sess.get_inputs() if i.type == "tensor(float16)"}
+
+
+def _declared_dims(vi: onnx.ValueInfoProto) -> list[int | None] | None:
+    """A graph output's declared dims (None for symbolic or unknown ones), or None when its
+    shape is not declared."""
+    tt = vi.type.tensor_type
+    if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
+        return None
+    return [int(d.dim_value) if d.HasField("dim_value") else None for d in tt.shape.dim]
+
+
+def shape_disagrees(declared: Any, value: Any) -> str:
+    """Why an output ``value`` contradicts its ``declared`` shape ("" when it does not): a
+    rank, or a positive static dimension, that differs (symbolic, unknown and 0 dimensions
+    match anything: old exporters wrote 0 for "unknown")."""
+    if not isinstance(value, np.ndarray) or not isinstance(declared, (list, tuple)):
+        return ""
+    dims = [d if isinstance(d, int) and d > 0 else None for d in declared]
+    if len(dims) != value.ndim or any(d is not None and d != n for d, n in zip(dims, value.shape)):
+        shown = ["?" if d is None else d for d in dims]
+        return f"is declared {shown} but the model computes {list(value.shape)}"
+    return ""
 
 
 def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], so: Any) -> Any:

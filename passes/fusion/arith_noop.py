@@ -17,7 +17,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import bypass, is_graph_input, is_graph_output
+from onnxopt.graph import bypass, merge_refusal
 from onnxopt.passes.fusion._base import FusionPass
 from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var
 
@@ -64,11 +64,8 @@ class ArithNoop(Rule):
             and np.dtype(x.dtype) != np.dtype(out.dtype)
         ):
             return MatchResult.fail("dtype changes")
-        if is_graph_output(graph, out) and (
-            isinstance(x, gs.Constant) or is_graph_input(graph, x) or is_graph_output(graph, x)
-        ):
-            return MatchResult.fail(f"output '{out.name}' would be fed by an input/constant")
-        return MatchResult.success()
+        why = merge_refusal(graph, out, x)
+        return MatchResult.fail(why) if why else MatchResult.success()
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         reason = bypass(graph, m.root, m.tensors["x"], m.output)

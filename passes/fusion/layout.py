@@ -20,7 +20,7 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import bypass, const_value, is_graph_input, is_graph_output
+from onnxopt.graph import bypass, const_value, merge_refusal
 from onnxopt.passes.fusion._base import FusionPass, const, int_list, rank, static_shape, var
 from onnxopt.passes.fusion.pattern import Match, MatchResult, Op, Rule, Var, replace_root
 from onnxopt.passes.fusion.transpose_chain import TransposeChain
@@ -29,12 +29,9 @@ logger = logging.getLogger(__name__)
 
 
 def _bypass_ok(graph: gs.Graph, m: Match, keep: gs.Tensor) -> MatchResult:
-    out = m.output
-    if is_graph_output(graph, out) and (
-        isinstance(keep, gs.Constant) or is_graph_input(graph, keep) or is_graph_output(graph, keep)
-    ):
-        return MatchResult.fail(f"output '{out.name}' is a graph output fed by an input/constant")
-    return MatchResult.success()
+    """The match's output can be routed to ``keep`` (see ``onnxopt.graph.merge_refusal``)."""
+    why = merge_refusal(graph, m.output, keep)
+    return MatchResult.fail(why) if why else MatchResult.success()
 
 
 def _drop(graph: gs.Graph, m: Match, keep: gs.Tensor) -> None:

@@ -235,6 +235,18 @@ def match_at(pattern: Op, node: gs.Node) -> Match | None:
     return m if _match_node(pattern, node, m) else None
 
 
+def inputs_outside(m: Match) -> MatchResult:
+    """No tensor a structural match binds (``Var``, ``Const``) may be computed by a node of
+    the match: in ``Add(y, y)`` with ``y = MatMul(a, b)`` the pattern MatMul + Add binds ``y``
+    as the bias too, and the rewrite would read a value it removes."""
+    inside = {id(n) for n in m.matched}
+    for key, t in m.tensors.items():
+        p = producer(t)
+        if p is not None and id(p) in inside:
+            return MatchResult.fail(f"input '{key}' is '{t.name}', computed inside the match")
+    return MatchResult.success()
+
+
 def exclusive(graph: gs.Graph, m: Match) -> MatchResult:
     """Intermediates of ``m`` must not be graph outputs nor feed nodes outside the match."""
     inside = {id(n) for n in m.matched}
@@ -310,16 +322,24 @@ def detach(nodes: Iterable[gs.Node]) -> None:
         node.inputs.clear()
 
 
-def scalar_close(value: float, rtol: float = 1e-3, atol: float = 1e-6) -> Callable[[Any], bool]:
-    """Predicate: every element of a constant equals ``value`` (within tolerance)."""
+def scalar_close(value: float, rtol: float | None = None) -> Callable[[Any], bool]:
+    """Predicate: every element of a constant equals ``value`` to the precision of its dtype.
+
+    A float constant may differ from ``value`` by 2 units in the last place of its dtype
+    (``rtol = 2·eps``: float32 2.4e-7, float16 2e-3), which covers ``value`` rounded to that
+    dtype; an integer constant must equal it. A constant further off is another function, and
+    the fused op (which uses ``value`` itself) would change the outputs: 3.0015 in place of 3
+    in ``Clip(x + 3, 0, 6) / 6`` moves HardSigmoid's linear part by 2.5e-4.
+    """
 
     def pred(a: np.ndarray) -> bool:
         a = np.asarray(a)
-        return (
-            a.size >= 1
-            and np.issubdtype(a.dtype, np.number)
-            and bool(np.allclose(a.astype(np.float64), value, rtol=rtol, atol=atol))
-        )
+        if a.size < 1 or not np.issubdtype(a.dtype, np.number):
+            return False
+        tol = rtol
+        if tol is None:
+            tol = 2 * float(np.finfo(a.dtype).eps) if np.issubdtype(a.dtype, np.floating) else 0.0
+        return bool(np.all(np.abs(a.astype(np.float64) - value) <= tol * abs(value)))
 
     return pred
 

@@ -11,7 +11,14 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import node_names_unique
-from onnxopt.passes.fusion.pattern import MAX_NOTES, Match, Rule, exclusive, match_at
+from onnxopt.passes.fusion.pattern import (
+    MAX_NOTES,
+    Match,
+    Rule,
+    exclusive,
+    inputs_outside,
+    match_at,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +118,9 @@ class _Sweep:
                     f"{self.opset}; not rewritten (no silent opset change)"
                 )
             return None
-        res = exclusive(self.graph, m)
+        res = inputs_outside(m)
+        if res:
+            res = exclusive(self.graph, m)
         if res:
             res = rule.check(self.graph, m)
         if not res:

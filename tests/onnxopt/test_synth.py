@@ -47,7 +47,7 @@ def test_dims_pinned_by_a_constant_weight():
 
 
 def test_parameter_inputs_get_values_their_op_accepts():
-    m = _model("""g (float[2,3,4] x, int64[2] shape, float ratio) => (float[6,4] y) {
+    m = _model("""g (float[2,3,4] x, int64[2] shape, float ratio) => (float[a,b] y) {
         r = Reshape(x, shape)
         y, mask = Dropout(r, ratio)
     }""")

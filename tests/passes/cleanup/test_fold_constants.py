@@ -204,3 +204,22 @@ def test_castlike_of_a_variable_becomes_a_cast() -> None:
     res, out = apply(FoldConstants, m)
     assert ops(out) == ["Cast", "Add"] and res.rewrites == 1
     assert_identical(m, out)
+
+
+def test_overridable_initializer_is_an_input_not_a_constant() -> None:
+    """Found by fuzzing: an initializer that is also a graph input (IR >= 4) is a default the
+    caller may override, but onnx-graphsurgeon drops it from the inputs, so it was folded
+    (``Mul(c, 2)`` became a constant) and the graph input disappeared."""
+    m = parse(
+        HEAD
+        + """
+    g (float[3] x, float[3] c) => (float[3] y) <float[3] c = {1, 2, 3}, float two = {2}> {
+      m = Mul(c, two)
+      y = Add(x, m)
+    }"""
+    )
+    res, out = apply(FoldConstants(), m)
+    assert not res.changed and ops(out) == ["Mul", "Add"]
+    assert [i.name for i in out.graph.input] == ["x", "c"]
+    feeds = {"x": np.ones(3, np.float32), "c": np.array([5, 6, 7], np.float32)}
+    np.testing.assert_array_equal(run(out, feeds)[0], [11, 13, 15])

@@ -40,3 +40,14 @@ def test_activation_negative_bounds_and_swish_opset():
     unchanged(parse(text), FuseActivations)  # Swish is opt-in (no onnxruntime kernel)
     res = FuseActivations(ActivationsConfig(swish=True)).run(to_graph(parse(text)), PassContext())
     assert res.rewrites == 0 and any("opset >= 24" in n for n in res.notes)
+
+
+def test_near_constants_are_declined():
+    """Found by fuzzing: ``Clip(x + 3.0015, 0, 6) / 6`` fused into HardSigmoid, whose linear
+    part is then off by 2.5e-4 (the matcher allowed constants within 1e-3)."""
+    unchanged(parse(HSWISH, {**A_INITS, "three": np.float32(3.0015)}), FuseActivations)
+    unchanged(parse(HSWISH, {**A_INITS, "six": np.float32(6.005)}), FuseActivations)
+    f16 = {k: np.float16(v) for k, v in A_INITS.items()}
+    m = parse(HSWISH.replace("float[", "float16["), f16)
+    res, out = apply(FuseActivations, m)
+    assert counts(out) == {"HardSwish": 1}

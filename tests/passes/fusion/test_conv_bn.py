@@ -190,3 +190,11 @@ def test_bias_shared_by_two_convs_is_copied_and_both_fold():
     assert res.details["counts"] == {"conv_bn": 2}
     assert counts(out) == {"Conv": 2}
     assert_close(m, out)
+
+
+def test_overridable_bn_parameters_are_not_folded():
+    """Found by fuzzing: BN parameters that are also graph inputs (overridable initializers)
+    are inputs, not constants; folding them into the Conv froze their default values."""
+    m = parse(CONV_BN.replace("(float[1,3,8,8] x)", "(float[1,3,8,8] x, float[4] s)"), conv_inits())
+    res = unchanged(m, FoldBatchNorm)
+    assert [i.name for i in m.graph.input] == ["x", "s"] and not res.changed

@@ -59,3 +59,15 @@ def test_gelu_negative_opset_and_wrong_constant():
     text = GELU_TS.replace("=> (float[2,8] y)", "=> (float[2,8] y, float[2,8] c)")
     res = unchanged(parse(text % 20, G_INITS), FuseGelu)
     assert any("graph output" in n for n in res.notes)
+
+
+def test_gelu_constant_off_by_a_few_parts_in_ten_thousand_is_not_gelu():
+    """Found by fuzzing: constants matched within 1e-3, so ½·1.0005 fused into Gelu, which
+    moved every output by 5e-4 (rolled back, or kept where verification saw only zeros)."""
+    res = unchanged(parse(GELU_TS % 20, {**G_INITS, "half": np.float32(0.5 * 1.0005)}), FuseGelu)
+    assert not res.changed
+    # float16 constants are the exact values rounded to float16: still Gelu
+    f16 = {k: np.float16(v) for k, v in G_INITS.items()}
+    m = parse(GELU_TS.replace("float[", "float16[") % 20, f16)
+    res, out = apply(FuseGelu, m)
+    assert counts(out) == {"Gelu": 1}

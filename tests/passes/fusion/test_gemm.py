@@ -100,3 +100,19 @@ def test_row_bias_becomes_a_vector():
     bias = next(t for t in out.graph.initializer if t.name == out.graph.node[0].input[2])
     assert list(bias.dims) == [5]
     assert_close(m, out)
+
+
+def test_matmul_added_to_itself_is_not_its_own_bias():
+    """Found by fuzzing: in ``Add(y, y)`` with ``y = MatMul(a, w)`` the pattern bound ``y``
+    as the bias too, and the Gemm read the MatMul output it replaced (an invalid graph)."""
+    m = parse(
+        HDR
+        + """
+    g (float[2,3] a) => (float[2,4] z) {
+      y = MatMul(a, w)
+      z = Add(y, y)
+    }""",
+        {"w": np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)},
+    )
+    res = unchanged(m, FuseGemm)
+    assert any("computed inside the match" in n for n in res.notes)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from onnxopt.passes.fusion.layout import FuseLayout
-from tests.helpers import apply, assert_close, counts, parse, unchanged
+from tests.helpers import apply, assert_close, counts, parse, run, unchanged
 
 HDR = '<ir_version: 8, opset_import: ["": 17]>'
 
@@ -110,3 +110,33 @@ def test_transpose_of_size_one_axes_joins_the_reshape():
         }"""
     )
     unchanged(kept, FuseLayout)
+
+
+def test_cancelled_pair_into_graph_output_whose_input_a_subgraph_reads():
+    """Found by fuzzing: merging a graph output into a tensor an If branch reads is refused
+    by ``merge_tensors``; the rule must decline in ``check`` (it raised in ``rewrite``, which
+    failed the whole pass)."""
+    text = (
+        HDR
+        + """
+    g (float[2,3] x, bool c) => (float[2,3] y, float[2,3] z, float[2,3] w) {
+      a = Relu(x)
+      t = Transpose<perm=[1,0]>(a)
+      y = Transpose<perm=[1,0]>(t)
+      z = If(c) <then_branch = g1 () => (float[2,3] o1) { o1 = Neg(a) },
+                 else_branch = g2 () => (float[2,3] o2) { o2 = Abs(a) }>
+      s = Sigmoid(x)
+      u = Transpose<perm=[1,0]>(s)
+      w = Transpose<perm=[1,0]>(u)
+    }"""
+    )
+    m = parse(text)
+    res, out = apply(FuseLayout, m)
+    assert res.rewrites == 1
+    assert counts(out) == {"Relu": 1, "Sigmoid": 1, "Transpose": 2, "If": 1}
+    assert any("used inside a subgraph" in n for n in res.notes)
+    feeds = {"x": np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)}
+    for cond in (True, False):
+        feeds["c"] = np.array(cond)
+        for a, b in zip(run(m, feeds), run(out, feeds), strict=True):
+            np.testing.assert_array_equal(a, b)
