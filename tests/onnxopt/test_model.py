@@ -110,7 +110,7 @@ def test_helper_model_with_ir_and_opset():
 def test_an_opset_onnxruntime_does_not_run_is_upgraded(caplog):
     m = onnx.parser.parse_model("""<ir_version: 3, opset_import: ["": 1]>
     g (bool[2] x) => (bool[2] y) { y = Not(x) }""")
-    with caplog.at_level("WARNING"):
+    with caplog.at_level("WARNING", logger="onnxopt"):
         out = load_model(m)
     assert out.opset_import[0].version == 7
     assert any("opset 1 upgraded to 7" in r.message for r in caplog.records)
