@@ -204,7 +204,7 @@ def test_bits_other_than_4_and_8_and_int4_options_with_8_bits(tmp_path, capsys) 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: --bits 3: choose 8 (int8) or 4 (weight-only MatMulNBits)",
-        "error: --algo and --block-size apply to --bits 4",
+        "error: --algo, --block-size and --symmetric apply to --bits 4",
     ]
 
 
@@ -219,3 +219,14 @@ def test_int4_gptq_writes_matmulnbits(tmp_path, capsys) -> None:
     (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
     assert {a.name: a.i for a in node.attribute}["block_size"] == 64
     assert "int4 gptq" in capsys.readouterr().out
+
+
+def test_int4_symmetric_writes_no_zero_points(tmp_path, capsys) -> None:
+    from onnxopt.cli.app import main
+
+    p, data = _matmul(tmp_path)
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(p), "-o", str(out), "--bits", "4", "--symmetric"]
+    assert main([*args, "--data", str(data), "--target", "onnxruntime"]) == 0, capsys.readouterr()
+    (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(node.input) == 3 or node.input[3] == ""  # A, B, scales: no zero points
