@@ -217,7 +217,9 @@ def _occ_half(job: dict[str, Any]) -> None:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        out = float16.convert_float_to_float16(model, keep_io_types=job["keep_io_types"])
+        out = float16.convert_float_to_float16(
+            model, keep_io_types=job["keep_io_types"], op_block_list=job.get("op_block_list")
+        )
     job["seconds"] = time.perf_counter() - t0
     job["warnings"] = sorted({str(w.message)[:120] for w in caught})[:3]
     onnx.save(out, job["dst"])
