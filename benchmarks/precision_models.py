@@ -24,7 +24,7 @@ def cache_dir() -> Path:
     return d
 
 
-def trap_model() -> onnx.ModelProto:
+def trap_model(named: bool = False) -> onnx.ModelProto:
     """The failures users meet converting to float16, one output each.
 
     - ``variance``: ReduceMean of squares over 3·64·64 values of magnitude ~300 (a LayerNorm
@@ -34,6 +34,10 @@ def trap_model() -> onnx.ModelProto:
       onnxconverter-common clamps to its ``max_finite_val`` of 1e4;
     - ``logsumexp``: log Σ exp(4x) over a large axis, computed naively (Exp overflows float16
       above 11.09).
+
+    ``named``: every node named after its output, as exporters do (``onnx.helper`` leaves
+    names empty, which is valid ONNX but makes onnxconverter-common's ``keep_io_types`` Casts
+    collide: its other failures show only with names).
     """
     rng = np.random.default_rng(0)
     inits = {
@@ -58,6 +62,9 @@ def trap_model() -> onnx.ModelProto:
         helper.make_node("ReduceSum", ["e"], ["s"], keepdims=0),
         helper.make_node("Log", ["s"], ["logsumexp"]),
     ]
+    if named:
+        for n in nodes:
+            n.name = n.output[0]
     outs = {
         "variance": [1],
         "resized": [1, 8, 128, 128],
@@ -66,7 +73,7 @@ def trap_model() -> onnx.ModelProto:
     }
     g = helper.make_graph(
         nodes,
-        "fp16_traps",
+        "fp16_traps_named" if named else "fp16_traps",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
         [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outs.items()],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],

@@ -72,15 +72,16 @@ def half_goals(rows: list[dict]) -> list[str]:
     low = [f"{r['model']}/{r['variant']} ({r.get('cosine', 0):.5f})" for r in ours
            if r.get("runs") == "yes" and r.get("cosine", 0) < COSINE_GOAL]  # fmt: skip
     big = [f"{r['model']} ({r['size']:.3f})" for r in fp16 if r.get("size", 1) > HALF_SIZE_GOAL
-           and r["model"] != "trap"]  # fmt: skip
+           and not r["model"].startswith("trap")]  # fmt: skip
     peer_trap = [
-        f"{r['variant']}: "
+        f"  - {r['model']}, {r['variant']}: "
         + ("" if r.get("valid") == "yes" else f"onnx checker {r.get('valid')}; ")
         + ("runs" if r.get("runs") == "yes" else str(r.get("runs", r.get("error"))))
         + (", NaN/inf" if r.get("finite") is False else "")
         + (f", cosine {r['cosine']:.4f}, rel. L2 {r['rel_l2']:.3g}" if "cosine" in r else "")
+        + (f" (worst output: {r['worst']})" if r.get("worst") else "")
         for r in rows
-        if r["model"] == "trap" and r["variant"].startswith("onnxconverter")
+        if r["model"].startswith("trap") and r["variant"].startswith("onnxconverter")
     ]
     return [
         f"- every onnxopt output passes the onnx checker, loads and runs: **{'yes' if not bad_runs else 'no: ' + ', '.join(bad_runs)}**",
@@ -88,7 +89,9 @@ def half_goals(rows: list[dict]) -> list[str]:
         f"**{'yes' if not low else 'no: ' + ', '.join(low)}**",
         f"- fp16 size <= {HALF_SIZE_GOAL}x of fp32 (trap model aside, it has almost no "
         f"weights): **{'yes' if not big else 'no: ' + ', '.join(big)}**",
-        "- the peer on the trap model: " + ("; ".join(peer_trap) or "not run"),
+        "- the peer on the trap models (NaN/inf or an invalid model expected):"
+        + ("" if peer_trap else " not run"),
+        *peer_trap,
     ]
 
 
