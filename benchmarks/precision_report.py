@@ -19,15 +19,15 @@ def _f(v, fmt: str) -> str:
 
 def half_table(rows: list[dict]) -> str:
     lines = [
-        "| model | variant | loads & runs | finite | cosine | rel. L2 error | worst output | "
+        "| model | variant | onnx checker | loads & runs | finite | cosine | rel. L2 error | worst output | "
         "size vs fp32 | latency ms | fp32 nodes | pipeline | time s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = r.get("runs", r.get("error", "?"))
         fin = "" if "finite" not in r else ("yes" if r["finite"] else "**NaN/inf**")
         lines.append(
-            f"| {r['model']} | {r['variant']} | {runs} | {fin} | {_f(r.get('cosine'), '.6f')} | "
+            f"| {r['model']} | {r['variant']} | {r.get('valid', '')} | {runs} | {fin} | {_f(r.get('cosine'), '.6f')} | "
             f"{_f(r.get('rel_l2'), '.2e')} | {r.get('worst', '')} | {_f(r.get('size'), '.3f')} | "
             f"{_f(r.get('latency_ms'), '.2f')} | {r.get('float32_nodes', '')} | "
             f"{r.get('status', '')} | {_f(r.get('seconds'), '.2f')} |"
@@ -37,14 +37,15 @@ def half_table(rows: list[dict]) -> str:
 
 def int4_table(rows: list[dict]) -> str:
     lines = [
-        "| model | variant | block | loads & runs | rel. L2 error | cosine | accuracy | "
+        "| model | variant | block | onnx checker | loads & runs | rel. L2 error | cosine | accuracy | "
         "size vs fp32 | latency ms | quantize s | peak RSS MB | 8-bit layers |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         runs = r.get("runs", r.get("error", "?"))
         lines.append(
-            f"| {r['model']} | {r['variant']} | {r.get('block', '')} | {runs} | "
+            f"| {r['model']} | {r['variant']} | {r.get('block', '')} | {r.get('valid', '')} | "
+            f"{runs} | "
             f"{_f(r.get('rel_l2'), '.4f')} | {_f(r.get('cosine'), '.5f')} | "
             f"{_f(r.get('accuracy'), '.3f')} | {_f(r.get('size'), '.3f')} | "
             f"{_f(r.get('latency_ms'), '.2f')} | {_f(r.get('seconds'), '.2f')} | "
@@ -53,28 +54,44 @@ def int4_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def kept_float32(rows: list[dict]) -> list[str]:
+    """Per onnxopt half-precision row: what stayed float32 and why (from the pass's report)."""
+    out = []
+    for r in rows:
+        if r.get("float32_why"):
+            out.append(f"- **{r['model']}**, {r['variant']}:")
+            out += [f"  - {line}" for line in r["float32_why"]]
+    return out or ["- none"]
+
+
 def half_goals(rows: list[dict]) -> list[str]:
     ours = [r for r in rows if r["variant"].startswith("onnxopt")]
     fp16 = [r for r in ours if r["variant"].startswith("onnxopt fp16")]
-    bad_runs = [f"{r['model']}/{r['variant']}" for r in ours if r.get("runs") != "yes"]
+    bad_runs = [f"{r['model']}/{r['variant']}" for r in ours
+                if r.get("runs") != "yes" or r.get("valid") != "yes"]  # fmt: skip
     low = [f"{r['model']}/{r['variant']} ({r.get('cosine', 0):.5f})" for r in ours
            if r.get("runs") == "yes" and r.get("cosine", 0) < COSINE_GOAL]  # fmt: skip
     big = [f"{r['model']} ({r['size']:.3f})" for r in fp16 if r.get("size", 1) > HALF_SIZE_GOAL
-           and r["model"] != "trap"]  # fmt: skip
+           and not r["model"].startswith("trap")]  # fmt: skip
     peer_trap = [
-        f"{r['variant']}: {'runs' if r.get('runs') == 'yes' else r.get('runs', r.get('error'))}"
+        f"  - {r['model']}, {r['variant']}: "
+        + ("" if r.get("valid") == "yes" else f"onnx checker {r.get('valid')}; ")
+        + ("runs" if r.get("runs") == "yes" else str(r.get("runs", r.get("error"))))
         + (", NaN/inf" if r.get("finite") is False else "")
         + (f", cosine {r['cosine']:.4f}, rel. L2 {r['rel_l2']:.3g}" if "cosine" in r else "")
+        + (f" (worst output: {r['worst']})" if r.get("worst") else "")
         for r in rows
-        if r["model"] == "trap" and r["variant"].startswith("onnxconverter")
+        if r["model"].startswith("trap") and r["variant"].startswith("onnxconverter")
     ]
     return [
-        f"- every onnxopt output loads and runs: **{'yes' if not bad_runs else 'no: ' + ', '.join(bad_runs)}**",
+        f"- every onnxopt output passes the onnx checker, loads and runs: **{'yes' if not bad_runs else 'no: ' + ', '.join(bad_runs)}**",
         f"- cosine against fp32 >= {COSINE_GOAL} for every onnxopt output: "
         f"**{'yes' if not low else 'no: ' + ', '.join(low)}**",
         f"- fp16 size <= {HALF_SIZE_GOAL}x of fp32 (trap model aside, it has almost no "
         f"weights): **{'yes' if not big else 'no: ' + ', '.join(big)}**",
-        "- the peer on the trap model: " + ("; ".join(peer_trap) or "not run"),
+        "- the peer on the trap models (NaN/inf or an invalid model expected):"
+        + ("" if peer_trap else " not run"),
+        *peer_trap,
     ]
 
 
@@ -107,10 +124,14 @@ def int4_goals(rows: list[dict]) -> list[str]:
     return out
 
 
-def write_markdown(path: Path, cmd: str, half: list[dict], int4: list[dict]) -> None:
+def write_markdown(
+    path: Path, cmd: str, half: list[dict], int4: list[dict], pending: list[str] = ()
+) -> None:
+    """Write the results page; ``pending``: the models of the run not measured yet."""
     parts = [
         "# Half precision and 4-bit weights",
         "",
+        *([f"**Partial: not measured yet: {', '.join(pending)}.**", ""] if pending else []),
         f"Generated by `{cmd}` (onnxruntime {onnxruntime.__version__}, "
         f"{platform.machine()}, CPU). Latency: onnxruntime CPU, all optimizations, 2 threads, "
         "median of 30 runs; the machine is shared, so latencies are noisy (compare within a "
@@ -128,6 +149,11 @@ def write_markdown(path: Path, cmd: str, half: list[dict], int4: list[dict]) -> 
             "bfloat16 (onnxruntime's CPU provider has no bfloat16 arithmetic).",
             "",
             half_table(half),
+            "",
+            "Nodes kept in float32, by reason (the pass's report; `pipeline` above says whether "
+            "the bisection dropped sites):",
+            "",
+            *kept_float32(half),
             "",
             "Goals:",
             "",
@@ -147,6 +173,8 @@ def write_markdown(path: Path, cmd: str, half: list[dict], int4: list[dict]) -> 
             "GPTQ import torch).",
             "",
             int4_table(int4),
+            "",
+            *[f"- {r['model']}, {r['variant']}: {r['note']}" for r in int4 if r.get("note")],
             "",
             "Goals:",
             "",

@@ -30,6 +30,33 @@ from onnxopt.cli.common import (
     run_and_report,
     split_list,
 )
+from onnxopt.errors import OptionError
+
+HALF_PASSES = ("convert-fp16", "convert-bf16")
+
+KeepIoTypesOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--keep-io-types/--no-keep-io-types",
+        help="convert-fp16/convert-bf16: keep float32 graph inputs and outputs (Casts at the "
+        "boundary; the default) or make them half precision.",
+    ),
+]
+
+
+def half_options(passes: list[str] | None, keep_io_types: bool | None) -> dict | None:
+    """``--keep-io-types`` as options of the half-precision passes in ``passes``; an
+    OptionError when it is given without one."""
+    if keep_io_types is None:
+        return None
+    from onnxopt.passes.registry import expand
+
+    chosen = [n for n in expand(passes or []) if n in HALF_PASSES]
+    if not chosen:
+        raise OptionError(
+            f"--keep-io-types applies to {' or '.join(HALF_PASSES)}: add one to --passes"
+        )
+    return {n: {"keep_io_types": keep_io_types} for n in chosen}
 
 
 def optimize_cmd(
@@ -54,12 +81,15 @@ def optimize_cmd(
     allow_slower: AllowSlowerOpt = False,
     metric_output: MetricOutputOpt = None,
     max_memory: MaxMemoryOpt = None,
+    keep_io_types: KeepIoTypesOpt = None,
 ) -> None:
     """Run passes (default: every exact pass), each verified in onnxruntime or rolled back."""
     budget = budget_from(min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop)
+    names = split_list(passes) if passes is not None else None
+    options = half_options(names, keep_io_types)
     run_and_report(
         model,
-        split_list(passes) if passes is not None else None,
+        names,
         output,
         data=data,
         shape=shape,
@@ -74,6 +104,7 @@ def optimize_cmd(
         allow_slower=allow_slower,
         metric_output=metric_output,
         max_memory=max_memory,
+        options=options,
     )
 
 

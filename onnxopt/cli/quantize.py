@@ -141,6 +141,13 @@ BlockSizeOpt = Annotated[
     int | None,
     typer.Option("--block-size", help="--bits 4: weights per scale along K: 32, 64 or 128."),
 ]
+SymmetricOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--symmetric/--asymmetric",
+        help="--bits 4: symmetric blocks (no zero points) or asymmetric (the default).",
+    ),
+]
 
 
 def quantize_cmd(
@@ -173,6 +180,7 @@ def quantize_cmd(
     bits: BitsOpt = 8,
     algo: AlgoOpt = None,
     block_size: BlockSizeOpt = None,
+    symmetric: SymmetricOpt = None,
     target: TargetOpt = "onnx",
     max_memory: MaxMemoryOpt = None,
 ) -> None:
@@ -183,8 +191,7 @@ def quantize_cmd(
 
     pre, quantizer, mode = _choose(
         bits,
-        algo,
-        block_size,
+        {"algo": algo, "block_size": block_size, "symmetric": symmetric},
         mode,
         data,
         passes,
@@ -249,17 +256,18 @@ def render_layers(details: dict[str, Any], show: int = 10) -> None:
     )
 
 
-def _choose(bits: int, algo: str | None, block_size: int | None, mode: str, *args: Any):
-    """(passes to run first, the quantizer, the title's mode) for ``--bits``; ``args`` are
-    :func:`_passes`'s after ``mode`` (data, passes, the int8 options)."""
+def _choose(bits: int, int4: dict[str, Any], mode: str, *args: Any):
+    """(passes to run first, the quantizer, the title's mode) for ``--bits``; ``int4``: the
+    --bits 4 options (None: not given); ``args`` are :func:`_passes`'s after ``mode`` (data,
+    passes, the int8 options)."""
     if bits == 4:
         data, passes, exclude = args[0], args[1], args[6]
-        pre, quantizer = _int4(algo, block_size, data, passes, exclude)
+        pre, quantizer = _int4(int4, data, passes, exclude)
         return pre, quantizer, f"int4 {quantizer.config.algo}"
     if bits != 8:
         raise OptionError(f"--bits {bits}: choose 8 (int8) or 4 (weight-only MatMulNBits)")
-    if algo is not None or block_size is not None:
-        raise OptionError("--algo and --block-size apply to --bits 4")
+    if any(v is not None for v in int4.values()):
+        raise OptionError("--algo, --block-size and --symmetric apply to --bits 4")
     return (*_passes(mode, *args), mode)
 
 
@@ -298,8 +306,7 @@ def _passes(
 
 
 def _int4(
-    algo: str | None,
-    block_size: int | None,
+    int4: dict[str, Any],
     data: Path | None,
     passes: str | None,
     exclude: list[str] | None,
@@ -309,7 +316,7 @@ def _int4(
     from onnxopt.passes.precision import QuantizeInt4
     from onnxopt.passes.precision.config import Int4Config
 
-    values = {"algo": algo, "block_size": block_size, "exclude": split_list(exclude)}
+    values = {**int4, "exclude": split_list(exclude)}
     config = build_config(Int4Config, values)
     if config.algo == "gptq" and data is None:
         raise DataError("--algo gptq needs calibration data: give --data CALIB.npz")

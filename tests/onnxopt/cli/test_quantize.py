@@ -204,7 +204,7 @@ def test_bits_other_than_4_and_8_and_int4_options_with_8_bits(tmp_path, capsys) 
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         "error: --bits 3: choose 8 (int8) or 4 (weight-only MatMulNBits)",
-        "error: --algo and --block-size apply to --bits 4",
+        "error: --algo, --block-size and --symmetric apply to --bits 4",
     ]
 
 
@@ -299,3 +299,14 @@ def test_cli_broken_metric_is_one_line_exit_2(tmp_path) -> None:
     )
     assert r.returncode == 2 and "cannot import 'no_such_module_xyz'" in r.stdout + r.stderr
     assert not (tmp_path / "q.onnx").exists()
+
+
+def test_int4_symmetric_writes_no_zero_points(tmp_path, capsys) -> None:
+    from onnxopt.cli.app import main
+
+    p, data = _matmul(tmp_path)
+    out = tmp_path / "q.onnx"
+    args = ["quantize", str(p), "-o", str(out), "--bits", "4", "--symmetric"]
+    assert main([*args, "--data", str(data), "--target", "onnxruntime"]) == 0, capsys.readouterr()
+    (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
+    assert len(node.input) == 3 or node.input[3] == ""  # A, B, scales: no zero points

@@ -1,0 +1,48 @@
+"""``onnxopt optimize``: options of its own (``--keep-io-types`` for the half-precision
+passes); the pipeline itself is tested in test_app.py and the e2e tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+
+from onnxopt.cli.app import main
+from tests.helpers import parse
+
+TINY = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1,16] x) => (float[1,8] y) {
+    m = MatMul (x, W)
+    y = Relu (m)
+}
+"""
+
+
+def _tiny(tmp_path):
+    w = np.random.default_rng(0).standard_normal((16, 8)).astype(np.float32)
+    path = tmp_path / "tiny.onnx"
+    onnx.save(parse(TINY, {"W": w}), str(path))
+    return path
+
+
+def _io_types(path) -> set[int]:
+    g = onnx.load(str(path)).graph
+    return {v.type.tensor_type.elem_type for v in [*g.input, *g.output]}
+
+
+def test_keep_io_types_is_the_default_and_can_be_turned_off(tmp_path) -> None:
+    src = _tiny(tmp_path)
+    kept, half = tmp_path / "kept.onnx", tmp_path / "half.onnx"
+    args = ["optimize", str(src), "--passes", "convert-fp16"]
+    assert main([*args, "-o", str(kept)]) == 0
+    assert _io_types(kept) == {onnx.TensorProto.FLOAT}
+    assert main([*args, "-o", str(half), "--no-keep-io-types"]) == 0
+    assert _io_types(half) == {onnx.TensorProto.FLOAT16}
+
+
+def test_keep_io_types_without_a_half_pass_is_a_one_line_error(tmp_path, capsys) -> None:
+    src, out = _tiny(tmp_path), tmp_path / "out.onnx"
+    code = main(["optimize", str(src), "-o", str(out), "--passes", "cleanup", "--keep-io-types"])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--keep-io-types applies to convert-fp16" in err
