@@ -163,23 +163,14 @@ def _fingerprint(graph: gs.Graph) -> int:
     dtypes and shapes of every tensor, the graph's inputs and outputs (opsets do not change)."""
     parts: list = []
     for node in graph.nodes:
-        attrs = []
-        for k, v in node.attrs.items():
-            if isinstance(v, gs.Graph):
-                attrs.append((k, _fingerprint(v)))
-            elif isinstance(v, gs.Constant):
-                attrs.append((k, _const_key(v)))
-            elif isinstance(v, np.ndarray):
-                attrs.append((k, v.dtype.str, v.shape, v.tobytes()))
-            else:
-                attrs.append((k, repr(v)))
+        attrs = tuple((k, _attr_key(v)) for k, v in node.attrs.items())
         parts.append(
             (
                 node.op,
                 node.domain,
                 tuple(t.name for t in node.inputs),
                 tuple(t.name for t in node.outputs),
-                tuple(attrs),
+                attrs,
             )
         )
     for name, t in graph.tensors().items():
@@ -190,6 +181,24 @@ def _fingerprint(graph: gs.Graph) -> int:
     parts.append(tuple(t.name for t in graph.inputs))
     parts.append(tuple(t.name for t in graph.outputs))
     return hash(tuple(parts))
+
+
+def _attr_key(v: object) -> object:
+    """A hashable stand-in for one attribute value. A list is hashed as a tuple (with its
+    element type: ONNX lists hold one type), not through ``repr``, which costs a quarter of a
+    second for each of a tree ensemble's 10^5-entry lists, on every pass."""
+    if isinstance(v, gs.Graph):
+        return _fingerprint(v)
+    if isinstance(v, gs.Constant):
+        return _const_key(v)
+    if isinstance(v, np.ndarray):
+        return (v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, (list, tuple)):
+        try:
+            return ("list", type(v[0]).__name__ if v else "", hash(tuple(v)))
+        except TypeError:  # unhashable elements
+            return repr(v)
+    return repr(v)
 
 
 def _const_key(t: gs.Constant) -> tuple:
