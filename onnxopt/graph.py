@@ -291,17 +291,27 @@ def is_empty_tensor(tensor: gs.Tensor) -> bool:
     return isinstance(tensor, gs.Variable) and tensor.name == ""
 
 
-def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
-    """Point every consumer of ``old`` (nodes, including subgraph nodes) at ``new``."""
+def subgraphs(graph: gs.Graph) -> list[gs.Graph]:
+    """The graphs held by ``graph``'s nodes' attributes (they hold their own in turn)."""
+    return [a for node in graph.nodes for a in node.attrs.values() if isinstance(a, gs.Graph)]
+
+
+def replace_uses(
+    graph: gs.Graph, old: gs.Tensor, new: gs.Tensor, subs: list[gs.Graph] | None = None
+) -> None:
+    """Point every consumer of ``old`` (nodes, including subgraph nodes) at ``new``.
+
+    ``subs``: ``subgraphs(graph)``, when a caller replaces many tensors of a graph whose nodes
+    it does not add or remove in between (finding them visits every node: on a 1,700-node
+    graph with 700 replacements that was most of the pass).
+    """
     for node in list(old.outputs):
         for i, t in enumerate(node.inputs):
             if t is old:
                 node.inputs[i] = new
     # nodes inside subgraphs reference outer tensors by object too
-    for node in graph.nodes:
-        for attr in node.attrs.values():
-            if isinstance(attr, gs.Graph):
-                _replace_in_subgraph(attr, old, new)
+    for sub in subgraphs(graph) if subs is None else subs:
+        _replace_in_subgraph(sub, old, new)
 
 
 def _replace_in_subgraph(sub: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:

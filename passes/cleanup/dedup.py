@@ -15,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
-from onnxopt.graph import is_graph_input, is_graph_output, replace_uses
+from onnxopt.graph import is_graph_input, is_graph_output, replace_uses, subgraphs
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +69,7 @@ class DedupInitializers(Pass):
             by_meta.setdefault(meta, []).append(t)
         sites: list[str] = []
         saved = 0
+        subs = subgraphs(graph)  # replacing uses adds and removes no node
         for group in by_meta.values():
             if len(group) < 2:
                 continue
@@ -90,7 +91,7 @@ class DedupInitializers(Pass):
                     continue
                 if not np.array_equal(_peek(keep), values, equal_nan=values.dtype.kind in "fc"):
                     continue  # a hash collision (or NaN payloads): leave both
-                replace_uses(graph, t, keep)
+                replace_uses(graph, t, keep, subs)
                 saved += int(values.nbytes)
                 sites.append(t.name)
         notes = [f"{len(sites)} duplicate initializers merged ({saved} bytes)"] if sites else []
