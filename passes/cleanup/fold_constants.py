@@ -11,7 +11,10 @@ Size cap: a frontier value of ``b`` bytes is kept only when
 (default ``max_bytes = 1 MiB``, ``growth = 2``), so a fold never makes the model much larger
 (an ``Expand`` of a scalar to a large shape stays an ``Expand``).
 ``Constant`` nodes are lifted into initializers first (see ``lift``; option
-``lift_constants=False`` keeps them as nodes).
+``lift_constants=False`` keeps them as nodes). ``CastLike(c, y)`` with ``c`` constant and
+``dtype(y)`` known is ``Cast(c, to=dtype(y))``: it reads only ``y``'s type, so it folds too
+(torch's dynamo exporter without its clean-up writes every Conv bias as
+``Expand(CastLike(c, input), shape)``).
 DequantizeLinear is not folded by default: folding it would turn int8 weights back into floats
 and undo a QDQ model (option ``fold_dequantize=True`` allows it).
 """
@@ -142,6 +145,29 @@ class FoldPlan:
         return total
 
 
+def cast_like_of_constants(graph: gs.Graph) -> int:
+    """Turn ``CastLike(c, y)`` with ``c`` constant and ``y``'s dtype known into
+    ``Cast(c, to=dtype(y))`` (the same values), so that it folds; returns how many."""
+    import onnx
+
+    n = 0
+    for node in graph.nodes:
+        if node.op != "CastLike" or node.domain not in STANDARD_DOMAINS or len(node.inputs) < 2:
+            continue
+        c, like = node.inputs[0], node.inputs[1]
+        dtype = like.dtype if isinstance(like, gs.Variable | gs.Constant) else None
+        if not isinstance(c, gs.Constant) or dtype is None:
+            continue
+        try:
+            to = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        except (KeyError, TypeError):
+            continue
+        node.op, node.inputs = "Cast", [c]
+        node.attrs = {**node.attrs, "to": int(to)}
+        n += 1
+    return n
+
+
 def _estimate_bytes(ts: TypeShape | None) -> int | None:
     if ts is None or ts.dtype is None or ts.static_shape is None:
         return None
@@ -253,6 +279,7 @@ class FoldConstants(Pass):
         notes: list[str] = []
         if c.lift_constants:
             lifted, notes = lift_constants(graph, ctx)
+        cast_like_of_constants(graph)
         done, fold_notes = fold(
             graph, ctx, max_bytes=int(c.max_bytes), growth=float(c.growth), skip_ops=skip
         )
