@@ -288,7 +288,7 @@ def corpus_row(entry: Any, n: int, repeat: int, timeout: float) -> dict[str, Any
 def _cell(r: dict[str, Any], key: str, fmt: str) -> str:
     if r.get("status") != "ok":
         return "fails" if r.get("status", "").startswith(("failed", "crashed")) else "–"
-    return format(r[key], fmt)
+    return "–" if r.get(key) is None else format(r[key], fmt)
 
 
 def _eq(r: dict[str, Any]) -> str:
@@ -344,6 +344,11 @@ def corpus_markdown(rows: list[dict[str, Any]]) -> str:
 
 def _notes(row: dict[str, Any]) -> list[str]:
     out = []
+    if row.get("earlier_run"):
+        out.append(
+            f"- {row['name']}: row from an earlier run ({row.get('when')}), before peak RSS was "
+            "measured per process (its RSS figures were wrong and are not shown)"
+        )
     for tool in (*CORPUS_TOOLS, "dropin"):
         r = row[tool]
         if r.get("status") != "ok":

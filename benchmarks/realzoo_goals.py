@@ -57,6 +57,8 @@ QUANTIZE = ("ppocrv5_det", "ppocrv5_rec", "ppocrv5_cls", "keras_cnn", "keras_mlp
             "digits_cnn_wide_dynamo", "resnet18_dynamo", "mobilenetv2_dynamo_raw",
             "sk_digits_mlp", "bert_small_dynamo")  # fmt: skip
 PRUNE = ("digits_resnet", "resnet18", "mobilenetv2")
+#: --reuse: keep a quantized model and its report from an earlier run
+REUSE = False
 
 
 def onnxopt(*argv: str, timeout: float = 1800) -> tuple[int, str]:
@@ -112,14 +114,15 @@ def _lossy(rep: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- goals
 
 
-def goal_speed(chosen: list[Any], quantize: set[str], n_lossy: int) -> dict[str, Any]:
-    """optimize's outputs from the cost run, and quantize's, each raced against its input."""
+def goal_speed(chosen: list[Any], quantize: set[str], n_lossy: int, races: bool) -> dict[str, Any]:
+    """optimize's outputs from the cost run (``races``), and quantize's, each raced against its
+    input."""
     rows = {}
     for e in chosen:
         src = e.build()
         opt = ROOT / "build" / "optimizer_cost" / "corpus" / e.name / "onnxopt.onnx"
         row: dict[str, Any] = {"name": e.name}
-        if opt.exists():
+        if races and opt.exists():
             row["optimize"] = race(src, opt, e.data(8))
         if e.name in quantize:
             row["quantize"] = quantize_one(e, n_lossy)
@@ -133,13 +136,14 @@ def quantize_one(e: Any, n: int) -> dict[str, Any]:
     d = WORK / "quant"
     d.mkdir(parents=True, exist_ok=True)
     out, rep = d / f"{e.name}.onnx", d / f"{e.name}.report.json"
-    rep.unlink(missing_ok=True)
-    rc, last = onnxopt("quantize", str(e.build()), "-o", str(out), "--data", str(e.data(n)),
-                       "--report", str(rep))  # fmt: skip
-    if rc != 0:
-        return {"status": f"exit {rc}: {last}"}
+    if not (REUSE and out.exists() and rep.exists()):
+        rep.unlink(missing_ok=True)
+        rc, last = onnxopt("quantize", str(e.build()), "-o", str(out), "--data", str(e.data(n)),
+                           "--report", str(rep))  # fmt: skip
+        if rc != 0:
+            return {"status": f"exit {rc}: {last}"}
     r = _report(rep)
-    return {"status": "ok", "lossy": _lossy(r), "path": str(out),
+    return {"status": "ok", "lossy": _lossy(r), "path": str(out), "n": n,
             "flops": [r.get("original", {}).get("flops"), r.get("final", {}).get("flops")],
             **race(e.build(), out, e.data(8))}  # fmt: skip
 
@@ -223,29 +227,52 @@ def goal_merge() -> dict[str, Any]:
 # --------------------------------------------------------------------------- main
 
 
+def _load() -> dict[str, Any]:
+    return json.loads(STORE.read_text()) if STORE.exists() else {}
+
+
+def _save(new: dict[str, Any], n_lossy: int) -> dict[str, Any]:
+    """Merge this run's goals into the store as it is now (another run may have written it
+    meanwhile); speed rows are merged per model (a quantize-only run keeps the races)."""
+    store = _load()
+    for goal, value in new.items():
+        if goal == "speed":
+            for name, row in value.items():
+                store.setdefault("speed", {}).setdefault(name, {}).update(row)
+        else:
+            store[goal] = value
+    store["n_lossy"] = n_lossy
+    STORE.write_text(json.dumps(store, indent=1, default=str))
+    return store
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--goals", default=",".join(GOALS), help="comma-separated: " + ",".join(GOALS))
     ap.add_argument("--only", help="speed: comma-separated corpus entries (default: all)")
     ap.add_argument("--quantize", default=",".join(QUANTIZE), help="speed: entries to quantize")
+    ap.add_argument("--no-races", dest="races", action="store_false",
+                    help="speed: only quantize (do not race optimize's outputs)")  # fmt: skip
     ap.add_argument("--n-lossy", type=int, default=64, help="samples for quantize and prune")
+    ap.add_argument("--reuse", action="store_true", help="speed: reuse earlier quantize outputs")
     args = ap.parse_args(argv)
+    global REUSE
+    REUSE = args.reuse
     goals = [g.strip() for g in args.goals.split(",") if g.strip()]
-    store: dict[str, Any] = json.loads(STORE.read_text()) if STORE.exists() else {}
+    new: dict[str, Any] = {}
     if "cost" in goals:
-        store["cost"] = json.loads(COST.read_text()) if COST.exists() else []
+        new["cost"] = json.loads(COST.read_text()) if COST.exists() else []
     if "speed" in goals:
         chosen = realzoo.select(args.only)
         quant = {q for q in args.quantize.split(",") if q} & {e.name for e in chosen}
-        store.setdefault("speed", {}).update(goal_speed(chosen, quant, args.n_lossy))
+        new["speed"] = goal_speed(chosen, quant, args.n_lossy, args.races)
     if "ocr" in goals:
-        store["ocr"] = goal_ocr(store.get("speed", {}))
+        new["ocr"] = goal_ocr({**_load().get("speed", {}), **new.get("speed", {})})
     if "prune" in goals:
-        store["prune"] = goal_prune(args.n_lossy)
+        new["prune"] = goal_prune(args.n_lossy)
     if "merge" in goals:
-        store["merge"] = goal_merge()
-    store["n_lossy"] = args.n_lossy
-    STORE.write_text(json.dumps(store, indent=1, default=str))
+        new["merge"] = goal_merge()
+    store = _save(new, args.n_lossy)
     order = [e.name for e in realzoo.entries()]
     OUT_MD.write_text(tables.render(store, order))
     print(OUT_MD.read_text())

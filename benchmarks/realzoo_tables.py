@@ -92,6 +92,12 @@ def _race(r: dict[str, Any] | None) -> str:
     return f"{r['in_ms']:.3g} → {r['out_ms']:.3g} | {r['ratio']:.2f} | {verdict}"
 
 
+def _quant(q: dict[str, Any] | None) -> str:
+    if not q or "lossy" not in q:
+        return "–"
+    return f"{q['lossy']} ({q.get('n', 'N_LOSSY')} samples)"
+
+
 def speed(rows: dict[str, Any], order: list[str]) -> list[str]:
     """(c) every written model raced against its input."""
     out = [
@@ -114,9 +120,7 @@ def speed(rows: dict[str, Any], order: list[str]) -> list[str]:
         for tool in ("optimize", "quantize"):
             if (r.get(tool) or {}).get("slower"):
                 slower.append(f"{name} ({tool} {r[tool]['ratio']:.2f}x)")
-        out.append(
-            f"| {name} | {_race(r.get('optimize'))} | {(q or {}).get('lossy', '–')} | {_race(q)} |"
-        )
+        out.append(f"| {name} | {_race(r.get('optimize'))} | {_quant(q)} | {_race(q)} |")
     return out + ["", _met(not slower, f"slower beyond noise: {', '.join(slower) or 'none'}"), ""]
 
 
