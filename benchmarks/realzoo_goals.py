@@ -241,7 +241,8 @@ def _save(new: dict[str, Any], n_lossy: int) -> dict[str, Any]:
                 store.setdefault("speed", {}).setdefault(name, {}).update(row)
         else:
             store[goal] = value
-    store["n_lossy"] = n_lossy
+    if "prune" in new:
+        store["n_lossy"] = n_lossy
     STORE.write_text(json.dumps(store, indent=1, default=str))
     return store
 

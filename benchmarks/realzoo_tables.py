@@ -37,9 +37,14 @@ def cost(rows: list[dict[str, Any]]) -> list[str]:
         if ratio and ratio > 2:
             slow.append(f"{r['name']} {ratio:.2f}x")
         rss = " / ".join(_f(x.get("peak_rss_mb") if _ok(x) else None, ".0f") for x in t)
+        star = " \\*" if r.get("earlier_run") else ""
         out.append(
-            f"| {r['name']} | {' | '.join(_f(s) for s in secs)} | {_f(ratio, '.2f')} | {rss} |"
+            f"| {r['name']}{star} | {' | '.join(_f(s) for s in secs)} | {_f(ratio, '.2f')} "
+            f"| {rss} |"
         )
+    if any(r.get("earlier_run") for r in rows):
+        out += ["", "\\* row from an earlier run of the same command (before peak RSS was "
+                "measured per process: its RSS is not shown); the run was cut short by time."]  # fmt: skip
     n = sum(1 for r in rows if _ok(r["onnxopt"]) and _ok(r["onnxsim"]))
     out += ["", _met(not slow, f"at most 2x onnxsim on {n - len(slow)} of {n} models"
                      + (f"; slower: {', '.join(slow)}" if slow else "")), ""]  # fmt: skip
@@ -106,7 +111,7 @@ def speed(rows: dict[str, Any], order: list[str]) -> list[str]:
         f"`{COST_CMD}` then `{CMD.format('speed')}`. ms = median latency of one sample, "
         "interleaved rounds, ORT_ENABLE_ALL, 2 threads; slower = the input's median lower and "
         "the input won the rounds beyond a one-sided sign test at 5 %. quantize: "
-        "`onnxopt quantize IN -o OUT --data DATA` (N_LOSSY samples); its report's verdict on "
+        "`onnxopt quantize IN -o OUT --data DATA` (samples given in each row); its report's verdict on "
         "int8. **Latency measured on a 2-core machine shared with other jobs: noisy.**",
         "",
         "| model | optimize ms (in → out) | ratio | verdict | quantize: int8 | "
@@ -121,7 +126,11 @@ def speed(rows: dict[str, Any], order: list[str]) -> list[str]:
             if (r.get(tool) or {}).get("slower"):
                 slower.append(f"{name} ({tool} {r[tool]['ratio']:.2f}x)")
         out.append(f"| {name} | {_race(r.get('optimize'))} | {_quant(q)} | {_race(q)} |")
-    return out + ["", _met(not slower, f"slower beyond noise: {', '.join(slower) or 'none'}"), ""]
+    n_opt = sum(1 for r in rows.values() if "ratio" in (r.get("optimize") or {}))
+    n_q = sum(1 for r in rows.values() if "ratio" in (r.get("quantize") or {}))
+    text = f"slower beyond noise: {', '.join(slower) or 'none'} ({n_opt} optimize and {n_q} "
+    text += f"quantize outputs raced, of {len(order)} corpus models)"
+    return out + ["", _met(not slower, text), ""]
 
 
 def ocr(r: dict[str, Any]) -> list[str]:
