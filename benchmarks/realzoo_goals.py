@@ -128,6 +128,7 @@ def goal_speed(chosen: list[Any], quantize: set[str], n_lossy: int, races: bool)
             row["quantize"] = quantize_one(e, n_lossy)
         print(f"speed {e.name}: {row}", file=sys.stderr, flush=True)
         rows[e.name] = row
+        _save({"speed": {e.name: row}}, n_lossy)  # a run cut short keeps what it measured
     return rows
 
 

@@ -108,11 +108,13 @@ def speed(rows: dict[str, Any], order: list[str]) -> list[str]:
     out = [
         "## (c) Never slower: models written by `optimize` and `quantize` against their input",
         "",
-        f"`{COST_CMD}` then `{CMD.format('speed')}`. ms = median latency of one sample, "
+        f"`{COST_CMD}` then `{CMD.format('speed')}`. optimize's outputs are the files the "
+        "cost run wrote (for rows marked \\* in (a), the earlier run). ms = median latency of "
+        "one sample, "
         "interleaved rounds, ORT_ENABLE_ALL, 2 threads; slower = the input's median lower and "
         "the input won the rounds beyond a one-sided sign test at 5 %. quantize: "
-        "`onnxopt quantize IN -o OUT --data DATA` (samples given in each row); its report's verdict on "
-        "int8. **Latency measured on a 2-core machine shared with other jobs: noisy.**",
+        "`onnxopt quantize IN -o OUT --data DATA` (samples given in each row); its report's "
+        "verdict on int8. **Latency measured on a 2-core machine shared with other jobs: noisy.**",
         "",
         "| model | optimize ms (in → out) | ratio | verdict | quantize: int8 | "
         "quantize ms (in → out) | ratio | verdict |",
