@@ -14,6 +14,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+# Keras picks its backend at its first import; the zoo exports Keras models on torch (there is
+# no TensorFlow here)
+os.environ.setdefault("KERAS_BACKEND", "torch")
 
 
 def pytest_configure(config):

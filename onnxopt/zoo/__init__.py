@@ -4,16 +4,20 @@ API (shared by tests and benchmarks)::
 
     digits_data() -> {"X_train", "y_train", "X_test", "y_test"}   # float32 [N,1,8,8] in 0..1
     torch_model(name) -> torch.nn.Module                            # eval mode, weights cached
-    build(name, exporter="torchscript" | "dynamo") -> Path          # build/zoo/<name>_<exp>.onnx
+    build(name, exporter="torchscript" | "dynamo" | "dynamo_raw") -> Path  # zoo_dir()/<name>_<exp>.onnx
     digits_npz(path, split="test") -> Path                          # {"input": X, "labels": y}
 
 Names: ``digits_resnet`` (trained, >= 97 % test accuracy), ``digits_mlp``, ``digits_cnn_small``,
-``digits_cnn_wide`` (trained; for ensembles), ``resnet18`` and ``mobilenetv2`` (224x224, seeded
+``digits_cnn_wide`` (trained; for ensembles), ``digits_transformer`` (trained; the 8 rows as a
+sequence, a 2-layer encoder), ``resnet18`` and ``mobilenetv2`` (224x224, seeded
 random weights with non-trivial BatchNorm statistics), ``bert_base`` (12 layers, hidden 768,
 12 heads, FFN 3072, vocab 30522, sequence 128; ~110 M parameters, ~440 MB fp32) and
 ``bert_small`` (4 layers, hidden 256, 4 heads, FFN 1024).
 
-Exports: torchscript with opset 17 and ``dynamo=True`` with opset 18. Image models have a
+Exports: torchscript with opset 17 and ``dynamo=True`` with opset 18; ``dynamo_raw`` is
+``dynamo=True, optimize=False`` (the exporter's own clean-up off: Identity, CastLike, unfolded
+constants and BatchNormalization left in, as graph optimizers commonly receive them; not in
+``EXPORTERS``, so ``build_all`` and the tests that loop over exporters skip it). Image models have a
 dynamic batch dimension named ``batch``; BERT inputs are fixed ``[1, 128]``. Every fresh export
 is checked in onnxruntime against torch (``max|ort − torch| <= 1e-3 · max(1, max|torch|)``).
 Builds are cached by file name and guarded by a file lock, so parallel callers train once.
@@ -44,7 +48,9 @@ logger = logging.getLogger(__name__)
 _CHECKOUT = Path(__file__).resolve().parents[2]
 ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() else None
 EXPORTERS = ("torchscript", "dynamo")
-OPSET = {"torchscript": 17, "dynamo": 18}
+RAW = "dynamo_raw"
+ALL_EXPORTERS = (*EXPORTERS, RAW)
+OPSET = {"torchscript": 17, "dynamo": 18, RAW: 18}
 SEED = 0
 INPUT = "input"  # input name of every image model
 BERT_SEQ = 128
@@ -80,6 +86,7 @@ def _specs() -> dict[str, Spec]:
             Spec("digits_mlp", lambda: n.DigitsMLP(128), *img, "digits", epochs=100),
             Spec("digits_cnn_small", lambda: n.DigitsCNN(8), *img, "digits", epochs=60),
             Spec("digits_cnn_wide", lambda: n.DigitsCNN(48), *img, "digits", epochs=20),
+            Spec("digits_transformer", n.DigitsTransformer, *img, "digits", epochs=40),
             Spec("resnet18", n.ResNet18, *img, "image"),
             Spec("mobilenetv2", n.MobileNetV2, *img, "image"),
             Spec("bert_base", lambda: n.Bert(30522, 768, 12, 12, 3072), *bert, "bert"),
@@ -93,6 +100,7 @@ NAMES = (
     "digits_mlp",
     "digits_cnn_small",
     "digits_cnn_wide",
+    "digits_transformer",
     "resnet18",
     "mobilenetv2",
     "bert_base",
@@ -271,8 +279,8 @@ def build(name: str, exporter: str = "torchscript") -> Path:
         ZooError: unknown name or exporter, or the export or its onnxruntime check failed
             (the message names the model and the exporter).
     """
-    if exporter not in EXPORTERS:
-        raise ZooError(f"unknown exporter {exporter!r}; use one of {', '.join(EXPORTERS)}")
+    if exporter not in ALL_EXPORTERS:
+        raise ZooError(f"unknown exporter {exporter!r}; use one of {', '.join(ALL_EXPORTERS)}")
     s = spec(name)
     out = path_for(name, exporter)
     if out.exists():
@@ -296,6 +304,20 @@ def build(name: str, exporter: str = "torchscript") -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _mha_fastpath_off() -> Iterator[None]:
+    """``nn.TransformerEncoderLayer``'s fused inference kernel
+    (``aten::_transformer_encoder_layer_fwd``) has no ONNX export: export the plain ops."""
+    import torch
+
+    was = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        torch.backends.mha.set_fastpath_enabled(was)
+
+
 def _export(model: Any, s: Spec, exporter: str, path: Path) -> None:
     import torch
 
@@ -305,7 +327,7 @@ def _export(model: Any, s: Spec, exporter: str, path: Path) -> None:
     common: dict[str, Any] = dict(
         input_names=list(s.inputs), output_names=list(s.outputs), opset_version=OPSET[exporter]
     )
-    with torch.no_grad():
+    with torch.no_grad(), _mha_fastpath_off():
         if exporter == "torchscript":
             axes = {INPUT: {0: "batch"}, "logits": {0: "batch"}} if s.kind != "bert" else None
             torch.onnx.export(
@@ -327,7 +349,7 @@ def _export(model: Any, s: Spec, exporter: str, path: Path) -> None:
                     args,
                     dynamo=True,
                     dynamic_shapes=shapes,
-                    optimize=True,
+                    optimize=exporter != RAW,
                     verbose=False,
                     **common,
                 )

@@ -2,7 +2,8 @@
 
 - Digits (input ``[N, 1, 8, 8]`` in 0..1, 10 classes): ``DigitsResNet`` (Conv-BN-ReLU stem,
   residual blocks with BatchNorm and Add, a stride-2 stage), ``DigitsMLP``, ``DigitsCNN``
-  (small and wide variants).
+  (small and wide variants), ``DigitsTransformer`` (the 8 rows as a sequence, a 2-layer
+  encoder).
 - ImageNet-sized (input ``[N, 3, 224, 224]``, 1000 classes): ``ResNet18`` (BasicBlock 2-2-2-2)
   and ``MobileNetV2`` (inverted residuals, ReLU6, width 1.0).
 - ``Bert``: embeddings (word + position + token type, LayerNorm) and ``layers`` encoder blocks
@@ -95,6 +96,27 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.features(x), 1))
+
+
+class DigitsTransformer(nn.Module):
+    """The digit read as a sequence of its 8 rows of 8 pixels: Linear(8 -> d) + learned
+    positions, ``layers`` post-norm ``nn.TransformerEncoderLayer`` blocks (``heads`` heads, FFN
+    ``ffn``), LayerNorm, mean over the rows, Linear(d -> classes)."""
+
+    def __init__(
+        self, d: int = 64, heads: int = 4, layers: int = 2, ffn: int = 128, classes: int = 10
+    ) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, d)
+        self.pos = nn.Parameter(torch.randn(1, 8, d) * 0.02)
+        layer = nn.TransformerEncoderLayer(d, heads, ffn, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.encoder(self.embed(torch.flatten(x, 1, 2)) + self.pos)  # [N, 1, 8, 8] -> rows
+        return self.head(self.norm(h.mean(dim=1)))
 
 
 # --------------------------------------------------------------------------- 224x224 CNNs

@@ -5,7 +5,8 @@ objects, in order), attributes and number of outputs, and the op is deterministi
 visited in topological order, so chains of duplicates collapse in one sweep: once ``b`` is merged
 into ``a``, every consumer of ``b`` reads ``a`` and becomes a candidate itself. Graph outputs
 keep their names (the surviving tensor takes the output's name, see
-``onnxopt.graph.merge_tensors``). Nodes with subgraphs are not compared.
+``onnxopt.graph.merge_tensors``). Nodes with subgraphs are not compared. Attribute values are
+compared only between nodes that already share op, domain, inputs and attribute names.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def _norm(value: Any) -> Hashable:
         data = value.tobytes() if value.dtype != object else repr(value.tolist()).encode()
         return ("array", str(value.dtype), value.shape, hashlib.sha1(data).hexdigest())
     if isinstance(value, (list, tuple)):
-        return ("list", tuple(_norm(v) for v in value))
+        return _norm_list(value)
     if isinstance(value, float):
         return ("float", value.hex()) if value == value else ("float", "nan")
     if isinstance(value, (int, str, bool, bytes)) or value is None:
@@ -41,15 +42,62 @@ def _norm(value: Any) -> Hashable:
     return ("repr", type(value).__name__, repr(value))
 
 
-def node_key(node: gs.Node) -> Hashable:
-    attrs = tuple(sorted((k, _norm(v)) for k, v in node.attrs.items()))
+def _norm_list(value: list | tuple) -> Hashable:
+    """A list attribute's key. ONNX list attributes hold one type (ints, floats, strings), so a
+    list that numpy reads as a flat int, float or str array is keyed by that array's bytes:
+    exact (float bits, so -0.0 and 0.0 differ) and fast on the 10^5-entry lists of tree
+    ensembles. Anything else is keyed element by element."""
+    if value and isinstance(value[0], (int, float, str)) and not isinstance(value[0], bool):
+        arr = np.asarray(value)
+        if arr.ndim == 1 and arr.dtype.kind in "iufU":
+            return ("list", arr.dtype.str, len(arr), arr.tobytes())
+    return ("list", tuple(_norm(v) for v in value))
+
+
+def _shallow_key(node: gs.Node) -> Hashable:
+    """What two duplicates must share before their attribute values are compared."""
     return (
         node.op,
         node.domain or "",
         tuple(id(t) for t in node.inputs),
         tuple(bool(t.name) for t in node.outputs),
-        attrs,
+        tuple(sorted(node.attrs)),
     )
+
+
+def node_key(node: gs.Node) -> Hashable:
+    attrs = tuple(sorted((k, _norm(v)) for k, v in node.attrs.items()))
+    return (*_shallow_key(node)[:4], attrs)
+
+
+class _Seen:
+    """The nodes met so far, bucketed by :func:`_shallow_key`; a node's exact key (attribute
+    values included) is computed only when another node shares its bucket, so a large lone
+    node (a tree ensemble with 10^5-entry attribute lists) costs nothing."""
+
+    def __init__(self) -> None:
+        self.buckets: dict[Hashable, list[gs.Node]] = {}
+        self.keys: dict[int, Hashable] = {}
+
+    def key(self, node: gs.Node) -> Hashable:
+        if id(node) not in self.keys:
+            self.keys[id(node)] = node_key(node)
+        return self.keys[id(node)]
+
+    def first(self, node: gs.Node) -> gs.Node | None:
+        """The earlier node that computes what ``node`` computes, or None (``node`` is kept)."""
+        bucket = self.buckets.setdefault(_shallow_key(node), [])
+        if bucket:
+            key = self.key(node)
+            for other in bucket:
+                try:
+                    same = self.key(other) == key
+                except Exception:  # ``other`` cannot be keyed: it matches nothing
+                    continue
+                if same:
+                    return other
+        bucket.append(node)
+        return None
 
 
 class CommonSubexpressions(Pass):
@@ -64,7 +112,7 @@ class CommonSubexpressions(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         node_names_unique(graph)
         graph.toposort()
-        seen: dict[Hashable, gs.Node] = {}
+        seen = _Seen()
         notes: list[str] = []
         sites: list[str] = []
         for node in list(graph.nodes):
@@ -76,13 +124,11 @@ class CommonSubexpressions(Pass):
             ):
                 continue
             try:
-                key = node_key(node)
+                first = seen.first(node)
             except Exception as e:
                 notes.append(f"{node.name}: not compared ({type(e).__name__})")
                 continue
-            first = seen.get(key)
             if first is None:
-                seen[key] = node
                 continue
             if not ctx.allow(node.name):
                 continue

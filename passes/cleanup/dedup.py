@@ -17,7 +17,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
-from onnxopt.graph import replace_uses
+from onnxopt.graph import replace_uses, subgraphs
 from onnxopt.scopes import OVERRIDABLE, mark, owner_of, walk
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class DedupInitializers(Pass):
             by_meta.setdefault(meta, []).append(t)
         sites: list[str] = []
         saved = 0
+        subs = subgraphs(graph)  # replacing uses adds and removes no node
         for group in by_meta.values():
             if len(group) < 2:
                 continue
@@ -111,7 +112,7 @@ class DedupInitializers(Pass):
 
                 if not np.array_equal(_peek(keep), values, equal_nan=values.dtype.kind in "fc"):
                     continue  # a hash collision (or NaN payloads): leave both
-                replace_uses(graph, t, keep)
+                replace_uses(graph, t, keep, subs)
                 saved += int(values.nbytes)
                 sites.append(t.name)
         notes = [f"{len(sites)} duplicate initializers merged ({saved} bytes)"] if sites else []

@@ -112,3 +112,31 @@ def test_large_models_run_in_onnxruntime(name, exporter):
     else:
         assert outs[0].shape == (1, 1000)
     assert all(np.isfinite(o).all() for o in outs)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("exporter", zoo.ALL_EXPORTERS)
+def test_digits_transformer(exporter):
+    """A trained encoder over the 8 rows; every exporter gives the same accuracy in onnxruntime."""
+    path = zoo.build("digits_transformer", exporter)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "MatMul" in ops and "Softmax" in ops
+    d = zoo.digits_data()
+    (logits,) = _session(path).run(None, {"input": d["X_test"]})
+    assert float((logits.argmax(1) == d["y_test"]).mean()) >= 0.95
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["digits_resnet", "mobilenetv2"])
+def test_raw_dynamo_export(name):
+    """optimize=False keeps the exporter's artefacts (unfolded BatchNorm, more nodes) and the
+    same numbers as the optimized export."""
+    raw, clean = zoo.build(name, zoo.RAW), zoo.build(name, "dynamo")
+    raw_ops = [n.op_type for n in onnx.load(str(raw)).graph.node]
+    clean_ops = [n.op_type for n in onnx.load(str(clean)).graph.node]
+    assert "BatchNormalization" in raw_ops and "BatchNormalization" not in clean_ops
+    assert len(raw_ops) > len(clean_ops)
+    feeds = zoo.example_inputs(name, batch=2)
+    (a,) = _session(raw).run(None, feeds)
+    (b,) = _session(clean).run(None, feeds)
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)

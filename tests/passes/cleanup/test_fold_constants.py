@@ -223,3 +223,23 @@ def test_overridable_initializer_is_an_input_not_a_constant() -> None:
     assert [i.name for i in out.graph.input] == ["x", "c"]
     feeds = {"x": np.ones(3, np.float32), "c": np.array([5, 6, 7], np.float32)}
     np.testing.assert_array_equal(run(out, feeds)[0], [11, 13, 15])
+
+
+def test_cast_like_of_a_constant_folds() -> None:
+    """Raw dynamo exports write a Conv bias as Expand(CastLike(c, input), shape): CastLike reads
+    only the input's type, so the whole bias folds to an initializer."""
+    m = parse(
+        HEAD
+        + """
+    g (float[2,3] x) => (float[2,3] y) <int64[1] shape = {3}> {
+      c = Constant<value = double {0.5}>()
+      b = CastLike(c, x)
+      e = Expand(b, shape)
+      y = Add(x, e)
+    }"""
+    )
+    res, out = apply(FoldConstants(), m)
+    assert res.changed and ops(out) == ["Add"]
+    inits = {i.name: numpy_helper.to_array(i) for i in out.graph.initializer}
+    np.testing.assert_array_equal(inits["e"], np.full(3, 0.5, np.float32))
+    assert_identical(m, out)

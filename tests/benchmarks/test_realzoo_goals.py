@@ -1,0 +1,32 @@
+"""benchmarks/realzoo_goals.py: goal verdicts in REALZOO.md follow the measured rows."""
+
+from __future__ import annotations
+
+from benchmarks import realzoo_goals, realzoo_tables
+
+
+def _race(ratio: float, slower: bool) -> dict:
+    return {"in_ms": 1.0, "out_ms": ratio, "ratio": ratio, "slower": slower}
+
+
+def test_speed_and_prune_verdicts():
+    speed = {
+        "a": {"optimize": _race(0.9, False)},
+        "b": {"optimize": _race(1.3, True), "quantize": {"status": "ok", "lossy": "x: kept",
+                                                        **_race(0.5, False)}},
+    }  # fmt: skip
+    md = "\n".join(realzoo_tables.speed(speed, ["a", "b"]))
+    assert "**missed**: slower beyond noise: b (optimize 1.30x)" in md
+    prune = {
+        "m_dynamo_raw": {"status": "ok", "macs": [100, 70], "removed": 0.3, "lossy": "p: kept",
+                         "top1": 1.0, **_race(0.8, False)},
+        "m_dynamo": {"status": "ok", "macs": [100, 50], "removed": 0.5, "lossy": "p: kept",
+                     "top1": 1.0, **_race(0.8, False)},
+    }  # fmt: skip
+    md = "\n".join(realzoo_tables.prune(prune))
+    assert "**missed**" in md and "m_dynamo_raw 30 %" in md and "m_dynamo 50" not in md
+
+
+def test_comb_and_goal_names():
+    assert realzoo_goals._comb(5, 2) == 10
+    assert set(realzoo_goals.GOALS) == {"cost", "speed", "ocr", "prune", "merge"}
