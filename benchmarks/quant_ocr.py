@@ -100,7 +100,9 @@ class _Stub:
     def run(self, names: Any, feed: dict, *args: Any) -> list[np.ndarray]:
         want = next(iter(feed.values())).shape
         if self.output is None or self.output.shape[2:] != want[2:]:
-            raise ValueError(f"probability map {getattr(self.output, 'shape', None)} for input {want}")
+            raise ValueError(
+                f"probability map {getattr(self.output, 'shape', None)} for input {want}"
+            )
         return [self.output]
 
     def __getattr__(self, name: str) -> Any:

@@ -90,7 +90,11 @@ def _validator(job: dict, fp32):
         if kind == "accuracy":
             return float(np.mean(y.reshape(len(np.atleast_1d(lab)), -1).argmax(-1) == lab))
         if kind == "top1":
-            return float(np.mean(y.reshape(-1, y.shape[-1]).argmax(-1) == r.reshape(-1, r.shape[-1]).argmax(-1)))
+            return float(
+                np.mean(
+                    y.reshape(-1, y.shape[-1]).argmax(-1) == r.reshape(-1, r.shape[-1]).argmax(-1)
+                )
+            )
         a, b = r.ravel().astype(np.float64), y.ravel().astype(np.float64)
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-12))
 
@@ -217,7 +221,9 @@ def run_onnxopt(job: dict, model, runs) -> tuple:
     passes = opts.pop("passes", ["cleanup", "fusion"])
     _, labels = load_runs(job["calib"])
     t = time.perf_counter()
-    pm = manager([*passes, "quantize-int8"], budget=Budget(**budget_kw), options={"quantize-int8": opts})
+    pm = manager(
+        [*passes, "quantize-int8"], budget=Budget(**budget_kw), options={"quantize-int8": opts}
+    )
     q, rep = pm.run(model, Feeds(runs, labels=labels, source="calibration"))
     dt = time.perf_counter() - t
     p = rep.passes[-1]

@@ -29,9 +29,13 @@ def test_demo_runs_the_pipeline_and_writes_a_verified_model(tmp_path):
     passes = {p["name"]: p for p in report["passes"]}
     # a lossy pass is kept within the budget, or rolled back for a stated reason: over the
     # budget, or a model no faster than its input (which pass pays on this tiny model depends
-    # on the machine; the speed gate is tested on its own)
+    # on the machine; the speed gate is tested on its own); int8 measured slower on every
+    # layer of this CPU leaves the model float (unchanged), and says so
     for name in ("prune", "quantize-int8"):
         p = passes[name]
+        if p["status"] == "unchanged" and name == "quantize-int8":
+            assert any("slower in int8" in n for n in p["notes"]), p["notes"]
+            continue
         assert p["status"] in ("kept", "rolled back"), p
         if p["status"] == "rolled back":
             assert p["reason"].startswith(("not faster", "over budget")), p["reason"]
