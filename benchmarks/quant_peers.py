@@ -219,10 +219,14 @@ def run_onnxopt(job: dict, model, runs) -> tuple:
 
         budget_kw["metric"] = load_metric(metric)
     passes = opts.pop("passes", ["cleanup", "fusion"])
+    allow_slower = bool(opts.pop("allow_slower", False))
     _, labels = load_runs(job["calib"])
     t = time.perf_counter()
     pm = manager(
-        [*passes, "quantize-int8"], budget=Budget(**budget_kw), options={"quantize-int8": opts}
+        [*passes, "quantize-int8"],
+        budget=Budget(**budget_kw),
+        options={"quantize-int8": opts},
+        allow_slower=allow_slower,
     )
     q, rep = pm.run(model, Feeds(runs, labels=labels, source="calibration"))
     dt = time.perf_counter() - t

@@ -1,12 +1,25 @@
-"""int8 quantization, side by side: onnxopt quantize-int8 vs onnxruntime and onnxsim quantizers.
+"""int8 quantization, side by side: onnxopt against onnxruntime, NNCF and AIMET, in one run.
 
-For each model: fp32 and int8 latency (onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1),
-size, and the metric (digits: test accuracy; others: cosine and top-1 agreement vs fp32).
-Peers: ``onnxruntime.quantization.quantize_static`` (QDQ, per-channel, MinMax / Entropy /
-Percentile, after ``quant_pre_process``) and ``onnxsim.quantize_static`` (0.8.1). Also prints the
-calibration peak memory (max RSS of a child process) for bert_base with 256 samples.
+For each model (:mod:`benchmarks.quant_cases`) every tool quantizes the same fp32 model with the
+same calibration runs, in a fresh process of its own (:mod:`benchmarks.quant_peers`: time of
+the quantization call, peak resident memory). Then, for every result: the metric (test
+accuracy, or cosine / top-1 agreement against fp32, or PP-OCRv5's end-to-end exact text), the
+latency ratio against fp32 (onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, median of interleaved
+rounds), the file size. The three PP-OCRv5 models of each tool also run together in the
+package's pipeline (exact text against the fp32 pipeline, seconds per image). Finally the peak
+memory of onnxopt's calibration with 100 and 1,000 samples (bounded: statistics stream).
 
-    python benchmarks/quantization.py [--quick] [--models a,b] [--out benchmarks/QUANTIZATION.md]
+Tools: onnxopt ``quantize-int8`` (cleanup, fusion, then its defaults, with the model's budget),
+onnxruntime ``quantize_static`` (MinMax and Percentile), ``onnxsim.quantize_static`` (zoo),
+NNCF ``quantize`` and ``quantize_with_accuracy_control``, AIMET-ONNX QuantSim with and without
+AdaRound. The peers run from their own virtual environments (``NNCF_PYTHON``,
+``AIMET_PYTHON``); results are cached in ``build/quant_bench`` (``--fresh`` recomputes).
+
+    python benchmarks/quantization.py [--models a,b] [--tools onnxopt,nncf] [--quick] [--fresh]
+        [--append] [--no-memory]
+
+A subset of models can be run in steps: ``--append`` keeps the rows of the other models from
+the previous run's JSON, and the report lists every command.
 """
 
 from __future__ import annotations
@@ -14,386 +27,254 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import resource
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import onnx
-
-from onnxopt.errors import first_line
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MODELS = ("digits_resnet", "resnet18", "mobilenetv2", "bert_base")
-QUICK = ("digits_resnet", "resnet18")
-#: latency measurements per model (median): the machine is shared, single runs are noisy
+from benchmarks import quant_cases as qc  # noqa: E402
+from benchmarks.quant_peers import save_runs  # noqa: E402
+
+WORK = ROOT / "build" / "quant_bench"
+TOOLS = ("onnxopt", *qc.PEERS, "onnxsim")
+PYTHON = {
+    "nncf": os.environ.get("NNCF_PYTHON", "/work/venvs/nncf/bin/python"),
+    "aimet": os.environ.get("AIMET_PYTHON", "/work/venvs/aimet/bin/python"),
+}
 REPEATS = 3
+#: onnxopt variants besides its defaults (tool name -> quantize-int8 options)
+#: ``onnxopt_nolat``: no speed measurement at all (no latency-aware placement, no speed gate),
+#: like the peers: on a loaded machine both can decline int8 on noise
+ONNXOPT_VARIANTS = {"onnxopt_nolat": {"latency_aware": False, "allow_slower": True}}
+TIMEOUT = float(os.environ.get("QUANT_BENCH_TIMEOUT", "3600"))  # seconds per tool and model
 
 
-def _session(path: str, threads: int = 2, optimized: bool = True):
+def _python(tool: str) -> str:
+    p = PYTHON.get(tool.split("_")[0])
+    return p if p and Path(p).exists() else sys.executable
+
+
+def _job(c: qc.Case, tool: str) -> dict:
+    job = {"tool": tool, "options": {}}
+    if tool.startswith("onnxopt"):
+        job["tool"] = "onnxopt"
+        job["options"] = {"budget": dict(c.budget), **ONNXOPT_VARIANTS.get(tool, {})}
+    elif tool.startswith("ort"):
+        job["tool"] = "ort"
+        job["options"] = {"method": "Percentile" if tool == "ort_percentile" else "MinMax"}
+    elif tool == "nncf_ac":
+        drop = 0.005 if c.val_metric == "accuracy" else 0.01
+        job["options"] = {"max_drop": drop}
+        job["val_metric"] = c.val_metric
+    elif tool == "aimet_adaround":
+        job["options"] = {"adaround_iterations": 1000}
+    return job
+
+
+def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
+    """Quantize ``c`` with ``tool`` in a subprocess (cached). Returns its result row."""
+    d = WORK / c.name
+    d.mkdir(parents=True, exist_ok=True)
+    res_path, out = d / f"{tool}.json", d / f"{tool}.onnx"
+    if res_path.is_file() and not fresh:
+        return json.loads(res_path.read_text())
+    calib = d / "calib.npz"
+    if fresh or not calib.is_file():
+        save_runs(str(calib), c.calib, c.calib_labels)
+    job = {**_job(c, tool), "model": str(c.source), "calib": str(calib), "out": str(out)}
+    job["result"] = str(res_path)
+    if tool == "nncf_ac":
+        val = d / "val.npz"
+        evals = c.evals or c.calib
+        save_runs(str(val), evals, c.labels if c.evals else None)
+        job["val"] = str(val)
+    jpath = d / f"{tool}.job.json"
+    jpath.write_text(json.dumps(job))
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(
+            [_python(tool), str(ROOT / "benchmarks" / "quant_peers.py"), str(jpath)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"},
+        )
+        if not res_path.is_file():
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            res = {"tool": tool, "status": "failed", "notes": [tail[0][:200]]}
+            res_path.write_text(json.dumps(res))
+    except subprocess.TimeoutExpired:
+        res_path.write_text(json.dumps({"tool": tool, "status": f"timeout ({TIMEOUT:.0f} s)"}))
+    res = json.loads(res_path.read_text())
+    res.setdefault("wall", time.perf_counter() - t0)
+    res["tool"] = tool
+    return res
+
+
+def outputs(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
     from onnxopt.timing import session
 
-    return session(path, threads=threads, optimization="all" if optimized else "disable")
+    s = session(path, threads=2)
+    return [s.run(None, f) for f in feeds]
 
 
-def _latency_once(path: str, feed: dict, seconds: float, warmup: int) -> float:
-    s = _session(path)
-    for _ in range(warmup):
+def _latency_once(path: str, feed: dict, seconds: float = 2.0) -> float:
+    from onnxopt.timing import session
+
+    s = session(path, threads=2)
+    for _ in range(3):
         s.run(None, feed)
-    times = []
-    t_end = time.perf_counter() + seconds
-    while time.perf_counter() < t_end or len(times) < 10:
+    times, t_end = [], time.perf_counter() + seconds
+    while time.perf_counter() < t_end or len(times) < 5:
         t = time.perf_counter()
         s.run(None, feed)
         times.append(time.perf_counter() - t)
     return float(np.median(times) * 1000)
 
 
-def latency_ms(
-    path: str, feed: dict, seconds: float = 2.0, warmup: int = 5, repeats: int = REPEATS
-) -> float:
-    """Median over ``repeats`` measurements (fresh session each) of the median run time."""
-    return float(np.median([_latency_once(path, feed, seconds, warmup) for _ in range(repeats)]))
+def measure_case(c: qc.Case, rows: list[dict]) -> None:
+    """Metric, size and latency (interleaved rounds) of every row with a model."""
+    from benchmarks import quant_ocr
 
-
-def outputs(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:
-    s = _session(path)
-    return [s.run(None, f) for f in feeds]
-
-
-def metric(kind: str, ref: list, out: list, labels: np.ndarray | None) -> dict:
-    a = np.concatenate([r[0].ravel() for r in ref]).astype(np.float64)
-    b = np.concatenate([o[0].ravel() for o in out]).astype(np.float64)
-    cos = float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
-    res = {"cosine": cos}
-    if kind in ("digits", "image"):
-        ra = np.concatenate([r[0].argmax(-1) for r in ref])
-        oa = np.concatenate([o[0].argmax(-1) for o in out])
-        res["top1"] = float((ra == oa).mean())
-        if labels is not None:
-            res["accuracy"] = float((oa == labels).mean() * 100)
-    return res
-
-
-def data_for(name: str, kind: str, quick: bool) -> tuple[list[dict], list[dict], np.ndarray | None]:
-    """(calibration feeds, evaluation feeds, labels)."""
-    from onnxopt import zoo
-
-    if kind == "digits":
-        d = zoo.digits_data()
-        calib = [{zoo.INPUT: d["X_train"][i : i + 1]} for i in range(256)]
-        evals = [{zoo.INPUT: d["X_test"][i : i + 1]} for i in range(len(d["X_test"]))]
-        return calib, evals, d["y_test"]
-    n_cal, n_eval = (16, 16) if quick else (32, 32)
-    if kind == "bert":
-        n_cal, n_eval = (8, 8) if quick else (32, 16)
-    calib = [zoo.example_inputs(name, 1, seed=100 + i) for i in range(n_cal)]
-    evals = [zoo.example_inputs(name, 1, seed=1000 + i) for i in range(n_eval)]
-    return calib, evals, None
-
-
-def ours(src: str, dst: str, calib: list[dict], **opts) -> tuple[str, str]:
-    from onnxopt.data import Feeds
-    from onnxopt.passes.registry import manager
-    from onnxopt.verify import Budget
-
-    feeds = Feeds(calib, source="calibration")
-    pm = manager(
-        ["quantize-int8"],
-        budget=Budget(min_cosine=0.99),
-        options={"quantize-int8": opts},
-        verify_runs=16,
-    )
-    out, report = pm.run(src, feeds)
-    onnx.save(out, dst)
-    p = report.passes[-1]
-    return p.status, "; ".join(p.notes[:3])
-
-
-class _Reader:
-    def __init__(self, feeds: list[dict]) -> None:
-        self.it = iter(feeds)
-
-    def get_next(self):
-        return next(self.it, None)
-
-
-def ort_peer(src: str, dst: str, calib: list[dict], method: str, tmp: str) -> str:
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    pre = os.path.join(tmp, "pre.onnx")
-    if not os.path.exists(pre):
-        quant_pre_process(src, pre, skip_symbolic_shape=False)
-    m = {
-        "MinMax": CalibrationMethod.MinMax,
-        "Entropy": CalibrationMethod.Entropy,
-        "Percentile": CalibrationMethod.Percentile,
-    }[method]
-    quantize_static(
-        pre,
-        dst,
-        _Reader(calib),
-        quant_format=QuantFormat.QDQ,
-        per_channel=True,
-        activation_type=QuantType.QUInt8,
-        weight_type=QuantType.QInt8,
-        calibrate_method=m,
-    )
-    return "ok"
-
-
-def onnxsim_peer(src: str, dst: str, calib: list[dict]) -> str:
-    import onnxsim
-
-    q = onnxsim.quantize_static(
-        src, calibration_data=calib, per_channel=True, activation_type="uint8"
-    )
-    onnx.save(q, dst)
-    return "ok"
-
-
-def bench_model(name: str, quick: bool) -> list[dict]:
-    from onnxopt import zoo
-
-    s = zoo.spec(name)
-    src = str(zoo.build(name))
-    calib, evals, labels = data_for(name, s.kind, quick)
-    lat_feed = evals[0]
-    ref = outputs(src, evals)
-    rows = []
-    fp32 = {
-        "model": name,
-        "method": "fp32",
-        "status": "-",
-        "size_mb": os.path.getsize(src) / 1e6,
-        "path": src,
-        **metric(s.kind, ref, ref, labels),
-    }
-    rows.append(fp32)
-    tmp = tempfile.mkdtemp(prefix=f"qbench_{name}_")
-    methods = [("onnxopt", lambda d: ours(src, d, calib))]
-    if s.kind == "bert":
-        methods.append(("onnxopt smooth=0.5", lambda d: ours(src, d, calib, smooth=0.5)))
-    elif not quick:
-        methods.append(("onnxopt entropy", lambda d: ours(src, d, calib, calibrator="entropy")))
-    peer_methods = ("MinMax", "Entropy", "Percentile") if not quick else ("MinMax", "Percentile")
-    for m in peer_methods:
-        methods.append((f"ort {m}", lambda d, m=m: (ort_peer(src, d, calib, m, tmp), "")))
-    methods.append(("onnxsim", lambda d: (onnxsim_peer(src, d, calib), "")))
-    for label, fn in methods:
-        dst = os.path.join(tmp, label.replace(" ", "_") + ".onnx")
-        row = {"model": name, "method": label}
-        t0 = time.perf_counter()
+    ref = outputs(str(c.source), c.evals) if c.evals else None
+    for r in [r for r in rows if r.get("path")]:
+        r["size_mb"] = os.path.getsize(r["path"]) / 1e6
+        r["int8_layers"] = list(qc.int8_share(r["path"]))
         try:
-            status, notes = fn(dst)
-            row["status"], row["notes"] = status, notes
-            row["quantize_s"] = time.perf_counter() - t0
-            row["size_mb"] = os.path.getsize(dst) / 1e6
-            row.update(metric(s.kind, ref, outputs(dst, evals), labels))
-            row["path"] = dst
-        except Exception as e:
-            row["status"] = "failed"
-            row["notes"] = f"{type(e).__name__}: {first_line(e, 120)}"
-        rows.append(row)
-    # latency: every variant measured once per round, REPEATS rounds (interleaved, so a burst
-    # of load on the shared machine hits all variants alike), median per variant
-    timed = [r for r in rows if "path" in r]
-    samples: dict[int, list[float]] = {id(r): [] for r in timed}
+            if c.ocr:
+                e2e = quant_ocr.end_to_end({c.ocr: r["path"]} if r["tool"] != "fp32" else {})
+                r["metric"] = e2e["agreement"]
+            else:
+                r.update(qc.metric(c, ref, outputs(r["path"], c.evals)))
+                r["metric"] = r.get("accuracy", r["cosine"])
+        except Exception as e:  # noqa: BLE001 - a tool's unusable model is a row, not a crash
+            if r["tool"] == "fp32":
+                raise
+            r["status"] = "invalid model"
+            r.setdefault("notes", []).insert(0, f"{type(e).__name__}: {str(e)[:160]}")
+            del r["path"]
+    ok = [r for r in rows if r.get("path")]
+    samples: dict[int, list[float]] = {id(r): [] for r in ok}
     for _ in range(REPEATS):
-        for r in timed:
-            samples[id(r)].append(_latency_once(r["path"], lat_feed, 2.0, 5))
-    for r in timed:
+        for r in ok:
+            samples[id(r)].append(_latency_once(r["path"], c.lat_feed))
+    base = next(r for r in ok if r["tool"] == "fp32")
+    for r in ok:
         r["latency_ms"] = float(np.median(samples[id(r)]))
-        r["speedup"] = fp32["latency_ms"] / r["latency_ms"]
-        r.pop("path")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for r in ok:
+        r["speedup"] = base["latency_ms"] / r["latency_ms"]
+
+
+def bench_case(name: str, tools: list[str], quick: bool, fresh: bool) -> list[dict]:
+    c = qc.case(name, WORK, quick)
+    rows = [{"model": name, "tool": "fp32", "status": "-", "path": str(c.source)}]
+    for tool in tools:
+        if tool in c.skip:
+            rows.append({"model": name, "tool": tool, "status": "skipped", "notes": [c.skip[tool]]})
+            continue
+        if tool == "onnxsim" and name not in qc.ZOO:
+            continue
+        print(f"[{name}] {tool} ...", flush=True)
+        res = run_tool(c, tool, fresh)
+        row = {"model": name, **res}
+        if res.get("status") == "ok":
+            row["path"] = str(WORK / name / f"{tool}.onnx")
+        rows.append(row)
+    measure_case(c, rows)
     for r in rows:
-        print(json.dumps(r), flush=True)
+        print(json.dumps({k: v for k, v in r.items() if k != "traceback"})[:400], flush=True)
     return rows
 
 
-CALIB_CHILD = """
-import sys, numpy as np
-sys.path.insert(0, {root!r})
-from onnxopt import zoo
-from onnxopt.data import Feeds
-from onnxopt.model import load_model
-from onnxopt.contract import PassContext
-from onnxopt.passes.quantize import QuantizeInt8
-from onnxopt.passes.quantize.config import QuantizeConfig
-m = load_model(str(zoo.build("bert_base")))
-feeds = Feeds([zoo.example_inputs("bert_base", 1, seed=i) for i in range({n})])
-r = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
-print("changed", r.changed, r.rewrites)
-"""
+def ocr_pipelines(rows: list[dict]) -> list[dict]:
+    """Each tool's three PP-OCRv5 models together in the package's pipeline."""
+    from benchmarks import quant_ocr
 
-
-def calibration_memory(n: int = 256) -> dict:
-    """Peak RSS (MB) of a child process quantizing bert_base with ``n`` calibration samples.
-
-    Measured by ``/usr/bin/time -v`` ("Maximum resident set size") when it exists, else by the
-    children's ``ru_maxrss``; the child loads the model, calibrates and inserts Q/DQ.
-    """
-    code = CALIB_CHILD.format(root=str(ROOT), n=n)
-    cmd = [sys.executable, "-c", code]
-    timer = os.path.exists("/usr/bin/time")
-    if timer:
-        cmd = ["/usr/bin/time", "-v", *cmd]
-    t0 = time.perf_counter()
-    r = subprocess.run(
-        cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "2"}
-    )
-    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if timer:
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", r.stderr)
-        peak_kb = int(m.group(1)) if m else peak_kb
-    return {
-        "samples": n,
-        "peak_rss_mb": peak_kb / 1024,
-        "seconds": time.perf_counter() - t0,
-        "ok": r.returncode == 0,
-        "how": "/usr/bin/time -v" if timer else "ru_maxrss",
-        "stdout": r.stdout.strip()[-200:],
-        "stderr": "" if r.returncode == 0 else r.stderr.strip()[-300:],
-    }
-
-
-def table(rows: list[dict]) -> str:
-    head = (
-        "| model | method | status | size MB | latency ms | speed-up | accuracy % | cosine "
-        "| top-1 agr. | calib. peak MB |\n|---|---|---|---:|---:|---:|---:|---:|---:|---:|"
-    )
-    lines = [head]
-    for r in rows:
-
-        def f(k: str, fmt: str, r: dict = r) -> str:
-            return format(r[k], fmt) if isinstance(r.get(k), (int, float)) else "-"
-
-        status = r.get("status", "")
-        if status == "failed":
-            status = "failed: " + r.get("notes", "")[:60]
-        lines.append(
-            f"| {r['model']} | {r['method']} | {status} | {f('size_mb', '.2f')} | "
-            f"{f('latency_ms', '.3f')} | {f('speedup', '.2f')} | "
-            f"{f('accuracy', '.2f')} | {f('cosine', '.4f')} | {f('top1', '.3f')} | "
-            f"{f('calib_peak_mb', '.0f')} |"
-        )
-    return "\n".join(lines)
-
-
-#: speed-up goals of issue 5 (at cosine >= 0.99); digits: accuracy within 0.5 points of fp32
-SPEEDUP_GOALS = {"resnet18": 2.5, "bert_base": 1.8, "mobilenetv2": 1.5}
-
-
-def goals(rows: list[dict]) -> str:
-    """One line per model: onnxopt's default configuration against fp32 and the best peer."""
-    lines = [
-        "| model | onnxopt speed-up (goal) | onnxopt metric | best peer metric | "
-        "onnxopt ms | fastest peer ms | verdict |",
-        "|---|---|---|---|---:|---:|---|",
-    ]
-    for model in dict.fromkeys(r["model"] for r in rows):
-        mine = next((r for r in rows if r["model"] == model and r["method"] == "onnxopt"), None)
-        fp32 = next((r for r in rows if r["model"] == model and r["method"] == "fp32"), None)
-        peers = [
-            r
+    out = []
+    tools = dict.fromkeys(r["tool"] for r in rows if r["model"] in qc.OCR)
+    for tool in tools:
+        paths = {
+            r["model"].split("_")[1]: r["path"]
             for r in rows
-            if r["model"] == model and r["method"].startswith("ort") and r.get("status") == "ok"
-        ]
-        if mine is None or fp32 is None or "cosine" not in mine:
+            if r["model"] in qc.OCR and r["tool"] == tool and r.get("path")
+        }
+        if tool != "fp32" and len(paths) < 3:
             continue
-        key = "accuracy" if "accuracy" in mine else "cosine"
-        best = max((p[key] for p in peers), default=float("nan"))
-        fastest = min((p["latency_ms"] for p in peers), default=float("nan"))
-        goal = SPEEDUP_GOALS.get(model)
-        ok_metric = mine[key] >= best - (1e-4 if key == "cosine" else 0.0)
-        if key == "accuracy":
-            ok_metric = ok_metric and mine[key] >= fp32[key] - 0.5
-        ok = ok_metric and mine["cosine"] >= 0.99 and (goal is None or mine["speedup"] >= goal)
-        fmt = ".2f" if key == "accuracy" else ".4f"
-        lines.append(
-            f"| {model} | {mine['speedup']:.2f}x ({f'>= {goal}x' if goal else '-'}) | "
-            f"{key} {format(mine[key], fmt)} | {format(best, fmt)} | {mine['latency_ms']:.3f} | "
-            f"{fastest:.3f} | {'met' if ok else 'NOT met'} |"
-        )
-    return "\n".join(lines)
+        e2e = quant_ocr.end_to_end({} if tool == "fp32" else paths)
+        out.append({"model": "ocr_pipeline", "tool": tool, "status": "ok", **e2e})
+    base = next((r for r in out if r["tool"] == "fp32"), None)
+    for r in out:
+        if base:
+            r["speedup"] = base["s_per_image"] / r["s_per_image"]
+        print(json.dumps(r), flush=True)
+    return out
 
 
-NOTES_MARK = "<!-- hand-written notes below: kept when the file is regenerated -->"
+def calibration_memory(counts: tuple[int, ...] = (100, 1000)) -> list[dict]:
+    """Peak RSS of onnxopt quantizing digits_resnet with ``counts`` calibration samples (its
+    defaults, budget cosine >= 0.99): the statistics stream, so memory should not grow."""
+    from onnxopt import zoo
 
-
-def write_markdown(path: str, cmd: str, rows: list[dict], mem: dict | None) -> None:
-    old = Path(path).read_text() if Path(path).exists() else ""
-    notes = old[old.index(NOTES_MARK) :] if NOTES_MARK in old else ""
-    with open(path, "w") as f:
-        f.write("# int8 quantization benchmark\n\n")
-        f.write(f"Command: `{cmd}`\n\n")
-        f.write(
-            "onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, batch 1; latency = median of "
-            f"{REPEATS} interleaved measurements (every variant once per round), each the "
-            "median run time. Peers: onnxruntime `quantize_static` (QDQ, per-channel, "
-            "uint8 activations / int8 weights, after `quant_pre_process`) and "
-            "`onnxsim.quantize_static`. Image models and bert_base have random weights "
-            "and inputs (cosine / top-1 vs fp32 on held-out inputs); digits is trained "
-            "(test accuracy). onnxopt runs `quantize-int8` through the PassManager with "
-            "`Budget(min_cosine=0.99)`.\n\n"
-        )
-        f.write(table(rows) + "\n")
-        if mem is not None:
-            f.write(
-                f"\nCalibration peak memory, bert_base, {mem['samples']} samples: "
-                f"{mem['peak_rss_mb']:.0f} MB max RSS via {mem['how']} "
-                f"({mem['seconds']:.0f} s, ok={mem['ok']}).\n"
-            )
-        f.write("\n## Goals (issue 5)\n\n" + goals(rows) + "\n")
-        if notes:
-            f.write("\n" + notes)
+    d = zoo.digits_data()
+    c = qc.case("digits_resnet", WORK, quick=False)
+    out = []
+    for n in counts:
+        idx = np.arange(n) % len(d["X_train"])
+        runs = [{zoo.INPUT: d["X_train"][i : i + 1]} for i in idx]
+        sub = qc.Case(f"memory_{n}", c.kind, c.source, runs, [], None, c.lat_feed, {}, "")
+        sub.budget = {"min_cosine": 0.99}
+        res = run_tool(sub, "onnxopt", fresh=True)
+        out.append({"samples": n, **{k: res.get(k) for k in ("status", "seconds", "peak_rss_mb")}})
+        print(json.dumps(out[-1]), flush=True)
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="digits_resnet and resnet18 only")
-    ap.add_argument("--models", default=None)
-    ap.add_argument("--memory", action="store_true", help="also measure bert_base calibration RSS")
+    ap.add_argument("--models", default=",".join(qc.ALL))
+    ap.add_argument("--tools", default=",".join(TOOLS))
+    ap.add_argument("--quick", action="store_true", help="fewer calibration runs")
+    ap.add_argument("--fresh", action="store_true", help="recompute cached tool results")
+    ap.add_argument("--no-memory", action="store_true", help="skip the 100/1,000-sample run")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "QUANTIZATION.md"))
+    ap.add_argument("--json", default=str(WORK / "results.json"))
+    ap.add_argument("--render", action="store_true", help="only re-render --out from --json")
     ap.add_argument(
-        "--json",
-        default=str(ROOT / "build" / "quantization_bench.json"),
-        help="also save the rows here (re-render with --render)",
+        "--append", action="store_true", help="keep the other models' rows already in --json"
     )
-    ap.add_argument("--render", default=None, help="only re-render --out from a saved --json")
     args = ap.parse_args()
+    from benchmarks.quant_report import write_markdown
+
     if args.render:
-        saved = json.loads(Path(args.render).read_text())
-        write_markdown(args.out, saved["command"], saved["rows"], saved.get("memory"))
+        saved = json.loads(Path(args.json).read_text())
+        write_markdown(args.out, saved)
         return
-    names = args.models.split(",") if args.models else (QUICK if args.quick else MODELS)
-    rows: list[dict] = []
+    names, tools = args.models.split(","), args.tools.split(",")
+    old = (
+        json.loads(Path(args.json).read_text()) if args.append and Path(args.json).is_file() else {}
+    )
+    rows = [r for r in old.get("rows", []) if r["model"] not in (*names, "ocr_pipeline")]
     for n in names:
-        rows.extend(bench_model(n, args.quick))
-    mem = None
-    if args.memory or (not args.quick and "bert_base" in names):
-        mem = calibration_memory(256)
-        print(json.dumps(mem))
-        for r in rows:
-            if r["model"] == "bert_base" and r["method"] == "onnxopt":
-                r["calib_peak_mb"] = mem["peak_rss_mb"]
-    print(table(rows))
+        rows.extend(bench_case(n, tools, args.quick, args.fresh))
+    if any(n in qc.OCR for n in names) or any(r["model"] in qc.OCR for r in rows):
+        rows.extend(ocr_pipelines(rows))
+    memory = old.get("memory", []) if args.no_memory else calibration_memory()
     cmd = " ".join(["python benchmarks/quantization.py", *sys.argv[1:]])
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"command": cmd, "rows": rows, "memory": mem}))
-    if args.out:
-        write_markdown(args.out, cmd, rows, mem)
+    saved = {
+        "command": "`; `".join([*old.get("commands", []), cmd]),
+        "commands": [*old.get("commands", []), cmd],
+        "rows": [{k: v for k, v in r.items() if k != "traceback"} for r in rows],
+        "memory": memory,
+    }
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(saved, indent=1))
+    write_markdown(args.out, saved)
 
 
 if __name__ == "__main__":

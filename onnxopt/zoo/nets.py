@@ -6,6 +6,8 @@
   encoder).
 - ImageNet-sized (input ``[N, 3, 224, 224]``, 1000 classes): ``ResNet18`` (BasicBlock 2-2-2-2)
   and ``MobileNetV2`` (inverted residuals, ReLU6, width 1.0).
+- Trained on digits, larger (the quantization benchmark's real-task CNN): ``DigitsMobileNetV2``
+  (digits upsampled to 48x48 inside the model).
 - ``Bert``: embeddings (word + position + token type, LayerNorm) and ``layers`` encoder blocks
   ``h = LN(x + W_o·softmax(QKᵀ/√d + (1 − mask)·(−10000))·V)``, ``y = LN(h + W₂·GELU(W₁·h))``,
   and a tanh pooler over the first token. Inputs ``input_ids`` and ``attention_mask`` (int64).
@@ -281,6 +283,34 @@ class Bert(nn.Module):
         for layer in self.layers:
             x = layer(x, bias)
         return x, torch.tanh(self.pooler(x[:, 0]))
+
+
+# --------------------------------------------------------------------------- trained, larger
+
+
+class DigitsMobileNetV2(nn.Module):
+    """MobileNetV2 (inverted residuals, depthwise 3x3, ReLU6, BatchNorm) on digits upsampled to
+    ``size`` x ``size`` (a bilinear Resize inside the model), a stride-1 stem."""
+
+    SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 3, 2), (6, 96, 2, 1)]
+
+    def __init__(self, classes: int = 10, size: int = 48) -> None:
+        super().__init__()
+        self.size = size
+        layers: list[nn.Module] = [_cbr6(1, 32, 3, 1)]
+        cin = 32
+        for t, c, n, s in self.SETTINGS:
+            for i in range(n):
+                layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
+                cin = c
+        layers.append(_cbr6(cin, 640, 1))
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(640, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.interpolate(x, size=(self.size, self.size), mode="bilinear")
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
 def randomize_bn(model: nn.Module, seed: int = 0) -> None:

@@ -423,33 +423,38 @@ class QuantizeInt8(Pass):
                     "latency_ms": round(timer(model), 4),
                 }
             )
-        details["tradeoff"] = res.tradeoff
-        details["float_nodes"] = [
-            {
-                "node": m.site,
-                "to": m.to,
-                "sqnr_db": _round(m.sqnr_db),
-                "gain_us": round(m.gain_us, 1),
-            }
-            for m in res.moves
-            if m.site in set(res.floats) | set(res.dynamic)
-        ]
-        if res.floats or res.dynamic:
-            notes.append(
-                f"fully quantized model misses the budget; mixed precision: {len(res.floats)} "
-                f"float, {len(res.dynamic)} dynamic int8 ({res.evaluations} models tried)"
-            )
-        for r in details["float_nodes"][:20]:
-            notes.append(
-                f"kept {r['to']}: {r['node']}: SQNR {r['sqnr_db']} dB, saves {r['gain_us']} µs in int8"
-            )
-        if not res.met:
-            notes.append(res.reason)
+        _record(res, details, notes)
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
         chosen = step_label(res.floats, res.dynamic) if res.met else None
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         return model_out, kept + res.dynamic
+
+
+def _record(res: Any, details: dict, notes: list[str]) -> None:
+    """The mixed-precision search's outcome into the pass's details and notes."""
+    details["tradeoff"] = res.tradeoff
+    details["float_nodes"] = [
+        {
+            "node": m.site,
+            "to": m.to,
+            "sqnr_db": _round(m.sqnr_db),
+            "gain_us": round(m.gain_us, 1),
+        }
+        for m in res.moves
+        if m.site in set(res.floats) | set(res.dynamic)
+    ]
+    if res.floats or res.dynamic:
+        notes.append(
+            f"fully quantized model misses the budget; mixed precision: {len(res.floats)} "
+            f"float, {len(res.dynamic)} dynamic int8 ({res.evaluations} models tried)"
+        )
+    for r in details["float_nodes"][:20]:
+        notes.append(
+            f"kept {r['to']}: {r['node']}: SQNR {r['sqnr_db']} dB, saves {r['gain_us']} µs in int8"
+        )
+    if not res.met:
+        notes.append(res.reason)
 
 
 def _round(x: float | None) -> float | None:

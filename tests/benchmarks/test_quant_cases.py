@@ -1,0 +1,68 @@
+"""benchmarks/quant_cases.py, quant_minilm.py, quant_report.py: int8 layer share, the WordPiece
+tokenizer and safetensors reader, the goal verdicts."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import onnx
+
+from benchmarks import quant_cases as qc
+from benchmarks import quant_minilm as qm
+from benchmarks import quant_report as qr
+from tests.helpers import parse
+
+QDQ = """
+<ir_version: 8, opset_import: ["" : 17]>
+g (float[1, 4] x) => (float[1, 4] y) {
+  xq = QuantizeLinear (x, s, z)
+  xd = DequantizeLinear (xq, s, z)
+  wd = DequantizeLinear (wq, s, z)
+  h = MatMul (xd, wd)
+  y = MatMul (h, w)
+}
+"""
+
+
+def test_int8_share_counts_layers_with_both_inputs_dequantized(tmp_path):
+    m = parse(
+        QDQ,
+        {
+            "s": np.array(0.1, np.float32),
+            "z": np.array(0, np.int8),
+            "wq": np.ones((4, 4), np.int8),
+            "w": np.ones((4, 4), np.float32),
+        },
+    )
+    onnx.save(m, tmp_path / "m.onnx")
+    assert qc.int8_share(tmp_path / "m.onnx") == (1, 2)
+
+
+def test_wordpiece_greedy_longest_match():
+    vocab = {"[UNK]": 0, "un": 1, "##aff": 2, "##able": 3, "_": 4, "add": 5}
+    assert qm._wordpiece("unaffable", vocab) == [1, 2, 3]
+    assert qm._wordpiece("xyz", vocab) == [0]
+    assert qm._words("Add_arg, Café!") == ["add", "_", "arg", ",", "cafe", "!"]
+
+
+def test_safetensors_reader_round_trip():
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    header = json.dumps({"a": {"dtype": "F32", "shape": [2, 3], "data_offsets": [0, 24]}})
+    raw = struct.pack("<Q", len(header)) + header.encode() + a.tobytes()
+    np.testing.assert_array_equal(qm._safetensors(raw)["a"], a)
+
+
+def test_verdict_names_missed_goals():
+    fp32 = {"tool": "fp32", "metric": 1.0}
+    mine = {"tool": "onnxopt", "metric": 0.99, "latency_ms": 2.0, "speedup": 1.2, "seconds": 30}
+    peers = [{"tool": "nncf", "metric": 0.998, "latency_ms": 1.5, "seconds": 10}]
+    got = qr._verdict(mine, peers, fp32, "minilm")
+    assert got == [
+        "metric >= best peer: NOT met",
+        "latency <= fastest peer at that metric: NOT met",
+        "time <= 2x NNCF: NOT met",
+        "cosine >= 0.995: NOT met",
+        ">= 1.6x: NOT met",
+    ]
