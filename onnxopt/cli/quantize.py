@@ -46,8 +46,10 @@ def quantize_config(
     exclude: list[str] | None = None,
     no_fallback: bool = False,
     smooth: float | None = None,
+    ptq: dict[str, Any] | None = None,
 ) -> QuantizeConfig:
-    """The quantize-int8 configuration from CLI values (None: the config's default)."""
+    """The quantize-int8 configuration from CLI values (None: the config's default); ``ptq``:
+    rounding, equalize, bias_correction, latency_aware."""
     from onnxopt.passes.quantize.config import QuantizeConfig
 
     return build_config(
@@ -60,6 +62,7 @@ def quantize_config(
             "exclude": split_list(exclude),
             "fallback": not no_fallback,
             "smooth": smooth,
+            **(ptq or {}),
         },
         FLAGS,
     )
@@ -141,6 +144,34 @@ BlockSizeOpt = Annotated[
     int | None,
     typer.Option("--block-size", help="--bits 4: weights per scale along K: 32, 64 or 128."),
 ]
+RoundingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--rounding",
+        help="nearest (the default) or adaround: learned rounding, layer by layer on the data.",
+    ),
+]
+EqualizeOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--equalize/--no-equalize",
+        help="Cross-layer equalization of Conv/Gemm chains before rounding (exact in float).",
+    ),
+]
+BiasCorrectionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--bias-correction",
+        help="empirical (the default: measured on the data), data-free (BatchNorm statistics) or off.",
+    ),
+]
+LatencyAwareOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--latency-aware/--no-latency-aware",
+        help="Time each layer in int8 and float on this CPU; the slower in int8 stay float (default on).",
+    ),
+]
 SymmetricOpt = Annotated[
     bool | None,
     typer.Option(
@@ -161,6 +192,10 @@ def quantize_cmd(
     activations: ActivationsOpt = None,
     exclude: ExcludeOpt = None,
     smooth: SmoothOpt = None,
+    rounding: RoundingOpt = None,
+    equalize: EqualizeOpt = None,
+    bias_correction: BiasCorrectionOpt = None,
+    latency_aware: LatencyAwareOpt = None,
     no_fallback: NoFallbackOpt = False,
     passes: PassesOpt = None,
     shape: ShapeOpt = None,
@@ -202,6 +237,12 @@ def quantize_cmd(
         exclude,
         no_fallback,
         smooth,
+        {
+            "rounding": rounding,
+            "equalize": equalize,
+            "bias_correction": bias_correction,
+            "latency_aware": latency_aware,
+        },
     )
     budget = budget_from(
         min_cosine, max_abs_err, min_top1_agreement, max_accuracy_drop, metric, max_metric_drop
@@ -282,11 +323,16 @@ def _passes(
     exclude: list[str] | None,
     no_fallback: bool,
     smooth: float | None,
+    ptq: dict[str, Any],
 ) -> tuple[list[str], Any]:
     """The passes to run first (default: cleanup and fusion) and the configured quantizer."""
     if mode not in ("static", "dynamic"):
         raise OptionError(f"--mode {mode!r}: choose static or dynamic")
     pre = pre_passes(passes, default=["cleanup", "fusion"])
+    if mode == "dynamic" and any(v is not None for v in ptq.values()):
+        raise OptionError(
+            "--rounding, --equalize, --bias-correction and --latency-aware apply to --mode static"
+        )
     if mode == "dynamic":
         from onnxopt.passes.quantize import QuantizeDynamic
         from onnxopt.passes.quantize.config import DynamicQuantizeConfig
@@ -300,7 +346,7 @@ def _passes(
     from onnxopt.passes.quantize import QuantizeInt8
 
     config = quantize_config(
-        calibrator, percentile, per_tensor, activations, exclude, no_fallback, smooth
+        calibrator, percentile, per_tensor, activations, exclude, no_fallback, smooth, ptq
     )
     return pre, QuantizeInt8(config)
 

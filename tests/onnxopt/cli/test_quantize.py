@@ -3,6 +3,7 @@ errors naming the flag."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -310,3 +311,26 @@ def test_int4_symmetric_writes_no_zero_points(tmp_path, capsys) -> None:
     assert main([*args, "--data", str(data), "--target", "onnxruntime"]) == 0, capsys.readouterr()
     (node,) = [n for n in onnx.load(str(out)).graph.node if n.op_type == "MatMulNBits"]
     assert len(node.input) == 3 or node.input[3] == ""  # A, B, scales: no zero points
+
+
+def test_ptq_flags_reach_the_pass_and_bad_ones_are_one_line(tmp_path, capsys) -> None:
+    from onnxopt.cli.app import main
+
+    p, data = _tiny(tmp_path)
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    args = ["quantize", str(p), "-o", str(out), "--data", str(data), "--report", str(report)]
+    flags = ["--rounding", "adaround", "--bias-correction", "off", "--no-latency-aware"]
+    assert main([*args, *flags, "--allow-slower"]) == 0, capsys.readouterr()
+    (q,) = [r for r in json.loads(report.read_text())["passes"] if r["name"] == "quantize-int8"]
+    assert q["details"]["rounding"] == "adaround" and q["details"]["bias_correction"] == "off"
+    assert any(n.startswith("adaround:") for n in q["notes"]), q["notes"]
+    assert "latency" not in q["details"]  # no per-layer timing was asked for
+    capsys.readouterr()
+    assert main([*args, "--bias-correction", "sometimes"]) == 2
+    assert main([*args, "--mode", "dynamic", "--rounding", "adaround"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0].startswith("error: --bias-correction 'sometimes': must be one of")
+    assert err[1] == (
+        "error: --rounding, --equalize, --bias-correction and --latency-aware apply to "
+        "--mode static"
+    )
