@@ -233,6 +233,9 @@ def _lossy_step(
         budget=j.budget,
         runner=m.runner,
         parallel=_cluster_map() if j.parallel else None,
+        # a trial's model must not depend on timing (the same trial gives the same model on
+        # every executor): the search times whole models itself, so passes do not time layers
+        allow_slower=True,
     )
     result, new = p.apply(model, ctx)
     info: dict[str, Any] = {
