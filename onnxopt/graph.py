@@ -14,13 +14,11 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt import weights
-from onnxopt.errors import first_line
+from onnxopt.mapped_graph import adopt_mapped, prepare_mapped
 from onnxopt.scopes import (
     OVERRIDABLE,
     PARENT,
     TAKEN,
-    all_graphs,
     is_outer,
     mark,
     place_initializers,
@@ -46,7 +44,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
     setattr(graph, UNUSED_INITIALIZERS, unused_initializers(model.graph))
     setattr(graph, OVERRIDABLE, overridable(model))
     _mark_overridable(graph)
-    _adopt_mapped(graph)
+    adopt_mapped(graph)
     return graph
 
 
@@ -70,56 +68,6 @@ def overridable(model: onnx.ModelProto) -> set[str]:
     if 0 < model.ir_version < 4:
         return set()
     return {v.name for v in model.graph.input} & {t.name for t in model.graph.initializer}
-
-
-#: attribute of an imported gs.Graph: whether its model held mapped weights (onnxopt.weights)
-MAPPED = "onnxopt_mapped"
-
-
-class MappedValues(gs.ir.tensor.LazyValues):
-    """The values of a mapped initializer: loading them gives a read-only view of the file's
-    mapping (no copy), and an unloaded one is exported as its stub."""
-
-    def load(self) -> np.ndarray:
-        return weights.array(self.tensor)
-
-
-def _constants(graph: gs.Graph):
-    seen: set[int] = set()
-    for g in all_graphs(graph):
-        for t in g.tensors().values():
-            if isinstance(t, gs.Constant) and id(t) not in seen:
-                seen.add(id(t))
-                yield t
-
-
-def _adopt_mapped(graph: gs.Graph) -> None:
-    found = False
-    for t in _constants(graph):
-        lazy = t._values
-        if isinstance(lazy, gs.ir.tensor.LazyValues) and weights.is_mapped(lazy.tensor):
-            t._values = MappedValues(lazy.tensor)
-            t.data_location = None
-            found = True
-    setattr(graph, MAPPED, found)
-
-
-def _prepare_mapped(graph: gs.Graph) -> None:
-    """Before export: a constant whose values are a view of a mapping is exported as a stub of
-    that view, and a large new one is spilled once to the scratch file (see weights)."""
-    if not vars(graph).get(MAPPED):
-        return
-    for t in _constants(graph):
-        arr = t._values
-        if isinstance(arr, gs.ir.tensor.LazyValues) or not isinstance(arr, np.ndarray):
-            continue
-        if t.export_dtype is not None and np.dtype(t.export_dtype) != arr.dtype:
-            continue
-        if arr.dtype.kind in "OSUV" or arr.nbytes < weights.MAP_MIN_TENSOR_BYTES:
-            continue
-        s = weights.stub_for(t.name, arr) or weights.spill(t.name, arr)
-        t._values = MappedValues(s)
-        t.data_location = None
 
 
 #: attribute of an imported gs.Graph: names of initializers nothing read (gs drops them)
@@ -161,7 +109,7 @@ def to_model(graph: gs.Graph, like: onnx.ModelProto | None = None) -> onnx.Model
     from onnxopt import provenance
 
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    _prepare_mapped(graph)
+    prepare_mapped(graph)
     out = gs.export_onnx(graph, do_type_check=False)
     provenance.from_gs(graph, out)
     place_initializers(graph, out.graph)
@@ -217,137 +165,6 @@ def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> Non
     merged.sort(key=lambda v: order.get(v.name, len(order)))
     del out.graph.input[:]
     out.graph.input.extend(merged)
-
-
-def infer_light(
-    graph: gs.Graph, *, data_prop: bool = True, strict: bool = False
-) -> onnx.ModelProto:
-    """Shape inference on ``graph`` without exporting its large weights (do not modify the result).
-
-    Constants with more than 1024 elements become typed graph inputs of a copy (shape inference
-    needs only their shapes); the original graph is untouched. Returns the inferred light model.
-    The result is cached on the graph under a fingerprint of everything inference reads, so the
-    passes of a batch that leave the graph alone do not infer it again.
-    """
-    key = (_fingerprint(graph), data_prop, strict)
-    cached = vars(graph).get(_INFER_CACHE)
-    if cached is not None and cached[0] == key:
-        return cached[1]
-    copy = graph.copy()
-    copy.cleanup(remove_unused_graph_inputs=False).toposort()
-    for t in list(copy.tensors().values()):
-        if isinstance(t, gs.Constant) and int(np.prod(t.shape)) > 1024:
-            var = gs.Variable(t.name, dtype=t.dtype, shape=list(t.shape))
-            for node in list(t.outputs):
-                node.inputs = [var if x is t else x for x in node.inputs]
-            copy.inputs.append(var)
-    model = gs.export_onnx(copy, do_type_check=False)
-    _declare_outer(copy, model.graph)
-    inferred = onnx.shape_inference.infer_shapes(
-        model, check_type=strict, strict_mode=strict, data_prop=data_prop
-    )
-    setattr(graph, _INFER_CACHE, (key, inferred))
-    return inferred
-
-
-_INFER_CACHE = "onnxopt_inferred"
-
-
-def _declare_outer(graph: gs.Graph, proto: onnx.GraphProto) -> None:
-    """A body exported alone reads outer-scope names nothing defines: declare those whose type
-    is known as inputs, so shape inference sees them."""
-    defined = {v.name for v in proto.input} | {t.name for t in proto.initializer} | {""}
-    defined |= {o for n in proto.node for o in n.output}
-    tensors = graph.tensors()
-    for name in dict.fromkeys(i for n in proto.node for i in n.input):
-        t = tensors.get(name)
-        if name in defined or t is None or t.dtype is None:
-            continue
-        shape = None if t.shape is None else [d if isinstance(d, int) else None for d in t.shape]
-        dtype = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t.dtype))
-        proto.input.append(onnx.helper.make_tensor_value_info(name, dtype, shape))
-        defined.add(name)
-
-
-def _fingerprint(graph: gs.Graph) -> int:
-    """Hash of what shape inference sees: nodes, attributes, small constants' values, the
-    dtypes and shapes of every tensor, the graph's inputs and outputs (opsets do not change)."""
-    parts: list = []
-    for node in graph.nodes:
-        attrs = tuple((k, _attr_key(v)) for k, v in node.attrs.items())
-        parts.append(
-            (
-                node.op,
-                node.domain,
-                tuple(t.name for t in node.inputs),
-                tuple(t.name for t in node.outputs),
-                attrs,
-            )
-        )
-    for name, t in graph.tensors().items():
-        if isinstance(t, gs.Constant):
-            parts.append(_const_key(t))
-        else:
-            parts.append((name, str(t.dtype), repr(t.shape)))
-    parts.append(tuple(t.name for t in graph.inputs))
-    parts.append(tuple(t.name for t in graph.outputs))
-    return hash(tuple(parts))
-
-
-def _attr_key(v: object) -> object:
-    """A hashable stand-in for one attribute value. A list is hashed as a tuple (with its
-    element type: ONNX lists hold one type), not through ``repr``, which costs a quarter of a
-    second for each of a tree ensemble's 10^5-entry lists, on every pass."""
-    if isinstance(v, gs.Graph):
-        return _fingerprint(v)
-    if isinstance(v, gs.Constant):
-        return _const_key(v)
-    if isinstance(v, np.ndarray):
-        return (v.dtype.str, v.shape, v.tobytes())
-    if isinstance(v, (list, tuple)):
-        try:
-            return ("list", type(v[0]).__name__ if v else "", hash(tuple(v)))
-        except TypeError:  # unhashable elements
-            return repr(v)
-    return repr(v)
-
-
-def _const_key(t: gs.Constant) -> tuple:
-    shape = tuple(int(d) for d in t.shape)
-    if int(np.prod(shape)) > 1024:  # inference sees only its type and shape
-        return (t.name, str(t.dtype), shape)
-    return (t.name, str(t.dtype), shape, np.asarray(t.values).tobytes())
-
-
-def annotate_shapes(graph: gs.Graph) -> str | None:
-    """Set dtype and shape on the graph's Variables from shape inference (see infer_light).
-
-    Returns:
-        None, or a note when inference failed (rules then see only the shapes already known).
-    """
-    try:
-        inferred = infer_light(graph)
-    except Exception as e:
-        msg = first_line(e, 160)
-        return f"shape inference failed ({msg})"
-    tensors = graph.tensors()
-    g = inferred.graph
-    for vi in list(g.value_info) + list(g.output):
-        t = tensors.get(vi.name)
-        if not isinstance(t, gs.Variable) or not vi.type.HasField("tensor_type"):
-            continue
-        tt = vi.type.tensor_type
-        if tt.elem_type:
-            t.dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        if tt.HasField("shape"):
-            t.shape = [
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
-                for d in tt.shape.dim
-            ]
-    # the annotations came from this inference: inferring the annotated graph gives it again
-    key = vars(graph)[_INFER_CACHE][0]
-    setattr(graph, _INFER_CACHE, ((_fingerprint(graph),) + key[1:], inferred))
-    return None
 
 
 def opset_version(graph_or_model: gs.Graph | onnx.ModelProto, domain: str = "") -> int:

@@ -27,7 +27,7 @@ from typing import Any
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import infer_light
+from onnxopt.graph_shapes import infer_light
 from onnxopt.scopes import (
     PARENT,
     SEP,

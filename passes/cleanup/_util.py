@@ -15,7 +15,8 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxopt.errors import first_line
-from onnxopt.graph import infer_light, is_graph_input, is_graph_output
+from onnxopt.graph import is_graph_input, is_graph_output
+from onnxopt.graph_shapes import infer_light
 
 logger = logging.getLogger(__name__)
 

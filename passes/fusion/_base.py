@@ -12,13 +12,13 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import (
-    annotate_shapes,
     const_value,
     make_constant,
     to_graph,
     to_model,
     unique_name,
 )
+from onnxopt.graph_shapes import annotate_shapes
 from onnxopt.passes.fusion.pattern import Rule
 from onnxopt.passes.fusion.sweep import apply_rules, rules_pass_result
 

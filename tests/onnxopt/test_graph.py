@@ -5,7 +5,7 @@ from __future__ import annotations
 import onnx_graphsurgeon as gs
 
 from onnxopt import graph as graph_module
-from onnxopt.graph import _fingerprint
+from onnxopt.graph_shapes import _fingerprint
 from tests.helpers import parse
 
 MODEL = """<ir_version: 8, opset_import: ["": 17]>
