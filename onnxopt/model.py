@@ -1,5 +1,8 @@
 """Model I/O and checks.
 
+(Slightly over the house's ~450 lines: every way a model file can be wrong is checked here,
+in one place, so that each gives one line.)
+
 - ``load_model`` takes a path, bytes or a ModelProto, with external data, and turns every way a
   file can be wrong into a one-line :class:`ModelError`.
 - ``save_model`` writes atomically (temporary file in the target folder, then ``os.replace``)

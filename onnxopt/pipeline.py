@@ -1,5 +1,8 @@
 """PassManager: run passes, check, verify, roll back, report.
 
+(Over the house's ~450 lines on purpose: the manager's steps share one run's state; what has
+no state lives in bisection.py, verifier.py, candidates.py and memory.py.)
+
 For every pass (docs/ARCHITECTURE.md, "Verification and rollback"):
 1. the original's reference outputs are computed once (onnxruntime, optimizations off);
 2. the pass runs on a fresh copy of the last good stage; the candidate goes through

