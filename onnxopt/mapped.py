@@ -98,8 +98,13 @@ def mapped_from_proto(model: onnx.ModelProto, path: str | os.PathLike = "") -> M
 
     light = light_model(model, MAPPED_MIN_ELEMENTS, stubs=True)
     stubbed = {t.name for t in light.graph.initializer if _is_stub(t)}
+    from onnxopt import weights as mapping
+
+    # a weight memory-mapped at load (onnxopt.weights) is read through its mapping
     weights = {
-        t.name: numpy_helper.to_array(t) for t in model.graph.initializer if t.name in stubbed
+        t.name: mapping.array(t) if mapping.is_mapped(t) else numpy_helper.to_array(t)
+        for t in model.graph.initializer
+        if t.name in stubbed
     }
     nbytes = sum(a.nbytes for a in weights.values())
     return MappedModel(Path(path), light, weights, nbytes)

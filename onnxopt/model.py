@@ -390,7 +390,8 @@ def light_model(
         elif stubs:
             g.initializer.append(
                 _stub(t, n)
-                if t.data_type in _ITEMSIZE and t.data_location != onnx.TensorProto.EXTERNAL
+                if t.data_type in _ITEMSIZE
+                and (t.data_location != onnx.TensorProto.EXTERNAL or weights.is_mapped(t))
                 else t
             )
         elif t.name not in declared:
