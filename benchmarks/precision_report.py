@@ -168,7 +168,7 @@ def write_markdown(
             "verification) on the MatMul weights only, like the peer's, except the last row of "
             "each model: the pass's defaults, with 8-bit GatherBlockQuantized embeddings "
             "and 8-bit MatMulNBits for the layers its sensitivity analysis marks. onnxruntime's "
-            "GPTQ in 1.32 returns RTN's weights (see /work/scratch/peers/FINDINGS.md). "
+            "GPTQ in 1.32 returns RTN's weights (its bundled GPTQ (neural_compressor's weight_only.gptq) propagates the rounding error through column slices of the upper Cholesky factor of H^-1, which are zero below the diagonal, so nothing is propagated). "
             "Peak RSS is the quantizing process's, imports included (onnxruntime's HQQ and "
             "GPTQ import torch).",
             "",

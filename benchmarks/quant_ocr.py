@@ -2,11 +2,9 @@
 benchmark: the assets, the end-to-end metric, and one task metric per model that
 ``onnxopt quantize --metric`` can use as its budget.
 
-The corpus (``onnxopt.zoo.ocr``, built by ``benchmarks/realzoo.py``) provides the package's own
-pipeline with any det/rec/cls file swapped in (``OcrPipeline``), the image set with the fp32
-pipeline's reference texts, and each model's calibration inputs as the pipeline feeds them.
-Until it is merged, the prototype it grew from is used (``REALZOO_PROTO``, a path to
-``realzoo_proto.py``; ``REALZOO_CACHE``, its cache folder).
+The corpus (``onnxopt.zoo.ocr``, built on first use) provides the package's own pipeline with
+any det/rec/cls file swapped in (``OcrPipeline``), the image set with the fp32 pipeline's
+reference texts, and each model's inputs as the fp32 pipeline fed them (the calibration data).
 
 Task metrics (``fn(runs, labels) -> float``, higher is better; ``labels[i]`` holds the index of
 the calibration entry run ``i`` came from, so a subset of the runs still finds its reference):
@@ -21,11 +19,7 @@ the calibration entry run ``i`` came from, so a subset of the runs still finds i
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import json
-import os
-import sys
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -33,44 +27,30 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-PROTO = os.environ.get("REALZOO_PROTO", "/work/scratch/realzoo/realzoo_proto.py")
-CACHE = Path(os.environ.get("REALZOO_CACHE", "/work/scratch/realzoo/cache"))
 MODELS = ("det", "rec", "cls")
 DROP_SCORE = 0.5
 
 
-@lru_cache(maxsize=1)
 def corpus() -> Any:
-    """The OCR corpus module: ``onnxopt.zoo.ocr`` when present, else the prototype."""
-    try:
-        return importlib.import_module("onnxopt.zoo.ocr")
-    except ImportError:
-        pass
-    if not Path(PROTO).is_file():
-        raise RuntimeError(f"no OCR corpus: onnxopt.zoo.ocr is missing and {PROTO} does not exist")
-    spec = importlib.util.spec_from_file_location("realzoo_proto", PROTO)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["realzoo_proto"] = module
-    spec.loader.exec_module(module)
-    return module
+    """The OCR corpus module (``onnxopt.zoo.ocr``)."""
+    from onnxopt.zoo import ocr
+
+    return ocr
 
 
 def model_path(kind: str) -> Path:
-    return CACHE / "ocr" / f"ppocrv5_{kind}.onnx"
+    return corpus().model(kind)
 
 
 @lru_cache(maxsize=1)
 def images() -> tuple[list[np.ndarray], list[str]]:
     """(BGR images, the fp32 pipeline's text of each)."""
-    imgs, meta = corpus().load_ocr_images(CACHE)
-    ref = json.loads((CACHE / "ocr" / "fp32_reference.json").read_text())["texts"]
-    return imgs, [ref[m["key"]] for m in meta]
+    return corpus().images()[0], corpus().reference()
 
 
 def calibration(kind: str) -> list[dict[str, np.ndarray]]:
     """The inputs ``kind`` receives in the pipeline, one entry per call (in image order)."""
-    z = np.load(CACHE / "ocr" / f"calib_{kind}.npz")
-    return [{"x": z[k]} for k in sorted(z.files)]
+    return [{"x": a} for a in corpus().recorded(kind)]
 
 
 def labels(n: int) -> list[np.ndarray]:
@@ -112,8 +92,8 @@ class _Stub:
 @lru_cache(maxsize=1)
 def _det_pipeline() -> tuple[Any, _Stub]:
     p = pipeline()
-    stub = _Stub(p.stages["det"].session)
-    p.stages["det"].session = stub
+    stub = _Stub(p.sessions["det"])
+    p.ocr.text_detector.session = stub
     return p, stub
 
 

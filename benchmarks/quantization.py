@@ -43,9 +43,10 @@ from benchmarks.quant_peers import save_runs  # noqa: E402
 
 WORK = ROOT / "build" / "quant_bench"
 TOOLS = ("onnxopt", *qc.PEERS, "onnxsim")
+#: the peers' interpreters (their virtual environments); unset: this Python
 PYTHON = {
-    "nncf": os.environ.get("NNCF_PYTHON", "/work/venvs/nncf/bin/python"),
-    "aimet": os.environ.get("AIMET_PYTHON", "/work/venvs/aimet/bin/python"),
+    "nncf": os.environ.get("NNCF_PYTHON", ""),
+    "aimet": os.environ.get("AIMET_PYTHON", ""),
 }
 REPEATS = 3
 #: onnxopt variants besides its defaults (tool name -> quantize-int8 options)
