@@ -196,6 +196,16 @@ def _settled(
     return not unsure or elapsed > 3 * seconds
 
 
+def _timed_runs(sess: Any, feed: dict[str, np.ndarray], n: int) -> list[float]:
+    """``n`` runs of ``sess`` on ``feed``, each timed alone (ms)."""
+    lat = []
+    for _ in range(n):
+        t = time.perf_counter_ns()
+        sess.run(None, feed)
+        lat.append((time.perf_counter_ns() - t) / 1e6)
+    return lat
+
+
 def race(
     a: Any,
     b: Any,
@@ -235,11 +245,7 @@ def race(
         for k in (0, 1) if rounds % 2 == 0 else (1, 0):
             s = (sa, sb)[k]
             s.run(None, feed)
-            lat = []
-            for _ in range(per_round):
-                t = time.perf_counter_ns()
-                s.run(None, feed)
-                lat.append((time.perf_counter_ns() - t) / 1e6)
+            lat = _timed_runs(s, feed, per_round)
             times[k] += lat
             med[k] = float(np.median(lat))
         wins += med[1] < med[0]
@@ -289,11 +295,7 @@ def race_apart(
             s.run(None, feed)
         med[k] = []
         for _ in range(rounds):
-            lat = []
-            for _ in range(per_round):
-                t = time.perf_counter_ns()
-                s.run(None, feed)
-                lat.append((time.perf_counter_ns() - t) / 1e6)
+            lat = _timed_runs(s, feed, per_round)
             times[k] += lat
             med[k].append(float(np.median(lat)))
         del s

@@ -8,6 +8,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from onnxopt.html.fmt import count as fmt_int  # one number format for terminal and page
+from onnxopt.html.fmt import size as fmt_bytes
 from onnxopt.report import Metrics, PassReport, PipelineReport
 
 STATUS_STYLE = {
@@ -34,28 +36,6 @@ COLUMNS = (
 
 #: notes printed per pass; the rest are in the JSON report
 MAX_NOTES = 8
-
-
-def fmt_int(n: Any) -> str:
-    """1.23M-style count, "-" for a missing value."""
-    if not isinstance(n, (int, float)):
-        return "-"
-    n = float(n)
-    for unit, div in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.2f}{unit}"
-    return f"{int(n)}"
-
-
-def fmt_bytes(n: Any) -> str:
-    """1.23 MB-style size (powers of 1024), "-" for a missing value."""
-    if not isinstance(n, (int, float)):
-        return "-"
-    n = float(n)
-    for unit, div in (("GB", 2**30), ("MB", 2**20), ("KB", 2**10)):
-        if n >= div:
-            return f"{n / div:.2f} {unit}"
-    return f"{int(n)} B"
 
 
 def _delta(before: dict[str, Any], after: dict[str, Any], key: str, fmt=fmt_int) -> str:

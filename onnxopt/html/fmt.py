@@ -1,4 +1,4 @@
-"""Number formats of the HTML report (the same as the terminal report's)."""
+"""Number formats of the reports: the HTML page and the terminal tables (onnxopt.cli.render)."""
 
 from __future__ import annotations
 

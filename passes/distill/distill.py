@@ -52,6 +52,12 @@ class Distill(Pass):
     config: DistillConfig
 
     def run_model(self, model: onnx.ModelProto, ctx: PassContext) -> PassResult:
+        import importlib.util
+
+        if importlib.util.find_spec("torch") is None:  # torch is an extra, not a dependency
+            return PassResult.unchanged(
+                "distill needs PyTorch, which is not installed: pip install torch==2.13.0"
+            )
         declined = self._declined(model, ctx)
         if declined:
             return PassResult.unchanged(declined)

@@ -57,3 +57,17 @@ def test_pass_reports_bad_options_as_pass_errors() -> None:
     ctx = PassContext(feeds=Feeds([data(64)]), original=mlp(32, 1))
     with pytest.raises(PassError, match="distill: .*labels"):
         Distill.from_options({"alpha": 0.5, "epochs": 1}).run_model(mlp(6, 2), ctx)
+
+
+def test_without_torch_the_pass_says_how_to_install_it(monkeypatch) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real(name, *a)
+    )
+    teacher = mlp(32, seed=1)
+    res = Distill().run_model(mlp(8, 2), PassContext(feeds=Feeds([data(64)]), original=teacher))
+    assert not res.changed and res.notes == [
+        "distill needs PyTorch, which is not installed: pip install torch==2.13.0"
+    ]
