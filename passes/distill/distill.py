@@ -56,7 +56,7 @@ class Distill(Pass):
 
         if importlib.util.find_spec("torch") is None:  # torch is an extra, not a dependency
             return PassResult.unchanged(
-                "distill needs PyTorch, which is not installed: pip install torch==2.13.0"
+                "needs PyTorch, which is not installed: pip install torch==2.13.0"
             )
         declined = self._declined(model, ctx)
         if declined:

@@ -69,5 +69,5 @@ def test_without_torch_the_pass_says_how_to_install_it(monkeypatch) -> None:
     teacher = mlp(32, seed=1)
     res = Distill().run_model(mlp(8, 2), PassContext(feeds=Feeds([data(64)]), original=teacher))
     assert not res.changed and res.notes == [
-        "distill needs PyTorch, which is not installed: pip install torch==2.13.0"
+        "needs PyTorch, which is not installed: pip install torch==2.13.0"
     ]
