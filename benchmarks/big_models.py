@@ -21,7 +21,7 @@ the kernel's OOM killer.
   with the GRU in both branches): nodes inside the bodies after onnxopt, onnxsim (with
   ``include_subgraph=True``) and onnxslim, outputs compared on both branches.
 - ``body``: a recurrent cell in a Loop body (MatMuls on the loop-carried state) through
-  static int8 calibrated on data: how many MatMuls of the body run in int8.
+  static int8 and int4, calibrated on data: how many MatMuls of the body each rewrites.
 
 Writes ``benchmarks/BIG_MODELS.md`` and ``build/big_models/results.json``.
 """
@@ -195,7 +195,8 @@ def roundtrip(args: argparse.Namespace, work: Path) -> dict:
             "quantize --mode dynamic",
             onnxopt_cmd("quantize", str(src), "-o", q, "--mode", "dynamic", "--allow-slower"),
         ),
-        ("verify original vs int8", onnxopt_cmd("verify", str(src), q)),
+        # int8 is lossy: judged against the lossy budget (cosine 0.99), not the exact tolerance
+        ("verify original vs int8 --budget", onnxopt_cmd("verify", str(src), q, "--budget")),
         ("prune --dry-run", onnxopt_cmd("prune", str(src), "--dry-run", "--ratio", "0.3")),
         ("bench", onnxopt_cmd("bench", str(src), "--runs", "3", "--warmup", "1")),
         ("inspect", onnxopt_cmd("inspect", str(src))),

@@ -3,7 +3,9 @@
 Every constant MatMul/Gemm weight (see :mod:`.layers`) is quantized block-wise along K
 (:mod:`.nbits`: RTN or the HQQ-style search; :mod:`.gptq`: GPTQ, kept per layer only where it
 beats the search on held-out calibration runs) and the node becomes MatMulNBits; embedding
-tables become GatherBlockQuantized (8 bits by default). Each layer's error is measured on the
+tables become GatherBlockQuantized (8 bits by default). Layers inside If/Loop/Scan bodies are
+quantized too (their sites are keyed ``<scope>::<node>``; the probe reads their inputs over
+every iteration, see :mod:`.probe`). Each layer's error is measured on the
 calibration data as the relative output error ``e = ‖X(W − Ŵ)‖ / ‖XW‖`` from ``H = XᵀX``
 (:mod:`.quantizer`). Mixed precision: the layers whose 4-bit error exceeds
 ``sensitivity`` times the median layer's (at most ``max_sensitive`` of them, worst first) get
@@ -29,8 +31,10 @@ from onnxopt.errors import PassError
 from .config import Int4Config
 from .layers import Layer, find_layers, nbits_node, replace_layers
 from .nbits import Quantized, quantize_rtn
+from .plan import name_nodes
 from .probe import Probe
 from .quantizer import Done, Quantizing
+from .schema import graphs
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +62,12 @@ class QuantizeInt4(Pass):
         if ctx.target != "onnxruntime":
             raise PassError(TARGET_ERROR)
         c = self.config
-        _name_nodes(model.graph)
+        name_nodes(model)
         layers, skipped = find_layers(
             model, c.exclude, c.fuse_bias, c.embedding_bits > 0, c.block_size
         )
         job = Quantizing(c, _grouped(skipped))
-        layers = [x for x in layers if ctx.allow(x.name)]
+        layers = [x for x in layers if ctx.allow(x.key)]
         if not layers:
             return PassResult(False, 0, job.notes[:20] or ["no MatMul/Gemm with a constant weight"])
         if ctx.feeds is None or not len(ctx.feeds):
@@ -73,6 +77,7 @@ class QuantizeInt4(Pass):
         t0 = time.perf_counter()
         probe = Probe(model, ctx.feeds, job.runs, c.probe_mb << 20)
         done = job.all(layers, probe, lambda d, t: ctx.report_progress(self.name, d, t))
+        sites = [x.key for x in layers]
         details = self._rewrite(model, done, job.sensitive(done))
         details.update(
             seconds=round(time.perf_counter() - t0, 3),
@@ -86,7 +91,6 @@ class QuantizeInt4(Pass):
                 f"{len(details['sensitive'])} sensitive layer(s) kept at {c.sensitive_bits} "
                 f"bits: {', '.join(details['sensitive'][:8])}"
             )
-        sites = [x.name for x in layers]
         return PassResult(
             True, len(sites), job.notes[:20], sites=sites, details=details, model=model
         )
@@ -95,7 +99,10 @@ class QuantizeInt4(Pass):
         """MatMulNBits (GatherBlockQuantized) in place of the layers; the report's details."""
         c = self.config
         nodes, table = [], []
-        taken = {t.name for t in model.graph.initializer} | {n.name for n in model.graph.node}
+        taken = set()
+        for g in graphs(model.graph):
+            taken |= {t.name for t in g.initializer} | {n.name for n in g.node}
+            taken |= {o for n in g.node for o in n.output}
         for d in done:
             q, err = d.q, d.error
             if d.layer.name in sensitive:
@@ -147,7 +154,7 @@ def _output_shapes(model: onnx.ModelProto, names: list[str]) -> list[onnx.ValueI
 def _row(layer: Layer, q: Quantized, err: float, err4: float) -> dict:
     k, n = layer.weight.shape
     return {
-        "node": layer.name,
+        "node": layer.key,
         "op": "GatherBlockQuantized" if layer.kind == "gather" else "MatMulNBits",
         "K": k,
         "N": n,
@@ -155,16 +162,3 @@ def _row(layer: Layer, q: Quantized, err: float, err4: float) -> dict:
         "error": float(f"{err:.4g}"),
         "error_4bit": float(f"{err4:.4g}"),
     }
-
-
-def _name_nodes(g: onnx.GraphProto) -> None:
-    """Give unnamed or duplicate-named main-graph nodes a deterministic unique name (sites
-    and the rewrite key nodes by name)."""
-    seen: set[str] = set()
-    for i, n in enumerate(g.node):
-        if not n.name or n.name in seen:
-            name = f"{n.name or n.op_type}_{i}"
-            while name in seen:
-                name += "_"
-            n.name = name
-        seen.add(n.name)

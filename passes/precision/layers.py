@@ -1,6 +1,8 @@
 """The MatMul and Gemm nodes ``quantize-int4`` can rewrite, and their MatMulNBits form.
 
-A layer is ``Y = X·W (+ b)`` with a constant 2-D float32 ``W`` (K×N) in the main graph:
+A layer is ``Y = X·W (+ b)`` with a constant 2-D float32 ``W`` (K×N), in the main graph or
+in an If/Loop/Scan body (its site is then keyed ``<scope>::<node>``, see
+:mod:`onnxopt.scopes`; the weight may be an initializer of the body or of an enclosing graph):
 - ``MatMul(X, W)``;
 - ``Gemm(X, B, C)`` with ``transA = 0``: ``W = α·B`` (``Bᵀ`` when ``transB = 1``) and
   ``b = β·C`` when ``C`` is a constant of ``N`` values;
@@ -24,6 +26,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.scopes import SEP, site_key
+
 from .nbits import Quantized
 
 DOMAIN = "com.microsoft"
@@ -44,10 +48,40 @@ class Layer:
     notes: list[str] = field(default_factory=list)
     #: "matmul" (MatMulNBits) or "gather" (GatherBlockQuantized; ``x`` holds the indices)
     kind: str = "matmul"
+    #: the body holding the node ("" for the main graph) and that graph
+    scope: str = ""
+    graph: onnx.GraphProto | None = None
 
     @property
     def name(self) -> str:
         return self.node.name
+
+    @property
+    def key(self) -> str:
+        """The pipeline's site key: the node name, prefixed by its body's scope."""
+        return site_key(self.scope, self.node.name)
+
+
+def scoped_graphs(
+    g: onnx.GraphProto, scope: str = "", inits: dict[str, onnx.TensorProto] | None = None
+):
+    """``(scope, graph, constants visible there)`` for ``g`` and every If/Loop/Scan body in it,
+    outer graphs first. A body sees its own initializers and those of every enclosing graph,
+    less the names its own inputs shadow; the main graph's initializers that are also graph
+    inputs (a caller may override them) are not constants."""
+    if inits is None:
+        inputs = {v.name for v in g.input}
+        visible = {t.name: t for t in g.initializer if t.name not in inputs}
+    else:
+        shadowed = {v.name for v in g.input}
+        visible = {k: t for k, t in inits.items() if k not in shadowed}
+        visible.update({t.name: t for t in g.initializer})
+    yield scope, g, visible
+    for n in g.node:
+        for a in n.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                inner = f"{n.name}.{a.name}"
+                yield from scoped_graphs(a.g, f"{scope}{SEP}{inner}" if scope else inner, visible)
 
 
 def find_layers(
@@ -57,12 +91,34 @@ def find_layers(
     embeddings: bool = False,
     block_size: int = 32,
 ) -> tuple[list[Layer], list[str]]:
-    """The main graph's rewritable layers (in graph order) and why others were skipped."""
-    g = model.graph
-    inits = {t.name: t for t in g.initializer}
+    """The rewritable layers of every graph (main graph first, each in graph order) and why
+    others were skipped."""
+    layers: list[Layer] = []
+    notes: list[str] = []
+    for scope, g, inits in scoped_graphs(model.graph):
+        found, why = _graph_layers(g, inits, exclude, fuse_bias, embeddings, block_size)
+        for x in found:
+            x.scope, x.graph = scope, g
+        layers += found
+        notes += [site_key(scope, w) for w in why]
+    return layers, notes
+
+
+def _graph_layers(
+    g: onnx.GraphProto,
+    inits: dict[str, onnx.TensorProto],
+    exclude: tuple[str, ...],
+    fuse_bias: bool,
+    embeddings: bool,
+    block_size: int,
+) -> tuple[list[Layer], list[str]]:
     readers: dict[str, list[onnx.NodeProto]] = {}
     for n in g.node:
-        for i in n.input:
+        read = set(n.input)
+        for a in n.attribute:  # a body reading an outer tensor reads it through its node
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                read |= _read_names(sub)
+        for i in read:
             readers.setdefault(i, []).append(n)
     outputs = {o.name for o in g.output}
     layers: list[Layer] = []
@@ -225,23 +281,31 @@ def _unique(base: str, taken: set[str]) -> str:
 def replace_layers(
     model: onnx.ModelProto, done: list[tuple[Layer, onnx.NodeProto, list[onnx.TensorProto]]]
 ) -> None:
-    """Put the MatMulNBits nodes in place of their layers (in place); drop weights no longer
-    read; add the ``com.microsoft`` opset import."""
-    g = model.graph
-    new_by_old = {layer.name: node for layer, node, _ in done}
-    gone = {layer.bias_add.name for layer, _, _ in done if layer.bias_add is not None}
-    nodes = [new_by_old.get(n.name, n) for n in g.node if n.name not in gone]
-    del g.node[:]
-    g.node.extend(nodes)
-    for _, _, tensors in done:
+    """Put the MatMulNBits nodes in place of their layers (in place, in whichever graph holds
+    each); drop weights no longer read; add the ``com.microsoft`` opset import."""
+    for layer, node, tensors in done:
+        g = layer.graph if layer.graph is not None else model.graph
+        # in place: the Layer objects of nested bodies keep pointing into live protos
+        layer.node.CopyFrom(node)
+        if layer.bias_add is not None:
+            g.node.remove(layer.bias_add)
         g.initializer.extend(tensors)
+    _drop_unread(model.graph)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+
+
+def _drop_unread(g: onnx.GraphProto) -> None:
+    """Remove the initializers of ``g`` and of every body that nothing reads any more."""
     read = _read_names(g)
     keep = [t for t in g.initializer if t.name in read]
     if len(keep) != len(g.initializer):
         del g.initializer[:]
         g.initializer.extend(keep)
-    if not any(o.domain == DOMAIN for o in model.opset_import):
-        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    for n in g.node:
+        for a in n.attribute:
+            for sub in [a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs):
+                _drop_unread(sub)
 
 
 def _read_names(g: onnx.GraphProto) -> set[str]:

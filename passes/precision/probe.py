@@ -6,6 +6,10 @@ memory (BERT-base: about 0.5 GB per run), so they are taken in chunks whose esti
 shape inference with the calibration run's input shapes) stays under ``budget`` bytes; each chunk
 is one session over the runs. Callers keep only reductions (a maximum, ``XᵀX``) of what they see.
 The weights go to onnxruntime as in-memory initializers (never serialized again).
+
+A tensor of an If/Loop/Scan body is read through :func:`onnxopt.passes.quantize.bodies.expose`: in a
+Loop or Scan body its values of every iteration come stacked on a new first axis, in an If
+branch the branch not taken gives an empty tensor.
 """
 
 from __future__ import annotations
@@ -45,6 +49,9 @@ class Probe:
         self.types, self.sizes = _types_and_sizes(model, self.runs[0] if self.runs else {})
         self._outputs = {o.name for o in model.graph.output}
         self._inputs = {i.name for i in model.graph.input}
+        g = model.graph
+        self._main = self._inputs | {t.name for t in g.initializer}
+        self._main |= {o for n in g.node for o in n.output}
         self.sessions = 0
 
     def chunks(self, names: Sequence[str], extra: dict[str, int] | None = None) -> list[list[str]]:
@@ -72,8 +79,11 @@ class Probe:
         shell.CopyFrom(self._shell)
         given = [n for n in names if n in self._inputs]
         wanted = [n for n in names if n not in self._inputs]
+        inner = [n for n in wanted if n not in self._main]
+        carrier = _expose(shell, inner) if inner else {}
+        wanted = [n for n in wanted if n in self._main or n in carrier]
         for n in wanted:
-            if n not in self._outputs:
+            if n not in self._outputs and n not in carrier:
                 shell.graph.output.append(
                     onnx.helper.make_tensor_value_info(n, self.types.get(n, 1), None)
                 )
@@ -85,7 +95,7 @@ class Probe:
         self.sessions += 1
         for run in self.runs:
             try:
-                values = sess.run(wanted, run) if wanted else []
+                values = sess.run([carrier.get(n, n) for n in wanted], run) if wanted else []
             except Exception as e:
                 raise ModelError(f"onnxruntime failed to run the probe: {first_line(e)}") from e
             out = dict(zip(wanted, values))
@@ -105,6 +115,13 @@ class Probe:
                 del values
             if progress is not None:
                 progress(i + 1, len(chunks))
+
+
+def _expose(shell: onnx.ModelProto, names: list[str]) -> dict[str, str]:
+    """Body tensors of ``shell`` (edited) made readable: {tensor: the graph output carrying it}."""
+    from onnxopt.passes.quantize.bodies import expose
+
+    return expose(shell, names)
 
 
 def _types_and_sizes(
