@@ -176,6 +176,10 @@ class Pass:
     #: the runtime whose contrib ops the pass writes ("onnxruntime"), "" for standard ONNX: the
     #: PassManager refuses the pass under another ``--target`` before anything runs
     target_needed: ClassVar[str] = ""
+    #: a lossy pass whose candidates must also meet the budget as onnxruntime runs them
+    #: (graph optimizations on), not only as written: its kernels and fusions can lose more
+    #: precision than the literal graph does (half precision)
+    verify_deployed: ClassVar[bool] = False
 
     def __init__(self, config: PassConfig | None = None) -> None:
         if self.config_class is None:

@@ -513,7 +513,13 @@ class PassManager:
         if self.progress:
             n = len(v.exact_feeds) if p.exact else len(v.feeds)
             self.progress.update(f"verifying {p.name} on {n} runs", 0, 1)
-        return v.verify(candidate, stage, p.exact, speed=speed and p.goal == "speed")
+        return v.verify(
+            candidate,
+            stage,
+            p.exact,
+            speed=speed and p.goal == "speed",
+            deployed=p.verify_deployed and not p.exact,
+        )
 
 
 def _only(d: dict[str, Any], key: str) -> dict[str, Any]:

@@ -153,9 +153,16 @@ class Verifier:
 
     # ------------------------------------------------------------------------------------
     def verify(
-        self, candidate: onnx.ModelProto, stage: Stage, exact: bool, speed: bool = False
+        self,
+        candidate: onnx.ModelProto,
+        stage: Stage,
+        exact: bool,
+        speed: bool = False,
+        deployed: bool = False,
     ) -> Checked:
-        """Check, run and compare ``candidate`` (exact: on the exact runs; lossy: on all)."""
+        """Check, run and compare ``candidate`` (exact: on the exact runs; lossy: on all).
+        ``deployed``: a lossy candidate must also meet the budget with onnxruntime's graph
+        optimizations on (see :attr:`onnxopt.contract.Pass.verify_deployed`)."""
         feeds = self.exact_feeds if exact else self.feeds
         try:
             inferred = structural_check(candidate)
@@ -169,6 +176,8 @@ class Verifier:
         except Exception as e:  # noqa: BLE001
             return Checked(None, f"{type(e).__name__}: {first_line(e)}")
         checked = self._judge_exact(outputs, stage) if exact else self._judge_lossy(outputs, stage)
+        if not checked.why and deployed and not exact:
+            checked = self._judge_deployed(candidate, checked)
         if not checked.why and speed and not self.allow_slower:
             checked = self._judge_speed(candidate, stage, checked)
         if checked.why:
@@ -227,6 +236,22 @@ class Verifier:
         v = self.budget.check(cmp, acc, met)
         if not v:
             out.why = "over budget: " + v.reason
+        return out
+
+    def _judge_deployed(self, candidate: onnx.ModelProto, out: Checked) -> Checked:
+        """The budget again, on the candidate's outputs with onnxruntime's optimizations on
+        (the outputs kept for later stages stay the literal graph's)."""
+        try:
+            outputs = self.runner.run(candidate, self.feeds, optimized=True)
+        except OnnxoptError as e:
+            out.why = f"fails with onnxruntime's optimizations on: {e}"
+            return out
+        cmp = compare(self.full(self.first), outputs)
+        seen = self._budget(Checked(None, "", None, cmp), outputs, exact_runs=False)
+        if seen.why:
+            out.why = seen.why + " (with onnxruntime's graph optimizations on)"
+        else:
+            out.notes.append(f"with onnxruntime's graph optimizations on: cosine {cmp.cosine:.6f}")
         return out
 
     def _judge_speed(self, candidate: onnx.ModelProto, stage: Stage, out: Checked) -> Checked:

@@ -70,6 +70,7 @@ class HalfPass(Pass):
 
     exact = False
     goal = "size"
+    verify_deployed = True
     needs_model = True
     tags = ("precision", "half")
     half: HalfType = FLOAT16

@@ -366,3 +366,32 @@ def test_constant_of_shape_with_a_value_float16_cannot_hold_stays_float32() -> N
     )
     res, _ = apply(ConvertFp16(), m, PassContext(feeds=_feeds(x=(2, 8))))
     assert "beyond float16's range" in res.details["float32_nodes"]["ConstantOfShape_1"]
+
+
+def test_a_candidate_that_overflows_as_onnxruntime_runs_it_is_bisected() -> None:
+    """Conv (weights ±1000) then Mul by 100: every tensor fits float16, so the plan converts
+    both, and the literal graph is right. onnxruntime's ConvMulFusion (graph optimizations on)
+    folds the scale into the float16 weights (±1e5: inf), so the model as it would run gives
+    NaN. The pipeline checks half precision as onnxruntime runs it: the Mul stays float32."""
+    rng = np.random.default_rng(0)
+    w = np.float32(1000) * rng.choice([-1.0, 1.0], (4, 3, 3, 3)).astype(np.float32)
+    m = parse(
+        """<ir_version: 8, opset_import: ["": 17]>
+        g (float[1,3,8,8] x) => (float[1,4,6,6] y) {
+            c = Conv (x, W)
+            y = Mul (c, s)
+        }""",
+        {"W": w, "s": np.full((1, 4, 1, 1), 100.0, np.float32)},
+    )
+    x = [(rng.standard_normal((1, 3, 8, 8)) * 1e-3).astype(np.float32) for _ in range(4)]
+    feeds = Feeds([{"x": v} for v in x])
+    out, rep = registry.manager(["convert-fp16"], budget=Budget(min_cosine=0.999)).run(m, feeds)
+    p = rep.passes[0]
+    assert p.status == "kept" and p.dropped_sites == ["Mul_1"], (p.reason, p.notes)
+    assert any("graph optimizations on" in n for n in p.notes), p.notes
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    got = ort.InferenceSession(out.SerializeToString(), so).run(None, {"x": x[0]})[0]
+    np.testing.assert_allclose(got, run(m, {"x": x[0]})[0], rtol=2e-3, atol=0.5)
