@@ -1,0 +1,162 @@
+"""The lossy oracle: passes that are lossy by declaration on fuzzed graphs.
+
+A lossy pass (half precision, int4, int8) may depend on its data, so the exact oracle
+(:mod:`tests.fuzz.oracle`) does not apply. Each case runs ``cleanup, fusion, <pass>`` under a
+budget (cosine >= :data:`BUDGET` against the original), verified on the verification
+distribution, and the model returned is then run on held-out inputs *of the same
+distribution* (other seeds), both as written and as onnxruntime runs it (graph optimizations
+on). Buckets:
+
+- ``kept`` / ``unchanged``: the pass kept at least one site (or none) and everything below
+  held;
+- ``invalid``: the model fails the checker or strict shape inference, renames or retypes its
+  inputs or outputs, or does not run (in either session);
+- ``nonfinite``: an output is NaN or infinite where the original's is finite, in either
+  session: wrong whatever the budget;
+- ``over_budget``: finite and valid, but on held-out inputs the cosine against the original is
+  below :data:`FLOOR`: the pass generalizes worse than its verification promised (counted and
+  shown, since a data-dependent pass can meet its budget only on data like its own);
+- ``crashed``: an exception escaped ``PassManager.run``; ``refused``: a one-line
+  ``OnnxoptError``; ``not_runnable``: onnxruntime cannot run the original.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from onnxopt.data import Feeds
+from onnxopt.errors import OnnxoptError, first_line
+from onnxopt.runner import Runner
+from tests.fuzz import feeds as fz_feeds
+from tests.fuzz.generator import Case
+from tests.fuzz.oracle import runnable, validity
+
+#: the lossy passes fuzzed, with the target and options each needs
+LOSSY: dict[str, dict] = {
+    "convert-fp16": {},
+    # fuzzed weights are small: every one of them is converted (the default skips small ones)
+    "convert-bf16": {"options": {"min_weight_elements": 1}},
+    "quantize-int4": {"target": "onnxruntime"},
+    # tiny graphs are never faster in int8: the speed gate and per-layer timing are off, so
+    # the oracle judges what the pass writes, not what the machine's load decided
+    "quantize-int8": {"allow_slower": True, "options": {"latency_aware": False}},
+}
+BUDGET = 0.99
+FLOOR = 0.95
+BAD = ("invalid", "nonfinite", "crashed")
+HELD_OUT = 4
+
+
+@dataclass
+class LossyOutcome:
+    status: str
+    pass_name: str
+    detail: str = ""
+    cosine: float | None = None
+    sites: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def bad(self) -> bool:
+        return self.status in BAD
+
+
+def check_lossy(case: Case, pass_name: str) -> LossyOutcome:
+    """Run ``cleanup, fusion, pass_name`` on ``case`` and judge it on held-out inputs."""
+    from onnxopt.passes.registry import manager
+    from onnxopt.verify import Budget
+
+    t0 = time.perf_counter()
+    spec = LOSSY[pass_name]
+    why = runnable(case)
+    if why:
+        return LossyOutcome("not_runnable", pass_name, why)
+    feeds = Feeds(fz_feeds.verification(case.inputs), source="fuzz verify")
+    try:
+        pm = manager(
+            ["cleanup", "fusion", pass_name],
+            target=spec.get("target", "onnx"),
+            budget=Budget(min_cosine=BUDGET),
+            options={pass_name: spec.get("options", {})},
+            allow_slower=spec.get("allow_slower", False),
+        )
+        out, report = pm.run(case.model, feeds)
+    except OnnxoptError as e:
+        return LossyOutcome("refused", pass_name, first_line(e, 300))
+    except Exception as e:  # noqa: BLE001 - the bug this counts
+        return LossyOutcome("crashed", pass_name, f"{type(e).__name__}: {first_line(e, 300)}")
+    p = report.passes[-1]
+    res = LossyOutcome("kept" if p.status == "kept" else "unchanged", pass_name)
+    res.sites, res.notes = p.rewrites, [p.reason] if p.reason else []
+    _judge(case, out, res)
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def _judge(case: Case, out, res: LossyOutcome) -> None:
+    why = validity(case.model, out)
+    if why:
+        res.status, res.detail = "invalid", why
+        return
+    runner = Runner(threads=1, quiet=True)
+    runs = [fz_feeds.feed(case.inputs, "verify", 5000 + i) for i in range(HELD_OUT)]
+    refs, cands = [], []
+    for run in runs:
+        try:
+            ref = runner.run(case.model, Feeds([run]))[0]
+        except OnnxoptError:
+            continue
+        for optimized in (False, True):
+            try:
+                got = runner.run(out, Feeds([run]), optimized=optimized)[0]
+            except OnnxoptError as e:
+                where = "with optimizations on" if optimized else "as written"
+                res.status, res.detail = "invalid", f"does not run {where}: {first_line(e, 200)}"
+                return
+            bad = _introduced_nonfinite(ref, got)
+            if bad:
+                where = " (optimizations on)" if optimized else ""
+                res.status, res.detail = "nonfinite", bad + where
+                return
+            refs.append(ref)
+            cands.append(got)
+    res.cosine = _worst_cosine(refs, cands)
+    if res.cosine is not None and res.cosine < FLOOR:
+        res.status, res.detail = "over_budget", f"held-out cosine {res.cosine:.4f} < {FLOOR}"
+
+
+def _introduced_nonfinite(ref: dict, got: dict) -> str:
+    for name, a in ref.items():
+        b = got[name]
+        if a.dtype.kind != "f" or a.shape != b.shape:
+            continue
+        new = np.isfinite(a) & ~np.isfinite(b)
+        if new.any():
+            return f"'{name}': {int(new.sum())} non-finite values where the original's are finite"
+    return ""
+
+
+def _worst_cosine(refs: list[dict], cands: list[dict]) -> float | None:
+    worst = None
+    for name in refs[0] if refs else []:
+        if np.asarray(refs[0][name]).dtype.kind != "f":
+            continue
+        a = np.concatenate([np.asarray(r[name], np.float64).ravel() for r in refs])
+        b = np.concatenate([np.asarray(c[name], np.float64).ravel() for c in cands])
+        fin = np.isfinite(a) & np.isfinite(b)
+        a, b = a[fin], b[fin]
+        if not a.size:
+            continue
+        na, nb = np.linalg.norm(a), np.linalg.norm(b)
+        if na == 0 and nb == 0:
+            cos = 1.0
+        elif na == 0 or nb == 0:
+            cos = 0.0
+        else:
+            cos = float(a @ b / (na * nb))
+        worst = cos if worst is None else min(worst, cos)
+    return worst
