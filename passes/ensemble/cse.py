@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 import onnx
 
 from onnxopt.passes.ensemble.harmonize import rename_refs
+from onnxopt.weights import array as tensor_array
 
 logger = logging.getLogger(__name__)
 
@@ -76,9 +77,8 @@ class CseStats:
 
 
 def _tensor_key(t: onnx.TensorProto) -> tuple:
-    from onnx import numpy_helper
 
-    arr = numpy_helper.to_array(t)
+    arr = tensor_array(t)
     digest = hashlib.sha1(arr.tobytes()).hexdigest()
     return (t.data_type, tuple(t.dims), digest)
 

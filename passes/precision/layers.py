@@ -27,6 +27,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxopt.scopes import SEP, site_key
+from onnxopt.weights import array as tensor_array
 
 from .nbits import Quantized
 
@@ -150,7 +151,7 @@ def _graph_layers(
 
 def _const(name: str, inits: dict[str, onnx.TensorProto]) -> np.ndarray | None:
     t = inits.get(name)
-    return None if t is None else numpy_helper.to_array(t)
+    return None if t is None else tensor_array(t)
 
 
 def _layer(node: onnx.NodeProto, inits: dict[str, onnx.TensorProto]) -> tuple[Layer | None, str]:

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+
+from onnxopt.weights import array as tensor_array
 
 from .blocklist import CONTROL_FLOW, blocked
 from .config import HalfConfig
@@ -82,7 +83,7 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     for g in graphs(model.graph):
         for t in g.initializer:
             if t.data_type == FLOAT:
-                out[t.name] = numpy_helper.to_array(t)
+                out[t.name] = tensor_array(t)
         for n in g.node:
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
                 a = n.attribute[0] if n.attribute else None
@@ -91,7 +92,7 @@ def constants(model: onnx.ModelProto) -> dict[str, np.ndarray]:
                     and a.type == onnx.AttributeProto.TENSOR
                     and a.t.data_type == FLOAT
                 ):
-                    out[n.output[0]] = numpy_helper.to_array(a.t)
+                    out[n.output[0]] = tensor_array(a.t)
                 elif a is not None and a.name in ("value_float", "value_floats"):
                     out[n.output[0]] = np.asarray(onnx.helper.get_attribute_value(a), np.float32)
     return out
@@ -217,7 +218,7 @@ class Planner:
                 return f"reads constant '{x}', which {self.plan.bad_constants[x]}", None
         if n.op_type == "ConstantOfShape":
             value = next((a.t for a in n.attribute if a.name == "value"), None)
-            why = constant_problem(numpy_helper.to_array(value), self.half) if value else ""
+            why = constant_problem(tensor_array(value), self.half) if value else ""
             if why:
                 return f"its value {why}", None
         for x, f in [*zip(n.input, fin), *zip(n.output, fout)]:

@@ -14,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import onnx
-from onnx import numpy_helper
+
+from onnxopt.weights import array as tensor_array
 
 from .plan import Plan
 from .schema import FLOAT, HalfType, graphs, subgraphs
@@ -201,7 +202,7 @@ class Rewriter:
         for g in self.graphs:
             for t in g.initializer:
                 if self.home.get(t.name) == self.h:
-                    t.CopyFrom(self.half.tensor(numpy_helper.to_array(t), t.name))
+                    t.CopyFrom(self.half.tensor(tensor_array(t), t.name))
                     self.counts.constants += 1
             for n in g.node:
                 if (
@@ -215,7 +216,7 @@ class Rewriter:
 
     def _constant_node(self, n: onnx.NodeProto) -> None:
         a = n.attribute[0]
-        value = numpy_helper.to_array(a.t) if a.type == onnx.AttributeProto.TENSOR else None
+        value = tensor_array(a.t) if a.type == onnx.AttributeProto.TENSOR else None
         if value is None:
             value = onnx.helper.get_attribute_value(a)
         del n.attribute[:]
@@ -230,7 +231,7 @@ class Rewriter:
             if n.op_type == "Cast" and a.name == "to" and a.i == FLOAT:
                 a.i = self.h
             elif n.op_type == "ConstantOfShape" and a.name == "value" and a.t.data_type == FLOAT:
-                a.t.CopyFrom(self.half.tensor(numpy_helper.to_array(a.t), a.t.name))
+                a.t.CopyFrom(self.half.tensor(tensor_array(a.t), a.t.name))
             elif n.op_type == "EyeLike" and a.name == "dtype" and a.i == FLOAT:
                 a.i = self.h
         if n.op_type == "EyeLike" and not any(a.name == "dtype" for a in n.attribute):

@@ -23,17 +23,16 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
 
-from .collect import write_probe
+from onnxopt.weights import array as tensor_array
+
+from .collect import open_session, probe_model
 from .qdq import WeightQ, weight_params
 
 logger = logging.getLogger(__name__)
@@ -90,7 +89,7 @@ def layers_of(
             continue
         if len(n.input) < 2 or n.input[1] not in inits:
             continue
-        w = numpy_helper.to_array(inits[n.input[1]]).astype(np.float32)
+        w = tensor_array(inits[n.input[1]]).astype(np.float32)
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
         if n.op_type == "Conv" and (
             w.ndim != 4
@@ -145,26 +144,22 @@ def gram_matrices(
     acc = {ly.name: np.zeros((ly.groups, ly.k, ly.k)) for ly in layers}
     count = dict.fromkeys(acc, 0)
     tensors = sorted({ly.input for ly in layers})
-    import onnxruntime as ort
-
-    with tempfile.TemporaryDirectory(prefix="onnxopt_adaround_") as tmp:
-        path = os.path.join(tmp, "probe.onnx")
-        write_probe(model, tensors, path)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        for i, feed in enumerate(runs):
-            got = dict(zip(tensors, sess.run(tensors, feed), strict=True))
-            for ly in layers:
-                if count[ly.name] >= max_rows:
-                    continue
-                r = _rows(ly, np.asarray(got[ly.input], np.float32), per_run, rng)
-                acc[ly.name] += np.einsum("mgk,mgl->gkl", r, r)
-                count[ly.name] += len(r)
-            if progress is not None:
-                progress("adaround: input statistics", i + 1, len(runs))
-        del sess
+    # a session over the model as it is (mapped weights shared, never saved to a file)
+    probe, exposed = probe_model(model, tensors)
+    outputs = [exposed[t] for t in tensors]
+    sess = open_session(probe)
+    del probe
+    for i, feed in enumerate(runs):
+        got = dict(zip(tensors, sess.run(outputs, feed), strict=True))
+        for ly in layers:
+            if count[ly.name] >= max_rows:
+                continue
+            r = _rows(ly, np.asarray(got[ly.input], np.float32), per_run, rng)
+            acc[ly.name] += np.einsum("mgk,mgl->gkl", r, r)
+            count[ly.name] += len(r)
+        if progress is not None:
+            progress("adaround: input statistics", i + 1, len(runs))
+    del sess
     return {k: v / max(1, count[k]) for k, v in acc.items()}
 
 

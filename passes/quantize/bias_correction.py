@@ -26,7 +26,8 @@ import math
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
+
+from onnxopt.weights import array as tensor_array
 
 from .qdq import WeightQ, quantize_weight, weight_params
 
@@ -177,10 +178,10 @@ def _bounds(node: onnx.NodeProto, model: onnx.ModelProto) -> tuple[float, float]
 def _const(model: onnx.ModelProto, name: str) -> np.ndarray | None:
     for t in model.graph.initializer:
         if t.name == name:
-            return numpy_helper.to_array(t)
+            return tensor_array(t)
     for n in model.graph.node:
         if n.op_type == "Constant" and n.output[0] == name:
-            return numpy_helper.to_array(n.attribute[0].t)
+            return tensor_array(n.attribute[0].t)
     return None
 
 
@@ -205,7 +206,7 @@ def data_free_shifts(
         t = inits.get(node.input[1])
         if t is None:
             continue
-        w = numpy_helper.to_array(t).astype(np.float32)
+        w = tensor_array(t).astype(np.float32)
         axis = layers[node.name]
         given = weights.get(node.name)
         if given is not None and given.q.shape == w.shape:

@@ -27,6 +27,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from onnxopt.weights import array as tensor_array
+
 logger = logging.getLogger(__name__)
 
 HOMOGENEOUS = ("Relu", "LeakyRelu", "PRelu")
@@ -59,7 +61,7 @@ class _Graph:
     def weight(self, node: onnx.NodeProto) -> np.ndarray | None:
         if len(node.input) < 2 or node.input[1] not in self.inits:
             return None
-        return numpy_helper.to_array(self.inits[node.input[1]])
+        return tensor_array(self.inits[node.input[1]])
 
     def set(self, node: onnx.NodeProto, index: int, value: np.ndarray) -> None:
         """Write ``value`` into ``node.input[index]`` (a fresh initializer if it is shared)."""
@@ -129,7 +131,7 @@ def find_pairs(
         nxt = G.only_user(t)
         if a.op_type == "MatMul" and nxt is not None and nxt.op_type == "Add":
             k = 1 if nxt.input[0] == t else 0
-            if nxt.input[k] in G.inits and numpy_helper.to_array(G.inits[nxt.input[k]]).ndim == 1:
+            if nxt.input[k] in G.inits and tensor_array(G.inits[nxt.input[k]]).ndim == 1:
                 bias, t, nxt = (nxt, k), nxt.output[0], G.only_user(nxt.output[0])
         act = None
         if nxt is not None and nxt.op_type in (*HOMOGENEOUS, "Clip"):
@@ -188,7 +190,7 @@ def _equalize_pair(G: _Graph, p: Pair) -> None:
     G.set(p.b, 1, wb * s.reshape(shape_b))
     if p.a_bias is not None:
         node, k = p.a_bias
-        b = numpy_helper.to_array(G.inits[node.input[k]]).astype(np.float64)
+        b = tensor_array(G.inits[node.input[k]]).astype(np.float64)
         G.set(node, k, b / s)
 
 

@@ -7,8 +7,6 @@ only with ``equalize_clip="relu"``)."""
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from typing import Any
 
 import numpy as np
@@ -19,7 +17,7 @@ from onnxopt.graph import to_graph
 from onnxopt.model import with_inferred_shapes
 
 from .build import named, resolve_const_identities
-from .collect import write_probe
+from .collect import probe_model
 from .config import QuantizeConfig
 from .equalize import equalize
 from .smooth import apply_smoothing, channel_stats, smooth_groups
@@ -82,12 +80,12 @@ def smooth(
     tensors = sorted(weights)
     runs = ctx.feeds.runs[: c.smooth_runs]
     rows = SMOOTH_ROWS if c.smooth == "auto" else 0
-    with tempfile.TemporaryDirectory(prefix="onnxopt_smooth_") as tmp:
-        path = os.path.join(tmp, "probe.onnx")
-        write_probe(base, tensors, path)
-        x_max, samples = channel_stats(
-            path, tensors, runs, rows=rows, seed=c.seed, progress=ctx.progress
-        )
+    # a session over the model as it is (mapped weights shared, never saved to a file)
+    probe, _ = probe_model(base, tensors)
+    x_max, samples = channel_stats(
+        probe, tensors, runs, rows=rows, seed=c.seed, progress=ctx.progress
+    )
+    del probe
     if c.smooth == "auto":
         alpha, why = choose_alphas(samples, x_max, weights, foldable)
         notes.extend(why[:10])

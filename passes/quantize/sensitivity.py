@@ -20,18 +20,20 @@ can fall back to dynamic for that MatMul only.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxopt import sessions
 from onnxopt.graph import opset_version
+from onnxopt.weights import array as tensor_array
 
 from .collect import _batches
 from .placement import Plan
@@ -164,7 +166,7 @@ class Instrument:
         t = self.consts.get(node.input[index])
         if t is None:
             return None
-        w = numpy_helper.to_array(t).astype(np.float32)
+        w = tensor_array(t).astype(np.float32)
         axis = axis if self.per_axis else None
         given = self.weights.get(node.name)
         if given is not None and given.q.shape == w.shape and given.axis == axis:
@@ -284,30 +286,34 @@ def measure(
     stats = {k: SiteStats(k) for k in probe.reads}
     if not probe.outputs:
         return stats
-    with tempfile.TemporaryDirectory(prefix="onnxopt_sens_") as tmp:
-        path = os.path.join(tmp, "probe.onnx")
-        _save_with(model, probe, path)
+
+    def options() -> Any:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
-        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        done = 0
-        for feed, n in _batches(runs, batch, dynamic_batch):
-            got = dict(zip(probe.outputs, sess.run(probe.outputs, feed), strict=True))
-            for k, (s1, s2, sig, size) in probe.reads.items():
-                stats[k].add(got[s1], got[s2], got[sig], int(got[size]))
-                if k in probe.dyn:
-                    dn = float(np.sum(got[probe.dyn[k]], dtype=np.float64))
-                    stats[k].noise_dyn = (stats[k].noise_dyn or 0.0) + dn
-            done += n
-            if progress is not None:
-                progress("sensitivity and bias", min(done, len(runs)), len(runs))
-        del sess
+        return so
+
+    with _probed(model, probe):
+        # mapped weights (a large model) go to onnxruntime as they are: never a saved copy
+        sess = sessions.build(model, options)
+    done = 0
+    for feed, n in _batches(runs, batch, dynamic_batch):
+        got = dict(zip(probe.outputs, sess.run(probe.outputs, feed), strict=True))
+        for k, (s1, s2, sig, size) in probe.reads.items():
+            stats[k].add(got[s1], got[s2], got[sig], int(got[size]))
+            if k in probe.dyn:
+                dn = float(np.sum(got[probe.dyn[k]], dtype=np.float64))
+                stats[k].noise_dyn = (stats[k].noise_dyn or 0.0) + dn
+        done += n
+        if progress is not None:
+            progress("sensitivity and bias", min(done, len(runs)), len(runs))
+    del sess
     return stats
 
 
-def _save_with(model: onnx.ModelProto, probe: _Probe, path: str) -> None:
-    """Save ``model`` plus the probe's nodes and outputs without copying the model."""
+@contextlib.contextmanager
+def _probed(model: onnx.ModelProto, probe: _Probe) -> Iterator[None]:
+    """``model`` plus the probe's nodes and outputs, for the duration (never copied)."""
     g = model.graph
     n_nodes, n_inits, n_outs = len(g.node), len(g.initializer), len(g.output)
     g.node.extend(probe.nodes)
@@ -320,8 +326,7 @@ def _save_with(model: onnx.ModelProto, probe: _Probe, path: str) -> None:
         for o in probe.outputs
     )
     try:
-        big = model.ByteSize() > 1_800_000_000
-        onnx.save_model(model, path, save_as_external_data=big, location="probe.onnx.data")
+        yield
     finally:
         del g.node[n_nodes:]
         del g.initializer[n_inits:]
