@@ -142,7 +142,8 @@ def write_markdown(
         parts += [
             "## fp16 / bf16",
             "",
-            "onnxopt runs through the PassManager (verified in onnxruntime, budget cosine "
+            "onnxopt runs `cleanup,fusion` and then the conversion through the PassManager "
+            f"(verified in onnxruntime, as written and with its optimizations on, budget cosine "
             f"{COSINE_GOAL}, bisection on failure); `fp32 nodes` counts the nodes it kept in "
             "float32 (block list, overflow on the calibration data, constants, bisection). "
             "onnxconverter-common 1.16 runs with its defaults. bf16 stores the weights in "
