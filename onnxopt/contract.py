@@ -103,6 +103,20 @@ class PassResult:
         return cls(changed=False, rewrites=0, notes=list(notes))
 
 
+def grouped_notes(lines: list[str], what: str = "left float") -> list[str]:
+    """``"node: why"`` lines as one note per reason, with the count and the first nodes:
+    ``"24 left float (why): a, b, c …"``."""
+    by: dict[str, list[str]] = {}
+    for line in lines:
+        node, _, why = line.partition(": ")
+        by.setdefault(why, []).append(node)
+    out = []
+    for why, nodes in by.items():
+        more = " …" if len(nodes) > 3 else ""
+        out.append(f"{len(nodes)} {what} ({why}): {', '.join(nodes[:3])}{more}")
+    return out
+
+
 @dataclass
 class PassContext:
     """Everything a pass may use besides the graph.

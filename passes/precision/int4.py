@@ -25,7 +25,7 @@ import time
 
 import onnx
 
-from onnxopt.contract import Pass, PassContext, PassResult
+from onnxopt.contract import Pass, PassContext, PassResult, grouped_notes
 from onnxopt.errors import PassError
 
 from .config import Int4Config
@@ -66,7 +66,7 @@ class QuantizeInt4(Pass):
         layers, skipped = find_layers(
             model, c.exclude, c.fuse_bias, c.embedding_bits > 0, c.block_size
         )
-        job = Quantizing(c, _grouped(skipped))
+        job = Quantizing(c, grouped_notes(skipped))
         layers = [x for x in layers if ctx.allow(x.key)]
         if not layers:
             return PassResult(False, 0, job.notes[:20] or ["no MatMul/Gemm with a constant weight"])
@@ -123,18 +123,6 @@ class QuantizeInt4(Pass):
             "weight_bytes_before": sum(d.layer.weight.nbytes for d in done),
             "weight_bytes_after": sum(sum(t.ByteSize() for t in ts) for _, _, ts in nodes),
         }
-
-
-def _grouped(skipped: list[str]) -> list[str]:
-    """``"node: why"`` lines as one note per reason, with the count and the first nodes."""
-    by: dict[str, list[str]] = {}
-    for line in skipped:
-        node, _, why = line.partition(": ")
-        by.setdefault(why, []).append(node)
-    return [
-        f"{len(nodes)} left float ({why}): {', '.join(nodes[:3])}{' …' if len(nodes) > 3 else ''}"
-        for why, nodes in by.items()
-    ]
 
 
 def _output_shapes(model: onnx.ModelProto, names: list[str]) -> list[onnx.ValueInfoProto]:

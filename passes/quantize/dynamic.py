@@ -14,7 +14,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.contract import Pass, PassContext, PassResult
+from onnxopt.contract import Pass, PassContext, PassResult, grouped_notes
 from onnxopt.graph import const_value, node_names_unique
 
 from .config import DynamicQuantizeConfig
@@ -57,6 +57,7 @@ class QuantizeDynamic(Pass):
                 continue
             rewrite_dynamic(graph, node, c.per_channel, reduce_range)
             sites.append(node.name)
+        notes = grouped_notes(notes)
         if not sites:
             return PassResult(False, 0, notes[:20])
         graph.cleanup()
@@ -65,8 +66,10 @@ class QuantizeDynamic(Pass):
     @staticmethod
     def _eligible(node: gs.Node) -> str:
         w = const_value(node.inputs[1])
-        if w is None or w.dtype != np.float32 or w.ndim != 2:
-            return f"{node.name}: weight is not a 2-D float32 constant"
+        if w is None:
+            return f"{node.name}: second input is not a constant (activation × activation)"
+        if w.dtype != np.float32 or w.ndim != 2:
+            return f"{node.name}: weight is {w.dtype} of rank {w.ndim}, not a 2-D float32 matrix"
         if isinstance(node.inputs[0], gs.Constant):
             return f"{node.name}: input is a constant"
         if node.op == "Gemm":
