@@ -77,7 +77,17 @@ class Comparison:
 
 
 def _looks_like_scores(a: np.ndarray) -> bool:
-    return a.dtype.kind == "f" and a.ndim == 2 and a.shape[-1] > 1
+    """Class scores: [batch, classes], or a sequence of class probabilities [batch, steps,
+    classes] whose rows are non-negative and sum to 1 (a CTC recognizer's softmax): top-1
+    agreement is then per step."""
+    if a.dtype.kind != "f" or a.shape[-1:] in ((), (0,), (1,)):
+        return False
+    if a.ndim == 2:
+        return True
+    if a.ndim != 3 or not a.size:
+        return False
+    rows = np.asarray(a, np.float64)
+    return bool((rows >= 0).all() and np.allclose(rows.sum(-1), 1.0, atol=1e-3))
 
 
 def compare(reference: Runs, candidate: Runs) -> Comparison:
@@ -367,7 +377,8 @@ def metric_output(run: dict[str, np.ndarray], output: str | None = None) -> str:
             raise OptionError(f"--metric-output {output!r}: the model's outputs are {list(run)}")
         return output
     for name, a in run.items():
-        if _looks_like_scores(np.asarray(a)):
+        a = np.asarray(a)
+        if a.ndim == 2 and _looks_like_scores(a):  # per-sample classes, not per-step ones
             return name
     for name, a in run.items():
         a = np.asarray(a)

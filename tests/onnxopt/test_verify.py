@@ -78,3 +78,16 @@ def test_budget_accuracy_drop():
     assert Budget(min_cosine=None, max_accuracy_drop=1.0).check(cmp, (98.0, 97.5)).ok
     v = Budget(min_cosine=None, max_accuracy_drop=1.0).check(cmp, (98.0, 96.0))
     assert not v.ok and "points below" in v.reason
+
+
+def test_top1_agreement_per_step_on_a_sequence_of_probabilities():
+    """A CTC recognizer's [batch, steps, classes] softmax: agreement counts every step; a 3-D
+    tensor that is not probabilities (a feature map) gets none."""
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 5, 7))
+    r = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    c = r.copy()
+    c[0, 0] = c[0, 0][::-1]  # one step's argmax moves (unless the row is symmetric)
+    assert np.argmax(c[0, 0]) != np.argmax(r[0, 0])
+    assert compare_arrays("p", [r], [c]).top1 == pytest.approx(9 / 10)
+    assert compare_arrays("f", [logits], [logits]).top1 is None
