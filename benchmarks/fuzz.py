@@ -19,6 +19,7 @@ Usage::
     python benchmarks/fuzz.py [--n 20000] [--seed 0] [--jobs 2] [--targets onnx,onnxruntime]
         [--peers onnxsim,onnxslim] [--minimize 5] [--json build/fuzz.json]
     python benchmarks/fuzz.py --merge build/fuzz/part*.json  # runs over seed ranges, summed
+        [--markdown build/fuzz.md]  # the tables as markdown
 """
 
 from __future__ import annotations
@@ -245,6 +246,49 @@ def print_summary(s: dict, targets: list[str]) -> None:
             console.print(f"{p}: {n} x {reason}", highlight=False)
 
 
+def markdown_summary(s: dict, targets: list[str]) -> str:
+    """The tables of :func:`print_summary` as markdown (for ``--markdown``)."""
+    cols = ("graphs", "optimized", "unchanged", "changed", "invalid", "crashed", "not_runnable")
+    rows = {f"onnxopt `--target {t}`": s[t]["counts"] for t in targets}
+    rows.update({p: ps["counts"] for p, ps in s["peers"].items()})
+    out = [f"{s['graphs']:,} random graphs, {s['seconds']:,.0f} s of runs in all.", ""]
+    out += _md("tool", STATUSES, rows, missing="-")
+    for t in targets:
+        st = s[t]
+        out += ["", f"### `--target {t}`", ""]
+        out += [f"Within the original's own float noise (counted as equal): {st['within_noise']}."]
+        out += ["", "By pass:", ""]
+        out += _md("pass", ("kept", "rolled back", "raised", "bad"), st["by_pass"])
+        out += ["", "By motif (a graph counts under each motif it holds):", ""]
+        out += _md("motif", (*cols, "within noise", "rolled back"), st["by_motif"])
+        out += ["", "By opset:", ""]
+        out += _md("opset", cols, st["by_opset"])
+        out += ["", "By float type and shapes:", ""]
+        out += _md("type, shapes", cols, st["by_type"])
+        out += [
+            f"- {b['status']}: {b['describe']} by {b['culprit']}: {b['detail']}" for b in st["bad"]
+        ]
+    for p, ps in s["peers"].items():
+        if ps["top_reasons"]:
+            out += ["", f"{p}, most frequent bad results:", ""]
+            out += [f"- {n} x {reason}" for reason, n in ps["top_reasons"]]
+    return "\n".join(out) + "\n"
+
+
+def _md(first: str, cols: tuple[str, ...], rows: dict[str, dict], missing: Any = 0) -> list[str]:
+    head = [f"| {first} | " + " | ".join(c.replace("_", " ") for c in cols) + " |"]
+    head.append("|---|" + "---:|" * len(cols))
+    body = []
+    for name, counts in rows.items():
+        cells = [counts.get(c, missing) for c in cols]
+        body.append(
+            f"| {name} | "
+            + " | ".join(f"{v:,}" if isinstance(v, int) else str(v) for v in cells)
+            + " |"
+        )
+    return head + body
+
+
 def _table(
     title: str, first: str, cols: tuple[str, ...], rows: dict[str, dict], missing: Any = 0
 ) -> Any:
@@ -305,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--peers", default=",".join(PEERS), help="'' for none")
     ap.add_argument("--minimize", type=int, default=0, help="shrink up to K bad cases")
     ap.add_argument("--json", type=Path, default=DEFAULT_JSON)
+    ap.add_argument("--markdown", type=Path, help="also write the tables as markdown here")
     ap.add_argument(
         "--merge",
         type=Path,
@@ -323,6 +368,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - t0
     summary = summarize(records, targets, peers, seconds)
     print_summary(summary, targets)
+    if args.markdown:
+        args.markdown.write_text(markdown_summary(summary, targets))
     if args.minimize:
         for path in minimize_failures(records, targets, args.minimize):
             print(f"minimized: {path}")
