@@ -31,11 +31,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import sessions
+from onnxopt import sessions, weights
 from onnxopt.graph import opset_version
 from onnxopt.weights import array as tensor_array
 
-from .collect import _batches
+from .collect import _batches, batch_groups
 from .placement import Plan
 from .qdq import QParams, WeightQ, quantize_weight, weight_params
 
@@ -279,26 +279,37 @@ def measure(
     batch: int,
     dynamic_batch: bool,
     progress: Callable[[str, int, int], None] | None = None,
+    parallel: Callable | None = None,
 ) -> dict[str, SiteStats]:
-    """Run the instrumented ``model`` over ``runs``; per-site statistics (module docstring)."""
-    import onnxruntime as ort
+    """Run the instrumented ``model`` over ``runs``; per-site statistics (module docstring).
 
+    With ``parallel`` (``parallel(fn, [args, ...])``, with a ``workers`` count: a process pool
+    or Ray tasks, see :mod:`onnxopt.search.parallel`) the runs are cut between the same
+    concatenated groups a single run uses, each part runs where ``parallel`` puts it, and the
+    per-call sums come back to be added here in the single run's order: the statistics are
+    the same bit for bit. A model whose weights are mapped stays here (they are not sent)."""
     stats = {k: SiteStats(k) for k in probe.reads}
     if not probe.outputs:
         return stats
-
-    def options() -> Any:
-        so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        so.log_severity_level = 3
-        return so
-
-    with _probed(model, probe):
-        # mapped weights (a large model) go to onnxruntime as they are: never a saved copy
-        sess = sessions.build(model, options)
+    groups = batch_groups(runs, batch, dynamic_batch)
+    if parallel is not None and len(groups) > 1 and not weights.is_mapped_model(model):
+        with _probed(model, probe):
+            data = model.SerializeToString()
+        parts = max(1, min(int(getattr(parallel, "workers", 1)), len(groups)))
+        bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
+        args = [
+            (data, probe.outputs, [runs[i] for g in groups[a:b] for i in g], batch, dynamic_batch)
+            for a, b in zip(bounds, bounds[1:], strict=False)
+            if b > a
+        ]
+        calls = [call for part in parallel(_part_sums, args) for call in part]
+    else:
+        with _probed(model, probe):
+            # mapped weights (a large model) go to onnxruntime as they are: never a saved copy
+            sess = sessions.build(model, _options)
+        calls = _sums(sess, probe.outputs, runs, batch, dynamic_batch)
     done = 0
-    for feed, n in _batches(runs, batch, dynamic_batch):
-        got = dict(zip(probe.outputs, sess.run(probe.outputs, feed), strict=True))
+    for got, n in calls:
         for k, (s1, s2, sig, size) in probe.reads.items():
             stats[k].add(got[s1], got[s2], got[sig], int(got[size]))
             if k in probe.dyn:
@@ -307,8 +318,32 @@ def measure(
         done += n
         if progress is not None:
             progress("sensitivity and bias", min(done, len(runs)), len(runs))
-    del sess
     return stats
+
+
+def _options() -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    return so
+
+
+def _sums(sess: Any, outputs: list[str], runs: list, batch: int, dynamic: bool):
+    """The instrumented outputs of each onnxruntime call, in order, with its number of runs."""
+    for feed, n in _batches(runs, batch, dynamic):
+        yield dict(zip(outputs, sess.run(outputs, feed), strict=True)), n
+
+
+def _part_sums(
+    data: bytes, outputs: list[str], runs: list, batch: int, dynamic: bool
+) -> list[tuple[dict[str, np.ndarray], int]]:
+    """One worker's share of :func:`measure` (a picklable top-level function)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(data, _options(), providers=["CPUExecutionProvider"])
+    return list(_sums(sess, outputs, runs, batch, dynamic))
 
 
 @contextlib.contextmanager

@@ -299,13 +299,15 @@ class QuantizeInt8(Pass):
             dynamic=c.dynamic_fallback,
         ).build()
         notes += [f"sensitivity: {s}" for s in probe.skipped[:10]]
+        runs = ctx.feeds.runs[: max(c.sensitivity_runs, 1)]
         stats = measure_sensitivity(
             build.base,
             probe,
-            ctx.feeds.runs[: max(c.sensitivity_runs, 1)],
+            runs,
             batch=c.calib_batch,
             dynamic_batch=dynamic_batch(build.base),
             progress=ctx.progress,
+            parallel=ctx.parallel if len(runs) >= PARALLEL_MIN_RUNS else None,
         )
         if empirical:
             build.shifts = {

@@ -1,7 +1,7 @@
 """Calibration statistics split across worker processes (and Ray tasks) equal the
 single-process ones bit for bit; so does the quantized model when the pass is given
-``ctx.parallel``. (Per-layer sensitivities need no split: they come from one instrumented run,
-:mod:`onnxopt.passes.quantize.sensitivity`.)"""
+``ctx.parallel`` (its calibration and its instrumented sensitivity run both split; the
+sensitivity split alone is tested in tests/passes/quantize/test_sensitivity.py)."""
 
 from __future__ import annotations
 
@@ -14,9 +14,11 @@ import pytest
 from onnxopt.contract import PassContext
 from onnxopt.examples import FOLDER as EXAMPLES
 from onnxopt.passes.quantize.collect import collect_stats, collect_stats_split, write_probe
+from onnxopt.passes.quantize.sensitivity import measure
 from onnxopt.passes.quantize.static import PARALLEL_MIN_RUNS, QuantizeInt8
 from onnxopt.search.parallel import PoolMap, RayMap
 from onnxopt.synth import get_feeds
+from tests.passes.quantize.test_sensitivity import assert_same_stats, two_layer_probe
 
 KW = {"bins": 512, "batch": 3, "dynamic_batch": True}
 
@@ -56,10 +58,13 @@ def test_calibration_statistics_split_are_bit_for_bit(digits, tmp_path):
 
 @pytest.mark.slow
 def test_quantize_with_parallel_calibration_is_bit_for_bit(digits):
-    """The quantized model is the same byte for byte when the pass splits its calibration."""
+    """The quantized model is the same byte for byte when the pass splits its calibration and
+    its sensitivity run (empirical bias correction reads the latter)."""
     model, feeds, _ = digits
     assert len(feeds.runs) >= PARALLEL_MIN_RUNS
-    p = QuantizeInt8.from_options({"fallback": False})
+    p = QuantizeInt8.from_options(
+        {"fallback": False, "sensitivity_runs": len(feeds.runs), "latency_aware": False}
+    )
     _, one = p.apply(model, PassContext(feeds=feeds))
     _, split = p.apply(model, PassContext(feeds=feeds, parallel=PoolMap(2)))
     assert one.SerializeToString() == split.SerializeToString()
@@ -77,6 +82,12 @@ def test_with_ray_tasks(digits, tmp_path):
     try:
         one = collect_stats(probe, tensors, feeds.runs, **KW)
         _assert_same(one, collect_stats_split(probe, tensors, feeds.runs, RayMap(4), **KW))
+        # the instrumented sensitivity run, split over Ray tasks
+        m, sprobe, runs = two_layer_probe(np.random.default_rng(3))
+        kw = {"batch": 3, "dynamic_batch": True}
+        assert_same_stats(
+            measure(m, sprobe, runs, **kw), measure(m, sprobe, runs, **kw, parallel=RayMap(3))
+        )
     finally:
         if started:
             ray.shutdown()

@@ -70,3 +70,42 @@ def test_instrumented_run_matches_each_layer_quantized_alone() -> None:
     qd = build({"n2"}, {"n2"})
     dd = np.stack([run(qd, r)[0] - y for r, (_, y) in zip(runs, ref)])
     np.testing.assert_allclose(stats["n2"].noise_dyn, (dd**2).sum(), rtol=1e-3)
+
+
+def two_layer_probe(rng: np.random.Generator, n_runs: int = 20):
+    """(model, instrumented probe, runs) of the two-layer MatMul model with a dynamic batch."""
+    m = parse(
+        TWO.replace("float[6,12] x", "float[N,12] x").replace("float[6,5] y", "float[N,5] y"),
+        {
+            "W1": rng.standard_normal((12, 7)).astype(np.float32),
+            "W2": rng.standard_normal((7, 5)).astype(np.float32),
+        },
+    )
+    for i, node in enumerate(m.graph.node):
+        node.name = f"n{i}"
+    m = prepare(m)
+    runs = [{"x": rng.standard_normal((2, 12)).astype(np.float32)} for _ in range(n_runs)]
+    plan = make_plan(to_graph(m), {"n0", "n2"})
+    params = group_params(plan, {"x": (-4.0, 4.0), "r": (0.0, 6.0)}, "uint8")
+    probe = Instrument(m, plan, params, {}, per_axis=True, reduce_range=False, dynamic=True).build()
+    return m, probe, runs
+
+
+def assert_same_stats(one: dict, split: dict) -> None:
+    assert set(one) == set(split) == {"n0", "n2"}
+    for k in one:
+        a, b = one[k], split[k]
+        assert np.array_equal(a.s1, b.s1) and np.array_equal(a.s2, b.s2), k
+        assert (a.sig, a.count, a.noise_dyn) == (b.sig, b.count, b.noise_dyn), k
+
+
+def test_split_across_workers_is_bit_for_bit() -> None:
+    """The instrumented run cut between 3 worker processes (``ctx.parallel``) gives the same
+    sums, shifts and SQNRs as one run, bit for bit: each worker returns its calls' sums and
+    they are added here in the single run's order."""
+    from onnxopt.search.parallel import PoolMap
+
+    m, probe, runs = two_layer_probe(np.random.default_rng(3))
+    one = measure(m, probe, runs, batch=3, dynamic_batch=True)
+    split = measure(m, probe, runs, batch=3, dynamic_batch=True, parallel=PoolMap(3))
+    assert_same_stats(one, split)
