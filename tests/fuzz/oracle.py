@@ -24,10 +24,11 @@ pipeline already fails.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,22 @@ class Outcome:
     @property
     def bad(self) -> bool:
         return self.status in BAD
+
+
+@contextlib.contextmanager
+def quiet() -> Iterator[None]:
+    """onnxruntime's log off (some originals hit an onnxruntime If bug) and onnxopt's at
+    ERROR for a fuzz run; onnxopt's level is restored after (later tests read its warnings)."""
+    import onnxruntime as ort
+
+    ort.set_default_logger_severity(4)
+    log = logging.getLogger("onnxopt")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def optimize(case: Case, target: str, passes: list[Any] | None = None):

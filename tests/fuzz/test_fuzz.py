@@ -7,13 +7,12 @@ About half a minute of CPU; ``python benchmarks/fuzz.py --n 20000`` is the long 
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 import pytest
 
 from tests.fuzz.generator import MOTIFS, Case, generate
-from tests.fuzz.oracle import Outcome, check
+from tests.fuzz.oracle import Outcome, check, quiet
 
 #: the CI run: graphs ``SEED .. SEED + COUNT - 1``
 SEED, COUNT = 20_000, 200
@@ -27,20 +26,12 @@ STRUCTURAL = ("invalid model after rewrite", "onnxruntime failed")
 
 @pytest.fixture(scope="module")
 def outcomes() -> list[tuple[Case, Outcome]]:
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(4)  # some originals hit an onnxruntime If bug: no log
-    log = logging.getLogger("onnxopt")
-    level = log.level
-    log.setLevel(logging.ERROR)
     out = []
-    try:
+    with quiet():
         for seed in range(SEED, SEED + COUNT):
             case = generate(seed)
             for target in TARGETS:
                 out.append((case, check(case, target)))
-    finally:
-        log.setLevel(level)  # later tests read onnxopt's warnings
     return out
 
 

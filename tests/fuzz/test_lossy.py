@@ -6,32 +6,24 @@ have (as written or as onnxruntime runs it), or crash the manager.
 
 from __future__ import annotations
 
-import logging
 from collections import Counter
 
 import pytest
 
 from tests.fuzz.generator import generate
 from tests.fuzz.lossy import LOSSY, LossyOutcome, check_lossy
+from tests.fuzz.oracle import quiet
 
 SEED, COUNT = 40_000, 24
 
 
 @pytest.fixture(scope="module")
 def outcomes() -> list[tuple[str, LossyOutcome]]:
-    import onnxruntime as ort
-
-    ort.set_default_logger_severity(4)
-    log = logging.getLogger("onnxopt")
-    level = log.level
-    log.setLevel(logging.ERROR)
     out = []
-    try:
+    with quiet():
         for seed in range(SEED, SEED + COUNT):
             case = generate(seed)
             out += [(case.describe(), check_lossy(case, p)) for p in LOSSY]
-    finally:
-        log.setLevel(level)
     return out
 
 
