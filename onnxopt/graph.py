@@ -154,10 +154,22 @@ def _initializers_as_inputs(out: onnx.ModelProto) -> None:
 
 
 def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> None:
-    """gs drops initializers that are also graph inputs from the inputs; restore them in order."""
+    """gs drops initializers that are also graph inputs from the inputs; restore them in order.
+    One that nothing reads any more (its readers were dead) is dropped by gs altogether: its
+    input and its default come back too, since callers may still feed it by name."""
     inits = {t.name for t in out.graph.initializer}
     have = {v.name for v in out.graph.input}
-    wanted = [v for v in like.graph.input if v.name in inits and v.name not in have]
+    defaults = {t.name: t for t in like.graph.initializer}
+    produced = {o for n in out.graph.node for o in n.output}
+    wanted = []
+    for v in like.graph.input:
+        if v.name in have or v.name not in defaults:
+            continue
+        if v.name not in inits:
+            if v.name in produced:
+                continue  # the name now belongs to a computed tensor
+            out.graph.initializer.append(copy.deepcopy(defaults[v.name]))
+        wanted.append(v)
     if not wanted:
         return
     order = {v.name: i for i, v in enumerate(like.graph.input)}

@@ -3,7 +3,8 @@
 A graph pass: onnx-graphsurgeon ``cleanup`` (recursing into subgraphs) removes dead nodes and
 the constants only they read. Initializers that nothing read even before (which gs never
 imports, so every export drops them) are recorded by ``onnxopt.graph.to_graph`` and counted
-here. Graph inputs are never removed, even when unused, because callers feed them by name.
+here. Graph inputs are never removed, even when unused, because callers feed them by name;
+that includes an initializer that is also a graph input (its default) once its readers died.
 Not bisectable: removing values nothing reads cannot change an output.
 """
 
@@ -14,13 +15,18 @@ import logging
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
-from onnxopt.graph import UNUSED_INITIALIZERS
+from onnxopt.graph import OVERRIDABLE_TENSOR, UNUSED_INITIALIZERS
 
 logger = logging.getLogger(__name__)
 
 
 def _constants(graph: gs.Graph) -> set[str]:
-    return {name for name, t in graph.tensors().items() if isinstance(t, gs.Constant)}
+    """Initializer names, less those that are also graph inputs (the export keeps them)."""
+    return {
+        name
+        for name, t in graph.tensors().items()
+        if isinstance(t, gs.Constant) and not getattr(t, OVERRIDABLE_TENSOR, False)
+    }
 
 
 class DeadCode(Pass):
