@@ -161,13 +161,14 @@ def _keep_overridable_inputs(out: onnx.ModelProto, like: onnx.ModelProto) -> Non
     have = {v.name for v in out.graph.input}
     defaults = {t.name: t for t in like.graph.initializer}
     produced = {o for n in out.graph.node for o in n.output}
+    keep = overridable(like)  # before IR 4 every initializer was an input: none is a default
     wanted = []
     for v in like.graph.input:
         if v.name in have or v.name not in defaults:
             continue
         if v.name not in inits:
-            if v.name in produced:
-                continue  # the name now belongs to a computed tensor
+            if v.name in produced or v.name not in keep:
+                continue  # the name now belongs to a computed tensor, or was never a default
             out.graph.initializer.append(copy.deepcopy(defaults[v.name]))
         wanted.append(v)
     if not wanted:
