@@ -1,5 +1,5 @@
 """Differential fuzzing of the lossy passes: convert-fp16, convert-bf16, quantize-int4 and
-quantize-int8 on random graphs, judged on held-out inputs (``tests.fuzz.lossy``).
+quantize-int8 (nearest and AdaRound rounding) on random graphs, judged on held-out inputs (``tests.fuzz.lossy``).
 
 Each seed's graph runs ``cleanup, fusion, <pass>`` under a cosine >= 0.99 budget, verified on
 the fuzz verification distribution; the returned model is then run on four held-out runs of

@@ -1,6 +1,6 @@
 """The lossy oracle: passes that are lossy by declaration on fuzzed graphs.
 
-A lossy pass (half precision, int4, int8) may depend on its data, so the exact oracle
+A lossy pass (half precision, int4, int8 with nearest or learned rounding) may depend on its data, so the exact oracle
 (:mod:`tests.fuzz.oracle`) does not apply. Each case runs ``cleanup, fusion, <pass>`` under a
 budget (cosine >= :data:`BUDGET` against the original), verified on the verification
 distribution, and the model returned is then run on held-out inputs *of the same
@@ -34,7 +34,8 @@ from tests.fuzz import feeds as fz_feeds
 from tests.fuzz.generator import Case
 from tests.fuzz.oracle import runnable, validity
 
-#: the lossy passes fuzzed, with the target and options each needs
+#: the lossy passes fuzzed (by a label: the pass is "pass", else the label), with the target and
+#: options each needs
 LOSSY: dict[str, dict] = {
     "convert-fp16": {},
     # fuzzed weights are small: every one of them is converted (the default skips small ones)
@@ -43,6 +44,12 @@ LOSSY: dict[str, dict] = {
     # tiny graphs are never faster in int8: the speed gate and per-layer timing are off, so
     # the oracle judges what the pass writes, not what the machine's load decided
     "quantize-int8": {"allow_slower": True, "options": {"latency_aware": False}},
+    # learned rounding, layer by layer on the calibration activations
+    "quantize-int8 adaround": {
+        "pass": "quantize-int8",
+        "allow_slower": True,
+        "options": {"latency_aware": False, "rounding": "adaround", "adaround_iterations": 50},
+    },
 }
 BUDGET = 0.99
 FLOOR = 0.95
@@ -65,16 +72,18 @@ class LossyOutcome:
         return self.status in BAD
 
 
-def check_lossy(case: Case, pass_name: str) -> LossyOutcome:
-    """Run ``cleanup, fusion, pass_name`` on ``case`` and judge it on held-out inputs."""
+def check_lossy(case: Case, label: str) -> LossyOutcome:
+    """Run ``cleanup, fusion`` and the lossy pass ``label`` names (:data:`LOSSY`) on ``case``
+    and judge it on held-out inputs."""
     from onnxopt.passes.registry import manager
     from onnxopt.verify import Budget
 
     t0 = time.perf_counter()
-    spec = LOSSY[pass_name]
+    spec = LOSSY[label]
+    pass_name = spec.get("pass", label)
     why = runnable(case)
     if why:
-        return LossyOutcome("not_runnable", pass_name, why)
+        return LossyOutcome("not_runnable", label, why)
     feeds = Feeds(fz_feeds.verification(case.inputs), source="fuzz verify")
     try:
         pm = manager(
@@ -86,11 +95,11 @@ def check_lossy(case: Case, pass_name: str) -> LossyOutcome:
         )
         out, report = pm.run(case.model, feeds)
     except OnnxoptError as e:
-        return LossyOutcome("refused", pass_name, first_line(e, 300))
+        return LossyOutcome("refused", label, first_line(e, 300))
     except Exception as e:  # noqa: BLE001 - the bug this counts
-        return LossyOutcome("crashed", pass_name, f"{type(e).__name__}: {first_line(e, 300)}")
+        return LossyOutcome("crashed", label, f"{type(e).__name__}: {first_line(e, 300)}")
     p = report.passes[-1]
-    res = LossyOutcome("kept" if p.status == "kept" else "unchanged", pass_name)
+    res = LossyOutcome("kept" if p.status == "kept" else "unchanged", label)
     res.sites, res.notes = p.rewrites, [p.reason] if p.reason else []
     _judge(case, out, res)
     res.seconds = time.perf_counter() - t0

@@ -1,6 +1,6 @@
 """The lossy passes on fuzzed graphs, as CI runs them: 24 graphs from a fixed seed through
 ``cleanup, fusion`` and each of convert-fp16, convert-bf16, quantize-int4 and quantize-int8
-(``tests.fuzz.lossy``). No model may be invalid, introduce a NaN/Inf the original does not
+(nearest and learned rounding; ``tests.fuzz.lossy``). No model may be invalid, introduce a NaN/Inf the original does not
 have (as written or as onnxruntime runs it), or crash the manager.
 ``python benchmarks/fuzz_lossy.py --n 500`` is the long run."""
 
