@@ -219,26 +219,68 @@ def _noise(runner: Runner, model: onnx.ModelProto, run: dict, ref) -> dict[str, 
 
 
 def _perturbed(model: onnx.ModelProto, rng: np.random.Generator) -> onnx.ModelProto:
-    """``model`` with every float output of a main-graph node scaled by 1 ± eps of its type."""
+    """``model`` with every float output of a main-graph node moved by about one unit in the
+    last place of its type: each element times ``1 + eps·h``, where ``h = sin(c·i)`` of its
+    position ``i`` along the last two axes (CumSum over ones; random ops are not usable: the
+    newest opsets have no onnxruntime kernel for them), so that equal elements no longer stay
+    equal: a reordered sum leaves such a residue, and LayerNorm over a constant row divides
+    it by √ε. A tensor of unknown rank is scaled as a whole by ``1 ± eps``."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     g = out.graph
     inferred = onnx.shape_inference.infer_shapes(model)
-    types = {v.name: v.type.tensor_type.elem_type for v in inferred.graph.value_info}
-    types.update({v.name: v.type.tensor_type.elem_type for v in g.output})
+    infos = {v.name: v.type.tensor_type for v in [*inferred.graph.value_info, *g.output]}
     nodes = []
     for node in g.node:
         nodes.append(node)
         for i, name in enumerate(node.output):
-            elem = types.get(name, 0)
+            tt = infos.get(name)
+            elem = tt.elem_type if tt is not None else 0
             if not name or elem not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
                 continue
             dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
-            factor = np.array(1 + rng.choice([-1, 1]) * np.finfo(dtype).eps, dtype)
-            raw, scale = f"{name}__raw", f"{name}__ulp"
+            eps = np.finfo(dtype).eps
+            raw = f"{name}__raw"
             node.output[i] = raw
-            g.initializer.append(onnx.numpy_helper.from_array(factor, scale))
-            nodes.append(onnx.helper.make_node("Mul", [raw, scale], [name]))
+            rank = len(tt.shape.dim) if tt.HasField("shape") else 0
+            if rank == 0:
+                factor = np.array(1 + rng.choice([-1, 1]) * eps, dtype)
+                g.initializer.append(onnx.numpy_helper.from_array(factor, f"{name}__ulp"))
+                nodes.append(onnx.helper.make_node("Mul", [raw, f"{name}__ulp"], [name]))
+                continue
+            c = float(rng.uniform(1.0, 3.0))
+            consts = {
+                "one": np.ones(1, dtype),
+                "c": np.array(c, dtype),
+                "eps": np.array(eps, dtype),
+                "ax1": np.array(-1, np.int64),
+                "ax2": np.array(-2, np.int64),
+            }
+            k = {n: f"{name}__{n}" for n in [*consts, "shape", "ones", "i1", "i2", "i", "h", "d"]}
+            for n, v in consts.items():
+                g.initializer.append(onnx.numpy_helper.from_array(v, k[n]))
+            mk = onnx.helper.make_node
+            nodes += [
+                mk("Shape", [raw], [k["shape"]]),
+                mk(
+                    "ConstantOfShape",
+                    [k["shape"]],
+                    [k["ones"]],
+                    value=onnx.numpy_helper.from_array(np.ones(1, dtype)),
+                ),  # fmt: skip
+                mk("CumSum", [k["ones"], k["ax1"]], [k["i1"]]),
+            ]
+            if rank >= 2:
+                nodes += [mk("CumSum", [k["i1"], k["ax2"]], [k["i2"]])]
+            else:
+                nodes += [mk("Identity", [k["i1"]], [k["i2"]])]
+            nodes += [
+                mk("Mul", [k["i2"], f"{name}__c"], [k["i"]]),
+                mk("Sin", [k["i"]], [k["h"]]),
+                mk("Mul", [k["h"], k["eps"]], [k["d"]]),
+                mk("Add", [k["d"], k["one"]], [f"{name}__f"]),
+                mk("Mul", [raw, f"{name}__f"], [name]),
+            ]
     del g.node[:]
     g.node.extend(nodes)
     return out
