@@ -105,6 +105,7 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
             text=True,
             timeout=TIMEOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"},
+            cwd=d,  # onnxruntime's quantizer leaves temporary files in its working folder
         )
         if not res_path.is_file():
             tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
