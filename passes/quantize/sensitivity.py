@@ -31,11 +31,11 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import sessions, weights
+from onnxopt import weights
 from onnxopt.graph import opset_version
 from onnxopt.weights import array as tensor_array
 
-from .collect import _batches, batch_groups
+from .collect import _batches, batch_groups, open_session
 from .placement import Plan
 from .qdq import QParams, WeightQ, quantize_weight, weight_params
 
@@ -306,7 +306,7 @@ def measure(
     else:
         with _probed(model, probe):
             # mapped weights (a large model) go to onnxruntime as they are: never a saved copy
-            sess = sessions.build(model, _options)
+            sess = open_session(model)
         calls = _sums(sess, probe.outputs, runs, batch, dynamic_batch)
     done = 0
     for got, n in calls:
@@ -321,15 +321,6 @@ def measure(
     return stats
 
 
-def _options() -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    return so
-
-
 def _sums(sess: Any, outputs: list[str], runs: list, batch: int, dynamic: bool):
     """The instrumented outputs of each onnxruntime call, in order, with its number of runs."""
     for feed, n in _batches(runs, batch, dynamic):
@@ -340,10 +331,7 @@ def _part_sums(
     data: bytes, outputs: list[str], runs: list, batch: int, dynamic: bool
 ) -> list[tuple[dict[str, np.ndarray], int]]:
     """One worker's share of :func:`measure` (a picklable top-level function)."""
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(data, _options(), providers=["CPUExecutionProvider"])
-    return list(_sums(sess, outputs, runs, batch, dynamic))
+    return list(_sums(open_session(data), outputs, runs, batch, dynamic))
 
 
 @contextlib.contextmanager

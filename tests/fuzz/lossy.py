@@ -30,6 +30,7 @@ import numpy as np
 from onnxopt.data import Feeds
 from onnxopt.errors import OnnxoptError, first_line
 from onnxopt.runner import Runner
+from onnxopt.verify import compare
 from tests.fuzz import feeds as fz_feeds
 from tests.fuzz.generator import Case
 from tests.fuzz.oracle import runnable, validity
@@ -133,7 +134,7 @@ def _judge(case: Case, out, res: LossyOutcome) -> None:
                 return
             refs.append(ref)
             cands.append(got)
-    res.cosine = _worst_cosine(refs, cands)
+    res.cosine = compare(refs, cands).cosine if refs else None  # the verifier's comparison
     if res.cosine is not None and res.cosine < FLOOR:
         res.status, res.detail = "over_budget", f"held-out cosine {res.cosine:.4f} < {FLOOR}"
 
@@ -147,25 +148,3 @@ def _introduced_nonfinite(ref: dict, got: dict) -> str:
         if new.any():
             return f"'{name}': {int(new.sum())} non-finite values where the original's are finite"
     return ""
-
-
-def _worst_cosine(refs: list[dict], cands: list[dict]) -> float | None:
-    worst = None
-    for name in refs[0] if refs else []:
-        if np.asarray(refs[0][name]).dtype.kind != "f":
-            continue
-        a = np.concatenate([np.asarray(r[name], np.float64).ravel() for r in refs])
-        b = np.concatenate([np.asarray(c[name], np.float64).ravel() for c in cands])
-        fin = np.isfinite(a) & np.isfinite(b)
-        a, b = a[fin], b[fin]
-        if not a.size:
-            continue
-        na, nb = np.linalg.norm(a), np.linalg.norm(b)
-        if na == 0 and nb == 0:
-            cos = 1.0
-        elif na == 0 or nb == 0:
-            cos = 0.0
-        else:
-            cos = float(a @ b / (na * nb))
-        worst = cos if worst is None else min(worst, cos)
-    return worst
