@@ -214,7 +214,15 @@ def kill_and_resume(model: Path, work: Path, data: dict[str, Any]) -> dict[str, 
     args += ["--max-accuracy-drop", "1", "--out", str(out)]
     total = _total_steps(work)
     proc = subprocess.Popen(
-        args, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        args,
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        # a shell without job control starts `... &` with SIGINT ignored, and the child would
+        # inherit that (Python then installs no KeyboardInterrupt handler): the search would
+        # run to its end and the benchmark would measure nothing
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     journal = out / "cache" / "journal.jsonl"
     while proc.poll() is None and _journaled_steps(journal) < total // 2:

@@ -182,7 +182,9 @@ def build_session(structure: bytes, names: list[str], arrays: list[np.ndarray], 
     if names:
         so.add_external_initializers(names, values)
     try:
-        sess = ort.InferenceSession(structure, so, providers=["CPUExecutionProvider"])
+        sess = ort.InferenceSession(
+            structure, sessions.cap_threads(so), providers=["CPUExecutionProvider"]
+        )
     except Exception as e:
         raise ModelError(f"onnxruntime cannot load the model: {first_line(e)}") from e
     sess._onnxopt_weights = (arrays, values)  # onnxruntime uses this memory; keep it alive

@@ -103,6 +103,20 @@ def ort_value(ort: Any, a: np.ndarray) -> Any:
     return ort.OrtValue.ortvalue_from_numpy(a)
 
 
+#: intra-op threads for sessions that leave the count to onnxruntime (which starts one per
+#: physical core, whatever the process's CPU share): a search worker holding one CPU sets 1
+THREADS_ENV = "ONNXOPT_THREADS"
+
+
+def cap_threads(so: Any) -> Any:
+    """``so`` with ``intra_op_num_threads`` set from ``$ONNXOPT_THREADS`` where it was left at
+    onnxruntime's default (0); an explicit count is kept."""
+    cap = os.environ.get(THREADS_ENV, "")
+    if cap.isdigit() and int(cap) > 0 and so.intra_op_num_threads == 0:
+        so.intra_op_num_threads = int(cap)
+    return so
+
+
 def build(
     model: onnx.ModelProto,
     options: Callable[[], Any],
@@ -117,10 +131,10 @@ def build(
     """
     if not copy_weights:
         try:
-            return _shared(model, options(), split)
+            return _shared(model, cap_threads(options()), split)
         except _NeedsCopy as e:
             logger.debug("shared weights refused (%s); copying them", e)
-    return _copied(model, options())
+    return _copied(model, cap_threads(options()))
 
 
 class _NeedsCopy(Exception):

@@ -34,12 +34,14 @@ import onnx
 
 from onnxopt.data import Feeds
 from onnxopt.errors import first_line
+from onnxopt.sessions import THREADS_ENV
 from onnxopt.verify import Budget
 
 logger = logging.getLogger(__name__)
 
 METRICS = ("accuracy", "agreement", "cosine")
-#: threads the libraries a pass uses may start (one task per core)
+#: threads the libraries a pass uses may start (one task per core); onnxruntime's sessions
+#: follow ``THREADS_ENV`` (:func:`onnxopt.sessions.cap_threads`)
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -122,7 +124,7 @@ def memo(job: Job) -> Memo:
 def init_worker(job_bytes: bytes) -> None:
     """Process-pool initializer: one thread per library, then the job, parsed once. The
     worker is a process of its own: its warnings (a pass's notes say the same) stay quiet."""
-    for k in THREAD_ENV:
+    for k in (*THREAD_ENV, THREADS_ENV):
         os.environ[k] = "1"
     logging.basicConfig(level=logging.ERROR)
     memo(pickle.loads(job_bytes))
@@ -130,6 +132,15 @@ def init_worker(job_bytes: bytes) -> None:
 
 def ping() -> str:
     """A no-op task (starts a pool's workers)."""
+    return node_name()
+
+
+def warm(job: Job) -> str:
+    """Start a worker before it has work: the process, the passes' imports and the job's memo
+    (a Ray node otherwise pays them when the first step reaches it, after the root step)."""
+    from onnxopt.passes import registry  # noqa: F401 - imported for its side effect
+
+    memo(job)
     return node_name()
 
 

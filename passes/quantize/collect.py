@@ -81,7 +81,9 @@ def open_session(model: bytes | str | onnx.ModelProto) -> Any:
 
     if isinstance(model, onnx.ModelProto):
         return sessions.build(model, options)
-    return ort.InferenceSession(model, options(), providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(
+        model, sessions.cap_threads(options()), providers=["CPUExecutionProvider"]
+    )
 
 
 def collect_stats(

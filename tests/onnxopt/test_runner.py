@@ -31,3 +31,18 @@ def test_shape_disagrees_reads_only_positive_static_dims():
     assert "declared [2, 4]" in shape_disagrees([2, 4], a)
     assert "declared [2]" in shape_disagrees([2], a)
     assert shape_disagrees(None, a) == ""
+
+
+def test_a_search_worker_thread_cap_applies_where_the_count_was_left_to_onnxruntime(monkeypatch):
+    """``$ONNXOPT_THREADS`` (set by the search's workers, which hold one CPU each) caps the
+    sessions that leave the count at onnxruntime's default; an explicit count is kept."""
+    m = parse(HDR + "g (float[2,3] x) => (float[2,3] y) { y = Relu(x) }")
+
+    def threads(runner: Runner) -> int:
+        return runner.session(m).get_session_options().intra_op_num_threads
+
+    monkeypatch.delenv("ONNXOPT_THREADS", raising=False)
+    assert threads(Runner(quiet=True)) == 0
+    monkeypatch.setenv("ONNXOPT_THREADS", "1")
+    assert threads(Runner(quiet=True)) == 1
+    assert threads(Runner(quiet=True, threads=2)) == 2
