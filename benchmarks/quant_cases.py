@@ -70,11 +70,12 @@ def _clean(src: Path, dst: Path) -> Path:
     """``src`` after onnxopt's exact cleanup (verified), cached at ``dst``."""
     if dst.is_file():
         return dst
+    from onnxopt.model import save_model
     from onnxopt.passes.registry import manager
 
     m, _ = manager(["cleanup"]).run(str(src))
     dst.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(m, str(dst))
+    save_model(m, dst)  # its weights may be mapped from a scratch file: onnx.save would lie
     return dst
 
 

@@ -230,10 +230,15 @@ def run_onnxopt(job: dict, model, runs) -> tuple:
     )
     q, rep = pm.run(model, Feeds(runs, labels=labels, source="calibration"))
     dt = time.perf_counter() - t
+    from onnxopt.model import save_model
+
+    # the pass manager's model may hold weights mapped from this process's scratch file
+    # (deleted at exit): onnx.save would write references to it, save_model writes the bytes
+    save_model(q, job["out"])
     p = rep.passes[-1]
     notes = [f"{p.status}" + (f": {p.reason}" if p.reason else "")] + p.notes[:12]
     Path(job["result"] + ".report.json").write_text(rep.to_json())
-    return q, dt, notes
+    return None, dt, notes
 
 
 TOOLS = {

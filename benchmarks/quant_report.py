@@ -129,9 +129,17 @@ def goals(rows: list[dict]) -> str:
     if "onnxopt" in pipe:
         r = pipe["onnxopt"]
         ok = r["agreement"] >= 98.0 and r.get("speedup", 0) >= 1.3
+        verdict = "met" if ok else "NOT met"
+        int8 = [
+            (x.get("int8_layers") or [0])[0]
+            for x in rows
+            if x["model"] in ("ocr_det", "ocr_rec", "ocr_cls") and x["tool"] == "onnxopt"
+        ]
+        if int8 and not any(int8):  # float models: the pipeline's "speed-up" is noise
+            verdict = "NOT met (no int8 layer in any of the three: the speed-up is noise)"
         lines.append(
             f"| PP-OCRv5 pipeline | {r['agreement']:.1f} % exact, {_f(r.get('speedup'), '.2f')}x | "
-            f"- | >= 98 % and >= 1.3x: {'met' if ok else 'NOT met'} |"
+            f"- | >= 98 % and >= 1.3x: {verdict} |"
         )
     return "\n".join(lines)
 
