@@ -220,6 +220,7 @@ def run_onnxopt(job: dict, model, runs) -> tuple:
         budget_kw["metric"] = load_metric(metric)
     passes = opts.pop("passes", ["cleanup", "fusion"])
     allow_slower = bool(opts.pop("allow_slower", False))
+    latency_batch = opts.pop("latency_batch", None)
     _, labels = load_runs(job["calib"])
     t = time.perf_counter()
     pm = manager(
@@ -227,6 +228,7 @@ def run_onnxopt(job: dict, model, runs) -> tuple:
         budget=Budget(**budget_kw),
         options={"quantize-int8": opts},
         allow_slower=allow_slower,
+        latency_batch=latency_batch,
     )
     q, rep = pm.run(model, Feeds(runs, labels=labels, source="calibration"))
     dt = time.perf_counter() - t

@@ -32,6 +32,7 @@ def optimize(
     int_range: tuple[int, int] | None = None,
     allow_slower: bool = False,
     metric_output: str | None = None,
+    latency_batch: int | None = None,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Run passes (default: every exact pass) with verification; returns (model, report).
 
@@ -42,6 +43,7 @@ def optimize(
         budget: lossy budget against the original (default cosine >= 0.99).
         allow_slower: keep int8 / pruning even when the model is not faster than its input.
         metric_output: the output accuracy reads (default: the one holding class scores).
+        latency_batch: judge speed at this batch size, the runs stacked (default: one run).
     """
     from onnxopt.passes.registry import manager
 
@@ -55,6 +57,7 @@ def optimize(
         options=options,
         allow_slower=allow_slower,
         metric_output=metric_output,
+        latency_batch=latency_batch,
     )
     out, report = pm.run(m, feeds)
     return _self_contained(out), report
@@ -80,6 +83,7 @@ def quantize(
     bits: int = 8,
     target: str = "onnx",
     allow_slower: bool = False,
+    latency_batch: int | None = None,
     **options: Any,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Static int8 quantization (QDQ) calibrated on ``data``, or with ``bits=4`` weight-only
@@ -103,6 +107,7 @@ def quantize(
         target=target,
         options={name: options},
         allow_slower=allow_slower,
+        latency_batch=latency_batch,
     )
 
 
@@ -112,6 +117,7 @@ def prune(
     budget: Budget | None = None,
     *,
     allow_slower: bool = False,
+    latency_batch: int | None = None,
     **options: Any,
 ) -> tuple[onnx.ModelProto, PipelineReport]:
     """Structured channel pruning.
@@ -121,7 +127,13 @@ def prune(
     :class:`~onnxopt.errors.OptionError` naming it.
     """
     return optimize(
-        model, ["prune"], data, budget, options={"prune": options}, allow_slower=allow_slower
+        model,
+        ["prune"],
+        data,
+        budget,
+        options={"prune": options},
+        allow_slower=allow_slower,
+        latency_batch=latency_batch,
     )
 
 

@@ -81,6 +81,8 @@ class Feeds:
     synthesized: bool = False
     source: str = ""
     notes: list[str] = field(default_factory=list)
+    #: the input speed is judged on (``--latency-batch``: the deployment batch); None: a run
+    timing: dict[str, np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.runs)
@@ -103,6 +105,7 @@ class Feeds:
             self.synthesized,
             self.source,
             list(self.notes),
+            self.timing,
         )
 
     def split(self, fraction: float) -> tuple[Feeds, Feeds]:
@@ -113,12 +116,14 @@ class Feeds:
             None if self.labels is None else self.labels[:k],
             self.synthesized,
             self.source,
+            timing=self.timing,
         )
         b = Feeds(
             self.runs[k:],
             None if self.labels is None else self.labels[k:],
             self.synthesized,
             self.source,
+            timing=self.timing,
         )
         return a, b
 
@@ -133,12 +138,55 @@ class Feeds:
                 labels.append(
                     np.concatenate([np.atleast_1d(x) for x in self.labels[i : i + batch]])
                 )
-        return Feeds(out, labels, self.synthesized, self.source, list(self.notes))
+        return Feeds(out, labels, self.synthesized, self.source, list(self.notes), self.timing)
+
+    def timing_feed(self) -> dict[str, np.ndarray]:
+        """The input speed is judged on: ``timing``, else the first run."""
+        return self.timing if self.timing is not None else self.runs[0]
 
     def stacked_labels(self) -> np.ndarray | None:
         if self.labels is None:
             return None
         return np.concatenate([np.atleast_1d(x) for x in self.labels])
+
+
+def batch_feed(model: onnx.ModelProto, feeds: Feeds, batch: int) -> dict[str, np.ndarray]:
+    """One input of ``batch`` samples for timing (``--latency-batch``): the runs stacked along
+    axis 0, cycled when they hold fewer samples, cut to ``batch``.
+
+    Raises:
+        DataError: an input's batch dimension is fixed to another size, or the runs' shapes
+            differ beyond axis 0.
+    """
+    if batch < 1:
+        raise DataError(f"--latency-batch {batch}: must be at least 1")
+    inits = {t.name for t in model.graph.initializer}
+    for v in model.graph.input:
+        dims = v.type.tensor_type.shape.dim
+        if v.name in inits or not dims:
+            continue
+        if dims[0].HasField("dim_value") and dims[0].dim_value != batch:
+            raise DataError(
+                f"--latency-batch {batch}: input {v.name!r} has a fixed batch of "
+                f"{dims[0].dim_value}"
+            )
+    first = feeds.runs[0]
+    for r in feeds.runs:
+        for k, a in r.items():
+            if np.asarray(a).ndim == 0 or a.shape[1:] != first[k].shape[1:]:
+                raise DataError(
+                    f"--latency-batch {batch}: the runs of input {k!r} do not stack along "
+                    f"axis 0 ({list(first[k].shape)} and {list(np.shape(a))})"
+                )
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in first}
+    have, i = 0, 0
+    while have < batch:
+        r = feeds.runs[i % len(feeds.runs)]
+        for k in parts:
+            parts[k].append(r[k])
+        have += max(1, r[next(iter(r))].shape[0])
+        i += 1
+    return {k: np.ascontiguousarray(np.concatenate(v)[:batch]) for k, v in parts.items()}
 
 
 def parse_shape_overrides(items: Iterable[str] | None) -> dict[str, list[int]]:

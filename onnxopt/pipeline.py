@@ -21,6 +21,7 @@ without weakening it.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import time
@@ -34,7 +35,7 @@ from onnxopt import memory, weights
 from onnxopt.bisection import Trial, bisect_sites
 from onnxopt.candidates import candidate_row, input_row, mark_chosen
 from onnxopt.contract import Pass, PassContext, PassResult, Working
-from onnxopt.data import Feeds
+from onnxopt.data import Feeds, batch_feed
 from onnxopt.defaults import EXACT_VERIFY_RUNS, MAX_BISECT_SECONDS, MAX_BISECT_TRIALS
 from onnxopt.errors import MetricError, OnnxoptError, OptionError, PipelineError, first_line
 from onnxopt.model import load_model
@@ -89,6 +90,9 @@ class PassManager:
         max_memory: the memory budget (bytes, ``"8G"``, ``"60%"``; default 60 % of RAM):
             above it, fewer verification runs and block-by-block sessions
             (:class:`onnxopt.memory.Plan`).
+        latency_batch: judge speed (the speed gate, int8's per-layer placement) on one input
+            of this many samples, the runs stacked (:func:`onnxopt.data.batch_feed`), not on
+            one run: int8 that does not pay at batch 1 can at batch 32.
     """
 
     def __init__(
@@ -108,6 +112,7 @@ class PassManager:
         holdout: bool = True,
         measure_candidates: bool = False,
         max_memory: int | str | None = None,
+        latency_batch: int | None = None,
     ) -> None:
         if target not in ("onnx", "onnxruntime"):
             raise OptionError(f"--target must be 'onnx' or 'onnxruntime', not {target!r}")
@@ -138,6 +143,7 @@ class PassManager:
         self.holdout = holdout
         self.measure_candidates = measure_candidates
         self.max_memory = memory.parse_budget(max_memory)
+        self.latency_batch = latency_batch
         self.runner = Runner()
 
     def __repr__(self) -> str:
@@ -165,6 +171,11 @@ class PassManager:
         fit = self._fit(original)
         if feeds is None:
             feeds = get_feeds(original)
+        if self.latency_batch is not None:  # speed judged at the deployment batch
+            timing = batch_feed(original, feeds, self.latency_batch)
+            feeds = dataclasses.replace(feeds, timing=timing)
+            if calibration is not None:
+                calibration = dataclasses.replace(calibration, timing=timing)
         report = PipelineReport(
             feeds=feeds.source
             + (" (synthesized)" if feeds.synthesized and "synth" not in feeds.source else ""),

@@ -258,11 +258,15 @@ class Verifier:
         """A speed pass's candidate must be faster than the previous stage beyond noise."""
         from onnxopt.timing import race
 
-        r = race(stage.model, candidate, self.exact_feeds.runs[0], max_bytes=self.max_memory)
+        feed = self.exact_feeds.timing_feed()
+        r = race(stage.model, candidate, feed, max_bytes=self.max_memory)
+        at = ""
+        if self.exact_feeds.timing is not None:
+            at = f" at batch {next(iter(feed.values())).shape[0]}"
         if r.b_faster:
-            out.notes.append("faster: " + r.describe())
+            out.notes.append(f"faster{at}: " + r.describe())
         else:
-            out.why = "not faster than its input: " + r.describe() + " (--allow-slower keeps it)"
+            out.why = f"not faster than its input{at}: {r.describe()} (--allow-slower keeps it)"
         return out
 
     def noise(self, stage: Stage) -> dict[str, float]:

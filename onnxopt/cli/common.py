@@ -122,6 +122,14 @@ AllowSlowerOpt = Annotated[
         "such a pass is rolled back: median of interleaved runs, 2 threads).",
     ),
 ]
+LatencyBatchOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--latency-batch",
+        help="Judge speed at this batch size (the runs stacked along axis 0), the one you "
+        "deploy at: int8 that does not pay at batch 1 can at 32 (default: one run).",
+    ),
+]
 MetricOutputOpt = Annotated[
     str | None,
     typer.Option(

@@ -12,6 +12,7 @@ from onnxopt.cli.common import (
     BatchOpt,
     HtmlOpt,
     IntRangeOpt,
+    LatencyBatchOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
     MaxMemoryOpt,
@@ -267,6 +268,7 @@ def prune_cmd(
     strict: StrictOpt = False,
     latency: LatencyOpt = True,
     allow_slower: AllowSlowerOpt = False,
+    latency_batch: LatencyBatchOpt = None,
     metric_output: MetricOutputOpt = None,
     max_memory: MaxMemoryOpt = None,
 ) -> None:
@@ -299,6 +301,7 @@ def prune_cmd(
         title="onnxopt prune",
         calib_data=calib_data,
         allow_slower=allow_slower,
+        latency_batch=latency_batch,
         metric_output=metric_output,
         max_memory=max_memory,
     )

@@ -13,6 +13,7 @@ from onnxopt.cli.common import (
     BatchOpt,
     HtmlOpt,
     IntRangeOpt,
+    LatencyBatchOpt,
     MaxAbsErrOpt,
     MaxAccuracyDropOpt,
     MaxMemoryOpt,
@@ -211,6 +212,7 @@ def quantize_cmd(
     html: HtmlOpt = None,
     strict: StrictOpt = False,
     allow_slower: AllowSlowerOpt = False,
+    latency_batch: LatencyBatchOpt = None,
     metric_output: MetricOutputOpt = None,
     bits: BitsOpt = 8,
     algo: AlgoOpt = None,
@@ -262,6 +264,7 @@ def quantize_cmd(
         title=f"onnxopt quantize ({mode})",
         target=target,
         allow_slower=allow_slower,
+        latency_batch=latency_batch,
         metric_output=metric_output,
         max_memory=max_memory,
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import parser
 
-from onnxopt.data import load_feeds, parse_shape_overrides
+from onnxopt.data import Feeds, batch_feed, load_feeds, parse_shape_overrides
 from onnxopt.errors import DataError
 from onnxopt.synth import get_feeds, synthesize
 
@@ -106,3 +106,30 @@ def test_scalar_input_as_a_stack_of_runs_or_one_value(tmp_path):
     )
     f = load_feeds(q, m)
     assert len(f) == n and all(r["sr"].shape == () and int(r["sr"]) == 8000 for r in f.runs)
+
+
+def test_batch_feed_stacks_the_runs_and_cycles_them():
+    rng = np.random.default_rng(0)
+    runs = [
+        {"x": rng.standard_normal((2, 3)).astype(np.float32), "ids": np.full((2, 5), i)}
+        for i in range(3)
+    ]
+    feeds = Feeds(runs)
+    five = batch_feed(MODEL, feeds, 5)
+    assert five["x"].shape == (5, 3) and five["ids"].shape == (5, 5)
+    np.testing.assert_array_equal(five["x"], np.concatenate([r["x"] for r in runs])[:5])
+    eight = batch_feed(MODEL, feeds, 8)  # 6 samples in the runs: cycled
+    np.testing.assert_array_equal(eight["ids"][:, 0], [0, 0, 1, 1, 2, 2, 0, 0])
+    assert feeds.subset(1).timing is None
+    timed = Feeds(runs, timing=five)
+    assert timed.subset(1).timing is five and timed.split(0.5)[1].timing is five
+    assert timed.timing_feed() is five and feeds.timing_feed() is runs[0]
+
+
+def test_batch_feed_refuses_what_does_not_stack():
+    with pytest.raises(DataError, match="input 'x' has a fixed batch of 2"):
+        batch_feed(STATIC, Feeds([{"x": np.zeros((2, 3), np.float32)}]), 4)
+    assert batch_feed(STATIC, Feeds([{"x": np.zeros((1, 3), np.float32)}]), 2)["x"].shape == (2, 3)
+    uneven = Feeds([{"x": np.zeros((1, 3), np.float32)}, {"x": np.zeros((1, 4), np.float32)}])
+    with pytest.raises(DataError, match="do not stack"):
+        batch_feed(MODEL, uneven, 2)

@@ -103,6 +103,20 @@ def test_int8_that_is_not_faster_is_rolled_back_unless_allowed():
     assert any(n.op_type == "QuantizeLinear" for n in out.graph.node)
 
 
+def test_speed_is_judged_at_the_latency_batch():
+    """``latency_batch``: the speed gate races the models on the runs stacked to that batch
+    (the verdict is timing; where it was judged is not)."""
+    model = _tiny_gemm()
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    model.graph.output[0].type.tensor_type.shape.dim[0].dim_param = "N"
+    feeds = _feeds(16, shape=(1, 3))
+    opts = {"quantize-int8": {"latency_aware": False}}
+    pm = manager(["quantize-int8"], options=opts, budget=Budget(min_cosine=0.9), latency_batch=8)
+    _, rep = pm.run(model, feeds)
+    said = [rep.passes[0].reason, *rep.passes[0].notes]
+    assert any("at batch 8" in s for s in said), said
+
+
 def _classifier() -> onnx.ModelProto:
     """skl2onnx's layout: 'label' (int64 [N]) first, then 'probabilities' (float [N, 3])."""
     return parser.parse_model("""<ir_version: 8, opset_import: ["": 17]>

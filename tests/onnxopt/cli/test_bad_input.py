@@ -189,3 +189,12 @@ def test_non_finite_data_is_refused(tmp_path, capsys, bad, flag):
     np.savez(data, **arrays)
     err = optimize(capsys, EXAMPLE, tmp_path / "o.onnx", flag, data, "--batch", "8")
     assert "NaN or Inf" in err
+
+
+@pytest.mark.parametrize(
+    "value, words", [(4, "input 'x' has a fixed batch of 1"), (0, "must be at least 1")]
+)
+def test_latency_batch_the_model_cannot_take(tmp_path, capsys, value, words):
+    src = _write(tmp_path / "m.onnx", _add_w(numpy_helper.from_array(np.ones(4, np.float32), "w")))
+    err = optimize(capsys, src, tmp_path / "o.onnx", "--latency-batch", value)
+    assert words in err, err
