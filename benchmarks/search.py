@@ -325,6 +325,11 @@ def run_model(name: str, root: Path, *, ray: bool, kill: bool) -> dict[str, Any]
 # --------------------------------------------------------------------------- report
 
 
+def _each(ratios: list[float] | None) -> str:
+    """`` (0.58, 0.63, 0.60)``: the per-round ratios, when there were several rounds."""
+    return f" ({', '.join(f'{v:.2f}' for v in ratios)})" if ratios else ""
+
+
 def markdown(results: list[dict[str, Any]]) -> str:
     lines = [
         "# `onnxopt search` benchmark",
@@ -365,7 +370,7 @@ def markdown(results: list[dict[str, Any]]) -> str:
             x, s = r["ray"], r["ray"]["same_as_local"]
             lines.append(
                 f"| {r['model']} | {x['two_workers_s']:.0f} s | {x['one_worker_s']:.0f} s | "
-                f"{x['ratio']:.2f} ({', '.join(f'{v:.2f}' for v in x.get('ratios', []))}) | "
+                f"{x['ratio']:.2f}{_each(x.get('ratios'))} | "
                 f"{s['cheap_compared'] - len(s['cheap_differ'])}/"
                 f"{s['cheap_compared']} | {s['full_compared'] - len(s['full_differ'])}/"
                 f"{s['full_compared']} | {', '.join(s['front_a'])} | {', '.join(s['front_b'])} |"

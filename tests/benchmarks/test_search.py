@@ -74,3 +74,5 @@ def test_markdown_has_a_section_per_measurement():
     assert "| m | accuracy % | 98.00 | 99.00 | 99.20 | prune(ratio=0.5) | 1 / 0.9 (0.90x)" in md
     assert "| m | 50 s | 90 s | 0.56 | 28/28 | 9/9 | t1 | t1 |" in md
     assert "| m | 28 | 14 | 14 | 14 | 0 | 130 |" in md
+    res["ray"]["ratios"] = [0.58, 0.56, 0.6]  # interleaved rounds: each shown beside the median
+    assert "| m | 50 s | 90 s | 0.56 (0.58, 0.56, 0.60) | 28/28 |" in markdown([res])
