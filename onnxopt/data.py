@@ -151,12 +151,12 @@ class Feeds:
 
 
 def batch_feed(model: onnx.ModelProto, feeds: Feeds, batch: int) -> dict[str, np.ndarray]:
-    """One input of ``batch`` samples for timing (``--latency-batch``): the runs stacked along
-    axis 0, cycled when they hold fewer samples, cut to ``batch``.
+    """One input of ``batch`` samples for timing (``--latency-batch``): the runs shaped like
+    the first beyond axis 0 (synthesized feeds hold two sizes of a dynamic dimension), stacked
+    along axis 0, cycled when they hold fewer samples, cut to ``batch``.
 
     Raises:
-        DataError: an input's batch dimension is fixed to another size, or the runs' shapes
-            differ beyond axis 0.
+        DataError: an input's batch dimension is fixed to another size, or is a scalar.
     """
     if batch < 1:
         raise DataError(f"--latency-batch {batch}: must be at least 1")
@@ -171,17 +171,14 @@ def batch_feed(model: onnx.ModelProto, feeds: Feeds, batch: int) -> dict[str, np
                 f"{dims[0].dim_value}"
             )
     first = feeds.runs[0]
-    for r in feeds.runs:
-        for k, a in r.items():
-            if np.asarray(a).ndim == 0 or a.shape[1:] != first[k].shape[1:]:
-                raise DataError(
-                    f"--latency-batch {batch}: the runs of input {k!r} do not stack along "
-                    f"axis 0 ({list(first[k].shape)} and {list(np.shape(a))})"
-                )
+    for k, a in first.items():
+        if np.asarray(a).ndim == 0:
+            raise DataError(f"--latency-batch {batch}: input {k!r} is a scalar (no batch axis)")
+    runs = [r for r in feeds.runs if all(np.shape(r[k])[1:] == first[k].shape[1:] for k in first)]
     parts: dict[str, list[np.ndarray]] = {k: [] for k in first}
     have, i = 0, 0
     while have < batch:
-        r = feeds.runs[i % len(feeds.runs)]
+        r = runs[i % len(runs)]
         for k in parts:
             parts[k].append(r[k])
         have += max(1, r[next(iter(r))].shape[0])
