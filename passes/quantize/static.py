@@ -42,6 +42,7 @@ from onnxopt.contract import Pass, PassContext, PassError, PassResult
 from onnxopt.data import Feeds
 from onnxopt.graph import opset_version, to_graph
 from onnxopt.scopes import site_key
+from onnxopt.timing import race
 
 from . import latency as lat
 from . import mixed
@@ -67,9 +68,10 @@ MIN_SAMPLES = 16
 #: rounds of "measure, leave the slower sites in float, measure again"
 LATENCY_ROUNDS = 3
 #: the all-int8 model must run at most this fraction of the time of the one with the layers
-#: the profile marked slower left float, to keep them int8 (a few percent is within the drift
-#: of a short race on a shared machine; on the case that motivated it the ratio was 0.68)
-WHOLE_MODEL_MARGIN = 0.95
+#: the profile marked slower left float, to keep them int8: on a 0.2 ms model a race's medians
+#: move by ±10 % between repeats, and a 6-round race once called 5 % the wrong way (on the
+#: MobileNetV2 case that motivated the check, 0.68 and 0.89 in two runs)
+WHOLE_MODEL_MARGIN = 0.9
 #: with ``ctx.parallel`` (``onnxopt search`` on Ray), calibration over at least this many runs
 #: is split across workers (the same statistics)
 PARALLEL_MIN_RUNS = 32
@@ -385,10 +387,8 @@ class QuantizeInt8(Pass):
         while the model gains as a whole (leaving it float breaks an int8 chain with Q/DQ
         pairs; on a MobileNetV2 at batch 32, 8 such layers left float cost 1.93x instead of
         2.84x)."""
-        from onnxopt.timing import race
-
         kept = set(sites) - set(slow)
-        r = race(build(kept), build(set(sites)), feed, seconds=1.0, min_rounds=6)
+        r = race(build(kept), build(set(sites)), feed)
         if not (r.b_faster and r.ratio <= WHOLE_MODEL_MARGIN):
             return slow
         notes.append(
