@@ -42,7 +42,6 @@ from onnxopt.contract import Pass, PassContext, PassError, PassResult
 from onnxopt.data import Feeds
 from onnxopt.graph import opset_version, to_graph
 from onnxopt.scopes import site_key
-from onnxopt.timing import race
 
 from . import latency as lat
 from . import mixed
@@ -67,11 +66,6 @@ logger = logging.getLogger(__name__)
 MIN_SAMPLES = 16
 #: rounds of "measure, leave the slower sites in float, measure again"
 LATENCY_ROUNDS = 3
-#: the all-int8 model must run at most this fraction of the time of the one with the layers
-#: the profile marked slower left float, to keep them int8: on a 0.2 ms model a race's medians
-#: move by ±10 % between repeats, and a 6-round race once called 5 % the wrong way (on the
-#: MobileNetV2 case that motivated the check, 0.68 and 0.89 in two runs)
-WHOLE_MODEL_MARGIN = 0.9
 #: with ``ctx.parallel`` (``onnxopt search`` on Ray), calibration over at least this many runs
 #: is split across workers (the same statistics)
 PARALLEL_MIN_RUNS = 32
@@ -347,9 +341,12 @@ class QuantizeInt8(Pass):
             feed = lat.representative(ctx.feeds.runs)
         att = lat.Attribution(build.base, set(sites))
         try:
-            enabled, slow_all, gains = list(sites), [], {}
+            enabled, slow_all, gains, all_int8 = list(sites), [], {}, None
             for _ in range(LATENCY_ROUNDS):
-                float_t, int8_t = lat.measure_all([build.base, build(set(enabled))], feed, att)
+                candidate = build(set(enabled))
+                if all_int8 is None:  # the first round's: every site in int8
+                    all_int8 = candidate
+                float_t, int8_t = lat.measure_all([build.base, candidate], feed, att)
                 slower, g = lat.slower_sites(float_t, int8_t, enabled)
                 gains.update(g)
                 if not slower or len(slower) == len(enabled):
@@ -358,7 +355,14 @@ class QuantizeInt8(Pass):
                 slow_all += slower
                 enabled = [s for s in enabled if s not in set(slower)]
             if slow_all:  # the layers' profile times, not the model's: check the whole
-                slow_all = self._whole_model_check(build, sites, slow_all, feed, notes)
+                reduced = build(set(sites) - set(slow_all))
+                r = lat.pays_as_a_whole(all_int8, reduced, feed)
+                if r is not None:
+                    notes.append(
+                        f"latency: {len(slow_all)} layers measured slower in int8 stay int8: "
+                        f"the model is faster with them in int8 ({r.describe()})"
+                    )
+                    slow_all = []
         except Exception as e:  # noqa: BLE001 - profiling is an optimization, never fatal
             notes.append(f"latency not measured ({type(e).__name__}: {e}); every site kept")
             return sites, {}, 0.0
@@ -377,25 +381,6 @@ class QuantizeInt8(Pass):
             },
         }
         return [s for s in sites if s not in set(slow_all)], gains, float_t.total_us
-
-    @staticmethod
-    def _whole_model_check(
-        build: Builder, sites: list[str], slow: list[str], feed: dict, notes: list[str]
-    ) -> list[str]:
-        """``slow``, or none of it when the model with every site in int8 runs faster beyond
-        noise than the one with ``slow`` left float: a layer's own kernel time can grow in int8
-        while the model gains as a whole (leaving it float breaks an int8 chain with Q/DQ
-        pairs; on a MobileNetV2 at batch 32, 8 such layers left float cost 1.93x instead of
-        2.84x)."""
-        kept = set(sites) - set(slow)
-        r = race(build(kept), build(set(sites)), feed)
-        if not (r.b_faster and r.ratio <= WHOLE_MODEL_MARGIN):
-            return slow
-        notes.append(
-            f"latency: {len(slow)} layers measured slower in int8 stay int8: the model is "
-            f"faster with them in int8 ({r.describe()})"
-        )
-        return []
 
     def _mixed(
         self,

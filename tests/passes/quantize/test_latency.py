@@ -8,7 +8,7 @@ import onnx
 
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.quantize import QuantizeInt8, static
+from onnxopt.passes.quantize import QuantizeInt8, latency
 from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.latency import Attribution
 from onnxopt.timing import Race
@@ -67,7 +67,7 @@ def _race(a_ms: float, b_ms: float, wins: int) -> Race:
 def test_a_region_int8_makes_slower_stays_float(monkeypatch) -> None:
     # the whole-model race that follows (all-int8 against "tiny" left float) differs by
     # about 8 % of a 0.2 ms model, within its noise: its verdict is tested apart, below
-    monkeypatch.setattr(static, "race", lambda *a, **k: _race(1.0, 1.0, 5))
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 1.0, 5))
     m = _model()
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=_feeds()))
     lat = res.details["latency"]
@@ -91,14 +91,14 @@ def test_kernels_are_charged_to_the_layers_they_come_from() -> None:
 def test_layers_measured_slower_stay_int8_when_the_whole_model_is_faster(monkeypatch) -> None:
     """The per-layer profile marks "tiny"; the model with it in int8 races faster beyond the
     margin (as a chain of int8 layers can be while each kernel is slower): it stays int8."""
-    monkeypatch.setattr(static, "race", lambda *a, **k: _race(1.0, 0.7, 10))
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 0.7, 10))
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
     assert res.details["latency"]["slower_in_int8"] == []
     assert sorted(res.sites) == ["big", "tiny"]
     assert any("measured slower in int8 stay int8" in n for n in res.notes)
-    monkeypatch.setattr(static, "race", lambda *a, **k: _race(1.0, 0.95, 10))  # < the margin
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 0.95, 10))  # < the margin
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
