@@ -91,3 +91,14 @@ def test_top1_agreement_per_step_on_a_sequence_of_probabilities():
     assert np.argmax(c[0, 0]) != np.argmax(r[0, 0])
     assert compare_arrays("p", [r], [c]).top1 == pytest.approx(9 / 10)
     assert compare_arrays("f", [logits], [logits]).top1 is None
+
+
+def test_top1_agreement_over_runs_of_different_lengths():
+    """Runs of a recognizer hold different numbers of steps (crops of different widths): the
+    agreement pools every step of every run (it raised on concatenating them before)."""
+    rng = np.random.default_rng(0)
+    probs = [rng.dirichlet(np.ones(6), size=(2, steps)) for steps in (4, 9)]
+    cands = [p.copy() for p in probs]
+    cands[1][1, 3] = cands[1][1, 3][::-1]
+    assert np.argmax(cands[1][1, 3]) != np.argmax(probs[1][1, 3])
+    assert compare_arrays("p", probs, cands).top1 == pytest.approx(25 / 26)
