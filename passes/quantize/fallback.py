@@ -2,6 +2,11 @@
 
 :class:`Judge` runs a candidate on the fallback runs and checks the budget (cosine, accuracy,
 task metric); the mixed-precision planner (:mod:`.mixed`) asks it about every model it tries.
+The verifier holds a lossy candidate to the budget twice, as the literal graph and with
+onnxruntime's graph optimizations on (as deployed), so the judge asks both, deployed first:
+there a QDQ model runs int8 kernels, about 4x faster than its literal Q/DQ arithmetic
+(MiniLM, 64 runs: 0.48 s against 1.9 s), and most candidates the search tries fail there
+already.
 :func:`sqnr_db` is the signal-to-quantization-noise ratio of whole-model outputs:
     ``SQNR = 10·log10( Σ y² / Σ (y − ŷ)² )``  (dB).
 """
@@ -16,6 +21,7 @@ import numpy as np
 import onnx
 
 from onnxopt.data import Feeds
+from onnxopt.errors import OnnxoptError
 from onnxopt.runner import Runner
 from onnxopt.verify import accuracy, compare
 
@@ -54,6 +60,8 @@ class Judge:
     timing_feed: dict[str, np.ndarray] | None = None
     #: one row per scored candidate: label, ok, cosine, accuracy, latency_ms
     history: list[dict] = field(default_factory=list)
+    #: also hold the candidate to the budget with onnxruntime's optimizations on, first
+    deployed: bool = True
 
     def check(self, model: onnx.ModelProto, label: str = "") -> tuple[bool, str]:
         good, why, _ = self.score(model, label)
@@ -65,7 +73,24 @@ class Judge:
         """(within budget, why not, the budget's headline number: the task metric, else
         accuracy with labels, else the lowest cosine); ``record`` adds a row to ``history``."""
         self.evaluations += 1
-        runs = self.runner.run(model, self.feeds)
+        if self.deployed:
+            try:
+                deployed = self.runner.run(model, self.feeds, optimized=True)
+            except OnnxoptError as e:  # the verifier would refuse it the same way
+                return False, f"fails with onnxruntime's optimizations on: {e}", -math.inf
+            ok, why, head, comp, acc = self._verdict(deployed)
+            if not ok:
+                why += " (with onnxruntime's graph optimizations on)"
+                if record:
+                    self._record(model, label, False, comp, acc)
+                return False, why, head
+        ok, why, head, comp, acc = self._verdict(self.runner.run(model, self.feeds))
+        if record:
+            self._record(model, label, ok, comp, acc)
+        return ok, why, head
+
+    def _verdict(self, runs: list[dict[str, np.ndarray]]) -> tuple:
+        """(within budget, why not, headline number, comparison, (ref, cand) accuracy)."""
         comp = compare(self.reference, runs)
         acc = met = None
         if self.feeds.labels is not None and self.ref_accuracy is not None:
@@ -77,9 +102,7 @@ class Judge:
             met = (self.ref_metric, task(runs, self.feeds.labels))
         verdict = self.budget.check(comp, acc, met)
         head = met[1] if met else acc[1] if acc else comp.cosine
-        if record:
-            self._record(model, label, bool(verdict.ok), comp, acc)
-        return bool(verdict.ok), verdict.reason, float(head)
+        return bool(verdict.ok), verdict.reason, float(head), comp, acc
 
     def _record(self, model: onnx.ModelProto, label: str, ok: bool, comp, acc) -> None:
         from onnxopt.candidates import latency_or_none

@@ -48,3 +48,32 @@ def test_sqnr() -> None:
     assert sqnr_db(a, a) == math.inf
     b = [{"y": np.full(4, 1.1, np.float32)}]
     assert math.isclose(sqnr_db(a, b), 20.0, rel_tol=1e-4)
+
+
+class _Spy(Runner):
+    """A Runner that records the optimization level of every run."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.levels: list[bool] = []
+
+    def run(self, model, feeds, *, optimized: bool = False):
+        self.levels.append(optimized)
+        return super().run(model, feeds, optimized=optimized)
+
+
+def test_judge_holds_the_candidate_deployed_then_literal() -> None:
+    """A candidate over budget is refused on the deployed run alone (the cheap one for a QDQ
+    model); one within it is also checked as the literal graph, as the verifier will."""
+    feeds = Feeds([{"x": np.full((4, 3), i + 1.0, np.float32)} for i in range(3)])
+    runner = _Spy()
+    reference = runner.run(_scaled(1.0), feeds)
+    budget = Budget(min_cosine=None, metric=TaskMetric(_mean_score, "mean"), max_metric_drop=0.1)
+    judge = Judge(runner, feeds, reference, budget)
+    runner.levels.clear()
+    ok, why, _ = judge.score(_scaled(0.8))
+    assert not ok and "optimizations on" in why and runner.levels == [True]
+    runner.levels.clear()
+    ok, _, _ = judge.score(_scaled(0.99))
+    assert ok and runner.levels == [True, False]
+    assert [h["ok"] for h in judge.history] == [False, True]
