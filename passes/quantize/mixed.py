@@ -118,17 +118,26 @@ def search(
     *,
     already_float: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    confirm: Score | None = None,
 ) -> Plan:
-    """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict)."""
+    """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict).
+
+    With ``confirm`` (a second, costlier verdict: the literal Q/DQ graph where ``score`` ran
+    the deployed one), the prefix found is confirmed; if it fails, the search goes on above
+    it, galloping then bisecting again."""
     out = Plan(moves=moves)
     n = len(moves)
     cache: dict[int, bool] = {}
+
+    def model_at(k: int) -> onnx.ModelProto:
+        floats, dyn = apply(moves[:k])
+        return build({s for s in sites if s not in floats}, dyn)
 
     def ok_with(k: int) -> bool:
         if k in cache:
             return cache[k]
         floats, dyn = apply(moves[:k])
-        model = build({s for s in sites if s not in floats}, dyn)
+        model = model_at(k)
         good, why, head = score(model, step_label(floats, dyn))
         out.evaluations += 1
         point = {
@@ -146,29 +155,58 @@ def search(
             out.reason = why
         return good
 
-    if ok_with(0):
-        return out
-    lo, hi, k = 0, None, 1
-    while k <= n:
-        if ok_with(k):
-            hi = k
+    def confirmed(k: int) -> bool:
+        if confirm is None:
+            return True
+        floats, dyn = apply(moves[:k])
+        good, why, _ = confirm(model_at(k), step_label(floats, dyn))
+        out.evaluations += 1
+        if not good:
+            cache[k] = False
+            out.reason = why
+        return good
+
+    lo = -1  # the largest prefix known to miss the budget (-1: none tried)
+    while True:
+        hi = _first_ok_above(lo, n, ok_with)
+        if hi is None:
+            out.met = False
+            out.floats, dyn = sorted(apply(moves)[0]), set()
+            out.reason = f"budget not met even with every site out of int8 ({out.reason})"
+            return out
+        lo = max((k for k, good in cache.items() if not good and k < hi), default=-1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if ok_with(mid):
+                hi = mid
+            else:
+                lo = mid
+        if confirmed(hi):
             break
-        lo, k = k, (min(n, k * 2) if k < n else n + 1)
-    if hi is None:
-        out.met = False
-        out.floats, dyn = sorted(apply(moves)[0]), set()
-        out.reason = f"budget not met even with every site out of int8 ({out.reason})"
-        return out
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok_with(mid):
-            hi = mid
-        else:
-            lo = mid
+        lo = hi
     floats, dyn = apply(moves[:hi])
     out.floats, out.dynamic = sorted(floats), sorted(dyn)
     out.tradeoff.sort(key=lambda p: (p["float_layers"], p["dynamic_layers"]))
     return out
+
+
+def _first_ok_above(lo: int, n: int, ok_with: Callable[[int], bool]) -> int | None:
+    """The first prefix above ``lo`` found within the budget, galloping: lo+1, lo+2, lo+4,
+    ... up to ``n`` (0, 1, 2, 4, ... from the start); None when even ``n`` misses it."""
+    if lo < 0:
+        if ok_with(0):
+            return 0
+        lo = 0
+    step = 1
+    while True:
+        k = min(n, lo + step)
+        if k <= lo:
+            return None
+        if ok_with(k):
+            return k
+        if k == n:
+            return None
+        lo, step = k, step * 2
 
 
 def latency_timer(

@@ -430,10 +430,17 @@ class QuantizeInt8(Pass):
         )
         slow = len(details.get("latency", {}).get("slower_in_int8", []))
         res = mixed.search(
-            with_bodies, sites, moves, judge.score, timer, already_float=slow, progress=ctx.progress
+            with_bodies,
+            sites,
+            moves,
+            judge.deployed_score,
+            timer,
+            already_float=slow,
+            progress=ctx.progress,
+            confirm=judge.literal_score,
         )
         if timer is not None:
-            head = judge.score(model, record=False)[2]
+            head = judge.reference_head()
             res.tradeoff.append(
                 {
                     "float_layers": len(sites) + slow,

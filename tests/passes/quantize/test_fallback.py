@@ -77,3 +77,25 @@ def test_judge_holds_the_candidate_deployed_then_literal() -> None:
     ok, _, _ = judge.score(_scaled(0.99))
     assert ok and runner.levels == [True, False]
     assert [h["ok"] for h in judge.history] == [False, True]
+
+
+def test_judge_wants_the_cosine_budget_on_each_half_of_the_runs() -> None:
+    """A candidate within the cosine budget on the pooled runs but not on one half of them is
+    refused (it sits within sampling noise of the budget); one within it on both passes."""
+    rng = np.random.default_rng(0)
+    feeds = Feeds([{"x": rng.standard_normal((4, 3)).astype(np.float32)} for _ in range(16)])
+    runner = Runner()
+    reference = runner.run(_scaled(1.0), feeds)
+    judge = Judge(runner, feeds, reference, Budget(min_cosine=0.99))
+
+    def outputs(level: float) -> list[dict[str, np.ndarray]]:
+        """The reference with noise on the first half of the runs only."""
+        out = [dict(r) for r in reference]
+        for r in out[:8]:
+            r["y"] = r["y"] + level * rng.standard_normal(r["y"].shape).astype(np.float32)
+        return out
+
+    ok, why, head, *_ = judge._verdict(outputs(0.16))
+    assert head >= 0.99 and not ok and "first half" in why
+    ok, why, head, *_ = judge._verdict(outputs(0.05))
+    assert ok, why

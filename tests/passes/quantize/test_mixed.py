@@ -108,6 +108,33 @@ def test_search_finds_the_smallest_prefix_and_records_the_curve() -> None:
     assert all({"float_layers", "metric", "latency_ms"} <= set(p) for p in plan.tradeoff)
 
 
+def test_search_goes_on_above_a_prefix_its_confirmation_refuses() -> None:
+    """The cheap verdict (deployed) passes 3 float sites, the confirmation (literal graph)
+    wants 4: the search confirms only the prefix it settles on, and continues above it."""
+    sites = ["a", "b", "c", "d", "e", "f"]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    confirmed: list[int] = []
+
+    def build(enabled: set[str], dynamic: set[str]) -> str:
+        return ",".join(sorted(enabled))
+
+    def floats(model: str) -> int:
+        return 6 - len([x for x in model.split(",") if x])
+
+    def score(model: str, label: str = "") -> tuple[bool, str, float]:
+        return floats(model) >= 3, "deployed: too few float", 0.0
+
+    def confirm(model: str, label: str = "") -> tuple[bool, str, float]:
+        confirmed.append(floats(model))
+        return floats(model) >= 4, "literal: too few float", 0.0
+
+    plan = mixed.search(build, sites, moves, score, None, confirm=confirm)
+    assert plan.met and plan.floats == ["a", "b", "c", "d"]
+    assert confirmed == [3, 4]
+    plan = mixed.search(build, sites, moves, score, None)  # no confirmation: the cheap verdict
+    assert plan.floats == ["a", "b", "c"]
+
+
 def test_fallback_steps_are_trade_off_candidates() -> None:
     m, feeds = _model(), _feeds()
     ctx = PassContext(
