@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.rss import peak_rss_mb
 from onnxopt.errors import first_line
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -277,22 +278,6 @@ KINDS = {
 }
 
 
-def peak_rss_mb(usage: Any) -> float:
-    """This process's own peak resident memory, MB.
-
-    ``ru_maxrss`` is not it on Linux: execve keeps the larger of the old and the new address
-    space's peak, so a worker forked from a parent holding 1.5 GB reports at least 1.5 GB.
-    ``VmHWM`` in /proc/self/status is the peak of the current address space only.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return usage.ru_maxrss / 1024
-
-
 def _worker(path: str) -> None:
     job = json.loads(Path(path).read_text())
     t0 = time.perf_counter()
@@ -308,7 +293,7 @@ def _worker(path: str) -> None:
         }
     res["seconds"] = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    res["peak_rss_mb"] = peak_rss_mb(usage)
+    res["peak_rss_mb"] = peak_rss_mb()
     # CPU time of every thread of the worker (onnxruntime's pools included): what the tool
     # costs regardless of how loaded a shared machine is
     res["cpu_s"] = usage.ru_utime + usage.ru_stime

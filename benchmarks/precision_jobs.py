@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from typing import Any
 
 import numpy as np
 import onnx
+
+from benchmarks.rss import peak_rss_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -228,18 +229,6 @@ def _occ_half(job: dict[str, Any]) -> None:
     job["seconds"] = time.perf_counter() - t0
     job["warnings"] = sorted({str(w.message)[:120] for w in caught})[:3]
     onnx.save(out, job["dst"])
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory: ``VmHWM`` of its own address space (``ru_maxrss``
-    would count the parent's memory at fork time, which Linux carries across exec)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 JOBS = {"ours_int4": _ours_int4, "ort_int4": _ort_int4, "ours_half": _ours_half}

@@ -4,7 +4,7 @@
 
 Every tool runs in its own process (the peers in their own virtual environments, since they
 pin packages differently: ``NNCF_PYTHON``, ``AIMET_PYTHON``), so a crash or a missing package
-becomes a row and the time and **peak resident memory** (``ru_maxrss``, interpreter and the
+becomes a row and the time and **peak resident memory** (``VmHWM``, interpreter and the
 tool's imports included) are the tool's alone. Only numpy, onnx and onnxruntime are needed
 besides the tool itself.
 
@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 import traceback
@@ -41,6 +40,8 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script, in any venv
+from rss import peak_rss_mb  # noqa: E402
 
 
 def load_runs(path: str) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray] | None]:
@@ -271,7 +272,7 @@ def main() -> None:
         res.update(status="failed", notes=[f"{type(e).__name__}: {msg[0][:200] if msg else ''}"])
         res["traceback"] = traceback.format_exc()[-2000:]
     res["wall"] = time.perf_counter() - t0
-    res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mb"] = peak_rss_mb()
     Path(job["result"]).write_text(json.dumps(res))
 
 
