@@ -97,6 +97,13 @@ def _det_pipeline() -> tuple[Any, _Stub]:
     return p, stub
 
 
+#: (image index, the detector's boxes) -> the pipeline's text: the rest of the pipeline (crop,
+#: classify, recognise) depends on the image and the boxes alone, so a candidate whose boxes
+#: on an image are ones already seen gets its text without running cls and rec again (most
+#: candidates move the boxes of few images; this makes an evaluation ~10x cheaper)
+_TEXT_BY_BOXES: dict[tuple[int, bytes], str] = {}
+
+
 def det_text_agreement(runs: list[dict[str, np.ndarray]], labels: list[np.ndarray]) -> float:
     """% of images whose pipeline text, with these det outputs, is the fp32 pipeline's."""
     imgs, ref = images()
@@ -105,7 +112,11 @@ def det_text_agreement(runs: list[dict[str, np.ndarray]], labels: list[np.ndarra
     for run, lab in zip(runs, labels):
         i = int(np.asarray(lab).reshape(-1)[0])
         stub.output = next(iter(run.values()))
-        hits += p.text(imgs[i]) == ref[i]
+        boxes = p.ocr.text_detector(imgs[i])
+        key = (i, b"" if boxes is None else np.ascontiguousarray(boxes, np.float64).tobytes())
+        if key not in _TEXT_BY_BOXES:
+            _TEXT_BY_BOXES[key] = p.text(imgs[i])
+        hits += _TEXT_BY_BOXES[key] == ref[i]
     return 100.0 * hits / max(1, len(runs))
 
 
@@ -163,9 +174,19 @@ METRICS = {
 }
 
 
+def ground_truth() -> list[str | None]:
+    """The text rendered into each image (None for the scanned page, whose text is unknown)."""
+    import json as _json
+
+    meta = _json.loads((corpus().corpus_dir() / "images.json").read_text())
+    return [m["gt"] for m in meta]
+
+
 def end_to_end(paths: dict[str, Any], threads: int = 2) -> dict[str, float]:
     """The whole pipeline with ``paths`` swapped in, on every image: exact text agreement with
-    fp32 (%) and seconds per image (after one warm-up)."""
+    fp32 (%), seconds per image (after one warm-up), and ``ground_truth``: % of the images with
+    rendered text that it reads exactly (the same figure for fp32 is the yardstick of the
+    other reading of "exact text at least 98 % of fp32's")."""
     import time
 
     imgs, ref = images()
@@ -174,4 +195,10 @@ def end_to_end(paths: dict[str, Any], threads: int = 2) -> dict[str, float]:
     t = time.perf_counter()
     texts = [p.text(im) for im in imgs]
     dt = (time.perf_counter() - t) / len(imgs)
-    return {"agreement": agreement(ref, texts), "s_per_image": dt}
+    gt = [(g, x) for g, x in zip(ground_truth(), texts) if g is not None]
+    return {
+        "agreement": agreement(ref, texts),
+        "s_per_image": dt,
+        "ground_truth": agreement([g for g, _ in gt], [x for _, x in gt]),
+        "ground_truth_images": len(gt),
+    }

@@ -63,12 +63,14 @@ def ocr_table(rows: list[dict]) -> str:
     if len(pipe) < 2:  # fp32 alone: no tool had all three models
         return ""
     lines = [
-        "| tool (det + rec + cls) | exact text vs fp32 % | s / image | speed-up |",
-        "|---|---:|---:|---:|",
+        "| tool (det + rec + cls) | exact text vs fp32 % | exact text vs rendered truth % "
+        "| s / image | speed-up |",
+        "|---|---:|---:|---:|---:|",
     ]
     for r in pipe:
         lines.append(
             f"| {r['tool']} | {_f(r.get('agreement'), '.1f')} | "
+            f"{_f(r.get('ground_truth'), '.1f')} | "
             f"{_f(r.get('s_per_image'), '.3f')} | {_f(r.get('speedup'), '.2f')} |"
         )
     return "\n".join(lines)

