@@ -179,7 +179,7 @@ class Verifier:
         if not checked.why and deployed and not exact:
             checked = self._judge_deployed(candidate, checked)
         if not checked.why and speed and not self.allow_slower:
-            checked = self._judge_speed(candidate, stage, checked)
+            checked = self.judge_speed(candidate, stage, checked)
         if checked.why:
             self.runner.forget(session)  # a rejected candidate's session is never run again
             checked.stage = None
@@ -254,8 +254,11 @@ class Verifier:
             out.notes.append(f"with onnxruntime's graph optimizations on: cosine {cmp.cosine:.6f}")
         return out
 
-    def _judge_speed(self, candidate: onnx.ModelProto, stage: Stage, out: Checked) -> Checked:
+    def judge_speed(
+        self, candidate: onnx.ModelProto, stage: Stage, out: Checked | None = None
+    ) -> Checked:
         """A speed pass's candidate must be faster than the previous stage beyond noise."""
+        out = out if out is not None else Checked(None)
         from onnxopt.timing import race
 
         feed = self.exact_feeds.timing_feed()

@@ -226,3 +226,48 @@ def test_candidates_are_timed_only_when_asked():
 
     row = candidate_row("x", model(), Checked(None, "over budget"), None)
     assert row == {"label": "x", "ok": False, "cosine": None, "accuracy": None, "latency_ms": None}
+
+
+class CountedSpeedNeg(LossyNegToAbs):
+    """A lossy pass made for speed that counts how often the manager applies it."""
+
+    name = "test-speed-neg"
+    goal = "speed"
+
+    def __init__(self, wrong=("c",)):
+        super().__init__(wrong)
+        self.applied = 0
+
+    def run(self, graph, ctx):
+        self.applied += 1
+        return super().run(graph, ctx)
+
+
+def _stub_speed(monkeypatch, why):
+    from onnxopt.verifier import Checked, Verifier
+
+    def judge_speed(self, candidate, stage, out=None):
+        out = out if out is not None else Checked(None)
+        out.why = why
+        return out
+
+    monkeypatch.setattr(Verifier, "judge_speed", judge_speed)
+
+
+def test_a_speed_pass_not_faster_with_every_site_is_not_bisected(monkeypatch):
+    _stub_speed(monkeypatch, "not faster than its input: 1.0 ms vs 1.0 ms")
+    p = CountedSpeedNeg(wrong=("c",))
+    out, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "rolled back" and p.applied == 1
+    assert pr.reason.startswith("over budget")
+    assert "not bisected: with every site rewritten it is not faster" in pr.reason
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in model().graph.node]
+
+
+def test_a_speed_pass_faster_with_every_site_is_bisected(monkeypatch):
+    _stub_speed(monkeypatch, "")
+    p = CountedSpeedNeg(wrong=("c",))
+    _, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "kept" and pr.dropped_sites == ["c"] and p.applied > 1
