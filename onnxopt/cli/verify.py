@@ -55,7 +55,7 @@ def verify_cmd(
     check_feeds(feeds, b)
     runner = Runner()
     ra, rb = runner.run(a, feeds), runner.run(b, feeds)
-    cmp = compare(ra, rb)
+    cmp = compare(ra, rb, percentiles=True)
     acc = None
     if feeds.labels is not None:
         acc = (accuracy(ra, feeds.labels), accuracy(rb, feeds.labels))
@@ -89,7 +89,7 @@ def _print_table(cmp, title: str) -> None:  # noqa: ANN001 - Comparison
             s.name,
             s.dtype,
             f"{s.max_abs:.3g}",
-            f"{s.p99_abs:.3g}",
+            "-" if s.p99_abs is None else f"{s.p99_abs:.3g}",
             f"{s.max_rel:.3g}",
             f"{s.cosine:.6f}",
             "-" if s.top1 is None else f"{s.top1:.4f}",

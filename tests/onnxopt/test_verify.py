@@ -102,3 +102,20 @@ def test_top1_agreement_over_runs_of_different_lengths():
     cands[1][1, 3] = cands[1][1, 3][::-1]
     assert np.argmax(cands[1][1, 3]) != np.argmax(probs[1][1, 3])
     assert compare_arrays("p", probs, cands).top1 == pytest.approx(25 / 26)
+
+
+def test_statistics_accumulated_run_by_run_equal_the_pooled_ones():
+    rng = np.random.default_rng(3)
+    refs = [rng.standard_normal((2, 7)).astype(np.float32) for _ in range(5)]
+    cands = [r + rng.normal(0, 0.1, r.shape).astype(np.float32) for r in refs]
+    refs[2][0, 1] = cands[2][0, 1] = np.nan  # a NaN in both, where both have it, is skipped
+    st = compare_arrays("y", refs, cands, percentiles=True)
+    r = np.concatenate([x.ravel() for x in refs]).astype(np.float64)
+    c = np.concatenate([x.ravel() for x in cands]).astype(np.float64)
+    r, c = r[np.isfinite(r)], c[np.isfinite(r)]
+    d = np.abs(r - c)
+    assert st.max_abs == pytest.approx(d.max()) and st.mean_abs == pytest.approx(d.mean())
+    assert st.mean_rel == pytest.approx((d / np.abs(r)).mean())
+    assert st.p99_abs == pytest.approx(np.percentile(d, 99))
+    assert st.cosine == pytest.approx(r @ c / np.linalg.norm(r) / np.linalg.norm(c), abs=1e-12)
+    assert compare_arrays("y", refs, cands).p99_abs is None  # only when asked
