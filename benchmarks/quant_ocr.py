@@ -43,9 +43,18 @@ def model_path(kind: str) -> Path:
 
 
 @lru_cache(maxsize=1)
+def _corpus_images() -> tuple[list[np.ndarray], list[dict[str, Any]]]:
+    return corpus().images()
+
+
 def images() -> tuple[list[np.ndarray], list[str]]:
     """(BGR images, the fp32 pipeline's text of each)."""
-    return corpus().images()[0], corpus().reference()
+    return _corpus_images()[0], _reference_texts()
+
+
+@lru_cache(maxsize=1)
+def _reference_texts() -> list[str]:
+    return corpus().reference()
 
 
 def calibration(kind: str) -> list[dict[str, np.ndarray]]:
@@ -176,10 +185,7 @@ METRICS = {
 
 def ground_truth() -> list[str | None]:
     """The text rendered into each image (None for the scanned page, whose text is unknown)."""
-    import json as _json
-
-    meta = _json.loads((corpus().corpus_dir() / "images.json").read_text())
-    return [m["gt"] for m in meta]
+    return [m["gt"] for m in _corpus_images()[1]]
 
 
 def end_to_end(paths: dict[str, Any], threads: int = 2) -> dict[str, float]:

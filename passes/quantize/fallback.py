@@ -89,12 +89,15 @@ class Judge:
 
     def reference_head(self) -> float:
         """The float model's own headline number (its task metric, accuracy, or cosine 1)."""
-        task = getattr(self.budget, "metric", None)
-        if task is not None:
-            if self.ref_metric is None:
-                self.ref_metric = task(self.reference, self.feeds.labels)
-            return float(self.ref_metric)
+        if getattr(self.budget, "metric", None) is not None:
+            return self._reference_metric()
         return float(self.ref_accuracy) if self.ref_accuracy is not None else 1.0
+
+    def _reference_metric(self) -> float:
+        """The task metric of the float model's outputs (computed once)."""
+        if self.ref_metric is None:
+            self.ref_metric = self.budget.metric(self.reference, self.feeds.labels)
+        return float(self.ref_metric)
 
     def deployed_score(
         self, model: onnx.ModelProto, label: str = "", *, record: bool = True
@@ -135,9 +138,7 @@ class Judge:
             acc = (self.ref_accuracy, accuracy(runs, self.feeds.labels))
         task = getattr(self.budget, "metric", None)
         if task is not None:
-            if self.ref_metric is None:
-                self.ref_metric = task(self.reference, self.feeds.labels)
-            met = (self.ref_metric, task(runs, self.feeds.labels))
+            met = (self._reference_metric(), task(runs, self.feeds.labels))
         verdict = self.budget.check(comp, acc, met)
         head = met[1] if met else acc[1] if acc else comp.cosine
         if verdict.ok:

@@ -129,16 +129,22 @@ def search(
     n = len(moves)
     cache: dict[int, bool] = {}
 
-    def model_at(k: int) -> onnx.ModelProto:
+    #: the latest prefix found within budget and its model, for its confirmation
+    last_good: dict[int, onnx.ModelProto] = {}
+
+    def model_at(k: int) -> tuple[onnx.ModelProto, str, set[str], set[str]]:
         floats, dyn = apply(moves[:k])
-        return build({s for s in sites if s not in floats}, dyn)
+        if k in last_good:
+            model = last_good[k]
+        else:
+            model = build({s for s in sites if s not in floats}, dyn)
+        return model, step_label(floats, dyn), floats, dyn
 
     def ok_with(k: int) -> bool:
         if k in cache:
             return cache[k]
-        floats, dyn = apply(moves[:k])
-        model = model_at(k)
-        good, why, head = score(model, step_label(floats, dyn))
+        model, label, floats, dyn = model_at(k)
+        good, why, head = score(model, label)
         out.evaluations += 1
         point = {
             "float_layers": len(floats) + already_float,
@@ -151,15 +157,18 @@ def search(
         if progress is not None:
             progress("mixed precision", k, n)
         cache[k] = good
-        if not good:
+        if good:
+            last_good.clear()
+            last_good[k] = model
+        else:
             out.reason = why
         return good
 
     def confirmed(k: int) -> bool:
         if confirm is None:
             return True
-        floats, dyn = apply(moves[:k])
-        good, why, _ = confirm(model_at(k), step_label(floats, dyn))
+        model, label, _, _ = model_at(k)
+        good, why, _ = confirm(model, label)
         out.evaluations += 1
         if not good:
             cache[k] = False
