@@ -237,6 +237,11 @@ def race(
     one untimed run first in each), for at least ``min_rounds`` and about ``seconds`` (longer,
     up to ``max_rounds``, while b looks faster but not yet beyond noise).
 
+    ``per_round`` stays 5 on slow models too: after a switch of sessions the next one or two
+    runs are slow (a MobileNetV2 at batch 32: 28-45 ms, then 15 ms warm), so fewer runs a
+    round measure the switch (tried with 1-2 runs a round: an int8 model 0.55x its input won
+    only 18 of 22 and 21 of 28 rounds, and one race ended 'not faster').
+
     With ``max_bytes``, when two optimized sessions (each may hold a copy and a packed copy of
     its weights) would not fit, the models are timed one after the other instead, each alone
     with its weights shared and not prepacked (:func:`race_apart`).

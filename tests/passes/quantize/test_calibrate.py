@@ -75,6 +75,31 @@ def test_histogram_does_not_depend_on_order_or_split() -> None:
     )
 
 
+@pytest.mark.parametrize("bins", [2048, 64, 100])
+@pytest.mark.parametrize("top", [3.0, 3000.0])
+def test_bins_equal_comparison_with_the_edges(bins: int, top: float) -> None:
+    """Every value gets the bin that comparing it with the edges gives: values on an edge, one
+    float32 step either side of it, tiny and subnormal values, signed zeros; with power-of-two
+    bins (the float32 path, including a range above 1024 where quotients underflow) and not."""
+    s = TensorStats("t", bins)
+    s.update(np.array([top], np.float32))
+    r, b = s.half_range, s.bins
+    edges = np.arange(b + 1, dtype=np.float64) * (2 * r / b) - r
+    inner = edges[1:-1].astype(np.float32)
+    x = np.concatenate(
+        [
+            inner,
+            np.nextafter(inner, np.float32(-np.inf)),
+            np.nextafter(inner, np.float32(np.inf)),
+            np.array([0.0, -0.0, 1e-30, -1e-30, 1e-40, -1e-40, -1e-45, 2.0**-27, -(2.0**-27)]),
+            RNG.uniform(-r, r, 10_000),
+        ]
+    ).astype(np.float32)
+    x = x[np.abs(x) < r]
+    expected = np.searchsorted(edges, x.astype(np.float64), side="right") - 1
+    assert np.array_equal(s._bin(x), expected)
+
+
 def test_minmax_exact() -> None:
     x = RNG.uniform(-2.0, 3.0, 10_000).astype(np.float32)
     s = _stats(x)
