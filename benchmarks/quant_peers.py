@@ -11,7 +11,7 @@ besides the tool itself.
 Job (JSON): ``tool`` (``onnxopt``, ``ort``, ``nncf``, ``nncf_ac``, ``aimet``,
 ``aimet_adaround``), ``model``, ``calib`` (.npz: key ``RRRR/input`` per run), ``out``,
 ``result`` (where this writes its JSON), ``options`` (tool options), and for accuracy control
-``val`` (.npz: runs, and ``RRRR/__label__`` per run) with ``val_metric`` (``accuracy``,
+``val`` (.npz: runs, and ``RRRR/labels`` per run) with ``val_metric`` (``accuracy``,
 ``top1`` or ``cosine`` against the fp32 model: the peers' label-free validation).
 Result: ``status`` (``ok`` or why not), ``seconds`` (the quantization call), ``wall`` (with
 imports and loading), ``peak_rss_mb``, ``notes``.
@@ -45,13 +45,14 @@ from rss import peak_rss_mb  # noqa: E402
 
 
 def load_runs(path: str) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray] | None]:
-    """Runs (and labels, when present) from a ``RRRR/name`` .npz."""
+    """Runs (and labels, when present) from a ``RRRR/name`` .npz: the per-run layout that
+    onnxopt's ``--data`` reads too (this script also runs where onnxopt is not installed)."""
     z = np.load(path)
     runs: dict[int, dict[str, np.ndarray]] = {}
     labels: dict[int, np.ndarray] = {}
     for key in z.files:
         r, name = key.split("/", 1)
-        if name == "__label__":
+        if name in ("labels", "__label__"):  # __label__: files written before 2026-12-05
             labels[int(r)] = z[key]
         else:
             runs.setdefault(int(r), {})[name] = z[key]
@@ -62,7 +63,7 @@ def load_runs(path: str) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray] 
 def save_runs(path: str, runs: list[dict[str, np.ndarray]], labels: list | None = None) -> None:
     arrays = {f"{i:04d}/{k}": v for i, r in enumerate(runs) for k, v in r.items()}
     if labels is not None:
-        arrays.update({f"{i:04d}/__label__": np.asarray(v) for i, v in enumerate(labels)})
+        arrays.update({f"{i:04d}/labels": np.asarray(v) for i, v in enumerate(labels)})
     np.savez(path, **arrays)
 
 

@@ -9,11 +9,15 @@ Layouts, told apart by rank (see docs/ARCHITECTURE.md, "Data"):
 - rank == input rank: split along axis 0 into runs of the model's batch size (1 if dynamic,
   unless ``batch`` says otherwise).
 Labels sit under the key ``labels``, one row per run (or per sample, split like the inputs).
+Runs whose shapes differ (an OCR detector's images) cannot share an array: an ``.npz`` whose
+every key is ``RUN/NAME`` (``0000/x``, ``0001/x``, ..., labels ``0000/labels``) holds one array
+per run and input, runs in the order of their numbers.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -238,8 +242,11 @@ def load_feeds(
     where = "data"
     if isinstance(source, (str, os.PathLike)):
         arrays, where = _read_arrays(Path(os.fspath(source)))
-        label_arr = arrays.pop(LABELS_KEY, None)
-        runs, labels = _split(arrays, label_arr, model, batch, where)
+        if arrays and all(_RUN_KEY.match(k) for k in arrays):
+            runs, labels = _by_run(arrays, model, where)
+        else:
+            label_arr = arrays.pop(LABELS_KEY, None)
+            runs, labels = _split(arrays, label_arr, model, batch, where)
     elif isinstance(source, Mapping):
         arrays = {k: np.asarray(v) for k, v in source.items()}
         label_arr = arrays.pop(LABELS_KEY, None)
@@ -352,6 +359,34 @@ def _split(
                 labels.append(label_arr[i : i + s])
                 i += s
     return runs, labels
+
+
+#: a key of the per-run layout: ``RUN/NAME``, RUN a number
+_RUN_KEY = re.compile(r"^(\d+)/(.+)$")
+
+
+def _by_run(
+    arrays: dict[str, np.ndarray], model: onnx.ModelProto, where: str
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray] | None]:
+    """The per-run layout: ``RUN/NAME`` keys, one array per run and input, each with the
+    input's own rank (runs may differ in shape); ``RUN/labels`` on every run or on none."""
+    by_run: dict[int, dict[str, np.ndarray]] = {}
+    for key, arr in arrays.items():
+        m = _RUN_KEY.match(key)
+        assert m is not None  # the caller checked every key
+        by_run.setdefault(int(m.group(1)), {})[m.group(2)] = arr
+    specs = {s.name: s for s in input_specs(model)}
+    runs, labels = [], []
+    for k in sorted(by_run):
+        run = by_run[k]
+        lab = run.pop(LABELS_KEY, None)
+        _check_names(set(run), specs, f"{where} run {k:04d}")
+        runs.append({n: np.array(v, order="C") for n, v in run.items()})
+        labels.append(lab)
+    have = sum(lab is not None for lab in labels)
+    if have not in (0, len(runs)):
+        raise DataError(f"{where}: {have} of {len(runs)} runs have labels: give every run one")
+    return runs, (labels if have else None)
 
 
 def _check_names(names: set[str], specs: Mapping[str, InputSpec], where: str) -> None:

@@ -32,6 +32,43 @@ def test_stacked_layout_and_static_batch(tmp_path):
     assert len(load_feeds(p, STATIC)) == 2
 
 
+def test_runs_of_different_shapes_one_key_per_run(tmp_path):
+    """An OCR detector's images differ in size: ``RUN/NAME`` keys, one array per run."""
+    p = tmp_path / "r.npz"
+    arrays = {
+        "0002/x": np.ones((1, 3), np.float32),
+        "0000/x": np.zeros((2, 3), np.float32),
+        "0001/x": np.zeros((4, 3), np.float32),
+    }
+    ids = {f"{i:04d}/ids": np.zeros((n, 5), np.int64) for i, n in enumerate((2, 4, 1))}
+    labels = {f"{i:04d}/labels": np.array([i]) for i in range(3)}
+    np.savez(p, **arrays, **ids, **labels)
+    f = load_feeds(p, MODEL)
+    assert [r["x"].shape[0] for r in f.runs] == [2, 4, 1]  # in the order of the run numbers
+    assert [int(x[0]) for x in f.labels] == [0, 1, 2]
+    np.savez(p, **arrays, **ids)
+    assert load_feeds(p, MODEL).labels is None
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"0001/y": np.zeros((1, 3), np.float32)}, "run 0001: input names do not match"),
+        ({"0000/labels": np.array([0])}, "1 of 2 runs have labels"),
+    ],
+)
+def test_runs_of_different_shapes_errors(tmp_path, extra, message):
+    p = tmp_path / "r.npz"
+    arrays = {"0000/x": np.zeros((2, 3), np.float32), "0000/ids": np.zeros((2, 5), np.int64)}
+    if "0001/y" not in extra:
+        arrays.update(
+            {"0001/x": np.zeros((1, 3), np.float32), "0001/ids": np.zeros((1, 5), np.int64)}
+        )
+    np.savez(p, **arrays, **extra)
+    with pytest.raises(DataError, match=message):
+        load_feeds(p, MODEL)
+
+
 def test_folder_of_npy(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((4, 2, 3), np.float32))
     assert len(load_feeds(tmp_path, STATIC)) == 4

@@ -3,6 +3,8 @@ passes); the pipeline itself is tested in test_app.py and the e2e tests."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 
@@ -46,3 +48,31 @@ def test_keep_io_types_without_a_half_pass_is_a_one_line_error(tmp_path, capsys)
     assert code == 2 and not out.exists()
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--keep-io-types applies to convert-fp16" in err
+
+
+CONV = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1,3,H,W] x) => (float[1,4,H,W] y) {
+    c = Conv <pads = [1, 1, 1, 1]> (x, K)
+    i = Identity (c)
+    y = Relu (i)
+}
+"""
+
+
+def test_runs_of_different_sizes_verify_the_passes(tmp_path) -> None:
+    """Images of different sizes, one array per run (``RUN/x``), feed the verification."""
+    k = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    src, out, data = tmp_path / "c.onnx", tmp_path / "c.opt.onnx", tmp_path / "runs.npz"
+    onnx.save(parse(CONV, {"K": k}), str(src))
+    rng = np.random.default_rng(1)
+    sizes = [(8, 12), (16, 8), (10, 10)]
+    np.savez(
+        data, **{f"{i:04d}/x": rng.random((1, 3, *hw), np.float32) for i, hw in enumerate(sizes)}
+    )
+    rep = tmp_path / "r.json"
+    argv = ["optimize", str(src), "-o", str(out), "--data", str(data), "--report", str(rep)]
+    assert main(argv) == 0
+    assert "Identity" not in {n.op_type for n in onnx.load(str(out)).graph.node}
+    report = json.loads(rep.read_text())
+    assert report["feeds"] == str(data) and report["verified_on"] == {"exact": 3, "lossy": 3}
