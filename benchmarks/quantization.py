@@ -241,7 +241,7 @@ def ocr_pipelines(rows: list[dict]) -> list[dict]:
         paths.update(borrowed)
         if tool != "fp32" and len(paths) < 3:
             continue
-        e2e = quant_ocr.end_to_end({} if tool == "fp32" else paths)
+        e2e = quant_ocr.end_to_end({} if tool == "fp32" else paths, with_held_out=True)
         row = {"model": "ocr_pipeline", "tool": tool, "status": "ok", **e2e}
         if borrowed:
             row["borrowed"] = sorted(borrowed)

@@ -75,17 +75,27 @@ def test_pipeline_goal_reads_both_readings_and_borrowed_models():
         {"model": "ocr_cls", "tool": "onnxopt", "int8_layers": [0, 9]},
         {"model": "ocr_det", "tool": "onnxopt_truth", "int8_layers": [19, 64]},
     ]
-    fp32 = {"tool": "fp32", "agreement": 100.0, "ground_truth": 66.7, "speedup": 1.0}
+    fp32 = {
+        "tool": "fp32",
+        "agreement": 100.0,
+        "ground_truth": 66.7,
+        "speedup": 1.0,
+        "held_out_agreement": 100.0,
+        "held_out_ground_truth": 70.0,
+    }
     truth = {
         "tool": "onnxopt_truth",
         "agreement": 85.5,
         "ground_truth": 71.7,
         "speedup": 1.5,
+        "held_out_agreement": 80.0,
+        "held_out_ground_truth": 60.0,
         "borrowed": ["cls", "rec"],
     }
     line = qr._pipeline_goal(rows, truth, fp32)
-    assert ">= 98 % same text and >= 1.3x: NOT met" in line
-    assert "reads >= 98 % of fp32's and >= 1.3x: met" in line
+    checks = line.split("|")[-2]
+    assert checks.count("NOT met") == 3  # same text twice, held-out truth once
+    assert "; reads >= 98 % of fp32's and >= 1.3x: met; held out:" in checks
     # all three float: a speed-up is noise, neither reading is met
     float_row = {"tool": "onnxopt", "agreement": 100.0, "ground_truth": 66.7, "speedup": 1.4}
     line = qr._pipeline_goal(rows, float_row, fp32)
