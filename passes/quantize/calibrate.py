@@ -3,8 +3,9 @@
 Statistics are bounded in memory whatever the number of samples: a running min/max and a
 histogram of ``bins`` equal bins over ``[-R, R]``, ``R`` the smallest power of two above every
 ``|x|`` seen. When a batch reaches ``R`` the range doubles (``R' = 2^k R``) and adjacent bins
-merge in pairs. Bins are assigned by exact comparison with their edges (``-R + k·2R/bins``,
-exact in float64), and the edges of ``2R`` are a subset of those of ``R``, so the histogram
+merge in pairs. Each value gets the bin that exact comparison with the edges (``-R + k·2R/bins``,
+exact in float64) gives, computed in float32 when ``bins`` is a power of two (the bin width
+then is one too), and the edges of ``2R`` are a subset of those of ``R``, so the histogram
 equals the one binned directly at the final ``R``: it depends on the values only, not on their
 order or how they were split. :meth:`TensorStats.merge` therefore combines statistics
 collected on separate workers bit for bit equal to one process's.
