@@ -76,11 +76,12 @@ def test_histogram_does_not_depend_on_order_or_split() -> None:
 
 
 @pytest.mark.parametrize("bins", [2048, 64, 100])
-@pytest.mark.parametrize("top", [3.0, 3000.0])
+@pytest.mark.parametrize("top", [3.0, 3000.0, 1e-37])
 def test_bins_equal_comparison_with_the_edges(bins: int, top: float) -> None:
     """Every value gets the bin that comparing it with the edges gives: values on an edge, one
     float32 step either side of it, tiny and subnormal values, signed zeros; with power-of-two
-    bins (the float32 path, including a range above 1024 where quotients underflow) and not."""
+    bins (the float32 path, including a range above 1024 where quotients underflow) and not,
+    and a range so small that 1 / width overflows float32."""
     s = TensorStats("t", bins)
     s.update(np.array([top], np.float32))
     r, b = s.half_range, s.bins
