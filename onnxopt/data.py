@@ -395,13 +395,23 @@ def _check_names(names: set[str], specs: Mapping[str, InputSpec], where: str) ->
     if missing or extra:
         parts = []
         if missing:
-            parts.append(f"missing {sorted(missing)}")
+            parts.append(f"missing {_some(missing)}")
         if extra:
-            parts.append(f"unknown {sorted(extra)}")
+            parts.append(f"unknown {_some(extra)}")
+        hint = ""
+        if any(_RUN_KEY.match(k) for k in extra):  # RUN/NAME keys beside plain ones
+            hint = " (one array per run needs every key as RUN/NAME, labels RUN/labels)"
         raise DataError(
-            f"{where}: input names do not match the model ({'; '.join(parts)}); "
-            f"model inputs: {sorted(specs)}"
+            f"{where}: input names do not match the model ({'; '.join(parts)}){hint}; "
+            f"model inputs: {_some(specs)}"
         )
+
+
+def _some(names: Iterable[str], most: int = 8) -> str:
+    """Up to ``most`` names, then how many more: an error stays one readable line."""
+    names = sorted(names)
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return f"{names[:most]}{more}"
 
 
 def check_feeds(feeds: Feeds, model: onnx.ModelProto) -> None:

@@ -69,6 +69,22 @@ def test_runs_of_different_shapes_errors(tmp_path, extra, message):
         load_feeds(p, MODEL)
 
 
+def test_a_mixed_layout_names_a_few_keys_and_says_what_is_wrong(tmp_path):
+    """A per-run file with a plain ``labels`` key: the error lists 8 of the 120 keys, and why."""
+    p = tmp_path / "r.npz"
+    runs = {
+        f"{i:04d}/{n}": np.zeros((1, 3 if n == "x" else 5), np.float32)
+        for i in range(60)
+        for n in ("x", "ids")
+    }
+    np.savez(p, **runs, labels=np.arange(60))
+    with pytest.raises(DataError) as e:
+        load_feeds(p, MODEL)
+    msg = str(e.value)
+    assert "and 112 more" in msg and "every key as RUN/NAME" in msg and "\n" not in msg
+    assert len(msg) < 400
+
+
 def test_folder_of_npy(tmp_path):
     np.save(tmp_path / "x.npy", np.ones((4, 2, 3), np.float32))
     assert len(load_feeds(tmp_path, STATIC)) == 4
