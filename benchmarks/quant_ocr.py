@@ -215,23 +215,26 @@ HELD_OUT_SEED = 1
 
 
 @lru_cache(maxsize=1)
-def held_out() -> tuple[list[np.ndarray], list[str], list[str]]:
-    """(images, their rendered text, the fp32 pipeline's text) of the 60 held-out images; the
-    fp32 texts are cached in build/ next to the other references."""
+def _held_out_images() -> tuple[list[np.ndarray], list[str]]:
+    """(images, their rendered text) of the 60 held-out images."""
     from onnxopt.zoo.ocr_images import build_images
 
     imgs, meta = build_images(seed=HELD_OUT_SEED)
     keep = [i for i, m in enumerate(meta) if m["gt"] is not None]
-    imgs, truth = [imgs[i] for i in keep], [meta[i]["gt"] for i in keep]
+    return [imgs[i] for i in keep], [meta[i]["gt"] for i in keep]
+
+
+def _held_out_reference(fp32: Any = None) -> list[str]:
+    """The fp32 pipeline's text of each held-out image, cached in build/ next to the other
+    references (read by ``fp32``, an fp32 pipeline already built, when not cached yet)."""
     cache = ROOT / "build" / "quant_bench" / f"ocr_held_out_{HELD_OUT_SEED}.json"
     if cache.is_file():
-        fp32 = json.loads(cache.read_text())
-    else:
-        p = pipeline(threads=2)
-        fp32 = [p.text(im) for im in imgs]
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps(fp32, ensure_ascii=False))
-    return imgs, truth, fp32
+        return json.loads(cache.read_text())
+    p = fp32 if fp32 is not None else pipeline(threads=2)
+    texts = [p.text(im) for im in _held_out_images()[0]]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(texts, ensure_ascii=False))
+    return texts
 
 
 def end_to_end(
@@ -258,8 +261,11 @@ def end_to_end(
         "ground_truth_images": len(gt),
     }
     if with_held_out:
-        h_imgs, h_truth, h_fp32 = held_out()
-        h_texts = [p.text(im) for im in h_imgs]
+        h_imgs, h_truth = _held_out_images()
+        if paths:
+            h_texts, h_fp32 = [p.text(im) for im in h_imgs], _held_out_reference()
+        else:  # the fp32 pipeline: its texts are the reference (read or made once)
+            h_texts = h_fp32 = _held_out_reference(p)
         out["held_out_agreement"] = agreement(h_fp32, h_texts)
         out["held_out_ground_truth"] = agreement(h_truth, h_texts)
         out["held_out_images"] = len(h_imgs)
