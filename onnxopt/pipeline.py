@@ -36,7 +36,12 @@ from onnxopt.bisection import Trial, bisect_sites
 from onnxopt.candidates import candidate_row, input_row, mark_chosen
 from onnxopt.contract import Pass, PassContext, PassResult, Working
 from onnxopt.data import Feeds, batch_feed
-from onnxopt.defaults import EXACT_VERIFY_RUNS, MAX_BISECT_SECONDS, MAX_BISECT_TRIALS
+from onnxopt.defaults import (
+    BISECT_SPEED_RATIO,
+    EXACT_VERIFY_RUNS,
+    MAX_BISECT_SECONDS,
+    MAX_BISECT_TRIALS,
+)
 from onnxopt.errors import MetricError, OnnxoptError, OptionError, PipelineError, first_line
 from onnxopt.model import load_model
 from onnxopt.report import Metrics, PassReport, PipelineReport, ProgressSink, summary_dict
@@ -445,7 +450,7 @@ class PassManager:
                 first = [candidate_row(f"all {len(result.sites)} sites", candidate, checked, feed)]
                 if feed is not None and not p.exact:
                     first.insert(0, input_row(self.verifier, stage, feed))
-                checked = self._bisect(p, stage, result, pr, own, first, feed)
+                checked = self._bisect(p, stage, result, pr, own, first, feed, checked.why)
         if checked.stage is None:
             pr.status, pr.reason = "rolled back", checked.why
             return stage
@@ -461,20 +466,30 @@ class PassManager:
 
     def _slow_at_best(self, p: Pass, stage: Stage, candidate: onnx.ModelProto) -> str:
         """Why bisecting a failed speed pass is pointless ("" when it is not): its candidate
-        with every site rewritten is not faster than its input. A subset rewrites less and is
-        no faster (the passes made for speed leave out the sites they measured slower), and
-        every bisection trial re-runs the pass: on the PP-OCRv5 recognizer, 6 trials of
-        quantize-int8 took 400 s to end on "not faster" all the same."""
+        with every site rewritten is not faster than its input, or faster by less than
+        ``1 - BISECT_SPEED_RATIO``. A subset rewrites less and gains less (the passes made for
+        speed leave out the sites they measured slower), and every bisection trial re-runs the
+        pass: on the PP-OCRv5 recognizer, 6 trials of quantize-int8 took 400 s to end on "not
+        faster" all the same."""
         if p.exact or p.goal != "speed" or self.allow_slower:
             return ""
         if self.progress:
             self.progress.update(f"timing {p.name}'s candidate before bisecting it", 0, 1)
         try:
-            why = self.verifier.judge_speed(candidate, stage).why
+            timed = self.verifier.judge_speed(candidate, stage)
         except Exception as e:  # noqa: BLE001 - timing is an optimization here: bisect
             logger.debug("timing before bisection failed: %s", e)
             return ""
-        return f"with every site rewritten it is {why}" if why else ""
+        if timed.why:
+            return f"with every site rewritten it is {timed.why}"
+        ratio = timed.speed_ratio
+        if ratio is not None and ratio > BISECT_SPEED_RATIO:
+            return (
+                f"with every site rewritten it runs in {ratio:.2f}x its input's time "
+                f"({timed.notes[-1] if timed.notes else 'raced'}); a subset would gain less "
+                f"than the {1 - BISECT_SPEED_RATIO:.0%} that pays for a bisection"
+            )
+        return ""
 
     def _bisect(
         self,
@@ -485,6 +500,7 @@ class PassManager:
         own: int,
         first: list[dict[str, Any]],
         feed: dict[str, Any] | None,
+        why: str = "",
     ) -> Checked:
         """Re-apply the pass on subsets of its sites; the report describes the model kept
         (and, for a lossy pass, every candidate tried: ``details["candidates"]``)."""
@@ -500,7 +516,7 @@ class PassManager:
             tried.append(candidate_row(label, cand, checked, feed, sorted(allowed)))
             return Trial(checked if checked.stage is not None else None, checked.why, res)
 
-        b = bisect_sites(sites, trial, MAX_BISECT_TRIALS, MAX_BISECT_SECONDS)
+        b = bisect_sites(sites, trial, MAX_BISECT_TRIALS, MAX_BISECT_SECONDS, why)
         if not p.exact:
             pr.details["candidates"] = mark_chosen(tried)
         pr.dropped_sites = b.dropped

@@ -74,6 +74,8 @@ class Checked:
     accuracy: float | None = None
     #: the candidate's task-metric score (``--metric``), when computed
     metric: float | None = None
+    #: its time over the previous stage's, when a speed race measured it
+    speed_ratio: float | None = None
 
 
 class Verifier:
@@ -263,6 +265,7 @@ class Verifier:
 
         feed = self.exact_feeds.timing_feed()
         r = race(stage.model, candidate, feed, max_bytes=self.max_memory)
+        out.speed_ratio = r.ratio
         at = ""
         if self.exact_feeds.timing is not None:
             at = f" at batch {next(iter(feed.values())).shape[0]}"

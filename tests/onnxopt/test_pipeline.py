@@ -243,12 +243,12 @@ class CountedSpeedNeg(LossyNegToAbs):
         return super().run(graph, ctx)
 
 
-def _stub_speed(monkeypatch, why):
+def _stub_speed(monkeypatch, why, ratio=None):
     from onnxopt.verifier import Checked, Verifier
 
     def judge_speed(self, candidate, stage, out=None):
         out = out if out is not None else Checked(None)
-        out.why = why
+        out.why, out.speed_ratio = why, ratio
         return out
 
     monkeypatch.setattr(Verifier, "judge_speed", judge_speed)
@@ -265,8 +265,19 @@ def test_a_speed_pass_not_faster_with_every_site_is_not_bisected(monkeypatch):
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in model().graph.node]
 
 
-def test_a_speed_pass_faster_with_every_site_is_bisected(monkeypatch):
-    _stub_speed(monkeypatch, "")
+def test_a_speed_pass_barely_faster_with_every_site_is_not_bisected(monkeypatch):
+    _stub_speed(monkeypatch, "", ratio=0.98)
+    p = CountedSpeedNeg(wrong=("c",))
+    _, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "rolled back" and p.applied == 1
+    assert "not bisected: with every site rewritten it runs in 0.98x" in pr.reason
+    assert "a subset would gain less than the 5%" in pr.reason
+
+
+@pytest.mark.parametrize("ratio", [None, 0.8])
+def test_a_speed_pass_faster_with_every_site_is_bisected(monkeypatch, ratio):
+    _stub_speed(monkeypatch, "", ratio=ratio)
     p = CountedSpeedNeg(wrong=("c",))
     _, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
     pr = rep.passes[0]

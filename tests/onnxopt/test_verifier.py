@@ -147,3 +147,18 @@ def test_bisection_stops_at_its_time_budget():
 
     b = bisect_sites(["a", "b", "c", "d"], trial, max_trials=10, max_seconds=0.0)
     assert b.budget_spent and not calls and sorted(b.dropped) == ["a", "b", "c", "d"]
+
+
+def test_bisection_never_retries_the_set_that_failed():
+    """With the culprit in the second half, the halves joined to the good first half would be
+    the failed candidate again: that site is dropped without re-running the pass."""
+    calls = []
+
+    def trial(allowed):
+        calls.append(frozenset(allowed))
+        return Trial(None, "fails") if "d" in allowed else Trial(object())
+
+    b = bisect_sites(["a", "b", "c", "d"], trial, max_trials=10, why="over budget")
+    assert frozenset("abcd") not in calls
+    assert calls == [frozenset("ab"), frozenset("abc")]
+    assert b.dropped == ["d"] and b.why == "over budget" and b.kept is not None

@@ -119,3 +119,29 @@ def test_statistics_accumulated_run_by_run_equal_the_pooled_ones():
     assert st.p99_abs == pytest.approx(np.percentile(d, 99))
     assert st.cosine == pytest.approx(r @ c / np.linalg.norm(r) / np.linalg.norm(c), abs=1e-12)
     assert compare_arrays("y", refs, cands).p99_abs is None  # only when asked
+
+
+def test_runs_longer_than_a_slice_give_the_pooled_statistics():
+    """A run is compared slice by slice (``verify._CHUNK`` values): the statistics are the
+    pooled ones, with a NaN in the second slice and a different maximum in each."""
+    from onnxopt import verify
+
+    rng = np.random.default_rng(4)
+    size = 2 * verify._CHUNK + 123
+    refs = [rng.standard_normal(size).astype(np.float32) for _ in range(2)]
+    cands = [r + rng.normal(0, 1e-3, size).astype(np.float32) for r in refs]
+    cands[1][verify._CHUNK + 5] += 0.5  # the largest error, in the second slice
+    refs[0][verify._CHUNK + 9] = cands[0][verify._CHUNK + 9] = np.nan
+    st = compare_arrays("y", refs, cands, percentiles=True)
+    r = np.concatenate(refs).astype(np.float64)
+    c = np.concatenate(cands).astype(np.float64)
+    r, c = r[np.isfinite(r)], c[np.isfinite(r)]
+    d = np.abs(r - c)
+    assert st.max_abs == pytest.approx(d.max()) and st.mean_abs == pytest.approx(d.mean())
+    assert st.max_rel == pytest.approx((d / np.abs(r)).max())
+    assert st.ref_scale == pytest.approx(np.abs(r).max())
+    assert st.p99_abs == pytest.approx(np.percentile(d, 99))
+    assert st.cosine == pytest.approx(r @ c / np.linalg.norm(r) / np.linalg.norm(c), abs=1e-12)
+    assert not st.exact_equal
+    same = compare_arrays("y", [refs[1]], [refs[1].copy()])
+    assert same.exact_equal and same.max_abs == 0.0 and same.cosine == pytest.approx(1.0)
