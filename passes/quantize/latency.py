@@ -52,6 +52,13 @@ SLACK = 0.03
 #: move by ±10 % between repeats, and a 6-round race once called 5 % the wrong way (on the
 #: MobileNetV2 case that motivated the check, 0.68 and 0.89 in two runs)
 WHOLE_MODEL_MARGIN = 0.9
+#: a site measured slower in int8 by at most this fraction of the float model's time is only
+#: slightly slower: left float between int8 neighbours, it costs a DequantizeLinear and a
+#: QuantizeLinear of its own, and onnxruntime may quantize its weights anyway, per tensor and
+#: with a slower kernel (on a MobileNetV2 at batch 32: residual Adds measured 21-62 µs slower
+#: as QLinearAdd cost ~100 µs each as DQ + Add + Q, and two depthwise Convs measured 17 µs
+#: slower ran 336 µs instead of 97 once "left float")
+SMALL_SLOWDOWN = 0.01
 #: that race's length: its minimum 10 rounds decide a 10 % margin (a race of two models within
 #: 10 % of each other otherwise runs its full 2 s: on a MobileNetV2 at batch 32, 2.2 s of 9.8)
 WHOLE_MODEL_SECONDS = 1.0
@@ -80,6 +87,8 @@ class Attribution:
         for n in g.node:
             for i in n.input:
                 self.consumers[i].append(n.name)
+        self.graph_inputs = {i.name for i in g.input}
+        self.graph_outputs = {o.name for o in g.output}
 
     def _up(self, name: str) -> str:
         """A fused activation's kernel is its layer's."""
@@ -322,3 +331,72 @@ def pays_as_a_whole(
     left float cost 1.93x instead of 2.84x)."""
     r = race(reduced, all_int8, feed, seconds=WHOLE_MODEL_SECONDS)
     return r if r.b_faster and r.ratio <= WHOLE_MODEL_MARGIN else None
+
+
+def neighbours(att: Attribution, site: str) -> list[str | None]:
+    """The sites ``site`` reads from and feeds, through data-movement ops and the activations
+    an int8 range absorbs (Relu, Clip); None for each float boundary (a graph input or output,
+    an op that is no site)."""
+    through = (*PASS_THROUGH, "Relu", "Clip")
+    out: list[str | None] = []
+    for t in att.nodes[site].input:
+        while True:
+            p = att.producer.get(t)
+            if p is None:
+                out += [None] if t in att.graph_inputs else []  # else a weight
+                break
+            if p in att.sites:
+                out.append(p)
+                break
+            n = att.nodes[p]
+            if n.op_type not in through or not n.input:
+                out.append(None)
+                break
+            t = n.input[0]
+    todo, seen = list(att.nodes[site].output), set()
+    while todo:
+        t = todo.pop()
+        if t in att.graph_outputs:
+            out.append(None)
+        for c in att.consumers.get(t, []):
+            if c in seen:
+                continue
+            seen.add(c)
+            if c in att.sites:
+                out.append(c)
+            elif att.nodes[c].op_type in through:
+                todo.extend(att.nodes[c].output)
+            else:
+                out.append(None)
+    return out
+
+
+def between_int8(att: Attribution, site: str, floats: set[str]) -> bool:
+    """Whether every neighbour of ``site`` (:func:`neighbours`) is a site not in ``floats``."""
+    return all(n is not None and n not in floats for n in neighbours(att, site))
+
+
+def back_to_int8(
+    att: Attribution,
+    slow: list[str],
+    gains: dict[str, float],
+    total_us: float,
+    floats: set[str],
+    spent_us: float = 0.0,
+) -> list[str]:
+    """The sites of ``slow`` to keep in int8 all the same: each between sites only, none of
+    them float (``floats``, or much slower than :data:`SMALL_SLOWDOWN` of the float model's
+    time ``total_us``), where leaving it float would add a DequantizeLinear and a
+    QuantizeLinear; the least slower first, while their slowdowns add up (with ``spent_us``
+    already kept) to at most :data:`SMALL_SLOWDOWN` of ``total_us``."""
+    budget = SMALL_SLOWDOWN * total_us
+    big = floats | {s for s in slow if -gains.get(s, 0.0) > budget}
+    out = []
+    for s in sorted((s for s in slow if s not in big), key=lambda s: (-gains.get(s, 0.0), s)):
+        cost = max(-gains.get(s, 0.0), 0.0)
+        if spent_us + cost > budget:
+            break
+        if between_int8(att, s, big):
+            out.append(s)
+            spent_us += cost
+    return out

@@ -103,3 +103,48 @@ def test_layers_measured_slower_stay_int8_when_the_whole_model_is_faster(monkeyp
         _model(), PassContext(feeds=_feeds())
     )
     assert res.sites == ["big"]
+
+
+#: int8 layers around a residual Add, and a Conv between float Tanh ops
+CHAIN = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1,8,4,4] x) => (float[1,8,4,4] y) {
+    a = Conv (x, W, B)
+    r = Relu (a)
+    b = Conv (r, W, B)
+    s = Add (a, b)
+    c = Conv (s, W, B)
+    t = Tanh (c)
+    d = Conv (t, W, B)
+    y = Tanh (d)
+}
+"""
+
+
+def _chain() -> tuple[onnx.ModelProto, Attribution]:
+    w = (RNG.standard_normal((8, 8, 1, 1)) * 0.1).astype(np.float32)
+    m = parse(CHAIN, {"W": w, "B": np.zeros(8, np.float32)})
+    for node in m.graph.node:
+        node.name = node.output[0]
+    return m, Attribution(m, {"a", "b", "s", "c", "d"})
+
+
+def test_neighbours_go_through_activations_and_mark_float_boundaries() -> None:
+    _, att = _chain()
+    assert sorted(latency.neighbours(att, "s")) == ["a", "b", "c"]
+    assert sorted(latency.neighbours(att, "b")) == ["a", "s"]  # through the Relu
+    assert latency.neighbours(att, "d") == [None, None]  # Tanh before, Tanh then the output
+    assert sorted(latency.neighbours(att, "a"), key=str) == [None, "b", "s"]  # a graph input
+
+
+def test_slightly_slower_layers_between_int8_layers_stay_int8() -> None:
+    """1 % of a 10 ms model is 100 µs: the Add (40 µs slower) sits between int8 Convs and
+    stays int8; "d" (as slight) sits between float Tanh ops; "a" is much slower."""
+    _, att = _chain()
+    gains = {"a": -500.0, "s": -40.0, "d": -10.0, "b": 30.0, "c": 20.0}
+    assert latency.back_to_int8(att, ["a", "s", "d"], gains, 10_000.0, set()) == []  # a: big
+    gains["a"] = 50.0
+    assert latency.back_to_int8(att, ["s", "d"], gains, 10_000.0, set()) == ["s"]
+    assert latency.back_to_int8(att, ["s"], gains, 10_000.0, {"c"}) == []  # c went float
+    # the slowdowns kept add up to at most 1 % of the model: 70 µs already kept leave 30
+    assert latency.back_to_int8(att, ["s"], gains, 10_000.0, set(), spent_us=70.0) == []
