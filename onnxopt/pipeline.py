@@ -526,7 +526,8 @@ class PassManager:
             final = self._verify(b.kept.verdict.stage.model, stage, p)
             if final.stage is None:
                 return final
-        pr.details = {**b.kept.result.details, **_only(pr.details, "candidates")}
+        # what the trial did not redo (a lossy pass's search) stays the first run's
+        pr.details = {**pr.details, **b.kept.result.details, **_only(pr.details, "candidates")}
         pr.notes[own:] = b.kept.result.notes
         pr.rewrites = len(sites) - len(b.dropped)
         more = " …" if len(b.dropped) > 10 else ""

@@ -67,6 +67,26 @@ def test_planner_picks_the_planted_layer_and_only_it() -> None:
     assert curve[0]["float_layers"] == 0 and curve[-1]["float_layers"] == 1
 
 
+def test_a_bisection_trial_quantizes_the_sites_it_is_given_without_a_search() -> None:
+    """The manager's bisection re-runs the pass with some sites allowed: those go to int8 as
+    they are, even the planted one that the budget would send back to float."""
+    m, feeds = _model(), _feeds()
+    ctx = PassContext(
+        feeds=feeds,
+        budget=Budget(min_cosine=0.999),
+        runner=Runner(),
+        allow_slower=True,
+        site_filter={"mm0", "mm1"},
+    )
+    config = QuantizeConfig(calibrator="minmax", dynamic_fallback=False)
+    res = QuantizeInt8(config).run_model(m, ctx)
+    assert sorted(res.sites) == ["mm0", "mm1"]
+    assert "tradeoff" not in res.details and res.details["float_nodes"] == []
+    assert "bisection trial: the sites allowed in int8, without a new search" in res.notes
+    mm1 = next(n for n in res.model.graph.node if n.name == "mm1")
+    assert list(mm1.input) != ["h1", "W2"]  # quantized input and weight
+
+
 def _stats(sqnr_db: float, dyn_db: float | None = None) -> SiteStats:
     s = SiteStats("x", channels=1, s1=np.zeros(1), s2=np.ones(1), sig=10 ** (sqnr_db / 10))
     s.count = 1.0
