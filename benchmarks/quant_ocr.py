@@ -260,6 +260,7 @@ def end_to_end(
         "ground_truth": agreement([g for g, _ in gt], [x for _, x in gt]),
         "ground_truth_images": len(gt),
     }
+    out["truth_lost"], out["truth_gained"] = _discordant(ground_truth(), ref, texts)
     if with_held_out:
         h_imgs, h_truth = _held_out_images()
         if paths:
@@ -269,4 +270,13 @@ def end_to_end(
         out["held_out_agreement"] = agreement(h_fp32, h_texts)
         out["held_out_ground_truth"] = agreement(h_truth, h_texts)
         out["held_out_images"] = len(h_imgs)
+        lost, gained = _discordant(list(h_truth), h_fp32, h_texts)
+        out["held_out_truth_lost"], out["held_out_truth_gained"] = lost, gained
     return out
+
+
+def _discordant(truth: list[str | None], fp32: list[str], texts: list[str]) -> tuple[int, int]:
+    """(images whose rendered text fp32 reads exactly and ``texts`` does not, the reverse):
+    the paired counts behind a difference in exact reads (images without text are skipped)."""
+    rows = [(g, f, t) for g, f, t in zip(truth, fp32, texts) if g is not None]
+    return sum(f == g != t for g, f, t in rows), sum(t == g != f for g, f, t in rows)

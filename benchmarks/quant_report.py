@@ -4,6 +4,7 @@ Hand-written notes below the marker survive a regeneration."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from benchmarks import quant_cases as qc
@@ -160,15 +161,33 @@ def _pipeline_goal(rows: list[dict], r: dict, fp32: dict | None) -> str:
         truth = (fp32 or {}).get(pre + "ground_truth")
         a = r[pre + "agreement"] >= 98.0 and fast
         b = bool(truth) and r.get(pre + "ground_truth", 0) >= 0.98 * truth and fast
+        paired = ""
+        if r.get(pre + "truth_lost") is not None and r["tool"] != "fp32":
+            lost, gained = r[pre + "truth_lost"], r[pre + "truth_gained"]
+            paired = (
+                f" [{lost} read right by fp32 only, {gained} by it only: "
+                f"sign test p = {_sign_p(lost, gained):.2f}]"
+            )
         parts.append(
             f"{label}{r[pre + 'agreement']:.1f} % same text as fp32, "
             f"{_f(r.get(pre + 'ground_truth'), '.1f')} % of the truth (fp32 {_f(truth, '.1f')} %)"
+            f"{paired}"
         )
         checks.append(
             f"{label}>= 98 % same text and >= 1.3x: {'met' if a else 'NOT met'}; "
             f"reads >= 98 % of fp32's and >= 1.3x: {'met' if b else 'NOT met'}"
         )
     return f"| PP-OCRv5 pipeline | {r['tool']}: {'; '.join(parts)}, {speed} | - | {'; '.join(checks)} |"
+
+
+def _sign_p(lost: int, gained: int) -> float:
+    """Two-sided exact sign test (McNemar's) on the discordant images: the chance of a split
+    at least this uneven if fp32 and the candidate read the truth equally well."""
+    n = lost + gained
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(lost, gained) + 1)) / 2**n
+    return min(1.0, 2 * tail)
 
 
 def memory_table(memory: list[dict]) -> str:

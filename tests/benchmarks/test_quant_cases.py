@@ -8,6 +8,7 @@ import struct
 
 import numpy as np
 import onnx
+import pytest
 
 from benchmarks import quant_cases as qc
 from benchmarks import quant_minilm as qm
@@ -100,3 +101,24 @@ def test_pipeline_goal_reads_both_readings_and_borrowed_models():
     float_row = {"tool": "onnxopt", "agreement": 100.0, "ground_truth": 66.7, "speedup": 1.4}
     line = qr._pipeline_goal(rows, float_row, fp32)
     assert line.count("NOT met") == 2 and "no int8 layer" in line
+
+
+def test_pipeline_goal_gives_the_paired_counts_and_their_sign_test():
+    from benchmarks.quant_ocr import _discordant
+
+    truth = ["a", "b", None, "c", "d"]
+    fp32 = ["a", "x", "n", "c", "d"]
+    cand = ["a", "b", "m", "y", "z"]
+    assert _discordant(truth, fp32, cand) == (2, 1)  # c and d lost, b gained; no-text skipped
+    assert qr._sign_p(2, 1) == 1.0 and qr._sign_p(0, 0) == 1.0
+    assert qr._sign_p(0, 6) == pytest.approx(2 / 64)
+    row = {
+        "tool": "onnxopt_truth",
+        "agreement": 85.0,
+        "ground_truth": 63.3,
+        "speedup": 1.5,
+        "truth_lost": 3,
+        "truth_gained": 2,
+    }
+    line = qr._pipeline_goal([], row, {"tool": "fp32", "ground_truth": 65.0})
+    assert "[3 read right by fp32 only, 2 by it only: sign test p = 1.00]" in line
