@@ -348,11 +348,13 @@ class QuantizeInt8(Pass):
         try:
             enabled, slow_all, gains, all_int8 = list(sites), [], {}, None
             kept: dict[str, float] = {}  # slightly slower (µs), between int8 layers: stay int8
+            totals: list[float] = []  # each round's int8 model, its profiled time (µs)
             for _ in range(LATENCY_ROUNDS):
                 candidate = build(set(enabled))
                 if all_int8 is None:  # the first round's: every site in int8
                     all_int8 = candidate
                 float_t, int8_t = lat.measure_all([build.base, candidate], feed, att)
+                totals.append(int8_t.total_us)
                 slower, g = lat.slower_sites(float_t, int8_t, enabled)
                 gains.update(g)
                 slower = [s for s in slower if s not in set(kept)]
@@ -369,7 +371,12 @@ class QuantizeInt8(Pass):
             alone = [s for s in kept if not lat.between_int8(att, s, set(slow_all))]
             kept = {s: us for s, us in kept.items() if s not in set(alone)}
             slow_all += alone
-            if slow_all:  # the layers' profile times, not the model's: check the whole
+            if slow_all and len(totals) > 1 and not lat.may_pay_as_a_whole(totals[0], totals[-1]):
+                notes.append(
+                    f"latency: the profile times the all-int8 model at {totals[0]:.0f} µs and the "
+                    f"one with layers left float at {totals[-1]:.0f} µs: no whole-model race"
+                )
+            elif slow_all:  # the layers' profile times, not the model's: check the whole
                 reduced = build(set(sites) - set(slow_all))
                 r = lat.pays_as_a_whole(all_int8, reduced, feed)
                 if r is not None:

@@ -92,6 +92,7 @@ def test_layers_measured_slower_stay_int8_when_the_whole_model_is_faster(monkeyp
     """The per-layer profile marks "tiny"; the model with it in int8 races faster beyond the
     margin (as a chain of int8 layers can be while each kernel is slower): it stays int8."""
     monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 0.7, 10))
+    monkeypatch.setattr(latency, "may_pay_as_a_whole", lambda *a: True)  # the profile's hint
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
@@ -148,3 +149,17 @@ def test_slightly_slower_layers_between_int8_layers_stay_int8() -> None:
     assert latency.back_to_int8(att, ["s"], gains, 10_000.0, {"c"}) == []  # c went float
     # the slowdowns kept add up to at most 1 % of the model: 70 µs already kept leave 30
     assert latency.back_to_int8(att, ["s"], gains, 10_000.0, set(), spent_us=70.0) == []
+
+
+def test_no_whole_model_race_when_the_profile_times_all_int8_slower(monkeypatch) -> None:
+    """ "tiny" in int8 is slower and so is the whole all-int8 model's profiled time: the race
+    that could keep it int8 is not run."""
+    real, raced = latency.may_pay_as_a_whole, []
+    monkeypatch.setattr(latency, "race", lambda *a, **k: raced.append(1) or _race(1.0, 0.7, 10))
+    monkeypatch.setattr(latency, "may_pay_as_a_whole", lambda *a: False)
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
+        _model(), PassContext(feeds=_feeds())
+    )
+    assert res.sites == ["big"] and not raced
+    assert any("no whole-model race" in n for n in res.notes)
+    assert real(90.0, 100.0) and not real(97.0, 100.0)  # the race wants 10 %: at least 5 % here
