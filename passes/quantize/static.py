@@ -388,10 +388,15 @@ class QuantizeInt8(Pass):
         except Exception as e:  # noqa: BLE001 - profiling is an optimization, never fatal
             notes.append(f"latency not measured ({type(e).__name__}: {e}); every site kept")
             return sites, {}, 0.0
-        for s, us in kept.items():
+        if kept:
+            names = ", ".join(list(kept)[:5]) + (
+                f" and {len(kept) - 5} more" if len(kept) > 5 else ""
+            )
             notes.append(
-                f"kept int8: {s}: measured slower in int8 by {us:.0f} µs, but between int8 layers, "
-                "where float would add a DequantizeLinear and a QuantizeLinear"
+                f"kept int8: {len(kept)} layer{'s' if len(kept) > 1 else ''} measured slightly "
+                "slower in int8 "
+                f"({min(kept.values()):.0f}-{max(kept.values()):.0f} µs each) between int8 layers, "
+                f"where float would add a DequantizeLinear and a QuantizeLinear: {names}"
             )
         for s in slow_all:
             tf = float_t.owners.get(s, 0.0)
