@@ -11,7 +11,9 @@ from onnxopt.data import Feeds
 from onnxopt.passes.quantize import QuantizeInt8, latency
 from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.latency import Attribution
+from onnxopt.runner import Runner
 from onnxopt.timing import Race
+from onnxopt.verify import Budget
 from tests.helpers import parse
 
 RNG = np.random.default_rng(4)
@@ -181,3 +183,26 @@ def test_the_pass_keeps_a_slightly_slower_add_between_int8_convs(monkeypatch) ->
     assert "s" in res.sites and res.details["latency"]["slower_in_int8"] == []
     note = next(n for n in res.notes if n.startswith("kept int8: 1 layer measured slightly slower"))
     assert note.endswith(": s") and "(40-40 µs each)" in note
+
+
+def test_a_model_int8_cannot_speed_up_is_left_float_without_a_search(monkeypatch) -> None:
+    """The profile times the int8 model (its slower layers left float) at the float model's
+    time or more: the pass stops there, unchanged, and says why."""
+    m, _ = _chain()
+
+    def measure_all(models, feed, att, **kw):
+        fl = {"a": 100.0, "b": 100.0, "s": 0.0, "c": 100.0, "d": 100.0}
+        q = {"a": 99.0, "b": 99.0, "s": 0.0, "c": 99.0, "d": 99.0}  # each a bit faster ...
+        return [latency.Timing(fl, 1_000.0, 6), latency.Timing(q, 1_100.0, 6)]  # ... not all
+
+    monkeypatch.setattr(latency, "measure_all", measure_all)
+    feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
+    ctx = PassContext(feeds=feeds, budget=Budget(min_cosine=0.99), runner=Runner())
+    res = QuantizeInt8().run_model(m, ctx)
+    assert not res.changed and "tradeoff" not in res.details
+    assert any(n.startswith("int8 does not make this model faster on this CPU") for n in res.notes)
+    # --allow-slower: no profile, no such stop
+    ctx = PassContext(
+        feeds=feeds, budget=Budget(min_cosine=0.99), runner=Runner(), allow_slower=True
+    )
+    assert QuantizeInt8().run_model(m, ctx).changed
