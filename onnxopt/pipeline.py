@@ -201,6 +201,8 @@ class PassManager:
         if self.verifier.budget.metric is not None:  # a broken --metric stops here, in one line
             report.metric = str(self.verifier.budget.metric)
             report.metric_original = self.verifier.metric(self.verifier.full(stage))[0]
+        if self.verifier.wants_accuracy:  # labels that do not fit the outputs stop here too
+            report.accuracy_original = self.verifier.accuracy(self.verifier.full(stage))
         stage = self._run_passes(stage, report)
         self._finish(report, stage)
         report.seconds = time.perf_counter() - t0

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from onnxopt.defaults import EXACT_ATOL, EXACT_RTOL, MIN_COSINE, NOISE_FACTOR
-from onnxopt.errors import OptionError
+from onnxopt.errors import DataError, OptionError
 from onnxopt.runner import Runs
 
 logger = logging.getLogger(__name__)
@@ -444,12 +444,18 @@ def accuracy(runs: Runs, labels: list[np.ndarray], output: str | None = None) ->
         return 0.0
     name = metric_output(runs[0], output)
     preds, ys = [], []
-    for run, lab in zip(runs, labels):
+    for i, (run, lab) in enumerate(zip(runs, labels)):
         out = np.asarray(run[name])
         if out.dtype.kind in "iu" and out.ndim == 1:
             preds.append(out)
         else:
             preds.append(np.argmax(out.reshape(out.shape[0], -1), axis=-1))
         ys.append(np.asarray(lab).reshape(-1))
+        if ys[-1].size != preds[-1].size:
+            raise DataError(
+                f"the labels of run {i} hold {ys[-1].size} values but output '{name}' gives "
+                f"{preds[-1].size} predictions: accuracy wants one class per sample (labels "
+                "that mean something else belong to a task metric, --metric module:function)"
+            )
     p, y = np.concatenate(preds), np.concatenate(ys)
     return float((p == y).mean() * 100.0)

@@ -76,3 +76,20 @@ def test_runs_of_different_sizes_verify_the_passes(tmp_path) -> None:
     assert "Identity" not in {n.op_type for n in onnx.load(str(out)).graph.node}
     report = json.loads(rep.read_text())
     assert report["feeds"] == str(data) and report["verified_on"] == {"exact": 3, "lossy": 3}
+
+
+def test_labels_that_are_not_one_class_per_sample_are_a_one_line_error(tmp_path, capsys):
+    """A task metric's labels (one image index per run of two samples) without --metric:
+    accuracy cannot read them, which the user hears at once, in one line, exit 2."""
+    src, out, data = _tiny(tmp_path), tmp_path / "out.onnx", tmp_path / "d.npz"
+    rng = np.random.default_rng(2)
+    np.savez(
+        data,
+        **{f"{i:04d}/x": rng.random((1, 16), np.float32) for i in range(4)},
+        **{f"{i:04d}/labels": np.array([i, i]) for i in range(4)},
+    )
+    code = main(["optimize", str(src), "-o", str(out), "--data", str(data)])
+    assert code == 2 and not out.exists()
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "the labels of run 0 hold 2 values but output 'y' gives 1 predictions" in err
