@@ -136,7 +136,7 @@ class QuantizeInt8(Pass):
             return PassResult(False, 0, notes + plan_notes[:20], details=details)
         why = _no_gain(details.get("latency"))
         if why and not body_sites:  # no mixed-precision search for a model int8 cannot speed
-            return PassResult(False, 0, [*notes, why, *plan_notes[:20]], details=details)
+            return PassResult(False, 0, [why, *notes, *plan_notes[:20]], details=details)
         qmodel, kept = build(set(sites) | set(body_sites)), list(sites)
         if ctx.site_filter is not None:
             # a bisection trial: its sites are ones the first run's search kept in int8, and
