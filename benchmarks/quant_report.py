@@ -4,7 +4,6 @@ Hand-written notes below the marker survive a regeneration."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 from benchmarks import quant_cases as qc
@@ -183,11 +182,9 @@ def _pipeline_goal(rows: list[dict], r: dict, fp32: dict | None) -> str:
 def _sign_p(lost: int, gained: int) -> float:
     """Two-sided exact sign test (McNemar's) on the discordant images: the chance of a split
     at least this uneven if fp32 and the candidate read the truth equally well."""
-    n = lost + gained
-    if n == 0:
-        return 1.0
-    tail = sum(math.comb(n, i) for i in range(min(lost, gained) + 1)) / 2**n
-    return min(1.0, 2 * tail)
+    from onnxopt.timing import sign_test
+
+    return min(1.0, 2 * sign_test(max(lost, gained), lost + gained))
 
 
 def memory_table(memory: list[dict]) -> str:

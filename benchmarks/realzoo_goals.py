@@ -81,21 +81,16 @@ def race(src: Path, out: Path, data: Path) -> dict[str, Any]:
 
     from onnxopt.data import load_feeds
     from onnxopt.timing import race as _race
+    from onnxopt.timing import sign_test
 
     a, b = onnx.load(str(src)), onnx.load(str(out))
     feed = load_feeds(data, a, limit=1).runs[0]
     r = _race(a, b, feed, threads=2, seconds=3.0)
     lost = r.rounds - r.b_wins
-    p_slower = sum(_comb(r.rounds, i) for i in range(lost, r.rounds + 1)) / 2**r.rounds
+    p_slower = sign_test(lost, r.rounds)
     slower = r.ratio > 1.0 and p_slower < 0.05
     return {"in_ms": r.a_ms, "out_ms": r.b_ms, "ratio": r.ratio, "rounds": r.rounds,
             "out_wins": r.b_wins, "p_slower": p_slower, "slower": slower}  # fmt: skip
-
-
-def _comb(n: int, k: int) -> int:
-    import math
-
-    return math.comb(n, k)
 
 
 def _report(path: Path) -> dict[str, Any]:

@@ -294,7 +294,8 @@ class PassManager:
         out = v.full(stage) if whole else stage.outputs
         if v.wants_accuracy:
             report.metric_output = metric_output(out[0], self.metric_output) if out else None
-            report.accuracy_original = v.accuracy(ref)
+            if report.accuracy_original is None:  # read at the start when labels were given
+                report.accuracy_original = v.accuracy(ref)
             report.accuracy_final = v.accuracy(out)
         report.final = summary_dict(stage.summary)
         report.final_vs_original = _metrics(compare(ref, out))

@@ -140,6 +140,12 @@ DECISIVE = 0.9
 DECISIVE_P = 0.002
 
 
+def sign_test(wins: int, n: int) -> float:
+    """One-sided exact sign test: the chance of ``wins`` or more successes in ``n`` fair coin
+    flips."""
+    return sum(math.comb(n, i) for i in range(wins, n + 1)) / 2**n if n else 1.0
+
+
 @dataclass
 class Race:
     """Two models timed in interleaved rounds on the same input (latencies in ms).
@@ -165,8 +171,7 @@ class Race:
     @property
     def p_value(self) -> float:
         """One-sided sign test: the chance of ``b_wins`` or more wins if neither is faster."""
-        n, k = self.rounds, self.b_wins
-        return sum(math.comb(n, i) for i in range(k, n + 1)) / 2**n
+        return sign_test(self.b_wins, self.rounds)
 
     @property
     def b_faster(self) -> bool:

@@ -103,19 +103,27 @@ class Attribution:
             name, seen = prev, seen + 1
         return name
 
-    def _down(self, tensor: str) -> list[str]:
-        """The sites that read ``tensor``, through data-movement ops."""
-        out, todo, seen = [], [tensor], set()
+    def down(
+        self, tensor: str, through: tuple[str, ...] = PASS_THROUGH, boundaries: bool = False
+    ) -> list[str | None]:
+        """The sites that read ``tensor``, through ops of ``through`` (data movement); with
+        ``boundaries``, also None for each graph output and each other op reached."""
+        out: list[str | None] = []
+        todo, seen = [tensor], set()
         while todo:
             t = todo.pop()
+            if boundaries and t in self.graph_outputs:
+                out.append(None)
             for c in self.consumers.get(t, []):
                 if c in seen:
                     continue
                 seen.add(c)
                 if c in self.sites:
                     out.append(c)
-                elif self.nodes[c].op_type in PASS_THROUGH:
+                elif self.nodes[c].op_type in through:
                     todo.extend(self.nodes[c].output)
+                elif boundaries:
+                    out.append(None)
         return out
 
     def owners(self, name: str) -> list[str]:
@@ -145,7 +153,7 @@ class Attribution:
 
     def _qdq_owner(self, tensor: str, quantize: bool) -> list[str]:
         up = self._up(self.producer[tensor]) if tensor in self.producer else None
-        down = self._down(tensor)
+        down = self.down(tensor)
         if quantize and down:
             return down
         if up is not None and up in self.sites:
@@ -362,21 +370,8 @@ def neighbours(att: Attribution, site: str) -> list[str | None]:
                 out.append(None)
                 break
             t = n.input[0]
-    todo, seen = list(att.nodes[site].output), set()
-    while todo:
-        t = todo.pop()
-        if t in att.graph_outputs:
-            out.append(None)
-        for c in att.consumers.get(t, []):
-            if c in seen:
-                continue
-            seen.add(c)
-            if c in att.sites:
-                out.append(c)
-            elif att.nodes[c].op_type in through:
-                todo.extend(att.nodes[c].output)
-            else:
-                out.append(None)
+    for t in att.nodes[site].output:
+        out += att.down(t, through, boundaries=True)
     return out
 
 

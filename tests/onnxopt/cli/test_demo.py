@@ -18,8 +18,9 @@ def test_demo_runs_the_pipeline_and_writes_a_verified_model(demo_run):
     report = json.loads((out / "report.json").read_text())
     passes = {p["name"]: p for p in report["passes"]}
     # a lossy pass is kept within the budget, or rolled back for a stated reason: over the
-    # budget, or a model no faster than its input; int8 may also leave every layer float
-    # because each one measured slower in int8 on this CPU (which pass pays on this tiny model
+    # budget, or a model no faster than its input; int8 may also leave the model float
+    # because each layer measured slower in int8 on this CPU, or because its latency profile
+    # times the int8 placement no faster than float (which pass pays on this tiny model
     # depends on the machine; the speed gate and the placement are tested on their own)
     for name in ("prune", "quantize-int8"):
         p = passes[name]
@@ -28,7 +29,8 @@ def test_demo_runs_the_pipeline_and_writes_a_verified_model(demo_run):
             assert p["reason"].startswith(("not faster", "over budget")), p["reason"]
         if p["status"] == "unchanged":
             assert name == "quantize-int8", p
-            assert any("slower in int8 on this CPU" in n for n in p["notes"]), p["notes"]
+            why = ("slower in int8 on this CPU", "int8 does not make this model faster")
+            assert any(w in n for n in p["notes"] for w in why), p["notes"]
     assert report["accuracy_final"] >= report["accuracy_original"] - 1.0  # the demo's budget
     model = onnx.load(out / "digits_cnn.opt.onnx")
     onnx.checker.check_model(model)
