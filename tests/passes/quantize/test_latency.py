@@ -206,3 +206,27 @@ def test_a_model_int8_cannot_speed_up_is_left_float_without_a_search(monkeypatch
         feeds=feeds, budget=Budget(min_cosine=0.99), runner=Runner(), allow_slower=True
     )
     assert QuantizeInt8().run_model(m, ctx).changed
+
+
+def test_a_later_round_judges_only_the_neighbours_of_layers_gone_float(monkeypatch) -> None:
+    """Round 1 finds "a" slower in int8; round 2 (shorter) times "b", a neighbour of "a", and
+    "d", far from it, slower: "b" goes float, "d" keeps its first-round gain (its context did
+    not change: a slower reading there is the shorter round's noise)."""
+    m, _ = _chain()
+    seconds: list[float] = []
+
+    def measure_all(models, feed, att, **kw):
+        seconds.append(kw["seconds"])
+        fl = {"a": 1000.0, "b": 1000.0, "s": 100.0, "c": 1000.0, "d": 1000.0}
+        q = {"a": 3000.0, "b": 500.0, "s": 50.0, "c": 500.0, "d": 500.0}
+        if len(seconds) > 1:
+            q = {**q, "b": 3000.0, "d": 3000.0}
+        return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 6_000.0, 6)]
+
+    monkeypatch.setattr(latency, "measure_all", measure_all)
+    feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert sorted(res.details["latency"]["slower_in_int8"]) == ["a", "b"]
+    assert sorted(res.sites) == ["c", "d", "s"]
+    assert res.details["latency"]["gain_us"]["d"] == 500.0  # the first round's
+    assert seconds[0] > seconds[1]
