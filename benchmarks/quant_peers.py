@@ -223,12 +223,13 @@ def run_onnxopt(job: dict, model, runs) -> tuple:
     passes = opts.pop("passes", ["cleanup", "fusion"])
     allow_slower = bool(opts.pop("allow_slower", False))
     latency_batch = opts.pop("latency_batch", None)
+    int8 = bool(opts.pop("int8", True))
     _, labels = load_runs(job["calib"])
     t = time.perf_counter()
     pm = manager(
-        [*passes, "quantize-int8"],
+        [*passes, "quantize-int8"] if int8 else passes,
         budget=Budget(**budget_kw),
-        options={"quantize-int8": opts},
+        options={"quantize-int8": opts} if int8 else {},
         allow_slower=allow_slower,
         latency_batch=latency_batch,
     )

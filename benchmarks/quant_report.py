@@ -220,7 +220,8 @@ Peers: onnxruntime `quantize_static` (QDQ, per-channel, MinMax / Percentile), NN
 else top-1 agreement or cosine against fp32), AIMET-ONNX 2.42.0 QuantSim (min_max, default
 per-channel config) with and without AdaRound (1,000 iterations per layer). `onnxopt_nolat`:
 onnxopt without any speed measurement (no latency-aware placement, no speed gate), as the
-peers run.
+peers run. `onnxopt_exact`: onnxopt's exact passes alone (cleanup, fusion; no int8), the part
+of onnxopt's speed-up that is not quantization.
 """
 
 

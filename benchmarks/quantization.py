@@ -65,7 +65,11 @@ REPEATS = 3
 #: ``onnxopt_truth``: for the OCR detector, the budget held against the rendered text (the
 #: truth) instead of fp32's text: at most 1 point below fp32's exact reads (98 % of fp32's
 #: 66.7 % is 1.3 points below it); the recognizer and the classifier are onnxopt's own rows
+#: ``onnxopt_exact``: onnxopt's exact passes alone (cleanup, fusion), no int8: how much of
+#: onnxopt's speed-up is not quantization (the fp32 row has cleanup only; fusion can fold
+#: what onnxruntime does not, e.g. PP-OCRv5's recognizer's BatchNormalization after MatMul)
 ONNXOPT_VARIANTS = {
+    "onnxopt_exact": {"int8": False},
     "onnxopt_nolat": {"latency_aware": False, "allow_slower": True},
     "onnxopt_cos998": {"budget": {"min_cosine": 0.998}},
     "onnxopt_truth": {

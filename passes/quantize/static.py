@@ -381,13 +381,18 @@ class QuantizeInt8(Pass):
                     break
                 slow_all += slower
                 enabled = [s for s in enabled if s not in set(slower)]
-            # the last round's model less what its newly slower layers cost in int8
-            est = int8_t.total_us + sum(min(gains[s], 0.0) for s in slower)
+                if _estimate(int8_t, gains, slower) >= float_t.total_us:
+                    # no faster than float even before the new float boundaries' Q/DQ cost:
+                    # another round only adds those (the PP-OCRv5 classifier: 1.7 s)
+                    break
+            est = _estimate(int8_t, gains, slower)
             # one kept in an early round whose neighbour went float later is alone: float too
             alone = [s for s in kept if not lat.between_int8(att, s, set(slow_all))]
             kept = {s: us for s, us in kept.items() if s not in set(alone)}
             slow_all += alone
-            if slow_all and len(totals) > 1 and not lat.may_pay_as_a_whole(totals[0], totals[-1]):
+            if slow_all and min(totals[0], est) >= float_t.total_us:
+                pass  # neither all-int8 nor this placement beats float: _no_gain says so
+            elif slow_all and len(totals) > 1 and not lat.may_pay_as_a_whole(totals[0], totals[-1]):
                 notes.append(
                     f"latency: the profile times the all-int8 model at {totals[0]:.0f} µs and the "
                     f"one with layers left float at {totals[-1]:.0f} µs: no whole-model race"
@@ -504,6 +509,11 @@ class QuantizeInt8(Pass):
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         return model_out, kept + res.dynamic
+
+
+def _estimate(int8_t: Any, gains: dict[str, float], slower: list[str]) -> float:
+    """A profile round's int8 model time (µs) less what its newly slower layers cost in int8."""
+    return int8_t.total_us + sum(min(gains[s], 0.0) for s in slower)
 
 
 def _no_gain(timing: dict | None) -> str:

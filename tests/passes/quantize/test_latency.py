@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
@@ -230,3 +231,26 @@ def test_a_later_round_judges_only_the_neighbours_of_layers_gone_float(monkeypat
     assert sorted(res.sites) == ["c", "d", "s"]
     assert res.details["latency"]["gain_us"]["d"] == 500.0  # the first round's
     assert seconds[0] > seconds[1]
+
+
+def test_no_second_round_when_the_first_shows_int8_cannot_pay(monkeypatch) -> None:
+    """Round 1: "a" is 900 µs slower in int8; with it float the int8 model would still take
+    10,100 µs against 10,000 in float. No second round (it could only add Q/DQ at the new
+    float boundary), no whole-model race, and the model stays float."""
+    m, _ = _chain()
+    calls: list[int] = []
+
+    def measure_all(models, feed, att, **kw):
+        calls.append(1)
+        fl = {"a": 100.0, "b": 2000.0, "s": 0.0, "c": 2000.0, "d": 2000.0}
+        q = {"a": 1000.0, "b": 1900.0, "s": 0.0, "c": 2000.0, "d": 2000.0}
+        return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 11_000.0, 6)]
+
+    monkeypatch.setattr(latency, "measure_all", measure_all)
+    monkeypatch.setattr(latency, "race", lambda *a, **k: pytest.fail("no race expected"))
+    feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
+    ctx = PassContext(feeds=feeds, budget=Budget(min_cosine=0.99), runner=Runner())
+    res = QuantizeInt8().run_model(m, ctx)
+    assert calls == [1] and not res.changed
+    assert res.notes[0].startswith("int8 does not make this model faster on this CPU")
+    assert "at 10100 µs against 10000 µs" in res.notes[0]
