@@ -137,6 +137,9 @@ class PassContext:
             by ``onnxopt search``); None: in this process. Results must not depend on it.
         allow_slower: the user keeps a speed pass's model even when it is not faster (a pass
             that chooses sites by their measured speed then need not).
+        memo: scratch that a pass's first run and its bisection trials on the same input
+            share (the manager gives one per pass run; None elsewhere): what a trial may
+            reuse instead of redoing, such as int8 calibration.
     """
 
     feeds: Feeds | None = None
@@ -149,6 +152,7 @@ class PassContext:
     measure_candidates: bool = False
     parallel: Any = None
     allow_slower: bool = False
+    memo: dict[str, Any] | None = None
 
     def allow(self, key: str) -> bool:
         """Whether the site named ``key`` may be rewritten in this run."""

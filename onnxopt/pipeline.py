@@ -100,6 +100,9 @@ class PassManager:
             one run: int8 that does not pay at batch 1 can at batch 32.
     """
 
+    #: the running pass's memo (:attr:`PassContext.memo`), None between passes
+    _memo: dict[str, Any] | None = None
+
     def __init__(
         self,
         passes: Sequence[Pass],
@@ -330,6 +333,7 @@ class PassManager:
             runner=self.runner,
             measure_candidates=self.measure_candidates,
             allow_slower=self.allow_slower,
+            memo=self._memo,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -402,6 +406,7 @@ class PassManager:
         if self.progress:
             self.progress.pass_started(p.name, index)
         t0 = time.perf_counter()
+        self._memo = {}  # shared by this pass's run and its bisection trials, then dropped
         try:
             if p.needs_data and self._calib.synthesized:
                 pr.notes.append("no --data given: working on synthesized inputs")
@@ -423,6 +428,8 @@ class PassManager:
         except Exception as e:
             logger.debug("pass %s raised", p.name, exc_info=True)
             pr.status, pr.reason, new_stage = "error", f"{type(e).__name__}: {e}", stage
+        finally:
+            self._memo = None
         pr.seconds = time.perf_counter() - t0
         self._emit(report, pr)
         if pr.status in ("rolled back", "error") and self.strict:

@@ -124,6 +124,26 @@ def test_bisection_keeps_good_sites_and_drops_culprit():
     assert pr.notes[0] == "rewrote ['a', 'b', 'd']" and "bisection kept 3 of 4" in pr.notes[1]
 
 
+def test_a_pass_and_its_bisection_trials_share_one_memo():
+    """The first run and every trial of a pass see the same memo; the next pass a new one."""
+
+    class Remembers(NegToAbs):
+        seen: list = []
+
+        def run(self, graph, ctx):
+            runs = ctx.memo.setdefault("runs", [])
+            self.seen.append((self.name, ctx.site_filter is None, len(runs)))
+            runs.append(1)
+            return super().run(graph, ctx)
+
+    first, second = Remembers(wrong=("c",)), Remembers(wrong=())
+    second.name = "test-neg-2"
+    PassManager([first, second], batch_exact=False).run(model(), feeds())
+    one = [(f, k) for name, f, k in Remembers.seen if name == "test-neg"]
+    assert len(one) > 2 and one == [(True, 0)] + [(False, k) for k in range(1, len(one))]
+    assert [(f, k) for name, f, k in Remembers.seen if name == "test-neg-2"] == [(True, 0)]
+
+
 def test_crashing_pass_is_reported_not_raised():
     out, rep = PassManager([Crashes(), NegToAbs(wrong=())]).run(model(), feeds())
     assert rep.passes[0].status == "error" and "boom" in rep.passes[0].reason

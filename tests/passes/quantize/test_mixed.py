@@ -87,6 +87,32 @@ def test_a_bisection_trial_quantizes_the_sites_it_is_given_without_a_search() ->
     assert list(mm1.input) != ["h1", "W2"]  # quantized input and weight
 
 
+def test_a_trial_after_the_first_run_reuses_its_calibration(monkeypatch) -> None:
+    """With the manager's memo, a bisection trial builds on the first run's calibration and
+    placement (no second calibration) and quantizes exactly the allowed sites; the model
+    equals the one a trial that redoes everything builds."""
+    m, feeds = _model(), _feeds()
+    config = QuantizeConfig(calibrator="minmax", dynamic_fallback=False)
+    memo: dict = {}
+    kw = {"feeds": feeds, "budget": Budget(min_cosine=0.999), "runner": Runner()}
+    kw["allow_slower"] = True
+    q = QuantizeInt8(config)
+    q.run_model(m, PassContext(**kw, memo=memo))
+    calls: list[int] = []
+    real = QuantizeInt8._calibrate
+    monkeypatch.setattr(QuantizeInt8, "_calibrate", lambda *a: calls.append(1) or real(*a))
+    res = q.run_model(m, PassContext(**kw, memo=memo, site_filter={"mm0", "mm1"}))
+    assert not calls and sorted(res.sites) == ["mm0", "mm1"]
+    assert any(n.startswith("bisection trial: the first run's calibration") for n in res.notes)
+    redone = QuantizeInt8(config).run_model(m, PassContext(**kw, site_filter={"mm0", "mm1"}))
+    assert calls == [1]
+    out = Runner().run(res.model, feeds)
+    ref = Runner().run(redone.model, feeds)
+    assert all(np.array_equal(a, b) for x, y in zip(out, ref) for a, b in zip(x, y))
+    # nothing allowed that the first run placed: unchanged
+    assert not q.run_model(m, PassContext(**kw, memo=memo, site_filter={"relu"})).changed
+
+
 def _stats(sqnr_db: float, dyn_db: float | None = None) -> SiteStats:
     s = SiteStats("x", channels=1, s1=np.zeros(1), s2=np.ones(1), sig=10 ** (sqnr_db / 10))
     s.count = 1.0
@@ -169,3 +195,27 @@ def test_fallback_steps_are_trade_off_candidates() -> None:
     chosen = [c for c in cands if c["chosen"]]
     assert [c["label"] for c in chosen] == ["1 in float"] and chosen[0]["ok"]
     assert all(c["latency_ms"] > 0 for c in cands)
+
+
+def test_search_does_not_run_the_all_float_model() -> None:
+    """Every prefix with an int8 site misses the budget: the search ends on the float model
+    (every move made) without scoring or confirming it, and says the budget needs it all."""
+    sites = ["a", "b", "c"]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    scored: list[str] = []
+
+    def build(enabled: set[str], dynamic: set[str]) -> str:
+        return ",".join(sorted(enabled))
+
+    def score(model: str, label: str = "") -> tuple[bool, str, float]:
+        scored.append(model)
+        return False, "over budget", 0.5
+
+    plan = mixed.search(build, sites, moves, score, None, confirm=score)
+    assert plan.met and plan.floats == ["a", "b", "c"]
+    assert "" not in scored and len(scored) == 3  # 0, 1 and 2 sites float; never 3
+    # a dynamic move at the end: that last model is not the float one, so it is scored
+    moves.append(mixed.Move("c", "dynamic", 1.0, 10.0, 1.0))
+    scored.clear()
+    mixed.search(build, sites, moves[:2] + [moves[3]], score, None)
+    assert "c" in scored
