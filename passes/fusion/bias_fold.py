@@ -280,7 +280,9 @@ class FoldBias(FusionPass):
     the next Conv."""
 
     name: ClassVar[str] = "fold-bias"
-    summary: ClassVar[str] = "per-channel constant arithmetic folded into Conv/Gemm"
+    summary: ClassVar[str] = (
+        "per-channel constant arithmetic folded into the Conv/Gemm before it or the Conv after it"
+    )
 
     def rules(self) -> list[Rule]:
         return [ConvArith(), ConvInputArith(), GemmAdd()]

@@ -363,6 +363,7 @@ class QuantizeInt8(Pass):
         if feed is None:
             feed = lat.representative(ctx.feeds.runs)
         att = lat.Attribution(build.base, set(sites))
+        raced = None  # the whole-model race's all-int8 / reduced time, when it kept all int8
         try:
             enabled, slow_all, gains, all_int8 = list(sites), [], {}, None
             kept: dict[str, float] = {}  # slightly slower (µs), between int8 layers: stay int8
@@ -401,7 +402,7 @@ class QuantizeInt8(Pass):
             alone = [s for s in kept if not lat.between_int8(att, s, set(slow_all))]
             kept = {s: us for s, us in kept.items() if s not in set(alone)}
             slow_all += alone
-            if slow_all and min(totals[0], est) >= float_t.total_us:
+            if slow_all and est >= float_t.total_us and not lat.may_beat_float(totals[0], float_t):
                 pass  # neither all-int8 nor this placement beats float: _no_gain says so
             elif slow_all and len(totals) > 1 and not lat.may_pay_as_a_whole(totals[0], totals[-1]):
                 notes.append(
@@ -417,6 +418,7 @@ class QuantizeInt8(Pass):
                         f"the model is faster with them in int8 ({r.describe()})"
                     )
                     slow_all, est = [], totals[0]
+                    raced = round(r.ratio, 3)  # measured: trusted over the profile's totals
         except Exception as e:  # noqa: BLE001 - profiling is an optimization, never fatal
             notes.append(f"latency not measured ({type(e).__name__}: {e}); every site kept")
             return sites, {}, 0.0
@@ -441,6 +443,7 @@ class QuantizeInt8(Pass):
             "int8_us": round(int8_t.total_us, 1),
             "int8_est_us": round(est, 1),  # the placement chosen, as the profile times it
             "slower_in_int8": slow_all,
+            "all_int8_raced": raced,
             "gain_us": {
                 k: round(v, 1) for k, v in sorted(gains.items(), key=lambda kv: kv[1])[:50]
             },
@@ -561,7 +564,7 @@ def _no_gain(timing: dict | None) -> str:
     int8 model, with the layers measured slower left float (those found in the last round
     taken off by their measured cost), takes at least the float model's time (on the PP-OCRv5 classifier, 3.6 against 3.3 ms: its search and the speed gate's race
     then cost 3 s to roll the model back as "not faster")."""
-    if not timing or not timing.get("float_us"):
+    if not timing or not timing.get("float_us") or timing.get("all_int8_raced"):
         return ""
     f, q = timing["float_us"], timing.get("int8_est_us", timing["int8_us"])
     if q < f:
