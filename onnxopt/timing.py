@@ -19,9 +19,10 @@ from onnxopt.errors import ModelError
 Progress = Callable[[str, float, float], None]
 
 
-def session_options(threads: int = 0, optimization: str = "all") -> Any:
+def session_options(threads: int = 0, optimization: str = "all", *, spinning: bool = True) -> Any:
     """onnxruntime SessionOptions: ``threads`` intra-op threads (0: onnxruntime's choice), one
-    inter-op thread, graph optimizations ``disable|basic|extended|all``, quiet logs."""
+    inter-op thread, graph optimizations ``disable|basic|extended|all``, quiet logs.
+    ``spinning=False``: idle intra-op threads sleep instead of spinning (see :data:`RACE_SPIN`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -35,6 +36,8 @@ def session_options(threads: int = 0, optimization: str = "all") -> Any:
     if threads:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
+    if not spinning:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return so
 
 
@@ -126,12 +129,26 @@ def measure(
 # --------------------------------------------------------------------------- API
 
 
-def model_session(model: Any, *, threads: int = 2, optimization: str = "all") -> Any:
+def model_session(
+    model: Any, *, threads: int = 2, optimization: str = "all", spinning: bool = True
+) -> Any:
     """A timing session of a ModelProto (weights given as in-memory initializers, so models
     above 2 GB need no file), with :func:`session_options`."""
     from onnxopt import sessions
 
-    return sessions.build(model, lambda: session_options(threads, optimization), copy_weights=True)
+    def options() -> Any:
+        return session_options(threads, optimization, spinning=spinning)
+
+    return sessions.build(model, options, copy_weights=True)
+
+
+#: whether the sessions of a race (two alive at once, run in turns) spin their idle threads.
+#: They do not: a session's spinning workers compete for the 2 cores with the other's runs,
+#: and which one it hurts depends on the pair. The same model raced against itself read 0.69x
+#: to 1.39x (18 and 6 of 20 rounds) on a 0.6 ms digits MobileNetV2 and 0.91x to 1.16x on a
+#: 6 µs skl2onnx model; without spinning, 0.97x to 1.01x and 8 to 16 of 20. It cost the
+#: realzoo "never slower" table five false "slower" verdicts on unchanged models.
+RACE_SPIN = False
 
 
 #: a race stops at its minimum rounds when one model won them all and the other's median is
@@ -256,7 +273,8 @@ def race(
     need = 2 * (weights.weight_bytes(a) + weights.weight_bytes(b))
     if max_bytes is not None and need > max_bytes:
         return race_apart(a, b, feed, threads=threads, rounds=min_rounds, per_round=per_round)
-    sa, sb = model_session(a, threads=threads), model_session(b, threads=threads)
+    sa = model_session(a, threads=threads, spinning=RACE_SPIN)
+    sb = model_session(b, threads=threads, spinning=RACE_SPIN)
     for s in (sa, sb):
         for _ in range(3):
             s.run(None, feed)

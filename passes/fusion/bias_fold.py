@@ -6,7 +6,8 @@ For Conv y = W∗x + b with a constant c that broadcasts per output channel (sha
 - y + c -> W∗x + (b + c);   y − c -> W∗x + (b − c)
 - y · c -> (W·c[o])∗x + b·c;   y / c -> (W/c[o])∗x + b/c
 
-For Gemm y = α·A·B + β·C followed by + c with c of shape [N] or [1, N]: C' = β·C + c, β' = 1.
+For Gemm y = α·A·B + β·C followed by + c with c of shape [N] or [1, N]:
+C' = β·C + c, β' = 1.
 
 Constants before a Conv, per input channel (or scalar), fold into it the other way:
 

@@ -562,8 +562,10 @@ def _estimate(int8_t: Any, gains: dict[str, float], slower: list[str]) -> float:
 def _no_gain(timing: dict | None) -> str:
     """Why int8 cannot make the model faster ("" when it may): the latency profile's last
     int8 model, with the layers measured slower left float (those found in the last round
-    taken off by their measured cost), takes at least the float model's time (on the PP-OCRv5 classifier, 3.6 against 3.3 ms: its search and the speed gate's race
-    then cost 3 s to roll the model back as "not faster")."""
+    taken off by their measured cost), takes at least the float model's time (on the PP-OCRv5
+    classifier, 3.6 against 3.3 ms: its search and the speed gate's race then cost 3 s to roll
+    the model back as "not faster"). A whole-model race that kept every layer int8 measured
+    what the profile only estimates: then there is no such reason."""
     if not timing or not timing.get("float_us") or timing.get("all_int8_raced"):
         return ""
     f, q = timing["float_us"], timing.get("int8_est_us", timing["int8_us"])

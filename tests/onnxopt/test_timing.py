@@ -1,6 +1,10 @@
-"""When a latency race stops (onnxopt.timing._settled): the sign test and the decisive stop."""
+"""When a latency race stops (onnxopt.timing._settled): the sign test and the decisive stop; its
+sessions do not spin."""
 
 from __future__ import annotations
+
+import numpy as np
+import pytest
 
 from onnxopt.timing import Race, _settled
 
@@ -26,3 +30,31 @@ def test_a_close_or_split_race_runs_its_time() -> None:
     # b ahead but the sign test unsure: goes on up to three times the time
     assert not _settled(_times(1.0, 0.95, 12), 12, 8, 10, 2.0, 2.1)
     assert _settled(_times(1.0, 0.95, 12), 12, 8, 10, 2.0, 6.1)
+
+
+def test_race_sessions_do_not_spin_their_idle_threads(monkeypatch) -> None:
+    """Two sessions alive at once, run in turns: neither's idle workers may spin (they would
+    compete with the other's runs); other timing sessions keep onnxruntime's default."""
+    import onnx
+
+    from onnxopt import timing
+    from tests.helpers import parse
+
+    built: list = []
+    real = timing.session_options
+    monkeypatch.setattr(
+        timing, "session_options", lambda *a, **k: built.append(real(*a, **k)) or built[-1]
+    )
+    m: onnx.ModelProto = parse(
+        '<ir_version: 8, opset_import: ["": 17]>\ng (float[1,4] x) => (float[1,4] y) { y = Relu(x) }'
+    )
+    feed = {"x": np.ones((1, 4), np.float32)}
+    timing.race(m, m, feed, seconds=0.01, min_rounds=2, max_rounds=2)
+    assert len(built) == 2
+    assert all(
+        so.get_session_config_entry("session.intra_op.allow_spinning") == "0" for so in built
+    )
+    built.clear()
+    timing.quick_latency(m, feed, seconds=0.01)
+    with pytest.raises(RuntimeError):  # no entry: onnxruntime's default (spinning)
+        built[0].get_session_config_entry("session.intra_op.allow_spinning")
