@@ -19,10 +19,11 @@ from onnxopt.errors import ModelError
 Progress = Callable[[str, float, float], None]
 
 
-def session_options(threads: int = 0, optimization: str = "all", *, spinning: bool = True) -> Any:
+def session_options(threads: int = 0, optimization: str = "all", *, idle_spin: bool = True) -> Any:
     """onnxruntime SessionOptions: ``threads`` intra-op threads (0: onnxruntime's choice), one
     inter-op thread, graph optimizations ``disable|basic|extended|all``, quiet logs.
-    ``spinning=False``: idle intra-op threads sleep instead of spinning (see :data:`RACE_SPIN`)."""
+    ``idle_spin=False``: the intra-op threads stop spinning when a run ends (they still spin
+    within it; see :data:`RACE_IDLE_SPIN`)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -36,8 +37,8 @@ def session_options(threads: int = 0, optimization: str = "all", *, spinning: bo
     if threads:
         so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    if not spinning:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not idle_spin:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     return so
 
 
@@ -130,25 +131,27 @@ def measure(
 
 
 def model_session(
-    model: Any, *, threads: int = 2, optimization: str = "all", spinning: bool = True
+    model: Any, *, threads: int = 2, optimization: str = "all", idle_spin: bool = True
 ) -> Any:
     """A timing session of a ModelProto (weights given as in-memory initializers, so models
     above 2 GB need no file), with :func:`session_options`."""
     from onnxopt import sessions
 
     def options() -> Any:
-        return session_options(threads, optimization, spinning=spinning)
+        return session_options(threads, optimization, idle_spin=idle_spin)
 
     return sessions.build(model, options, copy_weights=True)
 
 
-#: whether the sessions of a race (two alive at once, run in turns) spin their idle threads.
-#: They do not: a session's spinning workers compete for the 2 cores with the other's runs,
-#: and which one it hurts depends on the pair. The same model raced against itself read 0.69x
-#: to 1.39x (18 and 6 of 20 rounds) on a 0.6 ms digits MobileNetV2 and 0.91x to 1.16x on a
-#: 6 µs skl2onnx model; without spinning, 0.97x to 1.01x and 8 to 16 of 20. It cost the
-#: realzoo "never slower" table five false "slower" verdicts on unchanged models.
-RACE_SPIN = False
+#: whether the sessions of a race (two alive at once, run in turns) keep their intra-op
+#: threads spinning between runs. They do not (onnxruntime's ``session.force_spinning_stop``:
+#: they spin within a run, as deployed, and stop when it ends): one session's spinning workers
+#: competed with the other's runs, and which one it hurt depended on the pair. The same
+#: 0.6 ms digits MobileNetV2 raced against itself read 0.76x to 1.39x (6 to 12 of 20 rounds);
+#: stopped, 1.00x to 1.01x at the same latency (turning spinning off altogether also evened
+#: it, but ran the model at 0.97 ms instead of 0.61). The realzoo "never slower" table had five
+#: false "slower" verdicts on models that optimize had not changed.
+RACE_IDLE_SPIN = False
 
 
 #: a race stops at its minimum rounds when one model won them all and the other's median is
@@ -273,8 +276,8 @@ def race(
     need = 2 * (weights.weight_bytes(a) + weights.weight_bytes(b))
     if max_bytes is not None and need > max_bytes:
         return race_apart(a, b, feed, threads=threads, rounds=min_rounds, per_round=per_round)
-    sa = model_session(a, threads=threads, spinning=RACE_SPIN)
-    sb = model_session(b, threads=threads, spinning=RACE_SPIN)
+    sa = model_session(a, threads=threads, idle_spin=RACE_IDLE_SPIN)
+    sb = model_session(b, threads=threads, idle_spin=RACE_IDLE_SPIN)
     for s in (sa, sb):
         for _ in range(3):
             s.run(None, feed)

@@ -33,8 +33,8 @@ def test_a_close_or_split_race_runs_its_time() -> None:
 
 
 def test_race_sessions_do_not_spin_their_idle_threads(monkeypatch) -> None:
-    """Two sessions alive at once, run in turns: neither's idle workers may spin (they would
-    compete with the other's runs); other timing sessions keep onnxruntime's default."""
+    """Two sessions alive at once, run in turns: neither's workers may spin after a run (they
+    would compete with the other's runs); other timing sessions keep onnxruntime's default."""
     import onnx
 
     from onnxopt import timing
@@ -51,10 +51,8 @@ def test_race_sessions_do_not_spin_their_idle_threads(monkeypatch) -> None:
     feed = {"x": np.ones((1, 4), np.float32)}
     timing.race(m, m, feed, seconds=0.01, min_rounds=2, max_rounds=2)
     assert len(built) == 2
-    assert all(
-        so.get_session_config_entry("session.intra_op.allow_spinning") == "0" for so in built
-    )
+    assert all(so.get_session_config_entry("session.force_spinning_stop") == "1" for so in built)
     built.clear()
     timing.quick_latency(m, feed, seconds=0.01)
     with pytest.raises(RuntimeError):  # no entry: onnxruntime's default (spinning)
-        built[0].get_session_config_entry("session.intra_op.allow_spinning")
+        built[0].get_session_config_entry("session.force_spinning_stop")
