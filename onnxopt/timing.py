@@ -150,7 +150,9 @@ def model_session(
 #: 0.6 ms digits MobileNetV2 raced against itself read 0.76x to 1.39x (6 to 12 of 20 rounds);
 #: stopped, 1.00x to 1.01x at the same latency (turning spinning off altogether also evened
 #: it, but ran the model at 0.97 ms instead of 0.61). The realzoo "never slower" table had five
-#: false "slower" verdicts on models that optimize had not changed.
+#: false "slower" verdicts on models that optimize had not changed. int8's per-layer latency
+#: profile (also two sessions in turns) keeps spinning: stopped, its 4-MAC layer's int8
+#: overhead went unseen in half the runs of its test.
 RACE_IDLE_SPIN = False
 
 

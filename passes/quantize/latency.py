@@ -216,10 +216,9 @@ def _charge(
 def _session(model: onnx.ModelProto, tmp: str, tag: str, threads: int) -> tuple:
     """A profiling session of ``model`` (ORT_ENABLE_ALL) saving its optimized graph in ``tmp``."""
     from onnxopt.runner import build_session, split_weights
-    from onnxopt.timing import RACE_IDLE_SPIN, session_options
+    from onnxopt.timing import session_options
 
-    # two profiling sessions run in turns, as a race's do: no spinning between runs
-    so = session_options(threads, "all", idle_spin=RACE_IDLE_SPIN)
+    so = session_options(threads, "all")
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tmp, f"profile_{tag}")
     optimized = os.path.join(tmp, f"optimized_{tag}.onnx")
