@@ -145,7 +145,7 @@ class QuantizeInt8(Pass):
         why = _no_gain(details.get("latency"))
         if why and not body_sites:  # no mixed-precision search for a model int8 cannot speed
             return PassResult(False, 0, [why, *notes, *plan_notes[:20]], details=details)
-        if ctx.memo is not None and ctx.site_filter is None:
+        if ctx.memo is not None and ctx.site_filter is None and _memo_fits(model):
             # a bisection trial reuses this run's smoothing, calibration, bias correction and
             # latency placement (each trial redid them: 4.4 s of its 8 on the PP-OCRv5
             # recognizer); the site filter only narrows the sites placed here
@@ -523,6 +523,16 @@ class QuantizeInt8(Pass):
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         return model_out, kept + res.dynamic
+
+
+#: the first run's prepared model stays in the memo while the manager verifies (and perhaps
+#: bisects) its candidate: only for models whose weights are held in memory and below this
+MEMO_MAX_BYTES = 256 << 20
+
+
+def _memo_fits(model: onnx.ModelProto) -> bool:
+    """Whether keeping a copy of ``model`` for the bisection trials is cheap enough."""
+    return not weights.is_mapped_model(model) and weights.weight_bytes(model) <= MEMO_MAX_BYTES
 
 
 @dataclass

@@ -9,7 +9,7 @@ from onnx import numpy_helper
 
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.quantize import QuantizeInt8, mixed
+from onnxopt.passes.quantize import QuantizeInt8, mixed, static
 from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.sensitivity import SiteStats
 from onnxopt.runner import Runner
@@ -111,6 +111,11 @@ def test_a_trial_after_the_first_run_reuses_its_calibration(monkeypatch) -> None
     assert all(np.array_equal(a, b) for x, y in zip(out, ref) for a, b in zip(x, y))
     # nothing allowed that the first run placed: unchanged
     assert not q.run_model(m, PassContext(**kw, memo=memo, site_filter={"relu"})).changed
+    # a model above the memo's size keeps no copy: its trials redo the work
+    monkeypatch.setattr(static, "MEMO_MAX_BYTES", 0)
+    memo.clear()
+    q.run_model(m, PassContext(**kw, memo=memo))
+    assert memo == {}
 
 
 def _stats(sqnr_db: float, dyn_db: float | None = None) -> SiteStats:
