@@ -119,19 +119,22 @@ def search(
     already_float: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
     confirm: Score | None = None,
+    float_at_end: bool = False,
 ) -> Plan:
     """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict).
 
     With ``confirm`` (a second, costlier verdict: the literal Q/DQ graph where ``score`` ran
     the deployed one), the prefix found is confirmed; if it fails, the search goes on above
-    it, galloping then bisecting again."""
+    it, galloping then bisecting again. ``float_at_end``: ``build`` quantizes nothing but
+    ``sites`` (no int8 elsewhere, such as If/Loop bodies), so every site out of int8 is the
+    input model itself."""
     out = Plan(moves=moves)
     n = len(moves)
     cache: dict[int, bool] = {}
     floats_n, dyn_n = apply(moves)
     # every move made, the model is the float one: within budget by definition, not run (on
     # the PP-OCRv5 detector it and its confirmation cost two task-metric runs, 7 s)
-    all_float = not dyn_n and set(sites) <= floats_n
+    all_float = float_at_end and not dyn_n and set(sites) <= floats_n
     if all_float:
         cache[n] = True
 

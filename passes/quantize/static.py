@@ -506,6 +506,7 @@ class QuantizeInt8(Pass):
             already_float=slow,
             progress=ctx.progress,
             confirm=judge.literal_score,
+            float_at_end=not body_sites,  # body sites stay int8 whatever the search does
         )
         if timer is not None:
             head = judge.reference_head()

@@ -204,7 +204,8 @@ def test_fallback_steps_are_trade_off_candidates() -> None:
 
 def test_search_does_not_run_the_all_float_model() -> None:
     """Every prefix with an int8 site misses the budget: the search ends on the float model
-    (every move made) without scoring or confirming it, and says the budget needs it all."""
+    (every move made) without scoring or confirming it, when that model is the input's (no
+    int8 outside the searched sites)."""
     sites = ["a", "b", "c"]
     moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
     scored: list[str] = []
@@ -216,11 +217,15 @@ def test_search_does_not_run_the_all_float_model() -> None:
         scored.append(model)
         return False, "over budget", 0.5
 
-    plan = mixed.search(build, sites, moves, score, None, confirm=score)
+    plan = mixed.search(build, sites, moves, score, None, confirm=score, float_at_end=True)
     assert plan.met and plan.floats == ["a", "b", "c"]
     assert "" not in scored and len(scored) == 3  # 0, 1 and 2 sites float; never 3
+    # int8 elsewhere (If/Loop bodies the search does not move): the last model is scored
+    scored.clear()
+    plan = mixed.search(build, sites, moves, score, None, confirm=score)
+    assert not plan.met and "" in scored
     # a dynamic move at the end: that last model is not the float one, so it is scored
     moves.append(mixed.Move("c", "dynamic", 1.0, 10.0, 1.0))
     scored.clear()
-    mixed.search(build, sites, moves[:2] + [moves[3]], score, None)
+    mixed.search(build, sites, moves[:2] + [moves[3]], score, None, float_at_end=True)
     assert "c" in scored
