@@ -33,7 +33,7 @@ weights are shared with onnxruntime (mapped, or handed over without a copy:
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
@@ -519,6 +519,8 @@ class QuantizeInt8(Pass):
                 }
             )
         _record(res, details, notes)
+        if ctx.memo and self.name in ctx.memo:  # bisection trials keep these MatMuls dynamic
+            ctx.memo[self.name].dynamic = set(res.dynamic)
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
         chosen = step_label(res.floats, res.dynamic) if res.met else None
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
@@ -547,6 +549,8 @@ class _First:
     body_sites: list[str]
     notes: list[str]
     plan_notes: list[str]
+    #: the MatMuls the search sent to dynamic int8 (a trial keeps them dynamic)
+    dynamic: set[str] = field(default_factory=set)
 
 
 def _trial(first: _First, ctx: PassContext) -> PassResult:
@@ -557,7 +561,7 @@ def _trial(first: _First, ctx: PassContext) -> PassResult:
     if not sites and not body:
         return PassResult(False, 0, [*first.notes, note])
     build = first.build
-    model = build(set(sites) | set(body))
+    model = build(set(sites) | set(body), first.dynamic & set(sites))
     counts = dict(build.inserter.counts) if build.inserter else {}
     notes = [*first.notes, note, *(build.inserter.notes if build.inserter else [])]
     notes += first.plan_notes

@@ -111,6 +111,10 @@ def test_a_trial_after_the_first_run_reuses_its_calibration(monkeypatch) -> None
     assert all(np.array_equal(a, b) for x, y in zip(out, ref) for a, b in zip(x, y))
     # nothing allowed that the first run placed: unchanged
     assert not q.run_model(m, PassContext(**kw, memo=memo, site_filter={"relu"})).changed
+    # a MatMul the search sent to dynamic int8 stays dynamic in the trials
+    memo["quantize-int8"].dynamic = {"mm1"}
+    res = q.run_model(m, PassContext(**kw, memo=memo, site_filter={"mm0", "mm1"}))
+    assert "DynamicQuantizeLinear" in {n.op_type for n in res.model.graph.node}
     # a model above the memo's size keeps no copy: its trials redo the work
     monkeypatch.setattr(static, "MEMO_MAX_BYTES", 0)
     memo.clear()
