@@ -1,7 +1,8 @@
 """Fusion passes: one family per module, each an exact pass over the pattern helper.
 
 ``PASSES`` is the run order: layout and arithmetic clean-ups first (they expose patterns),
-then linear-op folds, then activation / normalisation fusions, then the com.microsoft contrib
+then linear-op folds, then activation / normalisation fusions, then the flush of weights
+too small to matter (after the folds, which make new weights), then the com.microsoft contrib
 fusions (which only run with ``--target onnxruntime``).
 """
 
@@ -20,6 +21,7 @@ from onnxopt.passes.fusion.ort_gelu import OrtFuseGelu
 from onnxopt.passes.fusion.ort_layernorm import OrtFuseSkipLayerNorm
 from onnxopt.passes.fusion.ort_matmul import OrtFuseMatMul
 from onnxopt.passes.fusion.pad_fold import FoldPad
+from onnxopt.passes.fusion.tiny_weights import FlushTinyWeights
 
 PASSES = [
     RemoveArithNoop,
@@ -31,6 +33,7 @@ PASSES = [
     FuseLayerNorm,
     FuseGelu,
     FuseActivations,
+    FlushTinyWeights,
     OrtFuseAttention,
     OrtFuseSkipLayerNorm,
     OrtFuseGelu,
