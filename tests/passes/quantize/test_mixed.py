@@ -64,7 +64,8 @@ def test_planner_picks_the_planted_layer_and_only_it() -> None:
     mm1 = next(n for n in res.model.graph.node if n.name == "mm1")
     assert list(mm1.input) == ["h1", "W2"]  # the float MatMul reads unquantized h1
     curve = res.details["tradeoff"]
-    assert curve[0]["float_layers"] == 0 and curve[-1]["float_layers"] == 1
+    # all int8 misses; the probe one move short of the end (2 float) and then 1 float meet it
+    assert [p["float_layers"] for p in curve] == [0, 1, 2]
 
 
 def test_a_bisection_trial_quantizes_the_sites_it_is_given_without_a_search() -> None:
@@ -223,7 +224,7 @@ def test_search_does_not_run_the_all_float_model() -> None:
 
     plan = mixed.search(build, sites, moves, score, None, confirm=score, float_at_end=True)
     assert plan.met and plan.floats == ["a", "b", "c"]
-    assert "" not in scored and len(scored) == 3  # 0, 1 and 2 sites float; never 3
+    assert "" not in scored and scored == ["a,b,c", "c"]  # 0 and 2 sites float; never 3
     # int8 elsewhere (If/Loop bodies the search does not move): the last model is scored
     scored.clear()
     plan = mixed.search(build, sites, moves, score, None, confirm=score)
@@ -233,3 +234,34 @@ def test_search_does_not_run_the_all_float_model() -> None:
     scored.clear()
     mixed.search(build, sites, moves[:2] + [moves[3]], score, None, float_at_end=True)
     assert "c" in scored
+
+
+def test_search_stops_when_even_one_int8_site_misses_the_budget() -> None:
+    """All int8 misses, and so does the model one move short of the end (the least int8
+    there is): no smaller prefix is tried (more moves never hurt). When that probe meets the
+    budget, the gallop stops on it instead of scoring every move made."""
+    sites = [f"s{i}" for i in range(8)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    scored: list[int] = []
+
+    def build(enabled: set[str], dynamic: set[str]) -> int:
+        return 8 - len(enabled)  # float sites
+
+    def never(model: int, label: str = "") -> tuple[bool, str, float]:
+        scored.append(model)
+        return False, "text changed", 0.0
+
+    plan = mixed.search(build, sites, moves, never, None, float_at_end=True)
+    assert plan.met and len(plan.floats) == 8 and scored == [0, 7]
+    plan = mixed.search(build, sites, moves, never, None)  # the end is scored when not float
+    assert not plan.met and scored[2:] == [0, 7, 8]
+
+    scored.clear()
+
+    def from_six(model: int, label: str = "") -> tuple[bool, str, float]:
+        scored.append(model)
+        return model >= 6, "too few float", 0.0
+
+    plan = mixed.search(build, sites, moves, from_six, None)
+    assert plan.met and len(plan.floats) == 6
+    assert scored[:2] == [0, 7] and 8 not in scored
