@@ -18,6 +18,8 @@ Exactness: for one output, ``y = Σ_i w_i x_i``, the flushed terms change it by 
 most ``2^-24 · max|W| · max|x|``, one float32 rounding unit of the largest product the layer
 can form, which the float32 sum itself rounds away. Larger fan-ins are still bounded by
 ``n·2^-40`` relative, and the pass manager verifies the outputs as for every exact pass.
+This holds for finite activations: an infinite one times a flushed weight was ±Inf and is
+now NaN (0·Inf), as with any other rewrite of a weight to zero.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ MOTIFS: dict[str, Callable[[Builder], None]] = {
     "conv_affine": motifs_conv.conv_affine,
     "pad_conv": motifs_conv.pad_conv,
     "matmul_add": motifs_linear.matmul_add,
+    "decayed_weights": motifs_linear.decayed_weights,
     "attention": motifs_linear.attention,
     "embedding": motifs_linear.embedding,
     "layernorm": motifs_norm.layernorm,

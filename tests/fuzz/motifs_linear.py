@@ -198,3 +198,25 @@ def embedding(b: Builder) -> None:
                 "Cast", [i32.name], idx.shape, TensorProto.INT64, batch=True, to=TensorProto.INT64
             )
     b.put(b.op("Gather", [table, idx.name], (*idx.shape, dim), batch=idx.batch, axis=0))
+
+
+def decayed_weights(b: Builder) -> None:
+    """A MatMul weight with entries decayed to subnormal and near-zero values, as weight
+    decay leaves them (flush-tiny-weights zeroes them), and the near misses: a weight whose
+    small entries are still large beside its largest, and the same tiny values also added as
+    a bias (a constant read by an Add is not only a weight: left alone)."""
+    x = b.take(min_rank=2, max_rank=3)
+    k, n = x.shape[-1], int(b.choice([2, 3, 4, 8]))
+    w = b.rng.standard_normal((k, n)) * 0.5
+    kind = b.choice(["decayed", "decayed", "small_not_tiny", "shared_with_add"])
+    tiny = [1e-40, -3e-39, 1e-20, -1e-15] if b.float_type == "float32" else [1e-7, -1e-9]
+    if kind == "small_not_tiny":
+        tiny = [1e-3, -2e-4]
+    w.flat[:: max(1, w.size // 3)] = tiny[0]
+    w.flat[1 :: max(2, w.size // 2)] = tiny[-1]
+    c = b.const(w, node=False)
+    y = b.op("MatMul", [x.name, c], (*x.shape[:-1], n), batch=x.batch)
+    b.specials = False  # 0·Inf is NaN where 1e-40·Inf was Inf: exact on finite inputs only
+    if kind == "shared_with_add":
+        b.put(b.op("Add", [c, c], (k, n)))
+    b.put(y)
