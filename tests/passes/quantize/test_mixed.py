@@ -239,7 +239,8 @@ def test_search_does_not_run_the_all_float_model() -> None:
 def test_search_stops_when_even_one_int8_site_misses_the_budget() -> None:
     """All int8 misses, and so does the model one move short of the end (the least int8
     there is): no smaller prefix is tried (more moves never hurt). When that probe meets the
-    budget, the gallop stops on it instead of scoring every move made."""
+    budget, one move is tried, then the search bisects between the two, never scoring every
+    move made."""
     sites = [f"s{i}" for i in range(8)]
     moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
     scored: list[int] = []
@@ -264,4 +265,4 @@ def test_search_stops_when_even_one_int8_site_misses_the_budget() -> None:
 
     plan = mixed.search(build, sites, moves, from_six, None)
     assert plan.met and len(plan.floats) == 6
-    assert scored[:2] == [0, 7] and 8 not in scored
+    assert scored[:3] == [0, 7, 1] and 8 not in scored and sorted(scored[3:]) == [4, 5, 6]
