@@ -235,6 +235,18 @@ def const_value(tensor: gs.Tensor | None) -> np.ndarray | None:
     return None
 
 
+def peek_values(t: gs.Constant) -> np.ndarray:
+    """``t``'s values without loading them into the graph.
+
+    An unloaded constant keeps its original TensorProto, which the export reuses as it is;
+    once loaded it must be re-encoded from the array (~1 s per export on a 400 MB model).
+    """
+    lazy = t._values
+    if isinstance(lazy, gs.ir.tensor.LazyValues):
+        return np.asarray(lazy.load())
+    return np.asarray(t.values)
+
+
 def is_empty_tensor(tensor: gs.Tensor) -> bool:
     """An omitted optional input is an empty-named Variable in gs."""
     return isinstance(tensor, gs.Variable) and tensor.name == ""

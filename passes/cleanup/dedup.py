@@ -17,22 +17,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
+from onnxopt.graph import peek_values as _peek
 from onnxopt.graph import replace_uses, subgraphs
 from onnxopt.scopes import OVERRIDABLE, mark, owner_of, walk
 
 logger = logging.getLogger(__name__)
-
-
-def _peek(t: gs.Constant) -> np.ndarray:
-    """``t``'s values without loading them into the graph.
-
-    An unloaded constant keeps its original TensorProto, which the export reuses as it is;
-    once loaded it must be re-encoded from the array (~1 s per export on a 400 MB model).
-    """
-    lazy = t._values
-    if isinstance(lazy, gs.ir.tensor.LazyValues):
-        return np.asarray(lazy.load())
-    return np.asarray(t.values)
 
 
 def _nbytes(t: gs.Constant) -> int:

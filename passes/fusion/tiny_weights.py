@@ -30,6 +30,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.contract import Pass, PassContext, PassResult
+from onnxopt.graph import peek_values
 from onnxopt.scopes import OVERRIDABLE, mark, walk
 
 logger = logging.getLogger(__name__)
@@ -48,14 +49,6 @@ WEIGHT_SLOTS: dict[str, tuple[int, ...]] = {
 FLOATS = (np.float32, np.float64)
 
 
-def _peek(t: gs.Constant) -> np.ndarray:
-    """``t``'s values without loading them into the graph (see dedup-initializers)."""
-    lazy = t._values
-    if isinstance(lazy, gs.ir.tensor.LazyValues):
-        return np.asarray(lazy.load())
-    return np.asarray(t.values)
-
-
 def _readers(graph: gs.Graph) -> dict[int, list[tuple[gs.Node, int]]]:
     """Tensor id -> every (node, input index) reading it, in every scope (a body's nodes
     read the outer graph's constants too)."""
@@ -72,9 +65,11 @@ def _weight_slot(node: gs.Node, i: int) -> bool:
 
 
 def tiny_mask(values: np.ndarray) -> np.ndarray:
-    """The non-zero entries of ``values`` that the rule flushes."""
+    """The non-zero entries of ``values`` that the rule flushes (relative to the largest
+    finite one: an infinite weight would otherwise make every other one "tiny")."""
     mag = np.abs(values)
-    top = float(mag.max()) if mag.size else 0.0
+    finite = mag[np.isfinite(mag)]
+    top = float(finite.max()) if finite.size else 0.0
     return (mag > 0) & ((mag <= RELATIVE * top) | (mag < TINY))
 
 
@@ -102,7 +97,7 @@ class FlushTinyWeights(Pass):
                     seen.add(id(t))
                     if t.name in defaults or id(t) in outputs or not ctx.allow(t.name):
                         continue
-                    values = _peek(t)
+                    values = peek_values(t)
                     if values.dtype.type not in FLOATS or values.size < 2:
                         continue
                     mask = tiny_mask(values)

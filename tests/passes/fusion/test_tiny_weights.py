@@ -102,6 +102,8 @@ def test_threshold_is_relative_to_the_tensor():
     assert not tiny_mask(b).any()
     c = np.array([1e-39, 1e-39], np.float32)  # subnormal whatever the tensor's max
     assert tiny_mask(c).all()
+    d = np.array([np.inf, 1.0, np.nan, 1e-13], np.float32)  # relative to the largest finite
+    assert tiny_mask(d).tolist() == [False, False, False, True]
 
 
 @pytest.mark.slow
