@@ -122,6 +122,31 @@ def collect_stats(
     return stats
 
 
+def collect_minmax(
+    model: onnx.ModelProto, tensors: list[str], runs: list[dict[str, np.ndarray]]
+) -> dict[str, tuple[float, float]]:
+    """Each exposed tensor's (min, max) over ``runs``, non-finite values left out (a tensor
+    with no finite value is left out): no histogram, for ranges whose values do not matter
+    much (the latency profile's int8 models)."""
+    sess = open_session(model)
+    seen: dict[str, tuple[float, float]] = {}
+    for feed in runs:
+        for name, v in zip(tensors, sess.run(tensors, feed), strict=True):
+            x = np.asarray(v, dtype=np.float32)
+            if x.size == 0:
+                continue
+            lo, hi = float(x.min()), float(x.max())
+            if not (np.isfinite(lo) and np.isfinite(hi)):
+                x = x[np.isfinite(x)]
+                if x.size == 0:
+                    continue
+                lo, hi = float(x.min()), float(x.max())
+            if name in seen:
+                lo, hi = min(lo, seen[name][0]), max(hi, seen[name][1])
+            seen[name] = (lo, hi)
+    return seen
+
+
 def write_probe(base: onnx.ModelProto, tensors: list[str], path: str) -> None:
     """Write ``base`` with ``tensors`` added as graph outputs, without copying the model.
 

@@ -14,8 +14,11 @@ smallest prefix of the ordered moves whose model meets the budget is searched by
 then bisection, assuming more moves never hurt (when all int8 misses the budget, the prefix
 one move short of the end is tried first: if it misses too, nothing but float is left; if not,
 one move, then bisection between them); a site moved to dynamic may later move to
-float. Every model evaluated is timed (ORT_ENABLE_ALL, 2 threads) and becomes a point of the
-accuracy/latency trade-off curve in the report (``details["tradeoff"]``).
+float. Every model evaluated is timed in turns with the float model (:class:`SpeedProbe`,
+ORT_ENABLE_ALL, 2 threads) and becomes a point of the accuracy/latency trade-off curve in the
+report (``details["tradeoff"]``). Those timings also bound the search: no prefix is scored
+that is not :data:`SPEED_MARGIN` faster than float, since the manager would roll it back as
+not faster.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -34,6 +38,10 @@ from .sensitivity import SiteStats
 logger = logging.getLogger(__name__)
 
 DYNAMIC_MARGIN_DB = 3.0
+#: a prefix the search scores must run at most ``1 - SPEED_MARGIN`` of the float model's time
+#: (:class:`SpeedProbe`): the manager's race then needs it faster beyond noise (ratio < 0.99
+#: and a sign test), and a model in that band rarely passes it
+SPEED_MARGIN = 0.03
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,8 @@ class Plan:
     met: bool = True
     reason: str = ""
     evaluations: int = 0
+    #: the chosen prefix's time over the float model's (with a speed probe), else None
+    speed_ratio: float | None = None
 
 
 def order_moves(
@@ -122,6 +132,8 @@ def search(
     progress: Callable[[str, int, int], None] | None = None,
     confirm: Score | None = None,
     float_at_end: bool = False,
+    speed: Callable[[onnx.ModelProto], tuple[float, float]] | None = None,
+    speed_all_int8: tuple[float, float] | None = None,
 ) -> Plan:
     """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict).
 
@@ -129,10 +141,22 @@ def search(
     the deployed one), the prefix found is confirmed; if it fails, the search goes on above
     it, galloping then bisecting again. ``float_at_end``: ``build`` quantizes nothing but
     ``sites`` (no int8 elsewhere, such as If/Loop bodies), so every site out of int8 is the
-    input model itself."""
+    input model itself.
+
+    ``speed`` (a model -> (ms, time / the float model's time), :class:`SpeedProbe`) bounds
+    the search when all int8 misses the budget: the prefixes are timed first, which costs a
+    fraction of a task-metric run, and the largest one at least :data:`SPEED_MARGIN` faster
+    than float is found by bisection; no larger prefix is scored (it would be rolled back as
+    not faster), and when that one misses the budget, nothing is left but float (the PP-OCRv5
+    detector: 2 task-metric runs where its search scored 9 models, and the manager then
+    rolled the one it chose back as 1.00x). Its timings are the trade-off curve's latencies
+    (``timer``'s otherwise); ``speed_all_int8``: the all-int8 model's, when already timed."""
     out = Plan(moves=moves)
     n = len(moves)
     cache: dict[int, bool] = {}
+    times: dict[int, tuple[float, float]] = {}  # prefix -> (ms, ratio to float)
+    if speed_all_int8 is not None:  # the caller timed the all-int8 model already
+        times[0] = speed_all_int8
     floats_n, dyn_n = apply(moves)
     # every move made, the model is the float one: within budget by definition, not run (on
     # the PP-OCRv5 detector it and its confirmation cost two task-metric runs, 7 s)
@@ -143,13 +167,33 @@ def search(
     #: the latest prefix found within budget and its model, for its confirmation
     last_good: dict[int, onnx.ModelProto] = {}
 
+    built: dict[int, onnx.ModelProto] = {}  # the last model built (timed, then scored)
+
     def model_at(k: int) -> tuple[onnx.ModelProto, str, set[str], set[str]]:
         floats, dyn = apply(moves[:k])
         if k in last_good:
             model = last_good[k]
+        elif k in built:
+            model = built[k]
         else:
             model = build({s for s in sites if s not in floats}, dyn)
+            built.clear()
+            built[k] = model
         return model, step_label(floats, dyn), floats, dyn
+
+    def timed(k: int) -> tuple[float, float]:
+        if k not in times:
+            times[k] = speed(model_at(k)[0])
+        return times[k]
+
+    def fast(k: int) -> bool:
+        if timed(k)[1] < 1.0 - SPEED_MARGIN:
+            return True
+        # a "no" is timed again before it bounds the search: one noisy timing (1.00x among
+        # 0.92-0.95x neighbours on the PP-OCRv5 recognizer) cut it to nothing
+        ms, ratio = speed(model_at(k)[0])
+        times[k] = ((times[k][0] + ms) / 2, math.sqrt(times[k][1] * ratio))
+        return times[k][1] < 1.0 - SPEED_MARGIN
 
     def ok_with(k: int) -> bool:
         if k in cache:
@@ -162,7 +206,9 @@ def search(
             "dynamic_layers": len(dyn),
             "metric": round(head, 6),
         }
-        if timer is not None:
+        if speed is not None:
+            point["latency_ms"] = round(timed(k)[0], 4)
+        elif timer is not None:
             point["latency_ms"] = round(timer(model), 4)
         out.tradeoff.append(point)
         if progress is not None:
@@ -186,9 +232,19 @@ def search(
             out.reason = why
         return good
 
+    last = n  # the largest prefix worth scoring
+    bounded = False
+    if speed is not None and n and not ok_with(0):
+        if not fast(0):
+            return _not_faster(out, moves, 0, timed(0)[1])
+        last, bounded = _last_fast(n, fast, all_float), True
     lo = -1  # the largest prefix known to miss the budget (-1: none tried)
     while True:
-        hi = _first_ok_above(lo, n, ok_with, cache)
+        hi = _first_ok_above(lo, last, ok_with, cache, bounded=bounded)
+        if hi is None and bounded and last < n:
+            return _not_faster(
+                out, moves, last + 1, timed(last + 1)[1] if last + 1 in times else None
+            )
         if hi is None:
             out.met = False
             out.floats, dyn = sorted(apply(moves)[0]), set()
@@ -207,11 +263,47 @@ def search(
     floats, dyn = apply(moves[:hi])
     out.floats, out.dynamic = sorted(floats), sorted(dyn)
     out.tradeoff.sort(key=lambda p: (p["float_layers"], p["dynamic_layers"]))
+    if hi in times:
+        out.speed_ratio = times[hi][1]
+    return out
+
+
+def _last_fast(n: int, fast: Callable[[int], bool], all_float: bool) -> int:
+    """The largest prefix ``fast`` accepts, by bisection between 0 (accepted) and ``n``
+    (the float model itself when ``all_float``: not faster than float, not timed)."""
+    if not all_float and fast(n):
+        return n
+    lo, hi = 0, n
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fast(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _not_faster(out: Plan, moves: list[Move], k: int, ratio: float | None) -> Plan:
+    """The search's outcome when the budget holds only where int8 no longer pays: float."""
+    out.met = False
+    out.floats = sorted(apply(moves)[0])
+    at = f" ({ratio:.2f}x its time, interleaved)" if ratio is not None else ""
+    what = "with every layer int8" if k == 0 else f"with {k} moves out of int8"
+    out.reason = (
+        f"int8 does not pay within the budget: {what} the model is not {SPEED_MARGIN:.0%} "
+        f"faster than float{at}, and the models int8 enough to be are not within the budget "
+        f"({out.reason}); it stays float"
+    )
     return out
 
 
 def _first_ok_above(
-    lo: int, n: int, ok_with: Callable[[int], bool], known: dict[int, bool]
+    lo: int,
+    n: int,
+    ok_with: Callable[[int], bool],
+    known: dict[int, bool],
+    *,
+    bounded: bool = False,
 ) -> int | None:
     """The first prefix above ``lo`` found within the budget, galloping: lo+1, lo+2, lo+4,
     ... up to ``n`` (0, 1, 2, 4, ... from the start); None when even ``n`` misses it.
@@ -228,6 +320,10 @@ def _first_ok_above(
     if lo < 0:
         if ok_with(0):
             return 0
+        if bounded:  # ``n``: the last prefix still faster than float; none above is scored
+            if n == 0 or not ok_with(n):
+                return None
+            return 1 if n > 1 and ok_with(1) else n
         if n >= 3:
             if not ok_with(n - 1):
                 return n if ok_with(n) else None
@@ -249,22 +345,56 @@ def _first_ok_above(
         lo, step = k, step * 2
 
 
-def latency_timer(
-    feed: dict[str, np.ndarray], runs: int = 12, seconds: float = 0.5
-) -> Callable[[onnx.ModelProto], float]:
-    """A function timing a model on ``feed``: the median ms of ``runs`` runs, or of those that
-    fit in ``seconds`` (at least 3), after one warm-up (ORT_ENABLE_ALL, 2 threads)."""
-    from onnxopt.timing import model_session
+class SpeedProbe:
+    """Times candidates against the float model, in turns on one feed: each call gives the
+    candidate's median ms and its ratio to the float model's median over the same turns
+    (interleaved, so drift on a busy machine cancels). At least ``min_pairs`` turns, then up
+    to ``seconds`` or ``max_pairs`` (ORT_ENABLE_ALL, 2 threads, spinning stopped between runs
+    as in :func:`onnxopt.timing.race`)."""
 
-    def timer(model: onnx.ModelProto) -> float:
-        s = model_session(model, threads=2)
-        s.run(None, feed)
-        lat: list[float] = []
+    def __init__(
+        self,
+        reference: onnx.ModelProto,
+        feed: dict[str, np.ndarray],
+        *,
+        min_pairs: int = 6,
+        max_pairs: int = 12,
+        seconds: float = 0.5,
+    ) -> None:
+        from onnxopt.timing import RACE_IDLE_SPIN, model_session
+
+        self._session = lambda m: model_session(m, threads=2, idle_spin=RACE_IDLE_SPIN)
+        self.feed, self.min_pairs, self.max_pairs, self.seconds = (
+            feed,
+            min_pairs,
+            max_pairs,
+            seconds,
+        )
+        self.reference = reference
+        self.ref: Any = None  # the float model's session, opened at the first call
+        self.ref_times: list[float] = []
+
+    def __call__(self, model: onnx.ModelProto) -> tuple[float, float]:
+        if self.ref is None:
+            self.ref = self._session(self.reference)
+            self.ref.run(None, self.feed)
+        s = self._session(model)
+        s.run(None, self.feed)
+        a: list[float] = []
+        b: list[float] = []
         start = time.perf_counter()
-        while len(lat) < runs and (len(lat) < 3 or time.perf_counter() - start < seconds):
-            t = time.perf_counter()
-            s.run(None, feed)
-            lat.append((time.perf_counter() - t) * 1e3)
-        return float(np.median(lat))
+        while len(b) < self.min_pairs or (
+            len(b) < self.max_pairs and time.perf_counter() - start < self.seconds
+        ):
+            for sess, out in ((self.ref, a), (s, b)) if len(b) % 2 else ((s, b), (self.ref, a)):
+                t = time.perf_counter()
+                sess.run(None, self.feed)
+                out.append((time.perf_counter() - t) * 1e3)
+        self.ref_times += a
+        ms = float(np.median(b))
+        return ms, ms / float(np.median(a))
 
-    return timer
+    @property
+    def float_ms(self) -> float:
+        """The float model's median over every turn so far."""
+        return float(np.median(self.ref_times)) if self.ref_times else math.nan

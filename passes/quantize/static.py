@@ -8,14 +8,18 @@ Pipeline (each step its own module):
 1. prepare the float model (:mod:`.prepare`): shapes, aliased initializers, node names; then,
    exact in float, cross-layer equalization (:mod:`.equalize`, ``equalize``) and smoothing of
    MatMul inputs (:mod:`.smooth`; one strength per layer on transformers, :mod:`.transformer`);
-2. plan Q/DQ placement (:mod:`.placement`) and stream the planned tensors' statistics over the
-   calibration feeds into ranges (:mod:`.calibrate`); a group of tensors shares the union;
-3. weights: rounded to nearest, or learned rounding (:mod:`.adaround`, ``rounding``);
-4. one instrumented run (:mod:`.sensitivity`): each layer's output shift and SQNR with only
+2. plan Q/DQ placement (:mod:`.placement`);
+3. per-layer time of the int8 and the float model on this CPU (:mod:`.latency`, on int8
+   models built with min/max ranges of two runs: the kernels' speed does not depend on the
+   scales): what int8 makes slower stays float (``latency_aware``); then the whole model, timed
+   in turns with the float one (:class:`.mixed.SpeedProbe`), must be
+   :data:`.mixed.SPEED_MARGIN` faster, or the pass stops there, before calibrating;
+4. stream the statistics of the tensors the kept sites read and write over the calibration
+   feeds into ranges (:mod:`.calibrate`); a group of tensors shares the union;
+5. weights: rounded to nearest, or learned rounding (:mod:`.adaround`, ``rounding``);
+   one instrumented run (:mod:`.sensitivity`): each layer's output shift and SQNR with only
    it quantized; the shift corrects its bias (:mod:`.bias_correction`, ``bias_correction``;
    ``data-free`` reads BatchNorm statistics instead);
-5. per-layer time of the int8 and the float model on this CPU (:mod:`.latency`): what int8
-   makes slower stays float (``latency_aware``);
 6. with a budget: mixed precision (:mod:`.mixed`), the layers that cost most accuracy per
    microsecond they save leave int8 (to dynamic int8 or float) until the budget holds; the
    accuracy/latency curve goes to ``details["tradeoff"]``.
@@ -51,7 +55,7 @@ from .bias_correction import data_free_shifts
 from .bodies import scope_graphs
 from .build import Builder, dynamic_batch, group_params
 from .calibrate import make_calibrator
-from .collect import collect_stats, collect_stats_split, probe_model
+from .collect import collect_minmax, collect_stats, collect_stats_split, probe_model
 from .config import QuantizeConfig
 from .fallback import Judge
 from .mixed import step_label
@@ -74,6 +78,11 @@ FIRST_ROUND_SECONDS, LATER_ROUND_SECONDS = 0.4, 0.2
 #: with ``ctx.parallel`` (``onnxopt search`` on Ray), calibration over at least this many runs
 #: is split across workers (the same statistics)
 PARALLEL_MIN_RUNS = 32
+#: runs whose min/max give the ranges the latency profile builds its int8 models with
+ROUGH_RUNS = 2
+#: a latency profile that puts the int8 model this fraction or more under float's time is
+#: believed; below it, the whole model is timed before calibrating (:meth:`_whole_gain`)
+SURE_GAIN = 0.15
 
 
 class QuantizeInt8(Pass):
@@ -124,27 +133,41 @@ class QuantizeInt8(Pass):
         plan_notes = full.notes + body_notes  # why each candidate stays float
         if not sites and not body_sites:
             return PassResult(False, 0, notes + plan_notes[:20])
-        del graph
-        ranges = self._calibrate(base, sorted(set(full.tensors()) | body_tensors), ctx)
+        tensors = sorted(set(full.tensors()) | body_tensors)
+        timed_first = c.latency_aware and not ctx.allow_slower
         build = Builder(
             base,
             model,
-            ranges,
+            # the latency profile times the kernels, which the scales do not change: a
+            # min/max read on a few runs serves it, and only the sites it keeps in int8 are
+            # calibrated (PP-OCRv5: the detector, which int8 cannot speed, skips 8 s of
+            # calibration; the recognizer calibrates 5 of its 47 layers)
+            self._rough_ranges(base, tensors, ctx) if timed_first else {},
             plan_kw,
             activations=c.activations,
             reduce_range=resolve_reduce_range(c.reduce_range),
             per_axis_ok=opset >= 13,
         )
         details = self._details(plan_kw, smooth_info, attention)
+        gains: dict[str, float] = {}
+        total_us = 0.0
+        speed = None  # (probe, the all-int8 model's (ms, ratio to float)): the search's
+        if timed_first:
+            sites, gains, total_us = self._latency(build, model, sites, ctx, notes, details)
+            if not sites and not body_sites:
+                return PassResult(False, 0, notes + plan_notes[:20], details=details)
+            why = _no_gain(details.get("latency"))
+            if not why and _profile_gain(details.get("latency")) < SURE_GAIN:
+                why, speed = self._whole_gain(build, model, sites, body_sites, ctx, details)
+            if why and not body_sites:  # no calibration or search for what int8 cannot speed
+                return PassResult(False, 0, [why, *notes, *plan_notes[:20]], details=details)
+            full = make_plan(graph, set(sites), **plan_kw)
+            tensors = sorted(set(full.tensors()) | body_tensors)
+        del graph
+        build.ranges = self._calibrate(base, tensors, ctx)
         self._weights(build, full, ctx, notes, details)
         stats = self._instrument(build, full, ctx, notes, details)
         del full
-        sites, gains, total_us = self._latency(build, model, sites, ctx, notes, details)
-        if not sites and not body_sites:
-            return PassResult(False, 0, notes + plan_notes[:20], details=details)
-        why = _no_gain(details.get("latency"))
-        if why and not body_sites:  # no mixed-precision search for a model int8 cannot speed
-            return PassResult(False, 0, [why, *notes, *plan_notes[:20]], details=details)
         if ctx.memo is not None and ctx.site_filter is None and _memo_fits(model):
             # a bisection trial reuses this run's smoothing, calibration, bias correction and
             # latency placement (each trial redid them: 4.4 s of its 8 on the PP-OCRv5
@@ -160,7 +183,7 @@ class QuantizeInt8(Pass):
             notes.append("bisection trial: the sites allowed in int8, without a new search")
         elif ctx.budget is not None and c.fallback:
             qmodel, kept = self._mixed(
-                model, build, sites, stats, gains, total_us, ctx, notes, details, body_sites
+                model, build, sites, stats, gains, total_us, ctx, notes, details, body_sites, speed
             )
         kept += body_sites
         details["counts"] = dict(build.inserter.counts) if build.inserter else {}
@@ -215,6 +238,18 @@ class QuantizeInt8(Pass):
             "float_nodes": [],
             "smoothing": smooth_info,
         }
+
+    def _rough_ranges(
+        self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
+    ) -> dict[str, tuple[float, float]]:
+        """Each tensor's min and max over the first :data:`ROUGH_RUNS` runs: ranges that
+        build int8 models for the latency profile, not for accuracy."""
+        probe, exposed = probe_model(base, tensors)
+        seen = collect_minmax(
+            probe, list(dict.fromkeys(exposed.values())), ctx.feeds.runs[:ROUGH_RUNS]
+        )
+        del probe
+        return {t: seen[out] for t, out in exposed.items() if out in seen}
 
     def _calibrate(
         self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
@@ -359,9 +394,7 @@ class QuantizeInt8(Pass):
         site in µs, the float model's time in µs)."""
         if not self.config.latency_aware or ctx.allow_slower:
             return sites, {}, 0.0
-        feed = ctx.feeds.timing  # --latency-batch: the deployment batch
-        if feed is None:
-            feed = lat.representative(ctx.feeds.runs)
+        feed = self._timing_feed(ctx)
         att = lat.Attribution(build.base, set(sites))
         raced = None  # the whole-model race's all-int8 / reduced time, when it kept all int8
         try:
@@ -450,6 +483,45 @@ class QuantizeInt8(Pass):
         }
         return [s for s in sites if s not in set(slow_all)], gains, float_t.total_us
 
+    def _whole_gain(
+        self,
+        build: Builder,
+        model: onnx.ModelProto,
+        sites: list[str],
+        body_sites: list[str],
+        ctx: PassContext,
+        details: dict,
+    ) -> tuple[str, tuple[mixed.SpeedProbe, tuple[float, float]]]:
+        """Why int8 does not pay ("" when it does): the model with the sites the profile
+        kept in int8, timed in turns with the float one (:class:`.mixed.SpeedProbe`), is not
+        :data:`.mixed.SPEED_MARGIN` faster, twice. Run when the profile finds a gain below
+        :data:`SURE_GAIN`: it sums layer times, and on the PP-OCRv5 detector it read 2-6 %
+        faster where the manager's race read 1.00x, after a calibration and a search that
+        cost 20-40 s. Returns (why, (the probe, its timing)),
+        both kept for the search."""
+        probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
+        candidate = build(set(sites) | set(body_sites))
+        ms, ratio = probe(candidate)
+        if ratio >= 1.0 - mixed.SPEED_MARGIN:
+            ms2, ratio2 = probe(candidate)
+            ms, ratio = (ms + ms2) / 2, (ratio * ratio2) ** 0.5
+        details["latency"]["whole_model"] = {"int8_ms": round(ms, 4), "ratio": round(ratio, 4)}
+        if ratio < 1.0 - mixed.SPEED_MARGIN:
+            return "", (probe, (ms, ratio))
+        why = (
+            f"int8 does not make this model faster on this CPU: with the {len(sites)} layers "
+            f"its latency profile keeps in int8 it runs in {ratio:.2f}x the float model's time "
+            f"({ms:.3g} ms, timed in turns with it; it must be {mixed.SPEED_MARGIN:.0%} faster); "
+            "the model stays float (--allow-slower quantizes it anyway)"
+        )
+        return why, (probe, (ms, ratio))
+
+    @staticmethod
+    def _timing_feed(ctx: PassContext) -> dict:
+        """The feed the latency profile and the manager's race time models on."""
+        feed = ctx.feeds.timing  # --latency-batch: the deployment batch
+        return feed if feed is not None else lat.representative(ctx.feeds.runs)
+
     def _mixed(
         self,
         model: onnx.ModelProto,
@@ -462,9 +534,11 @@ class QuantizeInt8(Pass):
         notes: list[str],
         details: dict,
         body_sites: list[str],
+        speed: tuple[mixed.SpeedProbe, tuple[float, float]] | None = None,
     ) -> tuple[onnx.ModelProto, list[str]]:
         """Mixed precision over the main graph's sites until ``ctx.budget`` holds
-        (:mod:`.mixed`; ``body_sites`` stay int8). Returns (model, main-graph sites kept)."""
+        (:mod:`.mixed`; ``body_sites`` stay int8; ``speed``: :meth:`_whole_gain`'s probe and
+        timing). Returns (model, main-graph sites kept)."""
         from onnxopt.runner import Runner
         from onnxopt.verify import accuracy
 
@@ -491,33 +565,39 @@ class QuantizeInt8(Pass):
             corrected=set(build.shifts),
             dynamic=c.dynamic_fallback,
         )
-        timer = (
-            mixed.latency_timer(lat.representative(ctx.feeds.runs))
-            if c.latency_aware and not ctx.allow_slower
-            else None
-        )
+        probe, timed = speed if speed is not None else (None, None)
+        if probe is None and c.latency_aware and not ctx.allow_slower:
+            probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         slow = len(details.get("latency", {}).get("slower_in_int8", []))
         res = mixed.search(
             with_bodies,
             sites,
             moves,
             judge.deployed_score,
-            timer,
+            None,
             already_float=slow,
             progress=ctx.progress,
             confirm=judge.literal_score,
             float_at_end=not body_sites,  # body sites stay int8 whatever the search does
+            speed=probe,
+            speed_all_int8=timed,
         )
-        if timer is not None:
+        if probe is not None:
             head = judge.reference_head()
+            float_ms = probe.float_ms if probe.ref_times else probe(model)[0]
             res.tradeoff.append(
                 {
                     "float_layers": len(sites) + slow,
                     "dynamic_layers": 0,
                     "metric": round(head, 6),
-                    "latency_ms": round(timer(model), 4),
+                    "latency_ms": round(float_ms, 4),
                 }
             )
+            if res.met and res.speed_ratio is not None:
+                notes.append(
+                    f"mixed precision: the model chosen runs in {res.speed_ratio:.2f}x the "
+                    "float model's time (timed in turns with it)"
+                )
         _record(res, details, notes)
         if ctx.memo and self.name in ctx.memo:  # bisection trials keep these MatMuls dynamic
             ctx.memo[self.name].dynamic = set(res.dynamic)
@@ -572,6 +652,14 @@ def _trial(first: _First, ctx: PassContext) -> PassResult:
 def _estimate(int8_t: Any, gains: dict[str, float], slower: list[str]) -> float:
     """A profile round's int8 model time (µs) less what its newly slower layers cost in int8."""
     return int8_t.total_us + sum(min(gains[s], 0.0) for s in slower)
+
+
+def _profile_gain(timing: dict | None) -> float:
+    """The fraction of float's time the latency profile's int8 placement saves (0 without
+    a profile)."""
+    if not timing or not timing.get("float_us"):
+        return 0.0
+    return 1.0 - timing.get("int8_est_us", timing["int8_us"]) / timing["float_us"]
 
 
 def _no_gain(timing: dict | None) -> str:

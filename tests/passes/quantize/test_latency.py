@@ -9,7 +9,7 @@ import pytest
 
 from onnxopt.contract import PassContext
 from onnxopt.data import Feeds
-from onnxopt.passes.quantize import QuantizeInt8, latency
+from onnxopt.passes.quantize import QuantizeInt8, latency, mixed, static
 from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.latency import Attribution
 from onnxopt.runner import Runner
@@ -125,6 +125,16 @@ g (float[1,8,4,4] x) => (float[1,8,4,4] y) {
 """
 
 
+def _whole_model_at(monkeypatch, ratio: float) -> list[float]:
+    """The whole-model timing (:class:`mixed.SpeedProbe`) reads ``ratio`` of float's time,
+    as the mocked profile's machine would; returns the list of ratios it gave."""
+    given: list[float] = []
+    monkeypatch.setattr(
+        mixed.SpeedProbe, "__call__", lambda self, m: given.append(ratio) or (ratio, ratio)
+    )
+    return given
+
+
 def _chain() -> tuple[onnx.ModelProto, Attribution]:
     w = (RNG.standard_normal((8, 8, 1, 1)) * 0.1).astype(np.float32)
     m = parse(CHAIN, {"W": w, "B": np.zeros(8, np.float32)})
@@ -178,6 +188,7 @@ def test_the_pass_keeps_a_slightly_slower_add_between_int8_convs(monkeypatch) ->
         q = {"a": 1000.0, "b": 1000.0, "s": 40.0, "c": 1000.0, "d": 1000.0}
         return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 6_000.0, 6)]
 
+    _whole_model_at(monkeypatch, 0.6)
     monkeypatch.setattr(latency, "measure_all", measure_all)
     feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
@@ -224,6 +235,7 @@ def test_a_later_round_judges_only_the_neighbours_of_layers_gone_float(monkeypat
             q = {**q, "b": 3000.0, "d": 3000.0}
         return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 6_000.0, 6)]
 
+    _whole_model_at(monkeypatch, 0.6)
     monkeypatch.setattr(latency, "measure_all", measure_all)
     feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
@@ -249,6 +261,7 @@ def test_no_second_round_when_the_first_shows_int8_cannot_pay(monkeypatch) -> No
         q = {"a": 1000.0, "b": 1900.0, "s": 0.0, "c": 2000.0, "d": 2000.0}
         return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, total[0], 6)]
 
+    _whole_model_at(monkeypatch, 0.6)
     monkeypatch.setattr(latency, "measure_all", measure_all)
     monkeypatch.setattr(latency, "race", lambda *a, **k: pytest.fail("no race expected"))
     feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
@@ -262,3 +275,35 @@ def test_no_second_round_when_the_first_shows_int8_cannot_pay(monkeypatch) -> No
     res = QuantizeInt8().run_model(m, ctx)
     assert res.changed and "a" in res.sites
     assert res.details["latency"]["all_int8_raced"] == 0.8
+
+
+def test_whole_model_timing_overrules_a_profile_that_finds_a_small_gain(monkeypatch) -> None:
+    """The profile sums layer times to 6 % under float, the model timed whole in turns with
+    the float one reads 0.99x, twice: the pass stops before calibrating, unchanged, and says
+    why. Read 0.6x, it calibrates only the tensors of the sites the profile kept int8."""
+    m, _ = _chain()
+
+    def measure_all(models, feed, att, **kw):
+        fl = {"a": 100.0, "b": 2000.0, "s": 0.0, "c": 2000.0, "d": 2000.0}
+        q = {"a": 900.0, "b": 1500.0, "s": 0.0, "c": 1500.0, "d": 1500.0}  # a slower
+        return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 9_400.0, 6)]
+
+    calibrated: list[list[str]] = []
+    real = static.collect_stats
+    monkeypatch.setattr(
+        static,
+        "collect_stats",
+        lambda model, t, *a, **k: calibrated.append(t) or real(model, t, *a, **k),
+    )
+    monkeypatch.setattr(latency, "measure_all", measure_all)
+    given = _whole_model_at(monkeypatch, 0.99)
+    feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert not res.changed and given == [0.99, 0.99] and not calibrated  # a "no" timed twice
+    assert res.notes[0].startswith("int8 does not make this model faster on this CPU")
+    assert "0.99x the float model's time" in res.notes[0]
+    given = _whole_model_at(monkeypatch, 0.6)
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert res.changed and "a" not in res.sites and given == [0.6]
+    assert len(calibrated) == 1 and "x" not in calibrated[0]  # a's input: a stayed float
+    assert res.details["latency"]["whole_model"]["ratio"] == 0.6

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
 from onnxopt.contract import PassContext
@@ -266,3 +267,76 @@ def test_search_stops_when_even_one_int8_site_misses_the_budget() -> None:
     plan = mixed.search(build, sites, moves, from_six, None)
     assert plan.met and len(plan.floats) == 6
     assert scored[:3] == [0, 7, 1] and 8 not in scored and sorted(scored[3:]) == [4, 5, 6]
+
+
+def test_search_scores_no_prefix_too_float_to_be_faster() -> None:
+    """Timed in turns with float, each move out of int8 costs 5 % of float's time: the
+    prefixes up to 5 moves are 3 % faster than float, 6 are not. Needing 6 moves, the search
+    scores all int8 and the 5-move prefix only, and ends float, saying int8 does not pay;
+    needing 3, it finds 3 between 1 and 5, and reports the chosen model's ratio."""
+    sites = [f"s{i}" for i in range(8)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    scored: list[int] = []
+    timed: list[int] = []
+
+    def build(enabled: set[str], dynamic: set[str]) -> int:
+        return 8 - len(enabled)  # float sites
+
+    def speed(model: int) -> tuple[float, float]:
+        timed.append(model)
+        return 10.0, 0.7 + 0.05 * model
+
+    def from_(k: int):
+        def score(model: int, label: str = "") -> tuple[bool, str, float]:
+            scored.append(model)
+            return model >= k, "text changed", 0.0
+
+        return score
+
+    plan = mixed.search(build, sites, moves, from_(6), None, float_at_end=True, speed=speed)
+    assert not plan.met and len(plan.floats) == 8
+    assert scored == [0, 5] and 8 not in timed  # the float model is not timed
+    assert plan.reason.startswith("int8 does not pay within the budget: with 6 moves")
+    assert "it stays float" in plan.reason
+    scored.clear()
+    plan = mixed.search(
+        build,
+        sites,
+        moves,
+        from_(3),
+        None,
+        float_at_end=True,
+        speed=speed,
+        speed_all_int8=(7.0, 0.7),
+    )
+    assert plan.met and len(plan.floats) == 3 and plan.speed_ratio == pytest.approx(0.85)
+    assert scored[:3] == [0, 5, 1] and max(scored) == 5
+    # all int8 no faster than float: nothing but float is scored after it
+    scored.clear()
+    plan = mixed.search(
+        build, sites, moves, from_(3), None, float_at_end=True, speed=lambda m: (10.0, 1.0)
+    )
+    assert not plan.met and scored == [0] and "with every layer int8" in plan.reason
+
+
+def test_a_prefix_timed_not_faster_is_timed_again() -> None:
+    """One slow reading (1.00x among 0.90x) does not bound the search: a "no" is timed
+    again, and the two readings' geometric mean decides."""
+    sites = [f"s{i}" for i in range(4)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    readings = {2: [1.0, 0.8]}
+
+    def speed(model: int) -> tuple[float, float]:
+        got = readings.get(model)
+        return 10.0, got.pop(0) if got else 0.9
+
+    plan = mixed.search(
+        lambda e, d: 4 - len(e),
+        sites,
+        moves,
+        lambda m, label="": (m >= 3, "no", 0.0),
+        None,
+        float_at_end=True,
+        speed=speed,
+    )
+    assert plan.met and len(plan.floats) == 3 and readings[2] == []
