@@ -93,6 +93,18 @@ class Judge:
             return self._reference_metric()
         return float(self.ref_accuracy) if self.ref_accuracy is not None else 1.0
 
+    def target(self) -> float | None:
+        """The headline number (:meth:`score`'s third) the budget needs at least, when one
+        criterion decides it: the task metric's floor, the accuracy's, or the minimum
+        cosine; None otherwise."""
+        b = self.budget
+        if getattr(b, "metric", None) is not None:
+            return self._reference_metric() - b.max_metric_drop
+        if self.feeds.labels is not None and self.ref_accuracy is not None:
+            drop = getattr(b, "max_accuracy_drop", None)
+            return self.ref_accuracy - drop if drop is not None else None
+        return getattr(b, "min_cosine", None)
+
     def _reference_metric(self) -> float:
         """The task metric of the float model's outputs (computed once)."""
         if self.ref_metric is None:

@@ -581,6 +581,7 @@ class QuantizeInt8(Pass):
             float_at_end=not body_sites,  # body sites stay int8 whatever the search does
             speed=probe,
             speed_all_int8=timed,
+            target=judge.target(),
         )
         if probe is not None:
             head = judge.reference_head()

@@ -340,3 +340,28 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
         speed=speed,
     )
     assert plan.met and len(plan.floats) == 3 and readings[2] == []
+
+
+def test_search_interpolates_the_budget_between_prefixes() -> None:
+    """A task metric at 93 % until 23 of 24 moves and 100 % from there, 99 % needed: with the
+    target known, the search's bisection alternates with steps interpolated on the metric
+    and scores 3 models between 1 and 23 where plain bisection scored 5; the same answer."""
+    sites = [f"s{i}" for i in range(24)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    scored: list[int] = []
+
+    def build(enabled: set[str], dynamic: set[str]) -> int:
+        return 24 - len(enabled)
+
+    def score(model: int, label: str = "") -> tuple[bool, str, float]:
+        scored.append(model)
+        return model >= 23, "text changed", 100.0 if model >= 23 else 93.0
+
+    plan = mixed.search(build, sites, moves, score, None, float_at_end=True)
+    assert len(plan.floats) == 23 and scored == [0, 23, 1, 12, 17, 20, 21, 22]
+    scored.clear()
+    plan = mixed.search(build, sites, moves, score, None, float_at_end=True, target=99.0)
+    assert len(plan.floats) == 23 and scored == [0, 23, 1, 20, 21, 22]
+    assert mixed._interpolate(0, 10, 90.0, 100.0, 95.0) == 5
+    assert mixed._interpolate(0, 10, 90.0, 100.0, 100.0) == 9  # strictly inside
+    assert mixed._interpolate(0, 10, 100.0, 90.0, 95.0) == 5  # not increasing: the middle
