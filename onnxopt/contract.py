@@ -89,6 +89,9 @@ class PassResult:
         sites: stable keys of the rewritten sites, for bisection; empty if not bisectable.
         details: free-form, JSON-serialisable extras for the report (e.g. per-group tables).
         model: a pass that works on the whole ModelProto (not the gs.Graph) returns it here.
+        fallbacks: a searching lossy pass's next candidates, each a subset of ``sites``, in
+            the order it would choose them (each rewrites less): when its candidate fails
+            the manager's check, the manager verifies these before it bisects.
     """
 
     changed: bool
@@ -97,6 +100,7 @@ class PassResult:
     sites: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
     model: onnx.ModelProto | None = None
+    fallbacks: list[list[str]] = field(default_factory=list)
 
     @classmethod
     def unchanged(cls, *notes: str) -> PassResult:

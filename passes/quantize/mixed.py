@@ -42,6 +42,9 @@ DYNAMIC_MARGIN_DB = 3.0
 #: (:class:`SpeedProbe`): the manager's race then needs it faster beyond noise (ratio < 0.99
 #: and a sign test), and a model in that band rarely passes it
 SPEED_MARGIN = 0.03
+#: prefixes found within budget above the chosen one, offered to the manager in case the
+#: chosen one fails its check on other data
+MAX_FALLBACKS = 2
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,9 @@ class Plan:
     evaluations: int = 0
     #: the chosen prefix's time over the float model's (with a speed probe), else None
     speed_ratio: float | None = None
+    #: (floats, dynamic) of the prefixes above the chosen one found within budget, nearest
+    #: first (at most :data:`MAX_FALLBACKS`)
+    fallbacks: list[tuple[list[str], list[str]]] = field(default_factory=list)
 
 
 def order_moves(
@@ -275,6 +281,12 @@ def search(
         lo = hi
     floats, dyn = apply(moves[:hi])
     out.floats, out.dynamic = sorted(floats), sorted(dyn)
+    # the prefixes above found within budget too, nearest first: the manager's fallbacks
+    # (their dynamic MatMuls among the chosen one's, which a re-run keeps dynamic)
+    for k in sorted(k for k, good in cache.items() if good and k > hi):
+        f, d = apply(moves[:k])
+        if not (k == n and all_float) and d <= dyn and len(out.fallbacks) < MAX_FALLBACKS:
+            out.fallbacks.append((sorted(f), sorted(d)))
     out.tradeoff.sort(key=lambda p: (p["float_layers"], p["dynamic_layers"]))
     if hi in times:
         out.speed_ratio = times[hi][1]

@@ -176,13 +176,14 @@ class QuantizeInt8(Pass):
                 build, list(sites), list(body_sites), list(notes), plan_notes[:20]
             )
         qmodel, kept = build(set(sites) | set(body_sites)), list(sites)
+        fallbacks: list[list[str]] = []
         if ctx.site_filter is not None:
             # a bisection trial: its sites are ones the first run's search kept in int8, and
             # the trial verifies them as they are (a search per trial cost ~20 s of ~30 on the
             # PP-OCRv5 recognizer)
             notes.append("bisection trial: the sites allowed in int8, without a new search")
         elif ctx.budget is not None and c.fallback:
-            qmodel, kept = self._mixed(
+            qmodel, kept, fallbacks = self._mixed(
                 model, build, sites, stats, gains, total_us, ctx, notes, details, body_sites, speed
             )
         kept += body_sites
@@ -190,7 +191,16 @@ class QuantizeInt8(Pass):
         notes += (build.inserter.notes if build.inserter else []) + plan_notes[:20]
         if not kept:
             return PassResult(False, 0, notes, details=details)
-        return PassResult(True, len(kept), notes, sites=kept, details=details, model=qmodel)
+        return PassResult(
+            True,
+            len(kept),
+            notes,
+            sites=kept,
+            details=details,
+            model=qmodel,
+            # a fallback re-run reuses this run through the memo; without it, none is offered
+            fallbacks=fallbacks if self.name in (ctx.memo or {}) else [],
+        )
 
     # --------------------------------------------------------------------------------------
 
@@ -535,10 +545,11 @@ class QuantizeInt8(Pass):
         details: dict,
         body_sites: list[str],
         speed: tuple[mixed.SpeedProbe, tuple[float, float]] | None = None,
-    ) -> tuple[onnx.ModelProto, list[str]]:
+    ) -> tuple[onnx.ModelProto, list[str], list[list[str]]]:
         """Mixed precision over the main graph's sites until ``ctx.budget`` holds
         (:mod:`.mixed`; ``body_sites`` stay int8; ``speed``: :meth:`_whole_gain`'s probe and
-        timing). Returns (model, main-graph sites kept)."""
+        timing). Returns (model, main-graph sites kept, the manager's fallbacks: the sites
+        kept at the prefixes above the chosen one found within budget)."""
         from onnxopt.runner import Runner
         from onnxopt.verify import accuracy
 
@@ -606,7 +617,8 @@ class QuantizeInt8(Pass):
         chosen = step_label(res.floats, res.dynamic) if res.met else None
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
-        return model_out, kept + res.dynamic
+        fallbacks = [[s for s in sites if s not in set(f)] + body_sites for f, _ in res.fallbacks]
+        return model_out, kept + res.dynamic, fallbacks
 
 
 #: the first run's prepared model stays in the memo while the manager verifies (and perhaps

@@ -302,3 +302,40 @@ def test_a_speed_pass_faster_with_every_site_is_bisected(monkeypatch, ratio):
     _, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
     pr = rep.passes[0]
     assert pr.status == "kept" and pr.dropped_sites == ["c"] and p.applied > 1
+
+
+class NegWithFallbacks(CountedSpeedNeg):
+    """A searching lossy pass: its candidate rewrites every Neg ("c" wrongly), and it offers
+    the manager its next candidates, each rewriting less."""
+
+    name = "test-fallback-neg"
+
+    def __init__(self, fallbacks):
+        super().__init__(wrong=("c",))
+        self.offered = fallbacks
+
+    def run(self, graph, ctx):
+        res = super().run(graph, ctx)
+        if ctx.site_filter is None:
+            res.fallbacks = [list(f) for f in self.offered]
+        return res
+
+
+def test_a_failed_candidate_is_followed_by_the_pass_own_fallbacks(monkeypatch):
+    """The first fallback still rewrites "c" and fails; the second passes and is kept, after
+    two re-runs of the pass and no bisection (no race before it either)."""
+    _stub_speed(monkeypatch, "", ratio=0.8)
+    p = NegWithFallbacks([("a", "b", "c"), ("a", "b")])
+    out, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "kept" and p.applied == 3
+    assert pr.rewrites == 2 and sorted(pr.dropped_sites) == ["c", "d"]
+    assert "its fallback 2 of 2, 2 of 4 sites, passed" in pr.notes[-1]
+    assert not any("bisection" in n for n in pr.notes)
+    assert [n.op_type for n in out.graph.node].count("Abs") == 0
+    # every fallback fails: rolled back, with no bisection after them
+    p = NegWithFallbacks([("a", "c")])
+    _, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "rolled back" and p.applied == 2
+    assert "its 1 fallbacks failed too" in pr.reason

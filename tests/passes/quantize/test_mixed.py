@@ -365,3 +365,22 @@ def test_search_interpolates_the_budget_between_prefixes() -> None:
     assert mixed._interpolate(0, 10, 90.0, 100.0, 95.0) == 5
     assert mixed._interpolate(0, 10, 90.0, 100.0, 100.0) == 9  # strictly inside
     assert mixed._interpolate(0, 10, 100.0, 90.0, 95.0) == 5  # not increasing: the middle
+
+
+def test_search_offers_the_prefixes_above_its_choice_found_within_budget() -> None:
+    """Needing 3 moves of 8, the search scores 0, 7, 1, then bisects to 3 through 4: the
+    prefixes 4 and 7, found within budget, are its fallbacks, nearest first; the float model
+    (8 moves) never is one."""
+    sites = [f"s{i}" for i in range(8)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    plan = mixed.search(
+        lambda e, d: 8 - len(e),
+        sites,
+        moves,
+        lambda m, label="": (m >= 3, "no", 0.0),
+        None,
+        float_at_end=True,
+    )
+    assert plan.met and len(plan.floats) == 3
+    assert [len(f) for f, _ in plan.fallbacks] == [4, 7]
+    assert plan.fallbacks[0] == (sites[:4], [])
