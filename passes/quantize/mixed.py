@@ -282,10 +282,9 @@ def search(
     floats, dyn = apply(moves[:hi])
     out.floats, out.dynamic = sorted(floats), sorted(dyn)
     # the prefixes above found within budget too, nearest first: the manager's fallbacks
-    # (their dynamic MatMuls among the chosen one's, which a re-run keeps dynamic)
     for k in sorted(k for k, good in cache.items() if good and k > hi):
         f, d = apply(moves[:k])
-        if not (k == n and all_float) and d <= dyn and len(out.fallbacks) < MAX_FALLBACKS:
+        if not (k == n and all_float) and len(out.fallbacks) < MAX_FALLBACKS:
             out.fallbacks.append((sorted(f), sorted(d)))
     out.tradeoff.sort(key=lambda p: (p["float_layers"], p["dynamic_layers"]))
     if hi in times:

@@ -618,6 +618,10 @@ class QuantizeInt8(Pass):
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         fallbacks = [[s for s in sites if s not in set(f)] + body_sites for f, _ in res.fallbacks]
+        if ctx.memo and self.name in ctx.memo:
+            ctx.memo[self.name].fallback_dynamic = {
+                frozenset(fb): set(d) for fb, (_, d) in zip(fallbacks, res.fallbacks, strict=True)
+            }
         return model_out, kept + res.dynamic, fallbacks
 
 
@@ -644,6 +648,8 @@ class _First:
     plan_notes: list[str]
     #: the MatMuls the search sent to dynamic int8 (a trial keeps them dynamic)
     dynamic: set[str] = field(default_factory=set)
+    #: each fallback offered to the manager (its sites) -> its dynamic MatMuls
+    fallback_dynamic: dict[frozenset[str], set[str]] = field(default_factory=dict)
 
 
 def _trial(first: _First, ctx: PassContext) -> PassResult:
@@ -654,7 +660,12 @@ def _trial(first: _First, ctx: PassContext) -> PassResult:
     if not sites and not body:
         return PassResult(False, 0, [*first.notes, note])
     build = first.build
-    model = build(set(sites) | set(body), first.dynamic & set(sites))
+    # one of the search's fallbacks keeps its own dynamic MatMuls; a bisection subset, those
+    # of the search's choice
+    dynamic = first.fallback_dynamic.get(frozenset(sites) | frozenset(body))
+    model = build(
+        set(sites) | set(body), dynamic if dynamic is not None else first.dynamic & set(sites)
+    )
     counts = dict(build.inserter.counts) if build.inserter else {}
     notes = [*first.notes, note, *(build.inserter.notes if build.inserter else [])]
     notes += first.plan_notes

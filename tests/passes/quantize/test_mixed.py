@@ -384,3 +384,23 @@ def test_search_offers_the_prefixes_above_its_choice_found_within_budget() -> No
     assert plan.met and len(plan.floats) == 3
     assert [len(f) for f, _ in plan.fallbacks] == [4, 7]
     assert plan.fallbacks[0] == (sites[:4], [])
+
+
+def test_a_fallback_rerun_keeps_its_own_dynamic_matmuls() -> None:
+    """The manager re-runs the pass with a fallback's sites: its MatMuls the search sent to
+    dynamic int8 stay dynamic, though the search's choice had others; a bisection subset keeps
+    the choice's."""
+    calls: list[tuple[set[str], set[str]]] = []
+
+    class FakeBuild:
+        inserter = None
+
+        def __call__(self, enabled, dynamic=frozenset()):
+            calls.append((set(enabled), set(dynamic)))
+            return onnx.ModelProto()
+
+    first = static._First(FakeBuild(), ["a", "b", "c"], [], [], [], dynamic={"a"})
+    first.fallback_dynamic = {frozenset({"a", "b"}): {"b"}}
+    static._trial(first, PassContext(site_filter={"a", "b"}))
+    static._trial(first, PassContext(site_filter={"a", "c"}))
+    assert calls == [({"a", "b"}, {"b"}), ({"a", "c"}, {"a"})]
