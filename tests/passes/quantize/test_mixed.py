@@ -3,6 +3,8 @@ accuracy bought per microsecond; the trade-off curve of the search."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 import pytest
@@ -404,3 +406,36 @@ def test_a_fallback_rerun_keeps_its_own_dynamic_matmuls() -> None:
     static._trial(first, PassContext(site_filter={"a", "b"}))
     static._trial(first, PassContext(site_filter={"a", "c"}))
     assert calls == [({"a", "b"}, {"b"}), ({"a", "c"}, {"a"})]
+
+
+def test_speed_probe_times_a_model_in_turns_with_float() -> None:
+    """The probe's float session opens at its first call; timed against itself a model reads
+    a ratio near 1 (12 turns at most), and every float turn is kept for the curve's float
+    point."""
+    m = _model()
+    feed = _feeds(1).runs[0]
+    probe = mixed.SpeedProbe(m, feed, min_pairs=4, max_pairs=12, seconds=0.2)
+    assert probe.ref is None and math.isnan(probe.float_ms)
+    ms, ratio = probe(m)
+    assert ms > 0 and 0.5 < ratio < 2.0
+    assert 4 <= len(probe.ref_times) <= 12 and probe.float_ms > 0
+
+
+def test_rough_ranges_are_min_and_max_of_the_finite_values() -> None:
+    """The latency profile's ranges: min and max over the runs given, Inf and NaN left out,
+    a tensor with no finite value left out."""
+    from onnxopt.passes.quantize.collect import collect_minmax
+
+    text = """<ir_version: 8, opset_import: ["": 17]>
+g (float[4] x) => (float[4] y, float[4] z) {
+    y = Identity (x)
+    z = Div (x, x)
+}"""
+    m = onnx.parser.parse_model(text)
+    runs = [
+        {"x": np.array([1.0, -2.0, np.inf, 0.5], np.float32)},
+        {"x": np.full(4, 0.0, np.float32)},
+    ]
+    seen = collect_minmax(m, ["y", "z"], runs)
+    assert seen["y"] == (-2.0, 1.0)
+    assert seen["z"] == (1.0, 1.0)  # 0/0 and inf/inf are NaN: only the finite ones count
