@@ -195,9 +195,16 @@ def search(
             built[k] = model
         return model, step_label(floats, dyn), floats, dyn
 
+    def time_once(k: int) -> tuple[float, float]:
+        try:
+            return speed(model_at(k)[0])
+        except Exception as e:  # noqa: BLE001 - a model that cannot be timed is not faster
+            logger.info("prefix %d not timed: %s", k, e)
+            return math.nan, math.inf
+
     def timed(k: int) -> tuple[float, float]:
         if k not in times:
-            times[k] = speed(model_at(k)[0])
+            times[k] = time_once(k)
         return times[k]
 
     def fast(k: int) -> bool:
@@ -205,7 +212,7 @@ def search(
             return True
         # a "no" is timed again before it bounds the search: one noisy timing (1.00x among
         # 0.92-0.95x neighbours on the PP-OCRv5 recognizer) cut it to nothing
-        ms, ratio = speed(model_at(k)[0])
+        ms, ratio = time_once(k)
         times[k] = ((times[k][0] + ms) / 2, math.sqrt(times[k][1] * ratio))
         return times[k][1] < 1.0 - SPEED_MARGIN
 
@@ -221,7 +228,8 @@ def search(
             "metric": round(head, 6),
         }
         if speed is not None:
-            point["latency_ms"] = round(timed(k)[0], 4)
+            ms = timed(k)[0]
+            point["latency_ms"] = round(ms, 4) if math.isfinite(ms) else None
         elif timer is not None:
             point["latency_ms"] = round(timer(model), 4)
         out.tradeoff.append(point)
