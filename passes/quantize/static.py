@@ -157,7 +157,7 @@ class QuantizeInt8(Pass):
             if not sites and not body_sites:
                 return PassResult(False, 0, notes + plan_notes[:20], details=details)
             why = _no_gain(details.get("latency"))
-            if not why and _profile_gain(details.get("latency")) < SURE_GAIN:
+            if not why and _profile_gain(details.get("latency")) < SURE_GAIN and _memo_fits(model):
                 why, speed = self._whole_gain(build, model, sites, body_sites, ctx, details)
             if why and not body_sites:  # no calibration or search for what int8 cannot speed
                 return PassResult(False, 0, [why, *notes, *plan_notes[:20]], details=details)
@@ -505,7 +505,8 @@ class QuantizeInt8(Pass):
         """Why int8 does not pay ("" when it does): the model with the sites the profile
         kept in int8, timed in turns with the float one (:class:`.mixed.SpeedProbe`), is not
         :data:`.mixed.SPEED_MARGIN` faster, twice. Run when the profile finds a gain below
-        :data:`SURE_GAIN`: it sums layer times, and on the PP-OCRv5 detector it read 2-6 %
+        :data:`SURE_GAIN` on a model within :data:`MEMO_MAX_BYTES` (the probe holds a float
+        session through the search): the profile sums layer times, and on the PP-OCRv5 detector it read 2-6 %
         faster where the manager's race read 1.00x, after a calibration and a search that
         cost 20-40 s. Returns (why, (the probe, its timing)), both kept for the search; a
         model that cannot be timed gives ("", None): timing only saves work here."""
@@ -584,7 +585,9 @@ class QuantizeInt8(Pass):
             dynamic=c.dynamic_fallback,
         )
         probe, timed = speed if speed is not None else (None, None)
-        if probe is None and c.latency_aware and not ctx.allow_slower:
+        if probe is None and c.latency_aware and not ctx.allow_slower and _memo_fits(model):
+            # the probe holds a float session (a copy of the weights) through the search:
+            # only for models whose weights are in memory and at most MEMO_MAX_BYTES
             probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         slow = len(details.get("latency", {}).get("slower_in_int8", []))
         res = mixed.search(
