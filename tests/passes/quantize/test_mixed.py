@@ -439,3 +439,32 @@ g (float[4] x) => (float[4] y, float[4] z) {
     seen = collect_minmax(m, ["y", "z"], runs)
     assert seen["y"] == (-2.0, 1.0)
     assert seen["z"] == (1.0, 1.0)  # 0/0 and inf/inf are NaN: only the finite ones count
+
+
+def test_no_speed_probe_for_a_model_above_the_memo_size(monkeypatch) -> None:
+    """The probe holds a float session through the search: a model whose weights exceed
+    MEMO_MAX_BYTES is searched without it (no bound, no latency on the curve). The profile
+    is mocked to find every layer faster in int8, so the search runs."""
+    from onnxopt.passes.quantize import latency
+
+    monkeypatch.setattr(static, "MEMO_MAX_BYTES", 0)
+
+    def refuse(*a, **k):
+        raise AssertionError("no probe expected")
+
+    def measure_all(models, feed, att, **kw):
+        fl = {"mm0": 1000.0, "mm1": 1000.0, "mm3": 1000.0}
+        q = {"mm0": 100.0, "mm1": 100.0, "mm3": 100.0}
+        return [latency.Timing(fl, 3_000.0, 6), latency.Timing(q, 300.0, 6)]
+
+    monkeypatch.setattr(latency, "measure_all", measure_all)
+    monkeypatch.setattr(mixed.SpeedProbe, "__init__", refuse)
+    m, feeds = _model(), _feeds()
+    ctx = PassContext(feeds=feeds, budget=Budget(min_cosine=0.999), runner=Runner())
+    res = QuantizeInt8(QuantizeConfig(calibrator="minmax", dynamic_fallback=False)).run_model(
+        m, ctx
+    )
+    assert res.changed and [r["node"] for r in res.details["float_nodes"]] == ["mm1"]
+    assert res.details["tradeoff"] and all(
+        p.get("latency_ms") is None for p in res.details["tradeoff"]
+    )
