@@ -492,9 +492,7 @@ class PassManager:
                     break  # the next ones rewrite less still
                 continue
             dropped = [s for s in result.sites if s not in set(allowed)]
-            pr.details = {**pr.details, **res.details}
-            pr.notes[own:] = res.notes
-            pr.rewrites, pr.dropped_sites = len(allowed), dropped
+            _keep_subset(pr, own, res, result.sites, dropped)
             pr.notes.append(
                 f"its candidate failed the check ({first.why}); its fallback {k} of "
                 f"{len(result.fallbacks)}, {len(allowed)} of {len(result.sites)} sites, passed"
@@ -557,19 +555,16 @@ class PassManager:
             return Trial(checked if checked.stage is not None else None, checked.why, res)
 
         b = bisect_sites(sites, trial, MAX_BISECT_TRIALS, MAX_BISECT_SECONDS, why)
+        pr.dropped_sites = b.dropped
         if not p.exact:
             pr.details["candidates"] = mark_chosen(tried)
-        pr.dropped_sites = b.dropped
         if b.kept is None:
             return Checked(None, b.why)
         if p.goal == "speed" and not self.allow_slower:
             final = self._verify(b.kept.verdict.stage.model, stage, p)
             if final.stage is None:
                 return final
-        # what the trial did not redo (a lossy pass's search) stays the first run's
-        pr.details = {**pr.details, **b.kept.result.details, **_only(pr.details, "candidates")}
-        pr.notes[own:] = b.kept.result.notes
-        pr.rewrites = len(sites) - len(b.dropped)
+        _keep_subset(pr, own, b.kept.result, sites, b.dropped)
         more = " …" if len(b.dropped) > 10 else ""
         if b.budget_spent:
             pr.notes.append(
@@ -609,6 +604,18 @@ class PassManager:
             speed=speed and p.goal == "speed",
             deployed=p.verify_deployed and not p.exact,
         )
+
+
+def _keep_subset(
+    pr: PassReport, own: int, result: PassResult, sites: list[str], dropped: list[str]
+) -> None:
+    """``pr`` describes the re-run of its pass on a subset of its ``sites`` (a bisection
+    trial, a fallback): that run's notes and details, the sites dropped. What the re-run did
+    not redo (a lossy pass's search, the candidates tried) stays the first run's."""
+    pr.details = {**pr.details, **result.details, **_only(pr.details, "candidates")}
+    pr.notes[own:] = result.notes
+    pr.dropped_sites = dropped
+    pr.rewrites = len(sites) - len(dropped)
 
 
 def _only(d: dict[str, Any], key: str) -> dict[str, Any]:

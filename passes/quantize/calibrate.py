@@ -36,6 +36,21 @@ logger = logging.getLogger(__name__)
 DEFAULT_BINS = 2048
 
 
+def finite_range(values: np.ndarray) -> tuple[np.ndarray, float, float] | None:
+    """``values`` raveled in float32 without Inf and NaN, and their (min, max); None when no
+    value is finite."""
+    x = np.asarray(values, dtype=np.float32).ravel()
+    if x.size == 0:
+        return None
+    lo, hi = float(x.min()), float(x.max())
+    if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: drop inf / nan, then re-read
+        x = x[np.isfinite(x)]
+        if x.size == 0:
+            return None
+        lo, hi = float(x.min()), float(x.max())
+    return x, lo, hi
+
+
 class TensorStats:
     """Running min/max and an adaptive symmetric histogram of one tensor."""
 
@@ -53,15 +68,10 @@ class TensorStats:
         self.exact_zeros = 0  # values exactly 0 (ReLU outputs, padding): representable as is
 
     def update(self, values: np.ndarray) -> None:
-        x = np.asarray(values, dtype=np.float32).ravel()
-        if x.size == 0:
+        got = finite_range(values)
+        if got is None:
             return
-        lo, hi = float(x.min()), float(x.max())
-        if not (np.isfinite(lo) and np.isfinite(hi)):  # rare: drop inf / nan, then re-read
-            x = x[np.isfinite(x)]
-            if x.size == 0:
-                return
-            lo, hi = float(x.min()), float(x.max())
+        x, lo, hi = got
         self.exact_zeros += int(np.count_nonzero(x == 0.0))
         self.min, self.max = min(self.min, lo), max(self.max, hi)
         self.count += x.size

@@ -14,7 +14,7 @@ import onnx
 
 from onnxopt.model import model_bytes
 
-from .calibrate import DEFAULT_BINS, TensorStats
+from .calibrate import DEFAULT_BINS, TensorStats, finite_range
 
 logger = logging.getLogger(__name__)
 
@@ -132,15 +132,10 @@ def collect_minmax(
     seen: dict[str, tuple[float, float]] = {}
     for feed in runs:
         for name, v in zip(tensors, sess.run(tensors, feed), strict=True):
-            x = np.asarray(v, dtype=np.float32)
-            if x.size == 0:
+            got = finite_range(v)
+            if got is None:
                 continue
-            lo, hi = float(x.min()), float(x.max())
-            if not (np.isfinite(lo) and np.isfinite(hi)):
-                x = x[np.isfinite(x)]
-                if x.size == 0:
-                    continue
-                lo, hi = float(x.min()), float(x.max())
+            _, lo, hi = got
             if name in seen:
                 lo, hi = min(lo, seen[name][0]), max(hi, seen[name][1])
             seen[name] = (lo, hi)

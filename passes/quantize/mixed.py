@@ -132,7 +132,6 @@ def search(
     sites: list[str],
     moves: list[Move],
     score: Score,
-    timer: Callable[[onnx.ModelProto], float] | None,
     *,
     already_float: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
@@ -157,7 +156,7 @@ def search(
     not faster), and when that one misses the budget, nothing is left but float (the PP-OCRv5
     detector: 2 task-metric runs where its search scored 9 models, and the manager then
     rolled the one it chose back as 1.00x). Its timings are the trade-off curve's latencies
-    (``timer``'s otherwise); ``speed_all_int8``: the all-int8 model's, when already timed.
+    (none without it); ``speed_all_int8``: the all-int8 model's, when already timed.
 
     ``target``: the headline number the budget needs (a task metric's floor, an accuracy's,
     the minimum cosine). Bisection steps then alternate with steps that interpolate it
@@ -230,8 +229,6 @@ def search(
         if speed is not None:
             ms = timed(k)[0]
             point["latency_ms"] = round(ms, 4) if math.isfinite(ms) else None
-        elif timer is not None:
-            point["latency_ms"] = round(timer(model), 4)
         out.tradeoff.append(point)
         if progress is not None:
             progress("mixed precision", k, n)
@@ -405,17 +402,15 @@ class SpeedProbe:
         from onnxopt.timing import RACE_IDLE_SPIN, model_session
 
         self._session = lambda m: model_session(m, threads=2, idle_spin=RACE_IDLE_SPIN)
-        self.feed, self.min_pairs, self.max_pairs, self.seconds = (
-            feed,
-            min_pairs,
-            max_pairs,
-            seconds,
-        )
+        self.feed = feed
+        self.min_pairs, self.max_pairs, self.seconds = min_pairs, max_pairs, seconds
         self.reference = reference
         self.ref: Any = None  # the float model's session, opened at the first call
         self.ref_times: list[float] = []
 
     def __call__(self, model: onnx.ModelProto) -> tuple[float, float]:
+        from onnxopt.timing import _timed_runs
+
         if self.ref is None:
             self.ref = self._session(self.reference)
             self.ref.run(None, self.feed)
@@ -428,9 +423,7 @@ class SpeedProbe:
             len(b) < self.max_pairs and time.perf_counter() - start < self.seconds
         ):
             for sess, out in ((self.ref, a), (s, b)) if len(b) % 2 else ((s, b), (self.ref, a)):
-                t = time.perf_counter()
-                sess.run(None, self.feed)
-                out.append((time.perf_counter() - t) * 1e3)
+                out += _timed_runs(sess, self.feed, 1)
         self.ref_times += a
         ms = float(np.median(b))
         return ms, ms / float(np.median(a))

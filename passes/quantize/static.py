@@ -506,9 +506,9 @@ class QuantizeInt8(Pass):
         kept in int8, timed in turns with the float one (:class:`.mixed.SpeedProbe`), is not
         :data:`.mixed.SPEED_MARGIN` faster, twice. Run when the profile finds a gain below
         :data:`SURE_GAIN` on a model within :data:`MEMO_MAX_BYTES` (the probe holds a float
-        session through the search): the profile sums layer times, and on the PP-OCRv5 detector it read 2-6 %
-        faster where the manager's race read 1.00x, after a calibration and a search that
-        cost 20-40 s. Returns (why, (the probe, its timing)), both kept for the search; a
+        session through the search): the profile sums layer times, and on the PP-OCRv5
+        detector it read 2-6 % faster where the manager's race read 1.00x, after a
+        calibration and a search that cost 20-40 s. Returns (why, (the probe, its timing)), both kept for the search; a
         model that cannot be timed gives ("", None): timing only saves work here."""
         probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         candidate = build(set(sites) | set(body_sites))
@@ -595,7 +595,6 @@ class QuantizeInt8(Pass):
             sites,
             moves,
             judge.deployed_score,
-            None,
             already_float=slow,
             progress=ctx.progress,
             confirm=judge.literal_score,
@@ -621,15 +620,15 @@ class QuantizeInt8(Pass):
                     "float model's time (timed in turns with it)"
                 )
         _record(res, details, notes)
-        if ctx.memo and self.name in ctx.memo:  # bisection trials keep these MatMuls dynamic
-            ctx.memo[self.name].dynamic = set(res.dynamic)
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
         chosen = step_label(res.floats, res.dynamic) if res.met else None
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         fallbacks = [[s for s in sites if s not in set(f)] + body_sites for f, _ in res.fallbacks]
-        if ctx.memo and self.name in ctx.memo:
-            ctx.memo[self.name].fallback_dynamic = {
+        if ctx.memo and self.name in ctx.memo:  # re-runs keep these MatMuls dynamic
+            first = ctx.memo[self.name]
+            first.dynamic = set(res.dynamic)
+            first.fallback_dynamic = {
                 frozenset(fb): set(d) for fb, (_, d) in zip(fallbacks, res.fallbacks, strict=True)
             }
         return model_out, kept + res.dynamic, fallbacks

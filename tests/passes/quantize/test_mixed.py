@@ -50,6 +50,12 @@ def _feeds(n: int = 24) -> Feeds:
     return Feeds([{"x": RNG.standard_normal((4, 16)).astype(np.float32)} for _ in range(n)])
 
 
+def _float_moves(n: int) -> tuple[list[str], list[mixed.Move]]:
+    """Sites ``s0`` .. ``s{n-1}`` and one move to float each, in that order."""
+    sites = [f"s{i}" for i in range(n)]
+    return sites, [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+
+
 def test_planner_picks_the_planted_layer_and_only_it() -> None:
     m, feeds = _model(), _feeds()
     budget = Budget(min_cosine=0.999)
@@ -160,7 +166,7 @@ def test_search_finds_the_smallest_prefix_and_records_the_curve() -> None:
         floats = 4 - len([x for x in model.split(",") if x])
         return floats >= 3, "too few float", 0.9 + 0.03 * floats
 
-    plan = mixed.search(build, sites, moves, score, lambda model: 1.0 + len(model))
+    plan = mixed.search(build, sites, moves, score, speed=lambda model: (1.0 + len(model), 0.5))
     assert plan.met and plan.floats == ["a", "b", "c"] and plan.dynamic == []
     ks = [p["float_layers"] for p in plan.tradeoff]
     assert ks == sorted(ks) and 0 in ks and 3 in ks and 2 in ks
@@ -187,10 +193,10 @@ def test_search_goes_on_above_a_prefix_its_confirmation_refuses() -> None:
         confirmed.append(floats(model))
         return floats(model) >= 4, "literal: too few float", 0.0
 
-    plan = mixed.search(build, sites, moves, score, None, confirm=confirm)
+    plan = mixed.search(build, sites, moves, score, confirm=confirm)
     assert plan.met and plan.floats == ["a", "b", "c", "d"]
     assert confirmed == [3, 4]
-    plan = mixed.search(build, sites, moves, score, None)  # no confirmation: the cheap verdict
+    plan = mixed.search(build, sites, moves, score)  # no confirmation: the cheap verdict
     assert plan.floats == ["a", "b", "c"]
 
 
@@ -225,17 +231,17 @@ def test_search_does_not_run_the_all_float_model() -> None:
         scored.append(model)
         return False, "over budget", 0.5
 
-    plan = mixed.search(build, sites, moves, score, None, confirm=score, float_at_end=True)
+    plan = mixed.search(build, sites, moves, score, confirm=score, float_at_end=True)
     assert plan.met and plan.floats == ["a", "b", "c"]
     assert "" not in scored and scored == ["a,b,c", "c"]  # 0 and 2 sites float; never 3
     # int8 elsewhere (If/Loop bodies the search does not move): the last model is scored
     scored.clear()
-    plan = mixed.search(build, sites, moves, score, None, confirm=score)
+    plan = mixed.search(build, sites, moves, score, confirm=score)
     assert not plan.met and "" in scored
     # a dynamic move at the end: that last model is not the float one, so it is scored
     moves.append(mixed.Move("c", "dynamic", 1.0, 10.0, 1.0))
     scored.clear()
-    mixed.search(build, sites, moves[:2] + [moves[3]], score, None, float_at_end=True)
+    mixed.search(build, sites, moves[:2] + [moves[3]], score, float_at_end=True)
     assert "c" in scored
 
 
@@ -244,8 +250,7 @@ def test_search_stops_when_even_one_int8_site_misses_the_budget() -> None:
     there is): no smaller prefix is tried (more moves never hurt). When that probe meets the
     budget, one move is tried, then the search bisects between the two, never scoring every
     move made."""
-    sites = [f"s{i}" for i in range(8)]
-    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    sites, moves = _float_moves(8)
     scored: list[int] = []
 
     def build(enabled: set[str], dynamic: set[str]) -> int:
@@ -255,9 +260,9 @@ def test_search_stops_when_even_one_int8_site_misses_the_budget() -> None:
         scored.append(model)
         return False, "text changed", 0.0
 
-    plan = mixed.search(build, sites, moves, never, None, float_at_end=True)
+    plan = mixed.search(build, sites, moves, never, float_at_end=True)
     assert plan.met and len(plan.floats) == 8 and scored == [0, 7]
-    plan = mixed.search(build, sites, moves, never, None)  # the end is scored when not float
+    plan = mixed.search(build, sites, moves, never)  # the end is scored when not float
     assert not plan.met and scored[2:] == [0, 7, 8]
 
     scored.clear()
@@ -266,7 +271,7 @@ def test_search_stops_when_even_one_int8_site_misses_the_budget() -> None:
         scored.append(model)
         return model >= 6, "too few float", 0.0
 
-    plan = mixed.search(build, sites, moves, from_six, None)
+    plan = mixed.search(build, sites, moves, from_six)
     assert plan.met and len(plan.floats) == 6
     assert scored[:3] == [0, 7, 1] and 8 not in scored and sorted(scored[3:]) == [4, 5, 6]
 
@@ -276,8 +281,7 @@ def test_search_scores_no_prefix_too_float_to_be_faster() -> None:
     prefixes up to 5 moves are 3 % faster than float, 6 are not. Needing 6 moves, the search
     scores all int8 and the 5-move prefix only, and ends float, saying int8 does not pay;
     needing 3, it finds 3 between 1 and 5, and reports the chosen model's ratio."""
-    sites = [f"s{i}" for i in range(8)]
-    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    sites, moves = _float_moves(8)
     scored: list[int] = []
     timed: list[int] = []
 
@@ -295,7 +299,7 @@ def test_search_scores_no_prefix_too_float_to_be_faster() -> None:
 
         return score
 
-    plan = mixed.search(build, sites, moves, from_(6), None, float_at_end=True, speed=speed)
+    plan = mixed.search(build, sites, moves, from_(6), float_at_end=True, speed=speed)
     assert not plan.met and len(plan.floats) == 8
     assert scored == [0, 5] and 8 not in timed  # the float model is not timed
     assert plan.reason.startswith("int8 does not pay within the budget: with 6 moves")
@@ -306,7 +310,6 @@ def test_search_scores_no_prefix_too_float_to_be_faster() -> None:
         sites,
         moves,
         from_(3),
-        None,
         float_at_end=True,
         speed=speed,
         speed_all_int8=(7.0, 0.7),
@@ -316,7 +319,7 @@ def test_search_scores_no_prefix_too_float_to_be_faster() -> None:
     # all int8 no faster than float: nothing but float is scored after it
     scored.clear()
     plan = mixed.search(
-        build, sites, moves, from_(3), None, float_at_end=True, speed=lambda m: (10.0, 1.0)
+        build, sites, moves, from_(3), float_at_end=True, speed=lambda m: (10.0, 1.0)
     )
     assert not plan.met and scored == [0] and "with every layer int8" in plan.reason
 
@@ -324,8 +327,7 @@ def test_search_scores_no_prefix_too_float_to_be_faster() -> None:
 def test_a_prefix_timed_not_faster_is_timed_again() -> None:
     """One slow reading (1.00x among 0.90x) does not bound the search: a "no" is timed
     again, and the two readings' geometric mean decides."""
-    sites = [f"s{i}" for i in range(4)]
-    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    sites, moves = _float_moves(4)
     readings = {2: [1.0, 0.8]}
 
     def speed(model: int) -> tuple[float, float]:
@@ -337,7 +339,6 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
         sites,
         moves,
         lambda m, label="": (m >= 3, "no", 0.0),
-        None,
         float_at_end=True,
         speed=speed,
     )
@@ -348,8 +349,7 @@ def test_search_interpolates_the_budget_between_prefixes() -> None:
     """A task metric at 93 % until 23 of 24 moves and 100 % from there, 99 % needed: with the
     target known, the search's bisection alternates with steps interpolated on the metric
     and scores 3 models between 1 and 23 where plain bisection scored 5; the same answer."""
-    sites = [f"s{i}" for i in range(24)]
-    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    sites, moves = _float_moves(24)
     scored: list[int] = []
 
     def build(enabled: set[str], dynamic: set[str]) -> int:
@@ -359,10 +359,10 @@ def test_search_interpolates_the_budget_between_prefixes() -> None:
         scored.append(model)
         return model >= 23, "text changed", 100.0 if model >= 23 else 93.0
 
-    plan = mixed.search(build, sites, moves, score, None, float_at_end=True)
+    plan = mixed.search(build, sites, moves, score, float_at_end=True)
     assert len(plan.floats) == 23 and scored == [0, 23, 1, 12, 17, 20, 21, 22]
     scored.clear()
-    plan = mixed.search(build, sites, moves, score, None, float_at_end=True, target=99.0)
+    plan = mixed.search(build, sites, moves, score, float_at_end=True, target=99.0)
     assert len(plan.floats) == 23 and scored == [0, 23, 1, 20, 21, 22]
     assert mixed._interpolate(0, 10, 90.0, 100.0, 95.0) == 5
     assert mixed._interpolate(0, 10, 90.0, 100.0, 100.0) == 9  # strictly inside
@@ -373,14 +373,12 @@ def test_search_offers_the_prefixes_above_its_choice_found_within_budget() -> No
     """Needing 3 moves of 8, the search scores 0, 7, 1, then bisects to 3 through 4: the
     prefixes 4 and 7, found within budget, are its fallbacks, nearest first; the float model
     (8 moves) never is one."""
-    sites = [f"s{i}" for i in range(8)]
-    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+    sites, moves = _float_moves(8)
     plan = mixed.search(
         lambda e, d: 8 - len(e),
         sites,
         moves,
         lambda m, label="": (m >= 3, "no", 0.0),
-        None,
         float_at_end=True,
     )
     assert plan.met and len(plan.floats) == 3
