@@ -60,7 +60,9 @@ class Case:
     labels: list[np.ndarray] | None  # per calibration run (task metrics) or per eval run
     lat_feed: dict[str, np.ndarray]
     budget: dict[str, Any]
-    val_metric: str  # the peers' accuracy-control validation: accuracy | top1 | cosine
+    #: the peers' accuracy-control validation: accuracy | top1 | cosine, or a task metric
+    #: ("module:function", the one onnxopt's budget uses: NNCF is held to the same number)
+    val_metric: str
     ocr: str | None = None
     calib_labels: list[np.ndarray] | None = None
     skip: dict[str, str] = field(default_factory=dict)
@@ -143,7 +145,7 @@ def _ocr(name: str, work: Path, quick: bool) -> Case:
         None,
         representative(calib),
         budget,
-        "cosine",
+        quant_ocr.METRICS[kind],
         ocr=kind,
         calib_labels=quant_ocr.labels(len(calib)),
     )

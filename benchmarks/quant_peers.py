@@ -12,7 +12,8 @@ Job (JSON): ``tool`` (``onnxopt``, ``ort``, ``nncf``, ``nncf_ac``, ``aimet``,
 ``aimet_adaround``), ``model``, ``calib`` (.npz: key ``RRRR/input`` per run), ``out``,
 ``result`` (where this writes its JSON), ``options`` (tool options), and for accuracy control
 ``val`` (.npz: runs, and ``RRRR/labels`` per run) with ``val_metric`` (``accuracy``,
-``top1`` or ``cosine`` against the fp32 model: the peers' label-free validation).
+``top1`` or ``cosine`` against the fp32 model: the peers' label-free validation; or the task
+metric ``module:function`` of onnxopt's budget, imported from the repository).
 Result: ``status`` (``ok`` or why not), ``seconds`` (the quantization call), ``wall`` (with
 imports and loading), ``peak_rss_mb``, ``notes``.
 
@@ -82,9 +83,13 @@ def _session(model):
 
 
 def _validator(job: dict, fp32):
-    """NNCF's validation function: accuracy with labels, else agreement/cosine with fp32."""
+    """NNCF's validation function: accuracy with labels, else agreement/cosine with fp32, or
+    a task metric ``module:function`` (``fn(runs, labels) -> 0..100``, the one onnxopt's
+    budget uses; on the repository's path, with the packages it needs in this environment)."""
     runs, labels = load_runs(job["val"])
     kind = job.get("val_metric", "cosine")
+    if ":" in kind:
+        return _task_validator(kind, runs, labels)
     ref = [_session(fp32).run(None, r)[0] for r in runs]
     items = list(zip(runs, ref, labels or [None] * len(runs)))
 
@@ -104,6 +109,30 @@ def _validator(job: dict, fp32):
         s = _session(model)
         per = [one(s.run(None, f)[0], r, lab) for f, r, lab in data]
         return float(np.mean(per)), per
+
+    return items, validate
+
+
+def _task_validator(spec: str, runs: list, labels: list | None):
+    """NNCF's validation with a task metric: the metric of all runs (0..1), and per run the
+    metric of that run alone (NNCF ranks its quantizers by the per-sample values)."""
+    import importlib
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    module, name = spec.split(":")
+    metric = getattr(importlib.import_module(module), name)
+    labels = labels or [np.array([i]) for i in range(len(runs))]
+    items = list(zip(runs, labels))
+
+    def validate(model, data):
+        s = _session(model)
+        outs, labs = [], []
+        for feed, lab in data:
+            outs.append(dict(zip([o.name for o in s.get_outputs()], s.run(None, feed))))
+            labs.append(lab)
+        per = [metric([o], [lab]) / 100.0 for o, lab in zip(outs, labs)]
+        return metric(outs, labs) / 100.0, per
 
     return items, validate
 

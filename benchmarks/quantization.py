@@ -103,6 +103,8 @@ def _job(c: qc.Case, tool: str) -> dict:
         job["options"] = {"method": "Percentile" if tool == "ort_percentile" else "MinMax"}
     elif tool == "nncf_ac":
         drop = 0.005 if c.val_metric == "accuracy" else 0.01
+        if ":" in c.val_metric:  # a task metric (0-100): the drop onnxopt's budget allows
+            drop = c.budget["max_metric_drop"] / 100.0
         job["options"] = {"max_drop": drop}
         job["val_metric"] = c.val_metric
     elif tool == "aimet_adaround":
@@ -126,7 +128,7 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
     if tool == "nncf_ac":
         val = d / "val.npz"
         evals = c.evals or c.calib
-        save_runs(str(val), evals, c.labels if c.evals else None)
+        save_runs(str(val), evals, c.labels if c.evals else c.calib_labels)
         job["val"] = str(val)
     jpath = d / f"{tool}.job.json"
     jpath.write_text(json.dumps(job))

@@ -18,7 +18,8 @@ float. Every model evaluated is timed in turns with the float model (:class:`Spe
 ORT_ENABLE_ALL, 2 threads) and becomes a point of the accuracy/latency trade-off curve in the
 report (``details["tradeoff"]``). Those timings also bound the search: no prefix is scored
 that is not :data:`SPEED_MARGIN` faster than float, since the manager would roll it back as
-not faster.
+not faster, and the bisection stops once the prefixes left between one that misses the budget
+and one within it cannot differ in speed by more than :data:`SPEED_RESOLUTION`.
 """
 
 from __future__ import annotations
@@ -42,6 +43,12 @@ DYNAMIC_MARGIN_DB = 3.0
 #: (:class:`SpeedProbe`): the manager's race then needs it faster beyond noise (ratio < 0.99
 #: and a sign test), and a model in that band rarely passes it
 SPEED_MARGIN = 0.03
+#: the bisection stops when the prefix known within budget runs within this fraction of the
+#: float model's time of the prefix known to miss it: every prefix between them runs between
+#: the two, so the best a further task-metric run could buy is less than the probe resolves
+#: (on PP-OCRv5's recognizer: 1 move at 0.91x, 19 at 0.91x, where the search went on to
+#: score 5 more models, ~3 s each, for a choice at the same speed)
+SPEED_RESOLUTION = 0.02
 #: prefixes found within budget above the chosen one, offered to the manager in case the
 #: chosen one fails its check on other data
 MAX_FALLBACKS = 2
@@ -252,6 +259,13 @@ def search(
             out.reason = why
         return good
 
+    def worth(lo: int, hi: int) -> bool:
+        """Whether a prefix between ``lo`` (missing the budget) and ``hi`` (within it) can
+        be told apart from ``hi`` in speed (:data:`SPEED_RESOLUTION`); True untimed."""
+        if lo not in times or hi not in times:
+            return True
+        return not (times[hi][1] - times[lo][1] < SPEED_RESOLUTION)
+
     last = n  # the largest prefix worth scoring
     bounded = False
     if speed is not None and n and not ok_with(0):
@@ -260,7 +274,7 @@ def search(
         last, bounded = _last_fast(n, fast, all_float), True
     lo = -1  # the largest prefix known to miss the budget (-1: none tried)
     while True:
-        hi = _first_ok_above(lo, last, ok_with, cache, bounded=bounded)
+        hi = _first_ok_above(lo, last, ok_with, cache, bounded=bounded, worth=worth)
         if hi is None and bounded and last < n:
             return _not_faster(
                 out, moves, last + 1, timed(last + 1)[1] if last + 1 in times else None
@@ -272,7 +286,7 @@ def search(
             return out
         lo = max((k for k, good in cache.items() if not good and k < hi), default=-1)
         steps = 0
-        while hi - lo > 1:
+        while hi - lo > 1 and worth(lo, hi):
             mid = (lo + hi) // 2
             if target is not None and steps % 2 == 0 and lo in heads and hi in heads:
                 mid = _interpolate(lo, hi, heads[lo], heads[hi], target)
@@ -342,6 +356,7 @@ def _first_ok_above(
     known: dict[int, bool],
     *,
     bounded: bool = False,
+    worth: Callable[[int, int], bool] = lambda lo, hi: True,
 ) -> int | None:
     """The first prefix above ``lo`` found within the budget, galloping: lo+1, lo+2, lo+4,
     ... up to ``n`` (0, 1, 2, 4, ... from the start); None when even ``n`` misses it.
@@ -354,14 +369,16 @@ def _first_ok_above(
     sensitive layer), then the caller bisects between the two: task-metric budgets put the
     boundary far up (the recognizer: 15 of 22 moves), where galloping from below costs twice
     the ~log2(n) runs of bisection. ``known``: the verdicts so far; a gallop step past a
-    prefix known within budget stops there."""
+    prefix known within budget stops there. ``worth(lo, hi)``: whether a prefix between two
+    can be faster than ``hi`` beyond what the speed probe resolves (else ``n`` is taken
+    without trying one move)."""
     if lo < 0:
         if ok_with(0):
             return 0
         if bounded:  # ``n``: the last prefix still faster than float; none above is scored
             if n == 0 or not ok_with(n):
                 return None
-            return 1 if n > 1 and ok_with(1) else n
+            return 1 if n > 1 and worth(0, n) and ok_with(1) else n
         if n >= 3:
             if not ok_with(n - 1):
                 return n if ok_with(n) else None

@@ -166,7 +166,10 @@ def test_search_finds_the_smallest_prefix_and_records_the_curve() -> None:
         floats = 4 - len([x for x in model.split(",") if x])
         return floats >= 3, "too few float", 0.9 + 0.03 * floats
 
-    plan = mixed.search(build, sites, moves, score, speed=lambda model: (1.0 + len(model), 0.5))
+    def speed(model: str) -> tuple[float, float]:  # each site in int8 saves 10 % of float
+        return 1.0 + len(model), 0.9 - 0.1 * len([x for x in model.split(",") if x])
+
+    plan = mixed.search(build, sites, moves, score, speed=speed)
     assert plan.met and plan.floats == ["a", "b", "c"] and plan.dynamic == []
     ks = [p["float_layers"] for p in plan.tradeoff]
     assert ks == sorted(ks) and 0 in ks and 3 in ks and 2 in ks
@@ -343,6 +346,32 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
         speed=speed,
     )
     assert plan.met and len(plan.floats) == 3 and readings[2] == []
+
+
+def test_search_stops_where_the_prefixes_left_run_at_the_same_speed() -> None:
+    """The recognizer's shape: all int8 at 0.80x float, any move out of int8 costs ~9 % (one
+    slow layer), further moves 0.05 % each. Needing 15 of 20 moves, the search scores all
+    int8, the 20-move bound and one move; between 1 (0.90x, missing the budget) and 20
+    (0.91x, within it) no prefix can be 2 % faster than 20, so it stops there: 3 models
+    scored where the bisection scored 7, and the same choice when the moves cost more."""
+    sites, moves = _float_moves(24)
+    scored: list[int] = []
+
+    def build(enabled: set[str], dynamic: set[str]) -> int:
+        return 24 - len(enabled)
+
+    def score(model: int, label: str = "") -> tuple[bool, str, float]:
+        scored.append(model)
+        return model >= 15, "text changed", 100.0 if model >= 15 else 93.0
+
+    def flat(model: int) -> tuple[float, float]:
+        return 10.0, 0.8 if model == 0 else 0.9 + 0.0005 * model
+
+    plan = mixed.search(build, sites, moves, score, speed=flat)
+    assert plan.met and len(plan.floats) == 24 and scored == [0, 24, 1]
+    scored.clear()
+    plan = mixed.search(build, sites, moves, score, speed=lambda m: (10.0, 0.7 + 0.01 * m))
+    assert plan.met and len(plan.floats) == 15 and len(scored) > 3  # 0.01x a move: resolved
 
 
 def test_search_interpolates_the_budget_between_prefixes() -> None:
