@@ -69,6 +69,45 @@ def test_verdict_names_missed_goals():
     ]
 
 
+def test_verdict_compares_time_with_nncf_accuracy_control_on_the_same_budget():
+    """On the OCR models NNCF's accuracy control validates with onnxopt's own task metric:
+    the verdict adds its time as a second bar; elsewhere (another validation) it does not."""
+    fp32 = {"tool": "fp32", "metric": 100.0}
+    mine = {"tool": "onnxopt", "metric": 100.0, "latency_ms": 25.0, "speedup": 1.5, "seconds": 60}
+    peers = [
+        {"tool": "nncf", "metric": 45.0, "latency_ms": 56.0, "seconds": 12.0},
+        {"tool": "nncf_ac", "metric": 87.0, "latency_ms": 50.0, "seconds": 1900.0},
+    ]
+    got = qr._verdict(mine, peers, fp32, "ocr_rec")
+    assert got[-2:] == [
+        "time <= 2x NNCF: NOT met",
+        "time <= 2x NNCF accuracy control (same budget): met",
+    ]
+    assert not any("accuracy control" in g for g in qr._verdict(mine, peers, fp32, "minilm"))
+
+
+def test_nncf_task_validator_scores_all_runs_and_each_alone(tmp_path, monkeypatch):
+    """The peers' runner imports the task metric by name and gives NNCF the metric of all
+    runs (0..1) and of each run alone (its ranking), from the model's outputs."""
+    from benchmarks import quant_peers
+
+    mod = tmp_path / "my_task_metric.py"
+    mod.write_text(
+        "import numpy as np\n"
+        "def positive(runs, labels):\n"
+        "    return 100.0 * np.mean([float(r['y'].sum() > 0) for r in runs])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    model = parse(
+        "<ir_version: 8, opset_import: [\"\" : 17]>\n"
+        "g (float[1, 2] x) => (float[1, 2] y) { y = Relu (x) }"
+    )
+    runs = [{"x": np.array([[v, 0.0]], np.float32)} for v in (1.0, -1.0, 2.0, -3.0)]
+    items, validate = quant_peers._task_validator("my_task_metric:positive", runs, None)
+    total, per = validate(model, items)
+    assert total == pytest.approx(0.5) and per == [1.0, 0.0, 1.0, 0.0]
+
+
 def test_pipeline_goal_reads_both_readings_and_borrowed_models():
     rows = [
         {"model": "ocr_det", "tool": "onnxopt", "int8_layers": [0, 64]},

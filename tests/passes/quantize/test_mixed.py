@@ -4,6 +4,7 @@ accuracy bought per microsecond; the trade-off curve of the search."""
 from __future__ import annotations
 
 import math
+import time
 
 import numpy as np
 import onnx
@@ -445,7 +446,30 @@ def test_speed_probe_times_a_model_in_turns_with_float() -> None:
     assert probe.ref is None and math.isnan(probe.float_ms)
     ms, ratio = probe(m)
     assert ms > 0 and 0.5 < ratio < 2.0
-    assert 4 <= len(probe.ref_times) <= 12 and probe.float_ms > 0
+    assert probe.per_turn == 5  # a model of microseconds: 5 timed runs a turn
+    assert 4 * 5 <= len(probe.ref_times) <= 12 * 5 and probe.float_ms > 0
+
+
+def test_speed_probe_does_not_time_the_switch_between_sessions() -> None:
+    """Sessions whose first run after the other one ran costs 3 ms more (the switch), the
+    candidate taking half the float model's 2 ms warm: the probe reads 0.5x, where timing
+    each turn's first run read (5 / 4 =) 0.8x."""
+    last: list[object] = [None]
+
+    class Fake:
+        def __init__(self, ms: float) -> None:
+            self.ms = ms
+
+        def run(self, names, feed):
+            extra = 3.0 if last[0] is not self else 0.0
+            last[0] = self
+            time.sleep((self.ms + extra) / 1000)
+
+    probe = mixed.SpeedProbe(_model(), {}, min_pairs=4, max_pairs=4, seconds=0.0)
+    probe._session = lambda m: Fake(2.0 if m == "float" else 1.0)
+    probe.reference = "float"
+    ms, ratio = probe("int8")
+    assert probe.per_turn == 1 and ratio == pytest.approx(0.5, abs=0.1)
 
 
 def test_rough_ranges_are_min_and_max_of_the_finite_values() -> None:
