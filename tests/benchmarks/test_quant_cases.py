@@ -99,7 +99,7 @@ def test_nncf_task_validator_scores_all_runs_and_each_alone(tmp_path, monkeypatc
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     model = parse(
-        "<ir_version: 8, opset_import: [\"\" : 17]>\n"
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
         "g (float[1, 2] x) => (float[1, 2] y) { y = Relu (x) }"
     )
     runs = [{"x": np.array([[v, 0.0]], np.float32)} for v in (1.0, -1.0, 2.0, -3.0)]
