@@ -266,7 +266,7 @@ def search(
         be told apart from ``hi`` in speed (:data:`SPEED_RESOLUTION`); True untimed."""
         if lo not in times or hi not in times:
             return True
-        return not (times[hi][1] - times[lo][1] < SPEED_RESOLUTION)
+        return times[hi][1] - times[lo][1] >= SPEED_RESOLUTION
 
     last = n  # the largest prefix worth scoring
     bounded = False
