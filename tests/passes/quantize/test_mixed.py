@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -349,21 +350,29 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
     assert plan.met and len(plan.floats) == 3 and readings[2] == []
 
 
-def test_search_stops_where_the_prefixes_left_run_at_the_same_speed() -> None:
-    """The recognizer's shape: all int8 at 0.80x float, any move out of int8 costs ~9 % (one
-    slow layer), further moves 0.05 % each. Needing 15 of 20 moves, the search scores all
-    int8, the 20-move bound and one move; between 1 (0.90x, missing the budget) and 20
-    (0.91x, within it) no prefix can be 2 % faster than 20, so it stops there: 3 models
-    scored where the bisection scored 7, and the same choice when the moves cost more."""
-    sites, moves = _float_moves(24)
+def _text_metric(n: int, needed: int) -> tuple[Callable, Callable, list[int]]:
+    """A task metric at 93 % until ``needed`` of ``n`` moves and 100 % from there: (build,
+    score, the models scored in order); a model is its number of float sites."""
     scored: list[int] = []
 
     def build(enabled: set[str], dynamic: set[str]) -> int:
-        return 24 - len(enabled)
+        return n - len(enabled)
 
     def score(model: int, label: str = "") -> tuple[bool, str, float]:
         scored.append(model)
-        return model >= 15, "text changed", 100.0 if model >= 15 else 93.0
+        return model >= needed, "text changed", 100.0 if model >= needed else 93.0
+
+    return build, score, scored
+
+
+def test_search_stops_where_the_prefixes_left_run_at_the_same_speed() -> None:
+    """The recognizer's shape: all int8 at 0.80x float, any move out of int8 costs ~9 % (one
+    slow layer), further moves 0.05 % each. Needing 15 of 24 moves, the search scores all
+    int8, the 24-move bound and one move; between 1 (0.90x, missing the budget) and 24
+    (0.91x, within it) no prefix can be 2 % faster than 24, so it stops there: 3 models
+    scored where the bisection scored 7, and the same choice when the moves cost more."""
+    sites, moves = _float_moves(24)
+    build, score, scored = _text_metric(24, needed=15)
 
     def flat(model: int) -> tuple[float, float]:
         return 10.0, 0.8 if model == 0 else 0.9 + 0.0005 * model
@@ -380,14 +389,7 @@ def test_search_interpolates_the_budget_between_prefixes() -> None:
     target known, the search's bisection alternates with steps interpolated on the metric
     and scores 3 models between 1 and 23 where plain bisection scored 5; the same answer."""
     sites, moves = _float_moves(24)
-    scored: list[int] = []
-
-    def build(enabled: set[str], dynamic: set[str]) -> int:
-        return 24 - len(enabled)
-
-    def score(model: int, label: str = "") -> tuple[bool, str, float]:
-        scored.append(model)
-        return model >= 23, "text changed", 100.0 if model >= 23 else 93.0
+    build, score, scored = _text_metric(24, needed=23)
 
     plan = mixed.search(build, sites, moves, score, float_at_end=True)
     assert len(plan.floats) == 23 and scored == [0, 23, 1, 12, 17, 20, 21, 22]
