@@ -300,26 +300,41 @@ class Exact:
             return ""
         t = self.tol(refs[0].dtype.name)
         need_atol, need_rtol, bad = 0.0, 0.0, False
+        work = np.empty((4, _CHUNK))
         for r, c in zip(refs, cands):
-            r64, c64 = r.astype(np.float64), c.astype(np.float64)
-            if not np.array_equal(np.isnan(r64), np.isnan(c64)):
+            r, c = r.ravel(), c.ravel()
+            nan = np.isnan(r)
+            if not np.array_equal(nan, np.isnan(c)):
                 return f"'{name}': NaN pattern differs"
-            inf = np.isinf(r64) | np.isinf(c64)
-            if inf.any() and not np.array_equal(r64[inf], c64[inf]):
+            inf = np.isinf(r) | np.isinf(c)
+            if inf.any() and not np.array_equal(r[inf], c[inf]):
                 return f"'{name}': Inf values differ"
-            fin = np.isfinite(r64) & np.isfinite(c64)
-            r64, c64 = r64[fin], c64[fin]
-            if r64.size == 0:
+            if inf.any() or nan.any():
+                fin = ~(inf | nan)
+                r, c = r[fin], c[fin]
+            if r.size == 0:
                 continue
-            scale = max(1.0, float(np.abs(r64).max()))
-            diff = np.abs(r64 - c64)
-            allowed = np.maximum(t.atol * scale + t.rtol * np.abs(r64), NOISE_FACTOR * noise)
-            if (diff > allowed).any():
-                bad = True
-            need_atol = max(need_atol, float(((diff - t.rtol * np.abs(r64)).max()) / scale))
-            need_rtol = max(
-                need_rtol, float(((diff - t.atol * scale) / np.maximum(np.abs(r64), 1e-30)).max())
-            )
+            scale = max(1.0, float(np.abs(r).max()))
+            # in float64, slice by slice (:data:`_CHUNK`) in four reused rows: whole-run
+            # float64 temporaries made this check 1.5 s of the PP-OCRv5 recognizer's verification
+            # (1.0 s against 0.36 s on 32 of its runs)
+            for lo in range(0, r.size, _CHUNK):
+                m = min(_CHUNK, r.size - lo)
+                r64, c64, diff, absr = (row[:m] for row in work)
+                np.copyto(r64, r[lo : lo + m], casting="unsafe")
+                np.copyto(c64, c[lo : lo + m], casting="unsafe")
+                np.abs(np.subtract(r64, c64, out=diff), out=diff)
+                np.abs(r64, out=absr)
+                # allowed = max(atol * scale + rtol * |r|, NOISE_FACTOR * noise), in c64
+                np.multiply(absr, t.rtol, out=c64)
+                np.add(c64, t.atol * scale, out=c64)
+                np.maximum(c64, NOISE_FACTOR * noise, out=c64)
+                bad = bad or bool(np.greater(diff, c64).any())
+                np.multiply(absr, t.rtol, out=c64)
+                need_atol = max(need_atol, float(np.subtract(diff, c64, out=c64).max()) / scale)
+                np.subtract(diff, t.atol * scale, out=c64)
+                np.divide(c64, np.maximum(absr, 1e-30, out=absr), out=c64)
+                need_rtol = max(need_rtol, float(c64.max()))
         if bad:
             floor = f" and {NOISE_FACTOR}x its float noise {noise:.3g}" if noise else ""
             return (

@@ -161,7 +161,7 @@ def search(
     ``speed`` (a model -> (ms, time / the float model's time), :class:`SpeedProbe`) bounds
     the search when all int8 misses the budget: the prefixes are timed first, which costs a
     fraction of a task-metric run, and the largest one at least :data:`SPEED_MARGIN` faster
-    than float is found by bisection; no larger prefix is scored (it would be rolled back as
+    than float is found galloping down from the top (:func:`_last_fast`); no larger prefix is scored (it would be rolled back as
     not faster), and when that one misses the budget, nothing is left but float (the PP-OCRv5
     detector: 2 task-metric runs where its search scored 9 models, and the manager then
     rolled the one it chose back as 1.00x). Its timings are the trade-off curve's latencies
@@ -323,11 +323,21 @@ def _interpolate(lo: int, hi: int, at_lo: float, at_hi: float, target: float) ->
 
 
 def _last_fast(n: int, fast: Callable[[int], bool], all_float: bool) -> int:
-    """The largest prefix ``fast`` accepts, by bisection between 0 (accepted) and ``n``
-    (the float model itself when ``all_float``: not faster than float, not timed)."""
-    if not all_float and fast(n):
-        return n
-    lo, hi = 0, n
+    """The largest prefix ``fast`` accepts (0 is accepted), galloping down from the top
+    (``n``, or ``n - 1`` when ``all_float``: the float model itself is not faster than float
+    and is not timed): top, top - 1, top - 3, top - 7, ..., then bisection between the last
+    refused and the first accepted. The moves that give back the most time per unit of
+    accuracy come last (:func:`order_moves`), so the prefixes stay fast until near the end:
+    the PP-OCRv5 recognizer's last fast prefix is 23 of 25 and the detector's 22 of 23, which
+    galloping down finds in 3 and 1 timings where bisection from the middle took 6 and 5
+    (~1 s and 0.6 s each); a boundary in the middle costs about twice bisection's timings."""
+    top = n - 1 if all_float else n
+    hi, k, step = None, top, 1
+    while k > 0 and not fast(k):
+        hi, k, step = k, max(0, k - step), step * 2
+    lo = max(k, 0)
+    if hi is None:
+        return lo
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if fast(mid):

@@ -333,7 +333,7 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
     """One slow reading (1.00x among 0.90x) does not bound the search: a "no" is timed
     again, and the two readings' geometric mean decides."""
     sites, moves = _float_moves(4)
-    readings = {2: [1.0, 0.8]}
+    readings = {3: [1.0, 0.8]}  # the top prefix, timed first
 
     def speed(model: int) -> tuple[float, float]:
         got = readings.get(model)
@@ -347,7 +347,40 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
         float_at_end=True,
         speed=speed,
     )
-    assert plan.met and len(plan.floats) == 3 and readings[2] == []
+    assert plan.met and len(plan.floats) == 3 and readings[3] == []
+
+
+def test_the_speed_bound_is_found_galloping_down_from_the_top() -> None:
+    """The moves that give back the most time come last, so the last fast prefix is near the
+    top: found in one timing when the top prefix is fast, and in three when only the one below
+    is (the recognizer: 23 of 25). A boundary in the middle is still found exactly."""
+    sites, moves = _float_moves(24)
+
+    def run(last_fast: int) -> tuple[list[int], mixed.Plan]:
+        timed: list[int] = []
+
+        def speed(model: int) -> tuple[float, float]:
+            timed.append(model)
+            return 10.0, 0.8 if model <= last_fast else 1.0
+
+        plan = mixed.search(
+            lambda e, d: 24 - len(e),
+            sites,
+            moves,
+            lambda m, label="": (m >= last_fast, "text changed", float(m)),
+            float_at_end=True,
+            speed=speed,
+            speed_all_int8=(8.0, 0.8),
+        )
+        return timed, plan
+
+    timed, plan = run(23)
+    assert timed[0] == 23 and timed.count(23) == 1 and 24 not in timed
+    timed, plan = run(22)
+    assert timed[:3] == [23, 23, 22]  # a "no" is timed twice
+    assert plan.met and len(plan.floats) == 22
+    timed, plan = run(9)  # top, 22, 20, 16, 8, then bisection between 8 and 16
+    assert plan.met and len(plan.floats) == 9 and 10 in timed and 9 in timed
 
 
 def _text_metric(n: int, needed: int) -> tuple[Callable, Callable, list[int]]:
