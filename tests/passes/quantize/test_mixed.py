@@ -201,6 +201,34 @@ def test_search_goes_on_above_a_prefix_its_confirmation_refuses() -> None:
     plan = mixed.search(build, sites, moves, score, confirm=confirm)
     assert plan.met and plan.floats == ["a", "b", "c", "d"]
     assert confirmed == [3, 4]
+    # refused at 3, the search scores the prefixes above with the confirmation alone
+    scored: list[int] = []
+
+    def counted(model: str, label: str = "") -> tuple[bool, str, float]:
+        scored.append(floats(model))
+        return score(model, label)
+
+    confirmed.clear()
+    plan = mixed.search(build, sites, moves, counted, confirm=confirm)
+    assert plan.floats == ["a", "b", "c", "d"] and 4 not in scored and confirmed == [3, 4]
+    events: list[tuple[str, int]] = []  # a wider gap: the deployed verdict 3, the literal 7
+
+    def cheap(m: int, label: str = "") -> tuple[bool, str, float]:
+        events.append(("deployed", m))
+        return m >= 3, "deployed", 0.0
+
+    def literal(m: int, label: str = "") -> tuple[bool, str, float]:
+        events.append(("literal", m))
+        return m >= 7, "literal", 0.0
+
+    sites12 = [f"s{i}" for i in range(12)]
+    moves12 = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites12]
+    plan = mixed.search(lambda e, d: 12 - len(e), sites12, moves12, cheap, confirm=literal)
+    assert plan.met and len(plan.floats) == 7
+    refused = events.index(("literal", 3))
+    assert all(kind == "literal" for kind, _ in events[refused:])
+    assert events.count(("literal", 7)) == 1  # scored literally: not confirmed again
+
     plan = mixed.search(build, sites, moves, score)  # no confirmation: the cheap verdict
     assert plan.floats == ["a", "b", "c"]
 
