@@ -108,7 +108,11 @@ def search_cmd(
     from onnxopt.search.recipe import build_space, read_recipe
 
     space = build_space(
-        read_recipe(recipe) if recipe else None, seed=seed, trials=trials, objective=objective
+        read_recipe(recipe) if recipe else None,
+        target=target,
+        seed=seed,
+        trials=trials,
+        objective=objective,
     )
     make_executor(executor, workers=workers, address=ray_address)  # option errors first
     m = load_model(model)

@@ -68,19 +68,24 @@ def _yaml(text: str) -> Any:
     return yaml.safe_load(text) or {}
 
 
-def build_space(recipe: Mapping[str, Any] | None = None, **overrides: Any) -> Space:
+def build_space(
+    recipe: Mapping[str, Any] | None = None, *, target: str = "onnx", **overrides: Any
+) -> Space:
     """Validate ``recipe`` (None: the defaults) against the registry; one-line OptionError
     for an unknown pass or option, a bad value, an empty range or a broken ordering.
 
     A recipe's table replaces that pass's default ranges; passes it does not mention keep
     theirs (:data:`DEFAULT_RANGES`). ``overrides`` replace ``[search]`` settings (``seed``,
-    ``trials``, ...; None: keep)."""
+    ``trials``, ...; None: keep). ``target``: the search's ``--target``; a precision pass
+    that writes ops it does not allow (quantize-int4's MatMulNBits, an onnxruntime contrib
+    op) is left out of the default precisions, and named in a recipe it is an error: every
+    such trial would fail."""
     from onnxopt.passes import registry
 
     tables, search = _split_recipe(dict(recipe or {}))
     settings = _settings(search, overrides)
     user = _ranges(tables, registry)
-    precision = _precision_values(search.pop(PRECISION, None), user, registry)
+    precision = _precision_values(search.pop(PRECISION, None), user, registry, target)
     pipeline = search.pop("pipeline", None)
     if search:
         known = ", ".join(sorted({f.name for f in fields(Settings)} | {"pipeline", PRECISION}))
@@ -177,19 +182,31 @@ def _check_values(cls: type[Pass], ranges: dict[str, list[Any]]) -> None:
 
 
 def _precision_values(
-    raw: Any, user: dict[str, dict[str, list[Any]]], registry: Any
+    raw: Any, user: dict[str, dict[str, list[Any]]], registry: Any, target: str = "onnx"
 ) -> list[str | None]:
     """Precision values -> pass names (None: float). Without a list: fp32, int8, every pass
-    tagged "precision" and every precision pass the recipe gives options for."""
+    tagged "precision" and every precision pass the recipe gives options for, less those
+    whose ops ``target`` does not allow."""
     precise = _precision_passes(registry)
+
+    def allowed(name: str | None) -> bool:
+        need = getattr(precise.get(name or ""), "target_needed", "")
+        return not need or need == target
+
     if raw is None:
-        tagged = [n for n, c in precise.items() if "precision" in c.tags]
+        tagged = [n for n, c in precise.items() if "precision" in c.tags and allowed(n)]
         raw = [*DEFAULT_PRECISION, *tagged, *[n for n in user if n in precise]]
         raw = [v for v in raw if v in FLOAT or _precision_pass(v, precise, missing_ok=True)]
     values = _as_list("search", PRECISION, raw)
     out: list[str | None] = []
     for v in values:
         name = _precision_pass(str(v), precise)
+        if not allowed(name):
+            need = precise[str(name)].target_needed
+            raise OptionError(
+                f"recipe: precision '{v}': {name} writes {need} contrib ops; "
+                f"add --target {need} (every such trial would fail)"
+            )
         if name not in out:
             out.append(name)
     return out

@@ -133,13 +133,16 @@ class Judge:
 
     def literal_score(self, model: onnx.ModelProto, label: str = "") -> tuple[bool, str, float]:
         """The budget on the literal graph (Q/DQ arithmetic in float), as the verifier also
-        holds it; not recorded in ``history``."""
-        ok, why, head, _, _ = self._verdict(self.runner.run(model, self.feeds))
-        if not ok:  # the candidate's row in the history no longer reads "within budget"
-            for row in reversed(self.history):
-                if row["label"] == label:
-                    row["ok"] = False
-                    break
+        holds it. A candidate :meth:`deployed_score` recorded keeps its row in ``history``
+        (marked outside the budget when this fails); one scored here alone (the search after
+        a refused confirmation) gets its row here."""
+        ok, why, head, comp, acc = self._verdict(self.runner.run(model, self.feeds))
+        key = label or f"candidate {self.evaluations}"  # as :meth:`_record` names it
+        rows = [row for row in self.history if row["label"] == key]
+        if not rows:
+            self._record(model, label, ok, comp, acc)
+        elif not ok:  # the candidate's row no longer reads "within budget"
+            rows[-1]["ok"] = False
         return ok, (why + " (the literal graph)" if not ok else why), head
 
     def _verdict(self, runs: list[dict[str, np.ndarray]]) -> tuple:

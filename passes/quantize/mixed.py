@@ -154,18 +154,19 @@ def search(
 
     With ``confirm`` (a second, costlier verdict: the literal Q/DQ graph where ``score`` ran
     the deployed one), the prefix found is confirmed; if it fails, the search goes on above
-    it, galloping then bisecting again, each prefix now scored with ``confirm`` alone. ``float_at_end``: ``build`` quantizes nothing but
-    ``sites`` (no int8 elsewhere, such as If/Loop bodies), so every site out of int8 is the
-    input model itself.
+    it, galloping then bisecting again, each prefix now scored with ``confirm`` alone.
+    ``float_at_end``: ``build`` quantizes nothing but ``sites`` (no int8 elsewhere, such as
+    If/Loop bodies), so every site out of int8 is the input model itself.
 
     ``speed`` (a model -> (ms, time / the float model's time), :class:`SpeedProbe`) bounds
     the search when all int8 misses the budget: the prefixes are timed first, which costs a
     fraction of a task-metric run, and the largest one at least :data:`SPEED_MARGIN` faster
-    than float is found galloping down from the top (:func:`_last_fast`); no larger prefix is scored (it would be rolled back as
-    not faster), and when that one misses the budget, nothing is left but float (the PP-OCRv5
-    detector: 2 task-metric runs where its search scored 9 models, and the manager then
-    rolled the one it chose back as 1.00x). Its timings are the trade-off curve's latencies
-    (none without it); ``speed_all_int8``: the all-int8 model's, when already timed.
+    than float is found galloping down from the top (:func:`_last_fast`); no larger prefix
+    is scored (it would be rolled back as not faster), and when that one misses the budget,
+    nothing is left but float (the PP-OCRv5 detector: 2 task-metric runs where its search
+    scored 9 models, and the manager then rolled the one it chose back as 1.00x). Its
+    timings are the trade-off curve's latencies (none without it); ``speed_all_int8``: the
+    all-int8 model's, when already timed.
 
     ``target``: the headline number the budget needs (a task metric's floor, an accuracy's,
     the minimum cosine). Bisection steps then alternate with steps that interpolate it
@@ -224,6 +225,7 @@ def search(
         times[k] = ((times[k][0] + ms) / 2, math.sqrt(times[k][1] * ratio))
         return times[k][1] < 1.0 - SPEED_MARGIN
 
+    strict = False  # set once a confirmation refuses a prefix the cheap verdict passed
     #: prefixes scored with ``confirm`` itself (their verdict needs no confirmation)
     literal: set[int] = set()
 
@@ -256,8 +258,6 @@ def search(
         else:
             out.reason = why
         return good
-
-    strict = False  # set once a confirmation refuses a prefix the cheap verdict passed
 
     def confirmed(k: int) -> bool:
         nonlocal strict
@@ -344,14 +344,15 @@ def _last_fast(n: int, fast: Callable[[int], bool], all_float: bool) -> int:
     and is not timed): top, top - 1, top - 3, top - 7, ..., then bisection between the last
     refused and the first accepted. The moves that give back the most time per unit of
     accuracy come last (:func:`order_moves`), so the prefixes stay fast until near the end:
-    the PP-OCRv5 recognizer's last fast prefix is 23 of 25 and the detector's 22 of 23, which
-    galloping down finds in 3 and 1 timings where bisection from the middle took 6 and 5
-    (~1 s and 0.6 s each); a boundary in the middle costs about twice bisection's timings."""
+    the PP-OCRv5 recognizer's last fast prefix is 22-23 of 24-25 and the detector's 27 of 29,
+    which galloping down finds in 3 timings each (a "no" is timed twice) where bisection from
+    the middle took 6 and 5 (~1 s and 0.6 s each); a boundary in the middle costs about twice
+    bisection's timings."""
     top = n - 1 if all_float else n
     hi, k, step = None, top, 1
     while k > 0 and not fast(k):
         hi, k, step = k, max(0, k - step), step * 2
-    lo = max(k, 0)
+    lo = k
     if hi is None:
         return lo
     while hi - lo > 1:

@@ -21,9 +21,12 @@ def test_defaults_cover_prune_and_int8_with_the_baseline():
     assert labels[0] == "exact only"  # the baseline: every lossy stage off
     assert any(x.startswith("prune(ratio=0.5) + quantize-int8(calibrator=entropy") for x in labels)
     # percentile's two values only with the percentile calibrator: 4 calibrations x 2 layouts,
-    # and the registered precision passes (convert-fp16, convert-bf16, quantize-int4)
-    assert {"convert-fp16", "convert-bf16", "quantize-int4"} <= set(labels)
-    assert len(labels) == space.size == 4 * (1 + 4 * 2 + 3)
+    # and the registered precision passes the target allows (convert-fp16, convert-bf16; not
+    # quantize-int4, whose MatMulNBits is an onnxruntime contrib op: every trial would fail)
+    assert {"convert-fp16", "convert-bf16"} <= set(labels)
+    assert not any("int4" in x for x in labels)
+    assert len(labels) == space.size == 4 * (1 + 4 * 2 + 2)
+    assert "quantize-int4" in _labels(build_space(target="onnxruntime"))
     assert "quantize-int8(calibrator=percentile, per_channel=True, percentile=99.9)" in labels
     assert "quantize-int8(calibrator=entropy, per_channel=True)" in labels  # percentile unread
     exact = space.stages[0].choices[0]
@@ -117,3 +120,12 @@ def test_settings_validate():
     assert Settings().objective == "fastest"
     with pytest.raises(OptionError, match="objective"):
         Settings(objective="cheapest")
+
+
+def test_a_precision_the_target_cannot_run_is_refused_before_the_search():
+    """Named in a recipe under ``--target onnx``, int4 (an onnxruntime contrib op) is a
+    one-line error naming the flag that allows it, not a column of failed trials."""
+    with pytest.raises(OptionError, match="add --target onnxruntime"):
+        build_space({"search": {"precision": ["fp32", "int4"]}})
+    space = build_space({"search": {"precision": ["fp32", "int4"]}}, target="onnxruntime")
+    assert [t.label() for t in space.trials()][-1].endswith("quantize-int4")

@@ -77,6 +77,11 @@ def test_judge_holds_the_candidate_deployed_then_literal() -> None:
     ok, _, _ = judge.score(_scaled(0.99))
     assert ok and runner.levels == [True, False]
     assert [h["ok"] for h in judge.history] == [False, True]
+    # scored on the literal graph alone (the search after a refused confirmation): its row
+    ok, _, _ = judge.literal_score(_scaled(0.97), "3 in float")
+    assert ok and [(h["label"], h["ok"]) for h in judge.history][-1] == ("3 in float", True)
+    ok, _, _ = judge.literal_score(_scaled(0.5), "3 in float")  # a recorded one: marked
+    assert not ok and len(judge.history) == 3 and not judge.history[-1]["ok"]
 
 
 def test_judge_wants_the_cosine_budget_on_each_half_of_the_runs() -> None:
