@@ -225,6 +225,15 @@ class Pass:
             return cls()
         return cls(cls.config_class.from_options(options, where=cls.name))
 
+    @classmethod
+    def target_error(cls, target: str) -> str:
+        """Why the pass cannot run under ``--target target`` ("" when it can): it writes
+        another runtime's contrib ops (:attr:`target_needed`)."""
+        need = cls.target_needed
+        if not need or need == target:
+            return ""
+        return f"{cls.name} writes {need} contrib ops: add --target {need}"
+
     def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:  # pragma: no cover
         raise NotImplementedError
 

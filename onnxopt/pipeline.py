@@ -135,10 +135,8 @@ class PassManager:
             raise OptionError("no passes to run")
         validate_order(self.passes, order)
         for p in self.passes:
-            if p.target_needed and p.target_needed != target:
-                raise OptionError(
-                    f"{p.name} writes {p.target_needed} contrib ops: add --target {p.target_needed}"
-                )
+            if p.target_error(target):
+                raise OptionError(p.target_error(target))
         self.budget = budget
         self.target = target
         self.strict = strict

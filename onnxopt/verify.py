@@ -300,7 +300,7 @@ class Exact:
             return ""
         t = self.tol(refs[0].dtype.name)
         need_atol, need_rtol, bad = 0.0, 0.0, False
-        work = np.empty((4, _CHUNK))
+        work = np.empty((4, min(_CHUNK, max(r.size for r in refs))))
         for r, c in zip(refs, cands):
             r, c = r.ravel(), c.ravel()
             nan = np.isnan(r)

@@ -189,23 +189,20 @@ def _precision_values(
     whose ops ``target`` does not allow."""
     precise = _precision_passes(registry)
 
-    def allowed(name: str | None) -> bool:
-        need = getattr(precise.get(name or ""), "target_needed", "")
-        return not need or need == target
+    def refused(name: str | None) -> str:
+        return precise[name].target_error(target) if name is not None else ""
 
     if raw is None:
-        tagged = [n for n, c in precise.items() if "precision" in c.tags and allowed(n)]
+        tagged = [n for n, c in precise.items() if "precision" in c.tags and not refused(n)]
         raw = [*DEFAULT_PRECISION, *tagged, *[n for n in user if n in precise]]
         raw = [v for v in raw if v in FLOAT or _precision_pass(v, precise, missing_ok=True)]
     values = _as_list("search", PRECISION, raw)
     out: list[str | None] = []
     for v in values:
         name = _precision_pass(str(v), precise)
-        if not allowed(name):
-            need = precise[str(name)].target_needed
+        if refused(name):
             raise OptionError(
-                f"recipe: precision '{v}': {name} writes {need} contrib ops; "
-                f"add --target {need} (every such trial would fail)"
+                f"recipe: precision '{v}': {refused(name)} (every such trial would fail)"
             )
         if name not in out:
             out.append(name)
