@@ -79,9 +79,10 @@ def profile_models(
 
 def _session(model: onnx.ModelProto, prefix: str, threads: int) -> Any:
     from onnxopt.runner import build_session, split_weights
-    from onnxopt.timing import session_options
+    from onnxopt.timing import RACE_IDLE_SPIN, session_options
 
-    so = session_options(threads, "all")
+    # run in turns with another session: idle workers stop spinning (see RACE_IDLE_SPIN)
+    so = session_options(threads, "all", idle_spin=RACE_IDLE_SPIN)
     so.enable_profiling = True
     so.profile_file_prefix = prefix
     structure, names, arrays = split_weights(model)
