@@ -151,11 +151,8 @@ def model_session(
 #: stopped, 1.00x to 1.01x at the same latency (turning spinning off altogether also evened
 #: it, but ran the model at 0.97 ms instead of 0.61). The realzoo "never slower" table had five
 #: false "slower" verdicts on models that optimize had not changed. int8's per-layer latency
-#: profile (also two sessions in turns) stops them too: spinning, it summed the PP-OCRv5
-#: recognizer's float kernels to 21-25 ms a run (15-19 ms for its int8 placement) where they
-#: take 14 ms stopped (9.4 ms), within 1 % from profile to profile; a stopped pool's wake-up
-#: lands on a run's first parallel kernel (a 4-MAC test layer read 30 µs instead of 14 in one
-#: profile of ten).
+#: profile runs its models one at a time instead (:func:`onnxopt.passes.quantize.latency.
+#: measure_all`): two profiling sessions in turns disturbed each other either way.
 RACE_IDLE_SPIN = False
 
 

@@ -54,6 +54,18 @@ class OutputStats:
 class Comparison:
     outputs: dict[str, OutputStats] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+    #: per float output, each run's dot products (r.c, r.r, c.c): the cosine of any subset of
+    #: the runs without comparing them again (:meth:`cosines_over`); not in the report
+    run_dots: dict[str, np.ndarray] = field(default_factory=dict, repr=False, compare=False)
+
+    def cosines_over(self, runs: slice) -> dict[str, float]:
+        """Each float output's cosine over ``runs`` only (the outputs compared as a whole,
+        such as one with non-finite values, are left out)."""
+        out = {}
+        for name, dots in self.run_dots.items():
+            rc, rr, cc = dots[runs].sum(axis=0) if len(dots[runs]) else (0.0, 0.0, 0.0)
+            out[name] = _cosine_of(float(rc), float(rr), float(cc))
+        return out
 
     @property
     def max_abs(self) -> float:
@@ -101,15 +113,23 @@ def compare(reference: Runs, candidate: Runs, percentiles: bool = False) -> Comp
             continue
         refs = [r[name] for r in reference]
         cands = [c[name] for c in candidate]
-        comp.outputs[name] = compare_arrays(name, refs, cands, percentiles)
+        dots: list[tuple[float, float, float]] = []
+        comp.outputs[name] = compare_arrays(name, refs, cands, percentiles, dots)
+        if len(dots) == len(refs):
+            comp.run_dots[name] = np.array(dots, dtype=np.float64).reshape(-1, 3)
     return comp
 
 
 def compare_arrays(
-    name: str, refs: list[np.ndarray], cands: list[np.ndarray], percentiles: bool = False
+    name: str,
+    refs: list[np.ndarray],
+    cands: list[np.ndarray],
+    percentiles: bool = False,
+    run_dots: list[tuple[float, float, float]] | None = None,
 ) -> OutputStats:
     """Statistics of ``cands`` against ``refs`` (lists of arrays, one per run); the 99th
-    percentiles of the errors only with ``percentiles`` (None otherwise)."""
+    percentiles of the errors only with ``percentiles`` (None otherwise). ``run_dots``, for a
+    float output: each run's (r.c, r.r, c.c) is appended to it."""
     dtype = np.asarray(refs[0]).dtype
     st = OutputStats(name=name, dtype=dtype.name)
     for r, c in zip(refs, cands):
@@ -158,10 +178,14 @@ def compare_arrays(
         scores = scores and _looks_like_scores(x)
         if scores:  # raveled: runs of a sequence model give [batch, steps, classes]
             agree.append((np.argmax(x, -1) == np.argmax(y, -1)).ravel())
+        run = _Sums()  # this run's, then added to the totals (its dots kept apart)
         for lo in range(0, r.size, _CHUNK):
-            kept = acc.add(r[lo : lo + _CHUNK], c[lo : lo + _CHUNK], percentiles)
+            kept = run.add(r[lo : lo + _CHUNK], c[lo : lo + _CHUNK], percentiles)
             if percentiles:
                 keep.append(kept)
+        acc.merge(run)
+        if run_dots is not None:
+            run_dots.append((run.rc, run.rr, run.cc))
     n, sum_abs, sum_rel, rc, rr, cc = acc.n, acc.sum_abs, acc.sum_rel, acc.rc, acc.rr, acc.cc
     st.max_abs, st.max_rel, st.ref_scale = acc.max_abs, acc.max_rel, acc.ref_scale
     st.exact_equal = st.exact_equal and acc.max_abs == 0.0
@@ -214,6 +238,16 @@ class _Sums:
         self.sum_rel += float(rel.sum())
         self.rc, self.rr, self.cc = self.rc + r @ c, self.rr + r @ r, self.cc + c @ c
         return (diff, rel) if keep else (np.empty(0), np.empty(0))
+
+    def merge(self, other: _Sums) -> None:
+        """Add ``other``'s slices to these."""
+        self.n += other.n
+        self.sum_abs += other.sum_abs
+        self.sum_rel += other.sum_rel
+        self.rc, self.rr, self.cc = self.rc + other.rc, self.rr + other.rr, self.cc + other.cc
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.max_rel = max(self.max_rel, other.max_rel)
+        self.ref_scale = max(self.ref_scale, other.ref_scale)
 
 
 def _cosine_of(rc: float, rr: float, cc: float) -> float:

@@ -216,9 +216,9 @@ def _charge(
 def _session(model: onnx.ModelProto, tmp: str, tag: str, threads: int) -> tuple:
     """A profiling session of ``model`` (ORT_ENABLE_ALL) saving its optimized graph in ``tmp``."""
     from onnxopt.runner import build_session, split_weights
-    from onnxopt.timing import RACE_IDLE_SPIN, session_options
+    from onnxopt.timing import session_options
 
-    so = session_options(threads, "all", idle_spin=RACE_IDLE_SPIN)
+    so = session_options(threads, "all")
     so.enable_profiling = True
     so.profile_file_prefix = os.path.join(tmp, f"profile_{tag}")
     optimized = os.path.join(tmp, f"optimized_{tag}.onnx")
@@ -258,27 +258,32 @@ def measure_all(
     min_runs: int = 6,
     max_runs: int = 100,
 ) -> list[Timing]:
-    """:func:`measure` for several models in interleaved runs (a burst of load on a shared
-    machine hits them alike), at least ``min_runs`` each and about ``seconds`` each; idle
-    workers stop spinning between runs (:data:`onnxopt.timing.RACE_IDLE_SPIN`)."""
+    """:func:`measure` for several models, one after the other, each alone in the process:
+    its session is made, run at least ``min_runs`` times and about ``seconds``, and closed
+    before the next one's is made.
+
+    Two profiling sessions alive at once disturb each other on two cores, whichever way they
+    are run: in turns run by run, their spinning workers summed the PP-OCRv5 recognizer's
+    float kernels to 21-25 ms a run (15-19 ms for its int8 placement, which then read slower
+    than float in one run of two) where they take 14 ms alone (9.1 ms); with the workers
+    stopped between runs, the pool's wake-up lands on a run's first parallel kernel (a 4-MAC
+    test layer read 34 µs in float where it takes 12); in turns of several runs, a 37 M MAC
+    convolution read 250 or 450 µs from one profile to the next. Alone, each model reads
+    within 2 % from profile to profile."""
+    out = []
     with tempfile.TemporaryDirectory(prefix="onnxopt_profile_") as tmp:
-        sessions = [_session(m, tmp, str(k), threads) for k, m in enumerate(models)]
-        for sess, _ in sessions:
+        for k, m in enumerate(models):
+            sess, optimized = _session(m, tmp, str(k), threads)
             for _ in range(2):
                 sess.run(None, feed)
-        start, n = time.perf_counter(), 0
-        while n < min_runs or (
-            time.perf_counter() - start < seconds * len(models) and n < max_runs
-        ):
-            for sess, _ in sessions if n % 2 == 0 else sessions[::-1]:
+            start, n = time.perf_counter(), 0
+            while n < min_runs or (time.perf_counter() - start < seconds and n < max_runs):
                 sess.run(None, feed)
-            n += 1
-        out = []
-        for sess, optimized in sessions:
+                n += 1
             with open(sess.end_profiling()) as f:
                 events = json.load(f)
+            del sess
             out.append(_summarize(_runs(events)[-n:], _optimized_nodes(optimized), attribution))
-        del sessions
         for f in glob.glob(os.path.join(tmp, "*")):
             os.remove(f)
     return out

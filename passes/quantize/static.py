@@ -74,7 +74,7 @@ LATENCY_ROUNDS = 3
 #: seconds each model runs in the first profile round, and in the later ones: a later round
 #: re-times a model that differs from the last one only where layers went float, to catch a
 #: neighbour made slower by the new boundary (MobileNetV2, batch 32: 1.0 s a round at 0.4 s)
-FIRST_ROUND_SECONDS, LATER_ROUND_SECONDS = 0.4, 0.2
+FIRST_ROUND_SECONDS, LATER_ROUND_SECONDS = 0.2, 0.1
 #: with ``ctx.parallel`` (``onnxopt search`` on Ray), calibration over at least this many runs
 #: is split across workers (the same statistics)
 PARALLEL_MIN_RUNS = 32

@@ -145,3 +145,23 @@ def test_runs_longer_than_a_slice_give_the_pooled_statistics():
     assert not st.exact_equal
     same = compare_arrays("y", [refs[1]], [refs[1].copy()])
     assert same.exact_equal and same.max_abs == 0.0 and same.cosine == pytest.approx(1.0)
+
+
+def test_the_cosine_of_a_subset_of_runs_comes_from_one_comparison():
+    """compare keeps each run's dot products: the cosine over any slice of the runs equals
+    comparing that slice again (float outputs only)."""
+    rng = np.random.default_rng(3)
+    ref = [
+        {"y": rng.standard_normal((5, 7)).astype(np.float32), "k": np.arange(3)} for _ in range(6)
+    ]
+    cand = [
+        {"y": r["y"] + 0.1 * rng.standard_normal((5, 7)).astype(np.float32), "k": r["k"]}
+        for r in ref
+    ]
+    comp = compare(ref, cand)
+    assert set(comp.run_dots) == {"y"} and comp.run_dots["y"].shape == (6, 3)
+    for part in (slice(0, 3), slice(3, None), slice(None)):
+        again = compare(ref[part], cand[part]).outputs["y"].cosine
+        assert abs(comp.cosines_over(part)["y"] - again) < 1e-12
+    assert abs(comp.cosines_over(slice(None))["y"] - comp.outputs["y"].cosine) < 1e-12
+    assert "run_dots" not in comp.to_dict()

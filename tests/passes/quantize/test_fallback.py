@@ -104,3 +104,24 @@ def test_judge_wants_the_cosine_budget_on_each_half_of_the_runs() -> None:
     assert head >= 0.99 and not ok and "first half" in why
     ok, why, head, *_ = judge._verdict(outputs(0.05))
     assert ok, why
+
+
+def test_the_halves_cosines_need_no_second_comparison(monkeypatch) -> None:
+    """The halves' cosines come from the pooled comparison's per-run dot products: one
+    comparison a verdict, with the same verdicts as comparing each half again."""
+    from onnxopt.passes.quantize import fallback
+
+    rng = np.random.default_rng(1)
+    feeds = Feeds([{"x": rng.standard_normal((4, 3)).astype(np.float32)} for _ in range(16)])
+    runner = Runner()
+    reference = runner.run(_scaled(1.0), feeds)
+    judge = Judge(runner, feeds, reference, Budget(min_cosine=0.99))
+    calls: list[int] = []
+    real = fallback.compare
+    monkeypatch.setattr(fallback, "compare", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = [dict(r) for r in reference]
+    for r in out[8:]:  # noise on the second half only
+        r["y"] = r["y"] + 0.16 * rng.standard_normal(r["y"].shape).astype(np.float32)
+    ok, why, head, *_ = judge._verdict(out)
+    assert not ok and "second half" in why and calls == [1]
+    assert real(reference[8:], out[8:]).cosine < 0.99 <= head
