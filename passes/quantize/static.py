@@ -601,7 +601,7 @@ class QuantizeInt8(Pass):
         probe, timed = speed if speed is not None else (None, None)
         if probe is None and c.latency_aware and not ctx.allow_slower and _memo_fits(model):
             # the probe holds a float session (a copy of the weights) through the search:
-            # only for models whose weights are in memory and at most MEMO_MAX_BYTES
+            # only for models whose weights are at most MEMO_MAX_BYTES
             probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         slow = len(details.get("latency", {}).get("slower_in_int8", []))
         res = mixed.search(
@@ -649,13 +649,16 @@ class QuantizeInt8(Pass):
 
 
 #: the first run's prepared model stays in the memo while the manager verifies (and perhaps
-#: bisects) its candidate: only for models whose weights are held in memory and below this
+#: bisects) its candidate, and the search's speed probe holds a float session: only for models
+#: whose weights are at most this (held in memory or mapped from files: the 90 MB MiniLM is
+#: mapped, and without the memo a candidate that failed verification was bisected from scratch,
+#: 15 trials and 90 s, where the search's next candidates were at hand)
 MEMO_MAX_BYTES = 256 << 20
 
 
 def _memo_fits(model: onnx.ModelProto) -> bool:
     """Whether keeping a copy of ``model`` for the bisection trials is cheap enough."""
-    return not weights.is_mapped_model(model) and weights.weight_bytes(model) <= MEMO_MAX_BYTES
+    return weights.weight_bytes(model) <= MEMO_MAX_BYTES
 
 
 @dataclass
