@@ -353,8 +353,8 @@ NO_RACE_ABOVE_FLOAT = 1.2
 
 #: a float model whose kernels the profile sums to less (µs a run) is judged by whole-model
 #: timings only: each profiled kernel adds ~1-2 µs, and int8 has more kernels (Q, DQ, layout
-#: transposes). The digits ResNet profiles at 150-155 µs in float and 185-195 in int8 with its
-#: idle workers stopped (130 and 165 spinning), where whole runs take 66 and 56 µs
+#: transposes). The digits ResNet profiles at 127 µs in float and 164 in int8, where whole
+#: runs take 66 and 56 µs
 PROFILE_TRUSTED_US = 2000.0
 
 

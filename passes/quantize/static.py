@@ -85,10 +85,10 @@ ROUGH_RUNS = 2
 SURE_GAIN = 0.15
 #: a latency profile that times the int8 placement this far or more above float's time ends
 #: the pass without timing the model whole; nearer, the whole model is timed in turns with
-#: the float one first (:meth:`_whole_gain`). Per-node profiling is noisy: two runs of the
-#: same command read the PP-OCRv5 recognizer's float model at 15.2 and 19.5 ms (11.3 ms
-#: timed whole), and the first left int8 out at 16.9 ms profiled for its placement, which
-#: runs in 0.64x float's time
+#: the float one first (:meth:`_whole_gain`). A profile sums kernel times, each with its own
+#: overhead, and is not the model's time: the earlier profile (two sessions in turns) read the
+#: PP-OCRv5 recognizer's float model at 15.2 ms in one run (11.3 ms timed whole) and left int8
+#: out at 16.9 ms profiled for a placement that runs in 0.64x float's time
 NO_GAIN_ABOVE = 1.2
 
 
@@ -652,7 +652,7 @@ class QuantizeInt8(Pass):
 #: bisects) its candidate, and the search's speed probe holds a float session: only for models
 #: whose weights are at most this (held in memory or mapped from files: the 90 MB MiniLM is
 #: mapped, and without the memo a candidate that failed verification was bisected from scratch,
-#: 15 trials and 90 s, where the search's next candidates were at hand)
+#: 15 trials, 109 s for the pass, where the search's next candidates were at hand)
 MEMO_MAX_BYTES = 256 << 20
 
 
