@@ -135,8 +135,8 @@ class PassManager:
             raise OptionError("no passes to run")
         validate_order(self.passes, order)
         for p in self.passes:
-            if p.target_error(target):
-                raise OptionError(p.target_error(target))
+            if why := p.target_error(target):
+                raise OptionError(why)
         self.budget = budget
         self.target = target
         self.strict = strict

@@ -63,7 +63,7 @@ class Comparison:
         such as one with non-finite values, are left out)."""
         out = {}
         for name, dots in self.run_dots.items():
-            rc, rr, cc = dots[runs].sum(axis=0) if len(dots[runs]) else (0.0, 0.0, 0.0)
+            rc, rr, cc = dots[runs].sum(axis=0)  # an empty slice sums to zeros
             out[name] = _cosine_of(float(rc), float(rr), float(cc))
         return out
 

@@ -723,7 +723,7 @@ def _no_gain(timing: dict | None, above: float = NO_GAIN_ABOVE) -> str:
     if not timing or not timing.get("float_us") or timing.get("all_int8_raced"):
         return ""
     f, q = timing["float_us"], timing.get("int8_est_us", timing["int8_us"])
-    if q < f * above or not lat.profile_trusted(f):  # else the model is timed whole
+    if q < f * above or not lat.profile_trusted(f):  # may pay: timed whole where it can be
         return ""
     return (
         f"int8 does not make this model faster on this CPU: its profile times the int8 model, "
