@@ -263,11 +263,12 @@ class PassManager:
             )
         elif self.holdout and any(not p.exact for p in self.passes) and len(feeds) >= 4:
             # a lossy pass that learns from the data it is judged on can overfit (a ridge refit
-            # on 8 runs looks perfect on those 8): learn on the first half, verify on the rest
-            self._calib, verify_on = feeds.split(0.5)
+            # on 8 runs looks perfect on those 8): learn on every other run, verify on the rest
+            # (not the first half: data saved by class or by source would split by it)
+            self._calib, verify_on = feeds.split(0.5, spread=True)
             report.notes.append(
-                f"lossy passes learn from {len(self._calib)} runs and are verified on the other "
-                f"{len(verify_on)} (give --calib-data to use separate data)"
+                f"lossy passes learn from {len(self._calib)} runs (every other one) and are "
+                f"verified on the other {len(verify_on)} (give --calib-data to use separate data)"
             )
         return verify_on.subset(self._verify_runs) if self._verify_runs else verify_on
 

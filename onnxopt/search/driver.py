@@ -1,8 +1,8 @@
 """One search from start to end, for the CLI and the Python API: the job (what every worker
 needs), the cache, the executor, the run, the outputs.
 
-The data: lossy passes learn from ``calib`` (``--calib-data``); without it, from the first
-half of the runs, and trials are judged on the other half (as the PassManager does). The
+The data: lossy passes learn from ``calib`` (``--calib-data``); without it, from every other
+run, and trials are judged on the rest (as the PassManager does). The
 metric: accuracy with labels; else top-1 agreement with the original when an output holds
 class scores (``--max-accuracy-drop D`` then means agreement >= 100 - D %); else cosine.
 """
@@ -65,13 +65,13 @@ def split_feeds(feeds: Feeds, calib: Feeds | None) -> tuple[Feeds, Feeds, str]:
         return calib, feeds, f"passes learn from {calib.source}; trials judged on {feeds.source}"
     if len(feeds) < 2:
         raise DataError("a search needs at least 2 runs of --data (or --calib-data)")
-    learn, judge = feeds.split(0.5)
+    learn, judge = feeds.split(0.5, spread=True)
     return (
         learn,
         judge,
         (
-            f"passes learn from the first {len(learn)} runs of {feeds.source}, trials are judged on "
-            f"the other {len(judge)} (give --calib-data to use separate data)"
+            f"passes learn from {len(learn)} runs of {feeds.source} (every other one), trials "
+            f"are judged on the other {len(judge)} (give --calib-data to use separate data)"
         ),
     )
 

@@ -187,3 +187,22 @@ def test_batch_feed_refuses_what_does_not_stack():
     assert not batch_feed(MODEL, two_sizes, 3)["x"].any()  # the runs shaped like the first
     with pytest.raises(DataError, match="input 'x' is a scalar"):
         batch_feed(MODEL, Feeds([{"x": np.float32(1)}]), 2)
+
+
+def test_split_spread_takes_every_other_run_in_order():
+    runs = [{"x": np.full((1, 3), i, np.float32)} for i in range(6)]
+    labels = [np.array([c]) for c in (0, 0, 0, 1, 1, 1)]  # saved by class
+    feeds = Feeds(runs, labels)
+    first, rest = feeds.split(0.5)
+    assert [int(x[0]) for x in first.labels] == [0, 0, 0]  # the leading half: one class
+    first, rest = feeds.split(0.5, spread=True)
+    assert [int(r["x"][0, 0]) for r in first.runs] == [0, 2, 4]
+    assert [int(r["x"][0, 0]) for r in rest.runs] == [1, 3, 5]
+    assert [int(x[0]) for x in first.labels] == [0, 0, 1]  # labels follow their runs
+    assert [int(x[0]) for x in rest.labels] == [0, 1, 1]
+    seven = Feeds([{"x": np.full((1, 3), i, np.float32)} for i in range(7)])
+    a, b = seven.split(0.5, spread=True)
+    ids = [int(r["x"][0, 0]) for r in a.runs] + [int(r["x"][0, 0]) for r in b.runs]
+    assert len(a) == 4 and sorted(ids) == list(range(7))  # disjoint, nothing lost
+    one = Feeds(runs[:1]).split(0.5, spread=True)
+    assert len(one[0]) == 1 and len(one[1]) == 0

@@ -339,3 +339,25 @@ def test_a_failed_candidate_is_followed_by_the_pass_own_fallbacks(monkeypatch):
     pr = rep.passes[0]
     assert pr.status == "rolled back" and p.applied == 2
     assert "its 1 fallbacks failed too" in pr.reason
+
+
+class SeesCalibration(Scale):
+    """Test-only lossy pass that records the labels of the runs it learns from."""
+
+    name = "test-sees"
+    seen: list[int] = []
+
+    def run(self, graph, ctx):
+        SeesCalibration.seen = [int(x[0]) for x in ctx.feeds.labels]
+        return super().run(graph, ctx)
+
+
+def test_lossy_passes_learn_from_every_other_run_not_the_first_half():
+    # data saved by class: the first half would be class 0 alone, judged on class 1 alone
+    f = synthesize(model(), runs=6)
+    f.labels = [np.array([c, c]) for c in (0, 0, 0, 1, 1, 1)]  # 2 samples a run
+    _, rep = PassManager([SeesCalibration(0.001)], budget=Budget(min_cosine=0.99)).run(
+        model(), f
+    )
+    assert SeesCalibration.seen == [0, 0, 1]
+    assert any("every other one" in n for n in rep.notes)
