@@ -356,8 +356,6 @@ def test_lossy_passes_learn_from_every_other_run_not_the_first_half():
     # data saved by class: the first half would be class 0 alone, judged on class 1 alone
     f = synthesize(model(), runs=6)
     f.labels = [np.array([c, c]) for c in (0, 0, 0, 1, 1, 1)]  # 2 samples a run
-    _, rep = PassManager([SeesCalibration(0.001)], budget=Budget(min_cosine=0.99)).run(
-        model(), f
-    )
+    _, rep = PassManager([SeesCalibration(0.001)], budget=Budget(min_cosine=0.99)).run(model(), f)
     assert SeesCalibration.seen == [0, 0, 1]
     assert any("every other one" in n for n in rep.notes)
