@@ -88,8 +88,8 @@ class PassManager:
         allow_slower: keep a lossy speed pass (int8, pruning) even when its model is not
             faster than its input; by default it is rolled back.
         batch_exact: run consecutive exact passes as one batch, verified once.
-        holdout: with lossy passes and no separate calibration feeds, learn from half of the
-            runs and verify on the other half.
+        holdout: with lossy passes and no separate calibration feeds, learn from every other
+            run and verify on the rest.
         measure_candidates: time every candidate a lossy pass or its bisection tries, for the
             report's trade-off plot (``PassReport.details["candidates"]``).
         max_memory: the memory budget (bytes, ``"8G"``, ``"60%"``; default 60 % of RAM):
