@@ -86,16 +86,35 @@ LATENCY_TIE = 0.05
 
 def choose(points: Sequence[Point], constraints: Constraints, objective: str) -> Point | None:
     """The best point by ``objective`` among those that meet every constraint. ``fastest``:
-    among the points within :data:`LATENCY_TIE` of the lowest latency, the most accurate
-    (then the smallest, then the fastest)."""
+    among the points within :data:`LATENCY_TIE` of the lowest latency, and with at most
+    :data:`LATENCY_TIE` more multiply-accumulates than the fastest one, the most accurate
+    (then the smallest, then the fastest).
+
+    The MACs are counted, not timed: a point with twice the fastest one's MACs timed within
+    5 % of it is more often timing noise than a tie (the digits search's models run in
+    0.03-0.06 ms, where one session's speed depends on where its worker thread lands; a
+    search chose prune 0.3 over prune 0.5 for its accuracy, timed within 5 %, and raced 1.21x
+    slower than the hand-tuned model). Points without a MAC count are compared on latency
+    alone."""
     good = [p for p in points if not constraints.check(p)]
     if not good:
         return None
     if objective == "fastest":
-        t = min(p["latency_ms"] for p in good)
-        good = [p for p in good if p["latency_ms"] <= t * (1 + LATENCY_TIE)]
+        fastest = min(good, key=lambda p: (p["latency_ms"], _macs(p) or 0))
+        t, macs = fastest["latency_ms"], _macs(fastest)
+        good = [
+            p
+            for p in good
+            if p["latency_ms"] <= t * (1 + LATENCY_TIE)
+            and (macs is None or _macs(p) is None or _macs(p) <= macs * (1 + LATENCY_TIE))
+        ]
         return min(good, key=lambda p: (-_objectives(p)[0], p["size_mb"], p["latency_ms"]))
     return min(good, key=_sort_key(objective))
+
+
+def _macs(p: Point) -> float | None:
+    m = p.get("macs")
+    return float(m) if m else None
 
 
 def promote(points: Sequence[Point], k: int, constraints: Constraints) -> list[Point]:

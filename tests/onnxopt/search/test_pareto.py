@@ -41,6 +41,18 @@ def test_fastest_breaks_latency_ties_within_noise_by_quality():
     assert choose([fast, close, slow], Constraints(), "smallest") is fast
 
 
+def test_fastest_takes_no_point_with_more_macs_as_a_latency_tie():
+    # timed within 5 % of the fastest, but with twice its MACs: noise, not a tie
+    fast = {**_p("f", 97, 1.00, 1.0), "macs": 1_000_000}
+    wider = {**_p("w", 99, 1.04, 1.0), "macs": 2_000_000}
+    same = {**_p("s", 98, 1.03, 1.0), "macs": 1_020_000}  # another precision, same MACs
+    assert choose([fast, wider], Constraints(), "fastest") is fast
+    assert choose([fast, wider, same], Constraints(), "fastest") is same
+    untold = {k: v for k, v in wider.items() if k != "macs"}
+    assert choose([fast, untold], Constraints(), "fastest") is untold  # latency alone
+    assert choose([fast, wider], Constraints(), "accurate") is wider
+
+
 def test_promotion_prefers_feasible_then_front_then_speed():
     assert [p["id"] for p in promote([A, B, C, D], 2, Constraints())] == ["b", "a"]
     assert [p["id"] for p in promote([A, B, C, D], 4, Constraints())][-1] == "d"
