@@ -126,7 +126,7 @@ OCR_DROP = {"det": 1.0, "rec": 1.0, "cls": 0.5}
 
 def _ocr(name: str, work: Path, quick: bool) -> Case:
     from benchmarks import quant_ocr
-    from onnxopt.passes.quantize.latency import representative
+    from onnxopt.data import representative
 
     kind = name.split("_")[1]
     src = _clean(quant_ocr.model_path(kind), work / name / "fp32.onnx")

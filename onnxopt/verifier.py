@@ -110,6 +110,8 @@ class Verifier:
         self.first: Stage | None = None
         #: the memory budget (bytes): the speed gate times the models apart above it
         self.max_memory: int | None = None
+        #: ``--latency-batch``: the batch the speed gate times (None: one run of the data)
+        self.latency_batch: int | None = None
         self._metric_ref: dict[int, float] = {}  # the original's score on the first n runs
 
     @property
@@ -267,8 +269,8 @@ class Verifier:
         r = race(stage.model, candidate, feed, max_bytes=self.max_memory)
         out.speed_ratio = r.ratio
         at = ""
-        if self.exact_feeds.timing is not None:
-            at = f" at batch {next(iter(feed.values())).shape[0]}"
+        if self.latency_batch is not None:
+            at = f" at batch {self.latency_batch}"
         if r.b_faster:
             out.notes.append(f"faster{at}: " + r.describe())
         else:

@@ -315,13 +315,6 @@ def _summarize(
     return Timing(med, total, len(per_run))
 
 
-def representative(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """The run of median size (total input elements): what latency is measured on."""
-    sizes = [sum(int(np.asarray(v).size) for v in r.values()) for r in runs]
-    order = sorted(range(len(runs)), key=lambda i: (sizes[i], i))
-    return runs[order[len(order) // 2]]
-
-
 def slower_sites(
     float_t: Timing, int8_t: Timing, sites: list[str]
 ) -> tuple[list[str], dict[str, float]]:

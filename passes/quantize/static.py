@@ -550,9 +550,9 @@ class QuantizeInt8(Pass):
 
     @staticmethod
     def _timing_feed(ctx: PassContext) -> dict:
-        """The feed the latency profile and the manager's race time models on."""
-        feed = ctx.feeds.timing  # --latency-batch: the deployment batch
-        return feed if feed is not None else lat.representative(ctx.feeds.runs)
+        """The feed the latency profile and the manager's race time models on (the manager
+        sets it: ``--latency-batch``'s batch, else the median-size run of all the data)."""
+        return ctx.feeds.timing_feed()
 
     def _mixed(
         self,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from onnx import parser
 
-from onnxopt.data import Feeds, batch_feed, load_feeds, parse_shape_overrides
+from onnxopt.data import Feeds, batch_feed, load_feeds, parse_shape_overrides, representative
 from onnxopt.errors import DataError
 from onnxopt.synth import get_feeds, synthesize
 
@@ -176,7 +176,16 @@ def test_batch_feed_stacks_the_runs_and_cycles_them():
     assert feeds.subset(1).timing is None
     timed = Feeds(runs, timing=five)
     assert timed.subset(1).timing is five and timed.split(0.5)[1].timing is five
-    assert timed.timing_feed() is five and feeds.timing_feed() is runs[0]
+    assert timed.timing_feed() is five and feeds.timing_feed() is runs[1]
+
+
+def test_speed_is_judged_on_the_median_size_run():
+    runs = [
+        {"x": np.zeros((1, n), np.float32), "ids": np.zeros(2, np.int64)} for n in (5, 1, 9, 3, 7)
+    ]
+    assert representative(runs) is runs[0]  # sizes 1, 3, 5, 7, 9 (+2 each)
+    assert Feeds(runs).timing_feed() is runs[0]
+    assert representative(runs[:2]) is runs[0]  # of two, the larger
 
 
 def test_batch_feed_refuses_what_does_not_stack():

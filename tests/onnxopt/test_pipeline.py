@@ -352,6 +352,27 @@ class SeesCalibration(Scale):
         return super().run(graph, ctx)
 
 
+class SeesTiming(Scale):
+    """Test-only lossy pass that records the input it would time models on."""
+
+    name = "test-sees-timing"
+    timed: dict | None = None
+
+    def run(self, graph, ctx):
+        SeesTiming.timed = ctx.feeds.timing_feed()
+        return super().run(graph, ctx)
+
+
+def test_the_passes_and_the_speed_gate_time_the_same_input():
+    # the passes learn from runs 0, 2, 4 and the gate judges on 1, 3, 5: each half's own
+    # median run would be another input; both time the median run of all six
+    f = synthesize(model(), runs=6)
+    pm = PassManager([SeesTiming(0.001)], budget=Budget(min_cosine=0.99))
+    pm.run(model(), f)
+    assert SeesTiming.timed is f.runs[3]
+    assert pm.verifier.exact_feeds.timing_feed() is f.runs[3]
+
+
 def test_lossy_passes_learn_from_every_other_run_not_the_first_half():
     # data saved by class: the first half would be class 0 alone, judged on class 1 alone
     f = synthesize(model(), runs=6)
