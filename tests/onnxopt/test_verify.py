@@ -165,3 +165,18 @@ def test_the_cosine_of_a_subset_of_runs_comes_from_one_comparison():
         assert abs(comp.cosines_over(part)["y"] - again) < 1e-12
     assert abs(comp.cosines_over(slice(None))["y"] - comp.outputs["y"].cosine) < 1e-12
     assert "run_dots" not in comp.to_dict()
+
+
+def test_a_nan_or_inf_in_one_output_only_fails_the_comparison():
+    """Non-finite values are found from the run's sums of squares: one in the candidate
+    alone gives infinite errors; the same one in both is left out."""
+    r = np.linspace(1, 2, 50, dtype=np.float32)
+    for bad in (np.nan, np.inf):
+        c = r.copy()
+        c[7] = bad
+        st = compare_arrays("y", [r], [c])
+        assert st.max_abs == float("inf") and st.cosine == 0.0 and not st.exact_equal
+        both = r.copy()
+        both[7] = bad
+        st = compare_arrays("y", [both], [c])
+        assert st.max_abs == 0.0 and st.cosine == pytest.approx(1.0)
