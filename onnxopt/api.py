@@ -43,7 +43,8 @@ def optimize(
         budget: lossy budget against the original (default cosine >= 0.99).
         allow_slower: keep int8 / pruning even when the model is not faster than its input.
         metric_output: the output accuracy reads (default: the one holding class scores).
-        latency_batch: judge speed at this batch size, the runs stacked (default: one run).
+        latency_batch: judge speed at this batch size, the runs stacked (default: the
+            median-size run).
     """
     from onnxopt.passes.registry import manager
 

@@ -97,7 +97,8 @@ class PassManager:
             (:class:`onnxopt.memory.Plan`).
         latency_batch: judge speed (the speed gate, int8's per-layer placement) on one input
             of this many samples, the runs stacked (:func:`onnxopt.data.batch_feed`), not on
-            one run: int8 that does not pay at batch 1 can at batch 32.
+            the median-size run (:func:`onnxopt.data.representative`): int8 that does not pay
+            at batch 1 can at batch 32.
     """
 
     #: the running pass's memo (:attr:`PassContext.memo`), None between passes

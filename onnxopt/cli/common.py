@@ -127,7 +127,7 @@ LatencyBatchOpt = Annotated[
     typer.Option(
         "--latency-batch",
         help="Judge speed at this batch size (the runs stacked along axis 0), the one you "
-        "deploy at: int8 that does not pay at batch 1 can at 32 (default: one run).",
+        "deploy at: int8 that does not pay at batch 1 can at 32 (default: the median-size run).",
     ),
 ]
 MetricOutputOpt = Annotated[
