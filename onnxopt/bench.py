@@ -231,7 +231,9 @@ def feeds_for_batch(
                 raise DataError(f"{feeds.source}: {n} samples, fewer than --batch {batch}")
             feeds = feeds.subset(batch * max_runs).batched(batch)
             if next(iter(feeds.runs[-1].values())).shape[0] != batch:
-                feeds = feeds.subset(len(feeds) - 1)
+                feeds.runs.pop()  # the last, partial batch (batched() built these lists)
+                if feeds.labels is not None:
+                    feeds.labels.pop()
         return feeds.subset(max_runs)
     shp = {k: list(v) for k, v in (shapes or {}).items()}
     if batch is not None:

@@ -102,10 +102,15 @@ class Feeds:
         )
 
     def subset(self, n: int) -> Feeds:
-        """The first ``n`` runs (for quick checks)."""
+        """``n`` runs spread evenly over the list, in order (all of them when ``n`` is at
+        least their number; the first for 1), for checks on fewer runs: the search's scoring
+        runs, the sensitivity runs, the exact verification's. The leading runs of data saved
+        in order (by class, by source) hold one part of it: the search scored candidates on the
+        first 64 of 128 learning runs, the first half of the data."""
+        idx = _spread(len(self.runs), n)
         return Feeds(
-            self.runs[:n],
-            None if self.labels is None else self.labels[:n],
+            [self.runs[i] for i in idx],
+            None if self.labels is None else [self.labels[i] for i in idx],
             self.synthesized,
             self.source,
             list(self.notes),
@@ -123,7 +128,7 @@ class Feeds:
         of 64 on the other 31's)."""
         n = len(self.runs)
         k = max(1, min(n - 1, int(round(n * fraction))))
-        first = [j * n // k for j in range(k)] if spread and n > 1 else list(range(k))
+        first = _spread(n, k) if spread and n > 1 else list(range(k))
         chosen = set(first)
         rest = [i for i in range(n) if i not in chosen]
         return self._pick(first), self._pick(rest)
@@ -158,6 +163,12 @@ class Feeds:
         if self.labels is None:
             return None
         return np.concatenate([np.atleast_1d(x) for x in self.labels])
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """``k`` indices of ``n`` spread evenly, in order (``j * n // k``; all ``n`` for k >= n)."""
+    k = max(0, min(k, n))
+    return [j * n // k for j in range(k)]
 
 
 def representative(runs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

@@ -215,3 +215,13 @@ def test_split_spread_takes_every_other_run_in_order():
     assert len(a) == 4 and sorted(ids) == list(range(7))  # disjoint, nothing lost
     one = Feeds(runs[:1]).split(0.5, spread=True)
     assert len(one[0]) == 1 and len(one[1]) == 0
+
+
+def test_a_subset_spreads_over_the_runs_with_their_labels():
+    # runs saved by class: the first half would be class 0 alone
+    runs = [{"x": np.full((1, 3), i, np.float32)} for i in range(8)]
+    f = Feeds(runs, labels=[np.array([i // 4]) for i in range(8)], notes=["n"])
+    sub = f.subset(4)
+    assert [int(r["x"][0, 0]) for r in sub.runs] == [0, 2, 4, 6]
+    assert [int(y[0]) for y in sub.labels] == [0, 0, 1, 1] and sub.notes == ["n"]
+    assert f.subset(1).runs == [runs[0]] and len(f.subset(20)) == 8 and not f.subset(0).runs
