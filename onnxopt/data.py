@@ -117,6 +117,21 @@ class Feeds:
             self.timing,
         )
 
+    def spread_first(self, n: int) -> Feeds:
+        """The same runs (with their labels), :meth:`subset`'s ``n`` first and the others after,
+        each part in order: a prefix of ``n`` runs that is spread over the data."""
+        first = _spread(len(self.runs), n)
+        chosen = set(first)
+        idx = first + [i for i in range(len(self.runs)) if i not in chosen]
+        return Feeds(
+            [self.runs[i] for i in idx],
+            None if self.labels is None else [self.labels[i] for i in idx],
+            self.synthesized,
+            self.source,
+            list(self.notes),
+            self.timing,
+        )
+
     def split(self, fraction: float, *, spread: bool = False) -> tuple[Feeds, Feeds]:
         """Split runs into (first, rest) by ``fraction`` (at least one run in each if possible).
 

@@ -1,7 +1,7 @@
 """Verification of candidates against the previous stage and the original.
 
-- Exact candidates run on at most ``exact_runs`` runs of the verification feeds (a prefix),
-  whatever the size of ``--data``: float noise does not grow with the number of samples, and
+- Exact candidates run on at most ``exact_runs`` runs of the verification feeds (a prefix,
+  put first from runs spread over the data), whatever the size of ``--data``: float noise does not grow with the number of samples, and
   a rewrite that breaks an output does so on the first runs. Lossy candidates run on every run,
   since the user's budget (accuracy drop, cosine) is a statistic over all of them. A stage's
   outputs on every run are computed only when a lossy pass or the final accuracy needs them.
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 
@@ -101,8 +101,15 @@ class Verifier:
         allow_slower: bool = False,
     ) -> None:
         self.runner = runner
+        self.exact_feeds = feeds
+        if exact_runs and exact_runs < len(feeds):
+            # the exact runs are a prefix of the verification runs (a stage keeps its outputs
+            # on them, and a lossy candidate's first ones stand for them), taken spread over
+            # the data and put first
+            feeds = feeds.spread_first(exact_runs)
+            labels = feeds.labels[:exact_runs] if feeds.labels is not None else None
+            self.exact_feeds = replace(feeds, runs=feeds.runs[:exact_runs], labels=labels)
         self.feeds = feeds
-        self.exact_feeds = feeds.subset(exact_runs) if exact_runs else feeds
         self.budget = budget or Budget()
         self.metric_output = metric_output
         self.allow_slower = allow_slower

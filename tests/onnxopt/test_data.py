@@ -225,3 +225,11 @@ def test_a_subset_spreads_over_the_runs_with_their_labels():
     assert [int(r["x"][0, 0]) for r in sub.runs] == [0, 2, 4, 6]
     assert [int(y[0]) for y in sub.labels] == [0, 0, 1, 1] and sub.notes == ["n"]
     assert f.subset(1).runs == [runs[0]] and len(f.subset(20)) == 8 and not f.subset(0).runs
+
+
+def test_spread_first_puts_a_spread_prefix_first_and_keeps_every_run():
+    runs = [{"x": np.full((1, 3), i, np.float32)} for i in range(7)]
+    f = Feeds(runs, labels=[np.array([i]) for i in range(7)])
+    g = f.spread_first(3)
+    assert [int(r["x"][0, 0]) for r in g.runs] == [0, 2, 4, 1, 3, 5, 6]
+    assert [int(y[0]) for y in g.labels] == [0, 2, 4, 1, 3, 5, 6]

@@ -352,6 +352,17 @@ class SeesCalibration(Scale):
         return super().run(graph, ctx)
 
 
+def test_an_exact_pass_after_a_lossy_one_compares_the_same_runs():
+    # 12 verification runs, exact ones on 8 of them (spread over the data and put first): the
+    # lossy stage's outputs on those 8 are what the exact pass after it is compared with
+    f = synthesize(model(), runs=24)
+    pm = PassManager([Scale(0.001), NegToAbs(wrong=())], budget=Budget(min_cosine=0.99))
+    _, rep = pm.run(model(), f)
+    assert len(pm.verifier.exact_feeds) == 8 < len(pm.verifier.feeds) == 12
+    assert [p.status for p in rep.passes] == ["kept", "kept"], [p.reason for p in rep.passes]
+    assert rep.passes[0].vs_previous.cosine > 0.9999
+
+
 class SeesTiming(Scale):
     """Test-only lossy pass that records the input it would time models on."""
 
