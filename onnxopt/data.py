@@ -104,33 +104,17 @@ class Feeds:
     def subset(self, n: int) -> Feeds:
         """``n`` runs spread evenly over the list, in order (all of them when ``n`` is at
         least their number; the first for 1), for checks on fewer runs: the search's scoring
-        runs, the sensitivity runs, the exact verification's. The leading runs of data saved
-        in order (by class, by source) hold one part of it: the search scored candidates on the
-        first 64 of 128 learning runs, the first half of the data."""
-        idx = _spread(len(self.runs), n)
-        return Feeds(
-            [self.runs[i] for i in idx],
-            None if self.labels is None else [self.labels[i] for i in idx],
-            self.synthesized,
-            self.source,
-            list(self.notes),
-            self.timing,
-        )
+        runs, the exact verification's. The leading runs of data saved in order (by class, by
+        source) hold one part of it: the search scored candidates on the first 64 of 128
+        learning runs, the first half of the data."""
+        return self._pick(_spread(len(self.runs), n))
 
     def spread_first(self, n: int) -> Feeds:
         """The same runs (with their labels), :meth:`subset`'s ``n`` first and the others after,
         each part in order: a prefix of ``n`` runs that is spread over the data."""
         first = _spread(len(self.runs), n)
         chosen = set(first)
-        idx = first + [i for i in range(len(self.runs)) if i not in chosen]
-        return Feeds(
-            [self.runs[i] for i in idx],
-            None if self.labels is None else [self.labels[i] for i in idx],
-            self.synthesized,
-            self.source,
-            list(self.notes),
-            self.timing,
-        )
+        return self._pick(first + [i for i in range(len(self.runs)) if i not in chosen])
 
     def split(self, fraction: float, *, spread: bool = False) -> tuple[Feeds, Feeds]:
         """Split runs into (first, rest) by ``fraction`` (at least one run in each if possible).
@@ -149,12 +133,14 @@ class Feeds:
         return self._pick(first), self._pick(rest)
 
     def _pick(self, idx: list[int]) -> Feeds:
+        """These runs (and labels), in this order."""
         return Feeds(
             [self.runs[i] for i in idx],
             None if self.labels is None else [self.labels[i] for i in idx],
             self.synthesized,
             self.source,
-            timing=self.timing,
+            list(self.notes),
+            self.timing,
         )
 
     def batched(self, batch: int) -> Feeds:

@@ -1,8 +1,8 @@
 """Verification of candidates against the previous stage and the original.
 
-- Exact candidates run on at most ``exact_runs`` runs of the verification feeds (a prefix,
-  put first from runs spread over the data), whatever the size of ``--data``: float noise does not grow with the number of samples, and
-  a rewrite that breaks an output does so on the first runs. Lossy candidates run on every run,
+- Exact candidates run on at most ``exact_runs`` runs of the verification feeds (a prefix:
+  runs spread over the data, put first), whatever the size of ``--data``: float noise does not
+  grow with the number of samples, and a rewrite that breaks an output does so on a few runs. Lossy candidates run on every run,
   since the user's budget (accuracy drop, cosine) is a statistic over all of them. A stage's
   outputs on every run are computed only when a lossy pass or the final accuracy needs them.
 - When an exact candidate fails the fixed tolerance, the previous stage's own float noise is
@@ -117,7 +117,7 @@ class Verifier:
         self.first: Stage | None = None
         #: the memory budget (bytes): the speed gate times the models apart above it
         self.max_memory: int | None = None
-        #: ``--latency-batch``: the batch the speed gate times (None: one run of the data)
+        #: ``--latency-batch``: the batch the speed gate times (None: the median-size run)
         self.latency_batch: int | None = None
         self._metric_ref: dict[int, float] = {}  # the original's score on the first n runs
 
