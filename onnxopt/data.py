@@ -103,10 +103,11 @@ class Feeds:
 
     def subset(self, n: int) -> Feeds:
         """``n`` runs spread evenly over the list, in order (all of them when ``n`` is at
-        least their number; the first for 1), for checks on fewer runs: the search's scoring
-        runs, the exact verification's. The leading runs of data saved in order (by class, by
-        source) hold one part of it: the search scored candidates on the first 64 of 128
-        learning runs, the first half of the data."""
+        least their number; the first for 1), for checks and statistics on fewer runs: the
+        search's scoring runs, the exact verification's, the int8 sensitivity and smoothing
+        runs. The leading runs of data saved in order (by class, by source) hold one part of
+        it: the search scored candidates on the first 64 of 128 learning runs, the first half
+        of the data."""
         return self._pick(_spread(len(self.runs), n))
 
     def spread_first(self, n: int) -> Feeds:

@@ -80,7 +80,8 @@ class QuantizeConfig(PassConfig):
             stream of a transformer).
         calib_batch: runs concatenated per onnxruntime call while calibrating (dynamic batch).
         fallback_runs: runs the fallback checks the budget on.
-        sensitivity_runs: runs each site's sensitivity is measured on.
+        sensitivity_runs: runs each site's sensitivity is measured on (spread over the data,
+            :meth:`onnxopt.data.Feeds.subset`, as are ``smooth_runs``).
         embeddings: quantize Gathers of constant tables (int8 embeddings).
         bins: histogram bins per calibrated tensor (a multiple of 4).
         elementwise: ``int8-inputs``: an element-wise site only when one of its inputs is int8

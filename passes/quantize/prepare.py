@@ -78,7 +78,7 @@ def smooth(
     foldable = {x for x, mms in groups.items() if _foldable(mms)}
     del graph, groups
     tensors = sorted(weights)
-    runs = ctx.feeds.runs[: c.smooth_runs]
+    runs = ctx.feeds.subset(c.smooth_runs).runs
     rows = SMOOTH_ROWS if c.smooth == "auto" else 0
     # a session over the model as it is (mapped weights shared, never saved to a file)
     probe, _ = probe_model(base, tensors)

@@ -261,11 +261,11 @@ class QuantizeInt8(Pass):
     def _rough_ranges(
         self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
     ) -> dict[str, tuple[float, float]]:
-        """Each tensor's min and max over the first :data:`ROUGH_RUNS` runs: ranges that
+        """Each tensor's min and max over :data:`ROUGH_RUNS` runs spread over the data: ranges that
         build int8 models for the latency profile, not for accuracy."""
         probe, exposed = probe_model(base, tensors)
         seen = collect_minmax(
-            probe, list(dict.fromkeys(exposed.values())), ctx.feeds.runs[:ROUGH_RUNS]
+            probe, list(dict.fromkeys(exposed.values())), ctx.feeds.subset(ROUGH_RUNS).runs
         )
         del probe
         return {t: seen[out] for t, out in exposed.items() if out in seen}
@@ -376,7 +376,7 @@ class QuantizeInt8(Pass):
             dynamic=c.dynamic_fallback,
         ).build()
         notes += [f"sensitivity: {s}" for s in probe.skipped[:10]]
-        runs = ctx.feeds.runs[: max(c.sensitivity_runs, 1)]
+        runs = ctx.feeds.subset(max(c.sensitivity_runs, 1)).runs  # spread, as everywhere
         stats = measure_sensitivity(
             build.base,
             probe,

@@ -156,3 +156,33 @@ def test_quantize_int8_smooth_helps_outlier_channel() -> None:
         QuantizeInt8(QuantizeConfig(smooth=2.0)).run_model(
             m, PassContext(feeds=feeds, allow_slower=True)
         )
+
+
+def test_smoothing_statistics_read_runs_spread_over_the_data(monkeypatch) -> None:
+    """``smooth_runs`` of 32 runs saved in order: the statistics read every eighth."""
+    from onnxopt.passes.quantize import prepare
+
+    m = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["": 17]>
+        g (float[1,4,16] x) => (float[1,4,8] y) {
+            y = MatMul (x, W1)
+        }
+        """
+    )
+    m.graph.initializer.append(
+        numpy_helper.from_array(RNG.normal(0, 0.2, (K, N)).astype(np.float32), "W1")
+    )
+    feeds = Feeds([{"x": RNG.normal(0, 1, (1, 4, K)).astype(np.float32)} for _ in range(32)])
+    seen: list[int] = []
+    real = prepare.channel_stats
+
+    def spy(probe, tensors, runs, **k):
+        seen.extend(next(i for i, r in enumerate(feeds.runs) if r is x) for x in runs)
+        return real(probe, tensors, runs, **k)
+
+    monkeypatch.setattr(prepare, "channel_stats", spy)
+    QuantizeInt8(QuantizeConfig(smooth=0.5, smooth_runs=4, fallback=False)).run_model(
+        m, PassContext(feeds=feeds, allow_slower=True)
+    )
+    assert seen == [0, 8, 16, 24]

@@ -116,3 +116,32 @@ def test_digits_resnet_int8_accuracy(tmp_path) -> None:
     ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
     assert "QLinearConv" in ops and "QGemm" in ops and "QLinearAdd" in ops
     assert not {"Conv", "Gemm", "Add", "DequantizeLinear"} & set(ops)
+
+
+def test_sensitivity_and_rough_ranges_read_runs_spread_over_the_data(
+    conv_model: onnx.ModelProto, monkeypatch
+) -> None:
+    """Data saved in order holds one part of it in its leading runs: the per-layer
+    sensitivity (and the latency profile's rough ranges) read runs spread over all of it."""
+    from onnxopt.passes.quantize import static
+
+    feeds = _feeds(32)
+    seen: dict[str, list[int]] = {}
+
+    def spy(name, real, runs_arg):
+        def wrapped(*a, **k):
+            runs = a[runs_arg]
+            seen[name] = [next(i for i, r in enumerate(feeds.runs) if r is x) for x in runs]
+            return real(*a, **k)
+
+        return wrapped
+
+    monkeypatch.setattr(
+        static, "measure_sensitivity", spy("sensitivity", static.measure_sensitivity, 2)
+    )
+    monkeypatch.setattr(static, "collect_minmax", spy("rough", static.collect_minmax, 2))
+    for latency_aware in (True, False):  # the profile's ranges; then int8, measured
+        config = QuantizeConfig(sensitivity_runs=4, latency_aware=latency_aware)
+        QuantizeInt8(config).run_model(conv_model, PassContext(feeds=feeds, budget=Budget()))
+    assert seen["rough"] == [0, 16]
+    assert seen["sensitivity"] == [0, 8, 16, 24]
