@@ -275,6 +275,28 @@ def end_to_end(
     return out
 
 
+def interleaved_seconds(paths: dict[str, dict[str, Any]], rounds: int = 3) -> dict[str, float]:
+    """Seconds per image of each tool's pipeline (``paths``: tool -> its models, ``{}`` for
+    fp32), the median of ``rounds`` rounds over every image, the tools interleaved in an order
+    that turns each round: the machine's speed drifts over the minutes a benchmark runs, and
+    one pass per tool, one tool after another, put that drift into the ratios."""
+    import time
+
+    imgs, _ = images()
+    pipes = {tool: pipeline(threads=2, **p) for tool, p in paths.items()}
+    for p in pipes.values():
+        p.text(imgs[0])  # warm-up
+    times: dict[str, list[float]] = {tool: [] for tool in pipes}
+    order = list(pipes)
+    for r in range(rounds):
+        for tool in order[r % len(order) :] + order[: r % len(order)]:
+            t = time.perf_counter()
+            for im in imgs:
+                pipes[tool].text(im)
+            times[tool].append((time.perf_counter() - t) / len(imgs))
+    return {tool: float(np.median(ts)) for tool, ts in times.items()}
+
+
 def _discordant(truth: list[str | None], fp32: list[str], texts: list[str]) -> tuple[int, int]:
     """(images whose rendered text fp32 reads exactly and ``texts`` does not, the reverse):
     the paired counts behind a difference in exact reads (images without text are skipped)."""

@@ -6,8 +6,9 @@ the quantization call, peak resident memory). Then, for every result: the metric
 accuracy, or cosine / top-1 agreement against fp32, or PP-OCRv5's end-to-end exact text), the
 latency ratio against fp32 (onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, median of interleaved
 rounds), the file size. The three PP-OCRv5 models of each tool also run together in the
-package's pipeline (exact text against the fp32 pipeline, seconds per image). Finally the peak
-memory of onnxopt's calibration with 100 and 1,000 samples (bounded: statistics stream).
+package's pipeline (exact text against the fp32 pipeline; seconds per image, median of
+interleaved rounds over every image). Finally the peak memory of onnxopt's calibration with
+100 and 1,000 samples (bounded: statistics stream).
 
 Tools: onnxopt ``quantize-int8`` (cleanup, fusion, then its defaults, with the model's budget),
 onnxruntime ``quantize_static`` (MinMax and Percentile), ``onnxsim.quantize_static`` (zoo),
@@ -238,7 +239,7 @@ def ocr_pipelines(rows: list[dict]) -> list[dict]:
     """Each tool's three PP-OCRv5 models together in the package's pipeline."""
     from benchmarks import quant_ocr
 
-    out = []
+    out, timed = [], {}
     tools = dict.fromkeys(r["tool"] for r in rows if r["model"] in qc.OCR)
     for tool in tools:
         paths = {
@@ -250,11 +251,17 @@ def ocr_pipelines(rows: list[dict]) -> list[dict]:
         paths.update(borrowed)
         if tool != "fp32" and len(paths) < 3:
             continue
-        e2e = quant_ocr.end_to_end({} if tool == "fp32" else paths, with_held_out=True)
+        timed[tool] = {} if tool == "fp32" else paths
+        e2e = quant_ocr.end_to_end(timed[tool], with_held_out=True)
         row = {"model": "ocr_pipeline", "tool": tool, "status": "ok", **e2e}
         if borrowed:
             row["borrowed"] = sorted(borrowed)
         out.append(row)
+    # the speed: every pipeline again, in interleaved rounds (end_to_end's one pass per tool
+    # only reads the text)
+    seconds = quant_ocr.interleaved_seconds(timed)
+    for r in out:
+        r["s_per_image"] = seconds[r["tool"]]
     base = next((r for r in out if r["tool"] == "fp32"), None)
     for r in out:
         if base:
