@@ -201,15 +201,22 @@ def measure_case(c: qc.Case, rows: list[dict]) -> None:
             r.setdefault("notes", []).insert(0, f"{type(e).__name__}: {str(e)[:160]}")
             del r["path"]
     ok = [r for r in rows if r.get("path")]
+    _time_rows(ok, c.lat_feed, "latency_ms", "speedup")
+    if c.lat_feed_single is not None:
+        _time_rows(ok, c.lat_feed_single, "latency_1_ms", "speedup_1")
+
+
+def _time_rows(ok: list[dict], feed: dict, key: str, ratio: str) -> None:
+    """Every row's latency on ``feed`` (median of interleaved rounds) and its ratio to fp32."""
     samples: dict[int, list[float]] = {id(r): [] for r in ok}
     for _ in range(REPEATS):
         for r in ok:
-            samples[id(r)].append(_latency_once(r["path"], c.lat_feed))
+            samples[id(r)].append(_latency_once(r["path"], feed))
     base = next(r for r in ok if r["tool"] == "fp32")
     for r in ok:
-        r["latency_ms"] = float(np.median(samples[id(r)]))
+        r[key] = float(np.median(samples[id(r)]))
     for r in ok:
-        r["speedup"] = base["latency_ms"] / r["latency_ms"]
+        r[ratio] = base[key] / r[key]
 
 
 def bench_case(name: str, tools: list[str], quick: bool, fresh: bool) -> list[dict]:

@@ -164,3 +164,32 @@ def test_pipeline_goal_gives_the_paired_counts_and_their_sign_test():
     }
     line = qr._pipeline_goal([], row, {"tool": "fp32", "ground_truth": 65.0})
     assert "[3 read right by fp32 only, 2 by it only: sign test p = 1.00]" in line
+
+
+def test_a_model_timed_at_a_batch_shows_its_batch_1_speed_up_beside():
+    rows = [
+        {
+            "model": "digits_resnet",
+            "tool": "fp32",
+            "status": "-",
+            "metric": 98.7,
+            "speedup": 1.0,
+            "speedup_1": 1.0,
+        },
+        {
+            "model": "digits_resnet",
+            "tool": "onnxopt",
+            "status": "ok",
+            "metric": 98.7,
+            "speedup": 2.2,
+            "speedup_1": 1.2,
+            "seconds": 2.0,
+        },
+    ]
+    table = qr.model_table(rows, "digits_resnet").splitlines()
+    assert "| speed-up | speed-up, batch 1 |" in table[2]
+    assert table[3].count("|") == table[2].count("|")
+    assert "| 2.20 | 1.20 |" in table[-1]
+    assert "(2.20x, batch 1: 1.20x, 2 s)" in qr._goal_line(rows, "digits_resnet", rows[1])
+    plain = [{k: v for k, v in r.items() if k != "speedup_1"} for r in rows]
+    assert "batch 1" not in qr.model_table(plain, "digits_resnet")
