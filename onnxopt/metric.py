@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxopt import phases
 from onnxopt.errors import MetricError, OptionError, first_line
 
 Runs = list[dict[str, np.ndarray]]
@@ -39,6 +40,7 @@ class TaskMetric:
     fn: Callable[[Runs, list[np.ndarray] | None], Any]
     name: str
 
+    @phases.timed(phases.METRIC)
     def __call__(self, runs: Runs, labels: list[np.ndarray] | None) -> float:
         """The score of ``runs``; any error inside the callable is a one-line MetricError."""
         try:

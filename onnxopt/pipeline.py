@@ -31,7 +31,7 @@ from typing import Any
 
 import onnx
 
-from onnxopt import memory, weights
+from onnxopt import memory, phases, weights
 from onnxopt.bisection import Trial, bisect_sites
 from onnxopt.candidates import candidate_row, input_row, mark_chosen
 from onnxopt.contract import Pass, PassContext, PassResult, Working
@@ -169,6 +169,14 @@ class PassManager:
             calibration: inputs the passes learn from (calibration, pruning importance,
                 reconstruction, distillation); defaults to ``feeds``.
         """
+        with phases.recording() as rec:
+            model, report = self._run(model, feeds, calibration)
+        report.time_breakdown, report.time_calls = rec.breakdown(), dict(rec.calls)
+        return model, report
+
+    def _run(
+        self, model: Any, feeds: Feeds | None, calibration: Feeds | None
+    ) -> tuple[onnx.ModelProto, PipelineReport]:
         t0 = time.perf_counter()
         # passes work on copies (Working), so the caller's ModelProto is read, never modified,
         # and need not be copied here

@@ -71,6 +71,11 @@ class PipelineReport:
     metric: str | None = None
     metric_original: float | None = None
     metric_final: float | None = None
+    #: seconds per phase of the run (:mod:`onnxopt.phases`): checking outputs, the task
+    #: metric, timing, calibration... and ``other``
+    time_breakdown: dict[str, float] = field(default_factory=dict)
+    #: how often each phase was entered (a model check, a metric call, a timed comparison)
+    time_calls: dict[str, int] = field(default_factory=dict)
 
     @property
     def failed(self) -> list[PassReport]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxopt import sessions
+from onnxopt import phases, sessions
 from onnxopt.data import Feeds
 from onnxopt.errors import ModelError, OnnxoptError, first_line
 
@@ -35,6 +35,7 @@ class Runner:
         #: models with more weights than this run block by block (onnxopt.blocks); None: never
         self.block_bytes: int | None = None
 
+    @phases.timed(phases.CHECKING)
     def session(self, model: onnx.ModelProto, *, optimized: bool = False) -> Any:
         """A cached CPU session of ``model`` (large weights shared, not copied, when graph
         optimizations are off; see :mod:`onnxopt.sessions`)."""
@@ -87,6 +88,7 @@ class Runner:
         """Run every feed; returns one {output_name: array} per run."""
         return self.run_session(self.session(model, optimized=optimized), feeds)
 
+    @phases.timed(phases.CHECKING)
     def run_session(self, sess: Any, feeds: Feeds) -> Runs:
         """Run every feed through a session from :meth:`session`.
 

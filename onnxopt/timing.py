@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxopt import phases
 from onnxopt.errors import ModelError
 
 #: progress callback: (what, done, total)
@@ -60,6 +61,7 @@ def _rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+@phases.timed(phases.TIMING)
 def measure(
     path: str,
     runs_feeds: list[dict[str, np.ndarray]],
@@ -238,6 +240,7 @@ def _settled(
     return not unsure or elapsed > 3 * seconds
 
 
+@phases.timed(phases.TIMING)
 def _timed_runs(sess: Any, feed: dict[str, np.ndarray], n: int) -> list[float]:
     """``n`` runs of ``sess`` on ``feed``, each timed alone (ms)."""
     lat = []
@@ -248,6 +251,7 @@ def _timed_runs(sess: Any, feed: dict[str, np.ndarray], n: int) -> list[float]:
     return lat
 
 
+@phases.timed(phases.TIMING)
 def race(
     a: Any,
     b: Any,
@@ -323,6 +327,7 @@ def quick_latency(
     return float(np.median(lat))
 
 
+@phases.timed(phases.TIMING)
 def race_apart(
     a: Any, b: Any, feed: dict[str, np.ndarray], *, threads: int, rounds: int, per_round: int
 ) -> Race:

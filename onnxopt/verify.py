@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxopt import phases
 from onnxopt.defaults import EXACT_ATOL, EXACT_RTOL, MIN_COSINE, NOISE_FACTOR
 from onnxopt.errors import DataError, OptionError
 from onnxopt.runner import Runs
@@ -121,6 +122,7 @@ def compare(reference: Runs, candidate: Runs, percentiles: bool = False) -> Comp
     return comp
 
 
+@phases.timed(phases.COMPARING)
 def compare_arrays(
     name: str,
     refs: list[np.ndarray],

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from onnxopt import phases
 from onnxopt.html.fmt import count as fmt_int  # one number format for terminal and page
 from onnxopt.html.fmt import size as fmt_bytes
 from onnxopt.report import Metrics, PassReport, PipelineReport
@@ -142,6 +143,10 @@ def render(
     if quiet and not verbose:
         console.print(f"[dim]nothing to do for: {escape(', '.join(quiet))}[/]")
     console.print(total_line(report))
+    if report.time_breakdown:
+        console.print(
+            f"[dim]time: {escape(phases.line(report.time_breakdown, report.time_calls))}[/]"
+        )
     if notes:
         for line in note_lines(report):
             console.print(line)

@@ -16,6 +16,7 @@ import re
 from html import escape
 from typing import Any
 
+from onnxopt import phases
 from onnxopt.html import fmt
 from onnxopt.html import sections as sec
 
@@ -150,6 +151,8 @@ def _header(report: dict[str, Any], name: str, nav: list[str]) -> str:
         f"{escape(str(report.get('budget', '')))} · target: {escape(str(report.get('target', '')))}"
         f" · {fmt.num(report.get('seconds'), 3)} s"
     )
+    if report.get("time_breakdown"):  # where the seconds went (onnxopt.phases)
+        sub += f" ({escape(phases.line(report['time_breakdown'], report.get('time_calls')))})"
     return (
         f"<header><h1>{escape(name)}</h1><div class=sub>{sub}</div>"
         '<div class="cards" id="summary">'

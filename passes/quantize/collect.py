@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt import phases
 from onnxopt.model import model_bytes
 
 from .calibrate import DEFAULT_BINS, TensorStats, finite_range
@@ -86,6 +87,7 @@ def open_session(model: bytes | str | onnx.ModelProto) -> Any:
     )
 
 
+@phases.timed(phases.CALIBRATION)
 def collect_stats(
     model: bytes | str | onnx.ModelProto,
     tensors: list[str],
@@ -122,6 +124,7 @@ def collect_stats(
     return stats
 
 
+@phases.timed(phases.CALIBRATION)
 def collect_minmax(
     model: onnx.ModelProto, tensors: list[str], runs: list[dict[str, np.ndarray]]
 ) -> dict[str, tuple[float, float]]:
@@ -169,6 +172,7 @@ def write_probe(base: onnx.ModelProto, tensors: list[str], path: str) -> None:
         del outs[n0:]
 
 
+@phases.timed(phases.CALIBRATION)
 def collect_stats_split(
     model: bytes,
     tensors: list[str],

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxopt import phases
 from onnxopt.timing import Race, race
 
 from .placement import PASS_THROUGH
@@ -233,6 +234,7 @@ def _session(model: onnx.ModelProto, tmp: str, tag: str, threads: int) -> tuple:
     return build_session(structure, names, arrays, so), optimized
 
 
+@phases.timed(phases.TIMING)
 def measure(
     model: onnx.ModelProto,
     feed: dict[str, np.ndarray],
@@ -248,6 +250,7 @@ def measure(
     )[0]
 
 
+@phases.timed(phases.TIMING)
 def measure_all(
     models: list[onnx.ModelProto],
     feed: dict[str, np.ndarray],

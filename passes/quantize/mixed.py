@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt import phases
+
 from .sensitivity import SiteStats
 
 logger = logging.getLogger(__name__)
@@ -461,6 +463,7 @@ class SpeedProbe:
         self.ref_times: list[float] = []
         self.per_turn = 1  # timed runs a turn (set at the first call from float's time)
 
+    @phases.timed(phases.TIMING)
     def __call__(self, model: onnx.ModelProto) -> tuple[float, float]:
         from onnxopt.timing import _timed_runs
 

@@ -31,7 +31,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxopt import weights
+from onnxopt import phases, weights
 from onnxopt.graph import opset_version
 from onnxopt.weights import array as tensor_array
 
@@ -271,6 +271,7 @@ def _ranks(model: onnx.ModelProto) -> dict[str, int]:
     return out
 
 
+@phases.timed(phases.SENSITIVITY)
 def measure(
     model: onnx.ModelProto,
     probe: _Probe,

@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
+from onnxopt import phases
 from onnxopt.graph import const_value, is_graph_output, to_graph, to_model, unique_name
 
 logger = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ def channel_absmax(
     return channel_stats(model, tensors, runs, progress=progress)[0]
 
 
+@phases.timed(phases.CALIBRATION)
 def channel_stats(
     model: str | bytes | onnx.ModelProto,
     tensors: list[str],

@@ -391,3 +391,26 @@ def test_lossy_passes_learn_from_every_other_run_not_the_first_half():
     _, rep = PassManager([SeesCalibration(0.001)], budget=Budget(min_cosine=0.99)).run(model(), f)
     assert SeesCalibration.seen == [0, 0, 1]
     assert any("every other one" in n for n in rep.notes)
+
+
+def test_a_task_metric_scores_the_original_once_and_each_candidate_once():
+    """The original's score is its reference and its own result, and the kept candidate's
+    score is its final one: no second call on the same outputs (an OCR metric runs a pipeline
+    per image)."""
+    from dataclasses import replace
+
+    from onnxopt.metric import TaskMetric
+
+    seen: list[int] = []
+
+    def score(runs, labels):
+        seen.append(len(runs))
+        return float(np.mean([r["y"].mean() for r in runs]))
+
+    data = feeds()
+    data = replace(data, labels=[np.array([i]) for i in range(len(data.runs))])
+    budget = Budget(min_cosine=None, metric=TaskMetric(score, "t:score"), max_metric_drop=50.0)
+    _, rep = PassManager([Scale(0.001)], budget=budget).run(model(), data)
+    assert rep.passes[0].status == "kept" and rep.metric_original is not None
+    assert len(seen) == 2, seen  # the original; the candidate, which is the final model
+    assert rep.metric_final == rep.passes[0].vs_original.metric

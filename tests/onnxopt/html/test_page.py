@@ -244,3 +244,16 @@ def test_absolute_paths_are_shortened_on_the_page_only():
     text = "passes learn from /home/me/work/data/calib.npz; verified on /tmp/x.npz"
     assert short_paths(text) == "passes learn from …/data/calib.npz; verified on /tmp/x.npz"
     assert short_paths("ratio 1/2, a/b/c.npz") == "ratio 1/2, a/b/c.npz"
+
+
+def test_the_header_says_where_the_time_went():
+    report = {
+        "passes": [],
+        "original": {"nodes": 1},
+        "final": {"nodes": 1},
+        "seconds": 12.5,
+        "time_breakdown": {"checking outputs": 4.0, "task metric": 6.0, "other": 2.5},
+    }
+    html = render_page(report, "t")
+    assert "12.5 s (task metric 6.0 s, checking outputs 4.0 s, other 2.5 s)" in html
+    assert "task metric" not in render_page({**report, "time_breakdown": {}}, "t")
