@@ -31,8 +31,9 @@ COMPARING = "comparing outputs"
 TIMING = "timing"  # latency profiles, races, the speed gate
 CALIBRATION = "calibration"  # int8 ranges and smoothing statistics
 SENSITIVITY = "sensitivity"  # per-layer int8 error, one instrumented run
+TRAINING = "training"  # distillation, learned rounding
 OTHER = "other"  # graph rewrites, checks, building models (what the phases leave)
-ORDER = (CHECKING, METRIC, COMPARING, TIMING, CALIBRATION, SENSITIVITY, OTHER)
+ORDER = (CHECKING, METRIC, COMPARING, TIMING, CALIBRATION, SENSITIVITY, TRAINING, OTHER)
 
 _active: Recorder | None = None
 

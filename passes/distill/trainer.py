@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from onnxopt import phases
 from onnxopt.data import Feeds
 from onnxopt.errors import DataError, OptionError
 from onnxopt.model import load_model
@@ -46,6 +47,7 @@ from onnxopt.passes.distill.teacher import stack_runs, static_batch, teacher_tar
 logger = logging.getLogger(__name__)
 
 
+@phases.timed(phases.TRAINING)
 def distill(
     student: Any,
     teacher: Any,

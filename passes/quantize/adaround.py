@@ -30,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
+from onnxopt import phases
 from onnxopt.weights import array as tensor_array
 
 from .collect import open_session, probe_model
@@ -217,6 +218,7 @@ def adaround(
     return np.clip(hard, -qmax, qmax)
 
 
+@phases.timed(phases.TRAINING)
 def learn_rounding(
     model: onnx.ModelProto,
     names: dict[str, int | None],
