@@ -202,6 +202,35 @@ def _sign_p(lost: int, gained: int) -> float:
     return min(1.0, 2 * sign_test(max(lost, gained), lost + gained))
 
 
+def time_table(rows: list[dict]) -> str:
+    """Where each onnxopt run's quantization time went (its report's ``time_breakdown``),
+    beside NNCF's ``quantize`` time on the same model."""
+    from onnxopt import phases
+
+    mine = [r for r in rows if r["tool"].startswith("onnxopt") and r.get("time_breakdown")]
+    if not mine:
+        return ""
+    cols = [k for k in phases.ORDER if any(k in r["time_breakdown"] for r in mine)]
+    lines = [
+        "| model | tool | seconds | " + " | ".join(cols) + " | NNCF `quantize` s |",
+        "|---|---|---:|" + "---:|" * len(cols) + "---:|",
+    ]
+    for r in mine:
+        nncf = next((x for x in rows if x["model"] == r["model"] and x["tool"] == "nncf"), {}).get(
+            "seconds"
+        )
+        b, n = r["time_breakdown"], r.get("time_calls") or {}
+        cells = [
+            f"{b[k]:.1f}" + (f" ({n[k]})" if n.get(k) else "") if k in b else "-" for k in cols
+        ]
+        lines.append(
+            f"| {r['model']} | {r['tool']} | {_f(r.get('seconds'), '.1f')} | "
+            + " | ".join(cells)
+            + f" | {_f(nncf, '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
 def memory_table(memory: list[dict]) -> str:
     if not memory:
         return ""
@@ -254,6 +283,16 @@ def write_markdown(path: str, saved: dict) -> None:
     if ocr:
         parts.append("## PP-OCRv5, the three models together\n\n" + ocr)
     parts.append("## Goals (issue 15)\n\n" + goals(rows))
+    spent = time_table(rows)
+    if spent:
+        parts.append(
+            "## Where onnxopt's quantization time goes\n\nSeconds per phase of each onnxopt "
+            "run (its report's `time_breakdown`; in brackets, how often the phase ran): model "
+            "runs that check a stage or score a candidate, the task metric (`--metric`), output "
+            "comparisons, latency measurements (per-layer profile, candidate probes, the speed "
+            "gate's race), calibration statistics, the per-layer sensitivity run, and the rest "
+            "(graph rewrites, checks, building the int8 models).\n\n" + spent
+        )
     mem = memory_table(saved.get("memory", []))
     if mem:
         parts.append("## Calibration memory (onnxopt, digits_resnet, whole process)\n\n" + mem)

@@ -123,7 +123,7 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
     res_path, out = d / f"{tool}.json", d / f"{tool}.onnx"
     if res_path.is_file() and not fresh:
         # the result file of an onnxopt variant names the tool "onnxopt"
-        return {**json.loads(res_path.read_text()), "tool": tool}
+        return {**json.loads(res_path.read_text()), "tool": tool, **_time_breakdown(res_path)}
     calib = d / "calib.npz"
     if fresh or not calib.is_file():
         save_runs(str(calib), c.calib, c.calib_labels)
@@ -155,7 +155,16 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
     res = json.loads(res_path.read_text())
     res.setdefault("wall", time.perf_counter() - t0)
     res["tool"] = tool
-    return res
+    return {**res, **_time_breakdown(res_path)}
+
+
+def _time_breakdown(res_path: Path) -> dict:
+    """onnxopt's seconds per phase, from the report its job writes beside the result."""
+    rep = Path(str(res_path) + ".report.json")
+    if not rep.is_file():
+        return {}
+    r = json.loads(rep.read_text())
+    return {k: r[k] for k in ("time_breakdown", "time_calls") if r.get(k)}
 
 
 def outputs(path: str, feeds: list[dict]) -> list[list[np.ndarray]]:

@@ -193,3 +193,24 @@ def test_a_model_timed_at_a_batch_shows_its_batch_1_speed_up_beside():
     assert "(2.20x, batch 1: 1.20x, 2 s)" in qr._goal_line(rows, "digits_resnet", rows[1])
     plain = [{k: v for k, v in r.items() if k != "speedup_1"} for r in rows]
     assert "batch 1" not in qr.model_table(plain, "digits_resnet")
+
+
+def test_the_time_table_lists_onnxopt_phases_beside_nncf():
+    rows = [
+        {"model": "ocr_rec", "tool": "nncf", "seconds": 10.0},
+        {
+            "model": "ocr_rec",
+            "tool": "onnxopt",
+            "seconds": 30.0,
+            "time_breakdown": {"checking outputs": 12.0, "timing": 9.0, "other": 9.0},
+            "time_calls": {"checking outputs": 20, "timing": 8},
+        },
+        {"model": "ocr_rec", "tool": "ort", "seconds": 3.0},
+    ]
+    lines = qr.time_table(rows).splitlines()
+    assert (
+        lines[0]
+        == "| model | tool | seconds | checking outputs | timing | other | NNCF `quantize` s |"
+    )
+    assert lines[2] == "| ocr_rec | onnxopt | 30.0 | 12.0 (20) | 9.0 (8) | 9.0 | 10.0 |"
+    assert qr.time_table(rows[:1]) == ""
