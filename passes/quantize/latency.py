@@ -331,15 +331,6 @@ def slower_sites(
     return slower, gains
 
 
-def may_pay_as_a_whole(all_int8_us: float, reduced_us: float) -> bool:
-    """Whether the whole-model race (:func:`pays_as_a_whole`) can find the all-int8 model
-    faster by its margin: the profile's total kernel time of the all-int8 model (its Q/DQ pairs
-    and layout changes included) is below that of the model with the slower layers left float
-    by at least half that margin. Where it is not, the race (~2 s at batch 32 on a MobileNetV2)
-    would only confirm it."""
-    return all_int8_us < reduced_us * (1 + WHOLE_MODEL_MARGIN) / 2
-
-
 #: the profile times the all-int8 model this much above the float model: the whole-model race
 #: is not run. Per-node profiling inflates a small model's totals (the digits ResNet: 187 µs
 #: int8 against 185 µs float profiled, 56 against 67 µs timed), so only a clear excess counts

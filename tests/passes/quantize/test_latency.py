@@ -95,7 +95,6 @@ def test_layers_measured_slower_stay_int8_when_the_whole_model_is_faster(monkeyp
     """The per-layer profile marks "tiny"; the model with it in int8 races faster beyond the
     margin (as a chain of int8 layers can be while each kernel is slower): it stays int8."""
     monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 0.7, 10))
-    monkeypatch.setattr(latency, "may_pay_as_a_whole", lambda *a: True)  # the profile's hint
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
@@ -164,19 +163,18 @@ def test_slightly_slower_layers_between_int8_layers_stay_int8() -> None:
     assert latency.back_to_int8(att, ["s"], gains, 10_000.0, set(), spent_us=70.0) == []
 
 
-def test_no_whole_model_race_when_the_profile_times_all_int8_slower(monkeypatch) -> None:
-    """ "tiny" in int8 is slower and so is the whole all-int8 model's profiled time: the race
-    that could keep it int8 is not run."""
-    real, raced = latency.may_pay_as_a_whole, []
+def test_the_whole_model_race_runs_whatever_the_profile_totals_say(monkeypatch) -> None:
+    """ "tiny" in int8 is slower: the all-int8 model is raced against the one with it float,
+    whatever the profile's totals (sums of kernel times, which on an AMD EPYC put a
+    MobileNetV2's placement ahead of all-int8 where whole runs put it 18 % behind)."""
+    raced = []
     monkeypatch.setattr(latency, "PROFILE_TRUSTED_US", 0.0)  # this 0.3 ms model's totals too
     monkeypatch.setattr(latency, "race", lambda *a, **k: raced.append(1) or _race(1.0, 0.7, 10))
-    monkeypatch.setattr(latency, "may_pay_as_a_whole", lambda *a: False)
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
-    assert res.sites == ["big"] and not raced
-    assert any("no whole-model race" in n for n in res.notes)
-    assert real(90.0, 100.0) and not real(97.0, 100.0)  # the race wants 10 %: at least 5 % here
+    assert raced and sorted(res.sites) == ["big", "tiny"]
+    assert not any("no whole-model race" in n for n in res.notes)
 
 
 def test_the_pass_keeps_a_slightly_slower_add_between_int8_convs(monkeypatch) -> None:
