@@ -238,17 +238,18 @@ def _held_out_reference(fp32: Any = None) -> list[str]:
 
 
 def end_to_end(
-    paths: dict[str, Any], threads: int = 2, with_held_out: bool = False
+    paths: dict[str, Any], threads: int = 2, with_held_out: bool = False, pipe: Any = None
 ) -> dict[str, float]:
     """The whole pipeline with ``paths`` swapped in, on every image: exact text agreement with
     fp32 (%), seconds per image (after one warm-up), and ``ground_truth``: % of the images with
     rendered text that it reads exactly (the same figure for fp32 is the yardstick of the
     other reading of "exact text at least 98 % of fp32's"). ``with_held_out`` adds both
-    figures on the 60 held-out images (``held_out_agreement``, ``held_out_ground_truth``)."""
+    figures on the 60 held-out images (``held_out_agreement``, ``held_out_ground_truth``).
+    ``pipe``: that pipeline, already built (:func:`pipeline`)."""
     import time
 
     imgs, ref = images()
-    p = pipeline(threads=threads, **paths)
+    p = pipe if pipe is not None else pipeline(threads=threads, **paths)
     p.text(imgs[0])
     t = time.perf_counter()
     texts = [p.text(im) for im in imgs]
@@ -275,17 +276,14 @@ def end_to_end(
     return out
 
 
-def interleaved_seconds(paths: dict[str, dict[str, Any]], rounds: int = 3) -> dict[str, float]:
-    """Seconds per image of each tool's pipeline (``paths``: tool -> its models, ``{}`` for
-    fp32), the median of ``rounds`` rounds over every image, the tools interleaved in an order
-    that turns each round: the machine's speed drifts over the minutes a benchmark runs, and
-    one pass per tool, one tool after another, put that drift into the ratios."""
+def interleaved_seconds(pipes: dict[str, Any], rounds: int = 3) -> dict[str, float]:
+    """Seconds per image of each tool's pipeline (``pipes``: tool -> its :func:`pipeline`,
+    warmed up), the median of ``rounds`` rounds over every image, the tools interleaved in an
+    order that turns each round: the machine's speed drifts over the minutes a benchmark runs,
+    and one pass per tool, one tool after another, put that drift into the ratios."""
     import time
 
     imgs, _ = images()
-    pipes = {tool: pipeline(threads=2, **p) for tool, p in paths.items()}
-    for p in pipes.values():
-        p.text(imgs[0])  # warm-up
     times: dict[str, list[float]] = {tool: [] for tool in pipes}
     order = list(pipes)
     for r in range(rounds):

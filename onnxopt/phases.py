@@ -39,7 +39,7 @@ _active: Recorder | None = None
 
 
 class Recorder:
-    """Exclusive seconds per phase on the thread that created it, until :meth:`stop`."""
+    """Exclusive seconds (and calls) per phase on the thread that created it."""
 
     def __init__(self) -> None:
         self.thread = threading.get_ident()

@@ -2,9 +2,10 @@
 
 - Exact candidates run on at most ``exact_runs`` runs of the verification feeds (a prefix:
   runs spread over the data, put first), whatever the size of ``--data``: float noise does not
-  grow with the number of samples, and a rewrite that breaks an output does so on a few runs. Lossy candidates run on every run,
-  since the user's budget (accuracy drop, cosine) is a statistic over all of them. A stage's
-  outputs on every run are computed only when a lossy pass or the final accuracy needs them.
+  grow with the number of samples, and a rewrite that breaks an output does so on a few runs.
+  Lossy candidates run on every run, since the user's budget (accuracy drop, cosine) is a
+  statistic over all of them. A stage's outputs on every run are computed only when a lossy
+  pass or the final accuracy needs them.
 - When an exact candidate fails the fixed tolerance, the previous stage's own float noise is
   measured once (onnxruntime's run of it with graph optimizations on against off, on the same
   runs) and the candidate may differ by up to ``NOISE_FACTOR`` times that noise: a graph rewrite

@@ -261,8 +261,8 @@ class QuantizeInt8(Pass):
     def _rough_ranges(
         self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
     ) -> dict[str, tuple[float, float]]:
-        """Each tensor's min and max over :data:`ROUGH_RUNS` runs spread over the data: ranges that
-        build int8 models for the latency profile, not for accuracy."""
+        """Each tensor's min and max over :data:`ROUGH_RUNS` runs spread over the data:
+        ranges that build int8 models for the latency profile, not for accuracy."""
         probe, exposed = probe_model(base, tensors)
         seen = collect_minmax(
             probe, list(dict.fromkeys(exposed.values())), ctx.feeds.subset(ROUGH_RUNS).runs
@@ -419,7 +419,7 @@ class QuantizeInt8(Pass):
         try:
             enabled, slow_all, gains, all_int8 = list(sites), [], {}, None
             kept: dict[str, float] = {}  # slightly slower (µs), between int8 layers: stay int8
-            totals: list[float] = []  # each round's int8 model, its profiled time (µs)
+            all_int8_us = 0.0  # the all-int8 model's profiled time
             for k in range(LATENCY_ROUNDS):
                 candidate = build(set(enabled))
                 if all_int8 is None:  # the first round's: every site in int8
@@ -428,7 +428,8 @@ class QuantizeInt8(Pass):
                 float_t, int8_t = lat.measure_all(
                     [build.base, candidate], feed, att, seconds=seconds
                 )
-                totals.append(int8_t.total_us)
+                if not k:
+                    all_int8_us = int8_t.total_us
                 slower, g = lat.slower_sites(float_t, int8_t, enabled)
                 if k:  # only a neighbour of a layer that went float has a new context
                     near = {n for s in slow_all for n in lat.neighbours(att, s)}
@@ -454,7 +455,11 @@ class QuantizeInt8(Pass):
             alone = [s for s in kept if not lat.between_int8(att, s, set(slow_all))]
             kept = {s: us for s, us in kept.items() if s not in set(alone)}
             slow_all += alone
-            if slow_all and est >= float_t.total_us and not lat.may_beat_float(totals[0], float_t):
+            if (
+                slow_all
+                and est >= float_t.total_us
+                and not lat.may_beat_float(all_int8_us, float_t)
+            ):
                 pass  # neither all-int8 nor this placement beats float: _no_gain says so
             elif slow_all:  # the layers' profile times, not the model's: check the whole
                 # always raced: the profile's totals are sums of kernel times, and on an AMD
@@ -467,7 +472,7 @@ class QuantizeInt8(Pass):
                         f"latency: {len(slow_all)} layers measured slower in int8 stay int8: "
                         f"the model is faster with them in int8 ({r.describe()})"
                     )
-                    slow_all, est = [], totals[0]
+                    slow_all, est = [], all_int8_us
                     raced = round(r.ratio, 3)  # measured: trusted over the profile's totals
         except Exception as e:  # noqa: BLE001 - profiling is an optimization, never fatal
             notes.append(f"latency not measured ({type(e).__name__}: {e}); every site kept")
