@@ -367,7 +367,7 @@ def pays_as_a_whole(
     None. A layer's own kernel can grow in int8 while the model gains as a whole (leaving it
     float breaks an int8 chain with Q/DQ pairs; on a MobileNetV2 at batch 32, 8 such layers
     left float cost 1.93x instead of 2.84x)."""
-    r = race(reduced, all_int8, feed, seconds=WHOLE_MODEL_SECONDS)
+    r = race(reduced, all_int8, feed, seconds=WHOLE_MODEL_SECONDS, need_ratio=WHOLE_MODEL_MARGIN)
     return r if r.b_faster and r.ratio <= WHOLE_MODEL_MARGIN else None
 
 

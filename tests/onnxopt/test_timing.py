@@ -21,11 +21,30 @@ def test_a_decided_race_stops_at_its_minimum_rounds() -> None:
     assert Race(1.0, 0.6, 10, 10, 2).b_faster and Race(1.0, 0.6, 10, 10, 2).p_value < 0.001
 
 
+def test_a_lopsided_race_stops_after_six_rounds() -> None:
+    # every round won and 25 % or more apart: decided at 6 rounds (p = 0.016), either way
+    assert _settled(_times(1.0, 0.6, 6), 6, 6, 10, 2.0, 0.1)
+    assert _settled(_times(1.0, 1.5, 6), 6, 0, 10, 2.0, 0.1)
+    assert Race(1.0, 0.6, 6, 6, 2).b_faster
+    assert not _settled(_times(1.0, 0.6, 5), 5, 5, 10, 2.0, 0.1)  # under six rounds
+    assert not _settled(_times(1.0, 0.8, 9), 9, 9, 10, 2.0, 0.1)  # within 25 %: ten rounds
+    assert not _settled(_times(1.0, 0.6, 9), 9, 8, 10, 2.0, 0.1)  # one round lost
+
+
+def test_a_race_for_a_margin_stops_when_b_is_far_from_it() -> None:
+    # b must be 10 % faster: at 0.97x after 6 rounds it will not be; at 0.93x it may
+    assert _settled(_times(1.0, 0.97, 6), 6, 4, 10, 2.0, 0.1, need_ratio=0.9)
+    assert _settled(_times(1.0, 1.03, 6), 6, 2, 10, 2.0, 0.1, need_ratio=0.9)
+    assert not _settled(_times(1.0, 0.93, 6), 6, 5, 10, 2.0, 0.1, need_ratio=0.9)
+    assert not _settled(_times(1.0, 0.97, 6), 6, 4, 10, 2.0, 0.1)  # no margin asked
+    assert not _settled(_times(1.0, 0.97, 5), 5, 4, 10, 2.0, 0.1, need_ratio=0.9)  # under six
+
+
 def test_a_close_or_split_race_runs_its_time() -> None:
     assert not _settled(_times(1.0, 0.95, 10), 10, 10, 10, 2.0, 0.1)  # within 10 %
     assert not _settled(_times(1.0, 0.6, 10), 10, 9, 10, 2.0, 0.1)  # one round lost
     assert _settled(_times(1.0, 0.6, 13), 13, 12, 10, 2.0, 0.1)  # ... of 13: p = 0.0017
-    assert not _settled(_times(1.0, 0.6, 9), 9, 9, 10, 2.0, 0.1)  # under the minimum
+    assert not _settled(_times(1.0, 0.8, 9), 9, 9, 10, 2.0, 0.1)  # under the minimum
     assert _settled(_times(1.0, 0.95, 10), 10, 5, 10, 2.0, 2.1)  # time up, no lead
     # b ahead but the sign test unsure: goes on up to three times the time
     assert not _settled(_times(1.0, 0.95, 12), 12, 8, 10, 2.0, 2.1)

@@ -178,6 +178,27 @@ def test_search_finds_the_smallest_prefix_and_records_the_curve() -> None:
     assert all({"float_layers", "metric", "latency_ms"} <= set(p) for p in plan.tradeoff)
 
 
+def test_all_int8_within_budget_at_once_is_not_timed() -> None:
+    """The search ends at its first model: timing it would repeat the manager's race."""
+    sites = ["a", "b"]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
+
+    def speed(model: str) -> tuple[float, float]:
+        raise AssertionError("no timing expected")
+
+    plan = mixed.search(
+        lambda e, d: ",".join(sorted(e)),
+        sites,
+        moves,
+        lambda m, lb="": (True, "", 1.0),
+        speed=speed,
+    )
+    assert plan.met and plan.floats == [] and plan.speed_ratio is None
+    assert plan.tradeoff == [
+        {"float_layers": 0, "dynamic_layers": 0, "metric": 1.0, "latency_ms": None}
+    ]
+
+
 def test_search_goes_on_above_a_prefix_its_confirmation_refuses() -> None:
     """The cheap verdict (deployed) passes 3 float sites, the confirmation (literal graph)
     wants 4: the search confirms only the prefix it settles on, and continues above it."""
