@@ -226,7 +226,6 @@ def _settled(
     min_rounds: int,
     seconds: float,
     elapsed: float,
-    need_ratio: float | None = None,
 ) -> bool:
     """Stop after ``min_rounds`` and ``seconds``, unless b looks faster but the sign test is
     not yet sure (then go on, up to three times ``seconds``). Stop from ``min_rounds`` on,
@@ -234,19 +233,12 @@ def _settled(
     p < :data:`DECISIVE_P` (10 wins of 10, 12 of 13) and its median is at least
     :data:`DECISIVE` away (an int8 model 1.6x faster than its input needs no two seconds to
     show it); from :data:`EARLY_ROUNDS` on, when the leader won every round and its median is
-    at least :data:`EARLY_DECISIVE` away.
-
-    ``need_ratio``: the ratio b must reach for its caller (0.9: 10 % faster). From
-    :data:`EARLY_ROUNDS` on, a race whose median ratio is not even halfway there stops: b will
-    not be that much faster (two int8 MobileNetV2 placements within 3 % of each other, asked
-    whether one is 10 % faster, ran 10 rounds: 1.2 s)."""
+    at least :data:`EARLY_DECISIVE` away."""
     if rounds < min(min_rounds, EARLY_ROUNDS):
         return False
     r = Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, 0)
     gap = abs(math.log(max(r.ratio, 1e-9)))
     if wins in (0, rounds) and gap >= math.log(1 / EARLY_DECISIVE):
-        return True
-    if need_ratio is not None and r.ratio > (1.0 + need_ratio) / 2:
         return True
     if rounds < min_rounds:
         return False
@@ -282,13 +274,11 @@ def race(
     max_rounds: int = 40,
     per_round: int = 5,
     max_bytes: int | None = None,
-    need_ratio: float | None = None,
 ) -> Race:
     """Time ModelProtos ``a`` and ``b`` on ``feed`` in interleaved rounds (order alternating,
     one untimed run first in each), for at least ``min_rounds`` and about ``seconds`` (longer,
     up to ``max_rounds``, while b looks faster but not yet beyond noise; shorter when one model
-    is decisively faster, or when b is asked to reach the ratio ``need_ratio`` and is far from
-    it: :func:`_settled`).
+    is decisively faster: :func:`_settled`).
 
     ``per_round`` stays 5 on slow models too: after a switch of sessions the next one or two
     runs are slow (a MobileNetV2 at batch 32: 28-45 ms, then 15 ms warm), so fewer runs a
@@ -313,7 +303,7 @@ def race(
     wins = rounds = 0
     start = time.perf_counter()
     while rounds < max_rounds and not _settled(
-        times, rounds, wins, min_rounds, seconds, time.perf_counter() - start, need_ratio
+        times, rounds, wins, min_rounds, seconds, time.perf_counter() - start
     ):
         med = {}
         for k in (0, 1) if rounds % 2 == 0 else (1, 0):

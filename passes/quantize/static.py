@@ -477,9 +477,14 @@ class QuantizeInt8(Pass):
                 reduced = build(set(sites) - set(slow_all))
                 r = lat.pays_as_a_whole(all_int8, reduced, feed)
                 if r is not None:
+                    why = (
+                        "the model is faster with them in int8"
+                        if r.b_faster
+                        else "the model with them float is not faster beyond noise"
+                    )
                     notes.append(
                         f"latency: {len(slow_all)} layers measured slower in int8 stay int8: "
-                        f"the model is faster with them in int8 ({r.describe()})"
+                        f"{why} ({r.describe()})"
                     )
                     slow_all, est = [], all_int8_us
                     raced = round(r.ratio, 3)  # measured: trusted over the profile's totals

@@ -67,10 +67,17 @@ def _race(a_ms: float, b_ms: float, wins: int) -> Race:
     return Race(a_ms=a_ms, b_ms=b_ms, rounds=10, b_wins=wins, threads=2)
 
 
+def _whole_race(all_int8_ms: float, float_left_ms: float, float_left_wins: int) -> Race:
+    """The placement's race, as :func:`latency.pays_as_a_whole` runs it: all-int8 (a)
+    against the model with the slower layers left float (b)."""
+    return _race(all_int8_ms, float_left_ms, float_left_wins)
+
+
 def test_a_region_int8_makes_slower_stays_float(monkeypatch) -> None:
     # the whole-model race that follows (all-int8 against "tiny" left float) differs by
-    # about 8 % of a 0.2 ms model, within its noise: its verdict is tested apart, below
-    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 1.0, 5))
+    # about 8 % of a 0.2 ms model, within its noise: its verdict is tested apart, below;
+    # here "tiny" float wins it
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.9, 10))
     m = _model()
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=_feeds()))
     lat = res.details["latency"]
@@ -92,16 +99,25 @@ def test_kernels_are_charged_to_the_layers_they_come_from() -> None:
 
 
 def test_layers_measured_slower_stay_int8_when_the_whole_model_is_faster(monkeypatch) -> None:
-    """The per-layer profile marks "tiny"; the model with it in int8 races faster beyond the
-    margin (as a chain of int8 layers can be while each kernel is slower): it stays int8."""
-    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 0.7, 10))
+    """The per-layer profile marks "tiny"; the model with it in int8 races faster (as a chain
+    of int8 layers can be while each kernel is slower), or the one with it float is not
+    faster beyond noise: it stays int8. Float wins beyond noise: it goes float."""
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(0.7, 1.0, 0))
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
     assert res.details["latency"]["slower_in_int8"] == []
     assert sorted(res.sites) == ["big", "tiny"]
     assert any("measured slower in int8 stay int8" in n for n in res.notes)
-    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 0.95, 10))  # < the margin
+    # within noise: all int8 (the whole model does not confirm the profile)
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.99, 5))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
+        _model(), PassContext(feeds=_feeds())
+    )
+    assert sorted(res.sites) == ["big", "tiny"]
+    assert any("with them float is not faster beyond noise" in n for n in res.notes)
+    # "tiny" float faster beyond noise, by 5 %: it goes float
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.95, 10))
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
@@ -169,7 +185,7 @@ def test_the_whole_model_race_runs_whatever_the_profile_totals_say(monkeypatch) 
     MobileNetV2's placement ahead of all-int8 where whole runs put it 18 % behind)."""
     raced = []
     monkeypatch.setattr(latency, "PROFILE_TRUSTED_US", 0.0)  # this 0.3 ms model's totals too
-    monkeypatch.setattr(latency, "race", lambda *a, **k: raced.append(1) or _race(1.0, 0.7, 10))
+    monkeypatch.setattr(latency, "race", lambda *a, **k: raced.append(1) or _whole_race(0.7, 1.0, 0))
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
@@ -269,7 +285,8 @@ def test_a_later_round_judges_only_the_neighbours_of_layers_gone_float(monkeypat
 
     _whole_model_at(monkeypatch, 0.6)
     monkeypatch.setattr(latency, "measure_all", measure_all)
-    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 1.0, 5))  # a 0.1 ms model
+    # a 0.1 ms model: the race's verdict mocked, the layers left float win it
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.9, 10))
     feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
     assert sorted(res.details["latency"]["slower_in_int8"]) == ["a", "b"]
@@ -304,7 +321,7 @@ def test_no_second_round_when_the_first_shows_int8_cannot_pay(monkeypatch) -> No
     assert res.notes[0].startswith("int8 does not make this model faster on this CPU")
     assert "at 12600 µs against 10000 µs" in res.notes[0]
     total[0] = 11_000.0
-    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 0.8, 10))
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(0.8, 1.0, 0))
     res = QuantizeInt8().run_model(m, ctx)
     assert res.changed and "a" in res.sites
     assert res.details["latency"]["all_int8_raced"] == 0.8
@@ -330,8 +347,8 @@ def test_whole_model_timing_overrules_a_profile_that_finds_a_small_gain(monkeypa
     )
     monkeypatch.setattr(latency, "measure_all", measure_all)
     # the race of all-int8 against "a" left float would time two 0.1 ms models within each
-    # other's noise (on CI it put "a" back in int8): here all-int8 is no faster
-    monkeypatch.setattr(latency, "race", lambda *a, **k: _race(1.0, 1.0, 5))
+    # other's noise (on CI it put "a" back in int8): here "a" float wins it
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.9, 10))
     given = _whole_model_at(monkeypatch, 0.99)
     feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
