@@ -185,7 +185,9 @@ def test_the_whole_model_race_runs_whatever_the_profile_totals_say(monkeypatch) 
     MobileNetV2's placement ahead of all-int8 where whole runs put it 18 % behind)."""
     raced = []
     monkeypatch.setattr(latency, "PROFILE_TRUSTED_US", 0.0)  # this 0.3 ms model's totals too
-    monkeypatch.setattr(latency, "race", lambda *a, **k: raced.append(1) or _whole_race(0.7, 1.0, 0))
+    monkeypatch.setattr(
+        latency, "race", lambda *a, **k: raced.append(1) or _whole_race(0.7, 1.0, 0)
+    )
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
