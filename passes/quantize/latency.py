@@ -55,8 +55,8 @@ SLACK = 0.03
 #: as QLinearAdd cost ~100 µs each as DQ + Add + Q, and two depthwise Convs measured 17 µs
 #: slower ran 336 µs instead of 97 once "left float")
 SMALL_SLOWDOWN = 0.01
-#: that race's length: its minimum 10 rounds decide a 10 % margin (a race of two models within
-#: 10 % of each other otherwise runs its full 2 s: on a MobileNetV2 at batch 32, 2.2 s of 9.8)
+#: that race's length: past its minimum 10 rounds, a race of two models within 10 % of each
+#: other otherwise runs its full 2 s (on a MobileNetV2 at batch 32, 2.2 s of 9.8)
 WHOLE_MODEL_SECONDS = 1.0
 #: what onnxruntime appends to the names of the nodes it rewrites, tried in turn
 _SUFFIXES = (r"/duplicated$", r"_token_\d+$", r"_nchwc$", r"/\w*Fusion\w*$", r"_\d+$", r"/[^/]*$")
@@ -358,14 +358,16 @@ def pays_as_a_whole(
     all_int8: onnx.ModelProto, reduced: onnx.ModelProto, feed: dict[str, np.ndarray]
 ) -> Race | None:
     """The race of ``reduced`` (a: the layers measured slower left float) against
-    ``all_int8`` (b) unless ``reduced`` is faster beyond noise (then None: those layers go
-    float; the race runs the other way round, so that it goes on while ``reduced`` looks
-    faster but the sign test is unsure). The profile's layer times are the hypothesis, the whole model the proof: a
-    layer's own kernel can grow in int8 while the model gains as a whole (leaving it float
-    breaks an int8 chain with Q/DQ pairs; on a MobileNetV2 at batch 32, 8 such layers left
-    float cost 1.93x instead of 2.84x), and on an AMD EPYC whose speed drifts between two
-    regimes, the same MobileNetV2 placement with 3 layers float ran 2-6 % ahead of all-int8
-    in one and 16 % behind in the other."""
+    ``all_int8`` (b), unless ``reduced`` is faster beyond noise (then None: those layers go
+    float). It runs the other way round, so that it goes on while ``reduced`` looks faster
+    but the sign test is unsure.
+
+    The profile's layer times are the hypothesis, the whole model the proof: a layer's own
+    kernel can grow in int8 while the model gains as a whole (leaving it float breaks an int8
+    chain with Q/DQ pairs; on a MobileNetV2 at batch 32, 8 such layers left float cost 1.93x
+    instead of 2.84x), and on an AMD EPYC whose speed moves between two regimes, the same
+    MobileNetV2 placement with 3 layers float ran 2-6 % ahead of all-int8 in one and 16 %
+    behind in the other."""
     r = race(all_int8, reduced, feed, seconds=WHOLE_MODEL_SECONDS)
     if r.b_faster:
         return None
