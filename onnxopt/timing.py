@@ -202,6 +202,12 @@ class Race:
         """One-sided sign test: the chance of ``b_wins`` or more wins if neither is faster."""
         return sign_test(self.b_wins, self.rounds)
 
+    def reversed(self) -> Race:
+        """The same race read the other way round (b's runs as a's, b's losses as wins)."""
+        return Race(
+            self.b_ms, self.a_ms, self.rounds, self.rounds - self.b_wins, self.threads, self.mode
+        )
+
     @property
     def b_faster(self) -> bool:
         """b is faster beyond noise: a lower median and a sign test at 5 %."""

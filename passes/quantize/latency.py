@@ -369,9 +369,7 @@ def pays_as_a_whole(
     MobileNetV2 placement with 3 layers float ran 2-6 % ahead of all-int8 in one and 16 %
     behind in the other."""
     r = race(all_int8, reduced, feed, seconds=WHOLE_MODEL_SECONDS)
-    if r.b_faster:
-        return None
-    return Race(r.b_ms, r.a_ms, r.rounds, r.rounds - r.b_wins, r.threads, r.mode)
+    return None if r.b_faster else r.reversed()
 
 
 def neighbours(att: Attribution, site: str) -> list[str | None]:

@@ -429,12 +429,12 @@ class QuantizeInt8(Pass):
                 # the float model is the same in every round: profiled once (alone, a model
                 # reads within 2 % from profile to profile; MobileNetV2 at batch 32: 0.2 s a
                 # later round)
-                timed = lat.measure_all(
+                profiles = lat.measure_all(
                     [candidate] if k else [build.base, candidate], feed, att, seconds=seconds
                 )
-                int8_t = timed[-1]
+                int8_t = profiles[-1]
                 if not k:
-                    float_t, all_int8_us = timed[0], int8_t.total_us
+                    float_t, all_int8_us = profiles[0], int8_t.total_us
                 slower, g = lat.slower_sites(float_t, int8_t, enabled)
                 if k:  # only a neighbour of a layer that went float has a new context
                     near = {n for s in slow_all for n in lat.neighbours(att, s)}

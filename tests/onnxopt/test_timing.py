@@ -26,6 +26,7 @@ def test_a_lopsided_race_stops_after_six_rounds() -> None:
     assert _settled(_times(1.0, 0.6, 6), 6, 6, 10, 2.0, 0.1)
     assert _settled(_times(1.0, 1.5, 6), 6, 0, 10, 2.0, 0.1)
     assert Race(1.0, 0.6, 6, 6, 2).b_faster
+    assert Race(1.0, 0.6, 6, 6, 2).reversed() == Race(0.6, 1.0, 6, 0, 2)
     assert not _settled(_times(1.0, 0.6, 5), 5, 5, 10, 2.0, 0.1)  # under six rounds
     assert not _settled(_times(1.0, 0.8, 9), 9, 9, 10, 2.0, 0.1)  # within 25 %: ten rounds
     assert not _settled(_times(1.0, 0.6, 9), 9, 8, 10, 2.0, 0.1)  # one round lost
