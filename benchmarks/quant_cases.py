@@ -137,6 +137,7 @@ def _ocr(name: str, work: Path, quick: bool) -> Case:
     kind = name.split("_")[1]
     src = _clean(quant_ocr.model_path(kind), work / name / "fp32.onnx")
     calib = quant_ocr.calibration(kind)
+    quant_ocr.references(kind)  # the task metric's fp32 answers, built before any tool runs
     budget = {
         "min_cosine": None,
         "metric": quant_ocr.METRICS[kind],

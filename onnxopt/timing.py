@@ -168,6 +168,15 @@ DECISIVE_P = 0.002
 EARLY_ROUNDS = 6
 EARLY_DECISIVE = 0.75
 
+#: timed runs a round: :data:`PER_ROUND`, or :data:`SLOW_PER_ROUND` when a warm run of either
+#: model takes :data:`SLOW_RUN_MS` or more. Each round starts with an untimed run, after which
+#: a slow model's next runs showed no switch penalty; measured on a PP-OCRv5 recognizer (30-36
+#: ms) and a MobileNetV2 at batch 32 (7.5-16 ms), 2 timed runs gave the 5-run verdicts
+#: (10 of 10 rounds, ratios within 0.03) in half the time: 2.3 s instead of 4.5 s a race.
+PER_ROUND = 5
+SLOW_PER_ROUND = 2
+SLOW_RUN_MS = 20.0
+
 
 def sign_test(wins: int, n: int) -> float:
     """One-sided exact sign test: the chance of ``wins`` or more successes in ``n`` fair coin
@@ -278,7 +287,7 @@ def race(
     seconds: float = 2.0,
     min_rounds: int = 10,
     max_rounds: int = 40,
-    per_round: int = 5,
+    per_round: int | None = None,
     max_bytes: int | None = None,
 ) -> Race:
     """Time ModelProtos ``a`` and ``b`` on ``feed`` in interleaved rounds (order alternating,
@@ -286,10 +295,11 @@ def race(
     up to ``max_rounds``, while b looks faster but not yet beyond noise; shorter when one model
     is decisively faster: :func:`_settled`).
 
-    ``per_round`` stays 5 on slow models too: after a switch of sessions the next one or two
-    runs are slow (a MobileNetV2 at batch 32: 28-45 ms, then 15 ms warm), so fewer runs a
-    round measure the switch (tried with 1-2 runs a round: an int8 model 0.55x its input won
-    only 18 of 22 and 21 of 28 rounds, and one race ended 'not faster').
+    ``per_round`` timed runs a round (None: :data:`PER_ROUND`, or :data:`SLOW_PER_ROUND` for
+    models whose warm run takes :data:`SLOW_RUN_MS` or more). The untimed run that starts
+    each round takes the switch of sessions: without it, the next one or two runs are slow
+    (a MobileNetV2 at batch 32: 28-45 ms, then 15 ms warm), and with 1-2 runs a round an int8
+    model 0.55x its input won only 18 of 22 and 21 of 28 rounds.
 
     With ``max_bytes``, when two optimized sessions (each may hold a copy and a packed copy of
     its weights) would not fit, the models are timed one after the other instead, each alone
@@ -299,12 +309,18 @@ def race(
 
     need = 2 * (weights.weight_bytes(a) + weights.weight_bytes(b))
     if max_bytes is not None and need > max_bytes:
-        return race_apart(a, b, feed, threads=threads, rounds=min_rounds, per_round=per_round)
+        return race_apart(
+            a, b, feed, threads=threads, rounds=min_rounds, per_round=per_round or PER_ROUND
+        )
     sa = model_session(a, threads=threads, idle_spin=RACE_IDLE_SPIN)
     sb = model_session(b, threads=threads, idle_spin=RACE_IDLE_SPIN)
+    warm = 0.0
     for s in (sa, sb):
-        for _ in range(3):
+        for _ in range(2):
             s.run(None, feed)
+        warm = max(warm, _timed_runs(s, feed, 1)[0])
+    if per_round is None:
+        per_round = SLOW_PER_ROUND if warm >= SLOW_RUN_MS else PER_ROUND
     times: dict[int, list[float]] = {0: [], 1: []}
     wins = rounds = 0
     start = time.perf_counter()

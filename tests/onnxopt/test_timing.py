@@ -67,3 +67,28 @@ def test_race_sessions_do_not_spin_their_idle_threads(monkeypatch) -> None:
     timing.quick_latency(m, feed, seconds=0.01)
     with pytest.raises(RuntimeError):  # no entry: onnxruntime's default (spinning)
         built[0].get_session_config_entry("session.force_spinning_stop")
+
+
+def test_a_race_of_slow_models_times_fewer_runs_a_round(monkeypatch) -> None:
+    """A warm run of 20 ms or more: 2 timed runs a round (after the untimed one); faster
+    models keep 5; a caller's ``per_round`` wins."""
+    import onnx
+
+    from onnxopt import timing
+    from tests.helpers import parse
+
+    m: onnx.ModelProto = parse(
+        '<ir_version: 8, opset_import: ["": 17]>\ng (float[1,4] x) => (float[1,4] y) { y = Relu(x) }'
+    )
+    feed = {"x": np.ones((1, 4), np.float32)}
+    for ms, per_round, want in ((25.0, None, 2), (5.0, None, 5), (25.0, 4, 4)):
+        asked: list[int] = []
+
+        def fake(sess, feed, n, ms=ms, asked=asked):
+            asked.append(n)
+            return [ms] * n
+
+        monkeypatch.setattr(timing, "_timed_runs", fake)
+        timing.race(m, m, feed, seconds=0.0, min_rounds=2, max_rounds=2, per_round=per_round)
+        assert asked[:2] == [1, 1]  # one timed warm run of each model
+        assert asked[2:] == [want] * 4  # 2 rounds, both models
