@@ -249,8 +249,10 @@ Command: `{cmd}`
 Every tool quantizes the same fp32 model (onnxopt's exact cleanup applied) with the same
 calibration runs, each in a fresh process (quantize s: the quantization call; peak MB: the
 process's max RSS, imports included). Latency: onnxruntime CPU, ORT_ENABLE_ALL, 2 threads,
-median of {repeats} interleaved rounds of every variant; speed-up = fp32 / variant. **Latency is
-noisy**: the machine has 2 cores shared with other jobs (single numbers vary by +-25 %); the
+the sessions open side by side (threads stopped after each run), {rounds} rounds in which each
+takes a turn of about {turn} s after an untimed run, the median of all its runs; the PP-OCRv5
+pipelines take turns image by image; speed-up = fp32 / variant. **Latency is
+noisy**: the machine has 2 cores and moves between two speed regimes (single numbers vary by +-25 %); the
 metrics, sizes and int8 shares are not. int8 layers: Conv/MatMul/Gemm whose two inputs are
 dequantized int8 (or integer kernels), of all of them. Metrics:
 test accuracy for models trained on digits, cosine against fp32 for random-weight models and
@@ -271,12 +273,12 @@ of onnxopt's speed-up that is not quantization.
 
 
 def write_markdown(path: str, saved: dict) -> None:
-    from benchmarks.quantization import REPEATS
+    from benchmarks.quantization import ROUND_SECONDS, ROUNDS
 
     old = Path(path).read_text() if Path(path).exists() else ""
     notes = old[old.index(NOTES_MARK) :] if NOTES_MARK in old else ""
     rows = saved["rows"]
-    parts = [HEADER.format(cmd=saved["command"], repeats=REPEATS)]
+    parts = [HEADER.format(cmd=saved["command"], rounds=ROUNDS, turn=ROUND_SECONDS)]
     for model in dict.fromkeys(r["model"] for r in rows if r["model"] != "ocr_pipeline"):
         parts.append(model_table(rows, model))
     ocr = ocr_table(rows)

@@ -214,3 +214,57 @@ def test_the_time_table_lists_onnxopt_phases_beside_nncf():
     )
     assert lines[2] == "| ocr_rec | onnxopt | 30.0 | 12.0 (20) | 9.0 (8) | 9.0 | 10.0 |"
     assert qr.time_table(rows[:1]) == ""
+
+
+def test_latency_rows_take_short_turns_and_read_ratios_to_fp32(tmp_path, monkeypatch):
+    """Every row is timed in each round, in an order that turns, and its speed-up is fp32's
+    latency over its own (a model 64 MatMuls deep against one)."""
+    from benchmarks import quantization as qz
+
+    w = {"w": np.eye(64, dtype=np.float32)}
+    one = parse(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[64, 64] x) => (float[64, 64] y) { y = MatMul (x, w) }",
+        w,
+    )
+    body = "\n".join(f"h{i + 1} = MatMul (h{i}, w)" for i in range(64))
+    deep = parse(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        f"g (float[64, 64] x) => (float[64, 64] y) {{\nh0 = Identity (x)\n{body}\ny = Identity (h64)\n}}",
+        w,
+    )
+    onnx.save(deep, tmp_path / "fp32.onnx")
+    onnx.save(one, tmp_path / "fast.onnx")
+    rows = [
+        {"tool": "fp32", "path": str(tmp_path / "fp32.onnx")},
+        {"tool": "fast", "path": str(tmp_path / "fast.onnx")},
+    ]
+    monkeypatch.setattr(qz, "ROUNDS", 4)
+    monkeypatch.setattr(qz, "ROUND_SECONDS", 0.02)
+    qz._time_rows(rows, {"x": np.ones((64, 64), np.float32)}, "latency_ms", "speedup")
+    assert rows[0]["speedup"] == 1.0
+    assert rows[1]["speedup"] > 3  # 64 MatMuls against one
+    assert all(r["latency_ms"] > 0 for r in rows)
+
+
+def test_ocr_pipelines_take_turns_image_by_image(monkeypatch):
+    from benchmarks import quant_ocr
+
+    calls: list[tuple[str, int]] = []
+
+    class Pipe:
+        def __init__(self, tool: str) -> None:
+            self.tool = tool
+
+        def text(self, im: int) -> str:
+            calls.append((self.tool, im))
+            return ""
+
+    monkeypatch.setattr(quant_ocr, "images", lambda: ([0, 1, 2], ["", "", ""]))
+    got = quant_ocr.interleaved_seconds({t: Pipe(t) for t in ("a", "b", "c")}, rounds=1)
+    assert calls == [
+        ("a", 0), ("b", 0), ("c", 0),
+        ("b", 1), ("c", 1), ("a", 1),
+        ("c", 2), ("a", 2), ("b", 2),
+    ]  # fmt: skip
+    assert set(got) == {"a", "b", "c"} and all(v >= 0 for v in got.values())
