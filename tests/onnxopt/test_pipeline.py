@@ -414,3 +414,30 @@ def test_a_task_metric_scores_the_original_once_and_each_candidate_once():
     assert rep.passes[0].status == "kept" and rep.metric_original is not None
     assert len(seen) == 2, seen  # the original; the candidate, which is the final model
     assert rep.metric_final == rep.passes[0].vs_original.metric
+
+
+def test_a_task_metric_runs_the_original_once_on_every_run(monkeypatch):
+    """The metric reads the original's outputs on every run at the start: one pass over them
+    also gives the exact runs (a prefix), which are not run a second time in a helper thread."""
+    from dataclasses import replace
+
+    from onnxopt.metric import TaskMetric
+    from onnxopt.runner import Runner
+
+    original = model()
+    ran: list[int] = []
+    real = Runner.run
+
+    def spy(self, m, feeds, *a, **k):
+        if m is original:
+            ran.append(len(feeds))
+        return real(self, m, feeds, *a, **k)
+
+    monkeypatch.setattr(Runner, "run", spy)
+    data = synthesize(original, runs=12)
+    data = replace(data, labels=[np.array([i]) for i in range(len(data.runs))])
+    budget = Budget(min_cosine=None, metric=TaskMetric(lambda r, lab: 1.0, "t:one"))
+    pm = PassManager([Scale(0.001)], budget=budget, exact_runs=4)
+    pm.run(original, data)
+    assert ran == [len(pm.verifier.feeds)], ran
+    assert pm.verifier.first.outputs == pm.verifier.first.full[:4]
