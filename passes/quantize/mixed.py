@@ -248,15 +248,13 @@ def search(
             "dynamic_layers": len(dyn),
             "metric": round(head, 6),
         }
-        at_once = k == 0 and good and k not in times  # all int8, within budget untimed
-        if speed is not None and not at_once:
-            ms = timed(k)[0]
-            point["latency_ms"] = round(ms, 4) if math.isfinite(ms) else None
-        elif speed is not None:
-            # all int8 within budget at once ends the search: timing it would only repeat
-            # the manager's race, which times it next against the same float model (a
+        if speed is not None:
+            # all int8 within budget at once ends the search untimed: timing it would only
+            # repeat the manager's race, which times it next against the same float model (a
             # MobileNetV2 at batch 32: 0.7 s)
-            point["latency_ms"] = None
+            at_once = k == 0 and good and k not in times
+            ms = math.nan if at_once else timed(k)[0]
+            point["latency_ms"] = round(ms, 4) if math.isfinite(ms) else None
         out.tradeoff.append(point)
         if progress is not None:
             progress("mixed precision", k, n)
