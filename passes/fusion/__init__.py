@@ -1,7 +1,8 @@
 """Fusion passes: one family per module, each an exact pass over the pattern helper.
 
 ``PASSES`` is the run order: layout and arithmetic clean-ups first (they expose patterns),
-then linear-op folds, then activation / normalisation fusions, then the flush of weights
+then linear-op folds, then activation / normalisation fusions, then the affines left
+between Convs as depthwise Convs (after the folds and the activations), then the flush of weights
 too small to matter (after the folds, which make new weights), then the com.microsoft contrib
 fusions (which only run with ``--target onnxruntime``).
 """
@@ -9,6 +10,7 @@ fusions (which only run with ``--target onnxruntime``).
 from __future__ import annotations
 
 from onnxopt.passes.fusion.activations import FuseActivations
+from onnxopt.passes.fusion.affine_conv import AffineToConv
 from onnxopt.passes.fusion.arith_noop import RemoveArithNoop
 from onnxopt.passes.fusion.bias_fold import FoldBias
 from onnxopt.passes.fusion.conv_bn import FoldBatchNorm
@@ -33,6 +35,7 @@ PASSES = [
     FuseLayerNorm,
     FuseGelu,
     FuseActivations,
+    AffineToConv,
     FlushTinyWeights,
     OrtFuseAttention,
     OrtFuseSkipLayerNorm,

@@ -29,6 +29,7 @@ MIN_OPSET = 13
 MOTIFS: dict[str, Callable[[Builder], None]] = {
     "conv_bn": motifs_conv.conv_bn,
     "conv_affine": motifs_conv.conv_affine,
+    "affine_between_convs": motifs_conv.affine_between_convs,
     "pad_conv": motifs_conv.pad_conv,
     "matmul_add": motifs_linear.matmul_add,
     "decayed_weights": motifs_linear.decayed_weights,

@@ -1,5 +1,6 @@
 """Fuzzing motifs around convolutions: Conv+BN (plain, grouped, depthwise, BN before the
-Conv, ConvTranspose), per-channel constants after a Conv, and Pad before Conv / pooling.
+Conv, ConvTranspose), per-channel constants after a Conv, an affine between two Convs, and
+Pad before Conv / pooling.
 
 Each motif takes a tensor from the builder's pool, writes a few nodes (sometimes a near miss
 that a pass must decline) and puts its result back.
@@ -108,6 +109,34 @@ def conv_affine(b: Builder) -> None:
         ins.reverse()
     out_shape = tuple(np.broadcast_shapes(y.shape, np.shape(value)))
     b.put(b.op(op, ins, out_shape, batch=y.batch))
+
+
+def affine_between_convs(b: Builder) -> None:
+    """Conv [-> activation] -> x·a + b (or x/a − b, or + b alone) -> a Conv, often a padded
+    depthwise one: becomes a 1x1 depthwise Conv when the channels fill 16-channel blocks and
+    the constants are per channel; near misses have 8 channels, a spatial constant, an
+    activation onnxruntime does not fuse, or another reader of the affine."""
+    x = b.take(rank=4)
+    c = int(b.choice([16, 16, 32, 8]))
+    y = conv(b, x, co=c)
+    act = b.choice(["", "HardSwish", "Relu", "Exp"])
+    if act:
+        y = b.op(act, [y.name], y.shape, batch=y.batch)
+    shape = b.choice([(1,), (c, 1, 1), (1, c, 1, 1), (), (1, 1, y.shape[3])])
+    kind = b.choice(["mul_add", "div_sub", "add"])
+    if kind != "add":
+        scale = b.rng.uniform(0.5, 2.0, shape) * b.choice([1.0, -1.0])
+        ins = [y.name, b.const(scale)]
+        if kind == "mul_add" and b.chance(0.5):
+            ins.reverse()
+        y = b.op("Mul" if kind == "mul_add" else "Div", ins, y.shape, batch=y.batch)
+    shift = b.const(b.rng.standard_normal(shape))
+    out_shape = tuple(np.broadcast_shapes(y.shape, shape))
+    t = b.op("Sub" if kind == "div_sub" else "Add", [y.name, shift], out_shape, batch=y.batch)
+    if b.chance(0.1):
+        b.put(b.op("Relu", [t.name], t.shape, batch=t.batch))
+    depthwise = b.chance(0.7)
+    b.put(conv(b, t, co=t.shape[1] if depthwise else None, group=t.shape[1] if depthwise else 1))
 
 
 def pad_conv(b: Builder) -> None:
