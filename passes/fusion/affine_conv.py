@@ -1,7 +1,7 @@
-"""affine-to-conv: a per-channel affine between two Convs -> a 1x1 depthwise Conv.
+"""affine-to-conv: a per-channel affine after a Conv's activation -> a 1x1 depthwise Conv.
 
-For a float32 tensor x of C channels (NCHW), a per-channel or scalar affine that only Convs
-read,
+For a float32 tensor x of C channels (NCHW) that an activation after a Conv makes, a
+per-channel or scalar affine
 
     y = x·a + b   (also x/a, x − b, x + b, x·a − b)   ->   y = Conv(x, W, B, group=C)
 
@@ -11,16 +11,17 @@ products and sums.
 Why: onnxruntime's CPU provider runs Convs in its blocked NCHWc layout, and its elementwise
 Mul/Add with a constant only in plain NCHW. Every such affine between two Convs costs a
 ReorderOutput, the Mul, the Add and a ReorderInput: four passes over the tensor. As a
-depthwise Conv it stays in NCHWc and costs one. PP-OCRv5's PaddlePaddle exports put a scalar
-affine (a "learnable affine block") after every HardSwish; ``fold-bias`` folds those a 1x1
-Conv reads, and a padded depthwise Conv after the others keeps them out (a shift before a
-zero-padded Conv changes its border). Rewritten, the recognizer drops from 20 reorders to 6
-and runs 1.17x faster, the detector 1.10x (interleaved runs on 20 recorded inputs each).
+depthwise Conv it stays in NCHWc and costs one, and NCHWc readers (Convs, pooling) read it
+without a reorder (a plain reader still gets one, as before). PP-OCRv5's PaddlePaddle exports
+put a scalar affine (a "learnable affine block") after every HardSwish; ``fold-bias`` folds
+those a 1x1 Conv reads, and the others stay: a padded depthwise Conv reads them (a shift
+before a zero-padded Conv changes its border) or a pooling does. Rewritten, the recognizer
+drops from 20 reorders to 6.
 
-Applies only where the Conv pays, as onnxruntime 1.32 decides (``nchwc_transformer.cc``): C is
-a multiple of 16 (its NCHWc block is 8 or 16 channels; a depthwise Conv needs whole blocks),
-x comes from a Conv (directly or through an activation onnxruntime fuses into it), and every
-reader is a Conv taking it as its input. Elsewhere the affine stays (notes say why).
+Applies where onnxruntime 1.32 keeps the Conv in NCHWc (``nchwc_transformer.cc``): C is a
+multiple of 16 (its NCHWc block is 8 or 16 channels; a depthwise Conv needs whole blocks) and
+x is the output of an activation it fuses into the Conv before it. An affine right after a
+Conv is left to fold-bias and to onnxruntime's own Conv+Mul/Add fusions, which cost nothing.
 
 Exactness: each output is ``x·a + b`` in float32 either way (the Conv kernel may fuse the
 multiply-add: at most one rounding apart).
@@ -34,8 +35,8 @@ from typing import ClassVar
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxopt.graph import const_value, is_graph_output, producer
-from onnxopt.passes.fusion._base import FusionPass, const, rank, var
+from onnxopt.graph import producer
+from onnxopt.passes.fusion._base import FusionPass, const, var
 from onnxopt.passes.fusion.bias_fold import per_channel
 from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
 
@@ -49,27 +50,31 @@ FUSED_ACTIVATIONS = frozenset(
 )
 
 
-def _from_conv(x: gs.Tensor) -> bool:
-    """``x`` is a Conv's output, or that of an activation onnxruntime fuses into a Conv."""
+def _after_activation(x: gs.Tensor) -> bool:
+    """``x`` is the output of an activation onnxruntime fuses into the Conv before it (so ``x``
+    is in NCHWc). A Conv's own output is left to fold-bias, and to onnxruntime's Conv+Mul and
+    Conv+Add fusions, which cost nothing at run time."""
     node = producer(x)
-    if node is not None and node.op in FUSED_ACTIVATIONS and node.inputs:
-        node = producer(node.inputs[0])
-    return node is not None and node.op == "Conv" and (node.domain or "") in ("", "ai.onnx")
+    if node is None or node.op not in FUSED_ACTIVATIONS or not node.inputs:
+        return False
+    conv = producer(node.inputs[0])
+    if conv is None or conv.op != "Conv" or (conv.domain or "") not in ("", "ai.onnx"):
+        return False
+    return len(node.inputs[0].outputs) == 1  # onnxruntime fuses a Conv only into its one reader
 
 
-def _channels(readers: list[gs.Node]) -> int | None:
-    """The input channels every reading Conv expects (from its float32 weight), else None."""
-    seen = set()
-    for conv in readers:
-        w = const_value(conv.inputs[1]) if len(conv.inputs) > 1 else None
-        if w is None or w.dtype != np.float32 or w.ndim != 4:
-            return None
-        seen.add(int(w.shape[1]) * int(conv.attrs.get("group", 1)))
-    return seen.pop() if len(seen) == 1 else None
+def static_channels(x: gs.Tensor) -> int | None:
+    """The channel count of a 4-D float32 tensor (None when unknown or another type)."""
+    shape = getattr(x, "shape", None)
+    if shape is None or len(shape) != 4 or getattr(x, "dtype", None) != np.float32:
+        return None
+    c = shape[1]
+    return int(c) if isinstance(c, (int, np.integer)) and c > 0 else None
 
 
 class AffineToDepthwise(Rule):
-    """[Mul|Div by a] then Add|Sub b, per channel, read only by Convs -> depthwise 1x1 Conv."""
+    """[Mul|Div by a] then Add|Sub b, per channel, after a Conv's activation -> depthwise 1x1
+    Conv."""
 
     name: ClassVar[str] = "affine_depthwise"
     patterns = (
@@ -83,22 +88,16 @@ class AffineToDepthwise(Rule):
     )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
-        out = m.root.outputs[0]
-        readers = list(out.outputs)
-        if not readers or any(n.op != "Conv" or n.inputs[0] is not out for n in readers):
-            return MatchResult.not_applicable("not read by Convs only")
-        if is_graph_output(graph, out):
-            return MatchResult.fail(f"'{out.name}' is a graph output")
         x = m.tensors["x"]
-        if rank(x) != 4 or getattr(x, "dtype", None) not in (np.float32, None):
-            return MatchResult.not_applicable("not a 4-D float32 tensor")
-        channels = _channels(readers)
+        channels = static_channels(x)
         if channels is None:
-            return MatchResult.fail("the reading Convs have no common float32 4-D weight")
+            return MatchResult.not_applicable("not a 4-D float32 tensor of known channels")
+        if not _after_activation(x):
+            return MatchResult.not_applicable(
+                "not after an activation fused into a Conv (fold-bias folds it)"
+            )
         if channels % BLOCK:
             return MatchResult.fail(f"{channels} channels do not fill {BLOCK}-channel blocks")
-        if not _from_conv(x):
-            return MatchResult.fail(f"'{x.name}' does not come from a Conv (it is not NCHWc)")
         if self._affine(m, channels) is None:
             return MatchResult.fail("the constants are not per channel, float, or nonzero")
         return MatchResult.success()
@@ -122,7 +121,7 @@ class AffineToDepthwise(Rule):
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         out = m.root.outputs[0]
-        channels = _channels(list(out.outputs))
+        channels = static_channels(m.tensors["x"])
         scale, shift = self._affine(m, channels)
         name = m.root.name or out.name
         w = const(graph, f"{name}_dw_w", scale.astype(np.float32).reshape(channels, 1, 1, 1))
@@ -138,11 +137,12 @@ class AffineToDepthwise(Rule):
 
 
 class AffineToConv(FusionPass):
-    """Per-channel Mul/Add between Convs -> a 1x1 depthwise Conv (onnxruntime keeps NCHWc)."""
+    """Per-channel Mul/Add after a Conv's activation -> a 1x1 depthwise Conv (onnxruntime
+    keeps NCHWc)."""
 
     name: ClassVar[str] = "affine-to-conv"
     summary: ClassVar[str] = (
-        "per-channel Mul/Add between Convs -> 1x1 depthwise Conv (no NCHWc layout reorders)"
+        "per-channel Mul/Add after a Conv's activation -> 1x1 depthwise Conv (no NCHWc reorders)"
     )
 
     def rules(self) -> list[Rule]:

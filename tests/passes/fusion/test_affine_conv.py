@@ -78,29 +78,43 @@ def test_channels_that_do_not_fill_nchwc_blocks_are_left_alone():
     assert any("do not fill 16-channel blocks" in n for n in res.notes)
 
 
-def test_an_affine_on_a_tensor_no_conv_made_is_left_alone():
-    """Its input would need a reorder into NCHWc anyway: nothing to gain."""
+def test_an_affine_no_fused_activation_made_is_left_alone():
+    """After an op onnxruntime cannot fuse into the Conv, its input would need a reorder into
+    NCHWc anyway; right after the Conv, fold-bias and onnxruntime's own fusions take it."""
     affine = "s = Mul(h, k)\n      t = Add(s, b)"
-    text = _text(16, affine, source="h = Exp(c)")
-    res = unchanged(parse(text, _inits(16, k=np.float32(2.0), b=np.float32(0.5))), AffineToConv)
-    assert any("does not come from a Conv" in n for n in res.notes)
-
-
-def test_an_affine_another_op_also_reads_or_a_spatial_constant_is_left_alone():
-    text = (
-        HDR
-        + """
-    g (float[1,8,10,10] x) => (float[1,16,10,10] y, float[1,16,10,10] r) {
-      c = Conv<kernel_shape=[1,1]>(x, w1, b1)
-      t = Add(c, b)
-      r = Relu(t)
-      y = Conv<kernel_shape=[3,3], pads=[1,1,1,1], group=16>(t, wd)
-    }"""
-    )
-    unchanged(parse(text, _inits(16, b=np.float32(0.5))), AffineToConv)
+    consts = _inits(16, k=np.float32(2.0), b=np.float32(0.5))
+    unchanged(parse(_text(16, affine, source="h = Exp(c)"), consts), AffineToConv)
+    right_after = _text(16, affine.replace("(h, k)", "(c, k)"), source="")
+    unchanged(parse(right_after, consts), AffineToConv)
     spatial = R.standard_normal((1, 10, 10)).astype(np.float32)
     res = unchanged(parse(_text(16, "t = Add(h, b)"), _inits(16, b=spatial)), AffineToConv)
     assert any("not per channel" in n for n in res.notes)
+
+
+def test_an_affine_pooled_and_read_by_a_squeeze_excite_mul_is_rewritten():
+    """PP-OCRv5's recognizer: the affine before a squeeze-excite block is read by a
+    GlobalAveragePool (NCHWc) and a Mul (plain); the Conv keeps the pooling in NCHWc."""
+    text = (
+        HDR
+        + """
+    g (float[1,8,10,10] x) => (float[1,16,10,10] y) {
+      c = Conv<kernel_shape=[1,1]>(x, w1, b1)
+      h = HardSwish(c)
+      s = Mul(h, k)
+      t = Add(s, b)
+      p = GlobalAveragePool(t)
+      e = Conv<kernel_shape=[1,1]>(p, w2)
+      g = HardSigmoid(e)
+      y = Mul(t, g)
+    }"""
+    )
+    inits = _inits(16, k=np.float32(0.8), b=np.float32(0.1))
+    inits["w2"] = R.standard_normal((16, 16, 1, 1)).astype(np.float32)
+    m = parse(text, inits)
+    res, out = apply(AffineToConv, m)
+    assert res.details["counts"] == {"affine_depthwise": 1}
+    assert counts(out)["Mul"] == 1 and "Add" not in counts(out)
+    assert_close(m, out)
 
 
 def test_onnxruntime_keeps_the_rewritten_graph_in_nchwc_without_reorders(tmp_path):
