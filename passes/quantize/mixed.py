@@ -152,6 +152,7 @@ def search(
     speed: Callable[[onnx.ModelProto], tuple[float, float]] | None = None,
     speed_all_int8: tuple[float, float] | None = None,
     target: float | None = None,
+    profile_us: float = 0.0,
 ) -> Plan:
     """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict).
 
@@ -170,7 +171,11 @@ def search(
     scored 9 models, and the manager then rolled the one it chose back as 1.00x). Its
     timings are the trade-off curve's latencies (none without it, and none for all int8
     found within budget at once, which ends the search); ``speed_all_int8``: the all-int8
-    model's, when already timed.
+    model's, when already timed. ``profile_us``: the float model's time in the latency
+    profile whose per-layer gains the moves carry (0: none trusted). A prefix whose int8
+    layers the profile credits with less than :data:`SPEED_MARGIN` of that time is not fast,
+    untimed: timing it only lets a noisy turn pass it (PP-OCRv5's recognizer, 3 of 76 layers
+    int8 at "0.94x", where the manager verified it, bisected it and its race read 1.00x: 30 s).
 
     ``target``: the headline number the budget needs (a task metric's floor, an accuracy's,
     the minimum cosine). Bisection steps then alternate with steps that interpolate it
@@ -221,6 +226,8 @@ def search(
         return times[k]
 
     def fast(k: int) -> bool:
+        if profile_us > 0 and _profile_saving(moves, k) < SPEED_MARGIN * profile_us:
+            return False
         if timed(k)[1] < 1.0 - SPEED_MARGIN:
             return True
         # a "no" is timed again before it bounds the search: one noisy timing (1.00x among
@@ -370,6 +377,14 @@ def _last_fast(n: int, fast: Callable[[int], bool], all_float: bool) -> int:
         else:
             hi = mid
     return lo
+
+
+def _profile_saving(moves: list[Move], k: int) -> float:
+    """The time (µs) the latency profile credits the int8 layers left after ``k`` moves with:
+    a static int8 layer its whole gain, a dynamic one half (as :func:`order_moves` costs it)."""
+    floats, dyn = apply(moves[:k])
+    gain = {m.site: m.gain_us for m in moves}
+    return sum(g / 2 if s in dyn else g for s, g in gain.items() if s not in floats)
 
 
 def _not_faster(out: Plan, moves: list[Move], k: int, ratio: float | None) -> Plan:

@@ -629,6 +629,7 @@ class QuantizeInt8(Pass):
             speed=probe,
             speed_all_int8=timed,
             target=judge.target(),
+            profile_us=total_us if lat.profile_trusted(total_us) else 0.0,
         )
         if probe is not None:
             head = judge.reference_head()

@@ -399,6 +399,37 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
     assert plan.met and len(plan.floats) == 3 and readings[3] == []
 
 
+def test_prefixes_the_latency_profile_credits_with_too_little_are_not_fast_untimed() -> None:
+    """The recognizer: a noisy turn read 3 of 76 layers int8 at 0.94x of float, and the
+    manager verified, bisected and raced that model for 30 s to roll it back as 1.00x. With
+    the profile's gains, a prefix whose int8 layers save under SPEED_MARGIN of the profiled
+    float time is refused without a timing: the bound falls where the profile allows."""
+    sites = [f"s{i}" for i in range(8)]
+    # the moves' gains (µs) of a 100 µs float model: the last three save 0.5 µs each
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 30.0 if i < 5 else 0.5) for i, s in enumerate(sites)]
+    timed: list[int] = []
+
+    def speed(model: int) -> tuple[float, float]:
+        timed.append(model)
+        return 10.0, 0.5  # every turn reads fast: only the profile bounds the search
+
+    plan = mixed.search(
+        lambda e, d: 8 - len(e),
+        sites,
+        moves,
+        lambda m, label="": (m >= 6, "text changed", 0.0),
+        float_at_end=True,
+        speed=speed,
+        speed_all_int8=(5.0, 0.5),
+        profile_us=100.0,
+    )
+    # 5 moves leave 1.5 µs of 100 in int8: under 3 %, so 4 is the last fast prefix; it misses
+    assert not plan.met and plan.reason.startswith("int8 does not pay within the budget")
+    assert 5 not in timed and 6 not in timed and 7 not in timed
+    assert mixed._profile_saving(moves, 4) == pytest.approx(31.5)
+    assert mixed._profile_saving(moves, 5) == pytest.approx(1.5)
+
+
 def test_the_speed_bound_is_found_galloping_down_from_the_top() -> None:
     """The moves that give back the most time come last, so the last fast prefix is near the
     top: found in one timing when the top prefix is fast, and in three when only the one below
