@@ -22,6 +22,8 @@ Applies where onnxruntime 1.32 keeps the Conv in NCHWc (``nchwc_transformer.cc``
 multiple of 16 (its NCHWc block is 8 or 16 channels; a depthwise Conv needs whole blocks) and
 x is the output of an activation it fuses into the Conv before it. An affine right after a
 Conv is left to fold-bias and to onnxruntime's own Conv+Mul/Add fusions, which cost nothing.
+NCHWc is x86-64 only (MLAS's blocked kernels): on other machines the pass declines, since a
+depthwise Conv in plain NCHW is no cheaper than the Mul and Add.
 
 Exactness: each output is ``x·a + b`` in float32 either way (the Conv kernel may fuse the
 multiply-add: at most one rounding apart).
@@ -30,11 +32,13 @@ multiply-add: at most one rounding apart).
 from __future__ import annotations
 
 import logging
+import platform
 from typing import ClassVar
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from onnxopt.contract import PassContext, PassResult
 from onnxopt.graph import producer
 from onnxopt.passes.fusion._base import FusionPass, const, var
 from onnxopt.passes.fusion.bias_fold import per_channel
@@ -42,6 +46,8 @@ from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, V
 
 logger = logging.getLogger(__name__)
 
+#: machines whose onnxruntime runs Convs in NCHWc (``platform.machine()``)
+NCHWC_MACHINES = frozenset({"x86_64", "AMD64", "amd64", "i686", "x86"})
 #: channels a multiple of this fill whole NCHWc blocks (8 on AVX2, 16 on AVX-512)
 BLOCK = 16
 #: activations onnxruntime fuses into the Conv before them (its output stays NCHWc)
@@ -144,6 +150,14 @@ class AffineToConv(FusionPass):
     summary: ClassVar[str] = (
         "per-channel Mul/Add after a Conv's activation -> 1x1 depthwise Conv (no NCHWc reorders)"
     )
+
+    def run(self, graph: gs.Graph, ctx: PassContext) -> PassResult:
+        machine = platform.machine()
+        if machine not in NCHWC_MACHINES:
+            return PassResult.unchanged(
+                f"{self.name}: onnxruntime's NCHWc layout is x86-64 only (this is {machine})"
+            )
+        return super().run(graph, ctx)
 
     def rules(self) -> list[Rule]:
         return [AffineToDepthwise()]

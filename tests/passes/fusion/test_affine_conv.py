@@ -144,3 +144,12 @@ def test_paddle_ocr_recognizer_affine_blocks_become_depthwise_convs():
     p = ocr_through_exact("rec", 4)["affine-to-conv"]
     assert p.status == "kept"
     assert p.details["counts"]["affine_depthwise"] >= 10
+
+
+def test_on_a_machine_without_nchwc_the_pass_declines(monkeypatch):
+    """onnxruntime's NCHWc kernels are x86-64 only; elsewhere a depthwise Conv buys nothing."""
+    monkeypatch.setattr("platform.machine", lambda: "aarch64")
+    affine = "s = Mul(k, h)\n      t = Add(s, b)"
+    m = parse(_text(16, affine), _inits(16, k=np.float32(1.5), b=np.float32(0.25)))
+    res = unchanged(m, AffineToConv)
+    assert any("x86-64 only (this is aarch64)" in n for n in res.notes)
