@@ -119,7 +119,8 @@ def affine_between_convs(b: Builder) -> None:
     x = b.take(rank=4)
     c = int(b.choice([16, 16, 32, 8]))
     y = conv(b, x, co=c)
-    act = b.choice(["", "HardSwish", "Relu", "Exp"])
+    swish = "HardSwish" if b.opset >= 14 else "HardSigmoid"
+    act = b.choice([swish, swish, "Relu", "", "Exp"])
     if act:
         y = b.op(act, [y.name], y.shape, batch=y.batch)
     shape = b.choice([(1,), (c, 1, 1), (1, c, 1, 1), (), (1, 1, y.shape[3])])
