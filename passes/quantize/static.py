@@ -629,7 +629,7 @@ class QuantizeInt8(Pass):
             speed=probe,
             speed_all_int8=timed,
             target=judge.target(),
-            profile_us=total_us if lat.profile_trusted(total_us) else 0.0,
+            profile_us=_bound_us(total_us, gains, sites, details.get("latency")),
         )
         if probe is not None:
             head = judge.reference_head()
@@ -712,6 +712,20 @@ def _trial(first: _First, ctx: PassContext) -> PassResult:
     notes += first.plan_notes
     kept = sites + body
     return PassResult(True, len(kept), notes, sites=kept, details={"counts": counts}, model=model)
+
+
+def _bound_us(
+    total_us: float, gains: dict[str, float], sites: list[str], timing: dict | None
+) -> float:
+    """The float model's profiled time for the search's profile bound (``mixed.search``'s
+    ``profile_us``), or 0 for no bound: the profile's totals must be trusted, and its per-layer
+    gains must account for at least the whole gain it timed for int8 (a layer the profile
+    cannot attribute has no gain, and a bound on such gains would refuse fast prefixes)."""
+    if not timing or not lat.profile_trusted(total_us):
+        return 0.0
+    whole = timing.get("float_us", 0.0) - timing.get("int8_us", 0.0)
+    credited = sum(max(gains.get(s, 0.0), 0.0) for s in sites)
+    return total_us if credited >= whole else 0.0
 
 
 def _estimate(int8_t: Any, gains: dict[str, float], slower: list[str]) -> float:

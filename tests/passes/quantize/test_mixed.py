@@ -634,3 +634,18 @@ def test_no_speed_probe_for_a_model_above_the_memo_size(monkeypatch) -> None:
     assert res.details["tradeoff"] and all(
         p.get("latency_ms") is None for p in res.details["tradeoff"]
     )
+
+
+def test_the_profile_bound_needs_trusted_totals_and_gains_that_account_for_the_whole() -> None:
+    """The bound applies where the per-layer gains credit at least the whole gain the profile
+    timed (the recognizer: 17.2 ms credited, 13.7 ms whole); a layer the profile cannot
+    attribute has no gain, and where the credited gains fall short (MiniLM: 4.7 against
+    4.8 ms) the bound is off, as on a model too short for its profile's totals."""
+    timing = {"float_us": 40_000.0, "int8_us": 27_000.0}
+    sites = ["a", "b", "c"]
+    full = {"a": 8_000.0, "b": 6_000.0, "c": -500.0}
+    assert static._bound_us(40_000.0, full, sites, timing) == 40_000.0
+    short = {"a": 8_000.0, "b": 4_000.0}  # c unattributed: 12 ms credited of 13 ms
+    assert static._bound_us(40_000.0, short, sites, timing) == 0.0
+    assert static._bound_us(1_500.0, full, sites, {"float_us": 1_500.0, "int8_us": 900.0}) == 0.0
+    assert static._bound_us(40_000.0, full, sites, None) == 0.0
