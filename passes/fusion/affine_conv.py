@@ -104,8 +104,10 @@ class AffineToDepthwise(Rule):
             )
         if channels % BLOCK:
             return MatchResult.fail(f"{channels} channels do not fill {BLOCK}-channel blocks")
-        if self._affine(m, channels) is None:
+        affine = self._affine(m, channels)
+        if affine is None:
             return MatchResult.fail("the constants are not per channel, float, or nonzero")
+        m.extra = (channels, *affine)
         return MatchResult.success()
 
     @staticmethod
@@ -126,10 +128,8 @@ class AffineToDepthwise(Rule):
         return scale, (-shift if m.nodes["shift"].op == "Sub" else shift)
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
-        out = m.root.outputs[0]
-        channels = static_channels(m.tensors["x"])
-        scale, shift = self._affine(m, channels)
-        name = m.root.name or out.name
+        channels, scale, shift = m.extra
+        name = m.root.name or m.root.outputs[0].name
         w = const(graph, f"{name}_dw_w", scale.astype(np.float32).reshape(channels, 1, 1, 1))
         b = const(graph, f"{name}_dw_b", shift.astype(np.float32))
         conv = gs.Node(

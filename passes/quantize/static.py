@@ -720,8 +720,9 @@ def _bound_us(
     """The float model's profiled time for the search's profile bound (``mixed.search``'s
     ``profile_us``), or 0 for no bound: the profile's totals must be trusted, and its per-layer
     gains must account for at least the whole gain it timed for int8 (a layer the profile
-    cannot attribute has no gain, and a bound on such gains would refuse fast prefixes)."""
-    if not timing or not lat.profile_trusted(total_us):
+    cannot attribute has no gain, and a bound on such gains would refuse fast prefixes). A
+    whole-model race that kept every layer int8 overrode the profile: no bound then either."""
+    if not timing or timing.get("all_int8_raced") or not lat.profile_trusted(total_us):
         return 0.0
     whole = timing.get("float_us", 0.0) - timing.get("int8_us", 0.0)
     credited = sum(max(gains.get(s, 0.0), 0.0) for s in sites)

@@ -649,3 +649,5 @@ def test_the_profile_bound_needs_trusted_totals_and_gains_that_account_for_the_w
     assert static._bound_us(40_000.0, short, sites, timing) == 0.0
     assert static._bound_us(1_500.0, full, sites, {"float_us": 1_500.0, "int8_us": 900.0}) == 0.0
     assert static._bound_us(40_000.0, full, sites, None) == 0.0
+    raced = {**timing, "all_int8_raced": 0.62}  # the race kept all int8 over the profile
+    assert static._bound_us(40_000.0, full, sites, raced) == 0.0
