@@ -107,6 +107,25 @@ def rank(t: gs.Tensor) -> int | None:
     return len(shape)
 
 
+def out_channels(conv: gs.Node, w: np.ndarray) -> int:
+    """Output channels of a Conv (``W[O, C/g, k...]``) or ConvTranspose (``W[C, O/g, k...]``)."""
+    if conv.op == "Conv":
+        return int(w.shape[0])
+    return int(w.shape[1]) * int(conv.attrs.get("group", 1))
+
+
+def scale_out_channels(conv: gs.Node, w: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """``w`` (float64) with each output channel ``o`` of the Conv / ConvTranspose scaled by
+    ``s[o]``: axis 0 of a Conv's weight; for a ConvTranspose, axis 1 within each group."""
+    w64 = w.astype(np.float64)
+    if conv.op == "Conv":
+        return w64 * s.reshape(-1, *([1] * (w.ndim - 1)))
+    group = int(conv.attrs.get("group", 1))
+    cin, cpg = w.shape[0], w.shape[1]
+    w6 = w64.reshape(group, cin // group, cpg, *w.shape[2:])
+    return (w6 * s.reshape(group, 1, cpg, *([1] * (w.ndim - 2)))).reshape(w.shape)
+
+
 def float_dtype(a: np.ndarray) -> bool:
     return np.issubdtype(np.asarray(a).dtype, np.floating)
 

@@ -1,7 +1,9 @@
-"""Per-channel constants after a Conv (or Gemm) folded into its weights and bias.
+"""Per-channel constants after a Conv, ConvTranspose (or Gemm) folded into its weights and
+bias.
 
 For Conv y = W∗x + b with a constant c that broadcasts per output channel (shape [C,1,..],
-[1,C,1,..] or a scalar):
+[1,C,1,..] or a scalar; a ConvTranspose alike, its output channels on axis 1 of W within each
+group, and PaddlePaddle exports write every ConvTranspose bias as such an Add):
 
 - y + c -> W∗x + (b + c);   y − c -> W∗x + (b − c)
 - y · c -> (W·c[o])∗x + b·c;   y / c -> (W/c[o])∗x + b/c
@@ -32,7 +34,15 @@ import onnx_graphsurgeon as gs
 
 from onnxopt import provenance
 from onnxopt.graph import const_value, is_empty_tensor, is_graph_output
-from onnxopt.passes.fusion._base import FusionPass, const, rank, shared_const_reason, var
+from onnxopt.passes.fusion._base import (
+    FusionPass,
+    const,
+    out_channels,
+    rank,
+    scale_out_channels,
+    shared_const_reason,
+    var,
+)
 from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
@@ -50,30 +60,23 @@ def per_channel(c: np.ndarray, out_rank: int, channels: int) -> np.ndarray | Non
     return np.broadcast_to(c.reshape(-1).astype(np.float64), (channels,))
 
 
+_CONV = Op(("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv", exact_arity=False)
+
+
 class ConvArith(Rule):
-    """Conv followed by Add / Sub / Mul / Div with a per-channel constant."""
+    """Conv or ConvTranspose followed by Add / Sub / Mul / Div with a per-channel constant."""
 
     name: ClassVar[str] = "conv_bias"
     patterns = (
-        Op(
-            ("Add", "Mul"),
-            Op("Conv", Var("x"), Const("w"), name="conv", exact_arity=False),
-            Const("c"),
-            name="op",
-        ),
-        Op(
-            ("Sub", "Div"),
-            Op("Conv", Var("x"), Const("w"), name="conv", exact_arity=False),
-            Const("c"),
-            name="op",
-        ),
+        Op(("Add", "Mul"), _CONV, Const("c"), name="op"),
+        Op(("Sub", "Div"), _CONV, Const("c"), name="op"),
     )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
         conv, w = m.nodes["conv"], m.values["w"]
         if not np.issubdtype(w.dtype, np.floating):
             return MatchResult.fail("non-float conv weight")
-        c = per_channel(m.values["c"], w.ndim, w.shape[0])
+        c = per_channel(m.values["c"], w.ndim, out_channels(conv, w))
         if c is None:
             return MatchResult.fail(
                 f"constant of shape {list(m.values['c'].shape)} is not per output channel"
@@ -96,24 +99,24 @@ class ConvArith(Rule):
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         conv, w = m.nodes["conv"], m.values["w"]
         op = m.nodes["op"].op
-        c = per_channel(m.values["c"], w.ndim, w.shape[0])
-        b = np.zeros(w.shape[0])
+        channels = out_channels(conv, w)
+        c = per_channel(m.values["c"], w.ndim, channels)
+        b = np.zeros(channels)
         if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
             b = const_value(conv.inputs[2]).astype(np.float64)
         w_t = m.tensors["w"]
-        shape = (-1, *([1] * (w.ndim - 1)))
         if op == "Add":
             b = b + c
         elif op == "Sub":
             b = b - c
-        elif op == "Mul":
-            w_t = const(graph, f"{conv.name}_w_scaled", (w * c.reshape(shape)).astype(w.dtype))
-            b = b * c
         else:
-            w_t = const(graph, f"{conv.name}_w_scaled", (w / c.reshape(shape)).astype(w.dtype))
-            b = b / c
+            k = c if op == "Mul" else 1.0 / c
+            w_t = const(
+                graph, f"{conv.name}_w_scaled", scale_out_channels(conv, w, k).astype(w.dtype)
+            )
+            b = b * k
         new = gs.Node(
-            "Conv",
+            conv.op,
             conv.name,
             attrs=dict(conv.attrs),
             inputs=[m.tensors["x"], w_t, const(graph, f"{conv.name}_b", b.astype(w.dtype))],
@@ -277,12 +280,12 @@ class GemmAdd(Rule):
 
 
 class FoldBias(FusionPass):
-    """Fold per-channel Add/Sub/Mul/Div constants into the preceding Conv or Gemm, or into
-    the next Conv."""
+    """Fold per-channel Add/Sub/Mul/Div constants into the preceding Conv, ConvTranspose or
+    Gemm, or into the next Conv."""
 
     name: ClassVar[str] = "fold-bias"
     summary: ClassVar[str] = (
-        "per-channel constant arithmetic folded into the Conv/Gemm before it or the Conv after it"
+        "per-channel constant arithmetic folded into the Conv/ConvTranspose/Gemm before it or the Conv after it"
     )
 
     def rules(self) -> list[Rule]:

@@ -3,7 +3,8 @@
 With s = γ/√(σ²+ε) and t = β − μ·s (per channel), BN(y) = y·s + t. Then:
 
 - Conv∘BN -> Conv:  W'[o] = W[o]·s[o],  b' = b·s + t   (ConvTranspose: the output channel is
-  axis 1 of W within each group).
+  axis 1 of W within each group). A per-channel constant added or subtracted between the
+  conv and the BN folds into the bias first: b' = (b ± c)·s + t.
 - Gemm∘BN -> Gemm (2-D, channel = column):  B' columns scaled by s,  C' = β_g·C·s + t.
 - MatMul∘BN -> MatMul + Add (2-D input):  W' = W·s (columns),  bias t.
 - BN -> Conv (BN before Conv, no padding):  Conv(x·s + t) = Conv_{W·s[c]}(x) + Σ_{c,k} W[o,c,k]·t[c].
@@ -22,7 +23,16 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxopt.graph import const_value, is_empty_tensor
-from onnxopt.passes.fusion._base import FusionPass, const, rank, shared_const_reason, var
+from onnxopt.passes.fusion._base import (
+    FusionPass,
+    const,
+    out_channels,
+    rank,
+    scale_out_channels,
+    shared_const_reason,
+    var,
+)
+from onnxopt.passes.fusion.bias_fold import per_channel
 from onnxopt.passes.fusion.pattern import Const, Match, MatchResult, Op, Rule, Var, replace_root
 
 logger = logging.getLogger(__name__)
@@ -56,14 +66,21 @@ def _conv_bias(node: gs.Node, channels: int, dtype: np.dtype) -> np.ndarray | No
     return np.zeros(channels, dtype=np.float64)
 
 
+_CONV = Op(("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv", exact_arity=False)
+
+
 class ConvBn(Rule):
-    """Conv / ConvTranspose followed by BatchNormalization."""
+    """Conv / ConvTranspose followed by BatchNormalization, with or without a per-channel
+    constant Add / Sub between them (PaddlePaddle writes a ConvTranspose's bias as an Add
+    after it: PP-OCRv5's detector head is ``ConvTranspose -> Add -> BatchNormalization``, and
+    ``fold-bias``, which would take the Add, runs after this pass)."""
 
     name: ClassVar[str] = "conv_bn"
     patterns = (
+        Op("BatchNormalization", _CONV, *_BN_PARAMS, name="bn", exact_arity=False),
         Op(
             "BatchNormalization",
-            Op(("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv", exact_arity=False),
+            Op(("Add", "Sub"), _CONV, Const("c"), name="shift"),
             *_BN_PARAMS,
             name="bn",
             exact_arity=False,
@@ -85,33 +102,32 @@ class ConvBn(Rule):
             if reason:
                 return MatchResult.fail(reason)
         w = m.values["w"]
-        group = int(conv.attrs.get("group", 1))
-        out_ch = w.shape[0] if conv.op == "Conv" else w.shape[1] * group
+        out_ch = out_channels(conv, w)
         if m.values["scale"].size != out_ch:
             return MatchResult.fail(f"BN has {m.values['scale'].size} channels, conv {out_ch}")
+        if "shift" in m.nodes and per_channel(m.values["c"], w.ndim, out_ch) is None:
+            return MatchResult.fail(
+                f"constant of shape {list(m.values['c'].shape)} between the conv and the BN "
+                "is not per output channel"
+            )
         return MatchResult.success()
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         conv = m.nodes["conv"]
         w = m.values["w"]
         s, t = _bn_affine(m)
-        group = int(conv.attrs.get("group", 1))
-        if conv.op == "Conv":
-            w2 = w.astype(np.float64) * s.reshape(-1, *([1] * (w.ndim - 1)))
-        else:
-            cin, cpg = w.shape[0], w.shape[1]
-            w6 = w.astype(np.float64).reshape(group, cin // group, cpg, *w.shape[2:])
-            w2 = (w6 * s.reshape(group, 1, cpg, *([1] * (w.ndim - 2)))).reshape(w.shape)
         b = _conv_bias(conv, s.size, w.dtype)
-        b2 = b * s + t
+        if "shift" in m.nodes:  # the constant folds into the bias first
+            c = per_channel(m.values["c"], w.ndim, s.size)
+            b = b + c if m.nodes["shift"].op == "Add" else b - c
         new = gs.Node(
             conv.op,
             conv.name,
             attrs=dict(conv.attrs),
             inputs=[
                 m.tensors["x"],
-                const(graph, f"{conv.name}_w_bn", w2.astype(w.dtype)),
-                const(graph, f"{conv.name}_b_bn", b2.astype(w.dtype)),
+                const(graph, f"{conv.name}_w_bn", scale_out_channels(conv, w, s).astype(w.dtype)),
+                const(graph, f"{conv.name}_b_bn", (b * s + t).astype(w.dtype)),
             ],
             outputs=[var(graph, f"{conv.name}_bn_out", dtype=w.dtype)],
         )

