@@ -19,7 +19,7 @@ from onnxopt.graph import (
     unique_name,
 )
 from onnxopt.graph_shapes import annotate_shapes
-from onnxopt.passes.fusion.pattern import Rule
+from onnxopt.passes.fusion.pattern import Const, Op, Rule, Var
 from onnxopt.passes.fusion.sweep import apply_rules, rules_pass_result
 
 logger = logging.getLogger(__name__)
@@ -105,6 +105,12 @@ def rank(t: gs.Tensor) -> int | None:
         v = const_value(t)
         return v.ndim if v is not None else None
     return len(shape)
+
+
+#: a Conv or a ConvTranspose with a constant weight (``x``, ``w``; the node ``conv``)
+CONV_OR_TRANSPOSE = Op(
+    ("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv", exact_arity=False
+)
 
 
 def out_channels(conv: gs.Node, w: np.ndarray) -> int:

@@ -35,6 +35,7 @@ import onnx_graphsurgeon as gs
 from onnxopt import provenance
 from onnxopt.graph import const_value, is_empty_tensor, is_graph_output
 from onnxopt.passes.fusion._base import (
+    CONV_OR_TRANSPOSE,
     FusionPass,
     const,
     out_channels,
@@ -60,16 +61,13 @@ def per_channel(c: np.ndarray, out_rank: int, channels: int) -> np.ndarray | Non
     return np.broadcast_to(c.reshape(-1).astype(np.float64), (channels,))
 
 
-_CONV = Op(("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv", exact_arity=False)
-
-
 class ConvArith(Rule):
     """Conv or ConvTranspose followed by Add / Sub / Mul / Div with a per-channel constant."""
 
     name: ClassVar[str] = "conv_bias"
     patterns = (
-        Op(("Add", "Mul"), _CONV, Const("c"), name="op"),
-        Op(("Sub", "Div"), _CONV, Const("c"), name="op"),
+        Op(("Add", "Mul"), CONV_OR_TRANSPOSE, Const("c"), name="op"),
+        Op(("Sub", "Div"), CONV_OR_TRANSPOSE, Const("c"), name="op"),
     )
 
     def check(self, graph: gs.Graph, m: Match) -> MatchResult:
@@ -285,7 +283,7 @@ class FoldBias(FusionPass):
 
     name: ClassVar[str] = "fold-bias"
     summary: ClassVar[str] = (
-        "per-channel constant arithmetic folded into the Conv/ConvTranspose/Gemm before it or the Conv after it"
+        "per-channel constants folded into the Conv/ConvTranspose/Gemm before them or the Conv after"
     )
 
     def rules(self) -> list[Rule]:

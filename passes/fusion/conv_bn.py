@@ -24,6 +24,7 @@ import onnx_graphsurgeon as gs
 
 from onnxopt.graph import const_value, is_empty_tensor
 from onnxopt.passes.fusion._base import (
+    CONV_OR_TRANSPOSE,
     FusionPass,
     const,
     out_channels,
@@ -66,9 +67,6 @@ def _conv_bias(node: gs.Node, channels: int, dtype: np.dtype) -> np.ndarray | No
     return np.zeros(channels, dtype=np.float64)
 
 
-_CONV = Op(("Conv", "ConvTranspose"), Var("x"), Const("w"), name="conv", exact_arity=False)
-
-
 class ConvBn(Rule):
     """Conv / ConvTranspose followed by BatchNormalization, with or without a per-channel
     constant Add / Sub between them (PaddlePaddle writes a ConvTranspose's bias as an Add
@@ -77,10 +75,10 @@ class ConvBn(Rule):
 
     name: ClassVar[str] = "conv_bn"
     patterns = (
-        Op("BatchNormalization", _CONV, *_BN_PARAMS, name="bn", exact_arity=False),
+        Op("BatchNormalization", CONV_OR_TRANSPOSE, *_BN_PARAMS, name="bn", exact_arity=False),
         Op(
             "BatchNormalization",
-            Op(("Add", "Sub"), _CONV, Const("c"), name="shift"),
+            Op(("Add", "Sub"), CONV_OR_TRANSPOSE, Const("c"), name="shift"),
             *_BN_PARAMS,
             name="bn",
             exact_arity=False,
