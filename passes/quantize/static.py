@@ -84,10 +84,10 @@ ROUGH_RUNS = 2
 #: a latency profile that puts the int8 model this fraction or more under float's time is
 #: believed; below it, the whole model is timed before calibrating (:meth:`_whole_gain`). The
 #: profile sums kernel times, and the regimes of an AMD EPYC do not move int8 and float
-#: kernels alike: PP-OCRv5's recognizer profiled its int8 placement 30-35 % under float in
-#: both, where the whole model ran 0.68x float's time in one and 1.19x in the other (its job
-#: then calibrated, measured sensitivity and scored a candidate, 27 s, before the search's own
-#: timing ended it float). A search that misses the budget with every layer int8 times that
+#: kernels alike: PP-OCRv5's recognizer profiled its int8 placement 35 % under float where
+#: the whole model ran 1.19x float's time (its job then calibrated, measured sensitivity and
+#: scored a candidate, 27 s, before the search's own timing ended it float), and 10 % over
+#: float where it ran 0.68x. A search that misses the budget with every layer int8 times that
 #: model anyway, and takes this timing instead (MiniLM: 35 %); MobileNetV2 (55 %), whose
 #: all-int8 model meets its budget at once, is timed only by the manager's race after it
 SURE_GAIN = 0.4
