@@ -41,6 +41,24 @@ class _Cnn(torch.nn.Module):
         return torch.nn.functional.gelu(self.bn(self.fc(x)))
 
 
+class _Decoder(torch.nn.Module):
+    """A segmentation-style head: ConvTranspose -> BN -> ReLU -> ConvTranspose, an affine,
+    Sigmoid (PP-OCRv5's detector head, as torch writes it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.t1 = nn.ConvTranspose2d(8, 8, 2, stride=2, groups=2)
+        self.bn = nn.BatchNorm2d(8)
+        self.t2 = nn.ConvTranspose2d(8, 2, 2, stride=2)
+        self.bn.running_mean.uniform_(-1, 1)
+        self.bn.running_var.uniform_(0.5, 2)
+
+    def forward(self, x):
+        y = self.t2(torch.relu(self.bn(self.t1(x))))
+        return torch.sigmoid(y * 2.0 + 0.5)
+
+
 def _bert():
     from onnxopt.zoo.nets import Bert
 
@@ -89,6 +107,15 @@ def test_cnn_both_exporters(dynamo):
     if dynamo:  # opset 20: Gelu is a standard op
         assert ops["Gelu"] == 1
     assert len(out.graph.node) <= len(model.graph.node)
+
+
+@pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
+def test_conv_transpose_head_both_exporters(dynamo):
+    """The BN after a grouped ConvTranspose and the affine after the second fold into them."""
+    model = _export(_Decoder(), (torch.randn(1, 8, 6, 6),), dynamo, 18 if dynamo else 17)
+    out, _ = _optimize(model, "onnx")
+    ops = Counter(n.op_type for n in out.graph.node)
+    assert ops == {"ConvTranspose": 2, "Relu": 1, "Sigmoid": 1}, ops
 
 
 @pytest.mark.parametrize("dynamo", [False, True], ids=["torchscript", "dynamo"])
