@@ -13,6 +13,7 @@ import onnx_graphsurgeon as gs
 from onnxopt.contract import Pass, PassContext, PassResult
 from onnxopt.graph import (
     const_value,
+    is_empty_tensor,
     make_constant,
     to_graph,
     to_model,
@@ -130,6 +131,25 @@ def scale_out_channels(conv: gs.Node, w: np.ndarray, s: np.ndarray) -> np.ndarra
     cin, cpg = w.shape[0], w.shape[1]
     w6 = w64.reshape(group, cin // group, cpg, *w.shape[2:])
     return (w6 * s.reshape(group, 1, cpg, *([1] * (w.ndim - 2)))).reshape(w.shape)
+
+
+def conv_bias(conv: gs.Node, channels: int) -> np.ndarray | None:
+    """A Conv's / ConvTranspose's bias in float64: zeros when it has none, None when it is not
+    a constant."""
+    if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
+        b = const_value(conv.inputs[2])
+        return None if b is None else b.astype(np.float64)
+    return np.zeros(channels, dtype=np.float64)
+
+
+def conv_bias_reason(conv: gs.Node) -> str:
+    """Why a rewrite cannot write a new bias for ``conv`` ("" when it can): its bias is not a
+    constant, or is a constant it may not rewrite alone (:func:`shared_const_reason`)."""
+    if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
+        if const_value(conv.inputs[2]) is None:
+            return "conv bias is not a constant"
+        return shared_const_reason(conv.inputs[2], conv) or ""
+    return ""
 
 
 def float_dtype(a: np.ndarray) -> bool:

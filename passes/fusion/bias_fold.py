@@ -38,6 +38,8 @@ from onnxopt.passes.fusion._base import (
     CONV_OR_TRANSPOSE,
     FusionPass,
     const,
+    conv_bias,
+    conv_bias_reason,
     out_channels,
     rank,
     scale_out_channels,
@@ -86,22 +88,15 @@ class ConvArith(Rule):
             reason = shared_const_reason(m.tensors["w"], conv)
             if reason:
                 return MatchResult.fail(reason)
-        if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
-            if const_value(conv.inputs[2]) is None:
-                return MatchResult.fail("conv bias is not a constant")
-            reason = shared_const_reason(conv.inputs[2], conv)
-            if reason:
-                return MatchResult.fail(reason)
-        return MatchResult.success()
+        reason = conv_bias_reason(conv)
+        return MatchResult.fail(reason) if reason else MatchResult.success()
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         conv, w = m.nodes["conv"], m.values["w"]
         op = m.nodes["op"].op
         channels = out_channels(conv, w)
         c = per_channel(m.values["c"], w.ndim, channels)
-        b = np.zeros(channels)
-        if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
-            b = const_value(conv.inputs[2]).astype(np.float64)
+        b = conv_bias(conv, channels)
         w_t = m.tensors["w"]
         if op == "Add":
             b = b + c
@@ -182,23 +177,14 @@ class ConvInputArith(Rule):
             or conv.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID")
         ):
             return "the Conv pads its input: a shift would change the border"
-        reason = shared_const_reason(conv.inputs[1], conv)
-        if reason:
-            return reason
-        if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
-            if const_value(conv.inputs[2]) is None:
-                return "conv bias is not a constant"
-            return shared_const_reason(conv.inputs[2], conv) or ""
-        return ""
+        return shared_const_reason(conv.inputs[1], conv) or conv_bias_reason(conv)
 
     def rewrite(self, graph: gs.Graph, m: Match) -> None:
         op = m.nodes["op"]
         for conv in list(op.outputs[0].outputs):
             w = const_value(conv.inputs[1])
             k = per_input_channel(m.values["c"], conv, w)
-            b = np.zeros(w.shape[0])
-            if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
-                b = const_value(conv.inputs[2]).astype(np.float64)
+            b = conv_bias(conv, w.shape[0])
             w64 = w.astype(np.float64)
             shape = (*k.shape, *([1] * (w.ndim - 2)))
             w_t = conv.inputs[1]

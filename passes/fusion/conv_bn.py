@@ -27,6 +27,8 @@ from onnxopt.passes.fusion._base import (
     CONV_OR_TRANSPOSE,
     FusionPass,
     const,
+    conv_bias,
+    conv_bias_reason,
     out_channels,
     rank,
     scale_out_channels,
@@ -60,13 +62,6 @@ def _bn_ok(bn: gs.Node) -> MatchResult:
     return MatchResult.success()
 
 
-def _conv_bias(node: gs.Node, channels: int, dtype: np.dtype) -> np.ndarray | None:
-    if len(node.inputs) > 2 and not is_empty_tensor(node.inputs[2]):
-        b = const_value(node.inputs[2])
-        return None if b is None else b.astype(np.float64)
-    return np.zeros(channels, dtype=np.float64)
-
-
 class ConvBn(Rule):
     """Conv / ConvTranspose followed by BatchNormalization, with or without a per-channel
     constant Add / Sub between them (PaddlePaddle writes a ConvTranspose's bias as an Add
@@ -93,12 +88,9 @@ class ConvBn(Rule):
         reason = shared_const_reason(m.tensors["w"], conv)
         if reason:
             return MatchResult.fail(reason)
-        if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
-            if const_value(conv.inputs[2]) is None:
-                return MatchResult.fail("conv bias is not a constant")
-            reason = shared_const_reason(conv.inputs[2], conv)
-            if reason:
-                return MatchResult.fail(reason)
+        reason = conv_bias_reason(conv)
+        if reason:
+            return MatchResult.fail(reason)
         w = m.values["w"]
         out_ch = out_channels(conv, w)
         if m.values["scale"].size != out_ch:
@@ -114,7 +106,7 @@ class ConvBn(Rule):
         conv = m.nodes["conv"]
         w = m.values["w"]
         s, t = _bn_affine(m)
-        b = _conv_bias(conv, s.size, w.dtype)
+        b = conv_bias(conv, s.size)
         if "shift" in m.nodes:  # the constant folds into the bias first
             c = per_channel(m.values["c"], w.ndim, s.size)
             b = b + c if m.nodes["shift"].op == "Add" else b - c
@@ -280,9 +272,9 @@ class BnConv(Rule):
         reason = shared_const_reason(m.tensors["w"], conv)
         if reason:
             return MatchResult.fail(reason)
-        if len(conv.inputs) > 2 and not is_empty_tensor(conv.inputs[2]):
-            if const_value(conv.inputs[2]) is None:
-                return MatchResult.fail("conv bias is not a constant")
+        reason = conv_bias_reason(conv)
+        if reason:
+            return MatchResult.fail(reason)
         if m.values["w"].shape[1] != m.values["scale"].size:
             return MatchResult.fail("BN channels differ from conv input channels")
         return MatchResult.success()
@@ -294,7 +286,7 @@ class BnConv(Rule):
         w64 = w.astype(np.float64)
         shape = (1, -1, *([1] * (w.ndim - 2)))
         w2 = w64 * s.reshape(shape)
-        b = _conv_bias(conv, w.shape[0], w.dtype)
+        b = conv_bias(conv, w.shape[0])
         b2 = b + (w64 * t.reshape(shape)).reshape(w.shape[0], -1).sum(axis=1)
         new = gs.Node(
             "Conv",

@@ -150,6 +150,18 @@ def _whole_model_at(monkeypatch, ratio: float) -> list[float]:
     return given
 
 
+def _calibrations(monkeypatch) -> list[list[str]]:
+    """The tensors of each calibration the pass runs (the statistics are still collected)."""
+    calibrated: list[list[str]] = []
+    real = static.collect_stats
+    monkeypatch.setattr(
+        static,
+        "collect_stats",
+        lambda model, t, *a, **k: calibrated.append(t) or real(model, t, *a, **k),
+    )
+    return calibrated
+
+
 def _chain() -> tuple[onnx.ModelProto, Attribution]:
     w = (RNG.standard_normal((8, 8, 1, 1)) * 0.1).astype(np.float32)
     m = parse(CHAIN, {"W": w, "B": np.zeros(8, np.float32)})
@@ -345,13 +357,7 @@ def test_a_profile_gain_under_sure_gain_is_timed_whole_and_one_above_is_believed
         total = 10_000.0
         return [latency.Timing(fl, total, 6), latency.Timing(q, total * (1 - profiled["gain"]), 6)]
 
-    calibrated: list[list[str]] = []
-    real = static.collect_stats
-    monkeypatch.setattr(
-        static,
-        "collect_stats",
-        lambda model, t, *a, **k: calibrated.append(t) or real(model, t, *a, **k),
-    )
+    calibrated = _calibrations(monkeypatch)
     monkeypatch.setattr(latency, "measure_all", measure_all)
     given = _whole_model_at(monkeypatch, 1.19)
     feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
@@ -375,13 +381,7 @@ def test_whole_model_timing_overrules_a_profile_that_finds_a_small_gain(monkeypa
         q = {"a": 900.0, "b": 1500.0, "s": 0.0, "c": 1500.0, "d": 1500.0}  # a slower
         return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 9_400.0, 6)]
 
-    calibrated: list[list[str]] = []
-    real = static.collect_stats
-    monkeypatch.setattr(
-        static,
-        "collect_stats",
-        lambda model, t, *a, **k: calibrated.append(t) or real(model, t, *a, **k),
-    )
+    calibrated = _calibrations(monkeypatch)
     monkeypatch.setattr(latency, "measure_all", measure_all)
     # the race of all-int8 against "a" left float would time two 0.1 ms models within each
     # other's noise (on CI it put "a" back in int8): here "a" float wins it
