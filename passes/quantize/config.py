@@ -91,6 +91,12 @@ class QuantizeConfig(PassConfig):
             calibration data, on graphs with attention (:mod:`.transformer`); ``None`` or
             ``False``: off.
         smooth_runs: runs the smoothing statistics are read on.
+        smoothed_calibrator: the calibrator of the MatMul inputs smoothing scaled (None: the
+            same as ``calibrator``). ``minmax`` by default: a smoothing strength is chosen for
+            the input's full range (SmoothQuant's max-based scale; :mod:`.transformer`), and
+            the outlier channels it leaves carry what the layer needs. Clipped at the 99.99th
+            percentile, all-MiniLM-L6-v2 with its 36 linear layers in int8 read cosine 0.944
+            against fp32; at their full range, 0.998.
         equalize: cross-layer equalization before rounding (:mod:`.equalize`; exact in float).
         equalize_clip: a Clip between two layers: ``skip`` the pair, or treat it as ``relu``
             (its upper bound dropped: lossy).
@@ -124,6 +130,7 @@ class QuantizeConfig(PassConfig):
     elementwise: str = "int8-inputs"
     smooth: float | str | None = "auto"
     smooth_runs: int = 64
+    smoothed_calibrator: Any = "minmax"
     equalize: bool = False
     equalize_clip: str = "skip"
     bias_correction: str = "empirical"
@@ -135,9 +142,12 @@ class QuantizeConfig(PassConfig):
     transformer: bool | str = "auto"
 
     def __post_init__(self) -> None:
-        cal = self.calibrator
-        if not hasattr(cal, "range") and str(cal).lower() not in (*CALIBRATORS, "kl"):
-            raise invalid("calibrator", cal, f"must be one of {', '.join(CALIBRATORS)}")
+        for option in ("calibrator", "smoothed_calibrator"):
+            cal = getattr(self, option)
+            if option == "smoothed_calibrator" and cal is None:
+                continue
+            if not hasattr(cal, "range") and str(cal).lower() not in (*CALIBRATORS, "kl"):
+                raise invalid(option, cal, f"must be one of {', '.join(CALIBRATORS)}")
         _number(self, "percentile", float)
         if not 50.0 < self.percentile <= 100.0:
             raise invalid("percentile", self.percentile, "must be in (50, 100]")

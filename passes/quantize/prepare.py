@@ -53,11 +53,12 @@ def equalize_layers(base: onnx.ModelProto, c: QuantizeConfig, ctx: PassContext) 
 
 def smooth(
     base: onnx.ModelProto, c: QuantizeConfig, ctx: PassContext, attention: bool, notes: list[str]
-) -> tuple[onnx.ModelProto, dict[str, Any]]:
+) -> tuple[onnx.ModelProto, dict[str, Any], set[str]]:
     """Smooth MatMul inputs: one strength for all (``smooth`` a number) or per input (``auto``
-    on a graph with attention). Returns (model, summary for the report)."""
+    on a graph with attention). Returns (model, summary for the report, the smoothed MatMul
+    input tensors)."""
     if c.smooth is None or (c.smooth == "auto" and not attention):
-        return base, {}
+        return base, {}, set()
     exclude = set(c.exclude)
     graph = to_graph(base)
     names = {
@@ -71,7 +72,7 @@ def smooth(
     groups = smooth_groups(graph, names)
     if not groups:
         notes.append("smooth: no MatMul with a constant 2-D weight")
-        return base, {}
+        return base, {}, set()
     weights = {
         x: [np.asarray(m.inputs[1].values, np.float32) for m in mms] for x, mms in groups.items()
     }
@@ -91,7 +92,7 @@ def smooth(
         notes.extend(why[:10])
         if not alpha:
             notes.append("smooth(auto): no MatMul input gains from smoothing")
-            return base, {"auto": True, "groups": 0}
+            return base, {"auto": True, "groups": 0}, set()
     else:
         alpha = float(c.smooth)
     res = apply_smoothing(base, x_max, alpha, names)
@@ -104,7 +105,7 @@ def smooth(
     info = {"groups": res.groups, "matmuls": res.matmuls, "folded": res.folded}
     if isinstance(alpha, dict):
         info["alphas"] = {k: float(v) for k, v in sorted(alpha.items())[:50]}
-    return res.model, info
+    return res.model, info, set(res.tensors)
 
 
 def _foldable(mms: list) -> bool:

@@ -42,6 +42,8 @@ class SmoothResult:
     matmuls: int = 0
     folded: int = 0  # groups folded into a LayerNormalization
     notes: list[str] = field(default_factory=list)
+    #: the smoothed groups' MatMul input tensors, as named in ``model``
+    tensors: list[str] = field(default_factory=list)
 
 
 def smooth_groups(graph: gs.Graph, names: set[str] | None = None) -> dict[str, list[gs.Node]]:
@@ -158,6 +160,7 @@ def apply_smoothing(
             )
         if _fold_into_layernorm(graph, x, mms, s, fresh):
             res.folded += 1
+            res.tensors.append(x.name)
         else:
             inv = gs.Constant(fresh(f"{x_name}_smooth_inv_scale"), (1.0 / s).astype(np.float32))
             xs = gs.Variable(fresh(f"{x_name}_smoothed"), dtype=np.float32, shape=x.shape)
@@ -166,6 +169,7 @@ def apply_smoothing(
             )
             for m in mms:
                 m.inputs[0] = xs
+            res.tensors.append(xs.name)
         res.groups += 1
         res.matmuls += len(mms)
     if res.groups:

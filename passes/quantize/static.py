@@ -130,7 +130,7 @@ class QuantizeInt8(Pass):
         attention = has_attention(base) if c.transformer == "auto" else bool(c.transformer)
         if c.equalize:
             notes += equalize_layers(base, c, ctx)
-        base, smooth_info = smooth(base, c, ctx, attention, notes)
+        base, smooth_info, smoothed = smooth(base, c, ctx, attention, notes)
         plan_kw = self._plan_options(opset, notes)
         graph = to_graph(base)
         exclude = set(c.exclude)
@@ -181,7 +181,7 @@ class QuantizeInt8(Pass):
             full = make_plan(graph, set(sites), **plan_kw)
             tensors = sorted(set(full.tensors()) | body_tensors)
         del graph
-        build.ranges = self._calibrate(base, tensors, ctx)
+        build.ranges = self._calibrate(base, tensors, ctx, smoothed)
         self._weights(build, full, ctx, notes, details)
         stats = self._instrument(build, full, ctx, notes, details)
         del full
@@ -254,6 +254,12 @@ class QuantizeInt8(Pass):
         c = self.config
         return {
             "calibrator": str(make_calibrator(c.calibrator, c.percentile)),
+            # the MatMul inputs smoothing scaled, when there are any
+            "smoothed_calibrator": (
+                str(make_calibrator(c.smoothed_calibrator, c.percentile))
+                if c.smoothed_calibrator is not None and smooth_info.get("groups")
+                else None
+            ),
             "activations": c.activations,
             "per_channel": plan_kw["per_channel"],
             "reduce_range": resolve_reduce_range(c.reduce_range),
@@ -279,8 +285,13 @@ class QuantizeInt8(Pass):
         return {t: seen[out] for t, out in exposed.items() if out in seen}
 
     def _calibrate(
-        self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
+        self,
+        base: onnx.ModelProto,
+        tensors: list[str],
+        ctx: PassContext,
+        smoothed: set[str] = frozenset(),
     ) -> dict[str, tuple[float, float]]:
+        """Each tensor's range; the ``smoothed`` MatMul inputs' by ``smoothed_calibrator``."""
         c = self.config
         probe, exposed = probe_model(base, tensors)
         outputs = list(dict.fromkeys(exposed.values()))
@@ -298,9 +309,16 @@ class QuantizeInt8(Pass):
             stats = collect_stats(probe, outputs, ctx.feeds.runs, progress=ctx.progress, **kw)
             del probe
         cal = make_calibrator(c.calibrator, c.percentile)
+        cal_smoothed = cal
+        if c.smoothed_calibrator is not None:
+            cal_smoothed = make_calibrator(c.smoothed_calibrator, c.percentile)
         sym = c.activations == "int8-sym"
         by_tensor = {t: stats[out] for t, out in exposed.items()}
-        return {t: cal.range(s, symmetric=sym) for t, s in by_tensor.items() if not s.empty}
+        return {
+            t: (cal_smoothed if t in smoothed else cal).range(s, symmetric=sym)
+            for t, s in by_tensor.items()
+            if not s.empty
+        }
 
     def _body_plan(
         self, graph: Any, plan_kw: dict[str, Any], ctx: PassContext

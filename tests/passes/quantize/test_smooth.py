@@ -186,3 +186,59 @@ def test_smoothing_statistics_read_runs_spread_over_the_data(monkeypatch) -> Non
         m, PassContext(feeds=feeds, allow_slower=True)
     )
     assert seen == [0, 8, 16, 24]
+
+
+def test_a_smoothed_input_is_calibrated_to_its_full_range_and_the_others_are_clipped() -> None:
+    """The smoothing strength is chosen for the input's min/max (SmoothQuant's scale): that
+    input gets its full range (``smoothed_calibrator="minmax"``), while a tensor smoothing
+    did not scale keeps the percentile; ``smoothed_calibrator=None`` clips both."""
+    text = """
+    <ir_version: 8, opset_import: ["": 17]>
+    g (float[1,256,16] x) => (float[256,4] y) {
+        h = MatMul (x, W1)
+        f = Reshape (h, S)
+        y = Gemm (f, W2)
+    }
+    """
+    m = onnx.parser.parse_model(text)
+    for name, value in (
+        ("W1", RNG.normal(0, 0.2, (K, N))),
+        ("W2", RNG.normal(0, 0.2, (N, 4))),
+        ("S", np.array([256, N], np.int64)),
+    ):
+        m.graph.initializer.append(numpy_helper.from_array(np.asarray(value), name))
+    for t in m.graph.initializer:
+        if t.name != "S":
+            t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t).astype(np.float32), t.name))
+    runs = []
+    for i in range(16):
+        x = RNG.normal(0, 1, (1, 256, K)).astype(np.float32)
+        x[..., 5] *= 80.0  # the outlier channel smoothing moves onto the weights
+        x[0, i, 2] = 30.0  # rare spikes, which the 99.99th percentile clips
+        runs.append({"x": x})
+    feeds = Feeds(runs)
+
+    def scales(**opt: object) -> tuple[dict[str, float], np.ndarray]:
+        q = QuantizeInt8(QuantizeConfig(smooth=0.5, fallback=False, **opt)).run_model(
+            m, PassContext(feeds=feeds, allow_slower=True)
+        )
+        init = {t.name: numpy_helper.to_array(t) for t in q.model.graph.initializer}
+        mul = next(n for n in q.model.graph.node if n.op_type == "Mul")
+        got = {
+            n.input[0]: float(init[n.input[1]])
+            for n in q.model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] in (mul.output[0], "f")
+        }
+        return got, init[mul.input[1]]
+
+    full, inv = scales()
+    smoothed = next(k for k in full if k != "f")
+    xs = np.concatenate([r["x"] for r in runs]) * inv  # the smoothed input, every value
+    lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
+    np.testing.assert_allclose(full[smoothed], (hi - lo) / 255, rtol=1e-3)
+    w1 = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "W1"))
+    f = np.concatenate([r["x"] for r in runs]) @ w1  # the Gemm's input, not smoothed
+    assert full["f"] < 0.95 * (float(f.max()) - float(f.min())) / 255  # clipped
+    clipped, _ = scales(smoothed_calibrator=None)
+    assert clipped[smoothed] < 0.9 * full[smoothed], (clipped, full)
+    assert clipped["f"] == pytest.approx(full["f"])  # the percentile both times
