@@ -85,7 +85,11 @@ ModeOpt = Annotated[
 ]
 CalibratorOpt = Annotated[
     str | None,
-    typer.Option("--calibrator", help="minmax, percentile (the default), entropy or mse."),
+    typer.Option(
+        "--calibrator",
+        help="minmax, percentile (the default), entropy or mse; a MatMul input that "
+        "smoothing scaled keeps its full range (min/max) whatever this is.",
+    ),
 ]
 PercentileOpt = Annotated[
     float | None,
