@@ -242,13 +242,16 @@ class _Sums:
         # einsum sums in its own loop, one thread: BLAS threads a dot of 65,536 values, and
         # with onnxruntime's threads (or another process) on the cores, each of the thousands
         # of dots a comparison makes waits for them (a recognizer comparison: 0.3 s -> 3.6 s)
-        self.rc += float(np.einsum("i,i", r64, c64))
-        self.rr += float(np.einsum("i,i", r64, r64))
-        self.cc += float(np.einsum("i,i", c64, c64))
-        np.abs(np.subtract(r64, c64, out=diff), out=diff)
-        np.abs(r64, out=rel)
-        self.ref_scale = max(self.ref_scale, float(rel.max()))
-        np.divide(diff, np.maximum(rel, 1e-12, out=rel), out=rel)
+        # an infinity or a NaN makes these NaN without a warning on the user's console: the
+        # caller checks the sums and compares such runs value by value
+        with np.errstate(invalid="ignore", over="ignore"):
+            self.rc += float(np.einsum("i,i", r64, c64))
+            self.rr += float(np.einsum("i,i", r64, r64))
+            self.cc += float(np.einsum("i,i", c64, c64))
+            np.abs(np.subtract(r64, c64, out=diff), out=diff)
+            np.abs(r64, out=rel)
+            self.ref_scale = max(self.ref_scale, float(rel.max()))
+            np.divide(diff, np.maximum(rel, 1e-12, out=rel), out=rel)
         self.max_abs = max(self.max_abs, float(diff.max()))
         self.max_rel = max(self.max_rel, float(rel.max()))
         self.n += m

@@ -167,11 +167,12 @@ def test_the_cosine_of_a_subset_of_runs_comes_from_one_comparison():
     assert "run_dots" not in comp.to_dict()
 
 
+@pytest.mark.filterwarnings("error")  # numpy's "invalid value" warning never reaches a user
 def test_a_nan_or_inf_in_one_output_only_fails_the_comparison():
     """Non-finite values are found from the run's sums of squares: one in the candidate
     alone gives infinite errors; the same one in both is left out."""
     r = np.linspace(1, 2, 50, dtype=np.float32)
-    for bad in (np.nan, np.inf):
+    for bad in (np.nan, np.inf, -np.inf):
         c = r.copy()
         c[7] = bad
         st = compare_arrays("y", [r], [c])
