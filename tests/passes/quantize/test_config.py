@@ -54,6 +54,11 @@ def test_unknown_key_is_named():
             "calibrator must be one of minmax, percentile, entropy, mse, not 'median'",
         ),
         (
+            {"smoothed_calibrator": "max"},
+            "smoothed_calibrator",
+            "smoothed_calibrator must be one of minmax, percentile, entropy, mse, not 'max'",
+        ),
+        (
             {"activations": "int4"},
             "activations",
             "activations must be uint8 or int8-sym, not 'int4'",
