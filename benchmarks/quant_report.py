@@ -4,9 +4,13 @@ Hand-written notes below the marker survive a regeneration."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from benchmarks import quant_cases as qc
+
+#: an absolute path (its last component is kept)
+_ABSOLUTE = re.compile(r"(?:/[^\s/]+)+/([^\s/]+)")
 
 NOTES_MARK = "<!-- hand-written notes below: kept when the file is regenerated -->"
 #: goals of issue 15: (points of fp32 allowed, speed-up) per model
@@ -50,7 +54,9 @@ def model_table(rows: list[dict], model: str) -> str:
     for r in mine:
         status = r.get("status", "")
         if status not in ("ok", "-"):
-            status = f"{status}: {'; '.join(r.get('notes', []))[:80]}"
+            # a tool's error names files of this machine: the table keeps their names only
+            why = _ABSOLUTE.sub(r"\1", "; ".join(r.get("notes", [])))
+            status = f"{status}: {why[:80]}"
         lines.append(
             f"| {r['tool']} | {status} | {_f(r.get('metric'), fmt)} | "
             f"{_f(r.get('latency_ms'), '.3f')} | {_f(r.get('speedup'), '.2f')} | "

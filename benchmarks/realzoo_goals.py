@@ -162,7 +162,9 @@ def quantize_one(e: Any, n: int) -> dict[str, Any]:
         if rc != 0:
             return {"status": f"exit {rc}: {last}"}
     r = _report(rep)
-    return {"status": "ok", "lossy": _lossy(r), "path": str(out), "n": n,
+    # the path as the repository sees it (the JSON is committed: no machine's folders in it)
+    path = out.relative_to(ROOT) if out.is_relative_to(ROOT) else out
+    return {"status": "ok", "lossy": _lossy(r), "path": str(path), "n": n,
             "flops": [r.get("original", {}).get("flops"), r.get("final", {}).get("flops")],
             **race(e.build(), out, e.data(8))}  # fmt: skip
 
@@ -176,7 +178,7 @@ def goal_ocr(speed: dict[str, Any]) -> dict[str, Any]:
         q = speed.get(f"ppocrv5_{k}", {}).get("quantize", {})
         if q.get("status") != "ok":
             return {"status": f"no int8 ppocrv5_{k}: run --goals speed first ({q.get('status')})"}
-        int8[k] = q["path"]
+        int8[k] = str(ROOT / q["path"])  # relative to the repository (absolute before)
     times: dict[str, list[float]] = {"fp32": [], "int8": []}
     res: dict[str, Any] = {}
     for _ in range(2):

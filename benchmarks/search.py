@@ -246,7 +246,8 @@ def kill_and_resume(model: Path, work: Path, data: dict[str, Any]) -> dict[str, 
     return {
         "total_steps": total,
         "interrupt_exit_code": proc.returncode,
-        "interrupt_message": (err.strip().splitlines() or [""])[-1],
+        # the repository's folder left out: the JSON is committed
+        "interrupt_message": (err.strip().splitlines() or [""])[-1].replace(f"{ROOT}/", ""),
         "steps_before_kill": before,
         "resume_computed_steps": front["computed"]["steps"],
         "resume_cached_steps": front["computed"]["steps_cached"],

@@ -268,3 +268,18 @@ def test_ocr_pipelines_take_turns_image_by_image(monkeypatch):
         ("c", 2), ("a", 2), ("b", 2),
     ]  # fmt: skip
     assert set(got) == {"a", "b", "c"} and all(v >= 0 for v in got.values())
+
+
+def test_a_tool_error_in_the_table_names_files_without_this_machine_s_paths():
+    rows = [
+        {"model": "ocr_cls", "tool": "fp32", "status": "-", "metric": 100.0},
+        {
+            "model": "ocr_cls",
+            "tool": "ort",
+            "status": "invalid model",
+            "notes": ["Load model from /work/main/build/quant_bench/ocr_cls/ort.onnx failed"],
+        },
+    ]
+    table = qr.model_table(rows, "ocr_cls")
+    assert "invalid model: Load model from ort.onnx failed" in table
+    assert "/work" not in table
