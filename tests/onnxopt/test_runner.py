@@ -46,3 +46,78 @@ def test_a_search_worker_thread_cap_applies_where_the_count_was_left_to_onnxrunt
     monkeypatch.setenv("ONNXOPT_THREADS", "1")
     assert threads(Runner(quiet=True)) == 1
     assert threads(Runner(quiet=True, threads=2)) == 2
+
+
+#: a QDQ graph: per-channel int8 Conv weights with an int32 bias, a per-tensor uint8 MatMul
+#: weight with a zero point, and one DequantizeLinear that is a graph output (left alone)
+QDQ = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[2,3,8,8] x) => (float[2,4,8,4] y, float[4] wo) {
+    xq = QuantizeLinear (x, xs, xz)
+    xd = DequantizeLinear (xq, xs, xz)
+    wd = DequantizeLinear <axis = 0> (wq, ws, wz)
+    bd = DequantizeLinear (bq, bs)
+    c = Conv <pads = [1, 1, 1, 1]> (xd, wd, bd)
+    md = DequantizeLinear (mq, ms, mz)
+    y = MatMul (c, md)
+    wo = DequantizeLinear (oq, ms, mz)
+}
+"""
+
+
+def _qdq_model():
+    rng = np.random.default_rng(3)
+    return parse(
+        QDQ,
+        {
+            "xs": np.array(0.02, np.float32),
+            "xz": np.array(0, np.int8),
+            "wq": rng.integers(-127, 128, (4, 3, 3, 3)).astype(np.int8),
+            "ws": rng.uniform(0.001, 0.01, 4).astype(np.float32),
+            "wz": np.zeros(4, np.int8),
+            "bq": rng.integers(-5000, 5000, 4).astype(np.int32),
+            "bs": np.array(0.0001, np.float32),
+            "mq": rng.integers(0, 256, (8, 4)).astype(np.uint8),
+            "ms": np.array(0.003, np.float32),
+            "mz": np.array(131, np.uint8),
+            "oq": rng.integers(0, 256, 4).astype(np.uint8),
+        },
+    )
+
+
+def test_a_literal_session_reads_quantized_weights_dequantized_once_with_the_same_outputs():
+    """Graph optimizations off, onnxruntime dequantizes every weight on every run: the
+    literal session gets them as float32 initializers instead, computed as onnxruntime does,
+    so the outputs are bit-identical; activations and a dequantized graph output stay."""
+    from onnxopt.runner import weights_dequantized
+
+    m = _qdq_model()
+    folded = weights_dequantized(m)
+    ops = [n.op_type for n in folded.graph.node]
+    assert ops.count("DequantizeLinear") == 2  # the activation's and the graph output's
+    assert [n.op_type for n in m.graph.node].count("DequantizeLinear") == 5  # input untouched
+    feeds = Feeds([{"x": np.random.default_rng(i).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)}
+                   for i in range(3)])  # fmt: skip
+    literal = Runner(quiet=True)
+    got = literal.run(m, feeds)
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    plain = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    for run, out in zip(feeds.runs, got, strict=True):
+        want = dict(zip(["y", "wo"], plain.run(["y", "wo"], run), strict=True))
+        for k in want:
+            np.testing.assert_array_equal(out[k], want[k])
+    # the cache still recognizes the model as given
+    assert literal.session(m) is literal.session(m)
+
+
+def test_weights_past_the_cap_or_of_other_types_are_left_quantized(monkeypatch):
+    from onnxopt import runner
+
+    m = _qdq_model()
+    monkeypatch.setattr(runner, "DEQUANTIZE_MAX_BYTES", 100)
+    assert runner.weights_dequantized(m) is m
+    plain = parse(HDR + "g (float[2] x) => (float[2] y) { y = Relu(x) }")
+    assert runner.weights_dequantized(plain) is plain
