@@ -56,7 +56,9 @@ class Runner:
         def options() -> Any:
             return self._options(optimized)
 
-        built = model if optimized else weights_dequantized(model)
+        # under --max-memory (block_bytes set) the float copies are not worth the risk
+        folds = not optimized and self.block_bytes is None
+        built = weights_dequantized(model) if folds else model
         sess = sessions.build(
             built, options, copy_weights=optimized, split=split if built is model else None
         )
@@ -160,8 +162,8 @@ _DEQUANTIZED = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.
 def weights_dequantized(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every main-graph DequantizeLinear of a constant int8/uint8/int32 weight
     replaced by its float32 result, computed as onnxruntime does (``(q - zero) * scale`` in
-    float32: the outputs are bit-identical), or ``model`` itself when there is none or the
-    float weights would pass :data:`DEQUANTIZE_MAX_BYTES`.
+    float32: the outputs are bit-identical), or ``model`` itself when there is none, or the
+    float weights would pass :data:`DEQUANTIZE_MAX_BYTES` or not fit in the memory available.
 
     Written here because a session with graph optimizations off, the literal reference a
     quantized candidate is verified on, dequantizes every weight on every run: on
@@ -202,6 +204,10 @@ def weights_dequantized(model: onnx.ModelProto) -> onnx.ModelProto:
         diff = q.astype(np.int64) - zero.astype(np.int64)
         folded[i] = (diff.astype(np.float32) * scale).astype(np.float32)
     if not folded:
+        return model
+    from onnxopt import memory
+
+    if total + memory.GiB > memory.available():  # the float copies must fit with room to spare
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)  # a mapped model's weights stay stubs over the same mapping

@@ -113,10 +113,16 @@ def test_a_literal_session_reads_quantized_weights_dequantized_once_with_the_sam
     assert literal.session(m) is literal.session(m)
 
 
-def test_weights_past_the_cap_or_of_other_types_are_left_quantized(monkeypatch):
+def test_weights_past_the_cap_or_the_memory_available_are_left_quantized(monkeypatch):
     from onnxopt import runner
 
+    from onnxopt import memory
+
     m = _qdq_model()
+    assert runner.weights_dequantized(m) is not m
+    monkeypatch.setattr(memory, "available", lambda: memory.GiB)  # no room beside a GiB
+    assert runner.weights_dequantized(m) is m
+    monkeypatch.undo()
     monkeypatch.setattr(runner, "DEQUANTIZE_MAX_BYTES", 100)
     assert runner.weights_dequantized(m) is m
     plain = parse(HDR + "g (float[2] x) => (float[2] y) { y = Relu(x) }")
