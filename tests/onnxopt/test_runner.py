@@ -114,9 +114,7 @@ def test_a_literal_session_reads_quantized_weights_dequantized_once_with_the_sam
 
 
 def test_weights_past_the_cap_or_the_memory_available_are_left_quantized(monkeypatch):
-    from onnxopt import runner
-
-    from onnxopt import memory
+    from onnxopt import memory, runner
 
     m = _qdq_model()
     assert runner.weights_dequantized(m) is not m
