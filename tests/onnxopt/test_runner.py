@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxopt.data import Feeds
@@ -96,6 +97,10 @@ def test_a_literal_session_reads_quantized_weights_dequantized_once_with_the_sam
     ops = [n.op_type for n in folded.graph.node]
     assert ops.count("DequantizeLinear") == 2  # the activation's and the graph output's
     assert [n.op_type for n in m.graph.node].count("DequantizeLinear") == 5  # input untouched
+    # the integer weights nothing reads now are gone; what the other two read stays
+    left = {t.name for t in folded.graph.initializer}
+    assert not left & {"wq", "ws", "wz", "bq", "bs", "mq"}
+    assert {"xs", "xz", "ms", "mz", "oq"} <= left
     feeds = Feeds([{"x": np.random.default_rng(i).normal(0, 1, (2, 3, 8, 8)).astype(np.float32)}
                    for i in range(3)])  # fmt: skip
     literal = Runner(quiet=True)
@@ -104,6 +109,7 @@ def test_a_literal_session_reads_quantized_weights_dequantized_once_with_the_sam
 
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.add_session_config_entry("session.disable_prepacking", "1")  # as the runner's
     plain = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
     for run, out in zip(feeds.runs, got, strict=True):
         want = dict(zip(["y", "wo"], plain.run(["y", "wo"], run), strict=True))
@@ -125,3 +131,9 @@ def test_weights_past_the_cap_or_the_memory_available_are_left_quantized(monkeyp
     assert runner.weights_dequantized(m) is m
     plain = parse(HDR + "g (float[2] x) => (float[2] y) { y = Relu(x) }")
     assert runner.weights_dequantized(plain) is plain
+    monkeypatch.undo()
+    # a weight a caller may feed (an initializer that is also a graph input) is no constant
+    fed = _qdq_model()
+    fed.graph.input.append(onnx.helper.make_tensor_value_info("mq", onnx.TensorProto.UINT8, [8, 4]))
+    ops = [n.op_type for n in runner.weights_dequantized(fed).graph.node]
+    assert ops.count("DequantizeLinear") == 3
