@@ -289,7 +289,7 @@ class QuantizeInt8(Pass):
         base: onnx.ModelProto,
         tensors: list[str],
         ctx: PassContext,
-        smoothed: set[str] = frozenset(),
+        smoothed: set[str],
     ) -> dict[str, tuple[float, float]]:
         """Each tensor's range; the ``smoothed`` MatMul inputs' by ``smoothed_calibrator``."""
         c = self.config
@@ -309,9 +309,7 @@ class QuantizeInt8(Pass):
             stats = collect_stats(probe, outputs, ctx.feeds.runs, progress=ctx.progress, **kw)
             del probe
         cal = make_calibrator(c.calibrator, c.percentile)
-        cal_smoothed = cal
-        if c.smoothed_calibrator is not None:
-            cal_smoothed = make_calibrator(c.smoothed_calibrator, c.percentile)
+        cal_smoothed = make_calibrator(c.smoothed_calibrator or c.calibrator, c.percentile)
         sym = c.activations == "int8-sym"
         by_tensor = {t: stats[out] for t, out in exposed.items()}
         return {
