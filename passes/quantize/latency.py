@@ -85,6 +85,14 @@ class Attribution:
                 self.consumers[i].append(n.name)
         self.graph_inputs = {i.name for i in g.input}
         self.graph_outputs = {o.name for o in g.output}
+        self.constants = {i.name for i in g.initializer} | {
+            o for n in g.node if n.op_type == "Constant" for o in n.output
+        }
+
+    def weightless(self, site: str) -> bool:
+        """Whether ``site`` reads no constant (a MatMul of two activations, as attention's):
+        int8 makes it no smaller, only faster or not."""
+        return not any(i in self.constants for i in self.nodes[site].input)
 
     def _up(self, name: str) -> str:
         """A fused activation's kernel is its layer's."""

@@ -124,6 +124,68 @@ def test_layers_measured_slower_stay_int8_when_the_whole_model_is_faster(monkeyp
     assert res.sites == ["big"]
 
 
+#: TWO_REGIONS with a MatMul of two activations (as attention's) between float Tanh ops
+WITH_WEIGHTLESS = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[1,64,32,32] x, float[1,1,2,2] t, float[1,4,4] v) => (
+    float[1,64,32,32] y, float[1,1,2,2] u, float[1,4,4] z) {
+    c = Conv <pads = [1,1,1,1]> (x, W, B)
+    y = Relu (c)
+    a = Tanh (t)
+    s = Conv (a, Ws, Bs)
+    u = Tanh (s)
+    p = Tanh (v)
+    q = MatMul (p, p)
+    z = Tanh (q)
+}
+"""
+
+
+def test_on_a_tie_a_slower_layer_without_weights_goes_float(monkeypatch) -> None:
+    """The profile marks "tiny" (a 1x1 Conv) and "mm" (a MatMul of two activations) slower;
+    the model with them float races all-int8 to a tie. "tiny" stays int8 (its weight is
+    smaller in int8); "mm" goes float: int8 would buy it neither speed nor size, only error.
+    When all-int8 wins beyond noise, both stay int8."""
+    weights = {
+        "W": (RNG.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32),
+        "B": RNG.standard_normal(64).astype(np.float32),
+        "Ws": RNG.standard_normal((1, 1, 1, 1)).astype(np.float32),
+        "Bs": RNG.standard_normal(1).astype(np.float32),
+    }
+    m = parse(WITH_WEIGHTLESS, weights)
+    names = {"c": "big", "s": "tiny", "q": "mm"}
+    for node in m.graph.node:
+        node.name = names.get(node.output[0], node.output[0])
+    feeds = Feeds(
+        [{**run, "v": RNG.standard_normal((1, 4, 4)).astype(np.float32)} for run in _feeds().runs]
+    )
+    assert Attribution(m, {"big", "tiny", "mm"}).weightless("mm")
+    assert not Attribution(m, {"big", "tiny", "mm"}).weightless("tiny")
+    # the profile's verdict is pinned: the race is what this test is about
+    monkeypatch.setattr(
+        latency,
+        "slower_sites",
+        lambda f, q, enabled: (
+            [s for s in enabled if s in ("tiny", "mm")],
+            {"big": 500.0, "tiny": -30.0, "mm": -30.0},
+        ),
+    )
+    monkeypatch.setattr(latency, "back_to_int8", lambda *a, **k: [])
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.99, 5))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert res.details["latency"]["slower_in_int8"] == ["mm"]
+    assert sorted(res.sites) == ["big", "tiny"]
+    assert any("1 layers measured slower in int8 stay int8" in n for n in res.notes)
+    assert any("with no weights stay float" in n for n in res.notes)
+    mm = next(n for n in res.model.graph.node if n.name == "mm")
+    assert list(mm.input) == ["p", "p"]  # float
+    # all-int8 faster beyond noise: both stay int8
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(0.7, 1.0, 0))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert sorted(res.sites) == ["big", "mm", "tiny"]
+    assert res.details["latency"]["slower_in_int8"] == []
+
+
 #: int8 layers around a residual Add, and a Conv between float Tanh ops
 CHAIN = """
 <ir_version: 8, opset_import: ["": 17]>
