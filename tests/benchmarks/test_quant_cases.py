@@ -247,6 +247,36 @@ def test_latency_rows_take_short_turns_and_read_ratios_to_fp32(tmp_path, monkeyp
     assert all(r["latency_ms"] > 0 for r in rows)
 
 
+def test_a_model_two_tools_wrote_byte_for_byte_is_timed_once(tmp_path, monkeypatch):
+    """Two rows whose files hold the same bytes get one session and one latency, and the
+    second says whose it shares; a different file is timed on its own."""
+    from benchmarks import quantization as qz
+    from onnxopt import timing
+
+    w = {"w": np.eye(8, dtype=np.float32)}
+    m = parse(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[8, 8] x) => (float[8, 8] y) { y = MatMul (x, w) }",
+        w,
+    )
+    for name in ("fp32", "a", "b"):
+        onnx.save(m, tmp_path / f"{name}.onnx")
+    m.graph.node[0].op_type = "Add"
+    onnx.save(m, tmp_path / "c.onnx")
+    rows = [{"tool": t, "path": str(tmp_path / f"{t}.onnx")} for t in ("fp32", "a", "b", "c")]
+    opened = []
+    real = timing.model_session
+    monkeypatch.setattr(timing, "model_session", lambda *a, **k: opened.append(1) or real(*a, **k))
+    monkeypatch.setattr(qz, "ROUNDS", 2)
+    monkeypatch.setattr(qz, "ROUND_SECONDS", 0.01)
+    qz._time_rows(rows, {"x": np.ones((8, 8), np.float32)}, "latency_ms", "speedup")
+    assert len(opened) == 2  # fp32 (a and b are its bytes) and c
+    assert rows[0]["latency_ms"] == rows[1]["latency_ms"] == rows[2]["latency_ms"]
+    assert rows[1]["speedup"] == 1.0
+    assert rows[2]["notes"] == ["the same model as fp32's, byte for byte: timed once"]
+    assert "notes" not in rows[3] and "notes" not in rows[0]
+
+
 def test_ocr_pipelines_take_turns_image_by_image(monkeypatch):
     from benchmarks import quant_ocr
 

@@ -341,6 +341,18 @@ def test_a_failed_candidate_is_followed_by_the_pass_own_fallbacks(monkeypatch):
     assert "its 1 fallbacks failed too" in pr.reason
 
 
+def test_a_fallback_keeping_less_than_half_the_sites_is_passed_over_for_bisection(monkeypatch):
+    """The only fallback rewrites 1 of the 4 sites: bisection runs instead of it, and keeps
+    every site but the wrong one."""
+    _stub_speed(monkeypatch, "", ratio=0.8)
+    p = NegWithFallbacks([("a",)])
+    _, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "kept" and pr.dropped_sites == ["c"] and pr.rewrites == 3
+    assert any("bisection kept 3 of 4 sites" in n for n in pr.notes)
+    assert not any("its fallback" in n for n in pr.notes)
+
+
 class SeesCalibration(Scale):
     """Test-only lossy pass that records the labels of the runs it learns from."""
 
