@@ -39,7 +39,7 @@ import onnx
 from onnxopt import phases
 from onnxopt.timing import Race, race
 
-from .placement import PASS_THROUGH
+from .placement import PASS_THROUGH, WEIGHTED
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +90,12 @@ class Attribution:
         }
 
     def weightless(self, site: str) -> bool:
-        """Whether ``site`` reads no constant (a MatMul of two activations, as attention's):
-        int8 makes it no smaller, only faster or not."""
-        return not any(i in self.constants for i in self.nodes[site].input)
+        """Whether ``site`` is a layer (Conv, Gemm, MatMul) that reads no constant: a MatMul
+        of two activations, as attention's, which int8 makes no smaller, only faster or not.
+        An elementwise site (Add, Sigmoid) is no such layer: float between int8 layers costs
+        it a DequantizeLinear and a QuantizeLinear (see :func:`back_to_int8`)."""
+        n = self.nodes[site]
+        return n.op_type in WEIGHTED and not any(i in self.constants for i in n.input)
 
     def _up(self, name: str) -> str:
         """A fused activation's kernel is its layer's."""
