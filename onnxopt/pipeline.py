@@ -516,11 +516,11 @@ class PassManager:
         own: int,
         first: Checked,
     ) -> Checked:
-        """Verify the pass's own next candidates (``fallbacks``, of ``result.fallbacks``) in
-        its order, instead
-        of bisecting its sites: a search that ordered its sites knows its next choices (the
-        PP-OCRv5 recognizer: one or two verifications where bisection took four trials and a
-        race, 15 s). The first within budget is timed; none: rolled back."""
+        """Verify the pass's own next candidates (``fallbacks``, those of
+        ``result.fallbacks`` worth it) in its order, instead of bisecting its sites: a search
+        that ordered its sites knows its next choices (the PP-OCRv5 recognizer: one or two
+        verifications where bisection took four trials and a race, 15 s). The first within
+        budget is timed; none: rolled back."""
         why = first.why
         for k, allowed in enumerate(fallbacks, 1):
             res, cand = p.apply(stage.model, self._ctx(p, set(allowed)))
