@@ -39,7 +39,7 @@ import onnx
 from onnxopt import phases
 from onnxopt.timing import Race, race
 
-from .placement import PASS_THROUGH, WEIGHTED
+from .placement import PASS_THROUGH
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +58,11 @@ SMALL_SLOWDOWN = 0.01
 #: that race's length: past its minimum 10 rounds, a race of two models within 10 % of each
 #: other otherwise runs its full 2 s (on a MobileNetV2 at batch 32, 2.2 s of 9.8)
 WHOLE_MODEL_SECONDS = 1.0
+#: a layer int8 makes slower stays int8 all the same when its weights hold at least this share
+#: of the model's weight bytes and its slowdowns (with those already kept) stay within
+#: :data:`SMALL_SLOWDOWN` of the float model's time: a 4x smaller model for a slowdown within
+#: noise (all-MiniLM-L6-v2's word embeddings: 47 of its 90 MB, 35 µs of its 9 ms)
+SIZE_SHARE = 0.05
 #: what onnxruntime appends to the names of the nodes it rewrites, tried in turn
 _SUFFIXES = (r"/duplicated$", r"_token_\d+$", r"_nchwc$", r"/\w*Fusion\w*$", r"_\d+$", r"/[^/]*$")
 
@@ -90,12 +95,25 @@ class Attribution:
         }
 
     def weightless(self, site: str) -> bool:
-        """Whether ``site`` is a layer (Conv, Gemm, MatMul) that reads no constant: a MatMul
-        of two activations, as attention's, which int8 makes no smaller, only faster or not.
-        An elementwise site (Add, Sigmoid) is no such layer: float between int8 layers costs
-        it a DequantizeLinear and a QuantizeLinear (see :func:`back_to_int8`)."""
+        """Whether ``site`` is a MatMul or Gemm of two activations (attention's), which int8
+        makes no smaller, only faster or not. An input computed from constants alone (a
+        weight behind a Cast, an Expand or a DequantizeLinear) is a weight; a Conv always has
+        one. An elementwise site (Add, Sigmoid) is no such layer: float between int8 layers
+        costs it a DequantizeLinear and a QuantizeLinear (see :func:`back_to_int8`)."""
         n = self.nodes[site]
-        return n.op_type in WEIGHTED and not any(i in self.constants for i in n.input)
+        return n.op_type in ("MatMul", "Gemm") and not any(
+            self._from_constants(i) for i in n.input if i
+        )
+
+    def _from_constants(self, tensor: str, depth: int = 4) -> bool:
+        """Whether ``tensor`` is a constant or computed from constants alone."""
+        if tensor in self.constants:
+            return True
+        p = self.producer.get(tensor)
+        if p is None or depth == 0:
+            return False
+        ins = [i for i in self.nodes[p].input if i]
+        return bool(ins) and all(self._from_constants(i, depth - 1) for i in ins)
 
     def _up(self, name: str) -> str:
         """A fused activation's kernel is its layer's."""
@@ -325,14 +343,21 @@ def _summarize(
 
 
 def slower_sites(
-    float_t: Timing, int8_t: Timing, sites: list[str]
+    float_t: Timing,
+    int8_t: Timing,
+    sites: list[str],
+    weightless: set[str] | frozenset = frozenset(),
 ) -> tuple[list[str], dict[str, float]]:
-    """(sites whose int8 form is slower than float beyond the slack, gain per site in µs)."""
+    """(sites whose int8 form is slower than float beyond the slack, gain per site in µs).
+    A site of ``weightless`` (:meth:`Attribution.weightless`) counts as slower unless it is
+    faster beyond the slack: int8 can buy it speed only, and costs it accuracy (the whole-model
+    race then decides, as for the others)."""
     gains, slower = {}, []
     for s in sites:
         tf, tq = float_t.owners.get(s, 0.0), int8_t.owners.get(s, 0.0)
         gains[s] = tf - tq
-        if tq > tf + max(SLACK_US, SLACK * tf):
+        slack = max(SLACK_US, SLACK * tf)
+        if tq > tf + slack or (s in weightless and tq > tf - slack):
             slower.append(s)
     return slower, gains
 
@@ -411,6 +436,35 @@ def neighbours(att: Attribution, site: str) -> list[str | None]:
 def between_int8(att: Attribution, site: str, floats: set[str]) -> bool:
     """Whether every neighbour of ``site`` (:func:`neighbours`) is a site not in ``floats``."""
     return all(n is not None and n not in floats for n in neighbours(att, site))
+
+
+def kept_for_size(
+    model: onnx.ModelProto,
+    att: Attribution,
+    slow: list[str],
+    gains: dict[str, float],
+    total_us: float,
+    spent_us: float = 0.0,
+) -> list[str]:
+    """The sites of ``slow`` to keep in int8 for their size (:data:`SIZE_SHARE`): the least
+    slower first, while their slowdowns add up (with ``spent_us`` already kept) to at most
+    :data:`SMALL_SLOWDOWN` of the float model's time ``total_us``."""
+    from onnxopt.weights import nbytes
+
+    sizes = {t.name: nbytes(t) for t in model.graph.initializer}
+    total = sum(sizes.values())
+    budget = SMALL_SLOWDOWN * total_us
+    out = []
+    for s in sorted(slow, key=lambda s: (-gains.get(s, 0.0), s)):
+        held = sum(sizes.get(i, 0) for i in set(att.nodes[s].input))
+        cost = max(-gains.get(s, 0.0), 0.0)
+        if not total or held < SIZE_SHARE * total:
+            continue
+        if spent_us + cost > budget:
+            break
+        out.append(s)
+        spent_us += cost
+    return out
 
 
 def back_to_int8(

@@ -439,6 +439,7 @@ class QuantizeInt8(Pass):
             return sites, {}, 0.0
         feed = self._timing_feed(ctx)
         att = lat.Attribution(build.base, set(sites))
+        weightless = {s for s in sites if att.weightless(s)}
         raced = None  # the whole-model race's all-int8 / reduced time, when it kept all int8
         try:
             enabled, slow_all, gains, all_int8 = list(sites), [], {}, None
@@ -458,7 +459,7 @@ class QuantizeInt8(Pass):
                 int8_t = profiles[-1]
                 if not k:
                     float_t, all_int8_us = profiles[0], int8_t.total_us
-                slower, g = lat.slower_sites(float_t, int8_t, enabled)
+                slower, g = lat.slower_sites(float_t, int8_t, enabled, weightless)
                 if k:  # only a neighbour of a layer that went float has a new context
                     near = {n for s in slow_all for n in lat.neighbours(att, s)}
                     slower = [s for s in slower if s in near]
@@ -488,6 +489,19 @@ class QuantizeInt8(Pass):
             alone = [s for s in kept if not lat.between_int8(att, s, set(slow_all))]
             kept = {s: us for s, us in kept.items() if s not in set(alone)}
             slow_all += alone
+            # layers kept int8 for their size first: the race below times the placement kept
+            sized = lat.kept_for_size(
+                build.base, att, slow_all, gains, float_t.total_us, sum(kept.values())
+            )
+            if sized:
+                slow_all = [s for s in slow_all if s not in set(sized)]
+                slower_us = sum(max(-gains.get(s, 0.0), 0.0) for s in sized)
+                notes.append(
+                    f"kept int8 for their size: {len(sized)} layer{'s' if len(sized) > 1 else ''} "
+                    f"measured slower in int8 ({slower_us:.0f} µs in all, "
+                    f"{slower_us / float_t.total_us:.1%} of the float model's time) whose weights "
+                    f"hold {lat.SIZE_SHARE:.0%} or more of the model's: {', '.join(sized[:5])}"
+                )
             if (
                 slow_all
                 and est >= float_t.total_us

@@ -162,11 +162,19 @@ def test_on_a_tie_a_slower_layer_without_weights_goes_float(monkeypatch) -> None
     att = Attribution(m, {"big", "tiny", "mm"})
     assert att.weightless("mm") and not att.weightless("tiny")
     assert not att.weightless("y")  # a Relu: no layer (an Add or a Sigmoid neither)
+    # a weight behind a Cast is a weight
+    g = parse(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[2, 4] x) => (float[2, 4] y) { wc = Cast <to = 1> (w)\n y = MatMul (x, wc) }",
+        {"w": np.eye(4, dtype=np.float32)},
+    )
+    g.graph.node[1].name = "mm"
+    assert not Attribution(g, {"mm"}).weightless("mm")
     # the profile's verdict is pinned: the race is what this test is about
     monkeypatch.setattr(
         latency,
         "slower_sites",
-        lambda f, q, enabled: (
+        lambda f, q, enabled, *_: (
             [s for s in enabled if s in ("tiny", "mm")],
             {"big": 500.0, "tiny": -30.0, "mm": -30.0},
         ),
@@ -185,6 +193,53 @@ def test_on_a_tie_a_slower_layer_without_weights_goes_float(monkeypatch) -> None
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
     assert sorted(res.sites) == ["big", "mm", "tiny"]
     assert res.details["latency"]["slower_in_int8"] == []
+
+
+def test_a_layer_without_weights_must_be_faster_in_int8_beyond_the_slack() -> None:
+    """Within the slack, a layer with weights is not slower; one without weights (which int8
+    can only make faster) is, so the whole-model race judges it."""
+    f = latency.Timing({"w": 100.0, "a": 100.0, "fast": 100.0}, 300.0)
+    q = latency.Timing({"w": 99.0, "a": 99.0, "fast": 80.0}, 278.0)
+    slower, gains = latency.slower_sites(f, q, ["w", "a", "fast"], {"a", "fast"})
+    assert slower == ["a"] and gains == {"w": 1.0, "a": 1.0, "fast": 20.0}
+    assert latency.slower_sites(f, q, ["w", "a", "fast"])[0] == []
+
+
+def test_a_slightly_slower_layer_holding_most_of_the_weights_stays_int8_for_its_size(
+    monkeypatch,
+) -> None:
+    """The profile marks "big" (almost all the weights) 2 µs slower and "tiny" 30 µs slower;
+    "big" stays int8 (4x smaller for a slowdown within noise), "tiny" races and goes float."""
+    monkeypatch.setattr(
+        latency,
+        "slower_sites",
+        lambda f, q, enabled, *_: (
+            [s for s in enabled if s in ("big", "tiny")],
+            {"big": -2.0, "tiny": -30.0},
+        ),
+    )
+    monkeypatch.setattr(latency, "back_to_int8", lambda *a, **k: [])
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.9, 10))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
+        _model(), PassContext(feeds=_feeds())
+    )
+    assert res.details["latency"]["slower_in_int8"] == ["tiny"]
+    assert res.sites == ["big"]
+    assert any(n.startswith("kept int8 for their size: 1 layer") and "big" in n for n in res.notes)
+    # a slowdown past 1 % of the float model's time: float, size or not
+    monkeypatch.setattr(
+        latency,
+        "slower_sites",
+        lambda f, q, enabled, *_: (
+            [s for s in enabled if s in ("big", "tiny")],
+            {"big": -f.total_us * 0.02, "tiny": -30.0},
+        ),
+    )
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
+        _model(), PassContext(feeds=_feeds())
+    )
+    assert not any("for their size" in n for n in res.notes)
+    assert sorted(res.details["latency"]["slower_in_int8"]) == ["big", "tiny"]
 
 
 #: int8 layers around a residual Add, and a Conv between float Tanh ops
