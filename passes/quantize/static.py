@@ -440,7 +440,7 @@ class QuantizeInt8(Pass):
         feed = self._timing_feed(ctx)
         att = lat.Attribution(build.base, set(sites))
         weightless = {s for s in sites if att.weightless(s)}
-        raced = None  # the whole-model race's all-int8 / reduced time, when it kept all int8
+        raced = None  # the race's all-int8 / reduced time, when it kept the slower layers int8
         try:
             enabled, slow_all, gains, all_int8 = list(sites), [], {}, None
             kept: dict[str, float] = {}  # slightly slower (µs), between int8 layers: stay int8
@@ -520,7 +520,7 @@ class QuantizeInt8(Pass):
                     # the layers without weights: with no speed or size to show for it, int8
                     # only costs them accuracy (all-MiniLM-L6-v2's six attention-probability
                     # MatMuls: cosine 0.99802 float against 0.99767 in int8)
-                    tie = [] if r.b_faster else [s for s in slow_all if att.weightless(s)]
+                    tie = [] if r.b_faster else [s for s in slow_all if s in weightless]
                     if len(tie) < len(slow_all):
                         why = (
                             "the model is faster with them in int8"
