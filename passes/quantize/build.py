@@ -10,12 +10,17 @@ import numpy as np
 import onnx
 
 from onnxopt.graph import node_names_unique, to_graph, to_model
+from onnxopt.weights import weight_bytes
 
 from .bias_correction import apply_shifts
 from .bodies import scope_graphs, scoped
 from .dynamic import rewrite_dynamic
 from .placement import Plan, make_plan
 from .qdq import Inserter, QParams, WeightQ, activation_params
+
+
+#: the largest model (weight bytes) whose weights :class:`Builder` keeps rounded between builds
+ROUNDED_MAX_BYTES = 256 << 20
 
 
 class Builder:
@@ -49,6 +54,12 @@ class Builder:
         self.weights: dict[str, WeightQ] = {}
         #: bias correction: each site's output shift, removed from its bias while it is int8
         self.shifts: dict[str, np.ndarray] = {}
+        #: weights rounded to nearest by the first build that quantized them, reused by the
+        #: next builds (:class:`.qdq.Inserter`); not kept for models above
+        #: :data:`ROUNDED_MAX_BYTES`, whose int8 copy would add a quarter of their weights
+        self.rounded: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = (
+            {} if weight_bytes(base) <= ROUNDED_MAX_BYTES else None
+        )
 
     def __call__(
         self, enabled: set[str], dynamic: set[str] | frozenset = frozenset()
@@ -71,6 +82,7 @@ class Builder:
             reduce_range=self.reduce_range,
             per_axis_ok=self.per_axis_ok,
             weights=self.weights,
+            rounded=self.rounded,
         )
         self.inserter.apply()
         for scope, body in scopes:

@@ -117,7 +117,11 @@ class WeightQ:
 
 class Inserter:
     """Applies a :class:`Plan` with given per-group parameters to a gs.Graph; ``weights``
-    holds weights quantized beforehand (by node name), used instead of rounding to nearest."""
+    holds weights quantized beforehand (by node name), used instead of rounding to nearest;
+    ``rounded``, when given, keeps the weights this inserter rounds to nearest (scales and int8
+    values, by node name and axis) and reuses those an earlier build of the same model left
+    there (:class:`.build.Builder` builds a model per candidate: all-MiniLM-L6-v2's word
+    embeddings took 0.1 s to round in each of 12 builds)."""
 
     def __init__(
         self,
@@ -128,6 +132,7 @@ class Inserter:
         reduce_range: bool = False,
         per_axis_ok: bool = True,
         weights: dict[str, WeightQ] | None = None,
+        rounded: dict[tuple, tuple[np.ndarray, np.ndarray]] | None = None,
     ) -> None:
         self.graph = graph
         self.plan = plan
@@ -135,6 +140,7 @@ class Inserter:
         self.reduce_range = reduce_range
         self.per_axis_ok = per_axis_ok
         self.weights = weights or {}
+        self.rounded = rounded
         self.notes: list[str] = []
         self.counts = {"activations": 0, "weights": 0, "biases": 0, "relu_folded": 0}
         self._names = set(graph.tensors().keys())
@@ -263,8 +269,7 @@ class Inserter:
         if given is not None and given.q.shape == w.shape and given.axis == axis:
             ws, wq = given.scale, given.q
         else:
-            ws = weight_params(w, axis, self.reduce_range)
-            wq = quantize_weight(w, ws, axis, self.reduce_range)
+            ws, wq = self._rounded(("weight", node.name, axis), w, axis, self.reduce_range)
         node.inputs[site.weight] = self._dq_const(
             f"{node.name}_W", wq, ws, axis, np.int8, owner=node
         )
@@ -285,6 +290,20 @@ class Inserter:
         )
         self.counts["biases"] += 1
 
+    def _rounded(
+        self, key: tuple, w: np.ndarray, axis: int | None, reduce_range: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(scales, int8 values) of ``w`` rounded to nearest, from ``self.rounded`` when an
+        earlier build of the same model put them there."""
+        hit = self.rounded.get(key) if self.rounded is not None else None
+        if hit is not None and hit[1].shape == w.shape:
+            return hit
+        ws = weight_params(w, axis, reduce_range)
+        out = ws, quantize_weight(w, ws, axis, reduce_range)
+        if self.rounded is not None:
+            self.rounded[key] = out
+        return out
+
     def _embedding(self, node: gs.Node) -> None:
         """``Gather(T, ids) -> DQ(Gather(T_q, ids))``: the lookup reads the int8 table directly.
 
@@ -295,8 +314,7 @@ class Inserter:
         w = np.asarray(const_value(node.inputs[0]), np.float32)
         per_col = self.per_axis_ok and w.ndim == 2 and node.attrs.get("axis", 0) == 0
         axis = 1 if per_col else None
-        ws = weight_params(w, axis)
-        wq = quantize_weight(w, ws, axis)
+        ws, wq = self._rounded(("table", node.name, axis), w, axis, False)
         node.inputs[0] = self._const(f"{node.name}_table_quantized", wq)
         self.counts["weights"] += 1
         y = node.outputs[0]

@@ -74,13 +74,20 @@ def _wq(w: np.ndarray) -> np.ndarray:
     return np.clip(np.round(w / s), -127, 127) * s
 
 
-def smoothing_error(x: np.ndarray, weights: list[np.ndarray], s: np.ndarray | None) -> float:
-    """``E`` of the module docstring for rows ``x`` [R, K], weights [K, N] and scales ``s``."""
+def smoothing_error(
+    x: np.ndarray,
+    weights: list[np.ndarray],
+    s: np.ndarray | None,
+    refs: list[np.ndarray] | None = None,
+) -> float:
+    """``E`` of the module docstring for rows ``x`` [R, K], weights [K, N] and scales ``s``;
+    ``refs``: the float products ``x @ w``, when the caller has them (one per weight: they do
+    not depend on ``s``, and :func:`choose_alphas` tries ten scales on the same rows)."""
     xs = x if s is None else x / s
     xq = _qdq(xs, float(xs.min()), float(xs.max()))
+    refs = refs if refs is not None else [x @ w for w in weights]
     num = den = 0.0
-    for w in weights:
-        ref = x @ w
+    for w, ref in zip(weights, refs):
         ws = w if s is None else w * s[:, None]
         num += float(np.sum((xq @ _wq(ws) - ref) ** 2))
         den += float(np.sum(ref**2))
@@ -102,9 +109,11 @@ def choose_alphas(
         if x is None or xm is None or len(x) == 0:
             continue
         x = x.astype(np.float64)
+        ws = [w.astype(np.float64) for w in ws]  # once, not at every product below
         wmax = np.max([np.abs(w).max(axis=1) for w in ws], axis=0)
-        off = smoothing_error(x, ws, None)
-        errs = {a: smoothing_error(x, ws, smoothing_scales(xm, wmax, a)) for a in ALPHAS}
+        refs = [x @ w for w in ws]
+        off = smoothing_error(x, ws, None, refs)
+        errs = {a: smoothing_error(x, ws, smoothing_scales(xm, wmax, a), refs) for a in ALPHAS}
         best = min(errs, key=errs.get)
         need = 1.0 if name in foldable else 1.0 - MIN_GAIN
         if errs[best] < off * need:

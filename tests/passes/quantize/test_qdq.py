@@ -144,3 +144,64 @@ def test_per_tensor_int8_sym_and_matmul() -> None:
             assert init[n.input[1]].ndim == 0  # per tensor everywhere
             assert init[n.input[2]].dtype == np.int8 and int(init[n.input[2]]) == 0
     assert cos(outputs(m, feeds), outputs(res.model, feeds)) > 0.999
+
+
+def test_builds_reuse_the_weights_rounded_by_the_first_and_write_the_same_model(
+    monkeypatch,
+) -> None:
+    """A Builder keeps each weight (and embedding table) rounded to nearest by its first build:
+    later builds read them back, and write the model a builder without the store writes."""
+    from onnxopt.passes.quantize import qdq
+    from onnxopt.passes.quantize.build import Builder
+    from onnxopt.passes.quantize.prepare import prepare
+    from tests.helpers import run
+
+    rng = np.random.default_rng(3)
+    m = parse(
+        """
+        <ir_version: 8, opset_import: ["": 17]>
+        g (int64[4] ids) => (float[4,5] y) {
+            e = Gather (T, ids)
+            h = MatMul (e, W1)
+            r = Relu (h)
+            y = MatMul (r, W2)
+        }
+        """,
+        {
+            "T": rng.standard_normal((30, 12)).astype(np.float32),
+            "W1": rng.standard_normal((12, 7)).astype(np.float32),
+            "W2": rng.standard_normal((7, 5)).astype(np.float32),
+        },
+    )
+    for i, node in enumerate(m.graph.node):
+        node.name = f"n{i}"
+    m = prepare(m)
+    feed = {"ids": np.array([0, 3, 7, 29], np.int64)}
+    ranges = {"e": (-3.0, 3.0), "h": (-6.0, 6.0), "r": (0.0, 6.0)}
+    kw = dict(
+        per_channel=True,
+        fold_relu=True,
+        quantize_residual=False,
+        embeddings=True,
+        elementwise="int8-inputs",
+    )
+
+    def builder() -> Builder:
+        return Builder(m, m, ranges, kw, activations="uint8", reduce_range=False, per_axis_ok=True)
+
+    build, fresh = builder(), builder()
+    fresh.rounded = None  # rounds every weight at every build
+    first = build({"n0", "n1", "n3"})
+    assert {k[:2] for k in build.rounded} == {("table", "n0"), ("weight", "n1"), ("weight", "n3")}
+    calls = []
+    real = qdq.quantize_weight
+    monkeypatch.setattr(qdq, "quantize_weight", lambda *a: calls.append(1) or real(*a))
+    for enabled in ({"n0", "n3"}, {"n1"}, {"n0", "n1", "n3"}):
+        a = build(enabled)
+        assert not calls  # read back, not rounded again
+        b = fresh(enabled)
+        assert calls  # the builder without the store rounds them
+        calls.clear()
+        assert a.SerializeToString() == b.SerializeToString()
+        np.testing.assert_array_equal(run(a, feed)[0], run(b, feed)[0])
+    assert build({"n0", "n1", "n3"}).SerializeToString() == first.SerializeToString()

@@ -242,3 +242,19 @@ def test_a_smoothed_input_is_calibrated_to_its_full_range_and_the_others_are_cli
     clipped, _ = scales(smoothed_calibrator=None)
     assert clipped[smoothed] < 0.9 * full[smoothed], (clipped, full)
     assert clipped["f"] == pytest.approx(full["f"])  # the percentile both times
+
+
+def test_smoothing_error_reads_the_float_products_it_is_given() -> None:
+    """``choose_alphas`` computes each weight's float product once for its ten scales: the
+    error is the same with the products given as computed inside."""
+    from onnxopt.passes.quantize.smooth import smoothing_scales
+    from onnxopt.passes.quantize.transformer import smoothing_error
+
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((64, 16)) * np.exp(rng.standard_normal(16))
+    ws = [rng.standard_normal((16, 8)), rng.standard_normal((16, 4))]
+    refs = [x @ w for w in ws]
+    s = smoothing_scales(np.abs(x).max(0), np.max([np.abs(w).max(1) for w in ws], 0), 0.5)
+    for scales in (None, s):
+        assert smoothing_error(x, ws, scales, refs) == smoothing_error(x, ws, scales)
+    assert smoothing_error(x, ws, s) < smoothing_error(x, ws, None)
