@@ -109,3 +109,24 @@ def test_split_across_workers_is_bit_for_bit() -> None:
     one = measure(m, probe, runs, batch=3, dynamic_batch=True)
     split = measure(m, probe, runs, batch=3, dynamic_batch=True, parallel=PoolMap(3))
     assert_same_stats(one, split)
+
+
+def test_weights_folded_into_the_probe_give_the_same_statistics_bit_for_bit() -> None:
+    """The probe's int8 weights go in dequantized (as onnxruntime's DequantizeLinear computes
+    them) instead of behind a DequantizeLinear run at every call: the same sums, per-channel and
+    per-tensor weight scales alike, and no weight DequantizeLinear left in the probe."""
+    rng = np.random.default_rng(11)
+    m, _, runs = two_layer_probe(rng)
+    plan = make_plan(to_graph(m), {"n0", "n2"})
+    params = group_params(plan, {"x": (-4.0, 4.0), "r": (0.0, 6.0)}, "uint8")
+    for per_axis in (True, False):
+        probes = [
+            Instrument(
+                m, plan, params, {}, per_axis=per_axis, reduce_range=False, dynamic=True, fold=f
+            ).build()
+            for f in (False, True)
+        ]
+        dqs = [sum(n.op_type == "DequantizeLinear" for n in p.nodes) for p in probes]
+        assert dqs[1] == dqs[0] - 2  # the two weights' DequantizeLinear folded
+        plain, folded = (measure(m, p, runs, batch=3, dynamic_batch=True) for p in probes)
+        assert_same_stats(plain, folded)
