@@ -18,7 +18,6 @@ from .dynamic import rewrite_dynamic
 from .placement import Plan, make_plan
 from .qdq import Inserter, QParams, WeightQ, activation_params
 
-
 #: the largest model (weight bytes) whose weights :class:`Builder` keeps rounded between builds
 #: (their int8 copy: a quarter of that; BERT-base, 440 MB, rounds them in 2 s a build)
 ROUNDED_MAX_BYTES = 1 << 30

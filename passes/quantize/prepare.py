@@ -39,24 +39,33 @@ def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
     return named(resolve_const_identities(inferred, in_place=inferred is not model))
 
 
-def equalize_layers(base: onnx.ModelProto, c: QuantizeConfig, ctx: PassContext) -> list[str]:
-    """Cross-layer equalization of the allowed layers, in place. Returns notes."""
+def equalize_layers(
+    base: onnx.ModelProto, c: QuantizeConfig, ctx: PassContext
+) -> tuple[int, list[str]]:
+    """Cross-layer equalization of the allowed layers, in place. Returns (layer pairs
+    equalized, notes)."""
     exclude = set(c.exclude)
     names = {
         n.name
         for n in base.graph.node
         if n.name not in exclude and n.op_type not in exclude and ctx.allow(n.name)
     }
-    _, notes = equalize(base, names, clip=c.equalize_clip)
-    return notes
+    return equalize(base, names, clip=c.equalize_clip)
 
 
 def smooth(
-    base: onnx.ModelProto, c: QuantizeConfig, ctx: PassContext, attention: bool, notes: list[str]
+    base: onnx.ModelProto,
+    c: QuantizeConfig,
+    ctx: PassContext,
+    attention: bool,
+    notes: list[str],
+    outputs: list[dict[str, np.ndarray]] | None = None,
 ) -> tuple[onnx.ModelProto, dict[str, Any], set[str]]:
     """Smooth MatMul inputs: one strength for all (``smooth`` a number) or per input (``auto``
     on a graph with attention). Returns (model, summary for the report, the smoothed MatMul
-    input tensors)."""
+    input tensors). ``outputs``, when given, gets ``base``'s outputs on the
+    ``ctx.feeds.subset(c.smooth_runs)`` runs its statistics are read on (none when it reads
+    none)."""
     if c.smooth is None or (c.smooth == "auto" and not attention):
         return base, {}, set()
     exclude = set(c.exclude)
@@ -84,7 +93,14 @@ def smooth(
     # a session over the model as it is (mapped weights shared, never saved to a file)
     probe, _ = probe_model(base, tensors)
     x_max, samples = channel_stats(
-        probe, tensors, runs, rows=rows, seed=c.seed, progress=ctx.progress
+        probe,
+        tensors,
+        runs,
+        rows=rows,
+        seed=c.seed,
+        progress=ctx.progress,
+        outputs=outputs,
+        keep=[o.name for o in base.graph.output],
     )
     del probe
     if c.smooth == "auto":

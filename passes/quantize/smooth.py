@@ -80,18 +80,27 @@ def channel_stats(
     rows: int = 0,
     seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
+    outputs: list[dict[str, np.ndarray]] | None = None,
+    keep: list[str] = (),
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(running ``max|x|`` over every axis but the last, up to ``rows`` rows of each tensor
-    drawn evenly over ``runs``: [rows, channels]) per tensor."""
+    drawn evenly over ``runs``: [rows, channels]) per tensor. ``outputs``, when given, gets
+    each run's ``{name: value}`` of the ``keep`` outputs (the model's own, which the session
+    computes anyway)."""
     from .collect import open_session
 
     sess = open_session(model)
+    extra = [k for k in keep if k not in set(tensors)] if outputs is not None else []
     rng = np.random.default_rng(seed)
     per_run = -(-rows // max(1, len(runs))) if rows else 0
     acc: dict[str, np.ndarray] = {}
     samples: dict[str, list[np.ndarray]] = {}
     for i, feed in enumerate(runs):
-        for name, v in zip(tensors, sess.run(tensors, feed), strict=True):
+        values = sess.run(tensors + extra, feed)
+        if outputs is not None:
+            got = dict(zip(tensors + extra, values, strict=True))
+            outputs.append({k: got[k] for k in keep})
+        for name, v in zip(tensors, values[: len(tensors)], strict=True):
             v = np.asarray(v, np.float32).reshape(-1, v.shape[-1])
             m = np.abs(v).max(axis=0)
             m = np.where(np.isfinite(m), m, 0.0)

@@ -258,3 +258,35 @@ def test_smoothing_error_reads_the_float_products_it_is_given() -> None:
     for scales in (None, s):
         assert smoothing_error(x, ws, scales, refs) == smoothing_error(x, ws, scales)
     assert smoothing_error(x, ws, s) < smoothing_error(x, ws, None)
+
+
+def test_the_search_scores_against_the_outputs_the_smoothing_statistics_read(monkeypatch) -> None:
+    """With smoothing on, its statistics run the input model on the runs the search scores on:
+    the search's reference is those outputs (no second run), equal to the Runner's; with other
+    run counts it runs the model itself."""
+    from onnxopt.passes.quantize import static
+    from onnxopt.runner import Runner
+    from onnxopt.verify import Budget
+
+    m = _model(LN_RESIDUAL)
+    feeds = Feeds(_runs(12))
+    got: list = []
+    real = static.QuantizeInt8._mixed
+
+    def spy(self, *a):
+        got.append(a[-1])
+        return real(self, *a)
+
+    monkeypatch.setattr(static.QuantizeInt8, "_mixed", spy)
+    ctx = dict(feeds=feeds, allow_slower=True, budget=Budget(min_cosine=0.9))
+    QuantizeInt8(QuantizeConfig(smooth=0.5, latency_aware=False)).run_model(m, PassContext(**ctx))
+    want = Runner().run(m, feeds.subset(64))
+    assert got[0] is not None and len(got[0]) == len(want) == 12
+    for a, b in zip(got[0], want, strict=True):
+        assert a.keys() == b.keys() == {"y", "r"}
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+    QuantizeInt8(QuantizeConfig(smooth=0.5, latency_aware=False, smooth_runs=8)).run_model(
+        m, PassContext(**ctx)
+    )
+    assert got[1] is None  # the statistics read 8 runs, the search scores 12: run it again
