@@ -31,7 +31,11 @@ def _batches(
         if len(idx) == 1:
             yield runs[idx[0]], 1
         else:
-            yield {k: np.concatenate([runs[i][k] for i in idx]) for k in runs[idx[0]]}, len(idx)
+            yield _concatenated(runs, idx), len(idx)
+
+
+def _concatenated(runs: list[dict[str, np.ndarray]], idx: list[int]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([runs[i][k] for i in idx]) for k in runs[idx[0]]}
 
 
 def batch_groups(
@@ -97,6 +101,8 @@ def collect_stats(
     batch: int = 8,
     dynamic_batch: bool = False,
     progress: Callable[[str, int, int], None] | None = None,
+    outputs: dict[int, dict[str, np.ndarray]] | None = None,
+    keep: list[str] = (),
 ) -> dict[str, TensorStats]:
     """Run ``model`` (tensors already exposed as outputs) and stream their statistics.
 
@@ -108,14 +114,24 @@ def collect_stats(
         batch: runs concatenated per session call when the batch dimension is dynamic.
         dynamic_batch: whether runs may be concatenated along axis 0.
         progress: ``(what, done, total)`` callback.
+        outputs: when given, gets ``{run index: {name: value}}`` of the ``keep`` outputs (the
+            model's own, which the session computes anyway) for the runs it read alone (a run
+            concatenated with others has none: a batched call is not the same arithmetic).
     """
     sess = open_session(model)
     stats = {t: TensorStats(t, bins) for t in tensors}
     total = len(runs)
     done = 0
-    for feed, n in _batches(runs, batch, dynamic_batch):
-        values = sess.run(tensors, feed)
-        for name, v in zip(tensors, values, strict=True):
+    extra = [k for k in keep if k not in set(tensors)] if outputs is not None else []
+    for idx in batch_groups(runs, batch, dynamic_batch):
+        alone = outputs is not None and len(idx) == 1
+        feed = runs[idx[0]] if len(idx) == 1 else _concatenated(runs, idx)
+        n = len(idx)
+        values = sess.run(tensors + extra if alone else tensors, feed)
+        if alone:
+            got = dict(zip(tensors + extra, values, strict=True))
+            outputs[idx[0]] = {k: got[k] for k in keep}
+        for name, v in zip(tensors, values[: len(tensors)], strict=True):
             stats[name].update(v)
         del values
         done += n

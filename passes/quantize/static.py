@@ -133,9 +133,10 @@ class QuantizeInt8(Pass):
         if c.equalize:
             equalized, why = equalize_layers(base, c, ctx)
             notes += why
-        # the smoothing statistics run the input model (prepared: the same arithmetic) on
-        # the runs the search scores on: its outputs there are the search's reference
-        # (all-MiniLM-L6-v2: 0.7 s; BERT-base: 4.6 s)
+        # the search's reference, the input model's outputs on the runs it scores, is read by
+        # whichever run of the unequalized model (prepared: the same arithmetic) reads those
+        # runs first: the smoothing statistics (all-MiniLM-L6-v2: 0.7 s; BERT-base: 4.6 s),
+        # else the calibration (the PP-OCRv5 detector: 1.4 s); else _mixed runs it
         reference: list[dict[str, np.ndarray]] | None = (
             [] if not equalized and c.smooth_runs == c.fallback_runs else None
         )
@@ -190,7 +191,10 @@ class QuantizeInt8(Pass):
             full = make_plan(graph, set(sites), **plan_kw)
             tensors = sorted(set(full.tensors()) | body_tensors)
         del graph
-        build.ranges = self._calibrate(base, tensors, ctx, smoothed)
+        if not reference and not equalized and not smoothed:
+            build.ranges, reference = self._calibrate_keeping(base, tensors, ctx)
+        else:
+            build.ranges = self._calibrate(base, tensors, ctx, smoothed)
         self._weights(build, full, ctx, notes, details)
         stats = self._instrument(build, full, ctx, notes, details)
         del full
@@ -304,17 +308,31 @@ class QuantizeInt8(Pass):
         del probe
         return {t: seen[out] for t, out in exposed.items() if out in seen}
 
+    def _calibrate_keeping(
+        self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
+    ) -> tuple[dict[str, tuple[float, float]], list[dict[str, np.ndarray]] | None]:
+        """(:meth:`_calibrate`'s ranges, ``base``'s outputs on the runs of
+        ``ctx.feeds.subset(fallback_runs)``: None for a run it did not run alone)."""
+        index = {id(r): i for i, r in enumerate(ctx.feeds.runs)}
+        want = [index[id(r)] for r in ctx.feeds.subset(self.config.fallback_runs).runs]
+        seen: dict[int, dict[str, np.ndarray]] = {}
+        ranges = self._calibrate(base, tensors, ctx, set(), seen)
+        return ranges, [seen.get(i) for i in want]
+
     def _calibrate(
         self,
         base: onnx.ModelProto,
         tensors: list[str],
         ctx: PassContext,
         smoothed: set[str],
+        outputs: dict[int, dict[str, np.ndarray]] | None = None,
     ) -> dict[str, tuple[float, float]]:
-        """Each tensor's range; the ``smoothed`` MatMul inputs' by ``smoothed_calibrator``."""
+        """Each tensor's range; the ``smoothed`` MatMul inputs' by ``smoothed_calibrator``.
+        ``outputs``: see :func:`.collect.collect_stats` (not filled when the runs are split
+        between workers)."""
         c = self.config
         probe, exposed = probe_model(base, tensors)
-        outputs = list(dict.fromkeys(exposed.values()))
+        outputs_read = list(dict.fromkeys(exposed.values()))
         kw = {"bins": c.bins, "batch": c.calib_batch, "dynamic_batch": dynamic_batch(base)}
         if (
             ctx.parallel is not None
@@ -324,9 +342,18 @@ class QuantizeInt8(Pass):
             # workers elsewhere get the serialized probe (a mapped model's weights stay here)
             data = probe.SerializeToString()
             del probe
-            stats = collect_stats_split(data, outputs, ctx.feeds.runs, ctx.parallel, **kw)
+            stats = collect_stats_split(data, outputs_read, ctx.feeds.runs, ctx.parallel, **kw)
         else:
-            stats = collect_stats(probe, outputs, ctx.feeds.runs, progress=ctx.progress, **kw)
+            keep = [o.name for o in base.graph.output]
+            stats = collect_stats(
+                probe,
+                outputs_read,
+                ctx.feeds.runs,
+                progress=ctx.progress,
+                outputs=outputs,
+                keep=keep,
+                **kw,
+            )
             del probe
         cal = make_calibrator(c.calibrator, c.percentile)
         cal_smoothed = make_calibrator(c.smoothed_calibrator or c.calibrator, c.percentile)
@@ -656,8 +683,8 @@ class QuantizeInt8(Pass):
     ) -> tuple[onnx.ModelProto, list[str], list[list[str]]]:
         """Mixed precision over the main graph's sites until ``ctx.budget`` holds
         (:mod:`.mixed`; ``body_sites`` stay int8; ``speed``: :meth:`_whole_gain`'s probe and
-        timing; ``reference``: ``model``'s outputs on the scored runs, when they were read
-        already). Returns (model, main-graph sites kept, the manager's fallbacks: the sites
+        timing; ``reference``: ``model``'s outputs on the scored runs read already, None for
+        a run still to run). Returns (model, main-graph sites kept, the manager's fallbacks: the sites
         kept at the prefixes above the chosen one found within budget)."""
         from onnxopt.runner import Runner
         from onnxopt.verify import accuracy
@@ -666,7 +693,11 @@ class QuantizeInt8(Pass):
         runner = ctx.runner if ctx.runner is not None else Runner()
         feeds = ctx.feeds.subset(c.fallback_runs)
         if reference is None or len(reference) != len(feeds):
-            reference = runner.run(model, feeds)
+            reference = [None] * len(feeds)
+        missing = [i for i, r in enumerate(reference) if r is None]
+        if missing:
+            ran = iter(runner.run(model, Feeds([feeds.runs[i] for i in missing])))
+            reference = [r if r is not None else next(ran) for r in reference]
         wants = feeds.labels is not None and (
             ctx.budget.metric is None or ctx.budget.max_accuracy_drop is not None
         )

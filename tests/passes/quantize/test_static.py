@@ -145,3 +145,48 @@ def test_sensitivity_and_rough_ranges_read_runs_spread_over_the_data(
         QuantizeInt8(config).run_model(conv_model, PassContext(feeds=feeds, budget=Budget()))
     assert seen["rough"] == [0, 16]
     assert seen["sensitivity"] == [0, 8, 16, 24]
+
+
+def test_the_search_scores_against_the_outputs_the_calibration_read(monkeypatch) -> None:
+    """Without smoothing, the calibration runs the input model on every learning run: the
+    search's reference is its outputs (equal to the Runner's, bit for bit) on the scored runs
+    it ran alone; runs it concatenated into one call are left for the search to run."""
+    from onnxopt.passes.quantize import static
+    from onnxopt.runner import Runner
+    from onnxopt.verify import Budget
+
+    rng = np.random.default_rng(4)
+    w1 = rng.normal(0, 0.3, (16, 8)).astype(np.float32)
+    w2 = rng.normal(0, 0.3, (8, 4)).astype(np.float32)
+    got: list = []
+    real = static.QuantizeInt8._mixed
+
+    def spy(self, *a):
+        got.append(a[-1])
+        return real(self, *a)
+
+    monkeypatch.setattr(static.QuantizeInt8, "_mixed", spy)
+    cases = []
+    for batch in ("2", "N"):  # a fixed batch: each run alone; a dynamic one: 8 runs a call
+        m = parse(
+            f"""
+            <ir_version: 8, opset_import: ["": 17]>
+            g (float[{batch},16] x) => (float[{batch},4] y) {{
+                h = MatMul (x, W1)
+                r = Relu (h)
+                y = MatMul (r, W2)
+            }}
+            """,
+            {"W1": w1, "W2": w2},
+        )
+        feeds = Feeds([{"x": rng.normal(0, 1, (2, 16)).astype(np.float32)} for _ in range(10)])
+        ctx = PassContext(feeds=feeds, allow_slower=True, budget=Budget(min_cosine=0.9))
+        QuantizeInt8(QuantizeConfig(latency_aware=False)).run_model(m, ctx)
+        cases.append((m, feeds))
+    fixed, dynamic = got
+    want = Runner().run(*cases[0])
+    assert fixed is not None and len(fixed) == len(want) == 10
+    for a, b in zip(fixed, want, strict=True):
+        assert a.keys() == b.keys() == {"y"}
+        np.testing.assert_array_equal(a["y"], b["y"])
+    assert dynamic is not None and dynamic == [None] * 10
