@@ -136,7 +136,8 @@ class QuantizeInt8(Pass):
         # the search's reference, the input model's outputs on the runs it scores, is read by
         # whichever run of the unequalized model (prepared: the same arithmetic) reads those
         # runs first: the smoothing statistics (all-MiniLM-L6-v2: 0.7 s; BERT-base: 4.6 s),
-        # else the calibration (the PP-OCRv5 detector: 1.4 s); else _mixed runs it
+        # else the calibration, for the runs it reads one at a time (a fixed-batch ResNet-50:
+        # 2 of its 13 model runs); _mixed runs the others
         reference: list[dict[str, np.ndarray]] | None = (
             [] if not equalized and c.smooth_runs == c.fallback_runs else None
         )
