@@ -39,22 +39,26 @@ def _concatenated(runs: list[dict[str, np.ndarray]], idx: list[int]) -> dict[str
 
 
 def batch_groups(
-    runs: list[dict[str, np.ndarray]], batch: int, dynamic_batch: bool
+    runs: list[dict[str, np.ndarray]],
+    batch: int,
+    dynamic_batch: bool,
+    alone: set[int] | frozenset = frozenset(),
 ) -> list[list[int]]:
     """The runs each onnxruntime call of :func:`collect_stats` concatenates (indices): at most
-    ``batch`` consecutive runs of equal shapes. Splitting ``runs`` between groups gives every
-    worker the same calls, so statistics collected apart merge to the same values."""
+    ``batch`` consecutive runs of equal shapes, each run in ``alone`` by itself. Splitting
+    ``runs`` between groups gives every worker the same calls, so statistics collected apart
+    merge to the same values."""
     if not dynamic_batch or batch <= 1:
         return [[i] for i in range(len(runs))]
     groups: list[list[int]] = []
     sig = None
     for i, r in enumerate(runs):
         s = tuple((k, v.shape[1:], v.dtype.str) for k, v in sorted(r.items()))
-        if groups and s == sig and len(groups[-1]) < batch:
+        if groups and s == sig and len(groups[-1]) < batch and i not in alone:
             groups[-1].append(i)
         else:
             groups.append([i])
-        sig = s
+        sig = None if i in alone else s
     return groups
 
 
@@ -103,6 +107,7 @@ def collect_stats(
     progress: Callable[[str, int, int], None] | None = None,
     outputs: dict[int, dict[str, np.ndarray]] | None = None,
     keep: list[str] = (),
+    alone: set[int] | frozenset = frozenset(),
 ) -> dict[str, TensorStats]:
     """Run ``model`` (tensors already exposed as outputs) and stream their statistics.
 
@@ -117,18 +122,19 @@ def collect_stats(
         outputs: when given, gets ``{run index: {name: value}}`` of the ``keep`` outputs (the
             model's own, which the session computes anyway) for the runs it read alone (a run
             concatenated with others has none: a batched call is not the same arithmetic).
+        alone: runs (indices) read by themselves, never concatenated.
     """
     sess = open_session(model)
     stats = {t: TensorStats(t, bins) for t in tensors}
     total = len(runs)
     done = 0
     extra = [k for k in keep if k not in set(tensors)] if outputs is not None else []
-    for idx in batch_groups(runs, batch, dynamic_batch):
-        alone = outputs is not None and len(idx) == 1
+    for idx in batch_groups(runs, batch, dynamic_batch, alone):
+        single = outputs is not None and len(idx) == 1
         feed = runs[idx[0]] if len(idx) == 1 else _concatenated(runs, idx)
         n = len(idx)
-        values = sess.run(tensors + extra if alone else tensors, feed)
-        if alone:
+        values = sess.run(tensors + extra if single else tensors, feed)
+        if single:
             got = dict(zip(tensors + extra, values, strict=True))
             outputs[idx[0]] = {k: got[k] for k in keep}
         for name, v in zip(tensors, values[: len(tensors)], strict=True):

@@ -313,11 +313,15 @@ class QuantizeInt8(Pass):
         self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
     ) -> tuple[dict[str, tuple[float, float]], list[dict[str, np.ndarray]] | None]:
         """(:meth:`_calibrate`'s ranges, ``base``'s outputs on the runs of
-        ``ctx.feeds.subset(fallback_runs)``: None for a run it did not run alone)."""
+        ``ctx.feeds.subset(fallback_runs)``: None for a run it did not run alone). Those runs
+        of :data:`ALONE_MIN_BYTES` or more go alone, where concatenating buys little (the
+        PP-OCRv5 detector's images: 7 MB, 30 of 31 concatenated, then run again, 1.4 s)."""
         index = {id(r): i for i, r in enumerate(ctx.feeds.runs)}
         want = [index[id(r)] for r in ctx.feeds.subset(self.config.fallback_runs).runs]
+        runs = ctx.feeds.runs
+        big = {i for i in want if sum(v.nbytes for v in runs[i].values()) >= ALONE_MIN_BYTES}
         seen: dict[int, dict[str, np.ndarray]] = {}
-        ranges = self._calibrate(base, tensors, ctx, set(), seen)
+        ranges = self._calibrate(base, tensors, ctx, set(), seen, big)
         return ranges, [seen.get(i) for i in want]
 
     def _calibrate(
@@ -327,6 +331,7 @@ class QuantizeInt8(Pass):
         ctx: PassContext,
         smoothed: set[str],
         outputs: dict[int, dict[str, np.ndarray]] | None = None,
+        alone: set[int] | frozenset = frozenset(),
     ) -> dict[str, tuple[float, float]]:
         """Each tensor's range; the ``smoothed`` MatMul inputs' by ``smoothed_calibrator``.
         ``outputs``: see :func:`.collect.collect_stats` (not filled when the runs are split
@@ -353,6 +358,7 @@ class QuantizeInt8(Pass):
                 progress=ctx.progress,
                 outputs=outputs,
                 keep=keep,
+                alone=alone,
                 **kw,
             )
             del probe
@@ -770,6 +776,9 @@ class QuantizeInt8(Pass):
         return model_out, kept + res.dynamic, fallbacks
 
 
+#: a scored run at least this large (input bytes) is calibrated alone, so that its outputs serve
+#: as the search's reference: concatenating runs this large saves little
+ALONE_MIN_BYTES = 1 << 20
 #: the first run's prepared model stays in the memo while the manager verifies (and perhaps
 #: bisects) its candidate, and the search's speed probe holds a float session: only for models
 #: whose weights are at most this (held in memory or mapped from files: the 90 MB MiniLM is

@@ -150,7 +150,8 @@ def test_sensitivity_and_rough_ranges_read_runs_spread_over_the_data(
 def test_the_search_scores_against_the_outputs_the_calibration_read(monkeypatch) -> None:
     """Without smoothing, the calibration runs the input model on every learning run: the
     search's reference is its outputs (equal to the Runner's, bit for bit) on the scored runs
-    it ran alone; runs it concatenated into one call are left for the search to run."""
+    it ran alone, which scored runs of 1 MiB or more always are; runs it concatenated into one
+    call are left for the search to run."""
     from onnxopt.passes.quantize import static
     from onnxopt.runner import Runner
     from onnxopt.verify import Budget
@@ -167,7 +168,8 @@ def test_the_search_scores_against_the_outputs_the_calibration_read(monkeypatch)
 
     monkeypatch.setattr(static.QuantizeInt8, "_mixed", spy)
     cases = []
-    for batch in ("2", "N"):  # a fixed batch: each run alone; a dynamic one: 8 runs a call
+    # a fixed batch: each run alone; a dynamic one: 8 runs a call, but runs of 1 MiB alone
+    for batch, rows in (("2", 2), ("N", 2), ("N", 16384)):
         m = parse(
             f"""
             <ir_version: 8, opset_import: ["": 17]>
@@ -179,14 +181,15 @@ def test_the_search_scores_against_the_outputs_the_calibration_read(monkeypatch)
             """,
             {"W1": w1, "W2": w2},
         )
-        feeds = Feeds([{"x": rng.normal(0, 1, (2, 16)).astype(np.float32)} for _ in range(10)])
+        feeds = Feeds([{"x": rng.normal(0, 1, (rows, 16)).astype(np.float32)} for _ in range(10)])
         ctx = PassContext(feeds=feeds, allow_slower=True, budget=Budget(min_cosine=0.9))
         QuantizeInt8(QuantizeConfig(latency_aware=False)).run_model(m, ctx)
         cases.append((m, feeds))
-    fixed, dynamic = got
-    want = Runner().run(*cases[0])
-    assert fixed is not None and len(fixed) == len(want) == 10
-    for a, b in zip(fixed, want, strict=True):
-        assert a.keys() == b.keys() == {"y"}
-        np.testing.assert_array_equal(a["y"], b["y"])
+    fixed, dynamic, large = got
     assert dynamic is not None and dynamic == [None] * 10
+    for kept, case in ((fixed, cases[0]), (large, cases[2])):
+        want = Runner().run(*case)
+        assert kept is not None and len(kept) == len(want) == 10
+        for a, b in zip(kept, want, strict=True):
+            assert a.keys() == b.keys() == {"y"}
+            np.testing.assert_array_equal(a["y"], b["y"])
