@@ -128,6 +128,7 @@ def collect_stats(
     stats = {t: TensorStats(t, bins) for t in tensors}
     total = len(runs)
     done = 0
+    tensors = list(tensors)
     extra = [k for k in keep if k not in set(tensors)] if outputs is not None else []
     for idx in batch_groups(runs, batch, dynamic_batch, alone):
         single = outputs is not None and len(idx) == 1

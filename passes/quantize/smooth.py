@@ -90,6 +90,7 @@ def channel_stats(
     from .collect import open_session
 
     sess = open_session(model)
+    tensors = list(tensors)
     extra = [k for k in keep if k not in set(tensors)] if outputs is not None else []
     rng = np.random.default_rng(seed)
     per_run = -(-rows // max(1, len(runs))) if rows else 0
