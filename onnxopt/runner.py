@@ -161,6 +161,21 @@ DEQUANTIZE_MAX_BYTES = 1 << 30
 _DEQUANTIZED = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8, onnx.TensorProto.INT32)
 
 
+def dequantized(q: np.ndarray, scale: np.ndarray, zero: np.ndarray | None = None) -> np.ndarray:
+    """``(q - zero) * scale`` in float32, as onnxruntime's DequantizeLinear computes it (bit
+    for bit); ``scale`` and ``zero`` already shaped to broadcast against ``q``."""
+    diff = q.astype(np.int64) - (0 if zero is None else zero.astype(np.int64))
+    return (diff.astype(np.float32) * scale).astype(np.float32)
+
+
+def fold_fits(float_bytes: int) -> bool:
+    """Whether weights dequantized ahead of time, ``float_bytes`` of them, may be held: at most
+    :data:`DEQUANTIZE_MAX_BYTES`, and with a GiB of the memory available to spare."""
+    from onnxopt import memory
+
+    return float_bytes <= DEQUANTIZE_MAX_BYTES and float_bytes + memory.GiB <= memory.available()
+
+
 def weights_dequantized(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with every main-graph DequantizeLinear of a constant int8/uint8/int32 weight
     replaced by its float32 result, computed as onnxruntime does (``(q - zero) * scale`` in
@@ -205,13 +220,8 @@ def weights_dequantized(model: onnx.ModelProto) -> onnx.ModelProto:
         total += q.size * 4
         if total > DEQUANTIZE_MAX_BYTES:
             return model
-        diff = q.astype(np.int64) - zero.astype(np.int64)
-        folded[i] = (diff.astype(np.float32) * scale).astype(np.float32)
-    if not folded:
-        return model
-    from onnxopt import memory
-
-    if total + memory.GiB > memory.available():  # the float copies must fit with room to spare
+        folded[i] = dequantized(q, scale, zero)
+    if not folded or not fold_fits(total):  # the float copies must fit with room to spare
         return model
     out = onnx.ModelProto()
     out.CopyFrom(model)  # a mapped model's weights stay stubs over the same mapping

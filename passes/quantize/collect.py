@@ -38,6 +38,20 @@ def _concatenated(runs: list[dict[str, np.ndarray]], idx: list[int]) -> dict[str
     return {k: np.concatenate([runs[i][k] for i in idx]) for k in runs[idx[0]]}
 
 
+def run_keeping(
+    sess: Any, names: list[str], feed: dict[str, np.ndarray], keep: list[str] | None
+) -> tuple[list[np.ndarray], dict[str, np.ndarray] | None]:
+    """(``sess``'s values of ``names`` on ``feed``, its ``{name: value}`` of the ``keep``
+    outputs, asked in the same call: the session computes the model's own outputs anyway);
+    ``keep`` None: no second part."""
+    extra = [k for k in keep if k not in set(names)] if keep is not None else []
+    values = sess.run(names + extra, feed)
+    if keep is None:
+        return values, None
+    got = dict(zip(names + extra, values, strict=True))
+    return values[: len(names)], {k: got[k] for k in keep}
+
+
 def batch_groups(
     runs: list[dict[str, np.ndarray]],
     batch: int,
@@ -129,16 +143,14 @@ def collect_stats(
     total = len(runs)
     done = 0
     tensors = list(tensors)
-    extra = [k for k in keep if k not in set(tensors)] if outputs is not None else []
     for idx in batch_groups(runs, batch, dynamic_batch, alone):
         single = outputs is not None and len(idx) == 1
         feed = runs[idx[0]] if len(idx) == 1 else _concatenated(runs, idx)
         n = len(idx)
-        values = sess.run(tensors + extra if single else tensors, feed)
-        if single:
-            got = dict(zip(tensors + extra, values, strict=True))
-            outputs[idx[0]] = {k: got[k] for k in keep}
-        for name, v in zip(tensors, values[: len(tensors)], strict=True):
+        values, kept = run_keeping(sess, tensors, feed, list(keep) if single else None)
+        if kept is not None:
+            outputs[idx[0]] = kept
+        for name, v in zip(tensors, values, strict=True):
             stats[name].update(v)
         del values
         done += n

@@ -33,7 +33,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import phases, weights
 from onnxopt.graph import opset_version
+from onnxopt.runner import dequantized, fold_fits
 from onnxopt.weights import array as tensor_array
+from onnxopt.weights import weight_bytes
 
 from .collect import _batches, batch_groups, open_session
 from .placement import Plan
@@ -116,8 +118,7 @@ class Instrument:
         fold: each site's int8 weight goes in dequantized (float32, as onnxruntime's
             DequantizeLinear computes it: the statistics are the same bit for bit) rather than
             as int8 behind a DequantizeLinear that runs on every call (BERT-base: 85 M weights
-            a call). None: when the float weights fit :data:`onnxopt.runner.DEQUANTIZE_MAX_BYTES`
-            and the memory available.
+            a call). None: when the float weights fit (:func:`onnxopt.runner.fold_fits`).
     """
 
     def __init__(
@@ -140,11 +141,7 @@ class Instrument:
         self.p = _Probe()
         self._n = 0
         if fold is None:
-            from onnxopt import memory, runner
-            from onnxopt.weights import weight_bytes
-
-            need = weight_bytes(model)  # the folded weights are at most these
-            fold = need <= runner.DEQUANTIZE_MAX_BYTES and need + memory.GiB < memory.available()
+            fold = fold_fits(weight_bytes(model))  # the folded weights are at most these
         self.fold = fold
 
     def _name(self, base: str) -> str:
@@ -190,8 +187,8 @@ class Instrument:
         names = [self._name(node.name + k) for k in ("_wq", "_ws", "_wz", "_wdq")]
         if self.fold:
             shape = [-1 if i == axis else 1 for i in range(wq.ndim)] if axis is not None else []
-            s = scale.astype(np.float32).reshape(shape) if shape else np.float32(scale)
-            self.p.inits.append(numpy_helper.from_array(wq.astype(np.float32) * s, names[3]))
+            s = scale.astype(np.float32).reshape(shape)
+            self.p.inits.append(numpy_helper.from_array(dequantized(wq, s), names[3]))
             return names[3]
         self.p.inits.append(numpy_helper.from_array(wq, names[0]))
         self.p.inits.append(numpy_helper.from_array(scale.astype(np.float32), names[1]))

@@ -87,21 +87,19 @@ def channel_stats(
     drawn evenly over ``runs``: [rows, channels]) per tensor. ``outputs``, when given, gets
     each run's ``{name: value}`` of the ``keep`` outputs (the model's own, which the session
     computes anyway)."""
-    from .collect import open_session
+    from .collect import open_session, run_keeping
 
     sess = open_session(model)
     tensors = list(tensors)
-    extra = [k for k in keep if k not in set(tensors)] if outputs is not None else []
     rng = np.random.default_rng(seed)
     per_run = -(-rows // max(1, len(runs))) if rows else 0
     acc: dict[str, np.ndarray] = {}
     samples: dict[str, list[np.ndarray]] = {}
     for i, feed in enumerate(runs):
-        values = sess.run(tensors + extra, feed)
-        if outputs is not None:
-            got = dict(zip(tensors + extra, values, strict=True))
-            outputs.append({k: got[k] for k in keep})
-        for name, v in zip(tensors, values[: len(tensors)], strict=True):
+        values, kept = run_keeping(sess, tensors, feed, list(keep) if outputs is not None else None)
+        if kept is not None:
+            outputs.append(kept)
+        for name, v in zip(tensors, values, strict=True):
             v = np.asarray(v, np.float32).reshape(-1, v.shape[-1])
             m = np.abs(v).max(axis=0)
             m = np.where(np.isfinite(m), m, 0.0)

@@ -90,3 +90,29 @@ def producer_of_input(model: onnx.ModelProto, consumer: str, index: int) -> onnx
     by_out = {o: n for n in model.graph.node for o in n.output}
     node = next(n for n in model.graph.node if n.name == consumer)
     return by_out[node.input[index]]
+
+
+#: make_plan's options as quantize-int8's defaults set them (per-channel weights, folded Relus)
+PLAN_KW = dict(
+    per_channel=True,
+    fold_relu=True,
+    quantize_residual=False,
+    embeddings=True,
+    elementwise="int8-inputs",
+)
+
+
+def spy_search_references(monkeypatch) -> list:
+    """A list that gets, at every quantize-int8 run, the reference outputs handed to its
+    search (``QuantizeInt8._mixed``'s last argument: None when none was kept)."""
+    from onnxopt.passes.quantize import static
+
+    got: list = []
+    real = static.QuantizeInt8._mixed
+
+    def spy(self, *a):
+        got.append(a[-1])
+        return real(self, *a)
+
+    monkeypatch.setattr(static.QuantizeInt8, "_mixed", spy)
+    return got

@@ -13,7 +13,14 @@ from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.qdq import activation_params
 from tests.helpers import parse
 
-from .support import conv_relu_conv, cos, initializers, outputs, producer_of_input
+from .support import (
+    PLAN_KW,
+    conv_relu_conv,
+    cos,
+    initializers,
+    outputs,
+    producer_of_input,
+)
 
 RNG = np.random.default_rng(1)
 
@@ -178,13 +185,7 @@ def test_builds_reuse_the_weights_rounded_by_the_first_and_write_the_same_model(
     m = prepare(m)
     feed = {"ids": np.array([0, 3, 7, 29], np.int64)}
     ranges = {"e": (-3.0, 3.0), "h": (-6.0, 6.0), "r": (0.0, 6.0)}
-    kw = dict(
-        per_channel=True,
-        fold_relu=True,
-        quantize_residual=False,
-        embeddings=True,
-        elementwise="int8-inputs",
-    )
+    kw = PLAN_KW
 
     def builder() -> Builder:
         return Builder(m, m, ranges, kw, activations="uint8", reduce_range=False, per_axis_ok=True)

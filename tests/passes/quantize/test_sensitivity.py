@@ -14,6 +14,8 @@ from onnxopt.passes.quantize.prepare import prepare
 from onnxopt.passes.quantize.sensitivity import Instrument, measure
 from tests.helpers import parse, run
 
+from .support import PLAN_KW
+
 RNG = np.random.default_rng(8)
 
 TWO = """
@@ -49,13 +51,7 @@ def test_instrumented_run_matches_each_layer_quantized_alone() -> None:
     probe = Instrument(m, plan, params, {}, per_axis=True, reduce_range=False, dynamic=True).build()
     stats = measure(m, probe, Feeds(runs).runs, batch=1, dynamic_batch=False)
     assert set(stats) == {"n0", "n2"}
-    kw = dict(
-        per_channel=True,
-        fold_relu=True,
-        quantize_residual=False,
-        embeddings=True,
-        elementwise="int8-inputs",
-    )
+    kw = PLAN_KW
     build = Builder(m, m, ranges, kw, activations="uint8", reduce_range=False, per_axis_ok=True)
     # the last layer alone: its output is the model's, so the built model shows its error
     q = build({"n2"})

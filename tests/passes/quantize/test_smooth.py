@@ -15,6 +15,8 @@ from onnxopt.passes.quantize.config import QuantizeConfig
 from onnxopt.passes.quantize.smooth import apply_smoothing, smoothing_scales
 from tests.helpers import parse, run
 
+from .support import spy_search_references
+
 RNG = np.random.default_rng(7)
 K, N = 16, 8
 
@@ -264,20 +266,12 @@ def test_the_search_scores_against_the_outputs_the_smoothing_statistics_read(mon
     """With smoothing on, its statistics run the input model on the runs the search scores on:
     the search's reference is those outputs (no second run), equal to the Runner's; with other
     run counts it runs the model itself."""
-    from onnxopt.passes.quantize import static
     from onnxopt.runner import Runner
     from onnxopt.verify import Budget
 
     m = _model(LN_RESIDUAL)
     feeds = Feeds(_runs(12))
-    got: list = []
-    real = static.QuantizeInt8._mixed
-
-    def spy(self, *a):
-        got.append(a[-1])
-        return real(self, *a)
-
-    monkeypatch.setattr(static.QuantizeInt8, "_mixed", spy)
+    got = spy_search_references(monkeypatch)
     ctx = dict(feeds=feeds, allow_slower=True, budget=Budget(min_cosine=0.9))
     QuantizeInt8(QuantizeConfig(smooth=0.5, latency_aware=False)).run_model(m, PassContext(**ctx))
     want = Runner().run(m, feeds.subset(64))

@@ -22,6 +22,7 @@ from .support import (
     initializers,
     outputs,
     producer_of_input,
+    spy_search_references,
 )
 
 RNG = np.random.default_rng(1)
@@ -152,21 +153,13 @@ def test_the_search_scores_against_the_outputs_the_calibration_read(monkeypatch)
     search's reference is its outputs (equal to the Runner's, bit for bit) on the scored runs
     it ran alone, which scored runs of 1 MiB or more always are; runs it concatenated into one
     call are left for the search to run."""
-    from onnxopt.passes.quantize import static
     from onnxopt.runner import Runner
     from onnxopt.verify import Budget
 
     rng = np.random.default_rng(4)
     w1 = rng.normal(0, 0.3, (16, 8)).astype(np.float32)
     w2 = rng.normal(0, 0.3, (8, 4)).astype(np.float32)
-    got: list = []
-    real = static.QuantizeInt8._mixed
-
-    def spy(self, *a):
-        got.append(a[-1])
-        return real(self, *a)
-
-    monkeypatch.setattr(static.QuantizeInt8, "_mixed", spy)
+    got = spy_search_references(monkeypatch)
     cases = []
     # a fixed batch: each run alone; a dynamic one: 8 runs a call, but runs of 1 MiB alone
     for batch, rows in (("2", 2), ("N", 2), ("N", 16384)):
