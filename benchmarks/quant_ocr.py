@@ -313,58 +313,29 @@ def end_to_end(
     return out
 
 
-def interleaved_seconds(
-    pipes: dict[str, Any], rounds: int = 3, canary: Any = None
-) -> tuple[dict[str, float], dict[str, dict[str, Any]]]:
+def interleaved_seconds(pipes: dict[str, Any], rounds: int = 3) -> dict[str, float]:
     """Seconds per image of each tool's pipeline (``pipes``: tool -> its :func:`pipeline`,
-    warmed up; "fp32" among them), the median of ``rounds`` rounds over every image, and each
-    tool's speed-up over fp32 in the fast and the slow regime apart (:mod:`benchmarks.regime`:
-    ``canary``, a call, before each turn: by default fp32's recognizer on one crop; an image's
-    turns in one round count for a regime when all of them ran in it). The tools take turns image by image, in an
-    order that turns with each image: this machine's speed moves between two regimes seconds
-    apart, and a turn of a whole pass over the images (12 s a tool) let a regime fall on some
-    tools' turns only (the same three models read 1.32x and 1.52x of fp32 in one run); image by
-    image, every tool sees the same mix of both."""
+    warmed up), the median of ``rounds`` rounds over every image. The tools take turns image
+    by image, in an order that turns with each image: this machine's speed moves between two
+    regimes minutes apart, and a turn of a whole pass over the images (12 s a tool) let a
+    regime fall on some tools' turns only (the same three models read 1.32x and 1.52x of fp32
+    in one run); image by image, every tool sees the same mix of both."""
     import time
-
-    from benchmarks import regime
 
     imgs, _ = images()
     order = list(pipes)
-    if canary is None:
-        crop = {"x": calibration("rec")[0]["x"][:1]}
-        rec = pipes["fp32"].sessions["rec"]
-        canary = lambda: rec.run(None, crop)  # noqa: E731
-    canary = regime.Canary(canary)
     times: dict[str, list[float]] = {tool: [] for tool in pipes}
-    turns: list[dict[str, tuple[float, float]]] = []  # per (round, image): tool -> (canary, s)
     for _ in range(rounds):
         total = dict.fromkeys(pipes, 0.0)
         for i, im in enumerate(imgs):
             k = i % len(order)
-            group = {}
             for tool in order[k:] + order[:k]:
-                c = canary.read()
                 t = time.perf_counter()
                 pipes[tool].text(im)
-                dt = time.perf_counter() - t
-                total[tool] += dt
-                group[tool] = (c, dt)
-            turns.append(group)
+                total[tool] += time.perf_counter() - t
         for tool in pipes:
             times[tool].append(total[tool] / len(imgs))
-    limit = canary.limit()
-    split: dict[str, dict[str, Any]] = {}
-    for tool in pipes:
-        split[tool] = {}
-        for name, slow in (("fast", False), ("slow", True)):
-            groups = [g for g in turns if all((c > limit) == slow for c, _ in g.values())]
-            base = sum(g["fp32"][1] for g in groups)
-            mine = sum(g[tool][1] for g in groups)
-            split[tool][name] = base / mine if groups and mine else None
-            split[tool][f"{name}_images"] = len(groups)
-        split[tool]["images"] = len(turns)
-    return {tool: float(np.median(ts)) for tool, ts in times.items()}, split
+    return {tool: float(np.median(ts)) for tool, ts in times.items()}
 
 
 def _discordant(truth: list[str | None], fp32: list[str], texts: list[str]) -> tuple[int, int]:

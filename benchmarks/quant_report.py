@@ -43,18 +43,13 @@ def model_table(rows: list[dict], model: str) -> str:
     mine = [r for r in rows if r["model"] == model]
     fmt = ".4f" if not (model.startswith("digits") or model in qc.OCR) else ".2f"
     single = any("speedup_1" in r for r in mine)  # timed at a batch, and at 1 beside
-    split = any("speedup_regimes" in r for r in mine)  # fast / slow turns apart
     lines = [
         f"**{model}** — metric: {_metric_name(model)}",
         "",
         "| tool | status | metric | latency ms | speed-up | "
-        + ("fast / slow turns | " if split else "")
         + ("speed-up, batch 1 | " if single else "")
         + "int8 layers | size MB | quantize s | peak MB |",
-        "|---|---|---:|---:|---:|"
-        + ("---:|" if split else "")
-        + ("---:|" if single else "")
-        + "---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|" + ("---:|" if single else "") + "---:|---:|---:|---:|",
     ]
     for r in mine:
         status = r.get("status", "")
@@ -65,20 +60,11 @@ def model_table(rows: list[dict], model: str) -> str:
         lines.append(
             f"| {r['tool']} | {status} | {_f(r.get('metric'), fmt)} | "
             f"{_f(r.get('latency_ms'), '.3f')} | {_f(r.get('speedup'), '.2f')} | "
-            + (f"{_regimes(r.get('speedup_regimes'))} | " if split else "")
             + (f"{_f(r.get('speedup_1'), '.2f')} | " if single else "")
             + f"{_share(r.get('int8_layers'))} | {_f(r.get('size_mb'), '.2f')} | {_f(r.get('seconds'), '.1f')} | "
             f"{_f(r.get('peak_rss_mb'), '.0f')} |"
         )
     return "\n".join(lines)
-
-
-def _regimes(v: dict | None) -> str:
-    """The speed-up over fp32 in each regime apart: "fast / slow (slow turns of all)"."""
-    if not v:
-        return "-"
-    n = v.get("slow_turns") or [v.get("slow_images"), v.get("images")]
-    return f"{_f(v.get('fast'), '.2f')} / {_f(v.get('slow'), '.2f')} ({n[0]} of {n[1]} slow)"
 
 
 def ocr_table(rows: list[dict]) -> str:
@@ -87,8 +73,8 @@ def ocr_table(rows: list[dict]) -> str:
         return ""
     lines = [
         "| tool (det + rec + cls) | exact text vs fp32 % | exact text vs rendered truth % "
-        "| held out: vs fp32 % | held out: vs truth % | s / image | speed-up | fast / slow turns |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| held out: vs fp32 % | held out: vs truth % | s / image | speed-up |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in pipe:
         tool = r["tool"]
@@ -98,8 +84,7 @@ def ocr_table(rows: list[dict]) -> str:
             f"| {tool} | {_f(r.get('agreement'), '.1f')} | "
             f"{_f(r.get('ground_truth'), '.1f')} | {_f(r.get('held_out_agreement'), '.1f')} | "
             f"{_f(r.get('held_out_ground_truth'), '.1f')} | "
-            f"{_f(r.get('s_per_image'), '.3f')} | {_f(r.get('speedup'), '.2f')} | "
-            f"{_regimes(r.get('speedup_regimes'))} |"
+            f"{_f(r.get('s_per_image'), '.3f')} | {_f(r.get('speedup'), '.2f')} |"
         )
     return "\n".join(lines)
 

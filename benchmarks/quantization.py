@@ -51,7 +51,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from benchmarks import quant_cases as qc  # noqa: E402
-from benchmarks import regime  # noqa: E402
 from benchmarks.quant_peers import save_runs  # noqa: E402
 
 WORK = ROOT / "build" / "quant_bench"
@@ -209,13 +208,11 @@ ROUND_SECONDS = 0.3
 
 
 def _time_rows(ok: list[dict], feed: dict, key: str, ratio: str) -> None:
-    """Every row's latency on ``feed`` in interleaved rounds, and its ratio to fp32 over every
-    turn, then over the fast and the slow turns apart (``<ratio>_regimes``: a fp32 canary
-    before each turn tells them apart, :mod:`benchmarks.regime`). The sessions stay open
-    (their threads stop spinning after each run, so an idle one takes nothing from the one
-    timed) and take short turns: this machine's speed moves between two regimes seconds
-    apart, and 3 turns of 2 s a row let the slow one fall on fp32's turns alone (the PP-OCRv5
-    recognizer's fp32 read 71 ms; 35-37 ms timed again after)."""
+    """Every row's latency on ``feed`` in interleaved rounds, and its ratio to fp32. The
+    sessions stay open (their threads stop spinning after each run, so an idle one takes
+    nothing from the one timed) and take short turns: this machine's speed moves between two
+    regimes minutes apart, and 3 turns of 2 s a row let the slow one fall on fp32's turns
+    alone (the PP-OCRv5 recognizer's fp32 read 71 ms; 35-37 ms timed again after)."""
     import onnx
 
     from onnxopt.timing import model_session
@@ -231,33 +228,26 @@ def _time_rows(ok: list[dict], feed: dict, key: str, ratio: str) -> None:
     for s in sessions.values():
         for _ in range(3):
             s.run(None, feed)
-    base = next(r for r in ok if r["tool"] == "fp32")
-    fp32 = sessions[id(first[id(base)])]
-    canary = regime.Canary(lambda: fp32.run(None, feed))
-    # per row: (the canary before the turn, the turn's times in ms)
-    turns: dict[int, list[tuple[float, list[float]]]] = {id(r): [] for r in timed}
+    samples: dict[int, list[float]] = {id(r): [] for r in timed}
     for k in range(ROUNDS):
         j = k % len(timed)
         for r in timed[j:] + timed[:j]:
             s = sessions[id(r)]
-            c = canary.read()
             s.run(None, feed)  # untimed: the run after a switch of sessions pays for it
-            end, xs = time.perf_counter() + ROUND_SECONDS, []
-            while len(xs) < 3 or time.perf_counter() < end:
+            end, n = time.perf_counter() + ROUND_SECONDS, 0
+            while n < 3 or time.perf_counter() < end:
                 t = time.perf_counter()
                 s.run(None, feed)
-                xs.append((time.perf_counter() - t) * 1000)
-            turns[id(r)].append((c, xs))
+                samples[id(r)].append(time.perf_counter() - t)
+                n += 1
     del sessions
-    limit = canary.limit()
+    base = next(r for r in ok if r["tool"] == "fp32")
     for r in ok:
-        mine = turns[id(first[id(r)])]
-        r[key] = float(np.median([x for _, xs in mine for x in xs]))
+        r[key] = float(np.median(samples[id(first[id(r)])]) * 1000)
         if first[id(r)] is not r:
             note = f"the same model as {first[id(r)]['tool']}'s, byte for byte: timed once"
             if note not in r.setdefault("notes", []):
                 r["notes"].append(note)
-        r[f"{ratio}_regimes"] = regime.split_ratio(turns[id(first[id(base)])], mine, limit)
     for r in ok:
         r[ratio] = base[key] / r[key]
 
@@ -332,12 +322,9 @@ def ocr_pipelines(rows: list[dict]) -> list[dict]:
     keyed = [{"tool": t, "paths": [paths_of[t][k] for k in quant_ocr.MODELS]} for t in timed]
     same = _same_files(keyed)
     first = {r["tool"]: same[id(r)]["tool"] for r in keyed}
-    seconds, regimes = quant_ocr.interleaved_seconds(
-        {t: p for t, p in timed.items() if first[t] == t}
-    )
+    seconds = quant_ocr.interleaved_seconds({t: p for t, p in timed.items() if first[t] == t})
     for r in out:
         r["s_per_image"] = seconds[first[r["tool"]]]
-        r["speedup_regimes"] = regimes[first[r["tool"]]]
         if first[r["tool"]] != r["tool"]:
             r.setdefault("notes", []).append(
                 f"the same three models as {first[r['tool']]}'s, byte for byte: timed once"

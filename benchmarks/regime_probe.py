@@ -2,11 +2,13 @@
 
     python benchmarks/regime_probe.py [MODEL ...] [--seconds 40] [--profile]
 
-One process, one feed, three sessions of each model taking turns (three runs a turn, one
-untimed first): two threads spinning (onnxruntime's default), one thread, and two threads
-with spinning off. A turn whose two-thread time is more than :data:`benchmarks.regime.SLOW_TURN`
-times that session's fastest turn is a slow turn; the probe prints each session's median in
-the fast and the slow turns. With ``--profile`` it then profiles each model in turns (one
+This 2-vCPU machine (a Firecracker microVM on an AMD EPYC host) moves between two speed
+regimes seconds apart, and a regime does not slow every model alike: the latency ratios of
+the benchmarks move with it. The probe shows it in one process, on one feed: three sessions
+of each model take turns (three runs a turn, one untimed first), two threads spinning
+(onnxruntime's default), one thread, and two threads with spinning off. A turn whose
+two-thread time is more than :data:`SLOW_TURN` times that session's fastest turn is a slow
+turn; the probe prints each session's median in the fast and the slow turns. With ``--profile`` it then profiles each model in turns (one
 profiling session at a time) until it has seen both regimes, and prints the kernel time per op
 type in each.
 
@@ -29,8 +31,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks import regime  # noqa: E402
 
+#: a turn (or a profiling window) this many times the session's fastest one or more is slow
+SLOW_TURN = 1.2
 SESSIONS = (("2 threads", 2, True), ("1 thread", 1, True), ("2 threads, no spin", 2, False))
 
 
@@ -77,7 +80,7 @@ def probe(paths: list[str], feed: dict, seconds: float) -> dict:
     out = {}
     for p, per in turns.items():
         two = np.array(per[0])
-        slow = two > regime.SLOW_TURN * two.min()
+        slow = two > SLOW_TURN * two.min()
         out[p] = {
             name: {
                 "fast_ms": float(np.median(np.array(x)[~slow])) if (~slow).any() else None,
@@ -112,7 +115,7 @@ def profile_regimes(path: str, feed: dict, tries: int = 40) -> dict[str, dict[st
             totals.append((sum(by.values()), dict(by)))
             fastest = min(t for t, _ in totals)
             for t, by_op in totals:
-                key = "slow" if t > regime.SLOW_TURN * fastest else "fast"
+                key = "slow" if t > SLOW_TURN * fastest else "fast"
                 seen.setdefault(key, by_op)
             if len(seen) == 2:
                 break
