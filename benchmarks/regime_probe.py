@@ -149,6 +149,9 @@ def main() -> None:
     if args.profile:
         for p in paths:
             seen = profile_regimes(p, feed)
+            if len(seen) < 2:
+                print(f"{p}: one regime in every profiling window ({', '.join(seen)})")
+                continue
             print(f"{p}: kernel µs per op type (two threads)")
             ops = sorted(
                 {k for v in seen.values() for k in v},

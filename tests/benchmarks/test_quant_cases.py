@@ -313,3 +313,51 @@ def test_a_tool_error_in_the_table_names_files_without_this_machine_s_paths():
     table = qr.model_table(rows, "ocr_cls")
     assert "invalid model: Load model from ort.onnx failed" in table
     assert "/work" not in table
+
+
+def test_regime_probe_times_each_session_in_turns_and_splits_its_turns(tmp_path):
+    """benchmarks/regime_probe.py on a tiny model: every session of the model ran every turn,
+    and each one's median is read over the fast turns (the slow ones: more than SLOW_TURN
+    times the two-thread session's fastest turn, when there are any)."""
+    from benchmarks import regime_probe as rp
+
+    m = parse(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[32, 32] x) => (float[32, 32] y) { y = MatMul (x, w) }",
+        {"w": np.eye(32, dtype=np.float32)},
+    )
+    onnx.save(m, tmp_path / "m.onnx")
+    got = rp.probe([str(tmp_path / "m.onnx")], {"x": np.ones((32, 32), np.float32)}, 0.2)
+    r = got[str(tmp_path / "m.onnx")]
+    assert r["turns"] >= 1 and 0 <= r["slow_turns"] < r["turns"]
+    for name, _, _ in rp.SESSIONS:
+        assert r[name]["fast_ms"] > 0
+        assert (r[name]["slow_ms"] is None) == (r["slow_turns"] == 0)
+
+
+def test_ocr_model_times_sorts_convolution_kernels_by_kind(tmp_path):
+    """benchmarks/ocr_model_times.py --profile: a 1x1 Conv, a 3x3 depthwise Conv, a 1x1
+    depthwise Conv (a per-channel affine) and a 3x3 Conv each land in their own kind."""
+    from benchmarks import ocr_model_times as omt
+
+    rng = np.random.default_rng(0)
+    w = {
+        "w1": rng.standard_normal((16, 16, 1, 1)).astype(np.float32),
+        "wd": rng.standard_normal((16, 1, 3, 3)).astype(np.float32),
+        "wa": rng.standard_normal((16, 1, 1, 1)).astype(np.float32),
+        "w3": rng.standard_normal((16, 16, 3, 3)).astype(np.float32),
+    }
+    m = parse(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[1, 16, 24, 24] x) => (float[1, 16, 24, 24] y) {\n"
+        "a = Conv (x, w1)\n"
+        "b = Conv <group = 16, pads = [1, 1, 1, 1]> (a, wd)\n"
+        "c = Conv <group = 16> (b, wa)\n"
+        "y = Conv <pads = [1, 1, 1, 1]> (c, w3)\n}",
+        w,
+    )
+    onnx.save(m, tmp_path / "m.onnx")
+    feeds = [{"x": rng.standard_normal((1, 16, 24, 24)).astype(np.float32)}] * 2
+    got = omt.kernel_kinds(str(tmp_path / "m.onnx"), feeds)
+    for kind in ("Conv, 1x1", "Conv, depthwise", "Conv, 1x1 depthwise (affine)", "Conv, other"):
+        assert got.get(kind, 0) > 0, (kind, got)
