@@ -651,3 +651,41 @@ def test_the_profile_bound_needs_trusted_totals_and_gains_that_account_for_the_w
     assert static._bound_us(40_000.0, full, sites, None) == 0.0
     raced = {**timing, "all_int8_raced": 0.62}  # the race kept all int8 over the profile
     assert static._bound_us(40_000.0, full, sites, raced) == 0.0
+
+
+def test_a_prefix_chosen_near_the_speed_margin_is_timed_again() -> None:
+    """The detector: the search chose a prefix it read at 0.97x of float, and the manager's
+    race then read it 1.02x, after its confirmation and verification. A prefix found within
+    budget whose reading lies within SPEED_RESOLUTION of the margin is timed again: the two
+    readings' geometric mean decides, and a "no" ends the search float (the prefixes below
+    miss the budget, those above are slower). A clear reading is not timed twice."""
+    sites, moves = _float_moves(4)
+
+    def run(chosen: list[float]) -> tuple[list[int], mixed.Plan]:
+        timed: list[int] = []
+        readings = {2: list(chosen)}
+
+        def speed(model: int) -> tuple[float, float]:
+            timed.append(model)
+            got = readings.get(model)
+            return 10.0, got.pop(0) if got else 0.8 + 0.01 * model  # each move costs 1 %
+
+        plan = mixed.search(
+            lambda e, d: 4 - len(e),
+            sites,
+            moves,
+            lambda m, label="": (m >= 2, "text changed", 0.0),
+            float_at_end=True,
+            speed=speed,
+            speed_all_int8=(8.0, 0.8),
+        )
+        return timed, plan
+
+    timed, plan = run([0.965, 1.0])  # noise at the margin: not faster
+    assert not plan.met and len(plan.floats) == 4 and timed.count(2) == 2
+    assert plan.reason.startswith("int8 does not pay within the budget: with 2 moves")
+    timed, plan = run([0.965, 0.95])  # faster on both readings
+    assert plan.met and len(plan.floats) == 2 and timed.count(2) == 2
+    assert plan.speed_ratio == pytest.approx((0.965 * 0.95) ** 0.5)
+    timed, plan = run([0.9])  # a clear reading: timed once
+    assert plan.met and timed.count(2) == 1
