@@ -68,47 +68,47 @@ def model_times(paths: dict[str, str], rounds: int = 2) -> dict[str, dict[str, f
 
 
 def kernel_kinds(path: str, feeds: list[dict]) -> dict[str, float]:
-    """µs per run of ``path``'s kernels by kind over ``feeds`` (two threads, ORT_ENABLE_ALL,
-    three untimed runs first)."""
+    """ms a run of ``path``'s kernels by kind over ``feeds`` (two threads, ORT_ENABLE_ALL, two
+    untimed runs first; each node's median over the runs, :func:`onnxopt.opprofile.aggregate`),
+    the Convs sorted by their weights in onnxruntime's optimized graph."""
     import onnx
     import onnxruntime as ort
 
+    from onnxopt.opprofile import _now_us, aggregate
+    from onnxopt.timing import session_options
+
     with tempfile.TemporaryDirectory() as tmp:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = 2
-        so.log_severity_level = 3
+        so = session_options(2, "all")
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(tmp, "p")
         so.optimized_model_filepath = os.path.join(tmp, "opt.onnx")
         s = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
-        for f in feeds[:3]:
+        for f in feeds[:2]:
             s.run(None, f)
+        start = _now_us(s)
         for f in feeds:
             s.run(None, f)
         with open(s.end_profiling()) as fh:
-            events = json.load(fh)
+            rows = aggregate(json.load(fh), len(feeds), start, top=1 << 30)["by_node"]
         g = onnx.load(os.path.join(tmp, "opt.onnx"), load_external_data=False).graph
     dims = {i.name: list(i.dims) for i in g.initializer}
     nodes = {n.name: n for n in g.node}
     by: dict[str, float] = collections.defaultdict(float)
-    for e in events:
-        if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
-            continue
-        n = nodes.get(e["name"][: -len("_kernel_time")])
-        us = e["dur"] / len(feeds)
+    for row in rows:
+        n = nodes.get(row["node"])
         w = dims.get(n.input[1]) if n is not None and len(n.input) > 1 else None
+        kind = row["op"]
         if n is not None and n.op_type == "Conv" and w:
             group = next((a.i for a in n.attribute if a.name == "group"), 1)
             if group > 1 and w[1:] == [1, 1, 1]:
-                by["Conv, 1x1 depthwise (affine)"] += us
+                kind = "Conv, 1x1 depthwise (affine)"
             elif group > 1:
-                by["Conv, depthwise"] += us
+                kind = "Conv, depthwise"
             elif w[2:] == [1, 1]:
-                by["Conv, 1x1"] += us
+                kind = "Conv, 1x1"
             else:
-                by["Conv, other"] += us
-        else:
-            by[e["args"].get("op_name", "?")] += us
+                kind = "Conv, other"
+        by[kind] += row["ms"]
     return dict(by)
 
 
@@ -124,9 +124,9 @@ def main() -> None:
         kind = "rec" if "rec" in Path(args.profile).resolve().as_posix() else "det"
         by = kernel_kinds(args.profile, quant_ocr.calibration(kind)[:20])
         total = sum(by.values())
-        print(f"{args.profile}: {total / 1e3:.1f} ms of kernels a run")
+        print(f"{args.profile}: {total:.1f} ms of kernels a run")
         for k, v in sorted(by.items(), key=lambda kv: -kv[1])[:12]:
-            print(f"  {k:32s} {v / 1e3:7.2f} ms  {100 * v / total:5.1f} %")
+            print(f"  {k:32s} {v:7.2f} ms  {100 * v / total:5.1f} %")
         return
     paths = {}
     for k in quant_ocr.MODELS:

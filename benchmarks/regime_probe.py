@@ -20,11 +20,7 @@ recorded batch, cut to 2 crops; the benchmark's int8 and exact models can be giv
 from __future__ import annotations
 
 import argparse
-import collections
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -37,16 +33,13 @@ SLOW_TURN = 1.2
 SESSIONS = (("2 threads", 2, True), ("1 thread", 1, True), ("2 threads, no spin", 2, False))
 
 
-def _session(path: str, threads: int, spin: bool, profile: str | None = None):
+def _session(path: str, threads: int, spin: bool):
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.log_severity_level = 3
+    from onnxopt.timing import session_options
+
+    so = session_options(threads, "all")
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-    if profile:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 
@@ -94,31 +87,26 @@ def probe(paths: list[str], feed: dict, seconds: float) -> dict:
 
 
 def profile_regimes(path: str, feed: dict, tries: int = 40) -> dict[str, dict[str, float]]:
-    """Kernel µs per op type in a fast and in a slow window (two threads), profiling sessions
-    made one after the other until both regimes were seen (or ``tries`` windows)."""
-    seen: dict[str, dict[str, float]] = {}
+    """Kernel ms per op type in a fast and in a slow window (two threads,
+    :func:`onnxopt.opprofile.profile_model`, 12 runs a window), windows one after the other
+    until both regimes were seen (or ``tries`` windows)."""
+    import onnx
+
+    from onnxopt.data import Feeds
+    from onnxopt.opprofile import profile_model
+
+    model = onnx.load(path)
     totals: list[tuple[float, dict[str, float]]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for _ in range(tries):
-            s = _session(path, 2, True, os.path.join(tmp, "p"))
-            for _ in range(12):
-                s.run(None, feed)
-            f = s.end_profiling()
-            del s
-            with open(f) as fh:
-                events = json.load(fh)
-            os.remove(f)
-            by: dict[str, float] = collections.defaultdict(float)
-            for e in events:
-                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
-                    by[e["args"].get("op_name", "?")] += e["dur"] / 12
-            totals.append((sum(by.values()), dict(by)))
-            fastest = min(t for t, _ in totals)
-            for t, by_op in totals:
-                key = "slow" if t > SLOW_TURN * fastest else "fast"
-                seen.setdefault(key, by_op)
-            if len(seen) == 2:
-                break
+    seen: dict[str, dict[str, float]] = {}
+    for _ in range(tries):
+        prof = profile_model(model, Feeds([feed]), threads=2, runs=12, seconds=60.0, top=1 << 30)
+        totals.append((prof["total_ms"], {r["op"]: r["ms"] for r in prof["by_op"]}))
+        fastest = min(totals, key=lambda tb: tb[0])
+        seen = {"fast": fastest[1]}  # the fastest window, and the first one well above it
+        slow = [by for t, by in totals if t > SLOW_TURN * fastest[0]]
+        if slow:
+            seen["slow"] = slow[0]
+            break
     return seen
 
 
@@ -152,7 +140,7 @@ def main() -> None:
             if len(seen) < 2:
                 print(f"{p}: one regime in every profiling window ({', '.join(seen)})")
                 continue
-            print(f"{p}: kernel µs per op type (two threads)")
+            print(f"{p}: kernel ms per op type (two threads)")
             ops = sorted(
                 {k for v in seen.values() for k in v},
                 key=lambda k: -max(v.get(k, 0.0) for v in seen.values()),
@@ -160,7 +148,7 @@ def main() -> None:
             for k in ops[:10]:
                 f, s = seen.get("fast", {}).get(k), seen.get("slow", {}).get(k)
                 ratio = f"{s / f:.1f}x" if f and s else "-"
-                print(f"  {k:28s} fast {f or 0:8.0f}  slow {s or 0:8.0f}  {ratio}")
+                print(f"  {k:28s} fast {f or 0:8.2f}  slow {s or 0:8.2f}  {ratio}")
 
 
 if __name__ == "__main__":

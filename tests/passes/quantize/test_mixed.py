@@ -58,6 +58,20 @@ def _float_moves(n: int) -> tuple[list[str], list[mixed.Move]]:
     return sites, [mixed.Move(s, "float", 1.0, 10.0, 1.0) for s in sites]
 
 
+def _search_float(sites: list[str], moves: list[mixed.Move], needed: int, **kw) -> mixed.Plan:
+    """``mixed.search`` over :func:`_float_moves`-style moves where a model is its number of
+    float sites and meets the budget from ``needed`` moves on (its headline: that number)."""
+    n = len(sites)
+    return mixed.search(
+        lambda e, d: n - len(e),
+        sites,
+        moves,
+        lambda m, label="": (m >= needed, "text changed", float(m)),
+        float_at_end=True,
+        **kw,
+    )
+
+
 def test_planner_picks_the_planted_layer_and_only_it() -> None:
     m, feeds = _model(), _feeds()
     budget = Budget(min_cosine=0.999)
@@ -388,14 +402,7 @@ def test_a_prefix_timed_not_faster_is_timed_again() -> None:
         got = readings.get(model)
         return 10.0, got.pop(0) if got else 0.9
 
-    plan = mixed.search(
-        lambda e, d: 4 - len(e),
-        sites,
-        moves,
-        lambda m, label="": (m >= 3, "no", 0.0),
-        float_at_end=True,
-        speed=speed,
-    )
+    plan = _search_float(sites, moves, 3, speed=speed)
     assert plan.met and len(plan.floats) == 3 and readings[3] == []
 
 
@@ -413,16 +420,7 @@ def test_prefixes_the_latency_profile_credits_with_too_little_are_not_fast_untim
         timed.append(model)
         return 10.0, 0.5  # every turn reads fast: only the profile bounds the search
 
-    plan = mixed.search(
-        lambda e, d: 8 - len(e),
-        sites,
-        moves,
-        lambda m, label="": (m >= 6, "text changed", 0.0),
-        float_at_end=True,
-        speed=speed,
-        speed_all_int8=(5.0, 0.5),
-        profile_us=100.0,
-    )
+    plan = _search_float(sites, moves, 6, speed=speed, speed_all_int8=(5.0, 0.5), profile_us=100.0)
     # 5 moves leave 1.5 µs of 100 in int8: under 3 %, so 4 is the last fast prefix; it misses
     assert not plan.met and plan.reason.startswith("int8 does not pay within the budget")
     assert 5 not in timed and 6 not in timed and 7 not in timed
@@ -443,15 +441,7 @@ def test_the_speed_bound_is_found_galloping_down_from_the_top() -> None:
             timed.append(model)
             return 10.0, 0.8 if model <= last_fast else 1.0
 
-        plan = mixed.search(
-            lambda e, d: 24 - len(e),
-            sites,
-            moves,
-            lambda m, label="": (m >= last_fast, "text changed", float(m)),
-            float_at_end=True,
-            speed=speed,
-            speed_all_int8=(8.0, 0.8),
-        )
+        plan = _search_float(sites, moves, last_fast, speed=speed, speed_all_int8=(8.0, 0.8))
         return timed, plan
 
     timed, plan = run(23)
@@ -519,13 +509,7 @@ def test_search_offers_the_prefixes_above_its_choice_found_within_budget() -> No
     prefixes 4 and 7, found within budget, are its fallbacks, nearest first; the float model
     (8 moves) never is one."""
     sites, moves = _float_moves(8)
-    plan = mixed.search(
-        lambda e, d: 8 - len(e),
-        sites,
-        moves,
-        lambda m, label="": (m >= 3, "no", 0.0),
-        float_at_end=True,
-    )
+    plan = _search_float(sites, moves, 3)
     assert plan.met and len(plan.floats) == 3
     assert [len(f) for f, _ in plan.fallbacks] == [4, 7]
     assert plan.fallbacks[0] == (sites[:4], [])
@@ -670,15 +654,7 @@ def test_a_prefix_chosen_near_the_speed_margin_is_timed_again() -> None:
             got = readings.get(model)
             return 10.0, got.pop(0) if got else 0.8 + 0.01 * model  # each move costs 1 %
 
-        plan = mixed.search(
-            lambda e, d: 4 - len(e),
-            sites,
-            moves,
-            lambda m, label="": (m >= 2, "text changed", 0.0),
-            float_at_end=True,
-            speed=speed,
-            speed_all_int8=(8.0, 0.8),
-        )
+        plan = _search_float(sites, moves, 2, speed=speed, speed_all_int8=(8.0, 0.8))
         return timed, plan
 
     timed, plan = run([0.965, 1.0])  # noise at the margin: not faster
