@@ -148,7 +148,7 @@ def gram_matrices(
     # a session over the model as it is (mapped weights shared, never saved to a file)
     probe, exposed = probe_model(model, tensors)
     outputs = [exposed[t] for t in tensors]
-    sess = open_session(probe)
+    sess = open_session(probe, spin=False)
     del probe
     for i, feed in enumerate(runs):
         got = dict(zip(tensors, sess.run(outputs, feed), strict=True))
@@ -156,7 +156,13 @@ def gram_matrices(
             if count[ly.name] >= max_rows:
                 continue
             r = _rows(ly, np.asarray(got[ly.input], np.float32), per_run, rng)
-            acc[ly.name] += np.einsum("mgk,mgl->gkl", r, r)
+            # one group: a BLAS product (einsum's own loop took 13.5 s of the PP-OCRv5
+            # recognizer's 63 layers, a 2880-input Conv among them); many (depthwise, K of
+            # 9-25): einsum, where a BLAS call per group costs more than its product
+            if ly.groups == 1:
+                acc[ly.name][0] += r[:, 0].T @ r[:, 0]
+            else:
+                acc[ly.name] += np.einsum("mgk,mgl->gkl", r, r)
             count[ly.name] += len(r)
         if progress is not None:
             progress("adaround: input statistics", i + 1, len(runs))
@@ -230,16 +236,21 @@ def learn_rounding(
     max_rows: int = 2048,
     memory_mb: float = 256.0,
     max_gflop: float = 20.0,
+    method: str = "adaround",
     progress: Callable[[str, int, int], None] | None = None,
 ) -> tuple[dict[str, WeightQ], list[str], dict]:
-    """AdaRound every layer named in ``names`` (node name -> per-channel weight axis).
+    """Learned rounding of every layer named in ``names`` (node name -> per-channel weight
+    axis): AdaRound (``method="adaround"``), where a layer's cost cap leaves it fewer than 20
+    steps error feedback instead (:mod:`.gptq`), or error feedback for all (``"gptq"``).
 
     Returns (weights by node name, notes, cost details)."""
+    from .gptq import gptq
+
     t0 = time.perf_counter()
     layers, notes = layers_of(model, names)
     qmax = 63 if reduce_range else 127
     out: dict[str, WeightQ] = {}
-    steps_total, done = 0, 0
+    steps_total, done, fed_back = 0, 0, 0
     for chunk in _chunks(layers, memory_mb):
         grams = gram_matrices(model, chunk, runs, max_rows=max_rows, seed=seed, progress=progress)
         for ly in chunk:
@@ -248,22 +259,36 @@ def learn_rounding(
             scale = weight_params(ly.weight, ly.axis, reduce_range)
             srow = _row_scales(ly, scale, g, r)
             steps = min(iterations, int(max_gflop * 1e9 / max(1.0, 4.0 * g * r * k * k)))
-            if steps < 20:
-                notes.append(
-                    f"{ly.name}: adaround skipped (one step costs {4e-9 * g * r * k * k:.2g} GFLOP)"
-                )
-                continue
-            if steps < iterations:
-                notes.append(f"{ly.name}: adaround {steps} of {iterations} steps (cost cap)")
-            q = adaround(wg, srow, grams[ly.name], qmax=qmax, iterations=steps)
+            if method == "gptq" or steps < 20:
+                if method != "gptq":
+                    notes.append(
+                        f"{ly.name}: error feedback instead of adaround (one step costs "
+                        f"{4e-9 * g * r * k * k:.2g} GFLOP)"
+                    )
+                q = gptq(wg, srow, grams[ly.name], qmax=qmax)
+                fed_back += 1
+            else:
+                if steps < iterations:
+                    notes.append(f"{ly.name}: adaround {steps} of {iterations} steps (cost cap)")
+                q = adaround(wg, srow, grams[ly.name], qmax=qmax, iterations=steps)
+                steps_total += steps
             out[ly.name] = WeightQ(ly.ungroup(q).astype(np.int8), scale, ly.axis)
-            steps_total += steps
             done += 1
             if progress is not None:
-                progress("adaround: layers", done, len(layers))
+                progress(f"{method}: layers", done, len(layers))
     seconds = time.perf_counter() - t0
-    notes.append(f"adaround: {done} layers, {steps_total} steps, {seconds:.1f} s")
-    return out, notes, {"layers": done, "steps": steps_total, "seconds": round(seconds, 2)}
+    how = f"{steps_total} adaround steps, {fed_back} by error feedback"
+    notes.append(f"{method}: {done} layers, {how}, {seconds:.1f} s")
+    return (
+        out,
+        notes,
+        {
+            "layers": done,
+            "steps": steps_total,
+            "error_feedback": fed_back,
+            "seconds": round(seconds, 2),
+        },
+    )
 
 
 def _row_scales(ly: Layer, scale: np.ndarray, g: int, r: int) -> np.ndarray:

@@ -54,6 +54,9 @@ class Builder:
         self.weights: dict[str, WeightQ] = {}
         #: bias correction: each site's output shift, removed from its bias while it is int8
         self.shifts: dict[str, np.ndarray] = {}
+        #: MatMul/Gemm sites that go dynamic int8 whenever they are int8 (wide layers:
+        #: :func:`.static._wide_linear`)
+        self.always_dynamic: set[str] = set()
         #: weights rounded to nearest by the first build that quantized them, reused by the
         #: next builds (:class:`.qdq.Inserter`); not kept for models above
         #: :data:`ROUNDED_MAX_BYTES`, whose int8 copy would add a quarter of their weights
@@ -67,6 +70,7 @@ class Builder:
         """The model with ``enabled`` sites in static int8 and ``dynamic`` MatMuls in dynamic
         int8 (a site in both is dynamic). Sites in If/Loop/Scan bodies (keys
         ``<scope>::<node>``) are planned and quantized in their body (static only)."""
+        dynamic = set(dynamic) | (self.always_dynamic & set(enabled))
         g = to_graph(self.base)
         scopes = scope_graphs(g)
         by_scope = scoped(set(enabled) - set(dynamic))
@@ -91,7 +95,9 @@ class Builder:
         if dynamic:
             for node in list(g.nodes):
                 if node.name in dynamic and node.op in ("MatMul", "Gemm"):
-                    rewrite_dynamic(g, node, self.per_axis_ok, self.reduce_range)
+                    rewrite_dynamic(
+                        g, node, self.per_axis_ok, self.reduce_range, self.weights.get(node.name)
+                    )
             g.cleanup()
         return to_model(g, like=self.like)
 

@@ -89,9 +89,11 @@ def probe_model(
     return m, expose(m, tensors)
 
 
-def open_session(model: bytes | str | onnx.ModelProto) -> Any:
+def open_session(model: bytes | str | onnx.ModelProto, *, spin: bool = True) -> Any:
     """An onnxruntime session with graph optimizations off (a ModelProto's large weights are
-    shared with it, not copied: :mod:`onnxopt.sessions`)."""
+    shared with it, not copied: :mod:`onnxopt.sessions`). ``spin=False``: its idle threads
+    sleep between runs, for a caller that computes with BLAS between them (spinning, they
+    took the cores BLAS's threads wait for)."""
     import onnxruntime as ort
 
     from onnxopt import sessions
@@ -100,6 +102,8 @@ def open_session(model: bytes | str | onnx.ModelProto) -> Any:
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
+        if not spin:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
 
     if isinstance(model, onnx.ModelProto):

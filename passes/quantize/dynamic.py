@@ -18,7 +18,7 @@ from onnxopt.contract import Pass, PassContext, PassResult, grouped_notes
 from onnxopt.graph import const_value, node_names_unique
 
 from .config import DynamicQuantizeConfig
-from .qdq import quantize_weight, resolve_reduce_range, weight_params
+from .qdq import WeightQ, quantize_weight, resolve_reduce_range, weight_params
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,16 @@ class QuantizeDynamic(Pass):
         return ""
 
 
-def rewrite_dynamic(graph: gs.Graph, node: gs.Node, per_channel: bool, reduce_range: bool) -> None:
+def rewrite_dynamic(
+    graph: gs.Graph,
+    node: gs.Node,
+    per_channel: bool,
+    reduce_range: bool,
+    learned: WeightQ | None = None,
+) -> None:
     """Replace MatMul/Gemm ``node`` (eligible: see ``QuantizeDynamic._eligible``) by the dynamic
-    int8 pattern of the module docstring, in place."""
+    int8 pattern of the module docstring, in place. ``learned``: its weight quantized
+    beforehand (learned rounding, per output column), used instead of rounding to nearest."""
     x, y = node.inputs[0], node.outputs[0]
     w = np.asarray(const_value(node.inputs[1]), np.float32)
     bias = None
@@ -95,6 +102,10 @@ def rewrite_dynamic(graph: gs.Graph, node: gs.Node, per_channel: bool, reduce_ra
     axis = 1 if per_channel else None
     ws = weight_params(w, axis, reduce_range)
     wq = quantize_weight(w, ws, axis, reduce_range)
+    transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
+    if learned is not None and not transposed and learned.q.shape == wq.shape:
+        if np.shape(learned.scale) == np.shape(ws) and learned.axis == axis:
+            wq, ws = learned.q, np.asarray(learned.scale, np.float32)
     p = node.name
     xq = gs.Variable(f"{p}_x_quantized", dtype=np.uint8)
     xs = gs.Variable(f"{p}_x_scale", dtype=np.float32)

@@ -38,6 +38,7 @@ weights are shared with onnxruntime (mapped, or handed over without a copy:
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,7 +48,7 @@ import onnx
 from onnxopt import weights
 from onnxopt.contract import Pass, PassContext, PassError, PassResult
 from onnxopt.data import Feeds
-from onnxopt.graph import opset_version, to_graph
+from onnxopt.graph import const_value, opset_version, to_graph
 from onnxopt.scopes import site_key
 
 from . import latency as lat
@@ -92,6 +93,15 @@ ROUGH_RUNS = 2
 #: model anyway, and takes this timing instead (MiniLM: 35 %); MobileNetV2 (55 %), whose
 #: all-int8 model meets its budget at once, is timed only by the manager's race after it
 SURE_GAIN = 0.4
+#: when the latency profile's placement, timed whole, is not faster than float, the layers
+#: whose int8 saves this fraction of the float model's profiled time or more each are timed
+#: alone (:func:`_core`): in the slow regime of an AMD EPYC the short kernels around int8
+#: layers (QuantizeLinear, DequantizeLinear, the elementwise ops between) run 4-6x slower and
+#: the placement lost, while the PP-OCRv5 recognizer's CTC head, a MatMul of 120 inputs to
+#: 18,385 classes and 12 % of its time, ran 3x faster in int8 on its own
+CORE_SHARE = 0.02
+#: a linear layer with this many times as many outputs as inputs is "wide" (:func:`_wide_linear`)
+WIDE_RATIO = 16
 #: a latency profile that times the int8 placement this far or more above float's time ends
 #: the pass without timing the model whole; nearer, the whole model is timed in turns with
 #: the float one first (:meth:`_whole_gain`). A profile sums kernel times, each with its own
@@ -174,6 +184,7 @@ class QuantizeInt8(Pass):
             reduce_range=resolve_reduce_range(c.reduce_range),
             per_axis_ok=opset >= 13,
         )
+        build.always_dynamic = _wide_linear(full)
         details = self._details(plan_kw, smooth_info, attention)
         gains: dict[str, float] = {}
         total_us = 0.0
@@ -187,17 +198,38 @@ class QuantizeInt8(Pass):
             why = _no_gain(details.get("latency"), NO_GAIN_ABOVE if timeable else 1.0)
             if not why and _profile_gain(details.get("latency")) < SURE_GAIN and timeable:
                 why, speed = self._whole_gain(build, model, sites, body_sites, ctx, details)
+            if why and timeable:
+                # the placement as a whole does not pay, its largest layers alone may: the
+                # rest's Q/DQ glue is what the slow regime of an AMD EPYC slows most (see
+                # CORE_SHARE); raced the same way, with the same float session
+                for core in _cores(sites, gains, total_us, build.always_dynamic):
+                    why_core, speed_core = self._whole_gain(
+                        build, model, core, body_sites, ctx, details, speed[0] if speed else None
+                    )
+                    if why_core:
+                        continue
+                    ratio = speed_core[1][1] if speed_core else math.nan
+                    notes.append(
+                        f"int8 pays on {len(core)} layer{'s' if len(core) > 1 else ''} alone, "
+                        f"among those that save {CORE_SHARE:.0%} or more of the float model's "
+                        f"time each ({', '.join(core[:5])}): {ratio:.2f}x its time, timed in "
+                        f"turns; only they are quantized ({why})"
+                    )
+                    sites, why, speed = core, "", speed_core
+                    break
             if why and not body_sites:  # no calibration or search for what int8 cannot speed
                 return PassResult(False, 0, [why, *notes, *plan_notes[:20]], details=details)
             full = make_plan(graph, set(sites), **plan_kw)
             tensors = sorted(set(full.tensors()) | body_tensors)
         del graph
+        linear = _linear_inputs(full) - smoothed
         if not reference and not equalized and not smoothed:
-            build.ranges, reference = self._calibrate_keeping(base, tensors, ctx)
+            build.ranges, reference = self._calibrate_keeping(base, tensors, ctx, linear)
         else:
-            build.ranges = self._calibrate(base, tensors, ctx, smoothed)
+            build.ranges = self._calibrate(base, tensors, ctx, smoothed, linear=linear)
         self._weights(build, full, ctx, notes, details)
         stats = self._instrument(build, full, ctx, notes, details)
+        axes = self._weighted(build, full)
         del full
         if ctx.memo is not None and ctx.site_filter is None and _memo_fits(model):
             # a bisection trial reuses this run's smoothing, calibration, bias correction and
@@ -206,6 +238,9 @@ class QuantizeInt8(Pass):
             ctx.memo[self.name] = _First(
                 build, list(sites), list(body_sites), list(notes), plan_notes[:20]
             )
+        searched = ctx.site_filter is None and ctx.budget is not None and c.fallback
+        if c.rounding == "gptq" and not searched:
+            self._feed_back(build, axes, sites, ctx, notes, details)  # no search: every site
         qmodel, kept = build(set(sites) | set(body_sites)), list(sites)
         fallbacks: list[list[str]] = []
         if ctx.site_filter is not None:
@@ -227,6 +262,7 @@ class QuantizeInt8(Pass):
                 body_sites,
                 speed,
                 reference or None,
+                axes=axes,
             )
         kept += body_sites
         details["counts"] = dict(build.inserter.counts) if build.inserter else {}
@@ -285,6 +321,9 @@ class QuantizeInt8(Pass):
                 if c.smoothed_calibrator is not None and smooth_info.get("groups")
                 else None
             ),
+            "linear_calibrator": str(make_calibrator(c.linear_calibrator, c.percentile))
+            if c.linear_calibrator is not None
+            else None,
             "activations": c.activations,
             "per_channel": plan_kw["per_channel"],
             "reduce_range": resolve_reduce_range(c.reduce_range),
@@ -310,7 +349,7 @@ class QuantizeInt8(Pass):
         return {t: seen[out] for t, out in exposed.items() if out in seen}
 
     def _calibrate_keeping(
-        self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext
+        self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext, linear: set[str]
     ) -> tuple[dict[str, tuple[float, float]], list[dict[str, np.ndarray]] | None]:
         """(:meth:`_calibrate`'s ranges, ``base``'s outputs on the runs of
         ``ctx.feeds.subset(fallback_runs)``: None for a run it did not run alone). Those runs
@@ -321,7 +360,7 @@ class QuantizeInt8(Pass):
         runs = ctx.feeds.runs
         big = {i for i in want if sum(v.nbytes for v in runs[i].values()) >= ALONE_MIN_BYTES}
         seen: dict[int, dict[str, np.ndarray]] = {}
-        ranges = self._calibrate(base, tensors, ctx, set(), seen, big)
+        ranges = self._calibrate(base, tensors, ctx, set(), seen, big, linear=linear)
         return ranges, [seen.get(i) for i in want]
 
     def _calibrate(
@@ -332,8 +371,11 @@ class QuantizeInt8(Pass):
         smoothed: set[str],
         outputs: dict[int, dict[str, np.ndarray]] | None = None,
         alone: set[int] | frozenset = frozenset(),
+        *,
+        linear: set[str] | frozenset = frozenset(),
     ) -> dict[str, tuple[float, float]]:
-        """Each tensor's range; the ``smoothed`` MatMul inputs' by ``smoothed_calibrator``.
+        """Each tensor's range; the ``smoothed`` MatMul inputs' by ``smoothed_calibrator``,
+        the other ``linear`` layer inputs' by ``linear_calibrator``.
         ``outputs``: see :func:`.collect.collect_stats` (not filled when the runs are split
         between workers)."""
         c = self.config
@@ -364,13 +406,14 @@ class QuantizeInt8(Pass):
             del probe
         cal = make_calibrator(c.calibrator, c.percentile)
         cal_smoothed = make_calibrator(c.smoothed_calibrator or c.calibrator, c.percentile)
+        cal_linear = make_calibrator(c.linear_calibrator or c.calibrator, c.percentile)
         sym = c.activations == "int8-sym"
         by_tensor = {t: stats[out] for t, out in exposed.items()}
-        return {
-            t: (cal_smoothed if t in smoothed else cal).range(s, symmetric=sym)
-            for t, s in by_tensor.items()
-            if not s.empty
-        }
+
+        def pick(t: str) -> Any:
+            return cal_smoothed if t in smoothed else cal_linear if t in linear else cal
+
+        return {t: pick(t).range(s, symmetric=sym) for t, s in by_tensor.items() if not s.empty}
 
     def _body_plan(
         self, graph: Any, plan_kw: dict[str, Any], ctx: PassContext
@@ -434,6 +477,40 @@ class QuantizeInt8(Pass):
             )
             notes += why[:10] + [f"bias correction (data-free): {len(shifts)} layers"]
             build.shifts = shifts
+
+    def _feed_back(
+        self,
+        build: Builder,
+        axes: dict[str, int | None],
+        sites: list[str],
+        ctx: PassContext,
+        notes: list[str],
+        details: dict,
+    ) -> None:
+        """``rounding="gptq"``: the weights of the static int8 ``sites`` rounded with error
+        feedback (:mod:`.gptq`), after the search, on the layers it keeps int8 only: the
+        search judges rounding to nearest, whose output error the feedback lowers, and it
+        costs a pass over the data with those layers' inputs exposed (all 63 layers of the
+        PP-OCRv5 recognizer: 17 s; the one it keeps, its CTC head: one pass). Their bias
+        corrections, measured for rounding to nearest, are dropped."""
+        c = self.config
+        names = {s: axes[s] for s in sites if s in axes and s not in build.weights}
+        if not names:
+            return
+        learned, why, details["gptq"] = learn_rounding(
+            build.base,
+            names,
+            ctx.feeds.runs,
+            iterations=c.adaround_iterations,
+            seed=c.seed,
+            reduce_range=build.reduce_range,
+            method="gptq",
+            progress=ctx.progress,
+        )
+        build.weights.update(learned)
+        for s in learned:
+            build.shifts.pop(s, None)
+        notes += why[:20]
 
     def _instrument(
         self, build: Builder, plan: Plan, ctx: PassContext, notes: list[str], details: dict
@@ -634,6 +711,7 @@ class QuantizeInt8(Pass):
         body_sites: list[str],
         ctx: PassContext,
         details: dict,
+        probe: mixed.SpeedProbe | None = None,
     ) -> tuple[str, tuple[mixed.SpeedProbe, tuple[float, float]] | None]:
         """Why int8 does not pay ("" when it does): the model with the sites the profile
         kept in int8, timed in turns with the float one (:class:`.mixed.SpeedProbe`), is not
@@ -642,8 +720,10 @@ class QuantizeInt8(Pass):
         session through the search): the profile sums layer times, and on the PP-OCRv5
         detector it read 2-6 % faster where the manager's race read 1.00x, after a
         calibration and a search that cost 20-40 s. Returns (why, (the probe, its timing)), both kept for the search; a
-        model that cannot be timed gives ("", None): timing only saves work here."""
-        probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
+        model that cannot be timed gives ("", None): timing only saves work here. ``probe``:
+        one already timing the float model (its session reused)."""
+        if probe is None:
+            probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         candidate = build(set(sites) | set(body_sites))
         try:
             ms, ratio = probe(candidate)
@@ -653,10 +733,9 @@ class QuantizeInt8(Pass):
         except Exception as e:  # noqa: BLE001 - the search and the manager's race time it too
             logger.info("the int8 placement was not timed whole: %s", e)
             return "", None
-        details.setdefault("latency", {})["whole_model"] = {
-            "int8_ms": round(ms, 4),
-            "ratio": round(ratio, 4),
-        }
+        timing = details.setdefault("latency", {})
+        key = "whole_model" if "whole_model" not in timing else "core_model"
+        timing[key] = {"int8_ms": round(ms, 4), "ratio": round(ratio, 4), "layers": len(sites)}
         if ratio < 1.0 - mixed.SPEED_MARGIN:
             return "", (probe, (ms, ratio))
         why = (
@@ -687,6 +766,7 @@ class QuantizeInt8(Pass):
         body_sites: list[str],
         speed: tuple[mixed.SpeedProbe, tuple[float, float]] | None = None,
         reference: list[dict[str, np.ndarray]] | None = None,
+        axes: dict[str, int | None] | None = None,
     ) -> tuple[onnx.ModelProto, list[str], list[list[str]]]:
         """Mixed precision over the main graph's sites until ``ctx.budget`` holds
         (:mod:`.mixed`; ``body_sites`` stay int8; ``speed``: :meth:`_whole_gain`'s probe and
@@ -765,6 +845,8 @@ class QuantizeInt8(Pass):
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
         chosen = step_label(res.floats, res.dynamic) if res.met else None
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
+        if c.rounding == "gptq" and axes is not None:
+            self._feed_back(build, axes, kept, ctx, notes, details)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         fallbacks = [[s for s in sites if s not in set(f)] + body_sites for f, _ in res.fallbacks]
         if ctx.memo and self.name in ctx.memo:  # re-runs keep these MatMuls dynamic
@@ -843,6 +925,57 @@ def _bound_us(
     whole = timing.get("float_us", 0.0) - timing.get("int8_us", 0.0)
     credited = sum(max(gains.get(s, 0.0), 0.0) for s in sites)
     return total_us if credited >= whole else 0.0
+
+
+def _linear_inputs(plan: Plan) -> set[str]:
+    """The activation inputs of the plan's MatMul and Gemm sites with a constant weight."""
+    return {
+        site.node.inputs[i].name
+        for site in plan.sites.values()
+        if site.node.op in ("MatMul", "Gemm") and site.weight is not None
+        for i in site.acts
+    }
+
+
+def _cores(
+    sites: list[str], gains: dict[str, float], total_us: float, wide: set[str]
+) -> list[list[str]]:
+    """The subsets of the placement ``sites`` timed alone when it does not pay as a whole:
+    the sites whose int8 saves :data:`CORE_SHARE` or more of the float model's profiled time
+    (``total_us``) each, then the wide linear layers among them (``wide``, which int8 speeds
+    with no int8 neighbour: :func:`_wide_linear`), in ``sites``' order; none without a
+    trusted profile. A subset is timed only when it is at most half the placement: one that
+    differs from it by a few layers would only repeat its timing."""
+    if total_us <= 0 or not lat.profile_trusted(total_us):
+        return []
+    core = [s for s in sites if gains.get(s, 0.0) >= CORE_SHARE * total_us]
+    out = [core, [s for s in core if s in wide]]
+    out = [c for i, c in enumerate(out) if c and c not in out[:i]]
+    return [c for c in out if 2 * len(c) <= len(sites)]
+
+
+def _wide_linear(plan: Plan) -> set[str]:
+    """The plan's MatMul and Gemm sites with a constant weight of at least :data:`WIDE_RATIO`
+    times as many outputs as inputs: they go dynamic int8 whenever they are int8. Their
+    input's quantization, at run time, costs 1/N of their product, and nothing downstream
+    reads their output in int8, so a static range buys them next to no speed; and a static
+    range clips inputs the calibration never saw (PP-OCRv5's CTC head, 120 inputs to 18,385
+    classes: calibrated to 15.1 on the learning half, up to 17.3 on the rest, it read 2 of 60
+    held-out pages differently from fp32; dynamic, none, in 0.91x float's time)."""
+    from .dynamic import QuantizeDynamic
+
+    out = set()
+    for name, site in plan.sites.items():
+        node = site.node
+        if node.op not in ("MatMul", "Gemm") or site.weight is None:
+            continue
+        w = const_value(node.inputs[site.weight])
+        if w is None or w.ndim != 2 or QuantizeDynamic._eligible(node):
+            continue
+        k, n = w.shape[::-1] if node.op == "Gemm" and node.attrs.get("transB", 0) else w.shape
+        if n >= WIDE_RATIO * k:
+            out.add(name)
+    return out
 
 
 def _estimate(int8_t: Any, gains: dict[str, float], slower: list[str]) -> float:

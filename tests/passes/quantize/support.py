@@ -110,9 +110,9 @@ def spy_search_references(monkeypatch) -> list:
     got: list = []
     real = static.QuantizeInt8._mixed
 
-    def spy(self, *a):
+    def spy(self, *a, **k):
         got.append(a[-1])
-        return real(self, *a)
+        return real(self, *a, **k)
 
     monkeypatch.setattr(static.QuantizeInt8, "_mixed", spy)
     return got

@@ -515,3 +515,45 @@ def test_whole_model_timing_overrules_a_profile_that_finds_a_small_gain(monkeypa
     assert res.changed and "a" not in res.sites and given == [0.6]
     assert len(calibrated) == 1 and "x" not in calibrated[0]  # a's input: a stayed float
     assert res.details["latency"]["whole_model"]["ratio"] == 0.6
+
+
+def test_when_the_placement_does_not_pay_its_largest_layers_are_timed_alone(monkeypatch) -> None:
+    """The placement of four Convs and an Add, timed whole, runs 1.19x float's time (their
+    Q/DQ glue in a slow regime); "a", which the profile credits with 30 % of float's time,
+    runs 0.8x alone: only "a" is calibrated and quantized. Alone at 1.05x too, the model stays
+    float, untouched."""
+    m, _ = _chain()
+
+    def measure_all(models, feed, att, **kw):
+        fl = {"a": 4000.0, "b": 1500.0, "s": 100.0, "c": 1500.0, "d": 1500.0}
+        q = {"a": 1000.0, "b": 1400.0, "s": 100.0, "c": 1400.0, "d": 1400.0}
+        return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 6_800.0, 6)]
+
+    def whole_at(alone: float) -> list[int]:
+        """Each timing's count of int8 Convs; the placement reads 1.19x, "a" alone ``alone``."""
+        seen: list[int] = []
+
+        def probe(self, model):
+            n = sum(1 for node in model.graph.node if node.op_type == "QuantizeLinear")
+            seen.append(n)
+            ratio = alone if n <= 2 else 1.19
+            return ratio, ratio
+
+        monkeypatch.setattr(mixed.SpeedProbe, "__call__", probe)
+        return seen
+
+    calibrated = _calibrations(monkeypatch)
+    monkeypatch.setattr(latency, "measure_all", measure_all)
+    feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
+    seen = whole_at(0.8)
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert res.changed and res.sites == ["a"]
+    assert len(seen) == 3 and seen[-1] <= 2  # the placement twice (a "no"), then "a" alone
+    assert len(calibrated) == 1
+    assert any(n.startswith("int8 pays on 1 layer alone") for n in res.notes)
+    assert res.details["latency"]["core_model"]["layers"] == 1
+    calibrated.clear()
+    seen = whole_at(1.05)
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert not res.changed and not calibrated
+    assert "1.19x the float model's time" in res.notes[0]

@@ -126,7 +126,9 @@ def test_a_trial_after_the_first_run_reuses_its_calibration(monkeypatch) -> None
     q.run_model(m, PassContext(**kw, memo=memo))
     calls: list[int] = []
     real = QuantizeInt8._calibrate
-    monkeypatch.setattr(QuantizeInt8, "_calibrate", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(
+        QuantizeInt8, "_calibrate", lambda *a, **k: calls.append(1) or real(*a, **k)
+    )
     res = q.run_model(m, PassContext(**kw, memo=memo, site_filter={"mm0", "mm1"}))
     assert not calls and sorted(res.sites) == ["mm0", "mm1"]
     assert any(n.startswith("bisection trial: the first run's calibration") for n in res.notes)

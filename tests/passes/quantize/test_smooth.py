@@ -193,7 +193,9 @@ def test_smoothing_statistics_read_runs_spread_over_the_data(monkeypatch) -> Non
 def test_a_smoothed_input_is_calibrated_to_its_full_range_and_the_others_are_clipped() -> None:
     """The smoothing strength is chosen for the input's min/max (SmoothQuant's scale): that
     input gets its full range (``smoothed_calibrator="minmax"``), while a tensor smoothing
-    did not scale keeps the percentile; ``smoothed_calibrator=None`` clips both."""
+    did not scale keeps the percentile (``linear_calibrator=None``; by default a linear
+    layer's input, the Gemm's here, gets its full range too); ``smoothed_calibrator=None``
+    clips both."""
     text = """
     <ir_version: 8, opset_import: ["": 17]>
     g (float[1,256,16] x) => (float[256,4] y) {
@@ -233,7 +235,7 @@ def test_a_smoothed_input_is_calibrated_to_its_full_range_and_the_others_are_cli
         }
         return got, init[mul.input[1]]
 
-    full, inv = scales()
+    full, inv = scales(linear_calibrator=None)
     smoothed = next(k for k in full if k != "f")
     xs = np.concatenate([r["x"] for r in runs]) * inv  # the smoothed input, every value
     lo, hi = min(float(xs.min()), 0.0), max(float(xs.max()), 0.0)
@@ -241,9 +243,13 @@ def test_a_smoothed_input_is_calibrated_to_its_full_range_and_the_others_are_cli
     w1 = numpy_helper.to_array(next(t for t in m.graph.initializer if t.name == "W1"))
     f = np.concatenate([r["x"] for r in runs]) @ w1  # the Gemm's input, not smoothed
     assert full["f"] < 0.95 * (float(f.max()) - float(f.min())) / 255  # clipped
-    clipped, _ = scales(smoothed_calibrator=None)
+    clipped, _ = scales(smoothed_calibrator=None, linear_calibrator=None)
     assert clipped[smoothed] < 0.9 * full[smoothed], (clipped, full)
     assert clipped["f"] == pytest.approx(full["f"])  # the percentile both times
+    linear, _ = scales()  # the defaults: the Gemm's input at its full range
+    lo, hi = min(float(f.min()), 0.0), max(float(f.max()), 0.0)
+    np.testing.assert_allclose(linear["f"], (hi - lo) / 255, rtol=1e-3)
+    assert linear[smoothed] == pytest.approx(full[smoothed])
 
 
 def test_smoothing_error_reads_the_float_products_it_is_given() -> None:

@@ -1,0 +1,144 @@
+"""Rounding with error feedback (GPTQ): lower output error than rounding to nearest, the same
+result every time, groups batched as they would go one by one; the pass applies it after its
+search to the layers it keeps int8; AdaRound falls back to it where its cost cap bites."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from onnxopt.contract import PassContext
+from onnxopt.data import Feeds
+from onnxopt.passes.quantize import QuantizeInt8
+from onnxopt.passes.quantize.adaround import learn_rounding
+from onnxopt.passes.quantize.config import QuantizeConfig
+from onnxopt.passes.quantize.gptq import gptq
+from onnxopt.passes.quantize.qdq import quantize_weight, weight_params
+from tests.helpers import parse
+from tests.passes.quantize.support import initializers
+
+RNG = np.random.default_rng(5)
+
+LAYER = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[32,24] x) => (float[32,8] y) {
+    y = MatMul (x, W)
+}
+"""
+
+
+def _inputs(n: int = 24) -> list[np.ndarray]:
+    """Correlated inputs (4 directions, a little noise, a mean): rounding each weight on its own
+    is far from the best rounding of the layer."""
+    mix = RNG.standard_normal((4, 24))
+    return [
+        (RNG.standard_normal((32, 4)) @ mix + 0.05 * RNG.standard_normal((32, 24)) + 0.5).astype(
+            np.float32
+        )
+        for _ in range(n)
+    ]
+
+
+def _mse(x: np.ndarray, w: np.ndarray, q: np.ndarray, scale: np.ndarray) -> float:
+    return float(np.mean((x @ (q * scale) - x @ w) ** 2))
+
+
+def test_lower_output_error_than_nearest_and_deterministic() -> None:
+    w = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    x = np.concatenate(_inputs()).astype(np.float64)
+    scale = weight_params(w, 1)
+    gram = (x.T @ x / len(x))[None]
+    q = gptq(w.T[None], scale[None], gram, qmax=127)[0].T
+    near = quantize_weight(w, scale, 1)
+    assert q.shape == w.shape and np.abs(q).max() <= 127
+    assert _mse(x, w, q, scale) < 0.5 * _mse(x, w, near, scale)
+    np.testing.assert_array_equal(gptq(w.T[None], scale[None], gram, qmax=127)[0].T, q)
+
+
+def test_groups_go_together_as_they_would_one_by_one() -> None:
+    """A depthwise layer's groups are batched: the same integers as one group at a time; an
+    input never seen (a zero row and column of its Gram matrix) rounds to nearest."""
+    w = RNG.standard_normal((6, 2, 9))
+    scale = np.abs(w).max(axis=2) / 127
+    rows = RNG.standard_normal((6, 50, 9))
+    rows[2, :, 4] = 0.0  # group 2 never sees input 4
+    gram = np.einsum("gmk,gml->gkl", rows, rows) / 50
+    together = gptq(w, scale, gram, qmax=127)
+    one_by_one = np.concatenate(
+        [gptq(w[j : j + 1], scale[j : j + 1], gram[j : j + 1], qmax=127) for j in range(6)]
+    )
+    np.testing.assert_array_equal(together, one_by_one)
+    assert np.isfinite(together).all()
+
+
+def test_the_pass_rounds_the_layers_it_keeps_with_error_feedback() -> None:
+    w = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    m = parse(LAYER, {"W": w})
+    m.graph.node[0].name = "n0"
+    feeds = Feeds([{"x": x} for x in _inputs(16)])
+    config = QuantizeConfig(rounding="gptq", fallback=False)
+    res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds, allow_slower=True))
+    fed_back, _, cost = learn_rounding(
+        m,
+        {"n0": 1},
+        feeds.runs,
+        iterations=1,
+        seed=0,
+        reduce_range=res.details["reduce_range"],
+        method="gptq",
+    )
+    assert cost["error_feedback"] == 1 and res.details["gptq"]["layers"] == 1
+    q = next(
+        v for k, v in initializers(res.model).items() if v.dtype == np.int8 and v.shape == w.shape
+    )
+    np.testing.assert_array_equal(q, fed_back["n0"].q)
+    assert not np.array_equal(q, quantize_weight(w, fed_back["n0"].scale, 1))
+
+
+def test_adaround_feeds_errors_back_where_its_cost_cap_leaves_too_few_steps() -> None:
+    w = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    m = parse(LAYER, {"W": w})
+    m.graph.node[0].name = "n0"
+    runs = [{"x": x} for x in _inputs(8)]
+    kw = dict(iterations=500, seed=0, reduce_range=False)
+    capped, notes, cost = learn_rounding(m, {"n0": 1}, runs, max_gflop=1e-6, **kw)
+    assert cost == {"layers": 1, "steps": 0, "error_feedback": 1, "seconds": cost["seconds"]}
+    assert any("error feedback instead of adaround" in n for n in notes)
+    direct, _, _ = learn_rounding(m, {"n0": 1}, runs, method="gptq", **kw)
+    np.testing.assert_array_equal(capped["n0"].q, direct["n0"].q)
+
+
+WIDE = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[16,8] x) => (float[16,256] y) {
+    h = MatMul (x, W1)
+    y = MatMul (h, W2)
+}
+"""
+
+
+def test_a_wide_linear_layer_goes_dynamic_with_its_fed_back_weights() -> None:
+    """8 inputs to 256 outputs (32x): dynamic int8, its input's range read at run time; the
+    8-to-8 layer before it stays static. With ``rounding="gptq"`` the dynamic layer's weights
+    are the error-feedback ones too."""
+    w1 = (RNG.standard_normal((8, 8)) * 0.3).astype(np.float32)
+    w2 = (RNG.standard_normal((8, 256)) * 0.3).astype(np.float32)
+    m = parse(WIDE, {"W1": w1, "W2": w2})
+    for n, name in zip(m.graph.node, ("narrow", "wide"), strict=True):
+        n.name = name
+    feeds = Feeds([{"x": RNG.standard_normal((16, 8)).astype(np.float32)} for _ in range(12)])
+    ctx = PassContext(feeds=feeds, allow_slower=True)
+    res = QuantizeInt8(QuantizeConfig(fallback=False, rounding="gptq")).run_model(m, ctx)
+    ops = [n.op_type for n in res.model.graph.node]
+    assert sorted(res.sites) == ["narrow", "wide"]
+    assert ops.count("DynamicQuantizeLinear") == 1 and ops.count("MatMulInteger") == 1
+    integer = next(n for n in res.model.graph.node if n.op_type == "MatMulInteger")
+    assert integer.name.startswith("wide")
+    narrow = next(n for n in res.model.graph.node if n.name == "narrow")
+    producer = {o: n.op_type for n in res.model.graph.node for o in n.output}
+    assert [producer.get(i) for i in narrow.input] == ["DequantizeLinear"] * 2  # static QDQ
+    q = next(v for k, v in initializers(res.model).items() if v.shape == w2.shape)
+    assert q.dtype == np.int8
+    h = np.concatenate([r["x"] for r in feeds.runs]) @ w1
+    scale = weight_params(w2, 1)
+    near = quantize_weight(w2, scale, 1)
+    assert _mse(h.astype(np.float64), w2, q, scale) < _mse(h.astype(np.float64), w2, near, scale)
