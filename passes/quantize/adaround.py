@@ -39,6 +39,8 @@ from .qdq import WeightQ, weight_params
 logger = logging.getLogger(__name__)
 
 ZETA, GAMMA = 1.1, -0.1
+#: input rows a layer's Gram matrix waits for before they are added to it (:func:`gram_matrices`)
+FLUSH_ROWS = 512
 
 
 @dataclass(frozen=True)
@@ -138,11 +140,14 @@ def gram_matrices(
     max_rows: int,
     seed: int,
     progress: Callable[[str, int, int], None] | None = None,
+    means: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    """``H = E[x xᵀ]`` per layer ([groups, K, K]) over up to ``max_rows`` rows per layer."""
+    """``H = E[x xᵀ]`` per layer ([groups, K, K]) over up to ``max_rows`` rows per layer;
+    ``means``, when given, gets each layer's mean row ``E[x]`` ([groups, K]) too."""
     rng = np.random.default_rng(seed)
     per_run = max(1, math.ceil(max_rows / max(1, len(runs))))
     acc = {ly.name: np.zeros((ly.groups, ly.k, ly.k)) for ly in layers}
+    sums = {ly.name: np.zeros((ly.groups, ly.k)) for ly in layers}
     count = dict.fromkeys(acc, 0)
     tensors = sorted({ly.input for ly in layers})
     # a session over the model as it is (mapped weights shared, never saved to a file)
@@ -150,23 +155,42 @@ def gram_matrices(
     outputs = [exposed[t] for t in tensors]
     sess = open_session(probe, spin=False)
     del probe
+    pending: dict[str, list[np.ndarray]] = {ly.name: [] for ly in layers}
+
+    def flush(ly: Layer) -> None:
+        """Add the rows held for ``ly`` to its sums. Rows wait for FLUSH_ROWS of them: each
+        addition reads and writes the whole K x K sum (all-MiniLM-L6-v2's six 1536-input
+        layers: 19 MB a run, 10 s over its 128 runs, one product a run)."""
+        if not pending[ly.name]:
+            return
+        r = np.concatenate(pending[ly.name])
+        pending[ly.name].clear()
+        # one group: a BLAS product (einsum's own loop took 13.5 s of the PP-OCRv5
+        # recognizer's 63 layers, a 2880-input Conv among them); many (depthwise, K of
+        # 9-25): einsum, where a BLAS call per group costs more than its product
+        if ly.groups == 1:
+            acc[ly.name][0] += r[:, 0].T @ r[:, 0]
+        else:
+            acc[ly.name] += np.einsum("mgk,mgl->gkl", r, r)
+        sums[ly.name] += r.sum(axis=0)
+
     for i, feed in enumerate(runs):
         got = dict(zip(tensors, sess.run(outputs, feed), strict=True))
         for ly in layers:
             if count[ly.name] >= max_rows:
                 continue
             r = _rows(ly, np.asarray(got[ly.input], np.float32), per_run, rng)
-            # one group: a BLAS product (einsum's own loop took 13.5 s of the PP-OCRv5
-            # recognizer's 63 layers, a 2880-input Conv among them); many (depthwise, K of
-            # 9-25): einsum, where a BLAS call per group costs more than its product
-            if ly.groups == 1:
-                acc[ly.name][0] += r[:, 0].T @ r[:, 0]
-            else:
-                acc[ly.name] += np.einsum("mgk,mgl->gkl", r, r)
+            pending[ly.name].append(r)
             count[ly.name] += len(r)
+            if sum(len(p) for p in pending[ly.name]) >= FLUSH_ROWS:
+                flush(ly)
         if progress is not None:
             progress("adaround: input statistics", i + 1, len(runs))
+    for ly in layers:
+        flush(ly)
     del sess
+    if means is not None:
+        means.update({k: v / max(1, count[k]) for k, v in sums.items()})
     return {k: v / max(1, count[k]) for k, v in acc.items()}
 
 
@@ -238,12 +262,14 @@ def learn_rounding(
     max_gflop: float = 20.0,
     method: str = "adaround",
     progress: Callable[[str, int, int], None] | None = None,
+    means: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, WeightQ], list[str], dict]:
     """Learned rounding of every layer named in ``names`` (node name -> per-channel weight
     axis): AdaRound (``method="adaround"``), where a layer's cost cap leaves it fewer than 20
     steps error feedback instead (:mod:`.gptq`), or error feedback for all (``"gptq"``).
 
-    Returns (weights by node name, notes, cost details)."""
+    Returns (weights by node name, notes, cost details); ``means``, when given, gets each
+    layer's mean input row (:func:`gram_matrices`)."""
     from .gptq import gptq
 
     t0 = time.perf_counter()
@@ -252,7 +278,9 @@ def learn_rounding(
     out: dict[str, WeightQ] = {}
     steps_total, done, fed_back = 0, 0, 0
     for chunk in _chunks(layers, memory_mb):
-        grams = gram_matrices(model, chunk, runs, max_rows=max_rows, seed=seed, progress=progress)
+        grams = gram_matrices(
+            model, chunk, runs, max_rows=max_rows, seed=seed, progress=progress, means=means
+        )
         for ly in chunk:
             wg = ly.grouped()
             g, r, k = wg.shape

@@ -25,6 +25,8 @@ import numpy as np
 
 #: H's diagonal is raised by this fraction of its mean (a singular H, dead inputs)
 DAMP = 0.01
+#: columns rounded between two products that update the rest (the "lazy batch" of GPTQ)
+BLOCK = 128
 
 
 def gptq(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, *, qmax: int) -> np.ndarray:
@@ -52,12 +54,21 @@ def gptq(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, *, qmax: int) -> np
         )
     work = np.take_along_axis(w.astype(np.float64), order[:, None, :], 2)
     q = np.empty_like(work)
-    for i in range(k):
-        col = np.clip(np.round(work[:, :, i] / safe), -qmax, qmax)
-        q[:, :, i] = col
-        if i + 1 < k:
+    # the columns go in blocks of BLOCK: inside a block each column's error updates the
+    # block's later columns, and the block's errors update the columns after it in one
+    # product (all-MiniLM-L6-v2's 36 layers: 16.6 s column by column)
+    for b0 in range(0, k, BLOCK):
+        b1 = min(b0 + BLOCK, k)
+        errs = np.empty((g, r, b1 - b0))
+        for i in range(b0, b1):
+            col = np.clip(np.round(work[:, :, i] / safe), -qmax, qmax)
+            q[:, :, i] = col
             err = (work[:, :, i] - col * safe) / u[:, i, i][:, None]  # [G, R]
-            work[:, :, i + 1 :] -= err[:, :, None] * u[:, None, i, i + 1 :]
+            errs[:, :, i - b0] = err
+            if i + 1 < b1:
+                work[:, :, i + 1 : b1] -= err[:, :, None] * u[:, None, i, i + 1 : b1]
+        if b1 < k:
+            work[:, :, b1:] -= np.matmul(errs, u[:, b0:b1, b1:])
     out = np.empty_like(q)
     np.put_along_axis(out, np.broadcast_to(order[:, None, :], q.shape), q, 2)
     return out

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ from onnxopt.scopes import site_key
 
 from . import latency as lat
 from . import mixed
-from .adaround import learn_rounding
+from .adaround import layers_of, learn_rounding
 from .bias_correction import data_free_shifts
 from .bodies import scope_graphs
 from .build import Builder, dynamic_batch, group_params
@@ -64,7 +64,7 @@ from .fallback import Judge
 from .mixed import step_label
 from .placement import CANDIDATES, Plan, make_plan
 from .prepare import equalize_layers, prepare, smooth
-from .qdq import resolve_reduce_range
+from .qdq import WeightQ, quantize_weight, resolve_reduce_range
 from .sensitivity import Instrument, SiteStats
 from .sensitivity import measure as measure_sensitivity
 from .transformer import has_attention
@@ -492,11 +492,14 @@ class QuantizeInt8(Pass):
         search judges rounding to nearest, whose output error the feedback lowers, and it
         costs a pass over the data with those layers' inputs exposed (all 63 layers of the
         PP-OCRv5 recognizer: 17 s; the one it keeps, its CTC head: one pass). Their bias
-        corrections, measured for rounding to nearest, are dropped."""
+        corrections, measured for rounding to nearest, move by the mean output change of the
+        new weights, ``E[x]·(W_feedback − W_nearest)`` (dropped, the recognizer's all-int8
+        model read 83 % of the held-out crops against 88 % rounded to nearest)."""
         c = self.config
         names = {s: axes[s] for s in sites if s in axes and s not in build.weights}
         if not names:
             return
+        means: dict[str, np.ndarray] = {}
         learned, why, details["gptq"] = learn_rounding(
             build.base,
             names,
@@ -506,10 +509,15 @@ class QuantizeInt8(Pass):
             reduce_range=build.reduce_range,
             method="gptq",
             progress=ctx.progress,
+            means=means,
         )
         build.weights.update(learned)
-        for s in learned:
-            build.shifts.pop(s, None)
+        layers = {ly.name: ly for ly in layers_of(build.base, names)[0]}
+        for s, wq in learned.items():
+            if s in build.shifts and s in means and s in layers:
+                build.shifts[s] = build.shifts[s] + _mean_change(
+                    layers[s], wq, means[s], build.reduce_range
+                )
         notes += why[:20]
 
     def _instrument(
@@ -925,6 +933,19 @@ def _bound_us(
     whole = timing.get("float_us", 0.0) - timing.get("int8_us", 0.0)
     credited = sum(max(gains.get(s, 0.0), 0.0) for s in sites)
     return total_us if credited >= whole else 0.0
+
+
+def _mean_change(layer: Any, learned: WeightQ, mean: np.ndarray, reduce_range: bool) -> np.ndarray:
+    """Per output channel, the mean output change of ``layer`` with its ``learned`` weights
+    in place of the same weights rounded to nearest: ``E[x]·ΔW`` (``mean``: the layer's mean
+    input row per group, [G, K])."""
+    near = quantize_weight(layer.weight, learned.scale, learned.axis, reduce_range)
+    shape = [-1 if i == learned.axis else 1 for i in range(layer.weight.ndim)]
+    scale = np.asarray(learned.scale, np.float64)
+    scale = scale.reshape(shape) if learned.axis is not None else scale
+    delta = (learned.q.astype(np.float64) - near.astype(np.float64)) * scale
+    rows = replace(layer, weight=delta).grouped()  # [G, R, K]
+    return np.einsum("grk,gk->gr", rows, mean).reshape(-1)
 
 
 def _linear_inputs(plan: Plan) -> set[str]:
