@@ -160,6 +160,7 @@ def test_a_bias_correction_moves_by_the_mean_output_change_of_the_new_weights() 
     q = gptq(w.T[None], scale[None], (x.T @ x / len(x))[None], qmax=127)[0].T.astype(np.int8)
     (layer,), _ = layers_of(m, {"n0": 1})
     near = quantize_weight(w, scale, 1)
-    shift_near = (x @ (near * scale) - x @ w).mean(axis=0)  # what the instrument measures
+    s64, w64 = scale.astype(np.float64), w.astype(np.float64)
+    shift_near = (x @ (near * s64) - x @ w64).mean(axis=0)  # what the instrument measures
     moved = shift_near + _mean_change(layer, WeightQ(q, scale, 1), x.mean(axis=0)[None], False)
-    np.testing.assert_allclose(moved, (x @ (q * scale) - x @ w).mean(axis=0), atol=1e-9)
+    np.testing.assert_allclose(moved, (x @ (q * s64) - x @ w64).mean(axis=0), atol=1e-12)
