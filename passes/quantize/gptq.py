@@ -11,6 +11,13 @@ than each weight's own. With ``U`` the upper Cholesky factor of ``H⁻¹``:
 The columns go in order of decreasing ``H_ii`` (the inputs with the most energy first, whose
 errors the rest can still absorb), and ``H`` is damped by 1 % of its mean diagonal.
 
+The 4-bit weights' GPTQ (:mod:`onnxopt.passes.precision.gptq`) is the same sweep for
+MatMulNBits' blocks, whose scales it picks from the updated weights block by block; here the
+int8 per-channel scales are fixed first, and the groups of a grouped Conv go together. Its
+check, that feedback fitted on half the runs beats rounding to nearest on the other half, was
+tried here and left out: all-MiniLM-L6-v2 read cosine 0.9930 with it against 0.9938, the
+PP-OCRv5 recognizer 84.8 % of its held-out crops against 86.4 %, in 1.7x the time.
+
 Why it sits beside AdaRound (:mod:`.adaround`): AdaRound's steps cost ``rows × K²`` each, so
 a wide layer gets few or none within its cost cap (PP-OCRv5's CTC head, 120 inputs × 18,385
 classes: one step is 1.1 GFLOP, and the layer was skipped), while error feedback costs one
