@@ -338,3 +338,21 @@ def test_ptq_flags_reach_the_pass_and_bad_ones_are_one_line(tmp_path, capsys) ->
         "error: --rounding, --equalize, --bias-correction and --latency-aware apply to "
         "--mode static"
     )
+
+
+def test_rounding_with_error_feedback_from_the_cli(tmp_path, capsys) -> None:
+    """``--rounding gptq`` reaches the pass (its note says how many layers it rounded); an
+    unknown rounding is one line and exit 2."""
+    from onnxopt.cli.app import main
+
+    p, data = _tiny(tmp_path)
+    out, report = tmp_path / "q.onnx", tmp_path / "r.json"
+    args = ["quantize", str(p), "-o", str(out), "--data", str(data), "--report", str(report)]
+    assert main([*args, "--rounding", "gptq", "--allow-slower"]) == 0, capsys.readouterr()
+    (q,) = [r for r in json.loads(report.read_text())["passes"] if r["name"] == "quantize-int8"]
+    assert q["details"]["rounding"] == "gptq" and q["details"]["gptq"]["layers"] >= 1
+    assert any(n.startswith("gptq:") for n in q["notes"]), q["notes"]
+    capsys.readouterr()
+    assert main([*args, "--rounding", "sideways"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "sideways" in err[0] and "gptq" in err[0], err
