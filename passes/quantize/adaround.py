@@ -262,14 +262,16 @@ def learn_rounding(
     max_gflop: float = 20.0,
     method: str = "adaround",
     progress: Callable[[str, int, int], None] | None = None,
-    means: dict[str, np.ndarray] | None = None,
+    moved: dict[str, np.ndarray] | None = None,
 ) -> tuple[dict[str, WeightQ], list[str], dict]:
     """Learned rounding of every layer named in ``names`` (node name -> per-channel weight
     axis): AdaRound (``method="adaround"``), where a layer's cost cap leaves it fewer than 20
     steps error feedback instead (:mod:`.gptq`), or error feedback for all (``"gptq"``).
 
-    Returns (weights by node name, notes, cost details); ``means``, when given, gets each
-    layer's mean input row (:func:`gram_matrices`)."""
+    Returns (weights by node name, notes, cost details). ``moved``, when given, gets each
+    layer's mean output change with its learned weights in place of the same weights rounded
+    to nearest, ``E[x]·(W_learned − W_nearest)`` per output channel: what a bias correction
+    measured for rounding to nearest moves by."""
     from .gptq import gptq
 
     t0 = time.perf_counter()
@@ -277,6 +279,7 @@ def learn_rounding(
     qmax = 63 if reduce_range else 127
     out: dict[str, WeightQ] = {}
     steps_total, done, fed_back = 0, 0, 0
+    means: dict[str, np.ndarray] | None = {} if moved is not None else None
     for chunk in _chunks(layers, memory_mb):
         grams = gram_matrices(
             model, chunk, runs, max_rows=max_rows, seed=seed, progress=progress, means=means
@@ -301,6 +304,11 @@ def learn_rounding(
                 q = adaround(wg, srow, grams[ly.name], qmax=qmax, iterations=steps)
                 steps_total += steps
             out[ly.name] = WeightQ(ly.ungroup(q).astype(np.int8), scale, ly.axis)
+            if moved is not None and means is not None:
+                s = srow[..., None].astype(scale.dtype)
+                near = np.clip(np.round(wg / s), -qmax, qmax)
+                delta = (q - near) * s.astype(np.float64)  # [G, R, K]
+                moved[ly.name] = np.einsum("grk,gk->gr", delta, means[ly.name]).reshape(-1)
             done += 1
             if progress is not None:
                 progress(f"{method}: layers", done, len(layers))

@@ -101,11 +101,17 @@ def rewrite_dynamic(
             bias = np.asarray(const_value(node.inputs[2]), np.float32)
     axis = 1 if per_channel else None
     ws = weight_params(w, axis, reduce_range)
-    wq = quantize_weight(w, ws, axis, reduce_range)
     transposed = node.op == "Gemm" and node.attrs.get("transB", 0)
-    if learned is not None and not transposed and learned.q.shape == wq.shape:
-        if np.shape(learned.scale) == np.shape(ws) and learned.axis == axis:
-            wq, ws = learned.q, np.asarray(learned.scale, np.float32)
+    if (
+        learned is not None
+        and not transposed
+        and learned.q.shape == w.shape
+        and np.shape(learned.scale) == np.shape(ws)
+        and learned.axis == axis
+    ):
+        wq, ws = learned.q, np.asarray(learned.scale, np.float32)
+    else:
+        wq = quantize_weight(w, ws, axis, reduce_range)
     p = node.name
     xq = gs.Variable(f"{p}_x_quantized", dtype=np.uint8)
     xs = gs.Variable(f"{p}_x_scale", dtype=np.float32)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,7 @@ from onnxopt.scopes import site_key
 
 from . import latency as lat
 from . import mixed
-from .adaround import layers_of, learn_rounding
+from .adaround import learn_rounding
 from .bias_correction import data_free_shifts
 from .bodies import scope_graphs
 from .build import Builder, dynamic_batch, group_params
@@ -64,7 +64,7 @@ from .fallback import Judge
 from .mixed import step_label
 from .placement import CANDIDATES, Plan, make_plan
 from .prepare import equalize_layers, prepare, smooth
-from .qdq import WeightQ, quantize_weight, resolve_reduce_range
+from .qdq import resolve_reduce_range
 from .sensitivity import Instrument, SiteStats
 from .sensitivity import measure as measure_sensitivity
 from .transformer import has_attention
@@ -95,7 +95,7 @@ ROUGH_RUNS = 2
 SURE_GAIN = 0.4
 #: when the latency profile's placement, timed whole, is not faster than float, the layers
 #: whose int8 saves this fraction of the float model's profiled time or more each are timed
-#: alone (:func:`_core`): in the slow regime of an AMD EPYC the short kernels around int8
+#: alone (:func:`_cores`): in the slow regime of an AMD EPYC the short kernels around int8
 #: layers (QuantizeLinear, DequantizeLinear, the elementwise ops between) run 4-6x slower and
 #: the placement lost, while the PP-OCRv5 recognizer's CTC head, a MatMul of 120 inputs to
 #: 18,385 classes and 12 % of its time, ran 3x faster in int8 on its own
@@ -499,7 +499,7 @@ class QuantizeInt8(Pass):
         names = {s: axes[s] for s in sites if s in axes and s not in build.weights}
         if not names:
             return
-        means: dict[str, np.ndarray] = {}
+        moved: dict[str, np.ndarray] = {}
         learned, why, details["gptq"] = learn_rounding(
             build.base,
             names,
@@ -509,15 +509,12 @@ class QuantizeInt8(Pass):
             reduce_range=build.reduce_range,
             method="gptq",
             progress=ctx.progress,
-            means=means,
+            moved=moved,
         )
         build.weights.update(learned)
-        layers = {ly.name: ly for ly in layers_of(build.base, names)[0]}
-        for s, wq in learned.items():
-            if s in build.shifts and s in means and s in layers:
-                build.shifts[s] = build.shifts[s] + _mean_change(
-                    layers[s], wq, means[s], build.reduce_range
-                )
+        for s, change in moved.items():
+            if s in build.shifts:
+                build.shifts[s] = build.shifts[s] + change
         notes += why[:20]
 
     def _instrument(
@@ -933,19 +930,6 @@ def _bound_us(
     whole = timing.get("float_us", 0.0) - timing.get("int8_us", 0.0)
     credited = sum(max(gains.get(s, 0.0), 0.0) for s in sites)
     return total_us if credited >= whole else 0.0
-
-
-def _mean_change(layer: Any, learned: WeightQ, mean: np.ndarray, reduce_range: bool) -> np.ndarray:
-    """Per output channel, the mean output change of ``layer`` with its ``learned`` weights
-    in place of the same weights rounded to nearest: ``E[x]·ΔW`` (``mean``: the layer's mean
-    input row per group, [G, K])."""
-    near = quantize_weight(layer.weight, learned.scale, learned.axis, reduce_range)
-    shape = [-1 if i == learned.axis else 1 for i in range(layer.weight.ndim)]
-    scale = np.asarray(learned.scale, np.float64)
-    scale = scale.reshape(shape) if learned.axis is not None else scale
-    delta = (learned.q.astype(np.float64) - near.astype(np.float64)) * scale
-    rows = replace(layer, weight=delta).grouped()  # [G, R, K]
-    return np.einsum("grk,gk->gr", rows, mean).reshape(-1)
 
 
 def _linear_inputs(plan: Plan) -> set[str]:
