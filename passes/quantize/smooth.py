@@ -30,6 +30,8 @@ import onnx_graphsurgeon as gs
 from onnxopt import phases
 from onnxopt.graph import const_value, is_graph_output, to_graph, to_model, unique_name
 
+from .calibrate import TensorStats
+
 logger = logging.getLogger(__name__)
 
 EPS = 1e-5
@@ -44,6 +46,9 @@ class SmoothResult:
     notes: list[str] = field(default_factory=list)
     #: the smoothed groups' MatMul input tensors, as named in ``model``
     tensors: list[str] = field(default_factory=list)
+    #: each smoothed group's input (as named before) -> (the tensor its MatMuls read now,
+    #: the scales ``s`` it was divided by)
+    scales: dict[str, tuple[str, np.ndarray]] = field(default_factory=dict)
 
 
 def smooth_groups(graph: gs.Graph, names: set[str] | None = None) -> dict[str, list[gs.Node]]:
@@ -82,31 +87,49 @@ def channel_stats(
     progress: Callable[[str, int, int], None] | None = None,
     outputs: list[dict[str, np.ndarray]] | None = None,
     keep: list[str] = (),
+    stats: dict[str, TensorStats] | None = None,
+    signed: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(running ``max|x|`` over every axis but the last, up to ``rows`` rows of each tensor
     drawn evenly over ``runs``: [rows, channels]) per tensor. ``outputs``, when given, gets
     each run's ``{name: value}`` of the ``keep`` outputs (the model's own, which the session
-    computes anyway)."""
+    computes anyway). ``stats``: calibration statistics (``{graph output: TensorStats}``) of
+    more tensors, exposed as outputs too, streamed in the same runs; ``signed`` gets each
+    tensor's per-channel (min, max) (non-finite values left out)."""
     from .collect import open_session, run_keeping
 
     sess = open_session(model)
     tensors = list(tensors)
+    extra = [t for t in (stats or {}) if t not in set(tensors)]
     rng = np.random.default_rng(seed)
     per_run = -(-rows // max(1, len(runs))) if rows else 0
     acc: dict[str, np.ndarray] = {}
     samples: dict[str, list[np.ndarray]] = {}
     for i, feed in enumerate(runs):
-        values, kept = run_keeping(sess, tensors, feed, list(keep) if outputs is not None else None)
+        values, kept = run_keeping(
+            sess, tensors + extra, feed, list(keep) if outputs is not None else None
+        )
         if kept is not None:
             outputs.append(kept)
-        for name, v in zip(tensors, values, strict=True):
+        if stats is not None:
+            for name, v in zip(tensors + extra, values, strict=True):
+                if name in stats:
+                    stats[name].update(v)
+        for name, v in zip(tensors, values[: len(tensors)], strict=True):
             v = np.asarray(v, np.float32).reshape(-1, v.shape[-1])
             m = np.abs(v).max(axis=0)
             m = np.where(np.isfinite(m), m, 0.0)
             acc[name] = m if name not in acc else np.maximum(acc[name], m)
+            if signed is not None:
+                lo = np.where(np.isfinite(v), v, np.inf).min(axis=0)
+                hi = np.where(np.isfinite(v), v, -np.inf).max(axis=0)
+                if name in signed:
+                    lo, hi = np.minimum(signed[name][0], lo), np.maximum(signed[name][1], hi)
+                signed[name] = (lo, hi)
             if per_run:
                 pick = rng.choice(len(v), min(per_run, len(v)), replace=False)
                 samples.setdefault(name, []).append(v[np.sort(pick)])
+        del values
         if progress is not None:
             progress("smoothing statistics", i + 1, len(runs))
     return acc, {k: np.concatenate(v)[:rows] for k, v in samples.items()}
@@ -169,6 +192,7 @@ def apply_smoothing(
         if _fold_into_layernorm(graph, x, mms, s, fresh):
             res.folded += 1
             res.tensors.append(x.name)
+            res.scales[x_name] = (x.name, s)
         else:
             inv = gs.Constant(fresh(f"{x_name}_smooth_inv_scale"), (1.0 / s).astype(np.float32))
             xs = gs.Variable(fresh(f"{x_name}_smoothed"), dtype=np.float32, shape=x.shape)
@@ -178,6 +202,7 @@ def apply_smoothing(
             for m in mms:
                 m.inputs[0] = xs
             res.tensors.append(xs.name)
+            res.scales[x_name] = (xs.name, s)
         res.groups += 1
         res.matmuls += len(mms)
     if res.groups:

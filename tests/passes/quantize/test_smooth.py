@@ -290,3 +290,120 @@ def test_the_search_scores_against_the_outputs_the_smoothing_statistics_read(mon
         m, PassContext(**ctx)
     )
     assert got[1] is None  # the statistics read 8 runs, the search scores 12: run it again
+
+
+def test_only_the_matmuls_the_latency_placement_keeps_in_int8_are_smoothed(monkeypatch) -> None:
+    """Two MatMuls on inputs of their own; the latency profile times "slow" slower in int8,
+    so it stays float: the smoothing statistics read the input of "fast" alone, and only
+    "fast" is smoothed (a float MatMul gains nothing from it). With every MatMul kept float
+    by the profile, no statistics are read at all."""
+    from onnxopt.passes.quantize import latency, prepare
+    from onnxopt.timing import Race
+
+    m = onnx.parser.parse_model(
+        """
+        <ir_version: 8, opset_import: ["": 17]>
+        g (float[1,4,16] x1, float[1,4,16] x2) => (float[1,4,8] y1, float[1,4,8] y2) {
+            y1 = MatMul (x1, W1)
+            y2 = MatMul (x2, W2)
+        }
+        """
+    )
+    for name in ("W1", "W2"):
+        w = RNG.normal(0, 0.2, (K, N)).astype(np.float32)
+        m.graph.initializer.append(numpy_helper.from_array(w, name))
+    m.graph.node[0].name, m.graph.node[1].name = "fast", "slow"
+    runs = []
+    for _ in range(8):
+        x1, x2 = (RNG.normal(0, 1, (1, 4, K)).astype(np.float32) for _ in range(2))
+        x1[..., 3] *= 50.0
+        runs.append({"x1": x1, "x2": x2})
+    read: list[list[str]] = []
+    real = prepare.channel_stats
+
+    def spy(probe, tensors, runs, **k):
+        read.append(list(tensors))
+        return real(probe, tensors, runs, **k)
+
+    def profile(int8_us: dict[str, float]):
+        def measure_all(models, feed, att, **kw):
+            fl = {"fast": 4000.0, "slow": 1000.0}
+            out = [latency.Timing(fl, 5000.0, 6), latency.Timing(int8_us, 2000.0, 6)]
+            return out[-len(models) :]
+
+        return measure_all
+
+    monkeypatch.setattr(prepare, "channel_stats", spy)
+    monkeypatch.setattr(latency, "measure_all", profile({"fast": 500.0, "slow": 1500.0}))
+    # the model with "slow" float is faster beyond noise: it stays float
+    won = Race(a_ms=1.0, b_ms=0.9, rounds=10, b_wins=10, threads=2)
+    monkeypatch.setattr(latency, "race", lambda *a, **k: won)
+    config = QuantizeConfig(smooth=0.5, fallback=False)
+    res = QuantizeInt8(config).run_model(m, PassContext(feeds=Feeds(runs)))
+    assert res.sites == ["fast"] and read == [["x1"]]
+    assert res.details["smoothing"]["matmuls"] == 1
+    read.clear()
+    monkeypatch.setattr(latency, "measure_all", profile({"fast": 4500.0, "slow": 1500.0}))
+    res = QuantizeInt8(config).run_model(m, PassContext(feeds=Feeds(runs)))
+    assert not res.changed and read == []
+
+
+@pytest.mark.parametrize("residual", [True, False], ids=["mul", "folded"])
+def test_the_calibration_reads_its_statistics_in_the_smoothing_runs(residual, monkeypatch) -> None:
+    """The smoothing's pass over the data also streams the calibration's statistics: the
+    data is run once, and the ranges are those two passes give (the smoothed input's, a
+    Mul's output or the LayerNorm's with γ/s, derived from its per-channel extremes; the
+    Gemm's input, not smoothed, binned)."""
+    from onnxopt.passes.quantize import static
+
+    text = (
+        (LN_RESIDUAL if residual else LN_ONLY)
+        .replace("float[1,4,8] y", "float[1,4,8] y, float[4,4] z")
+        .replace(
+            "y = Add (a, b)",
+            "y = Add (a, b)\n    f = Reshape (y, S)\n    z = Gemm (f, W3)",
+        )
+    )
+    gamma = RNG.uniform(0.5, 1.5, K)
+    gamma[3] = 40.0  # an outlier channel after the LayerNorm
+    inits = {
+        "G": gamma,
+        "Bt": RNG.normal(0, 0.1, K),
+        "W1": RNG.normal(0, 0.2, (K, N)),
+        "W2": RNG.normal(0, 0.2, (K, N)),
+        "W3": RNG.normal(0, 0.3, (N, 4)),
+    }
+    inits = {k: np.asarray(v, np.float32) for k, v in inits.items()}
+    m = parse(text, {**inits, "S": np.array([4, N], np.int64)})
+    feeds = Feeds(_runs(12))
+    calls: list[int] = []
+    real = static.collect_stats
+
+    def spy(*a, **k):
+        calls.append(len(a[2]))
+        return real(*a, **k)
+
+    monkeypatch.setattr(static, "collect_stats", spy)
+
+    def qparams() -> dict[str, tuple[float, int]]:
+        q = QuantizeInt8(QuantizeConfig(smooth=0.5, fallback=False)).run_model(
+            m, PassContext(feeds=feeds, allow_slower=True)
+        )
+        assert q.details["smoothing"]["groups"] == 1
+        assert q.details["smoothing"]["folded"] == (0 if residual else 1)
+        init = {t.name: numpy_helper.to_array(t) for t in q.model.graph.initializer}
+        return {
+            n.input[0]: (float(init[n.input[1]]), int(init[n.input[2]]))
+            for n in q.model.graph.node
+            if n.op_type == "QuantizeLinear" and n.input[0] not in init
+        }
+
+    merged = qparams()
+    assert calls == []  # no calibration pass of its own
+    monkeypatch.setattr(static.QuantizeInt8, "_collect_with_smoothing", lambda *a: None)
+    apart = qparams()
+    assert calls == [12]
+    assert merged.keys() == apart.keys() and len(merged) >= 2
+    for t, (scale, zero) in apart.items():
+        assert merged[t][1] == zero, t
+        np.testing.assert_allclose(merged[t][0], scale, rtol=1e-5, err_msg=t)

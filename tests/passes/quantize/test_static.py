@@ -119,11 +119,12 @@ def test_digits_resnet_int8_accuracy(tmp_path) -> None:
     assert not {"Conv", "Gemm", "Add", "DequantizeLinear"} & set(ops)
 
 
-def test_sensitivity_and_rough_ranges_read_runs_spread_over_the_data(
+def test_sensitivity_reads_runs_spread_over_the_data_and_rough_ranges_the_smallest(
     conv_model: onnx.ModelProto, monkeypatch
 ) -> None:
     """Data saved in order holds one part of it in its leading runs: the per-layer
-    sensitivity (and the latency profile's rough ranges) read runs spread over all of it."""
+    sensitivity reads runs spread over all of it. The latency profile's rough ranges, which
+    only build models to time, read the smallest runs (of equal ones, the first)."""
     from onnxopt.passes.quantize import static
 
     feeds = _feeds(32)
@@ -144,8 +145,17 @@ def test_sensitivity_and_rough_ranges_read_runs_spread_over_the_data(
     for latency_aware in (True, False):  # the profile's ranges; then int8, measured
         config = QuantizeConfig(sensitivity_runs=4, latency_aware=latency_aware)
         QuantizeInt8(config).run_model(conv_model, PassContext(feeds=feeds, budget=Budget()))
-    assert seen["rough"] == [0, 16]
+    assert seen["rough"] == [0, 1]
     assert seen["sensitivity"] == [0, 8, 16, 24]
+    seen.clear()
+    sized = conv_relu_conv(RNG, CONV_RELU_CONV.replace("4,4]", "h,w]"))
+    feeds = _feeds(8, (1, 2, 8, 8))
+    for i in (2, 5):  # the smallest, read in their order
+        feeds.runs[i] = {"x": feeds.runs[i]["x"][:, :, :4, :4]}
+    QuantizeInt8(QuantizeConfig(latency_aware=True)).run_model(
+        sized, PassContext(feeds=feeds, budget=Budget())
+    )
+    assert seen["rough"] == [2, 5]
 
 
 def test_the_search_scores_against_the_outputs_the_calibration_read(monkeypatch) -> None:
