@@ -131,7 +131,8 @@ def channel_stats(
                 samples.setdefault(name, []).append(v[np.sort(pick)])
         del values
         if progress is not None:
-            progress("smoothing statistics", i + 1, len(runs))
+            what = "smoothing and calibration statistics" if stats else "smoothing statistics"
+            progress(what, i + 1, len(runs))
     return acc, {k: np.concatenate(v)[:rows] for k, v in samples.items()}
 
 

@@ -244,12 +244,11 @@ class QuantizeInt8(Pass):
             )
             build.always_dynamic = always_dynamic
             graph = to_graph(base)
+            full = make_plan(graph, set(sites), **plan_kw)
+            tensors = sorted(set(full.tensors()) | body_tensors)
             if speed is not None and smooth_info.get("folded", 0) < smooth_info.get("groups", 0):
                 # a Mul now scales a MatMul input: the placement timed whole is not this model
                 speed = (speed[0], None)
-        if changed:
-            full = make_plan(graph, set(sites), **plan_kw)
-            tensors = sorted(set(full.tensors()) | body_tensors)
         del graph
         linear = _linear_inputs(full) - smoothed
         if collect is not None and collect.read and set(tensors) <= set(collect.stats):
