@@ -153,7 +153,7 @@ RoundingOpt = Annotated[
     str | None,
     typer.Option(
         "--rounding",
-        help="nearest (the default), adaround (learned rounding, layer by layer on the data) or gptq (rounding with error feedback: one pass, wide layers too).",
+        help="auto (the default: gptq on models with attention, nearest otherwise), nearest, adaround (learned rounding, layer by layer on the data) or gptq (rounding with error feedback: one pass, wide layers too).",
     ),
 ]
 EqualizeOpt = Annotated[

@@ -140,6 +140,10 @@ class QuantizeInt8(Pass):
         opset = opset_version(model)
         base = prepare(model)
         attention = has_attention(base) if c.transformer == "auto" else bool(c.transformer)
+        #: ``rounding`` resolved: ``auto`` is error feedback on a graph with attention
+        self._rounding = (
+            c.rounding if c.rounding != "auto" else ("gptq" if attention else "nearest")
+        )
         equalized = 0
         if c.equalize:
             equalized, why = equalize_layers(base, c, ctx)
@@ -270,7 +274,7 @@ class QuantizeInt8(Pass):
                 build, list(sites), list(body_sites), list(notes), plan_notes[:20]
             )
         searched = ctx.site_filter is None and ctx.budget is not None and c.fallback
-        if c.rounding == "gptq" and not searched:
+        if self._rounding == "gptq" and not searched:
             self._feed_back(build, axes, sites, ctx, notes, details)  # no search: every site
         qmodel, kept = build(set(sites) | set(body_sites)), list(sites)
         fallbacks: list[list[str]] = []
@@ -359,7 +363,7 @@ class QuantizeInt8(Pass):
             "per_channel": plan_kw["per_channel"],
             "reduce_range": resolve_reduce_range(c.reduce_range),
             "attention": attention,
-            "rounding": c.rounding,
+            "rounding": self._rounding,
             "bias_correction": c.bias_correction,
             "equalize": c.equalize,
             "counts": {},
@@ -522,7 +526,7 @@ class QuantizeInt8(Pass):
     ) -> None:
         """Learned rounding, and data-free bias correction (which needs the rounded weights)."""
         c = self.config
-        if c.rounding == "adaround":
+        if self._rounding == "adaround":
             build.weights, why, details["adaround"] = learn_rounding(
                 build.base,
                 self._weighted(build, plan),
@@ -926,7 +930,7 @@ class QuantizeInt8(Pass):
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
         chosen = step_label(res.floats, res.dynamic) if res.met else None
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
-        if c.rounding == "gptq" and axes is not None:
+        if self._rounding == "gptq" and axes is not None:
             self._feed_back(build, axes, kept, ctx, notes, details)
         model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         fallbacks = [[s for s in sites if s not in set(f)] + body_sites for f, _ in res.fallbacks]

@@ -171,3 +171,18 @@ def test_a_bias_correction_moves_by_the_mean_output_change_of_the_new_weights() 
     shift_fed = (x @ (q * scale) - x @ w64).mean(axis=0)
     assert not np.array_equal(q, near)
     np.testing.assert_allclose(shift_near + moved["n0"], shift_fed, atol=1e-12)
+
+
+def test_auto_rounding_feeds_errors_back_on_a_graph_with_attention_only() -> None:
+    """``rounding="auto"`` (the default) is error feedback where the graph has attention (a
+    transformer default), and rounding to nearest elsewhere."""
+    w = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    m = parse(LAYER, {"W": w})
+    m.graph.node[0].name = "n0"
+    feeds = Feeds([{"x": x} for x in _inputs(16)])
+    assert QuantizeConfig().rounding == "auto"
+    for transformer, want in ((True, "gptq"), (False, "nearest")):
+        config = QuantizeConfig(transformer=transformer, fallback=False, smooth=None)
+        res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds, allow_slower=True))
+        assert res.details["rounding"] == want
+        assert ("gptq" in res.details) == (want == "gptq")
