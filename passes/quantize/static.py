@@ -175,20 +175,26 @@ class QuantizeInt8(Pass):
             return PassResult(False, 0, notes + plan_notes[:20])
         tensors = sorted(set(full.tensors()) | body_tensors)
         timed_first = c.latency_aware and not ctx.allow_slower
-        build = Builder(
-            base,
-            model,
-            # the latency profile times the kernels, which the scales do not change: a
-            # min/max read on a few runs serves it, and only the sites it keeps in int8 are
-            # calibrated (PP-OCRv5: a detector int8 cannot speed skips its 8 s of calibration;
-            # the recognizer calibrates the tensors of 24 of its 62 sites)
-            self._rough_ranges(base, tensors, ctx) if timed_first else {},
-            plan_kw,
-            activations=c.activations,
-            reduce_range=resolve_reduce_range(c.reduce_range),
-            per_axis_ok=opset >= 13,
-        )
-        build.always_dynamic = _wide_linear(full)
+
+        def builder(float_model: onnx.ModelProto, ranges: dict) -> Builder:
+            b = Builder(
+                float_model,
+                model,
+                ranges,
+                plan_kw,
+                activations=c.activations,
+                reduce_range=resolve_reduce_range(c.reduce_range),
+                per_axis_ok=opset >= 13,
+            )
+            b.always_dynamic = wide
+            return b
+
+        wide = _wide_linear(full)
+        # the latency profile times the kernels, which the scales do not change: a min/max
+        # read on a few runs serves it, and only the sites it keeps in int8 are calibrated
+        # (PP-OCRv5: a detector int8 cannot speed skips its 8 s of calibration; the
+        # recognizer calibrates the tensors of 24 of its 62 sites)
+        build = builder(base, self._rough_ranges(base, tensors, ctx) if timed_first else {})
         details = self._details(plan_kw, {}, attention)
         gains: dict[str, float] = {}
         total_us = 0.0
@@ -229,24 +235,15 @@ class QuantizeInt8(Pass):
         if timed_first:
             full = make_plan(graph, set(sites), **plan_kw)
             tensors = sorted(set(full.tensors()) | body_tensors)
-        collect = self._collect_with_smoothing(tensors, body_tensors, ctx)
+        collect = self._collect_with_smoothing(tensors, body_tensors, ctx, attention)
         smoothed_base, smooth_info, smoothed = smooth(
             base, c, ctx, attention, notes, reference, only=set(sites), collect=collect
         )
         details.update(self._details(plan_kw, smooth_info, attention))
         changed = smoothed_base is not base
         if changed:
-            base, always_dynamic = smoothed_base, build.always_dynamic
-            build = Builder(
-                base,
-                model,
-                {},
-                plan_kw,
-                activations=c.activations,
-                reduce_range=resolve_reduce_range(c.reduce_range),
-                per_axis_ok=opset >= 13,
-            )
-            build.always_dynamic = always_dynamic
+            base = smoothed_base
+            build = builder(base, {})  # the smoothed weights: the first one's rounding is stale
             graph = to_graph(base)
             full = make_plan(graph, set(sites), **plan_kw)
             tensors = sorted(set(full.tensors()) | body_tensors)
@@ -389,7 +386,7 @@ class QuantizeInt8(Pass):
         return {t: seen[out] for t, out in exposed.items() if out in seen}
 
     def _collect_with_smoothing(
-        self, tensors: list[str], body_tensors: set[str], ctx: PassContext
+        self, tensors: list[str], body_tensors: set[str], ctx: PassContext, attention: bool
     ) -> Collected | None:
         """Statistics for the calibration to stream in the smoothing's runs (see
         :class:`.prepare.Collected`), when that pass reads the runs the calibration would:
@@ -400,6 +397,7 @@ class QuantizeInt8(Pass):
         runs = len(ctx.feeds.runs)
         if (
             c.smooth is None
+            or (c.smooth == "auto" and not attention)  # no smoothing pass to share
             or body_tensors
             or runs > c.smooth_runs
             or (ctx.parallel is not None and runs >= PARALLEL_MIN_RUNS)
