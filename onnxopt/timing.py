@@ -43,15 +43,19 @@ def session_options(threads: int = 0, optimization: str = "all", *, idle_spin: b
     return so
 
 
-def session(model: Any, *, threads: int = 0, optimization: str = "all") -> Any:
+def session(
+    model: Any, *, threads: int = 0, optimization: str = "all", idle_spin: bool = True
+) -> Any:
     """A CPU session for a path, bytes or ModelProto with :func:`session_options`."""
     import onnxruntime as ort
 
     if hasattr(model, "SerializeToString"):
-        return model_session(model, threads=threads, optimization=optimization)
+        return model_session(model, threads=threads, optimization=optimization, idle_spin=idle_spin)
     data = model if isinstance(model, bytes) else str(model)
     return ort.InferenceSession(
-        data, session_options(threads, optimization), providers=["CPUExecutionProvider"]
+        data,
+        session_options(threads, optimization, idle_spin=idle_spin),
+        providers=["CPUExecutionProvider"],
     )
 
 

@@ -32,6 +32,21 @@ def test_fp32_pipeline_reproduces_the_reference(tmp_path, monkeypatch):
     assert res["agreement"] == 1.0 and res["cer"] == 0.0 and res["images"] == 4
 
 
+def test_pipeline_sessions_stop_spinning_between_runs(tmp_path, monkeypatch):
+    """The three sessions run one after another: a finished one's workers must not spin on
+    (they competed with the next model's run for the cores); ``idle_spin=True`` restores
+    onnxruntime's default."""
+    monkeypatch.chdir(tmp_path)
+    key = "session.force_spinning_stop"
+    pipe = ocr.OcrPipeline(threads=2)
+    for s in pipe.sessions.values():
+        assert s.get_session_options().get_session_config_entry(key) == "1"
+    spinning = ocr.OcrPipeline(threads=2, idle_spin=True)
+    for s in spinning.sessions.values():
+        with pytest.raises(Exception, match="does not have configuration"):
+            s.get_session_options().get_session_config_entry(key)
+
+
 @pytest.mark.slow
 def test_metric_tells_a_different_model_apart(tmp_path):
     """cls swapped for a copy whose two scores are exchanged: every line turns upside down."""
