@@ -257,7 +257,8 @@ calibration runs, each in a fresh process (quantize s: the quantization call; pe
 process's max RSS, imports included). Latency: onnxruntime CPU, ORT_ENABLE_ALL, 2 threads,
 the sessions open side by side (threads stopped after each run), {rounds} rounds in which each
 takes a turn of about {turn} s after an untimed run, the median of all its runs; the PP-OCRv5
-pipelines take turns image by image; speed-up = fp32 / variant. **Latency is
+pipelines take turns image by image (their sessions' threads too stop spinning after each
+run); speed-up = fp32 / variant. **Latency is
 noisy**: the machine has 2 cores and moves between two speed regimes (single numbers vary by +-25 %); the
 metrics, sizes and int8 shares are not. int8 layers: Conv/MatMul/Gemm whose two inputs are
 dequantized int8 (or integer kernels), of all of them. Metrics:

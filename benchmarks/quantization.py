@@ -7,7 +7,8 @@ accuracy, or cosine / top-1 agreement against fp32, or PP-OCRv5's end-to-end exa
 latency ratio against fp32 (onnxruntime CPU, ORT_ENABLE_ALL, 2 threads, median of interleaved
 rounds), the file size. The three PP-OCRv5 models of each tool also run together in the
 package's pipeline (exact text against the fp32 pipeline; seconds per image, median of
-interleaved rounds over every image). Finally the peak memory of onnxopt's calibration with
+interleaved rounds over every image; the sessions stop spinning after each run, see
+:class:`onnxopt.zoo.ocr.OcrPipeline`). Finally the peak memory of onnxopt's calibration with
 100 and 1,000 samples (bounded: statistics stream).
 
 Tools: onnxopt ``quantize-int8`` (cleanup, fusion, then its defaults, with the model's budget),
