@@ -69,6 +69,10 @@ PYTHON = {
 #: ``onnxopt_truth``: for the OCR detector, the budget held against the rendered text (the
 #: truth) instead of fp32's text: at most 1 point below fp32's exact reads (98 % of fp32's
 #: 66.7 % is 1.3 points below it); the recognizer and the classifier are onnxopt's own rows
+#: ``onnxopt_2pt``: for the OCR recognizer, the goal's own tolerance as its budget: its crops'
+#: text at most 2 points below fp32's (the goal: the pipeline's text at least 98 % of fp32's),
+#: where onnxopt's row allows 1 point, which one changed crop of the held-out half's 66 already
+#: exceeds; the detector and the classifier are onnxopt's own rows
 #: ``onnxopt_exact``: onnxopt's exact passes alone (cleanup, fusion), no int8: how much of
 #: onnxopt's speed-up is not quantization (the fp32 row has cleanup only; fusion can fold
 #: what onnxruntime does not, e.g. PP-OCRv5's recognizer's BatchNormalization after MatMul)
@@ -83,9 +87,16 @@ ONNXOPT_VARIANTS = {
             "max_metric_drop": 1.0,
         }
     },
+    "onnxopt_2pt": {
+        "budget": {
+            "min_cosine": None,
+            "metric": "benchmarks.quant_ocr:rec_text_agreement",
+            "max_metric_drop": 2.0,
+        }
+    },
 }
 #: variants that apply to some models only: model -> why not
-VARIANT_MODELS = {"onnxopt_truth": ("ocr_det",)}
+VARIANT_MODELS = {"onnxopt_truth": ("ocr_det",), "onnxopt_2pt": ("ocr_rec",)}
 TIMEOUT = float(os.environ.get("QUANT_BENCH_TIMEOUT", "3600"))  # seconds per tool and model
 
 
