@@ -84,6 +84,8 @@ class Plan:
     #: (floats, dynamic) of the prefixes above the chosen one found within budget, nearest
     #: first (at most :data:`MAX_FALLBACKS`)
     fallbacks: list[tuple[list[str], list[str]]] = field(default_factory=list)
+    #: the prefix (moves made) at which the search stopped as not faster than float, else None
+    not_faster_at: int | None = None
 
 
 def order_moves(
@@ -413,6 +415,7 @@ def _not_faster(out: Plan, moves: list[Move], k: int, ratio: float | None) -> Pl
     """The search's outcome when the budget holds only where int8 no longer pays: float."""
     out.met = False
     out.floats = sorted(apply(moves)[0])
+    out.not_faster_at = k
     at = f" ({ratio:.2f}x its time, interleaved)" if ratio is not None else ""
     what = "with every layer int8" if k == 0 else f"with {k} moves out of int8"
     out.reason = (

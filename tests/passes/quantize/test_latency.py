@@ -563,3 +563,59 @@ def test_when_the_placement_does_not_pay_its_largest_layers_are_timed_alone(monk
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
     assert not res.changed and not calibrated
     assert "1.19x the float model's time" in res.notes[0]
+
+
+def test_when_every_layer_int8_times_slower_in_the_search_its_largest_layers_alone_are_tried(
+    monkeypatch,
+) -> None:
+    """The profile credits int8 with half of float's time, so the placement is not timed whole;
+    the search's all-int8 model misses the budget and times 1.19x float's (the slow regime's
+    Q/DQ glue), which used to end the search: float. Now "a", which the profile credits with
+    30 % of float's time, is timed alone (0.8x), scored within budget, and kept alone. Alone
+    at 1.05x, or over budget, the model stays float."""
+    from onnxopt.passes.quantize import fallback
+
+    m, _ = _chain()
+
+    def measure_all(models, feed, att, **kw):
+        fl = {"a": 4000.0, "b": 1500.0, "s": 100.0, "c": 1500.0, "d": 1500.0}
+        q = {"a": 1000.0, "b": 1400.0, "s": 100.0, "c": 1400.0, "d": 1400.0}
+        return [latency.Timing(fl, 10_000.0, 6), latency.Timing(q, 5_000.0, 6)]
+
+    def int8_layers(model) -> int:
+        return sum(1 for node in model.graph.node if node.op_type == "QuantizeLinear")
+
+    def setup(alone: float, alone_ok: bool) -> list[int]:
+        seen: list[int] = []
+
+        def probe(self, model):
+            n = int8_layers(model)
+            seen.append(n)
+            ratio = alone if n <= 2 else 1.19
+            return ratio, ratio
+
+        def score(self, model, label="", **kw):
+            ok = int8_layers(model) <= 2 and alone_ok
+            return ok, "" if ok else "over the budget", 1.0 if ok else 0.0
+
+        monkeypatch.setattr(mixed.SpeedProbe, "__call__", probe)
+        monkeypatch.setattr(fallback.Judge, "deployed_score", score)
+        monkeypatch.setattr(fallback.Judge, "literal_score", score)
+        return seen
+
+    monkeypatch.setattr(latency, "measure_all", measure_all)
+    feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
+
+    def ctx() -> PassContext:
+        return PassContext(feeds=feeds, budget=Budget(min_cosine=0.99))
+
+    seen = setup(0.8, True)
+    res = QuantizeInt8(QuantizeConfig()).run_model(m, ctx())
+    assert res.changed and res.sites == ["a"]
+    assert seen[-1] <= 2 and max(seen) > 2  # all int8 timed (slower), then "a" alone
+    assert any(n.startswith("int8 pays on 1 layer alone: with every layer int8") for n in res.notes)
+    for alone, ok in ((1.05, True), (0.8, False)):
+        seen = setup(alone, ok)
+        res = QuantizeInt8(QuantizeConfig()).run_model(m, ctx())
+        assert not res.changed, (alone, ok)
+        assert seen[-1] <= 2  # "a" alone was timed, and refused
