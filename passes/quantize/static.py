@@ -927,6 +927,14 @@ class QuantizeInt8(Pass):
                     f"mixed precision: the model chosen runs in {res.speed_ratio:.2f}x the "
                     "float model's time (timed in turns with it)"
                 )
+        lone = _isolated(build.base, res, sites, gains) if res.met else []
+        if lone:
+            res.floats = sorted(set(res.floats) | set(lone))
+            notes.append(
+                f"left float after the search: {len(lone)} layer{'s' if len(lone) > 1 else ''} "
+                "the profile measured slower in int8, kept for the int8 layers around them, "
+                f"which the search returned to float: {', '.join(lone[:5])}"
+            )
         _record(res, details, notes)
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
         chosen = step_label(res.floats, res.dynamic) if res.met else None
@@ -993,6 +1001,39 @@ class QuantizeInt8(Pass):
                 speed_ratio=ratio,
             )
         return res
+
+
+def _isolated(
+    base: onnx.ModelProto, res: mixed.Plan, sites: list[str], gains: dict[str, float]
+) -> list[str]:
+    """The sites the search kept int8 that the latency profile measured slower in int8
+    (kept by the placement between int8 layers, where float would add a Q/DQ pair) and that
+    a neighbour's return to float in the search left no longer between int8 layers: alone,
+    they only add their slowdown and their error (one the whole-model race kept int8, its
+    neighbours untouched, stays). On
+    PP-OCRv5's recognizer two Sigmoids stayed int8 beside its CTC head; when the head failed
+    the held-out check, the manager's bisection kept them alone (two verifications), and its
+    race rolled that model back at 1.00x. Repeated until none is left (one going float can
+    leave another alone)."""
+    out: list[str] = []
+    floats = set(res.floats) | set(res.dynamic)
+    kept = [s for s in sites if s not in floats]
+    slow = [s for s in kept if gains.get(s, 0.0) < 0.0]
+    if not slow:
+        return out
+    att = lat.Attribution(base, set(sites))
+    while True:
+        moved = floats | set(out)
+        lone = [
+            s
+            for s in slow
+            if s not in out
+            and any(n in moved for n in lat.neighbours(att, s))
+            and not lat.between_int8(att, s, moved)
+        ]
+        if not lone:
+            return out
+        out += lone
 
 
 #: a scored run at least this large (input bytes) is calibrated alone, so that its outputs serve

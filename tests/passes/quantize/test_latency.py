@@ -619,3 +619,23 @@ def test_when_every_layer_int8_times_slower_in_the_search_its_largest_layers_alo
         res = QuantizeInt8(QuantizeConfig()).run_model(m, ctx())
         assert not res.changed, (alone, ok)
         assert seen[-1] <= 2  # "a" alone was timed, and refused
+
+
+def test_a_slower_layer_kept_for_its_int8_neighbours_goes_float_when_they_do() -> None:
+    """The Add "s" (measured 40 µs slower in int8) sits between the Convs a, b and c: kept int8
+    while they are. When the search returns b to float, "s" is no longer between int8 layers
+    and goes float too; a layer the profile found faster in int8 stays, whatever its
+    neighbours; with every neighbour int8, nothing moves."""
+    m, _ = _chain()
+    sites = ["a", "b", "s", "c", "d"]
+    gains = {"a": 500.0, "b": 300.0, "s": -40.0, "c": 200.0, "d": 100.0}
+    assert static._isolated(m, mixed.Plan(floats=["b"]), sites, gains) == ["s"]
+    assert static._isolated(m, mixed.Plan(dynamic=["b"]), sites, gains) == ["s"]
+    assert static._isolated(m, mixed.Plan(floats=[]), sites, gains) == []
+    assert static._isolated(m, mixed.Plan(floats=["b"]), sites, {**gains, "s": 10.0}) == []
+    assert static._isolated(m, mixed.Plan(floats=["s"]), sites, gains) == []
+    # "a" (slower in int8, next to the graph input: never between int8 layers) stays when the
+    # search moved none of its neighbours (the whole-model race kept it), goes when it did
+    slow_a = {**gains, "a": -900.0}
+    assert static._isolated(m, mixed.Plan(floats=["d"]), sites, slow_a) == []
+    assert static._isolated(m, mixed.Plan(floats=["b"]), sites, slow_a) == ["a", "s"]
