@@ -976,7 +976,8 @@ class QuantizeInt8(Pass):
             model = with_bodies(set(core))
             label = f"{len(sites) - len(core)} in float (the largest layers alone)"
             ms, ratio = probe(model)
-            point = {"float_layers": len(sites) - len(core), "dynamic_layers": 0}
+            dyn = len(set(core) & build.always_dynamic)
+            point = {"float_layers": len(sites) - len(core), "dynamic_layers": dyn}
             point["latency_ms"] = round(ms, 4) if math.isfinite(ms) else None
             if not ratio < 1.0 - mixed.SPEED_MARGIN:
                 continue
@@ -1010,11 +1011,10 @@ def _isolated(
     (kept by the placement between int8 layers, where float would add a Q/DQ pair) and that
     a neighbour's return to float in the search left no longer between int8 layers: alone,
     they only add their slowdown and their error (one the whole-model race kept int8, its
-    neighbours untouched, stays). On
-    PP-OCRv5's recognizer two Sigmoids stayed int8 beside its CTC head; when the head failed
-    the held-out check, the manager's bisection kept them alone (two verifications), and its
-    race rolled that model back at 1.00x. Repeated until none is left (one going float can
-    leave another alone)."""
+    neighbours untouched, stays). On PP-OCRv5's recognizer two Sigmoids stayed int8 beside
+    its CTC head; when the head failed the held-out check, the manager's bisection kept them
+    alone (two verifications), and its race rolled that model back at 1.00x. Repeated until
+    none is left (one going float can leave another alone)."""
     out: list[str] = []
     floats = set(res.floats) | set(res.dynamic)
     kept = [s for s in sites if s not in floats]
