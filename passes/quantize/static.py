@@ -909,7 +909,9 @@ class QuantizeInt8(Pass):
             profile_us=_bound_us(total_us, gains, sites, details.get("latency")),
         )
         if not res.met and res.not_faster_at == 0 and probe is not None:
-            res = self._alone(res, with_bodies, sites, gains, total_us, build, probe, judge, notes)
+            res = self._alone(
+                res, with_bodies, sites, gains, total_us, build, probe, judge, notes, slow
+            )
         if probe is not None:
             head = judge.reference_head()
             # untimed when the search timed nothing (all int8 met the budget at once)
@@ -927,6 +929,9 @@ class QuantizeInt8(Pass):
                     f"mixed precision: the model chosen runs in {res.speed_ratio:.2f}x the "
                     "float model's time (timed in turns with it)"
                 )
+        # the candidate the search scored and chose (the report marks its row), before the
+        # layers its choice left alone go float
+        chosen = step_label(res.floats, res.dynamic) if res.met else None
         lone = _isolated(build.base, res, sites, gains) if res.met else []
         if lone:
             res.floats = sorted(set(res.floats) | set(lone))
@@ -937,7 +942,6 @@ class QuantizeInt8(Pass):
             )
         _record(res, details, notes)
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
-        chosen = step_label(res.floats, res.dynamic) if res.met else None
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
         if self._rounding == "gptq" and axes is not None:
             self._feed_back(build, axes, kept, ctx, notes, details)
@@ -962,6 +966,7 @@ class QuantizeInt8(Pass):
         probe: mixed.SpeedProbe,
         judge: Judge,
         notes: list[str],
+        already_float: int = 0,
     ) -> mixed.Plan:
         """The search found the model with every site int8 no faster than float, and stopped:
         fewer int8 layers gain less, as a rule. Not when the int8 layers' glue (the Q/DQ pairs
@@ -971,13 +976,16 @@ class QuantizeInt8(Pass):
         :data:`.mixed.SPEED_MARGIN` faster, scored and confirmed; the first within budget is
         the plan (PP-OCRv5's recognizer at a 2-point budget: all 32 layers int8 at 1.13x
         float's time, its CTC head alone, dynamic int8, at 0.89x and one crop of 66 changed).
-        ``res`` is returned, its trade-off curve extended, when none pays."""
+        ``res`` is returned, its trade-off curve extended, when none pays. ``already_float``:
+        the layers the placement left float, counted in the curve's points."""
         for core in _cores(sites, gains, total_us, build.always_dynamic):
             model = with_bodies(set(core))
-            label = f"{len(sites) - len(core)} in float (the largest layers alone)"
+            # the search's label for this model, so that the report marks its row chosen
+            label = step_label(set(sites) - set(core), set())
             ms, ratio = probe(model)
             dyn = len(set(core) & build.always_dynamic)
-            point = {"float_layers": len(sites) - len(core), "dynamic_layers": dyn}
+            floats = len(sites) - len(core) + already_float  # as the search's points count
+            point = {"float_layers": floats, "dynamic_layers": dyn}
             point["latency_ms"] = round(ms, 4) if math.isfinite(ms) else None
             if not ratio < 1.0 - mixed.SPEED_MARGIN:
                 continue

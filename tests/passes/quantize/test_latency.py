@@ -585,6 +585,8 @@ def test_when_every_layer_int8_times_slower_in_the_search_its_largest_layers_alo
     def int8_layers(model) -> int:
         return sum(1 for node in model.graph.node if node.op_type == "QuantizeLinear")
 
+    scored: list[str] = []
+
     def setup(alone: float, alone_ok: bool) -> list[int]:
         seen: list[int] = []
 
@@ -595,6 +597,7 @@ def test_when_every_layer_int8_times_slower_in_the_search_its_largest_layers_alo
             return ratio, ratio
 
         def score(self, model, label="", **kw):
+            scored.append(label)
             ok = int8_layers(model) <= 2 and alone_ok
             return ok, "" if ok else "over the budget", 1.0 if ok else 0.0
 
@@ -614,6 +617,7 @@ def test_when_every_layer_int8_times_slower_in_the_search_its_largest_layers_alo
     assert res.changed and res.sites == ["a"]
     assert seen[-1] <= 2 and max(seen) > 2  # all int8 timed (slower), then "a" alone
     assert any(n.startswith("int8 pays on 1 layer alone: with every layer int8") for n in res.notes)
+    assert scored[-1] == "4 in float"  # the search's label: the report marks this row chosen
     for alone, ok in ((1.05, True), (0.8, False)):
         seen = setup(alone, ok)
         res = QuantizeInt8(QuantizeConfig()).run_model(m, ctx())
