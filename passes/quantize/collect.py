@@ -6,6 +6,7 @@ bit for bit)."""
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -89,11 +90,14 @@ def probe_model(
     return m, expose(m, tensors)
 
 
-def open_session(model: bytes | str | onnx.ModelProto, *, spin: bool = True) -> Any:
+def open_session(
+    model: bytes | str | onnx.ModelProto, *, spin: bool = True, threads: int = 0
+) -> Any:
     """An onnxruntime session with graph optimizations off (a ModelProto's large weights are
     shared with it, not copied: :mod:`onnxopt.sessions`). ``spin=False``: its idle threads
     sleep between runs, for a caller that computes with BLAS between them (spinning, they
-    took the cores BLAS's threads wait for)."""
+    took the cores BLAS's threads wait for). ``threads``: intra-op threads (0: onnxruntime's
+    default)."""
     import onnxruntime as ort
 
     from onnxopt import sessions
@@ -102,6 +106,8 @@ def open_session(model: bytes | str | onnx.ModelProto, *, spin: bool = True) -> 
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
         if not spin:
             so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         return so
@@ -142,24 +148,40 @@ def collect_stats(
             concatenated with others has none: a batched call is not the same arithmetic).
         alone: runs (indices) read by themselves, never concatenated.
     """
-    sess = open_session(model)
-    stats = {t: TensorStats(t, bins) for t in tensors}
+    from onnxopt.runner import contiguous, in_threads, side_by_side, side_threads
+
     total = len(runs)
-    done = 0
     tensors = list(tensors)
-    for idx in batch_groups(runs, batch, dynamic_batch, alone):
-        single = outputs is not None and len(idx) == 1
-        feed = runs[idx[0]] if len(idx) == 1 else _concatenated(runs, idx)
-        n = len(idx)
-        values, kept = run_keeping(sess, tensors, feed, list(keep) if single else None)
-        if kept is not None:
-            outputs[idx[0]] = kept
-        for name, v in zip(tensors, values, strict=True):
-            stats[name].update(v)
-        del values
-        done += n
-        if progress is not None:
-            progress("calibrating", min(done, total), total)
+    groups = batch_groups(runs, batch, dynamic_batch, alone)
+    # the groups cut in contiguous parts, one session each, side by side (as the verification
+    # runs go, :func:`onnxopt.runner.side_by_side`); the parts' statistics merge exactly
+    side = max(1, min(side_by_side(), len(groups)))
+    lock = threading.Lock()
+    done = [0]
+
+    def part(lo: int, hi: int) -> dict[str, TensorStats]:
+        sess = open_session(model, threads=side_threads(side) if side > 1 else 0)
+        stats = {t: TensorStats(t, bins) for t in tensors}
+        for idx in groups[lo:hi]:
+            single = outputs is not None and len(idx) == 1
+            feed = runs[idx[0]] if len(idx) == 1 else _concatenated(runs, idx)
+            values, kept = run_keeping(sess, tensors, feed, list(keep) if single else None)
+            if kept is not None:
+                outputs[idx[0]] = kept
+            for name, v in zip(tensors, values, strict=True):
+                stats[name].update(v)
+            del values
+            with lock:
+                done[0] += len(idx)
+                if progress is not None:
+                    progress("calibrating", min(done[0], total), total)
+        return stats
+
+    parts = in_threads(part, contiguous(len(groups), side))
+    stats = parts[0] if parts else {t: TensorStats(t, bins) for t in tensors}
+    for other in parts[1:]:
+        for t in tensors:
+            stats[t].merge(other[t])
     return stats
 
 

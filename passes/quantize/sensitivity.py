@@ -33,7 +33,14 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import phases, weights
 from onnxopt.graph import opset_version
-from onnxopt.runner import dequantized, fold_fits
+from onnxopt.runner import (
+    contiguous,
+    dequantized,
+    fold_fits,
+    in_threads,
+    side_by_side,
+    side_threads,
+)
 from onnxopt.weights import array as tensor_array
 from onnxopt.weights import weight_bytes
 
@@ -320,10 +327,26 @@ def measure(
         ]
         calls = [call for part in parallel(_part_sums, args) for call in part]
     else:
+        # the groups cut in contiguous parts, one session each, side by side (as the
+        # verification runs go, :func:`onnxopt.runner.side_by_side`), their calls added here
+        # in the single run's order
+        side = max(1, min(side_by_side(), len(groups)))
+        threads = side_threads(side) if side > 1 else 0
         with _probed(model, probe):
             # mapped weights (a large model) go to onnxruntime as they are: never a saved copy
-            sess = open_session(model)
-        calls = _sums(sess, probe.outputs, runs, batch, dynamic_batch)
+            sessions = [open_session(model, threads=threads) for _ in range(side)]
+        cuts = contiguous(len(groups), side)
+
+        def part(sess: Any, lo: int, hi: int) -> list[tuple[dict[str, np.ndarray], int]]:
+            mine = [runs[i] for g in groups[lo:hi] for i in g]
+            return list(_sums(sess, probe.outputs, mine, batch, dynamic_batch))
+
+        calls = [
+            c
+            for got in in_threads(part, [(s, a, b) for s, (a, b) in zip(sessions, cuts)])
+            for c in got
+        ]
+        del sessions
     done = 0
     for got, n in calls:
         for k, (s1, s2, sig, size) in probe.reads.items():

@@ -7,9 +7,10 @@ import numpy as np
 import onnx
 import pytest
 
+from onnxopt import runner as runner_mod
 from onnxopt.data import Feeds
 from onnxopt.errors import ModelError
-from onnxopt.runner import Runner, shape_disagrees
+from onnxopt.runner import Runner, shape_disagrees, side_by_side
 from tests.helpers import parse
 
 HDR = '<ir_version: 8, opset_import: ["": 17]>'
@@ -43,6 +44,7 @@ def test_a_search_worker_thread_cap_applies_where_the_count_was_left_to_onnxrunt
         return runner.session(m).get_session_options().intra_op_num_threads
 
     monkeypatch.delenv("ONNXOPT_THREADS", raising=False)
+    monkeypatch.setattr(runner_mod, "side_by_side", lambda: 1)  # one session: the default
     assert threads(Runner(quiet=True)) == 0
     monkeypatch.setenv("ONNXOPT_THREADS", "1")
     assert threads(Runner(quiet=True)) == 1
@@ -137,3 +139,46 @@ def test_weights_past_the_cap_or_the_memory_available_are_left_quantized(monkeyp
     fed.graph.input.append(onnx.helper.make_tensor_value_info("mq", onnx.TensorProto.UINT8, [8, 4]))
     ops = [n.op_type for n in runner.weights_dequantized(fed).graph.node]
     assert ops.count("DequantizeLinear") == 3
+
+
+def test_runs_go_side_by_side_on_one_thread_sessions_in_their_order(monkeypatch):
+    """Several runs go to sessions of one model side by side (one intra-op thread each on two
+    cores), built at the first call of several runs; the outputs are each run's, in order,
+    as one session computes them."""
+    monkeypatch.delenv("ONNXOPT_THREADS", raising=False)
+    monkeypatch.setattr(runner_mod, "side_by_side", lambda: 2)
+    monkeypatch.setattr(runner_mod, "_cores", lambda: 2)
+    m = parse(HDR + "g (float[N,3] x) => (float[N,3] y) { y = Relu(x) }")
+    runner = Runner(quiet=True)
+    assert runner.side == 2
+    sess = runner.session(m)
+    assert sess.get_session_options().intra_op_num_threads == 1
+    runner.run_session(sess, Feeds([{"x": np.ones((1, 3), np.float32)}]))
+    assert sess._onnxopt_side[2] == []  # one run: no second session
+    runs = [{"x": np.full((i + 1, 3), i - 20, np.float32)} for i in range(40)]
+    out = runner.run_session(sess, Feeds(runs))
+    assert len(sess._onnxopt_side[2]) == 1
+    assert [o["y"].shape[0] for o in out] == list(range(1, 41))
+    for run, o in zip(runs, out):
+        np.testing.assert_array_equal(o["y"], np.maximum(run["x"], 0))
+    # the same outputs, bit for bit, as one session of the same options running them in turn
+    alone = [runner_mod._side_sessions(sess, 1)[0].run(None, r)[0] for r in runs]
+    for a, o in zip(alone, out):
+        np.testing.assert_array_equal(a, o["y"])
+
+
+def test_a_failing_run_among_runs_side_by_side_is_one_model_error(monkeypatch):
+    monkeypatch.delenv("ONNXOPT_THREADS", raising=False)
+    monkeypatch.setattr(runner_mod, "side_by_side", lambda: 2)
+    m = parse(HDR + "g (float[2,N] x) => (float[2,3] y) { y = Relu(x) }")
+    runs = [{"x": np.ones((2, 3), np.float32)} for _ in range(6)]
+    runs[4] = {"x": np.ones((2, 5), np.float32)}
+    with pytest.raises(ModelError, match=r"declared \[2, 3\] but the model computes \[2, 5\]"):
+        Runner(quiet=True).run(m, Feeds(runs))
+
+
+def test_side_by_side_is_off_under_a_thread_cap_or_an_explicit_count(monkeypatch):
+    monkeypatch.setenv("ONNXOPT_THREADS", "1")
+    assert side_by_side() == 1
+    monkeypatch.delenv("ONNXOPT_THREADS")
+    assert Runner(threads=2).side == 1
