@@ -182,3 +182,21 @@ def test_side_by_side_is_off_under_a_thread_cap_or_an_explicit_count(monkeypatch
     assert side_by_side() == 1
     monkeypatch.delenv("ONNXOPT_THREADS")
     assert Runner(threads=2).side == 1
+
+
+def test_a_model_over_the_side_by_side_size_runs_on_one_session(monkeypatch):
+    """Above ``SIDE_MAX_BYTES`` of weights a model keeps one session on onnxruntime's threads
+    (each session beside it would hold its own buffers, or copy the weights)."""
+    monkeypatch.delenv("ONNXOPT_THREADS", raising=False)
+    monkeypatch.setattr(runner_mod, "side_by_side", lambda: 2)
+    monkeypatch.setattr(runner_mod, "SIDE_MAX_BYTES", {False: 0, True: 0})
+    m = parse(
+        HDR + "g (float[2,3] x) => (float[2,3] y) <float[3] w = {1.0, 2.0, 3.0}> { y = Mul(x, w) }"
+    )
+    runner = Runner(quiet=True)
+    sess = runner.session(m)
+    assert sess.get_session_options().intra_op_num_threads == 0
+    runs = [{"x": np.full((2, 3), i, np.float32)} for i in range(4)]
+    out = runner.run_session(sess, Feeds(runs))
+    assert sess._onnxopt_side[2] == []
+    assert [float(o["y"][0, 2]) for o in out] == [0.0, 3.0, 6.0, 9.0]
