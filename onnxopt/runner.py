@@ -214,15 +214,34 @@ def side_threads(side: int) -> int:
     return max(1, _cores() // max(side, 1))
 
 
-def in_threads(fn: Callable[..., Any], parts: list[tuple]) -> list[Any]:
+def in_threads(
+    fn: Callable[..., Any], parts: list[tuple], stop: threading.Event | None = None
+) -> list[Any]:
     """``fn(*part)`` for every part, each in a thread of its own (for work that runs
     onnxruntime, which releases the GIL); the results in the parts' order, the first part's
-    error raised."""
+    error raised. ``stop``, set when a part fails or the caller is interrupted (Ctrl-C), is
+    for ``fn`` to read between its runs: the other parts then end at their next run, and the
+    interruption is raised once they have."""
     if len(parts) <= 1:
         return [fn(*part) for part in parts]
-    with ThreadPoolExecutor(len(parts), thread_name_prefix="onnxopt-part") as ex:
-        futures = [ex.submit(fn, *part) for part in parts]
-    return [f.result() for f in futures]
+    stop = stop if stop is not None else threading.Event()
+
+    def guarded(*part: Any) -> Any:
+        try:
+            return fn(*part)
+        except BaseException:
+            stop.set()
+            raise
+
+    ex = ThreadPoolExecutor(len(parts), thread_name_prefix="onnxopt-part")
+    try:
+        futures = [ex.submit(guarded, *part) for part in parts]
+        return [f.result() for f in futures]
+    except BaseException:
+        stop.set()
+        raise
+    finally:
+        ex.shutdown(wait=True)
 
 
 def contiguous(n: int, parts: int) -> list[tuple[int, int]]:
@@ -245,28 +264,21 @@ def _side_by_side(pool: list[Any], runs: list, one: Callable[[Any, Any], Any]) -
     """``one(session, run)`` for every run, the sessions of ``pool`` each taking the next run
     in its own thread (onnxruntime releases the GIL while it runs); the results in the runs'
     order. Every session has the same options, so which one ran a run does not change its
-    outputs. The first error stops the others at their next run and is raised."""
+    outputs. The first error (or a Ctrl-C) stops the others at their next run and is raised."""
     out: list[Any] = [None] * len(runs)
     lock = threading.Lock()
-    state = {"next": 0, "failed": False}
+    taken = iter(range(len(runs)))
+    stop = threading.Event()
 
     def work(s: Any) -> None:
-        while True:
+        while not stop.is_set():
             with lock:
-                i = state["next"]
-                if i >= len(runs) or state["failed"]:
-                    return
-                state["next"] = i + 1
-            try:
-                out[i] = one(s, runs[i])
-            except BaseException:
-                state["failed"] = True
-                raise
+                i = next(taken, None)
+            if i is None:
+                return
+            out[i] = one(s, runs[i])
 
-    with ThreadPoolExecutor(len(pool), thread_name_prefix="onnxopt-run") as ex:
-        futures = [ex.submit(work, s) for s in pool]
-    for f in futures:
-        f.result()  # the first worker's error, if any
+    in_threads(work, [(s,) for s in pool], stop)
     return out
 
 

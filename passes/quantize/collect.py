@@ -158,11 +158,14 @@ def collect_stats(
     side = max(1, min(side_by_side(), len(groups)))
     lock = threading.Lock()
     done = [0]
+    stop = threading.Event()  # set when another part fails, or on Ctrl-C
 
     def part(lo: int, hi: int) -> dict[str, TensorStats]:
         sess = open_session(model, threads=side_threads(side) if side > 1 else 0)
         stats = {t: TensorStats(t, bins) for t in tensors}
         for idx in groups[lo:hi]:
+            if stop.is_set():
+                break
             single = outputs is not None and len(idx) == 1
             feed = runs[idx[0]] if len(idx) == 1 else _concatenated(runs, idx)
             values, kept = run_keeping(sess, tensors, feed, list(keep) if single else None)
@@ -177,7 +180,7 @@ def collect_stats(
                     progress("calibrating", min(done[0], total), total)
         return stats
 
-    parts = in_threads(part, contiguous(len(groups), side))
+    parts = in_threads(part, contiguous(len(groups), side), stop)
     stats = parts[0] if parts else {t: TensorStats(t, bins) for t in tensors}
     for other in parts[1:]:
         for t in tensors:

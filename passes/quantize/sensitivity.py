@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -337,15 +338,19 @@ def measure(
             sessions = [open_session(model, threads=threads) for _ in range(side)]
         cuts = contiguous(len(groups), side)
 
+        stop = threading.Event()  # set when another part fails, or on Ctrl-C
+
         def part(sess: Any, lo: int, hi: int) -> list[tuple[dict[str, np.ndarray], int]]:
             mine = [runs[i] for g in groups[lo:hi] for i in g]
-            return list(_sums(sess, probe.outputs, mine, batch, dynamic_batch))
+            got = []
+            for call in _sums(sess, probe.outputs, mine, batch, dynamic_batch):
+                if stop.is_set():
+                    break
+                got.append(call)
+            return got
 
-        calls = [
-            c
-            for got in in_threads(part, [(s, a, b) for s, (a, b) in zip(sessions, cuts)])
-            for c in got
-        ]
+        parts = [(s, a, b) for s, (a, b) in zip(sessions, cuts, strict=False)]
+        calls = [c for got in in_threads(part, parts, stop) for c in got]
         del sessions
     done = 0
     for got, n in calls:

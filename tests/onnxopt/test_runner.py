@@ -200,3 +200,30 @@ def test_a_model_over_the_side_by_side_size_runs_on_one_session(monkeypatch):
     out = runner.run_session(sess, Feeds(runs))
     assert sess._onnxopt_side[2] == []
     assert [float(o["y"][0, 2]) for o in out] == [0.0, 3.0, 6.0, 9.0]
+
+
+def test_a_failing_part_stops_the_other_parts_at_their_next_step():
+    """``in_threads``: the first part's error is raised once the others have ended, and they
+    end at their next check of ``stop`` (as a Ctrl-C would have them) instead of running on."""
+    import threading
+    import time
+
+    from onnxopt.runner import in_threads
+
+    stop = threading.Event()
+    steps = []
+
+    def part(k: int) -> int:
+        if k == 0:
+            time.sleep(0.05)
+            raise ValueError("part 0 failed")
+        while not stop.is_set() and len(steps) < 10_000:
+            steps.append(k)
+            time.sleep(0.001)
+        return k
+
+    with pytest.raises(ValueError, match="part 0 failed"):
+        in_threads(part, [(0,), (1,)], stop)
+    assert stop.is_set()
+    assert len(steps) < 10_000
+    assert in_threads(lambda a, b: a + b, [(1, 2), (3, 4)]) == [3, 7]
