@@ -56,6 +56,21 @@ def side_by_side() -> int:
     return max(1, min(n, MAX_SIDE))
 
 
+def side_for(model: onnx.ModelProto | bytes | str) -> int:
+    """:func:`side_by_side` for ``model`` (a ModelProto, its bytes or its path): 1 above
+    :data:`SIDE_MAX_BYTES` of weights (with graph optimizations off), where every session
+    beside the first would hold its own buffers."""
+    from onnxopt import weights
+
+    if isinstance(model, onnx.ModelProto):
+        size = weights.weight_bytes(model)
+    elif isinstance(model, bytes | bytearray):
+        size = len(model)
+    else:
+        size = os.path.getsize(model) if os.path.isfile(model) else 0
+    return side_by_side() if size <= SIDE_MAX_BYTES[False] else 1
+
+
 class Runner:
     """onnxruntime CPU sessions with a small LRU cache keyed by the model's bytes."""
 

@@ -148,14 +148,14 @@ def collect_stats(
             concatenated with others has none: a batched call is not the same arithmetic).
         alone: runs (indices) read by themselves, never concatenated.
     """
-    from onnxopt.runner import contiguous, in_threads, side_by_side, side_threads
+    from onnxopt.runner import contiguous, in_threads, side_for, side_threads
 
     total = len(runs)
     tensors = list(tensors)
     groups = batch_groups(runs, batch, dynamic_batch, alone)
     # the groups cut in contiguous parts, one session each, side by side (as the verification
     # runs go, :func:`onnxopt.runner.side_by_side`); the parts' statistics merge exactly
-    side = max(1, min(side_by_side(), len(groups)))
+    side = max(1, min(side_for(model), len(groups)))
     lock = threading.Lock()
     done = [0]
     stop = threading.Event()  # set when another part fails, or on Ctrl-C

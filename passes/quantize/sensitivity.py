@@ -39,7 +39,7 @@ from onnxopt.runner import (
     dequantized,
     fold_fits,
     in_threads,
-    side_by_side,
+    side_for,
     side_threads,
 )
 from onnxopt.weights import array as tensor_array
@@ -331,7 +331,7 @@ def measure(
         # the groups cut in contiguous parts, one session each, side by side (as the
         # verification runs go, :func:`onnxopt.runner.side_by_side`), their calls added here
         # in the single run's order
-        side = max(1, min(side_by_side(), len(groups)))
+        side = max(1, min(side_for(model), len(groups)))
         threads = side_threads(side) if side > 1 else 0
         with _probed(model, probe):
             # mapped weights (a large model) go to onnxruntime as they are: never a saved copy

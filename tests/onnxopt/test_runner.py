@@ -227,3 +227,19 @@ def test_a_failing_part_stops_the_other_parts_at_their_next_step():
     assert stop.is_set()
     assert len(steps) < 10_000
     assert in_threads(lambda a, b: a + b, [(1, 2), (3, 4)]) == [3, 7]
+
+
+def test_side_for_reads_the_weights_of_a_model_its_bytes_or_its_path(monkeypatch, tmp_path):
+    """Calibration and sensitivity go side by side only under the same size cap."""
+    monkeypatch.delenv("ONNXOPT_THREADS", raising=False)
+    monkeypatch.setattr(runner_mod, "side_by_side", lambda: 2)
+    m = parse(
+        HDR + "g (float[2,3] x) => (float[2,3] y) <float[3] w = {1.0, 2.0, 3.0}> { y = Mul(x, w) }"
+    )
+    path = tmp_path / "m.onnx"
+    onnx.save(m, path)
+    for model in (m, m.SerializeToString(), str(path)):
+        assert runner_mod.side_for(model) == 2
+    monkeypatch.setattr(runner_mod, "SIDE_MAX_BYTES", {False: 0, True: 0})
+    for model in (m, m.SerializeToString(), str(path)):
+        assert runner_mod.side_for(model) == 1
