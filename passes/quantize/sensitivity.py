@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,14 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import phases, weights
 from onnxopt.graph import opset_version
-from onnxopt.runner import (
-    contiguous,
-    dequantized,
-    fold_fits,
-    in_threads,
-    side_for,
-    side_threads,
-)
+from onnxopt.runner import dequantized, fold_fits
 from onnxopt.weights import array as tensor_array
 from onnxopt.weights import weight_bytes
 
@@ -328,30 +320,10 @@ def measure(
         ]
         calls = [call for part in parallel(_part_sums, args) for call in part]
     else:
-        # the groups cut in contiguous parts, one session each, side by side (as the
-        # verification runs go, :func:`onnxopt.runner.side_by_side`), their calls added here
-        # in the single run's order
-        side = max(1, min(side_for(model), len(groups)))
-        threads = side_threads(side) if side > 1 else 0
         with _probed(model, probe):
             # mapped weights (a large model) go to onnxruntime as they are: never a saved copy
-            sessions = [open_session(model, threads=threads) for _ in range(side)]
-        cuts = contiguous(len(groups), side)
-
-        stop = threading.Event()  # set when another part fails, or on Ctrl-C
-
-        def part(sess: Any, lo: int, hi: int) -> list[tuple[dict[str, np.ndarray], int]]:
-            mine = [runs[i] for g in groups[lo:hi] for i in g]
-            got = []
-            for call in _sums(sess, probe.outputs, mine, batch, dynamic_batch):
-                if stop.is_set():
-                    break
-                got.append(call)
-            return got
-
-        parts = [(s, a, b) for s, (a, b) in zip(sessions, cuts, strict=False)]
-        calls = [c for got in in_threads(part, parts, stop) for c in got]
-        del sessions
+            sess = open_session(model)
+        calls = _sums(sess, probe.outputs, runs, batch, dynamic_batch)
     done = 0
     for got, n in calls:
         for k, (s1, s2, sig, size) in probe.reads.items():
