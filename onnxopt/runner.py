@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+from onnx import helper, numpy_helper
 
 from onnxopt import phases, sessions
 from onnxopt.data import Feeds
@@ -28,12 +29,14 @@ Runs = list[dict[str, np.ndarray]]
 
 #: at most this many sessions of one model run a Feeds' runs side by side (:func:`side_by_side`)
 MAX_SIDE = 4
-#: a model with more weight bytes than this runs on one session with onnxruntime's threads:
-#: a session with graph optimizations on copies its weights, and one copy per session would
-#: break the big models' memory bounds; the sessions with them off share one copy, but each
-#: holds its own buffers (BERT-base, 417 MB, through `optimize`: 0.59 GB peak side by side,
-#: 0.55 GB on one session), and a big model's verification is a few runs
-SIDE_MAX_BYTES = {False: 256 << 20, True: 64 << 20}
+#: a model with more weight bytes than this (those it computes at run time included:
+#: :func:`materialized_bytes`) runs on one session with onnxruntime's threads: a session with
+#: graph optimizations on copies its weights, and one copy per session would break the big
+#: models' memory bounds; the sessions with them off share one copy of the stored weights, but
+#: each holds its own buffers and computed weights (`optimize`'s peak: BERT-base, 417 MB, 0.59
+#: GB side by side against 0.55 GB on one session; light_bvlc_alexnet, 233 MB computed at run
+#: time, 861 against 542 MB), and a big model's verification is a few runs
+SIDE_MAX_BYTES = {False: 128 << 20, True: 64 << 20}
 
 
 def side_by_side() -> int:
@@ -56,6 +59,30 @@ def side_by_side() -> int:
     return max(1, min(n, MAX_SIDE))
 
 
+def materialized_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of the main graph's ``ConstantOfShape`` outputs whose shape is a constant: weights
+    a model computes at run time (the onnx backend's light CNNs hold every weight that way:
+    light_vgg19's 9 KB file makes 548 MB of them in each session)."""
+    shapes = {t.name: t for t in model.graph.initializer}
+    for n in model.graph.node:
+        if n.op_type == "Constant" and n.output and n.attribute and n.attribute[0].name == "value":
+            shapes[n.output[0]] = n.attribute[0].t
+    total = 0
+    for n in model.graph.node:
+        if n.op_type != "ConstantOfShape" or not n.input or n.input[0] not in shapes:
+            continue
+        try:
+            dims = numpy_helper.to_array(shapes[n.input[0]]).reshape(-1)
+        except Exception:  # noqa: BLE001 - an unreadable shape is not counted
+            continue
+        value = next((a.t for a in n.attribute if a.name == "value"), None)
+        itemsize = (
+            np.dtype(helper.tensor_dtype_to_np_dtype(value.data_type)).itemsize if value else 4
+        )
+        total += int(np.prod(np.maximum(dims, 0), dtype=np.int64)) * itemsize
+    return total
+
+
 def side_for(model: onnx.ModelProto | bytes | str) -> int:
     """:func:`side_by_side` for ``model`` (a ModelProto, its bytes or its path): 1 above
     :data:`SIDE_MAX_BYTES` of weights (with graph optimizations off), where every session
@@ -63,7 +90,7 @@ def side_for(model: onnx.ModelProto | bytes | str) -> int:
     from onnxopt import weights
 
     if isinstance(model, onnx.ModelProto):
-        size = weights.weight_bytes(model)
+        size = weights.weight_bytes(model) + materialized_bytes(model)
     elif isinstance(model, bytes | bytearray):
         size = len(model)
     else:
@@ -103,7 +130,8 @@ class Runner:
                 return cached
         memory.check_session(model, optimized=optimized)
 
-        side = self.side if weights.weight_bytes(model) <= SIDE_MAX_BYTES[optimized] else 1
+        size = weights.weight_bytes(model) + materialized_bytes(model)
+        side = self.side if size <= SIDE_MAX_BYTES[optimized] else 1
         if self.block_bytes is not None:
             side = 1  # under --max-memory: one session, as little memory as it takes
 

@@ -243,3 +243,15 @@ def test_side_for_reads_the_weights_of_a_model_its_bytes_or_its_path(monkeypatch
     monkeypatch.setattr(runner_mod, "SIDE_MAX_BYTES", {False: 0, True: 0})
     for model in (m, m.SerializeToString(), str(path)):
         assert runner_mod.side_for(model) == 1
+
+
+def test_materialized_bytes_counts_weights_a_model_computes_at_run_time():
+    """A ConstantOfShape of a constant shape is a weight made in every session (the onnx
+    backend's light CNNs hold all theirs that way): it counts toward the side-by-side cap."""
+    m = parse(
+        HDR + "g (float[2,64] x) => (float[2,32] y) <int64[2] s = {64, 32}> "
+        "{ w = ConstantOfShape <value = float[1] {0.5}> (s)  y = MatMul(x, w) }"
+    )
+    assert runner_mod.materialized_bytes(m) == 64 * 32 * 4
+    plain = parse(HDR + "g (float[2,3] x) => (float[2,3] y) { y = Relu(x) }")
+    assert runner_mod.materialized_bytes(plain) == 0
