@@ -52,11 +52,7 @@ def side_by_side() -> int:
     session, 1.63 s on two, and 1.62 s on two in the fast regime)."""
     if os.environ.get(sessions.THREADS_ENV, ""):
         return 1
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        n = os.cpu_count() or 1
-    return max(1, min(n, MAX_SIDE))
+    return max(1, min(_cores(), MAX_SIDE))
 
 
 def materialized_bytes(model: onnx.ModelProto) -> int:
@@ -83,10 +79,11 @@ def materialized_bytes(model: onnx.ModelProto) -> int:
     return total
 
 
-def side_for(model: onnx.ModelProto | bytes | str) -> int:
+def side_for(model: onnx.ModelProto | bytes | str, *, optimized: bool = False) -> int:
     """:func:`side_by_side` for ``model`` (a ModelProto, its bytes or its path): 1 above
-    :data:`SIDE_MAX_BYTES` of weights (with graph optimizations off), where every session
-    beside the first would hold its own buffers."""
+    :data:`SIDE_MAX_BYTES` of weights, those it computes at run time included, where every
+    session beside the first would hold its own buffers (or, ``optimized``, its own copy of
+    the weights)."""
     from onnxopt import weights
 
     if isinstance(model, onnx.ModelProto):
@@ -95,7 +92,7 @@ def side_for(model: onnx.ModelProto | bytes | str) -> int:
         size = len(model)
     else:
         size = os.path.getsize(model) if os.path.isfile(model) else 0
-    return side_by_side() if size <= SIDE_MAX_BYTES[False] else 1
+    return side_by_side() if size <= SIDE_MAX_BYTES[optimized] else 1
 
 
 class Runner:
@@ -130,8 +127,7 @@ class Runner:
                 return cached
         memory.check_session(model, optimized=optimized)
 
-        size = weights.weight_bytes(model) + materialized_bytes(model)
-        side = self.side if size <= SIDE_MAX_BYTES[optimized] else 1
+        side = min(self.side, side_for(model, optimized=optimized))
         if self.block_bytes is not None:
             side = 1  # under --max-memory: one session, as little memory as it takes
 

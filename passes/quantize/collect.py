@@ -15,6 +15,7 @@ import onnx
 
 from onnxopt import phases
 from onnxopt.model import model_bytes
+from onnxopt.runner import contiguous, in_threads, side_for, side_threads
 
 from .calibrate import DEFAULT_BINS, TensorStats, finite_range
 
@@ -148,8 +149,6 @@ def collect_stats(
             concatenated with others has none: a batched call is not the same arithmetic).
         alone: runs (indices) read by themselves, never concatenated.
     """
-    from onnxopt.runner import contiguous, in_threads, side_for, side_threads
-
     total = len(runs)
     tensors = list(tensors)
     groups = batch_groups(runs, batch, dynamic_batch, alone)
@@ -251,12 +250,9 @@ def collect_stats_split(
     ``parallel.workers`` parts, each collected where ``parallel`` runs it, then merged: the
     same statistics, bit for bit (see :meth:`TensorStats.merge`)."""
     groups = batch_groups(runs, batch, dynamic_batch)
-    parts = max(1, min(int(getattr(parallel, "workers", 1)), len(groups)))
-    bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
     args = [
         (model, tensors, [runs[i] for g in groups[a:b] for i in g], bins, batch, dynamic_batch)
-        for a, b in zip(bounds, bounds[1:], strict=False)
-        if b > a
+        for a, b in contiguous(len(groups), int(getattr(parallel, "workers", 1)))
     ]
     merged = {t: TensorStats(t, bins) for t in tensors}
     for part in parallel(_part_stats, args):

@@ -33,7 +33,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxopt import phases, weights
 from onnxopt.graph import opset_version
-from onnxopt.runner import dequantized, fold_fits
+from onnxopt.runner import contiguous, dequantized, fold_fits
 from onnxopt.weights import array as tensor_array
 from onnxopt.weights import weight_bytes
 
@@ -311,12 +311,9 @@ def measure(
     if parallel is not None and len(groups) > 1 and not weights.is_mapped_model(model):
         with _probed(model, probe):
             data = model.SerializeToString()
-        parts = max(1, min(int(getattr(parallel, "workers", 1)), len(groups)))
-        bounds = [round(i * len(groups) / parts) for i in range(parts + 1)]
         args = [
             (data, probe.outputs, [runs[i] for g in groups[a:b] for i in g], batch, dynamic_batch)
-            for a, b in zip(bounds, bounds[1:], strict=False)
-            if b > a
+            for a, b in contiguous(len(groups), int(getattr(parallel, "workers", 1)))
         ]
         calls = [call for part in parallel(_part_sums, args) for call in part]
     else:
