@@ -23,7 +23,7 @@ import numpy as np
 from onnxopt import phases
 from onnxopt.defaults import EXACT_ATOL, EXACT_RTOL, MIN_COSINE, NOISE_FACTOR
 from onnxopt.errors import DataError, OptionError
-from onnxopt.runner import Runs
+from onnxopt.runner import Runs, contiguous, in_threads, side_by_side
 
 logger = logging.getLogger(__name__)
 
@@ -167,31 +167,19 @@ def compare_arrays(
     scores = True
     agree: list[np.ndarray] = []
     keep: list[tuple[np.ndarray, np.ndarray]] = []
-    # four float64 rows reused by every slice: fresh ones cost a page fault per value (each
-    # is mapped anew above malloc's threshold) and made a comparison of 31 recognizer runs
-    # take 0.9 s of a quantization's 13 comparisons
-    work = np.empty((4, min(_CHUNK, max(max(np.asarray(x).size for x in refs), 1))))
-    for x, y in zip(refs, cands):
-        x, y = np.asarray(x), np.asarray(y)
-        r, c = x.ravel(), y.ravel()
-        run, kept = _run_sums(r, c, work, percentiles)
-        if not (np.isfinite(run.rr) and np.isfinite(run.cc)):
-            # a NaN or an infinity (no sum of squares of finite values overflows float64):
-            # both must hold it at the same places; the values elsewhere are compared
-            r, c = r.astype(np.float64), c.astype(np.float64)
-            r_nan, c_nan = ~np.isfinite(r), ~np.isfinite(c)
-            if (r_nan != c_nan).any() or not np.array_equal(r[r_nan], c[c_nan], equal_nan=True):
-                st.max_abs = st.max_rel = float("inf")
-                st.cosine, st.exact_equal, st.top1 = 0.0, False, None
-                return st
-            run, kept = _run_sums(r[~r_nan], c[~r_nan], work, percentiles)
+    for run in _per_run(refs, cands, percentiles):
+        if run is None:  # non-finite values at different places
+            st.max_abs = st.max_rel = float("inf")
+            st.cosine, st.exact_equal, st.top1 = 0.0, False, None
+            return st
+        sums, kept, looks, same = run
         keep += kept
-        scores = scores and _looks_like_scores(x)
-        if scores:  # raveled: runs of a sequence model give [batch, steps, classes]
-            agree.append((np.argmax(x, -1) == np.argmax(y, -1)).ravel())
-        acc.merge(run)
+        scores = scores and looks
+        if scores:
+            agree.append(same)
+        acc.merge(sums)
         if run_dots is not None:
-            run_dots.append((run.rc, run.rr, run.cc))
+            run_dots.append((sums.rc, sums.rr, sums.cc))
     n, sum_abs, sum_rel, rc, rr, cc = acc.n, acc.sum_abs, acc.sum_rel, acc.rc, acc.rr, acc.cc
     st.max_abs, st.max_rel, st.ref_scale = acc.max_abs, acc.max_rel, acc.ref_scale
     st.exact_equal = st.exact_equal and acc.max_abs == 0.0
@@ -205,6 +193,57 @@ def compare_arrays(
     if scores and agree:
         st.top1 = float(np.concatenate(agree).mean())
     return st
+
+
+#: values a comparison holds before it compares its runs in threads (one per core, at most
+#: :data:`onnxopt.runner.MAX_SIDE`): the PP-OCRv5 recognizer's 31 runs (93M values) took
+#: 0.38 s in one thread and 0.26 s in two, 16 times in a quantization job
+THREADS_MIN_VALUES = 1 << 22
+
+
+_Run = tuple["_Sums", list[tuple[np.ndarray, np.ndarray]], bool, np.ndarray]
+
+
+def _per_run(refs: list[np.ndarray], cands: list[np.ndarray], keep: bool) -> list[_Run | None]:
+    """Each run's statistics (:func:`_compare_run`), in the runs' order: the runs cut into
+    contiguous parts, one thread each, when they hold :data:`THREADS_MIN_VALUES` values or
+    more (numpy releases the GIL in its loops; each part has its own slice buffers, and the
+    runs' sums merge in the same order as in one thread, so the statistics are the same)."""
+    size = max(max(np.asarray(x).size for x in refs), 1)
+    total = sum(np.asarray(x).size for x in refs)
+    threads = side_by_side() if total >= THREADS_MIN_VALUES else 1
+
+    def part(lo: int, hi: int) -> list[_Run | None]:
+        # four float64 rows reused by every slice: fresh ones cost a page fault per value
+        # (each is mapped anew above malloc's threshold) and made a comparison of 31
+        # recognizer runs take 0.9 s of a quantization's 13 comparisons
+        work = np.empty((4, min(_CHUNK, size)))
+        return [_compare_run(refs[i], cands[i], work, keep) for i in range(lo, hi)]
+
+    out: list[_Run | None] = []
+    for runs in in_threads(part, contiguous(len(refs), threads)):
+        out += runs
+    return out
+
+
+def _compare_run(x: Any, y: Any, work: np.ndarray, keep: bool) -> _Run | None:
+    """One run's (sums, kept errors, whether it looks like class scores, its per-step top-1
+    agreement), None when its non-finite values are not at the same places in both."""
+    x, y = np.asarray(x), np.asarray(y)
+    r, c = x.ravel(), y.ravel()
+    run, kept = _run_sums(r, c, work, keep)
+    if not (np.isfinite(run.rr) and np.isfinite(run.cc)):
+        # a NaN or an infinity (no sum of squares of finite values overflows float64): both
+        # must hold it at the same places; the values elsewhere are compared
+        r, c = r.astype(np.float64), c.astype(np.float64)
+        r_nan, c_nan = ~np.isfinite(r), ~np.isfinite(c)
+        if (r_nan != c_nan).any() or not np.array_equal(r[r_nan], c[c_nan], equal_nan=True):
+            return None
+        run, kept = _run_sums(r[~r_nan], c[~r_nan], work, keep)
+    looks = _looks_like_scores(x)
+    # raveled: runs of a sequence model give [batch, steps, classes]
+    same = (np.argmax(x, -1) == np.argmax(y, -1)).ravel() if looks else np.empty(0, bool)
+    return run, kept, looks, same
 
 
 #: values per slice of a run compared at once: the float64 temporaries of a slice stay in the

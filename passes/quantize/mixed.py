@@ -14,10 +14,11 @@ smallest prefix of the ordered moves whose model meets the budget is searched by
 then bisection, assuming more moves never hurt (when all int8 misses the budget, the prefix
 one move short of the end is tried first: if it misses too, nothing but float is left; if not,
 one move, then bisection between them); a site moved to dynamic may later move to
-float. Every model evaluated is timed in turns with the float model (:class:`SpeedProbe`,
-ORT_ENABLE_ALL, 2 threads; all int8 within budget at once is not: the manager's race times it)
-and becomes a point of the accuracy/latency trade-off curve in the report
-(``details["tradeoff"]``). Those timings also bound the search: no prefix is scored
+float. Every model evaluated becomes a point of the accuracy/latency trade-off curve in the
+report (``details["tradeoff"]``), timed in turns with the float model (:class:`SpeedProbe`,
+ORT_ENABLE_ALL, 2 threads) when within budget (all int8 within budget at once is not: the
+manager's race times it) or when the search needs its time; the others' latency is None.
+Those timings also bound the search: no prefix is scored
 that is not :data:`SPEED_MARGIN` faster than float, since the manager would roll it back as
 not faster, and the bisection stops once the prefixes left between one that misses the budget
 and one within it cannot differ in speed by more than :data:`SPEED_RESOLUTION`.
@@ -52,6 +53,12 @@ SPEED_MARGIN = 0.03
 #: (on PP-OCRv5's recognizer: 1 move at 0.91x, 19 at 0.91x, where the search went on to
 #: score 5 more models, ~3 s each, for a choice at the same speed)
 SPEED_RESOLUTION = 0.02
+#: a prefix that misses the budget is timed only when the latency profile puts it within this
+#: fraction of the float model's time of the prefix within it (:func:`search`'s ``worth``):
+#: farther apart, the timing could not stop the bisection. On the PP-OCRv5 recognizer the
+#: profile's gaps between such prefixes were 1.2-1.4x the timed ones (0.066 for 0.050, 0.096
+#: for 0.071, 0.33 for 0.26), so 3x the resolution is timed
+PROFILE_APART = 3 * SPEED_RESOLUTION
 #: a model whose float run takes less (ms) is timed several runs a turn by :class:`SpeedProbe`
 SHORT_MS = 1.0
 #: prefixes found within budget above the chosen one, offered to the manager in case the
@@ -171,8 +178,9 @@ def search(
     is scored (it would be rolled back as not faster), and when that one misses the budget,
     nothing is left but float (the PP-OCRv5 detector: 2 task-metric runs where its search
     scored 9 models, and the manager then rolled the one it chose back as 1.00x). Its
-    timings are the trade-off curve's latencies (none without it, and none for all int8
-    found within budget at once, which ends the search); ``speed_all_int8``: the all-int8
+    timings are the trade-off curve's latencies (none without it, none for all int8 found
+    within budget at once, which ends the search, and none for a prefix that misses the
+    budget where no decision needed its time); ``speed_all_int8``: the all-int8
     model's, when already timed. ``profile_us``: the float model's time in the latency
     profile whose per-layer gains the moves carry (0: none trusted). A prefix whose int8
     layers the profile credits with less than :data:`SPEED_MARGIN` of that time is not fast,
@@ -222,9 +230,13 @@ def search(
             logger.info("prefix %d not timed: %s", k, e)
             return math.nan, math.inf
 
+    points: dict[int, dict] = {}  # prefix -> its point of the trade-off curve
+
     def timed(k: int) -> tuple[float, float]:
         if k not in times:
             times[k] = time_once(k)
+            if k in points:  # scored before it was timed
+                points[k]["latency_ms"] = _ms(times[k][0])
         return times[k]
 
     retimed: set[int] = set()  # prefixes timed twice (their times: the two readings' mean)
@@ -278,10 +290,14 @@ def search(
         if speed is not None:
             # all int8 within budget at once ends the search untimed: timing it would only
             # repeat the manager's race, which times it next against the same float model (a
-            # MobileNetV2 at batch 32: 0.7 s)
+            # MobileNetV2 at batch 32: 0.7 s). A prefix that misses the budget is timed when
+            # a decision needs its time (:func:`worth`), not for the curve: the PP-OCRv5
+            # recognizer's search timed 5 such prefixes no decision read (~0.9 s each)
             at_once = k == 0 and good and k not in times
-            ms = math.nan if at_once else timed(k)[0]
-            point["latency_ms"] = round(ms, 4) if math.isfinite(ms) else None
+            if good and not at_once:
+                timed(k)
+            point["latency_ms"] = _ms(times[k][0]) if k in times else None
+            points[k] = point
         out.tradeoff.append(point)
         if progress is not None:
             progress("mixed precision", k, n)
@@ -314,9 +330,18 @@ def search(
 
     def worth(lo: int, hi: int) -> bool:
         """Whether a prefix between ``lo`` (missing the budget) and ``hi`` (within it) can
-        be told apart from ``hi`` in speed (:data:`SPEED_RESOLUTION`); True untimed."""
-        if lo not in times or hi not in times:
+        be told apart from ``hi`` in speed (:data:`SPEED_RESOLUTION`); True with ``hi``
+        untimed. ``lo`` is timed here, unless the latency profile already puts the two
+        :data:`PROFILE_APART` apart."""
+        if lo < 0 or hi not in times:
             return True
+        if lo not in times:
+            if profile_us > 0 and (
+                _profile_saving(moves, lo) - _profile_saving(moves, hi)
+                >= PROFILE_APART * profile_us
+            ):
+                return True
+            timed(lo)
         return times[hi][1] - times[lo][1] >= SPEED_RESOLUTION
 
     last = n  # the largest prefix worth scoring
@@ -366,6 +391,11 @@ def search(
     if hi in times:
         out.speed_ratio = times[hi][1]
     return out
+
+
+def _ms(ms: float) -> float | None:
+    """A trade-off point's latency: ``ms`` rounded, None when not timed."""
+    return round(ms, 4) if math.isfinite(ms) else None
 
 
 def _interpolate(lo: int, hi: int, at_lo: float, at_hi: float, target: float) -> int:

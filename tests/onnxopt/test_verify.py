@@ -181,3 +181,29 @@ def test_a_nan_or_inf_in_one_output_only_fails_the_comparison():
         both[7] = bad
         st = compare_arrays("y", [both], [c])
         assert st.max_abs == 0.0 and st.cosine == pytest.approx(1.0)
+
+
+def test_runs_compared_in_threads_give_one_threads_statistics(monkeypatch):
+    """A large comparison cuts its runs into parts, one thread each: the statistics, the
+    runs' dot products and the top-1 agreement are the ones a single thread computes, bit for
+    bit, and a non-finite value in a late run still fails it."""
+    import onnxopt.verify as v
+
+    rng = np.random.default_rng(3)
+    refs = [rng.dirichlet(np.ones(50), size=(2, 30)).astype(np.float32) for _ in range(9)]
+    cands = [(r + rng.normal(0, 1e-3, r.shape)).astype(np.float32) for r in refs]
+
+    def stats(min_values, cands=cands):
+        monkeypatch.setattr(v, "THREADS_MIN_VALUES", min_values)
+        monkeypatch.setattr(v, "side_by_side", lambda: 2)
+        dots = []
+        st = compare_arrays("y", refs, cands, run_dots=dots)
+        return st, dots
+
+    one, one_dots = stats(1 << 40)
+    split, split_dots = stats(0)
+    assert split == one and split_dots == one_dots
+    assert one.top1 is not None and 0 < one.top1 < 1
+    bad = [c.copy() for c in cands]
+    bad[-1][0, 0, 0] = np.nan
+    assert stats(0, bad)[0].max_abs == float("inf")

@@ -667,3 +667,27 @@ def test_a_prefix_chosen_near_the_speed_margin_is_timed_again() -> None:
     assert plan.speed_ratio == pytest.approx((0.965 * 0.95) ** 0.5)
     timed, plan = run([0.9])  # a clear reading: timed once
     assert plan.met and timed.count(2) == 1
+
+
+def test_prefixes_that_miss_the_budget_are_timed_only_when_a_decision_needs_it() -> None:
+    """Each move gives back 1 % of float's time in the profile and 0.5 % timed; 11 of 16
+    moves meet the budget. The prefixes the bisection scores far below the one within it
+    (the profile puts them 6 % or more away) are not timed, and their points of the curve
+    have no latency; the one near it is timed when the bisection asks whether a prefix
+    between them could be faster beyond the probe's resolution, and the answer (no) stops
+    the search there, as when every prefix was timed (the PP-OCRv5 recognizer timed 5 such
+    prefixes, ~0.9 s each, that no decision read)."""
+    sites = [f"s{i}" for i in range(16)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 2.0) for s in sites]
+    timed: list[int] = []
+
+    def speed(model: int) -> tuple[float, float]:
+        timed.append(model)
+        return 10.0 + model, 0.5 + 0.005 * model
+
+    plan = _search_float(sites, moves, 11, speed=speed, profile_us=200.0)
+    scored = {p["float_layers"]: p["latency_ms"] for p in plan.tradeoff}
+    assert plan.met and len(plan.floats) == 13  # 10 misses, and 10..13 are within 2 % timed
+    assert sorted(timed) == [0, 10, 12, 13]  # 0, 12 and 13 for the speed bound
+    assert scored[1] is None and scored[7] is None  # scored, missed, never timed
+    assert scored[10] == 20.0 and scored[13] == 23.0 and scored[0] == 10.0
