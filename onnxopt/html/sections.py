@@ -183,26 +183,91 @@ def _table(table_id: str, head: tuple[str, ...], rows: list[tuple]) -> str:
 
 
 def tradeoff_section(passes: list[dict[str, Any]]) -> Section:
-    """Accuracy against latency for every pass that measured several candidates."""
+    """For every lossy pass that measured several candidates: the mixed-precision search's
+    curve (the budget's number against the layers left float) and the candidates' accuracy
+    against latency."""
     parts = []
     for p in passes:
-        cands = (p.get("details") or {}).get("candidates") or []
-        if len(cands) >= 2:
-            parts.append(_tradeoff(p["name"], cands))
+        details = p.get("details") or {}
+        cands = details.get("candidates") or []
+        curve = details.get("tradeoff") or []
+        if len(cands) >= 2 or len(curve) >= 2:
+            axes = details.get("tradeoff_axes") or {}
+            body = _curve(p["name"], curve, axes) + _tradeoff(p["name"], cands, axes.get("metric"))
+            parts.append(f"<h3>{escape(p['name'])}</h3>" + body)
     if not parts:
         return "tradeoff", "trade-offs", ""
     return (
         "tradeoff",
         "trade-offs",
-        '<section id="tradeoff"><h2>Trade-offs</h2><p class="sub">The candidates a lossy pass '
-        "(or its bisection) verified: accuracy against latency (median of a short run, ORT_ENABLE_ALL"
-        ", 2 threads); the ring marks the model kept.</p>" + "".join(parts) + "</section>",
+        '<section id="tradeoff"><h2>Trade-offs</h2><p class="sub">The models a lossy pass (or '
+        "its bisection) scored: the budget's number against the layers the mixed-precision "
+        "search left float, and against latency (median of a short run, ORT_ENABLE_ALL, 2 "
+        "threads); the ring marks the model kept.</p>" + "".join(parts) + "</section>",
     )
 
 
-def _tradeoff(name: str, cands: list[dict[str, Any]]) -> str:
-    use_acc = any(c.get("accuracy") is not None for c in cands)
-    key, ylabel = ("accuracy", "accuracy (%)") if use_acc else ("cosine", "cosine vs original")
+def _curve(name: str, curve: list[dict[str, Any]], axes: dict[str, Any]) -> str:
+    """The search's trade-off curve: each model it scored, by layers left float (the float
+    input last, grey), its number against the budget's floor (dashed)."""
+    if len(curve) < 2:
+        return ""
+    metric = str(axes.get("metric") or "metric")
+    floor = axes.get("floor")
+    pts, chosen = [], None
+    for c in sorted(curve, key=lambda c: (c["float_layers"], c.get("dynamic_layers", 0))):
+        color = GREY if c.get("reference") else (GREEN if c.get("ok") else RED)
+        label = _layers(c) if not c.get("reference") else "float (the input)"
+        tip = f"{label}: {metric} {fmt.num(c['metric'], 6)}"
+        pts.append(Point(c["float_layers"], c["metric"], tip, color, not c.get("ok"), label))
+        if c.get("chosen"):
+            chosen = len(pts) - 1
+    total = axes.get("layers")
+    plot = scatter(
+        pts,
+        xlabel="layers left float" + (f" (of {total})" if total else ""),
+        ylabel=metric.rsplit(":", 1)[-1],  # a task metric's function name: the axis is short
+        title=f"{name}: {metric} against the layers left float",
+        chosen=chosen,
+        hline=(float(floor), f"budget: {fmt.num(floor, 6)}") if floor is not None else None,
+        joined=True,
+    )
+    # the search's probe times each model in turns with the float one: its ratio is the
+    # reading (a short run's milliseconds move with the machine's load, the ratio less)
+    ref_ms = next((c.get("latency_ms") for c in curve if c.get("reference")), None)
+
+    def ratio(c: dict[str, Any]) -> str:
+        ms = c.get("latency_ms")
+        return f"{ms / ref_ms:.2f}x" if ms is not None and ref_ms else "-"
+
+    rows = [
+        (
+            "float (the input)" if c.get("reference") else _layers(c),
+            fmt.num(c["metric"], 6),
+            "yes" if c.get("ok") else "no",
+            ratio(c),
+            "chosen" if c.get("chosen") else "",
+        )
+        for c in sorted(curve, key=lambda c: (c["float_layers"], c.get("dynamic_layers", 0)))
+    ]
+    head = ("layers left float", metric, "within budget", "time vs float (in turns)", "")
+    return f'<div class="row">{plot}{_table(f"curve-{name}", head, rows)}</div>'
+
+
+def _layers(c: dict[str, Any]) -> str:
+    dyn = c.get("dynamic_layers") or 0
+    return f"{c['float_layers']} float" + (f", {dyn} dynamic" if dyn else "")
+
+
+def _tradeoff(name: str, cands: list[dict[str, Any]], metric: str | None = None) -> str:
+    if len(cands) < 2:
+        return ""
+    if any(c.get("metric") is not None for c in cands):
+        key, ylabel = "metric", metric or "task metric"
+    elif any(c.get("accuracy") is not None for c in cands):
+        key, ylabel = "accuracy", "accuracy (%)"
+    else:
+        key, ylabel = "cosine", "cosine vs original"
     timed = all(c.get("latency_ms") is not None for c in cands)
     pts, chosen = [], None
     for i, c in enumerate(x for x in cands if x.get(key) is not None):
@@ -217,7 +282,7 @@ def _tradeoff(name: str, cands: list[dict[str, Any]]) -> str:
     plot = scatter(
         pts,
         xlabel="latency (ms)" if timed else "candidate (in the order tried; not timed)",
-        ylabel=ylabel,
+        ylabel=ylabel.rsplit(":", 1)[-1],
         title=f"{name}: candidates",
         chosen=chosen,
     )
@@ -225,14 +290,18 @@ def _tradeoff(name: str, cands: list[dict[str, Any]]) -> str:
         (
             c["label"],
             "yes" if c.get("ok") else "no",
-            fmt.num(c.get("accuracy")) if use_acc else fmt.cosine(c.get("cosine")),
+            fmt.num(c.get(key), 6)
+            if key == "metric"
+            else fmt.num(c.get("accuracy"))
+            if key == "accuracy"
+            else fmt.cosine(c.get("cosine")),
             fmt.ms(c.get("latency_ms")),
             "chosen" if c.get("chosen") else "",
         )
         for c in cands
     ]
     table = _table(f"tradeoff-{name}", ("candidate", "within budget", ylabel, "latency", ""), rows)
-    return f'<h3>{escape(name)}</h3><div class="row">{plot}{table}</div>'
+    return f'<div class="row">{plot}{table}</div>'
 
 
 def graph_section(graph: dict[str, Any] | None) -> Section:

@@ -192,15 +192,34 @@ def scatter(
     chosen: int | None = None,
     width: int = 620,
     height: int = 340,
+    hline: tuple[float, str] | None = None,
+    joined: bool = False,
 ) -> str:
-    """A scatter plot with each point's label beside it; ``chosen`` gets a ring."""
+    """A scatter plot with each point's label beside it; ``chosen`` gets a ring. ``hline``
+    (y, label): a dashed horizontal line (a budget's floor), inside the y range; ``joined``:
+    the points joined in x order (a curve)."""
     xs, ys = [p.x for p in points] or [0.0], [p.y for p in points] or [0.0]
+    ys_all = ys + ([hline[0]] if hline is not None else [])
     pad_x = (max(xs) - min(xs)) * 0.08 or abs(xs[0]) * 0.1 or 1.0
-    pad_y = (max(ys) - min(ys)) * 0.08 or abs(ys[0]) * 0.01 or 0.01
+    pad_y = (max(ys_all) - min(ys_all)) * 0.08 or abs(ys[0]) * 0.01 or 0.01
     xt = nice_ticks(min(xs) - pad_x, max(xs) + pad_x)
-    yt = nice_ticks(min(ys) - pad_y, max(ys) + pad_y)
+    yt = nice_ticks(min(ys_all) - pad_y, max(ys_all) + pad_y)
     f = Frame(width, height, xt[0], xt[-1], yt[0], yt[-1], left=72)
     out = _open(width, height, title, "scatter") + _axes(f, xt, yt, xlabel, ylabel)
+    if hline is not None:
+        y = f.y(hline[0])
+        out.append(
+            f'<g class="hline"><line x1="{f.left}" x2="{width - f.right}" y1="{y:.1f}" '
+            f'y2="{y:.1f}" stroke="{GREY}" stroke-dasharray="5 3"/><text '
+            f'x="{f.left + 6}" y="{y - 5:.1f}" text-anchor="start" fill="{GREY}">'
+            f"{escape(hline[1])}</text></g>"
+        )
+    if joined and len(points) > 1:
+        path = " ".join(f"{f.x(p.x):.1f},{f.y(p.y):.1f}" for p in sorted(points, key=lambda p: p.x))
+        out.append(
+            f'<polyline class="series" points="{path}" fill="none" stroke="{BLUE}" '
+            'stroke-width="1.2" stroke-opacity="0.55"/>'
+        )
     for i, p in enumerate(points):
         out.append(_dot(f, p, p.y, 6))
         if i == chosen:
@@ -209,10 +228,11 @@ def scatter(
                 f'fill="none" stroke="{ORANGE}" stroke-width="2.5"><title>chosen: '
                 f"{escape(p.tip)}</title></circle>"
             )
-        if p.label:
+        if p.label:  # beside the point, on its left near the right edge
+            right = f.x(p.x) > 0.75 * width
             out.append(
-                f'<text x="{f.x(p.x) + 10:.1f}" y="{f.y(p.y) - 8:.1f}" fill="#333">'
-                f"{escape(p.label)}</text>"
+                f'<text x="{f.x(p.x) + (-10 if right else 10):.1f}" y="{f.y(p.y) - 8:.1f}" '
+                f'text-anchor="{"end" if right else "start"}" fill="#333">{escape(p.label)}</text>'
             )
     return "\n".join(out + ["</svg>"])
 

@@ -67,10 +67,13 @@ class Judge:
     ref_metric: float | None = None
     #: with a feed here, every scored candidate is timed (the report's trade-off plot)
     timing_feed: dict[str, np.ndarray] | None = None
-    #: one row per scored candidate: label, ok, cosine, accuracy, latency_ms
+    #: one row per scored candidate: label, ok, cosine, accuracy, metric (the task metric's
+    #: value, None without one), latency_ms
     history: list[dict] = field(default_factory=list)
     #: also hold the candidate to the budget with onnxruntime's optimizations on, first
     deployed: bool = True
+    #: the task metric of the outputs :meth:`_verdict` judged last (None without one)
+    _last_metric: float | None = field(default=None, repr=False)
 
     def check(self, model: onnx.ModelProto, label: str = "") -> tuple[bool, str]:
         good, why, _ = self.score(model, label)
@@ -155,6 +158,7 @@ class Judge:
         if task is not None:
             met = (self._reference_metric(), task(runs, self.feeds.labels))
         verdict = self.budget.check(comp, acc, met)
+        self._last_metric = met[1] if met else None  # for the candidate's row (_record)
         head = met[1] if met else acc[1] if acc else comp.cosine
         if verdict.ok:
             why = self._halves(runs, comp)
@@ -191,6 +195,7 @@ class Judge:
                 "ok": ok,
                 "cosine": comp.cosine if comp.outputs else None,
                 "accuracy": acc[1] if acc else None,
+                "metric": self._last_metric,
                 "latency_ms": latency_or_none(model, self.timing_feed, label) if timed else None,
             }
         )

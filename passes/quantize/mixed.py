@@ -286,6 +286,7 @@ def search(
             "float_layers": len(floats) + already_float,
             "dynamic_layers": len(dyn),
             "metric": round(head, 6),
+            "ok": good,
         }
         if speed is not None:
             # all int8 within budget at once ends the search untimed: timing it would only
@@ -297,7 +298,7 @@ def search(
             if good and not at_once:
                 timed(k)
             point["latency_ms"] = _ms(times[k][0]) if k in times else None
-            points[k] = point
+        points[k] = point
         out.tradeoff.append(point)
         if progress is not None:
             progress("mixed precision", k, n)
@@ -319,6 +320,8 @@ def search(
         out.evaluations += 1
         if not good:
             cache[k] = False
+            if k in points:  # its point of the curve no longer reads within budget
+                points[k]["ok"] = False
             out.reason = why
             # the cheap verdict passes where the binding one does not: above this prefix the
             # cheap one is taken to pass (more moves never hurt), so each further prefix is

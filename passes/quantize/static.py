@@ -921,7 +921,9 @@ class QuantizeInt8(Pass):
                     "float_layers": len(sites) + slow,
                     "dynamic_layers": 0,
                     "metric": round(head, 6),
+                    "ok": True,
                     "latency_ms": round(float_ms, 4) if float_ms is not None else None,
+                    "reference": True,
                 }
             )
             if res.met and res.speed_ratio is not None:
@@ -929,9 +931,19 @@ class QuantizeInt8(Pass):
                     f"mixed precision: the model chosen runs in {res.speed_ratio:.2f}x the "
                     "float model's time (timed in turns with it)"
                 )
-        # the candidate the search scored and chose (the report marks its row), before the
-        # layers its choice left alone go float
+        # the candidate the search scored and chose (the report marks its row and its point
+        # of the curve), before the layers its choice left alone go float
         chosen = step_label(res.floats, res.dynamic) if res.met else None
+        if res.met:
+            at = (len(res.floats) + slow, len(res.dynamic))
+            for point in res.tradeoff:
+                if (point["float_layers"], point["dynamic_layers"]) == at:
+                    point["chosen"] = True
+        details["tradeoff_axes"] = {
+            "metric": _headline_name(ctx.budget, ref_acc),
+            "floor": judge.target(),
+            "layers": len(sites) + slow,
+        }
         lone = _isolated(build.base, res, sites, gains) if res.met else []
         if lone:
             res.floats = sorted(set(res.floats) | set(lone))
@@ -993,7 +1005,7 @@ class QuantizeInt8(Pass):
             if good:
                 good, why, head = judge.literal_score(model, label)
             res.evaluations += 1
-            res.tradeoff.append({**point, "metric": round(head, 6)})
+            res.tradeoff.append({**point, "metric": round(head, 6), "ok": good})
             if not good:
                 continue
             notes.append(
@@ -1223,6 +1235,15 @@ def _record(res: Any, details: dict, notes: list[str]) -> None:
         notes.append(res.reason)
 
 
+def _headline_name(budget: Any, ref_acc: float | None) -> str:
+    """What the search's headline number is (:meth:`.fallback.Judge.score`'s third): the
+    task metric's name, accuracy, or the lowest cosine against the input."""
+    metric = getattr(budget, "metric", None)
+    if metric is not None:
+        return str(getattr(metric, "name", None) or getattr(metric, "__name__", "task metric"))
+    return "accuracy (%)" if ref_acc is not None else "cosine vs the input"
+
+
 def _round(x: float | None) -> float | None:
     if x is None:
         return None
@@ -1245,6 +1266,7 @@ def _steps(
                 "ok": True,
                 "cosine": 1.0,
                 "accuracy": ref_acc,
+                "metric": judge.ref_metric,
                 "latency_ms": latency_or_none(model, judge.timing_feed, "float"),
                 "chosen": False,
                 "reference": True,

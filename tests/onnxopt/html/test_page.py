@@ -257,3 +257,65 @@ def test_the_header_says_where_the_time_went():
     html = render_page(report, "t")
     assert "12.5 s (task metric 6.0 s, checking outputs 4.0 s, other 2.5 s)" in html
     assert "task metric" not in render_page({**report, "time_breakdown": {}}, "t")
+
+
+def test_the_search_curve_plots_the_task_metric_against_the_layers_left_float():
+    """A task-metric budget: the curve's table lists each model the search scored by layers
+    left float (the float input last), with the metric, the verdict and the kept one; the
+    plot draws the budget's floor; the candidates' table reads the metric, not the cosine."""
+    curve = [
+        {"float_layers": 4, "dynamic_layers": 0, "metric": 90.0, "ok": False, "latency_ms": 2.0},
+        {"float_layers": 9, "dynamic_layers": 1, "metric": 99.5, "ok": True, "latency_ms": 3.0},
+        {
+            "float_layers": 6,
+            "dynamic_layers": 0,
+            "metric": 97.5,
+            "ok": True,
+            "latency_ms": None,
+            "chosen": True,
+        },
+        {
+            "float_layers": 12,
+            "dynamic_layers": 0,
+            "metric": 100.0,
+            "ok": True,
+            "latency_ms": 4.0,
+            "reference": True,
+        },
+    ]
+    cands = [
+        {"label": "all int8", "ok": False, "cosine": 0.98, "accuracy": None, "metric": 90.0},
+        {
+            "label": "2 in float",
+            "ok": True,
+            "cosine": 0.99,
+            "accuracy": None,
+            "metric": 97.5,
+            "chosen": True,
+        },
+    ]
+    report = {
+        "passes": [
+            {
+                "name": "quantize-int8",
+                "exact": False,
+                "status": "kept",
+                "details": {
+                    "tradeoff": curve,
+                    "tradeoff_axes": {"metric": "ocr:text", "floor": 97.0, "layers": 12},
+                    "candidates": cands,
+                },
+            }
+        ],
+    }
+    html = render_page(report, "t")
+    page = parse(html)
+    rows = page.tables["curve-quantize-int8"]
+    assert [r[0] for r in rows] == ["4 float", "6 float", "9 float, 1 dynamic", "float (the input)"]
+    assert [number(r[1]) for r in rows] == [90.0, 97.5, 99.5, 100.0]
+    assert [r[2] for r in rows] == ["no", "yes", "yes", "yes"]
+    assert [r[4] for r in rows] == ["", "chosen", "", ""]
+    assert [r[3] for r in rows] == ["0.50x", "-", "0.75x", "1.00x"]  # 6 float: not timed
+    assert "budget: 97" in html and "layers left float (of 12)" in html
+    table = page.tables["tradeoff-quantize-int8"]
+    assert [number(r[2]) for r in table] == [90.0, 97.5]

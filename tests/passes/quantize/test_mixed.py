@@ -211,7 +211,7 @@ def test_all_int8_within_budget_at_once_is_not_timed() -> None:
     )
     assert plan.met and plan.floats == [] and plan.speed_ratio is None
     assert plan.tradeoff == [
-        {"float_layers": 0, "dynamic_layers": 0, "metric": 1.0, "latency_ms": None}
+        {"float_layers": 0, "dynamic_layers": 0, "metric": 1.0, "ok": True, "latency_ms": None}
     ]
 
 
@@ -284,6 +284,12 @@ def test_fallback_steps_are_trade_off_candidates() -> None:
     chosen = [c for c in cands if c["chosen"]]
     assert [c["label"] for c in chosen] == ["1 in float"] and chosen[0]["ok"]
     assert all(c["latency_ms"] > 0 for c in cands)
+    # the search's curve: its axes for the report, the kept model's point marked
+    axes = res.details["tradeoff_axes"]
+    assert axes["metric"] == "cosine vs the input" and axes["floor"] == 0.999
+    curve = res.details["tradeoff"]
+    assert [p["float_layers"] for p in curve if p.get("chosen")] == [1]
+    assert all(p["ok"] == (p["metric"] >= 0.999) for p in curve)
 
 
 def test_search_does_not_run_the_all_float_model() -> None:
