@@ -144,6 +144,11 @@ class PassContext:
         memo: scratch that a pass's first run and its bisection trials on the same input
             share (the manager gives one per pass run; None elsewhere): what a trial may
             reuse instead of redoing, such as int8 calibration.
+        precheck: the manager's verdict on a candidate model, on the verification runs the
+            pass never learns from ("" within the budget, else why not), for a lossy pass's
+            first run (None in bisection trials and outside a manager). A pass may use it
+            only to give up early, never to choose among models that pass: the model it
+            returns is verified as any other.
     """
 
     feeds: Feeds | None = None
@@ -157,6 +162,7 @@ class PassContext:
     parallel: Any = None
     allow_slower: bool = False
     memo: dict[str, Any] | None = None
+    precheck: Callable[[onnx.ModelProto], str] | None = None
 
     def allow(self, key: str) -> bool:
         """Whether the site named ``key`` may be rewritten in this run."""

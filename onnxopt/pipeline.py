@@ -346,10 +346,19 @@ class PassManager:
             batch.append(p)
         return batch
 
-    def _ctx(self, p: Pass, site_filter: set[str] | None = None) -> PassContext:
+    def _ctx(
+        self, p: Pass, site_filter: set[str] | None = None, stage: Stage | None = None
+    ) -> PassContext:
         def prog(what: str, done: int, total: int) -> None:
             if self.progress:
                 self.progress.update(what, done, total)
+
+        precheck = None
+        if stage is not None and not p.exact and not site_filter:
+            # a lossy pass's first run may ask the verifier early (never a bisection trial,
+            # whose sites the manager chooses): the verdict _verify would give, speed aside
+            def precheck(model: onnx.ModelProto, stage: Stage = stage) -> str:
+                return self._verify(model, stage, p, speed=False).why
 
         return PassContext(
             feeds=self._calib,
@@ -362,6 +371,7 @@ class PassManager:
             measure_candidates=self.measure_candidates,
             allow_slower=self.allow_slower,
             memo=self._memo,
+            precheck=precheck,
         )
 
     # ----------------------------------------------------------------------------------------
@@ -438,7 +448,7 @@ class PassManager:
         try:
             if p.needs_data and self._calib.synthesized:
                 pr.notes.append("no --data given: working on synthesized inputs")
-            result, candidate = p.apply(stage.model, self._ctx(p))
+            result, candidate = p.apply(stage.model, self._ctx(p, stage=stage))
             if not p.exact:
                 gc.collect()  # see bisection: a lossy pass's working graphs are big cycles
             pr.rewrites, pr.details = result.rewrites, dict(result.details)

@@ -907,6 +907,7 @@ class QuantizeInt8(Pass):
             speed_all_int8=timed,
             target=judge.target(),
             profile_us=_bound_us(total_us, gains, sites, details.get("latency")),
+            precheck=ctx.precheck,
         )
         if not res.met and res.not_faster_at == 0 and probe is not None:
             res = self._alone(

@@ -453,3 +453,30 @@ def test_a_task_metric_runs_the_original_once_on_every_run(monkeypatch):
     pm.run(original, data)
     assert ran == [len(pm.verifier.feeds)], ran
     assert pm.verifier.first.outputs == pm.verifier.first.full[:4]
+
+
+def test_a_lossy_pass_may_ask_the_verifier_early():
+    """``ctx.precheck`` gives a lossy pass's first run the manager's verdict on the
+    verification runs: "" for a model within the budget, the reason for one outside it; an
+    exact pass gets none."""
+    seen: dict[str, object] = {}
+
+    class Asks(Pass):
+        name = "test-asks"
+        exact = False
+        tags = ("quantize",)
+        needs_model = True
+
+        def run_model(self, m, ctx):
+            bad = parser.parse_model(CHAIN.replace("Relu", "Sigmoid"))
+            seen["same"], seen["bad"] = ctx.precheck(m), ctx.precheck(bad)
+            return PassResult(changed=False)
+
+    class Exact(NegToAbs):
+        def run(self, graph, ctx):
+            seen["exact"] = ctx.precheck
+            return super().run(graph, ctx)
+
+    budget = Budget(min_cosine=None, max_abs_err=0.01)
+    PassManager([Exact(wrong=()), Asks()], budget=budget, batch_exact=False).run(model(), feeds())
+    assert seen["same"] == "" and "over budget" in seen["bad"] and seen["exact"] is None

@@ -697,3 +697,49 @@ def test_prefixes_that_miss_the_budget_are_timed_only_when_a_decision_needs_it()
     assert sorted(timed) == [0, 10, 12, 13]  # 0, 12 and 13 for the speed bound
     assert scored[1] is None and scored[7] is None  # scored, missed, never timed
     assert scored[10] == 20.0 and scored[13] == 23.0 and scored[0] == 10.0
+
+
+def test_a_search_whose_least_int8_prefix_the_verification_runs_refuse_stops_there() -> None:
+    """All int8 misses the budget; the last fast prefix (the fewest int8 layers the search
+    would keep) meets it on the learning runs. Its model is checked on the verification runs
+    first: refused, the search scores nothing below it and ends float (the recognizer: its CTC
+    head, int8 in every fast prefix, changed a held-out crop); passed, the search goes on as
+    before and keeps the smallest prefix within budget."""
+    sites = [f"s{i}" for i in range(12)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 2.0) for s in sites]
+    checked: list[int] = []
+
+    def speed(model: int) -> tuple[float, float]:  # 12 - model int8 layers, 4 % of float each
+        return 10.0, 1.0 - 0.04 * (12 - model)
+
+    def run(verdict: str) -> tuple[mixed.Plan, list[int]]:
+        scored: list[int] = []
+        checked.clear()
+
+        def score(m: int, label: str = "") -> tuple[bool, str, float]:
+            scored.append(m)
+            return m >= 5, "text changed", float(m)
+
+        def precheck(m: int) -> str:
+            checked.append(m)
+            return verdict
+
+        plan = mixed.search(
+            lambda e, d: 12 - len(e),
+            sites,
+            moves,
+            score,
+            float_at_end=True,
+            speed=speed,
+            precheck=precheck,
+        )
+        return plan, scored
+
+    plan, scored = run("over budget: one held-out crop read differently")
+    # the last fast prefix is 11 (one int8 layer, 0.96x): checked there, refused, float
+    assert checked == [11] and scored == [0, 11]
+    assert not plan.met and plan.refused_at == 11 and len(plan.floats) == 12
+    assert "verification runs" in plan.reason and "held-out crop" in plan.reason
+    assert [p["ok"] for p in plan.tradeoff if p["float_layers"] == 11] == [False]
+    plan, scored = run("")
+    assert checked == [11] and plan.met and len(plan.floats) == 5 and plan.refused_at is None
