@@ -1223,12 +1223,17 @@ def _record(res: Any, details: dict, notes: list[str]) -> None:
         for m in res.moves
         if m.site in set(res.floats) | set(res.dynamic)
     ]
-    if res.floats or res.dynamic:
+    if not res.met:  # its floats are every move's: no placement was found (the reason says why)
+        notes.append(
+            f"fully quantized model misses the budget; mixed precision found no placement "
+            f"({res.evaluations} model{'s' if res.evaluations != 1 else ''} tried)"
+        )
+    elif res.floats or res.dynamic:
         notes.append(
             f"fully quantized model misses the budget; mixed precision: {len(res.floats)} "
             f"float, {len(res.dynamic)} dynamic int8 ({res.evaluations} models tried)"
         )
-    for r in details["float_nodes"][:20]:
+    for r in details["float_nodes"][:20] if res.met else []:
         notes.append(
             f"kept {r['to']}: {r['node']}: SQNR {r['sqnr_db']} dB, saves {r['gain_us']} µs in int8"
         )

@@ -743,3 +743,23 @@ def test_a_search_whose_least_int8_prefix_the_verification_runs_refuse_stops_the
     assert [p["ok"] for p in plan.tradeoff if p["float_layers"] == 11] == [False]
     plan, scored = run("")
     assert checked == [11] and plan.met and len(plan.floats) == 5 and plan.refused_at is None
+
+
+def test_a_search_that_found_no_placement_says_so_without_listing_every_layer() -> None:
+    """A search that ends float (nothing within budget and faster, or refused on the
+    verification runs) has every move in its floats: the notes say it found no placement and
+    why, not "kept float" for each layer; one that found a placement lists its float layers."""
+    moves = [mixed.Move(f"s{i}", "float", 1.0, 10.0, 2.0) for i in range(3)]
+    plan = mixed.Plan(moves=moves, floats=["s0", "s1", "s2"], met=False, reason="why not")
+    plan.evaluations = 2
+    notes: list[str] = []
+    static._record(plan, {}, notes)
+    assert notes == [
+        "fully quantized model misses the budget; mixed precision found no placement "
+        "(2 models tried)",
+        "why not",
+    ]
+    plan = mixed.Plan(moves=moves, floats=["s0"], met=True)
+    notes = []
+    static._record(plan, {}, notes)
+    assert "mixed precision: 1 float" in notes[0] and notes[1].startswith("kept float: s0")
