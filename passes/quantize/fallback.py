@@ -72,8 +72,6 @@ class Judge:
     history: list[dict] = field(default_factory=list)
     #: also hold the candidate to the budget with onnxruntime's optimizations on, first
     deployed: bool = True
-    #: the task metric of the outputs :meth:`_verdict` judged last (None without one)
-    _last_metric: float | None = field(default=None, repr=False)
 
     def check(self, model: onnx.ModelProto, label: str = "") -> tuple[bool, str]:
         good, why, _ = self.score(model, label)
@@ -131,7 +129,7 @@ class Judge:
             if not ok:
                 why += " (with onnxruntime's graph optimizations on)"
         if record:
-            self._record(model, label, ok, comp, acc)
+            self._record(model, label, ok, comp, acc, head)
         return ok, why, head
 
     def literal_score(self, model: onnx.ModelProto, label: str = "") -> tuple[bool, str, float]:
@@ -143,7 +141,7 @@ class Judge:
         key = label or f"candidate {self.evaluations}"  # as :meth:`_record` names it
         rows = [row for row in self.history if row["label"] == key]
         if not rows:
-            self._record(model, label, ok, comp, acc)
+            self._record(model, label, ok, comp, acc, head)
         elif not ok:  # the candidate's row no longer reads "within budget"
             rows[-1]["ok"] = False
         return ok, (why + " (the literal graph)" if not ok else why), head
@@ -158,7 +156,6 @@ class Judge:
         if task is not None:
             met = (self._reference_metric(), task(runs, self.feeds.labels))
         verdict = self.budget.check(comp, acc, met)
-        self._last_metric = met[1] if met else None  # for the candidate's row (_record)
         head = met[1] if met else acc[1] if acc else comp.cosine
         if verdict.ok:
             why = self._halves(runs, comp)
@@ -185,7 +182,7 @@ class Judge:
                 )
         return ""
 
-    def _record(self, model: onnx.ModelProto, label: str, ok: bool, comp, acc) -> None:
+    def _record(self, model: onnx.ModelProto, label: str, ok: bool, comp, acc, head: float) -> None:
         from onnxopt.candidates import latency_or_none
 
         timed = self.timing_feed is not None
@@ -195,7 +192,7 @@ class Judge:
                 "ok": ok,
                 "cosine": comp.cosine if comp.outputs else None,
                 "accuracy": acc[1] if acc else None,
-                "metric": self._last_metric,
+                "metric": head if getattr(self.budget, "metric", None) is not None else None,
                 "latency_ms": latency_or_none(model, self.timing_feed, label) if timed else None,
             }
         )

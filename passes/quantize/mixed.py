@@ -383,10 +383,9 @@ def search(
                 out, moves, last + 1, timed(last + 1)[1] if last + 1 in times else None
             )
         if hi is None:
-            out.met = False
-            out.floats, dyn = sorted(apply(moves)[0]), set()
-            out.reason = f"budget not met even with every site out of int8 ({out.reason})"
-            return out
+            return _float(
+                out, moves, f"budget not met even with every site out of int8 ({out.reason})"
+            )
         lo = max((k for k, good in cache.items() if not good and k < hi), default=-1)
         steps = 0
         while hi - lo > 1 and worth(lo, hi):
@@ -405,6 +404,8 @@ def search(
         if confirmed(hi):
             break
         lo = hi
+    if hi in points:  # the report rings the kept model's point
+        points[hi]["chosen"] = True
     floats, dyn = apply(moves[:hi])
     out.floats, out.dynamic = sorted(floats), sorted(dyn)
     # the prefixes above found within budget too, nearest first: the manager's fallbacks
@@ -466,34 +467,40 @@ def _profile_saving(moves: list[Move], k: int) -> float:
     return sum(g / 2 if s in dyn else g for s, g in gain.items() if s not in floats)
 
 
-def _not_faster(out: Plan, moves: list[Move], k: int, ratio: float | None) -> Plan:
-    """The search's outcome when the budget holds only where int8 no longer pays: float."""
+def _float(out: Plan, moves: list[Move], reason: str) -> Plan:
+    """The search's outcome when no placement is kept: every move made (float), ``reason``."""
     out.met = False
     out.floats = sorted(apply(moves)[0])
+    out.reason = reason
+    return out
+
+
+def _not_faster(out: Plan, moves: list[Move], k: int, ratio: float | None) -> Plan:
+    """The search's outcome when the budget holds only where int8 no longer pays: float."""
     out.not_faster_at = k
     at = f" ({ratio:.2f}x its time, interleaved)" if ratio is not None else ""
     what = "with every layer int8" if k == 0 else f"with {k} moves out of int8"
-    out.reason = (
+    return _float(
+        out,
+        moves,
         f"int8 does not pay within the budget: {what} the model is not {SPEED_MARGIN:.0%} "
         f"faster than float{at}, and the models int8 enough to be are not within the budget "
-        f"({out.reason}); it stays float"
+        f"({out.reason}); it stays float",
     )
-    return out
 
 
 def _refused(out: Plan, moves: list[Move], k: int, why: str) -> Plan:
     """The search's outcome when the verification runs refuse the prefix ``k`` with the
     fewest int8 layers it would keep: float."""
-    out.met = False
-    out.floats = sorted(apply(moves)[0])
     out.refused_at = k
-    out.reason = (
+    return _float(
+        out,
+        moves,
         f"int8 does not meet the budget on the verification runs: the model with the fewest "
         f"int8 layers the search would keep ({k} moves out of int8, within the budget on the "
         f"runs it learns from) fails there ({why}); fewer moves leave more layers int8, so "
-        "it stays float"
+        "it stays float",
     )
-    return out
 
 
 def _first_ok_above(

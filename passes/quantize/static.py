@@ -932,14 +932,9 @@ class QuantizeInt8(Pass):
                     f"mixed precision: the model chosen runs in {res.speed_ratio:.2f}x the "
                     "float model's time (timed in turns with it)"
                 )
-        # the candidate the search scored and chose (the report marks its row and its point
-        # of the curve), before the layers its choice left alone go float
+        # the candidate the search scored and chose (the report marks its row; the search
+        # marked its point of the curve), before the layers its choice left alone go float
         chosen = step_label(res.floats, res.dynamic) if res.met else None
-        if res.met:
-            at = (len(res.floats) + slow, len(res.dynamic))
-            for point in res.tradeoff:
-                if (point["float_layers"], point["dynamic_layers"]) == at:
-                    point["chosen"] = True
         details["tradeoff_axes"] = {
             "metric": _headline_name(ctx.budget, ref_acc),
             "floor": judge.target(),
@@ -1006,7 +1001,7 @@ class QuantizeInt8(Pass):
             if good:
                 good, why, head = judge.literal_score(model, label)
             res.evaluations += 1
-            res.tradeoff.append({**point, "metric": round(head, 6), "ok": good})
+            res.tradeoff.append({**point, "metric": round(head, 6), "ok": good, "chosen": good})
             if not good:
                 continue
             notes.append(

@@ -211,7 +211,14 @@ def test_all_int8_within_budget_at_once_is_not_timed() -> None:
     )
     assert plan.met and plan.floats == [] and plan.speed_ratio is None
     assert plan.tradeoff == [
-        {"float_layers": 0, "dynamic_layers": 0, "metric": 1.0, "ok": True, "latency_ms": None}
+        {
+            "float_layers": 0,
+            "dynamic_layers": 0,
+            "metric": 1.0,
+            "ok": True,
+            "latency_ms": None,
+            "chosen": True,  # the model kept: the report rings it
+        }
     ]
 
 
