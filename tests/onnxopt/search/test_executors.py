@@ -44,6 +44,17 @@ def _wait(ex: LocalExecutor, tasks: list[Task], seconds: float = 120) -> list[Ta
     return done
 
 
+def _until(cond, seconds: float = 60) -> bool:
+    """Poll ``cond`` until it holds (a pool's state, not a fixed sleep: a loaded machine
+    spawns workers late)."""
+    end = time.time() + seconds
+    while time.time() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return False
+
+
 @pytest.mark.slow
 def test_a_dead_worker_is_reported_and_the_others_rerun(tmp_path):
     job = _job(full_bench=6.0)
@@ -53,15 +64,23 @@ def test_a_dead_worker_is_reported_and_the_others_rerun(tmp_path):
     ex.start(job)
     try:
         tasks = [ex.submit(Task("eval", (str(path), 1), f"e{i}")) for i in range(2)]
-        time.sleep(2.0)  # both are timing (6 s of interleaved rounds)
+        # both are running (6 s of interleaved rounds each) in their own worker
+        assert _until(lambda: all(t.handle.running() for t in tasks) and len(_workers(ex)) == 2)
+        time.sleep(0.5)
+        assert not any(t.handle.done() for t in tasks), "a task ended before the kill"
         os.kill(_workers(ex)[0], signal.SIGKILL)
         done = ex.wait(tasks, 10)  # the pool broke: what was running re-runs alone
-        assert ex._alone or ex._suspect is not None
-        time.sleep(2.0)  # a task runs alone in a one-worker pool: killed, it is the culprit
+        assert ex._alone or ex._suspect is not None, f"no re-run after the crash: {done}"
+        # a task runs alone in a one-worker pool: killed while it runs, it is the culprit
+        suspect = ex._suspect
+        assert suspect is not None
+        assert _until(lambda: len(_workers(ex)) == 1 and suspect.handle.running())
+        time.sleep(0.5)
+        assert not suspect.handle.done(), "the suspect ended before the kill"
         (lone,) = _workers(ex)
         os.kill(lone, signal.SIGKILL)
         done += _wait(ex, [t for t in tasks if t not in done])
-        assert len(done) == 2
+        assert len(done) == 2, f"finished: {[t.label for t in done]}"
         outcomes = []
         for t in done:
             try:
