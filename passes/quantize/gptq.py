@@ -59,23 +59,31 @@ def gptq(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, *, qmax: int) -> np
         return np.concatenate(
             [gptq(w[j : j + 1], scale[j : j + 1], gram[j : j + 1], qmax=qmax) for j in range(g)]
         )
-    work = np.take_along_axis(w.astype(np.float64), order[:, None, :], 2)
+    # the sweep works on the columns as rows, [G, K, R]: each column it rounds, and each row
+    # of the updates inside a block, is contiguous (on [G, R, K] a column is R values K apart:
+    # PP-OCRv5's CTC head, 120 inputs x 18,385 rows, took 0.46 s on [G, R, K] and takes 0.11
+    # s; all-MiniLM-L6-v2's 1536-input layers 0.47 s and 0.34 s, most of it now the
+    # factorization above; the same integers)
+    work = np.ascontiguousarray(
+        np.swapaxes(np.take_along_axis(w.astype(np.float64), order[:, None, :], 2), 1, 2)
+    )
     q = np.empty_like(work)
     # the columns go in blocks of BLOCK: inside a block each column's error updates the
     # block's later columns, and the block's errors update the columns after it in one
     # product (all-MiniLM-L6-v2's 36 layers: 16.6 s column by column)
     for b0 in range(0, k, BLOCK):
         b1 = min(b0 + BLOCK, k)
-        errs = np.empty((g, r, b1 - b0))
+        errs = np.empty((g, b1 - b0, r))
         for i in range(b0, b1):
-            col = np.clip(np.round(work[:, :, i] / safe), -qmax, qmax)
-            q[:, :, i] = col
-            err = (work[:, :, i] - col * safe) / u[:, i, i][:, None]  # [G, R]
-            errs[:, :, i - b0] = err
+            col = np.clip(np.round(work[:, i] / safe), -qmax, qmax)
+            q[:, i] = col
+            err = (work[:, i] - col * safe) / u[:, i, i][:, None]  # [G, R]
+            errs[:, i - b0] = err
             if i + 1 < b1:
-                work[:, :, i + 1 : b1] -= err[:, :, None] * u[:, None, i, i + 1 : b1]
+                work[:, i + 1 : b1] -= u[:, i, i + 1 : b1, None] * err[:, None, :]
         if b1 < k:
-            work[:, :, b1:] -= np.matmul(errs, u[:, b0:b1, b1:])
+            work[:, b1:] -= np.matmul(np.swapaxes(u[:, b0:b1, b1:], 1, 2), errs)
+    q = np.swapaxes(q, 1, 2)  # [G, R, K], in the sorted order of the columns
     out = np.empty_like(q)
     np.put_along_axis(out, np.broadcast_to(order[:, None, :], q.shape), q, 2)
     return out

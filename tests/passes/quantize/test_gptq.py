@@ -70,6 +70,38 @@ def test_groups_go_together_as_they_would_one_by_one() -> None:
     assert np.isfinite(together).all()
 
 
+
+def _textbook(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, qmax: int) -> np.ndarray:
+    """GPTQ as the paper states it, one group, column by column with no blocks: each column's
+    error updates every later column at once."""
+    k = w.shape[1]
+    order = np.argsort(-np.diag(gram), kind="stable")
+    h = gram[np.ix_(order, order)].astype(np.float64)
+    h[np.arange(k), np.arange(k)] += 0.01 * np.diag(h).mean()
+    u = np.linalg.cholesky(np.linalg.inv(h)).T
+    work = w[:, order].astype(np.float64)
+    q = np.empty_like(work)
+    for i in range(k):
+        q[:, i] = np.clip(np.round(work[:, i] / scale), -qmax, qmax)
+        err = (work[:, i] - q[:, i] * scale) / u[i, i]
+        work[:, i + 1 :] -= np.outer(err, u[i, i + 1 :])
+    out = np.empty_like(q)
+    out[:, order] = q
+    return out
+
+
+def test_the_blocked_sweep_rounds_as_the_column_by_column_one() -> None:
+    """The sweep's blocks (BLOCK columns, then one product for the rest) and its layout give
+    the integers of the textbook loop, over more than one block."""
+    w = RNG.standard_normal((5, 300))
+    rows = RNG.standard_normal((400, 300)) @ RNG.standard_normal((300, 300)) * 0.1
+    gram = rows.T @ rows / 400
+    scale = np.abs(w).max(axis=1) / 127
+    got = gptq(w[None], scale[None], gram[None], qmax=127)[0]
+    want = _textbook(w, scale, gram, 127)
+    assert (got != want).mean() < 0.01  # float64 sums in another order: a tie may round apart
+    assert np.abs(got - want).max() <= 1
+
 def test_the_pass_rounds_the_layers_it_keeps_with_error_feedback() -> None:
     w = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
     m = parse(LAYER, {"W": w})
