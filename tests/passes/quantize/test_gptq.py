@@ -70,7 +70,6 @@ def test_groups_go_together_as_they_would_one_by_one() -> None:
     assert np.isfinite(together).all()
 
 
-
 def _textbook(w: np.ndarray, scale: np.ndarray, gram: np.ndarray, qmax: int) -> np.ndarray:
     """GPTQ as the paper states it, one group, column by column with no blocks: each column's
     error updates every later column at once."""
@@ -101,6 +100,7 @@ def test_the_blocked_sweep_rounds_as_the_column_by_column_one() -> None:
     want = _textbook(w, scale, gram, 127)
     assert (got != want).mean() < 0.01  # float64 sums in another order: a tie may round apart
     assert np.abs(got - want).max() <= 1
+
 
 def test_the_pass_rounds_the_layers_it_keeps_with_error_feedback() -> None:
     w = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
