@@ -12,7 +12,8 @@ Pipeline (each step its own module):
 3. per-layer time of the int8 and the float model on this CPU (:mod:`.latency`, on int8
    models built with min/max ranges of two runs: the kernels' speed does not depend on the
    scales): what int8 makes slower stays float (``latency_aware``) when the model with it
-   float races faster than all-int8 beyond noise (:func:`.latency.pays_as_a_whole`); then the
+   float races faster than all-int8 beyond noise, by :data:`.latency.FLOAT_MARGIN` for layers
+   with weights (:func:`.latency.pays_as_a_whole`); then the
    whole model, timed in turns with the float one (:class:`.mixed.SpeedProbe`), must be
    :data:`.mixed.SPEED_MARGIN` faster, or the pass stops there, before calibrating;
 4. stream the statistics of the tensors the kept sites read and write over the calibration
@@ -646,6 +647,7 @@ class QuantizeInt8(Pass):
         att = lat.Attribution(build.base, set(sites))
         weightless = {s for s in sites if att.weightless(s)}
         raced = None  # the race's all-int8 / reduced time, when it kept the slower layers int8
+        placement_raced = None  # the race's reduced / all-int8 time
         try:
             enabled, slow_all, gains, all_int8 = list(sites), [], {}, None
             kept: dict[str, float] = {}  # slightly slower (µs), between int8 layers: stay int8
@@ -719,7 +721,14 @@ class QuantizeInt8(Pass):
                 # whole runs, interleaved, put it 18 % behind (2.36x against 2.79x of fp32)
                 reduced = build(set(sites) - set(slow_all))
                 r = lat.pays_as_a_whole(all_int8, reduced, feed)
-                if r is not None:
+                placement_raced = round(r.a_ms / r.b_ms, 3)  # the placement against all-int8
+                if lat.float_pays(r):
+                    notes.append(
+                        f"latency: {len(slow_all)} layers measured slower in int8 go float: the "
+                        f"model is {lat.FLOAT_MARGIN:.0%} or more faster with them float "
+                        f"({r.reversed().describe()})"
+                    )
+                else:
                     # a tie keeps in int8 the layers int8 makes smaller (their weights) and
                     # the elementwise sites (float would add a Q/DQ pair), and leaves float
                     # the layers without weights: with no speed or size to show for it, int8
@@ -728,26 +737,31 @@ class QuantizeInt8(Pass):
                     # The layers without weights stay int8 only when the model is
                     # SPEED_MARGIN faster with them, the gain the pass asks of int8 as a whole:
                     # less is not worth their error (all-MiniLM-L6-v2 raced 0.97x with its 12
-                    # attention MatMuls int8, and read cosine 0.9977 against 0.9979)
+                    # attention MatMuls int8, and read cosine 0.9977 against 0.9979). The
+                    # layers with weights go float only FLOAT_MARGIN faster (lat.float_pays)
                     paid = r.b_faster and r.ratio <= 1.0 - mixed.SPEED_MARGIN
                     tie = [] if paid else [s for s in slow_all if s in weightless]
-                    if len(tie) < len(slow_all):
+                    if r.b_faster:
+                        why = "the model is faster with them in int8"
+                    elif lat.float_faster(r):
                         why = (
-                            "the model is faster with them in int8"
-                            if r.b_faster
-                            else "the model with them float is not faster beyond noise"
+                            f"the model is less than {lat.FLOAT_MARGIN:.0%} faster with them float"
                         )
+                    else:
+                        why = "the model with them float is not faster beyond noise"
+                    if len(tie) < len(slow_all):
                         notes.append(
                             f"latency: {len(slow_all) - len(tie)} layers measured slower in "
                             f"int8 stay int8: {why} ({r.describe()})"
                         )
                     if tie:
-                        why = (
-                            f"the model is less than {mixed.SPEED_MARGIN:.0%} faster with them "
-                            "in int8"
-                            if r.b_faster
-                            else "the model with them float is not faster beyond noise"
-                        )
+                        if r.b_faster:
+                            why = (
+                                f"the model is less than {mixed.SPEED_MARGIN:.0%} faster with "
+                                "them in int8"
+                            )
+                        elif lat.float_faster(r):
+                            why = "the model is faster with them float"
                         notes.append(
                             f"latency: {len(tie)} layers measured slower in int8 with no "
                             f"weights stay float: {why}, and int8 would make them no smaller "
@@ -781,6 +795,8 @@ class QuantizeInt8(Pass):
             "int8_est_us": round(est, 1),  # the placement chosen, as the profile times it
             "slower_in_int8": slow_all,
             "all_int8_raced": raced,
+            # the placement with every layer measured slower float, raced against all-int8
+            "float_left_raced": placement_raced,
             "gain_us": {
                 k: round(v, 1) for k, v in sorted(gains.items(), key=lambda kv: kv[1])[:50]
             },

@@ -116,12 +116,21 @@ def test_layers_measured_slower_stay_int8_when_the_whole_model_is_faster(monkeyp
     )
     assert sorted(res.sites) == ["big", "tiny"]
     assert any("with them float is not faster beyond noise" in n for n in res.notes)
-    # "tiny" float faster beyond noise, by 5 %: it goes float
+    # "tiny" float faster beyond noise, by 5 % (FLOAT_MARGIN): it goes float
     monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.95, 10))
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
         _model(), PassContext(feeds=_feeds())
     )
     assert res.sites == ["big"]
+    assert any("go float: the model is 5% or more faster with them float" in n for n in res.notes)
+    assert res.details["latency"]["float_left_raced"] == 0.95
+    # faster beyond noise by 3 % only: "tiny" has weights, int8 keeps them smaller: int8
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.97, 10))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(
+        _model(), PassContext(feeds=_feeds())
+    )
+    assert sorted(res.sites) == ["big", "tiny"]
+    assert any("less than 5% faster with them float" in n for n in res.notes)
 
 
 #: TWO_REGIONS with a MatMul of two activations (as attention's) between float Tanh ops
@@ -146,7 +155,8 @@ def test_on_a_tie_a_slower_layer_without_weights_goes_float(monkeypatch) -> None
     the model with them float races all-int8 to a tie. "tiny" stays int8 (its weight is
     smaller in int8); "mm" goes float: int8 would buy it neither speed nor size, only error.
     When all-int8 wins beyond noise, both stay int8; when it wins by less than the 3 % the
-    pass asks of int8, "mm" goes float all the same."""
+    pass asks of int8, "mm" goes float all the same. When float wins beyond noise, "mm" goes
+    float, and "tiny" only when float wins by 5 % (FLOAT_MARGIN)."""
     weights = {
         "W": (RNG.standard_normal((64, 64, 3, 3)) * 0.05).astype(np.float32),
         "B": RNG.standard_normal(64).astype(np.float32),
@@ -199,6 +209,17 @@ def test_on_a_tie_a_slower_layer_without_weights_goes_float(monkeypatch) -> None
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
     assert sorted(res.sites) == ["big", "tiny"]
     assert any("less than 3% faster with them in int8" in n for n in res.notes)
+    # float faster beyond noise by 3 %: "mm" goes float, "tiny" (weights) stays int8
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.97, 10))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert sorted(res.sites) == ["big", "tiny"]
+    assert any(
+        "with no weights stay float: the model is faster with them float" in n for n in res.notes
+    )
+    # by 5 %: both go float
+    monkeypatch.setattr(latency, "race", lambda *a, **k: _whole_race(1.0, 0.95, 10))
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
+    assert res.sites == ["big"]
 
 
 def test_a_layer_without_weights_must_be_faster_in_int8_beyond_the_slack() -> None:
