@@ -361,3 +361,30 @@ def test_ocr_model_times_sorts_convolution_kernels_by_kind(tmp_path):
     got = omt.kernel_kinds(str(tmp_path / "m.onnx"), feeds)
     for kind in ("Conv, 1x1", "Conv, depthwise", "Conv, 1x1 depthwise (affine)", "Conv, other"):
         assert got.get(kind, 0) > 0, (kind, got)
+
+
+def test_verify_levels_times_every_level_on_the_calibration_runs(tmp_path, monkeypatch, capsys):
+    """benchmarks/verify_levels.py on a tiny model: the labels are not fed, every level runs
+    every round, and each level's outputs match the unoptimized session's."""
+    import sys
+
+    from benchmarks import verify_levels as vl
+
+    m = parse(
+        '<ir_version: 8, opset_import: ["" : 17]>\n'
+        "g (float[2, 8] x) => (float[2, 8] y) { h = MatMul (x, w)\n y = Relu (h) }",
+        {"w": np.eye(8, dtype=np.float32)},
+    )
+    onnx.save(m, tmp_path / "m.onnx")
+    x = np.arange(16, dtype=np.float32).reshape(2, 8)
+    np.savez(tmp_path / "c.npz", **{"0000/x": x, "0000/labels": np.ones(2), "0001/x": -x})
+    runs = vl.load_runs(tmp_path / "c.npz", 8)
+    assert [sorted(r) for r in runs] == [["x"], ["x"]]
+    argv = ["verify_levels.py", "--model", str(tmp_path / "m.onnx"), "--calib"]
+    monkeypatch.setattr(sys, "argv", [*argv, str(tmp_path / "c.npz"), "--rounds", "2"])
+    vl.main()
+    out = capsys.readouterr().out
+    assert "2 runs, 2 rounds" in out
+    for level in ("off", "basic", "extended", "all"):
+        line = next(ln for ln in out.splitlines() if ln.split()[0] == level)
+        assert line.count("+") == 2 and line.endswith("max |diff| vs off: 0")
