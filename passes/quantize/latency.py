@@ -390,10 +390,10 @@ def may_beat_float(all_int8_us: float, float_t: Timing) -> bool:
     return all_int8_us < float_t.total_us * NO_RACE_ABOVE_FLOAT
 
 
-#: the layers with weights that the profile measured slower in int8 leave it only when the
-#: model with them float races this much faster than all-int8 (and beyond noise): int8 keeps
-#: them 4x smaller and their outputs no worse than the float neighbours' Q/DQ boundary would,
-#: and a smaller gain does not survive this CPU's change of regime. A MobileNetV2 at batch 32
+#: the layers with weights that the profile measured slower in int8 (and the elementwise
+#: sites, which float would give a Q/DQ pair of their own) leave it only when the model with
+#: them float races this much faster than all-int8 (and beyond noise): int8 keeps the weights
+#: 4x smaller, and a smaller gain does not survive this CPU's change of regime. A MobileNetV2 at batch 32
 #: with its 3 stem layers float raced 2.4-4.2 % ahead of all-int8 in one regime (fp32 16 ms)
 #: and 19 % behind in the other (fp32 28 ms); it read 98.44 % against 98.67 % all-int8
 FLOAT_MARGIN = 0.05
@@ -422,8 +422,10 @@ def float_faster(r: Race) -> bool:
 
 
 def float_pays(r: Race) -> bool:
-    """Whether the layers with weights measured slower in int8 go float: the model with them
-    float raced faster beyond noise, by :data:`FLOAT_MARGIN` or more."""
+    """Whether the layers measured slower in int8 that have weights (or are elementwise) go
+    float: the model with them float raced faster beyond noise, by :data:`FLOAT_MARGIN` or
+    more. The MatMuls of two activations (:meth:`Attribution.weightless`) go float on any
+    gain beyond noise."""
     return float_faster(r) and r.a_ms <= (1.0 - FLOAT_MARGIN) * r.b_ms
 
 
