@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import numpy_helper
 
+from onnxopt import weights
 from onnxopt.errors import ModelError, OnnxoptError, first_line
 from onnxopt.onnx2torch.control import CONTROL, check_trip_count, constants_of
 from onnxopt.onnx2torch.graph import Body, Node, OpEnv, nodes_of, sanitize, trainable_names
@@ -66,7 +66,7 @@ class OnnxInterpreter(torch.nn.Module):
             for body in (a for a in node.attrs.values() if isinstance(a, Body)):
                 for t in body.initializers:
                     key = "b_" + sanitize(t.name, taken)
-                    value = torch.from_numpy(np.array(numpy_helper.to_array(t), copy=True))
+                    value = torch.from_numpy(np.array(weights.array(t), copy=True))
                     self.register_buffer(key, value)
                     self._body_keys[t.name] = key
                 inner = {t.name for t in body.initializers if int(np.prod(t.dims)) <= 1}
@@ -77,7 +77,7 @@ class OnnxInterpreter(torch.nn.Module):
         taken: set[str] = set()
         for t in g.initializer:
             key = sanitize(t.name, taken)
-            value = torch.from_numpy(np.array(numpy_helper.to_array(t), copy=True))
+            value = torch.from_numpy(np.array(weights.array(t), copy=True))
             if t.name in train_set:
                 self.params[key] = torch.nn.Parameter(value)
                 self.keys[t.name] = key

@@ -109,8 +109,8 @@ def teacher_targets(
     Returns:
         name -> array with N rows (np.memmap when on disk).
     """
-    data = _with_targets(teacher, names).SerializeToString()  # once: cache key and session
-    key = _key(data, names, inputs)
+    with_targets = _with_targets(teacher, names)
+    key = _key(with_targets.SerializeToString(), names, inputs)
     folder = Path(cache_dir) if cache_dir is not None else None
     if folder is not None and all((folder / f"{key}.{i}.npy").exists() for i in range(len(names))):
         logger.info("teacher targets: cache hit %s", folder / key)
@@ -121,7 +121,7 @@ def teacher_targets(
     if fixed and n_samples % fixed:
         raise DataError(f"{n_samples} samples do not split into the teacher's batch of {step}")
     store = _TargetStore(names, n_samples, folder, key, memory_limit)
-    sess = _session(data, threads)
+    sess = _session(with_targets, threads)
     for start in range(0, n_samples, step):
         feed = {k: np.ascontiguousarray(v[start : start + step]) for k, v in inputs.items()}
         store.add(start, start + step, sess.run(list(names), feed))
@@ -135,15 +135,25 @@ def _with_targets(teacher: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelP
     )
 
 
-def _session(data: bytes, threads: int) -> Any:
-    """A quiet onnxruntime CPU session (``threads`` intra-op threads, 0 = default)."""
+def _session(model: onnx.ModelProto, threads: int) -> Any:
+    """A quiet onnxruntime CPU session (``threads`` intra-op threads, 0 = default). Built by
+    :func:`onnxopt.sessions.build`: a large model's weights are mapped from its file, and its
+    proto holds stubs for them, which onnxruntime refuses to read from serialized bytes
+    ("model format error" on BERT-base); ``build`` hands them over as arrays, copied into
+    the session: its graph optimizations fold constants (a position embedding's Gather), and
+    onnxruntime reads a folded initializer's bytes from the proto, not from a shared array."""
     import onnxruntime as ort
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    if threads:
-        so.intra_op_num_threads = threads
-    return ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
+    from onnxopt import sessions
+
+    def options() -> Any:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        if threads:
+            so.intra_op_num_threads = threads
+        return so
+
+    return sessions.build(model, options, copy_weights=True)
 
 
 class _TargetStore:
@@ -223,7 +233,7 @@ class OnlineTeacher:
     def __init__(self, teacher: onnx.ModelProto, names: Sequence[str], threads: int = 0) -> None:
         self.names = list(names)
         self.fixed = static_batch(teacher)
-        self.sess = _session(_with_targets(teacher, names).SerializeToString(), threads)
+        self.sess = _session(_with_targets(teacher, names), threads)
 
     def __call__(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         """name -> the teacher's values for the samples of ``inputs`` (axis 0)."""
