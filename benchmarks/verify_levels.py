@@ -22,18 +22,6 @@ import numpy as np
 WORK = Path(__file__).resolve().parents[1] / "build" / "quant_bench" / "ocr_rec"
 
 
-def load_runs(calib: Path, n: int) -> list[dict[str, np.ndarray]]:
-    """The first ``n`` runs of a benchmark calibration file (``NNNN/input`` keys; labels
-    left out)."""
-    data = np.load(calib)
-    runs: dict[str, dict[str, np.ndarray]] = {}
-    for key in sorted(data.keys()):
-        run, name = key.split("/", 1)
-        if name != "labels":
-            runs.setdefault(run, {})[name] = data[key]
-    return list(runs.values())[:n]
-
-
 def main() -> None:
     import onnxruntime as ort
 
@@ -47,7 +35,11 @@ def main() -> None:
         if not path.is_file():
             print(f"error: {path} is missing (run the int8 benchmark first)", file=sys.stderr)
             raise SystemExit(2)
-    runs = load_runs(args.calib, args.runs)
+    from onnxopt.data import load_feeds
+    from onnxopt.model import load_model
+
+    # onnxopt's own reader: the benchmark's per-run keys, the labels left out
+    runs = load_feeds(str(args.calib), load_model(str(args.model)), limit=args.runs).runs
     levels = {
         "off": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,

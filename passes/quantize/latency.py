@@ -393,9 +393,10 @@ def may_beat_float(all_int8_us: float, float_t: Timing) -> bool:
 #: the layers with weights that the profile measured slower in int8 (and the elementwise
 #: sites, which float would give a Q/DQ pair of their own) leave it only when the model with
 #: them float races this much faster than all-int8 (and beyond noise): int8 keeps the weights
-#: 4x smaller, and a smaller gain does not survive this CPU's change of regime. A MobileNetV2 at batch 32
-#: with its 3 stem layers float raced 2.4-4.2 % ahead of all-int8 in one regime (fp32 16 ms)
-#: and 19 % behind in the other (fp32 28 ms); it read 98.44 % against 98.67 % all-int8
+#: 4x smaller, and a smaller gain does not survive this CPU's change of regime. A MobileNetV2
+#: at batch 32 with its 3 stem layers float raced 2.4-4.2 % ahead of all-int8 in one regime
+#: (fp32 16 ms) and 19 % behind in the other (fp32 28 ms); it read 98.44 % against 98.67 %
+#: all-int8
 FLOAT_MARGIN = 0.05
 
 

@@ -13,7 +13,7 @@ Pipeline (each step its own module):
    models built with min/max ranges of two runs: the kernels' speed does not depend on the
    scales): what int8 makes slower stays float (``latency_aware``) when the model with it
    float races faster than all-int8 beyond noise, by :data:`.latency.FLOAT_MARGIN` for layers
-   with weights (:func:`.latency.pays_as_a_whole`); then the
+   with weights and elementwise sites (:func:`.latency.pays_as_a_whole`); then the
    whole model, timed in turns with the float one (:class:`.mixed.SpeedProbe`), must be
    :data:`.mixed.SPEED_MARGIN` faster, or the pass stops there, before calibrating;
 4. stream the statistics of the tensors the kept sites read and write over the calibration
