@@ -197,6 +197,7 @@ class Race:
         a_ms, b_ms: median latency of each over every timed run.
         rounds: how many rounds; in each, both models ran ``per_round`` timed runs.
         b_wins: the rounds in which b's median was below a's.
+        round_ratio: the median over the rounds of b's median / a's (None: ``b_ms / a_ms``).
     """
 
     a_ms: float
@@ -206,9 +207,17 @@ class Race:
     threads: int
     #: how: "interleaved", or "one after the other" (both sessions did not fit the budget)
     mode: str = "interleaved"
+    round_ratio: float | None = None
 
     @property
     def ratio(self) -> float:
+        """b's time over a's: the median of the rounds' ratios, each round's two models run
+        next to each other. The ratio of the medians over every run is not robust to a change
+        of the machine's speed within the race: on an AMD EPYC whose runs moved between 15 and
+        32 ms from round to round, pooled medians that fell between the two modes read the
+        PP-OCRv5 detector's placement at 0.66x where every round read 0.82-0.88x."""
+        if self.round_ratio is not None:
+            return self.round_ratio
         return self.b_ms / self.a_ms if self.a_ms > 0 else float("inf")
 
     @property
@@ -218,8 +227,15 @@ class Race:
 
     def reversed(self) -> Race:
         """The same race read the other way round (b's runs as a's, b's losses as wins)."""
+        inverse = None if self.round_ratio is None else 1.0 / self.round_ratio
         return Race(
-            self.b_ms, self.a_ms, self.rounds, self.rounds - self.b_wins, self.threads, self.mode
+            self.b_ms,
+            self.a_ms,
+            self.rounds,
+            self.rounds - self.b_wins,
+            self.threads,
+            self.mode,
+            inverse,
         )
 
     @property
@@ -246,6 +262,8 @@ def _settled(
     min_rounds: int,
     seconds: float,
     elapsed: float,
+    early_decisive: float = EARLY_DECISIVE,
+    ratios: list[float] | None = None,
 ) -> bool:
     """Stop after ``min_rounds`` and ``seconds``, unless b looks faster but the sign test is
     not yet sure (then go on, up to three times ``seconds``). Stop from ``min_rounds`` on,
@@ -253,12 +271,15 @@ def _settled(
     p < :data:`DECISIVE_P` (10 wins of 10, 12 of 13) and its median is at least
     :data:`DECISIVE` away (an int8 model 1.6x faster than its input needs no two seconds to
     show it); from :data:`EARLY_ROUNDS` on, when the leader won every round and its median is
-    at least :data:`EARLY_DECISIVE` away."""
+    at least ``early_decisive`` away (:data:`EARLY_DECISIVE`; a caller that reads the race
+    against a threshold of its own may stop once the ratio is clear of it). ``ratios``: the
+    rounds' b/a ratios, whose median is the race's ratio (:attr:`Race.ratio`)."""
     if rounds < min(min_rounds, EARLY_ROUNDS):
         return False
-    r = Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, 0)
+    mid = float(np.median(ratios)) if ratios else None
+    r = Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, 0, "", mid)
     gap = abs(math.log(max(r.ratio, 1e-9)))
-    if wins in (0, rounds) and gap >= math.log(1 / EARLY_DECISIVE):
+    if wins in (0, rounds) and gap >= math.log(1 / early_decisive):
         return True
     if rounds < min_rounds:
         return False
@@ -294,14 +315,18 @@ def race(
     max_rounds: int = 40,
     per_round: int | None = None,
     max_bytes: int | None = None,
+    early_decisive: float = EARLY_DECISIVE,
 ) -> Race:
     """Time ModelProtos ``a`` and ``b`` on ``feed`` in interleaved rounds (order alternating,
     one untimed run first in each), for at least ``min_rounds`` and about ``seconds`` (longer,
     up to ``max_rounds``, while b looks faster but not yet beyond noise; shorter when one model
-    is decisively faster: :func:`_settled`).
+    is decisively faster: :func:`_settled`, with ``early_decisive``).
 
-    ``per_round`` timed runs a round (None: :data:`PER_ROUND`, or :data:`SLOW_PER_ROUND` for
-    models whose warm run takes :data:`SLOW_RUN_MS` or more). The untimed run that starts
+    ``per_round`` timed runs a round (None: :data:`PER_ROUND`, or :data:`SLOW_PER_ROUND` from
+    the first round in which either model's median run takes :data:`SLOW_RUN_MS` or more, the
+    warm-up runs included: on an AMD EPYC whose speed moves between two regimes, the PP-OCRv5
+    detector ran 15 ms warm and 32 ms from the race's third round on, where 5 runs a round
+    made each round 0.33 s). The untimed run that starts
     each round takes the switch of sessions: without it, the next one or two runs are slow
     (a MobileNetV2 at batch 32: 28-45 ms, then 15 ms warm), and with 1-2 runs a round an int8
     model 0.55x its input won only 18 of 22 and 21 of 28 rounds.
@@ -324,13 +349,22 @@ def race(
         for _ in range(2):
             s.run(None, feed)
         warm = max(warm, _timed_runs(s, feed, 1)[0])
+    adapt = per_round is None
     if per_round is None:
         per_round = SLOW_PER_ROUND if warm >= SLOW_RUN_MS else PER_ROUND
     times: dict[int, list[float]] = {0: [], 1: []}
+    ratios: list[float] = []
     wins = rounds = 0
     start = time.perf_counter()
     while rounds < max_rounds and not _settled(
-        times, rounds, wins, min_rounds, seconds, time.perf_counter() - start
+        times,
+        rounds,
+        wins,
+        min_rounds,
+        seconds,
+        time.perf_counter() - start,
+        early_decisive,
+        ratios,
     ):
         med = {}
         for k in (0, 1) if rounds % 2 == 0 else (1, 0):
@@ -340,8 +374,18 @@ def race(
             times[k] += lat
             med[k] = float(np.median(lat))
         wins += med[1] < med[0]
+        ratios.append(med[1] / med[0] if med[0] > 0 else float("inf"))
         rounds += 1
-    return Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, threads)
+        if adapt and max(med.values()) >= SLOW_RUN_MS:
+            per_round = SLOW_PER_ROUND  # the machine slowed down (or the feed is large)
+    return Race(
+        float(np.median(times[0])),
+        float(np.median(times[1])),
+        rounds,
+        wins,
+        threads,
+        round_ratio=float(np.median(ratios)) if ratios else None,
+    )
 
 
 def quick_latency(
@@ -399,4 +443,5 @@ def race_apart(
         wins,
         threads,
         "one after the other, without prepacked weights",
+        float(np.median([y / x for x, y in zip(med[0], med[1]) if x > 0] or [np.inf])),
     )

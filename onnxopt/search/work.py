@@ -362,7 +362,7 @@ def _speed(model: onnx.ModelProto, rung: int, m: Memo) -> dict[str, Any]:
     return {
         "latency_ms": r.b_ms,
         "latency_original_ms": r.a_ms,
-        "speedup": r.a_ms / r.b_ms if r.b_ms > 0 else None,
+        "speedup": 1.0 / r.ratio if r.ratio > 0 else None,
         "rounds": r.rounds,
         "faster_in_rounds": r.b_wins,
     }

@@ -721,7 +721,7 @@ class QuantizeInt8(Pass):
                 # whole runs, interleaved, put it 18 % behind (2.36x against 2.79x of fp32)
                 reduced = build(set(sites) - set(slow_all))
                 r = lat.pays_as_a_whole(all_int8, reduced, feed)
-                placement_raced = round(r.a_ms / r.b_ms, 3)  # the placement against all-int8
+                placement_raced = round(r.reversed().ratio, 3)  # placement / all-int8
                 if lat.float_pays(r):
                     notes.append(
                         f"latency: {len(slow_all)} layers measured slower in int8 go float: the "

@@ -92,3 +92,52 @@ def test_a_race_of_slow_models_times_fewer_runs_a_round(monkeypatch) -> None:
         timing.race(m, m, feed, seconds=0.0, min_rounds=2, max_rounds=2, per_round=per_round)
         assert asked[:2] == [1, 1]  # one timed warm run of each model
         assert asked[2:] == [want] * 4  # 2 rounds, both models
+
+
+def test_the_ratio_is_the_median_of_the_rounds_ratios() -> None:
+    """A change of the machine's speed within a race moves the pooled medians, not the rounds'
+    ratios: each round's two models run next to each other."""
+    r = Race(20.0, 13.0, 6, 6, 2, round_ratio=0.88)  # pooled medians between two modes: 0.65
+    assert r.ratio == 0.88 and r.b_faster
+    assert r.reversed().ratio == pytest.approx(1 / 0.88)
+    assert r.reversed().reversed().ratio == pytest.approx(r.ratio)
+    assert Race(20.0, 13.0, 6, 6, 2).ratio == 0.65  # without the rounds: the pooled medians
+    # the stop reads the rounds' ratio: 0.88 is not 25 % away, whatever the pooled medians say
+    assert _settled(_times(20.0, 13.0, 6), 6, 6, 10, 2.0, 0.1)
+    assert not _settled(_times(20.0, 13.0, 6), 6, 6, 10, 2.0, 0.1, ratios=[0.88] * 6)
+
+
+def test_a_caller_with_a_threshold_of_its_own_stops_once_clear_of_it() -> None:
+    # six rounds won at 0.88x: not decided for the generic stop (25 %), decided at 8 %
+    assert not _settled(_times(1.0, 0.88, 6), 6, 6, 10, 2.0, 0.1)
+    assert _settled(_times(1.0, 0.88, 6), 6, 6, 10, 2.0, 0.1, early_decisive=0.92)
+    assert not _settled(_times(1.0, 0.93, 6), 6, 6, 10, 2.0, 0.1, early_decisive=0.92)
+    assert not _settled(_times(1.0, 0.88, 6), 6, 5, 10, 2.0, 0.1, early_decisive=0.92)
+
+
+def test_a_race_turns_to_fewer_runs_a_round_when_the_machine_slows(monkeypatch) -> None:
+    """Warm runs under SLOW_RUN_MS pick 5 timed runs a round; from the first round whose runs
+    take longer, 2 (a slow model needs fewer runs a round, and 5 made each round long)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from onnxopt import timing
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    model = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]),
+        opset_imports=[helper.make_opsetid("", 17)],
+    )
+    onnx.checker.check_model(model)
+    asked: list[int] = []
+
+    def fake(sess, feed, n):  # 10 ms for the warm-up, then the machine slows to 25 ms
+        asked.append(n)
+        return [10.0 if len(asked) <= 2 else 25.0] * n
+
+    monkeypatch.setattr(timing, "_timed_runs", fake)
+    feed = {"x": np.ones((1, 4), np.float32)}
+    r = timing.race(model, model, feed, seconds=0.0, min_rounds=4, max_rounds=4)
+    assert asked == [1, 1, 5, 5, 2, 2, 2, 2, 2, 2]
+    assert r.rounds == 4 and r.ratio == 1.0
