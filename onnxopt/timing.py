@@ -249,8 +249,10 @@ class Race:
             if self.mode == "interleaved"
             else f"{self.rounds} rounds, the models {self.mode}"
         )
+        # the ratio is the rounds' median (it can differ from the two medians' quotient)
+        per = ", by round" if self.round_ratio is not None else ""
         return (
-            f"{self.b_ms:.3g} ms vs {self.a_ms:.3g} ms ({self.ratio:.2f}x; b faster in "
+            f"{self.b_ms:.3g} ms vs {self.a_ms:.3g} ms ({self.ratio:.2f}x{per}; b faster in "
             f"{self.b_wins} of {how}, ORT_ENABLE_ALL, {self.threads} threads)"
         )
 

@@ -401,10 +401,10 @@ FLOAT_MARGIN = 0.05
 
 
 #: the race of :func:`pays_as_a_whole` stops after six rounds (p = 0.016) when one placement
-#: won every round and the ratio is this far or farther from 1: clear of :data:`FLOAT_MARGIN`
-#: by 3 points, more than four more rounds moved it (the PP-OCRv5 detector's placement read
-#: 0.83x and 0.88x after 6 rounds, 0.83x and 0.89x after 10). Its last four rounds cost up
-#: to 1.3 s
+#: won every round and the ratio is this far or farther from 1: 3 points clear of
+#: :data:`FLOAT_MARGIN`, more than four more rounds moved the ratio (the PP-OCRv5 detector's
+#: placement read 0.83x and 0.88x after 6 rounds, 0.83x and 0.89x after 10). Its last four
+#: rounds cost up to 1.3 s
 RACE_CLEAR = 1.0 - FLOAT_MARGIN - 0.03
 
 

@@ -664,3 +664,24 @@ def test_a_slower_layer_kept_for_its_int8_neighbours_goes_float_when_they_do() -
     slow_a = {**gains, "a": -900.0}
     assert static._isolated(m, mixed.Plan(floats=["d"]), sites, slow_a) == []
     assert static._isolated(m, mixed.Plan(floats=["b"]), sites, slow_a) == ["a", "s"]
+
+
+def test_the_float_left_race_stops_once_clear_of_the_margin(monkeypatch) -> None:
+    """pays_as_a_whole asks the race to stop at six rounds once the ratio is RACE_CLEAR away
+    (3 points past FLOAT_MARGIN), and float_pays reads the rounds' ratio."""
+    from onnxopt.passes.quantize import latency as lat
+    from onnxopt.timing import Race
+
+    seen = {}
+
+    def fake_race(a, b, feed, **kw):
+        seen.update(kw)
+        # all-int8 (a) against the float-left placement (b): pooled medians say 0.97, the
+        # rounds 0.88
+        return Race(10.0, 9.7, 6, 6, 2, round_ratio=0.88)
+
+    monkeypatch.setattr(lat, "race", fake_race)
+    r = lat.pays_as_a_whole(None, None, {})
+    assert seen["early_decisive"] == lat.RACE_CLEAR < 1.0 - lat.FLOAT_MARGIN
+    assert lat.float_pays(r)  # 0.88 by round: 5 % or more faster, whatever the pooled medians
+    assert "by round" in r.reversed().describe()
