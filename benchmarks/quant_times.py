@@ -1,0 +1,168 @@
+"""Quantization time, onnxopt against NNCF, in interleaved repeats.
+
+    python benchmarks/quant_times.py [--models ocr_det,ocr_rec] [--tools onnxopt,nncf]
+                                     [--repeats 3] [--out benchmarks/QUANT_TIMES.md]
+
+The int8 benchmark (``benchmarks/quantization.py``) times each tool's job once. On a machine
+whose speed moves between regimes seconds apart (this 2-core AMD EPYC: the PP-OCRv5
+recognizer's job took 23 s in one and 33 s in the other), one reading of each tool compares a
+regime with a regime as much as a tool with a tool. This reruns the job files that benchmark
+wrote (``build/quant_bench/<model>/<tool>.job.json``), each in a fresh process as there, in
+rounds: every tool once a round, the order alternating from round to round, so that a change of
+regime falls on both tools alike. Each rerun writes its model and result into a scratch folder;
+the benchmark's own files are left alone. It prints and writes, per model and tool, the median
+``seconds`` (the quantization call, as the benchmark's table reads it) with the range, and each
+tool's median over NNCF's, as well as the median of the rounds' own ratios.
+
+Needs ``NNCF_PYTHON`` (and ``AIMET_PYTHON`` for AIMET's tools) as the benchmark does, and its
+job files (run ``python benchmarks/quantization.py --models ...`` first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "build" / "quant_bench"
+PYTHON = {"nncf": os.environ.get("NNCF_PYTHON"), "aimet": os.environ.get("AIMET_PYTHON")}
+TIMEOUT = float(os.environ.get("QUANT_BENCH_TIMEOUT", "3600"))
+
+
+def _python(tool: str) -> str:
+    p = PYTHON.get(tool.split("_")[0])
+    return p if p and Path(p).exists() else sys.executable
+
+
+def run_job(job_path: Path, tool: str, scratch: Path) -> dict:
+    """Run one job file again in a fresh process, its outputs in ``scratch``; its result."""
+    job = json.loads(job_path.read_text())
+    job["out"] = str(scratch / f"{tool}.onnx")
+    job["result"] = str(scratch / f"{tool}.json")
+    jpath = scratch / f"{tool}.job.json"
+    jpath.write_text(json.dumps(job))
+    res_path = Path(job["result"])
+    res_path.unlink(missing_ok=True)
+    try:
+        subprocess.run(
+            [_python(tool), str(ROOT / "benchmarks" / "quant_peers.py"), str(jpath)],
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT,
+            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"},
+            cwd=scratch,  # onnxruntime's quantizer leaves temporary files in its folder
+        )
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout ({TIMEOUT:.0f} s)"}
+    if not res_path.is_file():
+        return {"status": "failed"}
+    return json.loads(res_path.read_text())
+
+
+def rounds_order(tools: list[str], k: int) -> list[str]:
+    """The tools' order in round ``k``: as given in even rounds, reversed in odd ones."""
+    return list(tools) if k % 2 == 0 else list(reversed(tools))
+
+
+def summarize(seconds: dict[str, list[float | None]], base: str = "nncf") -> dict[str, dict]:
+    """Per tool: median, min and max of its readings (None: a failed run, left out), its
+    median over ``base``'s, and the median of the per-round ratios to ``base`` (the rounds
+    where both ran)."""
+    out: dict[str, dict] = {}
+    ref = [s for s in seconds.get(base, []) if s is not None]
+    ref_med = statistics.median(ref) if ref else None
+    for tool, vals in seconds.items():
+        ok = [s for s in vals if s is not None]
+        row: dict = {"runs": len(ok), "seconds": vals}
+        if ok:
+            row.update(median=statistics.median(ok), min=min(ok), max=max(ok))
+        if ok and ref_med and tool != base:
+            row["ratio_of_medians"] = row["median"] / ref_med
+            pairs = [a / b for a, b in zip(vals, seconds[base]) if a is not None and b]
+            if pairs:
+                row["median_round_ratio"] = statistics.median(pairs)
+        out[tool] = row
+    return out
+
+
+def render(results: dict[str, dict[str, dict]], repeats: int, command: str) -> str:
+    lines = [
+        "# Quantization time in interleaved repeats (onnxopt against NNCF)",
+        "",
+        f"`{command}`: each job of the int8 benchmark run {repeats} times in rounds, every tool "
+        "once a round, the order alternating; seconds = the quantization call "
+        "(`benchmarks/quant_peers.py`'s `seconds`).",
+        "",
+        "| model | tool | median s | range s | readings | median / NNCF's median "
+        "| median of the rounds' ratios to NNCF |",
+        "|---|---|---:|---:|---|---:|---:|",
+    ]
+    for model, rows in results.items():
+        for tool, r in rows.items():
+            if "median" not in r:
+                lines.append(f"| {model} | {tool} | – | – | failed | – | – |")
+                continue
+            reads = ", ".join("–" if s is None else f"{s:.1f}" for s in r["seconds"])
+            ratio = f"{r['ratio_of_medians']:.2f}" if "ratio_of_medians" in r else "–"
+            per = f"{r['median_round_ratio']:.2f}" if "median_round_ratio" in r else "–"
+            lines.append(
+                f"| {model} | {tool} | {r['median']:.1f} | {r['min']:.1f}–{r['max']:.1f} | "
+                f"{reads} | {ratio} | {per} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", default="ocr_det,ocr_rec,ocr_cls")
+    ap.add_argument("--tools", default="onnxopt,nncf")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=WORK, help="the int8 benchmark's folder")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "QUANT_TIMES.md")
+    args = ap.parse_args()
+    models = [m for m in args.models.split(",") if m]
+    tools = [t for t in args.tools.split(",") if t]
+    if args.repeats < 1:
+        print("error: --repeats must be 1 or more", file=sys.stderr)
+        raise SystemExit(2)
+    missing = [
+        str(args.work / m / f"{t}.job.json")
+        for m in models
+        for t in tools
+        if not (args.work / m / f"{t}.job.json").is_file()
+    ]
+    if missing:
+        print(
+            f"error: no job file {missing[0]} (run benchmarks/quantization.py on that model first)",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    results: dict[str, dict[str, dict]] = {}
+    for model in models:
+        seconds: dict[str, list[float | None]] = {t: [] for t in tools}
+        with tempfile.TemporaryDirectory(prefix=f"quant_times_{model}_") as tmp:
+            for k in range(args.repeats):
+                for tool in rounds_order(tools, k):
+                    res = run_job(args.work / model / f"{tool}.job.json", tool, Path(tmp))
+                    s = res.get("seconds") if res.get("status") == "ok" else None
+                    seconds[tool].append(s)
+                    shown = f"{s:.1f} s" if s is not None else res.get("status")
+                    print(f"[{model}] round {k + 1}: {tool} {shown}", flush=True)
+        results[model] = summarize(seconds, "nncf" if "nncf" in tools else tools[0])
+    command = "python benchmarks/quant_times.py " + " ".join(sys.argv[1:])
+    text = render(results, args.repeats, command.strip())
+    print(text)
+    for path, body in ((args.out, text), (args.out.with_suffix(".json"), json.dumps(results))):
+        part = path.with_name(path.name + ".part")
+        part.write_text(body)
+        part.replace(path)  # written whole or not at all
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""benchmarks/quant_times.py: interleaved repeats of the int8 benchmark's jobs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from benchmarks import quant_times as qt
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_rounds_alternate_the_order_of_the_tools() -> None:
+    assert qt.rounds_order(["onnxopt", "nncf"], 0) == ["onnxopt", "nncf"]
+    assert qt.rounds_order(["onnxopt", "nncf"], 1) == ["nncf", "onnxopt"]
+
+
+def test_summary_gives_medians_ranges_and_the_rounds_ratios() -> None:
+    got = qt.summarize({"onnxopt": [20.0, 30.0, None, 24.0], "nncf": [10.0, 15.0, 12.0, 12.0]})
+    o, n = got["onnxopt"], got["nncf"]
+    assert (o["runs"], o["median"], o["min"], o["max"]) == (3, 24.0, 20.0, 30.0)
+    assert n["median"] == 12.0 and "ratio_of_medians" not in n
+    assert o["ratio_of_medians"] == 2.0
+    assert o["median_round_ratio"] == 2.0  # rounds 20/10, 30/15, 24/12; the failed one out
+    text = qt.render({"m": got}, 4, "python benchmarks/quant_times.py")
+    assert "| m | onnxopt | 24.0 | 20.0–30.0 | 20.0, 30.0, –, 24.0 | 2.00 | 2.00 |" in text
+
+
+def test_a_missing_job_file_is_one_line_and_exit_2(tmp_path) -> None:
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "quant_times.py"), "--work", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and "no job file" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_job_runs_again_in_a_scratch_folder_and_is_timed(tmp_path) -> None:
+    """A real onnxopt job (exact passes on a two-node graph) run twice; the job's own model
+    and result files are not touched."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
+    nodes = [helper.make_node("Identity", ["x"], ["t"]), helper.make_node("Relu", ["t"], ["y"])]
+    model = helper.make_model(
+        helper.make_graph(nodes, "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)]
+    )
+    case = tmp_path / "tiny"
+    case.mkdir()
+    onnx.save(model, case / "fp32.onnx")
+    rng = np.random.default_rng(0)
+    np.savez(
+        case / "calib.npz", **{f"{i:04d}/x": rng.normal(size=(1, 4)).astype("f4") for i in range(4)}
+    )
+    job = {
+        "tool": "onnxopt",
+        "options": {"budget": {"min_cosine": 0.99}, "int8": False},
+        "model": str(case / "fp32.onnx"),
+        "calib": str(case / "calib.npz"),
+        "out": str(case / "onnxopt.onnx"),
+        "result": str(case / "onnxopt.json"),
+    }
+    (case / "onnxopt.job.json").write_text(json.dumps(job))
+    out = tmp_path / "times.md"
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "quant_times.py"),
+            "--work",
+            str(tmp_path),
+            "--models",
+            "tiny",
+            "--tools",
+            "onnxopt",
+            "--repeats",
+            "2",
+            "--out",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert r.returncode == 0, r.stderr
+    assert not (case / "onnxopt.onnx").exists() and not (case / "onnxopt.json").exists()
+    got = json.loads(out.with_suffix(".json").read_text())["tiny"]["onnxopt"]
+    assert got["runs"] == 2 and all(s > 0 for s in got["seconds"])
+    assert "| tiny | onnxopt |" in out.read_text()
