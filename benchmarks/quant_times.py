@@ -70,16 +70,23 @@ def rounds_order(tools: list[str], k: int) -> list[str]:
     return list(tools) if k % 2 == 0 else list(reversed(tools))
 
 
-def summarize(seconds: dict[str, list[float | None]], base: str = "nncf") -> dict[str, dict]:
+def summarize(
+    seconds: dict[str, list[float | None]],
+    base: str = "nncf",
+    outcomes: dict[str, list[str]] | None = None,
+) -> dict[str, dict]:
     """Per tool: median, min and max of its readings (None: a failed run, left out), its
     median over ``base``'s, and the median of the per-round ratios to ``base`` (the rounds
-    where both ran)."""
+    where both ran); ``outcomes``: each reading's outcome as the job reported it (onnxopt: its
+    int8 pass's status, which tells the paths apart: kept, unchanged, rolled back)."""
     out: dict[str, dict] = {}
     ref = [s for s in seconds.get(base, []) if s is not None]
     ref_med = statistics.median(ref) if ref else None
     for tool, vals in seconds.items():
         ok = [s for s in vals if s is not None]
         row: dict = {"runs": len(ok), "seconds": vals}
+        if outcomes and outcomes.get(tool):
+            row["outcomes"] = outcomes[tool]
         if ok:
             row.update(median=statistics.median(ok), min=min(ok), max=max(ok))
         if ok and ref_med and tool != base:
@@ -97,7 +104,8 @@ def render(results: dict[str, dict[str, dict]], repeats: int, command: str) -> s
         "",
         f"`{command}`: each job of the int8 benchmark run {repeats} times in rounds, every tool "
         "once a round, the order alternating; seconds = the quantization call "
-        "(`benchmarks/quant_peers.py`'s `seconds`).",
+        "(`benchmarks/quant_peers.py`'s `seconds`); beside an onnxopt reading, its int8 "
+        "pass's outcome.",
         "",
         "| model | tool | median s | range s | readings | median / NNCF's median "
         "| median of the rounds' ratios to NNCF |",
@@ -108,7 +116,11 @@ def render(results: dict[str, dict[str, dict]], repeats: int, command: str) -> s
             if "median" not in r:
                 lines.append(f"| {model} | {tool} | – | – | failed | – | – |")
                 continue
-            reads = ", ".join("–" if s is None else f"{s:.1f}" for s in r["seconds"])
+            outs = r.get("outcomes") or [""] * len(r["seconds"])
+            reads = ", ".join(
+                ("–" if s is None else f"{s:.1f}") + (f" ({o})" if o else "")
+                for s, o in zip(r["seconds"], outs)
+            )
             ratio = f"{r['ratio_of_medians']:.2f}" if "ratio_of_medians" in r else "–"
             per = f"{r['median_round_ratio']:.2f}" if "median_round_ratio" in r else "–"
             lines.append(
@@ -146,15 +158,19 @@ def main() -> None:
     results: dict[str, dict[str, dict]] = {}
     for model in models:
         seconds: dict[str, list[float | None]] = {t: [] for t in tools}
+        outcomes: dict[str, list[str]] = {t: [] for t in tools}
         with tempfile.TemporaryDirectory(prefix=f"quant_times_{model}_") as tmp:
             for k in range(args.repeats):
                 for tool in rounds_order(tools, k):
                     res = run_job(args.work / model / f"{tool}.job.json", tool, Path(tmp))
                     s = res.get("seconds") if res.get("status") == "ok" else None
                     seconds[tool].append(s)
+                    first = (res.get("notes") or [""])[0] if tool.startswith("onnxopt") else ""
+                    outcomes[tool].append(str(first).split(":")[0][:40])
                     shown = f"{s:.1f} s" if s is not None else res.get("status")
-                    print(f"[{model}] round {k + 1}: {tool} {shown}", flush=True)
-        results[model] = summarize(seconds, "nncf" if "nncf" in tools else tools[0])
+                    why = f" ({outcomes[tool][-1]})" if outcomes[tool][-1] else ""
+                    print(f"[{model}] round {k + 1}: {tool} {shown}{why}", flush=True)
+        results[model] = summarize(seconds, "nncf" if "nncf" in tools else tools[0], outcomes)
     command = "python benchmarks/quant_times.py " + " ".join(sys.argv[1:])
     text = render(results, args.repeats, command.strip())
     print(text)

@@ -30,6 +30,10 @@ def test_summary_gives_medians_ranges_and_the_rounds_ratios() -> None:
     assert o["median_round_ratio"] == 2.0  # rounds 20/10, 30/15, 24/12; the failed one out
     text = qt.render({"m": got}, 4, "python benchmarks/quant_times.py")
     assert "| m | onnxopt | 24.0 | 20.0–30.0 | 20.0, 30.0, –, 24.0 | 2.00 | 2.00 |" in text
+    paths = {"onnxopt": ["kept", "rolled back", "failed", "unchanged"], "nncf": [""] * 4}
+    got = qt.summarize({"onnxopt": [20.0, 30.0, None, 24.0], "nncf": [10.0] * 4}, "nncf", paths)
+    text = qt.render({"m": got}, 4, "python benchmarks/quant_times.py")
+    assert "20.0 (kept), 30.0 (rolled back), – (failed), 24.0 (unchanged)" in text
 
 
 def test_a_missing_job_file_is_one_line_and_exit_2(tmp_path) -> None:
@@ -91,4 +95,5 @@ def test_a_job_runs_again_in_a_scratch_folder_and_is_timed(tmp_path) -> None:
     assert not (case / "onnxopt.onnx").exists() and not (case / "onnxopt.json").exists()
     got = json.loads(out.with_suffix(".json").read_text())["tiny"]["onnxopt"]
     assert got["runs"] == 2 and all(s > 0 for s in got["seconds"])
+    assert got["outcomes"] == ["unchanged"] * 2  # the status of the job's last pass
     assert "| tiny | onnxopt |" in out.read_text()
