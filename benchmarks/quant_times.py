@@ -22,47 +22,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / "build" / "quant_bench"
-PYTHON = {"nncf": os.environ.get("NNCF_PYTHON"), "aimet": os.environ.get("AIMET_PYTHON")}
-TIMEOUT = float(os.environ.get("QUANT_BENCH_TIMEOUT", "3600"))
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.quantization import WORK, run_job  # noqa: E402
 
 
-def _python(tool: str) -> str:
-    p = PYTHON.get(tool.split("_")[0])
-    return p if p and Path(p).exists() else sys.executable
-
-
-def run_job(job_path: Path, tool: str, scratch: Path) -> dict:
-    """Run one job file again in a fresh process, its outputs in ``scratch``; its result."""
+def rerun(job_path: Path, tool: str, scratch: Path) -> dict:
+    """Run one job file again (:func:`benchmarks.quantization.run_job`: a fresh process, the
+    tool's interpreter), its model and result written into ``scratch``; its result."""
     job = json.loads(job_path.read_text())
     job["out"] = str(scratch / f"{tool}.onnx")
     job["result"] = str(scratch / f"{tool}.json")
     jpath = scratch / f"{tool}.job.json"
     jpath.write_text(json.dumps(job))
-    res_path = Path(job["result"])
-    res_path.unlink(missing_ok=True)
-    try:
-        subprocess.run(
-            [_python(tool), str(ROOT / "benchmarks" / "quant_peers.py"), str(jpath)],
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"},
-            cwd=scratch,  # onnxruntime's quantizer leaves temporary files in its folder
-        )
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout ({TIMEOUT:.0f} s)"}
-    if not res_path.is_file():
-        return {"status": "failed"}
-    return json.loads(res_path.read_text())
+    return run_job(jpath, tool, scratch)
 
 
 def rounds_order(tools: list[str], k: int) -> list[str]:
@@ -162,7 +142,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"quant_times_{model}_") as tmp:
             for k in range(args.repeats):
                 for tool in rounds_order(tools, k):
-                    res = run_job(args.work / model / f"{tool}.job.json", tool, Path(tmp))
+                    res = rerun(args.work / model / f"{tool}.job.json", tool, Path(tmp))
                     s = res.get("seconds") if res.get("status") == "ok" else None
                     seconds[tool].append(s)
                     first = (res.get("notes") or [""])[0] if tool.startswith("onnxopt") else ""

@@ -148,6 +148,21 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
     jpath = d / f"{tool}.job.json"
     jpath.write_text(json.dumps(job))
     t0 = time.perf_counter()
+    res = run_job(jpath, tool, d)
+    if not res_path.is_file():  # a failure is cached like a result
+        res_path.write_text(json.dumps(res))
+    res.setdefault("wall", time.perf_counter() - t0)
+    res["tool"] = tool
+    return {**res, **_time_breakdown(res_path)}
+
+
+def run_job(jpath: Path, tool: str, cwd: Path) -> dict:
+    """Run the job file ``jpath`` (:mod:`benchmarks.quant_peers`) in a fresh process of
+    ``tool``'s interpreter, in ``cwd`` (onnxruntime's quantizer leaves temporary files in its
+    working folder). Returns the result the job wrote, else ``status`` failed (with the last
+    line of its output) or timeout."""
+    res_path = Path(json.loads(jpath.read_text())["result"])
+    res_path.unlink(missing_ok=True)
     try:
         r = subprocess.run(
             [_python(tool), str(ROOT / "benchmarks" / "quant_peers.py"), str(jpath)],
@@ -155,18 +170,14 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
             text=True,
             timeout=TIMEOUT,
             env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"},
-            cwd=d,  # onnxruntime's quantizer leaves temporary files in its working folder
+            cwd=cwd,
         )
-        if not res_path.is_file():
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-            res = {"tool": tool, "status": "failed", "notes": [tail[0][:200]]}
-            res_path.write_text(json.dumps(res))
     except subprocess.TimeoutExpired:
-        res_path.write_text(json.dumps({"tool": tool, "status": f"timeout ({TIMEOUT:.0f} s)"}))
-    res = json.loads(res_path.read_text())
-    res.setdefault("wall", time.perf_counter() - t0)
-    res["tool"] = tool
-    return {**res, **_time_breakdown(res_path)}
+        return {"tool": tool, "status": f"timeout ({TIMEOUT:.0f} s)"}
+    if not res_path.is_file():
+        tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+        return {"tool": tool, "status": "failed", "notes": [tail[0][:200]]}
+    return json.loads(res_path.read_text())
 
 
 def _time_breakdown(res_path: Path) -> dict:

@@ -257,6 +257,27 @@ class Race:
         )
 
 
+def _race_of(
+    times: dict[int, list[float]],
+    ratios: list[float],
+    rounds: int,
+    wins: int,
+    threads: int,
+    mode: str = "interleaved",
+) -> Race:
+    """The :class:`Race` of every timed run (``times``: a's and b's, ms) and the rounds'
+    b/a ``ratios`` (none: the ratio of the medians)."""
+    return Race(
+        float(np.median(times[0])),
+        float(np.median(times[1])),
+        rounds,
+        wins,
+        threads,
+        mode,
+        float(np.median(ratios)) if ratios else None,
+    )
+
+
 def _settled(
     times: dict[int, list[float]],
     rounds: int,
@@ -278,8 +299,7 @@ def _settled(
     rounds' b/a ratios, whose median is the race's ratio (:attr:`Race.ratio`)."""
     if rounds < min(min_rounds, EARLY_ROUNDS):
         return False
-    mid = float(np.median(ratios)) if ratios else None
-    r = Race(float(np.median(times[0])), float(np.median(times[1])), rounds, wins, 0, "", mid)
+    r = _race_of(times, ratios or [], rounds, wins, 0)
     gap = abs(math.log(max(r.ratio, 1e-9)))
     if wins in (0, rounds) and gap >= math.log(1 / early_decisive):
         return True
@@ -380,14 +400,7 @@ def race(
         rounds += 1
         if adapt and max(med.values()) >= SLOW_RUN_MS:
             per_round = SLOW_PER_ROUND  # the machine slowed down (or the feed is large)
-    return Race(
-        float(np.median(times[0])),
-        float(np.median(times[1])),
-        rounds,
-        wins,
-        threads,
-        round_ratio=float(np.median(ratios)) if ratios else None,
-    )
+    return _race_of(times, ratios, rounds, wins, threads)
 
 
 def quick_latency(
@@ -438,12 +451,7 @@ def race_apart(
             med[k].append(float(np.median(lat)))
         del s
     wins = sum(y < x for x, y in zip(med[0], med[1]))
-    return Race(
-        float(np.median(times[0])),
-        float(np.median(times[1])),
-        rounds,
-        wins,
-        threads,
-        "one after the other, without prepacked weights",
-        float(np.median([y / x for x, y in zip(med[0], med[1]) if x > 0] or [np.inf])),
+    ratios = [y / x if x > 0 else float("inf") for x, y in zip(med[0], med[1])]
+    return _race_of(
+        times, ratios, rounds, wins, threads, "one after the other, without prepacked weights"
     )
