@@ -815,19 +815,20 @@ class QuantizeInt8(Pass):
     ) -> tuple[str, tuple[mixed.SpeedProbe, tuple[float, float]] | None]:
         """Why int8 does not pay ("" when it does): the model with the sites the profile
         kept in int8, timed in turns with the float one (:class:`.mixed.SpeedProbe`), is not
-        :data:`.mixed.SPEED_MARGIN` faster, twice. Run when the profile finds a gain below
+        :data:`.mixed.SPEED_MARGIN` faster (a reading near the margin, :func:`.mixed.timed_again`,
+        twice). Run when the profile finds a gain below
         :data:`SURE_GAIN` on a model within :data:`MEMO_MAX_BYTES` (the probe holds a float
         session through the search): the profile sums layer times, and on the PP-OCRv5
         detector it read 2-6 % faster where the manager's race read 1.00x, after a
-        calibration and a search that cost 20-40 s. Returns (why, (the probe, its timing)), both kept for the search; a
-        model that cannot be timed gives ("", None): timing only saves work here. ``probe``:
+        calibration and a search that cost 20-40 s. Returns (why, (the probe, its timing)),
+        both kept for the search; a model that cannot be timed gives ("", None): timing only saves work here. ``probe``:
         one already timing the float model (its session reused)."""
         if probe is None:
             probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         candidate = build(set(sites) | set(body_sites))
         try:
             ms, ratio = probe(candidate)
-            if ratio >= 1.0 - mixed.SPEED_MARGIN:
+            if mixed.timed_again(ratio):
                 ms2, ratio2 = probe(candidate)
                 ms, ratio = (ms + ms2) / 2, (ratio * ratio2) ** 0.5
         except Exception as e:  # noqa: BLE001 - the search and the manager's race time it too

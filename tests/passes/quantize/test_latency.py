@@ -490,7 +490,8 @@ def test_a_profile_gain_under_sure_gain_is_timed_whole_and_one_above_is_believed
     monkeypatch,
 ) -> None:
     """PP-OCRv5's recognizer on an AMD EPYC: the profile sums its int8 placement to 35 % under
-    float, the whole model runs 1.19x float's time: the pass ends before calibrating. A profile
+    float, the whole model runs 1.19x float's time: the pass ends before calibrating, that
+    reading far enough above the margin not to be timed again (RETIME_BAND). A profile
     gain of 55 % (MobileNetV2) is believed: no whole-model timing before calibration."""
     m, _ = _chain()
     profiled = {"gain": 0.35}
@@ -507,7 +508,7 @@ def test_a_profile_gain_under_sure_gain_is_timed_whole_and_one_above_is_believed
     given = _whole_model_at(monkeypatch, 1.19)
     feeds = Feeds([{"x": RNG.standard_normal((1, 8, 4, 4)).astype(np.float32)} for _ in range(8)])
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
-    assert not res.changed and given == [1.19, 1.19] and not calibrated
+    assert not res.changed and given == [1.19] and not calibrated
     assert "1.19x the float model's time" in res.notes[0]
     profiled["gain"] = 0.55
     given = _whole_model_at(monkeypatch, 1.19)
@@ -575,7 +576,8 @@ def test_when_the_placement_does_not_pay_its_largest_layers_are_timed_alone(monk
     seen = whole_at(0.8)
     res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(m, PassContext(feeds=feeds))
     assert res.changed and res.sites == ["a"]
-    assert len(seen) == 3 and seen[-1] <= 2  # the placement twice (a "no"), then "a" alone
+    # the placement once (1.19x: too far above the margin to be timed again), then "a" alone
+    assert len(seen) == 2 and seen[-1] <= 2
     assert len(calibrated) == 1
     assert any(n.startswith("int8 pays on 1 layer alone") for n in res.notes)
     assert res.details["latency"]["core_model"]["layers"] == 1

@@ -586,6 +586,48 @@ def test_speed_probe_does_not_time_the_switch_between_sessions() -> None:
     assert probe.per_turn == 1 and ratio == pytest.approx(0.5, abs=0.1)
 
 
+def test_speed_probe_reads_the_median_of_its_turns_ratios() -> None:
+    """The machine slows threefold between the float run and the candidate's run of the
+    fourth turn: four of the float model's seven runs are fast and four of the candidate's
+    slow, so the medians over every turn read 3 ms against 2 ms (1.5x); each turn's own
+    ratio but that one reads 0.5x, and the probe says 0.5x."""
+    calls = [0]
+
+    class Fake:
+        def __init__(self, ms: float) -> None:
+            self.ms = ms
+
+        def run(self, names, feed):
+            calls[0] += 1
+            # 5 runs before the turns (float's warm-up and 3 timed, the candidate's warm-up),
+            # 4 a turn (each session: one untimed, one timed); turn 3 runs float first
+            slow = 3.0 if calls[0] > 5 + 3 * 4 + 2 else 1.0
+            time.sleep(self.ms * slow / 1000)
+
+    probe = mixed.SpeedProbe(_model(), {}, min_pairs=7, max_pairs=7, seconds=0.0)
+    probe._session = lambda m: Fake(2.0 if m == "float" else 1.0)
+    probe.reference = "float"
+    ms, ratio = probe("int8")
+    assert ms == pytest.approx(3.0, rel=0.3)  # the candidate's median run: a slow one
+    assert ratio == pytest.approx(0.5, abs=0.1)
+
+
+def test_a_reading_far_above_the_margin_is_not_timed_again() -> None:
+    """A "no" within RETIME_BAND of the margin (1.00x) is timed again; one far above it
+    (1.20x, the recognizer's whole placement in the slow regime) bounds the search at once."""
+    assert mixed.timed_again(1.0) and not mixed.timed_again(1.0 - mixed.SPEED_MARGIN - 0.01)
+    assert not mixed.timed_again(1.2)
+    sites, moves = _float_moves(4)
+    timed: list[int] = []
+
+    def speed(model: int) -> tuple[float, float]:
+        timed.append(model)
+        return 10.0, 1.2 if model == 3 else 0.9
+
+    plan = _search_float(sites, moves, 2, speed=speed)
+    assert plan.met and timed.count(3) == 1
+
+
 def test_rough_ranges_are_min_and_max_of_the_finite_values() -> None:
     """The latency profile's ranges: min and max over the runs given, Inf and NaN left out,
     a tensor with no finite value left out."""
