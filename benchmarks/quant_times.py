@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from benchmarks.quantization import WORK, run_job  # noqa: E402
+from benchmarks.quantization import WORK, run_job, time_breakdown  # noqa: E402
 
 
 def rerun(job_path: Path, tool: str, scratch: Path) -> dict:
@@ -54,11 +54,14 @@ def summarize(
     seconds: dict[str, list[float | None]],
     base: str = "nncf",
     outcomes: dict[str, list[str]] | None = None,
+    phases: dict[str, list[dict[str, float]]] | None = None,
 ) -> dict[str, dict]:
     """Per tool: median, min and max of its readings (None: a failed run, left out), its
     median over ``base``'s, and the median of the per-round ratios to ``base`` (the rounds
     where both ran); ``outcomes``: each reading's outcome as the job reported it (onnxopt: its
-    int8 pass's status, which tells the paths apart: kept, unchanged, rolled back)."""
+    int8 pass's status, which tells the paths apart: kept, unchanged, rolled back);
+    ``phases``: each reading's seconds per phase (onnxopt's report ``time_breakdown``), summed
+    up as each phase's median over the readings."""
     out: dict[str, dict] = {}
     ref = [s for s in seconds.get(base, []) if s is not None]
     ref_med = statistics.median(ref) if ref else None
@@ -67,6 +70,15 @@ def summarize(
         row: dict = {"runs": len(ok), "seconds": vals}
         if outcomes and outcomes.get(tool):
             row["outcomes"] = outcomes[tool]
+        if phases and phases.get(tool):
+            names = dict.fromkeys(k for p in phases[tool] for k in p)
+            row["phases"] = {
+                k: statistics.median(p.get(k, 0.0) for p in phases[tool]) for k in names
+            }
+            # each reading's seconds outside its timing phase, then their median
+            row["untimed"] = statistics.median(
+                sum(v for k, v in p.items() if k != "timing") for p in phases[tool]
+            )
         if ok:
             row.update(median=statistics.median(ok), min=min(ok), max=max(ok))
         if ok and ref_med and tool != base:
@@ -107,7 +119,43 @@ def render(results: dict[str, dict[str, dict]], repeats: int, command: str) -> s
                 f"| {model} | {tool} | {r['median']:.1f} | {r['min']:.1f}–{r['max']:.1f} | "
                 f"{reads} | {ratio} | {per} |"
             )
+    if any("phases" in r for rows in results.values() for r in rows.values()):
+        lines += [
+            "",
+            "Where onnxopt's time went: each phase's median over the readings (the report's "
+            "`time_breakdown`), and the median of each reading's seconds outside its timing "
+            "phase (the latency profile, the races, the probes), against NNCF's median: the "
+            "model runs, checks and metric calls the run's decisions read, which timing "
+            "nothing at all would leave:",
+            "",
+            "| model | tool | " + " | ".join(PHASES) + " | without timing | NNCF |",
+            "|---|---|" + "---:|" * (len(PHASES) + 2),
+        ]
+        for model, rows in results.items():
+            base = rows.get("nncf", {}).get("median")
+            for tool, r in rows.items():
+                ph = r.get("phases")
+                if not ph:
+                    continue
+                rest = r["untimed"]
+                cells = [f"{ph.get(k, 0.0):.1f}" for k in PHASES]
+                vs = f"{rest:.1f}" + (f" ({rest / base:.2f}x)" if base else "")
+                nncf = f"{base:.1f}" if base else "–"
+                lines.append(f"| {model} | {tool} | " + " | ".join(cells) + f" | {vs} | {nncf} |")
     return "\n".join(lines) + "\n"
+
+
+#: the phases of onnxopt's report (``time_breakdown``) the second table shows, in its order
+PHASES = (
+    "timing",
+    "checking outputs",
+    "task metric",
+    "comparing outputs",
+    "calibration",
+    "sensitivity",
+    "training",
+    "other",
+)
 
 
 def main() -> None:
@@ -139,6 +187,7 @@ def main() -> None:
     for model in models:
         seconds: dict[str, list[float | None]] = {t: [] for t in tools}
         outcomes: dict[str, list[str]] = {t: [] for t in tools}
+        split: dict[str, list[dict[str, float]]] = {t: [] for t in tools}
         with tempfile.TemporaryDirectory(prefix=f"quant_times_{model}_") as tmp:
             for k in range(args.repeats):
                 for tool in rounds_order(tools, k):
@@ -147,10 +196,15 @@ def main() -> None:
                     seconds[tool].append(s)
                     first = (res.get("notes") or [""])[0] if tool.startswith("onnxopt") else ""
                     outcomes[tool].append(str(first).split(":")[0][:40])
+                    # onnxopt's seconds per phase, from the report its job wrote beside the result
+                    ph = time_breakdown(Path(tmp) / f"{tool}.json") if s is not None else {}
+                    if ph.get("time_breakdown"):
+                        split[tool].append(ph["time_breakdown"])
                     shown = f"{s:.1f} s" if s is not None else res.get("status")
                     why = f" ({outcomes[tool][-1]})" if outcomes[tool][-1] else ""
                     print(f"[{model}] round {k + 1}: {tool} {shown}{why}", flush=True)
-        results[model] = summarize(seconds, "nncf" if "nncf" in tools else tools[0], outcomes)
+        base = "nncf" if "nncf" in tools else tools[0]
+        results[model] = summarize(seconds, base, outcomes, split)
     command = "python benchmarks/quant_times.py " + " ".join(sys.argv[1:])
     text = render(results, args.repeats, command.strip())
     print(text)

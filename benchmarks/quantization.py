@@ -134,7 +134,7 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
     res_path, out = d / f"{tool}.json", d / f"{tool}.onnx"
     if res_path.is_file() and not fresh:
         # the result file of an onnxopt variant names the tool "onnxopt"
-        return {**json.loads(res_path.read_text()), "tool": tool, **_time_breakdown(res_path)}
+        return {**json.loads(res_path.read_text()), "tool": tool, **time_breakdown(res_path)}
     calib = d / "calib.npz"
     if fresh or not calib.is_file():
         save_runs(str(calib), c.calib, c.calib_labels)
@@ -153,7 +153,7 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
         res_path.write_text(json.dumps(res))
     res.setdefault("wall", time.perf_counter() - t0)
     res["tool"] = tool
-    return {**res, **_time_breakdown(res_path)}
+    return {**res, **time_breakdown(res_path)}
 
 
 def run_job(jpath: Path, tool: str, cwd: Path) -> dict:
@@ -180,7 +180,7 @@ def run_job(jpath: Path, tool: str, cwd: Path) -> dict:
     return json.loads(res_path.read_text())
 
 
-def _time_breakdown(res_path: Path) -> dict:
+def time_breakdown(res_path: Path) -> dict:
     """onnxopt's seconds per phase, from the report its job writes beside the result."""
     rep = Path(str(res_path) + ".report.json")
     if not rep.is_file():

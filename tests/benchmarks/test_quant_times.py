@@ -36,6 +36,24 @@ def test_summary_gives_medians_ranges_and_the_rounds_ratios() -> None:
     assert "20.0 (kept), 30.0 (rolled back), – (failed), 24.0 (unchanged)" in text
 
 
+def test_the_phases_of_onnxopt_readings_are_summed_up_per_phase() -> None:
+    """Each phase's median over the readings, and the median of each reading's seconds
+    outside timing (here 7 and 9: 8), against NNCF's median."""
+    phases = {
+        "onnxopt": [
+            {"timing": 5.0, "checking outputs": 4.0, "task metric": 3.0},
+            {"timing": 3.0, "checking outputs": 6.0, "task metric": 3.0, "other": 0.5},
+        ]
+    }
+    got = qt.summarize({"onnxopt": [12.0, 12.5], "nncf": [4.0, 4.0]}, "nncf", None, phases)
+    o = got["onnxopt"]
+    assert o["phases"]["timing"] == 4.0 and o["phases"]["other"] == 0.25
+    assert o["untimed"] == 8.25 and "phases" not in got["nncf"]
+    text = qt.render({"m": got}, 2, "python benchmarks/quant_times.py")
+    row = "| m | onnxopt | 4.0 | 5.0 | 3.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.2 | 8.2 (2.06x) | 4.0 |"
+    assert row in text
+
+
 def test_a_missing_job_file_is_one_line_and_exit_2(tmp_path) -> None:
     r = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "quant_times.py"), "--work", str(tmp_path)],
@@ -96,4 +114,5 @@ def test_a_job_runs_again_in_a_scratch_folder_and_is_timed(tmp_path) -> None:
     got = json.loads(out.with_suffix(".json").read_text())["tiny"]["onnxopt"]
     assert got["runs"] == 2 and all(s > 0 for s in got["seconds"])
     assert got["outcomes"] == ["unchanged"] * 2  # the status of the job's last pass
+    assert "checking outputs" in got["phases"]  # read from each run's report
     assert "| tiny | onnxopt |" in out.read_text()
