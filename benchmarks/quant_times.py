@@ -76,9 +76,9 @@ def summarize(
                 k: statistics.median(p.get(k, 0.0) for p in phases[tool]) for k in names
             }
             # each reading's seconds outside its timing phase, then their median
-            row["untimed"] = statistics.median(
-                sum(v for k, v in p.items() if k != "timing") for p in phases[tool]
-            )
+            rest = [sum(v for k, v in p.items() if k != "timing") for p in phases[tool]]
+            row["untimed_readings"] = rest
+            row["untimed"] = statistics.median(rest)
         if ok:
             row.update(median=statistics.median(ok), min=min(ok), max=max(ok))
         if ok and ref_med and tool != base:
@@ -123,8 +123,8 @@ def render(results: dict[str, dict[str, dict]], repeats: int, command: str) -> s
         lines += [
             "",
             "Where onnxopt's time went: each phase's median over the readings (the report's "
-            "`time_breakdown`), and the median of each reading's seconds outside its timing "
-            "phase (the latency profile, the races, the probes), against NNCF's median: the "
+            "`time_breakdown`), and the median (and range) of each reading's seconds outside its "
+            "timing phase (the latency profile, the races, the probes), against NNCF's median: the "
             "model runs, checks and metric calls the run's decisions read, which timing "
             "nothing at all would leave:",
             "",
@@ -137,9 +137,11 @@ def render(results: dict[str, dict[str, dict]], repeats: int, command: str) -> s
                 ph = r.get("phases")
                 if not ph:
                     continue
-                rest = r["untimed"]
+                rest, each = r["untimed"], r["untimed_readings"]
                 cells = [f"{ph.get(k, 0.0):.1f}" for k in PHASES]
                 vs = f"{rest:.1f}" + (f" ({rest / base:.2f}x)" if base else "")
+                if len(each) > 1:
+                    vs += f"; readings {min(each):.1f}–{max(each):.1f}"
                 nncf = f"{base:.1f}" if base else "–"
                 lines.append(f"| {model} | {tool} | " + " | ".join(cells) + f" | {vs} | {nncf} |")
     return "\n".join(lines) + "\n"

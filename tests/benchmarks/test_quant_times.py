@@ -38,7 +38,7 @@ def test_summary_gives_medians_ranges_and_the_rounds_ratios() -> None:
 
 def test_the_phases_of_onnxopt_readings_are_summed_up_per_phase() -> None:
     """Each phase's median over the readings, and the median of each reading's seconds
-    outside timing (here 7 and 9: 8), against NNCF's median."""
+    outside timing (here 7 and 9.5: 8.25), against NNCF's median."""
     phases = {
         "onnxopt": [
             {"timing": 5.0, "checking outputs": 4.0, "task metric": 3.0},
@@ -48,9 +48,13 @@ def test_the_phases_of_onnxopt_readings_are_summed_up_per_phase() -> None:
     got = qt.summarize({"onnxopt": [12.0, 12.5], "nncf": [4.0, 4.0]}, "nncf", None, phases)
     o = got["onnxopt"]
     assert o["phases"]["timing"] == 4.0 and o["phases"]["other"] == 0.25
-    assert o["untimed"] == 8.25 and "phases" not in got["nncf"]
+    assert o["untimed"] == 8.25 and o["untimed_readings"] == [7.0, 9.5]
+    assert "phases" not in got["nncf"]
     text = qt.render({"m": got}, 2, "python benchmarks/quant_times.py")
-    row = "| m | onnxopt | 4.0 | 5.0 | 3.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.2 | 8.2 (2.06x) | 4.0 |"
+    row = (
+        "| m | onnxopt | 4.0 | 5.0 | 3.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.2 "
+        "| 8.2 (2.06x); readings 7.0–9.5 | 4.0 |"
+    )
     assert row in text
 
 
