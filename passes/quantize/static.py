@@ -815,14 +815,14 @@ class QuantizeInt8(Pass):
     ) -> tuple[str, tuple[mixed.SpeedProbe, tuple[float, float]] | None]:
         """Why int8 does not pay ("" when it does): the model with the sites the profile
         kept in int8, timed in turns with the float one (:class:`.mixed.SpeedProbe`), is not
-        :data:`.mixed.SPEED_MARGIN` faster (a reading near the margin, :func:`.mixed.timed_again`,
-        twice). Run when the profile finds a gain below
+        :data:`.mixed.SPEED_MARGIN` faster (a reading near the margin twice:
+        :func:`.mixed.timed_again`). Run when the profile finds a gain below
         :data:`SURE_GAIN` on a model within :data:`MEMO_MAX_BYTES` (the probe holds a float
         session through the search): the profile sums layer times, and on the PP-OCRv5
         detector it read 2-6 % faster where the manager's race read 1.00x, after a
         calibration and a search that cost 20-40 s. Returns (why, (the probe, its timing)),
-        both kept for the search; a model that cannot be timed gives ("", None): timing only saves work here. ``probe``:
-        one already timing the float model (its session reused)."""
+        both kept for the search; a model that cannot be timed gives ("", None): timing only
+        saves work here. ``probe``: one already timing the float model (its session reused)."""
         if probe is None:
             probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         candidate = build(set(sites) | set(body_sites))
