@@ -307,8 +307,33 @@ def bench_case(name: str, tools: list[str], quick: bool, fresh: bool) -> list[di
         rows.append(row)
     measure_case(c, rows)
     for r in rows:
-        print(json.dumps({k: v for k, v in r.items() if k != "traceback"})[:400], flush=True)
+        print(log_line(r), flush=True)
     return rows
+
+
+#: a result's figures, put first in its log line (:func:`log_line`)
+HEADLINE = (
+    "model",
+    "tool",
+    "status",
+    "metric",
+    "latency_ms",
+    "speedup",
+    "speedup_1",
+    "seconds",
+    "int8_layers",
+    "size_mb",
+    "peak_rss_mb",
+)
+
+
+def log_line(row: dict) -> str:
+    """A result as one log line of at most 400 characters, its figures first: cut after a
+    long list of notes, onnxopt's lines lost their metric and latency, and with them the
+    only record of a timing the next run without ``--fresh`` replaces (session 30)."""
+    head = {k: row[k] for k in HEADLINE if k in row}
+    rest = {k: v for k, v in row.items() if k not in head and k != "traceback"}
+    return json.dumps({**head, **rest})[:400]
 
 
 def ocr_pipelines(rows: list[dict]) -> list[dict]:

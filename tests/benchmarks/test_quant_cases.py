@@ -387,3 +387,27 @@ def test_verify_levels_times_every_level_on_the_calibration_runs(tmp_path, monke
     for level in ("off", "basic", "extended", "all"):
         line = next(ln for ln in out.splitlines() if ln.split()[0] == level)
         assert line.count("+") == 2 and line.endswith("max |diff| vs off: 0")
+
+
+def test_a_log_line_puts_the_figures_before_the_notes() -> None:
+    """An onnxopt result's notes run to thousands of characters: its log line, cut at 400,
+    still carries its metric, latency and time, ahead of them."""
+    from benchmarks import quantization as qz
+
+    row = {
+        "model": "minilm",
+        "tool": "onnxopt",
+        "status": "ok",
+        "notes": ["a long note " * 50] * 10,
+        "metric": 0.9983,
+        "latency_ms": 7.652,
+        "speedup": 1.55,
+        "seconds": 18.2,
+        "traceback": "never logged",
+    }
+    line = qz.log_line(row)
+    assert len(line) == 400 and "never logged" not in line
+    assert line.startswith(
+        '{"model": "minilm", "tool": "onnxopt", "status": "ok", "metric": 0.9983'
+    )
+    assert '"latency_ms": 7.652, "speedup": 1.55, "seconds": 18.2' in line
