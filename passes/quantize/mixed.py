@@ -264,8 +264,7 @@ def search(
     def again(k: int) -> bool:
         """Time ``k`` a second time (once): the geometric mean of its two readings decides."""
         if k not in retimed:
-            ms, ratio = time_once(k)
-            times[k] = ((times[k][0] + ms) / 2, math.sqrt(times[k][1] * ratio))
+            times[k] = two_readings(times[k], time_once(k))
             retimed.add(k)
         return times[k][1] < 1.0 - SPEED_MARGIN
 
@@ -423,6 +422,14 @@ def search(
     if hi in times:
         out.speed_ratio = times[hi][1]
     return out
+
+
+def two_readings(first: tuple[float, float], second: tuple[float, float]) -> tuple[float, float]:
+    """One timing from two readings of a model, each (ms, ratio to float): the mean of the
+    ms and the geometric mean of the ratios, which weighs a reading 2x faster and one 2x
+    slower alike (1.0x; their arithmetic mean would read 1.25x). The search's second reading
+    of a prefix and :meth:`.static.QuantizeInt8._whole_gain`'s both read it."""
+    return (first[0] + second[0]) / 2, math.sqrt(first[1] * second[1])
 
 
 def timed_again(ratio: float) -> bool:

@@ -829,8 +829,7 @@ class QuantizeInt8(Pass):
         try:
             ms, ratio = probe(candidate)
             if mixed.timed_again(ratio):
-                ms2, ratio2 = probe(candidate)
-                ms, ratio = (ms + ms2) / 2, (ratio * ratio2) ** 0.5
+                ms, ratio = mixed.two_readings((ms, ratio), probe(candidate))
         except Exception as e:  # noqa: BLE001 - the search and the manager's race time it too
             logger.info("the int8 placement was not timed whole: %s", e)
             return "", None

@@ -612,6 +612,13 @@ def test_speed_probe_reads_the_median_of_its_turns_ratios() -> None:
     assert ratio == pytest.approx(0.5, abs=0.1)
 
 
+def test_two_readings_average_their_ms_and_their_ratios_geometrically() -> None:
+    """A reading twice as fast as float and one twice as slow make 1.0x (not 1.25x)."""
+    ms, ratio = mixed.two_readings((4.0, 0.5), (16.0, 2.0))
+    assert ms == 10.0 and ratio == pytest.approx(1.0)
+    assert mixed.two_readings((5.0, 0.9), (5.0, 0.9)) == pytest.approx((5.0, 0.9))
+
+
 def test_a_reading_far_above_the_margin_is_not_timed_again() -> None:
     """A "no" within RETIME_BAND of the margin (1.00x) is timed again; one far above it
     (1.20x, the recognizer's whole placement in the slow regime) bounds the search at once."""
