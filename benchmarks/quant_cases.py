@@ -6,6 +6,9 @@
   depthwise, ReLU6, on digits upsampled to 48x48): test accuracy;
 - ``minilm``: all-MiniLM-L6-v2 (trained weights from a package, :mod:`benchmarks.quant_minilm`):
   cosine of the sentence embeddings against fp32 on held-out sentences;
+- ``melspec``: Whisper's log-mel front end (an STFT Conv1d and a mel MatMul,
+  :mod:`benchmarks.quant_mel`) on synthesized 5 s clips: cosine of the log-mel against fp32
+  on held-out clips (budget 0.99);
 - the two digits CNNs are timed on 32 test images (the speed-up at batch 1 is shown beside: one
   8x8 image through the ResNet takes ~60 µs, mostly onnxruntime's per-call overhead, where
   every tool reads 1.1-1.2x);
@@ -32,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 ZOO = ("digits_resnet", "resnet18", "mobilenetv2", "bert_base")
 TRAINED = ("digits_mobilenetv2",)
 TEXT = ("minilm",)
+AUDIO = ("melspec",)
 OCR = ("ocr_det", "ocr_rec", "ocr_cls")
-ALL = (*ZOO, *TRAINED, *TEXT, *OCR)
+ALL = (*ZOO, *TRAINED, *TEXT, *AUDIO, *OCR)
 PEERS = ("ort", "ort_percentile", "nncf", "nncf_ac", "aimet", "aimet_adaround")
 #: tools left out per model, and why (said in the report)
 SKIP = {
@@ -174,9 +178,19 @@ def _minilm(name: str, work: Path, quick: bool) -> Case:
     return Case(name, "text", src, calib, evals, None, evals[0], budget, "cosine")
 
 
+def _melspec(name: str, work: Path, quick: bool) -> Case:
+    from benchmarks import quant_mel as qm
+
+    calib, evals = qm.runs(0, 32 if quick else 128), qm.runs(10_000, 32 if quick else 100)
+    src = _clean(qm.build(work / name / "fp32_raw.onnx"), work / name / "fp32.onnx")
+    return Case(name, "audio", src, calib, evals, None, evals[0], {"min_cosine": 0.99}, "cosine")
+
+
 def case(name: str, work: Path, quick: bool) -> Case:
     if name in TEXT:
         c = _minilm(name, work, quick)
+    elif name in AUDIO:
+        c = _melspec(name, work, quick)
     elif name in OCR:
         c = _ocr(name, work, quick)
     elif name.startswith("digits"):
