@@ -212,8 +212,17 @@ def run_ort(job: dict, model, runs) -> tuple:
     method = job.get("options", {}).get("method", "MinMax")
     out = job["out"]
     pre = out + ".pre.onnx"
+    folder = Path(out).parent
+    before = set(folder.glob("*.data"))
     t = time.perf_counter()
-    quant_pre_process(job["model"], pre, skip_symbolic_shape=False)
+    try:
+        quant_pre_process(job["model"], pre, skip_symbolic_shape=False)
+    except Exception:
+        # a failing pre-process (symbolic shape inference, on the PP-OCRv5 detector) leaves
+        # its external-data scratch file, 4.7 MB a run, under a random name
+        for f in set(folder.glob("*.data")) - before:
+            f.unlink(missing_ok=True)
+        raise
 
     class Reader:
         def __init__(self) -> None:
