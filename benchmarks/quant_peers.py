@@ -212,16 +212,19 @@ def run_ort(job: dict, model, runs) -> tuple:
     method = job.get("options", {}).get("method", "MinMax")
     out = job["out"]
     pre = out + ".pre.onnx"
-    folder = Path(out).parent
-    before = set(folder.glob("*.data"))
+    folders = {Path(out).parent.resolve(), Path.cwd().resolve()}
+    before = {f for d in folders for f in d.glob("*.data")}
     t = time.perf_counter()
     try:
         quant_pre_process(job["model"], pre, skip_symbolic_shape=False)
     except Exception:
         # a failing pre-process (symbolic shape inference, on the PP-OCRv5 detector) leaves
-        # its external-data scratch file, 4.7 MB a run, under a random name
-        for f in set(folder.glob("*.data")) - before:
-            f.unlink(missing_ok=True)
+        # its scratch model in the working folder, with its weights (4.7 MB a run) under a
+        # random name
+        for d in folders:
+            for f in set(d.glob("*.data")) - before:
+                f.unlink(missing_ok=True)
+            (d / "sym_shape_infer_temp.onnx").unlink(missing_ok=True)
         raise
 
     class Reader:
