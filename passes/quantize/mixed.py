@@ -101,6 +101,8 @@ class Plan:
     not_faster_at: int | None = None
     #: the prefix whose model the verification runs refused before the bisection, else None
     refused_at: int | None = None
+    #: whether the floor, scored first (``search``'s ``floor_first``), ended the search
+    floor_ended: bool = False
 
 
 def order_moves(
@@ -171,6 +173,7 @@ def search(
     target: float | None = None,
     profile_us: float = 0.0,
     precheck: Callable[[onnx.ModelProto], str] | None = None,
+    floor_first: bool = False,
 ) -> Plan:
     """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict).
 
@@ -211,7 +214,16 @@ def search(
     1-point budget, whose CTC head (int8 in every fast prefix) changes one held-out crop in 66,
     the search bisected 5-6 more models, the manager refused its choice and then that prefix,
     its fallback: ~20 s for the same outcome. The verdict only ever stops the search: the model
-    the search keeps is verified by the manager as before."""
+    the search keeps is verified by the manager as before.
+
+    ``floor_first`` (a task-metric budget, whose every score runs the user's callable): the
+    first model scored is the floor, untimed: the prefix with the fewest int8 layers the
+    profile credits with :data:`SPEED_MARGIN` of float's time (:func:`_profile_floor`), with
+    ``speed`` and a profile bound (``profile_us``), else the one with a single int8 layer
+    left. Every prefix the search could keep has its int8 layers and more, so when it misses
+    the budget, or ``precheck`` refuses it, the search ends float there (more moves never
+    hurt): on the PP-OCRv5 detector, its all-int8 model and the timings that found the floor
+    are not run. Within budget, the search goes on as above, its verdict kept."""
     out = Plan(moves=moves)
     n = len(moves)
     cache: dict[int, bool] = {}
@@ -314,7 +326,7 @@ def search(
             # a decision needs its time (:func:`worth`), not for the curve: the PP-OCRv5
             # recognizer's search timed 5 such prefixes no decision read (~0.9 s each)
             at_once = k == 0 and good and k not in times
-            if good and not at_once:
+            if good and not at_once and k != checking_floor:
                 timed(k)
             point["latency_ms"] = _ms(times[k][0]) if k in times else None
         points[k] = point
@@ -366,6 +378,49 @@ def search(
             timed(lo)
         return times[hi][1] - times[lo][1] >= SPEED_RESOLUTION
 
+    prechecked: set[int] = set()  # prefixes the verification runs passed already
+    #: the floor while it is scored first: untimed, as the verification runs may refuse it
+    checking_floor: int | None = None
+    top = n - 1 if all_float else n  # the largest prefix the search could keep
+    floor = None  # the prefix with the fewest int8 layers the search could keep, if known
+    if floor_first and n and speed is not None and profile_us > 0:
+        floor = _profile_floor(moves, top, profile_us)
+        if not floor and _profile_saving(moves, 0) < SPEED_MARGIN * profile_us:
+            floor = None  # not even all int8: the search ends it as not faster, untimed
+    elif floor_first and n:
+        # no profile bound: the prefix with one int8 layer left (or, with one site, all
+        # int8), which every other prefix's int8 layers include
+        floor = top
+    if floor is not None:
+        checking_floor = floor
+        if floor > 0:  # the all-int8 prefix is scored first anyway
+            if not ok_with(floor):
+                which = (
+                    f"the one with the fewest int8 layers the latency profile credits with "
+                    f"{SPEED_MARGIN:.0%} of the float model's time ({floor} moves out of int8)"
+                    if profile_us > 0 and speed is not None
+                    else f"the one with the fewest int8 layers the search could keep ({floor} "
+                    f"of {n} moves out of int8)"
+                )
+                out.floor_ended = True
+                return _float(
+                    out,
+                    moves,
+                    f"budget not met by any model the search could keep: {which} misses it "
+                    f"({out.reason}); more int8 layers never help, so it stays float",
+                )
+        # the floor is all int8 (a placement of a few large layers, such as the PP-OCRv5
+        # recognizer's CTC head alone): within budget on the learning runs, it is the only
+        # prefix the search could keep, and it is checked on the verification runs before its
+        # confirmation and error feedback (3-4 s there) rather than after them by the manager
+        if (floor > 0 or ok_with(0)) and precheck is not None:
+            why = precheck(model_at(floor)[0])
+            if why:
+                points[floor]["ok"] = False
+                out.floor_ended = True
+                return _refused(out, moves, floor, why)
+            prechecked.add(floor)
+        checking_floor = None
     last = n  # the largest prefix worth scoring
     bounded = False
     if speed is not None and n and not ok_with(0):
@@ -373,8 +428,14 @@ def search(
             return _not_faster(out, moves, 0, timed(0)[1])
         last, bounded = _last_fast(n, fast, all_float), True
     if precheck is not None and n and not ok_with(0):
-        top = last if bounded else (n - 1 if all_float else n)
-        if top > 1 and ok_with(top) and worth(0, top) and fast_enough(top):
+        top = last if bounded else top
+        if (
+            top > 1
+            and top not in prechecked
+            and ok_with(top)
+            and worth(0, top)
+            and fast_enough(top)
+        ):
             why = precheck(model_at(top)[0])
             if why:
                 if top in points:  # the curve's point: refused on the verification runs
@@ -478,6 +539,17 @@ def _last_fast(n: int, fast: Callable[[int], bool], all_float: bool) -> int:
     return lo
 
 
+def _profile_floor(moves: list[Move], top: int, profile_us: float) -> int:
+    """The largest prefix up to ``top`` whose int8 layers the latency profile credits with
+    :data:`SPEED_MARGIN` of the float model's time ``profile_us`` (0 when none is): more
+    moves only take gains away (:func:`_profile_saving`), so every prefix above it fails the
+    search's profile bound."""
+    for k in range(top, 0, -1):
+        if _profile_saving(moves, k) >= SPEED_MARGIN * profile_us:
+            return k
+    return 0
+
+
 def _profile_saving(moves: list[Move], k: int) -> float:
     """The time (µs) the latency profile credits the int8 layers left after ``k`` moves with:
     a static int8 layer its whole gain, a dynamic one half (as :func:`order_moves` costs it)."""
@@ -512,13 +584,13 @@ def _refused(out: Plan, moves: list[Move], k: int, why: str) -> Plan:
     """The search's outcome when the verification runs refuse the prefix ``k`` with the
     fewest int8 layers it would keep: float."""
     out.refused_at = k
+    what = f"{k} moves out of int8" if k else "every layer int8, the only model it could keep"
     return _float(
         out,
         moves,
         f"int8 does not meet the budget on the verification runs: the model with the fewest "
-        f"int8 layers the search would keep ({k} moves out of int8, within the budget on the "
-        f"runs it learns from) fails there ({why}); fewer moves leave more layers int8, so "
-        "it stays float",
+        f"int8 layers the search would keep ({what}, within the budget on the runs it learns "
+        f"from) fails there ({why}); fewer moves leave more layers int8, so it stays float",
     )
 
 

@@ -112,6 +112,17 @@ WIDE_RATIO = 16
 #: PP-OCRv5 recognizer's float model at 15.2 ms in one run (11.3 ms timed whole) and left int8
 #: out at 16.9 ms profiled for a placement that runs in 0.64x float's time
 NO_GAIN_ABOVE = 1.2
+#: with a task-metric budget (``--metric``), the search scores the placement's floor first:
+#: the prefix with the fewest int8 layers the latency profile still credits with
+#: :data:`.mixed.SPEED_MARGIN` of float's time (``mixed.search``'s ``floor_first``). Missing
+#: the budget there, or refused on the verification runs, nothing the search could keep
+#: passes, and the pass ends float before timing any candidate. The race that refines the
+#: profile's placement (:func:`.latency.pays_as_a_whole`, with the layers measured slower
+#: float or int8) is then left out: it can only put layers back into int8. On the PP-OCRv5
+#: detector, whose one-layer floor changes the text of 13 % of the pages, the race, the
+#: all-int8 candidate's task-metric run and the search's timing cost 4-6 s of a 14-16 s job
+#: that ends float either way
+FLOOR_FIRST = True
 
 
 class QuantizeInt8(Pass):
@@ -177,6 +188,18 @@ class QuantizeInt8(Pass):
             return PassResult(False, 0, notes + plan_notes[:20])
         tensors = sorted(set(full.tensors()) | body_tensors)
         timed_first = c.latency_aware and not ctx.allow_slower
+        # a task-metric budget: its search scores first the model with the fewest int8 layers
+        # the latency profile credits with a gain (mixed.search's ``floor_first``), and the
+        # race that would refine the placement's speed before calibrating is left out (see
+        # FLOOR_FIRST)
+        floor_first = (
+            FLOOR_FIRST
+            and timed_first
+            and c.fallback
+            and ctx.site_filter is None
+            and ctx.budget is not None
+            and ctx.budget.metric is not None
+        )
 
         def builder(float_model: onnx.ModelProto, ranges: dict) -> Builder:
             b = Builder(
@@ -202,13 +225,20 @@ class QuantizeInt8(Pass):
         total_us = 0.0
         speed = None  # (probe, the all-int8 model's (ms, ratio to float)): the search's
         if timed_first:
-            sites, gains, total_us = self._latency(build, model, sites, ctx, notes, details)
+            sites, gains, total_us = self._latency(
+                build, model, sites, ctx, notes, details, race=not floor_first
+            )
             if not sites and not body_sites:
                 return PassResult(False, 0, notes + plan_notes[:20], details=details)
             # a model too large for the whole-model timing is judged on its profile alone
             timeable = _memo_fits(model)
             why = _no_gain(details.get("latency"), NO_GAIN_ABOVE if timeable else 1.0)
-            if not why and _profile_gain(details.get("latency")) < SURE_GAIN and timeable:
+            gain = _profile_gain(details.get("latency"))
+            # a task-metric budget's search checks its floor before timing anything: a
+            # placement the profile puts under float's time is timed there, when the floor
+            # holds (its all-int8 prefix is the whole placement); one it puts at or above is
+            # timed whole here, as refusing it costs no calibration (the PP-OCRv5 classifier)
+            if not why and gain < SURE_GAIN and timeable and not (floor_first and gain > 0):
                 why, speed = self._whole_gain(build, model, sites, body_sites, ctx, details)
             if why and timeable:
                 # the placement as a whole does not pay, its largest layers alone may: the
@@ -297,6 +327,7 @@ class QuantizeInt8(Pass):
                 speed,
                 reference or None,
                 axes=axes,
+                floor_first=floor_first,
             )
         kept += body_sites
         details["counts"] = dict(build.inserter.counts) if build.inserter else {}
@@ -638,9 +669,12 @@ class QuantizeInt8(Pass):
         ctx: PassContext,
         notes: list[str],
         details: dict,
+        race: bool = True,
     ) -> tuple[list[str], dict[str, float], float]:
         """Leave in float the sites int8 makes slower on this CPU. Returns (sites, gain per
-        site in µs, the float model's time in µs)."""
+        site in µs, the float model's time in µs). ``race``: the placement with those sites
+        float is raced whole against all-int8 (:func:`.latency.pays_as_a_whole`); without it
+        (see :data:`FLOOR_FIRST`), a trusted profile's placement is kept as it is."""
         if not self.config.latency_aware or ctx.allow_slower:
             return sites, {}, 0.0
         feed = self._timing_feed(ctx)
@@ -715,6 +749,12 @@ class QuantizeInt8(Pass):
                 and not lat.may_beat_float(all_int8_us, float_t)
             ):
                 pass  # neither all-int8 nor this placement beats float: _no_gain says so
+            elif slow_all and not race and lat.profile_trusted(float_t.total_us):
+                notes.append(
+                    f"latency: {len(slow_all)} layers measured slower in int8 go float, as "
+                    "the profile has it (not raced whole: the budget is a task metric, whose "
+                    "search scores the model with the fewest int8 layers first)"
+                )
             elif slow_all:  # the layers' profile times, not the model's: check the whole
                 # always raced: the profile's totals are sums of kernel times, and on an AMD
                 # EPYC they put a MobileNetV2 with 4 layers float 11 % ahead of all-int8 where
@@ -867,6 +907,7 @@ class QuantizeInt8(Pass):
         speed: tuple[mixed.SpeedProbe, tuple[float, float]] | None = None,
         reference: list[dict[str, np.ndarray]] | None = None,
         axes: dict[str, int | None] | None = None,
+        floor_first: bool = False,
     ) -> tuple[onnx.ModelProto, list[str], list[list[str]]]:
         """Mixed precision over the main graph's sites until ``ctx.budget`` holds
         (:mod:`.mixed`; ``body_sites`` stay int8; ``speed``: :meth:`_whole_gain`'s probe and
@@ -924,6 +965,7 @@ class QuantizeInt8(Pass):
             target=judge.target(),
             profile_us=_bound_us(total_us, gains, sites, details.get("latency")),
             precheck=ctx.precheck,
+            floor_first=floor_first,
         )
         if not res.met and res.not_faster_at == 0 and probe is not None:
             res = self._alone(
@@ -1235,8 +1277,13 @@ def _record(res: Any, details: dict, notes: list[str]) -> None:
         if m.site in set(res.floats) | set(res.dynamic)
     ]
     if not res.met:  # its floats are every move's: no placement was found (the reason says why)
+        first = (
+            "the model with the fewest int8 layers the search could keep, scored first, ends it"
+            if res.floor_ended
+            else "fully quantized model misses the budget"
+        )
         notes.append(
-            f"fully quantized model misses the budget; mixed precision found no placement "
+            f"{first}; mixed precision found no placement "
             f"({res.evaluations} model{'s' if res.evaluations != 1 else ''} tried)"
         )
     elif res.floats or res.dynamic:

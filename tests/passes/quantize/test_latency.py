@@ -687,3 +687,24 @@ def test_the_float_left_race_stops_once_clear_of_the_margin(monkeypatch) -> None
     assert seen["early_decisive"] == lat.RACE_CLEAR < 1.0 - lat.FLOAT_MARGIN
     assert lat.float_pays(r)  # 0.88 by round: 5 % or more faster, whatever the pooled medians
     assert "by round" in r.reversed().describe()
+
+
+def test_a_task_metric_budget_keeps_the_profiles_placement_unraced(monkeypatch) -> None:
+    """With a task metric as the budget (``--metric``), the search scores its floor first
+    (static.FLOOR_FIRST): the placement race, which can only put layers measured slower back
+    into int8, is not run before calibrating, and "tiny" goes float as the profile has it.
+    Any other budget races it as before."""
+    from onnxopt.metric import TaskMetric
+
+    raced = []
+    monkeypatch.setattr(latency, "PROFILE_TRUSTED_US", 0.0)  # this 0.3 ms model's totals too
+    monkeypatch.setattr(
+        latency, "race", lambda *a, **k: raced.append(1) or _whole_race(0.7, 1.0, 0)
+    )
+    metric = TaskMetric(lambda runs, labels: 100.0, "always")
+    ctx = PassContext(feeds=_feeds(), budget=Budget(min_cosine=None, metric=metric))
+    res = QuantizeInt8(QuantizeConfig(fallback=True)).run_model(_model(), ctx)
+    assert not raced and res.details["latency"]["slower_in_int8"] == ["tiny"]
+    assert any("as the profile has it (not raced whole" in n for n in res.notes)
+    res = QuantizeInt8(QuantizeConfig(fallback=False)).run_model(_model(), ctx)
+    assert raced and sorted(res.sites) == ["big", "tiny"]

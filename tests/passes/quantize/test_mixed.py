@@ -819,3 +819,124 @@ def test_a_search_that_found_no_placement_says_so_without_listing_every_layer() 
     notes = []
     static._record(plan, {}, notes)
     assert "mixed precision: 1 float" in notes[0] and notes[1].startswith("kept float: s0")
+
+
+def _floor_search(
+    needed: int, verdict: str = "", n: int = 8, profile_us: float = 100.0
+) -> tuple[mixed.Plan, list[int], list[int], list[int]]:
+    """A task-metric search with ``floor_first`` over ``n`` sites of a 100 µs float model
+    whose profile credits each int8 layer with 10 µs (the floor: 7 moves, one int8 layer at
+    10 µs, over SPEED_MARGIN's 3 µs) and whose timings read 4 % of float per int8 layer.
+    Returns (plan, prefixes scored, timed, checked on the verification runs)."""
+    sites = [f"s{i}" for i in range(n)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 10.0) for s in sites]
+    scored: list[int] = []
+    timed: list[int] = []
+    checked: list[int] = []
+
+    def score(m: int, label: str = "") -> tuple[bool, str, float]:
+        scored.append(m)
+        return m >= needed, "text changed", float(m)
+
+    def speed(m: int) -> tuple[float, float]:
+        timed.append(m)
+        return 10.0, 1.0 - 0.04 * (n - m)
+
+    def precheck(m: int) -> str:
+        checked.append(m)
+        return verdict
+
+    plan = mixed.search(
+        lambda e, d: n - len(e),
+        sites,
+        moves,
+        score,
+        float_at_end=True,
+        speed=speed,
+        profile_us=profile_us,
+        precheck=precheck,
+        floor_first=True,
+    )
+    return plan, scored, timed, checked
+
+
+def test_a_task_metric_search_scores_its_floor_first_and_stops_when_it_misses() -> None:
+    """The PP-OCRv5 detector: its one-layer floor changes the text of 13 % of the pages. Scored
+    first, untimed, it ends the search float: the all-int8 model is not scored and nothing is
+    timed (the search without it scored all int8, timed the prefixes to find the floor, and
+    scored it: the same end, 3-4 s later)."""
+    plan, scored, timed, checked = _floor_search(needed=8)
+    assert scored == [7] and timed == [] and checked == []
+    assert not plan.met and len(plan.floats) == 8 and plan.not_faster_at is None
+    assert plan.floor_ended
+    notes: list[str] = []
+    static._record(plan, {}, notes)
+    assert notes[0].startswith("the model with the fewest int8 layers the search could keep")
+    assert "fewest int8 layers" in plan.reason and "text changed" in plan.reason
+    assert [p["latency_ms"] for p in plan.tradeoff] == [None]
+    # without floor_first, the same end after scoring all int8 and timing the top
+    sites = [f"s{i}" for i in range(8)]
+    timed_before: list[int] = []
+
+    def speed(m: int) -> tuple[float, float]:
+        timed_before.append(m)
+        return 10.0, 1.0 - 0.04 * (8 - m)
+
+    before = _search_float(
+        sites,
+        [mixed.Move(s, "float", 1.0, 10.0, 10.0) for s in sites],
+        8,
+        speed=speed,
+        profile_us=100.0,
+    )
+    assert not before.met and before.evaluations == 2 and timed_before
+
+
+def test_a_floor_the_verification_runs_refuse_ends_the_search_untimed() -> None:
+    """Within budget on the learning runs, the floor is checked on the verification runs
+    before anything else: refused there, every prefix the search could keep holds its int8
+    layers, and the search ends float (the recognizer's CTC head)."""
+    plan, scored, timed, checked = _floor_search(needed=5, verdict="over budget: one crop")
+    assert scored == [7] and checked == [7] and timed == []
+    assert not plan.met and plan.refused_at == 7 and "one crop" in plan.reason
+    assert [p["ok"] for p in plan.tradeoff] == [False]
+
+
+def test_a_floor_within_budget_leaves_the_search_as_it_was() -> None:
+    """A floor that passes both checks: the search goes on and keeps what it kept without
+    floor_first, and does not check the floor on the verification runs twice."""
+    plan, scored, timed, checked = _floor_search(needed=5)
+    assert scored[0] == 7 and checked == [7]
+    assert plan.met and len(plan.floats) == 5
+    before = _search_float(
+        [f"s{i}" for i in range(8)],
+        [mixed.Move(f"s{i}", "float", 1.0, 10.0, 10.0) for i in range(8)],
+        5,
+        speed=lambda m: (10.0, 1.0 - 0.04 * (8 - m)),
+        profile_us=100.0,
+    )
+    assert before.floats == plan.floats
+
+
+def test_a_one_site_placement_is_checked_on_the_verification_runs_first() -> None:
+    """A placement of one large layer (the recognizer's CTC head alone, in the slow regime):
+    all int8 is the only model the search could keep. Within budget on the learning runs, it
+    is checked on the verification runs before its confirmation and error feedback; refused,
+    the search ends float with a reason that says so."""
+    plan, scored, timed, checked = _floor_search(needed=0, verdict="over budget: one crop", n=1)
+    assert scored == [0] and checked == [0]
+    assert not plan.met and plan.refused_at == 0 and "only model it could keep" in plan.reason
+    plan, scored, timed, checked = _floor_search(needed=0, n=1)
+    assert plan.met and checked == [0] and not plan.floats
+
+
+def test_without_a_profile_bound_the_floor_is_the_prefix_with_one_int8_layer() -> None:
+    """A profile whose per-layer gains do not account for its whole gain bounds nothing
+    (static._bound_us): the floor is then the prefix with one int8 layer left, which every
+    other prefix's int8 layers include. Missing the budget, it ends the search untimed (the
+    PP-OCRv5 detector in its fast-int8 regime: 83.9 % with one layer int8)."""
+    plan, scored, timed, checked = _floor_search(needed=8, profile_us=0.0)
+    assert scored == [7] and timed == [] and checked == []
+    assert not plan.met and "fewest int8 layers the search could keep (7 of 8" in plan.reason
+    plan, scored, timed, checked = _floor_search(needed=5, profile_us=0.0)
+    assert scored[0] == 7 and checked == [7] and plan.met and len(plan.floats) == 5
