@@ -22,6 +22,11 @@ Those timings also bound the search: no prefix is scored
 that is not :data:`SPEED_MARGIN` faster than float, since the manager would roll it back as
 not faster, and the bisection stops once the prefixes left between one that misses the budget
 and one within it cannot differ in speed by more than :data:`SPEED_RESOLUTION`.
+
+With a task metric as the budget, each score runs the user's callable, and the search scores
+its floor first, untimed: the prefix with the fewest int8 layers it could keep. Missing the
+budget there, no prefix with more int8 layers can meet it, and the search ends float
+(``floor_first``).
 """
 
 from __future__ import annotations

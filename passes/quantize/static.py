@@ -15,7 +15,9 @@ Pipeline (each step its own module):
    float races faster than all-int8 beyond noise, by :data:`.latency.FLOAT_MARGIN` for layers
    with weights and elementwise sites (:func:`.latency.pays_as_a_whole`); then the
    whole model, timed in turns with the float one (:class:`.mixed.SpeedProbe`), must be
-   :data:`.mixed.SPEED_MARGIN` faster, or the pass stops there, before calibrating;
+   :data:`.mixed.SPEED_MARGIN` faster, or the pass stops there, before calibrating (with a
+   task metric as the budget, the profile's placement is kept unraced and the whole model
+   is timed by the search once its floor holds: :data:`FLOOR_FIRST`);
 4. stream the statistics of the tensors the kept sites read and write over the calibration
    feeds into ranges (:mod:`.calibrate`); a group of tensors shares the union;
 5. weights: rounded to nearest, or learned rounding (:mod:`.adaround`, ``rounding``);
@@ -114,14 +116,17 @@ WIDE_RATIO = 16
 NO_GAIN_ABOVE = 1.2
 #: with a task-metric budget (``--metric``), the search scores the placement's floor first:
 #: the prefix with the fewest int8 layers the latency profile still credits with
-#: :data:`.mixed.SPEED_MARGIN` of float's time (``mixed.search``'s ``floor_first``). Missing
-#: the budget there, or refused on the verification runs, nothing the search could keep
-#: passes, and the pass ends float before timing any candidate. The race that refines the
-#: profile's placement (:func:`.latency.pays_as_a_whole`, with the layers measured slower
-#: float or int8) is then left out: it can only put layers back into int8. On the PP-OCRv5
-#: detector, whose one-layer floor changes the text of 13 % of the pages, the race, the
-#: all-int8 candidate's task-metric run and the search's timing cost 4-6 s of a 14-16 s job
-#: that ends float either way
+#: :data:`.mixed.SPEED_MARGIN` of float's time, else the one with one int8 layer left
+#: (``mixed.search``'s ``floor_first``). Missing the budget there, or refused on the
+#: verification runs, nothing the search could keep passes, and the pass ends float before
+#: timing any candidate. The race that refines the profile's placement
+#: (:func:`.latency.pays_as_a_whole`, with the layers measured slower float or int8) is then
+#: left out: it can only put layers back into int8. The whole-model timing before calibrating
+#: (:meth:`QuantizeInt8._whole_gain`) is left to the search too when the profile finds a gain
+#: (the search times the same model, all int8, once the floor holds). On the PP-OCRv5
+#: detector, whose one-layer floor changes the text of 13-16 % of the pages, the race, the
+#: timings and the all-int8 candidate's task-metric run cost 4-6 s of a 14-16 s job that
+#: ends float either way
 FLOOR_FIRST = True
 
 
