@@ -1287,10 +1287,14 @@ def _record(res: Any, details: dict, notes: list[str]) -> None:
             if res.floor_ended
             else "fully quantized model misses the budget"
         )
-        notes.append(
+        # first among the pass's notes: the console shows the first few, and the latency
+        # placement's can be many (the PP-OCRv5 detector: 75 "left float" lines before why
+        # int8 stayed out)
+        notes[:0] = [
             f"{first}; mixed precision found no placement "
-            f"({res.evaluations} model{'s' if res.evaluations != 1 else ''} tried)"
-        )
+            f"({res.evaluations} model{'s' if res.evaluations != 1 else ''} tried)",
+            res.reason,
+        ]
     elif res.floats or res.dynamic:
         notes.append(
             f"fully quantized model misses the budget; mixed precision: {len(res.floats)} "
@@ -1300,8 +1304,6 @@ def _record(res: Any, details: dict, notes: list[str]) -> None:
         notes.append(
             f"kept {r['to']}: {r['node']}: SQNR {r['sqnr_db']} dB, saves {r['gain_us']} µs in int8"
         )
-    if not res.met:
-        notes.append(res.reason)
 
 
 def _headline_name(budget: Any, ref_acc: float | None) -> str:
