@@ -28,6 +28,7 @@ SHOTS = {
     "layers": ["#layers"],
     "profile": ["#profile"],
     "tradeoff-graph": ["#tradeoff", "#graph"],
+    "tradeoff": ["#tradeoff"],  # the README's: a quantize report with a --metric budget
 }
 
 BOX = """JSON.stringify((() => {

@@ -997,7 +997,7 @@ class QuantizeInt8(Pass):
                 )
         # the candidate the search scored and chose (the report marks its row; the search
         # marked its point of the curve), before the layers its choice left alone go float
-        chosen = step_label(res.floats, res.dynamic) if res.met else None
+        chosen = step_label(res.floats, res.dynamic, slow) if res.met else None
         details["tradeoff_axes"] = {
             "metric": _headline_name(ctx.budget, ref_acc),
             "floor": judge.target(),
@@ -1052,7 +1052,7 @@ class QuantizeInt8(Pass):
         for core in _cores(sites, gains, total_us, build.always_dynamic):
             model = with_bodies(set(core))
             # the search's label for this model, so that the report marks its row chosen
-            label = step_label(set(sites) - set(core), set())
+            label = step_label(set(sites) - set(core), set(), already_float)
             ms, ratio = probe(model)
             dyn = len(set(core) & build.always_dynamic)
             floats = len(sites) - len(core) + already_float  # as the search's points count

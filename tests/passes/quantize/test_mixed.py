@@ -942,3 +942,11 @@ def test_without_a_profile_bound_the_floor_is_the_prefix_with_one_int8_layer() -
     assert not plan.met and "fewest int8 layers the search could keep (7 of 8" in plan.reason
     plan, scored, timed, checked = _floor_search(needed=5, profile_us=0.0)
     assert scored[0] == 7 and checked == [7] and plan.met and len(plan.floats) == 5
+
+
+def test_a_steps_label_counts_the_layers_the_placement_left_float() -> None:
+    """The candidates' table names a step as the trade-off curve counts it: the layers the
+    latency placement left float before the search are float in every step."""
+    assert mixed.step_label(set(), set()) == "all int8"
+    assert mixed.step_label(set(), set(), 69) == "69 in float"
+    assert mixed.step_label({"a", "b"}, {"c"}, 69) == "71 in float, 1 dynamic"
