@@ -312,6 +312,11 @@ def search(
     strict = False  # set once a confirmation refuses a prefix the cheap verdict passed
     #: prefixes scored with ``confirm`` itself (their verdict needs no confirmation)
     literal: set[int] = set()
+    #: prefixes the verification runs passed already (``precheck``): the manager's own
+    #: verdict on the literal graph, on runs the search never learns from, holds more than a
+    #: confirmation on the learning runs would, so they need none (the PP-OCRv5 recognizer
+    #: at 2 points chose its floor, prechecked, then confirmed it: 2 s)
+    prechecked: set[int] = set()
 
     def ok_with(k: int) -> bool:
         if k in cache:
@@ -354,7 +359,7 @@ def search(
 
     def confirmed(k: int) -> bool:
         nonlocal strict
-        if confirm is None or (k == n and all_float) or k in literal:
+        if confirm is None or (k == n and all_float) or k in literal or k in prechecked:
             return True
         model, label, _, _ = model_at(k)
         good, why, _ = confirm(model, label)
@@ -388,7 +393,6 @@ def search(
             timed(lo)
         return times[hi][1] - times[lo][1] >= SPEED_RESOLUTION
 
-    prechecked: set[int] = set()  # prefixes the verification runs passed already
     #: the floor while it is scored first: untimed, as the verification runs may refuse it
     checking_floor: int | None = None
     top = n - 1 if all_float else n  # the largest prefix the search could keep
@@ -451,6 +455,7 @@ def search(
                 if top in points:  # the curve's point: refused on the verification runs
                     points[top]["ok"] = False
                 return _refused(out, moves, top, why)
+            prechecked.add(top)
     lo = -1  # the largest prefix known to miss the budget (-1: none tried)
     while True:
         hi = _first_ok_above(lo, last, ok_with, cache, bounded=bounded, worth=worth)

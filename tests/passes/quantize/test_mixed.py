@@ -950,3 +950,39 @@ def test_a_steps_label_counts_the_layers_the_placement_left_float() -> None:
     assert mixed.step_label(set(), set()) == "all int8"
     assert mixed.step_label(set(), set(), 69) == "69 in float"
     assert mixed.step_label({"a", "b"}, {"c"}, 69) == "71 in float, 1 dynamic"
+
+
+def _confirmed_search(needed: int) -> tuple[mixed.Plan, list[int]]:
+    """A floor-first search over 8 sites whose precheck passes everything: (plan, the
+    prefixes confirmed on the learning runs)."""
+    sites = [f"s{i}" for i in range(8)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 10.0) for s in sites]
+    confirmed: list[int] = []
+
+    def confirm(m: int, label: str = "") -> tuple[bool, str, float]:
+        confirmed.append(m)
+        return True, "", float(m)
+
+    plan = mixed.search(
+        lambda e, d: 8 - len(e),
+        sites,
+        moves,
+        lambda m, label="": (m >= needed, "text changed", float(m)),
+        float_at_end=True,
+        speed=lambda m: (10.0, 1.0 - 0.04 * (8 - m)),
+        profile_us=100.0,
+        precheck=lambda m: "",
+        confirm=confirm,
+        floor_first=True,
+    )
+    return plan, confirmed
+
+
+def test_a_prefix_the_verification_runs_passed_needs_no_confirmation() -> None:
+    """The floor, checked on the verification runs (the manager's own verdict on the literal
+    graph), and then chosen, is not confirmed on the learning runs as well; a prefix that was
+    not checked there is (the recognizer at 2 points: its floor chosen, 2 s of confirmation)."""
+    plan, confirmed = _confirmed_search(7)
+    assert plan.met and len(plan.floats) == 7 and confirmed == []
+    plan, confirmed = _confirmed_search(5)
+    assert plan.met and len(plan.floats) == 5 and confirmed == [5]
