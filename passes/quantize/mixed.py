@@ -291,7 +291,7 @@ def search(
         return times[k][1] < 1.0 - SPEED_MARGIN
 
     def fast(k: int) -> bool:
-        if profile_us > 0 and _profile_saving(moves, k) < SPEED_MARGIN * profile_us:
+        if profile_us > 0 and not _credited(moves, k, profile_us):
             return False
         if timed(k)[1] < 1.0 - SPEED_MARGIN:
             return True
@@ -398,9 +398,8 @@ def search(
     top = n - 1 if all_float else n  # the largest prefix the search could keep
     floor = None  # the prefix with the fewest int8 layers the search could keep, if known
     if floor_first and n and speed is not None and profile_us > 0:
+        # None: not even all int8 is credited, and the search ends it as not faster, untimed
         floor = _profile_floor(moves, top, profile_us)
-        if not floor and _profile_saving(moves, 0) < SPEED_MARGIN * profile_us:
-            floor = None  # not even all int8: the search ends it as not faster, untimed
     elif floor_first and n:
         # no profile bound: the prefix with one int8 layer left (or, with one site, all
         # int8), which every other prefix's int8 layers include
@@ -554,15 +553,18 @@ def _last_fast(n: int, fast: Callable[[int], bool], all_float: bool) -> int:
     return lo
 
 
-def _profile_floor(moves: list[Move], top: int, profile_us: float) -> int:
-    """The largest prefix up to ``top`` whose int8 layers the latency profile credits with
-    :data:`SPEED_MARGIN` of the float model's time ``profile_us`` (0 when none is): more
-    moves only take gains away (:func:`_profile_saving`), so every prefix above it fails the
-    search's profile bound."""
-    for k in range(top, 0, -1):
-        if _profile_saving(moves, k) >= SPEED_MARGIN * profile_us:
-            return k
-    return 0
+def _credited(moves: list[Move], k: int, profile_us: float) -> bool:
+    """Whether the latency profile credits the int8 layers left after ``k`` moves with
+    :data:`SPEED_MARGIN` of the float model's time ``profile_us`` (the search's profile
+    bound: a prefix it does not credit is not fast, untimed)."""
+    return _profile_saving(moves, k) >= SPEED_MARGIN * profile_us
+
+
+def _profile_floor(moves: list[Move], top: int, profile_us: float) -> int | None:
+    """The largest prefix up to ``top`` the latency profile credits (:func:`_credited`), None
+    when not even all int8 is: more moves only take gains away (:func:`_profile_saving`), so
+    every prefix above it fails the search's profile bound."""
+    return next((k for k in range(top, -1, -1) if _credited(moves, k, profile_us)), None)
 
 
 def _profile_saving(moves: list[Move], k: int) -> float:

@@ -824,7 +824,11 @@ def test_a_search_that_found_no_placement_says_so_without_listing_every_layer() 
 
 
 def _floor_search(
-    needed: int, verdict: str = "", n: int = 8, profile_us: float = 100.0
+    needed: int,
+    verdict: str = "",
+    n: int = 8,
+    profile_us: float = 100.0,
+    confirm: Callable | None = None,
 ) -> tuple[mixed.Plan, list[int], list[int], list[int]]:
     """A task-metric search with ``floor_first`` over ``n`` sites of a 100 µs float model
     whose profile credits each int8 layer with 10 µs (the floor: 7 moves, one int8 layer at
@@ -857,6 +861,7 @@ def _floor_search(
         speed=speed,
         profile_us=profile_us,
         precheck=precheck,
+        confirm=confirm,
         floor_first=True,
     )
     return plan, scored, timed, checked
@@ -952,37 +957,17 @@ def test_a_steps_label_counts_the_layers_the_placement_left_float() -> None:
     assert mixed.step_label({"a", "b"}, {"c"}, 69) == "71 in float, 1 dynamic"
 
 
-def _confirmed_search(needed: int) -> tuple[mixed.Plan, list[int]]:
-    """A floor-first search over 8 sites whose precheck passes everything: (plan, the
-    prefixes confirmed on the learning runs)."""
-    sites = [f"s{i}" for i in range(8)]
-    moves = [mixed.Move(s, "float", 1.0, 10.0, 10.0) for s in sites]
-    confirmed: list[int] = []
-
-    def confirm(m: int, label: str = "") -> tuple[bool, str, float]:
-        confirmed.append(m)
-        return True, "", float(m)
-
-    plan = mixed.search(
-        lambda e, d: 8 - len(e),
-        sites,
-        moves,
-        lambda m, label="": (m >= needed, "text changed", float(m)),
-        float_at_end=True,
-        speed=lambda m: (10.0, 1.0 - 0.04 * (8 - m)),
-        profile_us=100.0,
-        precheck=lambda m: "",
-        confirm=confirm,
-        floor_first=True,
-    )
-    return plan, confirmed
-
-
 def test_a_prefix_the_verification_runs_passed_needs_no_confirmation() -> None:
     """The floor, checked on the verification runs (the manager's own verdict on the literal
     graph), and then chosen, is not confirmed on the learning runs as well; a prefix that was
     not checked there is (the recognizer at 2 points: its floor chosen, 2 s of confirmation)."""
-    plan, confirmed = _confirmed_search(7)
-    assert plan.met and len(plan.floats) == 7 and confirmed == []
-    plan, confirmed = _confirmed_search(5)
-    assert plan.met and len(plan.floats) == 5 and confirmed == [5]
+    for needed, expected in ((7, []), (5, [5])):
+        confirmed: list[int] = []
+
+        def confirm(m: int, label: str = "", seen: list[int] = confirmed) -> tuple:
+            seen.append(m)
+            return True, "", float(m)
+
+        plan, _, _, checked = _floor_search(needed=needed, confirm=confirm)
+        assert plan.met and len(plan.floats) == needed and checked == [7]
+        assert confirmed == expected
