@@ -32,6 +32,7 @@ import onnx
 
 from onnxopt import phases
 from onnxopt.weights import array as tensor_array
+from onnxopt.weights import is_mapped_model
 
 from .collect import open_session, probe_model
 from .qdq import WeightQ, weight_params
@@ -153,7 +154,9 @@ def gram_matrices(
     # a session over the model as it is (mapped weights shared, never saved to a file)
     probe, exposed = probe_model(model, tensors)
     outputs = [exposed[t] for t in tensors]
-    sess = open_session(probe, spin=False)
+    # onnxruntime's optimizations on: the few inputs exposed are graph outputs, kept as they
+    # are; not for mapped weights (a large model), which its folds and packing would copy
+    sess = open_session(probe, spin=False, optimized=not is_mapped_model(probe))
     del probe
     pending: dict[str, list[np.ndarray]] = {ly.name: [] for ly in layers}
 

@@ -233,7 +233,11 @@ def search(
     left. Every prefix the search could keep has its int8 layers and more, so when it misses
     the budget, or ``precheck`` refuses it, the search ends float there (more moves never
     hurt): on the PP-OCRv5 detector, its all-int8 model and the timings that found the floor
-    are not run. Within budget, the search goes on as above, its verdict kept."""
+    are not run. Within budget and timed fast, the floor is followed by the prefix nearest
+    below it that the profile puts :data:`PROFILE_APART` faster (:func:`_profile_near`).
+    Missing the budget, that prefix bounds the search from below, and only the prefixes
+    between the two are bisected (``worth`` first times the fastest of them). Within it, the
+    search goes on as above, its verdict kept."""
     out = Plan(moves=moves)
     n = len(moves)
     cache: dict[int, bool] = {}
@@ -380,18 +384,22 @@ def search(
     def worth(lo: int, hi: int) -> bool:
         """Whether a prefix between ``lo`` (missing the budget) and ``hi`` (within it) can
         be told apart from ``hi`` in speed (:data:`SPEED_RESOLUTION`); True with ``hi``
-        untimed. ``lo`` is timed here, unless the latency profile already puts the two
-        :data:`PROFILE_APART` apart."""
+        untimed. The fastest such prefix is ``lo + 1`` (more moves never help speed): it is
+        timed here, unless the latency profile already puts it :data:`PROFILE_APART` from
+        ``hi``. (Timing ``lo`` itself, which cannot be kept, let the PP-OCRv5 recognizer's
+        search go on where ``lo + 1`` ran at ``hi``'s speed.)"""
         if lo < 0 or hi not in times:
             return True
-        if lo not in times:
+        k = lo + 1
+        if k >= hi:
+            return False
+        if k not in times:
             if profile_us > 0 and (
-                _profile_saving(moves, lo) - _profile_saving(moves, hi)
-                >= PROFILE_APART * profile_us
+                _profile_saving(moves, k) - _profile_saving(moves, hi) >= PROFILE_APART * profile_us
             ):
                 return True
-            timed(lo)
-        return times[hi][1] - times[lo][1] >= SPEED_RESOLUTION
+            timed(k)
+        return times[hi][1] - times[k][1] >= SPEED_RESOLUTION
 
     #: the floor while it is scored first: untimed, as the verification runs may refuse it
     checking_floor: int | None = None
@@ -436,11 +444,24 @@ def search(
         checking_floor = None
     last = n  # the largest prefix worth scoring
     bounded = False
-    if speed is not None and n and not ok_with(0):
+    lo = -1  # the largest prefix known to miss the budget (-1: none tried)
+    hi: int | None = None  # a prefix known within budget to bisect down from (None: search)
+    near = None
+    if floor and cache.get(floor) and speed is not None and profile_us > 0 and fast(floor):
+        # the floor within budget (and the verification runs' check): the prefix nearest
+        # below it that the profile puts PROFILE_APART faster is scored next. Missing the
+        # budget, it bounds the search from below (more moves never hurt), and only the
+        # prefixes between the two are left: the PP-OCRv5 recognizer at 2 points scored all
+        # int8 (79 %), one move (81 %) and 3 of its 31 layers int8 (97 %) and timed three
+        # models to keep its floor, its CTC head alone (~7 s)
+        near = _profile_near(moves, floor, profile_us)
+    if near is not None and not ok_with(near):
+        lo, hi, last, bounded = near, floor, floor, True
+    elif speed is not None and n and not ok_with(0):
         if not fast(0):
             return _not_faster(out, moves, 0, timed(0)[1])
         last, bounded = _last_fast(n, fast, all_float), True
-    if precheck is not None and n and not ok_with(0):
+    if hi is None and precheck is not None and n and not ok_with(0):
         top = last if bounded else top
         if (
             top > 1
@@ -455,18 +476,20 @@ def search(
                     points[top]["ok"] = False
                 return _refused(out, moves, top, why)
             prechecked.add(top)
-    lo = -1  # the largest prefix known to miss the budget (-1: none tried)
     while True:
-        hi = _first_ok_above(lo, last, ok_with, cache, bounded=bounded, worth=worth)
-        if hi is None and bounded and last < n:
-            return _not_faster(
-                out, moves, last + 1, timed(last + 1)[1] if last + 1 in times else None
-            )
         if hi is None:
-            return _float(
-                out, moves, f"budget not met even with every site out of int8 ({out.reason})"
-            )
-        lo = max((k for k, good in cache.items() if not good and k < hi), default=-1)
+            hi = _first_ok_above(lo, last, ok_with, cache, bounded=bounded, worth=worth)
+            if hi is None and bounded and last < n:
+                return _not_faster(
+                    out, moves, last + 1, timed(last + 1)[1] if last + 1 in times else None
+                )
+            if hi is None:
+                return _float(
+                    out, moves, f"budget not met even with every site out of int8 ({out.reason})"
+                )
+            lo = max((k for k, good in cache.items() if not good and k < hi), default=-1)
+            # a prefix below found within budget already (the one scored after the floor)
+            hi = min(k for k, good in cache.items() if good and lo < k <= hi)
         steps = 0
         while hi - lo > 1 and worth(lo, hi):
             mid = (lo + hi) // 2
@@ -483,7 +506,7 @@ def search(
             return _not_faster(out, moves, hi, times[hi][1])
         if confirmed(hi):
             break
-        lo = hi
+        lo, hi = hi, None
     if hi in points:  # the report rings the kept model's point
         points[hi]["chosen"] = True
     floats, dyn = apply(moves[:hi])
@@ -565,6 +588,21 @@ def _profile_floor(moves: list[Move], top: int, profile_us: float) -> int | None
     when not even all int8 is: more moves only take gains away (:func:`_profile_saving`), so
     every prefix above it fails the search's profile bound."""
     return next((k for k in range(top, -1, -1) if _credited(moves, k, profile_us)), None)
+
+
+def _profile_near(moves: list[Move], floor: int, profile_us: float) -> int | None:
+    """The largest prefix below ``floor`` whose int8 layers the latency profile credits with
+    :data:`PROFILE_APART` of the float model's time ``profile_us`` more than the floor's, None
+    when not even all int8 is that far (:func:`search`)."""
+    at_floor = _profile_saving(moves, floor)
+    return next(
+        (
+            k
+            for k in range(floor - 1, -1, -1)
+            if _profile_saving(moves, k) - at_floor >= PROFILE_APART * profile_us
+        ),
+        None,
+    )
 
 
 def _profile_saving(moves: list[Move], k: int) -> float:

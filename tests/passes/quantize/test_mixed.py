@@ -486,9 +486,10 @@ def _text_metric(n: int, needed: int) -> tuple[Callable, Callable, list[int]]:
 def test_search_stops_where_the_prefixes_left_run_at_the_same_speed() -> None:
     """The recognizer's shape: all int8 at 0.80x float, any move out of int8 costs ~9 % (one
     slow layer), further moves 0.05 % each. Needing 15 of 24 moves, the search scores all
-    int8, the 24-move bound and one move; between 1 (0.90x, missing the budget) and 24
-    (0.91x, within it) no prefix can be 2 % faster than 24, so it stops there: 3 models
-    scored where the bisection scored 7, and the same choice when the moves cost more."""
+    int8 and the 24-move bound; the fastest prefix between them that could meet the budget,
+    one move (0.90x), runs within 2 % of 24 (0.91x), so it stops there, unscored: 2 models
+    scored where the bisection scored 7 (and 3 while the timed bound was all int8 itself),
+    and the same choice when the moves cost more."""
     sites, moves = _float_moves(24)
     build, score, scored = _text_metric(24, needed=15)
 
@@ -496,7 +497,7 @@ def test_search_stops_where_the_prefixes_left_run_at_the_same_speed() -> None:
         return 10.0, 0.8 if model == 0 else 0.9 + 0.0005 * model
 
     plan = mixed.search(build, sites, moves, score, speed=flat)
-    assert plan.met and len(plan.floats) == 24 and scored == [0, 24, 1]
+    assert plan.met and len(plan.floats) == 24 and scored == [0, 24]
     scored.clear()
     plan = mixed.search(build, sites, moves, score, speed=lambda m: (10.0, 0.7 + 0.01 * m))
     assert plan.met and len(plan.floats) == 15 and len(scored) > 3  # 0.01x a move: resolved
@@ -706,7 +707,8 @@ def test_a_prefix_chosen_near_the_speed_margin_is_timed_again() -> None:
     race then read it 1.02x, after its confirmation and verification. A prefix found within
     budget whose reading lies within SPEED_RESOLUTION of the margin is timed again: the two
     readings' geometric mean decides, and a "no" ends the search float (the prefixes below
-    miss the budget, those above are slower). A clear reading is not timed twice."""
+    miss the budget, those above are slower). A clear reading is not timed twice. (The
+    latency profile puts each prefix apart, so the bisection scores 2 before it times it.)"""
     sites, moves = _float_moves(4)
 
     def run(chosen: list[float]) -> tuple[list[int], mixed.Plan]:
@@ -718,7 +720,9 @@ def test_a_prefix_chosen_near_the_speed_margin_is_timed_again() -> None:
             got = readings.get(model)
             return 10.0, got.pop(0) if got else 0.8 + 0.01 * model  # each move costs 1 %
 
-        plan = _search_float(sites, moves, 2, speed=speed, speed_all_int8=(8.0, 0.8))
+        plan = _search_float(
+            sites, moves, 2, speed=speed, speed_all_int8=(8.0, 0.8), profile_us=10.0
+        )
         return timed, plan
 
     timed, plan = run([0.965, 1.0])  # noise at the margin: not faster
@@ -733,12 +737,13 @@ def test_a_prefix_chosen_near_the_speed_margin_is_timed_again() -> None:
 
 def test_prefixes_that_miss_the_budget_are_timed_only_when_a_decision_needs_it() -> None:
     """Each move gives back 1 % of float's time in the profile and 0.5 % timed; 11 of 16
-    moves meet the budget. The prefixes the bisection scores far below the one within it
-    (the profile puts them 6 % or more away) are not timed, and their points of the curve
-    have no latency; the one near it is timed when the bisection asks whether a prefix
-    between them could be faster beyond the probe's resolution, and the answer (no) stops
-    the search there, as when every prefix was timed (the PP-OCRv5 recognizer timed 5 such
-    prefixes, ~0.9 s each, that no decision read)."""
+    moves meet the budget. The prefixes the bisection scores below the one within it are not
+    timed, and their points of the curve have no latency. When the bisection asks whether a
+    prefix between the two could be faster beyond the probe's resolution, the fastest one
+    that could meet the budget (one move above the one that misses it) is timed, unless the
+    profile puts it 6 % or more away: 8 (2.5 % faster than 13: the bisection goes on), then
+    11 (1 %: the answer, no, stops the search there), as when every prefix was timed (the
+    PP-OCRv5 recognizer timed 5 such prefixes, ~0.9 s each, that no decision read)."""
     sites = [f"s{i}" for i in range(16)]
     moves = [mixed.Move(s, "float", 1.0, 10.0, 2.0) for s in sites]
     timed: list[int] = []
@@ -750,9 +755,9 @@ def test_prefixes_that_miss_the_budget_are_timed_only_when_a_decision_needs_it()
     plan = _search_float(sites, moves, 11, speed=speed, profile_us=200.0)
     scored = {p["float_layers"]: p["latency_ms"] for p in plan.tradeoff}
     assert plan.met and len(plan.floats) == 13  # 10 misses, and 10..13 are within 2 % timed
-    assert sorted(timed) == [0, 10, 12, 13]  # 0, 12 and 13 for the speed bound
-    assert scored[1] is None and scored[7] is None  # scored, missed, never timed
-    assert scored[10] == 20.0 and scored[13] == 23.0 and scored[0] == 10.0
+    assert sorted(timed) == [0, 8, 11, 12, 13]  # 0, 12 and 13 for the speed bound
+    assert scored[1] is None and scored[7] is None and scored[10] is None  # never timed
+    assert scored[13] == 23.0 and scored[0] == 10.0
 
 
 def test_a_search_whose_least_int8_prefix_the_verification_runs_refuse_stops_there() -> None:
@@ -971,3 +976,51 @@ def test_a_prefix_the_verification_runs_passed_needs_no_confirmation() -> None:
         plan, _, _, checked = _floor_search(needed=needed, confirm=confirm)
         assert plan.met and len(plan.floats) == needed and checked == [7]
         assert confirmed == expected
+
+
+def test_a_floor_within_budget_scores_the_nearest_faster_prefix_next() -> None:
+    """The PP-OCRv5 recognizer at 2 points: its floor (the CTC head alone int8) passes both
+    checks. The prefix nearest below it that the latency profile puts 6 % of float's time
+    faster (one large layer more) is scored next, and misses the budget: every prefix below
+    it misses too, and the one prefix between them that could still meet the budget runs
+    within the probe's resolution of the floor, so the floor is kept. All int8 is never
+    scored or timed (the search without a floor scores all int8 first; on the recognizer it
+    then scored one move and an interpolated prefix, and timed three models, ~7 s)."""
+    gains = {"s0": 10.0, "s1": 20.0, "s2": 1.0, "s3": 1.0, "s4": 1.0, "s5": 1.0, "s6": 1.0}
+    gains["s7"] = 30.0  # the head: the floor's one int8 layer
+    sites = list(gains)
+    moves = [mixed.Move(s, "float", 1.0, 10.0, g) for s, g in gains.items()]
+    scored: list[int] = []
+    timed: list[int] = []
+    checked: list[int] = []
+
+    def score(m: int, label: str = "") -> tuple[bool, str, float]:
+        scored.append(m)
+        return m >= 6, "text changed", 100.0 if m >= 6 else 90.0
+
+    def speed(m: int) -> tuple[float, float]:  # the profile's gains, 80 % of them timed
+        timed.append(m)
+        return 10.0, 1.0 - 0.8 * mixed._profile_saving(moves, m) / 400.0
+
+    def search(floor_first: bool) -> mixed.Plan:
+        return mixed.search(
+            lambda e, d: 8 - len(e),
+            sites,
+            moves,
+            score,
+            float_at_end=True,
+            speed=speed,
+            profile_us=400.0,
+            precheck=lambda m: checked.append(m) or "",
+            floor_first=floor_first,
+            target=98.0,
+        )
+
+    assert mixed._profile_floor(moves, 7, 400.0) == 7 and mixed._profile_near(moves, 7, 400.0) == 1
+    plan = search(floor_first=True)
+    assert scored == [7, 1] and timed == [7, 2] and checked == [7]
+    assert plan.met and plan.floats == sites[:7]
+    scored.clear()
+    timed.clear()
+    before = search(floor_first=False)
+    assert before.floats == plan.floats and scored == [0, 7, 1] and timed == [0, 7, 2]
