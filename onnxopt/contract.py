@@ -92,6 +92,9 @@ class PassResult:
         fallbacks: a searching lossy pass's next candidates, each a subset of ``sites``, in
             the order it would choose them (each rewrites less): when its candidate fails
             the manager's check, the manager verifies these before it bisects.
+        verified_fallbacks: the indices of ``fallbacks`` whose models met the budget on the
+            verification runs already (:attr:`PassContext.precheck`): the manager tries them
+            whatever their size, where it passes over a small fallback for bisection.
     """
 
     changed: bool
@@ -101,6 +104,7 @@ class PassResult:
     details: dict[str, Any] = field(default_factory=dict)
     model: onnx.ModelProto | None = None
     fallbacks: list[list[str]] = field(default_factory=list)
+    verified_fallbacks: list[int] = field(default_factory=list)
 
     @classmethod
     def unchanged(cls, *notes: str) -> PassResult:

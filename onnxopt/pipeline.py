@@ -489,8 +489,14 @@ class PassManager:
         # a fallback that keeps fewer than half the candidate's sites gives up most of what
         # the pass was for: bisection keeps every site that verifies instead (MiniLM at
         # cosine 0.998: the search's next prefix within budget, 2 of 47 layers int8, ran
-        # 0.96x float's time; bisection kept 34-41)
-        fallbacks = [f for f in result.fallbacks if 2 * len(f) >= len(result.sites)]
+        # 0.96x float's time; bisection kept 34-41), unless the verification runs passed it
+        # already (the PP-OCRv5 recognizer's floor, its CTC head alone: bisecting its 11-layer
+        # candidate re-ran the pass for 20 s and rolled it back)
+        fallbacks = [
+            f
+            for i, f in enumerate(result.fallbacks)
+            if 2 * len(f) >= len(result.sites) or i in result.verified_fallbacks
+        ]
         if failed and fallbacks:
             checked = self._fallbacks(p, stage, result, fallbacks, pr, own, checked)
         elif failed and len(result.sites) > 1:

@@ -108,6 +108,9 @@ class Plan:
     refused_at: int | None = None
     #: whether the floor, scored first (``search``'s ``floor_first``), ended the search
     floor_ended: bool = False
+    #: the index in ``fallbacks`` of the prefix the verification runs passed (``precheck``),
+    #: offered last whatever :data:`MAX_FALLBACKS`, else None
+    verified_fallback: int | None = None
 
 
 def order_moves(
@@ -516,6 +519,15 @@ def search(
         f, d = apply(moves[:k])
         if not (k == n and all_float) and len(out.fallbacks) < MAX_FALLBACKS:
             out.fallbacks.append((sorted(f), sorted(d)))
+            if k in prechecked:
+                out.verified_fallback = len(out.fallbacks) - 1
+    # the prefix the verification runs passed comes last if not already offered: the
+    # manager then tries it rather than bisecting a choice that fails there
+    checked_above = [k for k in sorted(prechecked) if k > hi and cache.get(k)]
+    if checked_above and out.verified_fallback is None:
+        f, d = apply(moves[: checked_above[0]])
+        out.fallbacks.append((sorted(f), sorted(d)))
+        out.verified_fallback = len(out.fallbacks) - 1
     out.tradeoff.sort(key=lambda p: (p["float_layers"], p["dynamic_layers"]))
     if hi in times:
         out.speed_ratio = times[hi][1]

@@ -312,13 +312,14 @@ class QuantizeInt8(Pass):
             self._feed_back(build, axes, sites, ctx, notes, details)  # no search: every site
         qmodel, kept = build(set(sites) | set(body_sites)), list(sites)
         fallbacks: list[list[str]] = []
+        verified: list[int] = []
         if ctx.site_filter is not None:
             # a bisection trial: its sites are ones the first run's search kept in int8, and
             # the trial verifies them as they are (a search per trial cost ~20 s of ~30 on the
             # PP-OCRv5 recognizer)
             notes.append("bisection trial: the sites allowed in int8, without a new search")
         elif ctx.budget is not None and c.fallback:
-            qmodel, kept, fallbacks = self._mixed(
+            qmodel, kept, fallbacks, verified = self._mixed(
                 model,
                 build,
                 sites,
@@ -348,6 +349,7 @@ class QuantizeInt8(Pass):
             model=qmodel,
             # a fallback re-run reuses this run through the memo; without it, none is offered
             fallbacks=fallbacks if self.name in (ctx.memo or {}) else [],
+            verified_fallbacks=verified if self.name in (ctx.memo or {}) else [],
         )
 
     # --------------------------------------------------------------------------------------
@@ -913,12 +915,13 @@ class QuantizeInt8(Pass):
         reference: list[dict[str, np.ndarray]] | None = None,
         axes: dict[str, int | None] | None = None,
         floor_first: bool = False,
-    ) -> tuple[onnx.ModelProto, list[str], list[list[str]]]:
+    ) -> tuple[onnx.ModelProto, list[str], list[list[str]], list[int]]:
         """Mixed precision over the main graph's sites until ``ctx.budget`` holds
         (:mod:`.mixed`; ``body_sites`` stay int8; ``speed``: :meth:`_whole_gain`'s probe and
         timing; ``reference``: ``model``'s outputs on the scored runs read already, None for
         a run still to run). Returns (model, main-graph sites kept, the manager's fallbacks: the sites
-        kept at the prefixes above the chosen one found within budget)."""
+        kept at the prefixes above the chosen one found within budget, the indices of those
+        the verification runs passed already)."""
         from onnxopt.runner import Runner
         from onnxopt.verify import accuracy
 
@@ -1024,7 +1027,8 @@ class QuantizeInt8(Pass):
             first.fallback_dynamic = {
                 frozenset(fb): set(d) for fb, (_, d) in zip(fallbacks, res.fallbacks, strict=True)
             }
-        return model_out, kept + res.dynamic, fallbacks
+        verified = [] if res.verified_fallback is None else [res.verified_fallback]
+        return model_out, kept + res.dynamic, fallbacks, verified
 
     def _alone(
         self,

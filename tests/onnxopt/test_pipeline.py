@@ -306,18 +306,21 @@ def test_a_speed_pass_faster_with_every_site_is_bisected(monkeypatch, ratio):
 
 class NegWithFallbacks(CountedSpeedNeg):
     """A searching lossy pass: its candidate rewrites every Neg ("c" wrongly), and it offers
-    the manager its next candidates, each rewriting less."""
+    the manager its next candidates, each rewriting less (``verified``: the indices of those
+    it checked on the verification runs already)."""
 
     name = "test-fallback-neg"
 
-    def __init__(self, fallbacks):
+    def __init__(self, fallbacks, verified=()):
         super().__init__(wrong=("c",))
         self.offered = fallbacks
+        self.verified = list(verified)
 
     def run(self, graph, ctx):
         res = super().run(graph, ctx)
         if ctx.site_filter is None:
             res.fallbacks = [list(f) for f in self.offered]
+            res.verified_fallbacks = list(self.verified)
         return res
 
 
@@ -351,6 +354,19 @@ def test_a_fallback_keeping_less_than_half_the_sites_is_passed_over_for_bisectio
     assert pr.status == "kept" and pr.dropped_sites == ["c"] and pr.rewrites == 3
     assert any("bisection kept 3 of 4 sites" in n for n in pr.notes)
     assert not any("its fallback" in n for n in pr.notes)
+
+
+def test_a_small_fallback_the_verification_runs_passed_is_tried_before_bisection(monkeypatch):
+    """The same one-site fallback, offered as one the pass checked on the verification runs
+    already (the PP-OCRv5 recognizer's floor, its CTC head alone, under an 11-layer choice):
+    the manager verifies it instead of bisecting, and keeps it."""
+    _stub_speed(monkeypatch, "", ratio=0.8)
+    p = NegWithFallbacks([("a",)], verified=[0])
+    _, rep = PassManager([p], budget=Budget(min_cosine=0.9999)).run(model(), feeds())
+    pr = rep.passes[0]
+    assert pr.status == "kept" and pr.rewrites == 1 and p.applied == 2
+    assert "its fallback 1 of 1, 1 of 4 sites, passed" in pr.notes[-1]
+    assert not any("bisection" in n for n in pr.notes)
 
 
 class SeesCalibration(Scale):

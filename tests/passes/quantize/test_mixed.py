@@ -1024,3 +1024,17 @@ def test_a_floor_within_budget_scores_the_nearest_faster_prefix_next() -> None:
     timed.clear()
     before = search(floor_first=False)
     assert before.floats == plan.floats and scored == [0, 7, 1] and timed == [0, 7, 2]
+
+
+def test_the_prefix_the_verification_runs_passed_is_offered_as_the_last_fallback() -> None:
+    """The floor passed the verification runs; the search keeps a prefix with more int8
+    layers, checked on the learning runs only. Among the manager's fallbacks, nearest first,
+    the floor is offered last and marked verified, even beyond MAX_FALLBACKS: should the
+    choice fail the manager's check, the manager tries it rather than bisecting."""
+    plan, _, _, checked = _floor_search(needed=2)  # within budget: 2, 3, 6 and the floor
+    assert checked == [7] and len(plan.floats) == 2
+    assert [len(f) for f, _ in plan.fallbacks] == [3, 6, 7] and plan.verified_fallback == 2
+    plan, _, _, _ = _floor_search(needed=5)  # the floor among the two nearest
+    assert [len(f) for f, _ in plan.fallbacks] == [6, 7] and plan.verified_fallback == 1
+    plan, _, _, checked = _floor_search(needed=7)  # the floor itself chosen: nothing to add
+    assert len(plan.floats) == 7 and plan.verified_fallback is None and not plan.fallbacks
