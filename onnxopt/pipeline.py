@@ -490,8 +490,8 @@ class PassManager:
         # the pass was for: bisection keeps every site that verifies instead (MiniLM at
         # cosine 0.998: the search's next prefix within budget, 2 of 47 layers int8, ran
         # 0.96x float's time; bisection kept 34-41), unless the verification runs passed it
-        # already (the PP-OCRv5 recognizer's floor, its CTC head alone: bisecting its 11-layer
-        # candidate re-ran the pass for 20 s and rolled it back)
+        # already (the PP-OCRv5 recognizer's floor, its CTC head alone, where its 11-layer
+        # candidate failed the check and was bisected, then rolled back: a 55 s job)
         fallbacks = [
             f
             for i, f in enumerate(result.fallbacks)
