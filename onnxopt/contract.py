@@ -93,8 +93,8 @@ class PassResult:
             the order it would choose them (each rewrites less): when its candidate fails
             the manager's check, the manager verifies these before it bisects.
         verified_fallbacks: the indices of ``fallbacks`` whose models met the budget on the
-            verification runs already (:attr:`PassContext.precheck`): the manager tries them
-            whatever their size, where it passes over a small fallback for bisection.
+            verification runs already (:attr:`PassContext.precheck`): one the manager passes
+            over for bisection (a small one) it still tries once the rest keeps nothing.
     """
 
     changed: bool

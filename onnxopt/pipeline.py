@@ -489,13 +489,17 @@ class PassManager:
         # a fallback that keeps fewer than half the candidate's sites gives up most of what
         # the pass was for: bisection keeps every site that verifies instead (MiniLM at
         # cosine 0.998: the search's next prefix within budget, 2 of 47 layers int8, ran
-        # 0.96x float's time; bisection kept 34-41), unless the verification runs passed it
-        # already (the PP-OCRv5 recognizer's floor, its CTC head alone, where its 11-layer
-        # candidate failed the check and was bisected, then rolled back: a 55 s job)
-        fallbacks = [
+        # 0.96x float's time; bisection kept 34-41)
+        big = [2 * len(f) >= len(result.sites) for f in result.fallbacks]
+        fallbacks = [f for f, b in zip(result.fallbacks, big, strict=True) if b]
+        # a small one the verification runs passed already is the last resort, once the
+        # others or the bisection keep nothing (the PP-OCRv5 recognizer at 2 points: its
+        # 11-layer candidate failed the check and was bisected, then rolled back, a 55 s job,
+        # where its floor, the CTC head alone, had passed there)
+        rescue = [
             f
-            for i, f in enumerate(result.fallbacks)
-            if 2 * len(f) >= len(result.sites) or i in result.verified_fallbacks
+            for i, (f, b) in enumerate(zip(result.fallbacks, big, strict=True))
+            if not b and i in result.verified_fallbacks
         ]
         if failed and fallbacks:
             checked = self._fallbacks(p, stage, result, fallbacks, pr, own, checked)
@@ -509,6 +513,13 @@ class PassManager:
                 if feed is not None and not p.exact:
                     first.insert(0, input_row(self.verifier, stage, feed))
                 checked = self._bisect(p, stage, result, pr, own, first, feed, checked.why)
+        if failed and checked.stage is None and rescue:
+            checked = self._fallbacks(p, stage, result, rescue, pr, own, checked)
+            if checked.stage is not None:
+                pr.notes.append(
+                    "that fallback is the one the pass had checked on the verification runs "
+                    "already, tried once the rest kept nothing"
+                )
         if checked.stage is None:
             pr.status, pr.reason = "rolled back", checked.why
             return stage

@@ -522,7 +522,7 @@ def search(
             if k in prechecked:
                 out.verified_fallback = len(out.fallbacks) - 1
     # the prefix the verification runs passed comes last if not already offered: the
-    # manager then tries it rather than bisecting a choice that fails there
+    # manager's last resort before rolling the pass back (``PassResult.verified_fallbacks``)
     checked_above = [k for k in sorted(prechecked) if k > hi and cache.get(k)]
     if checked_above and out.verified_fallback is None:
         f, d = apply(moves[: checked_above[0]])
