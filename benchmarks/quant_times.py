@@ -16,13 +16,23 @@ tool's median over NNCF's, as well as the median of the rounds' own ratios.
 
 Needs ``NNCF_PYTHON`` (and ``AIMET_PYTHON`` for AIMET's tools) as the benchmark does, and its
 job files (run ``python benchmarks/quantization.py --models ...`` first).
+
+``--base REV`` times a change against an earlier commit in the same rounds: each onnxopt tool
+also runs as ``TOOL@REV``, the same job file with the code of ``REV`` (a git worktree and a
+virtual environment of its own under ``build/quant_times_base/``, made once, onnxopt installed
+there in editable mode without dependencies: the rest comes from this interpreter's
+packages). On this machine a job's time moves by 2x with the regime, and only such interleaved
+pairs tell a change from the regime (session 33: eight pairs of the PP-OCRv5 recognizer's
+2-point job, medians 36.1 s against 35.0 s).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,15 +44,74 @@ if str(ROOT) not in sys.path:
 from benchmarks.quantization import WORK, run_job, time_breakdown  # noqa: E402
 
 
-def rerun(job_path: Path, tool: str, scratch: Path) -> dict:
+def rerun(job_path: Path, tool: str, scratch: Path, base: Base | None = None) -> dict:
     """Run one job file again (:func:`benchmarks.quantization.run_job`: a fresh process, the
-    tool's interpreter), its model and result written into ``scratch``; its result."""
+    tool's interpreter), its model and result written into ``scratch``; its result. With
+    ``base``, the job runs with that checkout's code instead (:class:`Base`)."""
     job = json.loads(job_path.read_text())
-    job["out"] = str(scratch / f"{tool}.onnx")
-    job["result"] = str(scratch / f"{tool}.json")
-    jpath = scratch / f"{tool}.job.json"
+    name = tool.replace("@", "_at_")
+    job["out"] = str(scratch / f"{name}.onnx")
+    job["result"] = str(scratch / f"{name}.json")
+    jpath = scratch / f"{name}.job.json"
     jpath.write_text(json.dumps(job))
+    if base is not None:
+        return base.run(jpath, scratch)
     return run_job(jpath, tool, scratch)
+
+
+class Base:
+    """An earlier commit's onnxopt, to time against this checkout's: a detached git worktree
+    of ``rev`` and a virtual environment that sees this interpreter's packages, with that
+    worktree installed in editable mode, without dependencies. Both are made once and reused
+    (``build/quant_times_base/<sha>``; ``git worktree remove`` deletes the worktree)."""
+
+    def __init__(self, rev: str, folder: Path = ROOT / "build" / "quant_times_base") -> None:
+        sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
+        self.rev, self.sha = rev, sha
+        self.tree = folder / sha[:12]
+        self.venv = folder / f"venv-{sha[:12]}"
+        self.python = self.venv / "bin" / "python"
+        if not (self.tree / "pyproject.toml").is_file():
+            folder.mkdir(parents=True, exist_ok=True)
+            _git("worktree", "add", "--detach", "--force", str(self.tree), sha)
+        if not self.python.is_file():
+            subprocess.run(
+                [sys.executable, "-m", "venv", "--system-site-packages", str(self.venv)],
+                check=True,
+            )
+            subprocess.run(
+                [str(self.python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(self.tree)],
+                check=True,
+            )
+
+    @property
+    def label(self) -> str:
+        return self.sha[:7]
+
+    def run(self, jpath: Path, cwd: Path) -> dict:
+        """The job file ``jpath`` run by this commit's ``benchmarks/quant_peers.py``, its code
+        first on the path (this checkout's editable install is on it too, behind)."""
+        res_path = Path(json.loads(jpath.read_text())["result"])
+        res_path.unlink(missing_ok=True)
+        env = {**os.environ, "PYTHONPATH": str(self.tree), "OMP_NUM_THREADS": "2"}
+        r = subprocess.run(
+            [str(self.python), str(self.tree / "benchmarks" / "quant_peers.py"), str(jpath)],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=cwd,
+        )
+        if not res_path.is_file():
+            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
+            return {"status": "failed", "notes": [tail[0][:200]]}
+        return json.loads(res_path.read_text())
+
+
+def _git(*args: str) -> str:
+    r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"error: git {' '.join(args)}: {r.stderr.strip().splitlines()[-1:]}")
+    return r.stdout.strip()
 
 
 def rounds_order(tools: list[str], k: int) -> list[str]:
@@ -90,17 +159,22 @@ def summarize(
     return out
 
 
-def render(results: dict[str, dict[str, dict]], repeats: int, command: str) -> str:
+def render(
+    results: dict[str, dict[str, dict]], repeats: int, command: str, base: str = "nncf"
+) -> str:
+    """The tables (markdown); ``base``: the tool the ratios are to (NNCF, or with ``--base``
+    and no NNCF, the first tool)."""
+    who = "NNCF" if base == "nncf" else f"`{base}`"
     lines = [
-        "# Quantization time in interleaved repeats (onnxopt against NNCF)",
+        f"# Quantization time in interleaved repeats (onnxopt against {who})",
         "",
         f"`{command}`: each job of the int8 benchmark run {repeats} times in rounds, every tool "
         "once a round, the order alternating; seconds = the quantization call "
         "(`benchmarks/quant_peers.py`'s `seconds`); beside an onnxopt reading, its int8 "
         "pass's outcome.",
         "",
-        "| model | tool | median s | range s | readings | median / NNCF's median "
-        "| median of the rounds' ratios to NNCF |",
+        f"| model | tool | median s | range s | readings | median / {who}'s median "
+        f"| median of the rounds' ratios to {who} |",
         "|---|---|---:|---:|---|---:|---:|",
     ]
     for model, rows in results.items():
@@ -167,16 +241,27 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--work", type=Path, default=WORK, help="the int8 benchmark's folder")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "QUANT_TIMES.md")
+    ap.add_argument(
+        "--base", help="a git revision: each onnxopt tool also runs with its code (TOOL@REV)"
+    )
     args = ap.parse_args()
     models = [m for m in args.models.split(",") if m]
     tools = [t for t in args.tools.split(",") if t]
     if args.repeats < 1:
         print("error: --repeats must be 1 or more", file=sys.stderr)
         raise SystemExit(2)
+    base = Base(args.base) if args.base else None
+    runs = {t: t for t in tools}  # tool shown -> job file's tool
+    if base is not None:
+        for t in tools:
+            if t.startswith("onnxopt"):
+                runs[f"{t}@{base.label}"] = t
+    tools = list(runs)
+    ratio_to = "nncf" if "nncf" in tools else tools[0]
     missing = [
         str(args.work / m / f"{t}.job.json")
         for m in models
-        for t in tools
+        for t in dict.fromkeys(runs.values())
         if not (args.work / m / f"{t}.job.json").is_file()
     ]
     if missing:
@@ -193,22 +278,23 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"quant_times_{model}_") as tmp:
             for k in range(args.repeats):
                 for tool in rounds_order(tools, k):
-                    res = rerun(args.work / model / f"{tool}.job.json", tool, Path(tmp))
+                    job = args.work / model / f"{runs[tool]}.job.json"
+                    res = rerun(job, tool, Path(tmp), base if "@" in tool else None)
                     s = res.get("seconds") if res.get("status") == "ok" else None
                     seconds[tool].append(s)
                     first = (res.get("notes") or [""])[0] if tool.startswith("onnxopt") else ""
                     outcomes[tool].append(str(first).split(":")[0][:40])
                     # onnxopt's seconds per phase, from the report its job wrote beside the result
-                    ph = time_breakdown(Path(tmp) / f"{tool}.json") if s is not None else {}
+                    result = Path(tmp) / f"{tool.replace('@', '_at_')}.json"
+                    ph = time_breakdown(result) if s is not None else {}
                     if ph.get("time_breakdown"):
                         split[tool].append(ph["time_breakdown"])
                     shown = f"{s:.1f} s" if s is not None else res.get("status")
                     why = f" ({outcomes[tool][-1]})" if outcomes[tool][-1] else ""
                     print(f"[{model}] round {k + 1}: {tool} {shown}{why}", flush=True)
-        base = "nncf" if "nncf" in tools else tools[0]
-        results[model] = summarize(seconds, base, outcomes, split)
+        results[model] = summarize(seconds, ratio_to, outcomes, split)
     command = "python benchmarks/quant_times.py " + " ".join(sys.argv[1:])
-    text = render(results, args.repeats, command.strip())
+    text = render(results, args.repeats, command.strip(), ratio_to)
     print(text)
     for path, body in ((args.out, text), (args.out.with_suffix(".json"), json.dumps(results))):
         part = path.with_name(path.name + ".part")

@@ -120,3 +120,28 @@ def test_a_job_runs_again_in_a_scratch_folder_and_is_timed(tmp_path) -> None:
     assert got["outcomes"] == ["unchanged"] * 2  # the status of the job's last pass
     assert "checking outputs" in got["phases"]  # read from each run's report
     assert "| tiny | onnxopt |" in out.read_text()
+
+
+def test_a_reading_of_an_earlier_commit_runs_the_job_with_its_code(tmp_path: Path) -> None:
+    """``--base REV``: the same job file, written for the reading under a name of its own
+    (``TOOL_at_REV``), handed to the earlier commit's runner (:class:`quant_times.Base`,
+    stubbed here: its worktree and virtual environment take a pip install); the ratios are
+    then to the first tool when NNCF is not timed."""
+    job = tmp_path / "onnxopt_2pt.job.json"
+    job.write_text(json.dumps({"tool": "onnxopt", "out": "x.onnx", "result": "x.json"}))
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+
+    class Earlier:
+        def run(self, jpath: Path, cwd: Path) -> dict:
+            return {"status": "ok", "seconds": 1.0, "job": json.loads(jpath.read_text())}
+
+    got = qt.rerun(job, "onnxopt_2pt@c1e5eca", scratch, Earlier())
+    assert got["job"]["result"] == str(scratch / "onnxopt_2pt_at_c1e5eca.json")
+    assert got["job"]["out"] == str(scratch / "onnxopt_2pt_at_c1e5eca.onnx")
+    rows = qt.summarize(
+        {"onnxopt_2pt": [30.0, 40.0], "onnxopt_2pt@c1e5eca": [36.0, 36.0]}, "onnxopt_2pt"
+    )
+    text = qt.render({"ocr_rec": rows}, 2, "python benchmarks/quant_times.py", "onnxopt_2pt")
+    assert "median / `onnxopt_2pt`'s median" in text
+    assert "| ocr_rec | onnxopt_2pt@c1e5eca | 36.0 | 36.0–36.0 | 36.0, 36.0 | 1.03 |" in text
