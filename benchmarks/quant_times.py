@@ -165,8 +165,9 @@ def render(
     """The tables (markdown); ``base``: the tool the ratios are to (NNCF, or with ``--base``
     and no NNCF, the first tool)."""
     who = "NNCF" if base == "nncf" else f"`{base}`"
+    title = "onnxopt against NNCF" if base == "nncf" else f"each tool against {who}"
     lines = [
-        f"# Quantization time in interleaved repeats (onnxopt against {who})",
+        f"# Quantization time in interleaved repeats ({title})",
         "",
         f"`{command}`: each job of the int8 benchmark run {repeats} times in rounds, every tool "
         "once a round, the order alternating; seconds = the quantization call "
