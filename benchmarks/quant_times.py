@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -49,7 +48,7 @@ def rerun(job_path: Path, tool: str, scratch: Path, base: Base | None = None) ->
     tool's interpreter), its model and result written into ``scratch``; its result. With
     ``base``, the job runs with that checkout's code instead (:class:`Base`)."""
     job = json.loads(job_path.read_text())
-    name = tool.replace("@", "_at_")
+    name = file_name(tool)
     job["out"] = str(scratch / f"{name}.onnx")
     job["result"] = str(scratch / f"{name}.json")
     jpath = scratch / f"{name}.job.json"
@@ -59,6 +58,11 @@ def rerun(job_path: Path, tool: str, scratch: Path, base: Base | None = None) ->
     return run_job(jpath, tool, scratch)
 
 
+def file_name(tool: str) -> str:
+    """The stem of a reading's files in the scratch folder (``TOOL@REV``: ``TOOL_at_REV``)."""
+    return tool.replace("@", "_at_")
+
+
 class Base:
     """An earlier commit's onnxopt, to time against this checkout's: a detached git worktree
     of ``rev`` and a virtual environment that sees this interpreter's packages, with that
@@ -66,23 +70,25 @@ class Base:
     (``build/quant_times_base/<sha>``; ``git worktree remove`` deletes the worktree)."""
 
     def __init__(self, rev: str, folder: Path = ROOT / "build" / "quant_times_base") -> None:
-        sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
-        self.rev, self.sha = rev, sha
+        self.sha = sha = _git("rev-parse", "--verify", f"{rev}^{{commit}}")
         self.tree = folder / sha[:12]
         self.venv = folder / f"venv-{sha[:12]}"
         self.python = self.venv / "bin" / "python"
         if not (self.tree / "pyproject.toml").is_file():
             folder.mkdir(parents=True, exist_ok=True)
             _git("worktree", "add", "--detach", "--force", str(self.tree), sha)
-        if not self.python.is_file():
-            subprocess.run(
+        done = self.venv / ".onnxopt-installed"  # a failed install is made again next time
+        if not done.is_file():
+            for cmd in (
                 [sys.executable, "-m", "venv", "--system-site-packages", str(self.venv)],
-                check=True,
-            )
-            subprocess.run(
                 [str(self.python), "-m", "pip", "install", "-q", "--no-deps", "-e", str(self.tree)],
-                check=True,
-            )
+            ):
+                r = subprocess.run(cmd, capture_output=True, text=True)
+                if r.returncode != 0:
+                    last = ((r.stderr or r.stdout).strip().splitlines() or ["failed"])[-1]
+                    print(f"error: {' '.join(cmd[:4])} ...: {last}", file=sys.stderr)
+                    raise SystemExit(2)
+            done.touch()
 
     @property
     def label(self) -> str:
@@ -91,26 +97,15 @@ class Base:
     def run(self, jpath: Path, cwd: Path) -> dict:
         """The job file ``jpath`` run by this commit's ``benchmarks/quant_peers.py``, its code
         first on the path (this checkout's editable install is on it too, behind)."""
-        res_path = Path(json.loads(jpath.read_text())["result"])
-        res_path.unlink(missing_ok=True)
-        env = {**os.environ, "PYTHONPATH": str(self.tree), "OMP_NUM_THREADS": "2"}
-        r = subprocess.run(
-            [str(self.python), str(self.tree / "benchmarks" / "quant_peers.py"), str(jpath)],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=cwd,
-        )
-        if not res_path.is_file():
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-            return {"status": "failed", "notes": [tail[0][:200]]}
-        return json.loads(res_path.read_text())
+        return run_job(jpath, "onnxopt", cwd, python=str(self.python), root=self.tree)
 
 
 def _git(*args: str) -> str:
     r = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
     if r.returncode != 0:
-        raise SystemExit(f"error: git {' '.join(args)}: {r.stderr.strip().splitlines()[-1:]}")
+        last = (r.stderr.strip().splitlines() or ["failed"])[-1]
+        print(f"error: git {' '.join(args)}: {last}", file=sys.stderr)
+        raise SystemExit(2)
     return r.stdout.strip()
 
 
@@ -286,7 +281,7 @@ def main() -> None:
                     first = (res.get("notes") or [""])[0] if tool.startswith("onnxopt") else ""
                     outcomes[tool].append(str(first).split(":")[0][:40])
                     # onnxopt's seconds per phase, from the report its job wrote beside the result
-                    result = Path(tmp) / f"{tool.replace('@', '_at_')}.json"
+                    result = Path(tmp) / f"{file_name(tool)}.json"
                     ph = time_breakdown(result) if s is not None else {}
                     if ph.get("time_breakdown"):
                         split[tool].append(ph["time_breakdown"])

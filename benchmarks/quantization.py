@@ -156,20 +156,23 @@ def run_tool(c: qc.Case, tool: str, fresh: bool) -> dict:
     return {**res, **time_breakdown(res_path)}
 
 
-def run_job(jpath: Path, tool: str, cwd: Path) -> dict:
+def run_job(
+    jpath: Path, tool: str, cwd: Path, *, python: str | None = None, root: Path = ROOT
+) -> dict:
     """Run the job file ``jpath`` (:mod:`benchmarks.quant_peers`) in a fresh process of
     ``tool``'s interpreter, in ``cwd`` (onnxruntime's quantizer leaves temporary files in its
     working folder). Returns the result the job wrote, else ``status`` failed (with the last
-    line of its output) or timeout."""
+    line of its output) or timeout. ``python`` and ``root``: another interpreter and checkout
+    (``quant_times.py --base``), whose code goes first on the path."""
     res_path = Path(json.loads(jpath.read_text())["result"])
     res_path.unlink(missing_ok=True)
     try:
         r = subprocess.run(
-            [_python(tool), str(ROOT / "benchmarks" / "quant_peers.py"), str(jpath)],
+            [python or _python(tool), str(root / "benchmarks" / "quant_peers.py"), str(jpath)],
             capture_output=True,
             text=True,
             timeout=TIMEOUT,
-            env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"},
+            env={**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "2"},
             cwd=cwd,
         )
     except subprocess.TimeoutExpired:

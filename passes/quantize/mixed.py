@@ -450,14 +450,16 @@ def search(
     lo = -1  # the largest prefix known to miss the budget (-1: none tried)
     hi: int | None = None  # a prefix known within budget to bisect down from (None: search)
     near = None
-    if floor and cache.get(floor) and speed is not None and profile_us > 0 and fast(floor):
-        # the floor within budget (and the verification runs' check): the prefix nearest
-        # below it that the profile puts PROFILE_APART faster is scored next. Missing the
-        # budget, it bounds the search from below (more moves never hurt), and only the
-        # prefixes between the two are left: the PP-OCRv5 recognizer at 2 points scored all
-        # int8 (79 %), one move (81 %) and 3 of its 31 layers int8 (97 %) and timed three
-        # models to keep its floor, its CTC head alone (~7 s)
+    if floor and cache.get(floor) and speed is not None and profile_us > 0:
+        # the floor within budget (and the verification runs' check), and timed fast: the
+        # prefix nearest below it that the profile puts PROFILE_APART faster is scored next.
+        # Missing the budget, it bounds the search from below (more moves never hurt), and
+        # only the prefixes between the two are left: the PP-OCRv5 recognizer at 2 points
+        # scored all int8 (79 %), one move (81 %) and 3 of its 31 layers int8 (97 %) and
+        # timed three models to keep its floor, its CTC head alone (~7 s)
         near = _profile_near(moves, floor, profile_us)
+        if near is not None and not fast(floor):
+            near = None
     if near is not None and not ok_with(near):
         lo, hi, last, bounded = near, floor, floor, True
     elif speed is not None and n and not ok_with(0):

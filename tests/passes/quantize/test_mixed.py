@@ -834,13 +834,16 @@ def _floor_search(
     n: int = 8,
     profile_us: float = 100.0,
     confirm: Callable | None = None,
+    gains: list[float] | None = None,
+    floor_first: bool = True,
 ) -> tuple[mixed.Plan, list[int], list[int], list[int]]:
     """A task-metric search with ``floor_first`` over ``n`` sites of a 100 µs float model
     whose profile credits each int8 layer with 10 µs (the floor: 7 moves, one int8 layer at
     10 µs, over SPEED_MARGIN's 3 µs) and whose timings read 4 % of float per int8 layer.
+    ``gains``: the profile's µs per site instead, timed at 80 % of what it credits.
     Returns (plan, prefixes scored, timed, checked on the verification runs)."""
     sites = [f"s{i}" for i in range(n)]
-    moves = [mixed.Move(s, "float", 1.0, 10.0, 10.0) for s in sites]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, g) for s, g in zip(sites, gains or [10.0] * n)]
     scored: list[int] = []
     timed: list[int] = []
     checked: list[int] = []
@@ -851,6 +854,8 @@ def _floor_search(
 
     def speed(m: int) -> tuple[float, float]:
         timed.append(m)
+        if gains is not None:
+            return 10.0, 1.0 - 0.8 * mixed._profile_saving(moves, m) / profile_us
         return 10.0, 1.0 - 0.04 * (n - m)
 
     def precheck(m: int) -> str:
@@ -867,7 +872,7 @@ def _floor_search(
         profile_us=profile_us,
         precheck=precheck,
         confirm=confirm,
-        floor_first=True,
+        floor_first=floor_first,
     )
     return plan, scored, timed, checked
 
@@ -986,43 +991,13 @@ def test_a_floor_within_budget_scores_the_nearest_faster_prefix_next() -> None:
     within the probe's resolution of the floor, so the floor is kept. All int8 is never
     scored or timed (the search without a floor scores all int8 first; on the recognizer it
     then scored one move and an interpolated prefix, and timed three models, ~7 s)."""
-    gains = {"s0": 10.0, "s1": 20.0, "s2": 1.0, "s3": 1.0, "s4": 1.0, "s5": 1.0, "s6": 1.0}
-    gains["s7"] = 30.0  # the head: the floor's one int8 layer
-    sites = list(gains)
-    moves = [mixed.Move(s, "float", 1.0, 10.0, g) for s, g in gains.items()]
-    scored: list[int] = []
-    timed: list[int] = []
-    checked: list[int] = []
-
-    def score(m: int, label: str = "") -> tuple[bool, str, float]:
-        scored.append(m)
-        return m >= 6, "text changed", 100.0 if m >= 6 else 90.0
-
-    def speed(m: int) -> tuple[float, float]:  # the profile's gains, 80 % of them timed
-        timed.append(m)
-        return 10.0, 1.0 - 0.8 * mixed._profile_saving(moves, m) / 400.0
-
-    def search(floor_first: bool) -> mixed.Plan:
-        return mixed.search(
-            lambda e, d: 8 - len(e),
-            sites,
-            moves,
-            score,
-            float_at_end=True,
-            speed=speed,
-            profile_us=400.0,
-            precheck=lambda m: checked.append(m) or "",
-            floor_first=floor_first,
-            target=98.0,
-        )
-
+    gains = [10.0, 20.0, 1.0, 1.0, 1.0, 1.0, 1.0, 30.0]  # the last: the head, the floor's
+    moves = [mixed.Move(f"s{i}", "float", 1.0, 10.0, g) for i, g in enumerate(gains)]
     assert mixed._profile_floor(moves, 7, 400.0) == 7 and mixed._profile_near(moves, 7, 400.0) == 1
-    plan = search(floor_first=True)
+    plan, scored, timed, checked = _floor_search(needed=6, profile_us=400.0, gains=gains)
     assert scored == [7, 1] and timed == [7, 2] and checked == [7]
-    assert plan.met and plan.floats == sites[:7]
-    scored.clear()
-    timed.clear()
-    before = search(floor_first=False)
+    assert plan.met and len(plan.floats) == 7  # the floor kept
+    before, scored, timed, _ = _floor_search(6, profile_us=400.0, gains=gains, floor_first=False)
     assert before.floats == plan.floats and scored == [0, 7, 1] and timed == [0, 7, 2]
 
 
@@ -1030,7 +1005,8 @@ def test_the_prefix_the_verification_runs_passed_is_offered_as_the_last_fallback
     """The floor passed the verification runs; the search keeps a prefix with more int8
     layers, checked on the learning runs only. Among the manager's fallbacks, nearest first,
     the floor is offered last and marked verified, even beyond MAX_FALLBACKS: should the
-    choice fail the manager's check, the manager tries it rather than bisecting."""
+    choice fail the manager's check and its bisection keep nothing, the manager tries it
+    before rolling the pass back."""
     plan, _, _, checked = _floor_search(needed=2)  # within budget: 2, 3, 6 and the floor
     assert checked == [7] and len(plan.floats) == 2
     assert [len(f) for f, _ in plan.fallbacks] == [3, 6, 7] and plan.verified_fallback == 2
