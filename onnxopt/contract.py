@@ -95,6 +95,10 @@ class PassResult:
         verified_fallbacks: the indices of ``fallbacks`` whose models met the budget on the
             verification runs already (:attr:`PassContext.precheck`): one the manager passes
             over for bisection (a small one) it still tries once the rest keeps nothing.
+        timed_rounds: a speed pass that timed its result's graph against its input, on
+            :meth:`PassContext.feeds`'s ``timing_feed()``, in interleaved turns: each turn's
+            time ratio (result / input). The manager's race starts from them
+            (:func:`onnxopt.timing.race`'s ``prior``).
     """
 
     changed: bool
@@ -105,6 +109,7 @@ class PassResult:
     model: onnx.ModelProto | None = None
     fallbacks: list[list[str]] = field(default_factory=list)
     verified_fallbacks: list[int] = field(default_factory=list)
+    timed_rounds: list[float] = field(default_factory=list)
 
     @classmethod
     def unchanged(cls, *notes: str) -> PassResult:

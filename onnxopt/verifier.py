@@ -45,6 +45,8 @@ class Stage:
         lossy: whether a lossy pass was kept on the way here.
         full: its outputs on every verification run, once computed.
         noise: its per-output float noise, once measured.
+        vs_original: its outputs against the original's on every verification run, when its
+            verification compared them (a lossy pass's stage).
     """
 
     model: onnx.ModelProto
@@ -53,6 +55,7 @@ class Stage:
     lossy: bool = False
     full: Runs | None = None
     noise: dict[str, float] | None = None
+    vs_original: Comparison | None = None
 
     @property
     def outputs(self) -> Runs:
@@ -183,10 +186,21 @@ class Verifier:
         exact: bool,
         speed: bool = False,
         deployed: bool = False,
+        known: Checked | None = None,
+        prior: list[float] | tuple[float, ...] = (),
     ) -> Checked:
         """Check, run and compare ``candidate`` (exact: on the exact runs; lossy: on all).
         ``deployed``: a lossy candidate must also meet the budget with onnxruntime's graph
-        optimizations on (see :attr:`onnxopt.contract.Pass.verify_deployed`)."""
+        optimizations on (see :attr:`onnxopt.contract.Pass.verify_deployed`). ``known``: the
+        verdict this method gave ``candidate`` already without ``speed`` (a pass's precheck
+        of the model it then returned): only the speed is judged. ``prior``: the race's
+        rounds timed already (:attr:`onnxopt.contract.PassResult.timed_rounds`)."""
+        if known is not None and known.stage is not None:
+            if speed and not self.allow_slower:
+                known = self.judge_speed(candidate, stage, known, prior=prior)
+                if known.why:
+                    known.stage = None
+            return known
         feeds = self.exact_feeds if exact else self.feeds
         try:
             inferred = structural_check(candidate)
@@ -203,7 +217,7 @@ class Verifier:
         if not checked.why and deployed and not exact:
             checked = self._judge_deployed(candidate, checked)
         if not checked.why and speed and not self.allow_slower:
-            checked = self.judge_speed(candidate, stage, checked)
+            checked = self.judge_speed(candidate, stage, checked, prior=prior)
         if checked.why:
             self.runner.forget(session)  # a rejected candidate's session is never run again
             checked.stage = None
@@ -211,7 +225,12 @@ class Verifier:
         summary = ModelSummary.of(candidate, inferred)
         head = outputs[: len(self.exact_feeds)]
         checked.stage = Stage(
-            candidate, head, summary, stage.lossy or not exact, full=None if exact else outputs
+            candidate,
+            head,
+            summary,
+            stage.lossy or not exact,
+            full=None if exact else outputs,
+            vs_original=None if exact else checked.vs_original,
         )
         return checked
 
@@ -279,14 +298,19 @@ class Verifier:
         return out
 
     def judge_speed(
-        self, candidate: onnx.ModelProto, stage: Stage, out: Checked | None = None
+        self,
+        candidate: onnx.ModelProto,
+        stage: Stage,
+        out: Checked | None = None,
+        prior: list[float] | tuple[float, ...] = (),
     ) -> Checked:
-        """A speed pass's candidate must be faster than the previous stage beyond noise."""
+        """A speed pass's candidate must be faster than the previous stage beyond noise.
+        ``prior``: rounds the pass timed on the same feed (:func:`onnxopt.timing.race`)."""
         out = out if out is not None else Checked(None)
         from onnxopt.timing import race
 
         feed = self.exact_feeds.timing_feed()
-        r = race(stage.model, candidate, feed, max_bytes=self.max_memory)
+        r = race(stage.model, candidate, feed, max_bytes=self.max_memory, prior=prior)
         out.speed_ratio = r.ratio
         at = ""
         if self.latency_batch is not None:

@@ -187,6 +187,7 @@ def search(
     profile_us: float = 0.0,
     precheck: Callable[[onnx.ModelProto], str] | None = None,
     floor_first: bool = False,
+    finish: Callable[[set[str], set[str]], onnx.ModelProto] | None = None,
 ) -> Plan:
     """Smallest prefix of ``moves`` whose model meets the budget (``score``'s verdict).
 
@@ -227,7 +228,9 @@ def search(
     1-point budget, whose CTC head (int8 in every fast prefix) changes one held-out crop in 66,
     the search bisected 5-6 more models, the manager refused its choice and then that prefix,
     its fallback: ~20 s for the same outcome. The verdict only ever stops the search: the model
-    the search keeps is verified by the manager as before.
+    the search keeps is verified by the manager as before. ``finish`` (a prefix's floats and
+    dynamic sites -> the model the pass would return for it: error feedback on its int8
+    layers) builds the model ``precheck`` judges, else the prefix's model as scored is.
 
     ``floor_first`` (a task-metric budget, whose every score runs the user's callable): the
     first model scored is the floor, untimed: the prefix with the fewest int8 layers the
@@ -280,6 +283,11 @@ def search(
             return math.nan, math.inf
 
     points: dict[int, dict] = {}  # prefix -> its point of the trade-off curve
+
+    def checked(k: int) -> str:
+        """``precheck``'s verdict on prefix ``k``'s model as the pass would return it."""
+        assert precheck is not None
+        return precheck(finish(*apply(moves[:k])) if finish is not None else model_at(k)[0])
 
     def timed(k: int) -> tuple[float, float]:
         if k not in times:
@@ -438,7 +446,7 @@ def search(
         # prefix the search could keep, and it is checked on the verification runs before its
         # confirmation and error feedback (3-4 s there) rather than after them by the manager
         if (floor > 0 or ok_with(0)) and precheck is not None:
-            why = precheck(model_at(floor)[0])
+            why = checked(floor)
             if why:
                 points[floor]["ok"] = False
                 out.floor_ended = True
@@ -475,7 +483,7 @@ def search(
             and worth(0, top)
             and fast_enough(top)
         ):
-            why = precheck(model_at(top)[0])
+            why = checked(top)
             if why:
                 if top in points:  # the curve's point: refused on the verification runs
                     points[top]["ok"] = False
@@ -747,10 +755,13 @@ class SpeedProbe:
         self.ref: Any = None  # the float model's session, opened at the first call
         self.ref_times: list[float] = []
         self.per_turn = 1  # timed runs a turn (set at the first call from float's time)
+        #: every turn's ratio, by the timed graph (:func:`onnxopt.timing.structure_digest`):
+        #: the manager's race over the model the pass returns starts from them
+        self.turns: dict[bytes, list[float]] = {}
 
     @phases.timed(phases.TIMING)
     def __call__(self, model: onnx.ModelProto) -> tuple[float, float]:
-        from onnxopt.timing import _timed_runs
+        from onnxopt.timing import _timed_runs, structure_digest
 
         if self.ref is None:
             self.ref = self._session(self.reference)
@@ -777,7 +788,15 @@ class SpeedProbe:
             ratios.append(float(np.median(tb)) / max(float(np.median(ta)), 1e-9))
             turns += 1
         self.ref_times += a
+        if isinstance(model, onnx.ModelProto):
+            self.turns.setdefault(structure_digest(model), []).extend(ratios)
         return float(np.median(b)), float(np.median(ratios))
+
+    def turns_of(self, model: onnx.ModelProto) -> list[float]:
+        """The turns' ratios of every model timed with ``model``'s graph (none: [])."""
+        from onnxopt.timing import structure_digest
+
+        return list(self.turns.get(structure_digest(model), []))
 
     @property
     def float_ms(self) -> float:

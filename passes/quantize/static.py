@@ -313,13 +313,14 @@ class QuantizeInt8(Pass):
         qmodel, kept = build(set(sites) | set(body_sites)), list(sites)
         fallbacks: list[list[str]] = []
         verified: list[int] = []
+        turns: list[float] = []
         if ctx.site_filter is not None:
             # a bisection trial: its sites are ones the first run's search kept in int8, and
             # the trial verifies them as they are (a search per trial cost ~20 s of ~30 on the
             # PP-OCRv5 recognizer)
             notes.append("bisection trial: the sites allowed in int8, without a new search")
         elif ctx.budget is not None and c.fallback:
-            qmodel, kept, fallbacks, verified = self._mixed(
+            qmodel, kept, fallbacks, verified, turns = self._mixed(
                 model,
                 build,
                 sites,
@@ -350,6 +351,7 @@ class QuantizeInt8(Pass):
             # a fallback re-run reuses this run through the memo; without it, none is offered
             fallbacks=fallbacks if self.name in (ctx.memo or {}) else [],
             verified_fallbacks=verified if self.name in (ctx.memo or {}) else [],
+            timed_rounds=turns,
         )
 
     # --------------------------------------------------------------------------------------
@@ -596,7 +598,8 @@ class QuantizeInt8(Pass):
         details: dict,
     ) -> None:
         """``rounding="gptq"``: the weights of the static int8 ``sites`` rounded with error
-        feedback (:mod:`.gptq`), after the search, on the layers it keeps int8 only: the
+        feedback (:mod:`.gptq`), after the search, on the layers it keeps int8 only (or on
+        those of the model the search has the manager check first, its ``finish``): the
         search judges rounding to nearest, whose output error the feedback lowers, and it
         costs a pass over the data with those layers' inputs exposed (all 63 layers of the
         PP-OCRv5 recognizer: 17 s; the one it keeps, its CTC head: one pass). Their bias
@@ -608,7 +611,7 @@ class QuantizeInt8(Pass):
         if not names:
             return
         moved: dict[str, np.ndarray] = {}
-        learned, why, details["gptq"] = learn_rounding(
+        learned, why, cost = learn_rounding(
             build.base,
             names,
             ctx.feeds.runs,
@@ -620,6 +623,9 @@ class QuantizeInt8(Pass):
             moved=moved,
         )
         build.weights.update(learned)
+        if "gptq" in details:  # a second call: the layers of the model checked first, then more
+            cost = {k: round(details["gptq"][k] + v, 2) for k, v in cost.items()}
+        details["gptq"] = cost
         for s, change in moved.items():
             if s in build.shifts:
                 build.shifts[s] = build.shifts[s] + change
@@ -915,13 +921,14 @@ class QuantizeInt8(Pass):
         reference: list[dict[str, np.ndarray]] | None = None,
         axes: dict[str, int | None] | None = None,
         floor_first: bool = False,
-    ) -> tuple[onnx.ModelProto, list[str], list[list[str]], list[int]]:
+    ) -> tuple[onnx.ModelProto, list[str], list[list[str]], list[int], list[float]]:
         """Mixed precision over the main graph's sites until ``ctx.budget`` holds
         (:mod:`.mixed`; ``body_sites`` stay int8; ``speed``: :meth:`_whole_gain`'s probe and
         timing; ``reference``: ``model``'s outputs on the scored runs read already, None for
         a run still to run). Returns (model, main-graph sites kept, the manager's fallbacks: the sites
         kept at the prefixes above the chosen one found within budget, the indices of those
-        the verification runs passed already)."""
+        the verification runs passed already, the probe's turns timing the model's graph
+        against ``model``: :attr:`PassResult.timed_rounds`)."""
         from onnxopt.runner import Runner
         from onnxopt.verify import accuracy
 
@@ -959,6 +966,22 @@ class QuantizeInt8(Pass):
             # only for models whose weights are at most MEMO_MAX_BYTES
             probe = mixed.SpeedProbe(model, self._timing_feed(ctx))
         slow = len(details.get("latency", {}).get("slower_in_int8", []))
+        #: models ``precheck`` judged as the pass would return them (error feedback applied),
+        #: by their (static int8, dynamic) sites: the chosen one is returned as it was checked
+        finished: dict[tuple[frozenset[str], frozenset[str]], onnx.ModelProto] = {}
+        finish = None
+        if ctx.precheck is not None and self._rounding == "gptq" and axes is not None:
+
+            def finish(floats: set[str], dyn: set[str]) -> onnx.ModelProto:
+                # error feedback reads the float model's layer inputs, so a layer's learned
+                # weights do not depend on which others are int8: these stay for every model
+                # built after (the search's next scores too, and the final model)
+                kept = [s for s in sites if s not in floats and s not in dyn]
+                self._feed_back(build, axes, kept, ctx, notes, details)
+                m = with_bodies(set(kept) | set(dyn), set(dyn))
+                finished[(frozenset(kept), frozenset(dyn))] = m
+                return m
+
         res = mixed.search(
             with_bodies,
             sites,
@@ -974,6 +997,7 @@ class QuantizeInt8(Pass):
             profile_us=_bound_us(total_us, gains, sites, details.get("latency")),
             precheck=ctx.precheck,
             floor_first=floor_first,
+            finish=finish,
         )
         if not res.met and res.not_faster_at == 0 and probe is not None:
             res = self._alone(
@@ -1017,9 +1041,11 @@ class QuantizeInt8(Pass):
         _record(res, details, notes)
         kept = [s for s in sites if s not in set(res.floats) | set(res.dynamic)]
         details["candidates"] = _steps(judge, model, ref_acc, chosen)
-        if self._rounding == "gptq" and axes is not None:
-            self._feed_back(build, axes, kept, ctx, notes, details)
-        model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
+        model_out = finished.get((frozenset(kept), frozenset(res.dynamic)))
+        if model_out is None:
+            if self._rounding == "gptq" and axes is not None:
+                self._feed_back(build, axes, kept, ctx, notes, details)
+            model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         fallbacks = [[s for s in sites if s not in set(f)] + body_sites for f, _ in res.fallbacks]
         if ctx.memo and self.name in ctx.memo:  # re-runs keep these MatMuls dynamic
             first = ctx.memo[self.name]
@@ -1028,7 +1054,8 @@ class QuantizeInt8(Pass):
                 frozenset(fb): set(d) for fb, (_, d) in zip(fallbacks, res.fallbacks, strict=True)
             }
         verified = [] if res.verified_fallback is None else [res.verified_fallback]
-        return model_out, kept + res.dynamic, fallbacks, verified
+        turns = probe.turns_of(model_out) if probe is not None and res.met else []
+        return model_out, kept + res.dynamic, fallbacks, verified, turns
 
     def _alone(
         self,

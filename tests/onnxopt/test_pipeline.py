@@ -266,7 +266,7 @@ class CountedSpeedNeg(LossyNegToAbs):
 def _stub_speed(monkeypatch, why, ratio=None):
     from onnxopt.verifier import Checked, Verifier
 
-    def judge_speed(self, candidate, stage, out=None):
+    def judge_speed(self, candidate, stage, out=None, prior=()):
         out = out if out is not None else Checked(None)
         out.why, out.speed_ratio = why, ratio
         return out
@@ -507,3 +507,95 @@ def test_a_lossy_pass_may_ask_the_verifier_early():
     budget = Budget(min_cosine=None, max_abs_err=0.01)
     PassManager([Exact(wrong=()), Asks()], budget=budget, batch_exact=False).run(model(), feeds())
     assert seen["same"] == "" and "over budget" in seen["bad"] and seen["exact"] is None
+
+
+def _scaled(m: onnx.ModelProto, factor: float) -> onnx.ModelProto:
+    """``m`` with its output scaled by ``factor`` (a Mul before the output)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(m)
+    g = out.graph
+    g.node[-1].output[0] = "pre_y"
+    k = onnx.numpy_helper.from_array(np.full((2, 8), factor, np.float32), "k")
+    g.initializer.append(k)
+    g.node.append(onnx.helper.make_node("Mul", ["pre_y", "k"], ["y"], name="scale"))
+    return out
+
+
+class Prechecks(Pass):
+    """Test-only lossy pass: prechecks a scaled model, then returns it (or another one)."""
+
+    name = "test-prechecks"
+    exact = False
+    tags = ("quantize",)
+    needs_model = True
+
+    def __init__(self, same: bool, turns: list[float] | None = None) -> None:
+        self.same, self.turns = same, turns or []
+
+    def run_model(self, m, ctx):
+        checked = _scaled(m, 1.0001)
+        assert ctx.precheck(checked) == ""
+        out = checked if self.same else _scaled(m, 1.0002)
+        return PassResult(changed=True, rewrites=1, model=out, timed_rounds=self.turns)
+
+
+def _count_lossy_verdicts(monkeypatch) -> list[int]:
+    from onnxopt.verifier import Verifier
+
+    calls: list[int] = []
+    real = Verifier._judge_lossy
+
+    def spy(self, outputs, stage):
+        calls.append(len(outputs))
+        return real(self, outputs, stage)
+
+    monkeypatch.setattr(Verifier, "_judge_lossy", spy)
+    return calls
+
+
+def test_a_model_the_pass_prechecked_is_not_verified_again(monkeypatch):
+    """A pass that returns the very model its precheck passed (its nodes' provenance
+    recorded since) is kept on that verdict: the verification runs run once."""
+    calls = _count_lossy_verdicts(monkeypatch)
+    out, rep = PassManager([Prechecks(same=True)], budget=Budget(min_cosine=0.99)).run(
+        model(), feeds()
+    )
+    pr = rep.passes[0]
+    assert pr.status == "kept" and len(calls) == 1
+    assert any("the pass returned the model checked there" in n for n in pr.notes)
+    assert out.graph.node[-1].op_type == "Mul"
+    # the totals reuse the comparison with the original the verification made
+    assert rep.final_vs_original.cosine == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_model_other_than_the_prechecked_one_is_verified(monkeypatch):
+    calls = _count_lossy_verdicts(monkeypatch)
+    _, rep = PassManager([Prechecks(same=False)], budget=Budget(min_cosine=0.99)).run(
+        model(), feeds()
+    )
+    pr = rep.passes[0]
+    assert pr.status == "kept" and len(calls) == 2
+    assert not any("the pass returned the model checked there" in n for n in pr.notes)
+
+
+def test_the_race_starts_from_the_rounds_the_pass_timed(monkeypatch):
+    """A speed pass's own timing of its result (``timed_rounds``, on the feed the race times
+    on) reaches the manager's race as its first rounds, for the prechecked model too."""
+    seen: list[tuple] = []
+    from onnxopt.verifier import Checked, Verifier
+
+    def judge_speed(self, candidate, stage, out=None, prior=()):
+        seen.append(tuple(prior))
+        return out if out is not None else Checked(None)
+
+    monkeypatch.setattr(Verifier, "judge_speed", judge_speed)
+
+    class Timed(Prechecks):
+        goal = "speed"
+
+    for same in (True, False):
+        seen.clear()
+        _, rep = PassManager(
+            [Timed(same=same, turns=[0.5] * 6)], budget=Budget(min_cosine=0.99)
+        ).run(model(), feeds())
+        assert rep.passes[0].status == "kept" and seen == [(0.5,) * 6]

@@ -4,6 +4,7 @@ sessions do not spin."""
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import pytest
 
 from onnxopt.timing import Race, _settled
@@ -46,7 +47,6 @@ def test_a_close_or_split_race_runs_its_time() -> None:
 def test_race_sessions_do_not_spin_their_idle_threads(monkeypatch) -> None:
     """Two sessions alive at once, run in turns: neither's workers may spin after a run (they
     would compete with the other's runs); other timing sessions keep onnxruntime's default."""
-    import onnx
 
     from onnxopt import timing
     from tests.helpers import parse
@@ -72,7 +72,6 @@ def test_race_sessions_do_not_spin_their_idle_threads(monkeypatch) -> None:
 def test_a_race_of_slow_models_times_fewer_runs_a_round(monkeypatch) -> None:
     """A warm run of 20 ms or more: 2 timed runs a round (after the untimed one); faster
     models keep 5; a caller's ``per_round`` wins."""
-    import onnx
 
     from onnxopt import timing
     from tests.helpers import parse
@@ -141,3 +140,67 @@ def test_a_race_turns_to_fewer_runs_a_round_when_the_machine_slows(monkeypatch) 
     r = timing.race(model, model, feed, seconds=0.0, min_rounds=4, max_rounds=4)
     assert asked == [1, 1, 5, 5, 2, 2, 2, 2, 2, 2]
     assert r.rounds == 4 and r.ratio == 1.0
+
+
+def _relu_model() -> onnx.ModelProto:
+    from tests.helpers import parse
+
+    return parse(
+        '<ir_version: 8, opset_import: ["": 17]>\ng (float[1,4] x) => (float[1,4] y) { y = Relu(x) }'
+    )
+
+
+def test_a_race_counts_the_rounds_timed_before_it_and_times_three_of_its_own(monkeypatch):
+    """``prior``: rounds a pass timed already count as the race's (its wins, its ratio, its
+    stop); the race still times PRIOR_OWN_ROUNDS rounds itself."""
+    from onnxopt import timing
+
+    m = _relu_model()
+    feed = {"x": np.ones((1, 4), np.float32)}
+    runs = {"n": 0}
+
+    def fake(sess, feed, n):
+        runs["n"] += 1
+        # the models alternate within a round; b (the second session made) is 0.88x a
+        return [0.88 if sess is made[1] else 1.0] * n
+
+    made: list = []
+    real = timing.model_session
+    monkeypatch.setattr(
+        timing, "model_session", lambda *a, **k: made.append(real(*a, **k)) or made[-1]
+    )
+    monkeypatch.setattr(timing, "_timed_runs", fake)
+    # six of the pass's turns won at 0.88x: ten rounds won decide it, four of them its own
+    r = timing.race(m, m, feed, prior=[0.88] * 6)
+    assert (r.rounds, r.prior_rounds, r.b_wins) == (10, 6, 10) and r.b_faster
+    assert "6 of them the pass's own" in r.describe()
+    # a decided prior still leaves three rounds of the race's own
+    made.clear()
+    r = timing.race(m, m, feed, prior=[0.5] * 10)
+    assert (r.rounds, r.prior_rounds) == (10 + timing.PRIOR_OWN_ROUNDS, 10)
+    # without: the race alone (ten rounds at 0.88x)
+    made.clear()
+    r = timing.race(m, m, feed)
+    assert (r.rounds, r.prior_rounds) == (10, 0) and "pass's own" not in r.describe()
+
+
+def test_the_structure_digest_reads_the_graph_not_the_weights_values():
+    from onnx import helper, numpy_helper
+
+    from onnxopt.timing import structure_digest
+
+    def mm(w: np.ndarray, op: str = "MatMul") -> onnx.ModelProto:
+        x = helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])
+        y = helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])
+        node = helper.make_node(op, ["x", "w"], ["y"], name="n")
+        g = helper.make_graph([node], "g", [x], [y], [numpy_helper.from_array(w, "w")])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    a = mm(np.ones((4, 4), np.float32))
+    b = mm(np.full((4, 4), 2.0, np.float32))  # other weights
+    tagged = mm(np.ones((4, 4), np.float32))
+    entry = tagged.graph.node[0].metadata_props.add()
+    entry.key, entry.value = "onnxopt.from", '["n"]'  # provenance only
+    assert structure_digest(a) == structure_digest(b) == structure_digest(tagged)
+    assert structure_digest(a) != structure_digest(mm(np.ones((4, 4), np.float32), "Add"))
+    assert structure_digest(a) != structure_digest(mm(np.ones((4, 1), np.float32)))  # a shape

@@ -218,3 +218,52 @@ def test_auto_rounding_feeds_errors_back_on_a_graph_with_attention_only() -> Non
         res = QuantizeInt8(config).run_model(m, PassContext(feeds=feeds, allow_slower=True))
         assert res.details["rounding"] == want
         assert ("gptq" in res.details) == (want == "gptq")
+
+
+TWO = """
+<ir_version: 8, opset_import: ["": 17]>
+g (float[32,24] x) => (float[32,8] y) {
+    h = MatMul (x, W)
+    y = MatMul (h, V)
+}
+"""
+
+
+def test_the_model_the_verification_runs_check_is_the_one_the_pass_returns(monkeypatch) -> None:
+    """With the manager's precheck, the search's model to check gets its error feedback
+    first (``finish``), and the pass returns that very model when the search keeps it: the
+    manager's verdict on it stands. The layers fed back stay fed back: none twice."""
+    from onnxopt.passes.quantize import mixed, static
+    from onnxopt.verify import Budget
+
+    w = (RNG.standard_normal((24, 24)) * 0.2).astype(np.float32)
+    v = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    m = parse(TWO, {"W": w, "V": v})
+    for i, n in enumerate(m.graph.node):
+        n.name = f"n{i}"
+    checked: list = []
+    fed: list[int] = []
+    real_feed_back = static.QuantizeInt8._feed_back
+
+    def feed_back(self, build, axes, sites, ctx, notes, details):
+        fed.append(len([s for s in sites if s not in build.weights]))
+        return real_feed_back(self, build, axes, sites, ctx, notes, details)
+
+    def search(build, sites, moves, score, **kw):  # the floor kept: n0 float, n1 int8
+        model = kw["finish"]({"n0"}, set())
+        assert kw["precheck"](model) == ""
+        return mixed.Plan(moves=moves, floats=["n0"], met=True)
+
+    monkeypatch.setattr(static.QuantizeInt8, "_feed_back", feed_back)
+    monkeypatch.setattr(static.mixed, "search", search)
+    feeds = Feeds([{"x": x} for x in _inputs(16)])
+    ctx = PassContext(
+        feeds=feeds,
+        allow_slower=True,
+        budget=Budget(min_cosine=0.9),
+        precheck=lambda model: checked.append(model) or "",
+    )
+    config = QuantizeConfig(rounding="gptq", latency_aware=False, smooth=None)
+    res = QuantizeInt8(config).run_model(m, ctx)
+    assert len(checked) == 1 and res.model is checked[0]
+    assert fed == [1] and res.details["gptq"]["layers"] == 1

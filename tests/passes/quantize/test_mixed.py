@@ -806,6 +806,33 @@ def test_a_search_whose_least_int8_prefix_the_verification_runs_refuse_stops_the
     assert checked == [11] and plan.met and len(plan.floats) == 5 and plan.refused_at is None
 
 
+def test_the_verification_runs_check_the_model_as_the_pass_would_return_it() -> None:
+    """``finish`` (error feedback on the prefix's int8 layers) builds the model ``precheck``
+    judges: the one the pass then returns, so the manager's verdict can be reused."""
+    sites = [f"s{i}" for i in range(12)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 2.0) for s in sites]
+    checked: list = []
+    finished: list = []
+
+    def finish(floats: set[str], dyn: set[str]) -> tuple[str, int]:
+        finished.append((len(floats), len(dyn)))
+        return ("finished", 12 - len(floats))
+
+    plan = mixed.search(
+        lambda e, d: 12 - len(e),
+        sites,
+        moves,
+        lambda m, label="": (m >= 5, "text changed", float(m)),
+        float_at_end=True,
+        speed=lambda m: (10.0, 1.0 - 0.04 * (12 - m)),
+        precheck=lambda m: checked.append(m) or "",
+        finish=finish,
+    )
+    # the last fast prefix, 11 of 12 layers float: finished, then checked as finished
+    assert finished == [(11, 0)] and checked == [("finished", 1)]
+    assert plan.met and len(plan.floats) == 5
+
+
 def test_a_search_that_found_no_placement_says_so_without_listing_every_layer() -> None:
     """A search that ends float (nothing within budget and faster, or refused on the
     verification runs) has every move in its floats: the notes say it found no placement and
