@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -104,8 +105,13 @@ def _looks_like_scores(a: np.ndarray) -> bool:
     return bool(a.min() >= 0 and np.allclose(a.sum(-1, dtype=np.float64), 1.0, atol=1e-3))
 
 
-def compare(reference: Runs, candidate: Runs, percentiles: bool = False) -> Comparison:
-    """Compare two runs lists output by output (all runs pooled)."""
+def compare(
+    reference: Runs, candidate: Runs, percentiles: bool = False, errors: bool = True
+) -> Comparison:
+    """Compare two runs lists output by output (all runs pooled). ``errors=False``: a float
+    output's cosine alone (its error statistics and top-1 agreement left NaN and None), for
+    a verdict that reads nothing else: a task metric's search scores (0.4 s of a PP-OCRv5
+    recognizer's comparison, 60 %, goes to the errors and the argmax)."""
     comp = Comparison()
     if not reference:
         return comp
@@ -116,7 +122,7 @@ def compare(reference: Runs, candidate: Runs, percentiles: bool = False) -> Comp
         refs = [r[name] for r in reference]
         cands = [c[name] for c in candidate]
         dots: list[tuple[float, float, float]] = []
-        comp.outputs[name] = compare_arrays(name, refs, cands, percentiles, dots)
+        comp.outputs[name] = compare_arrays(name, refs, cands, percentiles, dots, errors)
         if len(dots) == len(refs):
             comp.run_dots[name] = np.array(dots, dtype=np.float64).reshape(-1, 3)
     return comp
@@ -129,6 +135,7 @@ def compare_arrays(
     cands: list[np.ndarray],
     percentiles: bool = False,
     run_dots: list[tuple[float, float, float]] | None = None,
+    errors: bool = True,
 ) -> OutputStats:
     """Statistics of ``cands`` against ``refs`` (lists of arrays, one per run); the 99th
     percentiles of the errors only with ``percentiles`` (None otherwise). ``run_dots``, for a
@@ -167,7 +174,7 @@ def compare_arrays(
     scores = True
     agree: list[np.ndarray] = []
     keep: list[tuple[np.ndarray, np.ndarray]] = []
-    for run in _per_run(refs, cands, percentiles):
+    for run in _per_run(refs, cands, percentiles, errors):
         if run is None:  # non-finite values at different places
             st.max_abs = st.max_rel = float("inf")
             st.cosine, st.exact_equal, st.top1 = 0.0, False, None
@@ -183,6 +190,9 @@ def compare_arrays(
     n, sum_abs, sum_rel, rc, rr, cc = acc.n, acc.sum_abs, acc.sum_rel, acc.rc, acc.rr, acc.cc
     st.max_abs, st.max_rel, st.ref_scale = acc.max_abs, acc.max_rel, acc.ref_scale
     st.exact_equal = st.exact_equal and acc.max_abs == 0.0
+    if not errors:  # not measured
+        st.max_abs = st.max_rel = st.ref_scale = math.nan
+        st.exact_equal = False
     if not n:
         return st
     st.mean_abs, st.mean_rel = sum_abs / n, sum_rel / n
@@ -204,7 +214,9 @@ THREADS_MIN_VALUES = 1 << 22
 _Run = tuple["_Sums", list[tuple[np.ndarray, np.ndarray]], bool, np.ndarray]
 
 
-def _per_run(refs: list[np.ndarray], cands: list[np.ndarray], keep: bool) -> list[_Run | None]:
+def _per_run(
+    refs: list[np.ndarray], cands: list[np.ndarray], keep: bool, errors: bool = True
+) -> list[_Run | None]:
     """Each run's statistics (:func:`_compare_run`), in the runs' order: the runs cut into
     contiguous parts, one thread each, when they hold :data:`THREADS_MIN_VALUES` values or
     more (numpy releases the GIL in its loops; each part has its own slice buffers, and the
@@ -218,7 +230,7 @@ def _per_run(refs: list[np.ndarray], cands: list[np.ndarray], keep: bool) -> lis
         # (each is mapped anew above malloc's threshold) and made a comparison of 31
         # recognizer runs take 0.9 s of a quantization's 13 comparisons
         work = np.empty((4, min(_CHUNK, size)))
-        return [_compare_run(refs[i], cands[i], work, keep) for i in range(lo, hi)]
+        return [_compare_run(refs[i], cands[i], work, keep, errors) for i in range(lo, hi)]
 
     out: list[_Run | None] = []
     for runs in in_threads(part, contiguous(len(refs), threads)):
@@ -226,12 +238,12 @@ def _per_run(refs: list[np.ndarray], cands: list[np.ndarray], keep: bool) -> lis
     return out
 
 
-def _compare_run(x: Any, y: Any, work: np.ndarray, keep: bool) -> _Run | None:
+def _compare_run(x: Any, y: Any, work: np.ndarray, keep: bool, errors: bool = True) -> _Run | None:
     """One run's (sums, kept errors, whether it looks like class scores, its per-step top-1
     agreement), None when its non-finite values are not at the same places in both."""
     x, y = np.asarray(x), np.asarray(y)
     r, c = x.ravel(), y.ravel()
-    run, kept = _run_sums(r, c, work, keep)
+    run, kept = _run_sums(r, c, work, keep, errors)
     if not (np.isfinite(run.rr) and np.isfinite(run.cc)):
         # a NaN or an infinity (no sum of squares of finite values overflows float64): both
         # must hold it at the same places; the values elsewhere are compared
@@ -239,8 +251,8 @@ def _compare_run(x: Any, y: Any, work: np.ndarray, keep: bool) -> _Run | None:
         r_nan, c_nan = ~np.isfinite(r), ~np.isfinite(c)
         if (r_nan != c_nan).any() or not np.array_equal(r[r_nan], c[c_nan], equal_nan=True):
             return None
-        run, kept = _run_sums(r[~r_nan], c[~r_nan], work, keep)
-    looks = _looks_like_scores(x)
+        run, kept = _run_sums(r[~r_nan], c[~r_nan], work, keep, errors)
+    looks = errors and _looks_like_scores(x)
     # raveled: runs of a sequence model give [batch, steps, classes]
     same = (np.argmax(x, -1) == np.argmax(y, -1)).ravel() if looks else np.empty(0, bool)
     return run, kept, looks, same
@@ -267,7 +279,7 @@ class _Sums:
     ref_scale: float = 0.0
 
     def add(
-        self, r: np.ndarray, c: np.ndarray, keep: bool, work: np.ndarray
+        self, r: np.ndarray, c: np.ndarray, keep: bool, work: np.ndarray, errors: bool = True
     ) -> tuple[np.ndarray, np.ndarray]:
         """Add one slice (any float dtype, at most ``work``'s row length), computed in
         ``work``'s four float64 rows; returns its (|error|, relative error) when ``keep``
@@ -287,6 +299,9 @@ class _Sums:
             self.rc += float(np.einsum("i,i", r64, c64))
             self.rr += float(np.einsum("i,i", r64, r64))
             self.cc += float(np.einsum("i,i", c64, c64))
+            if not errors:  # the dot products alone (compare(errors=False))
+                self.n += m
+                return np.empty(0), np.empty(0)
             np.abs(np.subtract(r64, c64, out=diff), out=diff)
             np.abs(r64, out=rel)
             self.ref_scale = max(self.ref_scale, float(rel.max()))
@@ -310,15 +325,15 @@ class _Sums:
 
 
 def _run_sums(
-    r: np.ndarray, c: np.ndarray, work: np.ndarray, keep: bool
+    r: np.ndarray, c: np.ndarray, work: np.ndarray, keep: bool, errors: bool = True
 ) -> tuple[_Sums, list[tuple[np.ndarray, np.ndarray]]]:
     """One run's statistics (``r``, ``c`` raveled), slice by slice of ``work``'s row length;
     with ``keep``, each slice's errors too (for percentiles)."""
     run, kept, step = _Sums(), [], work.shape[1]
     for lo in range(0, r.size, step):
-        errors = run.add(r[lo : lo + step], c[lo : lo + step], keep, work)
+        got = run.add(r[lo : lo + step], c[lo : lo + step], keep, work, errors)
         if keep:
-            kept.append(errors)
+            kept.append(got)
     return run, kept
 
 

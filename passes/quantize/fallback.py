@@ -148,7 +148,14 @@ class Judge:
 
     def _verdict(self, runs: list[dict[str, np.ndarray]]) -> tuple:
         """(within budget, why not, headline number, comparison, (ref, cand) accuracy)."""
-        comp = compare(self.reference, runs)
+        b = self.budget
+        # the errors and the top-1 agreement only for a budget on them: the cosine, the
+        # accuracy or the task metric decide the rest (the search's scores need no more)
+        errors = (
+            getattr(b, "max_abs_err", None) is not None
+            or getattr(b, "min_top1_agreement", None) is not None
+        )
+        comp = compare(self.reference, runs, errors=errors)
         acc = met = None
         if self.feeds.labels is not None and self.ref_accuracy is not None:
             acc = (self.ref_accuracy, accuracy(runs, self.feeds.labels))

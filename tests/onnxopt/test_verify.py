@@ -207,3 +207,24 @@ def test_runs_compared_in_threads_give_one_threads_statistics(monkeypatch):
     bad = [c.copy() for c in cands]
     bad[-1][0, 0, 0] = np.nan
     assert stats(0, bad)[0].max_abs == float("inf")
+
+
+def test_a_comparison_without_errors_reads_the_same_cosine_and_dots() -> None:
+    """``compare(errors=False)`` (a search's scores under a cosine or task-metric budget):
+    the cosine and the per-run dot products as the full comparison has them, the error
+    statistics and the top-1 agreement not measured; non-finite values at other places
+    still read cosine 0."""
+    import math
+
+    rng = np.random.default_rng(0)
+    ref = [{"y": rng.standard_normal((2, 5, 7)).astype(np.float32)} for _ in range(3)]
+    cand = [
+        {"y": r["y"] + 0.01 * rng.standard_normal(r["y"].shape).astype(np.float32)} for r in ref
+    ]
+    full, light = compare(ref, cand), compare(ref, cand, errors=False)
+    assert light.outputs["y"].cosine == full.outputs["y"].cosine < 1.0
+    np.testing.assert_array_equal(light.run_dots["y"], full.run_dots["y"])
+    assert full.outputs["y"].max_abs > 0 and math.isnan(light.outputs["y"].max_abs)
+    assert light.outputs["y"].top1 is None and not light.outputs["y"].exact_equal
+    cand[1]["y"][0, 0, 0] = np.nan
+    assert compare(ref, cand, errors=False).outputs["y"].cosine == 0.0
