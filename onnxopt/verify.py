@@ -370,6 +370,8 @@ EXACT_TOLERANCES: dict[str, Tol] = {
 class Verdict:
     ok: bool
     reasons: list[str] = field(default_factory=list)
+    #: :meth:`Exact.check`: the outputs over their tolerance alone (:meth:`Exact.widened`)
+    over: dict[str, Over] = field(default_factory=dict, repr=False)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -377,6 +379,17 @@ class Verdict:
     @property
     def reason(self) -> str:
         return "; ".join(self.reasons)
+
+
+@dataclass(frozen=True)
+class Over:
+    """An output over its exact tolerance: the largest error of its values over it, the
+    tolerances that would pass (text), its dtype and the reason given."""
+
+    worst: float
+    need: str
+    dtype: str
+    reason: str
 
 
 class Exact:
@@ -394,6 +407,7 @@ class Exact:
         """Every output of ``candidate`` within tolerance of ``reference``; ``noise`` (per
         output) widens the tolerance to ``NOISE_FACTOR`` times the model's own float noise."""
         reasons: list[str] = []
+        over: dict[str, Over] = {}
         if not reference:
             return Verdict(True)
         for name in reference[0]:
@@ -402,13 +416,40 @@ class Exact:
                 continue
             refs = [np.asarray(r[name]) for r in reference]
             cands = [np.asarray(c[name]) for c in candidate]
-            why = self._check_output(name, refs, cands, (noise or {}).get(name, 0.0))
+            why = self._check_output(name, refs, cands, (noise or {}).get(name, 0.0), over)
             if why:
                 reasons.append(why)
+        return Verdict(not reasons, reasons, over)
+
+    def widened(self, verdict: Verdict, noise: dict[str, float]) -> Verdict:
+        """``verdict`` (of :meth:`check` without ``noise``) as :meth:`check` with ``noise``
+        would give it, without comparing again: a value over the tolerance fails the widened
+        one too when its error is over ``NOISE_FACTOR`` times the noise, so an output passes
+        when its largest such error does (0.17 s a check of 8 PP-OCRv5 recognizer runs)."""
+        by_reason = {o.reason: (name, o) for name, o in verdict.over.items()}
+        reasons = []
+        for why in verdict.reasons:
+            if why not in by_reason:  # a shape, a NaN pattern, a missing output: as it was
+                reasons.append(why)
+                continue
+            name, o = by_reason[why]
+            floor = noise.get(name, 0.0)
+            if o.worst > NOISE_FACTOR * floor:
+                reasons.append(self._exceeds(name, o.dtype, floor, o.need))
         return Verdict(not reasons, reasons)
 
+    def _exceeds(self, name: str, dtype: str, noise: float, need: str) -> str:
+        t = self.tol(dtype)
+        floor = f" and {NOISE_FACTOR}x its float noise {noise:.3g}" if noise else ""
+        return f"'{name}': exceeds rtol={t.rtol:g} atol={t.atol:g}{floor} ({need})"
+
     def _check_output(
-        self, name: str, refs: list[np.ndarray], cands: list[np.ndarray], noise: float = 0.0
+        self,
+        name: str,
+        refs: list[np.ndarray],
+        cands: list[np.ndarray],
+        noise: float = 0.0,
+        over: dict[str, Over] | None = None,
     ) -> str:
         for r, c in zip(refs, cands):
             if r.shape != c.shape:
@@ -421,6 +462,7 @@ class Exact:
             return ""
         t = self.tol(refs[0].dtype.name)
         need_atol, need_rtol, bad = 0.0, 0.0, False
+        worst = 0.0  # the largest error of the values over the tolerance alone
         work = np.empty((4, min(_CHUNK, max(r.size for r in refs))))
         for r, c in zip(refs, cands):
             r, c = r.ravel(), c.ravel()
@@ -449,6 +491,8 @@ class Exact:
                 # allowed = max(atol * scale + rtol * |r|, NOISE_FACTOR * noise), in c64
                 np.multiply(absr, t.rtol, out=c64)
                 np.add(c64, t.atol * scale, out=c64)
+                if noise == 0.0 and np.greater(diff, c64).any():
+                    worst = max(worst, float(diff[diff > c64].max()))
                 np.maximum(c64, NOISE_FACTOR * noise, out=c64)
                 bad = bad or bool(np.greater(diff, c64).any())
                 np.multiply(absr, t.rtol, out=c64)
@@ -457,11 +501,11 @@ class Exact:
                 np.divide(c64, np.maximum(absr, 1e-30, out=absr), out=c64)
                 need_rtol = max(need_rtol, float(c64.max()))
         if bad:
-            floor = f" and {NOISE_FACTOR}x its float noise {noise:.3g}" if noise else ""
-            return (
-                f"'{name}': exceeds rtol={t.rtol:g} atol={t.atol:g}{floor} "
-                f"(would pass with atol>={need_atol:.3g} or rtol>={need_rtol:.3g})"
-            )
+            need = f"would pass with atol>={need_atol:.3g} or rtol>={need_rtol:.3g}"
+            why = self._exceeds(name, refs[0].dtype.name, noise, need)
+            if over is not None and noise == 0.0:
+                over[name] = Over(worst, need, refs[0].dtype.name, why)
+            return why
         return ""
 
 

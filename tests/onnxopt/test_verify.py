@@ -228,3 +228,29 @@ def test_a_comparison_without_errors_reads_the_same_cosine_and_dots() -> None:
     assert light.outputs["y"].top1 is None and not light.outputs["y"].exact_equal
     cand[1]["y"][0, 0, 0] = np.nan
     assert compare(ref, cand, errors=False).outputs["y"].cosine == 0.0
+
+
+@pytest.mark.parametrize("noise", [0.0, 1e-6, 5e-5, 2e-4, 1.0])
+def test_a_check_widened_by_noise_reads_as_the_check_with_it(noise: float) -> None:
+    """``Exact.widened`` gives the verdict (and reasons) ``check`` gives with the noise floor,
+    from the strict check's pass alone; a shape mismatch stays whatever the noise."""
+    rng = np.random.default_rng(1)
+    ref = [{"y": rng.standard_normal((4, 50)).astype(np.float32), "z": np.ones((2, 3), np.float32)}]
+    cand = [
+        {
+            "y": ref[0]["y"] + np.float32(1e-4) * rng.standard_normal((4, 50)).astype(np.float32),
+            "z": np.ones((2, 3), np.float32),
+        }
+    ]
+    exact = Exact()
+    strict = exact.check(ref, cand)
+    assert not strict and "y" in strict.over
+    floors = {"y": noise}
+    want = exact.check(ref, cand, floors)
+    got = exact.widened(strict, floors)
+    assert (bool(got), got.reasons) == (bool(want), want.reasons)
+    cand[0]["z"] = np.ones((3, 2), np.float32)
+    strict = exact.check(ref, cand)
+    got, want = exact.widened(strict, floors), exact.check(ref, cand, floors)
+    assert not got and got.reasons == want.reasons
+    assert any("shape" in r for r in got.reasons)
