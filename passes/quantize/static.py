@@ -596,6 +596,7 @@ class QuantizeInt8(Pass):
         ctx: PassContext,
         notes: list[str],
         details: dict,
+        learned: dict[str, tuple[Any, np.ndarray | None]] | None = None,
     ) -> None:
         """``rounding="gptq"``: the weights of the static int8 ``sites`` rounded with error
         feedback (:mod:`.gptq`), after the search, on the layers it keeps int8 only (or on
@@ -605,31 +606,37 @@ class QuantizeInt8(Pass):
         PP-OCRv5 recognizer: 17 s; the one it keeps, its CTC head: one pass). Their bias
         corrections, measured for rounding to nearest, move by the mean output change of the
         new weights, ``E[x]·(W_feedback − W_nearest)`` (dropped, the recognizer's all-int8
-        model read 83 % of the held-out crops against 88 % rounded to nearest)."""
+        model read 83 % of the held-out crops against 88 % rounded to nearest). ``learned``:
+        each layer's weights and bias move learned by an earlier call (it gets this one's)."""
         c = self.config
-        names = {s: axes[s] for s in sites if s in axes and s not in build.weights}
-        if not names:
-            return
-        moved: dict[str, np.ndarray] = {}
-        learned, why, cost = learn_rounding(
-            build.base,
-            names,
-            ctx.feeds.runs,
-            iterations=c.adaround_iterations,
-            seed=c.seed,
-            reduce_range=build.reduce_range,
-            method="gptq",
-            progress=ctx.progress,
-            moved=moved,
-        )
-        build.weights.update(learned)
-        if "gptq" in details:  # a second call: the layers of the model checked first, then more
-            cost = {k: round(details["gptq"][k] + v, 2) for k, v in cost.items()}
-        details["gptq"] = cost
-        for s, change in moved.items():
-            if s in build.shifts:
-                build.shifts[s] = build.shifts[s] + change
-        notes += why[:20]
+        learned = {} if learned is None else learned
+        names = {
+            s: axes[s] for s in sites if s in axes and s not in build.weights and s not in learned
+        }
+        if names:
+            moved: dict[str, np.ndarray] = {}
+            got, why, cost = learn_rounding(
+                build.base,
+                names,
+                ctx.feeds.runs,
+                iterations=c.adaround_iterations,
+                seed=c.seed,
+                reduce_range=build.reduce_range,
+                method="gptq",
+                progress=ctx.progress,
+                moved=moved,
+            )
+            learned.update({s: (w, moved.get(s)) for s, w in got.items()})
+            if "gptq" in details:  # a second call: the model checked first's layers, then more
+                cost = {k: round(details["gptq"][k] + v, 2) for k, v in cost.items()}
+            details["gptq"] = cost
+            notes += why[:20]
+        for s in sites:
+            if s in learned and s not in build.weights:
+                w, change = learned[s]
+                build.weights[s] = w
+                if change is not None and s in build.shifts:
+                    build.shifts[s] = build.shifts[s] + change
 
     def _instrument(
         self, build: Builder, plan: Plan, ctx: PassContext, notes: list[str], details: dict
@@ -969,16 +976,22 @@ class QuantizeInt8(Pass):
         #: models ``precheck`` judged as the pass would return them (error feedback applied),
         #: by their (static int8, dynamic) sites: the chosen one is returned as it was checked
         finished: dict[tuple[frozenset[str], frozenset[str]], onnx.ModelProto] = {}
+        #: error feedback's weights and bias moves by layer, learned once: error feedback
+        #: reads the float model's layer inputs, so a layer's does not depend on the others
+        learned: dict[str, tuple[Any, np.ndarray | None]] = {}
         finish = None
         if ctx.precheck is not None and self._rounding == "gptq" and axes is not None:
 
             def finish(floats: set[str], dyn: set[str]) -> onnx.ModelProto:
-                # error feedback reads the float model's layer inputs, so a layer's learned
-                # weights do not depend on which others are int8: these stay for every model
-                # built after (the search's next scores too, and the final model)
+                # the search goes on judging rounding to nearest (its later scores would
+                # otherwise mix in these layers' feedback: on the PP-OCRv5 recognizer at 2
+                # points, the prefix after the floor then met the budget and the search
+                # went on); the final model takes the weights learned here
                 kept = [s for s in sites if s not in floats and s not in dyn]
-                self._feed_back(build, axes, kept, ctx, notes, details)
+                weights, shifts = dict(build.weights), dict(build.shifts)
+                self._feed_back(build, axes, kept, ctx, notes, details, learned)
                 m = with_bodies(set(kept) | set(dyn), set(dyn))
+                build.weights, build.shifts = weights, shifts
                 finished[(frozenset(kept), frozenset(dyn))] = m
                 return m
 
@@ -1044,7 +1057,7 @@ class QuantizeInt8(Pass):
         model_out = finished.get((frozenset(kept), frozenset(res.dynamic)))
         if model_out is None:
             if self._rounding == "gptq" and axes is not None:
-                self._feed_back(build, axes, kept, ctx, notes, details)
+                self._feed_back(build, axes, kept, ctx, notes, details, learned)
             model_out = with_bodies(set(kept) | set(res.dynamic), set(res.dynamic))
         fallbacks = [[s for s in sites if s not in set(f)] + body_sites for f, _ in res.fallbacks]
         if ctx.memo and self.name in ctx.memo:  # re-runs keep these MatMuls dynamic

@@ -245,13 +245,17 @@ def test_the_model_the_verification_runs_check_is_the_one_the_pass_returns(monke
     fed: list[int] = []
     real_feed_back = static.QuantizeInt8._feed_back
 
-    def feed_back(self, build, axes, sites, ctx, notes, details):
+    def feed_back(self, build, axes, sites, ctx, notes, details, learned=None):
         fed.append(len([s for s in sites if s not in build.weights]))
-        return real_feed_back(self, build, axes, sites, ctx, notes, details)
+        return real_feed_back(self, build, axes, sites, ctx, notes, details, learned)
 
     def search(build, sites, moves, score, **kw):  # the floor kept: n0 float, n1 int8
         model = kw["finish"]({"n0"}, set())
         assert kw["precheck"](model) == ""
+        # the search's own models stay rounded to nearest after it
+        nearest = build({"n1"}, set())
+        int8 = [_int8_weights(m) for m in (model, nearest)]
+        assert len(int8[0]) == len(int8[1]) == 1 and not np.array_equal(int8[0][0], int8[1][0])
         return mixed.Plan(moves=moves, floats=["n0"], met=True)
 
     monkeypatch.setattr(static.QuantizeInt8, "_feed_back", feed_back)
@@ -267,3 +271,42 @@ def test_the_model_the_verification_runs_check_is_the_one_the_pass_returns(monke
     res = QuantizeInt8(config).run_model(m, ctx)
     assert len(checked) == 1 and res.model is checked[0]
     assert fed == [1] and res.details["gptq"]["layers"] == 1
+
+
+def _int8_weights(m) -> list[np.ndarray]:
+    return [v for v in initializers(m).values() if v.dtype == np.int8 and v.ndim == 2]
+
+
+def test_a_layer_fed_back_for_the_check_is_not_fed_back_again(monkeypatch) -> None:
+    """The search checked its floor (n1 int8, fed back) and then kept more int8 layers: the
+    final model's error feedback learns the new layer (n0) alone and reuses n1's."""
+    from onnxopt.passes.quantize import mixed, static
+    from onnxopt.verify import Budget
+
+    w = (RNG.standard_normal((24, 24)) * 0.2).astype(np.float32)
+    v = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    m = parse(TWO, {"W": w, "V": v})
+    for i, n in enumerate(m.graph.node):
+        n.name = f"n{i}"
+    asked: list[list[str]] = []
+    real = static.learn_rounding
+
+    def spy(model, names, *a, **k):
+        asked.append(sorted(names))
+        return real(model, names, *a, **k)
+
+    def search(build, sites, moves, score, **kw):
+        assert kw["precheck"](kw["finish"]({"n0"}, set())) == ""
+        return mixed.Plan(moves=moves, floats=[], met=True)  # both int8 in the end
+
+    monkeypatch.setattr(static, "learn_rounding", spy)
+    monkeypatch.setattr(static.mixed, "search", search)
+    feeds = Feeds([{"x": x} for x in _inputs(16)])
+    ctx = PassContext(
+        feeds=feeds, allow_slower=True, budget=Budget(min_cosine=0.9), precheck=lambda m: ""
+    )
+    res = QuantizeInt8(QuantizeConfig(rounding="gptq", latency_aware=False, smooth=None)).run_model(
+        m, ctx
+    )
+    assert asked == [["n1"], ["n0"]] and res.details["gptq"]["layers"] == 2
+    assert len(_int8_weights(res.model)) == 2
