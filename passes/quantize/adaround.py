@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 ZETA, GAMMA = 1.1, -0.1
 #: input rows a layer's Gram matrix waits for before they are added to it (:func:`gram_matrices`)
 FLUSH_ROWS = 512
+#: input rows a layer's Gram matrix is read from, at most (:func:`learn_rounding`)
+MAX_ROWS = 2048
 
 
 @dataclass(frozen=True)
@@ -107,12 +109,18 @@ def layers_of(
     return out, notes
 
 
+def _linear_rows(op: str, x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+    """Up to ``m`` input rows of a MatMul or Gemm from activation ``x``: [rows, K], drawn
+    without replacement, in order."""
+    flat = x.reshape(-1, x.shape[-1]) if op == "MatMul" else x.reshape(x.shape[0], -1)
+    idx = rng.choice(len(flat), min(m, len(flat)), replace=False)
+    return flat[np.sort(idx)]
+
+
 def _rows(layer: Layer, x: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
     """Up to ``m`` input rows of ``layer`` from activation ``x``: [rows, groups, K]."""
     if layer.op != "Conv":
-        flat = x.reshape(-1, x.shape[-1]) if layer.op == "MatMul" else x.reshape(x.shape[0], -1)
-        idx = rng.choice(len(flat), min(m, len(flat)), replace=False)
-        return flat[np.sort(idx)][:, None, :].astype(np.float64)
+        return _linear_rows(layer.op, x, m, rng)[:, None, :].astype(np.float64)
     kh, kw = layer.weight.shape[2:]
     sh, sw = layer.attrs.get("strides", [1, 1])
     dh, dw = layer.attrs.get("dilations", [1, 1])
@@ -131,6 +139,61 @@ def _rows(layer: Layer, x: np.ndarray, m: int, rng: np.random.Generator) -> np.n
     ]
     g = layer.groups
     return patches.reshape(len(pick), g, -1).astype(np.float64)
+
+
+class RowSampler:
+    """Input rows of MatMul and Gemm layers drawn as :func:`gram_matrices` draws them (up to
+    ``max_rows`` a tensor, the same number from each of the ``runs``, seeded) in a pass over
+    the data that reads those tensors anyway, the calibration's (:class:`.prepare.Collected`):
+    error feedback's Gram matrices then come from them, without a pass of its own (the PP-OCRv5
+    recognizer's CTC head: 1.2 s, a session and 32 runs of the whole model). ``tensors``:
+    tensor -> the op reading it (``MatMul`` or ``Gemm``). A tensor not seen in every run
+    gives no Gram matrix (:meth:`gram`: None), and its layers get their pass as before."""
+
+    def __init__(self, tensors: dict[str, str], runs: int, *, max_rows: int, seed: int) -> None:
+        self.ops = dict(tensors)
+        self.runs = runs
+        self.max_rows = max_rows
+        self.per_run = max(1, math.ceil(max_rows / max(1, runs)))
+        self.rng = np.random.default_rng(seed)
+        self.rows: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+        self.seen: dict[str, int] = dict.fromkeys(tensors, 0)
+
+    def observe(self, tensor: str, x: np.ndarray) -> None:
+        """One run's value of ``tensor`` (others are ignored)."""
+        if tensor not in self.ops:
+            return
+        self.seen[tensor] += 1
+        if sum(len(r) for r in self.rows[tensor]) < self.max_rows:
+            r = _linear_rows(self.ops[tensor], np.asarray(x, np.float32), self.per_run, self.rng)
+            self.rows[tensor].append(np.array(r, np.float32))
+
+    def scale(self, tensor: str, read: str, s: np.ndarray) -> None:
+        """``tensor``'s rows become those of ``read``, ``tensor · (1/s)``: what a MatMul
+        reads once smoothing scaled its input (``read`` may be ``tensor`` itself, for scales
+        folded into a LayerNorm)."""
+        if tensor not in self.ops:
+            return
+        inv = (1.0 / np.asarray(s, np.float64)).astype(np.float32)
+        rows, op, seen = self.rows.pop(tensor), self.ops.pop(tensor), self.seen.pop(tensor)
+        self.rows[read] = [r * inv for r in rows]
+        self.ops[read], self.seen[read] = op, seen
+
+    def gram(self, layer: Layer) -> tuple[np.ndarray, np.ndarray] | None:
+        """(``H`` [1, K, K], mean row [1, K]) of ``layer``'s input, as :func:`gram_matrices`
+        gives them; None when its input was not sampled in every run."""
+        t = layer.input
+        if layer.op == "Conv" or t not in self.ops or self.seen[t] != self.runs:
+            return None
+        r = np.concatenate(self.rows[t]).astype(np.float64)
+        if r.shape[1] != layer.k:
+            return None
+        return (r.T @ r / max(1, len(r)))[None], r.mean(axis=0)[None]
+
+    @staticmethod
+    def nbytes(k: int, max_rows: int) -> int:
+        """The rows one tensor of ``k`` inputs holds at most."""
+        return 4 * k * max_rows
 
 
 def gram_matrices(
@@ -260,12 +323,13 @@ def learn_rounding(
     iterations: int,
     seed: int,
     reduce_range: bool,
-    max_rows: int = 2048,
+    max_rows: int = MAX_ROWS,
     memory_mb: float = 256.0,
     max_gflop: float = 20.0,
     method: str = "adaround",
     progress: Callable[[str, int, int], None] | None = None,
     moved: dict[str, np.ndarray] | None = None,
+    rows: RowSampler | None = None,
 ) -> tuple[dict[str, WeightQ], list[str], dict]:
     """Learned rounding of every layer named in ``names`` (node name -> per-channel weight
     axis): AdaRound (``method="adaround"``), where a layer's cost cap leaves it fewer than 20
@@ -274,7 +338,8 @@ def learn_rounding(
     Returns (weights by node name, notes, cost details). ``moved``, when given, gets each
     layer's mean output change with its learned weights in place of the same weights rounded
     to nearest, ``E[x]·(W_learned − W_nearest)`` per output channel: what a bias correction
-    measured for rounding to nearest moves by."""
+    measured for rounding to nearest moves by. ``rows``: input rows drawn already (a
+    layer whose input they cover skips the pass over the data)."""
     from .gptq import gptq
 
     t0 = time.perf_counter()
@@ -283,10 +348,21 @@ def learn_rounding(
     out: dict[str, WeightQ] = {}
     steps_total, done, fed_back = 0, 0, 0
     means: dict[str, np.ndarray] | None = {} if moved is not None else None
+    sampled = {ly.name: g for ly in layers if rows is not None and (g := rows.gram(ly))}
     for chunk in _chunks(layers, memory_mb):
-        grams = gram_matrices(
-            model, chunk, runs, max_rows=max_rows, seed=seed, progress=progress, means=means
+        rest = [ly for ly in chunk if ly.name not in sampled]
+        grams = (
+            gram_matrices(
+                model, rest, runs, max_rows=max_rows, seed=seed, progress=progress, means=means
+            )
+            if rest
+            else {}
         )
+        for ly in chunk:
+            if ly.name in sampled:
+                grams[ly.name] = sampled[ly.name][0]
+                if means is not None:
+                    means[ly.name] = sampled[ly.name][1]
         for ly in chunk:
             wg = ly.grouped()
             g, r, k = wg.shape

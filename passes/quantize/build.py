@@ -54,6 +54,8 @@ class Builder:
         self.weights: dict[str, WeightQ] = {}
         #: bias correction: each site's output shift, removed from its bias while it is int8
         self.shifts: dict[str, np.ndarray] = {}
+        #: error feedback's input rows drawn in the calibration's pass (``.adaround.RowSampler``)
+        self.rows: Any = None
         #: MatMul/Gemm sites that go dynamic int8 whenever they are int8 (wide layers:
         #: :func:`.static._wide_linear`)
         self.always_dynamic: set[str] = set()

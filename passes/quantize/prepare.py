@@ -7,6 +7,7 @@ only with ``equalize_clip="relu"``)."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,7 @@ from onnxopt.contract import PassContext
 from onnxopt.graph import to_graph
 from onnxopt.model import with_inferred_shapes
 
+from .adaround import RowSampler
 from .build import named, resolve_const_identities
 from .calibrate import TensorStats
 from .collect import probe_model
@@ -44,6 +46,9 @@ class Collected:
 
     stats: dict[str, TensorStats]
     read: bool = False
+    #: error feedback's input rows, drawn in the same runs (tensors named as ``stats``'s;
+    #: the smoothed ones then scaled as the MatMuls read them)
+    rows: RowSampler | None = None
 
 
 def prepare(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -115,6 +120,8 @@ def smooth(
     rows = SMOOTH_ROWS if c.smooth == "auto" else 0
     # a session over the model as it is (mapped weights shared, never saved to a file)
     calib = list(collect.stats) if collect is not None else []
+    sampled = list(collect.rows.ops) if collect is not None and collect.rows is not None else []
+    calib += [t for t in sampled if t not in set(calib)]
     probe, exposed = probe_model(base, tensors + [t for t in calib if t not in set(tensors)])
     signed: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if collect is not None else None
     x_max, samples = channel_stats(
@@ -126,8 +133,11 @@ def smooth(
         progress=ctx.progress,
         outputs=outputs,
         keep=[o.name for o in base.graph.output],
-        stats={exposed[t]: collect.stats[t] for t in calib} if collect is not None else None,
+        stats={exposed[t]: collect.stats[t] for t in calib if t in collect.stats}
+        if collect is not None
+        else None,
         signed=signed,
+        observe=_observer(collect, exposed),
     )
     del probe
     if collect is not None:
@@ -145,6 +155,8 @@ def smooth(
     if collect is not None and signed is not None:
         for x_name, (read, s) in res.scales.items():
             collect.stats[read] = _divided(read, signed[x_name], s, c.bins)
+            if collect.rows is not None:
+                collect.rows.scale(x_name, read, s)
     how = "auto" if isinstance(alpha, dict) else f"alpha={alpha:g}"
     notes.append(
         f"smooth({how}): {res.matmuls} MatMuls over {res.groups} inputs "
@@ -154,6 +166,16 @@ def smooth(
     if isinstance(alpha, dict):
         info["alphas"] = {k: float(v) for k, v in sorted(alpha.items())[:50]}
     return res.model, info, set(res.tensors)
+
+
+def _observer(
+    collect: Collected | None, exposed: dict[str, str]
+) -> Callable[[str, np.ndarray], None] | None:
+    """Each run's exposed values to ``collect``'s row sampler, by tensor name."""
+    if collect is None or collect.rows is None:
+        return None
+    rows, back = collect.rows, {v: k for k, v in exposed.items()}
+    return lambda name, value: rows.observe(back.get(name, name), value)
 
 
 def _divided(

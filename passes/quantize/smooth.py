@@ -89,13 +89,15 @@ def channel_stats(
     keep: list[str] = (),
     stats: dict[str, TensorStats] | None = None,
     signed: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+    observe: Callable[[str, np.ndarray], None] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(running ``max|x|`` over every axis but the last, up to ``rows`` rows of each tensor
     drawn evenly over ``runs``: [rows, channels]) per tensor. ``outputs``, when given, gets
     each run's ``{name: value}`` of the ``keep`` outputs (the model's own, which the session
     computes anyway). ``stats``: calibration statistics (``{graph output: TensorStats}``) of
     more tensors, exposed as outputs too, streamed in the same runs; ``signed`` gets each
-    tensor's per-channel (min, max) (non-finite values left out)."""
+    tensor's per-channel (min, max) (non-finite values left out); ``observe`` gets every
+    exposed tensor's value in each run (the output's name, the value)."""
     from .collect import open_session, run_keeping
 
     sess = open_session(model)
@@ -115,6 +117,9 @@ def channel_stats(
             for name, v in zip(tensors + extra, values, strict=True):
                 if name in stats:
                     stats[name].update(v)
+        if observe is not None:
+            for name, v in zip(tensors + extra, values, strict=True):
+                observe(name, v)
         for name, v in zip(tensors, values[: len(tensors)], strict=True):
             v = np.asarray(v, np.float32).reshape(-1, v.shape[-1])
             m = np.abs(v).max(axis=0)

@@ -57,7 +57,7 @@ from onnxopt.scopes import site_key
 
 from . import latency as lat
 from . import mixed
-from .adaround import learn_rounding
+from .adaround import MAX_ROWS, RowSampler, layers_of, learn_rounding
 from .bias_correction import data_free_shifts
 from .bodies import scope_graphs
 from .build import Builder, dynamic_batch, group_params
@@ -273,6 +273,8 @@ class QuantizeInt8(Pass):
             full = make_plan(graph, set(sites), **plan_kw)
             tensors = sorted(set(full.tensors()) | body_tensors)
         collect = self._collect_with_smoothing(tensors, body_tensors, ctx, attention)
+        if collect is not None:
+            collect.rows = self._row_sampler(base, sites, ctx)
         smoothed_base, smooth_info, smoothed = smooth(
             base, c, ctx, attention, notes, reference, only=set(sites), collect=collect
         )
@@ -296,6 +298,7 @@ class QuantizeInt8(Pass):
             build.ranges, reference = self._calibrate_keeping(base, tensors, ctx, linear)
         else:
             build.ranges = self._calibrate(base, tensors, ctx, smoothed, linear=linear)
+        build.rows = collect.rows if collect is not None else None
         self._weights(build, full, ctx, notes, details)
         stats = self._instrument(build, full, ctx, notes, details)
         axes = self._weighted(build, full)
@@ -449,6 +452,30 @@ class QuantizeInt8(Pass):
         ):
             return None
         return Collected({t: TensorStats(t, c.bins) for t in tensors})
+
+    def _row_sampler(
+        self, base: onnx.ModelProto, sites: list[str], ctx: PassContext
+    ) -> RowSampler | None:
+        """Error feedback's input rows of the MatMul and Gemm ``sites``, to draw in the
+        calibration's pass (:class:`.adaround.RowSampler`), when the search may feed errors
+        back (``rounding="gptq"`` with a budget) and the rows fit :data:`ROWS_MAX_BYTES`."""
+        if self._rounding != "gptq" or ctx.budget is None or not self.config.fallback:
+            return None
+        linear = {n.name for n in base.graph.node if n.op_type in ("MatMul", "Gemm")}
+        layers, _ = layers_of(base, dict.fromkeys((s for s in sites if s in linear), None))
+        if not layers:
+            return None
+        need = sum(
+            RowSampler.nbytes(ly.k, MAX_ROWS) for ly in {ly.input: ly for ly in layers}.values()
+        )
+        if need > ROWS_MAX_BYTES:
+            return None
+        return RowSampler(
+            {ly.input: ly.op for ly in layers},
+            len(ctx.feeds.runs),
+            max_rows=MAX_ROWS,
+            seed=self.config.seed,
+        )
 
     def _calibrate_keeping(
         self, base: onnx.ModelProto, tensors: list[str], ctx: PassContext, linear: set[str]
@@ -625,6 +652,7 @@ class QuantizeInt8(Pass):
                 method="gptq",
                 progress=ctx.progress,
                 moved=moved,
+                rows=build.rows,
             )
             learned.update({s: (w, moved.get(s)) for s, w in got.items()})
             if "gptq" in details:  # a second call: the model checked first's layers, then more
@@ -1161,6 +1189,10 @@ def _isolated(
 
 #: a scored run at least this large (input bytes) is calibrated alone, so that its outputs serve
 #: as the search's reference: concatenating runs this large saves little
+#: error feedback's input rows drawn in the calibration's pass, at most (all-MiniLM-L6-v2's
+#: 36 linear layers: 2048 rows of 384 or 1536 inputs, 165 MB)
+ROWS_MAX_BYTES = 256 << 20
+
 ALONE_MIN_BYTES = 1 << 20
 #: the first run's prepared model stays in the memo while the manager verifies (and perhaps
 #: bisects) its candidate, and the search's speed probe holds a float session: only for models

@@ -4,6 +4,8 @@ search to the layers it keeps int8; AdaRound falls back to it where its cost cap
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from onnxopt.contract import PassContext
@@ -310,3 +312,75 @@ def test_a_layer_fed_back_for_the_check_is_not_fed_back_again(monkeypatch) -> No
     )
     assert asked == [["n1"], ["n0"]] and res.details["gptq"]["layers"] == 2
     assert len(_int8_weights(res.model)) == 2
+
+
+def test_rows_drawn_in_another_pass_give_the_gram_matrices_of_the_layers_own(monkeypatch) -> None:
+    """``RowSampler`` draws a MatMul's input rows as ``gram_matrices`` does: where each run
+    holds fewer rows than its share, both read every row and their Gram matrices and mean
+    rows agree; error feedback reads them without a pass of its own, to the same weights.
+    A smoothed input's rows are scaled as the MatMul then reads them; an input not seen in
+    every run gives none."""
+    from onnxopt.passes.quantize import adaround
+    from onnxopt.passes.quantize.adaround import RowSampler, gram_matrices, layers_of
+
+    w = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    m = parse(LAYER, {"W": w})
+    m.graph.node[0].name = "n0"
+    xs = _inputs(16)
+    runs = [{"x": x} for x in xs]
+    (ly,), _ = layers_of(m, {"n0": 1})
+    sampler = RowSampler({"x": "MatMul"}, len(runs), max_rows=2048, seed=0)
+    for x in xs:
+        sampler.observe("x", x)
+        sampler.observe("other", x)  # not sampled: ignored
+    means: dict = {}
+    own = gram_matrices(m, [ly], runs, max_rows=2048, seed=0, means=means)
+    gram, mean = sampler.gram(ly)
+    np.testing.assert_allclose(gram, own["n0"], rtol=1e-10)
+    np.testing.assert_allclose(mean, means["n0"], rtol=1e-10)
+
+    def no_pass(*a, **k):
+        raise AssertionError("a pass over the data")
+
+    kw = dict(iterations=1, seed=0, reduce_range=False, method="gptq")
+    want, _, _ = learn_rounding(m, {"n0": 1}, runs, **kw)
+    monkeypatch.setattr(adaround, "gram_matrices", no_pass)
+    got, _, cost = learn_rounding(m, {"n0": 1}, runs, rows=sampler, **kw)
+    np.testing.assert_array_equal(got["n0"].q, want["n0"].q)
+    assert cost["error_feedback"] == 1
+    s = np.linspace(0.5, 2.0, 24).astype(np.float32)
+    sampler.scale("x", "x_smoothed", s)
+    gram2, _ = sampler.gram(dataclasses.replace(ly, input="x_smoothed"))
+    np.testing.assert_allclose(gram2[0], gram[0] / np.outer(s, s), rtol=1e-5)
+    partial = RowSampler({"x": "MatMul"}, len(runs), max_rows=2048, seed=0)
+    partial.observe("x", xs[0])
+    assert partial.gram(ly) is None
+
+
+def test_the_calibration_pass_draws_error_feedbacks_rows(monkeypatch) -> None:
+    """With smoothing's pass streaming the calibration (``Collected``), the same runs draw
+    the MatMuls' input rows, smoothed ones scaled: error feedback then runs no pass of its
+    own."""
+    from onnxopt.passes.quantize import adaround, mixed, static
+    from onnxopt.verify import Budget
+
+    w = (RNG.standard_normal((24, 24)) * 0.2).astype(np.float32)
+    v = (RNG.standard_normal((24, 8)) * 0.2).astype(np.float32)
+    m = parse(TWO, {"W": w, "V": v})
+    for i, n in enumerate(m.graph.node):
+        n.name = f"n{i}"
+
+    def no_pass(*a, **k):
+        raise AssertionError("a pass over the data")
+
+    def search(build, sites, moves, score, **kw):
+        return mixed.Plan(moves=moves, floats=[], met=True)
+
+    monkeypatch.setattr(adaround, "gram_matrices", no_pass)
+    monkeypatch.setattr(static.mixed, "search", search)
+    feeds = Feeds([{"x": x} for x in _inputs(16)])
+    ctx = PassContext(feeds=feeds, allow_slower=True, budget=Budget(min_cosine=0.9))
+    config = QuantizeConfig(rounding="gptq", latency_aware=False, smooth=0.5)
+    res = QuantizeInt8(config).run_model(m, ctx)
+    assert res.details["gptq"]["layers"] == 2 and len(_int8_weights(res.model)) == 2
+    assert any(n.startswith("smooth(") for n in res.notes)
