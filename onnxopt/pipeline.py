@@ -732,7 +732,9 @@ class _Prechecked:
 def _digest(model: onnx.ModelProto) -> bytes | None:
     """A digest of the model's bytes, its nodes' metadata left out (the provenance the
     contract records after the pass ran: :func:`onnxopt.provenance.record`); None when it
-    cannot be serialized (over 2 GB)."""
+    cannot be serialized (over 2 GB). Mapped weights count by their reference: their scratch
+    file is only ever appended to (:func:`onnxopt.weights.spill`), so a reference names one
+    content."""
     import hashlib
 
     copy = onnx.ModelProto()

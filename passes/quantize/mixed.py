@@ -412,6 +412,13 @@ def search(
             timed(k)
         return times[hi][1] - times[k][1] >= SPEED_RESOLUTION
 
+    def _faster(k: int, than: int) -> bool:
+        """Whether prefix ``k`` runs :data:`SPEED_RESOLUTION` of float's time faster than
+        ``than`` (both timed; True without a probe or a timing of ``than``)."""
+        if speed is None or than not in times:
+            return True
+        return times[than][1] - timed(k)[1] >= SPEED_RESOLUTION
+
     #: the floor while it is scored first: untimed, as the verification runs may refuse it
     checking_floor: int | None = None
     top = n - 1 if all_float else n  # the largest prefix the search could keep
@@ -520,6 +527,13 @@ def search(
         if confirmed(hi):
             break
         lo, hi = hi, None
+    if floor is not None and floor in prechecked and hi < floor and not _faster(hi, floor):
+        # more int8 layers than the floor the verification runs passed, and no faster than
+        # it by what the probe resolves: the floor is kept (fewer int8 layers, checked
+        # already). On the PP-OCRv5 recognizer at 2 points in the slow regime, a noisy turn
+        # sent the search below its floor (0.88x) to a 4-layer prefix at 0.89x, which the
+        # manager then verified and raced: 38 s instead of 22
+        hi = floor
     if hi in points:  # the report rings the kept model's point
         points[hi]["chosen"] = True
     floats, dyn = apply(moves[:hi])

@@ -57,7 +57,7 @@ from onnxopt.scopes import site_key
 
 from . import latency as lat
 from . import mixed
-from .adaround import MAX_ROWS, RowSampler, layers_of, learn_rounding
+from .adaround import MAX_ROWS, RowSampler, learn_rounding
 from .bias_correction import data_free_shifts
 from .bodies import scope_graphs
 from .build import Builder, dynamic_batch, group_params
@@ -458,20 +458,27 @@ class QuantizeInt8(Pass):
     ) -> RowSampler | None:
         """Error feedback's input rows of the MatMul and Gemm ``sites``, to draw in the
         calibration's pass (:class:`.adaround.RowSampler`), when the search may feed errors
-        back (``rounding="gptq"`` with a budget) and the rows fit :data:`ROWS_MAX_BYTES`."""
+        back (``rounding="gptq"`` with a budget) and the rows fit :data:`ROWS_MAX_BYTES`
+        (read from the weights' shapes: a large model's weights are not loaded here)."""
         if self._rounding != "gptq" or ctx.budget is None or not self.config.fallback:
             return None
-        linear = {n.name for n in base.graph.node if n.op_type in ("MatMul", "Gemm")}
-        layers, _ = layers_of(base, dict.fromkeys((s for s in sites if s in linear), None))
-        if not layers:
+        dims = {t.name: list(t.dims) for t in base.graph.initializer}
+        wanted, inputs = set(sites), {}
+        for n in base.graph.node:
+            if n.name not in wanted or n.op_type not in ("MatMul", "Gemm") or len(n.input) < 2:
+                continue
+            w = dims.get(n.input[1])
+            attrs = {a.name: onnx.helper.get_attribute_value(a) for a in n.attribute}
+            if w is None or len(w) != 2 or attrs.get("transA", 0):
+                continue
+            k = w[1] if n.op_type == "Gemm" and attrs.get("transB", 0) else w[0]
+            inputs[n.input[0]] = (n.op_type, int(k))
+        if not inputs:
             return None
-        need = sum(
-            RowSampler.nbytes(ly.k, MAX_ROWS) for ly in {ly.input: ly for ly in layers}.values()
-        )
-        if need > ROWS_MAX_BYTES:
+        if sum(RowSampler.nbytes(k, MAX_ROWS) for _, k in inputs.values()) > ROWS_MAX_BYTES:
             return None
         return RowSampler(
-            {ly.input: ly.op for ly in layers},
+            {t: op for t, (op, _) in inputs.items()},
             len(ctx.feeds.runs),
             max_rows=MAX_ROWS,
             seed=self.config.seed,

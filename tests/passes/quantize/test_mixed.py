@@ -1041,3 +1041,33 @@ def test_the_prefix_the_verification_runs_passed_is_offered_as_the_last_fallback
     assert [len(f) for f, _ in plan.fallbacks] == [6, 7] and plan.verified_fallback == 1
     plan, _, _, checked = _floor_search(needed=7)  # the floor itself chosen: nothing to add
     assert len(plan.floats) == 7 and plan.verified_fallback is None and not plan.fallbacks
+
+
+def test_a_prefix_below_the_checked_floor_no_faster_than_it_gives_way_to_the_floor() -> None:
+    """The floor (one int8 layer of 8) met the budget and passed the verification runs; the
+    prefix the profile puts 6 % faster met it too, and the search went on to the fewest
+    float layers within budget (3 int8). Timed no faster than the floor beyond what the
+    probe resolves (2 %), that prefix gives way to the floor; 2 % faster or more, it stays."""
+    n, sites = 8, [f"s{i}" for i in range(8)]
+    moves = [mixed.Move(s, "float", 1.0, 10.0, 10.0) for s in sites]
+
+    def run(at_five: float) -> mixed.Plan:
+        ratios = {7: 0.90, 5: at_five}
+
+        return mixed.search(
+            lambda e, d: n - len(e),
+            sites,
+            moves,
+            lambda m, label="": (m >= 5, "text changed", float(m)),
+            float_at_end=True,
+            speed=lambda m: (10.0, ratios.get(m, 0.80)),
+            profile_us=100.0,
+            precheck=lambda m: "",
+            floor_first=True,
+        )
+
+    plan = run(0.89)
+    assert len(plan.floats) == 7 and plan.speed_ratio == 0.90
+    assert [p["float_layers"] for p in plan.tradeoff if p.get("chosen")] == [7]
+    plan = run(0.87)
+    assert len(plan.floats) == 5 and plan.speed_ratio == 0.87
