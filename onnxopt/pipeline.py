@@ -722,6 +722,8 @@ class _Prechecked:
         """The verdict when ``candidate`` is the prechecked model, on the same stage."""
         if stage is not self.stage or _digest(candidate) != self.digest:
             return None
+        if self.checked.stage is not None:  # the returned model: its provenance recorded
+            self.checked.stage.model = candidate
         self.checked.notes.append(
             "verified on the verification runs once, during the pass's search: the pass "
             "returned the model checked there"

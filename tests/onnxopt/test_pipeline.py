@@ -599,3 +599,23 @@ def test_the_race_starts_from_the_rounds_the_pass_timed(monkeypatch):
             [Timed(same=same, turns=[0.5] * 6)], budget=Budget(min_cosine=0.99)
         ).run(model(), feeds())
         assert rep.passes[0].status == "kept" and seen == [(0.5,) * 6]
+
+
+def test_the_prechecked_verdict_keeps_the_model_returned_with_its_provenance():
+    """The same bytes but for the nodes' metadata (the provenance recorded after the pass):
+    the verdict holds, and the stage kept is the returned model, metadata and all; another
+    stage, or other bytes, get no verdict."""
+    from onnxopt.pipeline import _Prechecked
+    from onnxopt.verifier import Checked, Stage
+
+    checked_model = _scaled(model(), 1.0001)
+    stage = Stage(model(), [], None)
+    checked = Checked(Stage(checked_model, [], None))
+    pre = _Prechecked.of(checked_model, stage, checked)
+    returned = _scaled(model(), 1.0001)
+    entry = returned.graph.node[-1].metadata_props.add()
+    entry.key, entry.value = "onnxopt.from", '["relu"]'
+    assert pre.verdict(_scaled(model(), 1.0002), stage) is None
+    assert pre.verdict(returned, Stage(model(), [], None)) is None
+    got = pre.verdict(returned, stage)
+    assert got is checked and got.stage.model is returned
