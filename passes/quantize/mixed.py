@@ -412,7 +412,7 @@ def search(
             timed(k)
         return times[hi][1] - times[k][1] >= SPEED_RESOLUTION
 
-    def _faster(k: int, than: int) -> bool:
+    def faster(k: int, than: int) -> bool:
         """Whether prefix ``k`` runs :data:`SPEED_RESOLUTION` of float's time faster than
         ``than`` (both timed; True without a probe or a timing of ``than``)."""
         if speed is None or than not in times:
@@ -527,7 +527,7 @@ def search(
         if confirmed(hi):
             break
         lo, hi = hi, None
-    if floor is not None and floor in prechecked and hi < floor and not _faster(hi, floor):
+    if floor is not None and floor in prechecked and hi < floor and not faster(hi, floor):
         # more int8 layers than the floor the verification runs passed, and no faster than
         # it by what the probe resolves: the floor is kept (fewer int8 layers, checked
         # already). On the PP-OCRv5 recognizer at 2 points in the slow regime, a noisy turn

@@ -46,8 +46,8 @@ class Collected:
 
     stats: dict[str, TensorStats]
     read: bool = False
-    #: error feedback's input rows, drawn in the same runs (tensors named as ``stats``'s;
-    #: the smoothed ones then scaled as the MatMuls read them)
+    #: error feedback's input rows, drawn in the same runs from the tensors of ``stats``
+    #: they name (others give none); the smoothed ones then scaled as the MatMuls read them
     rows: RowSampler | None = None
 
 
@@ -120,8 +120,6 @@ def smooth(
     rows = SMOOTH_ROWS if c.smooth == "auto" else 0
     # a session over the model as it is (mapped weights shared, never saved to a file)
     calib = list(collect.stats) if collect is not None else []
-    sampled = list(collect.rows.ops) if collect is not None and collect.rows is not None else []
-    calib += [t for t in sampled if t not in set(calib)]
     probe, exposed = probe_model(base, tensors + [t for t in calib if t not in set(tensors)])
     signed: dict[str, tuple[np.ndarray, np.ndarray]] | None = {} if collect is not None else None
     x_max, samples = channel_stats(
@@ -133,9 +131,7 @@ def smooth(
         progress=ctx.progress,
         outputs=outputs,
         keep=[o.name for o in base.graph.output],
-        stats={exposed[t]: collect.stats[t] for t in calib if t in collect.stats}
-        if collect is not None
-        else None,
+        stats={exposed[t]: collect.stats[t] for t in calib} if collect is not None else None,
         signed=signed,
         observe=_observer(collect, exposed),
     )

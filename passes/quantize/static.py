@@ -1018,10 +1018,10 @@ class QuantizeInt8(Pass):
         if ctx.precheck is not None and self._rounding == "gptq" and axes is not None:
 
             def finish(floats: set[str], dyn: set[str]) -> onnx.ModelProto:
-                # the search goes on judging rounding to nearest (its later scores would
-                # otherwise mix in these layers' feedback: on the PP-OCRv5 recognizer at 2
-                # points, the prefix after the floor then met the budget and the search
-                # went on); the final model takes the weights learned here
+                # the search goes on judging rounding to nearest, as its assumptions are
+                # about (a version that left these layers' feedback in its later models read
+                # 22-37 s on the PP-OCRv5 recognizer at 2 points, where this one reads 21-26
+                # s); the final model takes the weights learned here
                 kept = [s for s in sites if s not in floats and s not in dyn]
                 weights, shifts = dict(build.weights), dict(build.shifts)
                 self._feed_back(build, axes, kept, ctx, notes, details, learned)
@@ -1194,12 +1194,12 @@ def _isolated(
         out += lone
 
 
-#: a scored run at least this large (input bytes) is calibrated alone, so that its outputs serve
-#: as the search's reference: concatenating runs this large saves little
 #: error feedback's input rows drawn in the calibration's pass, at most (all-MiniLM-L6-v2's
 #: 36 linear layers: 2048 rows of 384 or 1536 inputs, 165 MB)
 ROWS_MAX_BYTES = 256 << 20
 
+#: a scored run at least this large (input bytes) is calibrated alone, so that its outputs serve
+#: as the search's reference: concatenating runs this large saves little
 ALONE_MIN_BYTES = 1 << 20
 #: the first run's prepared model stays in the memo while the manager verifies (and perhaps
 #: bisects) its candidate, and the search's speed probe holds a float session: only for models
